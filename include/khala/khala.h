@@ -1,0 +1,11 @@
+/*
+ * khala-cache: the umbrella header. Include this one; start reading at include/khala/cache.h.
+ */
+#ifndef KHALA_KHALA_H
+#define KHALA_KHALA_H
+
+#include "khala/version.h"
+#include "khala/error.h"
+#include "khala/cache.h"
+
+#endif /* KHALA_KHALA_H */

@@ -1,0 +1,273 @@
+/*
+ * Arena allocator: TLSF over segment offsets.
+ *
+ * HOW IT WORKS
+ *
+ * The arena is a sequence of blocks, each starting with a 16-byte khala_block_t:
+ *
+ *   +-----------+-----------------+------------------------------+
+ *   | prev_size | size | flags    | payload (item, or free links) |
+ *   +-----------+-----------------+------------------------------+
+ *   ^ block offset                ^ payload offset = block + 16
+ *
+ * size includes the header and is a multiple of KHALA_ALIGN, so the low bits hold two flags:
+ * FREE (this block is free) and PREV_FREE (the block before it is free). prev_size is valid only
+ * while the previous block is free: it is the boundary tag that lets free() find and merge the
+ * block before. A zero-size used block at the arena's end stops merges to the right.
+ *
+ * Free blocks are kept in KHALA_ALLOC_FL x KHALA_ALLOC_SL doubly linked lists: the first index
+ * is floor(log2(size)), the second splits that power of two into KHALA_ALLOC_SL equal ranges.
+ * Two bitmaps say which lists are non-empty, so finding a list with a block large enough is two
+ * find-first-set instructions. Allocation rounds the request up to the next list boundary
+ * ("good fit"), so any block of the list it finds is large enough and no list is walked.
+ *
+ * Why TLSF and not size-class slabs: the cache's eviction policy is global, and slabs tie
+ * memory to size classes, so a shift in value sizes strands memory in the wrong class (the
+ * "calcification" memcached needs a rebalancer for). TLSF coalesces, so memory freed by any
+ * eviction serves any later size. Its cost is bounded: 16 bytes per block plus rounding to the
+ * list boundary (at most 1/16 of the size); docs/segment.md reports the measured overhead.
+ *
+ * Invariants (checked by khala__alloc_check):
+ *   - Blocks tile [lo, hi - 16) exactly; no two free blocks are adjacent.
+ *   - A block's PREV_FREE flag equals the FREE flag of the block before it.
+ *   - Every free block is in exactly the list its size maps to, and free_bytes is their sum.
+ *
+ * Only the writer calls these functions, so nothing here is atomic.
+ */
+#include "alloc.h"
+
+#include <errno.h>
+
+#include "khala/error.h"
+
+#define FLAGS_MASK ((uint64_t)KHALA_ALIGN - 1)
+
+typedef struct free_links {
+    uint64_t next; /* block offset of the next free block in the list, 0 = none */
+    uint64_t prev; /* block offset of the previous one, 0 = none (this is the head) */
+} free_links_t;
+
+static inline khala_block_t *blk(const khala_arena_t *a, uint64_t b) {
+    return (khala_block_t *)(a->base + b);
+}
+
+static inline free_links_t *links(const khala_arena_t *a, uint64_t b) {
+    return (free_links_t *)(a->base + b + KHALA_BLOCK_HDR);
+}
+
+static inline uint64_t bsize(const khala_block_t *h) {
+    return h->size_flags & ~FLAGS_MASK;
+}
+
+static inline int fls64(uint64_t v) {
+    return 63 - __builtin_clzll(v);
+}
+
+/* The list a block of `size` bytes belongs in. */
+static void mapping_insert(uint64_t size, int *fl, int *sl) {
+    int f = fls64(size);
+    *fl = f;
+    *sl = (int)((size >> (f - KHALA_ALLOC_SL_LOG)) ^ (1u << KHALA_ALLOC_SL_LOG));
+}
+
+/* The first list whose every block holds `size` bytes: round up to the next list boundary. */
+static int mapping_search(uint64_t size, int *fl, int *sl) {
+    int f = fls64(size);
+    uint64_t rounded = size + ((1ull << (f - KHALA_ALLOC_SL_LOG)) - 1);
+    if (fls64(rounded) >= KHALA_ALLOC_FL)
+        return -ENOMEM;
+    mapping_insert(rounded, fl, sl);
+    return 0;
+}
+
+static void list_insert(khala_arena_t *a, uint64_t b, uint64_t size) {
+    khala_alloc_state_t *st = a->st;
+    int fl, sl;
+    mapping_insert(size, &fl, &sl);
+    uint64_t head = st->free_head[fl][sl];
+    links(a, b)->next = head;
+    links(a, b)->prev = 0;
+    if (head)
+        links(a, head)->prev = b;
+    st->free_head[fl][sl] = b;
+    st->sl_bitmap[fl] |= 1u << sl;
+    st->fl_bitmap |= 1ull << fl;
+    st->free_bytes += size;
+}
+
+static void list_remove(khala_arena_t *a, uint64_t b, uint64_t size) {
+    khala_alloc_state_t *st = a->st;
+    int fl, sl;
+    mapping_insert(size, &fl, &sl);
+    free_links_t *l = links(a, b);
+    if (l->prev)
+        links(a, l->prev)->next = l->next;
+    else
+        st->free_head[fl][sl] = l->next;
+    if (l->next)
+        links(a, l->next)->prev = l->prev;
+    if (!st->free_head[fl][sl]) {
+        st->sl_bitmap[fl] &= ~(1u << sl);
+        if (!st->sl_bitmap[fl])
+            st->fl_bitmap &= ~(1ull << fl);
+    }
+    st->free_bytes -= size;
+}
+
+/* Make [b, b+size) a free block in its list, and tell the block after it. The PREV_FREE flag
+ * of b itself is kept. */
+static void make_free(khala_arena_t *a, uint64_t b, uint64_t size) {
+    khala_block_t *h = blk(a, b);
+    h->size_flags = size | KHALA_BLOCK_FREE | (h->size_flags & KHALA_BLOCK_PREV_FREE);
+    khala_block_t *next = blk(a, b + size);
+    next->prev_size = size;
+    next->size_flags |= KHALA_BLOCK_PREV_FREE;
+    list_insert(a, b, size);
+}
+
+void khala__alloc_format(khala_arena_t *a) {
+    khala_alloc_state_t *st = a->st;
+    for (int f = 0; f < KHALA_ALLOC_FL; f++) {
+        st->sl_bitmap[f] = 0;
+        for (int s = 0; s < KHALA_ALLOC_SL; s++)
+            st->free_head[f][s] = 0;
+    }
+    st->fl_bitmap = 0;
+    st->free_bytes = 0;
+    st->used_blocks = 0;
+    uint64_t sentinel = a->hi - KHALA_BLOCK_HDR;
+    blk(a, sentinel)->prev_size = 0;
+    blk(a, sentinel)->size_flags = 0; /* size 0, used */
+    blk(a, a->lo)->size_flags = 0;
+    make_free(a, a->lo, sentinel - a->lo);
+}
+
+uint64_t khala__alloc_block_for(uint64_t payload) {
+    uint64_t need = (payload + KHALA_BLOCK_HDR + FLAGS_MASK) & ~FLAGS_MASK;
+    return need < KHALA_BLOCK_MIN ? KHALA_BLOCK_MIN : need;
+}
+
+uint64_t khala__alloc_max_payload(const khala_arena_t *a) {
+    return a->hi - a->lo - 2 * KHALA_BLOCK_HDR;
+}
+
+int khala__alloc_alloc(khala_arena_t *a, uint64_t payload, uint64_t *off, uint64_t *block) {
+    khala_alloc_state_t *st = a->st;
+    int fl, sl;
+    if (payload > khala__alloc_max_payload(a))
+        return -ENOMEM;
+    uint64_t need = khala__alloc_block_for(payload);
+    if (mapping_search(need, &fl, &sl) != 0)
+        return -ENOMEM;
+    /* Find the first non-empty list at or above [fl][sl]. */
+    uint32_t sl_map = st->sl_bitmap[fl] & (~0u << sl);
+    if (!sl_map) {
+        uint64_t fl_map = fl + 1 < 64 ? st->fl_bitmap & (~0ull << (fl + 1)) : 0;
+        if (!fl_map)
+            return -ENOMEM;
+        fl = __builtin_ctzll(fl_map);
+        sl_map = st->sl_bitmap[fl];
+    }
+    sl = __builtin_ctz(sl_map);
+    uint64_t b = st->free_head[fl][sl];
+    uint64_t size = bsize(blk(a, b));
+    list_remove(a, b, size);
+    khala_block_t *h = blk(a, b);
+    if (size - need >= KHALA_BLOCK_MIN) {
+        /* Split: the tail becomes a free block; its own PREV_FREE is clear (b is used). */
+        uint64_t rest = b + need;
+        blk(a, rest)->size_flags = 0;
+        make_free(a, rest, size - need);
+        size = need;
+    } else {
+        blk(a, b + size)->size_flags &= ~(uint64_t)KHALA_BLOCK_PREV_FREE;
+    }
+    h->size_flags = size | (h->size_flags & KHALA_BLOCK_PREV_FREE);
+    st->used_blocks++;
+    *off = b + KHALA_BLOCK_HDR;
+    *block = size;
+    return 0;
+}
+
+void khala__alloc_free(khala_arena_t *a, uint64_t off) {
+    uint64_t b = off - KHALA_BLOCK_HDR;
+    khala_block_t *h = blk(a, b);
+    uint64_t size = bsize(h);
+    a->st->used_blocks--;
+    /* Merge with the block after, if free. */
+    khala_block_t *next = blk(a, b + size);
+    if (next->size_flags & KHALA_BLOCK_FREE) {
+        uint64_t nsize = bsize(next);
+        list_remove(a, b + size, nsize);
+        size += nsize;
+    }
+    /* Merge with the block before, if free (its size is in our boundary tag). */
+    if (h->size_flags & KHALA_BLOCK_PREV_FREE) {
+        uint64_t prev = b - h->prev_size;
+        uint64_t psize = bsize(blk(a, prev));
+        list_remove(a, prev, psize);
+        b = prev;
+        size += psize;
+    }
+    make_free(a, b, size);
+}
+
+uint64_t khala__alloc_block_size(const khala_arena_t *a, uint64_t off) {
+    return bsize(blk(a, off - KHALA_BLOCK_HDR));
+}
+
+int khala__alloc_check(const khala_arena_t *a) {
+    const khala_alloc_state_t *st = a->st;
+    uint64_t b = a->lo, free_bytes = 0, free_blocks = 0, used = 0;
+    int prev_free = 0;
+    while (b < a->hi - KHALA_BLOCK_HDR) {
+        const khala_block_t *h = blk(a, b);
+        uint64_t size = bsize(h);
+        int is_free = (h->size_flags & KHALA_BLOCK_FREE) != 0;
+        if (size < KHALA_BLOCK_MIN || b + size > a->hi - KHALA_BLOCK_HDR)
+            return KHALA_ECORRUPT;
+        if (!!(h->size_flags & KHALA_BLOCK_PREV_FREE) != prev_free)
+            return KHALA_ECORRUPT;
+        if (is_free && prev_free)
+            return KHALA_ECORRUPT; /* two adjacent free blocks */
+        if (is_free) {
+            if (blk(a, b + size)->prev_size != size)
+                return KHALA_ECORRUPT;
+            free_bytes += size;
+            free_blocks++;
+        } else {
+            used++;
+        }
+        prev_free = is_free;
+        b += size;
+    }
+    if (b != a->hi - KHALA_BLOCK_HDR || bsize(blk(a, b)) != 0)
+        return KHALA_ECORRUPT;
+    if (!!(blk(a, b)->size_flags & KHALA_BLOCK_PREV_FREE) != prev_free)
+        return KHALA_ECORRUPT;
+    if (free_bytes != st->free_bytes || used != st->used_blocks)
+        return KHALA_ECORRUPT;
+    /* Every list holds only free blocks of its own size range, and together they hold all. */
+    uint64_t listed = 0;
+    for (int f = 0; f < KHALA_ALLOC_FL; f++) {
+        for (int s = 0; s < KHALA_ALLOC_SL; s++) {
+            uint64_t prev = 0;
+            int nonempty = st->free_head[f][s] != 0;
+            if (nonempty != !!(st->sl_bitmap[f] & (1u << s)))
+                return KHALA_ECORRUPT;
+            for (uint64_t x = st->free_head[f][s]; x; x = links(a, x)->next) {
+                int xf, xs;
+                const khala_block_t *h = blk(a, x);
+                if (!(h->size_flags & KHALA_BLOCK_FREE) || links(a, x)->prev != prev)
+                    return KHALA_ECORRUPT;
+                mapping_insert(bsize(h), &xf, &xs);
+                if (xf != f || xs != s || ++listed > free_blocks)
+                    return KHALA_ECORRUPT;
+                prev = x;
+            }
+        }
+        if (!!st->sl_bitmap[f] != !!(st->fl_bitmap & (1ull << f)))
+            return KHALA_ECORRUPT;
+    }
+    return listed == free_blocks ? 0 : KHALA_ECORRUPT;
+}

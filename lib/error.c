@@ -1,0 +1,48 @@
+/*
+ * Error codes to words. The table is generated from KHALA_ERRNO_MAP in include/khala/error.h,
+ * so a code cannot exist without its message and name. Negative errno values go to strerror's
+ * list through strerrordesc_np / strerrorname_np (glibc 2.32), which are thread-safe and static.
+ */
+#include "khala/error.h"
+
+#include <string.h>
+
+const char *khala_strerror(int err) {
+    if (err == 0)
+        return "success";
+    switch (err) {
+#define KHALA__ERR_MSG(name, off, msg)                                                             \
+    case KHALA_##name:                                                                             \
+        return msg;
+        KHALA_ERRNO_MAP(KHALA__ERR_MSG)
+#undef KHALA__ERR_MSG
+        default:
+            break;
+    }
+    if (err < 0 && err > KHALA_ERR_BASE) {
+        const char *s = strerrordesc_np(-err);
+        if (s)
+            return s;
+    }
+    return "unknown error";
+}
+
+const char *khala_err_name(int err) {
+    if (err == 0)
+        return "OK";
+    switch (err) {
+#define KHALA__ERR_NAME(name, off, msg)                                                            \
+    case KHALA_##name:                                                                             \
+        return "KHALA_" #name;
+        KHALA_ERRNO_MAP(KHALA__ERR_NAME)
+#undef KHALA__ERR_NAME
+        default:
+            break;
+    }
+    if (err < 0 && err > KHALA_ERR_BASE) {
+        const char *s = strerrorname_np(-err);
+        if (s)
+            return s;
+    }
+    return "UNKNOWN";
+}

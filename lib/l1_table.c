@@ -1,0 +1,548 @@
+/*
+ * The L1 table: a chained hash table in shared memory with one writer and lock-free readers.
+ *
+ * HOW IT WORKS
+ *
+ *   buckets[hash & mask] --> item --> item --> 0        (offsets; 0 ends a chain)
+ *                            | next | hash | version | expire | lens | desc | key | value |
+ *
+ * An item is one arena block holding its header, its key and its value side by side, so a hit
+ * touches the bucket line and the item's lines, nothing else. Items are immutable once linked
+ * (only `next` changes, when the item after is unlinked). The writer never edits a value in
+ * place: an overwrite builds a new item and swings the one link that pointed to the old item to
+ * the new one; a delete swings it past. Either way a reader walking the chain sees the old state
+ * or the new one, never a mix, and since the old item is not freed until no reader can hold it
+ * (readers.c), a reader never reads freed memory. A torn value is impossible by construction:
+ * there is no seqlock to retry.
+ *
+ * Publishing. The writer fills every field of a new item with plain stores, then links it with
+ * a release store (into the bucket or the predecessor's next). Readers load links with acquire,
+ * so the item's fields are visible before its offset is.
+ *
+ * The put path (khala__l1_put), in steps that the code refers to:
+ * Step 1. Validate the key, the value size and the TTL at the boundary.
+ * Step 2. Hash the key; find the existing item of the key, if any.
+ * Step 3. Make room: while the item count is at max_items (and this is not an overwrite) or the
+ *         arena has no block large enough, free retired items whose grace period has passed,
+ *         else evict the policy's victim (which retires it). If nothing can be evicted and
+ *         memory is still pinned by a live reader, fail with KHALA_EBLOCKED.
+ * Step 4. Fill the new item.
+ * Step 5. Link it, replacing the old item in place in its chain or at the bucket's head, then
+ *         retire the old item, and give the key's desc to the policy (insert or hit).
+ *
+ * Reclamation batches: retired items wait in the retire ring until khala__l1_maintain or a
+ * put that needs memory advances the epoch and scans the readers. Advancing the epoch writes a
+ * line every reader reads, so it happens only when the newest retired item belongs to the
+ * current epoch, not once per put.
+ *
+ * The table is sized for a load factor of at most 1 (bucket_count >= max_items), so chains are
+ * short; the reader bounds a walk by KHALA_CHAIN_MAX and checks every offset against the arena,
+ * so a corrupted segment yields KHALA_ECORRUPT, not a crash.
+ *
+ * Why chaining and not open addressing: with one writer and RCU reclamation, replacing or
+ * unlinking an item is a single pointer swing, and deletions leave no tombstones to clean.
+ */
+#include "l1_table.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "evict.h"
+#include "khala/error.h"
+#include "readers.h"
+#include "sys.h"
+
+/* Retired items waiting before a put triggers reclamation on its own. */
+#define RECLAIM_BATCH 64u
+
+struct khala_l1 {
+    khala_seg_t seg;          /* the writer's read-write mapping; immutable after open */
+    khala_arena_t arena;      /* the arena allocator over seg */
+    khala_policy_t pol;       /* the eviction policy over the desc table */
+    khala_seg_header_t *hdr;  /* == seg.hdr */
+    khala_wstate_t *w;        /* &hdr->w */
+    khala_desc_t *desc;       /* desc table */
+    khala_retired_t *retire;  /* retire ring */
+    uint64_t retire_cap;      /* entries in the retire ring */
+    uint64_t *tails;          /* per-slot hit-ring cursors (private memory) */
+    char err[256];            /* detail of the last failure */
+};
+
+static int fail(khala_l1_t *t, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(khala_l1_t *t, int rc, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->err, sizeof(t->err), fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+static inline khala_item_t *item_at(const khala_l1_t *t, uint64_t off) {
+    return (khala_item_t *)(t->seg.base + off);
+}
+
+/* Reader side ----------------------------------------------------------------------------- */
+
+int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t klen, uint64_t hash,
+                     const khala_item_t **out) {
+    /* acquire: pairs with the release that linked the item; its fields are visible. */
+    uint64_t off = khala_load_acquire(&s->buckets[hash & s->bucket_mask]);
+    for (uint32_t n = 0; off; n++) {
+        if (off < s->arena_lo || s->arena_hi - off < sizeof(khala_item_t) + klen ||
+            (off & (KHALA_ALIGN - 1)) || n >= KHALA_CHAIN_MAX)
+            return KHALA_ECORRUPT;
+        const khala_item_t *it = (const khala_item_t *)(s->base + off);
+        if (it->hash == hash && it->key_len == klen && memcmp(it + 1, key, klen) == 0) {
+            if (KHALA_ITEM_SIZE(klen, (uint64_t)it->value_len) > s->arena_hi - off)
+                return KHALA_ECORRUPT;
+            if (it->expire_ms && khala__sys_now_coarse_upper_ms() >= it->expire_ms)
+                return KHALA_ENOTFOUND;
+            *out = it;
+            return 0;
+        }
+        off = khala_load_acquire(&it->next);
+    }
+    return KHALA_ENOTFOUND;
+}
+
+/* Writer side ----------------------------------------------------------------------------- */
+
+/* Find the item of key; *link is the word that points to it. 0 if absent. */
+static uint64_t find(const khala_l1_t *t, uint64_t hash, const void *key, size_t klen,
+                     khala_atomic_u64 **link) {
+    khala_atomic_u64 *l = &t->seg.buckets[hash & t->seg.bucket_mask];
+    /* relaxed: only this thread writes the links. */
+    for (uint64_t off = khala_load_relaxed(l); off; off = khala_load_relaxed(l)) {
+        khala_item_t *it = item_at(t, off);
+        if (it->hash == hash && it->key_len == klen && memcmp(it + 1, key, klen) == 0) {
+            *link = l;
+            return off;
+        }
+        l = &it->next;
+    }
+    return 0;
+}
+
+/* The word that points to the item at off (which is linked). */
+static khala_atomic_u64 *link_of(const khala_l1_t *t, uint64_t off) {
+    khala_atomic_u64 *l = &t->seg.buckets[item_at(t, off)->hash & t->seg.bucket_mask];
+    for (uint64_t o = khala_load_relaxed(l); o != off; o = khala_load_relaxed(l))
+        l = &item_at(t, o)->next;
+    return l;
+}
+
+static uint32_t desc_alloc(khala_l1_t *t) {
+    uint32_t idx = t->w->free_desc;
+    t->w->free_desc = t->desc[idx].next;
+    return idx;
+}
+
+static void desc_free(khala_l1_t *t, uint32_t idx) {
+    khala_desc_t *d = &t->desc[idx];
+    memset(d, 0, sizeof(*d));
+    d->prev = KHALA_NIL;
+    d->next = t->w->free_desc;
+    t->w->free_desc = idx;
+}
+
+static int retire_full(const khala_l1_t *t) {
+    return t->w->retire_tail - t->w->retire_head >= t->retire_cap;
+}
+
+/* Put an unlinked item on the retire ring; the caller made sure there is room. */
+static void retire(khala_l1_t *t, uint64_t off) {
+    khala_retired_t *r = &t->retire[t->w->retire_tail % t->retire_cap];
+    r->off = off;
+    r->epoch = khala_load_relaxed(&t->hdr->epoch);
+    t->w->retire_tail++;
+    t->w->retired_bytes += khala__alloc_block_size(&t->arena, off);
+}
+
+/* Free every retired item that no reader can still hold. Returns how many were freed. */
+static uint64_t reclaim(khala_l1_t *t) {
+    khala_wstate_t *w = t->w;
+    if (w->retire_head == w->retire_tail)
+        return 0;
+    uint64_t e = khala_load_relaxed(&t->hdr->epoch);
+    if (t->retire[(w->retire_tail - 1) % t->retire_cap].epoch == e) {
+        /* release: readers that load the new epoch (acquire) see every unlink before it. */
+        khala_store_release(&t->hdr->epoch, e + 1);
+    }
+    uint64_t min = khala__readers_min_epoch(&t->seg);
+    uint64_t freed = 0;
+    while (w->retire_head != w->retire_tail) {
+        khala_retired_t *r = &t->retire[w->retire_head % t->retire_cap];
+        if (r->epoch >= min)
+            break; /* a reader inside a section may still see it; so may all after it */
+        w->retired_bytes -= khala__alloc_block_size(&t->arena, r->off);
+        khala__alloc_free(&t->arena, r->off);
+        w->retire_head++;
+        freed++;
+    }
+    return freed;
+}
+
+/* Reclaim, and if memory stays pinned, reap dead readers and reclaim again. */
+static uint64_t reclaim_hard(khala_l1_t *t) {
+    uint64_t freed = reclaim(t);
+    khala_wstate_t *w = t->w;
+    if (w->retire_head != w->retire_tail) {
+        uint64_t oldest = t->retire[w->retire_head % t->retire_cap].epoch;
+        if (khala__readers_reap(&t->seg, oldest + 1) > 0)
+            freed += reclaim(t);
+    }
+    return freed;
+}
+
+/* Unlink the item of desc idx, retire it and free the desc. The caller checked the ring. */
+static void remove_key(khala_l1_t *t, uint32_t idx) {
+    khala_desc_t *d = &t->desc[idx];
+    uint64_t off = d->item_off;
+    khala_item_t *it = item_at(t, off);
+    khala_atomic_u64 *l = link_of(t, off);
+    /* release: a reader that loads the new link sees a fully built successor. */
+    khala_store_release(l, khala_load_relaxed(&it->next));
+    khala__policy_remove(&t->pol, idx);
+    t->w->items--;
+    t->w->item_bytes -= d->block_size;
+    t->w->payload_bytes -= (uint64_t)it->key_len + it->value_len;
+    retire(t, off);
+    desc_free(t, idx);
+}
+
+static void on_hit(void *arg, uint32_t idx, uint32_t hash_lo) {
+    khala_l1_t *t = arg;
+    if (idx < t->hdr->max_items && t->desc[idx].item_off &&
+        (uint32_t)t->desc[idx].hash == hash_lo)
+        khala__policy_hit(&t->pol, idx);
+}
+
+static int blocked(khala_l1_t *t) {
+    int pid = 0;
+    uint64_t e = khala__readers_oldest(&t->seg, &pid);
+    return fail(t, KHALA_EBLOCKED,
+                "cannot free memory: %llu bytes are held by retired items while reader pid %d "
+                "stays in a read section opened at epoch %llu (now %llu)",
+                (unsigned long long)t->w->retired_bytes, pid, (unsigned long long)e,
+                (unsigned long long)khala_load_relaxed(&t->hdr->epoch));
+}
+
+/* Step 3 of the put path: get a block of `size` bytes for a new item, evicting as needed. */
+static int make_room(khala_l1_t *t, uint64_t size, int replacing, uint64_t *off, uint64_t *block) {
+    khala_wstate_t *w = t->w;
+    int drained = 0;
+    for (;;) {
+        if (retire_full(t) && reclaim_hard(t) == 0)
+            return blocked(t);
+        if ((replacing || w->items < t->hdr->max_items) &&
+            khala__alloc_alloc(&t->arena, size, off, block) == 0)
+            return 0;
+        if (w->retire_head != w->retire_tail && reclaim(t) > 0)
+            continue;
+        if (!drained) {
+            /* The policy decides better with the hits readers recorded since the last drain. */
+            khala__readers_drain(&t->seg, t->tails, on_hit, t);
+            drained = 1;
+        }
+        uint32_t victim = khala__policy_victim(&t->pol);
+        if (victim == KHALA_NIL) {
+            if (w->retire_head != w->retire_tail) {
+                if (reclaim_hard(t) > 0)
+                    continue;
+                return blocked(t);
+            }
+            return fail(t, KHALA_EFULL,
+                        "no block of %llu bytes is free and the table is empty (arena %llu bytes)",
+                        (unsigned long long)size, (unsigned long long)(t->arena.hi - t->arena.lo));
+        }
+        remove_key(t, victim);
+        w->evictions++;
+    }
+}
+
+static int key_check(khala_l1_t *t, size_t klen) {
+    if (klen == 0)
+        return fail(t, KHALA_EKEY, "key is empty");
+    if (klen > KHALA_KEY_MAX)
+        return fail(t, KHALA_EKEY, "key is %zu bytes, max %d", klen, KHALA_KEY_MAX);
+    return 0;
+}
+
+int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, size_t vlen,
+                  int64_t ttl_ms, uint8_t type, uint64_t *version) {
+    khala_wstate_t *w = t->w;
+    khala_atomic_u64 *link = NULL;
+    uint64_t off = 0, block = 0;
+    int rc;
+    /* Step 1. */
+    if ((rc = key_check(t, klen)) != 0)
+        return rc;
+    if (vlen > t->seg.max_value)
+        return fail(t, KHALA_ETOOBIG, "value is %zu bytes, max %u", vlen, t->seg.max_value);
+    if (vlen && !val)
+        return fail(t, -EINVAL, "value is NULL but its length is %zu", vlen);
+    if (ttl_ms < 0)
+        return fail(t, -EINVAL, "ttl_ms is %lld; use 0 for no expiry", (long long)ttl_ms);
+    uint64_t size = KHALA_ITEM_SIZE(klen, vlen);
+    if (size > khala__alloc_max_payload(&t->arena))
+        return fail(t, KHALA_ETOOBIG, "item of %llu bytes cannot fit the %llu-byte arena",
+                    (unsigned long long)size, (unsigned long long)(t->arena.hi - t->arena.lo));
+    /* Step 2. */
+    uint64_t hash = khala__l1_hash(&t->seg, key, klen);
+    uint64_t old = find(t, hash, key, klen, &link);
+    /* Step 3. */
+    if ((rc = make_room(t, size, old != 0, &off, &block)) != 0)
+        return rc;
+    /* Eviction may have removed the old item, or moved what points to it. */
+    old = find(t, hash, key, klen, &link);
+    uint32_t idx = old ? item_at(t, old)->desc : desc_alloc(t);
+    /* Step 4. */
+    khala_item_t *it = item_at(t, off);
+    khala_store_relaxed(&it->next, 0);
+    it->hash = hash;
+    it->version = ++w->version_seq;
+    it->expire_ms = ttl_ms ? khala__sys_now_ms() + ttl_ms : 0;
+    it->value_len = (uint32_t)vlen;
+    it->key_len = (uint16_t)klen;
+    it->type = type;
+    it->flags = 0;
+    it->desc = idx;
+    it->pad = 0;
+    memcpy(it + 1, key, klen);
+    if (vlen)
+        memcpy((uint8_t *)it + KHALA_ITEM_VALUE_OFF(klen), val, vlen);
+    /* Step 5. */
+    khala_desc_t *d = &t->desc[idx];
+    if (old) {
+        khala_item_t *o = item_at(t, old);
+        khala_store_relaxed(&it->next, khala_load_relaxed(&o->next));
+        /* release: publishes the new item's fields before its offset; pairs with the acquire
+         * loads in khala__l1_lookup. */
+        khala_store_release(link, off);
+        w->item_bytes -= d->block_size;
+        w->payload_bytes -= (uint64_t)o->key_len + o->value_len;
+        retire(t, old);
+        w->overwrites++;
+        khala__policy_hit(&t->pol, idx);
+    } else {
+        khala_atomic_u64 *b = &t->seg.buckets[hash & t->seg.bucket_mask];
+        khala_store_relaxed(&it->next, khala_load_relaxed(b));
+        /* release: as above. */
+        khala_store_release(b, off);
+        d->hash = hash;
+        w->items++;
+    }
+    d->item_off = off;
+    d->expire_ms = it->expire_ms;
+    d->block_size = (uint32_t)block;
+    if (!old)
+        khala__policy_insert(&t->pol, idx);
+    w->item_bytes += block;
+    w->payload_bytes += klen + vlen;
+    w->sets++;
+    if (w->retire_tail - w->retire_head >= RECLAIM_BATCH)
+        reclaim(t);
+    if (version)
+        *version = it->version;
+    return 0;
+}
+
+int khala__l1_delete(khala_l1_t *t, const void *key, size_t klen) {
+    khala_atomic_u64 *link;
+    int rc = key_check(t, klen);
+    if (rc != 0)
+        return rc;
+    uint64_t off = find(t, khala__l1_hash(&t->seg, key, klen), key, klen, &link);
+    if (!off)
+        return fail(t, KHALA_ENOTFOUND, "no such key");
+    if (retire_full(t) && reclaim_hard(t) == 0)
+        return blocked(t);
+    remove_key(t, item_at(t, off)->desc);
+    t->w->deletes++;
+    return 0;
+}
+
+int khala__l1_maintain(khala_l1_t *t) {
+    khala__readers_drain(&t->seg, t->tails, on_hit, t);
+    return (int)reclaim_hard(t);
+}
+
+size_t khala__l1_sweep(khala_l1_t *t, size_t budget) {
+    khala_wstate_t *w = t->w;
+    uint32_t max = t->hdr->max_items;
+    int64_t now = khala__sys_now_ms();
+    size_t removed = 0;
+    for (size_t n = 0; n < budget; n++) {
+        uint32_t i = (uint32_t)(w->sweep_cursor++ % max);
+        khala_desc_t *d = &t->desc[i];
+        if (!d->item_off || !d->expire_ms || d->expire_ms > now)
+            continue;
+        if (retire_full(t) && reclaim_hard(t) == 0)
+            break;
+        remove_key(t, i);
+        w->expirations++;
+        removed++;
+    }
+    if (w->retire_tail - w->retire_head >= RECLAIM_BATCH)
+        reclaim(t);
+    return removed;
+}
+
+void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st) {
+    khala_wstate_t *w = t->w;
+    memset(st, 0, sizeof(*st));
+    st->items = w->items;
+    st->item_bytes = w->item_bytes;
+    st->payload_bytes = w->payload_bytes;
+    st->arena_bytes = t->arena.hi - t->arena.lo;
+    st->free_bytes = t->arena.st->free_bytes;
+    st->retired = w->retire_tail - w->retire_head;
+    st->retired_bytes = w->retired_bytes;
+    st->sets = w->sets;
+    st->overwrites = w->overwrites;
+    st->deletes = w->deletes;
+    st->evictions = w->evictions;
+    st->expirations = w->expirations;
+    khala__readers_totals(&t->seg, &st->reader_hits, &st->reader_misses);
+    st->readers = khala__readers_in_use(&t->seg);
+    st->max_items = t->hdr->max_items;
+    st->epoch = khala_load_relaxed(&t->hdr->epoch);
+    st->small = w->q_count[KHALA_Q_SMALL];
+    st->main = w->q_count[KHALA_Q_MAIN];
+    st->oldest_reader_epoch = khala__readers_oldest(&t->seg, &st->oldest_reader_pid);
+}
+
+int khala__l1_check(khala_l1_t *t) {
+    khala_wstate_t *w = t->w;
+    const khala_seg_t *s = &t->seg;
+    uint64_t items = 0, bytes = 0, payload = 0;
+    for (uint64_t b = 0; b <= s->bucket_mask; b++) {
+        uint64_t n = 0;
+        for (uint64_t off = khala_load_relaxed(&s->buckets[b]); off;
+             off = khala_load_relaxed(&item_at(t, off)->next)) {
+            if (off < s->arena_lo || off >= s->arena_hi || (off & (KHALA_ALIGN - 1)) ||
+                ++n > KHALA_CHAIN_MAX)
+                return fail(t, KHALA_ECORRUPT, "bucket %llu: bad offset %llu",
+                            (unsigned long long)b, (unsigned long long)off);
+            khala_item_t *it = item_at(t, off);
+            if ((it->hash & s->bucket_mask) != b || it->desc >= t->hdr->max_items ||
+                t->desc[it->desc].item_off != off || t->desc[it->desc].hash != it->hash ||
+                t->desc[it->desc].block_size != khala__alloc_block_size(&t->arena, off) ||
+                t->desc[it->desc].queue == KHALA_Q_NONE)
+                return fail(t, KHALA_ECORRUPT, "item at %llu disagrees with its desc %u",
+                            (unsigned long long)off, it->desc);
+            if (khala__l1_hash(s, it + 1, it->key_len) != it->hash)
+                return fail(t, KHALA_ECORRUPT, "item at %llu: hash does not match its key",
+                            (unsigned long long)off);
+            items++;
+            bytes += t->desc[it->desc].block_size;
+            payload += (uint64_t)it->key_len + it->value_len;
+        }
+    }
+    if (items != w->items || bytes != w->item_bytes || payload != w->payload_bytes)
+        return fail(t, KHALA_ECORRUPT, "counted %llu items / %llu bytes, header says %llu / %llu",
+                    (unsigned long long)items, (unsigned long long)bytes,
+                    (unsigned long long)w->items, (unsigned long long)w->item_bytes);
+    uint64_t free_descs = 0;
+    for (uint32_t i = w->free_desc; i != KHALA_NIL; i = t->desc[i].next)
+        if (t->desc[i].item_off || ++free_descs > t->hdr->max_items)
+            return fail(t, KHALA_ECORRUPT, "free desc list is broken at %u", i);
+    if (free_descs + items != t->hdr->max_items)
+        return fail(t, KHALA_ECORRUPT, "%llu free descs + %llu items != %u",
+                    (unsigned long long)free_descs, (unsigned long long)items, t->hdr->max_items);
+    if (khala__policy_check(&t->pol) != 0)
+        return fail(t, KHALA_ECORRUPT, "eviction queues are inconsistent");
+    if (w->q_count[KHALA_Q_SMALL] + w->q_count[KHALA_Q_MAIN] != items)
+        return fail(t, KHALA_ECORRUPT, "queues hold %llu items, table %llu",
+                    (unsigned long long)(w->q_count[1] + w->q_count[2]), (unsigned long long)items);
+    if (khala__alloc_check(&t->arena) != 0)
+        return fail(t, KHALA_ECORRUPT, "arena allocator is inconsistent");
+    if (t->arena.st->used_blocks != items + (w->retire_tail - w->retire_head))
+        return fail(t, KHALA_ECORRUPT, "%llu blocks in use for %llu items and %llu retired",
+                    (unsigned long long)t->arena.st->used_blocks, (unsigned long long)items,
+                    (unsigned long long)(w->retire_tail - w->retire_head));
+    return 0;
+}
+
+const char *khala__l1_errmsg(const khala_l1_t *t) {
+    return t->err;
+}
+
+khala_seg_t *khala__l1_seg(khala_l1_t *t) {
+    return &t->seg;
+}
+
+int khala__l1_open(const char *name, const khala_seg_config_t *cfg, khala_l1_t **out, char *err,
+                   size_t errlen) {
+    khala_seg_config_t defaults;
+    if (!cfg) {
+        khala__seg_config_init(&defaults);
+        cfg = &defaults;
+    }
+    khala_l1_t *t = calloc(1, sizeof(*t));
+    if (!t) {
+        if (err && errlen)
+            snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    int rc = khala__seg_create(&t->seg, name, cfg, err, errlen);
+    if (rc != 0) {
+        free(t);
+        return rc;
+    }
+    khala_seg_header_t *h = t->seg.hdr;
+    t->hdr = h;
+    t->w = &h->w;
+    t->desc = (khala_desc_t *)(t->seg.base + h->desc_off);
+    t->retire = (khala_retired_t *)(t->seg.base + h->retire_off);
+    t->retire_cap = h->retire_cap;
+    t->tails = calloc(t->seg.nslots, sizeof(uint64_t));
+    if (!t->tails) {
+        khala__l1_close(t, 1);
+        if (err && errlen)
+            snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    t->arena.base = t->seg.base;
+    t->arena.st = (khala_alloc_state_t *)(t->seg.base + h->alloc_off);
+    t->arena.lo = h->arena_off;
+    t->arena.hi = h->arena_off + h->arena_size;
+    t->pol.desc = t->desc;
+    t->pol.w = t->w;
+    t->pol.ghost = (khala_ghost_t *)(t->seg.base + h->ghost_off);
+    t->pol.ghost_mask = h->ghost_cap - 1;
+    t->pol.ghost_window = h->ghost_window;
+    t->pol.max_items = h->max_items;
+    /* Format the writer-only regions (the file starts zeroed, so buckets and ghost are empty). */
+    for (uint32_t i = 0; i < h->max_items; i++) {
+        t->desc[i].prev = KHALA_NIL;
+        t->desc[i].next = i + 1 < h->max_items ? i + 1 : KHALA_NIL;
+    }
+    t->w->free_desc = 0;
+    for (int q = 0; q < 3; q++)
+        t->w->q_head[q] = t->w->q_tail[q] = KHALA_NIL;
+    khala__alloc_format(&t->arena);
+    khala_store_relaxed(&h->writer_pid, (uint32_t)getpid());
+    *out = t;
+    return 0;
+}
+
+void khala__l1_close(khala_l1_t *t, int unlink) {
+    if (!t)
+        return;
+    if (t->seg.hdr)
+        khala_store_relaxed(&t->seg.hdr->writer_pid, 0);
+    char name[sizeof(t->seg.name)];
+    memcpy(name, t->seg.name, sizeof(name));
+    khala__seg_detach(&t->seg);
+    if (unlink)
+        (void)khala__seg_unlink(name);
+    free(t->tails);
+    free(t);
+}

@@ -1,0 +1,105 @@
+/*
+ * The L1 table: the hash table in the data segment, its single writer, and the lookup that
+ * readers run. The writer handle (khala_l1_t) is what khalad uses; workers only ever call
+ * khala__l1_lookup() through the client API.
+ *
+ * Start at khala__l1_open() and khala__l1_put(); the design is at the top of l1_table.c.
+ */
+#ifndef KHALA_LIB_L1_TABLE_H
+#define KHALA_LIB_L1_TABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layout.h"
+#include "segment.h"
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+/* The writer's handle. Not thread-safe: one thread of one process drives it. */
+typedef struct khala_l1 khala_l1_t;
+
+/* Counters of the table, as the writer sees them. */
+typedef struct khala_l1_stats {
+    uint64_t items, item_bytes, payload_bytes; /* live items; arena bytes; key+value bytes */
+    uint64_t arena_bytes, free_bytes;          /* arena size; bytes in free blocks */
+    uint64_t retired, retired_bytes;           /* unlinked items waiting for readers */
+    uint64_t sets, overwrites, deletes, evictions, expirations;
+    uint64_t reader_hits, reader_misses; /* summed over reader slots */
+    uint32_t readers;                    /* reader slots in use */
+    uint32_t max_items;
+    uint64_t epoch;        /* global epoch */
+    uint64_t small, main;  /* items in the policy's queues */
+    int oldest_reader_pid; /* pid of the reader pinning the oldest epoch, 0 if none */
+    uint64_t oldest_reader_epoch;
+} khala_l1_stats_t;
+
+/* khala__l1_open flags. */
+enum {
+    KHALA_L1_DEFAULT = 0,
+};
+
+/* Create cache `name` anew with the given sizes (NULL for defaults) and become its writer. An
+ * existing segment without a live writer is replaced (its readers reattach). Returns 0,
+ * KHALA_EEXIST, KHALA_ECONFIG, KHALA_ENAME, -ENOMEM or -errno; on failure *err (if not NULL)
+ * gets a message naming the problem. */
+int khala__l1_open(const char *name, const khala_seg_config_t *cfg, khala_l1_t **out, char *err,
+                   size_t errlen);
+
+/* Close the writer; with unlink != 0 also remove the segment files. */
+void khala__l1_close(khala_l1_t *t, int unlink);
+
+/* Insert or overwrite. ttl_ms 0 means no expiry. On success *version (if not NULL) is the new
+ * item's version. Errors: KHALA_EKEY, KHALA_ETOOBIG (value above max_value or larger than the
+ * arena), KHALA_EBLOCKED (reclamation held back by a live reader), KHALA_EFULL, and on all of
+ * them the table is unchanged. */
+int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, size_t vlen,
+                  int64_t ttl_ms, uint8_t type, uint64_t *version);
+
+/* Remove a key. 0, KHALA_ENOTFOUND or KHALA_EKEY. */
+int khala__l1_delete(khala_l1_t *t, const void *key, size_t klen);
+
+/* Housekeeping a writer runs often (khalad: every loop turn; tests: after bursts): drain the
+ * hit rings into the policy, free retired items whose grace period has passed, reap slots of
+ * dead readers that pin memory. Returns the number of items freed, or -errno. */
+int khala__l1_maintain(khala_l1_t *t);
+
+/* Examine up to `budget` descs from the sweep cursor and remove expired items; returns how
+ * many were removed. A full sweep is max_items / budget calls. */
+size_t khala__l1_sweep(khala_l1_t *t, size_t budget);
+
+void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st);
+
+/* Walk the whole table, the queues and the arena, verifying every invariant. 0 or
+ * KHALA_ECORRUPT (with the detail in khala__l1_errmsg). */
+int khala__l1_check(khala_l1_t *t);
+
+/* Detail of the last failure on t. */
+const char *khala__l1_errmsg(const khala_l1_t *t);
+
+/* The writer's segment (tests use it to attach readers to the same mapping under TSan). */
+khala_seg_t *khala__l1_seg(khala_l1_t *t);
+
+/* Reader side ------------------------------------------------------------------------------*/
+
+static inline uint64_t khala__l1_hash(const khala_seg_t *s, const void *key, size_t klen) {
+    return XXH3_64bits_withSeed(key, klen, s->hash_seed);
+}
+
+/* Find the live item for key. Call inside a read section (or from the writer). 0 and *out;
+ * KHALA_ENOTFOUND (absent or expired); KHALA_ECORRUPT if an offset points outside the arena or
+ * a chain does not end. now_ms is an upper bound of the monotonic clock, or 0 to read it only
+ * when the item has a deadline. */
+int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t klen, uint64_t hash,
+                     const khala_item_t **out);
+
+static inline const uint8_t *khala__item_key(const khala_item_t *it) {
+    return (const uint8_t *)(it + 1);
+}
+
+static inline const uint8_t *khala__item_value(const khala_item_t *it) {
+    return (const uint8_t *)it + KHALA_ITEM_VALUE_OFF(it->key_len);
+}
+
+#endif /* KHALA_LIB_L1_TABLE_H */

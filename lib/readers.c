@@ -1,0 +1,188 @@
+/*
+ * Reader slots and cross-process epoch-based reclamation.
+ *
+ * HOW IT WORKS
+ *
+ * The writer never frees an item that a reader might still be reading. Readers cannot take
+ * locks or tell the writer what they read (that would cost the hit path a shared write), so the
+ * writer infers it from epochs:
+ *
+ *   - The header holds a global epoch E, which only the writer advances.
+ *   - A reader entering a read section copies E into its slot; leaving, it stores 0.
+ *   - The writer, having unlinked an item while the global epoch was R, records (item, R) in
+ *     the retire ring. Later it advances the global epoch, fences, and scans the slots: an item
+ *     retired at R may be freed once every slot shows either 0 or an epoch greater than R.
+ *
+ * Why it is safe. Take a reader that could reach an item the writer unlinked at epoch R. The
+ * reader's slot store and the writer's unlink are each followed by a seq_cst fence and then a
+ * load of the other's location (the table link, the slot). By the store-buffer rule of seq_cst
+ * fences, either the writer's scan sees the reader's slot epoch, or the reader's walk sees the
+ * unlink and cannot reach the item. In the first case the epoch the reader published was read
+ * before it stored it; if it is <= R the writer keeps the item, and if it is > R the reader
+ * loaded an epoch that the writer stored after the unlink (acquire on that load, release on the
+ * writer's increment), so its walk starts after the unlink and cannot reach the item either.
+ * When a reader leaves, its release store of 0 pairs with the writer's acquire load, so all the
+ * reader's reads happen before the writer's reuse of the memory.
+ *
+ * A reader that dies inside a section leaves its epoch behind and would pin memory forever.
+ * Each slot is therefore tied to its owner by an OFD lock on byte <slot index> of the readers
+ * file (sys.c explains why OFD rather than classic fcntl locks). The kernel drops it when the
+ * owner dies; pid reuse cannot fool it, unlike a kill(pid, 0) check. The writer reaps a slot
+ * (khala__readers_reap) by taking its lock: if it gets it, the owner is gone, and it clears the
+ * slot under the lock so that no claimer races it. Claimers take the same lock, and because
+ * threads of one process share their open file description (the lock does not exclude them from
+ * each other), a claimer also wins the slot's pid with a compare-and-swap.
+ *
+ * Hit rings. Each slot has a ring of ring_size 64-bit entries (desc index << 32 | low 32 bits of
+ * the hash). The owner writes an entry and then publishes a new head with release order; the
+ * writer keeps its own cursor per slot in private memory, so the ring costs the hit path one
+ * store to a line only its owner writes. If the owner laps the writer, the oldest entries are
+ * lost; the writer validates each entry against its desc and ignores stale ones. The policy
+ * only needs a sample of hits, not all of them.
+ *
+ * Alternatives rejected: liburcu's flavours track readers per process and cannot see readers in
+ * other processes; a reader-writer lock or refcount puts a contended write on the hit path;
+ * hazard pointers need a store and fence per item visited rather than per section.
+ */
+#include "readers.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "khala/error.h"
+#include "sys.h"
+
+int khala__readers_claim(khala_seg_t *s, uint32_t *idx) {
+    uint64_t me = (uint64_t)getpid();
+    for (uint32_t i = 0; i < s->nslots; i++) {
+        khala_slot_t *slot = khala__seg_slot(s, i);
+        uint64_t owner = khala_load_acquire(&slot->pid);
+        if (owner == me)
+            continue; /* a thread of this process: our shared lock says nothing about it */
+        int rc = khala__sys_lock_try(s->readers_fd, i);
+        if (rc == -EAGAIN)
+            continue; /* a live owner in another process */
+        if (rc != 0)
+            return rc;
+        /* We hold the lock, so any owner from another process is dead: take the slot over. A
+         * thread of this process may race us to it; the compare-and-swap decides, and the loser
+         * must not unlock (the lock is the winner's too). */
+        if (!khala_cas_acq_rel(&slot->pid, &owner, me))
+            continue;
+        khala_store_relaxed(&slot->epoch, 0);
+        khala_store_relaxed(&slot->start, khala__sys_proc_start((int)me));
+        khala_store_relaxed(&slot->tid, (uint64_t)syscall(SYS_gettid));
+        uint32_t hwm = khala_load_relaxed(&s->rhdr->hwm);
+        while (hwm < i + 1 && !khala_cas_acq_rel(&s->rhdr->hwm, &hwm, i + 1))
+            ;
+        *idx = i;
+        return 0;
+    }
+    return KHALA_ENOREADER;
+}
+
+void khala__readers_release(khala_seg_t *s, uint32_t idx) {
+    khala_slot_t *slot = khala__seg_slot(s, idx);
+    khala__reader_leave(slot);
+    khala_store_relaxed(&slot->tid, 0);
+    khala_store_relaxed(&slot->start, 0);
+    khala_store_release(&slot->pid, 0);
+    (void)khala__sys_lock_release(s->readers_fd, idx);
+}
+
+uint64_t khala__readers_min_epoch(const khala_seg_t *s) {
+    /* seq_cst fence: orders the caller's unlinks (and epoch increment) before the loads below;
+     * pairs with the fence in khala__reader_enter. */
+    khala_fence_seq_cst();
+    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
+    uint64_t min = UINT64_MAX;
+    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
+        /* acquire: pairs with the release in khala__reader_leave. */
+        uint64_t e = khala_load_acquire(&khala__seg_slot(s, i)->epoch);
+        if (e && e < min)
+            min = e;
+    }
+    return min;
+}
+
+uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid) {
+    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
+    uint64_t min = 0;
+    *pid = 0;
+    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
+        khala_slot_t *slot = khala__seg_slot(s, i);
+        uint64_t e = khala_load_acquire(&slot->epoch);
+        if (e && (min == 0 || e < min)) {
+            min = e;
+            *pid = (int)khala_load_relaxed(&slot->pid);
+        }
+    }
+    return min;
+}
+
+int khala__readers_reap(khala_seg_t *s, uint64_t below) {
+    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
+    int reaped = 0;
+    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
+        khala_slot_t *slot = khala__seg_slot(s, i);
+        uint64_t e = khala_load_acquire(&slot->epoch);
+        if (e == 0 || e >= below)
+            continue;
+        int rc = khala__sys_lock_try(s->readers_fd, i);
+        if (rc == -EAGAIN)
+            continue; /* owner alive: it is just slow */
+        if (rc != 0)
+            return rc;
+        /* The owner is dead and we hold its lock: no claimer can race us. */
+        khala_store_relaxed(&slot->tid, 0);
+        khala_store_relaxed(&slot->start, 0);
+        khala_store_release(&slot->epoch, 0);
+        khala_store_release(&slot->pid, 0);
+        (void)khala__sys_lock_release(s->readers_fd, i);
+        reaped++;
+    }
+    return reaped;
+}
+
+void khala__readers_drain(const khala_seg_t *s, uint64_t *tails,
+                          void (*fn)(void *arg, uint32_t idx, uint32_t hash_lo), void *arg) {
+    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
+    uint64_t ring = (uint64_t)s->ring_mask + 1;
+    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
+        khala_slot_t *slot = khala__seg_slot(s, i);
+        /* acquire: pairs with the release in khala__reader_record; entries below head are
+         * published. */
+        uint64_t head = khala_load_acquire(&slot->ring_head);
+        uint64_t t = tails[i];
+        if (head == t)
+            continue;
+        if (head - t > ring || head < t)
+            t = head - ring; /* lapped (or a fresh cursor): keep the newest ring entries */
+        for (; t != head; t++) {
+            uint64_t e = khala_load_relaxed(&slot->ring[t & s->ring_mask]);
+            fn(arg, (uint32_t)(e >> 32), (uint32_t)e);
+        }
+        tails[i] = head;
+    }
+}
+
+void khala__readers_totals(const khala_seg_t *s, uint64_t *hits, uint64_t *misses) {
+    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
+    uint64_t h = 0, m = 0;
+    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
+        khala_slot_t *slot = khala__seg_slot(s, i);
+        h += khala_load_relaxed(&slot->hits);
+        m += khala_load_relaxed(&slot->misses);
+    }
+    *hits = h;
+    *misses = m;
+}
+
+uint32_t khala__readers_in_use(const khala_seg_t *s) {
+    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm), n = 0;
+    for (uint32_t i = 0; i < hwm && i < s->nslots; i++)
+        n += khala_load_relaxed(&khala__seg_slot(s, i)->pid) != 0;
+    return n;
+}

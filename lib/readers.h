@@ -1,0 +1,100 @@
+/*
+ * Reader slots: how a reader announces a read section (the epoch protocol), records hits for
+ * the eviction policy, and how the writer learns which memory it may free and which readers
+ * died. The theory, with the memory-ordering argument, is at the top of readers.c and in
+ * docs/segment.md.
+ *
+ * Synchronization table (slot fields; "owner" is the thread that claimed the slot):
+ *
+ *   field      | written by                  | read by            | order
+ *   -----------+-----------------------------+--------------------+---------------------------
+ *   epoch      | owner (enter, leave)        | writer (reclaim)   | enter: relaxed store then
+ *              | writer, if owner is dead    |                    | seq_cst fence; leave:
+ *              |                             |                    | release; writer: fence then
+ *              |                             |                    | acquire loads
+ *   hits,misses| owner                       | writer, owner      | relaxed (counters)
+ *   ring[]     | owner                       | writer (drain)     | relaxed entries, published
+ *   ring_head  | owner                       | writer (drain)     | by a release store of head
+ *   pid,start  | owner on claim; writer on   | writer, claimers   | under the slot's OFD lock
+ *              | reclaim of a dead owner     |                    |
+ *
+ * Start at khala__reader_enter() for the reader side and khala__readers_min_epoch() for the
+ * writer side.
+ */
+#ifndef KHALA_LIB_READERS_H
+#define KHALA_LIB_READERS_H
+
+#include <stdint.h>
+
+#include "atomic.h"
+#include "layout.h"
+#include "segment.h"
+
+/* Reader side -------------------------------------------------------------------------------*/
+
+/* Claim a free slot for the calling thread (pid, start time and tid recorded, OFD lock on byte
+ * `index` of the readers file taken). 0 and *idx, or KHALA_ENOREADER / -errno. */
+int khala__readers_claim(khala_seg_t *s, uint32_t *idx);
+
+/* Give a slot back: leave any section, clear the owner, drop the lock. */
+void khala__readers_release(khala_seg_t *s, uint32_t idx);
+
+/* Enter a read section: publish the global epoch in the slot, then a full fence, so that either
+ * the writer's scan sees this slot's epoch or this reader sees every unlink that preceded the
+ * scan (see readers.c, "Why it is safe"). */
+static inline void khala__reader_enter(const khala_seg_t *s, khala_slot_t *slot) {
+    /* acquire: pairs with the writer's epoch increment, which follows its unlinks. */
+    uint64_t e = khala_load_acquire(&s->hdr->epoch);
+    khala_store_relaxed(&slot->epoch, e);
+    /* seq_cst fence: orders the epoch store before every load of the table that follows;
+     * pairs with the fence in khala__readers_min_epoch (the store-buffer case). */
+    khala_fence_seq_cst();
+}
+
+/* Leave a read section. release: every read of the section happens before the writer, having
+ * load-acquired this 0, frees or reuses memory. */
+static inline void khala__reader_leave(khala_slot_t *slot) {
+    khala_store_release(&slot->epoch, 0);
+}
+
+/* Record a hit on desc `idx` of a key whose hash is `hash` (owner only; lossy). */
+static inline void khala__reader_record(const khala_seg_t *s, khala_slot_t *slot, uint32_t idx,
+                                        uint64_t hash) {
+    uint64_t head = khala_load_relaxed(&slot->ring_head);
+    khala_store_relaxed(&slot->ring[head & s->ring_mask], ((uint64_t)idx << 32) | (uint32_t)hash);
+    /* release: publishes the entry before the new head; pairs with the acquire in drain. */
+    khala_store_release(&slot->ring_head, head + 1);
+}
+
+/* Add to the owner's own counter: a plain increment, no read-modify-write, since only the
+ * owner writes it. */
+static inline void khala__reader_count(khala_atomic_u64 *ctr) {
+    khala_store_relaxed(ctr, khala_load_relaxed(ctr) + 1);
+}
+
+/* Writer side -------------------------------------------------------------------------------*/
+
+/* The smallest epoch any reader inside a read section shows, UINT64_MAX if none is inside one.
+ * Begins with a seq_cst fence that orders the caller's earlier unlinks and epoch increment
+ * before the scan. */
+uint64_t khala__readers_min_epoch(const khala_seg_t *s);
+
+/* Find slots whose epoch is nonzero and below `below`, and free those whose owner is dead (the
+ * slot's OFD lock is not held). Returns how many slots were freed, or -errno. */
+int khala__readers_reap(khala_seg_t *s, uint64_t below);
+
+/* The oldest epoch a live reader is pinning and the pid holding it; 0 if none. */
+uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid);
+
+/* Drain every slot's hit ring into fn(arg, desc index, low hash bits). `tails` has one cursor
+ * per slot (writer-private). Entries overwritten before the drain are lost, by design. */
+void khala__readers_drain(const khala_seg_t *s, uint64_t *tails,
+                          void (*fn)(void *arg, uint32_t idx, uint32_t hash_lo), void *arg);
+
+/* Sum of hits and misses over every slot. */
+void khala__readers_totals(const khala_seg_t *s, uint64_t *hits, uint64_t *misses);
+
+/* Slots currently claimed. */
+uint32_t khala__readers_in_use(const khala_seg_t *s);
+
+#endif /* KHALA_LIB_READERS_H */

@@ -1,0 +1,475 @@
+/*
+ * Segment: the two shared-memory files of a cache, their creation and their validation.
+ *
+ * HOW IT WORKS
+ *
+ * The writer computes a layout from its configuration (layout.h draws it): a page of header,
+ * then the bucket array, the writer-only regions (descs, ghost table, retire ring, allocator
+ * state) and the arena, each aligned to a cache line and the arena to a page. It creates the
+ * readers file first and the data file second, each with O_EXCL, sizes them with
+ * ftruncate + posix_fallocate (so that a full /dev/shm is an error now rather than a SIGBUS in
+ * some reader later), fills the header, and stores the magic number last with release order.
+ * A reader that attaches before the magic is visible is told the segment is corrupt and may
+ * retry; one that attaches after it sees a complete header.
+ *
+ * A writer that finds a segment already there takes the writer lock (an OFD lock on byte 0 of
+ * the data file). If a live writer holds it, creation fails with KHALA_EEXIST. Otherwise the
+ * old segment is marked KHALA_SEG_REPLACED, so that attached readers notice on their next
+ * read section and reattach, and both files are unlinked before the new ones are made. Readers
+ * keep their old mappings until they reattach, so nothing is pulled from under them.
+ *
+ * Attaching validates everything it will later trust: magic, layout version, header size, that
+ * the file is as large as the header says (a truncated file would otherwise SIGBUS), that every
+ * region lies inside the file and in order, and that the readers file has the same generation.
+ * The derived values (bucket mask, arena bounds, slot geometry) are copied into the private
+ * khala_seg_t, so a header corrupted after attach cannot redirect a reader outside its mapping.
+ *
+ * Invariants:
+ *   - Only a process holding the writer lock maps the data file read-write.
+ *   - The data file never changes size while it has a name; a new size is a new generation.
+ */
+#include "segment.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "khala/error.h"
+#include "sys.h"
+
+#define SEG_MIN_ITEMS 16u
+#define SEG_MAX_ITEMS (1u << 31)
+#define SEG_MIN_BYTES (64u * 1024u)
+#define SEG_MAX_BYTES (1ull << 44)
+#define SEG_MAX_VALUE (256u * 1024u * 1024u)
+#define SEG_MAX_READERS 65536u
+#define SEG_MAX_RING 65536u
+#define SEG_PAGE 4096u
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+static uint64_t align_up(uint64_t v, uint64_t a) {
+    return (v + a - 1) & ~(a - 1);
+}
+
+static uint64_t pow2_at_least(uint64_t v) {
+    uint64_t p = 1;
+    while (p < v)
+        p <<= 1;
+    return p;
+}
+
+void khala__seg_config_init(khala_seg_config_t *cfg) {
+    cfg->max_items = 65536;
+    cfg->max_bytes = 64ull * 1024 * 1024;
+    cfg->max_value = KHALA_VALUE_MAX_DEFAULT;
+    cfg->max_readers = 256;
+    cfg->ring_size = 256;
+}
+
+void khala__seg_shm_names(const char *name, char *data, char *readers, size_t len) {
+    if (data)
+        snprintf(data, len, "khala.%s.data", name);
+    if (readers)
+        snprintf(readers, len, "khala.%s.readers", name);
+}
+
+int khala__seg_name_check(const char *name, char *err, size_t errlen) {
+    if (!name || !*name)
+        return fail(err, errlen, KHALA_ENAME, "cache name is empty");
+    size_t n = strnlen(name, KHALA_NAME_MAX + 1);
+    if (n > KHALA_NAME_MAX)
+        return fail(err, errlen, KHALA_ENAME, "cache name is longer than %d bytes",
+                    KHALA_NAME_MAX);
+    for (size_t i = 0; i < n; i++) {
+        char ch = name[i];
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                 ch == '_' || ch == '-' || ch == '.';
+        if (!ok)
+            return fail(err, errlen, KHALA_ENAME,
+                        "cache name '%s' has character 0x%02x at %zu; use [A-Za-z0-9_.-]", name,
+                        (unsigned char)ch, i);
+    }
+    return 0;
+}
+
+/* Fill the immutable part of a header from a validated configuration. */
+static void compute_layout(khala_seg_header_t *h, const khala_seg_config_t *cfg) {
+    uint64_t off = KHALA_SEG_HEADER_SIZE;
+    h->max_items = cfg->max_items;
+    h->max_value = cfg->max_value;
+    h->max_readers = cfg->max_readers;
+    h->ring_size = cfg->ring_size;
+    h->bucket_count = pow2_at_least(cfg->max_items);
+    h->bucket_off = off;
+    off = align_up(off + h->bucket_count * sizeof(uint64_t), KHALA_CACHE_LINE);
+    h->desc_off = off;
+    off = align_up(off + (uint64_t)cfg->max_items * sizeof(khala_desc_t), KHALA_CACHE_LINE);
+    /* The ghost remembers about as many evicted keys as the cache holds (the study behind this
+     * choice is in docs/eviction.md); the table is twice that so probes stay short. */
+    h->ghost_window = cfg->max_items;
+    h->ghost_cap = pow2_at_least(2ull * cfg->max_items);
+    h->ghost_off = off;
+    off = align_up(off + h->ghost_cap * sizeof(khala_ghost_t), KHALA_CACHE_LINE);
+    h->retire_cap = cfg->max_items < 1024 ? 1024 : cfg->max_items;
+    h->retire_off = off;
+    off = align_up(off + h->retire_cap * sizeof(khala_retired_t), KHALA_CACHE_LINE);
+    h->alloc_off = off;
+    off = align_up(off + sizeof(khala_alloc_state_t), SEG_PAGE);
+    h->arena_off = off;
+    h->arena_size = align_up(cfg->max_bytes, KHALA_ALIGN);
+    h->segment_size = align_up(off + h->arena_size, SEG_PAGE);
+    h->readers_size = KHALA_READERS_HEADER_SIZE +
+                      (uint64_t)cfg->max_readers *
+                          (sizeof(khala_slot_t) + (uint64_t)cfg->ring_size * sizeof(uint64_t));
+}
+
+static int config_check(const khala_seg_config_t *cfg, char *err, size_t errlen) {
+    if (cfg->max_items < SEG_MIN_ITEMS || cfg->max_items > SEG_MAX_ITEMS)
+        return fail(err, errlen, KHALA_ECONFIG, "max_items is %u, allowed %u to %u",
+                    cfg->max_items, SEG_MIN_ITEMS, SEG_MAX_ITEMS);
+    if (cfg->max_bytes < SEG_MIN_BYTES || cfg->max_bytes > SEG_MAX_BYTES)
+        return fail(err, errlen, KHALA_ECONFIG, "max_bytes is %llu, allowed %u to %llu",
+                    (unsigned long long)cfg->max_bytes, SEG_MIN_BYTES,
+                    (unsigned long long)SEG_MAX_BYTES);
+    if (cfg->max_value > SEG_MAX_VALUE)
+        return fail(err, errlen, KHALA_ECONFIG, "max_value is %u, allowed up to %u",
+                    cfg->max_value, SEG_MAX_VALUE);
+    if (cfg->max_readers < 1 || cfg->max_readers > SEG_MAX_READERS)
+        return fail(err, errlen, KHALA_ECONFIG, "max_readers is %u, allowed 1 to %u",
+                    cfg->max_readers, SEG_MAX_READERS);
+    if (cfg->ring_size < 16 || cfg->ring_size > SEG_MAX_RING ||
+        (cfg->ring_size & (cfg->ring_size - 1)))
+        return fail(err, errlen, KHALA_ECONFIG, "ring_size is %u, want a power of two, 16 to %u",
+                    cfg->ring_size, SEG_MAX_RING);
+    return 0;
+}
+
+/* Validate a header that may be anything; on success fill the derived fields of s. */
+static int header_check(khala_seg_t *s, const khala_seg_header_t *h, uint64_t file_size,
+                        char *err, size_t errlen) {
+    const char *n = s->name;
+    if (h->magic != KHALA_SEG_MAGIC)
+        return fail(err, errlen, KHALA_ECORRUPT,
+                    "segment '%s': bad magic 0x%016llx (not a khala segment, or still being made)",
+                    n, (unsigned long long)h->magic);
+    if (h->layout_version != KHALA_LAYOUT_VERSION)
+        return fail(err, errlen, KHALA_ELAYOUT,
+                    "segment '%s' has layout version %u; this library reads version %u", n,
+                    h->layout_version, KHALA_LAYOUT_VERSION);
+    if (h->header_size != KHALA_SEG_HEADER_SIZE)
+        return fail(err, errlen, KHALA_ECORRUPT, "segment '%s': header size %u, expected %u", n,
+                    h->header_size, KHALA_SEG_HEADER_SIZE);
+    if (h->segment_size != file_size)
+        return fail(err, errlen, KHALA_ECORRUPT,
+                    "segment '%s' is %llu bytes but its header says %llu (truncated?)", n,
+                    (unsigned long long)file_size, (unsigned long long)h->segment_size);
+    /* Recompute the layout from the sizes and demand the same offsets: this checks every
+     * region's bounds and order at once. */
+    khala_seg_config_t cfg = {h->max_items, h->arena_size, h->max_value, h->max_readers,
+                              h->ring_size};
+    char sub[160];
+    if (config_check(&cfg, sub, sizeof(sub)) != 0)
+        return fail(err, errlen, KHALA_ECORRUPT, "segment '%s': header sizes invalid: %s", n, sub);
+    khala_seg_header_t want;
+    memset(&want, 0, sizeof(want));
+    compute_layout(&want, &cfg);
+    if (want.bucket_off != h->bucket_off || want.bucket_count != h->bucket_count ||
+        want.desc_off != h->desc_off || want.ghost_off != h->ghost_off ||
+        want.ghost_cap != h->ghost_cap || want.ghost_window != h->ghost_window ||
+        want.retire_off != h->retire_off || want.retire_cap != h->retire_cap ||
+        want.alloc_off != h->alloc_off || want.arena_off != h->arena_off ||
+        want.segment_size != h->segment_size || want.readers_size != h->readers_size)
+        return fail(err, errlen, KHALA_ECORRUPT,
+                    "segment '%s': region offsets in the header are inconsistent", n);
+    s->hdr = (khala_seg_header_t *)s->base;
+    s->buckets = (khala_atomic_u64 *)(s->base + h->bucket_off);
+    s->bucket_mask = h->bucket_count - 1;
+    s->arena_lo = h->arena_off;
+    s->arena_hi = h->arena_off + h->arena_size;
+    s->hash_seed = h->hash_seed;
+    s->generation = h->generation;
+    s->max_value = h->max_value;
+    s->nslots = h->max_readers;
+    s->slot_size = (uint32_t)(sizeof(khala_slot_t) + (uint64_t)h->ring_size * sizeof(uint64_t));
+    s->ring_mask = h->ring_size - 1;
+    return 0;
+}
+
+static int readers_check(khala_seg_t *s, uint64_t file_size, uint64_t want_size, char *err,
+                         size_t errlen) {
+    const khala_readers_header_t *r = (const khala_readers_header_t *)s->rbase;
+    if (file_size < KHALA_READERS_HEADER_SIZE || r->magic != KHALA_READERS_MAGIC)
+        return fail(err, errlen, KHALA_ECORRUPT, "readers file of '%s': bad magic or truncated",
+                    s->name);
+    if (r->layout_version != KHALA_LAYOUT_VERSION)
+        return fail(err, errlen, KHALA_ELAYOUT,
+                    "readers file of '%s' has layout version %u; this library reads %u", s->name,
+                    r->layout_version, KHALA_LAYOUT_VERSION);
+    if (r->generation != s->generation)
+        return fail(err, errlen, KHALA_ELAYOUT,
+                    "readers file of '%s' has generation %llu, the data file %llu (being replaced?)",
+                    s->name, (unsigned long long)r->generation,
+                    (unsigned long long)s->generation);
+    if (r->nslots != s->nslots || r->slot_size != s->slot_size || r->size != want_size ||
+        file_size != want_size || r->ring_size != s->ring_mask + 1)
+        return fail(err, errlen, KHALA_ECORRUPT,
+                    "readers file of '%s' does not match its data file (size %llu, want %llu)",
+                    s->name, (unsigned long long)file_size, (unsigned long long)want_size);
+    s->rhdr = (khala_readers_header_t *)s->rbase;
+    return 0;
+}
+
+static void seg_reset(khala_seg_t *s, const char *name, int writable) {
+    memset(s, 0, sizeof(*s));
+    snprintf(s->name, sizeof(s->name), "%s", name);
+    s->writable = writable;
+    s->data_fd = -1;
+    s->readers_fd = -1;
+}
+
+void khala__seg_detach(khala_seg_t *s) {
+    khala__sys_unmap(s->base, s->size);
+    khala__sys_unmap(s->rbase, s->rsize);
+    khala__sys_close(s->data_fd);
+    khala__sys_close(s->readers_fd);
+    s->base = s->rbase = NULL;
+    s->hdr = NULL;
+    s->rhdr = NULL;
+    s->data_fd = s->readers_fd = -1;
+}
+
+int khala__seg_attach(khala_seg_t *s, const char *name, int writable, char *err, size_t errlen) {
+    char dname[128], rname[128];
+    uint64_t size = 0;
+    int rc = khala__seg_name_check(name, err, errlen);
+    if (rc != 0)
+        return rc;
+    seg_reset(s, name, writable);
+    khala__seg_shm_names(name, dname, rname, sizeof(dname));
+
+    rc = khala__sys_shm_open(dname, 0, writable);
+    if (rc < 0) {
+        fail(err, errlen, rc, "cannot open /dev/shm/%s: %s%s", dname, strerror(-rc),
+             rc == -ENOENT ? " (is the writer running?)" : "");
+        goto out;
+    }
+    s->data_fd = rc;
+    if ((rc = khala__sys_fd_size(s->data_fd, &size)) != 0) {
+        fail(err, errlen, rc, "cannot stat /dev/shm/%s: %s", dname, strerror(-rc));
+        goto out;
+    }
+    if (size < KHALA_SEG_HEADER_SIZE) {
+        rc = fail(err, errlen, KHALA_ECORRUPT,
+                  "segment '%s' is %llu bytes, smaller than its %u-byte header (truncated, or "
+                  "still being made)",
+                  name, (unsigned long long)size, KHALA_SEG_HEADER_SIZE);
+        goto out;
+    }
+    if ((rc = khala__sys_map(s->data_fd, size, writable, (void **)&s->base)) != 0) {
+        fail(err, errlen, rc, "cannot map segment '%s' (%llu bytes): %s", name,
+             (unsigned long long)size, strerror(-rc));
+        goto out;
+    }
+    s->size = size;
+    /* acquire: pairs with the release store of the magic in khala__seg_create, so that every
+     * header field is visible once the magic is. */
+    const khala_seg_header_t *h = (const khala_seg_header_t *)s->base;
+    if (khala_load_acquire((const khala_atomic_u64 *)(const void *)&h->magic) != KHALA_SEG_MAGIC) {
+        rc = fail(err, errlen, KHALA_ECORRUPT,
+                  "segment '%s': bad magic 0x%016llx (not a khala segment, or still being made)",
+                  name, (unsigned long long)h->magic);
+        goto out;
+    }
+    if ((rc = header_check(s, h, size, err, errlen)) != 0)
+        goto out;
+
+    rc = khala__sys_shm_open(rname, 0, 1);
+    if (rc < 0) {
+        fail(err, errlen, rc, "cannot open /dev/shm/%s: %s", rname, strerror(-rc));
+        goto out;
+    }
+    s->readers_fd = rc;
+    if ((rc = khala__sys_fd_size(s->readers_fd, &size)) != 0) {
+        fail(err, errlen, rc, "cannot stat /dev/shm/%s: %s", rname, strerror(-rc));
+        goto out;
+    }
+    if (size < KHALA_READERS_HEADER_SIZE) {
+        rc = fail(err, errlen, KHALA_ECORRUPT, "readers file of '%s' is truncated (%llu bytes)",
+                  name, (unsigned long long)size);
+        goto out;
+    }
+    if ((rc = khala__sys_map(s->readers_fd, size, 1, (void **)&s->rbase)) != 0) {
+        fail(err, errlen, rc, "cannot map readers file of '%s': %s", name, strerror(-rc));
+        goto out;
+    }
+    s->rsize = size;
+    if ((rc = readers_check(s, size, h->readers_size, err, errlen)) != 0)
+        goto out;
+    if (khala_load_acquire(&s->hdr->state) != KHALA_SEG_LIVE) {
+        rc = fail(err, errlen, KHALA_ELAYOUT, "segment '%s' has been replaced by a new one", name);
+        goto out;
+    }
+    return 0;
+out:
+    khala__seg_detach(s);
+    return rc;
+}
+
+int khala__seg_reopen_readers(khala_seg_t *s) {
+    char rname[128];
+    khala__seg_shm_names(s->name, NULL, rname, sizeof(rname));
+    int fd = khala__sys_shm_open(rname, 0, 1);
+    if (fd < 0)
+        return fd;
+    khala__sys_close(s->readers_fd);
+    s->readers_fd = fd;
+    return 0;
+}
+
+int khala__seg_unlink(const char *name) {
+    char dname[128], rname[128];
+    khala__seg_shm_names(name, dname, rname, sizeof(dname));
+    int a = khala__sys_shm_unlink(dname);
+    int b = khala__sys_shm_unlink(rname);
+    if (a != 0 && a != -ENOENT)
+        return a;
+    if (b != 0 && b != -ENOENT)
+        return b;
+    return 0;
+}
+
+/* Retire whatever segment has the name now: refuse if a live writer holds it, else mark it
+ * replaced and unlink it. Returns the next generation number to use. */
+static int retire_existing(const char *name, uint64_t *next_gen, char *err, size_t errlen) {
+    char dname[128];
+    uint64_t size = 0;
+    void *map = NULL;
+    khala__seg_shm_names(name, dname, NULL, sizeof(dname));
+    *next_gen = 1;
+    int fd = khala__sys_shm_open(dname, 0, 1);
+    if (fd == -ENOENT)
+        return khala__seg_unlink(name);
+    if (fd < 0)
+        return fail(err, errlen, fd, "cannot open existing /dev/shm/%s: %s", dname,
+                    strerror(-fd));
+    int rc = khala__sys_lock_try(fd, 0);
+    if (rc == -EAGAIN) {
+        rc = fail(err, errlen, KHALA_EEXIST, "cache '%s' already has a live writer", name);
+        goto out;
+    }
+    if (rc != 0) {
+        fail(err, errlen, rc, "cannot lock /dev/shm/%s: %s", dname, strerror(-rc));
+        goto out;
+    }
+    if (khala__sys_fd_size(fd, &size) == 0 && size >= KHALA_SEG_HEADER_SIZE &&
+        khala__sys_map(fd, KHALA_SEG_HEADER_SIZE, 1, &map) == 0) {
+        khala_seg_header_t *h = map;
+        if (h->magic == KHALA_SEG_MAGIC) {
+            *next_gen = h->generation + 1;
+            /* release: readers load-acquire state at every section start and reattach. */
+            khala_store_release(&h->state, KHALA_SEG_REPLACED);
+        }
+        khala__sys_unmap(map, KHALA_SEG_HEADER_SIZE);
+    }
+    rc = khala__seg_unlink(name);
+out:
+    khala__sys_close(fd); /* drops the lock too */
+    return rc;
+}
+
+int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t *cfg, char *err,
+                      size_t errlen) {
+    char dname[128], rname[128];
+    uint64_t gen = 1;
+    khala_seg_header_t lay;
+    int rc = khala__seg_name_check(name, err, errlen);
+    if (rc != 0)
+        return rc;
+    if ((rc = config_check(cfg, err, errlen)) != 0)
+        return rc;
+    seg_reset(s, name, 1);
+    khala__seg_shm_names(name, dname, rname, sizeof(dname));
+    memset(&lay, 0, sizeof(lay));
+    compute_layout(&lay, cfg);
+
+    if ((rc = retire_existing(name, &gen, err, errlen)) != 0)
+        return rc;
+
+    /* 1. The readers file. */
+    rc = khala__sys_shm_open(rname, 1, 1);
+    if (rc < 0) {
+        fail(err, errlen, rc, "cannot create /dev/shm/%s: %s", rname, strerror(-rc));
+        goto out;
+    }
+    s->readers_fd = rc;
+    if ((rc = khala__sys_fd_resize(s->readers_fd, lay.readers_size)) != 0 ||
+        (rc = khala__sys_map(s->readers_fd, lay.readers_size, 1, (void **)&s->rbase)) != 0) {
+        fail(err, errlen, rc, "cannot size or map /dev/shm/%s (%llu bytes): %s", rname,
+             (unsigned long long)lay.readers_size, strerror(-rc));
+        goto out;
+    }
+    s->rsize = lay.readers_size;
+    khala_readers_header_t *r = (khala_readers_header_t *)s->rbase;
+    r->layout_version = KHALA_LAYOUT_VERSION;
+    r->nslots = cfg->max_readers;
+    r->generation = gen;
+    r->size = lay.readers_size;
+    r->ring_size = cfg->ring_size;
+    r->slot_size = (uint32_t)(sizeof(khala_slot_t) + (uint64_t)cfg->ring_size * sizeof(uint64_t));
+    khala_store_release((khala_atomic_u64 *)(void *)&r->magic, KHALA_READERS_MAGIC);
+
+    /* 2. The data file, locked for this writer before anyone can see a valid header. */
+    rc = khala__sys_shm_open(dname, 1, 1);
+    if (rc < 0) {
+        fail(err, errlen, rc, "cannot create /dev/shm/%s: %s", dname, strerror(-rc));
+        goto out;
+    }
+    s->data_fd = rc;
+    if ((rc = khala__sys_lock_try(s->data_fd, 0)) != 0) {
+        fail(err, errlen, rc == -EAGAIN ? KHALA_EEXIST : rc,
+             "cannot take the writer lock of '%s': %s", name, strerror(-rc));
+        rc = rc == -EAGAIN ? KHALA_EEXIST : rc;
+        goto out;
+    }
+    if ((rc = khala__sys_fd_resize(s->data_fd, lay.segment_size)) != 0 ||
+        (rc = khala__sys_map(s->data_fd, lay.segment_size, 1, (void **)&s->base)) != 0) {
+        fail(err, errlen, rc, "cannot size or map /dev/shm/%s (%llu bytes): %s%s", dname,
+             (unsigned long long)lay.segment_size, strerror(-rc),
+             rc == -ENOSPC ? " (is /dev/shm large enough?)" : "");
+        goto out;
+    }
+    s->size = lay.segment_size;
+    khala_seg_header_t *h = (khala_seg_header_t *)s->base;
+    memcpy(h, &lay, offsetof(khala_seg_header_t, epoch));
+    h->layout_version = KHALA_LAYOUT_VERSION;
+    h->header_size = KHALA_SEG_HEADER_SIZE;
+    h->generation = gen;
+    h->hash_seed = khala__sys_random_u64();
+    h->created_ms = khala__sys_now_ms();
+    khala_store_relaxed(&h->epoch, 1);
+    khala_store_relaxed(&h->state, KHALA_SEG_LIVE);
+    /* release: publishes the whole header before the magic; pairs with the acquire load of the
+     * magic in khala__seg_attach. */
+    khala_store_release((khala_atomic_u64 *)(void *)&h->magic, KHALA_SEG_MAGIC);
+    if ((rc = header_check(s, h, lay.segment_size, err, errlen)) != 0 ||
+        (rc = readers_check(s, lay.readers_size, lay.readers_size, err, errlen)) != 0)
+        goto out;
+    return 0;
+out:
+    khala__seg_detach(s);
+    (void)khala__seg_unlink(name);
+    return rc;
+}

@@ -1,0 +1,87 @@
+/*
+ * The segment module: creating, attaching and validating the two shared-memory files of a
+ * cache (see layout.h for what is in them). It knows sizes and offsets; it knows nothing of the
+ * hash table, the allocator or the policy, which format their own regions.
+ *
+ * Start at khala__seg_create() (the writer) and khala__seg_attach() (a reader).
+ */
+#ifndef KHALA_LIB_SEGMENT_H
+#define KHALA_LIB_SEGMENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "khala/cache.h"
+#include "layout.h"
+
+/* Sizes a writer asks for. khala__seg_config_init() gives the defaults. */
+typedef struct khala_seg_config {
+    uint32_t max_items;   /* item capacity; default 65,536; 16 to 2^31 */
+    uint64_t max_bytes;   /* arena bytes for items; default 64 MiB; at least 64 KiB */
+    uint32_t max_value;   /* largest value; default KHALA_VALUE_MAX_DEFAULT; at most 256 MiB */
+    uint32_t max_readers; /* reader slots; default 256; 1 to 65,536 */
+    uint32_t ring_size;   /* hit-ring entries per reader, power of two; default 256 */
+} khala_seg_config_t;
+
+/* An attached segment. Immutable after attach, except the mappings' contents. Every derived
+ * field is computed from the header once and validated, so that a later corruption of the
+ * shared header cannot steer a reader outside its mapping. */
+typedef struct khala_seg {
+    char name[KHALA_NAME_MAX + 1];
+    int writable;             /* 1 for the writer's read-write mapping */
+    int data_fd;              /* the data file, -1 when closed */
+    int readers_fd;           /* the readers file, -1 when closed */
+    uint8_t *base;            /* data mapping */
+    uint64_t size;            /* bytes mapped at base */
+    khala_seg_header_t *hdr;  /* == base */
+    uint8_t *rbase;           /* readers mapping */
+    uint64_t rsize;           /* bytes mapped at rbase */
+    khala_readers_header_t *rhdr;
+    khala_atomic_u64 *buckets; /* base + bucket_off */
+    uint64_t bucket_mask;      /* bucket_count - 1 */
+    uint64_t arena_lo;         /* arena_off */
+    uint64_t arena_hi;         /* arena_off + arena_size */
+    uint64_t hash_seed;
+    uint64_t generation;
+    uint32_t max_value;
+    uint32_t nslots;
+    uint32_t slot_size;
+    uint32_t ring_mask;
+} khala_seg_t;
+
+void khala__seg_config_init(khala_seg_config_t *cfg);
+
+/* 0 if name is 1..KHALA_NAME_MAX bytes of [A-Za-z0-9_.-], else KHALA_ENAME with a message. */
+int khala__seg_name_check(const char *name, char *err, size_t errlen);
+
+/* Create the segments of cache `name` anew for a writer and map them read-write. An existing
+ * segment is marked KHALA_SEG_REPLACED (so attached readers move on) and unlinked, and the new
+ * one gets the next generation. Fails with KHALA_EEXIST while another live writer holds the
+ * segment, KHALA_ECONFIG for sizes out of range, -errno from the system. */
+int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t *cfg, char *err,
+                      size_t errlen);
+
+/* Attach to the segments of cache `name`: the data file read-only (or read-write when
+ * writable, for a writer that reattaches), the readers file read-write. Validates magic,
+ * layout version, sizes, offsets and generation; fails with -ENOENT, KHALA_ELAYOUT,
+ * KHALA_ECORRUPT or -errno, never by crashing. */
+int khala__seg_attach(khala_seg_t *s, const char *name, int writable, char *err, size_t errlen);
+
+/* Unmap and close; s may be half attached. Idempotent. */
+void khala__seg_detach(khala_seg_t *s);
+
+/* Unlink both files of cache `name`; 0 also when they were absent. */
+int khala__seg_unlink(const char *name);
+
+/* Reopen the readers file so that this process has its own open file description (and so its
+ * own slot locks); used by a child after fork. */
+int khala__seg_reopen_readers(khala_seg_t *s);
+
+/* The shm object names of cache `name`. */
+void khala__seg_shm_names(const char *name, char *data, char *readers, size_t len);
+
+static inline khala_slot_t *khala__seg_slot(const khala_seg_t *s, uint32_t i) {
+    return (khala_slot_t *)(s->rbase + KHALA_READERS_HEADER_SIZE + (uint64_t)i * s->slot_size);
+}
+
+#endif /* KHALA_LIB_SEGMENT_H */

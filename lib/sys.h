@@ -1,0 +1,50 @@
+/*
+ * Platform calls, wrapped in one place so that the rest of the library stays portable and so
+ * that tests can reason about which calls make system calls. Every function returns 0 or a
+ * negative errno, as the rest of the library does.
+ */
+#ifndef KHALA_LIB_SYS_H
+#define KHALA_LIB_SYS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+/* Open (or with create != 0, create exclusively with mode 0660) the POSIX shared-memory object
+ * /<shm_name>; returns the fd (>= 0, close-on-exec) or -errno. */
+int khala__sys_shm_open(const char *shm_name, int create, int writable);
+/* Unlink /<shm_name>; -ENOENT when absent. */
+int khala__sys_shm_unlink(const char *shm_name);
+/* Size of an open file in bytes into *size. */
+int khala__sys_fd_size(int fd, uint64_t *size);
+/* Set the size of an open file (ftruncate), reserving its memory (posix_fallocate) so that a
+ * full /dev/shm shows as -ENOSPC now, never as SIGBUS later. */
+int khala__sys_fd_resize(int fd, uint64_t size);
+/* Map size bytes of fd, shared; writable selects PROT_READ|PROT_WRITE over PROT_READ. */
+int khala__sys_map(int fd, uint64_t size, int writable, void **out);
+void khala__sys_unmap(void *p, uint64_t size);
+void khala__sys_close(int fd);
+
+/* Byte-range locks that belong to an open file description (F_OFD_SETLK): the kernel drops them
+ * when the last descriptor of that description closes, which includes the death of the process.
+ * try_lock returns 0 when acquired, -EAGAIN when another description holds it. */
+int khala__sys_lock_try(int fd, uint64_t byte);
+int khala__sys_lock_release(int fd, uint64_t byte);
+/* 1 when some open file description other than fd's holds a lock on byte, 0 when none does. */
+int khala__sys_lock_held_elsewhere(int fd, uint64_t byte);
+
+/* Monotonic clock in milliseconds, through the vDSO (no system call on Linux x86-64). */
+int64_t khala__sys_now_ms(void);
+/* The monotonic coarse clock in milliseconds plus its resolution, through the vDSO: a cheap
+ * upper bound of the precise clock. Readers compare deadlines against it, so an item is
+ * reported expired up to one tick early and never late. */
+int64_t khala__sys_now_coarse_upper_ms(void);
+/* Monotonic clock in nanoseconds. */
+uint64_t khala__sys_now_ns(void);
+/* The start time of process pid since boot, in clock ticks (field 22 of /proc/pid/stat); 0 if
+ * unknown. With the pid it names one process, even after its pid is reused. */
+uint64_t khala__sys_proc_start(int pid);
+/* 64 random bits from the kernel, for hash seeds. */
+uint64_t khala__sys_random_u64(void);
+
+#endif /* KHALA_LIB_SYS_H */
