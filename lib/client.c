@@ -45,24 +45,24 @@ typedef struct seg_node {
 
 typedef struct tstate {
     khala_cache_t *c;
-    khala_seg_t *seg;    /* segment the slot belongs to; NULL when none is claimed */
-    khala_slot_t *slot;  /* the claimed slot */
-    uint32_t idx;        /* its index */
-    int in_section;      /* 1 between khala_read_begin and khala_read_end */
-    uint64_t fork_gen;   /* g_fork_gen when the slot was claimed */
-    uint64_t base_hits;  /* slot counters at claim time: this thread's share is the rest */
+    khala_seg_t *seg;   /* segment the slot belongs to; NULL when none is claimed */
+    khala_slot_t *slot; /* the claimed slot */
+    uint32_t idx;       /* its index */
+    int in_section;     /* 1 between khala_read_begin and khala_read_end */
+    uint64_t fork_gen;  /* g_fork_gen when the slot was claimed */
+    uint64_t base_hits; /* slot counters at claim time: this thread's share is the rest */
     uint64_t base_misses;
     struct tstate *next; /* guarded by c->lock */
 } tstate_t;
 
 struct khala_cache {
-    pthread_mutex_t lock;          /* guards segs, threads, retired_* and changes of cur */
-    pthread_key_t key;             /* thread -> tstate_t; immutable after open */
-    _Atomic(khala_seg_t *) cur;    /* the live segment; acquire loads, changed under lock */
-    seg_node_t *segs;              /* every segment attached, newest first */
-    tstate_t *threads;             /* thread states */
-    uint64_t fork_gen;             /* g_fork_gen that the handle's fds belong to */
-    uint64_t retired_hits;         /* counts of threads that exited */
+    pthread_mutex_t lock;       /* guards segs, threads, retired_* and changes of cur */
+    pthread_key_t key;          /* thread -> tstate_t; immutable after open */
+    _Atomic(khala_seg_t *) cur; /* the live segment; acquire loads, changed under lock */
+    seg_node_t *segs;           /* every segment attached, newest first */
+    tstate_t *threads;          /* thread states */
+    uint64_t fork_gen;          /* g_fork_gen that the handle's fds belong to */
+    uint64_t retired_hits;      /* counts of threads that exited */
     uint64_t retired_misses;
     char name[KHALA_NAME_MAX + 1]; /* immutable after open */
 };
@@ -217,11 +217,10 @@ out:
 
 static inline int ts_get(khala_cache_t *c, tstate_t **out) {
     tstate_t *ts = pthread_getspecific(c->key);
-    if (__builtin_expect(ts && ts->seg && ts->seg == atomic_load_explicit(&c->cur,
-                                                                        memory_order_acquire) &&
-                             ts->fork_gen == atomic_load_explicit(&g_fork_gen,
-                                                                  memory_order_relaxed),
-                         1)) {
+    if (__builtin_expect(
+            ts && ts->seg && ts->seg == atomic_load_explicit(&c->cur, memory_order_acquire) &&
+                ts->fork_gen == atomic_load_explicit(&g_fork_gen, memory_order_relaxed),
+            1)) {
         *out = ts;
         return 0;
     }
@@ -318,12 +317,20 @@ int khala_cache_get(khala_cache_t *c, const void *key, size_t klen, void *buf, s
     if ((rc = ts_get(c, &ts)) != 0)
         return rc;
     if (ts->in_section)
-        return fail(c, KHALA_ESECTION, "khala_cache_get inside a read section; use "
-                                       "khala_cache_view there");
-    if ((rc = section_enter(c, &ts)) != 0)
-        return rc;
+        return fail(c, KHALA_ESECTION,
+                    "khala_cache_get inside a read section; use "
+                    "khala_cache_view there");
+    /* Hash and start fetching the bucket before the section begins: the bucket's line then
+     * arrives while the section start runs. A prefetch of a stale address is harmless. */
     khala_seg_t *s = ts->seg;
     uint64_t hash = khala__l1_hash(s, key, klen);
+    __builtin_prefetch(&s->buckets[hash & s->bucket_mask]);
+    if ((rc = section_enter(c, &ts)) != 0)
+        return rc;
+    if (__builtin_expect(ts->seg != s, 0)) {
+        s = ts->seg; /* reattached to a new segment, with a new hash seed */
+        hash = khala__l1_hash(s, key, klen);
+    }
     rc = khala__l1_lookup(s, key, klen, hash, &it);
     size_t vlen = 0;
     if (rc == 0) {

@@ -61,16 +61,16 @@
 #define RECLAIM_BATCH 64u
 
 struct khala_l1 {
-    khala_seg_t seg;          /* the writer's read-write mapping; immutable after open */
-    khala_arena_t arena;      /* the arena allocator over seg */
-    khala_policy_t pol;       /* the eviction policy over the desc table */
-    khala_seg_header_t *hdr;  /* == seg.hdr */
-    khala_wstate_t *w;        /* &hdr->w */
-    khala_desc_t *desc;       /* desc table */
-    khala_retired_t *retire;  /* retire ring */
-    uint64_t retire_cap;      /* entries in the retire ring */
-    uint64_t *tails;          /* per-slot hit-ring cursors (private memory) */
-    char err[256];            /* detail of the last failure */
+    khala_seg_t seg;         /* the writer's read-write mapping; immutable after open */
+    khala_arena_t arena;     /* the arena allocator over seg */
+    khala_policy_t pol;      /* the eviction policy over the desc table */
+    khala_seg_header_t *hdr; /* == seg.hdr */
+    khala_wstate_t *w;       /* &hdr->w */
+    khala_desc_t *desc;      /* desc table */
+    khala_retired_t *retire; /* retire ring */
+    uint64_t retire_cap;     /* entries in the retire ring */
+    uint64_t *tails;         /* per-slot hit-ring cursors (private memory) */
+    char err[256];           /* detail of the last failure */
 };
 
 static int fail(khala_l1_t *t, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -94,10 +94,18 @@ int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t klen, uint64_
     /* acquire: pairs with the release that linked the item; its fields are visible. */
     uint64_t off = khala_load_acquire(&s->buckets[hash & s->bucket_mask]);
     for (uint32_t n = 0; off; n++) {
-        if (off < s->arena_lo || s->arena_hi - off < sizeof(khala_item_t) + klen ||
-            (off & (KHALA_ALIGN - 1)) || n >= KHALA_CHAIN_MAX)
+        if (off < s->arena_lo || off >= s->arena_hi ||
+            s->arena_hi - off < sizeof(khala_item_t) + klen || (off & (KHALA_ALIGN - 1)) ||
+            n >= KHALA_CHAIN_MAX)
             return KHALA_ECORRUPT;
         const khala_item_t *it = (const khala_item_t *)(s->base + off);
+        /* The value's address depends only on klen, which we know: fetch the lines of the
+         * header, the key and the start of the value at once, so that a hit costs one memory
+         * round trip after the bucket instead of two. */
+        const char *v = (const char *)it + KHALA_ITEM_VALUE_OFF(klen);
+        __builtin_prefetch(it);
+        __builtin_prefetch(v);
+        __builtin_prefetch(v + KHALA_CACHE_LINE);
         if (it->hash == hash && it->key_len == klen && memcmp(it + 1, key, klen) == 0) {
             if (KHALA_ITEM_SIZE(klen, (uint64_t)it->value_len) > s->arena_hi - off)
                 return KHALA_ECORRUPT;
@@ -218,8 +226,7 @@ static void remove_key(khala_l1_t *t, uint32_t idx) {
 
 static void on_hit(void *arg, uint32_t idx, uint32_t hash_lo) {
     khala_l1_t *t = arg;
-    if (idx < t->hdr->max_items && t->desc[idx].item_off &&
-        (uint32_t)t->desc[idx].hash == hash_lo)
+    if (idx < t->hdr->max_items && t->desc[idx].item_off && (uint32_t)t->desc[idx].hash == hash_lo)
         khala__policy_hit(&t->pol, idx);
 }
 

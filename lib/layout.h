@@ -121,11 +121,14 @@ typedef struct khala_seg_header {
     uint8_t pad0[KHALA_CACHE_LINE * 3 - 160];
 
     /* Written by the writer, read by every reader: a line of its own. */
-    khala_atomic_u64 epoch; /* global epoch, >= 1; writer store (seq_cst fence after), readers
+    khala_atomic_u64 epoch;      /* global epoch, >= 1; writer store (seq_cst fence after), readers
                                load-acquire on entering a section */
-    khala_atomic_u32 state; /* KHALA_SEG_LIVE or KHALA_SEG_REPLACED; readers load-acquire */
+    khala_atomic_u32 state;      /* KHALA_SEG_LIVE or KHALA_SEG_REPLACED; readers load-acquire */
     khala_atomic_u32 writer_pid; /* pid of the attached writer, 0 when none; informational */
-    uint8_t pad1[KHALA_CACHE_LINE - 16];
+    khala_atomic_u32 asym_fence; /* 1 when the writer issues membarrier(GLOBAL_EXPEDITED) before
+                                    each reader scan, so registered readers may replace their
+                                    fence by a compiler barrier; set at create, immutable */
+    uint8_t pad1[KHALA_CACHE_LINE - 20];
 
     /* Written and read by the writer only. */
     khala_wstate_t w;
@@ -192,11 +195,11 @@ typedef struct khala_retired {
 
 /* TLSF state for the arena. Writer-only. */
 typedef struct khala_alloc_state {
-    uint64_t fl_bitmap;                                  /* bit f: some list in row f is non-empty */
-    uint32_t sl_bitmap[KHALA_ALLOC_FL];                  /* bit s: list [f][s] is non-empty */
-    uint64_t free_head[KHALA_ALLOC_FL][KHALA_ALLOC_SL];  /* first free block, 0 = none */
-    uint64_t free_bytes;                                 /* bytes in free blocks */
-    uint64_t used_blocks;                                /* blocks handed out */
+    uint64_t fl_bitmap;                                 /* bit f: some list in row f is non-empty */
+    uint32_t sl_bitmap[KHALA_ALLOC_FL];                 /* bit s: list [f][s] is non-empty */
+    uint64_t free_head[KHALA_ALLOC_FL][KHALA_ALLOC_SL]; /* first free block, 0 = none */
+    uint64_t free_bytes;                                /* bytes in free blocks */
+    uint64_t used_blocks;                               /* blocks handed out */
 } khala_alloc_state_t;
 
 /* Arena block header. size_flags: block size in bytes (header included, multiple of

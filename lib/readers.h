@@ -47,8 +47,13 @@ static inline void khala__reader_enter(const khala_seg_t *s, khala_slot_t *slot)
     uint64_t e = khala_load_acquire(&s->hdr->epoch);
     khala_store_relaxed(&slot->epoch, e);
     /* seq_cst fence: orders the epoch store before every load of the table that follows;
-     * pairs with the fence in khala__readers_min_epoch (the store-buffer case). */
-    khala_fence_seq_cst();
+     * pairs with the fence in khala__readers_min_epoch (the store-buffer case). With
+     * light_fence, the writer's membarrier() runs that fence on this CPU for us, when it
+     * matters, and a compiler barrier keeps the compiler from reordering the same way. */
+    if (s->light_fence)
+        atomic_signal_fence(memory_order_seq_cst);
+    else
+        khala_fence_seq_cst();
 }
 
 /* Leave a read section. release: every read of the section happens before the writer, having

@@ -38,6 +38,18 @@
 #include "khala/error.h"
 #include "sys.h"
 
+/* ThreadSanitizer does not model membarrier(2): under TSan every reader keeps its fence. */
+#if defined(__SANITIZE_THREAD__)
+#define KHALA_ASYM_FENCE_ENABLED 0
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define KHALA_ASYM_FENCE_ENABLED 0
+#endif
+#endif
+#ifndef KHALA_ASYM_FENCE_ENABLED
+#define KHALA_ASYM_FENCE_ENABLED 1
+#endif
+
 #define SEG_MIN_ITEMS 16u
 #define SEG_MAX_ITEMS (1u << 31)
 #define SEG_MIN_BYTES (64u * 1024u)
@@ -91,8 +103,7 @@ int khala__seg_name_check(const char *name, char *err, size_t errlen) {
         return fail(err, errlen, KHALA_ENAME, "cache name is empty");
     size_t n = strnlen(name, KHALA_NAME_MAX + 1);
     if (n > KHALA_NAME_MAX)
-        return fail(err, errlen, KHALA_ENAME, "cache name is longer than %d bytes",
-                    KHALA_NAME_MAX);
+        return fail(err, errlen, KHALA_ENAME, "cache name is longer than %d bytes", KHALA_NAME_MAX);
     for (size_t i = 0; i < n; i++) {
         char ch = name[i];
         int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
@@ -138,15 +149,15 @@ static void compute_layout(khala_seg_header_t *h, const khala_seg_config_t *cfg)
 
 static int config_check(const khala_seg_config_t *cfg, char *err, size_t errlen) {
     if (cfg->max_items < SEG_MIN_ITEMS || cfg->max_items > SEG_MAX_ITEMS)
-        return fail(err, errlen, KHALA_ECONFIG, "max_items is %u, allowed %u to %u",
-                    cfg->max_items, SEG_MIN_ITEMS, SEG_MAX_ITEMS);
+        return fail(err, errlen, KHALA_ECONFIG, "max_items is %u, allowed %u to %u", cfg->max_items,
+                    SEG_MIN_ITEMS, SEG_MAX_ITEMS);
     if (cfg->max_bytes < SEG_MIN_BYTES || cfg->max_bytes > SEG_MAX_BYTES)
         return fail(err, errlen, KHALA_ECONFIG, "max_bytes is %llu, allowed %u to %llu",
                     (unsigned long long)cfg->max_bytes, SEG_MIN_BYTES,
                     (unsigned long long)SEG_MAX_BYTES);
     if (cfg->max_value > SEG_MAX_VALUE)
-        return fail(err, errlen, KHALA_ECONFIG, "max_value is %u, allowed up to %u",
-                    cfg->max_value, SEG_MAX_VALUE);
+        return fail(err, errlen, KHALA_ECONFIG, "max_value is %u, allowed up to %u", cfg->max_value,
+                    SEG_MAX_VALUE);
     if (cfg->max_readers < 1 || cfg->max_readers > SEG_MAX_READERS)
         return fail(err, errlen, KHALA_ECONFIG, "max_readers is %u, allowed 1 to %u",
                     cfg->max_readers, SEG_MAX_READERS);
@@ -158,8 +169,8 @@ static int config_check(const khala_seg_config_t *cfg, char *err, size_t errlen)
 }
 
 /* Validate a header that may be anything; on success fill the derived fields of s. */
-static int header_check(khala_seg_t *s, const khala_seg_header_t *h, uint64_t file_size,
-                        char *err, size_t errlen) {
+static int header_check(khala_seg_t *s, const khala_seg_header_t *h, uint64_t file_size, char *err,
+                        size_t errlen) {
     const char *n = s->name;
     if (h->magic != KHALA_SEG_MAGIC)
         return fail(err, errlen, KHALA_ECORRUPT,
@@ -219,10 +230,10 @@ static int readers_check(khala_seg_t *s, uint64_t file_size, uint64_t want_size,
                     "readers file of '%s' has layout version %u; this library reads %u", s->name,
                     r->layout_version, KHALA_LAYOUT_VERSION);
     if (r->generation != s->generation)
-        return fail(err, errlen, KHALA_ELAYOUT,
-                    "readers file of '%s' has generation %llu, the data file %llu (being replaced?)",
-                    s->name, (unsigned long long)r->generation,
-                    (unsigned long long)s->generation);
+        return fail(
+            err, errlen, KHALA_ELAYOUT,
+            "readers file of '%s' has generation %llu, the data file %llu (being replaced?)",
+            s->name, (unsigned long long)r->generation, (unsigned long long)s->generation);
     if (r->nslots != s->nslots || r->slot_size != s->slot_size || r->size != want_size ||
         file_size != want_size || r->ring_size != s->ring_mask + 1)
         return fail(err, errlen, KHALA_ECORRUPT,
@@ -322,6 +333,10 @@ int khala__seg_attach(khala_seg_t *s, const char *name, int writable, char *err,
         rc = fail(err, errlen, KHALA_ELAYOUT, "segment '%s' has been replaced by a new one", name);
         goto out;
     }
+    /* A reader may drop its fence only if the writer promised membarrier and this process is
+     * registered to receive it. The writer's own mapping never drops it. */
+    s->light_fence = !writable && khala_load_relaxed(&s->hdr->asym_fence) &&
+                     khala__sys_membarrier_register() == 0;
     return 0;
 out:
     khala__seg_detach(s);
@@ -363,8 +378,7 @@ static int retire_existing(const char *name, uint64_t *next_gen, char *err, size
     if (fd == -ENOENT)
         return khala__seg_unlink(name);
     if (fd < 0)
-        return fail(err, errlen, fd, "cannot open existing /dev/shm/%s: %s", dname,
-                    strerror(-fd));
+        return fail(err, errlen, fd, "cannot open existing /dev/shm/%s: %s", dname, strerror(-fd));
     int rc = khala__sys_lock_try(fd, 0);
     if (rc == -EAGAIN) {
         rc = fail(err, errlen, KHALA_EEXIST, "cache '%s' already has a live writer", name);
@@ -461,6 +475,7 @@ int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t
     h->created_ms = khala__sys_now_ms();
     khala_store_relaxed(&h->epoch, 1);
     khala_store_relaxed(&h->state, KHALA_SEG_LIVE);
+    khala_store_relaxed(&h->asym_fence, KHALA_ASYM_FENCE_ENABLED && khala__sys_membarrier() == 0);
     /* release: publishes the whole header before the magic; pairs with the acquire load of the
      * magic in khala__seg_attach. */
     khala_store_release((khala_atomic_u64 *)(void *)&h->magic, KHALA_SEG_MAGIC);

@@ -28,14 +28,14 @@ typedef struct khala_seg_config {
  * shared header cannot steer a reader outside its mapping. */
 typedef struct khala_seg {
     char name[KHALA_NAME_MAX + 1];
-    int writable;             /* 1 for the writer's read-write mapping */
-    int data_fd;              /* the data file, -1 when closed */
-    int readers_fd;           /* the readers file, -1 when closed */
-    uint8_t *base;            /* data mapping */
-    uint64_t size;            /* bytes mapped at base */
-    khala_seg_header_t *hdr;  /* == base */
-    uint8_t *rbase;           /* readers mapping */
-    uint64_t rsize;           /* bytes mapped at rbase */
+    int writable;            /* 1 for the writer's read-write mapping */
+    int data_fd;             /* the data file, -1 when closed */
+    int readers_fd;          /* the readers file, -1 when closed */
+    uint8_t *base;           /* data mapping */
+    uint64_t size;           /* bytes mapped at base */
+    khala_seg_header_t *hdr; /* == base */
+    uint8_t *rbase;          /* readers mapping */
+    uint64_t rsize;          /* bytes mapped at rbase */
     khala_readers_header_t *rhdr;
     khala_atomic_u64 *buckets; /* base + bucket_off */
     uint64_t bucket_mask;      /* bucket_count - 1 */
@@ -47,6 +47,8 @@ typedef struct khala_seg {
     uint32_t nslots;
     uint32_t slot_size;
     uint32_t ring_mask;
+    int light_fence; /* 1: this reader registered for membarrier and the writer issues it, so
+                        entering a section needs only a compiler barrier (readers.h) */
 } khala_seg_t;
 
 void khala__seg_config_init(khala_seg_config_t *cfg);

@@ -17,9 +17,11 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/membarrier.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 int khala__sys_shm_open(const char *shm_name, int create, int writable) {
@@ -114,6 +116,21 @@ int khala__sys_lock_held_elsewhere(int fd, uint64_t byte) {
     if (rc != 0)
         return rc;
     return fl.l_type != F_UNLCK;
+}
+
+int khala__sys_membarrier_register(void) {
+    static _Atomic int registered; /* 0 unknown, 1 yes, -errno no; per process */
+    int r = atomic_load_explicit(&registered, memory_order_relaxed);
+    if (r == 0) {
+        r = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0 ? 1
+                                                                                         : -errno;
+        atomic_store_explicit(&registered, r, memory_order_relaxed);
+    }
+    return r == 1 ? 0 : r;
+}
+
+int khala__sys_membarrier(void) {
+    return syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0 ? 0 : -errno;
 }
 
 int64_t khala__sys_now_ms(void) {

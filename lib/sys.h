@@ -33,6 +33,13 @@ int khala__sys_lock_release(int fd, uint64_t byte);
 /* 1 when some open file description other than fd's holds a lock on byte, 0 when none does. */
 int khala__sys_lock_held_elsewhere(int fd, uint64_t byte);
 
+/* Asymmetric fences (membarrier(2)). A reader process registers once; the writer then issues
+ * khala__sys_membarrier(), which runs a full memory barrier on every CPU running a registered
+ * process, so registered readers need only a compiler barrier on their side. Both return 0 or
+ * -errno (-ENOSYS / -EINVAL where the kernel lacks MEMBARRIER_CMD_GLOBAL_EXPEDITED). */
+int khala__sys_membarrier_register(void);
+int khala__sys_membarrier(void);
+
 /* Monotonic clock in milliseconds, through the vDSO (no system call on Linux x86-64). */
 int64_t khala__sys_now_ms(void);
 /* The monotonic coarse clock in milliseconds plus its resolution, through the vDSO: a cheap

@@ -30,7 +30,7 @@ extern "C" {
     X(ETOOBIG, 1, "value too large")                                                               \
     X(EVERSION, 2, "version conflict (compare-and-set failed)")                                    \
     X(EDAEMON, 3, "khalad is unreachable")                                                         \
-    X(ELAYOUT, 4, "segment layout or generation does not match")                                  \
+    X(ELAYOUT, 4, "segment layout or generation does not match")                                   \
     X(EKEY, 5, "bad key (empty or longer than KHALA_KEY_MAX)")                                     \
     X(ECORRUPT, 6, "segment is corrupted")                                                         \
     X(ENOREADER, 7, "no free reader slot")                                                         \
