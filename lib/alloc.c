@@ -41,6 +41,8 @@
 #include "khala/error.h"
 
 #define FLAGS_MASK ((uint64_t)KHALA_ALIGN - 1)
+/* Blocks of the request's own list that step 2 of khala__alloc_alloc looks at. */
+#define FIRST_FIT_SCAN 32
 
 typedef struct free_links {
     uint64_t next; /* block offset of the next free block in the list, 0 = none */
@@ -157,19 +159,36 @@ int khala__alloc_alloc(khala_arena_t *a, uint64_t payload, uint64_t *off, uint64
     if (payload > khala__alloc_max_payload(a))
         return -ENOMEM;
     uint64_t need = khala__alloc_block_for(payload);
-    if (mapping_search(need, &fl, &sl) != 0)
-        return -ENOMEM;
-    /* Find the first non-empty list at or above [fl][sl]. */
-    uint32_t sl_map = st->sl_bitmap[fl] & (~0u << sl);
-    if (!sl_map) {
-        uint64_t fl_map = fl + 1 < 64 ? st->fl_bitmap & (~0ull << (fl + 1)) : 0;
-        if (!fl_map)
-            return -ENOMEM;
-        fl = __builtin_ctzll(fl_map);
-        sl_map = st->sl_bitmap[fl];
+    uint64_t b = 0;
+    /* Step 1: good fit. The first non-empty list at or above the rounded-up class holds only
+     * blocks large enough; take its head. */
+    if (mapping_search(need, &fl, &sl) == 0) {
+        uint32_t sl_map = st->sl_bitmap[fl] & (~0u << sl);
+        if (!sl_map) {
+            uint64_t fl_map = fl + 1 < 64 ? st->fl_bitmap & (~0ull << (fl + 1)) : 0;
+            if (fl_map) {
+                fl = __builtin_ctzll(fl_map);
+                sl_map = st->sl_bitmap[fl];
+            }
+        }
+        if (sl_map)
+            b = st->free_head[fl][__builtin_ctz(sl_map)];
     }
-    sl = __builtin_ctz(sl_map);
-    uint64_t b = st->free_head[fl][sl];
+    /* Step 2: the rounding can skip a block that is large enough but shares the request's own
+     * list (for a request near the arena's size, the only block). Look there, first fit, for a
+     * bounded number of blocks. */
+    if (!b) {
+        mapping_insert(need, &fl, &sl);
+        uint64_t x = st->free_head[fl][sl];
+        for (int n = 0; x && n < FIRST_FIT_SCAN; n++, x = links(a, x)->next) {
+            if (bsize(blk(a, x)) >= need) {
+                b = x;
+                break;
+            }
+        }
+        if (!b)
+            return -ENOMEM;
+    }
     uint64_t size = bsize(blk(a, b));
     list_remove(a, b, size);
     khala_block_t *h = blk(a, b);

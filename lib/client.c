@@ -335,9 +335,10 @@ int khala_cache_get(khala_cache_t *c, const void *key, size_t klen, void *buf, s
     size_t vlen = 0;
     if (rc == 0) {
         vlen = it->value_len;
-        if (vlen <= cap)
-            memcpy(buf, khala__item_value(it), vlen);
-        else
+        if (vlen <= cap) {
+            if (vlen)
+                memcpy(buf, khala__item_value(it), vlen);
+        } else
             rc = -ERANGE;
         khala__reader_record(s, ts->slot, it->desc, hash);
         khala__reader_count(&ts->slot->hits);

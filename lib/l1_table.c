@@ -314,7 +314,9 @@ int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, 
     khala_store_relaxed(&it->next, 0);
     it->hash = hash;
     it->version = ++w->version_seq;
-    it->expire_ms = ttl_ms ? khala__sys_now_ms() + ttl_ms : 0;
+    int64_t now = khala__sys_now_ms();
+    /* A TTL too large to add is "never expires in practice": clamp, don't overflow. */
+    it->expire_ms = !ttl_ms ? 0 : ttl_ms > INT64_MAX - now ? INT64_MAX : now + ttl_ms;
     it->value_len = (uint32_t)vlen;
     it->key_len = (uint16_t)klen;
     it->type = type;

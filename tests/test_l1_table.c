@@ -1,0 +1,802 @@
+/*
+ * Tests of the L1 table (lib/l1_table.c): the writer's put/delete/sweep/maintain and the reader
+ * lookup, read back through the real client (include/khala/cache.h) where a reader is meant.
+ * khala__l1_check runs after every mutation.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "khala/cache.h"
+#include "khala/error.h"
+#include "l1_table.h"
+#include "testutil.h"
+
+static char g_name[KHALA_NAME_MAX + 1];
+static khala_l1_t *g_t;
+static khala_cache_t *g_c;
+
+static void setup(void) {
+    snprintf(g_name, sizeof(g_name), "%s", tu_name("l1"));
+    g_t = NULL;
+    g_c = NULL;
+}
+
+static void teardown(void) {
+    khala_cache_close(g_c);
+    khala__l1_close(g_t, 1);
+    (void)khala__seg_unlink(g_name);
+}
+
+TestSuite(l1_table, .init = setup, .fini = teardown, .timeout = 30);
+
+static void check(void) {
+    int rc = khala__l1_check(g_t);
+    cr_assert_eq(rc, 0, "khala__l1_check: %s", khala__l1_errmsg(g_t));
+}
+
+/* A writer with max_items and max_bytes, and a client attached to it. */
+static void open_both(uint32_t items, uint64_t bytes) {
+    g_t = tu_writer(g_name, items, bytes);
+    int rc = khala_cache_open(g_name, NULL, &g_c);
+    cr_assert_eq(rc, 0, "khala_cache_open: %d %s", rc, khala_cache_errmsg(NULL));
+}
+
+static void open_cfg(const khala_seg_config_t *cfg) {
+    char err[256] = "";
+    int rc = khala__l1_open(g_name, cfg, &g_t, err, sizeof(err));
+    cr_assert_eq(rc, 0, "khala__l1_open: %d %s", rc, err);
+    rc = khala_cache_open(g_name, NULL, &g_c);
+    cr_assert_eq(rc, 0, "khala_cache_open: %d %s", rc, khala_cache_errmsg(NULL));
+}
+
+static int put(const char *key, const char *val, int64_t ttl_ms) {
+    int rc = khala__l1_put(g_t, key, strlen(key), val, strlen(val), ttl_ms, 0, NULL);
+    check();
+    return rc;
+}
+
+/* Get through the client; 0 and the value NUL-terminated in out, or the error. */
+static int get(const char *key, char *out, size_t cap) {
+    size_t len = 0;
+    int rc = khala_cache_get(g_c, key, strlen(key), out, cap - 1, &len);
+    if (rc == 0)
+        out[len] = '\0';
+    return rc;
+}
+
+static int present(const char *key) {
+    char buf[256];
+    int rc = get(key, buf, sizeof(buf));
+    cr_assert(rc == 0 || rc == KHALA_ENOTFOUND, "get(%s) = %d", key, rc);
+    return rc == 0;
+}
+
+static khala_l1_stats_t stats(void) {
+    khala_l1_stats_t st;
+    khala__l1_stats(g_t, &st);
+    return st;
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* Basics ---------------------------------------------------------------------------------- */
+
+Test(l1_table, get_after_put_returns_the_value) {
+    open_both(64, 64 * 1024);
+    char buf[64];
+    cr_assert_eq(put("alpha", "one", 0), 0);
+    cr_assert_eq(put("beta", "two", 0), 0);
+    cr_assert_eq(get("alpha", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "one");
+    cr_assert_eq(get("beta", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "two");
+    cr_assert_eq(get("gamma", buf, sizeof(buf)), KHALA_ENOTFOUND);
+    khala_l1_stats_t st = stats();
+    cr_assert_eq(st.items, 2);
+    cr_assert_eq(st.sets, 2);
+    cr_assert_eq(st.payload_bytes, 5 + 3 + 4 + 3);
+}
+
+Test(l1_table, writer_lookup_finds_what_was_put) {
+    open_both(64, 64 * 1024);
+    uint64_t version = 0;
+    cr_assert_eq(khala__l1_put(g_t, "k", 1, "value", 5, 0, 7, &version), 0);
+    check();
+    const khala_seg_t *s = khala__l1_seg(g_t);
+    const khala_item_t *it = NULL;
+    cr_assert_eq(khala__l1_lookup(s, "k", 1, khala__l1_hash(s, "k", 1), &it), 0);
+    cr_assert_eq(it->value_len, 5);
+    cr_assert_eq(memcmp(khala__item_value(it), "value", 5), 0);
+    cr_assert_eq(memcmp(khala__item_key(it), "k", 1), 0);
+    cr_assert_eq(it->type, 7);
+    cr_assert_eq(it->version, version);
+    cr_assert_eq(it->expire_ms, 0);
+}
+
+Test(l1_table, overwrite_replaces_the_value_and_increases_the_version) {
+    open_both(64, 64 * 1024);
+    uint64_t v1 = 0, v2 = 0;
+    char buf[64];
+    cr_assert_eq(khala__l1_put(g_t, "key", 3, "first", 5, 0, 0, &v1), 0);
+    check();
+    cr_assert_eq(khala__l1_put(g_t, "key", 3, "second value", 12, 0, 0, &v2), 0);
+    check();
+    cr_assert_gt(v2, v1);
+    cr_assert_geq(v1, 1);
+    cr_assert_eq(get("key", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "second value");
+    khala_l1_stats_t st = stats();
+    cr_assert_eq(st.items, 1);
+    cr_assert_eq(st.overwrites, 1);
+    cr_assert_eq(st.sets, 2);
+    cr_assert_eq(st.payload_bytes, 3 + 12);
+    /* The view reports the new version. */
+    khala_view_t view;
+    cr_assert_eq(khala_read_begin(g_c), 0);
+    cr_assert_eq(khala_cache_view(g_c, "key", 3, &view), 0);
+    cr_assert_eq(view.version, v2);
+    khala_read_end(g_c);
+}
+
+Test(l1_table, get_after_delete_returns_enotfound) {
+    open_both(64, 64 * 1024);
+    char buf[64];
+    cr_assert_eq(put("gone", "soon", 0), 0);
+    cr_assert_eq(put("stays", "here", 0), 0);
+    cr_assert_eq(khala__l1_delete(g_t, "gone", 4), 0);
+    check();
+    cr_assert_eq(get("gone", buf, sizeof(buf)), KHALA_ENOTFOUND);
+    cr_assert_eq(get("stays", buf, sizeof(buf)), 0);
+    khala_l1_stats_t st = stats();
+    cr_assert_eq(st.items, 1);
+    cr_assert_eq(st.deletes, 1);
+}
+
+Test(l1_table, delete_of_missing_key_is_enotfound) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(khala__l1_delete(g_t, "nope", 4), KHALA_ENOTFOUND);
+    cr_assert_eq(put("a", "1", 0), 0);
+    cr_assert_eq(khala__l1_delete(g_t, "a", 1), 0);
+    cr_assert_eq(khala__l1_delete(g_t, "a", 1), KHALA_ENOTFOUND);
+    check();
+    cr_assert_eq(stats().deletes, 1);
+}
+
+Test(l1_table, key_deleted_then_put_again_is_found) {
+    open_both(64, 64 * 1024);
+    char buf[64];
+    cr_assert_eq(put("k", "old", 0), 0);
+    cr_assert_eq(khala__l1_delete(g_t, "k", 1), 0);
+    check();
+    cr_assert_eq(put("k", "new", 0), 0);
+    cr_assert_eq(get("k", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "new");
+}
+
+Test(l1_table, zero_byte_value_works) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(khala__l1_put(g_t, "empty", 5, NULL, 0, 0, 0, NULL), 0);
+    check();
+    size_t len = 99;
+    cr_assert_eq(khala_cache_get(g_c, "empty", 5, NULL, 0, &len), 0);
+    cr_assert_eq(len, 0);
+    khala_view_t view;
+    cr_assert_eq(khala_read_begin(g_c), 0);
+    cr_assert_eq(khala_cache_view(g_c, "empty", 5, &view), 0);
+    cr_assert_eq(view.len, 0);
+    khala_read_end(g_c);
+    cr_assert_eq(stats().payload_bytes, 5);
+}
+
+Test(l1_table, one_mib_value_works_with_the_default_max_value) {
+    open_both(16, 4 * 1024 * 1024);
+    size_t n = KHALA_VALUE_MAX_DEFAULT;
+    uint8_t *val = malloc(n + 1), *out = malloc(n);
+    cr_assert(val && out);
+    tu_value_make(val, n, 42, 1);
+    cr_assert_eq(khala__l1_put(g_t, "big", 3, val, n, 0, 0, NULL), 0, "%s", khala__l1_errmsg(g_t));
+    check();
+    size_t len = 0;
+    cr_assert_eq(khala_cache_get(g_c, "big", 3, out, n, &len), 0);
+    cr_assert_eq(len, n);
+    cr_assert_eq(memcmp(out, val, n), 0);
+    cr_assert(tu_value_ok(out, len, 42));
+    /* One byte more is over the limit. */
+    cr_assert_eq(khala__l1_put(g_t, "big2", 4, val, n + 1, 0, 0, NULL), KHALA_ETOOBIG);
+    check();
+    free(val);
+    free(out);
+}
+
+Test(l1_table, binary_keys_with_nul_bytes_are_distinct) {
+    open_both(64, 64 * 1024);
+    const char k1[] = {'a', '\0', 'b'}, k2[] = {'a', '\0', 'c'}, k3[] = {'a'};
+    const char k4[] = {'\0'}, k5[] = {'\0', '\0'};
+    cr_assert_eq(khala__l1_put(g_t, k1, 3, "1", 1, 0, 0, NULL), 0);
+    cr_assert_eq(khala__l1_put(g_t, k2, 3, "2", 1, 0, 0, NULL), 0);
+    cr_assert_eq(khala__l1_put(g_t, k3, 1, "3", 1, 0, 0, NULL), 0);
+    cr_assert_eq(khala__l1_put(g_t, k4, 1, "4", 1, 0, 0, NULL), 0);
+    cr_assert_eq(khala__l1_put(g_t, k5, 2, "5", 1, 0, 0, NULL), 0);
+    check();
+    cr_assert_eq(stats().items, 5);
+    const struct {
+        const char *k;
+        size_t n;
+        char want;
+    } cases[] = {{k1, 3, '1'}, {k2, 3, '2'}, {k3, 1, '3'}, {k4, 1, '4'}, {k5, 2, '5'}};
+    for (size_t i = 0; i < 5; i++) {
+        char c = 0;
+        size_t len = 0;
+        cr_assert_eq(khala_cache_get(g_c, cases[i].k, cases[i].n, &c, 1, &len), 0, "case %zu", i);
+        cr_assert_eq(c, cases[i].want, "case %zu", i);
+    }
+    cr_assert_eq(khala__l1_delete(g_t, k1, 3), 0);
+    char c;
+    size_t len;
+    cr_assert_eq(khala_cache_get(g_c, k1, 3, &c, 1, &len), KHALA_ENOTFOUND);
+    cr_assert_eq(khala_cache_get(g_c, k2, 3, &c, 1, &len), 0);
+    check();
+}
+
+Test(l1_table, longest_key_works) {
+    open_both(64, 64 * 1024);
+    char key[KHALA_KEY_MAX];
+    memset(key, 'k', sizeof(key));
+    cr_assert_eq(khala__l1_put(g_t, key, KHALA_KEY_MAX, "v", 1, 0, 0, NULL), 0);
+    check();
+    char c;
+    size_t len;
+    cr_assert_eq(khala_cache_get(g_c, key, KHALA_KEY_MAX, &c, 1, &len), 0);
+    cr_assert_eq(c, 'v');
+    cr_assert_eq(khala__l1_delete(g_t, key, KHALA_KEY_MAX), 0);
+    check();
+}
+
+/* Bad input ------------------------------------------------------------------------------- */
+
+Test(l1_table, empty_key_is_ekey) {
+    open_both(64, 64 * 1024);
+    char buf[8];
+    size_t len = 77;
+    cr_assert_eq(khala__l1_put(g_t, "x", 0, "v", 1, 0, 0, NULL), KHALA_EKEY);
+    cr_assert_str_eq(khala__l1_errmsg(g_t), "key is empty");
+    cr_assert_eq(khala__l1_delete(g_t, "x", 0), KHALA_EKEY);
+    cr_assert_eq(khala_cache_get(g_c, "x", 0, buf, sizeof(buf), &len), KHALA_EKEY);
+    cr_assert_eq(len, 77, "out-param changed on failure");
+    khala_view_t view;
+    cr_assert_eq(khala_read_begin(g_c), 0);
+    cr_assert_eq(khala_cache_view(g_c, "x", 0, &view), KHALA_EKEY);
+    khala_read_end(g_c);
+    check();
+    cr_assert_eq(stats().items, 0);
+    cr_assert_eq(stats().sets, 0);
+}
+
+Test(l1_table, key_of_251_bytes_is_ekey) {
+    open_both(64, 64 * 1024);
+    char key[KHALA_KEY_MAX + 1], buf[8];
+    size_t len = 77;
+    memset(key, 'k', sizeof(key));
+    cr_assert_eq(khala__l1_put(g_t, key, sizeof(key), "v", 1, 0, 0, NULL), KHALA_EKEY);
+    cr_assert_str_eq(khala__l1_errmsg(g_t), "key is 251 bytes, max 250");
+    cr_assert_eq(khala__l1_delete(g_t, key, sizeof(key)), KHALA_EKEY);
+    cr_assert_eq(khala_cache_get(g_c, key, sizeof(key), buf, sizeof(buf), &len), KHALA_EKEY);
+    cr_assert_eq(len, 77);
+    cr_assert_eq(khala_cache_get(g_c, key, SIZE_MAX, buf, sizeof(buf), &len), KHALA_EKEY);
+    khala_view_t view;
+    cr_assert_eq(khala_read_begin(g_c), 0);
+    cr_assert_eq(khala_cache_view(g_c, key, sizeof(key), &view), KHALA_EKEY);
+    khala_read_end(g_c);
+    check();
+    cr_assert_eq(stats().items, 0);
+}
+
+Test(l1_table, value_above_max_value_is_etoobig) {
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    cfg.max_value = 1000;
+    open_cfg(&cfg);
+    uint8_t val[1001] = {0};
+    cr_assert_eq(khala__l1_put(g_t, "k", 1, val, 1000, 0, 0, NULL), 0);
+    cr_assert_eq(khala__l1_put(g_t, "k", 1, val, 1001, 0, 0, NULL), KHALA_ETOOBIG);
+    cr_assert_neq(strstr(khala__l1_errmsg(g_t), "1001"), NULL, "%s", khala__l1_errmsg(g_t));
+    check();
+    /* The failed overwrite left the old value. */
+    size_t len = 0;
+    cr_assert_eq(khala_cache_get(g_c, "k", 1, val, sizeof(val), &len), 0);
+    cr_assert_eq(len, 1000);
+}
+
+Test(l1_table, item_larger_than_the_arena_is_etoobig) {
+    open_both(64, 64 * 1024);
+    size_t n = 100 * 1024; /* under max_value, over the arena */
+    uint8_t *val = calloc(1, n);
+    cr_assert_eq(put("small", "x", 0), 0);
+    cr_assert_eq(khala__l1_put(g_t, "k", 1, val, n, 0, 0, NULL), KHALA_ETOOBIG);
+    check();
+    cr_assert_eq(stats().items, 1);
+    cr_assert_eq(stats().evictions, 0);
+    free(val);
+}
+
+Test(l1_table, value_that_fits_the_arena_is_stored) {
+    /* khala__l1_put refuses with ETOOBIG only an item larger than khala__alloc_max_payload,
+     * "the largest payload that could ever be allocated"; anything smaller must be stored
+     * (evicting others if needed). A failure must leave the table unchanged. */
+    open_both(64, 64 * 1024);
+    cr_assert_eq(put("a", "1", 0), 0);
+    cr_assert_eq(put("b", "2", 0), 0);
+    cr_assert_eq(put("c", "3", 0), 0);
+    size_t n = 64000; /* item of 64,056 bytes in a 65,536-byte arena */
+    uint8_t *val = calloc(1, n);
+    int rc = khala__l1_put(g_t, "big", 3, val, n, 0, 0, NULL);
+    check();
+    cr_expect_eq(rc, 0, "put of a %zu-byte value into a 64 KiB arena: %d (%s): %s", n, rc,
+                 khala_err_name(rc), khala__l1_errmsg(g_t));
+    if (rc != 0)
+        cr_expect_eq(stats().items, 3, "the failed put evicted %llu items",
+                     (unsigned long long)(3 - stats().items));
+    free(val);
+}
+
+Test(l1_table, negative_ttl_is_einval) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(khala__l1_put(g_t, "k", 1, "v", 1, -1, 0, NULL), -EINVAL);
+    cr_assert_eq(khala__l1_put(g_t, "k", 1, "v", 1, INT64_MIN, 0, NULL), -EINVAL);
+    check();
+    cr_assert_eq(stats().items, 0);
+}
+
+Test(l1_table, null_value_with_a_length_is_einval) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(khala__l1_put(g_t, "k", 1, NULL, 5, 0, 0, NULL), -EINVAL);
+    check();
+    cr_assert_eq(stats().items, 0);
+}
+
+Test(l1_table, small_buffer_is_erange_with_the_needed_length) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(put("k", "0123456789", 0), 0);
+    char buf[16];
+    memset(buf, '#', sizeof(buf));
+    size_t len = 0;
+    cr_assert_eq(khala_cache_get(g_c, "k", 1, buf, 9, &len), -ERANGE);
+    cr_assert_eq(len, 10);
+    for (size_t i = 0; i < sizeof(buf); i++)
+        cr_assert_eq(buf[i], '#', "buffer written at %zu on -ERANGE", i);
+    cr_assert_eq(khala_cache_get(g_c, "k", 1, NULL, 0, &len), -ERANGE);
+    cr_assert_eq(len, 10);
+    cr_assert_eq(khala_cache_get(g_c, "k", 1, buf, 10, &len), 0);
+    cr_assert_eq(memcmp(buf, "0123456789", 10), 0);
+}
+
+/* TTL ------------------------------------------------------------------------------------- */
+
+Test(l1_table, item_before_its_deadline_is_returned) {
+    open_both(64, 64 * 1024);
+    char buf[16];
+    cr_assert_eq(put("k", "v", 600000), 0);
+    cr_assert_eq(get("k", buf, sizeof(buf)), 0);
+    khala_view_t view;
+    cr_assert_eq(khala_read_begin(g_c), 0);
+    cr_assert_eq(khala_cache_view(g_c, "k", 1, &view), 0);
+    cr_assert_gt(view.ttl_left_ms, 0);
+    cr_assert_leq(view.ttl_left_ms, 600000);
+    khala_read_end(g_c);
+    /* The sweep leaves it alone. */
+    cr_assert_eq(khala__l1_sweep(g_t, 64), 0);
+    cr_assert_eq(stats().items, 1);
+}
+
+Test(l1_table, expired_item_is_never_returned_even_before_the_sweep) {
+    open_both(64, 64 * 1024);
+    char buf[16];
+    cr_assert_eq(put("short", "v", 30), 0);
+    cr_assert_eq(put("forever", "v", 0), 0);
+    sleep_ms(80);
+    cr_assert_eq(get("short", buf, sizeof(buf)), KHALA_ENOTFOUND);
+    const khala_seg_t *s = khala__l1_seg(g_t);
+    const khala_item_t *it;
+    cr_assert_eq(khala__l1_lookup(s, "short", 5, khala__l1_hash(s, "short", 5), &it),
+                 KHALA_ENOTFOUND);
+    khala_view_t view;
+    cr_assert_eq(khala_read_begin(g_c), 0);
+    cr_assert_eq(khala_cache_view(g_c, "short", 5, &view), KHALA_ENOTFOUND);
+    khala_read_end(g_c);
+    /* Still in the table until the sweep runs. */
+    cr_assert_eq(stats().items, 2);
+    cr_assert_eq(get("forever", buf, sizeof(buf)), 0);
+}
+
+Test(l1_table, huge_ttl_does_not_expire_the_item_at_once) {
+    /* Any ttl_ms >= 0 is valid input (l1_table.h); a deadline far in the future must not wrap
+     * into the past. */
+    open_both(64, 64 * 1024);
+    char buf[16];
+    cr_assert_eq(put("max", "v", INT64_MAX), 0);
+    cr_assert_eq(put("year", "v", 365LL * 24 * 3600 * 1000), 0);
+    cr_expect_eq(get("year", buf, sizeof(buf)), 0);
+    cr_expect_eq(get("max", buf, sizeof(buf)), 0, "an item put with ttl_ms INT64_MAX is expired");
+    cr_expect_eq(khala__l1_sweep(g_t, 64), 0, "the sweep removed an item with a huge TTL");
+}
+
+Test(l1_table, sweep_removes_expired_items_and_counts_expirations) {
+    open_both(64, 64 * 1024);
+    char key[16];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert_eq(put(key, "value", i % 2 ? 30 : 0), 0);
+    }
+    sleep_ms(80);
+    cr_assert_eq(khala__l1_sweep(g_t, 64), 10);
+    check();
+    khala_l1_stats_t st = stats();
+    cr_assert_eq(st.items, 10);
+    cr_assert_eq(st.expirations, 10);
+    cr_assert_eq(st.evictions, 0);
+    cr_assert_eq(st.deletes, 0);
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert_eq(present(key), i % 2 == 0, "%s", key);
+    }
+    /* A second sweep finds nothing more. */
+    cr_assert_eq(khala__l1_sweep(g_t, 64), 0);
+    cr_assert_eq(stats().expirations, 10);
+}
+
+Test(l1_table, sweep_is_incremental) {
+    open_both(64, 64 * 1024);
+    char key[16];
+    for (int i = 0; i < 40; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert_eq(put(key, "v", 30), 0);
+    }
+    sleep_ms(80);
+    /* Each call looks at `budget` descs: 8 calls of 8 cover the 64 descs once. */
+    size_t total = 0;
+    for (int call = 0; call < 8; call++) {
+        size_t n = khala__l1_sweep(g_t, 8);
+        cr_assert_leq(n, 8);
+        total += n;
+        check();
+    }
+    cr_assert_eq(total, 40);
+    cr_assert_eq(stats().items, 0);
+    cr_assert_eq(stats().expirations, 40);
+}
+
+Test(l1_table, overwrite_without_ttl_clears_the_deadline) {
+    open_both(64, 64 * 1024);
+    char buf[16];
+    cr_assert_eq(put("k", "old", 30), 0);
+    cr_assert_eq(put("k", "new", 0), 0);
+    sleep_ms(80);
+    cr_assert_eq(khala__l1_sweep(g_t, 64), 0);
+    cr_assert_eq(get("k", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "new");
+}
+
+Test(l1_table, expired_key_can_be_put_again) {
+    open_both(64, 64 * 1024);
+    char buf[16];
+    cr_assert_eq(put("k", "old", 30), 0);
+    sleep_ms(80);
+    cr_assert_eq(put("k", "new", 0), 0);
+    cr_assert_eq(get("k", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "new");
+    cr_assert_eq(stats().items, 1);
+}
+
+/* Capacity and eviction ------------------------------------------------------------------- */
+
+Test(l1_table, capacity_by_items_evicts_beyond_max_items) {
+    open_both(64, 256 * 1024);
+    char key[16];
+    for (int i = 0; i < 64 + 40; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert_eq(put(key, "value", 0), 0, "put %d: %s", i, khala__l1_errmsg(g_t));
+        khala_l1_stats_t st = stats();
+        cr_assert_leq(st.items, 64);
+        cr_assert_eq(st.items, (uint64_t)(i + 1 < 64 ? i + 1 : 64));
+    }
+    khala_l1_stats_t st = stats();
+    cr_assert_eq(st.items, 64);
+    cr_assert_eq(st.evictions, 40);
+    cr_assert_eq(st.sets, 104);
+    /* The newest key is always there. */
+    cr_assert(present("k103"));
+}
+
+Test(l1_table, overwrite_at_capacity_evicts_nothing) {
+    open_both(16, 64 * 1024);
+    char key[16];
+    for (int i = 0; i < 16; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert_eq(put(key, "v", 0), 0);
+    }
+    for (int i = 0; i < 16; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert_eq(put(key, "w", 0), 0);
+    }
+    cr_assert_eq(stats().evictions, 0);
+    cr_assert_eq(stats().items, 16);
+}
+
+Test(l1_table, capacity_by_bytes_never_exceeds_the_arena) {
+    open_both(1024, 64 * 1024);
+    uint8_t val[2000];
+    char key[16];
+    khala_l1_stats_t st = stats();
+    uint64_t usable = st.arena_bytes - 16; /* the sentinel block */
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        tu_value_make(val, sizeof(val), (uint64_t)i, 0);
+        cr_assert_eq(khala__l1_put(g_t, key, strlen(key), val, sizeof(val), 0, 0, NULL), 0,
+                     "put %d: %s", i, khala__l1_errmsg(g_t));
+        check();
+        st = stats();
+        cr_assert_leq(st.item_bytes, st.arena_bytes);
+        cr_assert_eq(st.item_bytes + st.retired_bytes + st.free_bytes, usable,
+                     "bytes do not add up after put %d", i);
+    }
+    st = stats();
+    cr_assert_gt(st.evictions, 0);
+    cr_assert_lt(st.items, 64 * 1024 / 2000);
+    cr_assert_eq(st.items + st.evictions, 300);
+    /* The newest value reads back intact. */
+    size_t len = 0;
+    cr_assert_eq(khala_cache_get(g_c, "k299", 4, val, sizeof(val), &len), 0);
+    cr_assert(tu_value_ok(val, len, 299));
+}
+
+Test(l1_table, mixed_sizes_fill_the_arena_well) {
+    /* Memory freed by evicting small items serves large ones and back (no size classes). */
+    open_both(4096, 256 * 1024);
+    static uint8_t val[20000];
+    char key[16];
+    for (int i = 0; i < 600; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        size_t n = i % 10 == 0 ? 20000 : (size_t)(50 + (i * 37) % 400);
+        cr_assert_eq(khala__l1_put(g_t, key, strlen(key), val, n, 0, 0, NULL), 0, "put %d: %s", i,
+                     khala__l1_errmsg(g_t));
+        if (i % 25 == 0)
+            check();
+    }
+    check();
+    khala_l1_stats_t st = stats();
+    cr_assert_gt(st.evictions, 0);
+    /* After eviction, live items hold most of the arena: at least half of it. */
+    cr_assert_gt(st.item_bytes, st.arena_bytes / 2);
+}
+
+Test(l1_table, without_hits_the_oldest_keys_are_evicted_first) {
+    open_both(64, 256 * 1024);
+    char key[16];
+    for (int i = 0; i < 74; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert_eq(put(key, "v", 0), 0);
+    }
+    for (int i = 0; i < 74; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert_eq(present(key), i >= 10, "%s", key);
+    }
+}
+
+Test(l1_table, keys_hit_by_readers_survive_a_scan_of_one_time_keys) {
+    open_both(100, 256 * 1024);
+    char key[32], buf[64];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "hot%d", i);
+        cr_assert_eq(put(key, "hot value", 0), 0);
+    }
+    /* Readers hit the hot keys; the writer drains their hit rings. */
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < 20; i++) {
+            snprintf(key, sizeof(key), "hot%d", i);
+            cr_assert_eq(get(key, buf, sizeof(buf)), 0);
+        }
+    cr_assert_geq(khala__l1_maintain(g_t), 0);
+    /* A scan five times the capacity, each key seen once. */
+    for (int i = 0; i < 500; i++) {
+        snprintf(key, sizeof(key), "scan%d", i);
+        cr_assert_eq(put(key, "cold value", 0), 0);
+    }
+    khala_l1_stats_t st = stats();
+    cr_assert_eq(st.items, 100);
+    cr_assert_eq(st.evictions, 420);
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "hot%d", i);
+        cr_assert(present(key), "hot key %s was evicted by the scan", key);
+    }
+    /* The never-hit scan keys went instead, oldest first. */
+    cr_assert(!present("scan0"));
+    cr_assert(!present("scan419"));
+    cr_assert(present("scan499"));
+}
+
+Test(l1_table, hits_recorded_by_get_reach_the_policy_only_after_a_drain) {
+    /* Control for the test above: the same hits, reaching the policy through a drain, are what
+     * protects the keys. Without any hits the first keys go first. */
+    open_both(100, 256 * 1024);
+    char key[32];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "hot%d", i);
+        cr_assert_eq(put(key, "v", 0), 0);
+    }
+    for (int i = 0; i < 500; i++) {
+        snprintf(key, sizeof(key), "scan%d", i);
+        cr_assert_eq(put(key, "v", 0), 0);
+    }
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "hot%d", i);
+        cr_assert(!present(key), "never-hit key %s survived", key);
+    }
+}
+
+/* Reclamation ----------------------------------------------------------------------------- */
+
+Test(l1_table, maintain_frees_retired_items_when_no_reader_is_inside) {
+    open_both(64, 64 * 1024);
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(put("k", i % 2 ? "odd" : "even", 0), 0);
+    cr_assert_eq(khala__l1_delete(g_t, "k", 1), 0);
+    check();
+    cr_assert_gt(stats().retired, 0);
+    cr_assert_geq(khala__l1_maintain(g_t), 1);
+    check();
+    khala_l1_stats_t st = stats();
+    cr_assert_eq(st.retired, 0);
+    cr_assert_eq(st.retired_bytes, 0);
+    cr_assert_eq(st.free_bytes, st.arena_bytes - 16, "memory did not return to the arena");
+}
+
+Test(l1_table, item_read_in_an_open_section_is_not_freed) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(put("k", "first", 0), 0);
+    khala_view_t view;
+    cr_assert_eq(khala_read_begin(g_c), 0);
+    cr_assert_eq(khala_cache_view(g_c, "k", 1, &view), 0);
+    cr_assert_eq(put("k", "second", 0), 0);
+    (void)khala__l1_maintain(g_t);
+    check();
+    cr_assert_eq(stats().retired, 1, "the item under the view was freed");
+    cr_assert_eq(memcmp(view.data, "first", 5), 0);
+    khala_read_end(g_c);
+    cr_assert_geq(khala__l1_maintain(g_t), 1);
+    cr_assert_eq(stats().retired, 0);
+    check();
+}
+
+Test(l1_table, random_operations_match_a_shadow_model) {
+    /* No eviction (capacity above the key space): the table must equal the model exactly. */
+    open_both(256, 256 * 1024);
+    enum { KEYS = 150 };
+    uint64_t model[KEYS] = {0}; /* 0 absent, else round + 1 */
+    uint64_t x = 88172645463325252ull;
+    uint8_t val[200], out[200];
+    char key[16];
+    for (int op = 0; op < 3000; op++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        uint64_t k = x % KEYS;
+        size_t vlen = 24 + (x >> 20) % 170;
+        snprintf(key, sizeof(key), "key-%llu", (unsigned long long)k);
+        if ((x >> 40) % 4 == 0) {
+            int rc = khala__l1_delete(g_t, key, strlen(key));
+            cr_assert_eq(rc, model[k] ? 0 : KHALA_ENOTFOUND);
+            model[k] = 0;
+        } else {
+            tu_value_make(val, vlen, k, (uint64_t)op);
+            cr_assert_eq(khala__l1_put(g_t, key, strlen(key), val, vlen, 0, 0, NULL), 0);
+            model[k] = (uint64_t)op + 1;
+        }
+        if (op % 50 == 0)
+            (void)khala__l1_maintain(g_t);
+        check();
+    }
+    uint64_t live = 0;
+    for (uint64_t k = 0; k < KEYS; k++) {
+        size_t len = 0;
+        snprintf(key, sizeof(key), "key-%llu", (unsigned long long)k);
+        int rc = khala_cache_get(g_c, key, strlen(key), out, sizeof(out), &len);
+        cr_assert_eq(rc, model[k] ? 0 : KHALA_ENOTFOUND, "%s", key);
+        if (rc == 0) {
+            uint64_t round;
+            memcpy(&round, out + 8, 8);
+            cr_assert_eq(round + 1, model[k], "%s holds an old value", key);
+            cr_assert(tu_value_ok(out, len, k));
+            live++;
+        }
+    }
+    cr_assert_eq(stats().items, live);
+    cr_assert_eq(stats().evictions, 0);
+}
+
+/* Corruption ------------------------------------------------------------------------------ */
+
+/* The bucket word that the chain of key starts at, in the writer's mapping. */
+static khala_atomic_u64 *bucket_of(const char *key) {
+    khala_seg_t *s = khala__l1_seg(g_t);
+    return &s->buckets[khala__l1_hash(s, key, strlen(key)) & s->bucket_mask];
+}
+
+Test(l1_table, corrupted_bucket_offset_is_ecorrupt_for_readers) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(put("victim", "value", 0), 0);
+    khala_seg_t *s = khala__l1_seg(g_t);
+    khala_atomic_u64 *b = bucket_of("victim");
+    uint64_t good = khala_load_relaxed(b);
+    const uint64_t garbage[] = {
+        8,                          /* below the arena, unaligned */
+        s->arena_lo - 16,           /* below the arena, aligned */
+        s->arena_lo + 8,            /* unaligned */
+        s->arena_hi - 16,           /* an item header would cross the arena's end */
+        s->arena_hi,                /* just past the arena */
+        s->arena_hi + 4096,         /* past the arena */
+        0xdeadbeef0ull,             /* far past the mapping, aligned */
+        UINT64_MAX & ~(uint64_t)15, /* wraps when added to the base */
+        (uint64_t)1 << 63,          /* huge */
+    };
+    char buf[16];
+    for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
+        khala_store_relaxed(b, garbage[i]);
+        size_t len = 0;
+        int rc = khala_cache_get(g_c, "victim", 6, buf, sizeof(buf), &len);
+        cr_assert_eq(rc, KHALA_ECORRUPT, "offset 0x%llx: get gave %d",
+                     (unsigned long long)garbage[i], rc);
+        cr_assert_neq(strstr(khala_cache_errmsg(g_c), g_name), NULL, "%s", khala_cache_errmsg(g_c));
+        khala_view_t view;
+        cr_assert_eq(khala_read_begin(g_c), 0);
+        cr_assert_eq(khala_cache_view(g_c, "victim", 6, &view), KHALA_ECORRUPT,
+                     "offset 0x%llx: view", (unsigned long long)garbage[i]);
+        khala_read_end(g_c);
+        cr_assert_eq(khala__l1_check(g_t), KHALA_ECORRUPT, "offset 0x%llx: check",
+                     (unsigned long long)garbage[i]);
+    }
+    khala_store_relaxed(b, good);
+    check();
+    cr_assert_eq(get("victim", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "value");
+}
+
+Test(l1_table, chain_that_loops_is_ecorrupt) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(put("victim", "value", 0), 0);
+    khala_seg_t *s = khala__l1_seg(g_t);
+    uint64_t off = khala_load_relaxed(bucket_of("victim"));
+    khala_item_t *it = (khala_item_t *)(s->base + off);
+    khala_store_relaxed(&it->next, off); /* the item points at itself */
+    /* An absent key of the same bucket walks the loop. */
+    char key[32];
+    int i = 0;
+    do
+        snprintf(key, sizeof(key), "other%d", i++);
+    while (bucket_of(key) != bucket_of("victim"));
+    char buf[16];
+    size_t len;
+    cr_assert_eq(khala_cache_get(g_c, key, strlen(key), buf, sizeof(buf), &len), KHALA_ECORRUPT);
+    cr_assert_eq(khala__l1_check(g_t), KHALA_ECORRUPT);
+    khala_store_relaxed(&it->next, 0);
+    check();
+}
+
+Test(l1_table, item_length_past_the_arena_is_ecorrupt) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(put("victim", "value", 0), 0);
+    khala_seg_t *s = khala__l1_seg(g_t);
+    khala_item_t *it = (khala_item_t *)(s->base + khala_load_relaxed(bucket_of("victim")));
+    it->value_len = UINT32_MAX;
+    char buf[16];
+    size_t len;
+    cr_assert_eq(khala_cache_get(g_c, "victim", 6, buf, sizeof(buf), &len), KHALA_ECORRUPT);
+    it->value_len = 5;
+    check();
+}

@@ -1,0 +1,395 @@
+/*
+ * Tests of the segment module (lib/segment.c): creating and attaching, and every way an attach
+ * must refuse a segment (missing, bad name, other layout, bad magic, truncated, inconsistent,
+ * mismatched readers file, replaced) with the exact code and without crashing.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "khala/error.h"
+#include "l1_table.h"
+#include "segment.h"
+#include "testutil.h"
+
+static char g_name[KHALA_NAME_MAX + 1];
+static char g_err[256];
+
+static void setup(void) {
+    snprintf(g_name, sizeof(g_name), "%s", tu_name("seg"));
+    g_err[0] = '\0';
+}
+
+static void teardown(void) {
+    (void)khala__seg_unlink(g_name);
+}
+
+TestSuite(segment, .init = setup, .fini = teardown, .timeout = 30);
+
+/* A writer segment made with khala__seg_create and a small configuration. */
+static void create(khala_seg_t *w) {
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    int rc = khala__seg_create(w, g_name, &cfg, g_err, sizeof(g_err));
+    cr_assert_eq(rc, 0, "create: %d %s", rc, g_err);
+}
+
+static int attach(khala_seg_t *r) {
+    g_err[0] = '\0';
+    return khala__seg_attach(r, g_name, 0, g_err, sizeof(g_err));
+}
+
+/* Shrink the data file of g_name to `size` bytes through its /dev/shm name. */
+static void truncate_data(uint64_t size) {
+    char dname[128];
+    khala__seg_shm_names(g_name, dname, NULL, sizeof(dname));
+    int fd = shm_open(dname, O_RDWR, 0);
+    cr_assert_geq(fd, 0, "shm_open %s", dname);
+    cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+    close(fd);
+}
+
+Test(segment, create_then_attach_read_only_succeeds) {
+    khala_seg_t w, r;
+    create(&w);
+    cr_assert_eq(w.writable, 1);
+    int rc = attach(&r);
+    cr_assert_eq(rc, 0, "attach: %d %s", rc, g_err);
+    cr_assert_eq(r.writable, 0);
+    cr_assert_eq(r.generation, w.generation);
+    cr_assert_eq(r.hash_seed, w.hash_seed);
+    cr_assert_eq(r.bucket_mask, w.bucket_mask);
+    cr_assert_eq(r.arena_lo, w.arena_lo);
+    cr_assert_eq(r.arena_hi, w.arena_hi);
+    cr_assert_eq(r.nslots, 32);
+    cr_assert_eq(r.hdr->max_items, 64);
+    cr_assert_geq(r.arena_hi - r.arena_lo, 64 * 1024);
+    cr_assert_eq(r.hdr->generation, 1);
+    cr_assert_eq(khala_load_relaxed(&r.hdr->state), KHALA_SEG_LIVE);
+    khala__seg_detach(&r);
+    khala__seg_detach(&w);
+}
+
+Test(segment, detach_is_idempotent) {
+    khala_seg_t w, r;
+    create(&w);
+    cr_assert_eq(attach(&r), 0);
+    khala__seg_detach(&r);
+    khala__seg_detach(&r);
+    cr_assert_eq(r.data_fd, -1);
+    cr_assert_null(r.base);
+    khala__seg_detach(&w);
+}
+
+Test(segment, attach_to_missing_name_is_enoent) {
+    khala_seg_t r;
+    cr_assert_eq(attach(&r), -ENOENT);
+    cr_assert_neq(strstr(g_err, g_name), NULL, "message: %s", g_err);
+}
+
+Test(segment, unlink_of_missing_segment_is_ok) {
+    cr_assert_eq(khala__seg_unlink(g_name), 0);
+}
+
+Test(segment, bad_names_are_ename) {
+    char longname[KHALA_NAME_MAX + 2];
+    memset(longname, 'a', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    const char *bad[] = {"", longname, "a/b", "/abs", "..\x01", "sp ace", "n\xc3\xa9"};
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        khala_seg_t s;
+        cr_assert_eq(khala__seg_name_check(bad[i], g_err, sizeof(g_err)), KHALA_ENAME, "'%s'",
+                     bad[i]);
+        cr_assert_gt(strlen(g_err), 0);
+        cr_assert_eq(khala__seg_attach(&s, bad[i], 0, g_err, sizeof(g_err)), KHALA_ENAME);
+        cr_assert_eq(khala__seg_create(&s, bad[i], &cfg, g_err, sizeof(g_err)), KHALA_ENAME);
+    }
+    cr_assert_eq(khala__seg_name_check(NULL, g_err, sizeof(g_err)), KHALA_ENAME);
+}
+
+Test(segment, longest_name_and_every_allowed_character_are_accepted) {
+    char name[KHALA_NAME_MAX + 1];
+    memset(name, 'z', KHALA_NAME_MAX);
+    name[KHALA_NAME_MAX] = '\0';
+    cr_assert_eq(khala__seg_name_check(name, g_err, sizeof(g_err)), 0);
+    cr_assert_eq(khala__seg_name_check("Az09_.-", g_err, sizeof(g_err)), 0);
+}
+
+Test(segment, bad_configs_are_econfig) {
+    khala_seg_config_t base = tu_config(64, 64 * 1024);
+    khala_seg_config_t bad[8];
+    for (int i = 0; i < 8; i++)
+        bad[i] = base;
+    bad[0].max_items = 0;
+    bad[1].max_items = 15;
+    bad[2].max_bytes = 64 * 1024 - 1;
+    bad[3].max_value = 256u * 1024 * 1024 + 1;
+    bad[4].max_readers = 0;
+    bad[5].ring_size = 100; /* not a power of two */
+    bad[6].ring_size = 8;   /* too small */
+    bad[7].ring_size = 0;
+    for (int i = 0; i < 8; i++) {
+        khala_seg_t s;
+        g_err[0] = '\0';
+        cr_assert_eq(khala__seg_create(&s, g_name, &bad[i], g_err, sizeof(g_err)), KHALA_ECONFIG,
+                     "config %d", i);
+        cr_assert_gt(strlen(g_err), 0, "config %d has no message", i);
+        /* Nothing was created. */
+        khala_seg_t r;
+        cr_assert_eq(attach(&r), -ENOENT, "config %d left a segment behind", i);
+    }
+    khala_l1_t *t = NULL;
+    cr_assert_eq(khala__l1_open(g_name, &bad[5], &t, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    cr_assert_null(t);
+    cr_assert_neq(strstr(g_err, "ring_size is 100"), NULL, "message: %s", g_err);
+}
+
+Test(segment, smallest_config_is_accepted) {
+    khala_seg_config_t cfg = tu_config(16, 64 * 1024);
+    cfg.max_readers = 1;
+    cfg.ring_size = 16;
+    cfg.max_value = 0;
+    khala_seg_t w;
+    cr_assert_eq(khala__seg_create(&w, g_name, &cfg, g_err, sizeof(g_err)), 0, "%s", g_err);
+    khala__seg_detach(&w);
+}
+
+Test(segment, other_layout_version_is_elayout) {
+    khala_seg_t w, r;
+    create(&w);
+    w.hdr->layout_version = KHALA_LAYOUT_VERSION + 1;
+    cr_assert_eq(attach(&r), KHALA_ELAYOUT);
+    cr_assert_neq(strstr(g_err, "layout version"), NULL, "message: %s", g_err);
+    khala__seg_detach(&w);
+}
+
+Test(segment, readers_file_of_other_layout_version_is_elayout) {
+    khala_seg_t w, r;
+    create(&w);
+    w.rhdr->layout_version = KHALA_LAYOUT_VERSION + 1;
+    cr_assert_eq(attach(&r), KHALA_ELAYOUT);
+    khala__seg_detach(&w);
+}
+
+Test(segment, bad_magic_is_ecorrupt) {
+    khala_seg_t w, r;
+    create(&w);
+    w.hdr->magic ^= 1;
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT);
+    cr_assert_neq(strstr(g_err, "magic"), NULL, "message: %s", g_err);
+    khala__seg_detach(&w);
+}
+
+Test(segment, zeroed_header_is_ecorrupt) {
+    /* What a reader sees while the writer has created the file but not yet published it. */
+    khala_seg_t w, r;
+    create(&w);
+    memset(w.base, 0, KHALA_SEG_HEADER_SIZE);
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT);
+    khala__seg_detach(&w);
+}
+
+Test(segment, bad_readers_magic_is_ecorrupt) {
+    khala_seg_t w, r;
+    create(&w);
+    w.rhdr->magic = 0;
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT);
+    khala__seg_detach(&w);
+}
+
+Test(segment, truncated_data_file_is_ecorrupt) {
+    khala_seg_t w, r;
+    create(&w);
+    uint64_t size = w.size;
+    khala__seg_detach(&w); /* the writer must not touch pages past the new end */
+    truncate_data(size - 4096);
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT);
+    cr_assert_neq(strstr(g_err, "truncated"), NULL, "message: %s", g_err);
+}
+
+Test(segment, data_file_shorter_than_a_header_is_ecorrupt) {
+    khala_seg_t w, r;
+    create(&w);
+    khala__seg_detach(&w);
+    const uint64_t sizes[] = {KHALA_SEG_HEADER_SIZE - 1, 100, 0};
+    for (size_t i = 0; i < 3; i++) {
+        truncate_data(sizes[i]);
+        cr_assert_eq(attach(&r), KHALA_ECORRUPT, "size %llu", (unsigned long long)sizes[i]);
+    }
+}
+
+Test(segment, grown_data_file_is_ecorrupt) {
+    khala_seg_t w, r;
+    create(&w);
+    uint64_t size = w.size;
+    khala__seg_detach(&w);
+    truncate_data(size + 4096);
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT);
+}
+
+Test(segment, truncated_readers_file_is_ecorrupt) {
+    khala_seg_t w, r;
+    create(&w);
+    uint64_t rsize = w.rsize;
+    khala__seg_detach(&w);
+    char rname[128];
+    khala__seg_shm_names(g_name, NULL, rname, sizeof(rname));
+    int fd = shm_open(rname, O_RDWR, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(ftruncate(fd, (off_t)(rsize / 2)), 0);
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT);
+    cr_assert_eq(ftruncate(fd, 64), 0);
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT);
+    close(fd);
+}
+
+Test(segment, missing_readers_file_is_enoent) {
+    khala_seg_t w, r;
+    create(&w);
+    char rname[128];
+    khala__seg_shm_names(g_name, NULL, rname, sizeof(rname));
+    cr_assert_eq(shm_unlink(rname), 0);
+    cr_assert_eq(attach(&r), -ENOENT);
+    khala__seg_detach(&w);
+}
+
+Test(segment, inconsistent_header_offsets_are_ecorrupt) {
+    /* Each field is changed alone, to a value that would point a reader outside its regions. */
+    khala_seg_t w, r;
+    create(&w);
+    khala_seg_header_t *h = w.hdr;
+    uint64_t *fields[] = {&h->bucket_off, &h->bucket_count, &h->desc_off,  &h->ghost_off,
+                          &h->ghost_cap,  &h->retire_off,   &h->alloc_off, &h->arena_off,
+                          &h->arena_size, &h->readers_size};
+    const char *names[] = {"bucket_off", "bucket_count", "desc_off",  "ghost_off",  "ghost_cap",
+                           "retire_off", "alloc_off",    "arena_off", "arena_size", "readers_size"};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        uint64_t saved = *fields[i];
+        *fields[i] = saved + 4096;
+        cr_assert_eq(attach(&r), KHALA_ECORRUPT, "%s + 4096 accepted", names[i]);
+        *fields[i] = saved * 1024;
+        cr_assert_eq(attach(&r), KHALA_ECORRUPT, "%s * 1024 accepted", names[i]);
+        *fields[i] = saved;
+    }
+    h->max_items = 0;
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT, "max_items 0 accepted");
+    h->max_items = 64;
+    h->ring_size = 100;
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT, "ring_size 100 accepted");
+    h->ring_size = 256;
+    h->header_size = 128;
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT, "header_size 128 accepted");
+    h->header_size = KHALA_SEG_HEADER_SIZE;
+    /* Restored: it attaches again. */
+    cr_assert_eq(attach(&r), 0, "%s", g_err);
+    khala__seg_detach(&r);
+    khala__seg_detach(&w);
+}
+
+Test(segment, readers_file_geometry_mismatch_is_ecorrupt) {
+    khala_seg_t w, r;
+    create(&w);
+    w.rhdr->nslots = 33;
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT);
+    w.rhdr->nslots = 32;
+    w.rhdr->ring_size = 512;
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT);
+    khala__seg_detach(&w);
+}
+
+Test(segment, readers_file_generation_mismatch_is_elayout) {
+    khala_seg_t w, r;
+    create(&w);
+    w.rhdr->generation = w.generation + 1;
+    cr_assert_eq(attach(&r), KHALA_ELAYOUT);
+    cr_assert_neq(strstr(g_err, "generation"), NULL, "message: %s", g_err);
+    khala__seg_detach(&w);
+}
+
+Test(segment, replaced_segment_is_elayout) {
+    khala_seg_t w, r;
+    create(&w);
+    khala_store_relaxed(&w.hdr->state, KHALA_SEG_REPLACED);
+    cr_assert_eq(attach(&r), KHALA_ELAYOUT);
+    khala__seg_detach(&w);
+}
+
+Test(segment, second_writer_while_first_alive_is_eexist) {
+    khala_l1_t *t1 = tu_writer(g_name, 64, 64 * 1024);
+    khala_l1_t *t2 = NULL;
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    cr_assert_eq(khala__l1_open(g_name, &cfg, &t2, g_err, sizeof(g_err)), KHALA_EEXIST);
+    cr_assert_null(t2);
+    khala_seg_t s;
+    cr_assert_eq(khala__seg_create(&s, g_name, &cfg, g_err, sizeof(g_err)), KHALA_EEXIST);
+    /* The first writer's segment is untouched: same generation, still live, still attachable. */
+    khala_seg_t r;
+    cr_assert_eq(attach(&r), 0, "%s", g_err);
+    cr_assert_eq(r.generation, 1);
+    cr_assert_eq(khala_load_relaxed(&r.hdr->state), KHALA_SEG_LIVE);
+    khala__seg_detach(&r);
+    cr_assert_eq(khala__l1_put(t1, "k", 1, "v", 1, 0, 0, NULL), 0);
+    cr_assert_eq(khala__l1_check(t1), 0);
+    khala__l1_close(t1, 1);
+}
+
+Test(segment, new_writer_after_close_replaces_the_segment) {
+    khala_l1_t *t1 = tu_writer(g_name, 64, 64 * 1024);
+    khala_seg_t old;
+    cr_assert_eq(attach(&old), 0, "%s", g_err);
+    cr_assert_eq(old.generation, 1);
+    khala__l1_close(t1, 0); /* no unlink: the files stay, without a writer */
+
+    khala_seg_t r;
+    cr_assert_eq(attach(&r), 0, "a writerless segment still attaches: %s", g_err);
+    khala__seg_detach(&r);
+
+    khala_l1_t *t2 = tu_writer(g_name, 128, 128 * 1024);
+    /* The old mapping is still valid and says it was replaced. */
+    cr_assert_eq(khala_load_acquire(&old.hdr->state), KHALA_SEG_REPLACED);
+    cr_assert_eq(attach(&r), 0, "%s", g_err);
+    cr_assert_eq(r.generation, 2);
+    cr_assert_eq(r.hdr->max_items, 128);
+    cr_assert_neq(r.hash_seed, 0);
+    khala__seg_detach(&r);
+    khala__seg_detach(&old);
+
+    /* And once more: generations keep counting. */
+    khala__l1_close(t2, 0);
+    khala_l1_t *t3 = tu_writer(g_name, 64, 64 * 1024);
+    cr_assert_eq(attach(&r), 0, "%s", g_err);
+    cr_assert_eq(r.generation, 3);
+    khala__seg_detach(&r);
+    khala__l1_close(t3, 1);
+}
+
+Test(segment, writer_after_unlink_starts_at_generation_one) {
+    khala_l1_t *t1 = tu_writer(g_name, 64, 64 * 1024);
+    khala__l1_close(t1, 1);
+    khala_l1_t *t2 = tu_writer(g_name, 64, 64 * 1024);
+    khala_seg_t r;
+    cr_assert_eq(attach(&r), 0, "%s", g_err);
+    cr_assert_eq(r.generation, 1);
+    khala__seg_detach(&r);
+    khala__l1_close(t2, 1);
+}
+
+Test(segment, garbage_file_under_the_name_is_replaced_by_a_writer) {
+    /* A leftover that is not a khala segment at all must not stop a writer. */
+    char dname[128];
+    khala__seg_shm_names(g_name, dname, NULL, sizeof(dname));
+    int fd = shm_open(dname, O_RDWR | O_CREAT | O_EXCL, 0600);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "not a segment", 13), 13);
+    close(fd);
+    khala_seg_t r;
+    cr_assert_eq(attach(&r), KHALA_ECORRUPT);
+    khala_l1_t *t = tu_writer(g_name, 64, 64 * 1024);
+    cr_assert_eq(attach(&r), 0, "%s", g_err);
+    khala__seg_detach(&r);
+    khala__l1_close(t, 1);
+}
