@@ -59,6 +59,12 @@
 
 /* Retired items waiting before a put triggers reclamation on its own. */
 #define RECLAIM_BATCH 64u
+/* How long a writer that needs memory waits for readers to leave their read sections before it
+ * reports KHALA_EBLOCKED. Sections last nanoseconds to microseconds; one that lasts this long
+ * is a worker holding a view while it works, or stuck, and the caller should hear of it. */
+#define GRACE_WAIT_NS (100ull * 1000 * 1000)
+/* Scans of the reader slots before the writer starts reaping and sleeping between scans. */
+#define SPIN_BEFORE_WAIT 64u
 
 struct khala_l1 {
     khala_seg_t seg;         /* the writer's read-write mapping; immutable after open */
@@ -240,18 +246,58 @@ static int blocked(khala_l1_t *t) {
                 (unsigned long long)khala_load_relaxed(&t->hdr->epoch));
 }
 
-/* Step 3 of the put path: get a block of `size` bytes for a new item, evicting as needed. */
+/* Wait, a bounded time, for every reader inside a read section now to leave it, then free
+ * what the retire ring holds (an RCU grace period, across processes). Reader sections are
+ * short, so this normally takes well under a microsecond to a few; dead readers are reaped on
+ * the way. KHALA_EBLOCKED if a live reader stays inside its section past GRACE_WAIT_NS. */
+static int synchronize(khala_l1_t *t) {
+    uint64_t e = khala_load_relaxed(&t->hdr->epoch);
+    /* release: readers that load the new epoch see every unlink before it (readers.c). */
+    khala_store_release(&t->hdr->epoch, e + 1);
+    uint64_t start = khala__sys_now_ns();
+    for (uint32_t spins = 0;; spins++) {
+        if (khala__readers_min_epoch(&t->seg) > e) {
+            reclaim(t);
+            return 0;
+        }
+        if (spins >= SPIN_BEFORE_WAIT) {
+            (void)khala__readers_reap(&t->seg, e + 1);
+            if (khala__sys_now_ns() - start > GRACE_WAIT_NS)
+                return blocked(t);
+            khala__sys_pause_us(spins < SPIN_BEFORE_WAIT * 2 ? 0 : 50);
+        }
+    }
+}
+
+/* Step 3 of the put path: get a block of `size` bytes for a new item, evicting as needed.
+ *
+ * Evicting only retires an item; its memory comes back after a grace period. So when memory
+ * (not the item count) is short, the loop first proves that no reader is stuck inside a
+ * section (a bounded synchronize) before it evicts anything: a stuck reader then costs the
+ * caller KHALA_EBLOCKED and the table loses nothing. After that it evicts until the retired
+ * bytes cover the request, waits for one grace period, and tries again. */
 static int make_room(khala_l1_t *t, uint64_t size, int replacing, uint64_t *off, uint64_t *block) {
     khala_wstate_t *w = t->w;
-    int drained = 0;
+    int drained = 0, synced = 0, rc;
     for (;;) {
-        if (retire_full(t) && reclaim_hard(t) == 0)
-            return blocked(t);
-        if ((replacing || w->items < t->hdr->max_items) &&
-            khala__alloc_alloc(&t->arena, size, off, block) == 0)
+        if (retire_full(t) && reclaim(t) == 0 && (rc = synchronize(t)) != 0)
+            return rc;
+        int count_ok = replacing || w->items < t->hdr->max_items;
+        if (count_ok && khala__alloc_alloc(&t->arena, size, off, block) == 0)
             return 0;
-        if (w->retire_head != w->retire_tail && reclaim(t) > 0)
-            continue;
+        if (count_ok) {
+            /* Memory is short. */
+            if (w->retire_head != w->retire_tail && reclaim(t) > 0)
+                continue;
+            int pending = w->retire_head != w->retire_tail;
+            if (!synced && (pending || w->retired_bytes >= size ||
+                            khala__readers_min_epoch(&t->seg) != UINT64_MAX)) {
+                if ((rc = synchronize(t)) != 0)
+                    return rc;
+                synced = 1;
+                continue;
+            }
+        }
         if (!drained) {
             /* The policy decides better with the hits readers recorded since the last drain. */
             khala__readers_drain(&t->seg, t->tails, on_hit, t);
@@ -260,9 +306,9 @@ static int make_room(khala_l1_t *t, uint64_t size, int replacing, uint64_t *off,
         uint32_t victim = khala__policy_victim(&t->pol);
         if (victim == KHALA_NIL) {
             if (w->retire_head != w->retire_tail) {
-                if (reclaim_hard(t) > 0)
-                    continue;
-                return blocked(t);
+                if ((rc = synchronize(t)) != 0)
+                    return rc;
+                continue;
             }
             return fail(t, KHALA_EFULL,
                         "no block of %llu bytes is free and the table is empty (arena %llu bytes)",
@@ -270,6 +316,8 @@ static int make_room(khala_l1_t *t, uint64_t size, int replacing, uint64_t *off,
         }
         remove_key(t, victim);
         w->evictions++;
+        if (w->retired_bytes >= size)
+            synced = 0; /* enough is retired: the next pass waits for it once */
     }
 }
 
@@ -370,8 +418,8 @@ int khala__l1_delete(khala_l1_t *t, const void *key, size_t klen) {
     uint64_t off = find(t, khala__l1_hash(&t->seg, key, klen), key, klen, &link);
     if (!off)
         return fail(t, KHALA_ENOTFOUND, "no such key");
-    if (retire_full(t) && reclaim_hard(t) == 0)
-        return blocked(t);
+    if (retire_full(t) && reclaim(t) == 0 && (rc = synchronize(t)) != 0)
+        return rc;
     remove_key(t, item_at(t, off)->desc);
     t->w->deletes++;
     return 0;
@@ -392,7 +440,7 @@ size_t khala__l1_sweep(khala_l1_t *t, size_t budget) {
         khala_desc_t *d = &t->desc[i];
         if (!d->item_off || !d->expire_ms || d->expire_ms > now)
             continue;
-        if (retire_full(t) && reclaim_hard(t) == 0)
+        if (retire_full(t) && reclaim(t) == 0 && synchronize(t) != 0)
             break;
         remove_key(t, i);
         w->expirations++;
@@ -435,11 +483,15 @@ int khala__l1_check(khala_l1_t *t) {
         uint64_t n = 0;
         for (uint64_t off = khala_load_relaxed(&s->buckets[b]); off;
              off = khala_load_relaxed(&item_at(t, off)->next)) {
-            if (off < s->arena_lo || off >= s->arena_hi || (off & (KHALA_ALIGN - 1)) ||
+            if (off < s->arena_lo || off >= s->arena_hi ||
+                s->arena_hi - off < sizeof(khala_item_t) || (off & (KHALA_ALIGN - 1)) ||
                 ++n > KHALA_CHAIN_MAX)
                 return fail(t, KHALA_ECORRUPT, "bucket %llu: bad offset %llu",
                             (unsigned long long)b, (unsigned long long)off);
             khala_item_t *it = item_at(t, off);
+            if (s->arena_hi - off < KHALA_ITEM_SIZE(it->key_len, (uint64_t)it->value_len))
+                return fail(t, KHALA_ECORRUPT, "item at %llu crosses the arena's end",
+                            (unsigned long long)off);
             if ((it->hash & s->bucket_mask) != b || it->desc >= t->hdr->max_items ||
                 t->desc[it->desc].item_off != off || t->desc[it->desc].hash != it->hash ||
                 t->desc[it->desc].block_size != khala__alloc_block_size(&t->arena, off) ||

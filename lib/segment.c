@@ -39,14 +39,9 @@
 #include "sys.h"
 
 /* ThreadSanitizer does not model membarrier(2): under TSan every reader keeps its fence. */
-#if defined(__SANITIZE_THREAD__)
+#ifdef KHALA_TSAN
 #define KHALA_ASYM_FENCE_ENABLED 0
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define KHALA_ASYM_FENCE_ENABLED 0
-#endif
-#endif
-#ifndef KHALA_ASYM_FENCE_ENABLED
+#else
 #define KHALA_ASYM_FENCE_ENABLED 1
 #endif
 

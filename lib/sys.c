@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <sched.h>
 #include <string.h>
 #include <linux/membarrier.h>
 #include <sys/mman.h>
@@ -184,6 +185,15 @@ uint64_t khala__sys_proc_start(int pid) {
     if (field == 22 && sscanf(p, "%llu", &start) == 1)
         return (uint64_t)start;
     return 0;
+}
+
+void khala__sys_pause_us(unsigned us) {
+    if (us == 0) {
+        sched_yield();
+        return;
+    }
+    struct timespec ts = {0, (long)us * 1000};
+    nanosleep(&ts, NULL);
 }
 
 uint64_t khala__sys_random_u64(void) {

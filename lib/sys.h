@@ -51,6 +51,8 @@ uint64_t khala__sys_now_ns(void);
 /* The start time of process pid since boot, in clock ticks (field 22 of /proc/pid/stat); 0 if
  * unknown. With the pid it names one process, even after its pid is reused. */
 uint64_t khala__sys_proc_start(int pid);
+/* Yield the CPU (us == 0) or sleep for us microseconds. */
+void khala__sys_pause_us(unsigned us);
 /* 64 random bits from the kernel, for hash seeds. */
 uint64_t khala__sys_random_u64(void);
 
