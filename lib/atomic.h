@@ -34,7 +34,7 @@ typedef _Atomic uint32_t khala_atomic_u32;
 #endif
 #endif
 #ifdef KHALA_TSAN
-static _Atomic int khala__tsan_fence_word;
+static _Atomic int khala__tsan_fence_word __attribute__((unused));
 #define khala_fence_seq_cst()                                                                      \
     ((void)atomic_fetch_add_explicit(&khala__tsan_fence_word, 0, memory_order_seq_cst))
 #else

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages khala-cache needs to build, test and demo, if any are missing.
+# Idempotent and quiet when everything is present; runs `apt-get update` only when something
+# must be installed. Works as root, or through sudo when that is available.
+set -euo pipefail
+
+# What each package is for. The ones marked "later" serve coming issues (khalad, L2/L3, wire
+# format); they are cheap, so a machine set up today is ready for them.
+PACKAGES=(
+    build-essential      # gcc, make, libc headers
+    cmake                # 3.25 on Debian 12
+    pkg-config           # finds xxhash and criterion; checks the installed khalacache.pc
+    clang                # fuzz targets (KHALA_FUZZ) and clang-tidy runs
+    clang-format         # the format check in scripts/test.sh
+    libclang-rt-14-dev   # clang's sanitizer and libFuzzer runtimes
+    libcriterion-dev     # the test framework
+    libxxhash-dev        # the key hash (header-only use)
+    liblmdb-dev          # khala-bench's LMDB reference
+    liburcu-dev          # later: khalad's queues and hash table
+    libmsgpack-dev       # later: the value wire format
+    libhiredis-dev       # later: the Redis L2 driver and pub/sub
+    libcurl4-openssl-dev # later: the SurrealDB L3 driver
+    redis-server         # later: integration tests against a real Redis
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    if [[ "$status" != "install ok installed" ]]; then
+        missing+=("$pkg")
+    fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    exit 0
+fi
+
+if [[ $(id -u) -eq 0 ]]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    echo "deps.sh: missing packages (${missing[*]}) and not root, and sudo is not available" >&2
+    exit 1
+fi
+
+echo "deps.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
