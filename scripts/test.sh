@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Build and test khala-cache the way CI does. Three build trees, each with its own ctest run:
+# Build and test khala-cache the way CI does. Four build trees:
 #
 #   build/test-plain  RelWithDebInfo, every test
 #   build/test-asan   KHALA_SANITIZE=address,undefined, every test
 #   build/test-tsan   KHALA_SANITIZE=thread (built with clang), the tests labelled `concurrency`
+#   build/test-fuzz   clang, KHALA_FUZZ: each libFuzzer target for KHALA_FUZZ_RUNS runs
 #
 # plus a clang-format check of every tracked .c/.h. Every stage runs even when an earlier one
 # failed, so one run reports everything; the exit status is non-zero if any stage failed, and
@@ -19,7 +20,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/deps.sh
 
 JOBS=$(nproc)
-TREES=${KHALA_TEST_TREES:-plain asan tsan}
+TREES=${KHALA_TEST_TREES:-plain asan tsan fuzz}
+FUZZ_RUNS=${KHALA_FUZZ_RUNS:-50000}
 
 # halt_on_error: the first report fails the test instead of scrolling past. Leaks are errors.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:abort_on_error=0:detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1}
@@ -123,6 +125,38 @@ run_tree() {
     fi
 }
 
+# The libFuzzer targets (clang, KHALA_FUZZ), each for a bounded number of runs from its seed
+# corpus. Every other tree already replays the same targets through a plain main().
+run_fuzz() {
+    local dir=build/test-fuzz start=$SECONDS cc
+    cc=$(command -v clang)
+    echo "==> fuzz: configure and build in $dir ($cc)"
+    if ! cmake -S . -B "$dir" -DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DKHALA_FUZZ=ON -DKHALA_SANITIZE=address,undefined -DKHALA_BUILD_BENCH=OFF ||
+        ! cmake --build "$dir" -j "$JOBS" --target fuzz_segment fuzz_segment_replay; then
+        record fuzz FAIL "configure or build failed"
+        return
+    fi
+    local corpus=$dir/corpus/segment
+    rm -rf "$corpus"
+    mkdir -p "$corpus"
+    echo "==> fuzz: fuzz_segment, $FUZZ_RUNS runs"
+    local log=$dir/fuzz_segment.log status=0
+    if ! "$dir/tests/fuzz_segment_replay" --write-seed "$corpus"; then
+        record fuzz FAIL "cannot write the seed corpus"
+        return
+    fi
+    "$dir/tests/fuzz_segment" -runs="$FUZZ_RUNS" -max_len=200000 -max_total_time=300 \
+        "$corpus" >"$log" 2>&1 || status=$?
+    grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|ERROR|SUMMARY|^Done' "$log" || true
+    if [[ $status -eq 0 ]]; then
+        record fuzz PASS "fuzz_segment $FUZZ_RUNS runs ($((SECONDS - start))s)"
+        return
+    fi
+    tail -n 60 "$log"
+    record fuzz FAIL "fuzz_segment found a crash (see above)"
+}
+
 start_servers
 
 check_format
@@ -134,6 +168,7 @@ for tree in $TREES; do
         # atomic_thread_fence under -fsanitize=thread (-Wtsan, an error with KHALA_WERROR). It
         # also puts a second compiler's warnings in front of every change.
         tsan) run_tree tsan clang -L concurrency -- -DKHALA_SANITIZE=thread -DKHALA_BUILD_BENCH=OFF ;;
+        fuzz) run_fuzz ;;
         *)
             echo "test.sh: unknown tree '$tree' in KHALA_TEST_TREES" >&2
             record "$tree" FAIL "unknown tree"
