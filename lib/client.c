@@ -62,6 +62,7 @@ struct khala_cache {
     seg_node_t *segs;           /* every segment attached, newest first */
     tstate_t *threads;          /* thread states */
     uint64_t fork_gen;          /* g_fork_gen that the handle's fds belong to */
+    uint64_t id;                /* unique per handle, never reused; immutable after open */
     uint64_t retired_hits;      /* counts of threads that exited */
     uint64_t retired_misses;
     char name[KHALA_NAME_MAX + 1]; /* immutable after open */
@@ -70,6 +71,12 @@ struct khala_cache {
 /* Bumped in the child after every fork; see the theory above. */
 static _Atomic uint64_t g_fork_gen;
 static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
+
+/* Handle ids; 0 is never a handle's. */
+static _Atomic uint64_t g_next_id = 1;
+/* The calling thread's last handle and its state there (see ts_get). */
+static __thread uint64_t tls_last_id;
+static __thread struct tstate *tls_last_ts;
 
 /* The calling thread's last error and the handle it belongs to (NULL: khala_cache_open). */
 static __thread char tls_err[256];
@@ -125,6 +132,10 @@ static void ts_destroy(void *p) {
         }
     }
     pthread_mutex_unlock(&c->lock);
+    if (tls_last_ts == ts) {
+        tls_last_id = 0;
+        tls_last_ts = NULL;
+    }
     free(ts);
 }
 
@@ -137,6 +148,8 @@ static int after_fork_locked(khala_cache_t *c, uint64_t gen) {
         free(ts);
     }
     (void)pthread_setspecific(c->key, NULL);
+    tls_last_id = 0;
+    tls_last_ts = NULL;
     for (seg_node_t *n = c->segs; n; n = n->next) {
         int rc = khala__seg_reopen_readers(&n->seg);
         if (rc != 0)
@@ -164,6 +177,7 @@ static int reattach_locked(khala_cache_t *c, khala_seg_t *seen) {
     }
     n->next = c->segs;
     c->segs = n;
+    c->id = atomic_fetch_add_explicit(&g_next_id, 1, memory_order_relaxed);
     atomic_store_explicit(&c->cur, &n->seg, memory_order_release);
     return 0;
 }
@@ -209,6 +223,8 @@ static int ts_slow(khala_cache_t *c, khala_seg_t *stale, tstate_t **out) {
         ts->base_misses = khala_load_relaxed(&ts->slot->misses);
     }
     ts->fork_gen = gen;
+    tls_last_id = c->id;
+    tls_last_ts = ts;
     *out = ts;
 out:
     pthread_mutex_unlock(&c->lock);
@@ -216,11 +232,16 @@ out:
 }
 
 static inline int ts_get(khala_cache_t *c, tstate_t **out) {
-    tstate_t *ts = pthread_getspecific(c->key);
+    /* The thread's last handle is cached in plain thread-locals, which costs a compare where
+     * pthread_getspecific costs a call. Handle ids are never reused, so a stale entry (its
+     * handle closed) can never match. */
+    tstate_t *ts = tls_last_id == c->id ? tls_last_ts : pthread_getspecific(c->key);
     if (__builtin_expect(
             ts && ts->seg && ts->seg == atomic_load_explicit(&c->cur, memory_order_acquire) &&
                 ts->fork_gen == atomic_load_explicit(&g_fork_gen, memory_order_relaxed),
             1)) {
+        tls_last_id = c->id;
+        tls_last_ts = ts;
         *out = ts;
         return 0;
     }
@@ -228,7 +249,7 @@ static inline int ts_get(khala_cache_t *c, tstate_t **out) {
 }
 
 /* Enter a section on the thread's segment, moving to a new segment if the writer replaced it. */
-static int section_enter(khala_cache_t *c, tstate_t **tsp) {
+static int section_enter_slow(khala_cache_t *c, tstate_t **tsp) {
     tstate_t *ts = *tsp;
     for (int tries = 0;; tries++) {
         khala__reader_enter(ts->seg, ts->slot);
@@ -243,6 +264,18 @@ static int section_enter(khala_cache_t *c, tstate_t **tsp) {
             return rc;
         ts = *tsp;
     }
+}
+
+/* Enter a section; the segment's state is on the line the epoch comes from. Inline fast path;
+ * section_enter_slow handles a replaced segment. */
+static inline int section_enter(khala_cache_t *c, tstate_t **tsp) {
+    tstate_t *ts = *tsp;
+    khala__reader_enter(ts->seg, ts->slot);
+    /* acquire: pairs with the release store of KHALA_SEG_REPLACED by a new writer. */
+    if (__builtin_expect(khala_load_acquire(&ts->seg->hdr->state) == KHALA_SEG_LIVE, 1))
+        return 0;
+    khala__reader_leave(ts->slot);
+    return section_enter_slow(c, tsp);
 }
 
 void khala_cache_options_init(khala_cache_options_t *opts) {

@@ -35,8 +35,8 @@
  * line every reader reads, so it happens only when the newest retired item belongs to the
  * current epoch, not once per put.
  *
- * The table is sized for a load factor of at most 1 (bucket_count >= max_items), so chains are
- * short; the reader bounds a walk by KHALA_CHAIN_MAX and checks every offset against the arena,
+ * The table is sized for a load factor of at most 1/2 (bucket_count >= 2 * max_items), so
+ * chains are short; the reader bounds a walk by KHALA_CHAIN_MAX and checks every offset against the arena,
  * so a corrupted segment yields KHALA_ECORRUPT, not a crash.
  *
  * Why chaining and not open addressing: with one writer and RCU reclamation, replacing or
@@ -63,6 +63,10 @@
  * reports KHALA_EBLOCKED. Sections last nanoseconds to microseconds; one that lasts this long
  * is a worker holding a view while it works, or stuck, and the caller should hear of it. */
 #define GRACE_WAIT_NS (100ull * 1000 * 1000)
+/* How far ahead in the retire ring reclamation prefetches the blocks it is about to free. */
+#define RECLAIM_AHEAD 8u
+/* Expired keys the sweep prefetches before it removes them together. */
+#define SWEEP_BATCH 32u
 /* Scans of the reader slots before the writer starts reaping and sleeping between scans. */
 #define SPIN_BEFORE_WAIT 64u
 
@@ -91,38 +95,6 @@ static int fail(khala_l1_t *t, int rc, const char *fmt, ...) {
 
 static inline khala_item_t *item_at(const khala_l1_t *t, uint64_t off) {
     return (khala_item_t *)(t->seg.base + off);
-}
-
-/* Reader side ----------------------------------------------------------------------------- */
-
-int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t klen, uint64_t hash,
-                     const khala_item_t **out) {
-    /* acquire: pairs with the release that linked the item; its fields are visible. */
-    uint64_t off = khala_load_acquire(&s->buckets[hash & s->bucket_mask]);
-    for (uint32_t n = 0; off; n++) {
-        if (off < s->arena_lo || off >= s->arena_hi ||
-            s->arena_hi - off < sizeof(khala_item_t) + klen || (off & (KHALA_ALIGN - 1)) ||
-            n >= KHALA_CHAIN_MAX)
-            return KHALA_ECORRUPT;
-        const khala_item_t *it = (const khala_item_t *)(s->base + off);
-        /* The value's address depends only on klen, which we know: fetch the lines of the
-         * header, the key and the start of the value at once, so that a hit costs one memory
-         * round trip after the bucket instead of two. */
-        const char *v = (const char *)it + KHALA_ITEM_VALUE_OFF(klen);
-        __builtin_prefetch(it);
-        __builtin_prefetch(v);
-        __builtin_prefetch(v + KHALA_CACHE_LINE);
-        if (it->hash == hash && it->key_len == klen && memcmp(it + 1, key, klen) == 0) {
-            if (KHALA_ITEM_SIZE(klen, (uint64_t)it->value_len) > s->arena_hi - off)
-                return KHALA_ECORRUPT;
-            if (it->expire_ms && khala__sys_now_coarse_upper_ms() >= it->expire_ms)
-                return KHALA_ENOTFOUND;
-            *out = it;
-            return 0;
-        }
-        off = khala_load_acquire(&it->next);
-    }
-    return KHALA_ENOTFOUND;
 }
 
 /* Writer side ----------------------------------------------------------------------------- */
@@ -194,6 +166,13 @@ static uint64_t reclaim(khala_l1_t *t) {
         khala_retired_t *r = &t->retire[w->retire_head % t->retire_cap];
         if (r->epoch >= min)
             break; /* a reader inside a section may still see it; so may all after it */
+        /* Freeing reads the block's header and its right neighbour's, at random places: fetch
+         * them a few entries ahead so that a large batch does not pay each miss in turn. */
+        uint64_t pending = w->retire_tail - w->retire_head;
+        if (pending > RECLAIM_AHEAD) {
+            uint64_t ahead = t->retire[(w->retire_head + RECLAIM_AHEAD) % t->retire_cap].off;
+            __builtin_prefetch(t->seg.base + ahead - KHALA_BLOCK_HDR, 1);
+        }
         w->retired_bytes -= khala__alloc_block_size(&t->arena, r->off);
         khala__alloc_free(&t->arena, r->off);
         w->retire_head++;
@@ -430,22 +409,58 @@ int khala__l1_maintain(khala_l1_t *t) {
     return (int)reclaim_hard(t);
 }
 
+/* Remove the expired keys in batch[0..n); their lines were prefetched. 0, or -1 when memory
+ * reclamation is blocked and the sweep must stop. */
+static int sweep_flush(khala_l1_t *t, const uint32_t *batch, size_t n, size_t *removed) {
+    /* The buckets are in cache now: fetch each chain's head when it is another key, since
+     * unlinking walks from it. */
+    for (size_t k = 0; k < n; k++) {
+        const khala_desc_t *d = &t->desc[batch[k]];
+        uint64_t head = khala_load_relaxed(&t->seg.buckets[d->hash & t->seg.bucket_mask]);
+        if (head != d->item_off)
+            __builtin_prefetch(t->seg.base + head);
+    }
+    for (size_t k = 0; k < n; k++) {
+        if (retire_full(t) && reclaim(t) == 0 && synchronize(t) != 0)
+            return -1;
+        remove_key(t, batch[k]);
+        t->w->expirations++;
+        (*removed)++;
+    }
+    return 0;
+}
+
 size_t khala__l1_sweep(khala_l1_t *t, size_t budget) {
     khala_wstate_t *w = t->w;
     uint32_t max = t->hdr->max_items;
     int64_t now = khala__sys_now_ms();
-    size_t removed = 0;
+    size_t removed = 0, nb = 0;
+    uint32_t batch[SWEEP_BATCH];
+    /* The descs are read in order (the hardware prefetcher streams them); each expired key's
+     * item, bucket and queue neighbours sit at random places, so they are prefetched a batch at
+     * a time and removed together, overlapping their cache misses instead of paying them one
+     * after another. */
     for (size_t n = 0; n < budget; n++) {
         uint32_t i = (uint32_t)(w->sweep_cursor++ % max);
         khala_desc_t *d = &t->desc[i];
         if (!d->item_off || !d->expire_ms || d->expire_ms > now)
             continue;
-        if (retire_full(t) && reclaim(t) == 0 && synchronize(t) != 0)
-            break;
-        remove_key(t, i);
-        w->expirations++;
-        removed++;
+        __builtin_prefetch(t->seg.base + d->item_off - KHALA_BLOCK_HDR, 1);
+        __builtin_prefetch(t->seg.base + d->item_off, 1);
+        __builtin_prefetch(&t->seg.buckets[d->hash & t->seg.bucket_mask], 1);
+        if (d->prev != KHALA_NIL)
+            __builtin_prefetch(&t->desc[d->prev], 1);
+        if (d->next != KHALA_NIL)
+            __builtin_prefetch(&t->desc[d->next], 1);
+        batch[nb++] = i;
+        if (nb == SWEEP_BATCH) {
+            if (sweep_flush(t, batch, nb, &removed) != 0)
+                return removed;
+            nb = 0;
+        }
     }
+    if (sweep_flush(t, batch, nb, &removed) != 0)
+        return removed;
     if (w->retire_tail - w->retire_head >= RECLAIM_BATCH)
         reclaim(t);
     return removed;

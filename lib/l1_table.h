@@ -11,8 +11,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <string.h>
+
+#include "khala/error.h"
 #include "layout.h"
 #include "segment.h"
+#include "sys.h"
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -89,10 +93,39 @@ static inline uint64_t khala__l1_hash(const khala_seg_t *s, const void *key, siz
 
 /* Find the live item for key. Call inside a read section (or from the writer). 0 and *out;
  * KHALA_ENOTFOUND (absent or expired); KHALA_ECORRUPT if an offset points outside the arena or
- * a chain does not end. now_ms is an upper bound of the monotonic clock, or 0 to read it only
- * when the item has a deadline. */
-int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t klen, uint64_t hash,
-                     const khala_item_t **out);
+ * a chain does not end. Inline: it is the whole of the hit path. */
+static inline int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t klen,
+                                   uint64_t hash, const khala_item_t **out) {
+    /* An item whose header and key fit the arena starts at most this far into it; one
+     * unsigned compare rejects offsets below the arena too. */
+    const uint64_t span = s->arena_hi - s->arena_lo - sizeof(khala_item_t) - klen;
+    /* acquire: pairs with the release that linked the item; its fields are visible. */
+    uint64_t off = khala_load_acquire(&s->buckets[hash & s->bucket_mask]);
+    for (uint32_t n = 0; off; n++) {
+        if (__builtin_expect(
+                off - s->arena_lo > span || (off & (KHALA_ALIGN - 1)) || n >= KHALA_CHAIN_MAX, 0))
+            return KHALA_ECORRUPT;
+        const khala_item_t *it = (const khala_item_t *)(s->base + off);
+        /* The value's address depends only on klen, which we know: fetch the lines of the
+         * header, the key and the start of the value at once, so that a hit costs one memory
+         * round trip after the bucket instead of two. */
+        const char *v = (const char *)it + KHALA_ITEM_VALUE_OFF(klen);
+        __builtin_prefetch(it);
+        __builtin_prefetch(v);
+        __builtin_prefetch(v + KHALA_CACHE_LINE);
+        if (it->hash == hash && it->key_len == klen && memcmp(it + 1, key, klen) == 0) {
+            if (__builtin_expect(KHALA_ITEM_SIZE(klen, (uint64_t)it->value_len) > s->arena_hi - off,
+                                 0))
+                return KHALA_ECORRUPT;
+            if (it->expire_ms && khala__sys_now_coarse_upper_ms() >= it->expire_ms)
+                return KHALA_ENOTFOUND;
+            *out = it;
+            return 0;
+        }
+        off = khala_load_acquire(&it->next);
+    }
+    return KHALA_ENOTFOUND;
+}
 
 static inline const uint8_t *khala__item_key(const khala_item_t *it) {
     return (const uint8_t *)(it + 1);

@@ -53,7 +53,7 @@
 /* Arena blocks are aligned to this; offsets inside the arena are multiples of it. */
 #define KHALA_ALIGN 16u
 /* A lookup walks at most this many items in one chain; more means the chain is corrupt (the
- * writer keeps the load factor at or below 1, so real chains are short). */
+ * writer keeps the load factor at or below 1/2, so real chains are short). */
 #define KHALA_CHAIN_MAX 4096u
 
 /* Segment states, in khala_seg_header_t.state. */
@@ -102,7 +102,7 @@ typedef struct khala_seg_header {
     uint64_t segment_size;   /* bytes of the data file */
     uint64_t hash_seed;      /* seed of the key hash, random per generation */
     uint64_t bucket_off;     /* offset of the bucket array */
-    uint64_t bucket_count;   /* power of two, >= max_items */
+    uint64_t bucket_count;   /* power of two, >= 2 * max_items */
     uint64_t desc_off;       /* offset of khala_desc_t[max_items] */
     uint64_t ghost_off;      /* offset of khala_ghost_t[ghost_cap] */
     uint64_t ghost_cap;      /* power of two, entries of the ghost table */

@@ -118,7 +118,9 @@ static void compute_layout(khala_seg_header_t *h, const khala_seg_config_t *cfg)
     h->max_value = cfg->max_value;
     h->max_readers = cfg->max_readers;
     h->ring_size = cfg->ring_size;
-    h->bucket_count = pow2_at_least(cfg->max_items);
+    /* Twice the buckets of items: a hit then follows a chain past another key rarely (about
+     * one get in five at full load, against two in five at one bucket per item). */
+    h->bucket_count = pow2_at_least(2ull * cfg->max_items);
     h->bucket_off = off;
     off = align_up(off + h->bucket_count * sizeof(uint64_t), KHALA_CACHE_LINE);
     h->desc_off = off;
