@@ -1,0 +1,84 @@
+/*
+ * khala-bench's subcommands, as khala_bench.c dispatches them. Each returns 0, or -1 after
+ * printing the reason to stderr; khala_bench.c prints the final key=value line.
+ *
+ * Modules: l1_bench.c (the real L1: get, mixed, sweep, overhead), plain_table.c (the reference
+ * shared-memory table), lmdb_ref.c (LMDB multi-process reads), replay.c (trace replay through
+ * the L1 and through an exact-LRU simulation), bench_util.c (clocks, workloads, the runner).
+ */
+#ifndef KHALA_BENCH_BENCH_H
+#define KHALA_BENCH_BENCH_H
+
+#include <stdint.h>
+
+#include "bench_util.h"
+
+/* Options of every subcommand; each reads the ones it needs. */
+typedef struct bench_opts {
+    unsigned procs;          /* reader processes */
+    uint32_t keys;           /* keys in the table */
+    uint32_t value_size;     /* value bytes (overhead: smallest size of the range) */
+    uint32_t value_size_max; /* overhead: largest value size; == value_size for a fixed size */
+    int dist;                /* BU_DIST_* */
+    double seconds;          /* timed interval of a get run */
+    uint64_t write_rate;     /* l1-mixed: target puts per second */
+    uint32_t items;          /* sweep, overhead: items to fill */
+    const char *trace;       /* replay: trace file */
+    int oracle;              /* replay: 1 for oracleGeneral, 0 for csv */
+    uint32_t capacity;       /* replay: capacity in items */
+    int lru;                 /* replay: 1 for the exact-LRU simulation instead of the L1 */
+    uint32_t maintain_every; /* replay: requests between two khala__l1_maintain calls */
+    unsigned rounds;         /* get runs: timed rounds (compare/scale/l1-mixed alternate) */
+    uint32_t expired_pct;    /* sweep: percent of the items that have expired, 0 to 100 */
+} bench_opts_t;
+
+/* l1-mixed adds the writer's achieved rate to a get result. */
+typedef struct bench_get {
+    bu_get_result_t r;
+    double puts_s;      /* puts per second achieved by the writer during the reads */
+    uint64_t put_fails; /* puts that returned an error */
+} bench_get_t;
+
+/* A get target: set up once (create and fill), then run any number of timed rounds, so that
+ * rounds of different targets can alternate and see the same machine load. */
+typedef struct bench_target bench_target_t;
+
+bench_target_t *bench_l1_setup(const bench_opts_t *o, const bu_workload_t *w);
+bench_target_t *bench_plain_setup(const bench_opts_t *o, const bu_workload_t *w);
+bench_target_t *bench_lmdb_setup(const bench_opts_t *o, const bu_workload_t *w);
+/* One timed round with `procs` readers; for the L1, write_rate > 0 makes the writer overwrite
+ * keys at that rate meanwhile (ignored by the references). 0 or -1. */
+int bench_target_run(bench_target_t *t, const bu_workload_t *w, unsigned procs, double seconds,
+                     uint64_t write_rate, bench_get_t *out);
+void bench_target_free(bench_target_t *t);
+
+/* What each target module provides behind bench_target_t. */
+struct bench_target {
+    const char *name;
+    int (*run)(bench_target_t *t, const bu_workload_t *w, unsigned procs, double seconds,
+               uint64_t write_rate, bench_get_t *out);
+    void (*free)(bench_target_t *t);
+};
+
+typedef struct bench_sweep {
+    uint64_t removed; /* expired items the sweep removed */
+    double ms;        /* wall time of the full sweep */
+    double fill_s;    /* seconds to fill */
+} bench_sweep_t;
+
+int bench_sweep(const bench_opts_t *o, bench_sweep_t *out);
+
+typedef struct bench_overhead {
+    uint64_t items, item_bytes, payload_bytes;
+    double meta_per_item; /* segment bytes outside the arena (buckets, descs, ...) per item */
+} bench_overhead_t;
+
+int bench_overhead(const bench_opts_t *o, bench_overhead_t *out);
+
+typedef struct bench_replay {
+    uint64_t requests, hits, objects;
+} bench_replay_t;
+
+int bench_replay(const bench_opts_t *o, bench_replay_t *out);
+
+#endif /* KHALA_BENCH_BENCH_H */
