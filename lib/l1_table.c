@@ -3,8 +3,8 @@
  *
  * HOW IT WORKS
  *
- *   buckets[hash & mask] --> item --> item --> 0        (offsets; 0 ends a chain)
- *                            | next | hash | version | expire | lens | desc | key | value |
+ *   buckets[hash & mask] --> item --> item --> 0        (links; 0 ends a chain)
+ *                            | next | desc | hash | version | expire | lens | key | value |
  *
  * An item is one arena block holding its header, its key and its value side by side, so a hit
  * touches the bucket line and the item's lines, nothing else. Items are immutable once linked
@@ -101,10 +101,11 @@ static inline khala_item_t *item_at(const khala_l1_t *t, uint64_t off) {
 
 /* Find the item of key; *link is the word that points to it. 0 if absent. */
 static uint64_t find(const khala_l1_t *t, uint64_t hash, const void *key, size_t klen,
-                     khala_atomic_u64 **link) {
-    khala_atomic_u64 *l = &t->seg.buckets[hash & t->seg.bucket_mask];
+                     khala_atomic_u32 **link) {
+    khala_atomic_u32 *l = &t->seg.buckets[hash & t->seg.bucket_mask];
     /* relaxed: only this thread writes the links. */
-    for (uint64_t off = khala_load_relaxed(l); off; off = khala_load_relaxed(l)) {
+    for (uint64_t off = khala_link_off(khala_load_relaxed(l)); off;
+         off = khala_link_off(khala_load_relaxed(l))) {
         khala_item_t *it = item_at(t, off);
         if (it->hash == hash && it->key_len == klen && memcmp(it + 1, key, klen) == 0) {
             *link = l;
@@ -116,9 +117,10 @@ static uint64_t find(const khala_l1_t *t, uint64_t hash, const void *key, size_t
 }
 
 /* The word that points to the item at off (which is linked). */
-static khala_atomic_u64 *link_of(const khala_l1_t *t, uint64_t off) {
-    khala_atomic_u64 *l = &t->seg.buckets[item_at(t, off)->hash & t->seg.bucket_mask];
-    for (uint64_t o = khala_load_relaxed(l); o != off; o = khala_load_relaxed(l))
+static khala_atomic_u32 *link_to(const khala_l1_t *t, uint64_t off, uint64_t hash) {
+    khala_atomic_u32 *l = &t->seg.buckets[hash & t->seg.bucket_mask];
+    for (uint64_t o = khala_link_off(khala_load_relaxed(l)); o != off;
+         o = khala_link_off(khala_load_relaxed(l)))
         l = &item_at(t, o)->next;
     return l;
 }
@@ -198,7 +200,7 @@ static void remove_key(khala_l1_t *t, uint32_t idx) {
     khala_desc_t *d = &t->desc[idx];
     uint64_t off = d->item_off;
     khala_item_t *it = item_at(t, off);
-    khala_atomic_u64 *l = link_of(t, off);
+    khala_atomic_u32 *l = link_to(t, off, d->hash);
     /* release: a reader that loads the new link sees a fully built successor. */
     khala_store_release(l, khala_load_relaxed(&it->next));
     khala__policy_remove(&t->pol, idx);
@@ -311,7 +313,7 @@ static int key_check(khala_l1_t *t, size_t klen) {
 int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, size_t vlen,
                   int64_t ttl_ms, uint8_t type, uint64_t *version) {
     khala_wstate_t *w = t->w;
-    khala_atomic_u64 *link = NULL;
+    khala_atomic_u32 *link = NULL;
     uint64_t off = 0, block = 0;
     int rc;
     /* Step 1. */
@@ -349,7 +351,6 @@ int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, 
     it->type = type;
     it->flags = 0;
     it->desc = idx;
-    it->pad = 0;
     memcpy(it + 1, key, klen);
     if (vlen)
         memcpy((uint8_t *)it + KHALA_ITEM_VALUE_OFF(klen), val, vlen);
@@ -360,17 +361,17 @@ int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, 
         khala_store_relaxed(&it->next, khala_load_relaxed(&o->next));
         /* release: publishes the new item's fields before its offset; pairs with the acquire
          * loads in khala__l1_lookup. */
-        khala_store_release(link, off);
+        khala_store_release(link, khala_link_of(off));
         w->item_bytes -= d->block_size;
         w->payload_bytes -= (uint64_t)o->key_len + o->value_len;
         retire(t, old);
         w->overwrites++;
         khala__policy_hit(&t->pol, idx);
     } else {
-        khala_atomic_u64 *b = &t->seg.buckets[hash & t->seg.bucket_mask];
+        khala_atomic_u32 *b = &t->seg.buckets[hash & t->seg.bucket_mask];
         khala_store_relaxed(&it->next, khala_load_relaxed(b));
         /* release: as above. */
-        khala_store_release(b, off);
+        khala_store_release(b, khala_link_of(off));
         d->hash = hash;
         w->items++;
     }
@@ -390,7 +391,7 @@ int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, 
 }
 
 int khala__l1_delete(khala_l1_t *t, const void *key, size_t klen) {
-    khala_atomic_u64 *link;
+    khala_atomic_u32 *link;
     int rc = key_check(t, klen);
     if (rc != 0)
         return rc;
@@ -416,7 +417,8 @@ static int sweep_flush(khala_l1_t *t, const uint32_t *batch, size_t n, size_t *r
      * unlinking walks from it. */
     for (size_t k = 0; k < n; k++) {
         const khala_desc_t *d = &t->desc[batch[k]];
-        uint64_t head = khala_load_relaxed(&t->seg.buckets[d->hash & t->seg.bucket_mask]);
+        uint64_t head =
+            khala_link_off(khala_load_relaxed(&t->seg.buckets[d->hash & t->seg.bucket_mask]));
         if (head != d->item_off)
             __builtin_prefetch(t->seg.base + head);
     }
@@ -496,11 +498,10 @@ int khala__l1_check(khala_l1_t *t) {
     uint64_t items = 0, bytes = 0, payload = 0;
     for (uint64_t b = 0; b <= s->bucket_mask; b++) {
         uint64_t n = 0;
-        for (uint64_t off = khala_load_relaxed(&s->buckets[b]); off;
-             off = khala_load_relaxed(&item_at(t, off)->next)) {
+        for (uint64_t off = khala_link_off(khala_load_relaxed(&s->buckets[b])); off;
+             off = khala_link_off(khala_load_relaxed(&item_at(t, off)->next))) {
             if (off < s->arena_lo || off >= s->arena_hi ||
-                s->arena_hi - off < sizeof(khala_item_t) || (off & (KHALA_ALIGN - 1)) ||
-                ++n > KHALA_CHAIN_MAX)
+                s->arena_hi - off < sizeof(khala_item_t) || ++n > KHALA_CHAIN_MAX)
                 return fail(t, KHALA_ECORRUPT, "bucket %llu: bad offset %llu",
                             (unsigned long long)b, (unsigned long long)off);
             khala_item_t *it = item_at(t, off);

@@ -100,10 +100,9 @@ static inline int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t
      * unsigned compare rejects offsets below the arena too. */
     const uint64_t span = s->arena_hi - s->arena_lo - sizeof(khala_item_t) - klen;
     /* acquire: pairs with the release that linked the item; its fields are visible. */
-    uint64_t off = khala_load_acquire(&s->buckets[hash & s->bucket_mask]);
+    uint64_t off = khala_link_off(khala_load_acquire(&s->buckets[hash & s->bucket_mask]));
     for (uint32_t n = 0; off; n++) {
-        if (__builtin_expect(
-                off - s->arena_lo > span || (off & (KHALA_ALIGN - 1)) || n >= KHALA_CHAIN_MAX, 0))
+        if (__builtin_expect(off - s->arena_lo > span || n >= KHALA_CHAIN_MAX, 0))
             return KHALA_ECORRUPT;
         const khala_item_t *it = (const khala_item_t *)(s->base + off);
         /* The value's address depends only on klen, which we know: fetch the lines of the
@@ -122,7 +121,7 @@ static inline int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t
             *out = it;
             return 0;
         }
-        off = khala_load_acquire(&it->next);
+        off = khala_link_off(khala_load_acquire(&it->next));
     }
     return KHALA_ENOTFOUND;
 }

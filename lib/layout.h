@@ -7,7 +7,7 @@
  *   +-------------------------+ 0
  *   | khala_seg_header_t      |   immutable part, epoch line, writer-only state   (4 KiB)
  *   +-------------------------+ bucket_off
- *   | buckets[bucket_count]   |   uint64 offset of the first item of each chain, 0 = empty
+ *   | buckets[bucket_count]   |   link (uint32) to the first item of each chain, 0 = empty
  *   +-------------------------+ desc_off
  *   | khala_desc_t[max_items] |   writer-only: per-key policy metadata (S3-FIFO queues, TTL)
  *   +-------------------------+ ghost_off
@@ -26,6 +26,11 @@
  *   +-------------------------+ 128
  *   | slot 0 | slot 1 | ...   |   khala_slot_t + ring, slot_size bytes each; a slot is written
  *   +-------------------------+   by its owner only (and by the writer when its owner is dead)
+ *
+ * Links. The bucket array and the items' next fields hold *links*: an item's offset divided by
+ * KHALA_ALIGN, in 32 bits (0 = none; no item lives at offset 0). Half the size of a plain
+ * offset, so twice as many buckets share the cache and the TLB; it bounds the data file at
+ * 64 GiB, far above what an L1 needs.
  *
  * Rules: offsets, never pointers; fixed-width types only; explicit padding; every struct's size
  * and key offsets are asserted below, so a change to the layout cannot go unnoticed. Any change
@@ -102,7 +107,7 @@ typedef struct khala_seg_header {
     uint64_t segment_size;   /* bytes of the data file */
     uint64_t hash_seed;      /* seed of the key hash, random per generation */
     uint64_t bucket_off;     /* offset of the bucket array */
-    uint64_t bucket_count;   /* power of two, >= 2 * max_items */
+    uint64_t bucket_count;   /* power of two, >= 2 * max_items; buckets are uint32 links */
     uint64_t desc_off;       /* offset of khala_desc_t[max_items] */
     uint64_t ghost_off;      /* offset of khala_ghost_t[ghost_cap] */
     uint64_t ghost_cap;      /* power of two, entries of the ghost table */
@@ -145,8 +150,9 @@ _Static_assert(sizeof(khala_seg_header_t) == KHALA_SEG_HEADER_SIZE, "header is o
  * KHALA_ITEM_VALUE_OFF(key_len). Immutable once linked, except next. Freed only after every
  * reader that could have seen it has left its read section. */
 typedef struct khala_item {
-    khala_atomic_u64 next; /* offset of the next item in the chain, 0 = end; writer
+    khala_atomic_u32 next; /* link to the next item in the chain, 0 = end; writer
                               store-release, readers load-acquire */
+    uint32_t desc;         /* index of the key's khala_desc_t */
     uint64_t hash;         /* full 64-bit key hash */
     uint64_t version;      /* item version, >= 1 */
     int64_t expire_ms;     /* monotonic ms deadline, 0 = never expires */
@@ -154,12 +160,22 @@ typedef struct khala_item {
     uint16_t key_len;      /* bytes, 1..KHALA_KEY_MAX */
     uint8_t type;          /* caller's data type tag */
     uint8_t flags;         /* reserved, 0 */
-    uint32_t desc;         /* index of the key's khala_desc_t */
-    uint32_t pad;
 } khala_item_t;
 
-_Static_assert(sizeof(khala_item_t) == 48, "khala_item_t layout");
+_Static_assert(sizeof(khala_item_t) == 40, "khala_item_t layout");
 _Static_assert(offsetof(khala_item_t, value_len) == 32, "khala_item_t layout");
+
+/* Largest data file that links can address. */
+#define KHALA_SEG_MAX_SIZE ((uint64_t)UINT32_MAX * KHALA_ALIGN)
+
+/* Offset <-> link. */
+static inline uint32_t khala_link_of(uint64_t off) {
+    return (uint32_t)(off / KHALA_ALIGN);
+}
+
+static inline uint64_t khala_link_off(uint32_t link) {
+    return (uint64_t)link * KHALA_ALIGN;
+}
 
 #define KHALA_ITEM_VALUE_OFF(klen) ((sizeof(khala_item_t) + (klen) + 7u) & ~(size_t)7u)
 #define KHALA_ITEM_SIZE(klen, vlen) (KHALA_ITEM_VALUE_OFF(klen) + (vlen))

@@ -122,7 +122,7 @@ static void compute_layout(khala_seg_header_t *h, const khala_seg_config_t *cfg)
      * one get in five at full load, against two in five at one bucket per item). */
     h->bucket_count = pow2_at_least(2ull * cfg->max_items);
     h->bucket_off = off;
-    off = align_up(off + h->bucket_count * sizeof(uint64_t), KHALA_CACHE_LINE);
+    off = align_up(off + h->bucket_count * sizeof(uint32_t), KHALA_CACHE_LINE);
     h->desc_off = off;
     off = align_up(off + (uint64_t)cfg->max_items * sizeof(khala_desc_t), KHALA_CACHE_LINE);
     /* The ghost remembers about as many evicted keys as the cache holds (the study behind this
@@ -152,6 +152,14 @@ static int config_check(const khala_seg_config_t *cfg, char *err, size_t errlen)
         return fail(err, errlen, KHALA_ECONFIG, "max_bytes is %llu, allowed %u to %llu",
                     (unsigned long long)cfg->max_bytes, SEG_MIN_BYTES,
                     (unsigned long long)SEG_MAX_BYTES);
+    khala_seg_header_t lay;
+    memset(&lay, 0, sizeof(lay));
+    compute_layout(&lay, cfg);
+    if (lay.segment_size > KHALA_SEG_MAX_SIZE)
+        return fail(err, errlen, KHALA_ECONFIG,
+                    "max_bytes %llu and max_items %u need a %llu-byte segment; the limit is %llu",
+                    (unsigned long long)cfg->max_bytes, cfg->max_items,
+                    (unsigned long long)lay.segment_size, (unsigned long long)KHALA_SEG_MAX_SIZE);
     if (cfg->max_value > SEG_MAX_VALUE)
         return fail(err, errlen, KHALA_ECONFIG, "max_value is %u, allowed up to %u", cfg->max_value,
                     SEG_MAX_VALUE);
@@ -203,7 +211,7 @@ static int header_check(khala_seg_t *s, const khala_seg_header_t *h, uint64_t fi
         return fail(err, errlen, KHALA_ECORRUPT,
                     "segment '%s': region offsets in the header are inconsistent", n);
     s->hdr = (khala_seg_header_t *)s->base;
-    s->buckets = (khala_atomic_u64 *)(s->base + h->bucket_off);
+    s->buckets = (khala_atomic_u32 *)(s->base + h->bucket_off);
     s->bucket_mask = h->bucket_count - 1;
     s->arena_lo = h->arena_off;
     s->arena_hi = h->arena_off + h->arena_size;

@@ -723,7 +723,7 @@ Test(l1_table, random_operations_match_a_shadow_model) {
 /* Corruption ------------------------------------------------------------------------------ */
 
 /* The bucket word that the chain of key starts at, in the writer's mapping. */
-static khala_atomic_u64 *bucket_of(const char *key) {
+static khala_atomic_u32 *bucket_of(const char *key) {
     khala_seg_t *s = khala__l1_seg(g_t);
     return &s->buckets[khala__l1_hash(s, key, strlen(key)) & s->bucket_mask];
 }
@@ -732,18 +732,18 @@ Test(l1_table, corrupted_bucket_offset_is_ecorrupt_for_readers) {
     open_both(64, 64 * 1024);
     cr_assert_eq(put("victim", "value", 0), 0);
     khala_seg_t *s = khala__l1_seg(g_t);
-    khala_atomic_u64 *b = bucket_of("victim");
-    uint64_t good = khala_load_relaxed(b);
-    const uint64_t garbage[] = {
-        8,                          /* below the arena, unaligned */
-        s->arena_lo - 16,           /* below the arena, aligned */
-        s->arena_lo + 8,            /* unaligned */
-        s->arena_hi - 16,           /* an item header would cross the arena's end */
-        s->arena_hi,                /* just past the arena */
-        s->arena_hi + 4096,         /* past the arena */
-        0xdeadbeef0ull,             /* far past the mapping, aligned */
-        UINT64_MAX & ~(uint64_t)15, /* wraps when added to the base */
-        (uint64_t)1 << 63,          /* huge */
+    khala_atomic_u32 *b = bucket_of("victim");
+    uint32_t good = khala_load_relaxed(b);
+    /* Links are offsets / KHALA_ALIGN (layout.h). */
+    const uint32_t garbage[] = {
+        1,                                 /* offset 16: inside the header */
+        khala_link_of(s->arena_lo - 16),   /* just below the arena */
+        khala_link_of(s->arena_hi - 16),   /* an item header would cross the arena's end */
+        khala_link_of(s->arena_hi),        /* just past the arena */
+        khala_link_of(s->arena_hi + 4096), /* past the arena */
+        0xdeadbeefu,                       /* far past the mapping */
+        UINT32_MAX,                        /* the largest link */
+        1u << 31,                          /* huge */
     };
     char buf[16];
     for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
@@ -771,9 +771,9 @@ Test(l1_table, chain_that_loops_is_ecorrupt) {
     open_both(64, 64 * 1024);
     cr_assert_eq(put("victim", "value", 0), 0);
     khala_seg_t *s = khala__l1_seg(g_t);
-    uint64_t off = khala_load_relaxed(bucket_of("victim"));
-    khala_item_t *it = (khala_item_t *)(s->base + off);
-    khala_store_relaxed(&it->next, off); /* the item points at itself */
+    uint32_t link = khala_load_relaxed(bucket_of("victim"));
+    khala_item_t *it = (khala_item_t *)(s->base + khala_link_off(link));
+    khala_store_relaxed(&it->next, link); /* the item points at itself */
     /* An absent key of the same bucket walks the loop. */
     char key[32];
     int i = 0;
@@ -792,7 +792,8 @@ Test(l1_table, item_length_past_the_arena_is_ecorrupt) {
     open_both(64, 64 * 1024);
     cr_assert_eq(put("victim", "value", 0), 0);
     khala_seg_t *s = khala__l1_seg(g_t);
-    khala_item_t *it = (khala_item_t *)(s->base + khala_load_relaxed(bucket_of("victim")));
+    khala_item_t *it =
+        (khala_item_t *)(s->base + khala_link_off(khala_load_relaxed(bucket_of("victim"))));
     it->value_len = UINT32_MAX;
     char buf[16];
     size_t len;
