@@ -48,7 +48,7 @@
 #define SEG_MIN_ITEMS 16u
 #define SEG_MAX_ITEMS (1u << 31)
 #define SEG_MIN_BYTES (64u * 1024u)
-#define SEG_MAX_BYTES (1ull << 44)
+#define SEG_MAX_BYTES (1ull << 36)
 #define SEG_MAX_VALUE (256u * 1024u * 1024u)
 #define SEG_MAX_READERS 65536u
 #define SEG_MAX_RING 65536u

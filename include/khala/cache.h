@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "khala/error.h"
+#include "khala/stats.h"
 #include "khala/version.h"
 
 #ifdef __cplusplus
@@ -34,7 +35,8 @@ extern "C" {
 /** Longest cache name in bytes. Names use [A-Za-z0-9_.-] and become part of /dev/shm paths. */
 #define KHALA_NAME_MAX 64
 
-/** An open cache. Opaque; one handle may be shared by the threads of one process. */
+/** An open cache. Opaque; one handle may be shared by the threads of one process. (Also
+ * declared in stats.h; C11 allows the repetition.) */
 typedef struct khala_cache khala_cache_t;
 
 /** Options for khala_cache_open(). Always start from khala_cache_options_init(). */
@@ -58,12 +60,6 @@ typedef struct khala_view {
     int64_t ttl_left_ms; /**< milliseconds until expiry, or -1 when the item never expires */
     uint32_t type;       /**< the data type the writer tagged the item with */
 } khala_view_t;
-
-/** Statistics of one handle, summed over its threads. */
-typedef struct khala_cache_stats {
-    uint64_t hits;   /**< lookups answered from L1 */
-    uint64_t misses; /**< lookups that found no live item in L1 */
-} khala_cache_stats_t;
 
 /**
  * @brief Fill @p opts with the defaults.
@@ -159,15 +155,6 @@ KHALA_API void khala_read_end(khala_cache_t *c);
  */
 KHALA_API KHALA_NODISCARD int khala_cache_view(khala_cache_t *c, const void *key, size_t klen,
                                                khala_view_t *view);
-
-/**
- * @brief Read this handle's counters, summed over the threads that used it.
- * @param[in] c handle.
- * @param[out] st filled on success.
- * @return 0.
- * @note Safe from any thread; the counts are a relaxed snapshot.
- */
-KHALA_API int khala_cache_stats(const khala_cache_t *c, khala_cache_stats_t *st);
 
 /**
  * @brief Detail of the calling thread's last failure on @p c, naming the offending thing.

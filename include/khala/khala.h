@@ -7,5 +7,6 @@
 #include "khala/version.h"
 #include "khala/error.h"
 #include "khala/cache.h"
+#include "khala/stats.h"
 
 #endif /* KHALA_KHALA_H */
