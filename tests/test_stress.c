@@ -58,16 +58,8 @@ typedef struct shared {
 
 enum { MODE_MIXED, MODE_HOLD };
 
-static uint64_t rnd(uint64_t *s) {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
 static uint32_t pick_key(uint64_t *s) {
-    uint64_t r = rnd(s);
-    return (r & 1) ? (uint32_t)((r >> 1) % HOT) : (uint32_t)((r >> 1) % NKEYS);
+    return tu_pick_key(s, HOT, NKEYS);
 }
 
 static int key_of(char *buf, size_t cap, uint32_t k) {
@@ -213,7 +205,7 @@ typedef struct wcount {
  * delete, 10 % overwrite of a hot key with a tiny value. */
 static void writer_op(khala_l1_t *t, uint64_t *seed, wcount_t *wc) {
     static uint8_t val[VMAX];
-    uint64_t r = rnd(seed);
+    uint64_t r = tu_rand(seed);
     uint32_t k = pick_key(seed);
     char key[32];
     int klen = key_of(key, sizeof(key), k);

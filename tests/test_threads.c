@@ -43,16 +43,8 @@ static void suite_fini(void) {
 
 TestSuite(threads, .init = suite_init, .fini = suite_fini, .timeout = 120);
 
-static uint64_t rnd(uint64_t *s) {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
 static uint32_t pick_key(uint64_t *s) {
-    uint64_t r = rnd(s);
-    return (r & 1) ? (uint32_t)((r >> 1) % HOT) : (uint32_t)((r >> 1) % NKEYS);
+    return tu_pick_key(s, HOT, NKEYS);
 }
 
 /* The key of k, and its length (bounded, so the compiler knows the hash stays in bounds). */
@@ -87,7 +79,7 @@ static void *writer_main(void *arg) {
     uint64_t seed = 0xabcdef12345ull;
     static uint8_t val[VMAX];
     while (atomic_load(&r->readers_left) > 0 && r->w_ops < WRITER_MAX) {
-        uint64_t x = rnd(&seed);
+        uint64_t x = tu_rand(&seed);
         uint32_t k = pick_key(&seed);
         char key[32];
         int klen = key_of(key, sizeof(key), k);
@@ -331,7 +323,7 @@ static void *client_main(void *arg) {
             pthread_barrier_wait(cr->claimed);
             pthread_barrier_wait(cr->go);
         }
-        uint32_t k = (uint32_t)(rnd(&cr->seed) % HOT);
+        uint32_t k = (uint32_t)(tu_rand(&cr->seed) % HOT);
         char key[32];
         int klen = key_of(key, sizeof(key), k);
         size_t len = 0;

@@ -29,6 +29,19 @@ khala_l1_t *tu_writer(const char *name, uint32_t max_items, uint64_t max_bytes) 
     return t;
 }
 
+uint64_t tu_rand(uint64_t *state) {
+    uint64_t s = *state;
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return *state = s;
+}
+
+uint32_t tu_pick_key(uint64_t *state, uint32_t hot, uint32_t n) {
+    uint64_t r = tu_rand(state);
+    return (r & 1) ? (uint32_t)((r >> 1) % hot) : (uint32_t)((r >> 1) % n);
+}
+
 static uint64_t mix(uint64_t x) {
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdull;

@@ -20,6 +20,11 @@ khala_seg_config_t tu_config(uint32_t max_items, uint64_t max_bytes);
 /* Open a writer on a fresh segment; aborts the test on failure. */
 khala_l1_t *tu_writer(const char *name, uint32_t max_items, uint64_t max_bytes);
 
+/* xorshift64: a fast, fixed-seed pseudo-random sequence for workloads; state must not be 0. */
+uint64_t tu_rand(uint64_t *state);
+/* A key index in [0, n): half the draws from the first `hot` keys, half from all of them. */
+uint32_t tu_pick_key(uint64_t *state, uint32_t hot, uint32_t n);
+
 /* Fill buf with a value for (key, round): the key, the round and a checksum of the rest, so a
  * reader can prove it read exactly a value that was written for that key. len >= 24. */
 void tu_value_make(uint8_t *buf, size_t len, uint64_t key, uint64_t round);
