@@ -17,15 +17,16 @@
  *
  * Publishing. The writer fills every field of a new item with plain stores, then links it with
  * a release store (into the bucket or the predecessor's next). Readers load links with acquire,
- * so the item's fields are visible before its offset is.
+ * so the item's fields are visible before its link is.
  *
  * The put path (khala__l1_put), in steps that the code refers to:
  * Step 1. Validate the key, the value size and the TTL at the boundary.
  * Step 2. Hash the key; find the existing item of the key, if any.
- * Step 3. Make room: while the item count is at max_items (and this is not an overwrite) or the
- *         arena has no block large enough, free retired items whose grace period has passed,
- *         else evict the policy's victim (which retires it). If nothing can be evicted and
- *         memory is still pinned by a live reader, fail with KHALA_EBLOCKED.
+ * Step 3. Make room (make_room): while the item count is at max_items (and this is not an
+ *         overwrite) evict the policy's victim; while the arena has no block large enough,
+ *         free retired items whose grace period has passed, else wait (bounded) for readers
+ *         to leave their sections, else evict. A reader that stays inside its section past
+ *         the wait makes the put fail with KHALA_EBLOCKED before anything is evicted.
  * Step 4. Fill the new item.
  * Step 5. Link it, replacing the old item in place in its chain or at the bucket's head, then
  *         retire the old item, and give the key's desc to the policy (insert or hit).
@@ -36,8 +37,9 @@
  * current epoch, not once per put.
  *
  * The table is sized for a load factor of at most 1/2 (bucket_count >= 2 * max_items), so
- * chains are short; the reader bounds a walk by KHALA_CHAIN_MAX and checks every offset against the arena,
- * so a corrupted segment yields KHALA_ECORRUPT, not a crash.
+ * chains are short; the reader bounds a walk by KHALA_CHAIN_MAX and checks every link against
+ * the arena, so a corrupted segment yields KHALA_ECORRUPT, not a crash. Links are 32-bit
+ * (offset / 16, layout.h), which halves the bucket array.
  *
  * Why chaining and not open addressing: with one writer and RCU reclamation, replacing or
  * unlinking an item is a single pointer swing, and deletions leave no tombstones to clean.
