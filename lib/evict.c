@@ -26,7 +26,8 @@
  * Step 4. Tail of main: if freq > 0, decrement it, move it to the head of main, go to step 2;
  *         else it is the victim.
  *
- * The ghost is a table of (hash, sequence) pairs, probed linearly over a few slots. An entry
+ * The ghost is a table of (32-bit fingerprint, 32-bit sequence) pairs, probed linearly over a
+ * few slots from the position the hash's low bits choose. An entry
  * counts only while fewer than ghost_window insertions have happened since it was made, which
  * ages the ghost like a FIFO without a list; an insertion overwrites the oldest of its probe
  * window. Collisions cost a little accuracy and never correctness.
@@ -78,34 +79,43 @@ static void q_unlink(khala_policy_t *p, uint32_t idx) {
     d->prev = d->next = KHALA_NIL;
 }
 
-static uint64_t ghost_key(uint64_t hash) {
-    return hash ? hash : 1; /* 0 marks an empty entry */
+uint32_t khala__policy_ghost_fp(uint64_t hash) {
+    uint32_t fp = (uint32_t)(hash >> 32); /* the low bits already chose the probe position */
+    return fp ? fp : 1;                   /* 0 marks an empty entry */
+}
+
+/* Ghost insertions since entry g was made (sequence numbers wrap at 2^32; the window is
+ * below 2^31, so the difference is exact for every entry that still counts). */
+static uint32_t ghost_age(const khala_policy_t *p, const khala_ghost_t *g) {
+    return (uint32_t)p->w->ghost_seq - g->seq;
 }
 
 static void ghost_add(khala_policy_t *p, uint64_t hash) {
-    uint64_t h = ghost_key(hash), seq = ++p->w->ghost_seq;
-    uint64_t pos = h & p->ghost_mask, oldest = pos;
+    uint32_t fp = khala__policy_ghost_fp(hash);
+    p->w->ghost_seq++;
+    uint64_t pos = hash & p->ghost_mask, oldest = pos;
     for (uint32_t i = 0; i < GHOST_PROBE; i++) {
         khala_ghost_t *g = &p->ghost[(pos + i) & p->ghost_mask];
-        if (g->hash == 0 || g->hash == h || seq - g->seq >= p->ghost_window) {
+        if (g->fp == 0 || g->fp == fp || ghost_age(p, g) >= p->ghost_window) {
             oldest = (pos + i) & p->ghost_mask;
             break;
         }
-        if (g->seq < p->ghost[oldest].seq)
+        if (ghost_age(p, g) > ghost_age(p, &p->ghost[oldest]))
             oldest = (pos + i) & p->ghost_mask;
     }
-    p->ghost[oldest].hash = h;
-    p->ghost[oldest].seq = seq;
+    p->ghost[oldest].fp = fp;
+    p->ghost[oldest].seq = (uint32_t)p->w->ghost_seq;
 }
 
 /* 1 if hash is in the ghost (and consumes the entry). */
 static int ghost_take(khala_policy_t *p, uint64_t hash) {
-    uint64_t h = ghost_key(hash), pos = h & p->ghost_mask;
+    uint32_t fp = khala__policy_ghost_fp(hash);
+    uint64_t pos = hash & p->ghost_mask;
     for (uint32_t i = 0; i < GHOST_PROBE; i++) {
         khala_ghost_t *g = &p->ghost[(pos + i) & p->ghost_mask];
-        if (g->hash == h) {
-            int live = p->w->ghost_seq - g->seq < p->ghost_window;
-            g->hash = 0;
+        if (g->fp == fp) {
+            int live = ghost_age(p, g) < p->ghost_window;
+            g->fp = 0;
             return live;
         }
     }

@@ -26,6 +26,8 @@ typedef struct khala_policy {
 /* Hits saturate here. */
 #define KHALA_S3_FREQ_MAX 3u
 
+/* The fingerprint the ghost keeps of a hash (never 0, which marks an empty entry). */
+uint32_t khala__policy_ghost_fp(uint64_t hash);
 /* A new key enters: the main queue if its hash is in the ghost, else the small queue. */
 void khala__policy_insert(khala_policy_t *p, uint32_t idx);
 /* The key left the cache by delete or expiry: take it off its queue. */

@@ -197,11 +197,13 @@ _Static_assert(sizeof(khala_desc_t) == 40, "khala_desc_t layout");
 
 enum { KHALA_Q_NONE = 0, KHALA_Q_SMALL = 1, KHALA_Q_MAIN = 2 };
 
-/* A ghost entry: the hash of a key evicted from the small queue, and when. Writer-only. */
+/* A ghost entry: a fingerprint of a key evicted from the small queue, and when. Writer-only. */
 typedef struct khala_ghost {
-    uint64_t hash; /* 0 = empty */
-    uint64_t seq;  /* wstate.ghost_seq at insertion */
+    uint32_t fp;  /* khala__policy_ghost_fp(hash); 0 = empty */
+    uint32_t seq; /* low 32 bits of wstate.ghost_seq at insertion */
 } khala_ghost_t;
+
+_Static_assert(sizeof(khala_ghost_t) == 8, "khala_ghost_t layout");
 
 /* A retired item waiting for its grace period. Writer-only. */
 typedef struct khala_retired {
