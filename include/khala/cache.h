@@ -114,7 +114,8 @@ KHALA_API void khala_cache_close(khala_cache_t *c);
  *         KHALA_ESECTION if the calling thread has a read section open on @p c;
  *         KHALA_ELAYOUT if the writer replaced the segment and reattaching failed;
  *         KHALA_ECORRUPT if the lookup met an offset outside the segment;
- *         KHALA_ENOREADER if every reader slot is taken.
+ *         KHALA_ENOREADER if every reader slot is taken;
+ *         -ENOMEM or another -errno if claiming the thread's reader slot failed.
  * @note Safe from any thread. No system call and no lock on a hit (the first call of a thread
  *       claims its reader slot, which makes a few). Never returns an expired item.
  */
@@ -127,7 +128,8 @@ KHALA_API KHALA_NODISCARD int khala_cache_get(khala_cache_t *c, const void *key,
  * @return 0 on success;
  *         KHALA_ESECTION if this thread already has a section open on @p c (no nesting);
  *         KHALA_ELAYOUT if the writer replaced the segment and reattaching failed;
- *         KHALA_ENOREADER if every reader slot is taken.
+ *         KHALA_ENOREADER if every reader slot is taken;
+ *         -ENOMEM or another -errno if claiming the thread's reader slot failed.
  * @note Pair with khala_read_end() on the same thread. Memory ordering: every item that the
  *       writer published before the section began is visible inside it, and no item seen
  *       inside it is freed before khala_read_end(). Keep sections short: they hold back
