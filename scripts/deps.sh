@@ -17,7 +17,9 @@ PACKAGES=(
     libxxhash-dev        # the key hash (header-only use)
     liblmdb-dev          # khala-bench's LMDB reference
     liburcu-dev          # later: khalad's queues and hash table
-    libmsgpack-dev       # later: the value wire format
+    libmsgpack-dev       # the socket protocol's frames (msgpack-c)
+    libinih-dev          # khalad's config file (INI)
+    libsystemd-dev       # khalad's sd_notify readiness and watchdog
     libhiredis-dev       # later: the Redis L2 driver and pub/sub
     libcurl4-openssl-dev # later: the SurrealDB L3 driver
     redis-server         # later: integration tests against a real Redis
