@@ -82,6 +82,7 @@ struct khala_l1 {
     khala_retired_t *retire; /* retire ring */
     uint64_t retire_cap;     /* entries in the retire ring */
     uint64_t *tails;         /* per-slot hit-ring cursors (private memory) */
+    int reattached;          /* 1 if open adopted an existing segment */
     char err[256];           /* detail of the last failure */
 };
 
@@ -557,8 +558,86 @@ khala_seg_t *khala__l1_seg(khala_l1_t *t) {
     return &t->seg;
 }
 
-int khala__l1_open(const char *name, const khala_seg_config_t *cfg, khala_l1_t **out, char *err,
-                   size_t errlen) {
+/* Point the handle's shortcuts at the regions of its (attached) segment. */
+static int bind_regions(khala_l1_t *t) {
+    khala_seg_header_t *h = t->seg.hdr;
+    t->hdr = h;
+    t->w = &h->w;
+    t->desc = (khala_desc_t *)(t->seg.base + h->desc_off);
+    t->retire = (khala_retired_t *)(t->seg.base + h->retire_off);
+    t->retire_cap = h->retire_cap;
+    t->tails = calloc(t->seg.nslots, sizeof(uint64_t));
+    if (!t->tails)
+        return -ENOMEM;
+    t->arena.base = t->seg.base;
+    t->arena.st = (khala_alloc_state_t *)(t->seg.base + h->alloc_off);
+    t->arena.lo = h->arena_off;
+    t->arena.hi = h->arena_off + h->arena_size;
+    t->pol.desc = t->desc;
+    t->pol.w = t->w;
+    t->pol.ghost = (khala_ghost_t *)(t->seg.base + h->ghost_off);
+    t->pol.ghost_mask = h->ghost_cap - 1;
+    t->pol.ghost_window = h->ghost_window;
+    t->pol.max_items = h->max_items;
+    return 0;
+}
+
+/* Format the writer-only regions of a new segment (the file starts zeroed, so the buckets and
+ * the ghost are already empty). */
+static void format_regions(khala_l1_t *t) {
+    khala_seg_header_t *h = t->hdr;
+    for (uint32_t i = 0; i < h->max_items; i++) {
+        t->desc[i].prev = KHALA_NIL;
+        t->desc[i].next = i + 1 < h->max_items ? i + 1 : KHALA_NIL;
+    }
+    t->w->free_desc = 0;
+    for (int q = 0; q < 3; q++)
+        t->w->q_head[q] = t->w->q_tail[q] = KHALA_NIL;
+    khala__alloc_format(&t->arena);
+}
+
+/* 1 if the attached segment has exactly the sizes cfg asks for. */
+static int same_sizes(const khala_seg_header_t *h, const khala_seg_config_t *cfg) {
+    return h->max_items == cfg->max_items && h->arena_size == ((cfg->max_bytes + 15) & ~15ull) &&
+           h->max_value == cfg->max_value && h->max_readers == cfg->max_readers &&
+           h->ring_size == cfg->ring_size;
+}
+
+/* Try to become the writer of the segment that exists under `name`: it must have the sizes cfg
+ * asks for, no live writer, and pass khala__l1_check (a writer killed in the middle of a put
+ * leaves a block allocated but not linked, which the check sees). 0 on success; a negative
+ * code, with the reason in err, when the segment must be made anew instead. */
+static int reattach(khala_l1_t *t, const char *name, const khala_seg_config_t *cfg, char *err,
+                    size_t errlen) {
+    int rc = khala__seg_attach(&t->seg, name, 1, err, errlen);
+    if (rc != 0)
+        return rc;
+    if ((rc = khala__sys_lock_try(t->seg.data_fd, 0)) != 0) {
+        snprintf(err, errlen, "cache '%s' already has a live writer", name);
+        return rc == -EAGAIN ? KHALA_EEXIST : rc;
+    }
+    if (!same_sizes(t->seg.hdr, cfg)) {
+        snprintf(err, errlen, "cache '%s' exists with other sizes", name);
+        return KHALA_ELAYOUT;
+    }
+    if ((rc = bind_regions(t)) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return rc;
+    }
+    if ((rc = khala__l1_check(t)) != 0) {
+        snprintf(err, errlen, "cache '%s' is inconsistent: %.160s", name, t->err);
+        return rc;
+    }
+    /* The hit rings hold what readers saw while no writer ran: start from their heads. */
+    uint32_t hwm = khala_load_acquire(&t->seg.rhdr->hwm);
+    for (uint32_t i = 0; i < hwm && i < t->seg.nslots; i++)
+        t->tails[i] = khala_load_acquire(&khala__seg_slot(&t->seg, i)->ring_head);
+    return 0;
+}
+
+int khala__l1_open_ex(const char *name, const khala_seg_config_t *cfg, unsigned flags,
+                      khala_l1_t **out, char *err, size_t errlen) {
+    char why[256] = "";
     khala_seg_config_t defaults;
     if (!cfg) {
         khala__seg_config_init(&defaults);
@@ -570,46 +649,50 @@ int khala__l1_open(const char *name, const khala_seg_config_t *cfg, khala_l1_t *
             snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    int rc = khala__seg_create(&t->seg, name, cfg, err, errlen);
-    if (rc != 0) {
+    int rc;
+    if (flags & KHALA_L1_REATTACH) {
+        rc = reattach(t, name, cfg, why, sizeof(why));
+        if (rc == 0) {
+            t->reattached = 1;
+            goto done;
+        }
+        khala__seg_detach(&t->seg);
+        free(t->tails);
+        t->tails = NULL;
+        if (rc == KHALA_EEXIST || rc == KHALA_ENAME) {
+            if (err && errlen)
+                snprintf(err, errlen, "%s", why);
+            free(t);
+            return rc;
+        }
+        /* Anything else (absent, other sizes, other layout, inconsistent): make it anew. */
+    }
+    if ((rc = khala__seg_create(&t->seg, name, cfg, err, errlen)) != 0) {
         free(t);
         return rc;
     }
-    khala_seg_header_t *h = t->seg.hdr;
-    t->hdr = h;
-    t->w = &h->w;
-    t->desc = (khala_desc_t *)(t->seg.base + h->desc_off);
-    t->retire = (khala_retired_t *)(t->seg.base + h->retire_off);
-    t->retire_cap = h->retire_cap;
-    t->tails = calloc(t->seg.nslots, sizeof(uint64_t));
-    if (!t->tails) {
+    if ((rc = bind_regions(t)) != 0) {
         khala__l1_close(t, 1);
         if (err && errlen)
             snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
+        return rc;
     }
-    t->arena.base = t->seg.base;
-    t->arena.st = (khala_alloc_state_t *)(t->seg.base + h->alloc_off);
-    t->arena.lo = h->arena_off;
-    t->arena.hi = h->arena_off + h->arena_size;
-    t->pol.desc = t->desc;
-    t->pol.w = t->w;
-    t->pol.ghost = (khala_ghost_t *)(t->seg.base + h->ghost_off);
-    t->pol.ghost_mask = h->ghost_cap - 1;
-    t->pol.ghost_window = h->ghost_window;
-    t->pol.max_items = h->max_items;
-    /* Format the writer-only regions (the file starts zeroed, so buckets and ghost are empty). */
-    for (uint32_t i = 0; i < h->max_items; i++) {
-        t->desc[i].prev = KHALA_NIL;
-        t->desc[i].next = i + 1 < h->max_items ? i + 1 : KHALA_NIL;
-    }
-    t->w->free_desc = 0;
-    for (int q = 0; q < 3; q++)
-        t->w->q_head[q] = t->w->q_tail[q] = KHALA_NIL;
-    khala__alloc_format(&t->arena);
-    khala_store_relaxed(&h->writer_pid, (uint32_t)getpid());
+    format_regions(t);
+    if (flags & KHALA_L1_REATTACH)
+        snprintf(t->err, sizeof(t->err), "made anew: %s", why);
+done:
+    khala_store_relaxed(&t->seg.hdr->writer_pid, (uint32_t)getpid());
     *out = t;
     return 0;
+}
+
+int khala__l1_open(const char *name, const khala_seg_config_t *cfg, khala_l1_t **out, char *err,
+                   size_t errlen) {
+    return khala__l1_open_ex(name, cfg, KHALA_L1_DEFAULT, out, err, errlen);
+}
+
+int khala__l1_reattached(const khala_l1_t *t) {
+    return t->reattached;
 }
 
 void khala__l1_close(khala_l1_t *t, int unlink) {

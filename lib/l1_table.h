@@ -39,9 +39,13 @@ typedef struct khala_l1_stats {
     uint64_t oldest_reader_epoch;
 } khala_l1_stats_t;
 
-/* khala__l1_open flags. */
+/* khala__l1_open_ex flags. */
 enum {
     KHALA_L1_DEFAULT = 0,
+    /* Adopt the segment that exists under the name when it has the same sizes, no live writer
+     * and passes khala__l1_check (khalad restarting): readers keep their mapping, the items
+     * stay. Otherwise make it anew, as without the flag, and say why in khala__l1_errmsg. */
+    KHALA_L1_REATTACH = 1u << 0,
 };
 
 /* Create cache `name` anew with the given sizes (NULL for defaults) and become its writer. An
@@ -50,6 +54,14 @@ enum {
  * gets a message naming the problem. */
 int khala__l1_open(const char *name, const khala_seg_config_t *cfg, khala_l1_t **out, char *err,
                    size_t errlen);
+
+/* khala__l1_open with flags (KHALA_L1_REATTACH). Same returns; KHALA_EEXIST also when the
+ * existing segment still has a live writer. */
+int khala__l1_open_ex(const char *name, const khala_seg_config_t *cfg, unsigned flags,
+                      khala_l1_t **out, char *err, size_t errlen);
+
+/* 1 if khala__l1_open_ex adopted an existing segment, 0 if it made one. */
+int khala__l1_reattached(const khala_l1_t *t);
 
 /* Close the writer; with unlink != 0 also remove the segment files. */
 void khala__l1_close(khala_l1_t *t, int unlink);

@@ -801,3 +801,71 @@ Test(l1_table, item_length_past_the_arena_is_ecorrupt) {
     it->value_len = 5;
     check();
 }
+
+/* A restarted writer (khalad) --------------------------------------------------------------- */
+
+/* Close the writer as a crash or a restart would leave it: the segment stays. */
+static void writer_restart(const khala_seg_config_t *cfg, int want_reattached) {
+    char err[256] = "";
+    khala__l1_close(g_t, 0);
+    g_t = NULL;
+    int rc = khala__l1_open_ex(g_name, cfg, KHALA_L1_REATTACH, &g_t, err, sizeof(err));
+    cr_assert_eq(rc, 0, "khala__l1_open_ex: %d %s", rc, err);
+    cr_assert_eq(khala__l1_reattached(g_t), want_reattached, "reattached: %s",
+                 khala__l1_errmsg(g_t));
+    check();
+}
+
+Test(l1_table, restarted_writer_keeps_the_items_and_the_readers) {
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    open_cfg(&cfg);
+    cr_assert_eq(put("kept", "value", 0), 0);
+    uint64_t gen = khala__l1_seg(g_t)->generation;
+    writer_restart(&cfg, 1);
+    cr_assert_eq(khala__l1_seg(g_t)->generation, gen, "same segment, same generation");
+    char buf[64];
+    cr_assert_eq(get("kept", buf, sizeof(buf)), 0, "the reader never noticed the restart");
+    cr_assert_str_eq(buf, "value");
+    cr_assert_eq(put("after", "restart", 0), 0);
+    cr_assert_eq(get("after", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "restart");
+    cr_assert_eq(stats().items, 2);
+}
+
+Test(l1_table, restarted_writer_with_other_sizes_makes_a_new_segment) {
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    open_cfg(&cfg);
+    cr_assert_eq(put("old", "value", 0), 0);
+    uint64_t gen = khala__l1_seg(g_t)->generation;
+    khala_seg_config_t bigger = tu_config(128, 128 * 1024);
+    writer_restart(&bigger, 0);
+    cr_assert_neq(strstr(khala__l1_errmsg(g_t), "other sizes"), NULL, "%s", khala__l1_errmsg(g_t));
+    cr_assert_eq(khala__l1_seg(g_t)->generation, gen + 1);
+    cr_assert_eq(put("new", "value", 0), 0);
+    /* The reader moves to the new segment on its own. */
+    cr_assert_not(present("old"));
+    cr_assert(present("new"));
+}
+
+Test(l1_table, restarted_writer_rebuilds_an_inconsistent_segment) {
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    open_cfg(&cfg);
+    cr_assert_eq(put("a", "1", 0), 0);
+    /* What a writer killed halfway through a put leaves: a counter that disagrees. */
+    khala__l1_seg(g_t)->hdr->w.items++;
+    writer_restart(&cfg, 0);
+    cr_assert_neq(strstr(khala__l1_errmsg(g_t), "inconsistent"), NULL, "%s", khala__l1_errmsg(g_t));
+    cr_assert_eq(stats().items, 0);
+}
+
+Test(l1_table, second_writer_cannot_reattach_while_the_first_lives) {
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    open_cfg(&cfg);
+    char err[256] = "";
+    khala_l1_t *other = NULL;
+    int rc = khala__l1_open_ex(g_name, &cfg, KHALA_L1_REATTACH, &other, err, sizeof(err));
+    cr_assert_eq(rc, KHALA_EEXIST, "got %d (%s)", rc, err);
+    cr_assert_null(other);
+    cr_assert_neq(strstr(err, "live writer"), NULL, "%s", err);
+    check();
+}
