@@ -471,6 +471,34 @@ size_t khala__l1_sweep(khala_l1_t *t, size_t budget) {
     return removed;
 }
 
+size_t khala__l1_scan(khala_l1_t *t, uint64_t *cursor, size_t budget, khala_l1_visit_fn fn,
+                      void *arg) {
+    uint32_t max = t->hdr->max_items;
+    uint64_t i = *cursor;
+    size_t removed = 0;
+    for (size_t n = 0; n < budget && i < max; n++, i++) {
+        khala_desc_t *d = &t->desc[i];
+        if (!d->item_off || !fn(arg, item_at(t, d->item_off)))
+            continue;
+        if (retire_full(t) && reclaim(t) == 0 && synchronize(t) != 0)
+            break;
+        remove_key(t, (uint32_t)i);
+        t->w->deletes++;
+        removed++;
+    }
+    *cursor = i < max ? i : 0;
+    if (t->w->retire_tail - t->w->retire_head >= RECLAIM_BATCH)
+        reclaim(t);
+    return removed;
+}
+
+int khala__l1_find(khala_l1_t *t, const void *key, size_t klen, const khala_item_t **out) {
+    int rc = key_check(t, klen);
+    if (rc != 0)
+        return rc;
+    return khala__l1_lookup(&t->seg, key, klen, khala__l1_hash(&t->seg, key, klen), out);
+}
+
 void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st) {
     khala_wstate_t *w = t->w;
     memset(st, 0, sizeof(*st));

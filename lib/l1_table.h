@@ -87,6 +87,21 @@ size_t khala__l1_sweep(khala_l1_t *t, size_t budget);
 
 void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st);
 
+/* A visitor of live items: return 1 to remove the item, 0 to keep it. The item is valid only
+ * during the call. */
+typedef int (*khala_l1_visit_fn)(void *arg, const khala_item_t *it);
+
+/* Visit the live items of up to `budget` descs from *cursor (a position, 0 to start), removing
+ * those fn asks to remove. *cursor is set to where the next call goes on, 0 once the walk has
+ * reached the end. Returns how many items were removed. Keys may be put or removed between
+ * calls; an item present for the whole walk is visited exactly once. */
+size_t khala__l1_scan(khala_l1_t *t, uint64_t *cursor, size_t budget, khala_l1_visit_fn fn,
+                      void *arg);
+
+/* The writer's own lookup (no read section: nothing is freed while the writer runs). The item
+ * is valid until the writer's next call that changes the table. */
+int khala__l1_find(khala_l1_t *t, const void *key, size_t klen, const khala_item_t **out);
+
 /* Walk the whole table, the queues and the arena, verifying every invariant. 0 or
  * KHALA_ECORRUPT (with the detail in khala__l1_errmsg). */
 int khala__l1_check(khala_l1_t *t);

@@ -869,3 +869,44 @@ Test(l1_table, second_writer_cannot_reattach_while_the_first_lives) {
     cr_assert_neq(strstr(err, "live writer"), NULL, "%s", err);
     check();
 }
+
+/* Scans (invalidation by prefix or type, flush, keys) --------------------------------------- */
+
+static int remove_prefix_user(void *arg, const khala_item_t *it) {
+    int *seen = arg;
+    (*seen)++;
+    return it->key_len >= 5 && memcmp(khala__item_key(it), "user:", 5) == 0;
+}
+
+Test(l1_table, scan_visits_every_item_once_and_removes_what_it_is_told) {
+    open_both(256, 256 * 1024);
+    char key[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(key, sizeof(key), i % 2 ? "user:%d" : "order:%d", i);
+        cr_assert_eq(put(key, "v", 0), 0);
+    }
+    uint64_t cursor = 0;
+    int seen = 0, calls = 0;
+    size_t removed = 0;
+    do {
+        removed += khala__l1_scan(g_t, &cursor, 16, remove_prefix_user, &seen);
+        calls++;
+    } while (cursor != 0);
+    cr_assert_gt(calls, 1, "the walk went in slices");
+    cr_assert_eq(seen, 100);
+    cr_assert_eq(removed, 50);
+    check();
+    cr_assert_eq(stats().items, 50);
+    cr_assert_not(present("user:1"));
+    cr_assert(present("order:0"));
+}
+
+Test(l1_table, writer_find_sees_items_and_refuses_bad_keys) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(put("k", "value", 0), 0);
+    const khala_item_t *it = NULL;
+    cr_assert_eq(khala__l1_find(g_t, "k", 1, &it), 0);
+    cr_assert_eq(it->value_len, 5);
+    cr_assert_eq(khala__l1_find(g_t, "absent", 6, &it), KHALA_ENOTFOUND);
+    cr_assert_eq(khala__l1_find(g_t, "", 0, &it), KHALA_EKEY);
+}
