@@ -20,6 +20,7 @@ PACKAGES=(
     libmsgpack-dev       # the socket protocol's frames (msgpack-c)
     libinih-dev          # khalad's config file (INI)
     libsystemd-dev       # khalad's sd_notify readiness and watchdog
+    uthash-dev           # khalad's in-process hash tables (single-flight)
     libhiredis-dev       # later: the Redis L2 driver and pub/sub
     libcurl4-openssl-dev # later: the SurrealDB L3 driver
     redis-server         # later: integration tests against a real Redis

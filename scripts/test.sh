@@ -126,35 +126,49 @@ run_tree() {
 }
 
 # The libFuzzer targets (clang, KHALA_FUZZ), each for a bounded number of runs from its seed
-# corpus. Every other tree already replays the same targets through a plain main().
+# corpus (written by its replay program). Every other tree already replays the same targets
+# through a plain main(). FUZZ_TARGETS: "name:max_len" for build/test-fuzz/tests/fuzz_<name>.
+FUZZ_TARGETS=(segment:200000 config:16384 frame:65536)
 run_fuzz() {
-    local dir=build/test-fuzz start=$SECONDS cc
+    local dir=build/test-fuzz start=$SECONDS cc entry name max_len targets=() failed=() ran=()
     cc=$(command -v clang)
+    for entry in "${FUZZ_TARGETS[@]}"; do
+        targets+=("fuzz_${entry%%:*}" "fuzz_${entry%%:*}_replay")
+    done
     echo "==> fuzz: configure and build in $dir ($cc)"
     if ! cmake -S . -B "$dir" -DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DKHALA_FUZZ=ON -DKHALA_SANITIZE=address,undefined -DKHALA_BUILD_BENCH=OFF ||
-        ! cmake --build "$dir" -j "$JOBS" --target fuzz_segment fuzz_segment_replay; then
+        ! cmake --build "$dir" -j "$JOBS" --target "${targets[@]}"; then
         record fuzz FAIL "configure or build failed"
         return
     fi
-    local corpus=$dir/corpus/segment
-    rm -rf "$corpus"
-    mkdir -p "$corpus"
-    echo "==> fuzz: fuzz_segment, $FUZZ_RUNS runs"
-    local log=$dir/fuzz_segment.log status=0
-    if ! "$dir/tests/fuzz_segment_replay" --write-seed "$corpus"; then
-        record fuzz FAIL "cannot write the seed corpus"
-        return
+    for entry in "${FUZZ_TARGETS[@]}"; do
+        name=${entry%%:*}
+        max_len=${entry#*:}
+        local corpus=$dir/corpus/$name
+        rm -rf "$corpus"
+        mkdir -p "$corpus"
+        echo "==> fuzz: fuzz_$name, $FUZZ_RUNS runs"
+        local log=$dir/fuzz_$name.log status=0
+        if ! "$dir/tests/fuzz_${name}_replay" --write-seed "$corpus"; then
+            failed+=("fuzz_$name: cannot write the seed corpus")
+            continue
+        fi
+        "$dir/tests/fuzz_$name" -runs="$FUZZ_RUNS" -max_len="$max_len" -max_total_time=300 \
+            "$corpus" >"$log" 2>&1 || status=$?
+        grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|ERROR|SUMMARY|^Done' "$log" || true
+        if [[ $status -eq 0 ]]; then
+            ran+=("fuzz_$name")
+        else
+            tail -n 60 "$log"
+            failed+=("fuzz_$name found a crash (see above)")
+        fi
+    done
+    if [[ ${#failed[@]} -eq 0 ]]; then
+        record fuzz PASS "${ran[*]} $FUZZ_RUNS runs each ($((SECONDS - start))s)"
+    else
+        record fuzz FAIL "$(IFS=';'; echo "${failed[*]}")"
     fi
-    "$dir/tests/fuzz_segment" -runs="$FUZZ_RUNS" -max_len=200000 -max_total_time=300 \
-        "$corpus" >"$log" 2>&1 || status=$?
-    grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|ERROR|SUMMARY|^Done' "$log" || true
-    if [[ $status -eq 0 ]]; then
-        record fuzz PASS "fuzz_segment $FUZZ_RUNS runs ($((SECONDS - start))s)"
-        return
-    fi
-    tail -n 60 "$log"
-    record fuzz FAIL "fuzz_segment found a crash (see above)"
 }
 
 start_servers

@@ -39,7 +39,8 @@ extern "C" {
     X(ESECTION, 10, "read section misuse (nested, missing or crossing threads)")                   \
     X(ECONFIG, 11, "bad configuration")                                                            \
     X(ENAME, 12, "bad cache name")                                                                 \
-    X(EEXIST, 13, "a live writer already owns this segment")
+    X(EEXIST, 13, "a live writer already owns this segment")                                       \
+    X(EPROTO, 14, "malformed protocol frame")
 
 /** khala-specific error codes. Values are KHALA_ERR_BASE - offset. */
 typedef enum khala_errno {

@@ -1,0 +1,1227 @@
+/*
+ * khalad's configuration: INI text in, a checked khala_config_t out.
+ *
+ * HOW IT WORKS
+ *
+ * The format is INI as inih (Debian's libinih) reads it: `[section]` lines, `key = value` lines,
+ * comments on lines of their own starting with '#' or ';', and inline comments starting with
+ * " ;". inih does the lexing; everything else is here, driven by one table of keys (KEYS_*,
+ * SECTIONS below). A key's entry gives its kind (number, octal mode, boolean, enum, levels,
+ * string), where it lives in khala_config_t and its range or validator. Parsing, the
+ * command-line overrides and the dump all walk the same table, so a key cannot be readable but
+ * not dumpable, or range-checked in the file but not on the command line.
+ *
+ * A load runs in five steps:
+ *
+ *   1. Copy the caller's configuration into a scratch one; every write goes to the scratch.
+ *   2. Feed inih the text one line at a time through our own reader (line_reader). It counts
+ *      lines, since the Debian build of inih does not pass line numbers to the handler; it
+ *      refuses lines longer than KHALA_CONFIG_LINE_MAX (inih would silently cut them in two);
+ *      it strips leading blanks, which turns off inih's indented-continuation lines (a
+ *      continuation would otherwise look like a duplicate key); and it checks `[section]`
+ *      names itself, because inih reports a section only when a key follows it.
+ *   3. For each key, the handler finds the key in the table, refuses a second setting of it
+ *      (the line of the first is remembered), and parses the value into the scratch.
+ *   4. The first error stops the reader, so the message is about the first bad line. inih's
+ *      own syntax errors (a line that is neither a section nor key = value) come back as its
+ *      return value and are reported if they come first.
+ *   5. khala__config_check() checks the values together; on success the scratch is copied
+ *      back. So on any failure the caller's configuration is untouched.
+ *
+ * Invariants:
+ *   - Every string field is NUL-padded to its full size (set_str zeroes the buffer), so two
+ *     equal configurations are equal byte for byte, and a dump reloads to the same bytes.
+ *   - Every value the table accepts can be written on one line and read back: strings refuse
+ *     control characters, surrounding blanks and a ';' after a blank (which inih would take
+ *     for a comment), and their buffers are far shorter than KHALA_CONFIG_LINE_MAX.
+ *
+ * Rejected alternatives: TOML or YAML (no parser in Debian 12 that is both small and
+ * maintained in C; INI covers flat sections, which is all this needs); inih's INI_HANDLER_LINENO
+ * (a compile-time option of the library, off in Debian's build); setting inih's process-wide
+ * ini_allow_multiline (a global; the reader does the same locally). Historical note: none yet.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "khala/error.h"
+
+#define MIB (1024u * 1024u)
+
+/* The eight data types, by id. DESIGN.md "Data types" lists them in this order. */
+static const char *const TYPE_NAMES[KHALA_CONFIG_NTYPES] = {
+    "memory_entity",  "search_result", "embedding",    "entity_relationship",
+    "agent_response", "verification",  "search_index", "consolidation",
+};
+
+/* Per-type defaults, by id. 0 TTLs follow the level; DEFAULT write mode follows [policies].
+ * The reasoning is in docs/operating.md ("[type.<name>]"). Quotas add up to 80%. */
+#define L123 (KHALA_CONFIG_LEVEL_L1 | KHALA_CONFIG_LEVEL_L2 | KHALA_CONFIG_LEVEL_L3)
+#define L12 (KHALA_CONFIG_LEVEL_L1 | KHALA_CONFIG_LEVEL_L2)
+#define L23 (KHALA_CONFIG_LEVEL_L2 | KHALA_CONFIG_LEVEL_L3)
+static const khala_config_type_t TYPE_DEFAULTS[KHALA_CONFIG_NTYPES] = {
+    /* memory_entity: the common case, everything from the levels. */
+    {L123, 0, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
+    /* search_result: goes stale as memories change; short-lived, not worth L3. */
+    {L12, 60, 600, 0, KHALA_CONFIG_WRITE_DEFAULT, 15},
+    /* embedding: large, costly to compute, never wrong for the same input. */
+    {L123, 3600, 86400, 604800, KHALA_CONFIG_WRITE_BEHIND, 40},
+    /* entity_relationship: the levels' defaults. */
+    {L123, 0, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
+    /* agent_response: conversational, short-lived. */
+    {L12, 120, 1800, 0, KHALA_CONFIG_WRITE_DEFAULT, 10},
+    /* verification: a verdict holds for a while. */
+    {L123, 600, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
+    /* search_index: large and rebuildable. */
+    {L123, 600, 7200, 0, KHALA_CONFIG_WRITE_BEHIND, 15},
+    /* consolidation: periodic summaries, read rarely: kept off L1. */
+    {L23, 0, 0, 604800, KHALA_CONFIG_WRITE_DEFAULT, 0},
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* The key table                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum kind {
+    K_U32,    /* decimal, min..max */
+    K_AUTO,   /* K_U32, or "auto" stored as 0 */
+    K_MODE,   /* octal permission bits */
+    K_BOOL,   /* true/false, yes/no, on/off, 1/0 */
+    K_ENUM,   /* one of names[] */
+    K_LEVELS, /* "l1,l2,l3", any non-empty subset */
+    K_STR,    /* a string, checked by check() */
+} kind_t;
+
+typedef struct enum_name {
+    const char *name;
+    int value;
+} enum_name_t;
+
+/* A string validator: 0 if v is acceptable, else -1 with what is wrong in msg. */
+typedef int (*str_check_fn)(const char *v, char *msg, size_t len);
+
+typedef struct key_desc {
+    const char *name;
+    kind_t kind;
+    size_t off;               /* in khala_config_t, or in khala_config_type_t for type keys */
+    size_t size;              /* K_STR: buffer size */
+    uint32_t min, max;        /* K_U32, K_AUTO, K_MODE */
+    const enum_name_t *names; /* K_ENUM: NULL-terminated */
+    str_check_fn check;       /* K_STR, may be NULL */
+} key_desc_t;
+
+static int check_name(const char *v, char *msg, size_t len);
+static int check_socket(const char *v, char *msg, size_t len);
+static int check_path(const char *v, char *msg, size_t len);
+static int check_group(const char *v, char *msg, size_t len);
+static int check_redis_url(const char *v, char *msg, size_t len);
+static int check_http_url(const char *v, char *msg, size_t len);
+static int check_ident(const char *v, char *msg, size_t len);
+
+static const enum_name_t EVICTION_NAMES[] = {
+    {"s3fifo", KHALA_CONFIG_EVICT_S3FIFO}, {"lru", KHALA_CONFIG_EVICT_LRU}, {NULL, 0}};
+static const enum_name_t L2_NAMES[] = {
+    {"disk", KHALA_CONFIG_L2_DISK}, {"redis", KHALA_CONFIG_L2_REDIS}, {NULL, 0}};
+static const enum_name_t L3_NAMES[] = {
+    {"disk", KHALA_CONFIG_L3_DISK}, {"surrealdb", KHALA_CONFIG_L3_SURREALDB}, {NULL, 0}};
+static const enum_name_t POLICY_WRITE_NAMES[] = {{"write_through", KHALA_CONFIG_WRITE_THROUGH},
+                                                 {"write_behind", KHALA_CONFIG_WRITE_BEHIND},
+                                                 {NULL, 0}};
+static const enum_name_t TYPE_WRITE_NAMES[] = {{"default", KHALA_CONFIG_WRITE_DEFAULT},
+                                               {"write_through", KHALA_CONFIG_WRITE_THROUGH},
+                                               {"write_behind", KHALA_CONFIG_WRITE_BEHIND},
+                                               {NULL, 0}};
+static const enum_name_t COHERENCE_NAMES[] = {
+    {"none", KHALA_CONFIG_COHERENCE_NONE}, {"pubsub", KHALA_CONFIG_COHERENCE_PUBSUB}, {NULL, 0}};
+
+_Static_assert(sizeof(khala_config_eviction_t) == sizeof(int), "enum fields are written as int");
+_Static_assert(sizeof(khala_config_write_mode_t) == sizeof(int), "enum fields are written as int");
+
+#define OFF(f) offsetof(khala_config_t, f)
+#define U32(n, f, lo, hi)                                                                          \
+    { n, K_U32, OFF(f), 0, lo, hi, NULL, NULL }
+#define BOOL(n, f)                                                                                 \
+    { n, K_BOOL, OFF(f), 0, 0, 0, NULL, NULL }
+#define ENUM(n, f, names)                                                                          \
+    { n, K_ENUM, OFF(f), 0, 0, 0, names, NULL }
+#define STR(n, f, chk)                                                                             \
+    { n, K_STR, OFF(f), sizeof(((khala_config_t *)0)->f), 0, 0, NULL, chk }
+#define TTL_MAX KHALA_CONFIG_TTL_MAX
+
+static const key_desc_t KEYS_CACHE[] = {
+    STR("name", cache.name, check_name),
+    STR("socket", cache.socket, check_socket),
+    {"socket_mode", K_MODE, OFF(cache.socket_mode), 0, 0, 0777, NULL, NULL},
+    STR("socket_group", cache.socket_group, check_group),
+};
+static const key_desc_t KEYS_L1[] = {
+    U32("max_memory_mb", l1.max_memory_mb, 1, KHALA_CONFIG_L1_MEMORY_MB_MAX),
+    {"max_items", K_AUTO, OFF(l1.max_items), 0, KHALA_CONFIG_L1_ITEMS_MIN,
+     KHALA_CONFIG_L1_ITEMS_MAX, NULL, NULL},
+    U32("max_value_bytes", l1.max_value_bytes, 1, KHALA_CONFIG_L1_VALUE_MAX),
+    U32("ttl_seconds", l1.ttl_seconds, 1, TTL_MAX),
+    ENUM("eviction_policy", l1.eviction_policy, EVICTION_NAMES),
+    U32("max_readers", l1.max_readers, 1, KHALA_CONFIG_L1_READERS_MAX),
+};
+static const key_desc_t KEYS_L2[] = {
+    ENUM("backend", l2.backend, L2_NAMES),
+    U32("ttl_seconds", l2.ttl_seconds, 1, TTL_MAX),
+    U32("max_items", l2.max_items, 1, INT32_MAX),
+    STR("redis_url", l2.redis_url, check_redis_url),
+    BOOL("persistent", l2.persistent),
+    STR("path", l2.path, check_path),
+};
+static const key_desc_t KEYS_L3[] = {
+    ENUM("backend", l3.backend, L3_NAMES),
+    STR("surrealdb_url", l3.surrealdb_url, check_http_url),
+    STR("surrealdb_table", l3.surrealdb_table, check_ident),
+    STR("surrealdb_namespace", l3.surrealdb_namespace, check_ident),
+    STR("surrealdb_database", l3.surrealdb_database, check_ident),
+    U32("ttl_seconds", l3.ttl_seconds, 1, TTL_MAX),
+    U32("max_entries", l3.max_entries, 1, INT32_MAX),
+    U32("cleanup_interval", l3.cleanup_interval, 1, 86400),
+    STR("path", l3.path, check_path),
+};
+static const key_desc_t KEYS_POLICIES[] = {
+    ENUM("write_mode", policies.write_mode, POLICY_WRITE_NAMES),
+    ENUM("coherence", policies.coherence, COHERENCE_NAMES),
+    BOOL("preload_common", policies.preload_common),
+    BOOL("predictive_cache", policies.predictive_cache),
+    U32("stale_serve_seconds", policies.stale_serve_seconds, 0, 86400),
+    U32("negative_ttl_seconds", policies.negative_ttl_seconds, 0, 86400),
+    U32("ttl_jitter_pct", policies.ttl_jitter_pct, 0, 50),
+    U32("single_flight_timeout_ms", policies.single_flight_timeout_ms, 1, 600000),
+};
+#define TOFF(f) offsetof(khala_config_type_t, f)
+static const key_desc_t KEYS_TYPE[] = {
+    {"levels", K_LEVELS, TOFF(levels), 0, 0, 0, NULL, NULL},
+    {"l1_ttl_seconds", K_U32, TOFF(l1_ttl_seconds), 0, 0, TTL_MAX, NULL, NULL},
+    {"l2_ttl_seconds", K_U32, TOFF(l2_ttl_seconds), 0, 0, TTL_MAX, NULL, NULL},
+    {"l3_ttl_seconds", K_U32, TOFF(l3_ttl_seconds), 0, 0, TTL_MAX, NULL, NULL},
+    {"write_mode", K_ENUM, TOFF(write_mode), 0, 0, 0, TYPE_WRITE_NAMES, NULL},
+    {"quota_pct", K_U32, TOFF(quota_pct), 0, 0, 100, NULL, NULL},
+};
+
+#define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Sections in file order. Sections from index SEC_TYPE0 on are the types, by id. */
+typedef struct section {
+    const char *name; /* NULL for the types: "type." + TYPE_NAMES[id] */
+    const key_desc_t *keys;
+    size_t nkeys;
+} section_t;
+
+static const section_t SECTIONS[] = {
+    {"cache", KEYS_CACHE, NKEYS(KEYS_CACHE)},
+    {"l1", KEYS_L1, NKEYS(KEYS_L1)},
+    {"l2", KEYS_L2, NKEYS(KEYS_L2)},
+    {"l3", KEYS_L3, NKEYS(KEYS_L3)},
+    {"policies", KEYS_POLICIES, NKEYS(KEYS_POLICIES)},
+};
+#define SEC_TYPE0 ((int)NKEYS(SECTIONS))
+#define NSECTIONS (SEC_TYPE0 + KHALA_CONFIG_NTYPES)
+/* The most keys any section has; key ids are sec * KEYS_PER_SEC + index. */
+#define KEYS_PER_SEC 16
+#define TYPE_PREFIX "type."
+_Static_assert(NKEYS(KEYS_CACHE) <= KEYS_PER_SEC && NKEYS(KEYS_L1) <= KEYS_PER_SEC &&
+                   NKEYS(KEYS_L2) <= KEYS_PER_SEC && NKEYS(KEYS_L3) <= KEYS_PER_SEC &&
+                   NKEYS(KEYS_POLICIES) <= KEYS_PER_SEC && NKEYS(KEYS_TYPE) <= KEYS_PER_SEC,
+               "a section has more keys than KEYS_PER_SEC");
+
+static const section_t *section_of(int sec) {
+    static const section_t type_sec = {NULL, KEYS_TYPE, NKEYS(KEYS_TYPE)};
+    return sec < SEC_TYPE0 ? &SECTIONS[sec] : &type_sec;
+}
+
+/* The section's name as written in the file, into buf. */
+static const char *section_name(int sec, char *buf, size_t len) {
+    if (sec < SEC_TYPE0)
+        return SECTIONS[sec].name;
+    snprintf(buf, len, TYPE_PREFIX "%s", TYPE_NAMES[sec - SEC_TYPE0]);
+    return buf;
+}
+
+/* Section index of name (n bytes), or -1. */
+static int find_section(const char *name, size_t n) {
+    for (int i = 0; i < SEC_TYPE0; i++)
+        if (strlen(SECTIONS[i].name) == n && memcmp(SECTIONS[i].name, name, n) == 0)
+            return i;
+    size_t plen = strlen(TYPE_PREFIX);
+    if (n > plen && memcmp(name, TYPE_PREFIX, plen) == 0)
+        for (int t = 0; t < KHALA_CONFIG_NTYPES; t++)
+            if (strlen(TYPE_NAMES[t]) == n - plen &&
+                memcmp(TYPE_NAMES[t], name + plen, n - plen) == 0)
+                return SEC_TYPE0 + t;
+    return -1;
+}
+
+static int find_key(int sec, const char *name) {
+    const section_t *s = section_of(sec);
+    for (size_t i = 0; i < s->nkeys; i++)
+        if (strcmp(s->keys[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Where key k of section sec lives in cfg. */
+static void *field_of(khala_config_t *cfg, int sec, const key_desc_t *k) {
+    if (sec >= SEC_TYPE0)
+        return (char *)&cfg->types[sec - SEC_TYPE0] + k->off;
+    return (char *)cfg + k->off;
+}
+
+static const void *cfield_of(const khala_config_t *cfg, int sec, const key_desc_t *k) {
+    return field_of((khala_config_t *)(uintptr_t)cfg, sec, k);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Values                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* v quoted for a message: at most 40 bytes, non-printable bytes as '?'. */
+static const char *quoted(const char *v, char *buf, size_t len) {
+    size_t n = 0, i = 0;
+    const size_t shown = 40;
+    if (len < 4)
+        return "";
+    buf[n++] = '\'';
+    for (; v[i] && i < shown && n + 5 < len; i++)
+        buf[n++] = isprint((unsigned char)v[i]) ? v[i] : '?';
+    if (v[i] && n + 5 < len) {
+        memcpy(buf + n, "...", 3);
+        n += 3;
+    }
+    buf[n++] = '\'';
+    buf[n] = '\0';
+    return buf;
+}
+
+static int msgf(char *msg, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int msgf(char *msg, size_t len, const char *fmt, ...) {
+    if (msg && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, len, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* Parse decimal (base 10) or octal (base 8) digits only; 0, or -1 "not a number", or -2
+ * "out of range". */
+static int parse_u32(const char *v, int base, uint32_t lo, uint32_t hi, uint32_t *out) {
+    uint64_t x = 0;
+    if (!*v)
+        return -1;
+    for (const char *p = v; *p; p++) {
+        if (*p < '0' || *p >= '0' + base)
+            return -1;
+        x = x * (uint64_t)base + (uint64_t)(*p - '0');
+        if (x > UINT32_MAX)
+            x = (uint64_t)UINT32_MAX + 1; /* keep counting digits, stay out of range */
+    }
+    if (x < lo || x > hi)
+        return -2;
+    *out = (uint32_t)x;
+    return 0;
+}
+
+static int parse_bool(const char *v, bool *out) {
+    static const char *const yes[] = {"true", "yes", "on", "1"};
+    static const char *const no[] = {"false", "no", "off", "0"};
+    for (size_t i = 0; i < NKEYS(yes); i++) {
+        if (strcasecmp(v, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcasecmp(v, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int parse_levels(const char *v, uint32_t *out, char *msg, size_t len) {
+    char q[64];
+    uint32_t bits = 0;
+    const char *p = v;
+    for (;;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        const char *s = p;
+        while (*p && *p != ',' && *p != ' ' && *p != '\t')
+            p++;
+        size_t n = (size_t)(p - s);
+        uint32_t bit = 0;
+        if (n == 2 && s[0] == 'l' && s[1] >= '1' && s[1] <= '3')
+            bit = 1u << (s[1] - '1');
+        if (!bit)
+            return msgf(msg, len, "%s is not a list of levels (l1, l2, l3, comma-separated)",
+                        quoted(v, q, sizeof(q)));
+        if (bits & bit)
+            return msgf(msg, len, "%s names l%c twice", quoted(v, q, sizeof(q)), s[1]);
+        bits |= bit;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (!*p)
+            break;
+        if (*p != ',')
+            return msgf(msg, len, "%s is not a list of levels (l1, l2, l3, comma-separated)",
+                        quoted(v, q, sizeof(q)));
+        p++;
+    }
+    *out = bits;
+    return 0;
+}
+
+/* Zero the whole buffer before copying, so equal configurations are equal bytes. */
+static void set_str(char *dst, size_t size, const char *v) {
+    memset(dst, 0, size);
+    memcpy(dst, v, strlen(v));
+}
+
+/* Parse value v of key k into field. 0, or -1 with what is wrong in msg. */
+static int set_value(void *field, const key_desc_t *k, const char *v, char *msg, size_t len) {
+    char q[64];
+    uint32_t u = 0;
+    int rc;
+    switch (k->kind) {
+        case K_AUTO:
+            if (strcasecmp(v, "auto") == 0 || strcmp(v, "0") == 0) {
+                memcpy(field, &(uint32_t){0}, sizeof(uint32_t));
+                return 0;
+            }
+            /* fall through */
+        case K_U32:
+        case K_MODE:
+            rc = parse_u32(v, k->kind == K_MODE ? 8 : 10, k->min, k->max, &u);
+            if (rc == -1)
+                return msgf(msg, len, "%s is not %s", quoted(v, q, sizeof(q)),
+                            k->kind == K_MODE ? "an octal mode" : "a number");
+            if (rc == -2 && k->kind == K_MODE)
+                return msgf(msg, len, "%s is out of range (0 to 0777)", quoted(v, q, sizeof(q)));
+            if (rc == -2)
+                return msgf(msg, len, "%s is out of range (%s%u to %u)", quoted(v, q, sizeof(q)),
+                            k->kind == K_AUTO ? "auto, or " : "", k->min, k->max);
+            memcpy(field, &u, sizeof(u));
+            return 0;
+        case K_BOOL:
+            if (parse_bool(v, (bool *)field) != 0)
+                return msgf(msg, len, "%s is not a boolean (true/false, yes/no, on/off, 1/0)",
+                            quoted(v, q, sizeof(q)));
+            return 0;
+        case K_ENUM:
+            for (const enum_name_t *e = k->names; e->name; e++)
+                if (strcasecmp(v, e->name) == 0) {
+                    memcpy(field, &e->value, sizeof(int));
+                    return 0;
+                }
+            {
+                char list[128];
+                size_t n = 0;
+                list[0] = '\0';
+                for (const enum_name_t *e = k->names; e->name && n < sizeof(list); e++)
+                    n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s",
+                                          e == k->names ? "" : ", ", e->name);
+                return msgf(msg, len, "%s is not one of %s", quoted(v, q, sizeof(q)), list);
+            }
+        case K_LEVELS:
+            if (parse_levels(v, &u, msg, len) != 0)
+                return -1;
+            memcpy(field, &u, sizeof(u));
+            return 0;
+        case K_STR: {
+            size_t n = strlen(v);
+            if (n >= k->size)
+                return msgf(msg, len, "%s is %zu bytes, longer than %zu", quoted(v, q, sizeof(q)),
+                            n, k->size - 1);
+            for (size_t i = 0; i < n; i++)
+                if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+                    return msgf(msg, len, "%s holds a control character", quoted(v, q, sizeof(q)));
+            if (n && (isspace((unsigned char)v[0]) || isspace((unsigned char)v[n - 1])))
+                return msgf(msg, len, "%s starts or ends with a blank", quoted(v, q, sizeof(q)));
+            if (strstr(v, " ;"))
+                return msgf(msg, len, "%s holds \" ;\", which starts a comment",
+                            quoted(v, q, sizeof(q)));
+            if (n && k->check && k->check(v, msg, len) != 0)
+                return -1;
+            set_str(field, k->size, v);
+            return 0;
+        }
+    }
+    return msgf(msg, len, "internal error: unknown kind");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* String validators (called for non-empty values only)                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+static int check_name(const char *v, char *msg, size_t len) {
+    char q[64];
+    return khala__seg_name_check(v, NULL, 0) == 0
+               ? 0
+               : msgf(msg, len, "%s is not a cache name (1 to %d bytes of [A-Za-z0-9_.-])",
+                      quoted(v, q, sizeof(q)), KHALA_NAME_MAX);
+}
+
+static int check_path(const char *v, char *msg, size_t len) {
+    char q[64];
+    return v[0] == '/' ? 0 : msgf(msg, len, "%s is not an absolute path", quoted(v, q, sizeof(q)));
+}
+
+static int check_socket(const char *v, char *msg, size_t len) {
+    char q[64];
+    if (check_path(v, msg, len) != 0)
+        return -1;
+    if (strlen(v) > KHALA_CONFIG_SOCKET_PATH_MAX)
+        return msgf(msg, len, "%s is longer than a socket path may be (%d bytes)",
+                    quoted(v, q, sizeof(q)), KHALA_CONFIG_SOCKET_PATH_MAX);
+    return 0;
+}
+
+static int check_group(const char *v, char *msg, size_t len) {
+    char q[64];
+    for (const char *p = v; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '_' || *p == '-' || *p == '.') ||
+            (p == v && *p == '-'))
+            return msgf(msg, len, "%s is not a group name or number", quoted(v, q, sizeof(q)));
+    return 0;
+}
+
+static int check_ident(const char *v, char *msg, size_t len) {
+    char q[64];
+    for (const char *p = v; *p; p++)
+        if (!(isalpha((unsigned char)*p) || *p == '_' || (p > v && isdigit((unsigned char)*p))))
+            return msgf(msg, len, "%s is not an identifier ([A-Za-z_][A-Za-z0-9_]*)",
+                        quoted(v, q, sizeof(q)));
+    return 0;
+}
+
+static int check_redis_url(const char *v, char *msg, size_t len) {
+    return khala__config_redis_url_parse(v, NULL, msg, len) == 0 ? 0 : -1;
+}
+
+static int host_char(char c) {
+    return isalnum((unsigned char)c) || c == '-' || c == '.' || c == '_';
+}
+
+/* host[:port] at *p up to the first '/', '?' or end; host may be [ipv6]. Writes host into
+ * host (size len) and the port (0 when absent); advances *p. */
+static int parse_hostport(const char **p, char *host, size_t hlen, uint32_t *port, char *msg,
+                          size_t len) {
+    const char *s = *p, *e;
+    if (*s == '[') {
+        e = strchr(s, ']');
+        if (!e || e == s + 1)
+            return msgf(msg, len, "has a bad [IPv6] host");
+        for (const char *c = s + 1; c < e; c++)
+            if (!isxdigit((unsigned char)*c) && *c != ':' && *c != '.')
+                return msgf(msg, len, "has a bad [IPv6] host");
+        e++;
+    } else {
+        e = s;
+        while (host_char(*e))
+            e++;
+    }
+    if (e == s)
+        return msgf(msg, len, "has no host");
+    if ((size_t)(e - s) >= hlen)
+        return msgf(msg, len, "has a host longer than %zu bytes", hlen - 1);
+    memcpy(host, s, (size_t)(e - s));
+    host[e - s] = '\0';
+    *port = 0;
+    if (*e == ':') {
+        char digits[8];
+        const char *d = ++e;
+        while (isdigit((unsigned char)*e))
+            e++;
+        size_t n = (size_t)(e - d);
+        if (n == 0 || n >= sizeof(digits))
+            return msgf(msg, len, "has a bad port");
+        memcpy(digits, d, n);
+        digits[n] = '\0';
+        if (parse_u32(digits, 10, 1, 65535, port) != 0)
+            return msgf(msg, len, "has port %s, allowed 1 to 65535", digits);
+    }
+    if (*e && *e != '/' && *e != '?')
+        return msgf(msg, len, "has a bad character 0x%02x after the host", (unsigned char)*e);
+    *p = e;
+    return 0;
+}
+
+static int parse_db(const char *s, uint32_t *db, char *msg, size_t len) {
+    if (parse_u32(s, 10, 0, KHALA_CONFIG_REDIS_DB_MAX, db) != 0)
+        return msgf(msg, len, "has a bad database number (0 to %u)", KHALA_CONFIG_REDIS_DB_MAX);
+    return 0;
+}
+
+int khala__config_redis_url_parse(const char *url, khala_config_redis_url_t *out, char *err,
+                                  size_t errlen) {
+    khala_config_redis_url_t u;
+    memset(&u, 0, sizeof(u));
+    const char *p;
+    if (strlen(url) >= KHALA_CONFIG_URL_MAX)
+        goto bad_len;
+    if (strncmp(url, "unix://", 7) == 0) {
+        p = url + 7;
+        if (*p != '/')
+            goto bad_unix;
+        const char *q = strchr(p, '?');
+        size_t n = q ? (size_t)(q - p) : strlen(p);
+        if (n < 2 || n > KHALA_CONFIG_SOCKET_PATH_MAX)
+            goto bad_unix;
+        memcpy(u.path, p, n);
+        if (q) {
+            if (strncmp(q, "?db=", 4) != 0) {
+                msgf(err, errlen, "has a bad query (only ?db=N is understood)");
+                return KHALA_ECONFIG;
+            }
+            if (parse_db(q + 4, &u.db, err, errlen) != 0)
+                return KHALA_ECONFIG;
+        }
+    } else {
+        if (strncmp(url, "redis://", 8) == 0) {
+            p = url + 8;
+        } else if (strncmp(url, "rediss://", 9) == 0) {
+            p = url + 9;
+            u.tls = true;
+        } else {
+            msgf(err, errlen, "is not a redis://, rediss:// or unix:// URL");
+            return KHALA_ECONFIG;
+        }
+        /* userinfo: everything before the last '@' of the authority. */
+        const char *auth_end = p + strcspn(p, "/?");
+        const char *at = NULL;
+        for (const char *c = p; c < auth_end; c++)
+            if (*c == '@')
+                at = c;
+        if (at) {
+            const char *colon = memchr(p, ':', (size_t)(at - p));
+            const char *ue = colon ? colon : at;
+            memcpy(u.user, p, (size_t)(ue - p));
+            if (colon)
+                memcpy(u.password, colon + 1, (size_t)(at - colon - 1));
+            if (!colon && ue == p) {
+                msgf(err, errlen, "has an empty user before '@'");
+                return KHALA_ECONFIG;
+            }
+            p = at + 1;
+        }
+        if (parse_hostport(&p, u.host, sizeof(u.host), &u.port, err, errlen) != 0)
+            return KHALA_ECONFIG;
+        if (!u.port)
+            u.port = 6379;
+        if (*p == '/' && p[1]) {
+            if (parse_db(p + 1, &u.db, err, errlen) != 0)
+                return KHALA_ECONFIG;
+        } else if (*p == '?') {
+            msgf(err, errlen, "has a query; write the database as /N");
+            return KHALA_ECONFIG;
+        }
+    }
+    if (out)
+        *out = u;
+    return 0;
+bad_len:
+    msgf(err, errlen, "is longer than %d bytes", KHALA_CONFIG_URL_MAX - 1);
+    return KHALA_ECONFIG;
+bad_unix:
+    msgf(err, errlen, "is not unix:///absolute/path[?db=N] (a socket path of at most %d bytes)",
+         KHALA_CONFIG_SOCKET_PATH_MAX);
+    return KHALA_ECONFIG;
+}
+
+static int check_http_url(const char *v, char *msg, size_t len) {
+    const char *p;
+    char host[KHALA_CONFIG_URL_MAX];
+    uint32_t port;
+    if (strncmp(v, "http://", 7) == 0)
+        p = v + 7;
+    else if (strncmp(v, "https://", 8) == 0)
+        p = v + 8;
+    else
+        return msgf(msg, len, "is not an http:// or https:// URL");
+    if (parse_hostport(&p, host, sizeof(host), &port, msg, len) != 0)
+        return -1;
+    for (; *p; p++)
+        if (isspace((unsigned char)*p))
+            return msgf(msg, len, "has a blank in its path");
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Errors                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Where a message comes from: "FILE:LINE: " or "FILE: ". */
+typedef struct origin {
+    const char *name;
+    int lines[NSECTIONS * KEYS_PER_SEC]; /* line a key was set on in this load, 0 = not set */
+} origin_t;
+
+static int key_id(int sec, int k) {
+    return sec * KEYS_PER_SEC + k;
+}
+
+/* Write "ORIGIN[:LINE]: [section] key: what" into err and return KHALA_ECONFIG. sec < 0 leaves
+ * out the section, k < 0 the key. */
+static int report(char *err, size_t errlen, const origin_t *o, int line, int sec, int k,
+                  const char *what) {
+    char sbuf[64], where[160] = "";
+    if (sec >= 0 && k >= 0)
+        snprintf(where, sizeof(where), "[%s] %s: ", section_name(sec, sbuf, sizeof(sbuf)),
+                 section_of(sec)->keys[k].name);
+    else if (sec >= 0)
+        snprintf(where, sizeof(where), "[%s]: ", section_name(sec, sbuf, sizeof(sbuf)));
+    if (err && errlen) {
+        if (line > 0)
+            snprintf(err, errlen, "%s:%d: %s%s", o->name, line, where, what);
+        else
+            snprintf(err, errlen, "%s: %s%s", o->name, where, what);
+    }
+    return KHALA_ECONFIG;
+}
+
+/* A consistency error about key (sec, k): cites the line it was set on in this load, if any. */
+static int report_key(char *err, size_t errlen, const origin_t *o, int sec, int k, const char *fmt,
+                      ...) __attribute__((format(printf, 6, 7)));
+static int report_key(char *err, size_t errlen, const origin_t *o, int sec, int k, const char *fmt,
+                      ...) {
+    char what[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    return report(err, errlen, o, o->lines[key_id(sec, k)], sec, k, what);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Consistency                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+enum { SEC_CACHE, SEC_L1, SEC_L2, SEC_L3, SEC_POLICIES };
+
+/* Index of key `name` in section sec; the names used here exist (the tests would fail). */
+static int key_index(int sec, const char *name) {
+    int k = find_key(sec, name);
+    return k < 0 ? 0 : k;
+}
+
+static int check_all(const khala_config_t *cfg, const origin_t *o, char *err, size_t errlen) {
+    uint64_t mem = (uint64_t)cfg->l1.max_memory_mb * MIB;
+    if (cfg->l1.max_value_bytes > mem)
+        return report_key(err, errlen, o, SEC_L1, key_index(SEC_L1, "max_value_bytes"),
+                          "%u does not fit in max_memory_mb (%u MiB)", cfg->l1.max_value_bytes,
+                          cfg->l1.max_memory_mb);
+    if (cfg->l2.backend == KHALA_CONFIG_L2_REDIS && !cfg->l2.redis_url[0])
+        return report_key(err, errlen, o, SEC_L2, key_index(SEC_L2, "backend"),
+                          "'redis' needs [l2] redis_url");
+    if (cfg->l3.backend == KHALA_CONFIG_L3_SURREALDB && !cfg->l3.surrealdb_url[0])
+        return report_key(err, errlen, o, SEC_L3, key_index(SEC_L3, "backend"),
+                          "'surrealdb' needs [l3] surrealdb_url");
+    if (cfg->policies.coherence == KHALA_CONFIG_COHERENCE_PUBSUB &&
+        cfg->l2.backend != KHALA_CONFIG_L2_REDIS)
+        return report_key(err, errlen, o, SEC_POLICIES, key_index(SEC_POLICIES, "coherence"),
+                          "'pubsub' needs [l2] backend = redis (it is Redis pub/sub)");
+    if (cfg->policies.write_mode == KHALA_CONFIG_WRITE_DEFAULT)
+        return report_key(err, errlen, o, SEC_POLICIES, key_index(SEC_POLICIES, "write_mode"),
+                          "must be write_through or write_behind");
+    /* The quota sum cites the quota set on the latest line of this load, else the largest. */
+    uint32_t sum = 0, last_quota = 0;
+    int last = -1, last_line = -1;
+    for (int t = 0; t < KHALA_CONFIG_NTYPES; t++) {
+        const khala_config_type_t *ty = &cfg->types[t];
+        int sec = SEC_TYPE0 + t;
+        if (!ty->levels)
+            return report_key(err, errlen, o, sec, key_index(sec, "levels"), "names no level");
+        if (ty->quota_pct && !(ty->levels & KHALA_CONFIG_LEVEL_L1))
+            return report_key(err, errlen, o, sec, key_index(sec, "quota_pct"),
+                              "%u%% of L1, but levels has no l1", ty->quota_pct);
+        sum += ty->quota_pct;
+        int line = o->lines[key_id(sec, key_index(sec, "quota_pct"))];
+        if (ty->quota_pct &&
+            (line > last_line || (line == last_line && ty->quota_pct > last_quota))) {
+            last = t;
+            last_line = line;
+            last_quota = ty->quota_pct;
+        }
+    }
+    if (sum > 100)
+        return report_key(err, errlen, o, SEC_TYPE0 + last, key_index(SEC_TYPE0, "quota_pct"),
+                          "the types' quotas add up to %u%%, more than 100%%", sum);
+    return 0;
+}
+
+int khala__config_check(const khala_config_t *cfg, char *err, size_t errlen) {
+    static const origin_t none = {"config", {0}};
+    return check_all(cfg, &none, err, errlen);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Loading                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct load {
+    khala_config_t cfg; /* the scratch copy (step 1) */
+    origin_t o;
+    const char *pos; /* next line of the text; NULL at the end */
+    int line;        /* number of the line last handed to inih */
+    int failed;      /* an error is in err */
+    char *err;
+    size_t errlen;
+} load_t;
+
+/* Step 2: an fgets for inih over the text, one line per call. */
+static char *line_reader(char *str, int num, void *stream) {
+    load_t *l = stream;
+    if (l->failed || !l->pos || !*l->pos)
+        return NULL;
+    const char *s = l->pos, *nl = strchr(s, '\n');
+    size_t n = nl ? (size_t)(nl - s) : strlen(s);
+    l->pos = nl ? nl + 1 : NULL;
+    l->line++;
+    /* inih needs room for "\r\n\0" after the longest line. */
+    size_t cap = num > 3 ? (size_t)num - 3 : 0;
+    if (n > KHALA_CONFIG_LINE_MAX || n > cap) {
+        char what[96];
+        snprintf(what, sizeof(what), "line is longer than %zu bytes",
+                 cap < KHALA_CONFIG_LINE_MAX ? cap : (size_t)KHALA_CONFIG_LINE_MAX);
+        report(l->err, l->errlen, &l->o, l->line, -1, -1, what);
+        l->failed = 1;
+        return NULL;
+    }
+    while (n && (*s == ' ' || *s == '\t')) {
+        s++;
+        n--;
+    }
+    if (n && *s == '[') {
+        const char *e = memchr(s, ']', n);
+        if (e) {
+            if (find_section(s + 1, (size_t)(e - s - 1)) < 0) {
+                char what[160];
+                snprintf(what, sizeof(what), "[%.*s]: unknown section",
+                         (int)(e - s - 1 < 64 ? e - s - 1 : 64), s + 1);
+                report(l->err, l->errlen, &l->o, l->line, -1, -1, what);
+                l->failed = 1;
+                return NULL;
+            }
+        }
+    }
+    memcpy(str, s, n);
+    str[n] = '\n';
+    str[n + 1] = '\0';
+    return str;
+}
+
+/* Step 3: one key = value. */
+static int handler(void *user, const char *section, const char *name, const char *value) {
+    load_t *l = user;
+    char what[256], q[64];
+    if (l->failed)
+        return 0;
+    l->failed = 1;
+    if (!section[0]) {
+        snprintf(what, sizeof(what), "key %s is outside any section", quoted(name, q, sizeof(q)));
+        report(l->err, l->errlen, &l->o, l->line, -1, -1, what);
+        return 0;
+    }
+    int sec = find_section(section, strlen(section));
+    if (sec < 0) { /* the reader saw every section line; this is a defence only */
+        snprintf(what, sizeof(what), "[%.64s]: unknown section", section);
+        report(l->err, l->errlen, &l->o, l->line, -1, -1, what);
+        return 0;
+    }
+    int k = find_key(sec, name);
+    if (k < 0) {
+        char sbuf[64];
+        snprintf(what, sizeof(what), "[%s] %.64s: unknown key",
+                 section_name(sec, sbuf, sizeof(sbuf)), name);
+        report(l->err, l->errlen, &l->o, l->line, -1, -1, what);
+        return 0;
+    }
+    int *seen = &l->o.lines[key_id(sec, k)];
+    if (*seen) {
+        snprintf(what, sizeof(what), "duplicate key (first set on line %d)", *seen);
+        report(l->err, l->errlen, &l->o, l->line, sec, k, what);
+        return 0;
+    }
+    const key_desc_t *kd = &section_of(sec)->keys[k];
+    if (set_value(field_of(&l->cfg, sec, kd), kd, value, what, sizeof(what)) != 0) {
+        report(l->err, l->errlen, &l->o, l->line, sec, k, what);
+        return 0;
+    }
+    *seen = l->line;
+    l->failed = 0;
+    return 1;
+}
+
+int khala__config_load_string(khala_config_t *cfg, const char *text, const char *origin_name,
+                              char *err, size_t errlen) {
+    /* The scratch and the line table are about 7 KiB: on the heap would be as good, but a
+     * load that cannot fail on memory is simpler to call. */
+    load_t l;
+    memset(&l, 0, sizeof(l));
+    l.cfg = *cfg; /* step 1 */
+    l.o.name = origin_name ? origin_name : "config";
+    l.pos = text;
+    l.err = err;
+    l.errlen = errlen;
+    if (err && errlen)
+        err[0] = '\0';
+    /* Debian's inih sizes its line buffer from this process-wide variable (a VLA); the reader
+     * never hands it more than it asked for, whatever the value. */
+    int saved_max_line = ini_max_line;
+    ini_max_line = KHALA_CONFIG_LINE_MAX + 3;
+    int rc = ini_parse_stream(line_reader, &l, handler, &l); /* steps 2 and 3 */
+    ini_max_line = saved_max_line;
+    /* Step 4: the first error wins; the reader stops at ours, so a smaller line is inih's. */
+    if (rc > 0 && (!l.failed || rc < l.line)) {
+        report(err, errlen, &l.o, rc, -1, -1,
+               "syntax error: expected '[section]' or 'key = value'");
+        return KHALA_ECONFIG;
+    }
+    if (l.failed)
+        return KHALA_ECONFIG;
+    if (rc != 0) /* -2: inih could not allocate (only when built without INI_USE_STACK) */
+        return report(err, errlen, &l.o, 0, -1, -1, "inih failed to parse the text");
+    rc = check_all(&l.cfg, &l.o, err, errlen); /* step 5 */
+    if (rc != 0)
+        return rc;
+    *cfg = l.cfg;
+    return 0;
+}
+
+int khala__config_load_file(khala_config_t *cfg, const char *path, char *err, size_t errlen) {
+    int rc = 0;
+    char *text = NULL;
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        rc = -errno;
+        goto fail_errno;
+    }
+    if (fstat(fd, &st) != 0) {
+        rc = -errno;
+        goto fail_errno;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        rc = -EISDIR;
+        goto fail_errno;
+    }
+    /* Read up to one byte past the limit, so a longer file (or a pipe) is noticed. */
+    text = malloc(KHALA_CONFIG_FILE_MAX + 2);
+    if (!text) {
+        rc = -ENOMEM;
+        goto fail_errno;
+    }
+    size_t n = 0;
+    while (n <= KHALA_CONFIG_FILE_MAX) {
+        ssize_t r = read(fd, text + n, KHALA_CONFIG_FILE_MAX + 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = -errno;
+            goto fail_errno;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    if (n > KHALA_CONFIG_FILE_MAX) {
+        rc = -EFBIG;
+        if (err && errlen)
+            snprintf(err, errlen, "%s: larger than %d bytes", path, KHALA_CONFIG_FILE_MAX);
+        goto out;
+    }
+    if (memchr(text, '\0', n)) {
+        origin_t o = {path, {0}};
+        rc = report(err, errlen, &o, 0, -1, -1, "holds a NUL byte; is it a text file?");
+        goto out;
+    }
+    text[n] = '\0';
+    rc = khala__config_load_string(cfg, text, path, err, errlen);
+    goto out;
+fail_errno:
+    if (err && errlen)
+        snprintf(err, errlen, "%s: cannot read: %s", path, strerror(-rc));
+out:
+    free(text);
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+int khala__config_set(khala_config_t *cfg, const char *key, const char *value, char *err,
+                      size_t errlen) {
+    static const origin_t set_origin = {"--set", {0}};
+    const origin_t *o = &set_origin;
+    char what[256], q[64];
+    const char *dot = strrchr(key, '.');
+    if (err && errlen)
+        err[0] = '\0';
+    if (!dot || dot == key || !dot[1]) {
+        snprintf(what, sizeof(what), "%s is not section.key", quoted(key, q, sizeof(q)));
+        return report(err, errlen, o, 0, -1, -1, what);
+    }
+    int sec = find_section(key, (size_t)(dot - key));
+    if (sec < 0) {
+        snprintf(what, sizeof(what), "[%.*s]: unknown section",
+                 (int)(dot - key < 64 ? dot - key : 64), key);
+        return report(err, errlen, o, 0, -1, -1, what);
+    }
+    int k = find_key(sec, dot + 1);
+    if (k < 0) {
+        char sbuf[64];
+        snprintf(what, sizeof(what), "[%s] %.64s: unknown key",
+                 section_name(sec, sbuf, sizeof(sbuf)), dot + 1);
+        return report(err, errlen, o, 0, -1, -1, what);
+    }
+    khala_config_t tmp = *cfg;
+    const key_desc_t *kd = &section_of(sec)->keys[k];
+    if (set_value(field_of(&tmp, sec, kd), kd, value, what, sizeof(what)) != 0)
+        return report(err, errlen, o, 0, sec, k, what);
+    int rc = check_all(&tmp, o, err, errlen);
+    if (rc != 0)
+        return rc;
+    *cfg = tmp;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Defaults and derived values                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+int khala__config_defaults(khala_config_t *cfg, const char *name) {
+    int rc = 0;
+    memset(cfg, 0, sizeof(*cfg));
+    if (name && khala__seg_name_check(name, NULL, 0) != 0) {
+        rc = KHALA_ENAME;
+        name = NULL;
+    }
+    set_str(cfg->cache.name, sizeof(cfg->cache.name), name ? name : "default");
+    cfg->cache.socket_mode = 0660;
+    cfg->l1.max_memory_mb = 100;
+    cfg->l1.max_items = 0;
+    cfg->l1.max_value_bytes = KHALA_VALUE_MAX_DEFAULT;
+    cfg->l1.ttl_seconds = 300;
+    cfg->l1.eviction_policy = KHALA_CONFIG_EVICT_S3FIFO;
+    cfg->l1.max_readers = 256;
+    cfg->l2.backend = KHALA_CONFIG_L2_DISK;
+    cfg->l2.ttl_seconds = 3600;
+    cfg->l2.max_items = 10000;
+    cfg->l2.persistent = true;
+    cfg->l3.backend = KHALA_CONFIG_L3_DISK;
+    set_str(cfg->l3.surrealdb_table, sizeof(cfg->l3.surrealdb_table), "khala_cache");
+    set_str(cfg->l3.surrealdb_namespace, sizeof(cfg->l3.surrealdb_namespace), "khala");
+    set_str(cfg->l3.surrealdb_database, sizeof(cfg->l3.surrealdb_database), "cache");
+    cfg->l3.ttl_seconds = 86400;
+    cfg->l3.max_entries = 100000;
+    cfg->l3.cleanup_interval = 3600;
+    cfg->policies.write_mode = KHALA_CONFIG_WRITE_THROUGH;
+    cfg->policies.coherence = KHALA_CONFIG_COHERENCE_NONE;
+    cfg->policies.stale_serve_seconds = 60;
+    cfg->policies.negative_ttl_seconds = 30;
+    cfg->policies.ttl_jitter_pct = 10;
+    cfg->policies.single_flight_timeout_ms = 5000;
+    memcpy(cfg->types, TYPE_DEFAULTS, sizeof(TYPE_DEFAULTS));
+    return rc;
+}
+
+uint32_t khala__config_l1_items(const khala_config_t *cfg) {
+    if (cfg->l1.max_items)
+        return cfg->l1.max_items;
+    uint64_t n = (uint64_t)cfg->l1.max_memory_mb * MIB / KHALA_CONFIG_L1_BYTES_PER_ITEM;
+    if (n > KHALA_CONFIG_L1_ITEMS_MAX)
+        n = KHALA_CONFIG_L1_ITEMS_MAX;
+    return (uint32_t)n;
+}
+
+void khala__config_seg(const khala_config_t *cfg, khala_seg_config_t *out) {
+    khala__seg_config_init(out);
+    out->max_items = khala__config_l1_items(cfg);
+    out->max_bytes = (uint64_t)cfg->l1.max_memory_mb * MIB;
+    out->max_value = cfg->l1.max_value_bytes;
+    out->max_readers = cfg->l1.max_readers;
+}
+
+static int fmt_path(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fmt_path(char *buf, size_t len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/* A non-empty environment variable that is an absolute path, or NULL (the XDG rule). */
+static const char *env_dir(const char *var) {
+    const char *v = getenv(var);
+    return v && v[0] == '/' ? v : NULL;
+}
+
+int khala__config_socket_path(const khala_config_t *cfg, char *buf, size_t len) {
+    const char *name = cfg->cache.name, *run;
+    int rc;
+    if (cfg->cache.socket[0])
+        rc = fmt_path(buf, len, "%s", cfg->cache.socket);
+    else if (geteuid() == 0)
+        rc = fmt_path(buf, len, "/run/khala/%s.sock", name);
+    else if ((run = env_dir("XDG_RUNTIME_DIR")))
+        rc = fmt_path(buf, len, "%s/khala/%s.sock", run, name);
+    else
+        rc = fmt_path(buf, len, "/tmp/khala-%u/%s.sock", (unsigned)geteuid(), name);
+    if (rc == 0 && strlen(buf) > KHALA_CONFIG_SOCKET_PATH_MAX)
+        rc = -ENAMETOOLONG;
+    return rc;
+}
+
+int khala__config_store_path(const khala_config_t *cfg, int level, char *buf, size_t len) {
+    const char *name = cfg->cache.name, *dir;
+    if (level != 2 && level != 3)
+        return -EINVAL;
+    const char *set = level == 2 ? cfg->l2.path : cfg->l3.path;
+    if (set[0])
+        return fmt_path(buf, len, "%s", set);
+    if (geteuid() == 0)
+        return fmt_path(buf, len, "/var/lib/khala/%s/l%d", name, level);
+    if ((dir = env_dir("XDG_STATE_HOME")))
+        return fmt_path(buf, len, "%s/khala/%s/l%d", dir, name, level);
+    if ((dir = env_dir("HOME")))
+        return fmt_path(buf, len, "%s/.local/state/khala/%s/l%d", dir, name, level);
+    return fmt_path(buf, len, "/tmp/khala-%u/state/%s/l%d", (unsigned)geteuid(), name, level);
+}
+
+uint32_t khala__config_type_ttl(const khala_config_t *cfg, int type, int level) {
+    if (type < 0 || type >= KHALA_CONFIG_NTYPES)
+        return 0;
+    const khala_config_type_t *t = &cfg->types[type];
+    switch (level) {
+        case 1:
+            return t->l1_ttl_seconds ? t->l1_ttl_seconds : cfg->l1.ttl_seconds;
+        case 2:
+            return t->l2_ttl_seconds ? t->l2_ttl_seconds : cfg->l2.ttl_seconds;
+        case 3:
+            return t->l3_ttl_seconds ? t->l3_ttl_seconds : cfg->l3.ttl_seconds;
+        default:
+            return 0;
+    }
+}
+
+khala_config_write_mode_t khala__config_type_write_mode(const khala_config_t *cfg, int type) {
+    if (type < 0 || type >= KHALA_CONFIG_NTYPES)
+        return KHALA_CONFIG_WRITE_THROUGH;
+    khala_config_write_mode_t m = cfg->types[type].write_mode;
+    if (m == KHALA_CONFIG_WRITE_DEFAULT)
+        m = cfg->policies.write_mode;
+    return m == KHALA_CONFIG_WRITE_BEHIND ? KHALA_CONFIG_WRITE_BEHIND : KHALA_CONFIG_WRITE_THROUGH;
+}
+
+const char *khala__config_type_name(int id) {
+    return id >= 0 && id < KHALA_CONFIG_NTYPES ? TYPE_NAMES[id] : NULL;
+}
+
+int khala__config_type_id(const char *name) {
+    for (int t = 0; t < KHALA_CONFIG_NTYPES; t++)
+        if (strcmp(name, TYPE_NAMES[t]) == 0)
+            return t;
+    return KHALA_ECONFIG;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Dump                                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+static const char *enum_name(const enum_name_t *names, int v) {
+    for (; names->name; names++)
+        if (names->value == v)
+            return names->name;
+    return "?";
+}
+
+/* A comment with the effective value of a derived key, or nothing. */
+static void dump_note(const khala_config_t *cfg, int sec, const key_desc_t *k, FILE *out) {
+    char path[KHALA_CONFIG_PATH_MAX + 64];
+    uint32_t v;
+    if (sec == SEC_CACHE && strcmp(k->name, "socket") == 0 && !cfg->cache.socket[0] &&
+        khala__config_socket_path(cfg, path, sizeof(path)) == 0)
+        fprintf(out, "# socket: empty = derived from name: %s\n", path);
+    else if ((sec == SEC_L2 || sec == SEC_L3) && strcmp(k->name, "path") == 0 &&
+             !((const char *)cfield_of(cfg, sec, k))[0] &&
+             khala__config_store_path(cfg, sec == SEC_L2 ? 2 : 3, path, sizeof(path)) == 0)
+        fprintf(out, "# path: empty = derived from name: %s\n", path);
+    else if (k->kind == K_AUTO && !cfg->l1.max_items)
+        fprintf(out, "# max_items: auto = %u\n", khala__config_l1_items(cfg));
+    else if (sec >= SEC_TYPE0 && strncmp(k->name, "l", 1) == 0 && strstr(k->name, "_ttl_") &&
+             (memcpy(&v, cfield_of(cfg, sec, k), sizeof(v)), v == 0))
+        fprintf(out, "# %s: 0 = [l%c] ttl_seconds = %u\n", k->name, k->name[1],
+                khala__config_type_ttl(cfg, sec - SEC_TYPE0, k->name[1] - '0'));
+    else if (sec >= SEC_TYPE0 && k->kind == K_ENUM &&
+             cfg->types[sec - SEC_TYPE0].write_mode == KHALA_CONFIG_WRITE_DEFAULT)
+        fprintf(out, "# write_mode: default = [policies] write_mode = %s\n",
+                enum_name(POLICY_WRITE_NAMES, (int)cfg->policies.write_mode));
+}
+
+int khala__config_dump(const khala_config_t *cfg, FILE *out) {
+    char sbuf[64];
+    fprintf(out, "# khalad configuration (effective values)\n");
+    for (int sec = 0; sec < NSECTIONS; sec++) {
+        const section_t *s = section_of(sec);
+        fprintf(out, "\n[%s]\n", section_name(sec, sbuf, sizeof(sbuf)));
+        for (size_t i = 0; i < s->nkeys; i++) {
+            const key_desc_t *k = &s->keys[i];
+            const void *f = cfield_of(cfg, sec, k);
+            uint32_t u;
+            int e;
+            dump_note(cfg, sec, k, out);
+            fprintf(out, "%s =", k->name);
+            switch (k->kind) {
+                case K_AUTO:
+                case K_U32:
+                    memcpy(&u, f, sizeof(u));
+                    if (k->kind == K_AUTO && u == 0)
+                        fprintf(out, " auto\n");
+                    else
+                        fprintf(out, " %u\n", u);
+                    break;
+                case K_MODE:
+                    memcpy(&u, f, sizeof(u));
+                    fprintf(out, " %04o\n", u);
+                    break;
+                case K_BOOL:
+                    fprintf(out, " %s\n", *(const bool *)f ? "true" : "false");
+                    break;
+                case K_ENUM:
+                    memcpy(&e, f, sizeof(e));
+                    fprintf(out, " %s\n", enum_name(k->names, e));
+                    break;
+                case K_LEVELS: {
+                    memcpy(&u, f, sizeof(u));
+                    const char *sep = " ";
+                    for (int lv = 0; lv < 3; lv++)
+                        if (u & (1u << lv)) {
+                            fprintf(out, "%sl%d", sep, lv + 1);
+                            sep = ",";
+                        }
+                    fputc('\n', out);
+                    break;
+                }
+                case K_STR:
+                    fprintf(out, "%s%s\n", ((const char *)f)[0] ? " " : "", (const char *)f);
+                    break;
+            }
+        }
+    }
+    fflush(out);
+    return ferror(out) ? -EIO : 0;
+}

@@ -1,0 +1,616 @@
+/*
+ * What khalad does with each request.
+ *
+ * HOW IT WORKS
+ *
+ * The server hands over one frame body at a time (daemon/server.c). A handler decodes it
+ * (lib/proto.c), acts on the L1 through the writer API (lib/l1_table.h), and queues exactly one
+ * reply with the request's id, except for a get that joins a single-flight as a waiter: that
+ * one is answered later, when the leader fills (daemon/flight.c). Replies to one connection
+ * therefore come in request order, except for such waiters; clients match replies by id.
+ *
+ * The miss path today is L1, then the caller's loader. L2 and L3 plug in between through the
+ * tier interface (daemon/tier.h) in later versions; a get then reports which level answered.
+ *
+ * A frame that does not decode gets an error reply (id 0 when the id could not be read) and the
+ * connection is closed: the stream cannot be trusted after it. Nobody else notices.
+ *
+ * Errors that belong to one request (a bad key, a version conflict, a full cache) get an error
+ * reply with the code and a message naming the problem, and the connection stays open.
+ */
+#include <errno.h>
+#include <fnmatch.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "khala/error.h"
+#include "khalad.h"
+
+/* Replies -------------------------------------------------------------------------------- */
+
+static void send_reply(khalad_t *d, khala_conn_t *c, const khala_msg_t *r) {
+    char err[256];
+    khala__proto_buf_reset(&d->out);
+    int rc = khala__proto_encode_reply(&d->out, r, err, sizeof(err));
+    if (rc != 0) {
+        /* The reply itself could not be encoded (too big, say): tell the client why. */
+        khala_msg_t e;
+        khala__proto_msg_init(&e);
+        e.id = r->id;
+        e.op = r->op;
+        e.rc = rc;
+        e.err.ptr = (const uint8_t *)err;
+        e.err.len = strlen(err);
+        e.has = KHALA_F_ERR;
+        khala__proto_buf_reset(&d->out);
+        if (khala__proto_encode_reply(&d->out, &e, NULL, 0) != 0)
+            return;
+    }
+    if (r->rc != 0)
+        d->replies_err++;
+    (void)khala__conn_send(c, d->out.data, d->out.len);
+}
+
+static void reply_rc(khalad_t *d, khala_conn_t *c, uint64_t id, khala_op_t op, int rc,
+                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+static void reply_rc(khalad_t *d, khala_conn_t *c, uint64_t id, khala_op_t op, int rc,
+                     const char *fmt, ...) {
+    char msg[512];
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = id;
+    r.op = op;
+    r.rc = rc;
+    if (fmt && rc != 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        r.err.ptr = (const uint8_t *)msg;
+        r.err.len = strlen(msg);
+        r.has |= KHALA_F_ERR;
+    }
+    send_reply(d, c, &r);
+}
+
+/* Fill the value fields of a get reply from an L1 item. */
+static void item_reply(khala_msg_t *r, const khala_item_t *it) {
+    int64_t now = khala__sys_now_ms();
+    r->value.ptr = khala__item_value(it);
+    r->value.len = it->value_len;
+    r->ver = it->version;
+    r->type = (khala_type_t)it->type;
+    r->ttl_ms = it->expire_ms ? (uint64_t)(it->expire_ms > now ? it->expire_ms - now : 1) : 0;
+    r->lvl = KHALA_LEVEL_L1;
+    r->has |= KHALA_F_V | KHALA_F_VER | KHALA_F_TYPE | KHALA_F_TTL | KHALA_F_LVL;
+}
+
+/* Single-flight answers ---------------------------------------------------------------------- */
+
+typedef struct flight_ctx {
+    khalad_t *d;
+    khala_type_t type;
+    uint64_t ver;
+} flight_ctx_t;
+
+/* Answer a waiter: with the leader's value, an error, or its promotion to leader. */
+static void flight_answer(void *arg, const khala_waiter_t *w, int rc, const void *val,
+                          size_t vlen) {
+    flight_ctx_t *fc = arg;
+    khala_conn_t *c = w->owner;
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = w->req_id;
+    r.op = KHALA_OP_GET;
+    if (rc == KHALA_FLIGHT_LEADER) {
+        /* The leader went away: this waiter loads now. */
+        r.rc = KHALA_ENOTFOUND;
+        r.load = true;
+        r.has |= KHALA_F_LOAD;
+        send_reply(fc->d, c, &r);
+        return;
+    }
+    if (rc == 0) {
+        r.value.ptr = val;
+        r.value.len = vlen;
+        r.ver = fc->ver;
+        r.type = fc->type;
+        r.lvl = KHALA_LEVEL_LOADER;
+        r.has |= KHALA_F_V | KHALA_F_VER | KHALA_F_TYPE | KHALA_F_LVL;
+        send_reply(fc->d, c, &r);
+        return;
+    }
+    if (rc == -ETIMEDOUT)
+        fc->d->loads_timed_out++;
+    reply_rc(fc->d, c, w->req_id, KHALA_OP_GET, rc,
+             rc == -ETIMEDOUT ? "the loader of this key did not answer in %u ms"
+                              : "the loader of this key failed",
+             fc->d->cfg.policies.single_flight_timeout_ms);
+}
+
+/* Requests --------------------------------------------------------------------------------- */
+
+static void op_hello(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    if ((m->has & KHALA_F_PROTO) && m->proto != KHALA_PROTO_VERSION) {
+        reply_rc(d, c, m->id, m->op, KHALA_EPROTO,
+                 "protocol version %u is not spoken here; khalad speaks %u", m->proto,
+                 KHALA_PROTO_VERSION);
+        return;
+    }
+    const char *name = d->cfg.cache.name;
+    if ((m->has & KHALA_F_NAME) &&
+        (m->name.len != strlen(name) || memcmp(m->name.ptr, name, m->name.len) != 0)) {
+        reply_rc(d, c, m->id, m->op, KHALA_ENAME, "this khalad serves cache '%s', not '%.*s'", name,
+                 (int)m->name.len, (const char *)m->name.ptr);
+        return;
+    }
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = m->id;
+    r.op = m->op;
+    r.proto = KHALA_PROTO_VERSION;
+    r.name.ptr = (const uint8_t *)name;
+    r.name.len = strlen(name);
+    r.gen = khala__l1_seg(d->l1)->generation;
+    r.max_frame = KHALA_FRAME_MAX_DEFAULT;
+    r.max_value = khala__l1_seg(d->l1)->max_value;
+    r.has = KHALA_F_PROTO | KHALA_F_NAME | KHALA_F_GEN | KHALA_F_MAX_FRAME | KHALA_F_MAX_VALUE;
+    send_reply(d, c, &r);
+}
+
+static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    const khala_item_t *it;
+    int rc = khala__l1_find(d->l1, m->key.ptr, m->key.len, &it);
+    if (rc == 0) {
+        khala_msg_t r;
+        khala__proto_msg_init(&r);
+        r.id = m->id;
+        r.op = m->op;
+        item_reply(&r, it);
+        send_reply(d, c, &r);
+        return;
+    }
+    if (rc != KHALA_ENOTFOUND) {
+        reply_rc(d, c, m->id, m->op, rc, "%s", khala__l1_errmsg(d->l1));
+        return;
+    }
+    /* No L2/L3 yet: the next level is the caller's loader, through single-flight. */
+    if (!m->loader) {
+        reply_rc(d, c, m->id, m->op, KHALA_ENOTFOUND, NULL);
+        return;
+    }
+    khala_waiter_t w = {c, m->id};
+    rc = khala__flight_join(d->flight, m->key.ptr, m->key.len, &w, khala__now_ms());
+    if (rc == KHALA_FLIGHT_WAITER) {
+        d->loads_waited++;
+        return; /* answered when the leader fills */
+    }
+    /* Leader, or the table is full (-EBUSY): either way this caller loads. */
+    d->loads_led++;
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = m->id;
+    r.op = m->op;
+    r.rc = KHALA_ENOTFOUND;
+    r.load = true;
+    r.has = KHALA_F_LOAD;
+    send_reply(d, c, &r);
+}
+
+/* The TTL of a put: the request's, else the type's L1 default. */
+static int64_t put_ttl_ms(const khalad_t *d, const khala_msg_t *m, khala_type_t type) {
+    if ((m->has & KHALA_F_TTL) && m->ttl_ms)
+        return (int64_t)m->ttl_ms;
+    return (int64_t)khala__config_type_ttl(&d->cfg, (int)type, 1) * 1000;
+}
+
+static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    khala_type_t type = (m->has & KHALA_F_TYPE) ? m->type : KHALA_TYPE_MEMORY_ENTITY;
+    if (m->has & KHALA_F_VER) {
+        /* Compare-and-set: ver is the version the caller last saw, 0 = "must not exist". */
+        const khala_item_t *it;
+        uint64_t cur = khala__l1_find(d->l1, m->key.ptr, m->key.len, &it) == 0 ? it->version : 0;
+        if (cur != m->ver) {
+            reply_rc(d, c, m->id, m->op, KHALA_EVERSION,
+                     "version conflict: the key is at version %llu, the put expected %llu",
+                     (unsigned long long)cur, (unsigned long long)m->ver);
+            return;
+        }
+    }
+    uint64_t ver = 0;
+    int rc = 0;
+    /* The placeholder rule: a fill of a key that was invalidated while its leader loaded may
+     * be older than the invalidation, so it is not cached (the waiters still get it). */
+    if (m->op == KHALA_OP_FILL && khala__flight_invalidated(d->flight, m->key.ptr, m->key.len))
+        d->fills_dropped++;
+    else
+        rc = khala__l1_put(d->l1, m->key.ptr, m->key.len, m->value.ptr, m->value.len,
+                           put_ttl_ms(d, m, type), (uint8_t)type, &ver);
+    if (m->op == KHALA_OP_FILL) {
+        flight_ctx_t fc = {d, type, ver};
+        khala__flight_finish(d->flight, m->key.ptr, m->key.len, 0, m->value.ptr, m->value.len,
+                             flight_answer, &fc, NULL);
+    }
+    if (rc != 0) {
+        reply_rc(d, c, m->id, m->op, rc, "%s", khala__l1_errmsg(d->l1));
+        return;
+    }
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = m->id;
+    r.op = m->op;
+    r.ver = ver;
+    r.has = KHALA_F_VER;
+    send_reply(d, c, &r);
+}
+
+static void op_fill_fail(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    /* The waiters hear that the load failed and may retry (one of them will lead). */
+    flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
+    khala__flight_finish(d->flight, m->key.ptr, m->key.len, -EAGAIN, NULL, 0, flight_answer, &fc,
+                         NULL);
+    reply_rc(d, c, m->id, m->op, 0, NULL);
+}
+
+static void op_del(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    khala__flight_invalidate(d->flight, m->key.ptr, m->key.len, 0);
+    int rc = khala__l1_delete(d->l1, m->key.ptr, m->key.len);
+    reply_rc(d, c, m->id, m->op, rc, "%s", rc ? khala__l1_errmsg(d->l1) : "");
+}
+
+/* Scan visitors. */
+typedef struct match {
+    const uint8_t *prefix; /* by prefix, or NULL */
+    size_t plen;
+    int type; /* by type, or -1 */
+} match_t;
+
+static int match_item(void *arg, const khala_item_t *it) {
+    const match_t *mt = arg;
+    if (mt->prefix)
+        return it->key_len >= mt->plen && memcmp(khala__item_key(it), mt->prefix, mt->plen) == 0;
+    return mt->type < 0 || it->type == mt->type;
+}
+
+/* Remove every item that mt selects; returns how many. */
+static uint64_t remove_matching(khalad_t *d, match_t *mt) {
+    uint64_t cursor = 0, removed = 0;
+    do
+        removed += khala__l1_scan(d->l1, &cursor, 65536, match_item, mt);
+    while (cursor != 0);
+    return removed;
+}
+
+static void reply_count(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, uint64_t n) {
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = m->id;
+    r.op = m->op;
+    r.count = (uint32_t)(n > UINT32_MAX ? UINT32_MAX : n);
+    r.has = KHALA_F_COUNT;
+    send_reply(d, c, &r);
+}
+
+static void op_invalidate(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    match_t mt = {NULL, 0, -1};
+    uint64_t n = 0;
+    switch (m->by) {
+        case KHALA_BY_KEY:
+            khala__flight_invalidate(d->flight, m->key.ptr, m->key.len, 0);
+            n = khala__l1_delete(d->l1, m->key.ptr, m->key.len) == 0;
+            break;
+        case KHALA_BY_PREFIX:
+            khala__flight_invalidate(d->flight, m->prefix.ptr, m->prefix.len, 1);
+            mt.prefix = m->prefix.ptr;
+            mt.plen = m->prefix.len;
+            n = remove_matching(d, &mt);
+            break;
+        case KHALA_BY_TYPE:
+            /* Loads in flight carry no type yet: all of them lose their right to be cached. */
+            khala__flight_invalidate(d->flight, "", 0, 1);
+            mt.type = (int)m->type;
+            n = remove_matching(d, &mt);
+            break;
+        default:
+            reply_rc(d, c, m->id, m->op, KHALA_EPROTO, "invalidate: unknown 'by'");
+            return;
+    }
+    reply_count(d, c, m, n);
+}
+
+static void op_touch(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    const khala_item_t *it;
+    int rc = khala__l1_find(d->l1, m->key.ptr, m->key.len, &it);
+    if (rc != 0) {
+        reply_rc(d, c, m->id, m->op, rc, NULL);
+        return;
+    }
+    /* Items are immutable: a touch writes the same value again with a fresh deadline. The
+     * value is copied first, since the put may evict or free the old item. */
+    khala_type_t type = (khala_type_t)it->type;
+    size_t vlen = it->value_len;
+    void *copy = malloc(vlen ? vlen : 1);
+    if (!copy) {
+        reply_rc(d, c, m->id, m->op, -ENOMEM, "out of memory");
+        return;
+    }
+    memcpy(copy, khala__item_value(it), vlen);
+    uint64_t ver = 0;
+    rc = khala__l1_put(d->l1, m->key.ptr, m->key.len, copy, vlen, put_ttl_ms(d, m, type),
+                       (uint8_t)type, &ver);
+    free(copy);
+    if (rc != 0) {
+        reply_rc(d, c, m->id, m->op, rc, "%s", khala__l1_errmsg(d->l1));
+        return;
+    }
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = m->id;
+    r.op = m->op;
+    r.ver = ver;
+    r.has = KHALA_F_VER;
+    send_reply(d, c, &r);
+}
+
+#define KV_U(k, v)                                                                                 \
+    (khala_kv_t) {                                                                                 \
+        .key = {(const uint8_t *)(k), sizeof(k) - 1}, .kind = KHALA_KV_UINT, .as.u = (v)           \
+    }
+
+static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    khala_l1_stats_t st;
+    khala__l1_stats(d->l1, &st);
+    khala_kv_t l1[] = {
+        KV_U("items", st.items),
+        KV_U("max_items", st.max_items),
+        KV_U("item_bytes", st.item_bytes),
+        KV_U("payload_bytes", st.payload_bytes),
+        KV_U("arena_bytes", st.arena_bytes),
+        KV_U("free_bytes", st.free_bytes),
+        KV_U("retired", st.retired),
+        KV_U("sets", st.sets),
+        KV_U("overwrites", st.overwrites),
+        KV_U("deletes", st.deletes),
+        KV_U("evictions", st.evictions),
+        KV_U("expirations", st.expirations),
+        KV_U("hits", st.reader_hits),
+        KV_U("misses", st.reader_misses),
+        KV_U("readers", st.readers),
+        KV_U("oldest_reader_pid", (uint64_t)st.oldest_reader_pid),
+    };
+    khala_kv_t daemon[] = {
+        KV_U("connections", khala__server_conns(d->srv)),
+        KV_U("requests", d->requests),
+        KV_U("error_replies", d->replies_err),
+        KV_U("protocol_errors", d->proto_errors),
+        KV_U("loads_led", d->loads_led),
+        KV_U("loads_waited", d->loads_waited),
+        KV_U("loads_timed_out", d->loads_timed_out),
+        KV_U("fills_dropped", d->fills_dropped),
+        KV_U("loads_in_flight", khala__flight_count(d->flight)),
+        KV_U("uptime_ms", khala__now_ms() - d->started_ms),
+    };
+    khala_kv_t top[2] = {
+        {.key = {(const uint8_t *)"l1", 2}, .kind = KHALA_KV_MAP},
+        {.key = {(const uint8_t *)"khalad", 6}, .kind = KHALA_KV_MAP},
+    };
+    top[0].as.map.items = l1;
+    top[0].as.map.n = sizeof(l1) / sizeof(l1[0]);
+    top[1].as.map.items = daemon;
+    top[1].as.map.n = sizeof(daemon) / sizeof(daemon[0]);
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = m->id;
+    r.op = m->op;
+    r.data = top;
+    r.ndata = 2;
+    r.has = KHALA_F_DATA;
+    send_reply(d, c, &r);
+}
+
+/* keys: collect the keys of one page that match the pattern. */
+typedef struct keys_ctx {
+    const khala_msg_t *m;
+    khala_bytes_t *keys;
+    uint32_t n, max;
+    char pat[KHALA_PROTO_PATTERN_MAX + 1];
+} keys_ctx_t;
+
+static int collect_key(void *arg, const khala_item_t *it) {
+    keys_ctx_t *k = arg;
+    if (k->n == k->max)
+        return 0;
+    char name[KHALA_KEY_MAX + 1];
+    memcpy(name, khala__item_key(it), it->key_len);
+    name[it->key_len] = '\0';
+    if (k->pat[0] == '\0' || fnmatch(k->pat, name, 0) == 0) {
+        /* The view stays valid: nothing changes the table during this scan. */
+        k->keys[k->n].ptr = khala__item_key(it);
+        k->keys[k->n].len = it->key_len;
+        k->n++;
+    }
+    return 0;
+}
+
+static void op_keys(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    keys_ctx_t k = {.m = m};
+    uint32_t count =
+        (m->has & KHALA_F_COUNT) && m->count ? m->count : KHALA_PROTO_KEYS_COUNT_DEFAULT;
+    k.max = count;
+    k.keys = calloc(count, sizeof(*k.keys));
+    if (!k.keys) {
+        reply_rc(d, c, m->id, m->op, -ENOMEM, "out of memory");
+        return;
+    }
+    if (m->has & KHALA_F_PATTERN) {
+        memcpy(k.pat, m->pattern.ptr, m->pattern.len);
+        k.pat[m->pattern.len] = '\0';
+    }
+    uint64_t cursor = (m->has & KHALA_F_CURSOR) ? m->cursor : 0;
+    /* Walk until the page is full or the table ends; each step looks at a slice of descs. */
+    do
+        (void)khala__l1_scan(d->l1, &cursor, 4096, collect_key, &k);
+    while (cursor != 0 && k.n < k.max);
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = m->id;
+    r.op = m->op;
+    r.keys = k.keys;
+    r.nkeys = k.n;
+    r.cursor = cursor;
+    r.has = KHALA_F_KEYS | KHALA_F_CURSOR;
+    send_reply(d, c, &r);
+    free(k.keys);
+}
+
+static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    const khala_item_t *it;
+    int rc = khala__l1_find(d->l1, m->key.ptr, m->key.len, &it);
+    if (rc != 0) {
+        reply_rc(d, c, m->id, m->op, rc, NULL);
+        return;
+    }
+    int64_t now = khala__sys_now_ms();
+    const char *type = khala__proto_type_name((khala_type_t)it->type);
+    khala_kv_t kv[] = {
+        {.key = {(const uint8_t *)"levels", 6},
+         .kind = KHALA_KV_STR,
+         .as.s = {(const uint8_t *)"l1", 2}},
+        KV_U("version", it->version),
+        KV_U("size", it->value_len),
+        KV_U("ttl_ms",
+             it->expire_ms ? (uint64_t)(it->expire_ms > now ? it->expire_ms - now : 0) : 0),
+        {.key = {(const uint8_t *)"type", 4},
+         .kind = KHALA_KV_STR,
+         .as.s = {(const uint8_t *)type, strlen(type)}},
+    };
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = m->id;
+    r.op = m->op;
+    r.data = kv;
+    r.ndata = sizeof(kv) / sizeof(kv[0]);
+    r.has = KHALA_F_DATA;
+    send_reply(d, c, &r);
+}
+
+static void op_flush(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    match_t mt = {NULL, 0, (m->has & KHALA_F_TYPE) ? (int)m->type : -1};
+    khala__flight_invalidate(d->flight, "", 0, 1);
+    reply_count(d, c, m, remove_matching(d, &mt));
+}
+
+static void op_config(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f || khala__config_dump(&d->cfg, f) != 0 || fclose(f) != 0) {
+        free(text);
+        reply_rc(d, c, m->id, m->op, -ENOMEM, "cannot render the configuration");
+        return;
+    }
+    khala_kv_t kv = {.key = {(const uint8_t *)"ini", 3},
+                     .kind = KHALA_KV_STR,
+                     .as.s = {(const uint8_t *)text, len}};
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = m->id;
+    r.op = m->op;
+    r.data = &kv;
+    r.ndata = 1;
+    r.has = KHALA_F_DATA;
+    send_reply(d, c, &r);
+    free(text);
+}
+
+/* Dispatch --------------------------------------------------------------------------------- */
+
+int khala__handlers_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_t len) {
+    khalad_t *d = arg;
+    char err[256];
+    khala_msg_t m;
+    khala__proto_msg_init(&m);
+    d->requests++;
+    int rc = khala__proto_decode_request(body, len, &m, err, sizeof(err));
+    if (rc != 0) {
+        d->proto_errors++;
+        khala__log("warn", "bad request; closing the connection", "error", err, NULL);
+        reply_rc(d, c, m.id, KHALA_OP_NONE, rc, "%s", err);
+        return -1;
+    }
+    switch (m.op) {
+        case KHALA_OP_HELLO:
+            op_hello(d, c, &m);
+            break;
+        case KHALA_OP_PING:
+            reply_rc(d, c, m.id, m.op, 0, NULL);
+            break;
+        case KHALA_OP_GET:
+            op_get(d, c, &m);
+            break;
+        case KHALA_OP_PUT:
+        case KHALA_OP_FILL:
+            op_put(d, c, &m);
+            break;
+        case KHALA_OP_FILL_FAIL:
+            op_fill_fail(d, c, &m);
+            break;
+        case KHALA_OP_DEL:
+            op_del(d, c, &m);
+            break;
+        case KHALA_OP_INVALIDATE:
+            op_invalidate(d, c, &m);
+            break;
+        case KHALA_OP_TOUCH:
+            op_touch(d, c, &m);
+            break;
+        case KHALA_OP_STATS:
+            op_stats(d, c, &m);
+            break;
+        case KHALA_OP_KEYS:
+            op_keys(d, c, &m);
+            break;
+        case KHALA_OP_INSPECT:
+            op_inspect(d, c, &m);
+            break;
+        case KHALA_OP_FLUSH:
+            op_flush(d, c, &m);
+            break;
+        case KHALA_OP_WARM:
+            reply_count(d, c, &m, 0);
+            break; /* nothing below L1 yet */
+        case KHALA_OP_CONFIG:
+            op_config(d, c, &m);
+            break;
+        default:
+            reply_rc(d, c, m.id, m.op, KHALA_EPROTO, "op not served");
+            break;
+    }
+    khala__proto_msg_free(&m);
+    return 0;
+}
+
+void khala__handlers_bad_frame(void *arg, khala_conn_t *c, size_t len) {
+    khalad_t *d = arg;
+    d->proto_errors++;
+    reply_rc(d, c, 0, KHALA_OP_NONE, KHALA_EPROTO,
+             len ? "frame of %zu bytes exceeds max_frame %u" : "frame of %zu bytes is empty", len,
+             (unsigned)KHALA_FRAME_MAX_DEFAULT);
+}
+
+void khala__handlers_close(void *arg, khala_conn_t *c) {
+    khalad_t *d = arg;
+    flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
+    khala__flight_forget_owner(d->flight, c, khala__now_ms(), flight_answer, &fc);
+}
+
+void khala__handlers_tick(void *arg) {
+    khalad_t *d = arg;
+    flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
+    (void)khala__l1_maintain(d->l1);
+    (void)khala__l1_sweep(d->l1, KHALAD_SWEEP_BUDGET);
+    (void)khala__flight_expire(d->flight, khala__now_ms(), flight_answer, &fc);
+}

@@ -1,0 +1,53 @@
+/*
+ * khalad's state, shared by its modules: the configuration, the L1 writer, the socket server,
+ * single-flight, and counters. One instance per process, owned by the loop thread. Start at
+ * daemon/khalad.c (main) and daemon/handlers.c (what each request does).
+ */
+#ifndef KHALA_DAEMON_KHALAD_H
+#define KHALA_DAEMON_KHALAD_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "flight.h"
+#include "l1_table.h"
+#include "proto.h"
+#include "server.h"
+
+/* Descs the TTL sweep examines per tick (a full sweep of 1 M items takes 250 ticks). */
+#define KHALAD_SWEEP_BUDGET 4096u
+/* Keys in flight at once; beyond, a miss loads without single-flight. */
+#define KHALAD_FLIGHT_MAX 65536u
+
+typedef struct khalad {
+    khala_config_t cfg;     /* immutable after start */
+    khala_l1_t *l1;         /* the L1 writer */
+    khala_server_t *srv;    /* the socket server */
+    khala_flight_t *flight; /* single-flight table */
+    char socket_path[4096]; /* where srv listens */
+    uid_t uid;              /* khalad's own uid */
+    khala_buf_t out;        /* scratch buffer replies are encoded into */
+    uint64_t sweep_cursor;  /* unused by the L1's own sweep; kept for stats */
+    uint64_t watchdog_usec; /* systemd watchdog period, 0 when off */
+    uint64_t last_watchdog_ms;
+    uint64_t started_ms;
+    /* Counters, for stats. */
+    uint64_t requests, replies_err, proto_errors, loads_led, loads_waited, loads_timed_out;
+    uint64_t fills_dropped; /* fills not cached: the key was invalidated during the load */
+} khalad_t;
+
+/* The socket server's callbacks (daemon/handlers.c); arg is the khalad_t. */
+int khala__handlers_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_t len);
+void khala__handlers_bad_frame(void *arg, khala_conn_t *c, size_t len);
+void khala__handlers_close(void *arg, khala_conn_t *c);
+void khala__handlers_tick(void *arg);
+
+/* A structured log line (one JSON object) on stderr: level, message, then key/value pairs as
+ * const char * pairs, ended by NULL. */
+void khala__log(const char *level, const char *msg, ...);
+
+/* Monotonic milliseconds. */
+uint64_t khala__now_ms(void);
+
+#endif /* KHALA_DAEMON_KHALAD_H */

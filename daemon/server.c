@@ -1,0 +1,445 @@
+/*
+ * khalad's socket server.
+ *
+ * HOW IT WORKS
+ *
+ * One thread, one epoll set: the listening socket, an eventfd that khala__server_stop writes
+ * (the only thing a signal handler may touch), and every client connection. Level-triggered.
+ *
+ *   client --bytes--> in[] --complete frames--> ops->on_frame --replies--> out[] --> client
+ *
+ * Step 1. A readable connection is read into its input buffer, which grows up to one whole
+ *         frame (4 + max_frame bytes) and never beyond.
+ * Step 2. Every complete frame in the buffer goes to on_frame, in order, so a client may
+ *         pipeline as many requests as it likes; replies are queued in the same order.
+ * Step 3. The output buffer is written at once; what the socket does not take waits for
+ *         EPOLLOUT.
+ * Step 4. A frame longer than max_frame (or of length 0) is a protocol error: on_bad_frame
+ *         queues the error reply, and the connection closes once it is written. Nobody else
+ *         is affected.
+ *
+ * Fairness and bounds: a client whose unread replies exceed max_out is not read from until
+ * they drain, so a client that pipelines without reading cannot grow khalad's memory, and a
+ * slow or dead client only ever stalls itself. A read takes at most READ_CHUNK bytes per
+ * event, so one busy client cannot starve the others.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "khala/error.h"
+
+#define READ_CHUNK (64u * 1024u) /* bytes read per readable event, at most */
+#define LISTEN_BACKLOG 512
+#define MAX_EVENTS 64
+#define TAG_LISTEN ((void *)1)
+#define TAG_WAKE ((void *)2)
+
+struct khala_conn {
+    khala_server_t *srv;
+    int fd;
+    pid_t pid; /* peer credentials at accept */
+    uid_t uid;
+    gid_t gid;
+    uint8_t *in;               /* received bytes not yet consumed */
+    size_t in_len;             /* bytes in `in` */
+    size_t in_cap;             /* capacity of `in` */
+    uint8_t *out;              /* queued reply bytes */
+    size_t out_off;            /* first unwritten byte of `out` */
+    size_t out_len;            /* end of queued bytes */
+    size_t out_cap;            /* capacity of `out` */
+    uint32_t events;           /* the epoll mask now registered */
+    int closing;               /* 1: close once `out` is written; read nothing more */
+    void *data;                /* the handlers' pointer */
+    khala_conn_t *prev, *next; /* in srv->conns */
+};
+
+struct khala_server {
+    khala_server_config_t cfg;
+    khala_server_ops_t ops;
+    void *arg;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    int lfd; /* listening socket */
+    int efd; /* epoll */
+    int wfd; /* eventfd written by khala__server_stop */
+    khala_conn_t *conns;
+    unsigned nconns;
+    khala_conn_t *current; /* the connection whose frames are being handled, or NULL */
+    int stopping;          /* set by the loop when the eventfd fires */
+};
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void khala__server_config_init(khala_server_config_t *cfg) {
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->mode = 0660;
+    cfg->gid = -1;
+    cfg->max_frame = 2u * 1024 * 1024;
+    cfg->max_out = 8u * 1024 * 1024;
+    cfg->tick_ms = 10;
+    cfg->max_conns = 4096;
+}
+
+static int set_events(khala_conn_t *c, uint32_t ev) {
+    if (c->events == ev)
+        return 0;
+    struct epoll_event e = {.events = ev, .data.ptr = c};
+    if (epoll_ctl(c->srv->efd, EPOLL_CTL_MOD, c->fd, &e) != 0)
+        return -errno;
+    c->events = ev;
+    return 0;
+}
+
+static void conn_free(khala_conn_t *c) {
+    khala_server_t *s = c->srv;
+    if (s->ops.on_close)
+        s->ops.on_close(s->arg, c);
+    (void)epoll_ctl(s->efd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    free(c->in);
+    free(c->out);
+    free(c);
+}
+
+int khala__conn_send(khala_conn_t *c, const void *bytes, size_t len) {
+    if (c->out_len + len > c->out_cap) {
+        /* Compact first: written bytes at the front are dead. */
+        if (c->out_off) {
+            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+            c->out_len -= c->out_off;
+            c->out_off = 0;
+        }
+        if (c->out_len + len > c->out_cap) {
+            size_t cap = c->out_cap ? c->out_cap : 4096;
+            while (cap < c->out_len + len)
+                cap *= 2;
+            uint8_t *p = realloc(c->out, cap);
+            if (!p)
+                return -ENOMEM;
+            c->out = p;
+            c->out_cap = cap;
+        }
+    }
+    memcpy(c->out + c->out_len, bytes, len);
+    c->out_len += len;
+    /* The connection being served is flushed when its frames are done; another one (a
+     * single-flight waiter answered by someone else's fill) is flushed when epoll says it is
+     * writable, which it will say at once. Never flushed here: a failed write frees the
+     * connection, and the caller may still hold it. */
+    if (c != c->srv->current && !(c->events & EPOLLOUT))
+        (void)set_events(c, c->events | EPOLLOUT);
+    return 0;
+}
+
+void khala__conn_peer(const khala_conn_t *c, pid_t *pid, uid_t *uid, gid_t *gid) {
+    if (pid)
+        *pid = c->pid;
+    if (uid)
+        *uid = c->uid;
+    if (gid)
+        *gid = c->gid;
+}
+
+void *khala__conn_data(const khala_conn_t *c) {
+    return c->data;
+}
+
+void khala__conn_set_data(khala_conn_t *c, void *data) {
+    c->data = data;
+}
+
+unsigned khala__server_conns(const khala_server_t *s) {
+    return s->nconns;
+}
+
+/* Step 3: write what is queued. 0, or -1 when the connection was freed. */
+static int conn_flush(khala_conn_t *c) {
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        conn_free(c); /* the peer is gone */
+        return -1;
+    }
+    if (c->out_off == c->out_len) {
+        c->out_off = c->out_len = 0;
+        if (c->closing) {
+            conn_free(c);
+            return -1;
+        }
+    }
+    size_t pending = c->out_len - c->out_off;
+    uint32_t ev =
+        (pending ? EPOLLOUT : 0) | (!c->closing && pending <= c->srv->cfg.max_out ? EPOLLIN : 0);
+    if (set_events(c, ev) != 0) {
+        conn_free(c);
+        return -1;
+    }
+    return 0;
+}
+
+static uint32_t be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Step 2 and 4: hand every complete frame in `in` to the handlers. */
+static void conn_frames(khala_conn_t *c) {
+    khala_server_t *s = c->srv;
+    size_t off = 0;
+    while (!c->closing && c->in_len - off >= 4) {
+        uint32_t len = be32(c->in + off);
+        if (len == 0 || len > s->cfg.max_frame) {
+            if (s->ops.on_bad_frame)
+                s->ops.on_bad_frame(s->arg, c, len);
+            c->closing = 1;
+            break;
+        }
+        if (c->in_len - off - 4 < len)
+            break;
+        s->current = c;
+        int rc = s->ops.on_frame(s->arg, c, c->in + off + 4, len);
+        s->current = NULL;
+        if (rc < 0)
+            c->closing = 1;
+        off += 4 + (size_t)len;
+    }
+    if (c->closing)
+        c->in_len = 0;
+    else if (off) {
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= off;
+    }
+}
+
+/* Step 1. */
+static void conn_readable(khala_conn_t *c) {
+    khala_server_t *s = c->srv;
+    size_t want = READ_CHUNK;
+    /* Room for the frame in progress, but never more than one whole frame. */
+    size_t limit = 4 + s->cfg.max_frame;
+    if (c->in_cap - c->in_len < want && c->in_cap < limit) {
+        size_t cap = c->in_cap ? c->in_cap : READ_CHUNK;
+        while (cap - c->in_len < want && cap < limit)
+            cap *= 2;
+        if (cap > limit)
+            cap = limit;
+        uint8_t *p = realloc(c->in, cap);
+        if (!p) {
+            conn_free(c);
+            return;
+        }
+        c->in = p;
+        c->in_cap = cap;
+    }
+    if (c->in_cap - c->in_len < want)
+        want = c->in_cap - c->in_len;
+    ssize_t n = recv(c->fd, c->in + c->in_len, want, 0);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) {
+        conn_free(c);
+        return;
+    }
+    if (n > 0) {
+        c->in_len += (size_t)n;
+        conn_frames(c);
+    }
+    (void)conn_flush(c);
+}
+
+static void accept_all(khala_server_t *s) {
+    for (;;) {
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR)
+                continue;
+            return; /* EAGAIN, or a transient error (EMFILE...): try at the next event */
+        }
+        khala_conn_t *c = s->nconns < s->cfg.max_conns ? calloc(1, sizeof(*c)) : NULL;
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        struct ucred cred;
+        socklen_t cl = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+            c->pid = cred.pid;
+            c->uid = cred.uid;
+            c->gid = cred.gid;
+        }
+        c->srv = s;
+        c->fd = fd;
+        c->events = EPOLLIN;
+        struct epoll_event e = {.events = EPOLLIN, .data.ptr = c};
+        if (epoll_ctl(s->efd, EPOLL_CTL_ADD, fd, &e) != 0) {
+            close(fd);
+            free(c);
+            continue;
+        }
+        c->next = s->conns;
+        if (s->conns)
+            s->conns->prev = c;
+        s->conns = c;
+        s->nconns++;
+    }
+}
+
+int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_t *ops, void *arg,
+                       khala_server_t **out, char *err, size_t errlen) {
+    struct sockaddr_un sa;
+    int rc;
+    if (strlen(cfg->path) >= sizeof(sa.sun_path)) {
+        snprintf(err, errlen, "socket path '%s' is longer than %zu bytes", cfg->path,
+                 sizeof(sa.sun_path) - 1);
+        return -ENAMETOOLONG;
+    }
+    khala_server_t *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    s->cfg = *cfg;
+    s->ops = *ops;
+    s->arg = arg;
+    s->lfd = s->efd = s->wfd = -1;
+    snprintf(s->path, sizeof(s->path), "%s", cfg->path);
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, cfg->path, strlen(cfg->path) + 1);
+
+    /* A socket file with a live listener behind it belongs to another khalad. */
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe >= 0) {
+        int live = connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+        close(probe);
+        if (live) {
+            snprintf(err, errlen, "another khalad serves %s", cfg->path);
+            rc = KHALA_EEXIST;
+            goto fail;
+        }
+    }
+    (void)unlink(cfg->path); /* stale: its listener died */
+    s->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot bind %s: %s", cfg->path, strerror(errno));
+        goto fail;
+    }
+    if (chmod(cfg->path, cfg->mode) != 0 ||
+        (cfg->gid >= 0 && chown(cfg->path, (uid_t)-1, (gid_t)cfg->gid) != 0)) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot set the mode or group of %s: %s", cfg->path, strerror(errno));
+        goto fail_unlink;
+    }
+    if (listen(s->lfd, LISTEN_BACKLOG) != 0 || (s->efd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+        (s->wfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot listen on %s: %s", cfg->path, strerror(errno));
+        goto fail_unlink;
+    }
+    struct epoll_event el = {.events = EPOLLIN, .data.ptr = TAG_LISTEN};
+    struct epoll_event ew = {.events = EPOLLIN, .data.ptr = TAG_WAKE};
+    if (epoll_ctl(s->efd, EPOLL_CTL_ADD, s->lfd, &el) != 0 ||
+        epoll_ctl(s->efd, EPOLL_CTL_ADD, s->wfd, &ew) != 0) {
+        rc = -errno;
+        snprintf(err, errlen, "epoll: %s", strerror(errno));
+        goto fail_unlink;
+    }
+    *out = s;
+    return 0;
+fail_unlink:
+    (void)unlink(cfg->path);
+fail:
+    if (s->wfd >= 0)
+        close(s->wfd);
+    if (s->efd >= 0)
+        close(s->efd);
+    if (s->lfd >= 0)
+        close(s->lfd);
+    free(s);
+    return rc;
+}
+
+int khala__server_run(khala_server_t *s) {
+    struct epoll_event ev[MAX_EVENTS];
+    uint64_t next_tick = now_ms() + s->cfg.tick_ms;
+    while (!s->stopping) {
+        uint64_t now = now_ms();
+        int timeout = next_tick > now ? (int)(next_tick - now) : 0;
+        int n = epoll_wait(s->efd, ev, MAX_EVENTS, timeout);
+        if (n < 0 && errno != EINTR)
+            return -errno;
+        for (int i = 0; i < n; i++) {
+            void *p = ev[i].data.ptr;
+            if (p == TAG_LISTEN) {
+                accept_all(s);
+            } else if (p == TAG_WAKE) {
+                uint64_t v;
+                (void)!read(s->wfd, &v, sizeof(v));
+                s->stopping = 1;
+            } else {
+                khala_conn_t *c = p;
+                if (ev[i].events & (EPOLLERR | EPOLLHUP) && !(ev[i].events & EPOLLIN)) {
+                    conn_free(c);
+                    continue;
+                }
+                if (ev[i].events & EPOLLOUT) {
+                    if (conn_flush(c) != 0)
+                        continue; /* freed */
+                }
+                if (ev[i].events & EPOLLIN)
+                    conn_readable(c);
+            }
+        }
+        now = now_ms();
+        if (now >= next_tick) {
+            if (s->ops.on_tick)
+                s->ops.on_tick(s->arg);
+            next_tick = now + s->cfg.tick_ms;
+        }
+    }
+    return 0;
+}
+
+void khala__server_stop(khala_server_t *s) {
+    /* write(2) is async-signal-safe; the loop sees the eventfd and stops. */
+    uint64_t one = 1;
+    (void)!write(s->wfd, &one, sizeof(one));
+}
+
+void khala__server_close(khala_server_t *s) {
+    if (!s)
+        return;
+    while (s->conns)
+        conn_free(s->conns);
+    close(s->wfd);
+    close(s->efd);
+    close(s->lfd);
+    (void)unlink(s->path);
+    free(s);
+}

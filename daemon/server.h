@@ -1,0 +1,77 @@
+/*
+ * khalad's socket server: a Unix stream socket, an epoll loop, and per-connection buffers.
+ * It knows frames only as "4-byte big-endian length, then that many bytes"; what is inside a
+ * frame is the protocol module's business (lib/proto.h), and what a request does is the
+ * handlers'. Start at khala__server_open() and khala_server_ops_t.
+ *
+ * Single-threaded: every function here runs on the loop's thread, except khala__server_stop,
+ * which is async-signal-safe.
+ */
+#ifndef KHALA_DAEMON_SERVER_H
+#define KHALA_DAEMON_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct khala_server khala_server_t;
+typedef struct khala_conn khala_conn_t;
+
+/* What the server calls. `arg` is the pointer given to khala__server_open. */
+typedef struct khala_server_ops {
+    /* A complete frame arrived on c; body is its payload (without the length prefix), valid
+     * until the callback returns. Return 0 to go on, or a negative code to close c once what
+     * was queued to it has been written (a protocol error: reply first, then return it). */
+    int (*on_frame)(void *arg, khala_conn_t *c, const uint8_t *body, size_t len);
+    /* A frame announced `len` bytes, 0 or over max_frame: queue an error reply to c (the
+     * connection closes once it is written). May be NULL. */
+    void (*on_bad_frame)(void *arg, khala_conn_t *c, size_t len);
+    /* c is about to be freed (peer closed, error, or server shutdown). May be NULL. */
+    void (*on_close)(void *arg, khala_conn_t *c);
+    /* Called about every tick_ms while the loop runs (housekeeping). May be NULL. */
+    void (*on_tick)(void *arg);
+} khala_server_ops_t;
+
+typedef struct khala_server_config {
+    const char *path;   /* socket path; its directory must exist */
+    unsigned mode;      /* socket file mode, e.g. 0660 */
+    long gid;           /* group of the socket file, -1 to keep the process's */
+    size_t max_frame;   /* largest frame payload accepted */
+    size_t max_out;     /* bytes queued to one client before it stops being read */
+    unsigned tick_ms;   /* period of on_tick */
+    unsigned max_conns; /* connections beyond this are refused */
+} khala_server_config_t;
+
+/* Defaults: mode 0660, gid -1, max_frame 2 MiB, max_out 8 MiB, tick 10 ms, 4096 conns. */
+void khala__server_config_init(khala_server_config_t *cfg);
+
+/* Bind and listen. A stale socket file (no one listening) is replaced; a live one is
+ * KHALA_EEXIST ("another khalad serves <path>"). 0 or a negative code, detail in err. */
+int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_t *ops, void *arg,
+                       khala_server_t **out, char *err, size_t errlen);
+
+/* Run the loop until khala__server_stop. 0, or -errno if epoll itself fails. */
+int khala__server_run(khala_server_t *s);
+
+/* Ask the loop to return. Async-signal-safe. */
+void khala__server_stop(khala_server_t *s);
+
+/* Close every connection, the listening socket, and unlink the socket file. */
+void khala__server_close(khala_server_t *s);
+
+/* Queue bytes (one or more complete frames) to c. 0, or -ENOMEM. Bytes beyond max_out are
+ * still queued; the server then stops reading from c until its queue drains, so a client
+ * that does not read its replies cannot make khalad buffer without bound. */
+int khala__conn_send(khala_conn_t *c, const void *bytes, size_t len);
+
+/* The peer's credentials (SO_PEERCRED), read at accept. */
+void khala__conn_peer(const khala_conn_t *c, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/* A per-connection pointer for the handlers (NULL at first). */
+void *khala__conn_data(const khala_conn_t *c);
+void khala__conn_set_data(khala_conn_t *c, void *data);
+
+/* Connections open now. */
+unsigned khala__server_conns(const khala_server_t *s);
+
+#endif /* KHALA_DAEMON_SERVER_H */

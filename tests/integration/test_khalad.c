@@ -1,0 +1,488 @@
+/*
+ * khalad end to end: a real khalad process, started by the test on a private socket and cache
+ * name, and clients speaking the real protocol (lib/proto.h) over the real socket, plus real
+ * readers of its L1 segment. Slow-ish (processes start and stop), so labelled integration.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "khala/cache.h"
+#include "proto.h"
+#include "segment.h"
+
+#ifndef KHALAD_PATH
+#error "KHALAD_PATH must name the khalad binary"
+#endif
+
+static char g_name[64];
+static char g_dir[64];
+static char g_sock[100];
+static pid_t g_khalad;
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* Start khalad and wait (bounded) until its socket accepts connections. */
+static void khalad_start(void) {
+    g_khalad = fork();
+    cr_assert_geq(g_khalad, 0);
+    if (g_khalad == 0) {
+        char sock_set[300];
+        snprintf(sock_set, sizeof(sock_set), "cache.socket=%s", g_sock);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0 && !getenv("KHALA_TEST_VERBOSE"))
+            dup2(devnull, 2);
+        execl(KHALAD_PATH, "khalad", "--foreground", "--name", g_name, "--set", sock_set, "--set",
+              "l1.max_memory_mb=16", "--set", "policies.single_flight_timeout_ms=3000",
+              (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500; i++) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", g_sock);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            close(fd);
+            return;
+        }
+        close(fd);
+        int st;
+        cr_assert_eq(waitpid(g_khalad, &st, WNOHANG), 0, "khalad exited at start");
+        sleep_ms(10);
+    }
+    cr_assert_fail("khalad did not listen on %s within 5 s", g_sock);
+}
+
+static void khalad_kill(int sig) {
+    if (g_khalad > 0) {
+        kill(g_khalad, sig);
+        waitpid(g_khalad, NULL, 0);
+        g_khalad = 0;
+    }
+}
+
+static void setup(void) {
+    snprintf(g_name, sizeof(g_name), "kd%d", (int)getpid());
+    snprintf(g_dir, sizeof(g_dir), "/tmp/khala-it-%d", (int)getpid());
+    mkdir(g_dir, 0700);
+    snprintf(g_sock, sizeof(g_sock), "%s/khalad.sock", g_dir);
+    khalad_start();
+}
+
+static void teardown(void) {
+    khalad_kill(SIGTERM);
+    khala__seg_unlink(g_name);
+    unlink(g_sock);
+    rmdir(g_dir);
+}
+
+TestSuite(khalad, .init = setup, .fini = teardown, .timeout = 60);
+
+/* A protocol client ----------------------------------------------------------------------- */
+
+typedef struct client {
+    int fd;
+    khala_buf_t in;
+    size_t consumed; /* bytes of `in` the last reply used, dropped at the next read */
+    uint64_t next_id;
+} client_t;
+
+static client_t dial(void) {
+    client_t c = {.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), .next_id = 1};
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", g_sock);
+    cr_assert_eq(connect(c.fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    khala__proto_buf_init(&c.in);
+    return c;
+}
+
+static void hang_up(client_t *c) {
+    close(c->fd);
+    khala__proto_buf_free(&c->in);
+}
+
+static void send_bytes(client_t *c, const void *p, size_t n) {
+    const uint8_t *b = p;
+    while (n) {
+        ssize_t w = send(c->fd, b, n, MSG_NOSIGNAL);
+        cr_assert_gt(w, 0, "send: %s", strerror(errno));
+        b += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Send a request; returns its id. */
+static uint64_t request(client_t *c, khala_msg_t *m) {
+    khala_buf_t out;
+    char err[256];
+    khala__proto_buf_init(&out);
+    m->id = c->next_id++;
+    int rc = khala__proto_encode_request(&out, m, err, sizeof(err));
+    cr_assert_eq(rc, 0, "encode: %s", err);
+    send_bytes(c, out.data, out.len);
+    khala__proto_buf_free(&out);
+    return m->id;
+}
+
+/* Read one reply frame and decode it for op; returns 0, or -1 when the peer closed. The
+ * message's views point into c->in until the next call. */
+static int reply(client_t *c, khala_op_t op, khala_msg_t *r) {
+    if (c->consumed) {
+        khala__proto_buf_consume(&c->in, c->consumed);
+        c->consumed = 0;
+    }
+    uint32_t body = 0;
+    char err[256];
+    while (khala__proto_frame_check(c->in.data, c->in.len, KHALA_FRAME_MAX_CEILING, &body, err,
+                                    sizeof(err)) == KHALA_PROTO_NEED_MORE) {
+        cr_assert_eq(khala__proto_buf_reserve(&c->in, 65536), 0);
+        ssize_t n = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
+        if (n <= 0)
+            return -1;
+        c->in.len += (size_t)n;
+    }
+    khala__proto_msg_init(r);
+    int rc = khala__proto_decode_reply(op, c->in.data + 4, body, r, err, sizeof(err));
+    cr_assert_eq(rc, 0, "decode reply: %s", err);
+    c->consumed = 4 + (size_t)body;
+    return 0;
+}
+
+static khala_msg_t req(khala_op_t op, const char *key) {
+    khala_msg_t m;
+    khala__proto_msg_init(&m);
+    m.op = op;
+    if (key) {
+        m.key.ptr = (const uint8_t *)key;
+        m.key.len = strlen(key);
+        m.has |= KHALA_F_K;
+    }
+    return m;
+}
+
+static int put(client_t *c, const char *key, const char *val, khala_type_t type, uint64_t *ver) {
+    khala_msg_t m = req(KHALA_OP_PUT, key), r;
+    m.value.ptr = (const uint8_t *)val;
+    m.value.len = strlen(val);
+    m.type = type;
+    m.has |= KHALA_F_V | KHALA_F_TYPE;
+    request(c, &m);
+    cr_assert_eq(reply(c, KHALA_OP_PUT, &r), 0);
+    if (ver && r.rc == 0)
+        *ver = r.ver;
+    int rc = r.rc;
+    khala__proto_msg_free(&r);
+    return rc;
+}
+
+/* get; on a hit copies the value (NUL-terminated) into out. */
+static int get(client_t *c, const char *key, char *out, size_t cap) {
+    khala_msg_t m = req(KHALA_OP_GET, key), r;
+    request(c, &m);
+    cr_assert_eq(reply(c, KHALA_OP_GET, &r), 0);
+    int rc = r.rc;
+    if (rc == 0 && out) {
+        cr_assert_lt(r.value.len, cap);
+        memcpy(out, r.value.ptr, r.value.len);
+        out[r.value.len] = '\0';
+    }
+    khala__proto_msg_free(&r);
+    return rc;
+}
+
+/* Tests ------------------------------------------------------------------------------------ */
+
+Test(khalad, hello_tells_the_protocol_name_and_limits) {
+    client_t c = dial();
+    khala_msg_t m = req(KHALA_OP_HELLO, NULL), r;
+    m.proto = KHALA_PROTO_VERSION;
+    m.name.ptr = (const uint8_t *)g_name;
+    m.name.len = strlen(g_name);
+    m.has |= KHALA_F_PROTO | KHALA_F_NAME;
+    uint64_t id = request(&c, &m);
+    cr_assert_eq(reply(&c, KHALA_OP_HELLO, &r), 0);
+    cr_assert_eq(r.rc, 0);
+    cr_assert_eq(r.id, id);
+    cr_assert_eq(r.proto, KHALA_PROTO_VERSION);
+    cr_assert_eq(r.name.len, strlen(g_name));
+    cr_assert_geq(r.gen, 1);
+    cr_assert_geq(r.max_value, 1024 * 1024);
+    khala__proto_msg_free(&r);
+    hang_up(&c);
+}
+
+Test(khalad, put_then_get_through_khalad_and_through_the_shared_segment) {
+    client_t c = dial();
+    uint64_t ver = 0;
+    cr_assert_eq(put(&c, "entity:1", "hello", KHALA_TYPE_MEMORY_ENTITY, &ver), 0);
+    cr_assert_geq(ver, 1);
+    char buf[64];
+    cr_assert_eq(get(&c, "entity:1", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "hello");
+    cr_assert_eq(get(&c, "entity:2", NULL, 0), KHALA_ENOTFOUND);
+    /* A worker reads the same item straight out of L1, without khalad. */
+    khala_cache_t *w;
+    cr_assert_eq(khala_cache_open(g_name, NULL, &w), 0, "%s", khala_cache_errmsg(NULL));
+    size_t len = 0;
+    cr_assert_eq(khala_cache_get(w, "entity:1", 8, buf, sizeof(buf), &len), 0);
+    cr_assert_eq(len, 5);
+    khala_cache_close(w);
+    hang_up(&c);
+}
+
+Test(khalad, many_pipelined_requests_are_answered_in_order) {
+    client_t c = dial();
+    enum { N = 2000 };
+    char key[32], val[32];
+    khala_buf_t out;
+    khala__proto_buf_init(&out);
+    for (int i = 0; i < N; i++) {
+        snprintf(key, sizeof(key), "pipe:%d", i);
+        snprintf(val, sizeof(val), "v%d", i);
+        khala_msg_t m = req(KHALA_OP_PUT, key);
+        m.id = (uint64_t)i + 1;
+        m.value.ptr = (const uint8_t *)val;
+        m.value.len = strlen(val);
+        m.has |= KHALA_F_V;
+        cr_assert_eq(khala__proto_encode_request(&out, &m, NULL, 0), 0);
+    }
+    send_bytes(&c, out.data, out.len);
+    khala__proto_buf_free(&out);
+    for (int i = 0; i < N; i++) {
+        khala_msg_t r;
+        cr_assert_eq(reply(&c, KHALA_OP_PUT, &r), 0);
+        cr_assert_eq(r.id, (uint64_t)i + 1, "reply %d out of order", i);
+        cr_assert_eq(r.rc, 0);
+        khala__proto_msg_free(&r);
+    }
+    char buf[32];
+    cr_assert_eq(get(&c, "pipe:1999", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "v1999");
+    hang_up(&c);
+}
+
+Test(khalad, put_with_a_stale_version_is_refused) {
+    client_t c = dial();
+    uint64_t v1 = 0, v2 = 0;
+    cr_assert_eq(put(&c, "cas", "one", KHALA_TYPE_VERIFICATION, &v1), 0);
+    cr_assert_eq(put(&c, "cas", "two", KHALA_TYPE_VERIFICATION, &v2), 0);
+    khala_msg_t m = req(KHALA_OP_PUT, "cas"), r;
+    m.value.ptr = (const uint8_t *)"stale";
+    m.value.len = 5;
+    m.ver = v1; /* the writer saw version 1; the key is at version 2 */
+    m.has |= KHALA_F_V | KHALA_F_VER;
+    request(&c, &m);
+    cr_assert_eq(reply(&c, KHALA_OP_PUT, &r), 0);
+    cr_assert_eq(r.rc, KHALA_EVERSION);
+    cr_assert(r.err.len > 0);
+    khala__proto_msg_free(&r);
+    m.ver = v2;
+    request(&c, &m);
+    cr_assert_eq(reply(&c, KHALA_OP_PUT, &r), 0);
+    cr_assert_eq(r.rc, 0, "the current version wins");
+    khala__proto_msg_free(&r);
+    char buf[16];
+    cr_assert_eq(get(&c, "cas", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "stale");
+    hang_up(&c);
+}
+
+Test(khalad, ttl_expires_items) {
+    client_t c = dial();
+    khala_msg_t m = req(KHALA_OP_PUT, "short"), r;
+    m.value.ptr = (const uint8_t *)"x";
+    m.value.len = 1;
+    m.ttl_ms = 50;
+    m.has |= KHALA_F_V | KHALA_F_TTL;
+    request(&c, &m);
+    cr_assert_eq(reply(&c, KHALA_OP_PUT, &r), 0);
+    cr_assert_eq(r.rc, 0);
+    khala__proto_msg_free(&r);
+    cr_assert_eq(get(&c, "short", NULL, 0), 0);
+    sleep_ms(120);
+    cr_assert_eq(get(&c, "short", NULL, 0), KHALA_ENOTFOUND);
+    hang_up(&c);
+}
+
+static uint32_t invalidate(client_t *c, khala_by_t by, const char *arg, khala_type_t type) {
+    khala_msg_t m = req(KHALA_OP_INVALIDATE, by == KHALA_BY_KEY ? arg : NULL), r;
+    m.by = by;
+    m.has |= KHALA_F_BY;
+    if (by == KHALA_BY_PREFIX) {
+        m.prefix.ptr = (const uint8_t *)arg;
+        m.prefix.len = strlen(arg);
+        m.has |= KHALA_F_PREFIX;
+    }
+    if (by == KHALA_BY_TYPE) {
+        m.type = type;
+        m.has |= KHALA_F_TYPE;
+    }
+    request(c, &m);
+    cr_assert_eq(reply(c, KHALA_OP_INVALIDATE, &r), 0);
+    cr_assert_eq(r.rc, 0);
+    uint32_t n = r.count;
+    khala__proto_msg_free(&r);
+    return n;
+}
+
+Test(khalad, invalidation_by_prefix_and_by_type) {
+    client_t c = dial();
+    put(&c, "user:1", "a", KHALA_TYPE_MEMORY_ENTITY, NULL);
+    put(&c, "user:2", "b", KHALA_TYPE_MEMORY_ENTITY, NULL);
+    put(&c, "search:1", "c", KHALA_TYPE_SEARCH_RESULT, NULL);
+    put(&c, "search:2", "d", KHALA_TYPE_SEARCH_RESULT, NULL);
+    put(&c, "emb:1", "e", KHALA_TYPE_EMBEDDING, NULL);
+    cr_assert_eq(invalidate(&c, KHALA_BY_PREFIX, "user:", 0), 2);
+    cr_assert_eq(get(&c, "user:1", NULL, 0), KHALA_ENOTFOUND);
+    cr_assert_eq(get(&c, "search:1", NULL, 0), 0);
+    cr_assert_eq(invalidate(&c, KHALA_BY_TYPE, NULL, KHALA_TYPE_SEARCH_RESULT), 2);
+    cr_assert_eq(get(&c, "search:2", NULL, 0), KHALA_ENOTFOUND);
+    cr_assert_eq(get(&c, "emb:1", NULL, 0), 0, "other types stay");
+    cr_assert_eq(invalidate(&c, KHALA_BY_KEY, "emb:1", 0), 1);
+    cr_assert_eq(get(&c, "emb:1", NULL, 0), KHALA_ENOTFOUND);
+    hang_up(&c);
+}
+
+Test(khalad, malformed_frame_drops_only_its_client) {
+    client_t good = dial(), bad = dial();
+    put(&good, "k", "v", KHALA_TYPE_MEMORY_ENTITY, NULL);
+    /* A frame whose body is not a msgpack map. */
+    static const uint8_t garbage[] = {0, 0, 0, 5, 0xc1, 0xff, 0x00, 0x12, 0x34};
+    send_bytes(&bad, garbage, sizeof(garbage));
+    khala_msg_t r;
+    cr_assert_eq(reply(&bad, KHALA_OP_NONE, &r), 0);
+    cr_assert_eq(r.rc, KHALA_EPROTO);
+    cr_assert(r.err.len > 0, "the error names the problem");
+    khala__proto_msg_free(&r);
+    cr_assert_eq(reply(&bad, KHALA_OP_NONE, &r), -1, "then the connection is closed");
+    char buf[8];
+    cr_assert_eq(get(&good, "k", buf, sizeof(buf)), 0, "the other client is still served");
+    hang_up(&good);
+    hang_up(&bad);
+}
+
+Test(khalad, oversized_frame_gets_an_error_naming_the_limit) {
+    client_t c = dial();
+    uint8_t hdr[4] = {0x7f, 0, 0, 0}; /* 2 GiB */
+    send_bytes(&c, hdr, 4);
+    khala_msg_t r;
+    cr_assert_eq(reply(&c, KHALA_OP_NONE, &r), 0);
+    cr_assert_eq(r.rc, KHALA_EPROTO);
+    char msg[256];
+    snprintf(msg, sizeof(msg), "%.*s", (int)r.err.len, (const char *)r.err.ptr);
+    cr_assert_neq(strstr(msg, "max_frame"), NULL, "%s", msg);
+    khala__proto_msg_free(&r);
+    hang_up(&c);
+}
+
+Test(khalad, concurrent_misses_run_the_loader_once) {
+    enum { WORKERS = 4 };
+    int pipes[WORKERS][2];
+    pid_t pids[WORKERS];
+    for (int i = 0; i < WORKERS; i++) {
+        cr_assert_eq(pipe(pipes[i]), 0);
+        pids[i] = fork();
+        cr_assert_geq(pids[i], 0);
+        if (pids[i] == 0) {
+            client_t c = dial();
+            khala_msg_t m = req(KHALA_OP_GET, "hot"), r;
+            m.loader = true;
+            m.has |= KHALA_F_LOADER;
+            request(&c, &m);
+            if (reply(&c, KHALA_OP_GET, &r) != 0)
+                _exit(10);
+            char outcome = '?';
+            if (r.rc == KHALA_ENOTFOUND && r.load) {
+                /* The leader "loads" slowly, then fills. */
+                sleep_ms(200);
+                khala_msg_t f = req(KHALA_OP_FILL, "hot"), fr;
+                f.value.ptr = (const uint8_t *)"loaded";
+                f.value.len = 6;
+                f.has |= KHALA_F_V;
+                request(&c, &f);
+                outcome = reply(&c, KHALA_OP_FILL, &fr) == 0 && fr.rc == 0 ? 'L' : 'x';
+            } else if (r.rc == 0 && r.value.len == 6 && memcmp(r.value.ptr, "loaded", 6) == 0) {
+                outcome = 'W';
+            }
+            (void)!write(pipes[i][1], &outcome, 1);
+            _exit(0);
+        }
+        close(pipes[i][1]);
+    }
+    int leaders = 0, waiters = 0;
+    for (int i = 0; i < WORKERS; i++) {
+        char o = 0;
+        cr_assert_eq(read(pipes[i][0], &o, 1), 1);
+        leaders += o == 'L';
+        waiters += o == 'W';
+        waitpid(pids[i], NULL, 0);
+    }
+    cr_assert_eq(leaders, 1, "exactly one loader ran");
+    cr_assert_eq(waiters, WORKERS - 1, "every other worker got the loaded value");
+    client_t c = dial();
+    char buf[16];
+    cr_assert_eq(get(&c, "hot", buf, sizeof(buf)), 0, "the loaded value is cached");
+    cr_assert_str_eq(buf, "loaded");
+    hang_up(&c);
+}
+
+Test(khalad, killed_khalad_leaves_l1_readable_and_a_restart_adopts_it) {
+    client_t c = dial();
+    cr_assert_eq(put(&c, "durable", "still here", KHALA_TYPE_CONSOLIDATION, NULL), 0);
+    hang_up(&c);
+    khala_cache_t *w;
+    cr_assert_eq(khala_cache_open(g_name, NULL, &w), 0);
+    khalad_kill(SIGKILL);
+    /* khalad is gone: the worker keeps reading L1. */
+    char buf[32];
+    size_t len;
+    for (int i = 0; i < 1000; i++)
+        cr_assert_eq(khala_cache_get(w, "durable", 7, buf, sizeof(buf), &len), 0);
+    /* A new khalad adopts the segment: same generation, same items. */
+    khalad_start();
+    c = dial();
+    cr_assert_eq(get(&c, "durable", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "still here");
+    cr_assert_eq(put(&c, "after", "restart", KHALA_TYPE_CONSOLIDATION, NULL), 0);
+    cr_assert_eq(khala_cache_get(w, "after", 5, buf, sizeof(buf), &len), 0,
+                 "the worker sees the new khalad's writes without reattaching");
+    hang_up(&c);
+    khala_cache_close(w);
+}
+
+Test(khalad, socket_is_not_world_accessible) {
+    struct stat st;
+    cr_assert_eq(stat(g_sock, &st), 0);
+    cr_assert(S_ISSOCK(st.st_mode));
+    cr_assert_eq(st.st_mode & 0007, 0, "mode %o", st.st_mode & 0777);
+}
+
+Test(khalad, stats_report_the_l1_and_the_daemon) {
+    client_t c = dial();
+    put(&c, "s", "v", KHALA_TYPE_MEMORY_ENTITY, NULL);
+    khala_msg_t m = req(KHALA_OP_STATS, NULL), r;
+    request(&c, &m);
+    cr_assert_eq(reply(&c, KHALA_OP_STATS, &r), 0);
+    cr_assert_eq(r.rc, 0);
+    const khala_kv_t *l1 = khala__proto_kv_find(r.data, r.ndata, "l1");
+    cr_assert_not_null(l1);
+    const khala_kv_t *items = khala__proto_kv_find(l1->as.map.items, l1->as.map.n, "items");
+    cr_assert_not_null(items);
+    cr_assert_eq(items->as.u, 1);
+    khala__proto_msg_free(&r);
+    hang_up(&c);
+}
