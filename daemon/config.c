@@ -53,6 +53,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "channel.h"
 #include "khala/error.h"
 
 #define MIB (1024u * 1024u)
@@ -1071,16 +1072,13 @@ static const char *env_dir(const char *var) {
 }
 
 int khala__config_socket_path(const khala_config_t *cfg, char *buf, size_t len) {
-    const char *name = cfg->cache.name, *run;
     int rc;
+    /* The derived path is the client's rule (lib/channel.c), so that workers, khalactl and
+     * khalad cannot disagree on it. */
     if (cfg->cache.socket[0])
         rc = fmt_path(buf, len, "%s", cfg->cache.socket);
-    else if (geteuid() == 0)
-        rc = fmt_path(buf, len, "/run/khala/%s.sock", name);
-    else if ((run = env_dir("XDG_RUNTIME_DIR")))
-        rc = fmt_path(buf, len, "%s/khala/%s.sock", run, name);
     else
-        rc = fmt_path(buf, len, "/tmp/khala-%u/%s.sock", (unsigned)geteuid(), name);
+        rc = khala__chan_default_path(cfg->cache.name, buf, len);
     if (rc == 0 && strlen(buf) > KHALA_CONFIG_SOCKET_PATH_MAX)
         rc = -ENAMETOOLONG;
     return rc;

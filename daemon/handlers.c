@@ -422,7 +422,7 @@ typedef struct keys_ctx {
 static int collect_key(void *arg, const khala_item_t *it) {
     keys_ctx_t *k = arg;
     if (k->n == k->max)
-        return 0;
+        return KHALA_L1_STOP; /* the page is full: the next page starts at this item */
     char name[KHALA_KEY_MAX + 1];
     memcpy(name, khala__item_key(it), it->key_len);
     name[it->key_len] = '\0';

@@ -20,19 +20,56 @@
  *     its slot locks. A pthread_atfork handler bumps a generation; the child's next call
  *     reopens the readers file and claims slots of its own, and never touches the parent's.
  *
+ * THE MISS PATH AND WRITES
+ *
+ * Everything that is not an L1 read goes to khalad over a channel (lib/channel.h), one per
+ * thread, kept in the thread state beside the reader slot, so that threads never share a
+ * connection or wait for each other's round trips. A thread connects on its first call that
+ * needs khalad, never at open: a worker starts, and reads L1, while khalad is down.
+ *
+ *   - Before each request, khala__chan_usable() checks (one poll with no wait) that khalad has
+ *     not closed the connection since the last call: after a restart of khalad the first
+ *     request goes to the new one instead of failing on the old socket.
+ *   - A connect that fails is remembered (time, code, message) for KHALA_RECONNECT_INTERVAL_MS;
+ *     calls in that window fail at once with the same code, so a worker whose khalad is down
+ *     pays no system call per request and never spins on connect.
+ *   - A call that breaks the connection closes the channel; the next call reconnects.
+ *   - After fork, the child's copies of the parent's channels are closed (close(2) only: the
+ *     parent's connections stay up) and the child's threads open their own. Bytes of two
+ *     processes interleaved on one socket would corrupt both streams.
+ *
+ * get_or_load, step by step (the numbers appear in the code):
+ *   1. L1, as khala_cache_get.
+ *   2. get with "loader": true. A value (from a lower level or another worker's load): done.
+ *   3. "load": true: this caller leads. Run the loader into the caller's buffer, then send
+ *      fill (the value) or fill_fail, and return the loader's result. khalad answers the other
+ *      callers waiting on the key.
+ *   4. -EAGAIN: the leader's loader failed; ask again (one of the waiters leads), at most
+ *      GET_OR_LOAD_ROUNDS times.
+ *   5. khalad unreachable, or the wait timed out: run the loader directly, cache nothing.
+ *
  * Guards: c->lock (a mutex, never taken on the fast path) guards the thread list, the list of
  * segments and every change of c->cur. A thread state is written only by its own thread,
  * except by close() and by the fork handling in the child, where no other thread exists.
+ * c->sock and c->timeout_ms are immutable after open.
+ *
+ * Why not one connection per handle, shared under a lock: every miss of every thread would
+ * queue behind the slowest request (a get waiting on a single-flight load may take seconds).
+ * Why not a connection per handle with pipelining and a dispatcher: it needs a thread or a
+ * shared reader, and a worker's threads would then share fate on one socket; one connection per
+ * thread is simple and khalad's epoll loop serves thousands.
  */
 #include "khala/cache.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "channel.h"
 #include "l1_table.h"
 #include "readers.h"
 #include "segment.h"
@@ -52,7 +89,12 @@ typedef struct tstate {
     uint64_t fork_gen;  /* g_fork_gen when the slot was claimed */
     uint64_t base_hits; /* slot counters at claim time: this thread's share is the rest */
     uint64_t base_misses;
-    struct tstate *next; /* guarded by c->lock */
+    khala_chan_t *chan;   /* this thread's connection to khalad; NULL when none is open */
+    int chan_failed;      /* 1 after a failed connect, until one succeeds */
+    int chan_fail_rc;     /* that failure's code, repeated during the retry interval */
+    int64_t chan_fail_ms; /* when it happened (khala__sys_now_ms) */
+    char chan_err[256];   /* its message */
+    struct tstate *next;  /* guarded by c->lock */
 } tstate_t;
 
 struct khala_cache {
@@ -65,8 +107,13 @@ struct khala_cache {
     uint64_t id;                /* unique per handle, never reused; immutable after open */
     uint64_t retired_hits;      /* counts of threads that exited */
     uint64_t retired_misses;
+    int timeout_ms;                /* per request to khalad; -1 = no limit; immutable */
+    char sock[108];                /* khalad's socket path; immutable after open */
     char name[KHALA_NAME_MAX + 1]; /* immutable after open */
 };
+
+/* Rounds of get_or_load when leaders' loaders keep failing (step 4). */
+#define GET_OR_LOAD_ROUNDS 3
 
 /* Bumped in the child after every fork; see the theory above. */
 static _Atomic uint64_t g_fork_gen;
@@ -125,6 +172,8 @@ static void ts_destroy(void *p) {
     pthread_mutex_lock(&c->lock);
     if (ts->fork_gen == atomic_load_explicit(&g_fork_gen, memory_order_relaxed))
         ts_release_locked(c, ts);
+    /* Closing only this process's descriptor: harmless even for a parent's copy after fork. */
+    khala__chan_close(ts->chan);
     for (tstate_t **pp = &c->threads; *pp; pp = &(*pp)->next) {
         if (*pp == ts) {
             *pp = ts->next;
@@ -145,6 +194,7 @@ static int after_fork_locked(khala_cache_t *c, uint64_t gen) {
     while (c->threads) {
         tstate_t *ts = c->threads;
         c->threads = ts->next;
+        khala__chan_close(ts->chan); /* the parent's connection: close our copy, never use it */
         free(ts);
     }
     (void)pthread_setspecific(c->key, NULL);
@@ -182,6 +232,42 @@ static int reattach_locked(khala_cache_t *c, khala_seg_t *seen) {
     return 0;
 }
 
+/* The calling thread's state, made if need be. Caller holds c->lock and has run the fork
+ * handling for gen. */
+static int ts_find_locked(khala_cache_t *c, uint64_t gen, tstate_t **out) {
+    tstate_t *ts = pthread_getspecific(c->key);
+    if (!ts) {
+        ts = calloc(1, sizeof(*ts));
+        if (!ts)
+            return fail(c, -ENOMEM, "out of memory");
+        ts->c = c;
+        ts->fork_gen = gen;
+        ts->next = c->threads;
+        c->threads = ts;
+        (void)pthread_setspecific(c->key, ts);
+    }
+    *out = ts;
+    return 0;
+}
+
+/* The calling thread's state, without claiming a reader slot: what calls through khalad need. */
+static int ts_self(khala_cache_t *c, tstate_t **out) {
+    uint64_t gen = atomic_load_explicit(&g_fork_gen, memory_order_relaxed);
+    tstate_t *ts = pthread_getspecific(c->key);
+    if (ts && ts->fork_gen == gen) {
+        *out = ts;
+        return 0;
+    }
+    int rc = 0;
+    pthread_mutex_lock(&c->lock);
+    if (c->fork_gen != gen)
+        rc = after_fork_locked(c, gen);
+    if (rc == 0)
+        rc = ts_find_locked(c, gen, out);
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
 /* The slow path: make sure the calling thread has a slot in the current segment. `stale` is a
  * segment the caller found replaced, or NULL. */
 static int ts_slow(khala_cache_t *c, khala_seg_t *stale, tstate_t **out) {
@@ -192,18 +278,9 @@ static int ts_slow(khala_cache_t *c, khala_seg_t *stale, tstate_t **out) {
         goto out;
     if (stale && (rc = reattach_locked(c, stale)) != 0)
         goto out;
-    tstate_t *ts = pthread_getspecific(c->key);
-    if (!ts) {
-        ts = calloc(1, sizeof(*ts));
-        if (!ts) {
-            rc = fail(c, -ENOMEM, "out of memory");
-            goto out;
-        }
-        ts->c = c;
-        ts->next = c->threads;
-        c->threads = ts;
-        (void)pthread_setspecific(c->key, ts);
-    }
+    tstate_t *ts;
+    if ((rc = ts_find_locked(c, gen, &ts)) != 0)
+        goto out;
     khala_seg_t *cur = atomic_load_explicit(&c->cur, memory_order_relaxed);
     if (ts->seg != cur) {
         ts_release_locked(c, ts);
@@ -280,11 +357,22 @@ static inline int section_enter(khala_cache_t *c, tstate_t **tsp) {
 
 void khala_cache_options_init(khala_cache_options_t *opts) {
     memset(opts, 0, sizeof(*opts));
+    opts->timeout_ms = KHALA_TIMEOUT_DEFAULT_MS;
+}
+
+void khala_put_options_init(khala_put_options_t *opts) {
+    memset(opts, 0, sizeof(*opts));
+    opts->type = KHALA_TYPE_MEMORY_ENTITY;
+    opts->mode = KHALA_MODE_DEFAULT;
 }
 
 int khala_cache_open(const char *name, const khala_cache_options_t *opts, khala_cache_t **out) {
     char err[256];
-    (void)opts;
+    khala_cache_options_t def;
+    if (!opts) {
+        khala_cache_options_init(&def);
+        opts = &def;
+    }
     pthread_once(&g_atfork_once, atfork_register);
     khala_cache_t *c = calloc(1, sizeof(*c));
     seg_node_t *n = calloc(1, sizeof(*n));
@@ -296,6 +384,21 @@ int khala_cache_open(const char *name, const khala_cache_options_t *opts, khala_
     if ((rc = khala__seg_attach(&n->seg, name, 0, err, sizeof(err))) != 0) {
         fail(NULL, rc, "%s", err);
         goto fail_alloc;
+    }
+    /* The name is valid now, so the default path is made of a valid name. */
+    c->timeout_ms = opts->timeout_ms == 0  ? KHALA_TIMEOUT_DEFAULT_MS
+                    : opts->timeout_ms < 0 ? -1
+                                           : opts->timeout_ms;
+    if (opts->socket_path && strlen(opts->socket_path) >= sizeof(c->sock)) {
+        rc = fail(NULL, -ENAMETOOLONG, "socket path '%s' is longer than %zu bytes",
+                  opts->socket_path, sizeof(c->sock) - 1);
+        goto fail_key;
+    }
+    if (opts->socket_path)
+        snprintf(c->sock, sizeof(c->sock), "%s", opts->socket_path);
+    else if ((rc = khala__chan_default_path(name, c->sock, sizeof(c->sock))) != 0) {
+        fail(NULL, rc, "the default socket path of cache '%s' is too long", name);
+        goto fail_key;
     }
     if ((rc = pthread_key_create(&c->key, ts_destroy)) != 0) {
         rc = fail(NULL, -rc, "cannot create a thread key: %s", strerror(rc));
@@ -326,6 +429,7 @@ void khala_cache_close(khala_cache_t *c) {
         c->threads = ts->next;
         if (ts->fork_gen == gen && c->fork_gen == gen)
             ts_release_locked(c, ts);
+        khala__chan_close(ts->chan);
         free(ts);
     }
     while (c->segs) {
@@ -340,8 +444,9 @@ void khala_cache_close(khala_cache_t *c) {
     free(c);
 }
 
-int khala_cache_get(khala_cache_t *c, const void *key, size_t klen, void *buf, size_t cap,
-                    size_t *len) {
+/* The L1 part of a get. On KHALA_ENOTFOUND, *tsp is the calling thread's state. */
+static inline int l1_get(khala_cache_t *c, const void *key, size_t klen, void *buf, size_t cap,
+                         size_t *len, tstate_t **tsp) {
     tstate_t *ts;
     const khala_item_t *it;
     int rc;
@@ -387,8 +492,366 @@ int khala_cache_get(khala_cache_t *c, const void *key, size_t klen, void *buf, s
     } else if (rc == KHALA_ECORRUPT) {
         fail(c, rc, "cache '%s': lookup met an offset outside the segment", c->name);
     }
+    *tsp = ts;
     return rc;
 }
+
+/* khalad ------------------------------------------------------------------------------------ */
+
+/* Make sure the calling thread has a usable channel; see "THE MISS PATH AND WRITES". */
+static int chan_get(khala_cache_t *c, tstate_t *ts) {
+    char err[256];
+    if (ts->chan) {
+        if (khala__chan_usable(ts->chan))
+            return 0;
+        khala__chan_close(ts->chan);
+        ts->chan = NULL;
+    }
+    int64_t now = khala__sys_now_ms();
+    if (ts->chan_failed && now - ts->chan_fail_ms < KHALA_RECONNECT_INTERVAL_MS)
+        return fail(c, ts->chan_fail_rc, "%s", ts->chan_err);
+    int rc = khala__chan_open(c->sock, c->name, c->timeout_ms, &ts->chan, err, sizeof(err));
+    if (rc != 0) {
+        ts->chan = NULL;
+        ts->chan_failed = 1;
+        ts->chan_fail_rc = rc;
+        ts->chan_fail_ms = now;
+        snprintf(ts->chan_err, sizeof(ts->chan_err), "%s", err);
+        return fail(c, rc, "%s", err);
+    }
+    ts->chan_failed = 0;
+    return 0;
+}
+
+/* Send req to khalad on the calling thread's channel and wait for the reply. 0 when a reply
+ * came (its rc is khalad's answer: see reply_fail), else the failure (errmsg set). */
+static int daemon_call(khala_cache_t *c, tstate_t *ts, khala_msg_t *req, khala_msg_t *rep,
+                       int timeout_ms) {
+    char err[256];
+    int rc = chan_get(c, ts);
+    if (rc != 0)
+        return rc;
+    rc = khala__chan_call(ts->chan, req, rep, timeout_ms, err, sizeof(err));
+    if (rc != 0) {
+        if (!khala__chan_usable(ts->chan)) {
+            khala__chan_close(ts->chan);
+            ts->chan = NULL;
+        }
+        return fail(c, rc, "%s", err);
+    }
+    return 0;
+}
+
+/* The error khalad answered with, in errmsg; returns it. */
+static int reply_fail(khala_cache_t *c, const khala_msg_t *rep) {
+    if (rep->err.len)
+        return fail(c, rep->rc, "khalad: %.*s", (int)rep->err.len, (const char *)rep->err.ptr);
+    return fail(c, rep->rc, "khalad: %s", khala_strerror(rep->rc));
+}
+
+/* A request carrying key. */
+static khala_msg_t key_req(khala_op_t op, const void *key, size_t klen) {
+    khala_msg_t m;
+    khala__proto_msg_init(&m);
+    m.op = op;
+    m.key.ptr = key;
+    m.key.len = klen;
+    m.has = KHALA_F_K;
+    return m;
+}
+
+/* Copy a get reply's value out, as khala_cache_get does. */
+static int copy_value(khala_cache_t *c, const khala_msg_t *rep, void *buf, size_t cap,
+                      size_t *len) {
+    size_t vlen = rep->value.len;
+    if (vlen > cap) {
+        if (len)
+            *len = vlen;
+        return fail(c, -ERANGE, "value is %zu bytes, buffer %zu", vlen, cap);
+    }
+    if (vlen)
+        memcpy(buf, rep->value.ptr, vlen);
+    if (len)
+        *len = vlen;
+    return 0;
+}
+
+/* The timeout of a get that may wait for another worker's load. */
+static int wait_timeout(const khala_cache_t *c) {
+    if (c->timeout_ms < 0)
+        return -1;
+    return c->timeout_ms > INT_MAX / 2 ? INT_MAX : 2 * c->timeout_ms;
+}
+
+/* An L1 miss of khala_cache_get: ask khalad. */
+static int get_from_daemon(khala_cache_t *c, tstate_t *ts, const void *key, size_t klen, void *buf,
+                           size_t cap, size_t *len) {
+    khala_msg_t req = key_req(KHALA_OP_GET, key, klen), rep;
+    khala__proto_msg_init(&rep);
+    int rc = daemon_call(c, ts, &req, &rep, c->timeout_ms);
+    if (rc != 0) {
+        /* Reads keep working from L1 while khalad is away: this is a plain miss. */
+        char why[256];
+        snprintf(why, sizeof(why), "%s", tls_err);
+        return fail(c, KHALA_ENOTFOUND, "not in L1, and khalad could not be asked: %s", why);
+    }
+    rc = rep.rc == 0 ? copy_value(c, &rep, buf, cap, len) : reply_fail(c, &rep);
+    khala__proto_msg_free(&rep);
+    return rc;
+}
+
+int khala_cache_get(khala_cache_t *c, const void *key, size_t klen, void *buf, size_t cap,
+                    size_t *len) {
+    tstate_t *ts;
+    int rc = l1_get(c, key, klen, buf, cap, len, &ts);
+    if (__builtin_expect(rc != KHALA_ENOTFOUND, 1))
+        return rc;
+    return get_from_daemon(c, ts, key, klen, buf, cap, len);
+}
+
+/* Run the loader; a positive return is a loader bug, reported as -EINVAL. On success *vlen is
+ * the value's length (at most cap). */
+static int run_loader(khala_cache_t *c, khala_loader_fn loader, void *arg, const void *key,
+                      size_t klen, void *buf, size_t cap, size_t *vlen) {
+    size_t n = 0;
+    int rc = loader(arg, key, klen, buf, cap, &n);
+    if (rc == 0 && n > cap)
+        rc = -ERANGE; /* the loader should have said so itself */
+    if (rc == -ERANGE) {
+        *vlen = n;
+        return fail(c, rc, "the loaded value is %zu bytes, buffer %zu", n, cap);
+    }
+    if (rc > 0)
+        return fail(c, -EINVAL, "the loader returned %d; loaders return 0 or a negative code", rc);
+    if (rc != 0)
+        return fail(c, rc, "the loader failed: %s", khala_strerror(rc));
+    *vlen = n;
+    return 0;
+}
+
+/* Step 3 of get_or_load: this caller leads the load of key. */
+static int lead_load(khala_cache_t *c, tstate_t *ts, const void *key, size_t klen,
+                     khala_loader_fn loader, void *arg, void *buf, size_t cap, size_t *len,
+                     khala_type_t type, uint64_t ttl_ms) {
+    size_t vlen = 0;
+    int lrc = run_loader(c, loader, arg, key, klen, buf, cap, &vlen);
+    char saved[sizeof(tls_err)];
+    snprintf(saved, sizeof(saved), "%s", tls_err);
+    khala_msg_t req = key_req(lrc == 0 ? KHALA_OP_FILL : KHALA_OP_FILL_FAIL, key, klen), rep;
+    khala__proto_msg_init(&rep);
+    if (lrc == 0) {
+        req.value.ptr = buf;
+        req.value.len = vlen;
+        req.type = type;
+        req.ttl_ms = ttl_ms;
+        req.has |= KHALA_F_V | KHALA_F_TYPE | (ttl_ms ? KHALA_F_TTL : 0);
+    } else {
+        req.err.ptr = (const uint8_t *)saved;
+        req.err.len = strnlen(saved, KHALA_PROTO_ERR_MAX);
+        req.has |= KHALA_F_ERR;
+    }
+    /* The outcome of the fill does not change the caller's: the value is loaded either way. A
+     * fill refused before it was sent (too big a frame) leaves the waiters waiting, so they
+     * hear fill_fail instead; a broken connection makes khalad hand the lead to a waiter. */
+    int rc = daemon_call(c, ts, &req, &rep, c->timeout_ms);
+    khala__proto_msg_free(&rep);
+    if (rc != 0 && lrc == 0 && ts->chan) {
+        khala_msg_t ff = key_req(KHALA_OP_FILL_FAIL, key, klen);
+        (void)daemon_call(c, ts, &ff, &rep, c->timeout_ms);
+        khala__proto_msg_free(&rep);
+    }
+    if (lrc == 0) {
+        if (len)
+            *len = vlen;
+        return 0;
+    }
+    if (lrc == -ERANGE && len)
+        *len = vlen;
+    return fail(c, lrc, "%s", saved);
+}
+
+/* Step 5 of get_or_load: load without khalad; nothing is cached. */
+static int load_directly(khala_cache_t *c, const void *key, size_t klen, khala_loader_fn loader,
+                         void *arg, void *buf, size_t cap, size_t *len) {
+    size_t vlen = 0;
+    int rc = run_loader(c, loader, arg, key, klen, buf, cap, &vlen);
+    if ((rc == 0 || rc == -ERANGE) && len)
+        *len = vlen;
+    return rc;
+}
+
+int khala_cache_get_or_load(khala_cache_t *c, const void *key, size_t klen, khala_loader_fn loader,
+                            void *loader_arg, void *buf, size_t cap, size_t *len, khala_type_t type,
+                            uint64_t ttl_ms) {
+    if (klen - 1 >= KHALA_KEY_MAX)
+        return key_fail(c, klen);
+    if (!loader)
+        return fail(c, -EINVAL, "no loader");
+    if ((unsigned)type >= KHALA_TYPE_COUNT)
+        return fail(c, -EINVAL, "type %d is not a data type (0..%d)", (int)type,
+                    KHALA_TYPE_COUNT - 1);
+    /* Step 1. */
+    tstate_t *ts;
+    int rc = l1_get(c, key, klen, buf, cap, len, &ts);
+    if (rc != KHALA_ENOTFOUND)
+        return rc;
+    for (int round = 0; round < GET_OR_LOAD_ROUNDS; round++) {
+        /* Step 2. */
+        khala_msg_t req = key_req(KHALA_OP_GET, key, klen), rep;
+        khala__proto_msg_init(&rep);
+        req.loader = true;
+        req.type = type;
+        req.has |= KHALA_F_LOADER | KHALA_F_TYPE;
+        if (daemon_call(c, ts, &req, &rep, wait_timeout(c)) != 0)
+            return load_directly(c, key, klen, loader, loader_arg, buf, cap, len); /* step 5 */
+        int answer = rep.rc;
+        bool lead = rep.load;
+        if (answer == 0)
+            rc = copy_value(c, &rep, buf, cap, len);
+        else if (answer != KHALA_ENOTFOUND && answer != -EAGAIN && answer != -ETIMEDOUT)
+            rc = reply_fail(c, &rep);
+        khala__proto_msg_free(&rep);
+        if (answer == 0)
+            return rc;
+        if (answer == KHALA_ENOTFOUND && lead) /* step 3 */
+            return lead_load(c, ts, key, klen, loader, loader_arg, buf, cap, len, type, ttl_ms);
+        if (answer == KHALA_ENOTFOUND || answer == -ETIMEDOUT) /* step 5 */
+            return load_directly(c, key, klen, loader, loader_arg, buf, cap, len);
+        if (answer != -EAGAIN)
+            return rc;
+        /* Step 4: the leader's loader failed; ask again. */
+    }
+    return fail(c, -EAGAIN, "the loader of this key failed %d times in a row, in other workers",
+                GET_OR_LOAD_ROUNDS);
+}
+
+/* Validate a key, then find the calling thread's state. */
+static int key_and_ts(khala_cache_t *c, size_t klen, tstate_t **ts) {
+    if (klen - 1 >= KHALA_KEY_MAX)
+        return key_fail(c, klen);
+    return ts_self(c, ts);
+}
+
+int khala_cache_put(khala_cache_t *c, const void *key, size_t klen, const void *val, size_t vlen,
+                    const khala_put_options_t *opts, uint64_t *version) {
+    khala_put_options_t def;
+    tstate_t *ts;
+    if (!opts) {
+        khala_put_options_init(&def);
+        opts = &def;
+    }
+    if ((unsigned)opts->type >= KHALA_TYPE_COUNT)
+        return fail(c, -EINVAL, "type %d is not a data type (0..%d)", (int)opts->type,
+                    KHALA_TYPE_COUNT - 1);
+    if ((unsigned)opts->mode > KHALA_MODE_BEHIND)
+        return fail(c, -EINVAL, "write mode %d is not a mode", (int)opts->mode);
+    int rc = key_and_ts(c, klen, &ts);
+    if (rc != 0)
+        return rc;
+    if ((rc = chan_get(c, ts)) != 0)
+        return rc;
+    uint32_t max_value = khala__chan_info(ts->chan)->max_value;
+    if (vlen > max_value)
+        return fail(c, KHALA_ETOOBIG, "value is %zu bytes, max %u", vlen, (unsigned)max_value);
+    khala_msg_t req = key_req(KHALA_OP_PUT, key, klen), rep;
+    khala__proto_msg_init(&rep);
+    req.value.ptr = val;
+    req.value.len = vlen;
+    req.type = opts->type;
+    req.has |= KHALA_F_V | KHALA_F_TYPE;
+    if (opts->ttl_ms) {
+        req.ttl_ms = opts->ttl_ms;
+        req.has |= KHALA_F_TTL;
+    }
+    if (opts->flags & KHALA_PUT_CAS) {
+        req.ver = opts->expected_version;
+        req.has |= KHALA_F_VER;
+    }
+    if (opts->mode != KHALA_MODE_DEFAULT) {
+        req.mode = opts->mode;
+        req.has |= KHALA_F_MODE;
+    }
+    if ((rc = daemon_call(c, ts, &req, &rep, c->timeout_ms)) != 0)
+        return rc;
+    rc = rep.rc ? reply_fail(c, &rep) : 0;
+    if (rc == 0 && version)
+        *version = rep.ver;
+    khala__proto_msg_free(&rep);
+    return rc;
+}
+
+/* A request whose reply carries nothing the caller needs but rc and, maybe, a count. */
+static int simple_call(khala_cache_t *c, tstate_t *ts, khala_msg_t *req, uint64_t *count) {
+    khala_msg_t rep;
+    khala__proto_msg_init(&rep);
+    int rc = daemon_call(c, ts, req, &rep, c->timeout_ms);
+    if (rc != 0)
+        return rc;
+    rc = rep.rc ? reply_fail(c, &rep) : 0;
+    if (rc == 0 && count)
+        *count = rep.count;
+    khala__proto_msg_free(&rep);
+    return rc;
+}
+
+int khala_cache_delete(khala_cache_t *c, const void *key, size_t klen) {
+    tstate_t *ts;
+    int rc = key_and_ts(c, klen, &ts);
+    if (rc != 0)
+        return rc;
+    khala_msg_t req = key_req(KHALA_OP_DEL, key, klen);
+    return simple_call(c, ts, &req, NULL);
+}
+
+int khala_cache_touch(khala_cache_t *c, const void *key, size_t klen, uint64_t ttl_ms) {
+    tstate_t *ts;
+    int rc = key_and_ts(c, klen, &ts);
+    if (rc != 0)
+        return rc;
+    khala_msg_t req = key_req(KHALA_OP_TOUCH, key, klen);
+    if (ttl_ms) {
+        req.ttl_ms = ttl_ms;
+        req.has |= KHALA_F_TTL;
+    }
+    return simple_call(c, ts, &req, NULL);
+}
+
+int khala_cache_invalidate_prefix(khala_cache_t *c, const void *prefix, size_t plen,
+                                  uint64_t *count) {
+    tstate_t *ts;
+    if (plen - 1 >= KHALA_KEY_MAX)
+        return fail(c, KHALA_EKEY, "prefix is %zu bytes, 1..%d allowed", plen, KHALA_KEY_MAX);
+    int rc = ts_self(c, &ts);
+    if (rc != 0)
+        return rc;
+    khala_msg_t req;
+    khala__proto_msg_init(&req);
+    req.op = KHALA_OP_INVALIDATE;
+    req.by = KHALA_BY_PREFIX;
+    req.prefix.ptr = prefix;
+    req.prefix.len = plen;
+    req.has = KHALA_F_BY | KHALA_F_PREFIX;
+    return simple_call(c, ts, &req, count);
+}
+
+int khala_cache_invalidate_type(khala_cache_t *c, khala_type_t type, uint64_t *count) {
+    tstate_t *ts;
+    if ((unsigned)type >= KHALA_TYPE_COUNT)
+        return fail(c, -EINVAL, "type %d is not a data type (0..%d)", (int)type,
+                    KHALA_TYPE_COUNT - 1);
+    int rc = ts_self(c, &ts);
+    if (rc != 0)
+        return rc;
+    khala_msg_t req;
+    khala__proto_msg_init(&req);
+    req.op = KHALA_OP_INVALIDATE;
+    req.by = KHALA_BY_TYPE;
+    req.type = type;
+    req.has = KHALA_F_BY | KHALA_F_TYPE;
+    return simple_call(c, ts, &req, count);
+}
+
+/* Reads ------------------------------------------------------------------------------------ */
 
 int khala_read_begin(khala_cache_t *c) {
     tstate_t *ts;

@@ -478,7 +478,12 @@ size_t khala__l1_scan(khala_l1_t *t, uint64_t *cursor, size_t budget, khala_l1_v
     size_t removed = 0;
     for (size_t n = 0; n < budget && i < max; n++, i++) {
         khala_desc_t *d = &t->desc[i];
-        if (!d->item_off || !fn(arg, item_at(t, d->item_off)))
+        if (!d->item_off)
+            continue;
+        int verdict = fn(arg, item_at(t, d->item_off));
+        if (verdict == KHALA_L1_STOP)
+            break;
+        if (!verdict)
             continue;
         if (retire_full(t) && reclaim(t) == 0 && synchronize(t) != 0)
             break;

@@ -87,8 +87,10 @@ size_t khala__l1_sweep(khala_l1_t *t, size_t budget);
 
 void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st);
 
-/* A visitor of live items: return 1 to remove the item, 0 to keep it. The item is valid only
- * during the call. */
+/* A visitor of live items: return 1 to remove the item, 0 to keep it, or KHALA_L1_STOP to end
+ * the walk before this item (the cursor then points at it, so the next call visits it first).
+ * The item is valid only during the call. */
+#define KHALA_L1_STOP (-1)
 typedef int (*khala_l1_visit_fn)(void *arg, const khala_item_t *it);
 
 /* Visit the live items of up to `budget` descs from *cursor (a position, 0 to start), removing

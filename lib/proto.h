@@ -90,18 +90,8 @@
 /* Enumerations and their names                                                                */
 /* ------------------------------------------------------------------------------------------ */
 
-/** The eight data types of DESIGN.md; the value is the wire id of field "type". */
-typedef enum khala_type {
-    KHALA_TYPE_MEMORY_ENTITY = 0,
-    KHALA_TYPE_SEARCH_RESULT = 1,
-    KHALA_TYPE_EMBEDDING = 2,
-    KHALA_TYPE_ENTITY_RELATIONSHIP = 3,
-    KHALA_TYPE_AGENT_RESPONSE = 4,
-    KHALA_TYPE_VERIFICATION = 5,
-    KHALA_TYPE_SEARCH_INDEX = 6,
-    KHALA_TYPE_CONSOLIDATION = 7,
-    KHALA_TYPE_COUNT = 8 /**< number of types; not a type */
-} khala_type_t;
+/* khala_type_t (field "type") and khala_mode_t (field "mode") are public: they live in
+ * include/khala/cache.h, which a worker passes to khala_cache_put(). */
 
 /** Operations; the wire carries the name (field "op"). 0 is "none": a reply decoded without
  * knowing which request it answers. */
@@ -124,13 +114,6 @@ typedef enum khala_op {
     KHALA_OP_FILL_FAIL,  /**< "fill_fail": a single-flight leader's loader failed */
     KHALA_OP_COUNT       /**< number of values; not an op */
 } khala_op_t;
-
-/** Write mode of a put (field "mode"); DEFAULT means absent: the type's configured mode. */
-typedef enum khala_mode {
-    KHALA_MODE_DEFAULT = 0,
-    KHALA_MODE_THROUGH, /**< "through": reply after L2/L3 accepted the write */
-    KHALA_MODE_BEHIND   /**< "behind": reply after L1 and the journal */
-} khala_mode_t;
 
 /** What an invalidate selects (field "by"). */
 typedef enum khala_by {

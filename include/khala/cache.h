@@ -8,6 +8,13 @@
  * into the mapping. Everything about the segment's layout is private to the library; see
  * docs/segment.md for how it works.
  *
+ * Everything else goes through khalad, the cache's coordinator, over its Unix socket: a get
+ * that misses L1 asks it (khala_cache_get), khala_cache_get_or_load() adds single-flight
+ * loading on a miss, and khala_cache_put(), khala_cache_delete(), khala_cache_touch() and the
+ * invalidations write. Each thread of a worker has its own connection, opened on the first call
+ * that needs it and reopened on its own after khalad restarts. While khalad is down, L1 reads
+ * keep working; writes fail fast with KHALA_EDAEMON. docs/worker-example.md shows a worker.
+ *
  * Start reading at khala_cache_open(). Errors follow include/khala/error.h: the return code is
  * the contract, and khala_cache_errmsg() has the detail for a human.
  */
@@ -39,11 +46,91 @@ extern "C" {
  * declared in stats.h; C11 allows the repetition.) */
 typedef struct khala_cache khala_cache_t;
 
-/** Options for khala_cache_open(). Always start from khala_cache_options_init(). */
+/** Default of khala_cache_options_t.timeout_ms: the longest wait for khalad, per request. */
+#define KHALA_TIMEOUT_DEFAULT_MS 5000
+
+/** After a failed attempt to reach khalad, a thread's calls fail fast with the same error for
+ * this long before the next call tries again: a worker whose khalad is down does not spend a
+ * connect(2) on every request. */
+#define KHALA_RECONNECT_INTERVAL_MS 100
+
+/** Options for khala_cache_open(). Always start from khala_cache_options_init(), then set the
+ * fields that matter: fields may be added at the end in later versions, and the reserved space
+ * keeps the struct's size until then. */
 typedef struct khala_cache_options {
     /** Reserved for flags; 0 today. */
     uint32_t flags;
+    /** Longest wait for khalad in milliseconds, per request (connect and hello included);
+     * KHALA_TIMEOUT_DEFAULT_MS by default, and when 0; negative waits without limit. A
+     * get_or_load waiting for another worker's load waits twice as long. */
+    int timeout_ms;
+    /** khalad's socket; NULL (the default) derives it from the name: /run/khala/NAME.sock as
+     * root, else $XDG_RUNTIME_DIR/khala/NAME.sock, else /tmp/khala-UID/NAME.sock, the rule khalad
+     * follows (docs/operating.md). Copied by khala_cache_open(). */
+    const char *socket_path;
+    /** Reserved; zeroed by khala_cache_options_init(). */
+    void *reserved[6];
 } khala_cache_options_t;
+
+/** The eight data types. An item carries one; a type selects khalad's defaults (TTLs, levels,
+ * write mode, quota; docs/operating.md) and can be invalidated as a whole. The value is the wire
+ * id (protocol field "type") and is what khala_view_t.type holds. */
+typedef enum khala_type {
+    KHALA_TYPE_MEMORY_ENTITY = 0,
+    KHALA_TYPE_SEARCH_RESULT = 1,
+    KHALA_TYPE_EMBEDDING = 2,
+    KHALA_TYPE_ENTITY_RELATIONSHIP = 3,
+    KHALA_TYPE_AGENT_RESPONSE = 4,
+    KHALA_TYPE_VERIFICATION = 5,
+    KHALA_TYPE_SEARCH_INDEX = 6,
+    KHALA_TYPE_CONSOLIDATION = 7,
+    KHALA_TYPE_COUNT = 8 /**< number of types; not a type */
+} khala_type_t;
+
+/** Write mode of a put; DEFAULT is the type's configured mode. */
+typedef enum khala_mode {
+    KHALA_MODE_DEFAULT = 0,
+    KHALA_MODE_THROUGH, /**< the put returns after the lower levels accepted the write */
+    KHALA_MODE_BEHIND   /**< the put returns after L1 and the journal; lower levels follow */
+} khala_mode_t;
+
+/** Flags of khala_put_options_t.flags. */
+enum {
+    /** Compare-and-set: write only if the key is at expected_version now. */
+    KHALA_PUT_CAS = 1u << 0
+};
+
+/** Options of khala_cache_put(). Start from khala_put_options_init(). */
+typedef struct khala_put_options {
+    uint32_t flags;            /**< KHALA_PUT_* bits; 0 by default */
+    khala_type_t type;         /**< the item's data type; KHALA_TYPE_MEMORY_ENTITY by default */
+    uint64_t ttl_ms;           /**< time to live in ms; 0 (the default) = the type's default */
+    uint64_t expected_version; /**< with KHALA_PUT_CAS: the version the key must have now, as
+                                    returned by a put or seen in khala_view_t.version; 0 = the
+                                    key must not exist. Ignored without the flag. */
+    khala_mode_t mode;         /**< write mode; KHALA_MODE_DEFAULT by default */
+    void *reserved[4];         /**< reserved; zeroed by khala_put_options_init() */
+} khala_put_options_t;
+
+/**
+ * A loader: fetches the value of a key from the source of truth (a database) on a miss.
+ *
+ * @param[in] arg the loader_arg given to khala_cache_get_or_load().
+ * @param[in] key, klen the key that missed.
+ * @param[out] buf where to write the value: the caller's buffer of khala_cache_get_or_load().
+ * @param[in] cap its capacity in bytes.
+ * @param[out] len the value's length; when it exceeds @p cap, return -ERANGE with the needed
+ *             length here.
+ * @return 0 when the value is in @p buf; -ERANGE (with @p len) when it does not fit;
+ *         KHALA_ENOTFOUND when the source has no such key; any other negative code on failure.
+ *         Every nonzero return is a failure, and khala_cache_get_or_load() returns it as is
+ *         (a positive one as -EINVAL).
+ * @note Called on the thread that called khala_cache_get_or_load(), without any lock of the
+ *       library held; it may call the library itself (a different key). It owns nothing it is
+ *       given past its return.
+ */
+typedef int (*khala_loader_fn)(void *arg, const void *key, size_t klen, void *buf, size_t cap,
+                               size_t *len);
 
 /**
  * A zero-copy view of a value inside the shared segment.
@@ -69,10 +156,20 @@ typedef struct khala_view {
 KHALA_API void khala_cache_options_init(khala_cache_options_t *opts);
 
 /**
+ * @brief Fill @p opts with the defaults: no flags, type KHALA_TYPE_MEMORY_ENTITY, the type's
+ *        TTL, no compare-and-set, the type's write mode.
+ * @param[out] opts options to initialize; must not be NULL.
+ * @note Safe from any thread.
+ */
+KHALA_API void khala_put_options_init(khala_put_options_t *opts);
+
+/**
  * @brief Attach to the cache called @p name.
  *
  * Maps the cache's data segment read-only and its readers segment read-write. Each thread that
  * reads takes a reader slot on its first read and gives it back when it exits or on close.
+ * Does not connect to khalad, so it succeeds while khalad is down (as long as the segment
+ * exists): each thread connects on its first call that needs khalad.
  *
  * @param[in] name cache name, 1 to KHALA_NAME_MAX bytes of [A-Za-z0-9_.-].
  * @param[in] opts options, or NULL for the defaults.
@@ -83,6 +180,7 @@ KHALA_API void khala_cache_options_init(khala_cache_options_t *opts);
  *         KHALA_ELAYOUT if the segment has another layout version or is being replaced;
  *         KHALA_ECORRUPT if the segment is truncated or its header is inconsistent;
  *         -EACCES if the caller may not open the segment;
+ *         -ENAMETOOLONG if the socket path (given or derived) does not fit a socket address;
  *         -ENOMEM or another -errno if mapping fails.
  * @note Safe from any thread. Pair with khala_cache_close(). On failure the reason, with the
  *       offending value, is in khala_cache_errmsg(NULL) for the calling thread.
@@ -94,12 +192,16 @@ KHALA_API KHALA_NODISCARD int khala_cache_open(const char *name, const khala_cac
  * @brief Detach from the cache and free the handle.
  * @param[in] c handle from khala_cache_open(), or NULL (then nothing happens).
  * @note No thread may use @p c during or after the call, and no read section may be open.
- *       Reader slots the handle holds are released.
+ *       Reader slots the handle holds are released, and its connections to khalad closed.
  */
 KHALA_API void khala_cache_close(khala_cache_t *c);
 
 /**
  * @brief Look up @p key and copy its value into @p buf.
+ *
+ * L1 first; on an L1 miss, khalad is asked (its lower levels; it promotes what it finds into
+ * L1). When khalad cannot be reached the miss is just a miss: KHALA_ENOTFOUND, with the reason
+ * in khala_cache_errmsg(), so that reads keep working from L1 while khalad is down.
  *
  * @param[in] c handle.
  * @param[in] key key bytes (binary-safe).
@@ -108,19 +210,146 @@ KHALA_API void khala_cache_close(khala_cache_t *c);
  * @param[in] cap capacity of @p buf in bytes.
  * @param[out] len value length; set on success and on -ERANGE; may be NULL.
  * @return 0 on a hit;
- *         KHALA_ENOTFOUND if the key is absent or expired;
+ *         KHALA_ENOTFOUND if the key is absent or expired, in L1 and for khalad, or absent
+ *         from L1 while khalad cannot be reached;
  *         -ERANGE if the value is longer than @p cap (its length is in @p len, @p buf untouched);
  *         KHALA_EKEY if @p klen is 0 or above KHALA_KEY_MAX;
  *         KHALA_ESECTION if the calling thread has a read section open on @p c;
  *         KHALA_ELAYOUT if the writer replaced the segment and reattaching failed;
  *         KHALA_ECORRUPT if the lookup met an offset outside the segment;
  *         KHALA_ENOREADER if every reader slot is taken;
- *         -ENOMEM or another -errno if claiming the thread's reader slot failed.
- * @note Safe from any thread. No system call and no lock on a hit (the first call of a thread
- *       claims its reader slot, which makes a few). Never returns an expired item.
+ *         -ENOMEM or another -errno if claiming the thread's reader slot failed;
+ *         another code khalad answered the miss with (-ENOMEM, KHALA_EPROTO...).
+ * @note Safe from any thread. No system call and no lock on an L1 hit (the first call of a
+ *       thread claims its reader slot, which makes a few); an L1 miss costs a round trip to
+ *       khalad, at most timeout_ms. Never returns an expired item.
  */
 KHALA_API KHALA_NODISCARD int khala_cache_get(khala_cache_t *c, const void *key, size_t klen,
                                               void *buf, size_t cap, size_t *len);
+
+/*
+ * Calls that go through khalad. Besides the codes listed on each, every one of them may return:
+ *   KHALA_EDAEMON  khalad is unreachable: nothing listens on the socket, or the connection broke
+ *                  during the call (then the request may or may not have been applied). For
+ *                  KHALA_RECONNECT_INTERVAL_MS after a failed attempt to connect, the thread's
+ *                  calls return the same error at once. khala_cache_errmsg() names the socket.
+ *   -ETIMEDOUT     khalad did not answer within timeout_ms (the request may have been applied).
+ *   KHALA_ENAME    the khalad at the socket serves another cache.
+ *   KHALA_EPROTO   khalad speaks another protocol version, or sent a reply that does not decode.
+ *   -ENOMEM        out of memory, here or in khalad.
+ *   -EACCES, other -errno  connecting to the socket failed otherwise.
+ * On any failure the cache and the out-params are as they were (as far as this process can
+ * tell: see KHALA_EDAEMON and -ETIMEDOUT). Each is safe from any thread: every thread has its own
+ * connection, and a child process after fork() opens its own rather than use its parent's.
+ */
+
+/**
+ * @brief Look up @p key like khala_cache_get(), and on a miss load it through @p loader,
+ *        at most once across every worker missing the same key (single-flight).
+ *
+ * Steps: L1; then khalad, which tries its lower levels. On a miss there, khalad elects one
+ * caller, the leader: its loader runs, the value is sent to khalad (which caches it with
+ * @p type and @p ttl_ms and hands it to every other caller waiting on the key) and returned.
+ * The others wait for the leader and get its value; their loaders never run. When the leader's
+ * loader fails, khalad tells the waiters, and they ask again (one of them leads, at most three
+ * rounds). When khalad cannot be reached, or lets a waiter wait too long, the loader runs
+ * directly and its value is returned but not cached.
+ *
+ * @param[in] c handle.
+ * @param[in] key, klen the key, 1 to KHALA_KEY_MAX bytes.
+ * @param[in] loader the loader; must not be NULL.
+ * @param[in] loader_arg passed to @p loader as is.
+ * @param[out] buf destination, @p cap bytes; also the loader's buffer.
+ * @param[in] cap capacity of @p buf.
+ * @param[out] len value length; set on success and on -ERANGE; may be NULL.
+ * @param[in] type the data type a loaded value is cached with.
+ * @param[in] ttl_ms its time to live in ms; 0 = the type's default.
+ * @return 0 with the value in @p buf, from the cache or the loader (a loaded value that khalad
+ *         could not cache, too big say, is still returned);
+ *         -ERANGE if the value is longer than @p cap (its length in @p len);
+ *         KHALA_EKEY for a bad key length; KHALA_ESECTION, KHALA_ELAYOUT, KHALA_ECORRUPT,
+ *         KHALA_ENOREADER, -errno as for khala_cache_get();
+ *         -EINVAL if @p loader is NULL or @p type is not a type;
+ *         -EAGAIN if the leaders' loaders failed three times in a row;
+ *         the loader's own nonzero code (KHALA_ENOTFOUND when the source has no such key) when
+ *         it ran and failed.
+ * @note The loader runs at most once per call, on the calling thread, and never when the call
+ *       fails before it would. When it fails, @p buf may hold whatever it wrote. Unlike the
+ *       calls below, a khalad that cannot be reached is not an error here.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_get_or_load(khala_cache_t *c, const void *key,
+                                                      size_t klen, khala_loader_fn loader,
+                                                      void *loader_arg, void *buf, size_t cap,
+                                                      size_t *len, khala_type_t type,
+                                                      uint64_t ttl_ms);
+
+/**
+ * @brief Write @p key = @p val through khalad, which stores it in L1 (and the lower levels per
+ *        the write mode); every process then reads it from L1.
+ * @param[in] c handle.
+ * @param[in] key, klen the key, 1 to KHALA_KEY_MAX bytes.
+ * @param[in] val, vlen the value; @p val may be NULL when @p vlen is 0.
+ * @param[in] opts type, TTL, compare-and-set and write mode, or NULL for the defaults of
+ *            khala_put_options_init().
+ * @param[out] version the item's new version, for a later compare-and-set; may be NULL.
+ * @return 0 when the write was accepted (a following khala_cache_get() on any thread of any
+ *         process sees it or something newer);
+ *         KHALA_EVERSION if KHALA_PUT_CAS is set and the key is not at expected_version;
+ *         KHALA_EKEY for a bad key length;
+ *         KHALA_ETOOBIG if @p vlen exceeds khalad's largest value;
+ *         KHALA_EFULL if L1 is full of items nothing may evict;
+ *         -EINVAL if the type or mode is out of range;
+ *         and the codes common to calls through khalad (above).
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_put(khala_cache_t *c, const void *key, size_t klen,
+                                              const void *val, size_t vlen,
+                                              const khala_put_options_t *opts, uint64_t *version);
+
+/**
+ * @brief Delete @p key from every level.
+ * @param[in] c handle.
+ * @param[in] key, klen the key, 1 to KHALA_KEY_MAX bytes.
+ * @return 0; KHALA_ENOTFOUND if no level held the key; KHALA_EKEY for a bad key length; and the
+ *         codes common to calls through khalad (above).
+ * @note A load of the key in flight when the delete arrives is not cached (its waiters still
+ *       get its value).
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_delete(khala_cache_t *c, const void *key, size_t klen);
+
+/**
+ * @brief Drop every key that starts with @p prefix, from every level.
+ * @param[in] c handle.
+ * @param[in] prefix, plen the prefix, 1 to KHALA_KEY_MAX bytes.
+ * @param[out] count how many keys were dropped; may be NULL.
+ * @return 0 (also when nothing matched); KHALA_EKEY for a bad prefix length; and the codes
+ *         common to calls through khalad (above).
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_invalidate_prefix(khala_cache_t *c, const void *prefix,
+                                                            size_t plen, uint64_t *count);
+
+/**
+ * @brief Drop every key of data type @p type, from every level.
+ * @param[in] c handle.
+ * @param[in] type the type.
+ * @param[out] count how many keys were dropped; may be NULL.
+ * @return 0 (also when nothing matched); -EINVAL if @p type is not a type; and the codes common
+ *         to calls through khalad (above).
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_invalidate_type(khala_cache_t *c, khala_type_t type,
+                                                          uint64_t *count);
+
+/**
+ * @brief Restart @p key's time to live.
+ * @param[in] c handle.
+ * @param[in] key, klen the key, 1 to KHALA_KEY_MAX bytes.
+ * @param[in] ttl_ms the new time to live in ms; 0 = its type's default.
+ * @return 0; KHALA_ENOTFOUND if the key is absent or expired; KHALA_EKEY for a bad key length;
+ *         KHALA_EFULL as for khala_cache_put(); and the codes common to calls through khalad
+ *         (above).
+ * @note The item gets a new version, as after a put of the same value.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_touch(khala_cache_t *c, const void *key, size_t klen,
+                                                uint64_t ttl_ms);
 
 /**
  * @brief Open a read section on this thread, in which khala_cache_view() hands out views.

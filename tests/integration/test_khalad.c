@@ -18,79 +18,16 @@
 #include <unistd.h>
 
 #include "khala/cache.h"
+#include "khalad_util.h"
 #include "proto.h"
 #include "segment.h"
 
-#ifndef KHALAD_PATH
-#error "KHALAD_PATH must name the khalad binary"
-#endif
-
-static char g_name[64];
-static char g_dir[64];
-static char g_sock[100];
-static pid_t g_khalad;
-
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
-/* Start khalad and wait (bounded) until its socket accepts connections. */
-static void khalad_start(void) {
-    g_khalad = fork();
-    cr_assert_geq(g_khalad, 0);
-    if (g_khalad == 0) {
-        char sock_set[300];
-        snprintf(sock_set, sizeof(sock_set), "cache.socket=%s", g_sock);
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0 && !getenv("KHALA_TEST_VERBOSE"))
-            dup2(devnull, 2);
-        execl(KHALAD_PATH, "khalad", "--foreground", "--name", g_name, "--set", sock_set, "--set",
-              "l1.max_memory_mb=16", "--set", "policies.single_flight_timeout_ms=3000",
-              (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", g_sock);
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-            close(fd);
-            return;
-        }
-        close(fd);
-        int st;
-        cr_assert_eq(waitpid(g_khalad, &st, WNOHANG), 0, "khalad exited at start");
-        sleep_ms(10);
-    }
-    cr_assert_fail("khalad did not listen on %s within 5 s", g_sock);
-}
-
-static void khalad_kill(int sig) {
-    if (g_khalad > 0) {
-        kill(g_khalad, sig);
-        waitpid(g_khalad, NULL, 0);
-        g_khalad = 0;
-    }
-}
-
 static void setup(void) {
-    snprintf(g_name, sizeof(g_name), "kd%d", (int)getpid());
-    snprintf(g_dir, sizeof(g_dir), "/tmp/khala-it-%d", (int)getpid());
-    mkdir(g_dir, 0700);
-    snprintf(g_sock, sizeof(g_sock), "%s/khalad.sock", g_dir);
+    khalad_env_init("kd");
     khalad_start();
 }
 
-static void teardown(void) {
-    khalad_kill(SIGTERM);
-    khala__seg_unlink(g_name);
-    unlink(g_sock);
-    rmdir(g_dir);
-}
-
-TestSuite(khalad, .init = setup, .fini = teardown, .timeout = 60);
+TestSuite(khalad, .init = setup, .fini = khalad_env_fini, .timeout = 60);
 
 /* A protocol client ----------------------------------------------------------------------- */
 
@@ -104,7 +41,7 @@ typedef struct client {
 static client_t dial(void) {
     client_t c = {.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), .next_id = 1};
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", g_sock);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", khalad_sock);
     cr_assert_eq(connect(c.fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     khala__proto_buf_init(&c.in);
     return c;
@@ -210,15 +147,15 @@ Test(khalad, hello_tells_the_protocol_name_and_limits) {
     client_t c = dial();
     khala_msg_t m = req(KHALA_OP_HELLO, NULL), r;
     m.proto = KHALA_PROTO_VERSION;
-    m.name.ptr = (const uint8_t *)g_name;
-    m.name.len = strlen(g_name);
+    m.name.ptr = (const uint8_t *)khalad_name;
+    m.name.len = strlen(khalad_name);
     m.has |= KHALA_F_PROTO | KHALA_F_NAME;
     uint64_t id = request(&c, &m);
     cr_assert_eq(reply(&c, KHALA_OP_HELLO, &r), 0);
     cr_assert_eq(r.rc, 0);
     cr_assert_eq(r.id, id);
     cr_assert_eq(r.proto, KHALA_PROTO_VERSION);
-    cr_assert_eq(r.name.len, strlen(g_name));
+    cr_assert_eq(r.name.len, strlen(khalad_name));
     cr_assert_geq(r.gen, 1);
     cr_assert_geq(r.max_value, 1024 * 1024);
     khala__proto_msg_free(&r);
@@ -236,7 +173,7 @@ Test(khalad, put_then_get_through_khalad_and_through_the_shared_segment) {
     cr_assert_eq(get(&c, "entity:2", NULL, 0), KHALA_ENOTFOUND);
     /* A worker reads the same item straight out of L1, without khalad. */
     khala_cache_t *w;
-    cr_assert_eq(khala_cache_open(g_name, NULL, &w), 0, "%s", khala_cache_errmsg(NULL));
+    cr_assert_eq(khala_cache_open(khalad_name, NULL, &w), 0, "%s", khala_cache_errmsg(NULL));
     size_t len = 0;
     cr_assert_eq(khala_cache_get(w, "entity:1", 8, buf, sizeof(buf), &len), 0);
     cr_assert_eq(len, 5);
@@ -445,7 +382,7 @@ Test(khalad, killed_khalad_leaves_l1_readable_and_a_restart_adopts_it) {
     cr_assert_eq(put(&c, "durable", "still here", KHALA_TYPE_CONSOLIDATION, NULL), 0);
     hang_up(&c);
     khala_cache_t *w;
-    cr_assert_eq(khala_cache_open(g_name, NULL, &w), 0);
+    cr_assert_eq(khala_cache_open(khalad_name, NULL, &w), 0);
     khalad_kill(SIGKILL);
     /* khalad is gone: the worker keeps reading L1. */
     char buf[32];
@@ -466,7 +403,7 @@ Test(khalad, killed_khalad_leaves_l1_readable_and_a_restart_adopts_it) {
 
 Test(khalad, socket_is_not_world_accessible) {
     struct stat st;
-    cr_assert_eq(stat(g_sock, &st), 0);
+    cr_assert_eq(stat(khalad_sock, &st), 0);
     cr_assert(S_ISSOCK(st.st_mode));
     cr_assert_eq(st.st_mode & 0007, 0, "mode %o", st.st_mode & 0777);
 }

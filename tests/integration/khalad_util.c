@@ -1,0 +1,90 @@
+/*
+ * Helpers that start and stop a real khalad for the integration tests (khalad_util.h).
+ *
+ * khalad runs in the foreground as a child of the test process, with a small L1 and a short
+ * single-flight timeout, on a socket in a private directory. Readiness is "the socket accepts a
+ * connection", polled with a bound; a khalad that exits during start fails the test at once.
+ * Its stderr goes to /dev/null unless KHALA_TEST_VERBOSE is set.
+ */
+#include "khalad_util.h"
+
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "segment.h"
+
+#ifndef KHALAD_PATH
+#error "KHALAD_PATH must name the khalad binary"
+#endif
+
+char khalad_name[64];
+char khalad_sock[108];
+pid_t khalad_pid;
+static char g_dir[64];
+
+void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+void khalad_env_init(const char *prefix) {
+    snprintf(khalad_name, sizeof(khalad_name), "%s%d", prefix, (int)getpid());
+    snprintf(g_dir, sizeof(g_dir), "/tmp/khala-it-%d", (int)getpid());
+    mkdir(g_dir, 0700);
+    snprintf(khalad_sock, sizeof(khalad_sock), "%s/khalad.sock", g_dir);
+}
+
+void khalad_start(void) {
+    khalad_pid = fork();
+    cr_assert_geq(khalad_pid, 0);
+    if (khalad_pid == 0) {
+        char sock_set[300];
+        snprintf(sock_set, sizeof(sock_set), "cache.socket=%s", khalad_sock);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0 && !getenv("KHALA_TEST_VERBOSE"))
+            dup2(devnull, 2);
+        execl(KHALAD_PATH, "khalad", "--foreground", "--name", khalad_name, "--set", sock_set,
+              "--set", "l1.max_memory_mb=16", "--set", "policies.single_flight_timeout_ms=3000",
+              (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500; i++) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", khalad_sock);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            close(fd);
+            return;
+        }
+        close(fd);
+        int st;
+        cr_assert_eq(waitpid(khalad_pid, &st, WNOHANG), 0, "khalad exited at start");
+        sleep_ms(10);
+    }
+    cr_assert_fail("khalad did not listen on %s within 5 s", khalad_sock);
+}
+
+void khalad_kill(int sig) {
+    if (khalad_pid > 0) {
+        kill(khalad_pid, sig);
+        waitpid(khalad_pid, NULL, 0);
+        khalad_pid = 0;
+    }
+}
+
+void khalad_env_fini(void) {
+    khalad_kill(SIGTERM);
+    khala__seg_unlink(khalad_name);
+    unlink(khalad_sock);
+    rmdir(g_dir);
+}

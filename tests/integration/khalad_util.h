@@ -1,0 +1,36 @@
+/*
+ * Start and stop a real khalad for an integration test: a private cache name and socket per test
+ * process, so that tests (and Criterion's forked test processes) never meet each other's khalad.
+ *
+ * Use: khalad_env_init("kd") in the suite's .init, then khalad_start(); khalad_env_fini() in its
+ * .fini. The binary is KHALAD_PATH, a compile definition of the test target.
+ */
+#ifndef KHALA_TESTS_INTEGRATION_KHALAD_UTIL_H
+#define KHALA_TESTS_INTEGRATION_KHALAD_UTIL_H
+
+#include <sys/types.h>
+
+/* The cache name khalad serves ("<prefix><pid>"); set by khalad_env_init(). */
+extern char khalad_name[64];
+/* The socket it listens on, in a private directory under /tmp; set by khalad_env_init(). */
+extern char khalad_sock[108];
+/* Its pid while running, else 0. */
+extern pid_t khalad_pid;
+
+/* Choose the name, directory and socket path for this process. */
+void khalad_env_init(const char *prefix);
+
+/* Start khalad and wait (bounded: 5 s) until its socket accepts connections. The segment, if
+ * one exists under the name, is adopted as a restarted khalad would. */
+void khalad_start(void);
+
+/* Send sig to khalad and reap it; nothing when it is not running. */
+void khalad_kill(int sig);
+
+/* Stop khalad (SIGTERM), unlink its segment, socket and directory. */
+void khalad_env_fini(void);
+
+/* Sleep for ms milliseconds, resuming after signals. */
+void sleep_ms(long ms);
+
+#endif /* KHALA_TESTS_INTEGRATION_KHALAD_UTIL_H */

@@ -1,0 +1,467 @@
+/*
+ * khalactl end to end: a real khalad started by the test on a private socket and cache name,
+ * and khalactl run as a real process (fork + exec), its stdout, stderr and exit code captured.
+ * The exit codes are the contract for scripts, so every test checks the exact one; --json
+ * output is checked to be one valid JSON object by a small validator below.
+ *
+ * khalad is started and stopped by the shared helpers of tests/integration/khalad_util.h.
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "khalad_util.h"
+
+#ifndef KHALACTL_PATH
+#error "KHALACTL_PATH must name the khalactl binary"
+#endif
+
+/* The directory of khalad's socket (private to this test process); scratch files go there. */
+static char g_dir[108];
+
+static void setup(void) {
+    khalad_env_init("kc");
+    snprintf(g_dir, sizeof(g_dir), "%s", khalad_sock);
+    char *slash = strrchr(g_dir, '/');
+    cr_assert_not_null(slash);
+    *slash = '\0';
+    khalad_start();
+}
+
+static void teardown(void) {
+    char keys[160];
+    snprintf(keys, sizeof(keys), "%s/keys", g_dir);
+    unlink(keys);
+    khalad_env_fini();
+}
+
+TestSuite(khalactl, .init = setup, .fini = teardown, .timeout = 60);
+
+/* Running khalactl -------------------------------------------------------------------------- */
+
+/* The last run's output, NUL-terminated. */
+static char g_out[1 << 20];
+static char g_err[1 << 16];
+
+static void slurp(int fd, char *buf, size_t cap) {
+    size_t n = 0;
+    lseek(fd, 0, SEEK_SET);
+    for (;;) {
+        ssize_t r = read(fd, buf + n, cap - 1 - n);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    close(fd);
+}
+
+/* Run khalactl with args (NULL-terminated); with_target prepends --name and --socket of the
+ * test's khalad. Returns the exit code (128 + signal when killed); output in g_out, g_err. */
+static int run(bool with_target, const char *const *args) {
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = "khalactl";
+    if (with_target) {
+        argv[n++] = "--name";
+        argv[n++] = khalad_name;
+        argv[n++] = "--socket";
+        argv[n++] = khalad_sock;
+    }
+    for (int i = 0; args[i]; i++) {
+        cr_assert_lt(n, 63);
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    int out = memfd_create("khalactl-out", MFD_CLOEXEC);
+    int err = memfd_create("khalactl-err", MFD_CLOEXEC);
+    cr_assert(out >= 0 && err >= 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        dup2(out, 1);
+        dup2(err, 2);
+        execv(KHALACTL_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    slurp(out, g_out, sizeof(g_out));
+    slurp(err, g_err, sizeof(g_err));
+    int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    if (getenv("KHALA_TEST_VERBOSE"))
+        cr_log_info("khalactl %s ... -> %d\nstdout: %s\nstderr: %s", args[0], code, g_out, g_err);
+    return code;
+}
+
+#define CTL(...) run(true, (const char *const[]){__VA_ARGS__, NULL})
+#define CTL_BARE(...) run(false, (const char *const[]){__VA_ARGS__, NULL})
+
+/* A small JSON validator (RFC 8259 grammar), so that --json output is checked to parse. */
+static const char *json_value(const char *p, int depth);
+
+static const char *json_ws(const char *p) {
+    while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r')
+        p++;
+    return p;
+}
+
+static const char *json_string(const char *p) {
+    if (*p++ != '"')
+        return NULL;
+    while (*p != '"') {
+        if ((unsigned char)*p < 0x20)
+            return NULL; /* includes the terminating NUL */
+        if (*p == '\\') {
+            p++;
+            if (*p == 'u') {
+                for (int i = 1; i <= 4; i++)
+                    if (!strchr("0123456789abcdefABCDEF", p[i]) || !p[i])
+                        return NULL;
+                p += 4;
+            } else if (!*p || !strchr("\"\\/bfnrt", *p)) {
+                return NULL;
+            }
+        }
+        p++;
+    }
+    return p + 1;
+}
+
+static const char *json_number(const char *p) {
+    const char *s = p;
+    if (*p == '-')
+        p++;
+    if (*p < '0' || *p > '9')
+        return NULL;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    if (*p == '.') {
+        p++;
+        if (*p < '0' || *p > '9')
+            return NULL;
+        while (*p >= '0' && *p <= '9')
+            p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-')
+            p++;
+        if (*p < '0' || *p > '9')
+            return NULL;
+        while (*p >= '0' && *p <= '9')
+            p++;
+    }
+    return p > s ? p : NULL;
+}
+
+static const char *json_container(const char *p, int depth, char close, bool object) {
+    p = json_ws(p + 1);
+    if (*p == close)
+        return p + 1;
+    for (;;) {
+        if (object) {
+            if (!(p = json_string(p)))
+                return NULL;
+            p = json_ws(p);
+            if (*p++ != ':')
+                return NULL;
+        }
+        if (!(p = json_value(p, depth + 1)))
+            return NULL;
+        p = json_ws(p);
+        if (*p == close)
+            return p + 1;
+        if (*p++ != ',')
+            return NULL;
+        p = json_ws(p);
+    }
+}
+
+static const char *json_value(const char *p, int depth) {
+    if (depth > 32)
+        return NULL;
+    p = json_ws(p);
+    switch (*p) {
+        case '{':
+            return json_container(p, depth, '}', true);
+        case '[':
+            return json_container(p, depth, ']', false);
+        case '"':
+            return json_string(p);
+        case 't':
+            return strncmp(p, "true", 4) == 0 ? p + 4 : NULL;
+        case 'f':
+            return strncmp(p, "false", 5) == 0 ? p + 5 : NULL;
+        case 'n':
+            return strncmp(p, "null", 4) == 0 ? p + 4 : NULL;
+        default:
+            return json_number(p);
+    }
+}
+
+/* Is s exactly one JSON object (plus whitespace)? */
+static bool json_object(const char *s) {
+    s = json_ws(s);
+    if (*s != '{')
+        return false;
+    const char *end = json_value(s, 0);
+    return end && *json_ws(end) == '\0';
+}
+
+/* The unsigned number after "name": in a flat JSON text; fails the test when absent. */
+static unsigned long long json_uint(const char *s, const char *name) {
+    char pat[64];
+    snprintf(pat, sizeof(pat), "\"%s\":", name);
+    const char *p = strstr(s, pat);
+    cr_assert_not_null(p, "no %s in %s", pat, s);
+    return strtoull(p + strlen(pat), NULL, 10);
+}
+
+/* Tests ------------------------------------------------------------------------------------- */
+
+Test(khalactl, put_then_get_round_trips_the_value) {
+    cr_assert_eq(CTL("put", "user:42", "hello world"), 0, "%s", g_err);
+    cr_assert(strstr(g_out, "version"), "put said: %s", g_out);
+    cr_assert_eq(CTL("get", "user:42"), 0, "%s", g_err);
+    /* stdout is not a terminal: the value's bytes, exactly, with no newline added. */
+    cr_assert_str_eq(g_out, "hello world");
+}
+
+Test(khalactl, json_get_reports_value_and_metadata) {
+    cr_assert_eq(CTL("--json", "put", "user:42", "ada", "--type", "agent_response"), 0);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    unsigned long long ver = json_uint(g_out, "version");
+    cr_assert_eq(CTL("get", "user:42", "--json"), 0);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert(strstr(g_out, "\"key\":\"user:42\""), "%s", g_out);
+    cr_assert(strstr(g_out, "\"value\":\"ada\""), "%s", g_out);
+    cr_assert(strstr(g_out, "\"type\":\"agent_response\""), "%s", g_out);
+    cr_assert_eq(json_uint(g_out, "version"), ver);
+}
+
+Test(khalactl, json_carries_binary_values_as_base64) {
+    cr_assert_eq(CTL("put", "bin", "a\001b\377"), 0);
+    cr_assert_eq(CTL("--json", "get", "bin"), 0);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert(strstr(g_out, "\"value\":{\"base64\":\"YQFi/w==\"}"), "%s", g_out);
+    /* Without --json, the bytes go out raw to a pipe. */
+    cr_assert_eq(CTL("get", "bin"), 0);
+    cr_assert_eq(memcmp(g_out, "a\001b\377", 5), 0);
+}
+
+Test(khalactl, get_of_a_missing_key_exits_1) {
+    cr_assert_eq(CTL("get", "no:such:key"), 1);
+    cr_assert(strstr(g_err, "no such key 'no:such:key'"), "stderr: %s", g_err);
+    cr_assert_str_eq(g_out, "");
+    cr_assert_eq(CTL("inspect", "no:such:key"), 1);
+    cr_assert_eq(CTL("del", "no:such:key"), 1);
+}
+
+Test(khalactl, del_removes_the_key) {
+    cr_assert_eq(CTL("put", "k", "v"), 0);
+    cr_assert_eq(CTL("del", "k"), 0, "%s", g_err);
+    cr_assert_eq(CTL("get", "k"), 1);
+}
+
+Test(khalactl, put_with_a_stale_version_exits_5) {
+    cr_assert_eq(CTL("--json", "put", "cas", "one"), 0);
+    unsigned long long ver = json_uint(g_out, "version");
+    char stale[32], cur[32];
+    snprintf(stale, sizeof(stale), "%llu", ver + 100);
+    snprintf(cur, sizeof(cur), "%llu", ver);
+    cr_assert_eq(CTL("put", "cas", "two", "--version", stale), 5);
+    cr_assert(strstr(g_err, "version"), "stderr: %s", g_err);
+    cr_assert_eq(CTL("get", "cas"), 0);
+    cr_assert_str_eq(g_out, "one");
+    /* The current version wins, and the key must not exist for --version 0. */
+    cr_assert_eq(CTL("put", "cas", "two", "--version", cur), 0, "%s", g_err);
+    cr_assert_eq(CTL("put", "cas", "three", "--version", "0"), 5);
+    cr_assert_eq(CTL("get", "cas"), 0);
+    cr_assert_str_eq(g_out, "two");
+}
+
+Test(khalactl, invalidate_by_prefix_drops_only_those_keys) {
+    cr_assert_eq(CTL("put", "a:1", "v"), 0);
+    cr_assert_eq(CTL("put", "a:2", "v"), 0);
+    cr_assert_eq(CTL("put", "b:1", "v"), 0);
+    cr_assert_eq(CTL("invalidate", "--prefix", "a:"), 0, "%s", g_err);
+    cr_assert_str_eq(g_out, "invalidated 2 keys\n");
+    cr_assert_eq(CTL("get", "a:1"), 1);
+    cr_assert_eq(CTL("get", "a:2"), 1);
+    cr_assert_eq(CTL("get", "b:1"), 0);
+    cr_assert_eq(CTL("invalidate", "b:1", "--json"), 0);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert_eq(json_uint(g_out, "count"), 1);
+}
+
+Test(khalactl, invalidate_by_type_drops_only_that_type) {
+    cr_assert_eq(CTL("put", "e:1", "v", "--type", "embedding"), 0);
+    cr_assert_eq(CTL("put", "e:2", "v", "--type", "2"), 0);
+    cr_assert_eq(CTL("put", "m:1", "v"), 0);
+    cr_assert_eq(CTL("--json", "invalidate", "--type", "embedding"), 0, "%s", g_err);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert_eq(json_uint(g_out, "count"), 2);
+    cr_assert_eq(CTL("get", "e:1"), 1);
+    cr_assert_eq(CTL("get", "m:1"), 0);
+}
+
+Test(khalactl, flush_by_type_and_all) {
+    cr_assert_eq(CTL("put", "e:1", "v", "--type", "embedding"), 0);
+    cr_assert_eq(CTL("put", "m:1", "v"), 0);
+    cr_assert_eq(CTL("put", "m:2", "v"), 0);
+    cr_assert_eq(CTL("flush", "--type", "embedding"), 0);
+    cr_assert_str_eq(g_out, "flushed 1 key\n");
+    cr_assert_eq(CTL("flush"), 0);
+    cr_assert_str_eq(g_out, "flushed 2 keys\n");
+    cr_assert_eq(CTL("get", "m:1"), 1);
+}
+
+Test(khalactl, keys_lists_the_keys_matching_a_pattern) {
+    cr_assert_eq(CTL("put", "user:1", "v"), 0);
+    cr_assert_eq(CTL("put", "user:2", "v"), 0);
+    cr_assert_eq(CTL("put", "item:1", "v"), 0);
+    cr_assert_eq(CTL("keys", "user:*"), 0, "%s", g_err);
+    /* One key a line, in scan order. */
+    bool one_two = strcmp(g_out, "user:1\nuser:2\n") == 0;
+    bool two_one = strcmp(g_out, "user:2\nuser:1\n") == 0;
+    cr_assert(one_two || two_one, "keys said: %s", g_out);
+    cr_assert_eq(CTL("--json", "keys"), 0);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert_eq(json_uint(g_out, "count"), 3);
+    cr_assert_eq(json_uint(g_out, "cursor"), 0);
+    cr_assert(strstr(g_out, "\"item:1\""), "%s", g_out);
+}
+
+Test(khalactl, keys_limit_stops_and_names_the_next_cursor) {
+    cr_assert_eq(CTL("put", "user:1", "v"), 0);
+    cr_assert_eq(CTL("put", "user:2", "v"), 0);
+    cr_assert_eq(CTL("--json", "keys", "--limit", "1"), 0, "%s", g_err);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert_eq(json_uint(g_out, "count"), 1);
+}
+
+/* Paging with pages smaller than the table loses no key (a full page stops the scan at the
+ * next item, which the next page starts with). */
+Test(khalactl, keys_follows_the_cursor_across_small_pages) {
+    cr_assert_eq(CTL("put", "user:1", "v"), 0);
+    cr_assert_eq(CTL("put", "user:2", "v"), 0);
+    cr_assert_eq(CTL("put", "user:3", "v"), 0);
+    cr_assert_eq(CTL("--json", "keys", "--count", "1"), 0, "%s", g_err);
+    cr_assert_eq(json_uint(g_out, "count"), 3, "%s", g_out);
+}
+
+Test(khalactl, inspect_shows_version_ttl_and_type) {
+    cr_assert_eq(CTL("--json", "put", "k", "value", "--ttl", "100", "--type", "verification"), 0);
+    unsigned long long ver = json_uint(g_out, "version");
+    cr_assert_eq(CTL("inspect", "k"), 0, "%s", g_err);
+    char line[64];
+    snprintf(line, sizeof(line), "version  %llu\n", ver);
+    cr_assert(strstr(g_out, line), "inspect said: %s", g_out);
+    cr_assert(strstr(g_out, "ttl_ms"), "inspect said: %s", g_out);
+    cr_assert(strstr(g_out, "verification"), "inspect said: %s", g_out);
+    cr_assert_eq(CTL("--json", "inspect", "k"), 0);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert_eq(json_uint(g_out, "version"), ver);
+    unsigned long long ttl = json_uint(g_out, "ttl_ms");
+    cr_assert(ttl > 0 && ttl <= 100000, "ttl_ms %llu", ttl);
+    cr_assert(strstr(g_out, "\"type\":\"verification\""), "%s", g_out);
+}
+
+Test(khalactl, stats_json_parses) {
+    cr_assert_eq(CTL("put", "k", "v"), 0);
+    cr_assert_eq(CTL("stats", "--json"), 0, "%s", g_err);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert(strstr(g_out, "\"l1\":{"), "%s", g_out);
+    cr_assert_eq(json_uint(g_out, "items"), 1);
+    /* The human table names the same counters. */
+    cr_assert_eq(CTL("stats"), 0);
+    cr_assert(strstr(g_out, "l1\n"), "%s", g_out);
+    cr_assert(strstr(g_out, "items"), "%s", g_out);
+}
+
+Test(khalactl, health_and_ping_exit_0) {
+    cr_assert_eq(CTL("health"), 0, "%s", g_err);
+    cr_assert(strstr(g_out, "ok"), "%s", g_out);
+    cr_assert_eq(CTL("--json", "health"), 0);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert(strstr(g_out, "\"healthy\":true"), "%s", g_out);
+    cr_assert_eq(CTL("ping"), 0);
+    cr_assert_eq(CTL("ping", "--json"), 0);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+}
+
+Test(khalactl, config_prints_the_effective_ini) {
+    cr_assert_eq(CTL("config"), 0, "%s", g_err);
+    cr_assert(strstr(g_out, "[l1]\n"), "%s", g_out);
+    cr_assert(strstr(g_out, "max_memory_mb = 16\n"), "%s", g_out);
+    cr_assert_eq(CTL("config", "--json"), 0);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert(strstr(g_out, "[l1]\\n"), "%s", g_out);
+}
+
+Test(khalactl, warm_sends_keys_from_a_file_in_batches) {
+    char path[128];
+    snprintf(path, sizeof(path), "%s/keys", g_dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    /* More than two batches of KHALA_PROTO_ARRAY_MAX keys, a blank line and a CRLF line. */
+    for (int i = 0; i < 2500; i++)
+        fprintf(f, "warm:%d\n", i);
+    fputs("\nlast\r\n", f);
+    fclose(f);
+    cr_assert_eq(CTL("--json", "warm", "--keys-from", path), 0, "%s", g_err);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert_eq(json_uint(g_out, "sent"), 2501);
+    /* Nothing below L1 yet: khalad warms nothing. */
+    cr_assert_eq(json_uint(g_out, "count"), 0);
+    cr_assert_eq(CTL("warm", "--type", "embedding"), 0);
+    cr_assert_eq(CTL("warm", "--prefix", "user:"), 0);
+}
+
+Test(khalactl, khalad_not_running_exits_3_naming_the_socket) {
+    char path[128];
+    snprintf(path, sizeof(path), "%s/nobody.sock", g_dir);
+    cr_assert_eq(CTL_BARE("--socket", path, "ping"), 3);
+    cr_assert(strstr(g_err, "khalad is not running"), "stderr: %s", g_err);
+    cr_assert(strstr(g_err, path), "stderr: %s", g_err);
+    cr_assert_eq(CTL_BARE("--socket", path, "--json", "stats"), 3);
+    cr_assert_str_eq(g_out, "");
+}
+
+Test(khalactl, wrong_cache_name_exits_4) {
+    cr_assert_eq(CTL_BARE("--name", "not-this-one", "--socket", khalad_sock, "ping"), 4);
+    cr_assert(strstr(g_err, "KHALA_ENAME"), "stderr: %s", g_err);
+}
+
+Test(khalactl, usage_errors_exit_2) {
+    /* None of these reaches khalad: the arguments are checked first. */
+    const char *const no_command[] = {NULL};
+    cr_assert_eq(run(true, no_command), 2);
+    cr_assert(strstr(g_err, "no command"), "stderr: %s", g_err);
+    cr_assert_eq(CTL("frobnicate"), 2);
+    cr_assert(strstr(g_err, "unknown command 'frobnicate'"), "stderr: %s", g_err);
+    cr_assert_eq(CTL("get"), 2);
+    cr_assert_eq(CTL("get", "a", "b"), 2);
+    cr_assert_eq(CTL("get", "k", "--ttl", "5"), 2);
+    cr_assert(strstr(g_err, "get does not take --ttl"), "stderr: %s", g_err);
+    cr_assert_eq(CTL("--bogus", "ping"), 2);
+    cr_assert_eq(CTL("put", "k", "v", "--type", "nope"), 2);
+    cr_assert_eq(CTL("put", "k", "v", "--ttl", "soon"), 2);
+    cr_assert_eq(CTL("invalidate"), 2);
+    cr_assert_eq(CTL("invalidate", "k", "--prefix", "p"), 2);
+    cr_assert_eq(CTL("warm"), 2);
+    cr_assert_eq(CTL("keys", "--count", "0"), 2);
+    cr_assert_eq(CTL("--timeout"), 2);
+    /* --help is not an error. */
+    cr_assert_eq(CTL("--help"), 0);
+    cr_assert(strstr(g_out, "usage: khalactl"), "%s", g_out);
+}
