@@ -444,9 +444,11 @@ void khala_cache_close(khala_cache_t *c) {
     free(c);
 }
 
-/* The L1 part of a get. On KHALA_ENOTFOUND, *tsp is the calling thread's state. */
-static inline int l1_get(khala_cache_t *c, const void *key, size_t klen, void *buf, size_t cap,
-                         size_t *len, tstate_t **tsp) {
+/* The L1 part of a get. On KHALA_ENOTFOUND, *tsp is the calling thread's state. Always inlined:
+ * it is the hit path of khala_cache_get. */
+static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const void *key,
+                                                        size_t klen, void *buf, size_t cap,
+                                                        size_t *len, tstate_t **tsp) {
     tstate_t *ts;
     const khala_item_t *it;
     int rc;
@@ -602,7 +604,7 @@ static int get_from_daemon(khala_cache_t *c, tstate_t *ts, const void *key, size
 
 int khala_cache_get(khala_cache_t *c, const void *key, size_t klen, void *buf, size_t cap,
                     size_t *len) {
-    tstate_t *ts;
+    tstate_t *ts = NULL; /* set by l1_get on KHALA_ENOTFOUND */
     int rc = l1_get(c, key, klen, buf, cap, len, &ts);
     if (__builtin_expect(rc != KHALA_ENOTFOUND, 1))
         return rc;
@@ -691,7 +693,7 @@ int khala_cache_get_or_load(khala_cache_t *c, const void *key, size_t klen, khal
         return fail(c, -EINVAL, "type %d is not a data type (0..%d)", (int)type,
                     KHALA_TYPE_COUNT - 1);
     /* Step 1. */
-    tstate_t *ts;
+    tstate_t *ts = NULL; /* set by l1_get on KHALA_ENOTFOUND */
     int rc = l1_get(c, key, klen, buf, cap, len, &ts);
     if (rc != KHALA_ENOTFOUND)
         return rc;
