@@ -278,7 +278,7 @@ static int ts_slow(khala_cache_t *c, khala_seg_t *stale, tstate_t **out) {
         goto out;
     if (stale && (rc = reattach_locked(c, stale)) != 0)
         goto out;
-    tstate_t *ts;
+    tstate_t *ts = NULL;
     if ((rc = ts_find_locked(c, gen, &ts)) != 0)
         goto out;
     khala_seg_t *cur = atomic_load_explicit(&c->cur, memory_order_relaxed);
@@ -449,7 +449,7 @@ void khala_cache_close(khala_cache_t *c) {
 static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const void *key,
                                                         size_t klen, void *buf, size_t cap,
                                                         size_t *len, tstate_t **tsp) {
-    tstate_t *ts;
+    tstate_t *ts = NULL;
     const khala_item_t *it;
     int rc;
     if (klen - 1 >= KHALA_KEY_MAX)
@@ -737,7 +737,7 @@ static int key_and_ts(khala_cache_t *c, size_t klen, tstate_t **ts) {
 int khala_cache_put(khala_cache_t *c, const void *key, size_t klen, const void *val, size_t vlen,
                     const khala_put_options_t *opts, uint64_t *version) {
     khala_put_options_t def;
-    tstate_t *ts;
+    tstate_t *ts = NULL;
     if (!opts) {
         khala_put_options_init(&def);
         opts = &def;
@@ -797,7 +797,7 @@ static int simple_call(khala_cache_t *c, tstate_t *ts, khala_msg_t *req, uint64_
 }
 
 int khala_cache_delete(khala_cache_t *c, const void *key, size_t klen) {
-    tstate_t *ts;
+    tstate_t *ts = NULL;
     int rc = key_and_ts(c, klen, &ts);
     if (rc != 0)
         return rc;
@@ -806,7 +806,7 @@ int khala_cache_delete(khala_cache_t *c, const void *key, size_t klen) {
 }
 
 int khala_cache_touch(khala_cache_t *c, const void *key, size_t klen, uint64_t ttl_ms) {
-    tstate_t *ts;
+    tstate_t *ts = NULL;
     int rc = key_and_ts(c, klen, &ts);
     if (rc != 0)
         return rc;
@@ -820,7 +820,7 @@ int khala_cache_touch(khala_cache_t *c, const void *key, size_t klen, uint64_t t
 
 int khala_cache_invalidate_prefix(khala_cache_t *c, const void *prefix, size_t plen,
                                   uint64_t *count) {
-    tstate_t *ts;
+    tstate_t *ts = NULL;
     if (plen - 1 >= KHALA_KEY_MAX)
         return fail(c, KHALA_EKEY, "prefix is %zu bytes, 1..%d allowed", plen, KHALA_KEY_MAX);
     int rc = ts_self(c, &ts);
@@ -837,7 +837,7 @@ int khala_cache_invalidate_prefix(khala_cache_t *c, const void *prefix, size_t p
 }
 
 int khala_cache_invalidate_type(khala_cache_t *c, khala_type_t type, uint64_t *count) {
-    tstate_t *ts;
+    tstate_t *ts = NULL;
     if ((unsigned)type >= KHALA_TYPE_COUNT)
         return fail(c, -EINVAL, "type %d is not a data type (0..%d)", (int)type,
                     KHALA_TYPE_COUNT - 1);
@@ -856,7 +856,7 @@ int khala_cache_invalidate_type(khala_cache_t *c, khala_type_t type, uint64_t *c
 /* Reads ------------------------------------------------------------------------------------ */
 
 int khala_read_begin(khala_cache_t *c) {
-    tstate_t *ts;
+    tstate_t *ts = NULL;
     int rc = ts_get(c, &ts);
     if (rc != 0)
         return rc;
