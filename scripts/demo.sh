@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Build khala-cache (Release, in build/demo) and run khala-demo: one writer process fills a
-# shared-memory L1 with the eight KHALA data types, forked worker processes read it lock-free,
-# and their misses go back to the writer, as they will go to khalad. Arguments are passed on to
-# khala-demo (try --help).
+# The quick-start demo. Builds khala-cache (Release, in build/demo), then:
+#   1. khala-demo: one writer process fills a shared-memory L1 with the eight KHALA data types and
+#      forked worker processes read it lock-free (the L1 on its own, no daemon).
+#   2. khalad on its embedded defaults (no Redis, no SurrealDB), and khala-workers: worker
+#      processes that read through the library (L1 hits, misses through khalad with a loader
+#      under single-flight) and write through khalad; then `khalactl stats`.
+# Arguments are passed on to khala-demo (try --help).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,8 +16,43 @@ mkdir -p build
 echo "==> building (Release) in build/demo"
 cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DKHALA_BUILD_TESTS=OFF \
     -DKHALA_BUILD_BENCH=OFF >build/demo.log 2>&1 || { cat build/demo.log; exit 1; }
-cmake --build build/demo -j "$(nproc)" --target khala-demo >>build/demo.log 2>&1 ||
-    { cat build/demo.log; exit 1; }
+cmake --build build/demo -j "$(nproc)" --target khala-demo khala-workers khalad khalactl \
+    >>build/demo.log 2>&1 || { cat build/demo.log; exit 1; }
 
-echo "==> build/demo/tools/khala-demo $*"
-exec build/demo/tools/khala-demo "$@"
+echo "==> 1. the L1 on its own: build/demo/tools/khala-demo $*"
+build/demo/tools/khala-demo "$@"
+
+# 2. khalad, on a cache and socket of the demo's own, stopped (and its segment removed) however
+# the script ends.
+NAME="demo-$$"
+DIR=$(mktemp -d /tmp/khala-demo.XXXXXX)
+SOCK="$DIR/khalad.sock"
+KHALAD_PID=
+cleanup() {
+    if [[ -n $KHALAD_PID ]]; then
+        kill "$KHALAD_PID" 2>/dev/null || true
+        wait "$KHALAD_PID" 2>/dev/null || true
+    fi
+    rm -f "/dev/shm/khala.$NAME.data" "/dev/shm/khala.$NAME.readers"
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+echo
+echo "==> 2. khalad on its defaults (cache $NAME, socket $SOCK), log in $DIR/khalad.log"
+build/demo/daemon/khalad --foreground --name "$NAME" --set "cache.socket=$SOCK" \
+    2>"$DIR/khalad.log" &
+KHALAD_PID=$!
+for _ in $(seq 100); do
+    [[ -S $SOCK ]] && break
+    sleep 0.05
+done
+if [[ ! -S $SOCK ]]; then
+    echo "khalad did not start:" >&2
+    cat "$DIR/khalad.log" >&2
+    exit 1
+fi
+build/demo/tools/khala-workers --name "$NAME" --socket "$SOCK" --workers 4 --ops 100000
+echo
+echo "==> build/demo/tools/khalactl --name $NAME stats"
+build/demo/tools/khalactl --name "$NAME" --socket "$SOCK" stats
