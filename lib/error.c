@@ -5,7 +5,11 @@
  */
 #include "khala/error.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
+
+#include "errbuf.h"
 
 const char *khala_strerror(int err) {
     if (err == 0)
@@ -45,4 +49,14 @@ const char *khala_err_name(int err) {
             return s;
     }
     return "UNKNOWN";
+}
+
+int khala__errbuf(char *err, size_t errlen, int rc, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
 }

@@ -56,25 +56,14 @@
 
 #include <msgpack.h>
 
+#include "errbuf.h"
+
 /** First chunk of a decoded message's zone: enough for a typical request's map (a dozen
  * entries of 48 bytes) in one malloc. Larger bodies chain more chunks. */
 #define KHALA_PROTO_ZONE_CHUNK 1024u
 
 /** How many bytes of a peer's string an error message quotes. */
 #define QUOTE_MAX 40u
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 /* Copy up to QUOTE_MAX bytes of a peer's string into out, printable ASCII as is and anything
  * else as \xNN, with "..." when cut. out holds at least QUOTE_MAX * 4 + 4 bytes. */
@@ -225,10 +214,11 @@ int khala__proto_frame_check(const void *buf, size_t avail, uint32_t max_frame, 
         return KHALA_PROTO_NEED_MORE;
     uint32_t n = load_be32(buf);
     if (n == 0)
-        return fail(err, errlen, KHALA_EPROTO, "frame of 0 bytes (a body holds at least a map)");
+        return khala__errbuf(err, errlen, KHALA_EPROTO,
+                             "frame of 0 bytes (a body holds at least a map)");
     if (n > max_frame)
-        return fail(err, errlen, KHALA_EPROTO, "frame of %u bytes exceeds max_frame %u", n,
-                    max_frame);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "frame of %u bytes exceeds max_frame %u", n,
+                             max_frame);
     *body_len = n;
     return avail - KHALA_FRAME_HEADER >= n ? 0 : KHALA_PROTO_NEED_MORE;
 }
@@ -368,8 +358,8 @@ static int scan_body(const uint8_t *p, size_t len, char *err, size_t errlen) {
     size_t pos = 0, objects = 0;
     left[0] = 1;
     if (p[0] < 0x80 || (p[0] > 0x8f && p[0] != 0xde && p[0] != 0xdf))
-        return fail(err, errlen, KHALA_EPROTO, "body is not a msgpack map (first byte 0x%02x)",
-                    p[0]);
+        return khala__errbuf(err, errlen, KHALA_EPROTO,
+                             "body is not a msgpack map (first byte 0x%02x)", p[0]);
     for (;;) {
         while (depth > 0 && left[depth] == 0)
             depth--;
@@ -377,16 +367,20 @@ static int scan_body(const uint8_t *p, size_t len, char *err, size_t errlen) {
             break; /* depth 0: the body's one object is read */
         left[depth]--;
         if (++objects > KHALA_PROTO_OBJECTS_MAX)
-            return fail(err, errlen, KHALA_EPROTO, "body holds more than %u msgpack objects",
-                        KHALA_PROTO_OBJECTS_MAX);
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "body holds more than %u msgpack objects",
+                                 KHALA_PROTO_OBJECTS_MAX);
         if (pos >= len)
-            return fail(err, errlen, KHALA_EPROTO, "truncated msgpack: body ends at byte %zu", len);
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "truncated msgpack: body ends at byte %zu", len);
         mp_head_t h = mp_head(p[pos]);
         if (h.kind < 0)
-            return fail(err, errlen, KHALA_EPROTO, "invalid msgpack byte 0xc1 at byte %zu", pos);
+            return khala__errbuf(err, errlen, KHALA_EPROTO, "invalid msgpack byte 0xc1 at byte %zu",
+                                 pos);
         if (len - pos < h.hdr)
-            return fail(err, errlen, KHALA_EPROTO,
-                        "truncated msgpack: header at byte %zu needs %u bytes", pos, h.hdr);
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "truncated msgpack: header at byte %zu needs %u bytes", pos,
+                                 h.hdr);
         uint64_t n = h.fixed;
         if (h.size_bytes == 1)
             n = p[pos + 1];
@@ -399,33 +393,37 @@ static int scan_body(const uint8_t *p, size_t len, char *err, size_t errlen) {
         if (h.kind == 0) {
             uint64_t payload = n + h.extra;
             if (payload > len - pos)
-                return fail(err, errlen, KHALA_EPROTO,
-                            "truncated msgpack: object at byte %zu needs %llu more bytes, %zu "
-                            "left",
-                            at, (unsigned long long)payload, len - pos);
+                return khala__errbuf(
+                    err, errlen, KHALA_EPROTO,
+                    "truncated msgpack: object at byte %zu needs %llu more bytes, %zu "
+                    "left",
+                    at, (unsigned long long)payload, len - pos);
             pos += (size_t)payload;
             continue;
         }
         if (depth + 1 > KHALA_PROTO_DEPTH_MAX)
-            return fail(err, errlen, KHALA_EPROTO, "nesting deeper than %d at byte %zu",
-                        KHALA_PROTO_DEPTH_MAX, at);
+            return khala__errbuf(err, errlen, KHALA_EPROTO, "nesting deeper than %d at byte %zu",
+                                 KHALA_PROTO_DEPTH_MAX, at);
         if (h.kind == 2 && n > KHALA_PROTO_MAP_MAX)
-            return fail(err, errlen, KHALA_EPROTO, "map of %llu entries at byte %zu, max %u",
-                        (unsigned long long)n, at, KHALA_PROTO_MAP_MAX);
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "map of %llu entries at byte %zu, max %u", (unsigned long long)n,
+                                 at, KHALA_PROTO_MAP_MAX);
         if (h.kind == 1 && n > KHALA_PROTO_ARRAY_MAX)
-            return fail(err, errlen, KHALA_EPROTO, "array of %llu elements at byte %zu, max %u",
-                        (unsigned long long)n, at, KHALA_PROTO_ARRAY_MAX);
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "array of %llu elements at byte %zu, max %u",
+                                 (unsigned long long)n, at, KHALA_PROTO_ARRAY_MAX);
         uint64_t items = h.kind == 2 ? 2 * n : n;
         if (items > len - pos) /* each object takes at least one byte */
-            return fail(err, errlen, KHALA_EPROTO,
-                        "truncated msgpack: container at byte %zu holds %llu objects, %zu bytes "
-                        "left",
-                        at, (unsigned long long)items, len - pos);
+            return khala__errbuf(
+                err, errlen, KHALA_EPROTO,
+                "truncated msgpack: container at byte %zu holds %llu objects, %zu bytes "
+                "left",
+                at, (unsigned long long)items, len - pos);
         left[++depth] = items;
     }
     if (pos != len)
-        return fail(err, errlen, KHALA_EPROTO, "%zu trailing bytes after the body's map",
-                    len - pos);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "%zu trailing bytes after the body's map",
+                             len - pos);
     return 0;
 }
 
@@ -604,8 +602,8 @@ static int decode_data(const msgpack_object *map, int depth, msgpack_zone *zone,
                        const khala_kv_t **out, uint32_t *nout, char *err, size_t errlen) {
     uint32_t n = map->via.map.size;
     if (depth > KHALA_PROTO_DATA_DEPTH_MAX)
-        return fail(err, errlen, KHALA_EPROTO, "field 'data' nests deeper than %d maps",
-                    KHALA_PROTO_DATA_DEPTH_MAX);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'data' nests deeper than %d maps",
+                             KHALA_PROTO_DATA_DEPTH_MAX);
     khala_kv_t *items = NULL;
     if (n > 0) {
         items = msgpack_zone_malloc(zone, (size_t)n * sizeof(*items));
@@ -618,8 +616,8 @@ static int decode_data(const msgpack_object *map, int depth, msgpack_zone *zone,
         khala_kv_t *kv = &items[i];
         char q[QUOTE_BUF];
         if (k->type != MSGPACK_OBJECT_STR)
-            return fail(err, errlen, KHALA_EPROTO, "field 'data' has %s key, expected a str",
-                        obj_kind(k));
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "field 'data' has %s key, expected a str", obj_kind(k));
         kv->key = obj_bytes(k);
         memset(&kv->as, 0, sizeof(kv->as));
         switch (v->type) {
@@ -660,9 +658,9 @@ static int decode_data(const msgpack_object *map, int depth, msgpack_zone *zone,
                 break;
             }
             default:
-                return fail(err, errlen, KHALA_EPROTO,
-                            "field 'data' entry '%s' holds %s, expected a scalar or a map",
-                            quote(kv->key.ptr, kv->key.len, q), obj_kind(v));
+                return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                     "field 'data' entry '%s' holds %s, expected a scalar or a map",
+                                     quote(kv->key.ptr, kv->key.len, q), obj_kind(v));
         }
     }
     *out = items;
@@ -676,8 +674,8 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
     const field_t *fd = &fields[f];
     char q[QUOTE_BUF];
     if (!wire_ok(fd->wire, v->type))
-        return fail(err, errlen, KHALA_EPROTO, "field '%s' is %s, expected %s", fd->name,
-                    obj_kind(v), wire_expect(fd->wire));
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field '%s' is %s, expected %s", fd->name,
+                             obj_kind(v), wire_expect(fd->wire));
     uint64_t u = v->via.u64;
     khala_bytes_t b = obj_bytes(v);
     switch ((field_id_t)f) {
@@ -687,17 +685,19 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
         case FLD_OP: {
             int op = name_index(op_names, KHALA_OP_COUNT, b.ptr, b.len);
             if (op == 0)
-                return fail(err, errlen, KHALA_EPROTO, "unknown op '%s'", quote(b.ptr, b.len, q));
+                return khala__errbuf(err, errlen, KHALA_EPROTO, "unknown op '%s'",
+                                     quote(b.ptr, b.len, q));
             m->op = (khala_op_t)op;
             break;
         }
         case FLD_RC:
             if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && u != 0)
-                return fail(err, errlen, KHALA_EPROTO, "field 'rc' is %llu, expected 0 or negative",
-                            (unsigned long long)u);
+                return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                     "field 'rc' is %llu, expected 0 or negative",
+                                     (unsigned long long)u);
             if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER && v->via.i64 < INT32_MIN)
-                return fail(err, errlen, KHALA_EPROTO, "field 'rc' is %lld, below INT32_MIN",
-                            (long long)v->via.i64);
+                return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                     "field 'rc' is %lld, below INT32_MIN", (long long)v->via.i64);
             m->rc = (int32_t)v->via.i64;
             break;
         case FLD_ERR:
@@ -714,8 +714,8 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
             break;
         case FLD_TYPE:
             if (u >= KHALA_TYPE_COUNT)
-                return fail(err, errlen, KHALA_EPROTO, "field 'type' is %llu, max %u",
-                            (unsigned long long)u, (unsigned)KHALA_TYPE_COUNT - 1);
+                return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'type' is %llu, max %u",
+                                     (unsigned long long)u, (unsigned)KHALA_TYPE_COUNT - 1);
             m->type = (khala_type_t)u;
             break;
         case FLD_VER:
@@ -724,9 +724,9 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
         case FLD_MODE:
             m->mode = (khala_mode_t)name_index(mode_names, NELEM(mode_names), b.ptr, b.len);
             if (m->mode == KHALA_MODE_DEFAULT)
-                return fail(err, errlen, KHALA_EPROTO,
-                            "field 'mode' is '%s', expected 'through' or 'behind'",
-                            quote(b.ptr, b.len, q));
+                return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                     "field 'mode' is '%s', expected 'through' or 'behind'",
+                                     quote(b.ptr, b.len, q));
             break;
         case FLD_PREFIX:
             m->prefix = b;
@@ -734,9 +734,9 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
         case FLD_BY:
             m->by = (khala_by_t)name_index(by_names, NELEM(by_names), b.ptr, b.len);
             if (m->by == KHALA_BY_NONE)
-                return fail(err, errlen, KHALA_EPROTO,
-                            "field 'by' is '%s', expected 'key', 'prefix' or 'type'",
-                            quote(b.ptr, b.len, q));
+                return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                     "field 'by' is '%s', expected 'key', 'prefix' or 'type'",
+                                     quote(b.ptr, b.len, q));
             break;
         case FLD_PATTERN:
             m->pattern = b;
@@ -746,8 +746,8 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
             break;
         case FLD_COUNT:
             if (u > KHALA_PROTO_ARRAY_MAX)
-                return fail(err, errlen, KHALA_EPROTO, "field 'count' is %llu, max %u",
-                            (unsigned long long)u, KHALA_PROTO_ARRAY_MAX);
+                return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'count' is %llu, max %u",
+                                     (unsigned long long)u, KHALA_PROTO_ARRAY_MAX);
             m->count = (uint32_t)u;
             break;
         case FLD_LOADER:
@@ -755,8 +755,9 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
             break;
         case FLD_PROTO:
             if (u == 0 || u > UINT32_MAX)
-                return fail(err, errlen, KHALA_EPROTO, "field 'proto' is %llu, expected 1..%u",
-                            (unsigned long long)u, UINT32_MAX);
+                return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                     "field 'proto' is %llu, expected 1..%u", (unsigned long long)u,
+                                     UINT32_MAX);
             m->proto = (uint32_t)u;
             break;
         case FLD_NAME:
@@ -765,10 +766,10 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
         case FLD_LVL:
             m->lvl = (khala_level_t)name_index(level_names, NELEM(level_names), b.ptr, b.len);
             if (m->lvl == KHALA_LEVEL_NONE)
-                return fail(err, errlen, KHALA_EPROTO,
-                            "field 'lvl' is '%s', expected 'l1', 'l2', 'l3', 'loader' or "
-                            "'stale'",
-                            quote(b.ptr, b.len, q));
+                return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                     "field 'lvl' is '%s', expected 'l1', 'l2', 'l3', 'loader' or "
+                                     "'stale'",
+                                     quote(b.ptr, b.len, q));
             break;
         case FLD_LOAD:
             m->load = v->via.boolean;
@@ -779,8 +780,8 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
         case FLD_MAX_FRAME:
         case FLD_MAX_VALUE:
             if (u > KHALA_FRAME_MAX_CEILING)
-                return fail(err, errlen, KHALA_EPROTO, "field '%s' is %llu, max %u", fd->name,
-                            (unsigned long long)u, KHALA_FRAME_MAX_CEILING);
+                return khala__errbuf(err, errlen, KHALA_EPROTO, "field '%s' is %llu, max %u",
+                                     fd->name, (unsigned long long)u, KHALA_FRAME_MAX_CEILING);
             if (f == FLD_MAX_FRAME)
                 m->max_frame = (uint32_t)u;
             else
@@ -797,8 +798,9 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
             for (uint32_t i = 0; i < n; i++) {
                 const msgpack_object *e = &v->via.array.ptr[i];
                 if (e->type != MSGPACK_OBJECT_BIN)
-                    return fail(err, errlen, KHALA_EPROTO,
-                                "field 'keys' element %u is %s, expected a bin", i, obj_kind(e));
+                    return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                         "field 'keys' element %u is %s, expected a bin", i,
+                                         obj_kind(e));
                 keys[i] = obj_bytes(e);
             }
             m->keys = keys;
@@ -820,10 +822,10 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
 static int check_len(const char *name, khala_bytes_t b, size_t min, size_t max, char *err,
                      size_t errlen) {
     if (b.len < min)
-        return fail(err, errlen, KHALA_EPROTO, "field '%s' is empty", name);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field '%s' is empty", name);
     if (b.len > max)
-        return fail(err, errlen, KHALA_EPROTO, "field '%s' is %zu bytes, max %zu", name, b.len,
-                    max);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field '%s' is %zu bytes, max %zu", name,
+                             b.len, max);
     return 0;
 }
 
@@ -833,34 +835,36 @@ static int need(const khala_msg_t *m, uint32_t bits, const char *what, char *err
         return 0;
     for (int i = 0; i < FLD_COUNT_; i++)
         if (fields[i].bit & missing)
-            return fail(err, errlen, KHALA_EPROTO, "missing field '%s' (required by %s)",
-                        fields[i].name, what);
+            return khala__errbuf(err, errlen, KHALA_EPROTO, "missing field '%s' (required by %s)",
+                                 fields[i].name, what);
     return KHALA_EPROTO; /* not reached: missing has a bit of some field */
 }
 
 /* The encoder's view of the data tree: the same limits the decoder enforces. */
 static int check_data(const khala_kv_t *items, uint32_t n, int depth, char *err, size_t errlen) {
     if (depth > KHALA_PROTO_DATA_DEPTH_MAX)
-        return fail(err, errlen, KHALA_EPROTO, "field 'data' nests deeper than %d maps",
-                    KHALA_PROTO_DATA_DEPTH_MAX);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'data' nests deeper than %d maps",
+                             KHALA_PROTO_DATA_DEPTH_MAX);
     if (n > KHALA_PROTO_MAP_MAX)
-        return fail(err, errlen, KHALA_EPROTO, "field 'data' has a map of %u entries, max %u", n,
-                    KHALA_PROTO_MAP_MAX);
+        return khala__errbuf(err, errlen, KHALA_EPROTO,
+                             "field 'data' has a map of %u entries, max %u", n,
+                             KHALA_PROTO_MAP_MAX);
     if (n > 0 && !items)
-        return fail(err, errlen, KHALA_EPROTO, "field 'data' has %u entries and no array", n);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'data' has %u entries and no array",
+                             n);
     for (uint32_t i = 0; i < n; i++) {
         if (items[i].kind > KHALA_KV_MAP)
-            return fail(err, errlen, KHALA_EPROTO, "field 'data' has an entry of kind %d",
-                        (int)items[i].kind);
+            return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'data' has an entry of kind %d",
+                                 (int)items[i].kind);
         if (items[i].key.len == 0 || items[i].key.len > KHALA_KEY_MAX)
-            return fail(err, errlen, KHALA_EPROTO,
-                        "field 'data' has an entry name of %zu bytes, expected 1..%d",
-                        items[i].key.len, KHALA_KEY_MAX);
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "field 'data' has an entry name of %zu bytes, expected 1..%d",
+                                 items[i].key.len, KHALA_KEY_MAX);
         if ((items[i].kind == KHALA_KV_STR || items[i].kind == KHALA_KV_BIN) &&
             items[i].as.s.len > KHALA_FRAME_MAX_CEILING)
-            return fail(err, errlen, KHALA_ETOOBIG,
-                        "field 'data' entry has a value of %zu bytes, over the ceiling %u",
-                        items[i].as.s.len, KHALA_FRAME_MAX_CEILING);
+            return khala__errbuf(err, errlen, KHALA_ETOOBIG,
+                                 "field 'data' entry has a value of %zu bytes, over the ceiling %u",
+                                 items[i].as.s.len, KHALA_FRAME_MAX_CEILING);
         if (items[i].kind == KHALA_KV_MAP) {
             int rc = check_data(items[i].as.map.items, items[i].as.map.n, depth + 1, err, errlen);
             if (rc != 0)
@@ -877,10 +881,10 @@ static int check_msg(const khala_msg_t *m, int dir, char *err, size_t errlen) {
     int rc;
     const char *opname = khala__proto_op_name(m->op);
     if (dir == DIR_REQ && !opname)
-        return fail(err, errlen, KHALA_EPROTO, "unknown op %d", (int)m->op);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "unknown op %d", (int)m->op);
     if (dir == DIR_REP && m->rc > 0)
-        return fail(err, errlen, KHALA_EPROTO, "field 'rc' is %d, expected 0 or negative",
-                    (int)m->rc);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'rc' is %d, expected 0 or negative",
+                             (int)m->rc);
 #define LEN(bit, fname, b, min, max)                                                               \
     if ((m->has & (bit)) && (rc = check_len(fname, b, min, max, err, errlen)) != 0)                \
         return rc;
@@ -891,39 +895,41 @@ static int check_msg(const khala_msg_t *m, int dir, char *err, size_t errlen) {
     LEN(KHALA_F_ERR, "err", m->err, 0, KHALA_PROTO_ERR_MAX)
 #undef LEN
     if ((m->has & KHALA_F_TYPE) && (unsigned)m->type >= KHALA_TYPE_COUNT)
-        return fail(err, errlen, KHALA_EPROTO, "field 'type' is %u, max %u", (unsigned)m->type,
-                    (unsigned)KHALA_TYPE_COUNT - 1);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'type' is %u, max %u",
+                             (unsigned)m->type, (unsigned)KHALA_TYPE_COUNT - 1);
     if ((m->has & KHALA_F_MODE) && (m->mode < KHALA_MODE_THROUGH || m->mode > KHALA_MODE_BEHIND))
-        return fail(err, errlen, KHALA_EPROTO, "field 'mode' is %d", (int)m->mode);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'mode' is %d", (int)m->mode);
     if ((m->has & KHALA_F_BY) && (m->by < KHALA_BY_KEY || m->by > KHALA_BY_TYPE))
-        return fail(err, errlen, KHALA_EPROTO, "field 'by' is %d", (int)m->by);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'by' is %d", (int)m->by);
     if ((m->has & KHALA_F_LVL) && (m->lvl < KHALA_LEVEL_L1 || m->lvl > KHALA_LEVEL_STALE))
-        return fail(err, errlen, KHALA_EPROTO, "field 'lvl' is %d", (int)m->lvl);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'lvl' is %d", (int)m->lvl);
     if ((m->has & KHALA_F_COUNT) && m->count > KHALA_PROTO_ARRAY_MAX)
-        return fail(err, errlen, KHALA_EPROTO, "field 'count' is %u, max %u", m->count,
-                    KHALA_PROTO_ARRAY_MAX);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'count' is %u, max %u", m->count,
+                             KHALA_PROTO_ARRAY_MAX);
     if ((m->has & KHALA_F_PROTO) && m->proto == 0)
-        return fail(err, errlen, KHALA_EPROTO, "field 'proto' is 0, expected 1..%u", UINT32_MAX);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'proto' is 0, expected 1..%u",
+                             UINT32_MAX);
     if ((m->has & KHALA_F_MAX_FRAME) && m->max_frame > KHALA_FRAME_MAX_CEILING)
-        return fail(err, errlen, KHALA_EPROTO, "field 'max_frame' is %u, max %u", m->max_frame,
-                    KHALA_FRAME_MAX_CEILING);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'max_frame' is %u, max %u",
+                             m->max_frame, KHALA_FRAME_MAX_CEILING);
     if ((m->has & KHALA_F_MAX_VALUE) && m->max_value > KHALA_FRAME_MAX_CEILING)
-        return fail(err, errlen, KHALA_EPROTO, "field 'max_value' is %u, max %u", m->max_value,
-                    KHALA_FRAME_MAX_CEILING);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'max_value' is %u, max %u",
+                             m->max_value, KHALA_FRAME_MAX_CEILING);
     if (m->has & KHALA_F_KEYS) {
         if (m->nkeys > KHALA_PROTO_ARRAY_MAX)
-            return fail(err, errlen, KHALA_EPROTO, "field 'keys' has %u keys, max %u", m->nkeys,
-                        KHALA_PROTO_ARRAY_MAX);
+            return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'keys' has %u keys, max %u",
+                                 m->nkeys, KHALA_PROTO_ARRAY_MAX);
         if (m->nkeys > 0 && !m->keys)
-            return fail(err, errlen, KHALA_EPROTO, "field 'keys' has %u keys and no array",
-                        m->nkeys);
+            return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'keys' has %u keys and no array",
+                                 m->nkeys);
         for (uint32_t i = 0; i < m->nkeys; i++) {
             if (m->keys[i].len == 0)
-                return fail(err, errlen, KHALA_EPROTO, "field 'keys' element %u is empty", i);
+                return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'keys' element %u is empty",
+                                     i);
             if (m->keys[i].len > KHALA_KEY_MAX)
-                return fail(err, errlen, KHALA_EPROTO,
-                            "field 'keys' element %u is %zu bytes, max %d", i, m->keys[i].len,
-                            KHALA_KEY_MAX);
+                return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                     "field 'keys' element %u is %zu bytes, max %d", i,
+                                     m->keys[i].len, KHALA_KEY_MAX);
         }
     }
     if ((m->has & KHALA_F_DATA) && (rc = check_data(m->data, m->ndata, 1, err, errlen)) != 0)
@@ -955,8 +961,8 @@ static int check_msg(const khala_msg_t *m, int dir, char *err, size_t errlen) {
                             err, errlen);
             case KHALA_OP_WARM:
                 if (!(m->has & (KHALA_F_KEYS | KHALA_F_PREFIX | KHALA_F_TYPE)))
-                    return fail(err, errlen, KHALA_EPROTO,
-                                "missing field: warm needs 'keys', 'prefix' or 'type'");
+                    return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                         "missing field: warm needs 'keys', 'prefix' or 'type'");
                 return 0;
             default:
                 return 0;
@@ -1004,10 +1010,10 @@ void khala__proto_msg_free(khala_msg_t *msg) {
 static int decode(int dir, khala_op_t op, const void *body, size_t len, khala_msg_t *msg, char *err,
                   size_t errlen) {
     if (len == 0)
-        return fail(err, errlen, KHALA_EPROTO, "empty body");
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "empty body");
     if (len > KHALA_FRAME_MAX_CEILING)
-        return fail(err, errlen, KHALA_EPROTO, "body of %zu bytes exceeds the ceiling %u", len,
-                    KHALA_FRAME_MAX_CEILING);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "body of %zu bytes exceeds the ceiling %u",
+                             len, KHALA_FRAME_MAX_CEILING);
     int rc = scan_body(body, len, err, errlen); /* step 1 */
     if (rc != 0)
         return rc;
@@ -1022,7 +1028,8 @@ static int decode(int dir, khala_op_t op, const void *body, size_t len, khala_ms
         /* Not reached for a body the scan accepted, but msgpack-c has the last word. */
         rc = ur == MSGPACK_UNPACK_NOMEM_ERROR
                  ? -ENOMEM
-                 : fail(err, errlen, KHALA_EPROTO, "msgpack-c refused the body (%d)", (int)ur);
+                 : khala__errbuf(err, errlen, KHALA_EPROTO, "msgpack-c refused the body (%d)",
+                                 (int)ur);
         goto out;
     }
 
@@ -1033,15 +1040,15 @@ static int decode(int dir, khala_op_t op, const void *body, size_t len, khala_ms
     for (uint32_t i = 0; i < root.via.map.size; i++) {
         const msgpack_object *k = &root.via.map.ptr[i].key;
         if (k->type != MSGPACK_OBJECT_STR) {
-            rc = fail(err, errlen, KHALA_EPROTO, "a key of the body map is %s, expected a str",
-                      obj_kind(k));
+            rc = khala__errbuf(err, errlen, KHALA_EPROTO,
+                               "a key of the body map is %s, expected a str", obj_kind(k));
             goto out;
         }
         int f = field_lookup(k->via.str.ptr, k->via.str.size, dir);
         if (f < 0)
             continue; /* unknown: ignored, for forward compatibility */
         if (seen & (1u << f)) {
-            rc = fail(err, errlen, KHALA_EPROTO, "duplicate field '%s'", fields[f].name);
+            rc = khala__errbuf(err, errlen, KHALA_EPROTO, "duplicate field '%s'", fields[f].name);
             goto out;
         }
         seen |= 1u << f;
@@ -1053,7 +1060,7 @@ static int decode(int dir, khala_op_t op, const void *body, size_t len, khala_ms
     for (int j = 0; j < 2; j++) {
         int f = always[dir == DIR_REP][j];
         if (!(seen & (1u << f))) {
-            rc = fail(err, errlen, KHALA_EPROTO, "missing field '%s'", fields[f].name);
+            rc = khala__errbuf(err, errlen, KHALA_EPROTO, "missing field '%s'", fields[f].name);
             goto out;
         }
     }
@@ -1078,7 +1085,7 @@ int khala__proto_decode_request(const void *body, size_t len, khala_msg_t *msg, 
 int khala__proto_decode_reply(khala_op_t op, const void *body, size_t len, khala_msg_t *msg,
                               char *err, size_t errlen) {
     if ((unsigned)op >= KHALA_OP_COUNT)
-        return fail(err, errlen, KHALA_EPROTO, "unknown op %d", (int)op);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "unknown op %d", (int)op);
     return decode(DIR_REP, op, body, len, msg, err, errlen);
 }
 
@@ -1215,8 +1222,9 @@ static int pack_field(msgpack_packer *pk, const khala_msg_t *m, int f) {
 static int encode(int dir, khala_buf_t *out, const khala_msg_t *msg, char *err, size_t errlen) {
     /* A value over the ceiling is refused before it is copied. */
     if ((msg->has & KHALA_F_V) && msg->value.len > KHALA_FRAME_MAX_CEILING)
-        return fail(err, errlen, KHALA_ETOOBIG, "field 'v' is %zu bytes, over the ceiling %u",
-                    msg->value.len, KHALA_FRAME_MAX_CEILING);
+        return khala__errbuf(err, errlen, KHALA_ETOOBIG,
+                             "field 'v' is %zu bytes, over the ceiling %u", msg->value.len,
+                             KHALA_FRAME_MAX_CEILING);
     int rc = check_msg(msg, dir, err, errlen);
     if (rc != 0)
         return rc;
@@ -1240,8 +1248,9 @@ static int encode(int dir, khala_buf_t *out, const khala_msg_t *msg, char *err, 
     size_t body = out->len - start - KHALA_FRAME_HEADER;
     if (body > KHALA_FRAME_MAX_CEILING) {
         out->len = start;
-        return fail(err, errlen, KHALA_ETOOBIG, "frame of %zu bytes exceeds the ceiling %u", body,
-                    KHALA_FRAME_MAX_CEILING);
+        return khala__errbuf(err, errlen, KHALA_ETOOBIG,
+                             "frame of %zu bytes exceeds the ceiling %u", body,
+                             KHALA_FRAME_MAX_CEILING);
     }
     store_be32(out->data + start, (uint32_t)body);
     return 0;
@@ -1254,6 +1263,6 @@ int khala__proto_encode_request(khala_buf_t *out, const khala_msg_t *msg, char *
 
 int khala__proto_encode_reply(khala_buf_t *out, const khala_msg_t *msg, char *err, size_t errlen) {
     if ((unsigned)msg->op >= KHALA_OP_COUNT)
-        return fail(err, errlen, KHALA_EPROTO, "unknown op %d", (int)msg->op);
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "unknown op %d", (int)msg->op);
     return encode(DIR_REP, out, msg, err, errlen);
 }

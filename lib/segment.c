@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "errbuf.h"
 #include "khala/error.h"
 #include "sys.h"
 
@@ -53,19 +54,6 @@
 #define SEG_MAX_READERS 65536u
 #define SEG_MAX_RING 65536u
 #define SEG_PAGE 4096u
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 static uint64_t align_up(uint64_t v, uint64_t a) {
     return (v + a - 1) & ~(a - 1);
@@ -95,18 +83,19 @@ void khala__seg_shm_names(const char *name, char *data, char *readers, size_t le
 
 int khala__seg_name_check(const char *name, char *err, size_t errlen) {
     if (!name || !*name)
-        return fail(err, errlen, KHALA_ENAME, "cache name is empty");
+        return khala__errbuf(err, errlen, KHALA_ENAME, "cache name is empty");
     size_t n = strnlen(name, KHALA_NAME_MAX + 1);
     if (n > KHALA_NAME_MAX)
-        return fail(err, errlen, KHALA_ENAME, "cache name is longer than %d bytes", KHALA_NAME_MAX);
+        return khala__errbuf(err, errlen, KHALA_ENAME, "cache name is longer than %d bytes",
+                             KHALA_NAME_MAX);
     for (size_t i = 0; i < n; i++) {
         char ch = name[i];
         int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
                  ch == '_' || ch == '-' || ch == '.';
         if (!ok)
-            return fail(err, errlen, KHALA_ENAME,
-                        "cache name '%s' has character 0x%02x at %zu; use [A-Za-z0-9_.-]", name,
-                        (unsigned char)ch, i);
+            return khala__errbuf(err, errlen, KHALA_ENAME,
+                                 "cache name '%s' has character 0x%02x at %zu; use [A-Za-z0-9_.-]",
+                                 name, (unsigned char)ch, i);
     }
     return 0;
 }
@@ -146,30 +135,32 @@ static void compute_layout(khala_seg_header_t *h, const khala_seg_config_t *cfg)
 
 static int config_check(const khala_seg_config_t *cfg, char *err, size_t errlen) {
     if (cfg->max_items < SEG_MIN_ITEMS || cfg->max_items > SEG_MAX_ITEMS)
-        return fail(err, errlen, KHALA_ECONFIG, "max_items is %u, allowed %u to %u", cfg->max_items,
-                    SEG_MIN_ITEMS, SEG_MAX_ITEMS);
+        return khala__errbuf(err, errlen, KHALA_ECONFIG, "max_items is %u, allowed %u to %u",
+                             cfg->max_items, SEG_MIN_ITEMS, SEG_MAX_ITEMS);
     if (cfg->max_bytes < SEG_MIN_BYTES || cfg->max_bytes > SEG_MAX_BYTES)
-        return fail(err, errlen, KHALA_ECONFIG, "max_bytes is %llu, allowed %u to %llu",
-                    (unsigned long long)cfg->max_bytes, SEG_MIN_BYTES,
-                    (unsigned long long)SEG_MAX_BYTES);
+        return khala__errbuf(err, errlen, KHALA_ECONFIG, "max_bytes is %llu, allowed %u to %llu",
+                             (unsigned long long)cfg->max_bytes, SEG_MIN_BYTES,
+                             (unsigned long long)SEG_MAX_BYTES);
     khala_seg_header_t lay;
     memset(&lay, 0, sizeof(lay));
     compute_layout(&lay, cfg);
     if (lay.segment_size > KHALA_SEG_MAX_SIZE)
-        return fail(err, errlen, KHALA_ECONFIG,
-                    "max_bytes %llu and max_items %u need a %llu-byte segment; the limit is %llu",
-                    (unsigned long long)cfg->max_bytes, cfg->max_items,
-                    (unsigned long long)lay.segment_size, (unsigned long long)KHALA_SEG_MAX_SIZE);
+        return khala__errbuf(
+            err, errlen, KHALA_ECONFIG,
+            "max_bytes %llu and max_items %u need a %llu-byte segment; the limit is %llu",
+            (unsigned long long)cfg->max_bytes, cfg->max_items,
+            (unsigned long long)lay.segment_size, (unsigned long long)KHALA_SEG_MAX_SIZE);
     if (cfg->max_value > SEG_MAX_VALUE)
-        return fail(err, errlen, KHALA_ECONFIG, "max_value is %u, allowed up to %u", cfg->max_value,
-                    SEG_MAX_VALUE);
+        return khala__errbuf(err, errlen, KHALA_ECONFIG, "max_value is %u, allowed up to %u",
+                             cfg->max_value, SEG_MAX_VALUE);
     if (cfg->max_readers < 1 || cfg->max_readers > SEG_MAX_READERS)
-        return fail(err, errlen, KHALA_ECONFIG, "max_readers is %u, allowed 1 to %u",
-                    cfg->max_readers, SEG_MAX_READERS);
+        return khala__errbuf(err, errlen, KHALA_ECONFIG, "max_readers is %u, allowed 1 to %u",
+                             cfg->max_readers, SEG_MAX_READERS);
     if (cfg->ring_size < 16 || cfg->ring_size > SEG_MAX_RING ||
         (cfg->ring_size & (cfg->ring_size - 1)))
-        return fail(err, errlen, KHALA_ECONFIG, "ring_size is %u, want a power of two, 16 to %u",
-                    cfg->ring_size, SEG_MAX_RING);
+        return khala__errbuf(err, errlen, KHALA_ECONFIG,
+                             "ring_size is %u, want a power of two, 16 to %u", cfg->ring_size,
+                             SEG_MAX_RING);
     return 0;
 }
 
@@ -178,27 +169,30 @@ static int header_check(khala_seg_t *s, const khala_seg_header_t *h, uint64_t fi
                         size_t errlen) {
     const char *n = s->name;
     if (h->magic != KHALA_SEG_MAGIC)
-        return fail(err, errlen, KHALA_ECORRUPT,
-                    "segment '%s': bad magic 0x%016llx (not a khala segment, or still being made)",
-                    n, (unsigned long long)h->magic);
+        return khala__errbuf(
+            err, errlen, KHALA_ECORRUPT,
+            "segment '%s': bad magic 0x%016llx (not a khala segment, or still being made)", n,
+            (unsigned long long)h->magic);
     if (h->layout_version != KHALA_LAYOUT_VERSION)
-        return fail(err, errlen, KHALA_ELAYOUT,
-                    "segment '%s' has layout version %u; this library reads version %u", n,
-                    h->layout_version, KHALA_LAYOUT_VERSION);
+        return khala__errbuf(err, errlen, KHALA_ELAYOUT,
+                             "segment '%s' has layout version %u; this library reads version %u", n,
+                             h->layout_version, KHALA_LAYOUT_VERSION);
     if (h->header_size != KHALA_SEG_HEADER_SIZE)
-        return fail(err, errlen, KHALA_ECORRUPT, "segment '%s': header size %u, expected %u", n,
-                    h->header_size, KHALA_SEG_HEADER_SIZE);
+        return khala__errbuf(err, errlen, KHALA_ECORRUPT,
+                             "segment '%s': header size %u, expected %u", n, h->header_size,
+                             KHALA_SEG_HEADER_SIZE);
     if (h->segment_size != file_size)
-        return fail(err, errlen, KHALA_ECORRUPT,
-                    "segment '%s' is %llu bytes but its header says %llu (truncated?)", n,
-                    (unsigned long long)file_size, (unsigned long long)h->segment_size);
+        return khala__errbuf(err, errlen, KHALA_ECORRUPT,
+                             "segment '%s' is %llu bytes but its header says %llu (truncated?)", n,
+                             (unsigned long long)file_size, (unsigned long long)h->segment_size);
     /* Recompute the layout from the sizes and demand the same offsets: this checks every
      * region's bounds and order at once. */
     khala_seg_config_t cfg = {h->max_items, h->arena_size, h->max_value, h->max_readers,
                               h->ring_size};
     char sub[160];
     if (config_check(&cfg, sub, sizeof(sub)) != 0)
-        return fail(err, errlen, KHALA_ECORRUPT, "segment '%s': header sizes invalid: %s", n, sub);
+        return khala__errbuf(err, errlen, KHALA_ECORRUPT, "segment '%s': header sizes invalid: %s",
+                             n, sub);
     khala_seg_header_t want;
     memset(&want, 0, sizeof(want));
     compute_layout(&want, &cfg);
@@ -208,8 +202,8 @@ static int header_check(khala_seg_t *s, const khala_seg_header_t *h, uint64_t fi
         want.retire_off != h->retire_off || want.retire_cap != h->retire_cap ||
         want.alloc_off != h->alloc_off || want.arena_off != h->arena_off ||
         want.segment_size != h->segment_size || want.readers_size != h->readers_size)
-        return fail(err, errlen, KHALA_ECORRUPT,
-                    "segment '%s': region offsets in the header are inconsistent", n);
+        return khala__errbuf(err, errlen, KHALA_ECORRUPT,
+                             "segment '%s': region offsets in the header are inconsistent", n);
     s->hdr = (khala_seg_header_t *)s->base;
     s->buckets = (khala_atomic_u32 *)(s->base + h->bucket_off);
     s->bucket_mask = h->bucket_count - 1;
@@ -228,22 +222,23 @@ static int readers_check(khala_seg_t *s, uint64_t file_size, uint64_t want_size,
                          size_t errlen) {
     const khala_readers_header_t *r = (const khala_readers_header_t *)s->rbase;
     if (file_size < KHALA_READERS_HEADER_SIZE || r->magic != KHALA_READERS_MAGIC)
-        return fail(err, errlen, KHALA_ECORRUPT, "readers file of '%s': bad magic or truncated",
-                    s->name);
+        return khala__errbuf(err, errlen, KHALA_ECORRUPT,
+                             "readers file of '%s': bad magic or truncated", s->name);
     if (r->layout_version != KHALA_LAYOUT_VERSION)
-        return fail(err, errlen, KHALA_ELAYOUT,
-                    "readers file of '%s' has layout version %u; this library reads %u", s->name,
-                    r->layout_version, KHALA_LAYOUT_VERSION);
+        return khala__errbuf(err, errlen, KHALA_ELAYOUT,
+                             "readers file of '%s' has layout version %u; this library reads %u",
+                             s->name, r->layout_version, KHALA_LAYOUT_VERSION);
     if (r->generation != s->generation)
-        return fail(
+        return khala__errbuf(
             err, errlen, KHALA_ELAYOUT,
             "readers file of '%s' has generation %llu, the data file %llu (being replaced?)",
             s->name, (unsigned long long)r->generation, (unsigned long long)s->generation);
     if (r->nslots != s->nslots || r->slot_size != s->slot_size || r->size != want_size ||
         file_size != want_size || r->ring_size != s->ring_mask + 1)
-        return fail(err, errlen, KHALA_ECORRUPT,
-                    "readers file of '%s' does not match its data file (size %llu, want %llu)",
-                    s->name, (unsigned long long)file_size, (unsigned long long)want_size);
+        return khala__errbuf(
+            err, errlen, KHALA_ECORRUPT,
+            "readers file of '%s' does not match its data file (size %llu, want %llu)", s->name,
+            (unsigned long long)file_size, (unsigned long long)want_size);
     s->rhdr = (khala_readers_header_t *)s->rbase;
     return 0;
 }
@@ -278,25 +273,26 @@ int khala__seg_attach(khala_seg_t *s, const char *name, int writable, char *err,
 
     rc = khala__sys_shm_open(dname, 0, writable);
     if (rc < 0) {
-        fail(err, errlen, rc, "cannot open /dev/shm/%s: %s%s", dname, strerror(-rc),
-             rc == -ENOENT ? " (is the writer running?)" : "");
+        khala__errbuf(err, errlen, rc, "cannot open /dev/shm/%s: %s%s", dname, strerror(-rc),
+                      rc == -ENOENT ? " (is the writer running?)" : "");
         goto out;
     }
     s->data_fd = rc;
     if ((rc = khala__sys_fd_size(s->data_fd, &size)) != 0) {
-        fail(err, errlen, rc, "cannot stat /dev/shm/%s: %s", dname, strerror(-rc));
+        khala__errbuf(err, errlen, rc, "cannot stat /dev/shm/%s: %s", dname, strerror(-rc));
         goto out;
     }
     if (size < KHALA_SEG_HEADER_SIZE) {
-        rc = fail(err, errlen, KHALA_ECORRUPT,
-                  "segment '%s' is %llu bytes, smaller than its %u-byte header (truncated, or "
-                  "still being made)",
-                  name, (unsigned long long)size, KHALA_SEG_HEADER_SIZE);
+        rc = khala__errbuf(
+            err, errlen, KHALA_ECORRUPT,
+            "segment '%s' is %llu bytes, smaller than its %u-byte header (truncated, or "
+            "still being made)",
+            name, (unsigned long long)size, KHALA_SEG_HEADER_SIZE);
         goto out;
     }
     if ((rc = khala__sys_map(s->data_fd, size, writable, (void **)&s->base)) != 0) {
-        fail(err, errlen, rc, "cannot map segment '%s' (%llu bytes): %s", name,
-             (unsigned long long)size, strerror(-rc));
+        khala__errbuf(err, errlen, rc, "cannot map segment '%s' (%llu bytes): %s", name,
+                      (unsigned long long)size, strerror(-rc));
         goto out;
     }
     s->size = size;
@@ -304,9 +300,10 @@ int khala__seg_attach(khala_seg_t *s, const char *name, int writable, char *err,
      * header field is visible once the magic is. */
     const khala_seg_header_t *h = (const khala_seg_header_t *)s->base;
     if (khala_load_acquire((const khala_atomic_u64 *)(const void *)&h->magic) != KHALA_SEG_MAGIC) {
-        rc = fail(err, errlen, KHALA_ECORRUPT,
-                  "segment '%s': bad magic 0x%016llx (not a khala segment, or still being made)",
-                  name, (unsigned long long)h->magic);
+        rc = khala__errbuf(
+            err, errlen, KHALA_ECORRUPT,
+            "segment '%s': bad magic 0x%016llx (not a khala segment, or still being made)", name,
+            (unsigned long long)h->magic);
         goto out;
     }
     if ((rc = header_check(s, h, size, err, errlen)) != 0)
@@ -314,28 +311,30 @@ int khala__seg_attach(khala_seg_t *s, const char *name, int writable, char *err,
 
     rc = khala__sys_shm_open(rname, 0, 1);
     if (rc < 0) {
-        fail(err, errlen, rc, "cannot open /dev/shm/%s: %s", rname, strerror(-rc));
+        khala__errbuf(err, errlen, rc, "cannot open /dev/shm/%s: %s", rname, strerror(-rc));
         goto out;
     }
     s->readers_fd = rc;
     if ((rc = khala__sys_fd_size(s->readers_fd, &size)) != 0) {
-        fail(err, errlen, rc, "cannot stat /dev/shm/%s: %s", rname, strerror(-rc));
+        khala__errbuf(err, errlen, rc, "cannot stat /dev/shm/%s: %s", rname, strerror(-rc));
         goto out;
     }
     if (size < KHALA_READERS_HEADER_SIZE) {
-        rc = fail(err, errlen, KHALA_ECORRUPT, "readers file of '%s' is truncated (%llu bytes)",
-                  name, (unsigned long long)size);
+        rc = khala__errbuf(err, errlen, KHALA_ECORRUPT,
+                           "readers file of '%s' is truncated (%llu bytes)", name,
+                           (unsigned long long)size);
         goto out;
     }
     if ((rc = khala__sys_map(s->readers_fd, size, 1, (void **)&s->rbase)) != 0) {
-        fail(err, errlen, rc, "cannot map readers file of '%s': %s", name, strerror(-rc));
+        khala__errbuf(err, errlen, rc, "cannot map readers file of '%s': %s", name, strerror(-rc));
         goto out;
     }
     s->rsize = size;
     if ((rc = readers_check(s, size, h->readers_size, err, errlen)) != 0)
         goto out;
     if (khala_load_acquire(&s->hdr->state) != KHALA_SEG_LIVE) {
-        rc = fail(err, errlen, KHALA_ELAYOUT, "segment '%s' has been replaced by a new one", name);
+        rc = khala__errbuf(err, errlen, KHALA_ELAYOUT,
+                           "segment '%s' has been replaced by a new one", name);
         goto out;
     }
     /* A reader may drop its fence only if the writer promised membarrier and this process is
@@ -383,14 +382,15 @@ static int retire_existing(const char *name, uint64_t *next_gen, char *err, size
     if (fd == -ENOENT)
         return khala__seg_unlink(name);
     if (fd < 0)
-        return fail(err, errlen, fd, "cannot open existing /dev/shm/%s: %s", dname, strerror(-fd));
+        return khala__errbuf(err, errlen, fd, "cannot open existing /dev/shm/%s: %s", dname,
+                             strerror(-fd));
     int rc = khala__sys_lock_try(fd, 0);
     if (rc == -EAGAIN) {
-        rc = fail(err, errlen, KHALA_EEXIST, "cache '%s' already has a live writer", name);
+        rc = khala__errbuf(err, errlen, KHALA_EEXIST, "cache '%s' already has a live writer", name);
         goto out;
     }
     if (rc != 0) {
-        fail(err, errlen, rc, "cannot lock /dev/shm/%s: %s", dname, strerror(-rc));
+        khala__errbuf(err, errlen, rc, "cannot lock /dev/shm/%s: %s", dname, strerror(-rc));
         goto out;
     }
     if (khala__sys_fd_size(fd, &size) == 0 && size >= KHALA_SEG_HEADER_SIZE &&
@@ -430,14 +430,14 @@ int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t
     /* 1. The readers file. */
     rc = khala__sys_shm_open(rname, 1, 1);
     if (rc < 0) {
-        fail(err, errlen, rc, "cannot create /dev/shm/%s: %s", rname, strerror(-rc));
+        khala__errbuf(err, errlen, rc, "cannot create /dev/shm/%s: %s", rname, strerror(-rc));
         goto out;
     }
     s->readers_fd = rc;
     if ((rc = khala__sys_fd_resize(s->readers_fd, lay.readers_size)) != 0 ||
         (rc = khala__sys_map(s->readers_fd, lay.readers_size, 1, (void **)&s->rbase)) != 0) {
-        fail(err, errlen, rc, "cannot size or map /dev/shm/%s (%llu bytes): %s", rname,
-             (unsigned long long)lay.readers_size, strerror(-rc));
+        khala__errbuf(err, errlen, rc, "cannot size or map /dev/shm/%s (%llu bytes): %s", rname,
+                      (unsigned long long)lay.readers_size, strerror(-rc));
         goto out;
     }
     s->rsize = lay.readers_size;
@@ -453,21 +453,21 @@ int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t
     /* 2. The data file, locked for this writer before anyone can see a valid header. */
     rc = khala__sys_shm_open(dname, 1, 1);
     if (rc < 0) {
-        fail(err, errlen, rc, "cannot create /dev/shm/%s: %s", dname, strerror(-rc));
+        khala__errbuf(err, errlen, rc, "cannot create /dev/shm/%s: %s", dname, strerror(-rc));
         goto out;
     }
     s->data_fd = rc;
     if ((rc = khala__sys_lock_try(s->data_fd, 0)) != 0) {
-        fail(err, errlen, rc == -EAGAIN ? KHALA_EEXIST : rc,
-             "cannot take the writer lock of '%s': %s", name, strerror(-rc));
+        khala__errbuf(err, errlen, rc == -EAGAIN ? KHALA_EEXIST : rc,
+                      "cannot take the writer lock of '%s': %s", name, strerror(-rc));
         rc = rc == -EAGAIN ? KHALA_EEXIST : rc;
         goto out;
     }
     if ((rc = khala__sys_fd_resize(s->data_fd, lay.segment_size)) != 0 ||
         (rc = khala__sys_map(s->data_fd, lay.segment_size, 1, (void **)&s->base)) != 0) {
-        fail(err, errlen, rc, "cannot size or map /dev/shm/%s (%llu bytes): %s%s", dname,
-             (unsigned long long)lay.segment_size, strerror(-rc),
-             rc == -ENOSPC ? " (is /dev/shm large enough?)" : "");
+        khala__errbuf(err, errlen, rc, "cannot size or map /dev/shm/%s (%llu bytes): %s%s", dname,
+                      (unsigned long long)lay.segment_size, strerror(-rc),
+                      rc == -ENOSPC ? " (is /dev/shm large enough?)" : "");
         goto out;
     }
     s->size = lay.segment_size;
