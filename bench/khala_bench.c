@@ -10,6 +10,8 @@
  *   khala-bench replay    --trace FILE --format csv|oracle --capacity-items N [--policy lru]
  *   khala-bench sweep     --items N
  *   khala-bench overhead  --items N --value-size B[-B2]
+ *   khala-bench put       --procs N --keys K --value-size B --seconds S [--pipeline P]
+ *   khala-bench miss      --procs N --seconds S: both through a khalad and against Redis
  *
  * Every subcommand prints one final line of key=value pairs; lines before it are for humans.
  * Speed is to be judged only by ratios measured in the same run: the machines are shared.
@@ -20,9 +22,13 @@
 #include <string.h>
 
 #include "bench.h"
+#include "daemon_bench.h"
 
 /* Most rounds a run may ask for. */
 #define MAX_ROUNDS 64u
+
+/* put: requests in flight per client (--pipeline). */
+static unsigned g_pipeline = 1;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: khala-bench l1-get|l1-mixed|plain-get|lmdb-get|compare [--procs N] "
@@ -34,7 +40,10 @@ static void usage(FILE *f) {
                "[--policy s3fifo|lru]\n"
                "                   [--maintain-every R]\n"
                "       khala-bench sweep [--items N] [--value-size B] [--expired-pct P]\n"
-               "       khala-bench overhead [--items N] [--value-size B | --value-size MIN-MAX]\n");
+               "       khala-bench overhead [--items N] [--value-size B | --value-size MIN-MAX]\n"
+               "       khala-bench put|miss [--procs N] [--keys K] [--value-size B] [--seconds S]\n"
+               "                   [--rounds R] [--pipeline P]  (through a khalad it starts, "
+               "against redis-server)\n");
 }
 
 static int parse(int argc, char **argv, bench_opts_t *o) {
@@ -52,6 +61,7 @@ static int parse(int argc, char **argv, bench_opts_t *o) {
                                          {"maintain-every", required_argument, NULL, 'm'},
                                          {"expired-pct", required_argument, NULL, 'e'},
                                          {"rounds", required_argument, NULL, 'r'},
+                                         {"pipeline", required_argument, NULL, 'L'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int ch;
@@ -113,6 +123,9 @@ static int parse(int argc, char **argv, bench_opts_t *o) {
                 break;
             case 'e':
                 o->expired_pct = (uint32_t)strtoul(optarg, NULL, 10);
+                break;
+            case 'L':
+                g_pipeline = (unsigned)strtoul(optarg, NULL, 10);
                 break;
             case 'm':
                 o->maintain_every = (uint32_t)strtoul(optarg, NULL, 10);
@@ -320,7 +333,10 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     /* compare, scale and l1-mixed alternate their runs over rounds; the others run once. */
-    o.rounds = !strcmp(cmd, "compare") || !strcmp(cmd, "scale") || !strcmp(cmd, "l1-mixed") ? 3 : 1;
+    o.rounds = !strcmp(cmd, "compare") || !strcmp(cmd, "scale") || !strcmp(cmd, "l1-mixed") ||
+                       !strcmp(cmd, "put") || !strcmp(cmd, "miss")
+                   ? 3
+                   : 1;
     if (parse(argc - 1, argv + 1, &o) != 0) {
         usage(stderr);
         return 2;
@@ -330,6 +346,8 @@ int main(int argc, char **argv) {
         strcmp(cmd, "plain-get") == 0 || strcmp(cmd, "lmdb-get") == 0 ||
         strcmp(cmd, "compare") == 0 || strcmp(cmd, "scale") == 0)
         return run_get(cmd, &o) == 0 ? 0 : 1;
+    if (strcmp(cmd, "put") == 0 || strcmp(cmd, "miss") == 0)
+        return bench_daemon(cmd, &o, g_pipeline) == 0 ? 0 : 1;
     if (strcmp(cmd, "replay") == 0) {
         bench_replay_t r;
         if (!o.trace || o.capacity == 0) {

@@ -528,6 +528,33 @@ static void op_config(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 
 /* Dispatch --------------------------------------------------------------------------------- */
 
+/* Who may change the cache: root, khalad's own user, and members (by primary group) of the
+ * socket's group. Anyone else who can reach the socket (a mode wider than 0660) may read:
+ * hello, ping, get (without loading), stats, keys, inspect, config. The kernel reports the
+ * peer's credentials (SO_PEERCRED), so they cannot be forged. */
+static int may_write(const khalad_t *d, const khala_conn_t *c) {
+    uid_t uid;
+    gid_t gid;
+    khala__conn_peer(c, NULL, &uid, &gid);
+    return uid == 0 || uid == d->uid || (d->socket_gid >= 0 && gid == (gid_t)d->socket_gid);
+}
+
+static int is_write(khala_op_t op) {
+    switch (op) {
+        case KHALA_OP_PUT:
+        case KHALA_OP_FILL:
+        case KHALA_OP_FILL_FAIL:
+        case KHALA_OP_DEL:
+        case KHALA_OP_INVALIDATE:
+        case KHALA_OP_TOUCH:
+        case KHALA_OP_FLUSH:
+        case KHALA_OP_WARM:
+            return 1;
+        default:
+            return 0;
+    }
+}
+
 int khala__handlers_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_t len) {
     khalad_t *d = arg;
     char err[256];
@@ -540,6 +567,20 @@ int khala__handlers_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_
         khala__log("warn", "bad request; closing the connection", "error", err, NULL);
         reply_rc(d, c, m.id, KHALA_OP_NONE, rc, "%s", err);
         return -1;
+    }
+    if ((is_write(m.op) || m.loader) && !may_write(d, c)) {
+        uid_t uid;
+        khala__conn_peer(c, NULL, &uid, NULL);
+        if (m.op == KHALA_OP_GET) {
+            m.loader = false; /* a reader may look, not lead a load it could not fill */
+        } else {
+            reply_rc(d, c, m.id, m.op, -EACCES,
+                     "uid %u may read cache '%s' but not %s it (writers: root, uid %u%s)",
+                     (unsigned)uid, d->cfg.cache.name, khala__proto_op_name(m.op), (unsigned)d->uid,
+                     d->socket_gid >= 0 ? ", the socket's group" : "");
+            khala__proto_msg_free(&m);
+            return 0;
+        }
     }
     switch (m.op) {
         case KHALA_OP_HELLO:

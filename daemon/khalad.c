@@ -210,6 +210,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     d.uid = getuid();
+    d.socket_gid = -1;
     d.started_ms = khala__now_ms();
     khala__proto_buf_init(&d.out);
 
@@ -247,6 +248,7 @@ int main(int argc, char **argv) {
             return 1;
         }
         scfg.gid = gid;
+        d.socket_gid = gid;
     }
     if ((rc = make_parent_dirs(d.socket_path)) != 0) {
         khala__log("error", "cannot create the socket's directory", "path", d.socket_path, "error",

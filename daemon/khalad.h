@@ -27,6 +27,7 @@ typedef struct khalad {
     khala_flight_t *flight; /* single-flight table */
     char socket_path[4096]; /* where srv listens */
     uid_t uid;              /* khalad's own uid */
+    long socket_gid;        /* the socket's group, -1 when not configured */
     khala_buf_t out;        /* scratch buffer replies are encoded into */
     uint64_t sweep_cursor;  /* unused by the L1's own sweep; kept for stats */
     uint64_t watchdog_usec; /* systemd watchdog period, 0 when off */

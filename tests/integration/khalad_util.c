@@ -44,6 +44,8 @@ void khalad_env_init(const char *prefix) {
     snprintf(khalad_sock, sizeof(khalad_sock), "%s/khalad.sock", g_dir);
 }
 
+const char *khalad_extra_set;
+
 void khalad_start(void) {
     khalad_pid = fork();
     cr_assert_geq(khalad_pid, 0);
@@ -53,9 +55,10 @@ void khalad_start(void) {
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0 && !getenv("KHALA_TEST_VERBOSE"))
             dup2(devnull, 2);
+        const char *extra = khalad_extra_set ? khalad_extra_set : "cache.socket_mode=0660";
         execl(KHALAD_PATH, "khalad", "--foreground", "--name", khalad_name, "--set", sock_set,
               "--set", "l1.max_memory_mb=16", "--set", "policies.single_flight_timeout_ms=3000",
-              (char *)NULL);
+              "--set", extra, (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 500; i++) {

@@ -22,6 +22,9 @@ void khalad_env_init(const char *prefix);
 
 /* Start khalad and wait (bounded: 5 s) until its socket accepts connections. The segment, if
  * one exists under the name, is adopted as a restarted khalad would. */
+/* One more --set SECTION.KEY=VALUE for the next khalad_start, or NULL for none. */
+extern const char *khalad_extra_set;
+
 void khalad_start(void);
 
 /* Send sig to khalad and reap it; nothing when it is not running. */

@@ -423,3 +423,58 @@ Test(khalad, stats_report_the_l1_and_the_daemon) {
     khala__proto_msg_free(&r);
     hang_up(&c);
 }
+
+/* Permissions: a peer that is neither root, khalad's user nor in the socket's group may read
+ * but not write. The socket is opened up to everyone (0666) so that such a peer can connect;
+ * the peer is a child that drops to uid/gid 65534 (nobody), which needs root. */
+Test(khalad, peer_outside_the_writers_may_read_but_not_write) {
+    if (geteuid() != 0)
+        cr_skip_test("needs root to become another user");
+    khalad_kill(SIGTERM);
+    khalad_extra_set = "cache.socket_mode=0666";
+    khalad_start();
+    /* The other user must be able to reach the socket's directory too. */
+    char dir[sizeof(khalad_sock)];
+    snprintf(dir, sizeof(dir), "%s", khalad_sock);
+    *strrchr(dir, '/') = '\0';
+    cr_assert_eq(chmod(dir, 0711), 0);
+    client_t owner = dial();
+    cr_assert_eq(put(&owner, "shared", "by the owner", KHALA_TYPE_MEMORY_ENTITY, NULL), 0);
+    hang_up(&owner);
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        if (setgid(65534) != 0 || setuid(65534) != 0)
+            _exit(10);
+        client_t c = dial();
+        char buf[32];
+        if (get(&c, "shared", buf, sizeof(buf)) != 0 || strcmp(buf, "by the owner") != 0)
+            _exit(11); /* reading is allowed */
+        khala_msg_t m = req(KHALA_OP_PUT, "shared"), r;
+        m.value.ptr = (const uint8_t *)"intruder";
+        m.value.len = 8;
+        m.has |= KHALA_F_V;
+        request(&c, &m);
+        if (reply(&c, KHALA_OP_PUT, &r) != 0 || r.rc != -EACCES || r.err.len == 0)
+            _exit(12); /* writing is refused, with a reason */
+        khala__proto_msg_free(&r);
+        m = req(KHALA_OP_INVALIDATE, NULL);
+        m.by = KHALA_BY_PREFIX;
+        m.prefix.ptr = (const uint8_t *)"sh";
+        m.prefix.len = 2;
+        m.has |= KHALA_F_BY | KHALA_F_PREFIX;
+        request(&c, &m);
+        if (reply(&c, KHALA_OP_INVALIDATE, &r) != 0 || r.rc != -EACCES)
+            _exit(13);
+        _exit(0);
+    }
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the other user's client failed at step %d",
+              WEXITSTATUS(st));
+    client_t c = dial();
+    char buf[32];
+    cr_assert_eq(get(&c, "shared", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "by the owner", "nothing the other user sent changed the cache");
+    hang_up(&c);
+}
