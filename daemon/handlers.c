@@ -177,7 +177,38 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         reply_rc(d, c, m->id, m->op, rc, "%s", khala__l1_errmsg(d->l1));
         return;
     }
-    /* No L2/L3 yet: the next level is the caller's loader, through single-flight. */
+    /* The slower levels, in order (none are configured until their drivers exist). A hit is
+     * promoted into L1 with the time it has left, and reported with the level that answered. */
+    for (int i = 0; i < d->ntiers; i++) {
+        khala_tier_t *t = d->tiers[i];
+        khala_tier_value_t v = {0};
+        if (!t->healthy)
+            continue;
+        int trc = t->ops->get(t, m->key.ptr, m->key.len, &v);
+        if (trc == KHALA_ENOTFOUND)
+            continue;
+        if (trc != 0) {
+            t->healthy = 0; /* skipped until its health check passes */
+            continue;
+        }
+        (void)khala__l1_put(d->l1, m->key.ptr, m->key.len, v.data, v.len, v.ttl_ms, (uint8_t)v.type,
+                            NULL);
+        khala_msg_t r;
+        khala__proto_msg_init(&r);
+        r.id = m->id;
+        r.op = m->op;
+        r.value.ptr = v.data;
+        r.value.len = v.len;
+        r.ver = v.version;
+        r.type = v.type;
+        r.ttl_ms = (uint64_t)v.ttl_ms;
+        r.lvl = t->level;
+        r.has = KHALA_F_V | KHALA_F_VER | KHALA_F_TYPE | KHALA_F_TTL | KHALA_F_LVL;
+        send_reply(d, c, &r);
+        khala__tier_value_free(&v);
+        return;
+    }
+    /* Then the caller's loader, through single-flight. */
     if (!m->loader) {
         reply_rc(d, c, m->id, m->op, KHALA_ENOTFOUND, NULL);
         return;

@@ -14,23 +14,28 @@
 #include "l1_table.h"
 #include "proto.h"
 #include "server.h"
+#include "tier.h"
 
 /* Descs the TTL sweep examines per tick (a full sweep of 1 M items takes 250 ticks). */
 #define KHALAD_SWEEP_BUDGET 4096u
+/* Levels below L1 a khalad can have (L2, L3). */
+#define KHALAD_TIERS_MAX 2
 /* Keys in flight at once; beyond, a miss loads without single-flight. */
 #define KHALAD_FLIGHT_MAX 65536u
 
 typedef struct khalad {
-    khala_config_t cfg;     /* immutable after start */
-    khala_l1_t *l1;         /* the L1 writer */
-    khala_server_t *srv;    /* the socket server */
-    khala_flight_t *flight; /* single-flight table */
-    char socket_path[4096]; /* where srv listens */
-    uid_t uid;              /* khalad's own uid */
-    long socket_gid;        /* the socket's group, -1 when not configured */
-    khala_buf_t out;        /* scratch buffer replies are encoded into */
-    uint64_t sweep_cursor;  /* unused by the L1's own sweep; kept for stats */
-    uint64_t watchdog_usec; /* systemd watchdog period, 0 when off */
+    khala_config_t cfg;                    /* immutable after start */
+    khala_l1_t *l1;                        /* the L1 writer */
+    khala_server_t *srv;                   /* the socket server */
+    khala_flight_t *flight;                /* single-flight table */
+    khala_tier_t *tiers[KHALAD_TIERS_MAX]; /* L2 then L3; none until their drivers exist */
+    int ntiers;                            /* tiers in use */
+    char socket_path[4096];                /* where srv listens */
+    uid_t uid;                             /* khalad's own uid */
+    long socket_gid;                       /* the socket's group, -1 when not configured */
+    khala_buf_t out;                       /* scratch buffer replies are encoded into */
+    uint64_t sweep_cursor;                 /* unused by the L1's own sweep; kept for stats */
+    uint64_t watchdog_usec;                /* systemd watchdog period, 0 when off */
     uint64_t last_watchdog_ms;
     uint64_t started_ms;
     /* Counters, for stats. */

@@ -478,3 +478,29 @@ Test(khalad, peer_outside_the_writers_may_read_but_not_write) {
     cr_assert_str_eq(buf, "by the owner", "nothing the other user sent changed the cache");
     hang_up(&c);
 }
+
+/* Readiness for systemd: under Type=notify, khalad sends READY=1 (with a STATUS= line) on the
+ * socket NOTIFY_SOCKET names, once it listens. The test stands in for systemd. */
+Test(khalad, readiness_is_reported_to_systemd) {
+    khalad_kill(SIGTERM);
+    char path[108];
+    snprintf(path, sizeof(path), "/tmp/khala-notify-%d.sock", (int)getpid());
+    unlink(path);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    setenv("NOTIFY_SOCKET", path, 1);
+    khalad_start(); /* returns once the socket accepts connections */
+    unsetenv("NOTIFY_SOCKET");
+    char msg[512] = "";
+    struct timeval tv = {.tv_sec = 5, .tv_usec = 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ssize_t n = recv(fd, msg, sizeof(msg) - 1, 0);
+    cr_assert_gt(n, 0, "no notification from khalad: %s", strerror(errno));
+    msg[n] = '\0';
+    cr_assert_neq(strstr(msg, "READY=1"), NULL, "got: %s", msg);
+    cr_assert_neq(strstr(msg, "STATUS="), NULL, "got: %s", msg);
+    close(fd);
+    unlink(path);
+}
