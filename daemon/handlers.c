@@ -512,6 +512,7 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
          .as.s = {(const uint8_t *)"l1", 2}},
         KV_U("version", it->version),
         KV_U("size", it->value_len),
+        KV_U("hits", khala__l1_item_hits(d->l1, it)),
         KV_U("ttl_ms",
              it->expire_ms ? (uint64_t)(it->expire_ms > now ? it->expire_ms - now : 0) : 0),
         {.key = {(const uint8_t *)"type", 4},

@@ -216,8 +216,12 @@ static void remove_key(khala_l1_t *t, uint32_t idx) {
 
 static void on_hit(void *arg, uint32_t idx, uint32_t hash_lo) {
     khala_l1_t *t = arg;
-    if (idx < t->hdr->max_items && t->desc[idx].item_off && (uint32_t)t->desc[idx].hash == hash_lo)
+    khala_desc_t *d = idx < t->hdr->max_items ? &t->desc[idx] : NULL;
+    if (d && d->item_off && (uint32_t)d->hash == hash_lo) {
         khala__policy_hit(&t->pol, idx);
+        if (d->hits != UINT32_MAX)
+            d->hits++;
+    }
 }
 
 static int blocked(khala_l1_t *t) {
@@ -495,6 +499,10 @@ size_t khala__l1_scan(khala_l1_t *t, uint64_t *cursor, size_t budget, khala_l1_v
     if (t->w->retire_tail - t->w->retire_head >= RECLAIM_BATCH)
         reclaim(t);
     return removed;
+}
+
+uint32_t khala__l1_item_hits(const khala_l1_t *t, const khala_item_t *it) {
+    return it->desc < t->hdr->max_items ? t->desc[it->desc].hits : 0;
 }
 
 int khala__l1_find(khala_l1_t *t, const void *key, size_t klen, const khala_item_t **out) {

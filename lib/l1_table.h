@@ -100,6 +100,10 @@ typedef int (*khala_l1_visit_fn)(void *arg, const khala_item_t *it);
 size_t khala__l1_scan(khala_l1_t *t, uint64_t *cursor, size_t budget, khala_l1_visit_fn fn,
                       void *arg);
 
+/* Hits readers recorded for the key of item it (a lower bound: the rings are lossy and are
+ * drained by khala__l1_maintain). */
+uint32_t khala__l1_item_hits(const khala_l1_t *t, const khala_item_t *it);
+
 /* The writer's own lookup (no read section: nothing is freed while the writer runs). The item
  * is valid until the writer's next call that changes the table. */
 int khala__l1_find(khala_l1_t *t, const void *key, size_t klen, const khala_item_t **out);

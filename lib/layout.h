@@ -191,9 +191,12 @@ typedef struct khala_desc {
     uint8_t queue;       /* KHALA_Q_NONE, KHALA_Q_SMALL or KHALA_Q_MAIN */
     uint8_t freq;        /* hits seen, saturating at 3 */
     uint8_t pad[2];
+    uint32_t hits; /* hits drained from the readers' rings since the key was inserted
+                            (a lower bound: rings are lossy), saturating; for inspect */
+    uint32_t pad2;
 } khala_desc_t;
 
-_Static_assert(sizeof(khala_desc_t) == 40, "khala_desc_t layout");
+_Static_assert(sizeof(khala_desc_t) == 48, "khala_desc_t layout");
 
 enum { KHALA_Q_NONE = 0, KHALA_Q_SMALL = 1, KHALA_Q_MAIN = 2 };
 

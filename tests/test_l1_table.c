@@ -910,3 +910,22 @@ Test(l1_table, writer_find_sees_items_and_refuses_bad_keys) {
     cr_assert_eq(khala__l1_find(g_t, "absent", 6, &it), KHALA_ENOTFOUND);
     cr_assert_eq(khala__l1_find(g_t, "", 0, &it), KHALA_EKEY);
 }
+
+Test(l1_table, hits_recorded_by_readers_are_counted_per_key) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(put("popular", "v", 0), 0);
+    cr_assert_eq(put("ignored", "v", 0), 0);
+    char buf[8];
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(get("popular", buf, sizeof(buf)), 0);
+    cr_assert_geq(khala__l1_maintain(g_t), 0); /* drains the rings */
+    const khala_item_t *it;
+    cr_assert_eq(khala__l1_find(g_t, "popular", 7, &it), 0);
+    cr_assert_eq(khala__l1_item_hits(g_t, it), 5);
+    cr_assert_eq(khala__l1_find(g_t, "ignored", 7, &it), 0);
+    cr_assert_eq(khala__l1_item_hits(g_t, it), 0);
+    /* An overwrite keeps the key's count: it is the key's, not the item's. */
+    cr_assert_eq(put("popular", "w", 0), 0);
+    cr_assert_eq(khala__l1_find(g_t, "popular", 7, &it), 0);
+    cr_assert_eq(khala__l1_item_hits(g_t, it), 5);
+}
