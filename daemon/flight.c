@@ -119,11 +119,8 @@ int khala__flight_join(khala_flight_t *f, const void *key, size_t klen, const kh
 }
 
 size_t khala__flight_finish(khala_flight_t *f, const void *key, size_t klen, int rc,
-                            const void *val, size_t vlen, khala_flight_cb cb, void *arg,
-                            int *invalidated) {
+                            const void *val, size_t vlen, khala_flight_cb cb, void *arg) {
     flight_t *e = lookup(f, key, klen);
-    if (invalidated)
-        *invalidated = e ? e->invalidated : 0;
     if (!e)
         return 0;
     size_t n = e->nwait;

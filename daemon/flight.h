@@ -43,12 +43,11 @@ int khala__flight_join(khala_flight_t *f, const void *key, size_t klen, const kh
                        uint64_t now_ms);
 
 /* The leader's result: answer every waiter through cb with (rc, val) and forget the key.
- * Returns how many were answered; 0 when nothing was in flight. *invalidated (if not NULL) is
- * set to 1 when the key was invalidated while the load ran: the caller must then not cache
- * the value (the placeholder rule), though the waiters still get it. */
+ * Returns how many were answered; 0 when nothing was in flight. Ask
+ * khala__flight_invalidated first: a value loaded across an invalidation must not be cached
+ * (the placeholder rule), though the waiters still get it. */
 size_t khala__flight_finish(khala_flight_t *f, const void *key, size_t klen, int rc,
-                            const void *val, size_t vlen, khala_flight_cb cb, void *arg,
-                            int *invalidated);
+                            const void *val, size_t vlen, khala_flight_cb cb, void *arg);
 
 /* An invalidation of key (or of every key with prefix, when prefix != 0) while loads run. */
 void khala__flight_invalidate(khala_flight_t *f, const void *key, size_t klen, int prefix);

@@ -214,7 +214,7 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         return;
     }
     khala_waiter_t w = {c, m->id};
-    rc = khala__flight_join(d->flight, m->key.ptr, m->key.len, &w, khala__now_ms());
+    rc = khala__flight_join(d->flight, m->key.ptr, m->key.len, &w, (uint64_t)khala__sys_now_ms());
     if (rc == KHALA_FLIGHT_WAITER) {
         d->loads_waited++;
         return; /* answered when the leader fills */
@@ -263,7 +263,7 @@ static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     if (m->op == KHALA_OP_FILL) {
         flight_ctx_t fc = {d, type, ver};
         khala__flight_finish(d->flight, m->key.ptr, m->key.len, 0, m->value.ptr, m->value.len,
-                             flight_answer, &fc, NULL);
+                             flight_answer, &fc);
     }
     if (rc != 0) {
         reply_rc(d, c, m->id, m->op, rc, "%s", khala__l1_errmsg(d->l1));
@@ -281,8 +281,7 @@ static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 static void op_fill_fail(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     /* The waiters hear that the load failed and may retry (one of them will lead). */
     flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
-    khala__flight_finish(d->flight, m->key.ptr, m->key.len, -EAGAIN, NULL, 0, flight_answer, &fc,
-                         NULL);
+    khala__flight_finish(d->flight, m->key.ptr, m->key.len, -EAGAIN, NULL, 0, flight_answer, &fc);
     reply_rc(d, c, m->id, m->op, 0, NULL);
 }
 
@@ -422,7 +421,7 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         KV_U("loads_timed_out", d->loads_timed_out),
         KV_U("fills_dropped", d->fills_dropped),
         KV_U("loads_in_flight", khala__flight_count(d->flight)),
-        KV_U("uptime_ms", khala__now_ms() - d->started_ms),
+        KV_U("uptime_ms", (uint64_t)khala__sys_now_ms() - d->started_ms),
     };
     khala_kv_t top[2] = {
         {.key = {(const uint8_t *)"l1", 2}, .kind = KHALA_KV_MAP},
@@ -558,7 +557,29 @@ static void op_config(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     free(text);
 }
 
+static void op_ping(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    reply_rc(d, c, m->id, m->op, 0, NULL);
+}
+
+static void op_warm(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    reply_count(d, c, m, 0); /* nothing below L1 to warm from until L2/L3 exist */
+}
+
 /* Dispatch --------------------------------------------------------------------------------- */
+
+typedef void (*handler_fn)(khalad_t *d, khala_conn_t *c, const khala_msg_t *m);
+
+/* The handler of each op; a fill is a put that also answers the single-flight waiters. */
+static const handler_fn handlers[KHALA_OP_COUNT] = {
+    [KHALA_OP_HELLO] = op_hello,   [KHALA_OP_PING] = op_ping,
+    [KHALA_OP_GET] = op_get,       [KHALA_OP_PUT] = op_put,
+    [KHALA_OP_FILL] = op_put,      [KHALA_OP_FILL_FAIL] = op_fill_fail,
+    [KHALA_OP_DEL] = op_del,       [KHALA_OP_INVALIDATE] = op_invalidate,
+    [KHALA_OP_TOUCH] = op_touch,   [KHALA_OP_STATS] = op_stats,
+    [KHALA_OP_KEYS] = op_keys,     [KHALA_OP_INSPECT] = op_inspect,
+    [KHALA_OP_FLUSH] = op_flush,   [KHALA_OP_WARM] = op_warm,
+    [KHALA_OP_CONFIG] = op_config,
+};
 
 /* Who may change the cache: root, khalad's own user, and members (by primary group) of the
  * socket's group. Anyone else who can reach the socket (a mode wider than 0660) may read:
@@ -614,54 +635,11 @@ int khala__handlers_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_
             return 0;
         }
     }
-    switch (m.op) {
-        case KHALA_OP_HELLO:
-            op_hello(d, c, &m);
-            break;
-        case KHALA_OP_PING:
-            reply_rc(d, c, m.id, m.op, 0, NULL);
-            break;
-        case KHALA_OP_GET:
-            op_get(d, c, &m);
-            break;
-        case KHALA_OP_PUT:
-        case KHALA_OP_FILL:
-            op_put(d, c, &m);
-            break;
-        case KHALA_OP_FILL_FAIL:
-            op_fill_fail(d, c, &m);
-            break;
-        case KHALA_OP_DEL:
-            op_del(d, c, &m);
-            break;
-        case KHALA_OP_INVALIDATE:
-            op_invalidate(d, c, &m);
-            break;
-        case KHALA_OP_TOUCH:
-            op_touch(d, c, &m);
-            break;
-        case KHALA_OP_STATS:
-            op_stats(d, c, &m);
-            break;
-        case KHALA_OP_KEYS:
-            op_keys(d, c, &m);
-            break;
-        case KHALA_OP_INSPECT:
-            op_inspect(d, c, &m);
-            break;
-        case KHALA_OP_FLUSH:
-            op_flush(d, c, &m);
-            break;
-        case KHALA_OP_WARM:
-            reply_count(d, c, &m, 0);
-            break; /* nothing below L1 yet */
-        case KHALA_OP_CONFIG:
-            op_config(d, c, &m);
-            break;
-        default:
-            reply_rc(d, c, m.id, m.op, KHALA_EPROTO, "op not served");
-            break;
-    }
+    handler_fn fn = m.op < KHALA_OP_COUNT ? handlers[m.op] : NULL;
+    if (fn)
+        fn(d, c, &m);
+    else
+        reply_rc(d, c, m.id, m.op, KHALA_EPROTO, "op not served");
     khala__proto_msg_free(&m);
     return 0;
 }
@@ -677,7 +655,7 @@ void khala__handlers_bad_frame(void *arg, khala_conn_t *c, size_t len) {
 void khala__handlers_close(void *arg, khala_conn_t *c) {
     khalad_t *d = arg;
     flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
-    khala__flight_forget_owner(d->flight, c, khala__now_ms(), flight_answer, &fc);
+    khala__flight_forget_owner(d->flight, c, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
 }
 
 void khala__handlers_tick(void *arg) {
@@ -685,5 +663,5 @@ void khala__handlers_tick(void *arg) {
     flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
     (void)khala__l1_maintain(d->l1);
     (void)khala__l1_sweep(d->l1, KHALAD_SWEEP_BUDGET);
-    (void)khala__flight_expire(d->flight, khala__now_ms(), flight_answer, &fc);
+    (void)khala__flight_expire(d->flight, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
 }

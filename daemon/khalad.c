@@ -29,14 +29,9 @@
 #include "khala/error.h"
 #include "khala/version.h"
 #include "khalad.h"
+#include "sys.h"
 
 static khala_server_t *g_srv; /* for the signal handler */
-
-uint64_t khala__now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* Write s as a JSON string body (without quotes). */
 static void json_str(FILE *f, const char *s) {
@@ -113,7 +108,7 @@ static int make_parent_dirs(const char *path) {
 static void tick(void *arg) {
     khalad_t *d = arg;
     khala__handlers_tick(d);
-    uint64_t now = khala__now_ms();
+    uint64_t now = (uint64_t)khala__sys_now_ms();
     if (d->watchdog_usec && now - d->last_watchdog_ms >= d->watchdog_usec / 2000) {
         char status[128];
         khala_l1_stats_t st;
@@ -211,7 +206,7 @@ int main(int argc, char **argv) {
     }
     d.uid = getuid();
     d.socket_gid = -1;
-    d.started_ms = khala__now_ms();
+    d.started_ms = (uint64_t)khala__sys_now_ms();
     khala__proto_buf_init(&d.out);
 
     /* 2. The L1 segment: adopted if a previous khalad left a good one, else made anew. */

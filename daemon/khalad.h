@@ -53,7 +53,4 @@ void khala__handlers_tick(void *arg);
  * const char * pairs, ended by NULL. */
 void khala__log(const char *level, const char *msg, ...);
 
-/* Monotonic milliseconds. */
-uint64_t khala__now_ms(void);
-
 #endif /* KHALA_DAEMON_KHALAD_H */

@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "khala/error.h"
+#include "sys.h"
 
 #define READ_CHUNK (64u * 1024u) /* bytes read per readable event, at most */
 #define LISTEN_BACKLOG 512
@@ -77,12 +78,6 @@ struct khala_server {
     khala_conn_t *current; /* the connection whose frames are being handled, or NULL */
     int stopping;          /* set by the loop when the eventfd fires */
 };
-
-static uint64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 void khala__server_config_init(khala_server_config_t *cfg) {
     memset(cfg, 0, sizeof(*cfg));
@@ -387,9 +382,9 @@ fail:
 
 int khala__server_run(khala_server_t *s) {
     struct epoll_event ev[MAX_EVENTS];
-    uint64_t next_tick = now_ms() + s->cfg.tick_ms;
+    uint64_t next_tick = (uint64_t)khala__sys_now_ms() + s->cfg.tick_ms;
     while (!s->stopping) {
-        uint64_t now = now_ms();
+        uint64_t now = (uint64_t)khala__sys_now_ms();
         int timeout = next_tick > now ? (int)(next_tick - now) : 0;
         int n = epoll_wait(s->efd, ev, MAX_EVENTS, timeout);
         if (n < 0 && errno != EINTR)
@@ -416,7 +411,7 @@ int khala__server_run(khala_server_t *s) {
                     conn_readable(c);
             }
         }
-        now = now_ms();
+        now = (uint64_t)khala__sys_now_ms();
         if (now >= next_tick) {
             if (s->ops.on_tick)
                 s->ops.on_tick(s->arg);

@@ -58,9 +58,8 @@ Test(flight, leader_result_answers_every_waiter_once) {
     join("k", 0, 1, 0);
     join("k", 1, 2, 0);
     join("k", 2, 3, 0);
-    int inval = -1;
-    cr_assert_eq(khala__flight_finish(g_f, "k", 1, 0, "value", 5, record, NULL, &inval), 2);
-    cr_assert_eq(inval, 0);
+    cr_assert_eq(khala__flight_invalidated(g_f, "k", 1), 0);
+    cr_assert_eq(khala__flight_finish(g_f, "k", 1, 0, "value", 5, record, NULL), 2);
     cr_assert_eq(g_seen.calls, 2);
     cr_assert_eq(g_seen.req[0], 2);
     cr_assert_eq(g_seen.req[1], 3);
@@ -73,7 +72,7 @@ Test(flight, leader_result_answers_every_waiter_once) {
 Test(flight, not_found_is_passed_on) {
     join("k", 0, 1, 0);
     join("k", 1, 2, 0);
-    khala__flight_finish(g_f, "k", 1, -2, NULL, 0, record, NULL, NULL);
+    khala__flight_finish(g_f, "k", 1, -2, NULL, 0, record, NULL);
     cr_assert_eq(g_seen.calls, 1);
     cr_assert_eq(g_seen.rc[0], -2);
 }
@@ -87,7 +86,7 @@ Test(flight, slow_leader_times_out_its_waiters) {
     cr_assert_eq(g_seen.rc[0], -ETIMEDOUT);
     cr_assert_eq(khala__flight_count(g_f), 0);
     /* The late leader's fill finds nobody to answer. */
-    cr_assert_eq(khala__flight_finish(g_f, "k", 1, 0, "v", 1, record, NULL, NULL), 0);
+    cr_assert_eq(khala__flight_finish(g_f, "k", 1, 0, "v", 1, record, NULL), 0);
 }
 
 Test(flight, leader_that_goes_away_hands_over_to_the_oldest_waiter) {
@@ -99,7 +98,7 @@ Test(flight, leader_that_goes_away_hands_over_to_the_oldest_waiter) {
     cr_assert_eq(g_seen.rc[0], KHALA_FLIGHT_LEADER);
     cr_assert_eq(g_seen.req[0], 2);
     /* The new leader's result reaches the remaining waiter. */
-    khala__flight_finish(g_f, "k", 1, 0, "v", 1, record, NULL, NULL);
+    khala__flight_finish(g_f, "k", 1, 0, "v", 1, record, NULL);
     cr_assert_eq(g_seen.calls, 2);
     cr_assert_eq(g_seen.req[1], 3);
 }
@@ -117,7 +116,7 @@ Test(flight, waiter_that_goes_away_is_not_answered) {
     join("k", 1, 2, 0);
     khala__flight_forget_owner(g_f, &owners[1], 0, record, NULL);
     cr_assert_eq(g_seen.calls, 0);
-    cr_assert_eq(khala__flight_finish(g_f, "k", 1, 0, "v", 1, record, NULL, NULL), 0);
+    cr_assert_eq(khala__flight_finish(g_f, "k", 1, 0, "v", 1, record, NULL), 0);
 }
 
 Test(flight, lone_leader_that_goes_away_clears_the_key) {
@@ -131,14 +130,13 @@ Test(flight, invalidation_during_a_load_forbids_caching_its_result) {
     join("user:2", 1, 2, 0);
     join("order:1", 2, 3, 0);
     khala__flight_invalidate(g_f, "user:", 5, 1);
-    int inval = 0;
-    khala__flight_finish(g_f, "user:1", 6, 0, "v", 1, record, NULL, &inval);
-    cr_assert_eq(inval, 1);
-    khala__flight_finish(g_f, "order:1", 7, 0, "v", 1, record, NULL, &inval);
-    cr_assert_eq(inval, 0, "another prefix is untouched");
-    khala__flight_invalidate(g_f, "user:2", 6, 0);
-    khala__flight_finish(g_f, "user:2", 6, 0, "v", 1, record, NULL, &inval);
-    cr_assert_eq(inval, 1);
+    cr_assert_eq(khala__flight_invalidated(g_f, "user:1", 6), 1);
+    cr_assert_eq(khala__flight_invalidated(g_f, "order:1", 7), 0, "another prefix is untouched");
+    cr_assert_eq(khala__flight_invalidated(g_f, "user:2", 6), 1);
+    khala__flight_finish(g_f, "user:1", 6, 0, "v", 1, record, NULL);
+    cr_assert_eq(khala__flight_invalidated(g_f, "user:1", 6), 0, "a finished key is forgotten");
+    khala__flight_invalidate(g_f, "order:1", 7, 0);
+    cr_assert_eq(khala__flight_invalidated(g_f, "order:1", 7), 1, "by key too");
 }
 
 Test(flight, table_is_bounded) {

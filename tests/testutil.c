@@ -1,5 +1,7 @@
 #include "testutil.h"
 
+#include "fuzz/fuzz_rand.h"
+
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
@@ -30,11 +32,7 @@ khala_l1_t *tu_writer(const char *name, uint32_t max_items, uint64_t max_bytes) 
 }
 
 uint64_t tu_rand(uint64_t *state) {
-    uint64_t s = *state;
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return *state = s;
+    return fuzz_rand(state);
 }
 
 uint32_t tu_pick_key(uint64_t *state, uint32_t hot, uint32_t n) {

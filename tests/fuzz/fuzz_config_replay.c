@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "fuzz_config.h"
+#include "fuzz_rand.h"
 
 #define DEFAULT_ROUNDS 20000
 #define NSEEDS 3
@@ -25,10 +26,7 @@
 static uint64_t g_rng = 0x2545f4914f6cdd1dull;
 
 static uint64_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
+    return fuzz_rand(&g_rng);
 }
 
 /* Lines and fragments the mutator splices in. */

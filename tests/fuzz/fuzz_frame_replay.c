@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "fuzz_frame.h"
+#include "fuzz_rand.h"
 
 #define DEFAULT_ROUNDS 100000
 #define SEEDS_MAX 80
@@ -24,10 +25,7 @@
 static uint64_t g_rng = 0x2545f4914f6cdd1dull;
 
 static uint64_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
+    return fuzz_rand(&g_rng);
 }
 
 /* Bytes that change how msgpack reads what follows. */

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "fuzz_segment.h"
+#include "fuzz_rand.h"
 #include "segment.h"
 
 #define DEFAULT_ROUNDS 20000
@@ -21,10 +22,7 @@
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
 static uint64_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
+    return fuzz_rand(&g_rng);
 }
 
 /* Write the seed segment into dir, as the libFuzzer target's starting corpus. */
