@@ -127,6 +127,7 @@ static int check_group(const char *v, char *msg, size_t len);
 static int check_redis_url(const char *v, char *msg, size_t len);
 static int check_http_url(const char *v, char *msg, size_t len);
 static int check_ident(const char *v, char *msg, size_t len);
+static int check_namespace(const char *v, char *msg, size_t len);
 
 static const enum_name_t EVICTION_NAMES[] = {
     {"s3fifo", KHALA_CONFIG_EVICT_S3FIFO}, {"lru", KHALA_CONFIG_EVICT_LRU}, {NULL, 0}};
@@ -180,6 +181,12 @@ static const key_desc_t KEYS_L2[] = {
     STR("redis_url", l2.redis_url, check_redis_url),
     BOOL("persistent", l2.persistent),
     STR("path", l2.path, check_path),
+    U32("max_memory_mb", l2.max_memory_mb, 1, 1024u * 1024u),
+    STR("namespace", l2.namespace_, check_namespace),
+    U32("timeout_ms", l2.timeout_ms, 1, 60000),
+    U32("pool_size", l2.pool_size, 1, KHALA_CONFIG_L2_POOL_MAX),
+    U32("queue_max", l2.queue_max, 1, KHALA_CONFIG_L2_QUEUE_MAX),
+    BOOL("redis_owned", l2.redis_owned),
 };
 static const key_desc_t KEYS_L3[] = {
     ENUM("backend", l3.backend, L3_NAMES),
@@ -473,6 +480,10 @@ static int check_name(const char *v, char *msg, size_t len) {
                ? 0
                : msgf(msg, len, "%s is not a cache name (1 to %d bytes of [A-Za-z0-9_.-])",
                       quoted(v, q, sizeof(q)), KHALA_NAME_MAX);
+}
+
+static int check_namespace(const char *v, char *msg, size_t len) {
+    return v[0] == '\0' ? 0 : check_name(v, msg, len);
 }
 
 static int check_path(const char *v, char *msg, size_t len) {
@@ -1021,6 +1032,10 @@ int khala__config_defaults(khala_config_t *cfg, const char *name) {
     cfg->l2.ttl_seconds = 3600;
     cfg->l2.max_items = 10000;
     cfg->l2.persistent = true;
+    cfg->l2.max_memory_mb = 1024;
+    cfg->l2.timeout_ms = 1000;
+    cfg->l2.pool_size = 4;
+    cfg->l2.queue_max = 100000;
     cfg->l3.backend = KHALA_CONFIG_L3_DISK;
     set_str(cfg->l3.surrealdb_table, sizeof(cfg->l3.surrealdb_table), "khala_cache");
     set_str(cfg->l3.surrealdb_namespace, sizeof(cfg->l3.surrealdb_namespace), "khala");
@@ -1098,6 +1113,10 @@ int khala__config_store_path(const khala_config_t *cfg, int level, char *buf, si
     if ((dir = env_dir("HOME")))
         return fmt_path(buf, len, "%s/.local/state/khala/%s/l%d", dir, name, level);
     return fmt_path(buf, len, "/tmp/khala-%u/state/%s/l%d", (unsigned)geteuid(), name, level);
+}
+
+const char *khala__config_l2_namespace(const khala_config_t *cfg) {
+    return cfg->l2.namespace_[0] ? cfg->l2.namespace_ : cfg->cache.name;
 }
 
 uint32_t khala__config_type_ttl(const khala_config_t *cfg, int type, int level) {

@@ -65,6 +65,10 @@
 /** [l1] max_readers limit: the segment's. */
 #define KHALA_CONFIG_L1_READERS_MAX 65536u
 
+/** [l2] pool_size and queue_max limits. */
+#define KHALA_CONFIG_L2_POOL_MAX 64u
+#define KHALA_CONFIG_L2_QUEUE_MAX 10000000u
+
 /** Redis database numbers accepted in redis_url. */
 #define KHALA_CONFIG_REDIS_DB_MAX 65535u
 
@@ -142,6 +146,16 @@ typedef struct khala_config {
         bool persistent;                      /* survive a restart (disk: fsync'd files; redis:
                                                  do not flush the database at start) */
         char path[KHALA_CONFIG_PATH_MAX];     /* disk store directory; "" = derived */
+        uint32_t max_memory_mb;               /* byte limit of the disk store's items (LFU) */
+        char namespace_[KHALA_NAME_MAX + 1];  /* Redis key prefix and invalidation channel:
+                                                 "khala:<namespace>:"; "" = [cache] name.
+                                                 Hosts that share a cache share it. */
+        uint32_t timeout_ms;                  /* Redis connect and command timeout */
+        uint32_t pool_size;                   /* Redis connections (1..KHALA_CONFIG_L2_POOL_MAX) */
+        uint32_t queue_max;                   /* writes queued while L2 is down, then EQUEUE */
+        bool redis_owned;                     /* khalad owns the Redis instance: it sets
+                                                 maxmemory-policy allkeys-lfu (else it only
+                                                 checks it and warns) */
     } l2;
     struct {
         khala_config_l3_backend_t backend;
@@ -278,6 +292,13 @@ int khala__config_socket_path(const khala_config_t *cfg, char *buf, size_t len);
  * @return 0; -EINVAL for another level; -ENAMETOOLONG if the path does not fit @p buf.
  */
 int khala__config_store_path(const khala_config_t *cfg, int level, char *buf, size_t len);
+
+/**
+ * @brief Effective L2 namespace: [l2] namespace, or [cache] name when it is empty.
+ * @param[in] cfg the configuration.
+ * @return a string inside @p cfg.
+ */
+const char *khala__config_l2_namespace(const khala_config_t *cfg);
 
 /**
  * @brief Effective TTL of a type on a level: its own lN_ttl_seconds, or the level's.

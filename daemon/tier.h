@@ -1,16 +1,20 @@
 /*
  * The tier seam: what khalad asks of a slower level (L2: Redis or local disk; L3: SurrealDB or
- * local disk). A driver is one file (daemon/tier_<name>.c) that fills a khala_tier_ops_t; config
- * alone picks which driver serves a level, and the rest of khalad never knows which it is.
+ * local disk). A driver is one file (daemon/tier_<name>.c) that fills a khala_tier_ops_t and
+ * offers an open function (daemon/tier_<name>.h); config alone picks which driver serves a
+ * level (daemon/tiers.c), and the rest of khalad never knows which it is.
  *
- * Today no driver exists (they come with the L2 and L3 issues, and no fake one stands in): khalad
- * holds an empty list of tiers, and its miss path goes from L1 straight to the caller's loader
- * through the same loop that will ask L2 and L3 first (daemon/handlers.c, op_get).
- *
- * Every operation returns 0 or a negative code (KHALA_ENOTFOUND for a miss, -ETIMEDOUT or
- * KHALA_EDAEMON-like codes for an unreachable server); khalad marks a tier unhealthy on such
- * errors and skips it until health() says otherwise. Drivers are called from khalad's loop
- * thread only.
+ * Rules every driver keeps:
+ * - Every operation returns 0 or a negative code: KHALA_ENOTFOUND for a miss (an expired item
+ *   is a miss), KHALA_EVERSION when a put is older than what the level holds, KHALA_ETIER when
+ *   the server cannot be reached or did not answer in time (khalad then marks the tier
+ *   unhealthy, skips it for reads and queues its writes until health() returns 0), -ENOMEM,
+ *   KHALA_EKEY / KHALA_ETOOBIG for input the level cannot hold.
+ * - Versions order writes: a put stores its value only if the level holds no live item of the
+ *   key or holds one with a lower version (a stale write never overwrites a newer one); an equal
+ *   version is accepted (a retry of the same write).
+ * - TTLs are relative, in milliseconds; 0 means "no expiry". A get returns the time left.
+ * - Drivers are called from khalad's loop thread only, and keep their own counters (stats).
  */
 #ifndef KHALA_DAEMON_TIER_H
 #define KHALA_DAEMON_TIER_H
@@ -33,8 +37,19 @@ typedef struct khala_tier_value {
     khala_type_t type;
 } khala_tier_value_t;
 
-/* A key visited by scan; return non-zero to stop. */
+/* A key visited by scan or hot; return non-zero to stop. */
 typedef int (*khala_tier_scan_fn)(void *arg, const void *key, size_t klen);
+
+/* A driver's counters, since it was opened. */
+typedef struct khala_tier_stats {
+    uint64_t gets, hits, misses; /* single and batched reads, per key */
+    uint64_t puts, dels;         /* per key */
+    uint64_t errors;             /* operations that failed with KHALA_ETIER or worse */
+    uint64_t items, bytes;       /* held now (bytes: keys + values); UINT64_MAX if unknown */
+    uint64_t evictions;          /* items removed to stay within max_items / max_bytes */
+    uint64_t expirations;        /* items removed because their TTL passed */
+    uint64_t reconnects;         /* connections re-established (servers only) */
+} khala_tier_stats_t;
 
 typedef struct khala_tier_ops {
     const char *name; /* "redis", "disk", "surrealdb" */
@@ -47,18 +62,32 @@ typedef struct khala_tier_ops {
     int (*mput)(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
                 const khala_tier_value_t *vals);
     int (*del)(khala_tier_t *t, const void *key, size_t klen);
-    /* Visit keys matching a glob from *cursor (0 starts; set to 0 at the end). */
-    int (*scan)(khala_tier_t *t, uint64_t *cursor, const char *pattern, khala_tier_scan_fn fn,
-                void *arg);
-    int (*health)(khala_tier_t *t); /* 0 when the level can serve */
-    void (*close)(khala_tier_t *t);
+    /* Visit keys matching a glob (fnmatch, NULL = all) from *cursor (0 starts; set to 0 at the
+     * end). One call visits a bounded batch (about `count` keys, 0 = the driver's default), so
+     * that a caller can page and show progress. Keys are given without any driver prefix. */
+    int (*scan)(khala_tier_t *t, uint64_t *cursor, const char *pattern, size_t count,
+                khala_tier_scan_fn fn, void *arg);
+    /* Visit up to max keys with the highest access counts (the driver's own decayed counts of
+     * gets), most used first: what preload_common warms at start. */
+    int (*hot)(khala_tier_t *t, size_t max, khala_tier_scan_fn fn, void *arg);
+    /* Remove every item whose key starts with prefix (plen 0 = every key) and, when type >= 0,
+     * whose type is type. *removed (may be NULL) gets how many. For invalidation and flush. */
+    int (*invalidate)(khala_tier_t *t, const void *prefix, size_t plen, int type,
+                      uint64_t *removed);
+    int (*health)(khala_tier_t *t); /* 0 when the level can serve (may try to reconnect) */
+    void (*stats)(khala_tier_t *t, khala_tier_stats_t *out);
+    /* Periodic work, from khalad's tick (about every 10 ms): flush batched access counts,
+     * decay them, sweep expired items. Keep it short (a few ms at most). May be NULL. */
+    void (*tick)(khala_tier_t *t, int64_t now_ms);
+    void (*close)(khala_tier_t *t); /* frees t too */
 } khala_tier_ops_t;
 
 struct khala_tier {
     const khala_tier_ops_t *ops;
     khala_level_t level; /* KHALA_LEVEL_L2 or KHALA_LEVEL_L3 */
-    int healthy;         /* 1 until an operation fails; health() restores it */
+    int healthy;         /* 1 until an operation fails; health() restores it (khalad's flag) */
     void *impl;          /* the driver's state */
+    char err[256];       /* the driver's last error message, naming the server and the cause */
 };
 
 /* Release what a driver allocated for v; v becomes empty. */

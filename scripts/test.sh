@@ -30,22 +30,22 @@ export LSAN_OPTIONS=${LSAN_OPTIONS:-}
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 
 # ---------------------------------------------------------------------------------------------
-# Servers for the integration tests (tests/integration, later issues: Redis for L2, SurrealDB
-# for L3, khalad). Start them in start_servers, stop them in stop_servers; the EXIT trap stops
-# them however the script ends. Export what the tests need to find them (for example
-# KHALA_TEST_REDIS_URL) from start_servers. Nothing to start yet.
+# The real servers the tests need (scripts/test-servers.sh: a redis-server on a loopback port and
+# a Unix socket, a 3-node Redis Cluster; SurrealDB with the L3 issue). start_servers exports
+# where they are (KHALA_TEST_REDIS_URL...); the EXIT trap stops them however the script ends.
 # ---------------------------------------------------------------------------------------------
-SERVER_PIDS=()
+# shellcheck source=scripts/test-servers.sh
+source scripts/test-servers.sh
 start_servers() {
-    :
+    echo "==> servers: redis-server on 127.0.0.1:$KHALA_TEST_REDIS_PORT and a Unix socket," \
+        "a 3-node cluster from 127.0.0.1:$KHALA_TEST_CLUSTER_PORT"
+    if ! start_test_servers; then
+        echo "test.sh: cannot start the test servers (above); the tests that need them will fail"
+        record servers FAIL "cannot start redis-server (see above)"
+    fi
 }
 stop_servers() {
-    local pid
-    for pid in "${SERVER_PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    SERVER_PIDS=()
+    stop_test_servers
 }
 trap stop_servers EXIT
 trap 'exit 130' INT

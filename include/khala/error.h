@@ -40,7 +40,9 @@ extern "C" {
     X(ECONFIG, 11, "bad configuration")                                                            \
     X(ENAME, 12, "bad cache name")                                                                 \
     X(EEXIST, 13, "a live writer already owns this segment")                                       \
-    X(EPROTO, 14, "malformed protocol frame")
+    X(EPROTO, 14, "malformed protocol frame")                                                      \
+    X(ETIER, 15, "a slower level (L2 or L3) is unreachable")                                       \
+    X(EQUEUE, 16, "the write queue of a slower level is full; retry later")
 
 /** khala-specific error codes. Values are KHALA_ERR_BASE - offset. */
 typedef enum khala_errno {

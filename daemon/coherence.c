@@ -1,0 +1,1 @@
+/* coherence: being written (issue 4). */

@@ -1,0 +1,1 @@
+/* tier_disk: being written (issue 4). */

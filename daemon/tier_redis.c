@@ -1,0 +1,1 @@
+/* tier_redis: being written (issue 4). */

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The real servers the tests talk to, on loopback and Unix sockets only, under build/servers:
+#
+#   redis      one redis-server on 127.0.0.1:$KHALA_TEST_REDIS_PORT and a Unix socket
+#   cluster    three redis-server nodes in cluster mode, 127.0.0.1:$KHALA_TEST_CLUSTER_PORT..+2,
+#              the 16,384 slots split between them, no replicas
+#
+# Sourced by scripts/test.sh (start_test_servers / stop_test_servers); a developer can also run
+# it by hand to get the same servers for ctest:
+#
+#   eval "$(scripts/test-servers.sh start)"   # starts them, prints the exports
+#   ctest --test-dir build/test-plain
+#   scripts/test-servers.sh stop
+#
+# What the tests read (each test fails with a message naming this script if one is missing):
+#   KHALA_TEST_REDIS_URL          redis://127.0.0.1:PORT
+#   KHALA_TEST_REDIS_UNIX_URL     unix:///.../redis.sock
+#   KHALA_TEST_REDIS_CLUSTER_URL  redis://127.0.0.1:CLUSTER_PORT (any node; the others follow)
+#   KHALA_TEST_REDIS_SERVER       the redis-server binary, for tests that start, kill and
+#                                 restart a private instance of their own
+KHALA_TEST_REDIS_PORT=${KHALA_TEST_REDIS_PORT:-16379}
+KHALA_TEST_CLUSTER_PORT=${KHALA_TEST_CLUSTER_PORT:-17001}
+KHALA_SERVERS_DIR=${KHALA_SERVERS_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/build/servers}
+
+# wait_redis <redis-cli args...>: up to 10 s for PONG.
+wait_redis() {
+    local i
+    for i in $(seq 100); do
+        if [[ $(redis-cli "$@" ping 2>/dev/null) == PONG ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "test-servers: redis-server ($*) did not answer PING within 10 s" >&2
+    return 1
+}
+
+# port_free <port>: nothing listens on 127.0.0.1:<port>.
+port_free() {
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+start_test_servers() {
+    local server port dir
+    server=$(command -v redis-server) || {
+        echo "test-servers: redis-server is not installed (scripts/deps.sh installs it)" >&2
+        return 1
+    }
+    stop_test_servers
+    rm -rf "$KHALA_SERVERS_DIR"
+    mkdir -p "$KHALA_SERVERS_DIR"
+    for port in "$KHALA_TEST_REDIS_PORT" "$KHALA_TEST_CLUSTER_PORT" \
+        $((KHALA_TEST_CLUSTER_PORT + 1)) $((KHALA_TEST_CLUSTER_PORT + 2)); do
+        if ! port_free "$port"; then
+            echo "test-servers: 127.0.0.1:$port is taken; set KHALA_TEST_REDIS_PORT /" \
+                "KHALA_TEST_CLUSTER_PORT to free ports" >&2
+            return 1
+        fi
+    done
+
+    # The single server: loopback port and Unix socket, no persistence.
+    dir=$KHALA_SERVERS_DIR/redis
+    mkdir -p "$dir"
+    "$server" --bind 127.0.0.1 --port "$KHALA_TEST_REDIS_PORT" --unixsocket "$dir/redis.sock" \
+        --unixsocketperm 700 --dir "$dir" --save '' --appendonly no --daemonize yes \
+        --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
+    wait_redis -p "$KHALA_TEST_REDIS_PORT" || return 1
+
+    # The cluster: three masters.
+    local nodes=()
+    for port in "$KHALA_TEST_CLUSTER_PORT" $((KHALA_TEST_CLUSTER_PORT + 1)) \
+        $((KHALA_TEST_CLUSTER_PORT + 2)); do
+        dir=$KHALA_SERVERS_DIR/cluster-$port
+        mkdir -p "$dir"
+        "$server" --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+            --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 2000 --dir "$dir" \
+            --save '' --appendonly no --daemonize yes --pidfile "$dir/redis.pid" \
+            --logfile "$dir/redis.log" >/dev/null
+        wait_redis -p "$port" || return 1
+        nodes+=("127.0.0.1:$port")
+    done
+    if ! redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes \
+        >"$KHALA_SERVERS_DIR/cluster-create.log" 2>&1; then
+        cat "$KHALA_SERVERS_DIR/cluster-create.log" >&2
+        echo "test-servers: redis-cli --cluster create failed" >&2
+        return 1
+    fi
+    local i
+    for i in $(seq 100); do
+        if redis-cli -p "$KHALA_TEST_CLUSTER_PORT" cluster info 2>/dev/null |
+            grep -q '^cluster_state:ok'; then
+            break
+        fi
+        sleep 0.1
+    done
+    if ! redis-cli -p "$KHALA_TEST_CLUSTER_PORT" cluster info | grep -q '^cluster_state:ok'; then
+        echo "test-servers: the cluster did not reach cluster_state:ok within 10 s" >&2
+        return 1
+    fi
+
+    export KHALA_TEST_REDIS_URL="redis://127.0.0.1:$KHALA_TEST_REDIS_PORT"
+    export KHALA_TEST_REDIS_UNIX_URL="unix://$KHALA_SERVERS_DIR/redis/redis.sock"
+    export KHALA_TEST_REDIS_CLUSTER_URL="redis://127.0.0.1:$KHALA_TEST_CLUSTER_PORT"
+    export KHALA_TEST_REDIS_SERVER="$server"
+}
+
+stop_test_servers() {
+    local pidfile pid
+    [[ -d $KHALA_SERVERS_DIR ]] || return 0
+    for pidfile in "$KHALA_SERVERS_DIR"/*/redis.pid; do
+        [[ -f $pidfile ]] || continue
+        pid=$(cat "$pidfile")
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        rm -f "$pidfile"
+    done
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    set -euo pipefail
+    case ${1:-} in
+        start)
+            start_test_servers >&2
+            echo "export KHALA_TEST_REDIS_URL=$KHALA_TEST_REDIS_URL"
+            echo "export KHALA_TEST_REDIS_UNIX_URL=$KHALA_TEST_REDIS_UNIX_URL"
+            echo "export KHALA_TEST_REDIS_CLUSTER_URL=$KHALA_TEST_REDIS_CLUSTER_URL"
+            echo "export KHALA_TEST_REDIS_SERVER=$KHALA_TEST_REDIS_SERVER"
+            ;;
+        stop) stop_test_servers ;;
+        *)
+            echo "usage: $0 start|stop" >&2
+            exit 2
+            ;;
+    esac
+fi
