@@ -8,6 +8,7 @@
  *   khala-bench lmdb-get  (the same)
  *   khala-bench compare   (the same): l1-get, plain-get and lmdb-get in one run, with ratios
  *   khala-bench replay    --trace FILE --format csv|oracle --capacity-items N [--policy lru]
+ *   khala-bench predict   --trace FILE --format csv|oracle [--capacity-items N]
  *   khala-bench sweep     --items N
  *   khala-bench overhead  --items N --value-size B[-B2]
  *   khala-bench put       --procs N --keys K --value-size B --seconds S [--pipeline P]
@@ -24,6 +25,9 @@
 #include "bench.h"
 #include "daemon_bench.h"
 
+/* predict: predictive warming on a trace (predict_replay.c). 0 or -1. */
+int bench_predict(const bench_opts_t *o);
+
 /* Most rounds a run may ask for. */
 #define MAX_ROUNDS 64u
 
@@ -39,6 +43,8 @@ static void usage(FILE *f) {
                "       khala-bench replay --trace FILE --format csv|oracle --capacity-items N "
                "[--policy s3fifo|lru]\n"
                "                   [--maintain-every R]\n"
+               "       khala-bench predict --trace FILE --format csv|oracle "
+               "[--capacity-items N] [--maintain-every R]\n"
                "       khala-bench sweep [--items N] [--value-size B] [--expired-pct P]\n"
                "       khala-bench overhead [--items N] [--value-size B | --value-size MIN-MAX]\n"
                "       khala-bench put|miss [--procs N] [--keys K] [--value-size B] [--seconds S]\n"
@@ -362,6 +368,13 @@ int main(int argc, char **argv) {
                (unsigned long long)r.requests, (unsigned long long)r.objects,
                (unsigned long long)r.hits, r.requests ? (double)r.hits / r.requests : 0);
         return 0;
+    }
+    if (strcmp(cmd, "predict") == 0) {
+        if (!o.trace) {
+            usage(stderr);
+            return 2;
+        }
+        return bench_predict(&o) == 0 ? 0 : 1;
     }
     if (strcmp(cmd, "sweep") == 0) {
         bench_sweep_t s;

@@ -9,8 +9,9 @@
  * one is answered later, when the leader fills (daemon/flight.c). Replies to one connection
  * therefore come in request order, except for such waiters; clients match replies by id.
  *
- * The miss path today is L1, then the caller's loader. L2 and L3 plug in between through the
- * tier interface (daemon/tier.h) in later versions; a get then reports which level answered.
+ * The miss path is L1, then the levels below it (daemon/tiers.c: writes queued for them, then
+ * L2, later L3), then the caller's loader; a get reports which level answered. Writes,
+ * deletes and invalidations go to every level, and to other hosts, through daemon/tiers.c.
  *
  * A frame that does not decode gets an error reply (id 0 when the id could not be read) and the
  * connection is closed: the stream cannot be trusted after it. Nobody else notices.
@@ -177,22 +178,12 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         reply_rc(d, c, m->id, m->op, rc, "%s", khala__l1_errmsg(d->l1));
         return;
     }
-    /* The slower levels, in order (none are configured until their drivers exist). A hit is
-     * promoted into L1 with the time it has left, and reported with the level that answered. */
-    for (int i = 0; i < d->ntiers; i++) {
-        khala_tier_t *t = d->tiers[i];
-        khala_tier_value_t v = {0};
-        if (!t->healthy)
-            continue;
-        int trc = t->ops->get(t, m->key.ptr, m->key.len, &v);
-        if (trc == KHALA_ENOTFOUND)
-            continue;
-        if (trc != 0) {
-            t->healthy = 0; /* skipped until its health check passes */
-            continue;
-        }
-        (void)khala__l1_put(d->l1, m->key.ptr, m->key.len, v.data, v.len, v.ttl_ms, (uint8_t)v.type,
-                            NULL);
+    /* The slower levels, in order. A hit is promoted into L1 with its version and the time it
+     * has left, and reported with the level that answered. */
+    khala_tier_value_t v;
+    khala_level_t lvl;
+    if (khala__tiers_get(d, m->key.ptr, m->key.len, &v, &lvl) == 0) {
+        (void)khala__tiers_promote(d, m->key.ptr, m->key.len, &v);
         khala_msg_t r;
         khala__proto_msg_init(&r);
         r.id = m->id;
@@ -202,12 +193,14 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         r.ver = v.version;
         r.type = v.type;
         r.ttl_ms = (uint64_t)v.ttl_ms;
-        r.lvl = t->level;
+        r.lvl = lvl;
         r.has = KHALA_F_V | KHALA_F_VER | KHALA_F_TYPE | KHALA_F_TTL | KHALA_F_LVL;
         send_reply(d, c, &r);
         khala__tier_value_free(&v);
+        khala__tiers_predict(d, (uint64_t)(uintptr_t)c, m->key.ptr, m->key.len);
         return;
     }
+    khala__tiers_predict(d, (uint64_t)(uintptr_t)c, m->key.ptr, m->key.len);
     /* Then the caller's loader, through single-flight. */
     if (!m->loader) {
         reply_rc(d, c, m->id, m->op, KHALA_ENOTFOUND, NULL);
@@ -241,9 +234,9 @@ static int64_t put_ttl_ms(const khalad_t *d, const khala_msg_t *m, khala_type_t 
 static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     khala_type_t type = (m->has & KHALA_F_TYPE) ? m->type : KHALA_TYPE_MEMORY_ENTITY;
     if (m->has & KHALA_F_VER) {
-        /* Compare-and-set: ver is the version the caller last saw, 0 = "must not exist". */
-        const khala_item_t *it;
-        uint64_t cur = khala__l1_find(d->l1, m->key.ptr, m->key.len, &it) == 0 ? it->version : 0;
+        /* Compare-and-set: ver is the version the caller last saw, 0 = "must not exist". The
+         * current version is the first level's that has the key. */
+        uint64_t cur = khala__tiers_current_version(d, m->key.ptr, m->key.len);
         if (cur != m->ver) {
             reply_rc(d, c, m->id, m->op, KHALA_EVERSION,
                      "version conflict: the key is at version %llu, the put expected %llu",
@@ -252,21 +245,23 @@ static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         }
     }
     uint64_t ver = 0;
+    int flags = m->op == KHALA_OP_FILL ? KHALA_TIERS_FILL : 0;
     int rc = 0;
     /* The placeholder rule: a fill of a key that was invalidated while its leader loaded may
-     * be older than the invalidation, so it is not cached (the waiters still get it). */
+     * be older than the invalidation, so it is not cached at any level (the waiters still get
+     * it). */
     if (m->op == KHALA_OP_FILL && khala__flight_invalidated(d->flight, m->key.ptr, m->key.len))
         d->fills_dropped++;
     else
-        rc = khala__l1_put(d->l1, m->key.ptr, m->key.len, m->value.ptr, m->value.len,
-                           put_ttl_ms(d, m, type), (uint8_t)type, &ver);
+        rc = khala__tiers_put(d, m->key.ptr, m->key.len, m->value.ptr, m->value.len,
+                              (m->has & KHALA_F_TTL) ? (int64_t)m->ttl_ms : 0, type, flags, &ver);
     if (m->op == KHALA_OP_FILL) {
         flight_ctx_t fc = {d, type, ver};
         khala__flight_finish(d->flight, m->key.ptr, m->key.len, 0, m->value.ptr, m->value.len,
                              flight_answer, &fc);
     }
     if (rc != 0) {
-        reply_rc(d, c, m->id, m->op, rc, "%s", khala__l1_errmsg(d->l1));
+        reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
         return;
     }
     khala_msg_t r;
@@ -286,32 +281,8 @@ static void op_fill_fail(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 }
 
 static void op_del(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
-    khala__flight_invalidate(d->flight, m->key.ptr, m->key.len, 0);
-    int rc = khala__l1_delete(d->l1, m->key.ptr, m->key.len);
-    reply_rc(d, c, m->id, m->op, rc, "%s", rc ? khala__l1_errmsg(d->l1) : "");
-}
-
-/* Scan visitors. */
-typedef struct match {
-    const uint8_t *prefix; /* by prefix, or NULL */
-    size_t plen;
-    int type; /* by type, or -1 */
-} match_t;
-
-static int match_item(void *arg, const khala_item_t *it) {
-    const match_t *mt = arg;
-    if (mt->prefix)
-        return it->key_len >= mt->plen && memcmp(khala__item_key(it), mt->prefix, mt->plen) == 0;
-    return mt->type < 0 || it->type == mt->type;
-}
-
-/* Remove every item that mt selects; returns how many. */
-static uint64_t remove_matching(khalad_t *d, match_t *mt) {
-    uint64_t cursor = 0, removed = 0;
-    do
-        removed += khala__l1_scan(d->l1, &cursor, 65536, match_item, mt);
-    while (cursor != 0);
-    return removed;
+    int rc = khala__tiers_del(d, m->key.ptr, m->key.len);
+    reply_rc(d, c, m->id, m->op, rc, "%s", rc ? d->errmsg : "");
 }
 
 static void reply_count(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, uint64_t n) {
@@ -325,28 +296,30 @@ static void reply_count(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, uint
 }
 
 static void op_invalidate(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
-    match_t mt = {NULL, 0, -1};
     uint64_t n = 0;
+    int rc;
     switch (m->by) {
-        case KHALA_BY_KEY:
-            khala__flight_invalidate(d->flight, m->key.ptr, m->key.len, 0);
-            n = khala__l1_delete(d->l1, m->key.ptr, m->key.len) == 0;
+        case KHALA_BY_KEY: {
+            const khala_item_t *it;
+            n = khala__l1_find(d->l1, m->key.ptr, m->key.len, &it) == 0;
+            rc = khala__tiers_del(d, m->key.ptr, m->key.len);
+            if (rc == KHALA_ENOTFOUND)
+                rc = 0; /* invalidating what is not cached is no error */
             break;
+        }
         case KHALA_BY_PREFIX:
-            khala__flight_invalidate(d->flight, m->prefix.ptr, m->prefix.len, 1);
-            mt.prefix = m->prefix.ptr;
-            mt.plen = m->prefix.len;
-            n = remove_matching(d, &mt);
+            rc = khala__tiers_invalidate(d, m->prefix.ptr, m->prefix.len, -1, &n);
             break;
         case KHALA_BY_TYPE:
-            /* Loads in flight carry no type yet: all of them lose their right to be cached. */
-            khala__flight_invalidate(d->flight, "", 0, 1);
-            mt.type = (int)m->type;
-            n = remove_matching(d, &mt);
+            rc = khala__tiers_invalidate(d, NULL, 0, (int)m->type, &n);
             break;
         default:
             reply_rc(d, c, m->id, m->op, KHALA_EPROTO, "invalidate: unknown 'by'");
             return;
+    }
+    if (rc != 0) {
+        reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
+        return;
     }
     reply_count(d, c, m, n);
 }
@@ -361,6 +334,7 @@ static void op_touch(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     /* Items are immutable: a touch writes the same value again with a fresh deadline. The
      * value is copied first, since the put may evict or free the old item. */
     khala_type_t type = (khala_type_t)it->type;
+    uint64_t it_version = it->version;
     size_t vlen = it->value_len;
     void *copy = malloc(vlen ? vlen : 1);
     if (!copy) {
@@ -369,8 +343,9 @@ static void op_touch(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     }
     memcpy(copy, khala__item_value(it), vlen);
     uint64_t ver = 0;
-    rc = khala__l1_put(d->l1, m->key.ptr, m->key.len, copy, vlen, put_ttl_ms(d, m, type),
-                       (uint8_t)type, &ver);
+    /* Same value, same version: a touch changes only when the L1 copy expires. */
+    rc = khala__l1_put_v(d->l1, m->key.ptr, m->key.len, copy, vlen, put_ttl_ms(d, m, type),
+                         (uint8_t)type, it_version, &ver);
     free(copy);
     if (rc != 0) {
         reply_rc(d, c, m->id, m->op, rc, "%s", khala__l1_errmsg(d->l1));
@@ -423,20 +398,25 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         KV_U("loads_in_flight", khala__flight_count(d->flight)),
         KV_U("uptime_ms", (uint64_t)khala__sys_now_ms() - d->started_ms),
     };
-    khala_kv_t top[2] = {
+    khala_kv_t l2[KHALAD_TIERS_STATS_MAX];
+    size_t nl2 = khala__tiers_stats(d, l2, KHALAD_TIERS_STATS_MAX);
+    khala_kv_t top[3] = {
         {.key = {(const uint8_t *)"l1", 2}, .kind = KHALA_KV_MAP},
         {.key = {(const uint8_t *)"khalad", 6}, .kind = KHALA_KV_MAP},
+        {.key = {(const uint8_t *)"l2", 2}, .kind = KHALA_KV_MAP},
     };
     top[0].as.map.items = l1;
     top[0].as.map.n = sizeof(l1) / sizeof(l1[0]);
     top[1].as.map.items = daemon;
     top[1].as.map.n = sizeof(daemon) / sizeof(daemon[0]);
+    top[2].as.map.items = l2;
+    top[2].as.map.n = (uint32_t)nl2;
     khala_msg_t r;
     khala__proto_msg_init(&r);
     r.id = m->id;
     r.op = m->op;
     r.data = top;
-    r.ndata = 2;
+    r.ndata = nl2 ? 3 : 2;
     r.has = KHALA_F_DATA;
     send_reply(d, c, &r);
 }
@@ -529,9 +509,13 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 }
 
 static void op_flush(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
-    match_t mt = {NULL, 0, (m->has & KHALA_F_TYPE) ? (int)m->type : -1};
-    khala__flight_invalidate(d->flight, "", 0, 1);
-    reply_count(d, c, m, remove_matching(d, &mt));
+    uint64_t n = 0;
+    int rc = khala__tiers_invalidate(d, NULL, 0, (m->has & KHALA_F_TYPE) ? (int)m->type : -1, &n);
+    if (rc != 0) {
+        reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
+        return;
+    }
+    reply_count(d, c, m, n);
 }
 
 static void op_config(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
@@ -561,8 +545,34 @@ static void op_ping(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     reply_rc(d, c, m->id, m->op, 0, NULL);
 }
 
+/* warm: the keys given, or one page of a scan by prefix or type (the reply's cursor says where
+ * the next page starts; 0 = done), so that khalactl can show progress. */
 static void op_warm(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
-    reply_count(d, c, m, 0); /* nothing below L1 to warm from until L2/L3 exist */
+    uint64_t n = 0, cursor = 0;
+    if (d->ntiers == 0) {
+        reply_count(d, c, m, 0);
+        return;
+    }
+    if (m->has & KHALA_F_KEYS) {
+        n = khala__tiers_warm_keys(d, m->nkeys, m->keys);
+    } else {
+        cursor = (m->has & KHALA_F_CURSOR) ? m->cursor : 0;
+        int rc = khala__tiers_warm_scan(d, (m->has & KHALA_F_PREFIX) ? m->prefix.ptr : NULL,
+                                        (m->has & KHALA_F_PREFIX) ? m->prefix.len : 0,
+                                        (m->has & KHALA_F_TYPE) ? (int)m->type : -1, &cursor, &n);
+        if (rc != 0) {
+            reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
+            return;
+        }
+    }
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = m->id;
+    r.op = m->op;
+    r.count = (uint32_t)(n > UINT32_MAX ? UINT32_MAX : n);
+    r.cursor = cursor;
+    r.has = KHALA_F_COUNT | KHALA_F_CURSOR;
+    send_reply(d, c, &r);
 }
 
 /* Dispatch --------------------------------------------------------------------------------- */
@@ -654,6 +664,7 @@ void khala__handlers_bad_frame(void *arg, khala_conn_t *c, size_t len) {
 
 void khala__handlers_close(void *arg, khala_conn_t *c) {
     khalad_t *d = arg;
+    khala__tiers_forget_stream(d, (uint64_t)(uintptr_t)c);
     flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
     khala__flight_forget_owner(d->flight, c, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
 }
@@ -664,4 +675,5 @@ void khala__handlers_tick(void *arg) {
     (void)khala__l1_maintain(d->l1);
     (void)khala__l1_sweep(d->l1, KHALAD_SWEEP_BUDGET);
     (void)khala__flight_expire(d->flight, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
+    khala__tiers_tick(d);
 }

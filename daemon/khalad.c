@@ -228,7 +228,25 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    /* 3. The socket. */
+    /* 3. The levels below L1, and what to warm from them. */
+    if ((rc = khala__tiers_open(&d)) != 0) {
+        khala__log("error", "cannot open the levels below L1", "cache", d.cfg.cache.name, "error",
+                   d.errmsg, NULL);
+        khala__tiers_close(&d);
+        khala__l1_close(d.l1, 0);
+        return 1;
+    }
+    if (d.cfg.policies.preload_common) {
+        int64_t t0 = khala__sys_now_ms();
+        uint64_t n = khala__tiers_preload(&d);
+        char items[32], ms[32];
+        snprintf(items, sizeof(items), "%llu", (unsigned long long)n);
+        snprintf(ms, sizeof(ms), "%lld", (long long)(khala__sys_now_ms() - t0));
+        khala__log("info", "preloaded the most used keys of L2 into L1", "items", items, "ms", ms,
+                   NULL);
+    }
+
+    /* 4. The socket. */
     khala_server_config_t scfg;
     khala__server_config_init(&scfg);
     scfg.path = d.socket_path;
@@ -256,6 +274,7 @@ int main(int argc, char **argv) {
                               .on_tick = tick};
     if ((rc = khala__server_open(&scfg, &ops, &d, &d.srv, err, sizeof(err))) != 0) {
         khala__log("error", "cannot listen", "path", d.socket_path, "error", err, NULL);
+        khala__tiers_close(&d);
         khala__l1_close(d.l1, 0);
         return 1;
     }
@@ -268,7 +287,7 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    /* 4. Ready. */
+    /* 5. Ready. */
     uint64_t wd = 0;
     if (sd_watchdog_enabled(0, &wd) > 0)
         d.watchdog_usec = wd;
@@ -278,6 +297,7 @@ int main(int argc, char **argv) {
     (void)sd_notify(0, "STOPPING=1");
     khala__log("info", "stopping", "cache", d.cfg.cache.name, NULL);
     g_srv = NULL;
+    khala__tiers_close(&d); /* drains what it can while the server still exists */
     khala__server_close(d.srv);
     khala__flight_close(d.flight);
     khala__l1_close(d.l1, 0); /* the segment outlives khalad: workers keep reading */

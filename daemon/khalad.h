@@ -14,7 +14,11 @@
 #include "l1_table.h"
 #include "proto.h"
 #include "server.h"
+#include "coherence.h"
+#include "predict.h"
 #include "tier.h"
+#include "tiers.h"
+#include "writeq.h"
 
 /* Descs the TTL sweep examines per tick (a full sweep of 1 M items takes 250 ticks). */
 #define KHALAD_SWEEP_BUDGET 4096u
@@ -22,14 +26,33 @@
 #define KHALAD_TIERS_MAX 2
 /* Keys in flight at once; beyond, a miss loads without single-flight. */
 #define KHALAD_FLIGHT_MAX 65536u
+/* Predictive warming: keys the successor table tracks, successors per key, prefetches per miss. */
+#define KHALAD_PREDICT_KEYS 65536u
+#define KHALAD_PREDICT_PER_KEY 4u
+#define KHALAD_PREDICT_PREFETCH 2u
+
+/* One level below L1 as khalad runs it: its driver, its write queue, and counters. */
+typedef struct khalad_tier {
+    khala_tier_t *t;        /* the driver */
+    khala_wq_t *wq;         /* writes owed to it (outage, write-behind) */
+    int64_t next_health_ms; /* when an unhealthy level is asked again */
+    int journaled;          /* its queue survives khalad (write-behind is possible) */
+    uint64_t writes, queued, drained, refused, stale_drops, write_errors, outages;
+} khalad_tier_t;
 
 typedef struct khalad {
     khala_config_t cfg;                    /* immutable after start */
     khala_l1_t *l1;                        /* the L1 writer */
     khala_server_t *srv;                   /* the socket server */
     khala_flight_t *flight;                /* single-flight table */
-    khala_tier_t *tiers[KHALAD_TIERS_MAX]; /* L2 then L3; none until their drivers exist */
+    khalad_tier_t tiers[KHALAD_TIERS_MAX]; /* L2 then L3 (daemon/tiers.c) */
     int ntiers;                            /* tiers in use */
+    khala_coherence_t *coh;                /* cross-host invalidation, or NULL */
+    int coh_fd;                            /* its descriptor the loop watches, or -1 */
+    khala_predict_t *predict;              /* successor table, or NULL (predictive_cache) */
+    uint64_t last_version;                 /* last version handed out */
+    uint64_t rng;                          /* TTL jitter */
+    char errmsg[512];                      /* the last tiers error, for replies */
     char socket_path[4096];                /* where srv listens */
     uid_t uid;                             /* khalad's own uid */
     long socket_gid;                       /* the socket's group, -1 when not configured */
@@ -41,6 +64,7 @@ typedef struct khalad {
     /* Counters, for stats. */
     uint64_t requests, replies_err, proto_errors, loads_led, loads_waited, loads_timed_out;
     uint64_t fills_dropped; /* fills not cached: the key was invalidated during the load */
+    uint64_t promotions, warmed, prefetched, inval_received, coherence_flushes, publish_errors;
 } khalad_t;
 
 /* The socket server's callbacks (daemon/handlers.c); arg is the khalad_t. */

@@ -77,6 +77,11 @@ struct khala_server {
     unsigned nconns;
     khala_conn_t *current; /* the connection whose frames are being handled, or NULL */
     int stopping;          /* set by the loop when the eventfd fires */
+    struct khala_watch {
+        int fd; /* -1 = free */
+        void (*fn)(void *arg);
+        void *arg;
+    } watch[KHALA_SERVER_WATCH_MAX]; /* other fds the loop waits on (khala__server_watch) */
 };
 
 void khala__server_config_init(khala_server_config_t *cfg) {
@@ -322,6 +327,8 @@ int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_
     s->ops = *ops;
     s->arg = arg;
     s->lfd = s->efd = s->wfd = -1;
+    for (int i = 0; i < KHALA_SERVER_WATCH_MAX; i++)
+        s->watch[i].fd = -1;
     snprintf(s->path, sizeof(s->path), "%s", cfg->path);
     memset(&sa, 0, sizeof(sa));
     sa.sun_family = AF_UNIX;
@@ -380,6 +387,29 @@ fail:
     return rc;
 }
 
+int khala__server_watch(khala_server_t *s, int old_fd, int fd, void (*fn)(void *arg), void *arg) {
+    if (old_fd >= 0) {
+        for (int i = 0; i < KHALA_SERVER_WATCH_MAX; i++) {
+            if (s->watch[i].fd == old_fd) {
+                (void)epoll_ctl(s->efd, EPOLL_CTL_DEL, old_fd, NULL);
+                s->watch[i].fd = -1;
+            }
+        }
+    }
+    if (fd < 0)
+        return 0;
+    for (int i = 0; i < KHALA_SERVER_WATCH_MAX; i++) {
+        if (s->watch[i].fd >= 0)
+            continue;
+        struct epoll_event e = {.events = EPOLLIN, .data.ptr = &s->watch[i]};
+        if (epoll_ctl(s->efd, EPOLL_CTL_ADD, fd, &e) != 0)
+            return -errno;
+        s->watch[i] = (struct khala_watch){fd, fn, arg};
+        return 0;
+    }
+    return -ENOSPC;
+}
+
 int khala__server_run(khala_server_t *s) {
     struct epoll_event ev[MAX_EVENTS];
     uint64_t next_tick = (uint64_t)khala__sys_now_ms() + s->cfg.tick_ms;
@@ -393,6 +423,10 @@ int khala__server_run(khala_server_t *s) {
             void *p = ev[i].data.ptr;
             if (p == TAG_LISTEN) {
                 accept_all(s);
+            } else if (p >= (void *)s->watch && p < (void *)(s->watch + KHALA_SERVER_WATCH_MAX)) {
+                struct khala_watch *w = p;
+                if (w->fd >= 0)
+                    w->fn(w->arg);
             } else if (p == TAG_WAKE) {
                 uint64_t v;
                 (void)!read(s->wfd, &v, sizeof(v));

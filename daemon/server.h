@@ -71,6 +71,15 @@ void khala__conn_peer(const khala_conn_t *c, pid_t *pid, uid_t *uid, gid_t *gid)
 void *khala__conn_data(const khala_conn_t *c);
 void khala__conn_set_data(khala_conn_t *c, void *data);
 
+/* Other descriptors the loop can wait on (Redis pub/sub, say). */
+#define KHALA_SERVER_WATCH_MAX 4
+
+/* Call fn(arg) from the loop whenever fd is readable. old_fd (>= 0) is unwatched first, so a
+ * caller whose descriptor changed (a reconnect) passes the old one and the new one; fd -1 only
+ * unwatches. 0, -ENOSPC when KHALA_SERVER_WATCH_MAX are watched, or -errno from epoll. The
+ * server never closes a watched descriptor. */
+int khala__server_watch(khala_server_t *s, int old_fd, int fd, void (*fn)(void *arg), void *arg);
+
 /* Connections open now. */
 unsigned khala__server_conns(const khala_server_t *s);
 

@@ -319,6 +319,11 @@ static int key_check(khala_l1_t *t, size_t klen) {
 
 int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, size_t vlen,
                   int64_t ttl_ms, uint8_t type, uint64_t *version) {
+    return khala__l1_put_v(t, key, klen, val, vlen, ttl_ms, type, 0, version);
+}
+
+int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val, size_t vlen,
+                    int64_t ttl_ms, uint8_t type, uint64_t want_version, uint64_t *version) {
     khala_wstate_t *w = t->w;
     khala_atomic_u32 *link = NULL;
     uint64_t off = 0, block = 0;
@@ -349,7 +354,11 @@ int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, 
     khala_item_t *it = item_at(t, off);
     khala_store_relaxed(&it->next, 0);
     it->hash = hash;
-    it->version = ++w->version_seq;
+    if (want_version > w->version_seq)
+        w->version_seq = want_version;
+    else
+        ++w->version_seq;
+    it->version = want_version ? want_version : w->version_seq;
     int64_t now = khala__sys_now_ms();
     /* A TTL too large to add is "never expires in practice": clamp, don't overflow. */
     it->expire_ms = !ttl_ms ? 0 : ttl_ms > INT64_MAX - now ? INT64_MAX : now + ttl_ms;

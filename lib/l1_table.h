@@ -73,6 +73,12 @@ void khala__l1_close(khala_l1_t *t, int unlink);
 int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, size_t vlen,
                   int64_t ttl_ms, uint8_t type, uint64_t *version);
 
+/* As khala__l1_put, with the item's version chosen by the caller (khalad gives every level the
+ * same version, ordered across hosts); want_version 0 means "the next of this table's own". The
+ * table's own sequence moves past want_version, so later own versions stay larger. */
+int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val, size_t vlen,
+                    int64_t ttl_ms, uint8_t type, uint64_t want_version, uint64_t *version);
+
 /* Remove a key. 0, KHALA_ENOTFOUND or KHALA_EKEY. */
 int khala__l1_delete(khala_l1_t *t, const void *key, size_t klen);
 

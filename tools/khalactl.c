@@ -747,19 +747,37 @@ static int cmd_warm(ctl_t *c) {
         if ((rc = warm_keys_from(c, &warmed, &sent)) != 0)
             return rc;
     } else {
-        khala_msg_t m = request(KHALA_OP_WARM), r;
-        if (c->given & O_TYPE) {
-            m.type = c->type;
-            m.has |= KHALA_F_TYPE;
-        } else {
-            if ((rc = key_arg(c, c->prefix, &m.prefix)) != 0)
-                return rc;
-            m.has |= KHALA_F_PREFIX;
-        }
-        if ((rc = call(c, &m, &r)) != 0)
-            return fail(c, rc, NULL);
-        warmed = (r.has & KHALA_F_COUNT) ? r.count : 0;
-        khala__proto_msg_free(&r);
+        /* By type or prefix khalad warms one page of its L2 scan per request and says where
+         * the next page starts: loop until the cursor comes back 0, showing progress. */
+        bool progress = !c->json && isatty(STDERR_FILENO);
+        uint64_t cursor = 0, pages = 0;
+        do {
+            khala_msg_t m = request(KHALA_OP_WARM), r;
+            if (c->given & O_TYPE) {
+                m.type = c->type;
+                m.has |= KHALA_F_TYPE;
+            } else {
+                if ((rc = key_arg(c, c->prefix, &m.prefix)) != 0)
+                    return rc;
+                m.has |= KHALA_F_PREFIX;
+            }
+            m.cursor = cursor;
+            m.has |= KHALA_F_CURSOR;
+            if ((rc = call(c, &m, &r)) != 0) {
+                if (progress && pages)
+                    fputc('\n', stderr);
+                return fail(c, rc, NULL);
+            }
+            warmed += (r.has & KHALA_F_COUNT) ? r.count : 0;
+            cursor = (r.has & KHALA_F_CURSOR) ? r.cursor : 0;
+            khala__proto_msg_free(&r);
+            pages++;
+            if (progress)
+                fprintf(stderr, "\rwarm: %" PRIu64 " pages scanned, %" PRIu64 " keys warmed", pages,
+                        warmed);
+        } while (cursor != 0);
+        if (progress)
+            fputc('\n', stderr);
     }
     if (c->json) {
         ctl_json_t j;

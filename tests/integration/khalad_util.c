@@ -10,6 +10,7 @@
 
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,36 +46,58 @@ void khalad_env_init(const char *prefix) {
 }
 
 const char *khalad_extra_set;
+const char *khalad_extra_sets[KHALAD_EXTRA_SETS_MAX];
 
-void khalad_start(void) {
-    khalad_pid = fork();
-    cr_assert_geq(khalad_pid, 0);
-    if (khalad_pid == 0) {
-        char sock_set[300];
-        snprintf(sock_set, sizeof(sock_set), "cache.socket=%s", khalad_sock);
+pid_t khalad_spawn(const char *name, const char *sock, const char *dir, const char *const *sets) {
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        char sock_set[300], l2_set[300];
+        snprintf(sock_set, sizeof(sock_set), "cache.socket=%s", sock);
+        snprintf(l2_set, sizeof(l2_set), "l2.path=%s/l2", dir);
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0 && !getenv("KHALA_TEST_VERBOSE"))
             dup2(devnull, 2);
-        const char *extra = khalad_extra_set ? khalad_extra_set : "cache.socket_mode=0660";
-        execl(KHALAD_PATH, "khalad", "--foreground", "--name", khalad_name, "--set", sock_set,
-              "--set", "l1.max_memory_mb=16", "--set", "policies.single_flight_timeout_ms=3000",
-              "--set", extra, (char *)NULL);
+        const char *argv[80] = {"khalad", "--foreground",
+                                "--name", name,
+                                "--set",  sock_set,
+                                "--set",  "l1.max_memory_mb=16",
+                                "--set",  "policies.single_flight_timeout_ms=3000",
+                                "--set",  l2_set};
+        int argc = 12;
+        for (int i = 0; sets && sets[i] && argc < 76; i++) {
+            argv[argc++] = "--set";
+            argv[argc++] = sets[i];
+        }
+        argv[argc] = NULL;
+        execv(KHALAD_PATH, (char *const *)argv);
         _exit(127);
     }
-    for (int i = 0; i < 500; i++) {
+    for (int i = 0; i < 1000; i++) {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", khalad_sock);
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
             close(fd);
-            return;
+            return pid;
         }
         close(fd);
         int st;
-        cr_assert_eq(waitpid(khalad_pid, &st, WNOHANG), 0, "khalad exited at start");
+        cr_assert_eq(waitpid(pid, &st, WNOHANG), 0, "khalad %s exited at start", name);
         sleep_ms(10);
     }
-    cr_assert_fail("khalad did not listen on %s within 5 s", khalad_sock);
+    cr_assert_fail("khalad did not listen on %s within 10 s", sock);
+    return -1;
+}
+
+void khalad_start(void) {
+    const char *sets[KHALAD_EXTRA_SETS_MAX + 2];
+    int n = 0;
+    sets[n++] = khalad_extra_set ? khalad_extra_set : "cache.socket_mode=0660";
+    for (int i = 0; i < KHALAD_EXTRA_SETS_MAX && khalad_extra_sets[i]; i++)
+        sets[n++] = khalad_extra_sets[i];
+    sets[n] = NULL;
+    khalad_pid = khalad_spawn(khalad_name, khalad_sock, g_dir, sets);
 }
 
 void khalad_kill(int sig) {
@@ -85,9 +108,20 @@ void khalad_kill(int sig) {
     }
 }
 
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
 void khalad_env_fini(void) {
     khalad_kill(SIGTERM);
     khala__seg_unlink(khalad_name);
     unlink(khalad_sock);
-    rmdir(g_dir);
+    nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+const char *khalad_dir(void) {
+    return g_dir;
 }

@@ -25,6 +25,17 @@ void khalad_env_init(const char *prefix);
 /* One more --set SECTION.KEY=VALUE for the next khalad_start, or NULL for none. */
 extern const char *khalad_extra_set;
 
+/* More --set overrides, NULL-terminated (at most KHALAD_EXTRA_SETS_MAX), read at khalad_start. */
+#define KHALAD_EXTRA_SETS_MAX 16
+extern const char *khalad_extra_sets[KHALAD_EXTRA_SETS_MAX];
+
+/* Start another khalad: cache name, socket path, a directory for its L2 store (DIR/l2), and
+ * NULL-terminated --set overrides (may be NULL). Waits (bounded: 10 s) until it listens. */
+pid_t khalad_spawn(const char *name, const char *sock, const char *dir, const char *const *sets);
+
+/* The test's private directory (khalad's L2 store lives in its l2/). */
+const char *khalad_dir(void);
+
 void khalad_start(void);
 
 /* Send sig to khalad and reap it; nothing when it is not running. */

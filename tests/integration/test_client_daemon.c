@@ -301,7 +301,7 @@ Test(client_daemon, bad_arguments_get_their_codes) {
 
 Test(client_daemon, killed_khalad_leaves_reads_and_loads_working_and_a_restart_reconnects) {
     khala_cache_t *c = open_cache();
-    cr_assert_eq(put_str(c, "durable", "still here", KHALA_TYPE_CONSOLIDATION, NULL), 0);
+    cr_assert_eq(put_str(c, "durable", "still here", KHALA_TYPE_VERIFICATION, NULL), 0);
     khalad_kill(SIGKILL);
 
     /* Reads keep working from L1; a miss is a plain miss. */

@@ -379,7 +379,7 @@ Test(khalad, concurrent_misses_run_the_loader_once) {
 
 Test(khalad, killed_khalad_leaves_l1_readable_and_a_restart_adopts_it) {
     client_t c = dial();
-    cr_assert_eq(put(&c, "durable", "still here", KHALA_TYPE_CONSOLIDATION, NULL), 0);
+    cr_assert_eq(put(&c, "durable", "still here", KHALA_TYPE_VERIFICATION, NULL), 0);
     hang_up(&c);
     khala_cache_t *w;
     cr_assert_eq(khala_cache_open(khalad_name, NULL, &w), 0);
@@ -394,7 +394,7 @@ Test(khalad, killed_khalad_leaves_l1_readable_and_a_restart_adopts_it) {
     c = dial();
     cr_assert_eq(get(&c, "durable", buf, sizeof(buf)), 0);
     cr_assert_str_eq(buf, "still here");
-    cr_assert_eq(put(&c, "after", "restart", KHALA_TYPE_CONSOLIDATION, NULL), 0);
+    cr_assert_eq(put(&c, "after", "restart", KHALA_TYPE_VERIFICATION, NULL), 0);
     cr_assert_eq(khala_cache_get(w, "after", 5, buf, sizeof(buf), &len), 0,
                  "the worker sees the new khalad's writes without reattaching");
     hang_up(&c);

@@ -1,0 +1,400 @@
+/*
+ * The write queue of a slower level (daemon/writeq.h).
+ *
+ * HOW IT WORKS
+ *
+ * A doubly linked list keeps the order; a uthash index over the keys of queued puts and
+ * deletes finds the entry a new write to the same key replaces. Invalidations are not indexed:
+ * they are ordered barriers, and a write after one is appended after it. Every entry is one
+ * allocation (the struct, then key and value bytes). Bounds are checked before anything
+ * changes, so a refused push leaves the queue as it was.
+ *
+ * The journal is one LMDB environment with one database: big-endian 64-bit sequence numbers
+ * (so the B-tree's order is the queue's order) to records
+ *
+ *     | u32 magic | u8 kind | u8 pad[3] | i32 type | u32 klen | u32 vlen | u64 version |
+ *     | i64 expire (CLOCK_REALTIME ms, 0 = none) | key | value |
+ *
+ * A push appends with the next sequence number (and, when it replaces a queued write to the
+ * same key, deletes that record in the same transaction); LMDB commits are durable. Deadlines
+ * are stored on the wall clock, since the monotonic clock restarts with the machine.
+ */
+#include "writeq.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "khala/error.h"
+#include "sys.h"
+
+#define uthash_fatal(msg) abort()
+#include <uthash.h>
+
+#define JOURNAL_MAGIC 0x4b4a5131u     /* "KJQ1" */
+#define JOURNAL_MAP_SIZE (1ull << 34) /* address space only; the file grows as needed */
+
+typedef struct entry {
+    khala_wq_op_t op; /* first: an op pointer is an entry pointer */
+    UT_hash_handle hh;
+    uint64_t seq; /* its journal record, 0 = none */
+} entry_t;
+
+typedef struct jrec {
+    uint32_t magic;
+    uint8_t kind, pad[3];
+    int32_t type;
+    uint32_t klen, vlen;
+    uint64_t version;
+    int64_t expire_wall_ms;
+} jrec_t;
+
+struct khala_wq {
+    entry_t *index; /* puts and deletes by key */
+    khala_wq_op_t *head, *tail;
+    size_t max_ops, max_bytes;
+    khala_wq_stats_t st;
+    MDB_env *env; /* the journal, or NULL */
+    MDB_dbi dbi;
+    uint64_t next_seq;
+    uint64_t *dead; /* records to delete at the next sync */
+    size_t ndead, capdead;
+};
+
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void be64(uint8_t out[8], uint64_t v) {
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        out[i] = (uint8_t)v;
+}
+
+static uint64_t from_be64(const uint8_t in[8]) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | in[i];
+    return v;
+}
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+int khala__wq_new(size_t max_ops, size_t max_bytes, khala_wq_t **out) {
+    khala_wq_t *q = calloc(1, sizeof(*q));
+    if (!q)
+        return -ENOMEM;
+    q->max_ops = max_ops ? max_ops : 1;
+    q->max_bytes = max_bytes ? max_bytes : 1;
+    *out = q;
+    return 0;
+}
+
+static void unlink_op(khala_wq_t *q, khala_wq_op_t *op) {
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        q->head = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    else
+        q->tail = op->prev;
+    q->st.len--;
+    q->st.bytes -= op->klen + op->vlen;
+}
+
+void khala__wq_remove(khala_wq_t *q, khala_wq_op_t *op) {
+    entry_t *e = (entry_t *)op;
+    if (e->seq && q->env) {
+        if (q->ndead == q->capdead) {
+            size_t cap = q->capdead ? 2 * q->capdead : 256;
+            uint64_t *d = realloc(q->dead, cap * sizeof(*d));
+            if (d) {
+                q->dead = d;
+                q->capdead = cap;
+            }
+        }
+        if (q->ndead < q->capdead)
+            q->dead[q->ndead++] = e->seq; /* else: sent again after a crash, harmless */
+    }
+    unlink_op(q, op);
+    if (op->kind != KHALA_WQ_INVALIDATE)
+        HASH_DEL(q->index, e);
+    free(e);
+}
+
+void khala__wq_free(khala_wq_t *q) {
+    if (!q)
+        return;
+    (void)khala__wq_sync(q);
+    /* What is still queued stays in the journal for the next khalad. */
+    while (q->head) {
+        ((entry_t *)q->head)->seq = 0;
+        khala__wq_remove(q, q->head);
+    }
+    if (q->env)
+        mdb_env_close(q->env);
+    free(q->dead);
+    free(q);
+}
+
+int khala__wq_sync(khala_wq_t *q) {
+    if (!q->env || q->ndead == 0)
+        return 0;
+    MDB_txn *txn;
+    if (mdb_txn_begin(q->env, NULL, 0, &txn) != 0)
+        return -EIO;
+    for (size_t i = 0; i < q->ndead; i++) {
+        uint8_t k[8];
+        be64(k, q->dead[i]);
+        MDB_val key = {8, k};
+        int rc = mdb_del(txn, q->dbi, &key, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            mdb_txn_abort(txn);
+            return -EIO;
+        }
+    }
+    if (mdb_txn_commit(txn) != 0)
+        return -EIO;
+    q->ndead = 0;
+    return 0;
+}
+
+/* Append op's record (and delete the replaced one, old_seq) in one durable transaction. */
+static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
+    khala_wq_op_t *op = &e->op;
+    MDB_txn *txn;
+    if (mdb_txn_begin(q->env, NULL, 0, &txn) != 0)
+        return -EIO;
+    uint8_t k[8];
+    uint64_t seq = q->next_seq;
+    be64(k, seq);
+    MDB_val key = {8, k}, val = {sizeof(jrec_t) + op->klen + op->vlen, NULL};
+    int rc = mdb_put(txn, q->dbi, &key, &val, MDB_RESERVE | MDB_APPEND);
+    if (rc == 0) {
+        jrec_t h = {.magic = JOURNAL_MAGIC,
+                    .kind = (uint8_t)op->kind,
+                    .type = op->type,
+                    .klen = (uint32_t)op->klen,
+                    .vlen = (uint32_t)op->vlen,
+                    .version = op->version,
+                    .expire_wall_ms =
+                        op->expire_ms ? op->expire_ms - khala__sys_now_ms() + wall_ms() : 0};
+        uint8_t *p = val.mv_data;
+        memcpy(p, &h, sizeof(h));
+        if (op->klen)
+            memcpy(p + sizeof(h), op->key, op->klen);
+        if (op->vlen)
+            memcpy(p + sizeof(h) + op->klen, op->val, op->vlen);
+    }
+    if (rc == 0 && old_seq) {
+        uint8_t ok[8];
+        be64(ok, old_seq);
+        MDB_val okey = {8, ok};
+        rc = mdb_del(txn, q->dbi, &okey, NULL);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+    }
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return -EIO;
+    }
+    if (mdb_txn_commit(txn) != 0)
+        return -EIO;
+    e->seq = seq;
+    q->next_seq++;
+    return 0;
+}
+
+khala_wq_op_t *khala__wq_head(khala_wq_t *q) {
+    return q->head;
+}
+
+khala_wq_op_t *khala__wq_find(khala_wq_t *q, const void *key, size_t klen) {
+    entry_t *e = NULL;
+    HASH_FIND(hh, q->index, key, klen, e);
+    return e ? &e->op : NULL;
+}
+
+void khala__wq_stats(const khala_wq_t *q, khala_wq_stats_t *out) {
+    *out = q->st;
+}
+
+int khala__wq_room(khala_wq_t *q, const void *key, size_t klen, size_t vlen) {
+    khala_wq_op_t *old = key ? khala__wq_find(q, key, klen) : NULL;
+    size_t ops = q->st.len - (old ? 1 : 0) + 1;
+    size_t bytes = q->st.bytes - (old ? old->klen + old->vlen : 0) + klen + vlen;
+    return ops <= q->max_ops && bytes <= q->max_bytes;
+}
+
+static int push(khala_wq_t *q, khala_wq_kind_t kind, const void *key, size_t klen, const void *val,
+                size_t vlen, uint64_t version, int64_t expire_ms, int type) {
+    khala_wq_op_t *old = kind == KHALA_WQ_INVALIDATE ? NULL : khala__wq_find(q, key, klen);
+    if (!khala__wq_room(q, kind == KHALA_WQ_INVALIDATE ? NULL : key, klen, vlen)) {
+        q->st.refused++;
+        return KHALA_EQUEUE;
+    }
+    entry_t *e = malloc(sizeof(*e) + klen + vlen);
+    if (!e)
+        return -ENOMEM;
+    memset(e, 0, sizeof(*e));
+    khala_wq_op_t *op = &e->op;
+    op->kind = kind;
+    op->key = (uint8_t *)(e + 1);
+    op->klen = klen;
+    if (klen)
+        memcpy(op->key, key, klen);
+    if (vlen) {
+        op->val = op->key + klen;
+        memcpy(op->val, val, vlen);
+    }
+    op->vlen = vlen;
+    op->version = version;
+    op->expire_ms = expire_ms;
+    op->type = type;
+    if (q->env) {
+        uint64_t old_seq = old ? ((entry_t *)old)->seq : 0;
+        if (journal_append(q, e, old_seq) != 0) {
+            free(e);
+            return -EIO;
+        }
+        if (old)
+            ((entry_t *)old)->seq = 0; /* its record went in the same transaction */
+    }
+    if (old) {
+        khala__wq_remove(q, old);
+        q->st.coalesced++;
+    }
+    op->prev = q->tail;
+    if (q->tail)
+        q->tail->next = op;
+    else
+        q->head = op;
+    q->tail = op;
+    if (kind != KHALA_WQ_INVALIDATE)
+        HASH_ADD_KEYPTR(hh, q->index, op->key, op->klen, e);
+    q->st.len++;
+    q->st.bytes += klen + vlen;
+    q->st.pushed++;
+    return 0;
+}
+
+int khala__wq_put(khala_wq_t *q, const void *key, size_t klen, const void *val, size_t vlen,
+                  uint64_t version, int64_t expire_ms, int type) {
+    return push(q, KHALA_WQ_PUT, key, klen, val, vlen, version, expire_ms, type);
+}
+
+int khala__wq_del(khala_wq_t *q, const void *key, size_t klen) {
+    return push(q, KHALA_WQ_DEL, key, klen, NULL, 0, 0, 0, -1);
+}
+
+int khala__wq_invalidate(khala_wq_t *q, const void *prefix, size_t plen, int type) {
+    return push(q, KHALA_WQ_INVALIDATE, prefix, plen, NULL, 0, 0, 0, type);
+}
+
+int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint64_t *recovered, char *err,
+                           size_t errlen) {
+    if (recovered)
+        *recovered = 0;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        int e = errno;
+        set_err(err, errlen, "write journal %s: cannot create the directory: %s", dir, strerror(e));
+        return -e;
+    }
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    MDB_cursor *cur = NULL;
+    int rc = mdb_env_create(&env);
+    if (rc == 0)
+        rc = mdb_env_set_mapsize(env, JOURNAL_MAP_SIZE);
+    if (rc == 0)
+        rc = mdb_env_open(env, dir, MDB_NOTLS, 0600);
+    if (rc == 0)
+        rc = mdb_txn_begin(env, NULL, 0, &txn);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, NULL, 0, &q->dbi);
+    if (rc == 0)
+        rc = mdb_cursor_open(txn, q->dbi, &cur);
+    if (rc != 0) {
+        set_err(err, errlen, "write journal %s: %s", dir, mdb_strerror(rc));
+        if (txn)
+            mdb_txn_abort(txn);
+        if (env)
+            mdb_env_close(env);
+        return rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH ? KHALA_ECORRUPT : -EIO;
+    }
+    /* Read back what an earlier khalad left, in order. */
+    MDB_val k, v;
+    uint64_t n = 0, last = 0;
+    int64_t now_wall = wall_ms(), now = khala__sys_now_ms();
+    int ret = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        jrec_t h;
+        if (k.mv_size != 8 || v.mv_size < sizeof(h)) {
+            ret = KHALA_ECORRUPT;
+            break;
+        }
+        memcpy(&h, v.mv_data, sizeof(h));
+        if (h.magic != JOURNAL_MAGIC || h.kind > KHALA_WQ_INVALIDATE ||
+            v.mv_size != sizeof(h) + (size_t)h.klen + h.vlen) {
+            ret = KHALA_ECORRUPT;
+            break;
+        }
+        last = from_be64(k.mv_data);
+        const uint8_t *p = (const uint8_t *)v.mv_data + sizeof(h);
+        int64_t expire = h.expire_wall_ms ? now + (h.expire_wall_ms - now_wall) : 0;
+        if (expire && expire <= now)
+            expire = 1; /* expired while khalad was away: still sent, gone at once */
+        /* No journal yet on q: push only builds the queue. Bounds do not apply to recovery. */
+        size_t mo = q->max_ops, mb = q->max_bytes;
+        q->max_ops = SIZE_MAX;
+        q->max_bytes = SIZE_MAX;
+        int prc = push(q, (khala_wq_kind_t)h.kind, p, h.klen, p + h.klen, h.vlen, h.version, expire,
+                       h.type);
+        q->max_ops = mo;
+        q->max_bytes = mb;
+        if (prc != 0) {
+            ret = prc;
+            break;
+        }
+        ((entry_t *)q->tail)->seq = last;
+        n++;
+    }
+    mdb_cursor_close(cur);
+    if (ret == 0 && mdb_txn_commit(txn) != 0)
+        ret = -EIO;
+    else if (ret != 0)
+        mdb_txn_abort(txn);
+    if (ret != 0) {
+        set_err(err, errlen, "write journal %s: %s", dir,
+                ret == KHALA_ECORRUPT ? "a record is damaged (not a khala write journal?)"
+                                      : khala_strerror(ret));
+        while (q->head)
+            khala__wq_remove(q, q->head);
+        q->ndead = 0;
+        mdb_env_close(env);
+        return ret;
+    }
+    q->env = env;
+    q->next_seq = last + 1;
+    if (recovered)
+        *recovered = n;
+    return 0;
+}

@@ -1,0 +1,663 @@
+/*
+ * L2 through a real khalad: the local-disk store (the embedded default) and a real
+ * redis-server (scripts/test-servers.sh). What a worker sees: every data type round-trips
+ * through L2, a miss in L1 is answered by L2 and promoted, TTLs hold, nothing acknowledged is
+ * lost when khalad is SIGKILLed, warming and preloading fill L1 from L2, two khalad instances
+ * (two cache names, one Redis namespace) never read each other's writes stale once the
+ * invalidation is delivered, and a Redis killed and restarted mid-run loses no acknowledged
+ * write (queued, then drained) while a full queue is a clear error.
+ *
+ * Levels are checked over the real protocol (lib/channel.h: a get reports which level
+ * answered; stats report the queue). No test asserts on timing: every wait is a bounded loop
+ * on a condition.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "channel.h"
+#include "khala/cache.h"
+#include "khala/error.h"
+#include "khalad_util.h"
+#include "proto.h"
+#include "segment.h"
+
+static void setup(void) {
+    khalad_env_init("l2");
+    memset(khalad_extra_sets, 0, sizeof(khalad_extra_sets));
+}
+
+TestSuite(l2, .init = setup, .fini = khalad_env_fini, .timeout = 120);
+
+/* Helpers ------------------------------------------------------------------------------------ */
+
+static const char *need_env(const char *name) {
+    const char *v = getenv(name);
+    cr_assert(v && *v,
+              "%s is not set: run the tests through scripts/test.sh, or start the "
+              "servers with `eval \"$(scripts/test-servers.sh start)\"`",
+              name);
+    return v;
+}
+
+static khala_chan_t *chan_to(const char *sock, const char *name) {
+    khala_chan_t *ch = NULL;
+    char err[256];
+    int rc = khala__chan_open(sock, name, 5000, &ch, err, sizeof(err));
+    cr_assert_eq(rc, 0, "connect to %s: %s", sock, err);
+    return ch;
+}
+
+static khala_msg_t req(khala_op_t op, const char *key) {
+    khala_msg_t m;
+    khala__proto_msg_init(&m);
+    m.op = op;
+    if (key) {
+        m.key.ptr = (const uint8_t *)key;
+        m.key.len = strlen(key);
+        m.has |= KHALA_F_K;
+    }
+    return m;
+}
+
+static int call(khala_chan_t *ch, khala_msg_t *m, khala_msg_t *r) {
+    char err[256];
+    int rc = khala__chan_call(ch, m, r, 10000, err, sizeof(err));
+    cr_assert_eq(rc, 0, "call %s: %s", khala__proto_op_name(m->op), err);
+    return r->rc;
+}
+
+/* put over the protocol; returns the reply's rc, its message in msg. */
+static int raw_put(khala_chan_t *ch, const char *key, const void *val, size_t vlen,
+                   khala_type_t type, uint64_t ttl_ms, char *msg, size_t msglen) {
+    khala_msg_t m = req(KHALA_OP_PUT, key), r;
+    m.value.ptr = val;
+    m.value.len = vlen;
+    m.has |= KHALA_F_V | KHALA_F_TYPE;
+    m.type = type;
+    if (ttl_ms) {
+        m.ttl_ms = ttl_ms;
+        m.has |= KHALA_F_TTL;
+    }
+    int rc = call(ch, &m, &r);
+    if (msg)
+        snprintf(msg, msglen, "%.*s", (int)r.err.len, r.err.ptr ? (const char *)r.err.ptr : "");
+    khala__proto_msg_free(&r);
+    return rc;
+}
+
+static int put_str(khala_chan_t *ch, const char *key, const char *val) {
+    char msg[256];
+    int rc = raw_put(ch, key, val, strlen(val), KHALA_TYPE_MEMORY_ENTITY, 0, msg, sizeof(msg));
+    cr_assert_eq(rc, 0, "put %s: %s (%s)", key, khala_strerror(rc), msg);
+    return rc;
+}
+
+typedef struct got {
+    char val[4096];
+    size_t len;
+    khala_level_t lvl;
+    khala_type_t type;
+    uint64_t ver;
+} got_t;
+
+static int raw_get(khala_chan_t *ch, const char *key, got_t *g) {
+    khala_msg_t m = req(KHALA_OP_GET, key), r;
+    int rc = call(ch, &m, &r);
+    memset(g, 0, sizeof(*g));
+    if (rc == 0) {
+        cr_assert_lt(r.value.len, sizeof(g->val));
+        memcpy(g->val, r.value.ptr, r.value.len);
+        g->len = r.value.len;
+        g->lvl = r.lvl;
+        g->type = r.type;
+        g->ver = r.ver;
+    }
+    khala__proto_msg_free(&r);
+    return rc;
+}
+
+/* A counter of the stats reply: section ("l1", "l2", "khalad") and name; UINT64_MAX if absent. */
+static uint64_t stat_u(khala_chan_t *ch, const char *section, const char *name) {
+    khala_msg_t m = req(KHALA_OP_STATS, NULL), r;
+    cr_assert_eq(call(ch, &m, &r), 0);
+    uint64_t v = UINT64_MAX;
+    for (uint32_t i = 0; i < r.ndata; i++) {
+        const khala_kv_t *s = &r.data[i];
+        if (s->kind != KHALA_KV_MAP || s->key.len != strlen(section) ||
+            memcmp(s->key.ptr, section, s->key.len) != 0)
+            continue;
+        for (uint32_t j = 0; j < s->as.map.n; j++) {
+            const khala_kv_t *e = &s->as.map.items[j];
+            if (e->key.len == strlen(name) && memcmp(e->key.ptr, name, e->key.len) == 0)
+                v = e->kind == KHALA_KV_UINT ? e->as.u : (uint64_t)e->as.i;
+        }
+    }
+    khala__proto_msg_free(&r);
+    return v;
+}
+
+/* Is key in L1 now? (inspect answers from L1 only.) */
+static int in_l1(khala_chan_t *ch, const char *key) {
+    khala_msg_t m = req(KHALA_OP_INSPECT, key), r;
+    int rc = call(ch, &m, &r);
+    khala__proto_msg_free(&r);
+    return rc == 0;
+}
+
+/* Stop khalad (SIGKILL or SIGTERM), drop its L1 segment, start it again: L1 is empty, L2 is
+ * whatever survived. */
+static khala_chan_t *restart_empty_l1(khala_chan_t *ch, int sig) {
+    khala__chan_close(ch);
+    khalad_kill(sig);
+    khala__seg_unlink(khalad_name);
+    khalad_start();
+    return chan_to(khalad_sock, khalad_name);
+}
+
+/* A private redis-server on a free loopback port, for tests that kill it. */
+typedef struct redis_proc {
+    pid_t pid;
+    int port;
+    char dir[128];
+} redis_proc_t;
+
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    socklen_t len = sizeof(sa);
+    getsockname(fd, (struct sockaddr *)&sa, &len);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static void redis_start(redis_proc_t *r) {
+    const char *server = need_env("KHALA_TEST_REDIS_SERVER");
+    if (!r->port) {
+        r->port = free_port();
+        snprintf(r->dir, sizeof(r->dir), "%s/redis-%d", khalad_dir(), r->port);
+        mkdir(r->dir, 0700);
+    }
+    r->pid = fork();
+    cr_assert_geq(r->pid, 0);
+    if (r->pid == 0) {
+        char port[16];
+        snprintf(port, sizeof(port), "%d", r->port);
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        execl(server, "redis-server", "--bind", "127.0.0.1", "--port", port, "--dir", r->dir,
+              "--save", "", "--appendonly", "no", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500; i++) {
+        struct timeval tv = {1, 0};
+        redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, tv);
+        if (c && !c->err) {
+            redisReply *rep = redisCommand(c, "PING");
+            int ok = rep && rep->type == REDIS_REPLY_STATUS;
+            freeReplyObject(rep);
+            redisFree(c);
+            if (ok)
+                return;
+        } else if (c) {
+            redisFree(c);
+        }
+        sleep_ms(20);
+    }
+    cr_assert_fail("redis-server on port %d did not answer", r->port);
+}
+
+static void redis_kill(redis_proc_t *r) {
+    kill(r->pid, SIGKILL);
+    waitpid(r->pid, NULL, 0);
+    r->pid = 0;
+}
+
+/* GET of the raw Redis key khala:<ns>:<key>; 1 if it exists. */
+static int redis_has(const char *host, int port, const char *ns, const char *key) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout(host, port, tv);
+    cr_assert(c && !c->err, "connect to redis %s:%d", host, port);
+    redisReply *rep = redisCommand(c, "EXISTS khala:%s:%s", ns, key);
+    cr_assert(rep && rep->type == REDIS_REPLY_INTEGER);
+    int has = rep->integer == 1;
+    freeReplyObject(rep);
+    redisFree(c);
+    return has;
+}
+
+/* Wait (bounded) until a stats counter reaches at least want. */
+static uint64_t wait_stat(khala_chan_t *ch, const char *section, const char *name, uint64_t want) {
+    uint64_t v = 0;
+    for (int i = 0; i < 1000; i++) {
+        v = stat_u(ch, section, name);
+        if (v != UINT64_MAX && v >= want)
+            return v;
+        sleep_ms(10);
+    }
+    cr_assert_fail("stats %s.%s stayed at %llu, want >= %llu", section, name, (unsigned long long)v,
+                   (unsigned long long)want);
+    return v;
+}
+
+static char g_ns[64];
+
+/* Configure the next khalad for L2 on Redis at url, namespace g_ns. */
+static void use_redis(const char *url, int coherence) {
+    static char url_set[600], ns_set[128];
+    snprintf(g_ns, sizeof(g_ns), "it%d", (int)getpid());
+    snprintf(url_set, sizeof(url_set), "l2.redis_url=%s", url);
+    snprintf(ns_set, sizeof(ns_set), "l2.namespace=%s", g_ns);
+    int n = 0;
+    khalad_extra_sets[n++] = url_set; /* before the backend: each --set is checked at once */
+    khalad_extra_sets[n++] = "l2.backend=redis";
+    khalad_extra_sets[n++] = ns_set;
+    khalad_extra_sets[n++] = "l2.persistent=true"; /* survives the restarts of a test */
+    if (coherence)
+        khalad_extra_sets[n++] = "policies.coherence=pubsub";
+    khalad_extra_sets[n] = NULL;
+}
+
+/* Every data type, through L2 ----------------------------------------------------------------- */
+
+static void round_trip_types(void) {
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    char key[32], val[64];
+    for (int t = 0; t < KHALA_TYPE_COUNT; t++) {
+        snprintf(key, sizeof(key), "type:%d", t);
+        snprintf(val, sizeof(val), "value of type %s", khala__proto_type_name((khala_type_t)t));
+        char msg[256];
+        cr_assert_eq(raw_put(ch, key, val, strlen(val), (khala_type_t)t, 0, msg, sizeof(msg)), 0,
+                     "%s", msg);
+    }
+    ch = restart_empty_l1(ch, SIGTERM);
+    for (int t = 0; t < KHALA_TYPE_COUNT; t++) {
+        got_t g;
+        snprintf(key, sizeof(key), "type:%d", t);
+        snprintf(val, sizeof(val), "value of type %s", khala__proto_type_name((khala_type_t)t));
+        cr_assert_eq(in_l1(ch, key), 0, "L1 was emptied");
+        cr_assert_eq(raw_get(ch, key, &g), 0, "get %s", key);
+        cr_assert_eq(g.lvl, KHALA_LEVEL_L2, "%s answered by level %d", key, (int)g.lvl);
+        cr_assert_eq(g.type, (khala_type_t)t);
+        cr_assert_eq(g.len, strlen(val));
+        cr_assert_eq(memcmp(g.val, val, g.len), 0);
+        /* Promoted: the next read is L1's; except consolidation, which lives on L2/L3 only. */
+        got_t g2;
+        cr_assert_eq(raw_get(ch, key, &g2), 0);
+        cr_assert_eq(g2.ver, g.ver, "promotion keeps the version");
+        if (t == KHALA_TYPE_CONSOLIDATION) {
+            cr_assert_eq(in_l1(ch, key), 0, "consolidation is kept off L1 by default");
+            cr_assert_eq(g2.lvl, KHALA_LEVEL_L2);
+        } else {
+            cr_assert(in_l1(ch, key), "%s was not promoted into L1", key);
+            cr_assert_eq(g2.lvl, KHALA_LEVEL_L1);
+        }
+    }
+    khala__chan_close(ch);
+}
+
+Test(l2, disk_every_type_round_trips_and_promotes) {
+    round_trip_types();
+}
+
+Test(l2, redis_tcp_every_type_round_trips_and_promotes) {
+    use_redis(need_env("KHALA_TEST_REDIS_URL"), 0);
+    round_trip_types();
+}
+
+Test(l2, redis_unix_every_type_round_trips_and_promotes) {
+    use_redis(need_env("KHALA_TEST_REDIS_UNIX_URL"), 0);
+    round_trip_types();
+}
+
+Test(l2, redis_cluster_every_type_round_trips_and_promotes) {
+    use_redis(need_env("KHALA_TEST_REDIS_CLUSTER_URL"), 0);
+    round_trip_types();
+}
+
+/* TTL ---------------------------------------------------------------------------------------- */
+
+Test(l2, ttl_expires_at_every_level) {
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    char msg[256];
+    cr_assert_eq(raw_put(ch, "short", "v", 1, KHALA_TYPE_SEARCH_RESULT, 300, msg, sizeof(msg)), 0,
+                 "%s", msg);
+    cr_assert_eq(raw_put(ch, "long", "v", 1, KHALA_TYPE_SEARCH_RESULT, 600000, msg, sizeof(msg)), 0,
+                 "%s", msg);
+    ch = restart_empty_l1(ch, SIGTERM);
+    got_t g;
+    /* Bounded wait for the short one to expire everywhere; the long one stays. */
+    int gone = 0;
+    for (int i = 0; i < 500 && !gone; i++) {
+        gone = raw_get(ch, "short", &g) == KHALA_ENOTFOUND;
+        if (!gone)
+            sleep_ms(20);
+    }
+    cr_assert(gone, "an item with a 300 ms TTL was still served after 10 s");
+    cr_assert_eq(raw_get(ch, "long", &g), 0);
+    cr_assert(g.lvl == KHALA_LEVEL_L2 || g.lvl == KHALA_LEVEL_L1);
+    khala__chan_close(ch);
+}
+
+/* Durability --------------------------------------------------------------------------------- */
+
+Test(l2, disk_sigkill_loses_nothing_acknowledged) {
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    char key[32], val[64];
+    for (int i = 0; i < 200; i++) {
+        snprintf(key, sizeof(key), "dur:%d", i);
+        snprintf(val, sizeof(val), "acknowledged %d", i);
+        put_str(ch, key, val);
+    }
+    ch = restart_empty_l1(ch, SIGKILL);
+    for (int i = 0; i < 200; i++) {
+        got_t g;
+        snprintf(key, sizeof(key), "dur:%d", i);
+        snprintf(val, sizeof(val), "acknowledged %d", i);
+        cr_assert_eq(raw_get(ch, key, &g), 0, "acknowledged %s lost by a SIGKILL", key);
+        cr_assert_eq(g.len, strlen(val));
+        cr_assert_eq(memcmp(g.val, val, g.len), 0);
+    }
+    khala__chan_close(ch);
+}
+
+/* Deletes and invalidations reach L2 ------------------------------------------------------------ */
+
+Test(l2, deletes_and_invalidations_reach_l2) {
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_str(ch, "user:1", "a");
+    put_str(ch, "user:2", "b");
+    put_str(ch, "doc:1", "c");
+    put_str(ch, "doc:2", "d");
+    char msg[256];
+    cr_assert_eq(raw_put(ch, "emb:1", "e", 1, KHALA_TYPE_EMBEDDING, 0, msg, sizeof(msg)), 0);
+    khala_msg_t m = req(KHALA_OP_DEL, "doc:1"), r;
+    cr_assert_eq(call(ch, &m, &r), 0);
+    khala__proto_msg_free(&r);
+    m = req(KHALA_OP_INVALIDATE, NULL);
+    m.by = KHALA_BY_PREFIX;
+    m.has |= KHALA_F_BY;
+    m.prefix.ptr = (const uint8_t *)"user:";
+    m.prefix.len = 5;
+    m.has |= KHALA_F_PREFIX;
+    cr_assert_eq(call(ch, &m, &r), 0);
+    khala__proto_msg_free(&r);
+    m = req(KHALA_OP_INVALIDATE, NULL);
+    m.by = KHALA_BY_TYPE;
+    m.has |= KHALA_F_BY;
+    m.type = KHALA_TYPE_EMBEDDING;
+    m.has |= KHALA_F_TYPE;
+    cr_assert_eq(call(ch, &m, &r), 0);
+    khala__proto_msg_free(&r);
+    ch = restart_empty_l1(ch, SIGTERM);
+    got_t g;
+    cr_assert_eq(raw_get(ch, "doc:1", &g), KHALA_ENOTFOUND, "a delete did not reach L2");
+    cr_assert_eq(raw_get(ch, "user:1", &g), KHALA_ENOTFOUND, "a prefix did not reach L2");
+    cr_assert_eq(raw_get(ch, "user:2", &g), KHALA_ENOTFOUND);
+    cr_assert_eq(raw_get(ch, "emb:1", &g), KHALA_ENOTFOUND, "a type did not reach L2");
+    cr_assert_eq(raw_get(ch, "doc:2", &g), 0);
+    cr_assert_eq(g.lvl, KHALA_LEVEL_L2);
+    m = req(KHALA_OP_DEL, "doc:1");
+    cr_assert_eq(call(ch, &m, &r), KHALA_ENOTFOUND, "no level holds doc:1 any more");
+    khala__proto_msg_free(&r);
+    khala__chan_close(ch);
+}
+
+/* Warming and preloading ----------------------------------------------------------------------- */
+
+static uint64_t warm_all(khala_chan_t *ch, const char *prefix, int type) {
+    uint64_t warmed = 0, cursor = 0;
+    int pages = 0;
+    do {
+        khala_msg_t m = req(KHALA_OP_WARM, NULL), r;
+        if (prefix) {
+            m.prefix.ptr = (const uint8_t *)prefix;
+            m.prefix.len = strlen(prefix);
+            m.has |= KHALA_F_PREFIX;
+        } else {
+            m.type = (khala_type_t)type;
+            m.has |= KHALA_F_TYPE;
+        }
+        m.cursor = cursor;
+        m.has |= KHALA_F_CURSOR;
+        cr_assert_eq(call(ch, &m, &r), 0, "warm: %.*s", (int)r.err.len,
+                     r.err.ptr ? (const char *)r.err.ptr : "");
+        warmed += r.count;
+        cursor = r.cursor;
+        khala__proto_msg_free(&r);
+        cr_assert_lt(++pages, 100000, "the warm scan does not end");
+    } while (cursor != 0);
+    return warmed;
+}
+
+static void warm_by_prefix_and_type(void) {
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    char key[32], msg[256];
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "w:%d", i);
+        put_str(ch, key, "warm me");
+    }
+    for (int i = 0; i < 50; i++) {
+        snprintf(key, sizeof(key), "other:%d", i);
+        cr_assert_eq(raw_put(ch, key, "x", 1, KHALA_TYPE_AGENT_RESPONSE, 0, msg, sizeof(msg)), 0);
+    }
+    ch = restart_empty_l1(ch, SIGTERM);
+    cr_assert_eq(in_l1(ch, "w:7"), 0);
+    cr_assert_eq(warm_all(ch, "w:", -1), 300);
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "w:%d", i);
+        cr_assert(in_l1(ch, key), "%s was not warmed", key);
+    }
+    cr_assert_eq(in_l1(ch, "other:3"), 0, "warm by prefix took another prefix");
+    cr_assert_eq(warm_all(ch, NULL, KHALA_TYPE_AGENT_RESPONSE), 50);
+    cr_assert(in_l1(ch, "other:3"));
+    /* By keys. */
+    ch = restart_empty_l1(ch, SIGTERM);
+    khala_bytes_t keys[3] = {
+        {(const uint8_t *)"w:1", 3}, {(const uint8_t *)"w:2", 3}, {(const uint8_t *)"absent", 6}};
+    khala_msg_t m = req(KHALA_OP_WARM, NULL), r;
+    m.keys = keys;
+    m.nkeys = 3;
+    m.has |= KHALA_F_KEYS;
+    cr_assert_eq(call(ch, &m, &r), 0);
+    cr_assert_eq(r.count, 2);
+    khala__proto_msg_free(&r);
+    cr_assert(in_l1(ch, "w:1") && in_l1(ch, "w:2"));
+    khala__chan_close(ch);
+}
+
+Test(l2, disk_warm_by_prefix_type_and_keys) {
+    warm_by_prefix_and_type();
+}
+
+Test(l2, redis_warm_by_prefix_type_and_keys) {
+    use_redis(need_env("KHALA_TEST_REDIS_URL"), 0);
+    warm_by_prefix_and_type();
+}
+
+Test(l2, preload_common_warms_the_most_used_keys) {
+    khalad_extra_sets[0] = "policies.preload_common=true";
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    char key[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(key, sizeof(key), "p:%d", i);
+        put_str(ch, key, "value");
+    }
+    /* Make p:0..p:9 the most used of L2: read them from L2 (emptying L1 between rounds). */
+    for (int round = 0; round < 5; round++) {
+        ch = restart_empty_l1(ch, SIGTERM);
+        for (int i = 0; i < 10; i++) {
+            got_t g;
+            snprintf(key, sizeof(key), "p:%d", i);
+            cr_assert_eq(raw_get(ch, key, &g), 0);
+        }
+    }
+    ch = restart_empty_l1(ch, SIGTERM);
+    /* Preload ran before khalad listened. */
+    for (int i = 0; i < 10; i++) {
+        snprintf(key, sizeof(key), "p:%d", i);
+        cr_assert(in_l1(ch, key), "the frequently read %s was not preloaded", key);
+    }
+    khala__chan_close(ch);
+}
+
+/* Two hosts, one Redis -------------------------------------------------------------------------- */
+
+Test(l2, invalidation_reaches_another_khalad) {
+    const char *url = need_env("KHALA_TEST_REDIS_URL");
+    use_redis(url, 1);
+    khalad_start();
+    /* The second "host": another cache name, socket and segment, same namespace. */
+    char name2[80], sock2[200], dir2[160];
+    snprintf(name2, sizeof(name2), "%sb", khalad_name);
+    snprintf(dir2, sizeof(dir2), "%s/b", khalad_dir());
+    mkdir(dir2, 0700);
+    snprintf(sock2, sizeof(sock2), "%s/b.sock", dir2);
+    const char *sets[KHALAD_EXTRA_SETS_MAX + 1];
+    int n = 0;
+    for (; khalad_extra_sets[n]; n++)
+        sets[n] = khalad_extra_sets[n];
+    sets[n] = NULL;
+    pid_t pid2 = khalad_spawn(name2, sock2, dir2, sets);
+    khala_chan_t *a = chan_to(khalad_sock, khalad_name);
+    khala_chan_t *b = chan_to(sock2, name2);
+    wait_stat(a, "l2", "subscribed", 1);
+    wait_stat(b, "l2", "subscribed", 1);
+
+    /* b caches v1 in its L1 (through L2). */
+    put_str(a, "shared", "v1");
+    got_t g;
+    cr_assert_eq(raw_get(b, "shared", &g), 0);
+    cr_assert_eq(g.len, 2);
+    cr_assert_eq(memcmp(g.val, "v1", 2), 0);
+    cr_assert(in_l1(b, "shared"));
+
+    /* Workers of b read its L1 directly. */
+    khala_cache_options_t o;
+    khala_cache_options_init(&o);
+    o.socket_path = sock2;
+    khala_cache_t *wb = NULL;
+    cr_assert_eq(khala_cache_open(name2, &o, &wb), 0, "%s", khala_cache_errmsg(NULL));
+    char buf[16];
+    size_t len = 0;
+    cr_assert_eq(khala_cache_get(wb, "shared", 6, buf, sizeof(buf), &len), 0);
+
+    for (int round = 2; round < 12; round++) {
+        uint64_t before = stat_u(b, "l2", "invalidations_received");
+        char v[16];
+        snprintf(v, sizeof(v), "v%d", round);
+        put_str(a, "shared", v);
+        wait_stat(b, "l2", "invalidations_received", before + 1);
+        /* Delivered: b's worker never reads the old value again. */
+        int rc = khala_cache_get(wb, "shared", 6, buf, sizeof(buf), &len);
+        cr_assert_eq(rc, 0);
+        cr_assert_eq(len, strlen(v), "round %d: stale read of length %zu", round, len);
+        cr_assert_eq(memcmp(buf, v, len), 0, "round %d: b read a stale value", round);
+    }
+    /* Deletes and prefix invalidations travel too. */
+    put_str(a, "pre:1", "x");
+    cr_assert_eq(raw_get(b, "pre:1", &g), 0);
+    uint64_t before = stat_u(b, "l2", "invalidations_received");
+    khala_msg_t m = req(KHALA_OP_INVALIDATE, NULL), r;
+    m.by = KHALA_BY_PREFIX;
+    m.has |= KHALA_F_BY;
+    m.prefix.ptr = (const uint8_t *)"pre:";
+    m.prefix.len = 4;
+    m.has |= KHALA_F_PREFIX;
+    cr_assert_eq(call(a, &m, &r), 0);
+    khala__proto_msg_free(&r);
+    wait_stat(b, "l2", "invalidations_received", before + 1);
+    cr_assert_eq(in_l1(b, "pre:1"), 0, "a prefix invalidation did not reach b's L1");
+    cr_assert_eq(khala_cache_get(wb, "pre:1", 5, buf, sizeof(buf), &len), KHALA_ENOTFOUND);
+
+    khala_cache_close(wb);
+    khala__chan_close(a);
+    khala__chan_close(b);
+    kill(pid2, SIGTERM);
+    waitpid(pid2, NULL, 0);
+    khala__seg_unlink(name2);
+}
+
+/* Redis killed and restarted -------------------------------------------------------------------- */
+
+Test(l2, redis_down_queues_writes_and_drains_on_return) {
+    redis_proc_t rp = {0};
+    redis_start(&rp);
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rp.port);
+    use_redis(url, 0);
+    int n = 0;
+    while (khalad_extra_sets[n])
+        n++;
+    khalad_extra_sets[n++] = "l2.queue_max=50";
+    khalad_extra_sets[n++] = "l2.timeout_ms=300";
+    khalad_extra_sets[n] = NULL;
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_str(ch, "before", "up");
+    cr_assert(redis_has("127.0.0.1", rp.port, g_ns, "before"));
+
+    redis_kill(&rp);
+    /* Writes are acknowledged and queued; the first one finds Redis gone. */
+    char key[32], val[32], msg[256];
+    for (int i = 0; i < 50; i++) {
+        snprintf(key, sizeof(key), "down:%d", i);
+        snprintf(val, sizeof(val), "queued %d", i);
+        cr_assert_eq(
+            raw_put(ch, key, val, strlen(val), KHALA_TYPE_MEMORY_ENTITY, 0, msg, sizeof(msg)), 0,
+            "put while Redis is down: %s", msg);
+    }
+    cr_assert_eq(stat_u(ch, "l2", "healthy"), 0);
+    cr_assert_eq(stat_u(ch, "l2", "queued_now"), 50);
+    /* The queue is full: back-pressure, with a message that says so. */
+    int rc = raw_put(ch, "one-too-many", "x", 1, KHALA_TYPE_MEMORY_ENTITY, 0, msg, sizeof(msg));
+    cr_assert_eq(rc, KHALA_EQUEUE, "a full queue answered %s", khala_strerror(rc));
+    cr_assert(strstr(msg, "queue") != NULL, "message: %s", msg);
+    got_t g;
+    cr_assert_eq(raw_get(ch, "one-too-many", &g), KHALA_ENOTFOUND, "a refused write was kept");
+    /* A rewrite of a queued key coalesces: it still fits. */
+    cr_assert_eq(
+        raw_put(ch, "down:0", "queued 0 again", 14, KHALA_TYPE_MEMORY_ENTITY, 0, msg, sizeof(msg)),
+        0, "%s", msg);
+    /* khalad itself is SIGKILLed while Redis is down: the journal keeps the queue. */
+    ch = restart_empty_l1(ch, SIGKILL);
+    cr_assert_eq(stat_u(ch, "l2", "queued_now"), 50, "the journal did not bring the queue back");
+    cr_assert_eq(raw_get(ch, "down:7", &g), 0, "a queued write is read back");
+    cr_assert_eq(g.len, strlen("queued 7"));
+    redis_start(&rp);
+    /* Drained: every acknowledged write is in Redis, the coalesced one with its last value. */
+    for (int i = 0; i < 1000 && stat_u(ch, "l2", "queued_now") != 0; i++)
+        sleep_ms(10);
+    cr_assert_eq(stat_u(ch, "l2", "queued_now"), 0, "the queue did not drain");
+    cr_assert_eq(stat_u(ch, "l2", "healthy"), 1);
+    for (int i = 0; i < 50; i++) {
+        snprintf(key, sizeof(key), "down:%d", i);
+        cr_assert(redis_has("127.0.0.1", rp.port, g_ns, key), "acknowledged %s was lost", key);
+    }
+    ch = restart_empty_l1(ch, SIGTERM);
+    cr_assert_eq(raw_get(ch, "down:0", &g), 0);
+    cr_assert_eq(g.lvl, KHALA_LEVEL_L2);
+    cr_assert_eq(g.len, 14);
+    cr_assert_eq(memcmp(g.val, "queued 0 again", 14), 0);
+    put_str(ch, "after", "up again");
+    cr_assert(redis_has("127.0.0.1", rp.port, g_ns, "after"));
+    khala__chan_close(ch);
+    redis_kill(&rp);
+}

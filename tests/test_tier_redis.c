@@ -1,0 +1,999 @@
+/*
+ * The Redis L2 driver (daemon/tier_redis.c) against real servers: the shared test servers of
+ * scripts/test-servers.sh (one server on TCP and a Unix socket, a 3-master cluster) and private
+ * redis-server processes that a test starts, kills and restarts itself.
+ *
+ * Every test works in its own namespace ("t<pid>-<tag>"); .fini deletes it (reopening it with
+ * persistent = false) and puts back any cluster slot a test moved, because later tests share
+ * the cluster.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "config.h"
+#include "redis_cluster.h"
+#include "redis_conn.h"
+#include "sys.h"
+#include "tier_redis.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Fixtures                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+static khala_tier_t *g_t;       /* the tier under test; closed by .fini */
+static char g_ns[64];           /* its namespace */
+static char g_url[256];         /* its URL, to purge the namespace in .fini */
+static pid_t g_priv_pid;        /* a private redis-server, or 0 */
+static unsigned g_priv_port;    /* its port */
+static char g_priv_dir[128];    /* its working directory */
+static const char *g_priv_args; /* extra arguments it was started with ("auth" or NULL) */
+
+/* A cluster slot a test moved: .fini gives it back to its owner. */
+static struct {
+    int active;
+    unsigned slot;
+    unsigned owner_port, other_port;
+} g_moved;
+
+/* Fail the test now (cr_assert_fail does not return; abort() tells the compiler so). */
+#define FATAL(...)                                                                                 \
+    do {                                                                                           \
+        cr_assert_fail(__VA_ARGS__);                                                               \
+        abort();                                                                                   \
+    } while (0)
+
+static const char *env(const char *name) {
+    const char *v = getenv(name);
+    if (!v || !*v)
+        FATAL("%s is not set: start the test servers with "
+              "eval \"$(scripts/test-servers.sh start)\" (scripts/test.sh does it)",
+              name);
+    return v;
+}
+
+static const char *ns(const char *tag) {
+    snprintf(g_ns, sizeof(g_ns), "t%d-%s", (int)getpid(), tag);
+    return g_ns;
+}
+
+static int open_tier(const char *url, const char *nspace, bool persistent, bool owned,
+                     unsigned pool, khala_tier_t **out, char *err, size_t errlen) {
+    khala_tier_redis_opts_t o = {.url = url,
+                                 .ns = nspace,
+                                 .level = KHALA_LEVEL_L2,
+                                 .timeout_ms = 1000,
+                                 .pool_size = pool,
+                                 .persistent = persistent,
+                                 .owned = owned};
+    return khala__tier_redis_open(&o, out, err, errlen);
+}
+
+/* Open g_t on url in namespace tag (purged at open); fails the test on error. */
+static khala_tier_t *tier(const char *url, const char *tag) {
+    char err[256];
+    snprintf(g_url, sizeof(g_url), "%s", url);
+    int rc = open_tier(url, ns(tag), false, false, 2, &g_t, err, sizeof(err));
+    cr_assert_eq(rc, 0, "open %s: %s (%s)", url, khala_strerror(rc), err);
+    return g_t;
+}
+
+/* A direct hiredis connection to url (host:port, or the unix socket), database selected. */
+static redisContext *direct(const char *url) {
+    khala_config_redis_url_t u;
+    char err[256];
+    cr_assert_eq(khala__config_redis_url_parse(url, &u, err, sizeof(err)), 0, "%s", err);
+    redisContext *c = NULL;
+    cr_assert_eq(khala__redis_connect(&u, 2000, &c, err, sizeof(err)), 0, "%s", err);
+    return c;
+}
+
+static redisContext *direct_port(unsigned port) {
+    redisContext *c = redisConnect("127.0.0.1", (int)port);
+    cr_assert(c && !c->err, "connect 127.0.0.1:%u", port);
+    return c;
+}
+
+static long long cmd_int(redisContext *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    cr_assert(r, "no reply: %s", c->errstr);
+    cr_assert_eq(r->type, REDIS_REPLY_INTEGER, "not an integer: %s",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "?");
+    long long v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
+/* Run a command that must not fail. */
+static void cmd_ok(redisContext *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    cr_assert(r, "no reply: %s", c->errstr);
+    cr_assert_neq(r->type, REDIS_REPLY_ERROR, "%s", r->str);
+    freeReplyObject(r);
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void stop_private(void);
+static void cluster_restore(void);
+
+static void setup(void) {
+    g_t = NULL;
+    g_url[0] = '\0';
+    g_priv_pid = 0;
+    memset(&g_moved, 0, sizeof(g_moved));
+}
+
+static void teardown(void) {
+    cluster_restore();
+    if (g_t)
+        g_t->ops->close(g_t);
+    g_t = NULL;
+    if (g_url[0]) { /* purge the namespace, ~hot included */
+        khala_tier_t *t = NULL;
+        if (open_tier(g_url, g_ns, false, false, 1, &t, NULL, 0) == 0)
+            t->ops->close(t);
+    }
+    stop_private();
+}
+
+TestSuite(tier_redis, .init = setup, .fini = teardown, .timeout = 60);
+
+/* Values. */
+static khala_tier_value_t val(const void *data, size_t len, uint64_t version, khala_type_t type,
+                              int64_t ttl_ms) {
+    return (khala_tier_value_t){(void *)data, len, version, ttl_ms, type};
+}
+
+static int put_str(khala_tier_t *t, const char *key, const char *v, uint64_t version,
+                   khala_type_t type, int64_t ttl_ms) {
+    khala_tier_value_t x = val(v, strlen(v), version, type, ttl_ms);
+    return t->ops->put(t, key, strlen(key), &x);
+}
+
+/* Get key; returns the code, and the value as a string in buf on a hit. */
+static int get_str(khala_tier_t *t, const char *key, char *buf, size_t cap,
+                   khala_tier_value_t *meta) {
+    khala_tier_value_t v = {0};
+    int rc = t->ops->get(t, key, strlen(key), &v);
+    if (rc == 0) {
+        cr_assert_lt(v.len, cap);
+        if (v.len)
+            memcpy(buf, v.data, v.len);
+        buf[v.len] = '\0';
+        if (meta)
+            *meta = v;
+        khala__tier_value_free(&v);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Round trips, TTLs, versions                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Put and get back a value of every type, with sizes that use each bin header (8/16/32). */
+static void round_trip(khala_tier_t *t) {
+    static const size_t sizes[KHALA_TYPE_COUNT] = {0, 1, 255, 256, 65535, 65536, 100000, 17};
+    for (int type = 0; type < KHALA_TYPE_COUNT; type++) {
+        size_t n = sizes[type];
+        unsigned char *data = malloc(n ? n : 1);
+        for (size_t i = 0; i < n; i++)
+            data[i] = (unsigned char)(i * 31 + (size_t)type);
+        char key[32];
+        snprintf(key, sizeof(key), "type:%d", type);
+        uint64_t version = (UINT64_C(1) << 61) + (uint64_t)type * 1000 + 1;
+        khala_tier_value_t in = val(data, n, version, (khala_type_t)type, 60000);
+        cr_assert_eq(t->ops->put(t, key, strlen(key), &in), 0, "%s", t->err);
+        khala_tier_value_t out = {0};
+        cr_assert_eq(t->ops->get(t, key, strlen(key), &out), 0, "%s", t->err);
+        cr_assert_eq(out.len, n);
+        cr_assert(n == 0 || memcmp(out.data, data, n) == 0, "type %d: bytes differ", type);
+        cr_assert_eq(out.version, version);
+        cr_assert_eq(out.type, (khala_type_t)type);
+        cr_assert(out.ttl_ms > 0 && out.ttl_ms <= 60000, "ttl %lld", (long long)out.ttl_ms);
+        khala__tier_value_free(&out);
+        free(data);
+    }
+    khala_tier_stats_t st;
+    t->ops->stats(t, &st);
+    cr_assert_eq(st.puts, KHALA_TYPE_COUNT);
+    cr_assert_eq(st.hits, KHALA_TYPE_COUNT);
+    cr_assert_eq(st.errors, 0);
+    cr_assert_eq(st.items, UINT64_MAX);
+    cr_assert_eq(st.bytes, UINT64_MAX);
+}
+
+Test(tier_redis, round_trip_of_every_type_over_tcp) {
+    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_URL"), "rt-tcp");
+    cr_assert_str_eq(t->ops->name, "redis");
+    cr_assert_eq(t->ops->health(t), 0);
+    round_trip(t);
+}
+
+Test(tier_redis, round_trip_of_every_type_over_the_unix_socket) {
+    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_UNIX_URL"), "rt-unix");
+    round_trip(t);
+}
+
+Test(tier_redis, stored_value_is_msgpack_with_a_full_width_version) {
+    const char *url = env("KHALA_TEST_REDIS_URL");
+    khala_tier_t *t = tier(url, "fmt");
+    cr_assert_eq(put_str(t, "k", "ab", 5, KHALA_TYPE_EMBEDDING, 0), 0);
+    redisContext *c = direct(url);
+    redisReply *r = redisCommand(c, "GET khala:%s:k", g_ns);
+    static const unsigned char want[] = {0x93, 0xcf, 0, 0, 0, 0, 0, 0, 0, 5, 2, 0xc4, 2, 'a', 'b'};
+    cr_assert_eq(r->type, REDIS_REPLY_STRING);
+    cr_assert_eq(r->len, sizeof(want));
+    cr_assert_arr_eq(r->str, want, sizeof(want));
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+Test(tier_redis, ttl_is_set_and_expiry_makes_a_miss) {
+    const char *url = env("KHALA_TEST_REDIS_URL");
+    khala_tier_t *t = tier(url, "ttl");
+    redisContext *c = direct(url);
+    cr_assert_eq(put_str(t, "long", "v", 1, KHALA_TYPE_MEMORY_ENTITY, 60000), 0);
+    long long pttl = cmd_int(c, "PTTL khala:%s:long", g_ns);
+    cr_assert(pttl > 0 && pttl <= 60000, "PTTL %lld", pttl);
+
+    cr_assert_eq(put_str(t, "forever", "v", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0);
+    cr_assert_eq(cmd_int(c, "PTTL khala:%s:forever", g_ns), -1);
+    khala_tier_value_t meta;
+    char buf[16];
+    cr_assert_eq(get_str(t, "forever", buf, sizeof(buf), &meta), 0);
+    cr_assert_eq(meta.ttl_ms, 0, "no expiry reads back as 0");
+
+    cr_assert_eq(put_str(t, "short", "v", 1, KHALA_TYPE_MEMORY_ENTITY, 30), 0);
+    for (int i = 0; i < 200 && cmd_int(c, "PTTL khala:%s:short", g_ns) != -2; i++)
+        sleep_ms(10);
+    cr_assert_eq(get_str(t, "short", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    redisFree(c);
+}
+
+Test(tier_redis, an_older_version_is_refused_and_an_equal_one_accepted) {
+    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_URL"), "ver");
+    const uint64_t base = UINT64_C(1) << 61; /* base and base + 1 are one double */
+    char buf[16];
+    cr_assert_eq(put_str(t, "k", "new", base + 1, 0, 60000), 0);
+    cr_assert_eq(put_str(t, "k", "old", base, 0, 60000), KHALA_EVERSION);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), 0);
+    cr_assert_str_eq(buf, "new");
+    cr_assert_eq(put_str(t, "k", "same", base + 1, 0, 60000), 0, "a retry is accepted");
+    cr_assert_eq(put_str(t, "k", "newer", base + 2, 0, 60000), 0);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), 0);
+    cr_assert_str_eq(buf, "newer");
+    /* The first differing byte decides, as an unsigned number. */
+    cr_assert_eq(put_str(t, "b", "hi", UINT64_C(0x0100000000000000), 0, 0), 0);
+    cr_assert_eq(put_str(t, "b", "lo", UINT64_C(0x00ffffffffffffff), 0, 0), KHALA_EVERSION);
+    cr_assert_eq(put_str(t, "b", "top", UINT64_C(0xff00000000000000), 0, 0), 0);
+    cr_assert_eq(put_str(t, "b", "x", UINT64_C(0x7fffffffffffffff), 0, 0), KHALA_EVERSION);
+}
+
+Test(tier_redis, bad_input_is_refused) {
+    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_URL"), "input");
+    khala_tier_value_t v = val("x", 1, 1, 0, 0), out;
+    char big[KHALA_KEY_MAX + 1];
+    memset(big, 'k', sizeof(big));
+    cr_assert_eq(t->ops->get(t, "", 0, &out), KHALA_EKEY);
+    cr_assert_eq(t->ops->put(t, big, sizeof(big), &v), KHALA_EKEY);
+    cr_assert_eq(t->ops->put(t, "~hot", 4, &v), KHALA_EKEY, "the access counts' key");
+    v.type = (khala_type_t)KHALA_TYPE_COUNT;
+    cr_assert_eq(t->ops->put(t, "k", 1, &v), -EINVAL);
+    cr_assert_eq(t->ops->del(t, "k", 1), KHALA_ENOTFOUND);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Batches                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+static void mixed_batches(khala_tier_t *t) {
+    enum { N = 40 };
+    char names[N][16];
+    khala_bytes_t keys[N + 1];
+    khala_tier_value_t vals[N], out[N + 1];
+    int rcs[N + 1];
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof(names[i]), "m:%d", i);
+        keys[i] = (khala_bytes_t){(const uint8_t *)names[i], strlen(names[i])};
+        vals[i] = val(names[i], strlen(names[i]), 10 + (uint64_t)i, (khala_type_t)(i % 8), 60000);
+    }
+    /* Even keys only. */
+    khala_bytes_t even_keys[N / 2];
+    khala_tier_value_t even_vals[N / 2];
+    for (int i = 0; i < N / 2; i++) {
+        even_keys[i] = keys[2 * i];
+        even_vals[i] = vals[2 * i];
+    }
+    cr_assert_eq(t->ops->mput(t, N / 2, even_keys, even_vals), 0, "%s", t->err);
+    keys[N] = (khala_bytes_t){(const uint8_t *)"", 0};
+    memset(out, 0, sizeof(out));
+    cr_assert_eq(t->ops->mget(t, N + 1, keys, out, rcs), 0, "%s", t->err);
+    for (int i = 0; i < N; i++) {
+        if (i % 2) {
+            cr_assert_eq(rcs[i], KHALA_ENOTFOUND, "key %d", i);
+            continue;
+        }
+        cr_assert_eq(rcs[i], 0, "key %d: %s", i, khala_strerror(rcs[i]));
+        cr_assert_eq(out[i].len, strlen(names[i]));
+        cr_assert(memcmp(out[i].data, names[i], out[i].len) == 0);
+        cr_assert_eq(out[i].version, 10 + (uint64_t)i);
+        cr_assert_eq(out[i].type, (khala_type_t)(i % 8));
+        cr_assert(out[i].ttl_ms > 0);
+        khala__tier_value_free(&out[i]);
+    }
+    cr_assert_eq(rcs[N], KHALA_EKEY);
+    /* One older item in a batch: the rest is stored, the call says EVERSION. */
+    vals[0].version = 1;
+    vals[1].data = "fresh";
+    vals[1].len = 5;
+    cr_assert_eq(t->ops->mput(t, 2, keys, vals), KHALA_EVERSION);
+    char buf[32];
+    cr_assert_eq(get_str(t, "m:1", buf, sizeof(buf), NULL), 0);
+    cr_assert_str_eq(buf, "fresh");
+    cr_assert_eq(get_str(t, "m:0", buf, sizeof(buf), NULL), 0);
+    cr_assert_str_eq(buf, "m:0");
+}
+
+Test(tier_redis, mget_and_mput_mix_hits_and_misses) {
+    mixed_batches(tier(env("KHALA_TEST_REDIS_URL"), "batch"));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Access counts, scan, invalidate                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct seen {
+    int n;
+    char keys[1200][32];
+} seen_t;
+
+static int collect(void *arg, const void *key, size_t klen) {
+    seen_t *s = arg;
+    cr_assert_lt(s->n, 1200);
+    cr_assert_lt(klen, 32);
+    memcpy(s->keys[s->n], key, klen);
+    s->keys[s->n++][klen] = '\0';
+    return 0;
+}
+
+static int seen_has(const seen_t *s, const char *key) {
+    int n = 0;
+    for (int i = 0; i < s->n; i++)
+        n += strcmp(s->keys[i], key) == 0;
+    return n;
+}
+
+Test(tier_redis, hot_lists_keys_by_hits_after_a_tick) {
+    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_URL"), "hot");
+    const char *names[3] = {"warm", "hottest", "cold"};
+    const int hits[3] = {3, 5, 1};
+    char buf[16];
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(put_str(t, names[i], "v", 1, 0, 60000), 0);
+        for (int j = 0; j < hits[i]; j++)
+            cr_assert_eq(get_str(t, names[i], buf, sizeof(buf), NULL), 0);
+    }
+    get_str(t, "absent", buf, sizeof(buf), NULL); /* misses are not counted */
+    t->ops->tick(t, khala__sys_now_ms());
+    seen_t *s = calloc(1, sizeof(*s));
+    cr_assert_eq(t->ops->hot(t, 10, collect, s), 0, "%s", t->err);
+    cr_assert_eq(s->n, 3);
+    cr_assert_str_eq(s->keys[0], "hottest");
+    cr_assert_str_eq(s->keys[1], "warm");
+    cr_assert_str_eq(s->keys[2], "cold");
+    s->n = 0;
+    cr_assert_eq(t->ops->hot(t, 1, collect, s), 0);
+    cr_assert_eq(s->n, 1);
+    free(s);
+}
+
+/* Page through everything with small pages; every key once, never ~hot. */
+static void scan_all(khala_tier_t *t, const char *pattern, seen_t *s) {
+    uint64_t cursor = 0;
+    int pages = 0;
+    do {
+        cr_assert_eq(t->ops->scan(t, &cursor, pattern, 25, collect, s), 0, "%s", t->err);
+        cr_assert_lt(++pages, 10000);
+    } while (cursor != 0);
+}
+
+static void scan_visits_everything(khala_tier_t *t) {
+    char key[32], buf[16];
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "%s:%d", i < 100 ? "p1" : "p2", i);
+        cr_assert_eq(put_str(t, key, "v", 1, 0, 60000), 0);
+    }
+    cr_assert_eq(get_str(t, "p1:0", buf, sizeof(buf), NULL), 0);
+    t->ops->tick(t, khala__sys_now_ms()); /* the ~hot key now exists */
+    seen_t *s = calloc(1, sizeof(*s));
+    scan_all(t, NULL, s);
+    cr_assert_eq(seen_has(s, "~hot"), 0);
+    cr_assert_eq(s->n, 300, "visited %d", s->n);
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "%s:%d", i < 100 ? "p1" : "p2", i);
+        cr_assert_eq(seen_has(s, key), 1, "%s", key);
+    }
+    s->n = 0;
+    scan_all(t, "p1:*", s);
+    cr_assert_eq(s->n, 100);
+    s->n = 0;
+    scan_all(t, "*hot", s);
+    cr_assert_eq(s->n, 0, "~hot is never visited");
+    free(s);
+}
+
+Test(tier_redis, scan_pages_visit_every_key_and_never_the_hot_key) {
+    scan_visits_everything(tier(env("KHALA_TEST_REDIS_URL"), "scan"));
+}
+
+static void invalidation(khala_tier_t *t, redisContext *hot_node) {
+    char key[32], buf[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(key, sizeof(key), "user:%d", i);
+        cr_assert_eq(put_str(t, key, "v", 1, i < 5 ? 0 : 1, 60000), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        snprintf(key, sizeof(key), "other:%d", i);
+        cr_assert_eq(put_str(t, key, "v", 1, 1, 60000), 0);
+    }
+    cr_assert_eq(get_str(t, "other:0", buf, sizeof(buf), NULL), 0);
+    t->ops->tick(t, khala__sys_now_ms());
+    uint64_t removed = 0;
+    cr_assert_eq(t->ops->invalidate(t, "user:", 5, 1, &removed), 0, "%s", t->err);
+    cr_assert_eq(removed, 5);
+    cr_assert_eq(get_str(t, "user:0", buf, sizeof(buf), NULL), 0, "other types stay");
+    cr_assert_eq(get_str(t, "user:7", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(get_str(t, "other:1", buf, sizeof(buf), NULL), 0, "other prefixes stay");
+    cr_assert_eq(t->ops->invalidate(t, "user:", 5, -1, &removed), 0);
+    cr_assert_eq(removed, 5);
+    cr_assert_eq(get_str(t, "user:1", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(get_str(t, "other:2", buf, sizeof(buf), NULL), 0);
+    /* A prefix with glob metacharacters matches literally. */
+    cr_assert_eq(put_str(t, "o*", "v", 1, 0, 0), 0);
+    cr_assert_eq(t->ops->invalidate(t, "o*", 2, -1, &removed), 0);
+    cr_assert_eq(removed, 1);
+    cr_assert_eq(t->ops->invalidate(t, NULL, 0, -1, &removed), 0);
+    cr_assert_eq(removed, 3);
+    if (hot_node)
+        cr_assert_eq(cmd_int(hot_node, "EXISTS khala:%s:~hot", g_ns), 1, "counts survive");
+}
+
+Test(tier_redis, invalidate_by_prefix_and_by_type) {
+    const char *url = env("KHALA_TEST_REDIS_URL");
+    redisContext *c = direct(url);
+    invalidation(tier(url, "inval"), c);
+    redisFree(c);
+}
+
+Test(tier_redis, persistent_false_clears_only_its_own_namespace) {
+    const char *url = env("KHALA_TEST_REDIS_URL");
+    char mine[64], other[64], err[256];
+    snprintf(mine, sizeof(mine), "t%d-p*", (int)getpid()); /* a glob character in the ns */
+    snprintf(other, sizeof(other), "t%d-pother", (int)getpid());
+    khala_tier_t *a = NULL, *b = NULL;
+    cr_assert_eq(open_tier(url, mine, true, false, 1, &a, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(open_tier(url, other, true, false, 1, &b, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(put_str(a, "k", "a", 1, 0, 60000), 0);
+    cr_assert_eq(put_str(b, "k", "b", 1, 0, 60000), 0);
+    a->ops->close(a);
+    cr_assert_eq(open_tier(url, mine, true, false, 1, &a, err, sizeof(err)), 0);
+    char buf[16];
+    cr_assert_eq(get_str(a, "k", buf, sizeof(buf), NULL), 0, "persistent keeps keys");
+    a->ops->close(a);
+    cr_assert_eq(open_tier(url, mine, false, false, 1, &a, err, sizeof(err)), 0);
+    cr_assert_eq(get_str(a, "k", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(get_str(b, "k", buf, sizeof(buf), NULL), 0, "the other namespace is intact");
+    a->ops->close(a);
+    b->ops->close(b);
+    snprintf(g_url, sizeof(g_url), "%s", url); /* .fini purges `other` */
+    snprintf(g_ns, sizeof(g_ns), "%s", other);
+}
+
+Test(tier_redis, a_value_that_is_not_ours_is_a_miss_and_an_error) {
+    const char *url = env("KHALA_TEST_REDIS_URL");
+    khala_tier_t *t = tier(url, "bad");
+    redisContext *c = direct(url);
+    cmd_ok(c, "SET khala:%s:garbage %b", g_ns, "\x93\xcf\x01garbage", (size_t)10);
+    cmd_ok(c, "SET khala:%s:short %b", g_ns, "\x93", (size_t)1);
+    cmd_ok(c, "SET khala:%s:plain hello", g_ns);
+    cmd_ok(c, "RPUSH khala:%s:list a", g_ns);
+    const char *bad[] = {"garbage", "short", "plain", "list"};
+    char buf[16];
+    for (int i = 0; i < 4; i++) {
+        khala_tier_stats_t before, after;
+        t->ops->stats(t, &before);
+        t->err[0] = '\0';
+        int rc = get_str(t, bad[i], buf, sizeof(buf), NULL);
+        t->ops->stats(t, &after);
+        cr_assert_eq(rc, KHALA_ENOTFOUND, "%s: %s", bad[i], khala_strerror(rc));
+        cr_assert_eq(after.misses, before.misses + 1);
+        cr_assert_gt(after.errors, before.errors, "%s counts an error", bad[i]);
+        cr_assert(t->err[0], "%s: a message", bad[i]);
+    }
+    khala_bytes_t keys[2] = {{(const uint8_t *)"garbage", 7}, {(const uint8_t *)"plain", 5}};
+    khala_tier_value_t out[2];
+    int rcs[2];
+    cr_assert_eq(t->ops->mget(t, 2, keys, out, rcs), 0);
+    cr_assert_eq(rcs[0], KHALA_ENOTFOUND);
+    cr_assert_eq(rcs[1], KHALA_ENOTFOUND);
+    cr_assert_eq(put_str(t, "garbage", "ok", 1, 0, 60000), 0, "a put replaces what is not ours");
+    cr_assert_eq(get_str(t, "garbage", buf, sizeof(buf), NULL), 0);
+    cr_assert_str_eq(buf, "ok");
+    cr_assert_eq(put_str(t, "list", "ok", 1, 0, 60000), 0, "%s", t->err);
+    cr_assert_eq(get_str(t, "list", buf, sizeof(buf), NULL), 0);
+    redisFree(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A private server: credentials, database, kill and restart                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+static unsigned free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* Start redis-server on g_priv_port (chosen on the first start) and wait for it. With auth: a
+ * password for the default user and an ACL user alice. */
+static void start_private(const char *mode) {
+    const char *server = env("KHALA_TEST_REDIS_SERVER");
+    if (!g_priv_port)
+        g_priv_port = free_port();
+    g_priv_args = mode;
+    snprintf(g_priv_dir, sizeof(g_priv_dir), "/tmp/khala-test-redis-%d", (int)getpid());
+    mkdir(g_priv_dir, 0700);
+    char port[16];
+    snprintf(port, sizeof(port), "%u", g_priv_port);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stdout))
+            _exit(127);
+        if (mode && strcmp(mode, "auth") == 0)
+            execl(server, server, "--port", port, "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no", "--dir", g_priv_dir, "--requirepass", "secret", "--user",
+                  "alice", "on", ">alicepw", "~*", "&*", "+@all", (char *)NULL);
+        else
+            execl(server, server, "--port", port, "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no", "--dir", g_priv_dir, (char *)NULL);
+        _exit(127);
+    }
+    g_priv_pid = pid;
+    for (int i = 0; i < 500; i++) {
+        redisContext *c = redisConnect("127.0.0.1", (int)g_priv_port);
+        int up = c && !c->err;
+        redisFree(c);
+        if (up)
+            return;
+        cr_assert_eq(waitpid(pid, NULL, WNOHANG), 0, "redis-server exited at start");
+        sleep_ms(10);
+    }
+    FATAL("private redis-server on port %u did not start", g_priv_port);
+}
+
+static void kill_private(void) {
+    if (g_priv_pid > 0) {
+        kill(g_priv_pid, SIGKILL);
+        waitpid(g_priv_pid, NULL, 0);
+    }
+    g_priv_pid = 0;
+}
+
+static void stop_private(void) {
+    kill_private();
+    if (g_priv_dir[0]) {
+        char path[160];
+        snprintf(path, sizeof(path), "%s/dump.rdb", g_priv_dir);
+        unlink(path);
+        rmdir(g_priv_dir);
+        g_priv_dir[0] = '\0';
+    }
+    g_priv_port = 0;
+}
+
+static const char *priv_url(const char *userinfo, unsigned db) {
+    static char url[200];
+    snprintf(url, sizeof(url), "redis://%s%s127.0.0.1:%u/%u", userinfo ? userinfo : "",
+             userinfo ? "@" : "", g_priv_port, db);
+    return url;
+}
+
+Test(tier_redis, right_credentials_work_and_wrong_ones_are_a_config_error) {
+    start_private("auth");
+    char err[256];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(
+        open_tier(priv_url(":secret", 0), ns("auth"), true, false, 1, &t, err, sizeof(err)), 0,
+        "%s", err);
+    cr_assert_eq(put_str(t, "k", "v", 1, 0, 60000), 0);
+    t->ops->close(t);
+    cr_assert_eq(
+        open_tier(priv_url("alice:alicepw", 3), g_ns, true, false, 1, &t, err, sizeof(err)), 0,
+        "%s", err);
+    cr_assert_eq(put_str(t, "in3", "v", 1, 0, 60000), 0);
+    t->ops->close(t);
+    redisContext *c = direct(priv_url("alice:alicepw", 0));
+    cr_assert_eq(cmd_int(c, "EXISTS khala:%s:in3", g_ns), 0, "not in db 0");
+    cmd_ok(c, "SELECT 3");
+    cr_assert_eq(cmd_int(c, "EXISTS khala:%s:in3", g_ns), 1, "in db 3");
+    redisFree(c);
+
+    t = NULL;
+    int rc = open_tier(priv_url("alice:wrong", 0), g_ns, true, false, 1, &t, err, sizeof(err));
+    cr_assert_eq(rc, KHALA_ECONFIG, "%s", khala_strerror(rc));
+    cr_assert_null(t);
+    cr_assert(strstr(err, "AUTH") && strstr(err, "127.0.0.1"), "message: %s", err);
+    rc = open_tier(priv_url(":wrong", 0), g_ns, true, false, 1, &t, err, sizeof(err));
+    cr_assert_eq(rc, KHALA_ECONFIG, "%s", err);
+    rc = open_tier(priv_url(NULL, 0), g_ns, true, false, 1, &t, err, sizeof(err));
+    cr_assert_eq(rc, KHALA_ECONFIG, "no password: %s", err);
+    rc = open_tier("redis://127.0.0.1:notaport", g_ns, true, false, 1, &t, err, sizeof(err));
+    cr_assert_eq(rc, KHALA_ECONFIG, "bad URL");
+}
+
+Test(tier_redis, owned_sets_lfu_and_unowned_warns) {
+    start_private(NULL);
+    char err[256];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(open_tier(priv_url(NULL, 0), ns("own"), false, false, 1, &t, err, sizeof(err)), 0);
+    cr_assert(strstr(err, "warning") && strstr(err, "allkeys-lfu"), "message: %s", err);
+    t->ops->close(t);
+    cr_assert_eq(open_tier(priv_url(NULL, 0), g_ns, false, true, 1, &t, err, sizeof(err)), 0);
+    cr_assert_str_eq(err, "");
+    t->ops->close(t);
+    redisContext *c = direct(priv_url(NULL, 0));
+    redisReply *r = redisCommand(c, "CONFIG GET maxmemory-policy");
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+    cr_assert_str_eq(r->element[1]->str, "allkeys-lfu");
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+/* Wait for health() to come back (up to ~15 s: the backoff tops at 5 s). */
+static int wait_healthy(khala_tier_t *t) {
+    for (int i = 0; i < 300; i++) {
+        if (t->ops->health(t) == 0)
+            return 0;
+        sleep_ms(50);
+    }
+    return -1;
+}
+
+Test(tier_redis, a_killed_server_fails_fast_and_recovers_after_restart) {
+    start_private(NULL);
+    char err[256], buf[16], name[32];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(open_tier(priv_url(NULL, 0), ns("kill"), false, false, 3, &t, err, sizeof(err)), 0,
+                 "%s", err);
+    g_t = t;
+    for (int i = 0; i < 6; i++) /* use every connection of the pool */
+        cr_assert_eq(put_str(t, "k", "v", 1, 0, 60000), 0);
+    kill_private();
+    for (int i = 0; i < 20; i++)
+        cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ETIER, "op %d", i);
+    snprintf(name, sizeof(name), "127.0.0.1:%u", g_priv_port);
+    cr_assert(strstr(t->err, name), "message names the server: %s", t->err);
+    int64_t t0 = khala__sys_now_ms();
+    for (int i = 0; i < 1000; i++) /* within the backoff: no connect attempt, no waiting */
+        cr_assert_eq(put_str(t, "k", "v", 2, 0, 0), KHALA_ETIER);
+    cr_assert_lt(khala__sys_now_ms() - t0, 5000, "a dead server must cost nothing per request");
+    cr_assert_neq(t->ops->health(t), 0);
+    khala_tier_stats_t st;
+    t->ops->stats(t, &st);
+    cr_assert_geq(st.errors, 20);
+
+    start_private(NULL);
+    cr_assert_eq(wait_healthy(t), 0, "health after restart: %s", t->err);
+    cr_assert_eq(put_str(t, "k", "back", 3, 0, 60000), 0, "%s", t->err);
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "back");
+    t->ops->stats(t, &st);
+    cr_assert_geq(st.reconnects, 1);
+}
+
+Test(tier_redis, a_server_down_at_open_is_a_tier_that_recovers) {
+    g_priv_port = free_port();
+    char err[256], buf[16];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(open_tier(priv_url(NULL, 0), ns("down"), false, false, 2, &t, err, sizeof(err)), 0,
+                 "%s", err);
+    g_t = t;
+    cr_assert(strstr(err, "127.0.0.1"), "message: %s", err);
+    cr_assert_neq(t->ops->health(t), 0);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ETIER);
+    start_private(NULL);
+    cr_assert_eq(wait_healthy(t), 0, "%s", t->err);
+    cr_assert_eq(put_str(t, "k", "v", 1, 0, 60000), 0, "%s", t->err);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Cluster                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct cl_node {
+    unsigned port;
+    char id[48];
+} cl_node_t;
+
+/* The masters of the shared cluster, from CLUSTER NODES of the seed. */
+static int cl_nodes(cl_node_t *out, int max) {
+    khala_config_redis_url_t u;
+    cr_assert_eq(khala__config_redis_url_parse(env("KHALA_TEST_REDIS_CLUSTER_URL"), &u, NULL, 0),
+                 0);
+    redisContext *c = direct_port(u.port);
+    redisReply *r = redisCommand(c, "CLUSTER NODES");
+    cr_assert_eq(r->type, REDIS_REPLY_STRING);
+    int n = 0;
+    for (char *line = strtok(r->str, "\n"); line && n < max; line = strtok(NULL, "\n")) {
+        char id[48], addr[64], flags[64];
+        if (sscanf(line, "%47s %63s %63s", id, addr, flags) != 3 || !strstr(flags, "master"))
+            continue;
+        char *colon = strrchr(addr, ':');
+        out[n].port = (unsigned)atoi(colon + 1);
+        snprintf(out[n].id, sizeof(out[n].id), "%s", id);
+        n++;
+    }
+    freeReplyObject(r);
+    redisFree(c);
+    return n;
+}
+
+static int cl_find(const cl_node_t *nodes, int n, unsigned port) {
+    for (int i = 0; i < n; i++)
+        if (nodes[i].port == port)
+            return i;
+    FATAL("no cluster node on port %u", port);
+}
+
+/* The port of the master owning slot. */
+static unsigned cl_owner(unsigned slot) {
+    cl_node_t nodes[8];
+    int n = cl_nodes(nodes, 8);
+    cr_assert_gt(n, 0);
+    redisContext *c = direct_port(nodes[0].port);
+    redisReply *r = redisCommand(c, "CLUSTER SLOTS");
+    unsigned port = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if ((unsigned)e->element[0]->integer <= slot && slot <= (unsigned)e->element[1]->integer)
+            port = (unsigned)e->element[2]->element[1]->integer;
+    }
+    freeReplyObject(r);
+    redisFree(c);
+    return port;
+}
+
+/* Move every key of slot from one node to another (the slot must be MIGRATING/IMPORTING). */
+static void cl_move_keys(redisContext *from, unsigned slot, unsigned to_port, bool asking) {
+    for (;;) {
+        redisReply *r = redisCommand(from, "CLUSTER GETKEYSINSLOT %u 100", slot);
+        cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+        size_t n = r->elements;
+        for (size_t i = 0; i < n; i++) {
+            if (asking)
+                cmd_ok(from, "ASKING");
+            cmd_ok(from, "MIGRATE 127.0.0.1 %u %b 0 5000", to_port, r->element[i]->str,
+                   r->element[i]->len);
+        }
+        freeReplyObject(r);
+        if (n == 0)
+            break;
+    }
+}
+
+/* Move slot from node `from` to node `to` completely (MOVED afterwards). */
+static void cl_move_slot(unsigned slot, unsigned from, unsigned to) {
+    cl_node_t nodes[8];
+    int n = cl_nodes(nodes, 8);
+    const cl_node_t *src = &nodes[cl_find(nodes, n, from)], *dst = &nodes[cl_find(nodes, n, to)];
+    redisContext *s = direct_port(from), *d = direct_port(to);
+    cmd_ok(d, "CLUSTER SETSLOT %u IMPORTING %s", slot, src->id);
+    cmd_ok(s, "CLUSTER SETSLOT %u MIGRATING %s", slot, dst->id);
+    cl_move_keys(s, slot, to, false);
+    cmd_ok(d, "CLUSTER SETSLOT %u NODE %s", slot, dst->id);
+    cmd_ok(s, "CLUSTER SETSLOT %u NODE %s", slot, dst->id);
+    for (int i = 0; i < n; i++) {
+        if (nodes[i].port == from || nodes[i].port == to)
+            continue;
+        redisContext *o = direct_port(nodes[i].port);
+        cmd_ok(o, "CLUSTER SETSLOT %u NODE %s", slot, dst->id);
+        redisFree(o);
+    }
+    redisFree(s);
+    redisFree(d);
+}
+
+/* .fini: give a moved slot back to its owner, whatever state a failed test left it in. */
+static void cluster_restore(void) {
+    if (!g_moved.active)
+        return;
+    g_moved.active = 0;
+    unsigned slot = g_moved.slot, owner = g_moved.owner_port, other = g_moved.other_port;
+    if (cl_owner(slot) == other) {
+        cl_move_slot(slot, other, owner);
+        return;
+    }
+    /* Owner still owns it (the ASK state). A MIGRATING owner answers ASK for keys it lacks,
+     * so it goes STABLE first; the importing node serves its keys after ASKING. */
+    redisContext *o = direct_port(other), *w = direct_port(owner);
+    cmd_ok(w, "CLUSTER SETSLOT %u STABLE", slot);
+    cl_move_keys(o, slot, owner, true);
+    cmd_ok(o, "CLUSTER SETSLOT %u STABLE", slot);
+    redisFree(o);
+    redisFree(w);
+}
+
+/* A node other than port. */
+static unsigned cl_other(unsigned port) {
+    cl_node_t nodes[8];
+    int n = cl_nodes(nodes, 8);
+    for (int i = 0; i < n; i++)
+        if (nodes[i].port != port)
+            return nodes[i].port;
+    FATAL("the cluster has one node");
+}
+
+Test(tier_redis, cluster_slot_function_matches_redis) {
+    cr_assert_eq(khala__redis_cluster_slot("foo", 3), 12182);
+    cr_assert_eq(khala__redis_cluster_slot("{user1000}.following", 20),
+                 khala__redis_cluster_slot("{user1000}.followers", 20));
+    cr_assert_eq(khala__redis_cluster_slot("foo{}{bar}", 10),
+                 khala__redis_cluster_slot("foo{}{bar}", 10));
+    redisContext *c = direct(env("KHALA_TEST_REDIS_CLUSTER_URL"));
+    const char *keys[] = {"khala:x:a", "foo{}{bar}", "foo{{bar}}zap", "{a}b", "", "x{y}"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        cr_assert_eq((long long)khala__redis_cluster_slot(keys[i], strlen(keys[i])),
+                     cmd_int(c, "CLUSTER KEYSLOT %s", keys[i]), "%s", keys[i]);
+    redisFree(c);
+    unsigned slot, port;
+    char host[KHALA_REDIS_HOST_MAX];
+    const char *m = "MOVED 3999 127.0.0.1:6381";
+    cr_assert_eq(khala__redis_cluster_redirect(m, strlen(m), &slot, host, &port),
+                 KHALA_REDIS_REDIRECT_MOVED);
+    cr_assert_eq(slot, 3999);
+    cr_assert_str_eq(host, "127.0.0.1");
+    cr_assert_eq(port, 6381);
+    m = "ASK 1 ::1:7000";
+    cr_assert_eq(khala__redis_cluster_redirect(m, strlen(m), &slot, host, &port),
+                 KHALA_REDIS_REDIRECT_ASK);
+    cr_assert_str_eq(host, "::1");
+    m = "MOVED x 1:2";
+    cr_assert_eq(khala__redis_cluster_redirect(m, strlen(m), &slot, host, &port),
+                 KHALA_REDIS_REDIRECT_NONE);
+}
+
+Test(tier_redis, cluster_spreads_keys_over_every_node) {
+    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-spread");
+    char key[32], buf[32];
+    for (int i = 0; i < 60; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert_eq(put_str(t, key, key, 1, 0, 60000), 0, "%s", t->err);
+    }
+    cl_node_t nodes[8];
+    int n = cl_nodes(nodes, 8);
+    cr_assert_eq(n, 3);
+    for (int i = 0; i < n; i++) {
+        redisContext *c = direct_port(nodes[i].port);
+        cr_assert_gt(cmd_int(c, "DBSIZE"), 0);
+        redisReply *r = redisCommand(c, "SCAN 0 MATCH khala:%s:* COUNT 100000", g_ns);
+        cr_assert_gt(r->element[1]->elements, 0, "no key of ours on node %u", nodes[i].port);
+        freeReplyObject(r);
+        redisFree(c);
+    }
+    for (int i = 0; i < 60; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert_eq(get_str(t, key, buf, sizeof(buf), NULL), 0, "%s", t->err);
+        cr_assert_str_eq(buf, key);
+    }
+    seen_t *s = calloc(1, sizeof(*s));
+    scan_all(t, NULL, s);
+    cr_assert_eq(s->n, 60);
+    free(s);
+    cr_assert_eq(t->ops->health(t), 0);
+}
+
+Test(tier_redis, cluster_batches_scan_hot_and_invalidate) {
+    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-batch");
+    mixed_batches(t);
+    cr_assert_eq(t->ops->invalidate(t, NULL, 0, -1, NULL), 0);
+    scan_visits_everything(t);
+    cr_assert_eq(t->ops->invalidate(t, NULL, 0, -1, NULL), 0);
+    invalidation(t, NULL);
+}
+
+Test(tier_redis, cluster_follows_moved_after_a_slot_migration) {
+    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-moved");
+    char key[64], full[160], buf[16];
+    snprintf(key, sizeof(key), "{m%d}a", (int)getpid());
+    snprintf(full, sizeof(full), "khala:%s:%s", g_ns, key);
+    cr_assert_eq(put_str(t, key, "before", 1, 0, 60000), 0, "%s", t->err);
+    unsigned slot = khala__redis_cluster_slot(full, strlen(full));
+    unsigned owner = cl_owner(slot), other = cl_other(owner);
+    g_moved.slot = slot;
+    g_moved.owner_port = owner;
+    g_moved.other_port = other;
+    g_moved.active = 1;
+    cl_move_slot(slot, owner, other);
+    cr_assert_eq(cl_owner(slot), other);
+    cr_assert_eq(get_str(t, key, buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "before");
+    cr_assert_eq(put_str(t, key, "after", 2, 0, 60000), 0, "%s", t->err);
+    redisContext *c = direct_port(other);
+    cr_assert_eq(cmd_int(c, "EXISTS %s", full), 1, "the write reached the new owner");
+    redisFree(c);
+    t->ops->tick(t, khala__sys_now_ms()); /* reloads the stale map */
+    cr_assert_eq(get_str(t, key, buf, sizeof(buf), NULL), 0);
+    cr_assert_str_eq(buf, "after");
+    cl_move_slot(slot, other, owner);
+    g_moved.active = 0;
+    cr_assert_eq(cl_owner(slot), owner);
+    cr_assert_eq(get_str(t, key, buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "after");
+}
+
+Test(tier_redis, cluster_follows_ask_during_a_migration) {
+    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-ask");
+    char key[64], key2[64], full[160], full2[160], buf[16];
+    snprintf(key, sizeof(key), "{a%d}moved", (int)getpid());
+    snprintf(key2, sizeof(key2), "{a%d}new", (int)getpid());
+    snprintf(full, sizeof(full), "khala:%s:%s", g_ns, key);
+    snprintf(full2, sizeof(full2), "khala:%s:%s", g_ns, key2);
+    cr_assert_eq(put_str(t, key, "v", 1, 0, 60000), 0, "%s", t->err);
+    unsigned slot = khala__redis_cluster_slot(full, strlen(full));
+    unsigned owner = cl_owner(slot), other = cl_other(owner);
+    cl_node_t nodes[8];
+    int n = cl_nodes(nodes, 8);
+    redisContext *s = direct_port(owner), *d = direct_port(other);
+    g_moved.slot = slot;
+    g_moved.owner_port = owner;
+    g_moved.other_port = other;
+    g_moved.active = 1;
+    cmd_ok(d, "CLUSTER SETSLOT %u IMPORTING %s", slot, nodes[cl_find(nodes, n, owner)].id);
+    cmd_ok(s, "CLUSTER SETSLOT %u MIGRATING %s", slot, nodes[cl_find(nodes, n, other)].id);
+    cmd_ok(s, "MIGRATE 127.0.0.1 %u %s 0 5000", other, full);
+    cmd_ok(d, "ASKING");
+    cr_assert_eq(cmd_int(d, "EXISTS %s", full), 1, "the key is on the importing node");
+    cr_assert_eq(get_str(t, key, buf, sizeof(buf), NULL), 0, "ASK followed: %s", t->err);
+    cr_assert_str_eq(buf, "v");
+    cr_assert_eq(put_str(t, key2, "w", 1, 0, 60000), 0, "%s", t->err);
+    cmd_ok(d, "ASKING");
+    cr_assert_eq(cmd_int(d, "EXISTS %s", full2), 1,
+                 "a new key of a migrating slot goes to the "
+                 "importing node");
+    cr_assert_eq(cl_owner(slot), owner, "ASK does not move the slot");
+    redisFree(s);
+    redisFree(d);
+    cluster_restore();
+    cr_assert_eq(cl_owner(slot), owner);
+    cr_assert_eq(get_str(t, key2, buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "w");
+}
