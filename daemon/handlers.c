@@ -197,10 +197,8 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         r.has = KHALA_F_V | KHALA_F_VER | KHALA_F_TYPE | KHALA_F_TTL | KHALA_F_LVL;
         send_reply(d, c, &r);
         khala__tier_value_free(&v);
-        khala__tiers_predict(d, (uint64_t)(uintptr_t)c, m->key.ptr, m->key.len);
         return;
     }
-    khala__tiers_predict(d, (uint64_t)(uintptr_t)c, m->key.ptr, m->key.len);
     /* Then the caller's loader, through single-flight. */
     if (!m->loader) {
         reply_rc(d, c, m->id, m->op, KHALA_ENOTFOUND, NULL);
@@ -664,7 +662,6 @@ void khala__handlers_bad_frame(void *arg, khala_conn_t *c, size_t len) {
 
 void khala__handlers_close(void *arg, khala_conn_t *c) {
     khalad_t *d = arg;
-    khala__tiers_forget_stream(d, (uint64_t)(uintptr_t)c);
     flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
     khala__flight_forget_owner(d->flight, c, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
 }

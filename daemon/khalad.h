@@ -15,7 +15,6 @@
 #include "proto.h"
 #include "server.h"
 #include "coherence.h"
-#include "predict.h"
 #include "tier.h"
 #include "tiers.h"
 #include "writeq.h"
@@ -26,10 +25,6 @@
 #define KHALAD_TIERS_MAX 2
 /* Keys in flight at once; beyond, a miss loads without single-flight. */
 #define KHALAD_FLIGHT_MAX 65536u
-/* Predictive warming: keys the successor table tracks, successors per key, prefetches per miss. */
-#define KHALAD_PREDICT_KEYS 65536u
-#define KHALAD_PREDICT_PER_KEY 4u
-#define KHALAD_PREDICT_PREFETCH 2u
 
 /* One level below L1 as khalad runs it: its driver, its write queue, and counters. */
 typedef struct khalad_tier {
@@ -49,7 +44,6 @@ typedef struct khalad {
     int ntiers;                            /* tiers in use */
     khala_coherence_t *coh;                /* cross-host invalidation, or NULL */
     int coh_fd;                            /* its descriptor the loop watches, or -1 */
-    khala_predict_t *predict;              /* successor table, or NULL (predictive_cache) */
     uint64_t last_version;                 /* last version handed out */
     uint64_t rng;                          /* TTL jitter */
     char errmsg[512];                      /* the last tiers error, for replies */
@@ -64,7 +58,7 @@ typedef struct khalad {
     /* Counters, for stats. */
     uint64_t requests, replies_err, proto_errors, loads_led, loads_waited, loads_timed_out;
     uint64_t fills_dropped; /* fills not cached: the key was invalidated during the load */
-    uint64_t promotions, warmed, prefetched, inval_received, coherence_flushes, publish_errors;
+    uint64_t promotions, warmed, inval_received, coherence_flushes, publish_errors;
 } khalad_t;
 
 /* The socket server's callbacks (daemon/handlers.c); arg is the khalad_t. */

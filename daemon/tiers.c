@@ -254,12 +254,22 @@ int khala__tiers_open(khalad_t *d) {
             return rc;
         }
         coh_rewatch(d);
+        if (khala__l1_reattached(d->l1)) {
+            /* The adopted L1 missed what other hosts changed while no khalad listened. */
+            uint64_t n = khala__tiers_l1_remove(d, NULL, 0, -1);
+            char items[32];
+            snprintf(items, sizeof(items), "%" PRIu64, n);
+            khala__log("info",
+                       "emptied the adopted L1: other hosts' invalidations were not "
+                       "heard while khalad was down",
+                       "items", items, NULL);
+        }
     }
-    if (d->cfg.policies.predictive_cache &&
-        (rc = khala__predict_new(KHALAD_PREDICT_KEYS, KHALAD_PREDICT_PER_KEY, &d->predict)) != 0) {
-        set_msg(d, "predictive cache: out of memory");
-        return rc;
-    }
+    if (d->cfg.policies.predictive_cache)
+        khala__log("warn",
+                   "predictive_cache is accepted but does nothing: on the real traces it did not "
+                   "raise the L1 hit ratio (docs/benchmarks.md, \"Predictive warming\")",
+                   NULL);
     return 0;
 }
 
@@ -301,8 +311,6 @@ void khala__tiers_close(khalad_t *d) {
         d->coh = NULL;
         d->coh_fd = -1;
     }
-    khala__predict_free(d->predict);
-    d->predict = NULL;
 }
 
 /* Cross-host invalidation -------------------------------------------------------------------- */
@@ -901,31 +909,6 @@ uint64_t khala__tiers_preload(khalad_t *d) {
     return n;
 }
 
-/* Predictive warming ---------------------------------------------------------------------- */
-
-void khala__tiers_predict(khalad_t *d, uint64_t stream, const void *key, size_t klen) {
-    if (!d->predict)
-        return;
-    khala_predict_hint_t hints[KHALAD_PREDICT_PREFETCH];
-    size_t n =
-        khala__predict_observe(d->predict, stream, key, klen, hints, KHALAD_PREDICT_PREFETCH);
-    khala_bytes_t want[KHALAD_PREDICT_PREFETCH];
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        const khala_item_t *it;
-        if (khala__l1_find(d->l1, hints[i].key, hints[i].klen, &it) == 0)
-            continue; /* already there */
-        want[k++] = (khala_bytes_t){hints[i].key, hints[i].klen};
-    }
-    if (k)
-        d->prefetched += khala__tiers_warm_keys(d, k, want);
-}
-
-void khala__tiers_forget_stream(khalad_t *d, uint64_t stream) {
-    if (d->predict)
-        khala__predict_forget_stream(d->predict, stream);
-}
-
 /* Stats ---------------------------------------------------------------------------------------- */
 
 #define KV_U(k, v)                                                                                 \
@@ -976,7 +959,6 @@ size_t khala__tiers_stats(khalad_t *d, khala_kv_t *kv, size_t max) {
     kv[n++] = KV_U("write_errors", lt->write_errors);
     kv[n++] = KV_U("promotions", d->promotions);
     kv[n++] = KV_U("warmed", d->warmed);
-    kv[n++] = KV_U("prefetched", d->prefetched);
     kv[n++] = KV_U("invalidations_received", d->inval_received);
     kv[n++] = KV_U("coherence_flushes", d->coherence_flushes);
     kv[n++] = KV_U("publish_errors", d->publish_errors);

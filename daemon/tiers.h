@@ -141,15 +141,6 @@ int khala__tiers_warm_scan(khalad_t *d, const void *prefix, size_t plen, int typ
 uint64_t khala__tiers_preload(khalad_t *d);
 
 /**
- * @brief After a get missed L1 on connection @p stream: prefetch the keys usually read after
- *        this one into L1 (predictive_cache). A no-op when it is off.
- */
-void khala__tiers_predict(khalad_t *d, uint64_t stream, const void *key, size_t klen);
-
-/** @brief A connection closed: forget its predictive state. */
-void khala__tiers_forget_stream(khalad_t *d, uint64_t stream);
-
-/**
  * @brief Periodic work: health checks of unhealthy levels, the write-behind flusher and the
  *        drain of queues after an outage, the drivers' own ticks, cross-host invalidation.
  */

@@ -381,6 +381,9 @@ int khala_cache_open(const char *name, const khala_cache_options_t *opts, khala_
         rc = fail(NULL, -ENOMEM, "out of memory");
         goto fail_alloc;
     }
+    /* Unique per handle: the thread fast path caches (id, state), and a handle opened after
+     * another was closed must not find the closed one's state. */
+    c->id = atomic_fetch_add_explicit(&g_next_id, 1, memory_order_relaxed);
     if ((rc = khala__seg_attach(&n->seg, name, 0, err, sizeof(err))) != 0) {
         fail(NULL, rc, "%s", err);
         goto fail_alloc;

@@ -687,7 +687,7 @@ static int reattach(khala_l1_t *t, const char *name, const khala_seg_config_t *c
 
 int khala__l1_open_ex(const char *name, const khala_seg_config_t *cfg, unsigned flags,
                       khala_l1_t **out, char *err, size_t errlen) {
-    char why[256] = "";
+    char why[224] = ""; /* fits t->err after "made anew: " */
     khala_seg_config_t defaults;
     if (!cfg) {
         khala__seg_config_init(&defaults);

@@ -493,3 +493,19 @@ Test(client, forked_child_uses_the_parent_handle_with_its_own_slot) {
     cr_assert_eq(get(g_c, "k", buf, sizeof(buf)), 0);
     cr_assert_str_eq(buf, "after");
 }
+
+Test(client, a_handle_opened_after_another_was_closed_has_its_own_thread_state) {
+    open_both();
+    put("key", "the value");
+    char buf[32];
+    cr_assert_eq(get(g_c, "key", buf, sizeof(buf)), 0);
+    /* The thread's fast path remembers (handle id, state) of its last handle: a new handle
+     * must not inherit the closed one's freed state (ASan saw a use-after-free here). */
+    for (int i = 0; i < 3; i++) {
+        khala_cache_close(g_c);
+        g_c = NULL;
+        cr_assert_eq(khala_cache_open(g_name, NULL, &g_c), 0, "%s", khala_cache_errmsg(NULL));
+        cr_assert_eq(get(g_c, "key", buf, sizeof(buf)), 0);
+        cr_assert_str_eq(buf, "the value");
+    }
+}
