@@ -691,8 +691,12 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
                 lt->stale_drops++; /* some item had a newer version there: it stays */
             else if (rc != 0)
                 lt->write_errors++;
-            for (size_t i = 0; i < n; i++)
+            /* Now L2 has them: other hosts that re-read the old values from L2 since the
+             * first publish drop them again. */
+            for (size_t i = 0; i < n; i++) {
+                publish(d, KHALA_INV_KEY, ops[i]->key, ops[i]->klen, -1, ops[i]->version);
                 khala__wq_remove(lt->wq, ops[i]);
+            }
             lt->drained += n;
             continue;
         }
@@ -706,6 +710,12 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
         }
         if (rc != 0 && rc != KHALA_ENOTFOUND)
             lt->write_errors++;
+        if (op->kind == KHALA_WQ_DEL)
+            publish(d, KHALA_INV_KEY, op->key, op->klen, -1, 0);
+        else if (op->klen)
+            publish(d, KHALA_INV_PREFIX, op->key, op->klen, op->type, 0);
+        else
+            publish(d, op->type >= 0 ? KHALA_INV_TYPE : KHALA_INV_ALL, NULL, 0, op->type, 0);
         khala__wq_remove(lt->wq, op);
         lt->drained++;
     }

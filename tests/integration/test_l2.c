@@ -661,3 +661,38 @@ Test(l2, redis_down_queues_writes_and_drains_on_return) {
     khala__chan_close(ch);
     redis_kill(&rp);
 }
+
+/* Write-behind ---------------------------------------------------------------------------------- */
+
+Test(l2, redis_write_behind_survives_a_sigkill_of_khalad) {
+    const char *url = need_env("KHALA_TEST_REDIS_URL");
+    use_redis(url, 0);
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    /* embedding is write-behind by default: the reply comes after L1 and the journal. */
+    char key[32], val[64], msg[256];
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof(key), "wb:%d", i);
+        snprintf(val, sizeof(val), "embedding %d", i);
+        cr_assert_eq(raw_put(ch, key, val, strlen(val), KHALA_TYPE_EMBEDDING, 0, msg, sizeof(msg)),
+                     0, "%s", msg);
+    }
+    /* Killed at once: whatever the flusher had not sent yet is in the journal. */
+    ch = restart_empty_l1(ch, SIGKILL);
+    for (int i = 0; i < 1000 && stat_u(ch, "l2", "queued_now") != 0; i++)
+        sleep_ms(10);
+    cr_assert_eq(stat_u(ch, "l2", "queued_now"), 0);
+    int port = 0;
+    cr_assert_eq(sscanf(url, "redis://127.0.0.1:%d", &port), 1);
+    for (int i = 0; i < 300; i++) {
+        got_t g;
+        snprintf(key, sizeof(key), "wb:%d", i);
+        snprintf(val, sizeof(val), "embedding %d", i);
+        cr_assert(redis_has("127.0.0.1", port, g_ns, key), "acknowledged %s never reached Redis",
+                  key);
+        cr_assert_eq(raw_get(ch, key, &g), 0);
+        cr_assert_eq(g.len, strlen(val));
+        cr_assert_eq(memcmp(g.val, val, g.len), 0);
+    }
+    khala__chan_close(ch);
+}
