@@ -28,10 +28,11 @@
 
 /* One level below L1 as khalad runs it: its driver, its write queue, and counters. */
 typedef struct khalad_tier {
-    khala_tier_t *t;        /* the driver */
-    khala_wq_t *wq;         /* writes owed to it (outage, write-behind) */
-    int64_t next_health_ms; /* when an unhealthy level is asked again */
-    int journaled;          /* its queue survives khalad (write-behind is possible) */
+    khala_tier_t *t;           /* the driver */
+    khala_wq_t *wq;            /* writes owed to it (outage, write-behind) */
+    int64_t next_health_ms;    /* when an unhealthy level is asked again */
+    int64_t health_backoff_ms; /* wait after the last failed check, 0 = none yet */
+    int journaled;             /* its queue survives khalad (write-behind is possible) */
     uint64_t writes, queued, drained, refused, stale_drops, write_errors, outages;
 } khalad_tier_t;
 

@@ -726,8 +726,16 @@ void khala__tiers_tick(khalad_t *d) {
     for (int i = 0; i < d->ntiers; i++) {
         khalad_tier_t *lt = &d->tiers[i];
         if (!lt->t->healthy && now >= lt->next_health_ms) {
-            lt->next_health_ms = now + KHALAD_HEALTH_EVERY_MS;
-            if (lt->t->ops->health(lt->t) == 0) {
+            /* A hung server costs a timeout per check, on the loop: back off (250 ms doubling
+             * to 5 s) so that khalad keeps serving everyone else meanwhile. */
+            lt->health_backoff_ms =
+                lt->health_backoff_ms ? 2 * lt->health_backoff_ms : KHALAD_HEALTH_EVERY_MS;
+            if (lt->health_backoff_ms > KHALAD_HEALTH_MAX_MS)
+                lt->health_backoff_ms = KHALAD_HEALTH_MAX_MS;
+            int hrc = lt->t->ops->health(lt->t);
+            lt->next_health_ms = khala__sys_now_ms() + lt->health_backoff_ms;
+            if (hrc == 0) {
+                lt->health_backoff_ms = 0;
                 lt->t->healthy = 1;
                 khala_wq_stats_t ws;
                 khala__wq_stats(lt->wq, &ws);

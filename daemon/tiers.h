@@ -25,8 +25,10 @@ typedef struct khalad khalad_t;
 #define KHALAD_FLUSH_BATCH 256u
 /** Batches the flusher sends per tick (so that a long queue does not stall the loop). */
 #define KHALAD_FLUSH_BATCHES_PER_TICK 8u
-/** How often an unhealthy level is asked whether it is back, in ms. */
+/** How often an unhealthy level is asked whether it is back, in ms: first after this, then
+ * twice as long after each failed check, up to KHALAD_HEALTH_MAX_MS. */
 #define KHALAD_HEALTH_EVERY_MS 250
+#define KHALAD_HEALTH_MAX_MS 5000
 /** Keys warmed per batch (one mget). */
 #define KHALAD_WARM_BATCH 256u
 

@@ -72,6 +72,7 @@ static khala_msg_t req(khala_op_t op, const char *key) {
 
 static int call(khala_chan_t *ch, khala_msg_t *m, khala_msg_t *r) {
     char err[256];
+    khala__proto_msg_init(r); /* the channel frees what *r held before */
     int rc = khala__chan_call(ch, m, r, 10000, err, sizeof(err));
     cr_assert_eq(rc, 0, "call %s: %s", khala__proto_op_name(m->op), err);
     return r->rc;
