@@ -2,9 +2,10 @@
 # The quick-start demo. Builds khala-cache (Release, in build/demo), then:
 #   1. khala-demo: one writer process fills a shared-memory L1 with the eight KHALA data types and
 #      forked worker processes read it lock-free (the L1 on its own, no daemon).
-#   2. khalad on its embedded defaults (no Redis, no SurrealDB), and khala-workers: worker
-#      processes that read through the library (L1 hits, misses through khalad with a loader
-#      under single-flight) and write through khalad; then `khalactl stats`.
+#   2. khalad on its embedded defaults (L2 on the local disk; no Redis, no SurrealDB), and
+#      khala-workers: worker processes that read through the library (L1 hits, misses through
+#      khalad, then L2, then a loader under single-flight) and write through khalad (L1 and
+#      L2); then `khalactl stats`.
 # Arguments are passed on to khala-demo (try --help).
 set -euo pipefail
 
@@ -39,9 +40,11 @@ cleanup() {
 trap cleanup EXIT
 
 echo
-echo "==> 2. khalad on its defaults (cache $NAME, socket $SOCK), log in $DIR/khalad.log"
+echo "==> 2. khalad on its defaults (cache $NAME, socket $SOCK, L2 on the local disk in" \
+    "$DIR/l2), log in $DIR/khalad.log"
+# The L2 store goes in the demo's directory, so that the demo leaves nothing behind.
 build/demo/daemon/khalad --foreground --name "$NAME" --set "cache.socket=$SOCK" \
-    2>"$DIR/khalad.log" &
+    --set "l2.path=$DIR/l2" 2>"$DIR/khalad.log" &
 KHALAD_PID=$!
 for _ in $(seq 100); do
     [[ -S $SOCK ]] && break
