@@ -4,7 +4,8 @@
  *
  * Modules: l1_bench.c (the real L1: get, mixed, sweep, overhead), plain_table.c (the reference
  * shared-memory table), lmdb_ref.c (LMDB multi-process reads), replay.c (trace replay through
- * the L1 and through an exact-LRU simulation), bench_util.c (clocks, workloads, the runner).
+ * the L1 and through an exact-LRU simulation; it also loads the traces), predict_replay.c
+ * (predictive warming on a trace), bench_util.c (clocks, workloads, the runner).
  */
 #ifndef KHALA_BENCH_BENCH_H
 #define KHALA_BENCH_BENCH_H
@@ -80,5 +81,14 @@ typedef struct bench_replay {
 } bench_replay_t;
 
 int bench_replay(const bench_opts_t *o, bench_replay_t *out);
+
+/* Load a trace as one array of 64-bit object ids, in request order (replay.c's top comment gives
+ * the formats). oracle: 1 for libCacheSim's oracleGeneral, 0 for csv (the id is XXH3-64 of the
+ * key text; empty keys are skipped). On success *ids (free() it) and *n are set; else they are
+ * untouched and the return is -errno of the open or -ENOMEM. 0 or that code. */
+int bench_trace_load(const char *path, int oracle, uint64_t **ids, uint64_t *n);
+
+/* predict: predictive warming on a trace (predict_replay.c): prints a table. 0 or -1. */
+int bench_predict(const bench_opts_t *o);
 
 #endif /* KHALA_BENCH_BENCH_H */

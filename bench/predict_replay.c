@@ -48,10 +48,6 @@
 #include "khala/cache.h"
 #include "l1_table.h"
 
-/* The subcommand's entry, called by khala_bench.c (declared there too, as bench.h is another
- * module's; the prototype here satisfies -Wmissing-prototypes). 0 or -1. */
-int bench_predict(const bench_opts_t *o);
-
 /* Successors kept per key by the predictor under test. */
 #define PER_KEY 4u
 /* Hints asked per miss (the rule lets at most two through). */
@@ -63,73 +59,6 @@ typedef struct pr_result {
     uint64_t prefetches; /* hints put into the L1: each one extra L2 read */
     uint64_t useful;     /* prefetched objects hit before they were evicted */
 } pr_result_t;
-
-/* Trace loading (the formats of replay.c) ----------------------------------------------------*/
-
-static int push(uint64_t **v, size_t *cap, size_t *cnt, uint64_t id) {
-    if (*cnt == *cap) {
-        uint64_t *nv = realloc(*v, (*cap *= 2) * sizeof(**v));
-        if (!nv)
-            return -ENOMEM;
-        *v = nv;
-    }
-    (*v)[(*cnt)++] = id;
-    return 0;
-}
-
-/* csv: one request a line, "key[,size]"; the id is XXH3-64 of the key text. */
-static int load_csv(const char *path, uint64_t **ids, uint64_t *n) {
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -errno;
-    size_t cap = 1u << 16, cnt = 0, lcap = 0;
-    uint64_t *v = malloc(cap * sizeof(*v));
-    char *line = NULL;
-    ssize_t len;
-    int rc = v ? 0 : -ENOMEM;
-    while (rc == 0 && (len = getline(&line, &lcap, f)) >= 0) {
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-            line[--len] = 0;
-        char *comma = strchr(line, ',');
-        size_t klen = comma ? (size_t)(comma - line) : (size_t)len;
-        if (klen)
-            rc = push(&v, &cap, &cnt, XXH3_64bits(line, klen));
-    }
-    free(line);
-    fclose(f);
-    if (rc != 0) {
-        free(v);
-        return rc;
-    }
-    *ids = v;
-    *n = cnt;
-    return 0;
-}
-
-/* oracleGeneral: packed 24-byte records | uint32 ts | uint64 obj_id | uint32 size | int64 |. */
-static int load_oracle(const char *path, uint64_t **ids, uint64_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return -errno;
-    size_t cap = 1u << 16, cnt = 0;
-    uint64_t *v = malloc(cap * sizeof(*v));
-    uint8_t rec[24];
-    int rc = v ? 0 : -ENOMEM;
-    while (rc == 0 && fread(rec, sizeof(rec), 1, f) == 1) {
-        uint64_t id = 0;
-        for (int i = 7; i >= 0; i--)
-            id = id << 8 | rec[4 + i];
-        rc = push(&v, &cap, &cnt, id);
-    }
-    fclose(f);
-    if (rc != 0) {
-        free(v);
-        return rc;
-    }
-    *ids = v;
-    *n = cnt;
-    return 0;
-}
 
 /* Ids to dense indices 0..objects-1, in order of first appearance: open addressing. */
 typedef struct id_map {
@@ -390,7 +319,7 @@ static double print_row(const bench_opts_t *o, const pr_trace_t *tr, uint32_t ca
 int bench_predict(const bench_opts_t *o) {
     pr_trace_t tr = {0};
     int ret = -1;
-    int rc = o->oracle ? load_oracle(o->trace, &tr.ids, &tr.n) : load_csv(o->trace, &tr.ids, &tr.n);
+    int rc = bench_trace_load(o->trace, o->oracle, &tr.ids, &tr.n);
     if (rc != 0) {
         fprintf(stderr, "cannot read trace %s: %s\n", o->trace, strerror(-rc));
         return -1;

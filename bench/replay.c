@@ -32,67 +32,62 @@
 
 /* Trace loading ------------------------------------------------------------------------------*/
 
-static int load_csv(const char *path, uint64_t **ids, uint64_t *n) {
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -errno;
-    size_t cap = 1u << 16, cnt = 0;
-    uint64_t *v = malloc(cap * sizeof(*v));
+static int push(uint64_t **v, size_t *cap, size_t *cnt, uint64_t id) {
+    if (*cnt == *cap) {
+        uint64_t *nv = realloc(*v, (*cap *= 2) * sizeof(**v));
+        if (!nv)
+            return -ENOMEM;
+        *v = nv;
+    }
+    (*v)[(*cnt)++] = id;
+    return 0;
+}
+
+/* csv: one request a line, "key[,size]"; the id is XXH3-64 of the key text. */
+static int load_csv(FILE *f, uint64_t **v, size_t *cap, size_t *cnt) {
     char *line = NULL;
     size_t lcap = 0;
     ssize_t len;
-    while (v && (len = getline(&line, &lcap, f)) >= 0) {
+    int rc = 0;
+    while (rc == 0 && (len = getline(&line, &lcap, f)) >= 0) {
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
             line[--len] = 0;
         char *comma = strchr(line, ',');
         size_t klen = comma ? (size_t)(comma - line) : (size_t)len;
-        if (klen == 0)
-            continue;
-        if (cnt == cap) {
-            uint64_t *nv = realloc(v, (cap *= 2) * sizeof(*v));
-            if (!nv) {
-                free(v);
-                v = NULL;
-                break;
-            }
-            v = nv;
-        }
-        v[cnt++] = XXH3_64bits(line, klen);
+        if (klen)
+            rc = push(v, cap, cnt, XXH3_64bits(line, klen));
     }
     free(line);
-    fclose(f);
-    if (!v)
-        return -ENOMEM;
-    *ids = v;
-    *n = cnt;
-    return 0;
+    return rc;
 }
 
-static int load_oracle(const char *path, uint64_t **ids, uint64_t *n) {
-    FILE *f = fopen(path, "rb");
+/* oracleGeneral: packed 24-byte records | uint32 ts | uint64 obj_id | uint32 size | int64 |. */
+static int load_oracle(FILE *f, uint64_t **v, size_t *cap, size_t *cnt) {
+    uint8_t rec[24];
+    int rc = 0;
+    while (rc == 0 && fread(rec, sizeof(rec), 1, f) == 1) {
+        uint64_t id = 0;
+        for (int i = 7; i >= 0; i--)
+            id = id << 8 | rec[4 + i];
+        rc = push(v, cap, cnt, id);
+    }
+    return rc;
+}
+
+int bench_trace_load(const char *path, int oracle, uint64_t **ids, uint64_t *n) {
+    FILE *f = fopen(path, oracle ? "rb" : "r");
     if (!f)
         return -errno;
     size_t cap = 1u << 16, cnt = 0;
     uint64_t *v = malloc(cap * sizeof(*v));
-    uint8_t rec[24];
-    while (v && fread(rec, sizeof(rec), 1, f) == 1) {
-        uint64_t id = 0;
-        for (int i = 7; i >= 0; i--)
-            id = id << 8 | rec[4 + i];
-        if (cnt == cap) {
-            uint64_t *nv = realloc(v, (cap *= 2) * sizeof(*v));
-            if (!nv) {
-                free(v);
-                v = NULL;
-                break;
-            }
-            v = nv;
-        }
-        v[cnt++] = id;
-    }
+    int rc = -ENOMEM;
+    if (v)
+        rc = oracle ? load_oracle(f, &v, &cap, &cnt) : load_csv(f, &v, &cap, &cnt);
     fclose(f);
-    if (!v)
-        return -ENOMEM;
+    if (rc != 0) {
+        free(v);
+        return rc;
+    }
     *ids = v;
     *n = cnt;
     return 0;
@@ -235,7 +230,7 @@ out:
 
 int bench_replay(const bench_opts_t *o, bench_replay_t *out) {
     uint64_t *ids = NULL, n = 0;
-    int rc = o->oracle ? load_oracle(o->trace, &ids, &n) : load_csv(o->trace, &ids, &n);
+    int rc = bench_trace_load(o->trace, o->oracle, &ids, &n);
     if (rc != 0) {
         fprintf(stderr, "cannot read trace %s: %s\n", o->trace, strerror(-rc));
         return -1;

@@ -144,15 +144,8 @@ struct khala_coherence {
     char errmsg[1280];
 };
 
-static void set_errmsg(khala_coherence_t *c, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void set_errmsg(khala_coherence_t *c, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->errmsg, sizeof(c->errmsg), fmt, ap);
-    va_end(ap);
-}
+/* Set the message khala__coherence_errmsg returns. */
+#define set_errmsg(c, ...) khala__errbuf_set((c)->errmsg, sizeof((c)->errmsg), __VA_ARGS__)
 
 static unsigned backoff_next(unsigned ms) {
     return ms >= KHALA_COH_BACKOFF_MAX_MS / 2 ? KHALA_COH_BACKOFF_MAX_MS : ms * 2;
@@ -162,11 +155,9 @@ static unsigned backoff_next(unsigned ms) {
 
 static const char *const BY_NAME[] = {"key", "prefix", "type", "all"};
 
-/* The packer's sink: a fixed buffer; fails (and the encoding with it) when it would overflow. */
-typedef struct enc_buf {
-    char buf[KHALA_COH_MSG_MAX];
-    size_t len;
-} enc_buf_t;
+/* The packer's sink: a fixed buffer (khala_coh_buf_t, coherence.h); fails (and the encoding
+ * with it) when it would overflow. */
+typedef khala_coh_buf_t enc_buf_t;
 
 static int enc_write(void *data, const char *p, size_t n) {
     enc_buf_t *b = data;
@@ -182,7 +173,7 @@ static int pack_name(msgpack_packer *pk, const char *s) {
 }
 
 /* Encode m (already checked) into b. */
-static int encode(const khala_inv_t *m, uint64_t origin, enc_buf_t *b) {
+int khala__coherence_encode(const khala_inv_t *m, uint64_t origin, enc_buf_t *b) {
     bool has_k = m->by == KHALA_INV_KEY || m->by == KHALA_INV_PREFIX;
     bool has_t = m->by == KHALA_INV_TYPE || (m->by == KHALA_INV_ALL && m->type >= 0);
     bool has_v = m->by == KHALA_INV_KEY && m->version != 0;
@@ -297,7 +288,7 @@ static bool name_is(const uint8_t *s, size_t len, const char *name) {
 }
 
 /* Decode payload into m and its origin; -1 if anything is malformed (see the file header). */
-static int decode(const void *payload, size_t len, khala_inv_t *m, uint64_t *origin) {
+int khala__coherence_decode(const void *payload, size_t len, khala_inv_t *m, uint64_t *origin) {
     if (len == 0 || len > KHALA_COH_MSG_MAX)
         return -1;
     rd_t r = {payload, (const uint8_t *)payload + len};
@@ -491,7 +482,8 @@ static void lose(khala_coherence_t *c, const char *fmt, ...) {
 static void on_message(khala_coherence_t *c, const redisReply *payload) {
     khala_inv_t m;
     uint64_t origin = 0;
-    if (payload->type != REDIS_REPLY_STRING || decode(payload->str, payload->len, &m, &origin)) {
+    if (payload->type != REDIS_REPLY_STRING ||
+        khala__coherence_decode(payload->str, payload->len, &m, &origin)) {
         c->stats.malformed++;
         return;
     }
@@ -721,7 +713,8 @@ int khala__coherence_publish(khala_coherence_t *c, const khala_inv_t *m) {
             return -EINVAL;
     }
     enc_buf_t b;
-    if (encode(m, c->origin, &b) != 0) { /* cannot happen: the checks above bound the size */
+    /* Cannot fail: the checks above bound the size. */
+    if (khala__coherence_encode(m, c->origin, &b) != 0) {
         set_errmsg(c, "publish: message does not fit %u bytes", KHALA_COH_MSG_MAX);
         return -EINVAL;
     }

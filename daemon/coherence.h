@@ -211,4 +211,40 @@ const char *khala__coherence_errmsg(const khala_coherence_t *c);
  */
 void khala__coherence_close(khala_coherence_t *c);
 
+/* ---- The message codec (daemon/coherence.c "Every message is a msgpack map"), exposed for
+ * the tests and tests/fuzz/fuzz_inval.c; khalad itself goes through publish() and
+ * readable(). ---------------------------------------------------------------------------- */
+
+/** One encoded message. */
+typedef struct khala_coh_buf {
+    char buf[KHALA_COH_MSG_MAX]; /**< the message's bytes */
+    size_t len;                  /**< bytes used, 0..KHALA_COH_MSG_MAX */
+} khala_coh_buf_t;
+
+/**
+ * @brief Encode @p m, sent by the handle whose origin is @p origin, into @p b.
+ * @param[in] m the invalidation, already checked as khala__coherence_publish() checks it (a
+ *            KEY or PREFIX of 1..KHALA_KEY_MAX bytes, a type in range); unchecked here.
+ * @param[in] origin the sender's id ("o").
+ * @param[out] b the message; b->len is reset first.
+ * @return 0, or -1 when the message does not fit KHALA_COH_MSG_MAX bytes (never for a checked
+ *         @p m).
+ */
+int khala__coherence_encode(const khala_inv_t *m, uint64_t origin, khala_coh_buf_t *b);
+
+/**
+ * @brief Decode a payload heard on the channel: any bytes at all (whoever can PUBLISH there
+ *        can send anything).
+ * @param[in] payload the bytes; only @p len of them are read.
+ * @param[in] len their length; more than KHALA_COH_MSG_MAX is refused unread.
+ * @param[out] m the invalidation, written only on success; m->key points into @p payload.
+ *             A decoded KEY or PREFIX has 1..KHALA_KEY_MAX key bytes; TYPE a type below
+ *             KHALA_TYPE_COUNT; ALL KHALA_INV_ALL_TYPES or such a type; KEY and PREFIX
+ *             have type -1. Whatever decodes, khala__coherence_publish() would accept.
+ * @param[out] origin the sender's id. Beware: it may be written also when the call fails.
+ * @return 0, or -1 for a malformed payload (see daemon/coherence.c for what is refused).
+ * @note Reads nothing outside @p payload and allocates nothing.
+ */
+int khala__coherence_decode(const void *payload, size_t len, khala_inv_t *m, uint64_t *origin);
+
 #endif /* KHALA_DAEMON_COHERENCE_H */

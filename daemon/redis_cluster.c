@@ -35,12 +35,12 @@
  * loaded; slots[] entries are KHALA_REDIS_NODE_NONE or < nnodes; nodes are never removed.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "errbuf.h"
 #include "khala/error.h"
 #include "redis_cluster.h"
 #include "redis_conn.h"
@@ -174,18 +174,8 @@ int khala__redis_cluster_slots_parse(const redisReply *r, const char *seed_host,
 
 typedef khala_redis_node_t rnode_t;
 
-static void rerr(khala_redis_router_t *r, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-/* Describe a failure in the owner's buffer. */
-static void rerr(khala_redis_router_t *r, const char *fmt, ...) {
-    if (!r->err || !r->errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->err, r->errlen, fmt, ap);
-    va_end(ap);
-}
+/* Describe a failure in the owner's buffer (r->err may be NULL). */
+#define rerr(r, ...) khala__errbuf_set((r)->err, (r)->errlen, __VA_ARGS__)
 
 static void replies_free(redisReply **rep, size_t n) {
     for (size_t i = 0; i < n; i++) {
@@ -194,15 +184,8 @@ static void replies_free(redisReply **rep, size_t n) {
     }
 }
 
-static void cause_set(rnode_t *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-/* Record why node n failed (through vsnprintf: truncating a long host name is fine). */
-static void cause_set(rnode_t *n, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(n->cause, sizeof(n->cause), fmt, ap);
-    va_end(ap);
-}
+/* Record why node n failed (truncating a long host name is fine). */
+#define cause_set(n, ...) khala__errbuf_set((n)->cause, sizeof((n)->cause), __VA_ARGS__)
 
 khala_redis_reply_kind_t khala__redis_reply_kind(const redisReply *r) {
     if (!r || r->type != REDIS_REPLY_ERROR)

@@ -3,25 +3,13 @@
  * daemon/redis_conn.h.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
 
+#include "errbuf.h"
 #include "khala/error.h"
 #include "redis_conn.h"
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 const char *khala__redis_name(const khala_config_redis_url_t *u, char *buf, size_t len) {
     if (u->path[0])
@@ -51,14 +39,13 @@ static int expect_ok(redisContext *c, const char *server, const char *what, char
                      size_t errlen, int argc, const char **argv) {
     redisReply *r = redisCommandArgv(c, argc, argv, NULL);
     if (!r) {
-        set_err(err, errlen, "redis %s: %s: %s", server, what,
-                c->errstr[0] ? c->errstr : "no reply");
-        return KHALA_ETIER;
+        return khala__errbuf(err, errlen, KHALA_ETIER, "redis %s: %s: %s", server, what,
+                             c->errstr[0] ? c->errstr : "no reply");
     }
     int rc = 0;
     if (r->type == REDIS_REPLY_ERROR) {
-        set_err(err, errlen, "redis %s: %s refused: %s", server, what, r->str);
-        rc = KHALA_ECONFIG;
+        rc = khala__errbuf(err, errlen, KHALA_ECONFIG, "redis %s: %s refused: %s", server, what,
+                           r->str);
     }
     freeReplyObject(r);
     return rc;
@@ -75,25 +62,25 @@ static int open_ctx(const khala_config_redis_url_t *u, const char *host, unsigne
         timeout_ms = KHALA_REDIS_TIMEOUT_MS_DEFAULT;
     struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
     if (u->tls) {
-        set_err(err, errlen, "redis %s: rediss:// (TLS) is not supported by this build", server);
-        return KHALA_ECONFIG;
+        return khala__errbuf(err, errlen, KHALA_ECONFIG,
+                             "redis %s: rediss:// (TLS) is not supported by this build", server);
     }
     redisContext *c = host         ? redisConnectWithTimeout(host, (int)port, tv)
                       : u->path[0] ? redisConnectUnixWithTimeout(u->path, tv)
                                    : redisConnectWithTimeout(u->host, (int)u->port, tv);
     if (!c) {
-        set_err(err, errlen, "redis %s: out of memory", server);
-        return -ENOMEM;
+        return khala__errbuf(err, errlen, -ENOMEM, "redis %s: out of memory", server);
     }
     if (c->err) {
-        set_err(err, errlen, "redis %s: cannot connect: %s", server, c->errstr);
+        int rc = khala__errbuf(err, errlen, KHALA_ETIER, "redis %s: cannot connect: %s", server,
+                               c->errstr);
         redisFree(c);
-        return KHALA_ETIER;
+        return rc;
     }
     if (redisSetTimeout(c, tv) != REDIS_OK) {
-        set_err(err, errlen, "redis %s: cannot set the command timeout", server);
         redisFree(c);
-        return KHALA_ETIER;
+        return khala__errbuf(err, errlen, KHALA_ETIER, "redis %s: cannot set the command timeout",
+                             server);
     }
     int rc = 0;
     if (u->password[0]) {

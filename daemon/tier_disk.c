@@ -19,8 +19,7 @@
  *   expire_ms is an absolute CLOCK_REALTIME time in ms (0 = never), so a TTL survives a restart
  *   (the monotonic clock does not). format is REC_FORMAT; a record of another format is corrupt.
  *
- *   in memory:  index  key -> entry { bytes, expire_ms, counter, decay_min, seq, slot }
- *               dense  entry*[n]   the same entries, packed, for O(1) random sampling
+ *   in memory:  an index of the items (sizes, expiry, LFU counters; daemon/tier_disk_index.c)
  *
  * The index mirrors the items database exactly: same keys, bytes = klen + vlen, same expiry. It
  * is rebuilt at open by one pass over the records (plus one over "lfu" for the counters), and is
@@ -41,15 +40,12 @@
  * remove or write what is only a hint or is already dead, so they commit without fsync
  * (MDB_NOSYNC for that transaction only); the next synced commit flushes them too.
  *
- * LFU. Each entry has Redis's logarithmic 8-bit counter: a new item starts at LFU_INIT (so it
- * is not the next victim), a get raises it with probability 1 / ((c - LFU_INIT) * LFU_LOG_FACTOR
- * + 1), and it loses one per LFU_DECAY_MIN minutes without a get (applied lazily, from
- * decay_min). A victim is the entry with the lowest decayed counter among EVICT_SAMPLES random
- * entries of dense (an expired entry beats any live one; among equal counters the least
- * recently used, by seq, goes first): approximate LFU, O(1) per eviction, like Redis's
- * allkeys-lfu. Counters are kept in "lfu" by tick() (changed ones, in bounded batches, at most
- * once a second) and at close; the time since the last flush is not known at open, so a
- * reopened store's counters restart their decay clock.
+ * LFU. Each entry has Redis's logarithmic 8-bit counter, and a victim is the coldest of a few
+ * random entries: approximate LFU, O(1) per eviction, like Redis's allkeys-lfu (the index
+ * module, daemon/tier_disk_index.c, holds the counters, their decay and the victim choice).
+ * Counters are kept in "lfu" by tick() (changed ones, in bounded batches, at most once a second)
+ * and at close; the time since the last flush is not known at open, so a reopened store's
+ * counters restart their decay clock.
  *
  * Map size. LMDB needs its maximum size up front. The first guess is twice the bytes the
  * capacities allow plus per-item overhead (B-tree pages are half full at worst, and
@@ -64,15 +60,13 @@
  * from an earlier open) is refused with -EINVAL rather than silently restarted.
  *
  * Invariants:
- *   - index and dense hold the same entries; dense[e->slot] == e; d->bytes is their sum.
  *   - index keys == items keys, with equal sizes and expiry, whenever no write is in flight.
  *   - "lfu" holds no key absent from "items" (a delete removes both in one transaction).
  *   - pinned is 0 on every entry outside a write (it marks the write's keys and victims).
  *
- * Rejected: keeping counters in the records (a get would become a synced write); an exact LFU
- * heap (O(log n) per get for little gain over sampling); a cursor made of the key's first 8
- * bytes (keys sharing a long prefix, the common case, would never make progress); uthash for
- * the index (it can fail inside an add, after the commit).
+ * Rejected: keeping counters in the records (a get would become a synced write); a cursor made
+ * of the key's first 8 bytes (keys sharing a long prefix, the common case, would never make
+ * progress). daemon/tier_disk_index.c gives what was rejected for the index.
  */
 #include "tier_disk.h"
 
@@ -88,11 +82,11 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "errbuf.h"
 #include "khala/error.h"
 #include "sys.h"
+#include "tier_disk_index.h"
 
 /* Record header; see the layout above. */
 #define REC_HDR 24u
@@ -109,13 +103,6 @@
 #define META_MAGIC "KHALADSK"
 #define META_SIZE 16u
 #define STORE_FORMAT 1u
-
-/* LFU (see above). LFU_INIT is Redis's LFU_INIT_VAL, LFU_LOG_FACTOR its default lfu-log-factor
- * (a counter of 255 takes about a million gets), LFU_DECAY_MIN its lfu-decay-time. */
-#define LFU_INIT 5
-#define LFU_LOG_FACTOR 10
-#define LFU_DECAY_MIN 1
-#define EVICT_SAMPLES 16
 
 /* tick() bounds: entries examined and removed by one expiry sweep; counters written by one
  * flush and entries it examines; time between flushes. A few ms at most on a slow disk. */
@@ -139,19 +126,7 @@
 #define MAP_GUESS_MAX ((uint64_t)1 << 40)
 #define MAP_GROW_TRIES 16
 
-typedef struct entry {
-    int64_t expire_ms;  /* CLOCK_REALTIME ms when the item expires; 0 = never */
-    uint64_t seq;       /* d->seq at the last get or write: the LRU tie-break of equal counters */
-    uint64_t hash;      /* XXH3 of the key (with d->seed), kept for rehashing */
-    uint32_t bytes;     /* klen + vlen */
-    uint32_t slot;      /* position in d->dense */
-    uint32_t decay_min; /* d's minute (now_min) when counter was last decayed or raised */
-    uint8_t counter;    /* logarithmic LFU counter, 0..255 */
-    uint8_t dirty;      /* counter differs from the one in "lfu" */
-    uint8_t pinned;     /* a key or victim of the write being built; 0 outside writes */
-    uint8_t klen;       /* 1..KHALA_KEY_MAX */
-    uint8_t key[];
-} entry_t;
+typedef khala_disk_entry_t entry_t;
 
 /* What a write transaction changes in the index once it has committed. */
 typedef enum act_kind {
@@ -171,7 +146,7 @@ typedef struct act {
 
 typedef struct scan_slot {
     uint64_t id;   /* the cursor handed out; 0 = free */
-    uint64_t used; /* d->seq when last used: the least recently used slot is reused */
+    uint64_t used; /* d->ix.seq when last used: the least recently used slot is reused */
     uint8_t klen;  /* last key visited */
     uint8_t key[KHALA_KEY_MAX];
 } scan_slot_t;
@@ -187,19 +162,10 @@ typedef struct disk {
     int lock_fd;
     uint64_t max_items, max_bytes;
     uint32_t max_value;
-    uint64_t seed;     /* hash seed */
-    int64_t clock0_ms; /* monotonic ms at open; minutes count from it */
 
     MDB_txn *rtxn; /* a reset read transaction, renewed by each read; NULL until the first */
 
-    /* The index. */
-    entry_t **tab;   /* open addressing, linear probing; NULL slots are empty */
-    size_t tab_cap;  /* power of two, or 0 */
-    entry_t **dense; /* n entries */
-    size_t n, dense_cap;
-    uint64_t bytes; /* sum of entry bytes */
-    uint64_t seq;   /* logical clock of accesses */
-    uint64_t rng;   /* xorshift64 state, never 0 */
+    khala_disk_index_t ix; /* the items in memory; its seed and clock are set at open */
 
     /* The write being built (reused buffers). */
     act_t *acts;
@@ -225,18 +191,6 @@ static int64_t realtime_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static uint32_t now_min(const disk_t *d) {
-    return (uint32_t)((khala__sys_now_ms() - d->clock0_ms) / 60000);
-}
-
-static uint64_t rnd(disk_t *d) {
-    uint64_t x = d->rng;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return d->rng = x;
 }
 
 /* Format "<path>: <message>" into t->err and return rc. */
@@ -339,178 +293,6 @@ static void rec_write(uint8_t *r, const khala_tier_value_t *val, int64_t expire_
         memcpy(r + REC_HDR, val->data, val->len);
 }
 
-static int live(int64_t expire_ms, int64_t now) {
-    return expire_ms == 0 || expire_ms > now;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* The index                                                                                  */
-/* ------------------------------------------------------------------------------------------ */
-
-static uint64_t key_hash(const disk_t *d, const void *key, size_t klen) {
-    return XXH3_64bits_withSeed(key, klen, d->seed);
-}
-
-static entry_t *idx_find(const disk_t *d, const void *key, size_t klen) {
-    if (!d->tab_cap || klen > KHALA_KEY_MAX)
-        return NULL;
-    uint64_t h = key_hash(d, key, klen);
-    size_t mask = d->tab_cap - 1;
-    for (size_t i = h & mask;; i = (i + 1) & mask) {
-        entry_t *e = d->tab[i];
-        if (!e)
-            return NULL;
-        if (e->hash == h && e->klen == klen && memcmp(e->key, key, klen) == 0)
-            return e;
-    }
-}
-
-static void tab_place(entry_t **tab, size_t cap, entry_t *e) {
-    size_t mask = cap - 1;
-    size_t i = e->hash & mask;
-    while (tab[i])
-        i = (i + 1) & mask;
-    tab[i] = e;
-}
-
-/* Make room for `extra` more entries, so that idx_insert cannot fail. */
-static int idx_reserve(disk_t *d, size_t extra) {
-    size_t need = d->n + extra;
-    if (need * 4 >= d->tab_cap * 3) {
-        size_t cap = d->tab_cap ? d->tab_cap : 64;
-        while (need * 4 >= cap * 3)
-            cap *= 2;
-        entry_t **tab = calloc(cap, sizeof(*tab));
-        if (!tab)
-            return -ENOMEM;
-        for (size_t i = 0; i < d->n; i++)
-            tab_place(tab, cap, d->dense[i]);
-        free(d->tab);
-        d->tab = tab;
-        d->tab_cap = cap;
-    }
-    if (need > d->dense_cap) {
-        size_t cap = d->dense_cap ? d->dense_cap : 64;
-        while (cap < need)
-            cap *= 2;
-        entry_t **dense = realloc(d->dense, cap * sizeof(*dense));
-        if (!dense)
-            return -ENOMEM;
-        d->dense = dense;
-        d->dense_cap = cap;
-    }
-    return 0;
-}
-
-static entry_t *entry_new(disk_t *d, const void *key, size_t klen) {
-    entry_t *e = calloc(1, sizeof(*e) + klen);
-    if (!e)
-        return NULL;
-    e->klen = (uint8_t)klen;
-    memcpy(e->key, key, klen);
-    e->hash = key_hash(d, key, klen);
-    e->counter = LFU_INIT;
-    return e;
-}
-
-/* Insert e (room reserved by idx_reserve). */
-static void idx_insert(disk_t *d, entry_t *e) {
-    tab_place(d->tab, d->tab_cap, e);
-    e->slot = (uint32_t)d->n;
-    d->dense[d->n++] = e;
-    d->bytes += e->bytes;
-}
-
-/* Remove e and free it. Linear probing deletes by shifting back the entries after the hole that
- * would no longer be found past it. */
-static void idx_remove(disk_t *d, entry_t *e) {
-    size_t mask = d->tab_cap - 1;
-    size_t i = e->hash & mask;
-    while (d->tab[i] != e)
-        i = (i + 1) & mask;
-    d->tab[i] = NULL;
-    for (size_t j = (i + 1) & mask; d->tab[j]; j = (j + 1) & mask) {
-        size_t home = d->tab[j]->hash & mask;
-        /* Leave tab[j] when its home lies cyclically in (i, j]. */
-        int stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
-        if (!stays) {
-            d->tab[i] = d->tab[j];
-            d->tab[j] = NULL;
-            i = j;
-        }
-    }
-    entry_t *last = d->dense[--d->n];
-    d->dense[e->slot] = last;
-    last->slot = e->slot;
-    d->bytes -= e->bytes;
-    free(e);
-}
-
-static void idx_clear(disk_t *d) {
-    for (size_t i = 0; i < d->n; i++)
-        free(d->dense[i]);
-    d->n = 0;
-    d->bytes = 0;
-    if (d->tab)
-        memset(d->tab, 0, d->tab_cap * sizeof(*d->tab));
-}
-
-/* The counter after decay, without writing it. */
-static uint8_t lfu_decayed(const entry_t *e, uint32_t now) {
-    uint32_t periods = (now - e->decay_min) / LFU_DECAY_MIN;
-    return periods >= e->counter ? 0 : (uint8_t)(e->counter - periods);
-}
-
-/* A get of e: decay, then a logarithmic increment. */
-static void lfu_touch(disk_t *d, entry_t *e) {
-    uint32_t now = now_min(d);
-    uint8_t c = lfu_decayed(e, now);
-    if (c < 255) {
-        double base = c > LFU_INIT ? c - LFU_INIT : 0;
-        double r = (double)(rnd(d) >> 11) / (double)(1ull << 53);
-        if (r < 1.0 / (base * LFU_LOG_FACTOR + 1))
-            c++;
-    }
-    if (c != e->counter)
-        e->dirty = 1;
-    e->counter = c;
-    e->decay_min = now;
-    e->seq = ++d->seq;
-}
-
-/* 1 if a should be evicted before b. */
-static int colder(const entry_t *a, const entry_t *b, uint32_t now, int64_t now_rt) {
-    int ca = live(a->expire_ms, now_rt) ? lfu_decayed(a, now) : -1;
-    int cb = live(b->expire_ms, now_rt) ? lfu_decayed(b, now) : -1;
-    return ca != cb ? ca < cb : a->seq < b->seq;
-}
-
-/* Pick an eviction victim among the unpinned entries; NULL if there is none. */
-static entry_t *pick_victim(disk_t *d, int64_t now_rt) {
-    uint32_t now = now_min(d);
-    entry_t *best = NULL;
-    if (d->n > 2 * EVICT_SAMPLES) {
-        int got = 0;
-        for (int tries = 0; got < EVICT_SAMPLES && tries < 4 * EVICT_SAMPLES; tries++) {
-            entry_t *e = d->dense[rnd(d) % d->n];
-            if (e->pinned)
-                continue;
-            got++;
-            if (!best || colder(e, best, now, now_rt))
-                best = e;
-        }
-        if (best)
-            return best;
-    }
-    /* A small index, or one whose samples were all pinned (a large write): look at all. */
-    for (size_t i = 0; i < d->n; i++) {
-        entry_t *e = d->dense[i];
-        if (!e->pinned && (!best || colder(e, best, now, now_rt)))
-            best = e;
-    }
-    return best;
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Transactions                                                                               */
 /* ------------------------------------------------------------------------------------------ */
@@ -548,23 +330,23 @@ static void acts_apply(disk_t *d) {
                 d->st.evictions++;
             else if (a->kind == ACT_EXPIRE)
                 d->st.expirations++;
-            idx_remove(d, a->old);
+            khala__disk_index_remove(&d->ix, a->old);
             continue;
         }
-        entry_t *e = a->old ? a->old : idx_find(d, a->fresh->key, a->fresh->klen);
+        entry_t *e =
+            a->old ? a->old : khala__disk_index_find(&d->ix, a->fresh->key, a->fresh->klen);
         if (e) {
             free(a->fresh);
             e->pinned = 0;
-            d->bytes = d->bytes - e->bytes + a->bytes;
-            e->bytes = a->bytes;
+            khala__disk_index_resize(&d->ix, e, a->bytes);
         } else {
             e = a->fresh;
             e->bytes = a->bytes;
-            e->decay_min = now_min(d);
-            idx_insert(d, e);
+            e->decay_min = khala__disk_index_now_min(&d->ix);
+            khala__disk_index_insert(&d->ix, e);
         }
         e->expire_ms = a->expire_ms;
-        e->seq = ++d->seq;
+        e->seq = ++d->ix.seq;
     }
     d->nact = 0;
 }
@@ -648,12 +430,12 @@ static int del_both(disk_t *d, MDB_txn *txn, const void *key, size_t klen) {
  * txn and recorded. */
 static int evict_txn(disk_t *d, MDB_txn *txn, int64_t items_delta, int64_t bytes_delta,
                      int64_t now_rt, size_t max) {
-    int64_t items = (int64_t)d->n + items_delta;
-    int64_t bytes = (int64_t)d->bytes + bytes_delta;
+    int64_t items = (int64_t)d->ix.n + items_delta;
+    int64_t bytes = (int64_t)d->ix.bytes + bytes_delta;
     for (size_t chosen = 0; chosen < max; chosen++) {
         if ((uint64_t)items <= d->max_items && (uint64_t)bytes <= d->max_bytes)
             break;
-        entry_t *v = pick_victim(d, now_rt);
+        entry_t *v = khala__disk_index_pick_victim(&d->ix, now_rt);
         if (!v)
             return fail(d, KHALA_EFULL,
                         "%" PRId64 " items of %" PRId64 " bytes in one write "
@@ -662,7 +444,7 @@ static int evict_txn(disk_t *d, MDB_txn *txn, int64_t items_delta, int64_t bytes
         int rc = del_both(d, txn, v->key, v->klen);
         if (rc)
             return rc;
-        act_kind_t kind = live(v->expire_ms, now_rt) ? ACT_EVICT : ACT_EXPIRE;
+        act_kind_t kind = khala__disk_live(v->expire_ms, now_rt) ? ACT_EVICT : ACT_EXPIRE;
         rc = act_push(d, (act_t){.kind = kind, .old = v});
         if (rc)
             return rc;
@@ -715,7 +497,7 @@ static int put_txn(disk_t *d, size_t n, const khala_bytes_t *keys, const khala_t
         if (rc == 0) {
             present = 1;
             old_bytes = k.mv_size + (r.mv_size >= REC_HDR ? r.mv_size - REC_HDR : 0);
-            if (rec_ok(&r) && live(rec_expire(r.mv_data), now_rt) &&
+            if (rec_ok(&r) && khala__disk_live(rec_expire(r.mv_data), now_rt) &&
                 rec_version(r.mv_data) > v->version) {
                 /* Step 1: the level holds newer data. */
                 char kb[80];
@@ -741,11 +523,11 @@ static int put_txn(disk_t *d, size_t n, const khala_bytes_t *keys, const khala_t
             break;
         rec_write(r.mv_data, v, expire);
         act_t a = {.kind = ACT_PUT, .bytes = (uint32_t)(k.mv_size + v->len), .expire_ms = expire};
-        a.old = idx_find(d, k.mv_data, k.mv_size);
+        a.old = khala__disk_index_find(&d->ix, k.mv_data, k.mv_size);
         if (a.old) {
             a.old->pinned = 1;
         } else {
-            a.fresh = entry_new(d, k.mv_data, k.mv_size);
+            a.fresh = khala__disk_index_entry_new(&d->ix, k.mv_data, k.mv_size);
             if (!a.fresh) {
                 rc = -ENOMEM;
                 break;
@@ -763,7 +545,7 @@ static int put_txn(disk_t *d, size_t n, const khala_bytes_t *keys, const khala_t
     if (!rc)
         rc = evict_txn(d, txn, items_delta, bytes_delta, now_rt, SIZE_MAX); /* step 3 */
     if (!rc)
-        rc = idx_reserve(d, nfresh);
+        rc = khala__disk_index_reserve(&d->ix, nfresh);
     rc = wtxn_end(d, txn, 0, rc); /* step 4 */
     if (rc) {
         acts_discard(d);
@@ -824,12 +606,12 @@ static int drop_keys(disk_t *d, size_t n, const khala_bytes_t *keys, act_kind_t 
             }
             if (rc)
                 break;
-            int is_live = !rec_ok(&r) || live(rec_expire(r.mv_data), now_rt);
+            int is_live = !rec_ok(&r) || khala__disk_live(rec_expire(r.mv_data), now_rt);
             if (i == 0 && was_live)
                 *was_live = is_live;
             if (kind == ACT_EXPIRE && is_live)
                 continue;
-            entry_t *e = idx_find(d, k.mv_data, k.mv_size);
+            entry_t *e = khala__disk_index_find(&d->ix, k.mv_data, k.mv_size);
             if (e && e->pinned) /* the same key twice */
                 continue;
             rc = del_both(d, txn, k.mv_data, k.mv_size);
@@ -878,7 +660,7 @@ static int get_one(disk_t *d, MDB_txn *txn, const void *key, size_t klen, khala_
     }
     const uint8_t *rec = r.mv_data;
     int64_t expire = rec_expire(rec);
-    if (!live(expire, now_rt)) {
+    if (!khala__disk_live(expire, now_rt)) {
         *expired = 1;
         return fail(d, KHALA_ENOTFOUND, "key '%s' has expired",
                     key_show(key, klen, kb, sizeof(kb)));
@@ -896,9 +678,9 @@ static int get_one(disk_t *d, MDB_txn *txn, const void *key, size_t klen, khala_
     out->version = rec_version(rec);
     out->type = (khala_type_t)rec[REC_OFF_TYPE];
     out->ttl_ms = expire ? expire - now_rt : 0;
-    entry_t *e = idx_find(d, key, klen);
+    entry_t *e = khala__disk_index_find(&d->ix, key, klen);
     if (e)
-        lfu_touch(d, e);
+        khala__disk_index_touch(&d->ix, e);
     return 0;
 }
 
@@ -1066,7 +848,7 @@ static scan_slot_t *scan_slot_new(disk_t *d) {
             s = &d->scans[i];
     }
     do
-        s->id = ++d->scan_next ^ d->seed;
+        s->id = ++d->scan_next ^ d->ix.seed;
     while (s->id == 0 || scan_slot_find(d, s->id) != s);
     return s;
 }
@@ -1112,7 +894,7 @@ static int disk_scan(khala_tier_t *t, uint64_t *cursor, const char *pattern, siz
         }
         memcpy(last, k.mv_data, k.mv_size);
         last_len = k.mv_size;
-        if (rec_ok(&r) && live(rec_expire(r.mv_data), now_rt) &&
+        if (rec_ok(&r) && khala__disk_live(rec_expire(r.mv_data), now_rt) &&
             key_matches(pattern, k.mv_data, k.mv_size) && keybuf_add(&kb, k.mv_data, k.mv_size)) {
             rc = -ENOMEM;
             break;
@@ -1152,66 +934,24 @@ static int disk_scan(khala_tier_t *t, uint64_t *cursor, const char *pattern, siz
     }
     if (!slot)
         slot = scan_slot_new(d);
-    slot->used = ++d->seq;
+    slot->used = ++d->ix.seq;
     slot->klen = (uint8_t)last_len;
     memcpy(slot->key, last, last_len);
     *cursor = slot->id;
     return 0;
 }
 
-/* hot: a min-heap of the max hottest entries (root = the coldest of them). */
-static void heap_sift_down(entry_t **h, size_t n, size_t i, uint32_t now) {
-    for (;;) {
-        size_t l = 2 * i + 1, m = i;
-        if (l < n && colder(h[l], h[m], now, 0))
-            m = l;
-        if (l + 1 < n && colder(h[l + 1], h[m], now, 0))
-            m = l + 1;
-        if (m == i)
-            return;
-        entry_t *x = h[i];
-        h[i] = h[m];
-        h[m] = x;
-        i = m;
-    }
-}
-
 static int disk_hot(khala_tier_t *t, size_t max, khala_tier_scan_fn fn, void *arg) {
     disk_t *d = t->impl;
     int64_t now_rt = realtime_ms();
-    uint32_t now = now_min(d);
-    if (max > d->n)
-        max = d->n;
+    if (max > d->ix.n)
+        max = d->ix.n;
     if (!max)
         return 0;
     entry_t **h = malloc(max * sizeof(*h));
     if (!h)
         return fail(d, -ENOMEM, "out of memory listing %zu hot keys", max);
-    size_t n = 0;
-    for (size_t i = 0; i < d->n; i++) {
-        entry_t *e = d->dense[i];
-        if (!live(e->expire_ms, now_rt))
-            continue;
-        if (n < max) {
-            h[n++] = e;
-            if (n == max)
-                for (size_t j = n / 2; j-- > 0;)
-                    heap_sift_down(h, n, j, now);
-        } else if (colder(h[0], e, now, 0)) {
-            h[0] = e;
-            heap_sift_down(h, n, 0, now);
-        }
-    }
-    if (n < max)
-        for (size_t j = n / 2; j-- > 0;)
-            heap_sift_down(h, n, j, now);
-    /* Heap order to hottest-first: pop the coldest to the end, repeatedly. */
-    for (size_t m = n; m > 1; m--) {
-        entry_t *x = h[0];
-        h[0] = h[m - 1];
-        h[m - 1] = x;
-        heap_sift_down(h, m - 1, 0, now);
-    }
+    size_t n = khala__disk_index_hottest(&d->ix, h, max, now_rt);
     /* Copy the keys: a callback may change the index. */
     keybuf_t kb = {0};
     for (size_t i = 0; i < n; i++) {
@@ -1244,8 +984,8 @@ static int flush_all(disk_t *d, uint64_t *removed) {
     }
     if (rc)
         return mdb_fail(d, rc, "emptying the store");
-    uint64_t n = d->n;
-    idx_clear(d);
+    uint64_t n = d->ix.n;
+    khala__disk_index_clear(&d->ix);
     d->st.dels += n;
     if (removed)
         *removed = n;
@@ -1286,14 +1026,14 @@ static int invalidate_batch(disk_t *d, const uint8_t *prefix, size_t plen, int t
             uint8_t key[KHALA_KEY_MAX];
             size_t klen = k.mv_size;
             memcpy(key, k.mv_data, klen);
-            int is_live = !rec_ok(&r) || live(rec_expire(r.mv_data), now_rt);
+            int is_live = !rec_ok(&r) || khala__disk_live(rec_expire(r.mv_data), now_rt);
             rc = mdb_cursor_del(c, 0);
             if (!rc) {
                 MDB_val lk = {klen, key};
                 rc = mdb_del(txn, d->lfu, &lk, NULL);
                 rc = rc == MDB_NOTFOUND ? 0 : rc;
             }
-            entry_t *e = rc ? NULL : idx_find(d, key, klen);
+            entry_t *e = rc ? NULL : khala__disk_index_find(&d->ix, key, klen);
             if (e)
                 rc = act_push(d, (act_t){.kind = is_live ? ACT_DEL : ACT_EXPIRE, .old = e});
             if (rc)
@@ -1368,25 +1108,25 @@ static int disk_health(khala_tier_t *t) {
 static void disk_stats(khala_tier_t *t, khala_tier_stats_t *out) {
     disk_t *d = t->impl;
     *out = d->st;
-    out->items = d->n;
-    out->bytes = d->bytes;
+    out->items = d->ix.n;
+    out->bytes = d->ix.bytes;
     out->reconnects = 0;
 }
 
 /* Write up to max changed counters to "lfu", examining up to examine entries from
  * d->flush_pos on, in one transaction without fsync (counters are hints). */
 static int flush_counters(disk_t *d, size_t examine, size_t max) {
-    if (!d->n)
+    if (!d->ix.n)
         return 0;
     MDB_txn *txn;
     int rc = wtxn_begin(d, 1, &txn);
     if (rc)
         return rc;
     size_t written = 0, pos = d->flush_pos;
-    if (examine > d->n)
-        examine = d->n;
+    if (examine > d->ix.n)
+        examine = d->ix.n;
     for (size_t i = 0; i < examine && written < max && !rc; i++, pos++) {
-        entry_t *e = d->dense[pos % d->n];
+        entry_t *e = d->ix.dense[pos % d->ix.n];
         if (!e->dirty)
             continue;
         MDB_val k = {e->klen, e->key}, v = {1, &e->counter};
@@ -1398,27 +1138,27 @@ static int flush_counters(disk_t *d, size_t examine, size_t max) {
         return rc;
     /* Committed: mark what was written clean. */
     for (size_t i = 0, p = d->flush_pos; i < examine && written; i++, p++) {
-        entry_t *e = d->dense[p % d->n];
+        entry_t *e = d->ix.dense[p % d->ix.n];
         if (e->dirty) {
             e->dirty = 0;
             written--;
         }
     }
-    d->flush_pos = pos % d->n;
+    d->flush_pos = pos % d->ix.n;
     return 0;
 }
 
 static void disk_tick(khala_tier_t *t, int64_t now_ms) {
     disk_t *d = t->impl;
     /* Sweep: examine a window of entries, remove the expired ones found. */
-    if (d->n) {
+    if (d->ix.n) {
         int64_t now_rt = realtime_ms();
         khala_bytes_t keys[SWEEP_MAX];
-        size_t nk = 0, examine = d->n < SWEEP_EXAMINE ? d->n : SWEEP_EXAMINE;
-        size_t pos = d->sweep_pos % d->n;
-        for (size_t i = 0; i < examine && nk < SWEEP_MAX; i++, pos = (pos + 1) % d->n) {
-            entry_t *e = d->dense[pos];
-            if (!live(e->expire_ms, now_rt))
+        size_t nk = 0, examine = d->ix.n < SWEEP_EXAMINE ? d->ix.n : SWEEP_EXAMINE;
+        size_t pos = d->sweep_pos % d->ix.n;
+        for (size_t i = 0; i < examine && nk < SWEEP_MAX; i++, pos = (pos + 1) % d->ix.n) {
+            entry_t *e = d->ix.dense[pos];
+            if (!khala__disk_live(e->expire_ms, now_rt))
                 keys[nk++] = (khala_bytes_t){e->key, e->klen};
         }
         d->sweep_pos = pos;
@@ -1440,9 +1180,7 @@ static void disk_free(disk_t *d) {
         mdb_env_close(d->env);
     if (d->lock_fd >= 0)
         close(d->lock_fd);
-    idx_clear(d);
-    free(d->tab);
-    free(d->dense);
+    khala__disk_index_free(&d->ix);
     free(d->acts);
     free(d->path);
     free(d);
@@ -1454,7 +1192,7 @@ static void disk_close(khala_tier_t *t) {
     disk_t *d = t->impl;
     /* Keep every changed counter (one transaction), then make it all durable. A failure loses
      * only hints. */
-    flush_counters(d, d->n, SIZE_MAX);
+    flush_counters(d, d->ix.n, SIZE_MAX);
     mdb_env_sync(d->env, 1);
     disk_free(d);
 }
@@ -1607,13 +1345,13 @@ static int load_index(disk_t *d, char *err, size_t errlen) {
         return khala__errbuf(err, errlen, mdb_code(rc), "%s: %s", d->path, mdb_strerror(rc));
     MDB_stat st;
     rc = mdb_stat(txn, d->items, &st);
-    if (!rc && idx_reserve(d, st.ms_entries) != 0)
+    if (!rc && khala__disk_index_reserve(&d->ix, st.ms_entries) != 0)
         rc = ENOMEM;
     if (!rc)
         rc = mdb_cursor_open(txn, d->items, &c);
     if (!rc)
         rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
-    uint32_t now = now_min(d);
+    uint32_t now = khala__disk_index_now_min(&d->ix);
     for (; !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
         if (k.mv_size == 0 || k.mv_size > KHALA_KEY_MAX || !rec_ok(&v)) {
             mdb_cursor_close(c);
@@ -1624,8 +1362,8 @@ static int load_index(disk_t *d, char *err, size_t errlen) {
                                  d->path, key_show(k.mv_data, k.mv_size, kb, sizeof(kb)),
                                  v.mv_size);
         }
-        entry_t *e = entry_new(d, k.mv_data, k.mv_size);
-        if (!e || idx_reserve(d, 1)) {
+        entry_t *e = khala__disk_index_entry_new(&d->ix, k.mv_data, k.mv_size);
+        if (!e || khala__disk_index_reserve(&d->ix, 1)) {
             free(e);
             rc = ENOMEM;
             break;
@@ -1633,7 +1371,7 @@ static int load_index(disk_t *d, char *err, size_t errlen) {
         e->bytes = (uint32_t)(k.mv_size + v.mv_size - REC_HDR);
         e->expire_ms = rec_expire(v.mv_data);
         e->decay_min = now;
-        idx_insert(d, e);
+        khala__disk_index_insert(&d->ix, e);
     }
     if (c)
         mdb_cursor_close(c);
@@ -1643,7 +1381,7 @@ static int load_index(disk_t *d, char *err, size_t errlen) {
     if (!rc)
         rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
     for (; !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        entry_t *e = idx_find(d, k.mv_data, k.mv_size);
+        entry_t *e = khala__disk_index_find(&d->ix, k.mv_data, k.mv_size);
         if (e && v.mv_size == 1)
             e->counter = *(const uint8_t *)v.mv_data;
     }
@@ -1660,7 +1398,7 @@ static int load_index(disk_t *d, char *err, size_t errlen) {
  * transactions of at most BATCH_MAX removals. */
 static int trim(disk_t *d, char *err, size_t errlen) {
     int grown = 0;
-    while (d->n > d->max_items || d->bytes > d->max_bytes) {
+    while (d->ix.n > d->max_items || d->ix.bytes > d->max_bytes) {
         MDB_txn *txn;
         int rc = wtxn_begin(d, 0, &txn);
         if (!rc) {
@@ -1709,10 +1447,8 @@ int khala__tier_disk_open(const khala_tier_disk_opts_t *o, khala_tier_t **out, c
     d->max_items = o->max_items;
     d->max_bytes = o->max_bytes;
     d->max_value = max_value;
-    d->seed = khala__sys_random_u64();
-    d->rng = d->seed | 1;
-    d->clock0_ms = khala__sys_now_ms();
-    d->last_flush_ms = d->clock0_ms;
+    khala__disk_index_init(&d->ix, khala__sys_random_u64(), khala__sys_now_ms());
+    d->last_flush_ms = d->ix.clock0_ms;
     d->tier.ops = &disk_ops;
     d->tier.level = o->level;
     d->tier.healthy = 1;

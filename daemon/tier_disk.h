@@ -6,7 +6,8 @@
  *
  * Start at khala__tier_disk_open(); everything after it goes through the khala_tier_ops_t it
  * returns (daemon/tier.h states the rules every operation keeps). daemon/tier_disk.c opens with
- * how the store works: the record format, the in-memory index, LFU eviction and map sizing.
+ * how the store works: the record format and map sizing (the in-memory index and LFU eviction
+ * are in daemon/tier_disk_index.c).
  *
  * What the operations do here, beyond tier.h's rules (every failure also leaves a message naming
  * the store's path, and LMDB's mdb_strerror where LMDB failed, in t->err):

@@ -68,7 +68,6 @@
  * operation but open, health() and tick() runs before ready, and those finish the open first.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -78,6 +77,7 @@
 #include <hiredis/hiredis.h>
 #include <msgpack.h>
 
+#include "errbuf.h"
 #include "khala/error.h"
 #include "redis_cluster.h"
 #include "redis_conn.h"
@@ -191,14 +191,8 @@ static const khala_tier_ops_t redis_ops;
 /* Messages and small helpers                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
-static void terr(rtier_t *rt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void terr(rtier_t *rt, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rt->tier.err, sizeof(rt->tier.err), fmt, ap);
-    va_end(ap);
-}
+/* Describe a failure in the tier's message buffer. */
+#define terr(rt, ...) khala__errbuf_set((rt)->tier.err, sizeof((rt)->tier.err), __VA_ARGS__)
 
 static inline rtier_t *RT(khala_tier_t *t) {
     return (rtier_t *)t;
@@ -293,7 +287,7 @@ static size_t slot_runs(const item_t *it, size_t m, size_t *start) {
 /* Values                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
-static int value_encode(const khala_tier_value_t *v, msgpack_sbuffer *sb) {
+int khala__tier_redis_value_encode(const khala_tier_value_t *v, msgpack_sbuffer *sb) {
     msgpack_packer pk;
     msgpack_sbuffer_init(sb);
     msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
@@ -308,7 +302,7 @@ static int value_encode(const khala_tier_value_t *v, msgpack_sbuffer *sb) {
 
 /* Decode a stored value into out (data allocated). 0, -EBADMSG (not ours) or -ENOMEM; out is
  * written only on success. */
-static int value_decode(const char *s, size_t len, khala_tier_value_t *out) {
+int khala__tier_redis_value_decode(const char *s, size_t len, khala_tier_value_t *out) {
     const unsigned char *p = (const unsigned char *)s;
     if (len < 13 || p[0] != 0x93 || p[1] != 0xcf || p[10] >= KHALA_TYPE_COUNT)
         return -EBADMSG;
@@ -571,7 +565,8 @@ static int answer(rtier_t *rt, const void *key, size_t klen, const redisReply *v
     if (ttl->type == REDIS_REPLY_INTEGER && ttl->integer == -2)
         return KHALA_ENOTFOUND; /* expired between the GET and the PTTL */
     khala_tier_value_t val;
-    int rc = v->type == REDIS_REPLY_STRING ? value_decode(v->str, v->len, &val) : -EBADMSG;
+    int rc = v->type == REDIS_REPLY_STRING ? khala__tier_redis_value_decode(v->str, v->len, &val)
+                                           : -EBADMSG;
     if (rc == -ENOMEM)
         return rc;
     if (rc != 0) {
@@ -840,7 +835,7 @@ static int tr_put(khala_tier_t *t, const void *key, size_t klen, const khala_tie
     if ((rc = ensure_ready(rt)) != 0)
         return finish(rt, rc);
     msgpack_sbuffer enc;
-    if ((rc = value_encode(val, &enc)) != 0)
+    if ((rc = khala__tier_redis_value_encode(val, &enc)) != 0)
         return finish(rt, rc);
     char fk[FULLKEY_MAX];
     size_t fl = fullkey(rt, key, klen, fk);
@@ -909,7 +904,7 @@ static int tr_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
     if (!enc)
         rc = -ENOMEM;
     for (; rc == 0 && encoded < n; encoded++)
-        rc = value_encode(&vals[encoded], &enc[encoded]);
+        rc = khala__tier_redis_value_encode(&vals[encoded], &enc[encoded]);
     if (rc == 0) {
         int worst = 0;
         for (size_t j = 0; j < b.m;) {

@@ -77,4 +77,34 @@ typedef struct khala_tier_redis_opts {
 int khala__tier_redis_open(const khala_tier_redis_opts_t *o, khala_tier_t **out, char *err,
                            size_t errlen);
 
+/* ---- The value format (daemon/tier_redis.c "Values"), exposed for the tests and
+ * tests/fuzz/fuzz_rvalue.c; khalad itself goes through the tier's get and put. ------------- */
+
+struct msgpack_sbuffer;
+
+/**
+ * @brief Encode @p v as a stored value: 0x93 0xcf <version, u64 BE> <type> <bin header>
+ *        <bytes>.
+ * @param[in] v the value, already checked as put checks it (type below KHALA_TYPE_COUNT, len at
+ *            most KHALA_TIER_REDIS_VALUE_MAX, data non-NULL when len != 0); ttl_ms is not
+ *            part of it.
+ * @param[out] sb initialized here; on success the caller releases it with
+ *             msgpack_sbuffer_destroy(), on failure it is already released.
+ * @return 0 or -ENOMEM.
+ */
+int khala__tier_redis_value_encode(const khala_tier_value_t *v, struct msgpack_sbuffer *sb);
+
+/**
+ * @brief Decode bytes read back from Redis: any bytes at all (another program may have
+ *        written the key).
+ * @param[in] s the bytes; only @p len of them are read.
+ * @param[in] len their length.
+ * @param[out] out the value, written only on success: data is a copy (NULL when len is 0),
+ *             released with khala__tier_value_free(); type is below KHALA_TYPE_COUNT;
+ *             ttl_ms is 0 (the TTL lives in Redis).
+ * @return 0; -EBADMSG for bytes of any other shape (the caller reads them as a miss);
+ *         -ENOMEM.
+ */
+int khala__tier_redis_value_decode(const char *s, size_t len, khala_tier_value_t *out);
+
 #endif /* KHALA_DAEMON_TIER_REDIS_H */

@@ -12,8 +12,11 @@
  * The journal is one LMDB environment with one database: big-endian 64-bit sequence numbers
  * (so the B-tree's order is the queue's order) to records
  *
- *     | u32 magic | u8 kind | u8 pad[3] | i32 type | u32 klen | u32 vlen | u64 version |
- *     | i64 expire (CLOCK_REALTIME ms, 0 = none) | key | value |
+ *     | u32 magic | u8 kind | u8 pad[3] | i32 type | u32 klen | u32 vlen | u32 pad2 |
+ *     | u64 version | i64 expire (CLOCK_REALTIME ms, 0 = none) | key | value |
+ *
+ * (native byte order: a journal is read back by the same machine). A record whose fields do
+ * not agree (kind, lengths, type, padding) makes the journal KHALA_ECORRUPT.
  *
  * A push appends with the next sequence number (and, when it replaces a queued write to the
  * same key, deletes that record in the same transaction); LMDB commits are durable. Deadlines
@@ -23,13 +26,14 @@
 
 #include <errno.h>
 #include <lmdb.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 
+#include "errbuf.h"
+#include "khala/cache.h"
 #include "khala/error.h"
 #include "sys.h"
 
@@ -47,12 +51,31 @@ typedef struct entry {
 
 typedef struct jrec {
     uint32_t magic;
-    uint8_t kind, pad[3];
+    uint8_t kind, pad[3]; /* pad and pad2 are 0: no uninitialised bytes reach the file */
     int32_t type;
     uint32_t klen, vlen;
+    uint32_t pad2;
     uint64_t version;
     int64_t expire_wall_ms;
 } jrec_t;
+_Static_assert(sizeof(jrec_t) == 40, "jrec_t has no hidden padding");
+
+/* A record's header is one this module writes: kind, lengths and type agree. */
+static int jrec_valid(const jrec_t *h, size_t size) {
+    if (h->magic != JOURNAL_MAGIC || h->pad[0] || h->pad[1] || h->pad[2] || h->pad2 ||
+        size != sizeof(*h) + (size_t)h->klen + h->vlen || h->klen > KHALA_KEY_MAX)
+        return 0;
+    switch (h->kind) {
+        case KHALA_WQ_PUT:
+            return h->klen >= 1 && h->type >= 0 && h->type < KHALA_TYPE_COUNT;
+        case KHALA_WQ_DEL:
+            return h->klen >= 1 && h->vlen == 0 && h->type == -1;
+        case KHALA_WQ_INVALIDATE:
+            return h->vlen == 0 && h->type >= -1 && h->type < KHALA_TYPE_COUNT;
+        default:
+            return 0;
+    }
+}
 
 struct khala_wq {
     entry_t *index; /* puts and deletes by key */
@@ -82,18 +105,6 @@ static uint64_t from_be64(const uint8_t in[8]) {
     for (int i = 0; i < 8; i++)
         v = v << 8 | in[i];
     return v;
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
 }
 
 int khala__wq_new(size_t max_ops, size_t max_bytes, khala_wq_t **out) {
@@ -314,8 +325,8 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint64_t *recovered, 
         *recovered = 0;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         int e = errno;
-        set_err(err, errlen, "write journal %s: cannot create the directory: %s", dir, strerror(e));
-        return -e;
+        return khala__errbuf(err, errlen, -e, "write journal %s: cannot create the directory: %s",
+                             dir, strerror(e));
     }
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
@@ -332,12 +343,13 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint64_t *recovered, 
     if (rc == 0)
         rc = mdb_cursor_open(txn, q->dbi, &cur);
     if (rc != 0) {
-        set_err(err, errlen, "write journal %s: %s", dir, mdb_strerror(rc));
+        int code = rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH ? KHALA_ECORRUPT : -EIO;
+        khala__errbuf(err, errlen, code, "write journal %s: %s", dir, mdb_strerror(rc));
         if (txn)
             mdb_txn_abort(txn);
         if (env)
             mdb_env_close(env);
-        return rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH ? KHALA_ECORRUPT : -EIO;
+        return code;
     }
     /* Read back what an earlier khalad left, in order. */
     MDB_val k, v;
@@ -352,8 +364,7 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint64_t *recovered, 
             break;
         }
         memcpy(&h, v.mv_data, sizeof(h));
-        if (h.magic != JOURNAL_MAGIC || h.kind > KHALA_WQ_INVALIDATE ||
-            v.mv_size != sizeof(h) + (size_t)h.klen + h.vlen) {
+        if (!jrec_valid(&h, v.mv_size)) {
             ret = KHALA_ECORRUPT;
             break;
         }
@@ -383,9 +394,9 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint64_t *recovered, 
     else if (ret != 0)
         mdb_txn_abort(txn);
     if (ret != 0) {
-        set_err(err, errlen, "write journal %s: %s", dir,
-                ret == KHALA_ECORRUPT ? "a record is damaged (not a khala write journal?)"
-                                      : khala_strerror(ret));
+        khala__errbuf(err, errlen, ret, "write journal %s: %s", dir,
+                      ret == KHALA_ECORRUPT ? "a record is damaged (not a khala write journal?)"
+                                            : khala_strerror(ret));
         while (q->head)
             khala__wq_remove(q, q->head);
         q->ndead = 0;

@@ -12,4 +12,10 @@
 int khala__errbuf(char *err, size_t errlen, int rc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* The same where the code is decided elsewhere: write the message only. A module whose message
+ * buffer sits in a handle wraps this in a one-line macro naming that buffer (for example
+ * `#define terr(rt, ...) khala__errbuf_set(rt->tier.err, sizeof(rt->tier.err), __VA_ARGS__)`),
+ * so that every formatted detail message goes through khala__errbuf. */
+#define khala__errbuf_set(err, errlen, ...) ((void)khala__errbuf((err), (errlen), 0, __VA_ARGS__))
+
 #endif /* KHALA_LIB_ERRBUF_H */

@@ -128,7 +128,7 @@ run_tree() {
 # The libFuzzer targets (clang, KHALA_FUZZ), each for a bounded number of runs from its seed
 # corpus (written by its replay program). Every other tree already replays the same targets
 # through a plain main(). FUZZ_TARGETS: "name:max_len" for build/test-fuzz/tests/fuzz_<name>.
-FUZZ_TARGETS=(segment:200000 config:16384 frame:65536)
+FUZZ_TARGETS=(segment:200000 config:16384 frame:65536 inval:2048 rvalue:4096)
 run_fuzz() {
     local dir=build/test-fuzz start=$SECONDS cc entry name max_len targets=() failed=() ran=()
     cc=$(command -v clang)

@@ -5,19 +5,16 @@
  * when it comes back; a cluster broadcasts; real processes talk through it.
  *
  * The servers come from scripts/test-servers.sh (KHALA_TEST_REDIS_*). Tests that kill a server
- * start a private redis-server of their own on a free loopback port. Waits are polls on the
+ * start a private redis-server of their own (tests/redis_util.h). Waits are polls on the
  * handles' descriptors with generous deadlines; nothing asserts a duration.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,6 +24,7 @@
 #include "coherence.h"
 #include "config.h"
 #include "khala/error.h"
+#include "redis_util.h"
 #include "sys.h"
 #include "testutil.h"
 
@@ -60,15 +58,6 @@ static void on_event(void *arg, khala_coh_event_t ev, const char *why) {
     else
         s->regained++;
     snprintf(s->why, sizeof(s->why), "%s", why);
-}
-
-static const char *env(const char *name) {
-    const char *v = getenv(name);
-    cr_assert(v && *v,
-              "%s is not set: start the test servers with "
-              "eval \"$(scripts/test-servers.sh start)\" (CI's scripts/test.sh does it)",
-              name);
-    return v;
 }
 
 /* A namespace unique to this process and tag. */
@@ -162,65 +151,10 @@ static void publish_key(khala_coherence_t *c, const char *key, uint64_t version)
 
 /* ---- A private redis-server ------------------------------------------------------------- */
 
-static pid_t g_server = -1;
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static void server_start(int port) {
-    const char *bin = env("KHALA_TEST_REDIS_SERVER");
-    char p[16];
-    snprintf(p, sizeof(p), "%d", port);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        int null = open("/dev/null", O_RDWR);
-        dup2(null, 1);
-        dup2(null, 2);
-        execl(bin, bin, "--port", p, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-              "--dir", "/tmp", "--logfile", "", (char *)NULL);
-        _exit(127);
-    }
-    g_server = pid;
-    int64_t end = khala__sys_now_ms() + DEADLINE_MS;
-    while (khala__sys_now_ms() < end) {
-        redisContext *r = redisConnect("127.0.0.1", port);
-        if (r && !r->err) {
-            redisReply *rep = redisCommand(r, "PING");
-            int ok = rep && rep->type == REDIS_REPLY_STATUS;
-            if (rep)
-                freeReplyObject(rep);
-            redisFree(r);
-            if (ok)
-                return;
-        } else if (r) {
-            redisFree(r);
-        }
-        khala__sys_pause_us(20000);
-    }
-    cr_assert_fail("redis-server on port %d did not answer within %d ms", port, DEADLINE_MS);
-}
-
-static void server_kill(void) {
-    if (g_server > 0) {
-        kill(g_server, SIGKILL);
-        waitpid(g_server, NULL, 0);
-    }
-    g_server = -1;
-}
+static tu_redis_t g_server; /* stopped by teardown */
 
 static void teardown(void) {
-    if (g_server > 0) {
-        kill(g_server, SIGCONT);
-        server_kill();
-    }
+    tu_redis_stop(&g_server);
 }
 
 TestSuite(coherence, .fini = teardown, .timeout = 60);
@@ -228,7 +162,7 @@ TestSuite(coherence, .fini = teardown, .timeout = 60);
 /* ---- Tests ------------------------------------------------------------------------------- */
 
 Test(coherence, two_instances_hear_each_other_and_not_themselves) {
-    const char *url = env("KHALA_TEST_REDIS_URL");
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
     const char *n = ns("pair");
     static seen_t sa, sb;
     khala_coherence_t *cs[2] = {open_coh(url, n, &sa, 0), open_coh(url, n, &sb, 0)};
@@ -285,8 +219,8 @@ Test(coherence, two_instances_hear_each_other_and_not_themselves) {
 Test(coherence, unix_socket_and_tcp_handles_share_the_channel) {
     const char *n = ns("unix");
     static seen_t su, st;
-    khala_coherence_t *cs[2] = {open_coh(env("KHALA_TEST_REDIS_UNIX_URL"), n, &su, 0),
-                                open_coh(env("KHALA_TEST_REDIS_URL"), n, &st, 0)};
+    khala_coherence_t *cs[2] = {open_coh(tu_redis_env("KHALA_TEST_REDIS_UNIX_URL"), n, &su, 0),
+                                open_coh(tu_redis_env("KHALA_TEST_REDIS_URL"), n, &st, 0)};
     publish_key(cs[0], "over-unix", 1);
     publish_key(cs[1], "over-tcp", 2);
     wait_msgs(cs, 2, &su, 1);
@@ -298,7 +232,7 @@ Test(coherence, unix_socket_and_tcp_handles_share_the_channel) {
 }
 
 Test(coherence, namespaces_are_isolated) {
-    const char *url = env("KHALA_TEST_REDIS_URL");
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
     const char *n1 = ns("iso1"), *n2 = ns("iso2");
     static seen_t sa, sb, sc;
     khala_coherence_t *cs[3] = {open_coh(url, n1, &sa, 0), open_coh(url, n2, &sb, 0),
@@ -348,7 +282,7 @@ static void pack_valid(msgpack_sbuffer *sbuf, const uint8_t *key, size_t klen) {
     { lit, sizeof(lit) - 1 }
 
 Test(coherence, garbage_on_the_channel_is_counted_malformed_and_ignored) {
-    const char *url = env("KHALA_TEST_REDIS_URL");
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
     const char *n = ns("garbage");
     static seen_t sa, sb;
     khala_coherence_t *cs[2] = {open_coh(url, n, &sa, 0), open_coh(url, n, &sb, 0)};
@@ -445,7 +379,7 @@ Test(coherence, garbage_on_the_channel_is_counted_malformed_and_ignored) {
 
 Test(coherence, publish_refuses_bad_messages) {
     static seen_t sa;
-    khala_coherence_t *c = open_coh(env("KHALA_TEST_REDIS_URL"), ns("bad"), &sa, 0);
+    khala_coherence_t *c = open_coh(tu_redis_env("KHALA_TEST_REDIS_URL"), ns("bad"), &sa, 0);
     uint8_t big[KHALA_KEY_MAX + 1] = {0};
     khala_inv_t m = {.by = KHALA_INV_KEY, .key = big, .klen = sizeof(big)};
     cr_assert_eq(khala__coherence_publish(c, &m), KHALA_EKEY);
@@ -476,14 +410,15 @@ Test(coherence, open_refuses_bad_url_credentials_and_namespace) {
     cr_assert_eq(c, (khala_coherence_t *)&s);
 
     khala_config_redis_url_t u;
-    cr_assert_eq(khala__config_redis_url_parse(env("KHALA_TEST_REDIS_URL"), &u, NULL, 0), 0);
+    cr_assert_eq(khala__config_redis_url_parse(tu_redis_env("KHALA_TEST_REDIS_URL"), &u, NULL, 0),
+                 0);
     char url[600];
     snprintf(url, sizeof(url), "redis://:wrong-password@%s:%u", u.host, (unsigned)u.port);
     o = (khala_coherence_opts_t){url, "x", 1000};
     cr_assert_eq(khala__coherence_open(&o, &cb, &c, err, sizeof(err)), KHALA_ECONFIG);
     cr_assert(strstr(err, "AUTH"), "the message names the refusal: %s", err);
 
-    o = (khala_coherence_opts_t){env("KHALA_TEST_REDIS_URL"), "", 1000};
+    o = (khala_coherence_opts_t){tu_redis_env("KHALA_TEST_REDIS_URL"), "", 1000};
     cr_assert_eq(khala__coherence_open(&o, &cb, &c, err, sizeof(err)), KHALA_ECONFIG);
     o.ns = "x";
     khala_coherence_cb_t nocb = {on_inval, NULL, &s};
@@ -492,22 +427,22 @@ Test(coherence, open_refuses_bad_url_credentials_and_namespace) {
 }
 
 Test(coherence, killed_server_is_lost_once_and_regained_after_restart) {
-    int port = free_port();
-    server_start(port);
+    tu_redis_start(&g_server, NULL);
+    unsigned port = g_server.port;
     char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", port);
     const char *n = ns("kill");
     static seen_t sa, sb;
     khala_coherence_t *cs[2] = {open_coh(url, n, &sa, 300), open_coh(url, n, &sb, 300)};
     publish_key(cs[0], "before", 1);
     wait_msgs(cs, 2, &sb, 1);
 
-    server_kill();
+    tu_redis_kill(&g_server);
     wait_events(cs, 2, &sa, 1, 0);
     wait_events(cs, 2, &sb, 1, 0);
     cr_assert(!khala__coherence_subscribed(cs[0]));
     char port_s[16];
-    snprintf(port_s, sizeof(port_s), ":%d", port);
+    snprintf(port_s, sizeof(port_s), ":%u", port);
     cr_assert(strstr(sa.why, port_s), "LOST names the server: %s", sa.why);
 
     khala_inv_t m = {.by = KHALA_INV_KEY, .key = "during", .klen = 6};
@@ -522,7 +457,7 @@ Test(coherence, killed_server_is_lost_once_and_regained_after_restart) {
     cr_assert_eq(sb.lost, 1);
     cr_assert_eq(sa.regained + sb.regained, 0);
 
-    server_start(port);
+    tu_redis_start(&g_server, NULL);
     wait_events(cs, 2, &sa, 1, 1);
     wait_events(cs, 2, &sb, 1, 1);
     cr_assert(khala__coherence_subscribed(cs[0]) && khala__coherence_subscribed(cs[1]));
@@ -549,27 +484,27 @@ Test(coherence, killed_server_is_lost_once_and_regained_after_restart) {
 }
 
 Test(coherence, hung_server_is_lost_by_the_liveness_ping) {
-    int port = free_port();
-    server_start(port);
+    tu_redis_start(&g_server, NULL);
+    unsigned port = g_server.port;
     char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", port);
     static seen_t sa;
     khala_coherence_t *cs[1] = {open_coh(url, ns("hung"), &sa, 200)};
-    kill(g_server, SIGSTOP);
+    kill(g_server.pid, SIGSTOP);
     wait_events(cs, 1, &sa, 1, 0);
     cr_assert(strstr(sa.why, "PING"), "the cause is the unanswered PING: %s", sa.why);
     khala_inv_t m = {.by = KHALA_INV_KEY, .key = "k", .klen = 1};
     cr_assert_eq(khala__coherence_publish(cs[0], &m), KHALA_ETIER);
-    kill(g_server, SIGCONT);
+    kill(g_server.pid, SIGCONT);
     wait_events(cs, 1, &sa, 1, 1);
     cr_assert_eq(sa.lost, 1);
     khala__coherence_close(cs[0]);
 }
 
 Test(coherence, open_against_a_dead_server_starts_down_and_regains) {
-    int port = free_port();
+    unsigned port = g_server.port = tu_redis_free_port();
     char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", port);
     const char *n = ns("dead");
     static seen_t sa, sb;
     khala_coherence_t *cs[2] = {open_coh(url, n, &sa, 300), NULL};
@@ -584,7 +519,7 @@ Test(coherence, open_against_a_dead_server_starts_down_and_regains) {
     cr_assert_eq(sa.regained, 0);
     cr_assert(strstr(sa.why, "not subscribed at start"), "%s", sa.why);
 
-    server_start(port);
+    tu_redis_start(&g_server, NULL);
     wait_events(cs, 1, &sa, 1, 1);
     cs[1] = open_coh(url, n, &sb, 300);
     cr_assert_eq(sb.lost + sb.regained, 0);
@@ -605,8 +540,9 @@ Test(coherence, open_against_a_dead_server_starts_down_and_regains) {
 
 Test(coherence, cluster_broadcasts_between_nodes) {
     khala_config_redis_url_t u;
-    cr_assert_eq(khala__config_redis_url_parse(env("KHALA_TEST_REDIS_CLUSTER_URL"), &u, NULL, 0),
-                 0);
+    cr_assert_eq(
+        khala__config_redis_url_parse(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), &u, NULL, 0),
+        0);
     char url1[600], url2[600];
     snprintf(url1, sizeof(url1), "redis://%s:%u", u.host, (unsigned)u.port);
     snprintf(url2, sizeof(url2), "redis://%s:%u", u.host, (unsigned)u.port + 1);
@@ -624,7 +560,7 @@ Test(coherence, cluster_broadcasts_between_nodes) {
 }
 
 Test(coherence, separate_processes_exchange_invalidations) {
-    const char *url = env("KHALA_TEST_REDIS_URL");
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
     const char *n = ns("procs");
     int ready[2];
     cr_assert_eq(pipe(ready), 0);

@@ -9,14 +9,9 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,6 +20,7 @@
 #include "config.h"
 #include "redis_cluster.h"
 #include "redis_conn.h"
+#include "redis_util.h"
 #include "sys.h"
 #include "tier_redis.h"
 
@@ -32,13 +28,10 @@
 /* Fixtures                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
-static khala_tier_t *g_t;       /* the tier under test; closed by .fini */
-static char g_ns[64];           /* its namespace */
-static char g_url[256];         /* its URL, to purge the namespace in .fini */
-static pid_t g_priv_pid;        /* a private redis-server, or 0 */
-static unsigned g_priv_port;    /* its port */
-static char g_priv_dir[128];    /* its working directory */
-static const char *g_priv_args; /* extra arguments it was started with ("auth" or NULL) */
+static khala_tier_t *g_t; /* the tier under test; closed by .fini */
+static char g_ns[64];     /* its namespace */
+static char g_url[256];   /* its URL, to purge the namespace in .fini */
+static tu_redis_t g_priv; /* a private redis-server; stopped by .fini */
 
 /* A cluster slot a test moved: .fini gives it back to its owner. */
 static struct {
@@ -53,15 +46,6 @@ static struct {
         cr_assert_fail(__VA_ARGS__);                                                               \
         abort();                                                                                   \
     } while (0)
-
-static const char *env(const char *name) {
-    const char *v = getenv(name);
-    if (!v || !*v)
-        FATAL("%s is not set: start the test servers with "
-              "eval \"$(scripts/test-servers.sh start)\" (scripts/test.sh does it)",
-              name);
-    return v;
-}
 
 static const char *ns(const char *tag) {
     snprintf(g_ns, sizeof(g_ns), "t%d-%s", (int)getpid(), tag);
@@ -134,13 +118,12 @@ static void sleep_ms(long ms) {
     nanosleep(&ts, NULL);
 }
 
-static void stop_private(void);
 static void cluster_restore(void);
 
 static void setup(void) {
     g_t = NULL;
     g_url[0] = '\0';
-    g_priv_pid = 0;
+    memset(&g_priv, 0, sizeof(g_priv));
     memset(&g_moved, 0, sizeof(g_moved));
 }
 
@@ -154,7 +137,7 @@ static void teardown(void) {
         if (open_tier(g_url, g_ns, false, false, 1, &t, NULL, 0) == 0)
             t->ops->close(t);
     }
-    stop_private();
+    tu_redis_stop(&g_priv);
 }
 
 TestSuite(tier_redis, .init = setup, .fini = teardown, .timeout = 60);
@@ -225,19 +208,19 @@ static void round_trip(khala_tier_t *t) {
 }
 
 Test(tier_redis, round_trip_of_every_type_over_tcp) {
-    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_URL"), "rt-tcp");
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_URL"), "rt-tcp");
     cr_assert_str_eq(t->ops->name, "redis");
     cr_assert_eq(t->ops->health(t), 0);
     round_trip(t);
 }
 
 Test(tier_redis, round_trip_of_every_type_over_the_unix_socket) {
-    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_UNIX_URL"), "rt-unix");
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_UNIX_URL"), "rt-unix");
     round_trip(t);
 }
 
 Test(tier_redis, stored_value_is_msgpack_with_a_full_width_version) {
-    const char *url = env("KHALA_TEST_REDIS_URL");
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
     khala_tier_t *t = tier(url, "fmt");
     cr_assert_eq(put_str(t, "k", "ab", 5, KHALA_TYPE_EMBEDDING, 0), 0);
     redisContext *c = direct(url);
@@ -251,7 +234,7 @@ Test(tier_redis, stored_value_is_msgpack_with_a_full_width_version) {
 }
 
 Test(tier_redis, ttl_is_set_and_expiry_makes_a_miss) {
-    const char *url = env("KHALA_TEST_REDIS_URL");
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
     khala_tier_t *t = tier(url, "ttl");
     redisContext *c = direct(url);
     cr_assert_eq(put_str(t, "long", "v", 1, KHALA_TYPE_MEMORY_ENTITY, 60000), 0);
@@ -273,7 +256,7 @@ Test(tier_redis, ttl_is_set_and_expiry_makes_a_miss) {
 }
 
 Test(tier_redis, an_older_version_is_refused_and_an_equal_one_accepted) {
-    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_URL"), "ver");
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_URL"), "ver");
     const uint64_t base = UINT64_C(1) << 61; /* base and base + 1 are one double */
     char buf[16];
     cr_assert_eq(put_str(t, "k", "new", base + 1, 0, 60000), 0);
@@ -292,7 +275,7 @@ Test(tier_redis, an_older_version_is_refused_and_an_equal_one_accepted) {
 }
 
 Test(tier_redis, bad_input_is_refused) {
-    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_URL"), "input");
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_URL"), "input");
     khala_tier_value_t v = val("x", 1, 1, 0, 0), out;
     char big[KHALA_KEY_MAX + 1];
     memset(big, 'k', sizeof(big));
@@ -357,7 +340,7 @@ static void mixed_batches(khala_tier_t *t) {
 }
 
 Test(tier_redis, mget_and_mput_mix_hits_and_misses) {
-    mixed_batches(tier(env("KHALA_TEST_REDIS_URL"), "batch"));
+    mixed_batches(tier(tu_redis_env("KHALA_TEST_REDIS_URL"), "batch"));
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -386,7 +369,7 @@ static int seen_has(const seen_t *s, const char *key) {
 }
 
 Test(tier_redis, hot_lists_keys_by_hits_after_a_tick) {
-    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_URL"), "hot");
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_URL"), "hot");
     const char *names[3] = {"warm", "hottest", "cold"};
     const int hits[3] = {3, 5, 1};
     char buf[16];
@@ -445,7 +428,7 @@ static void scan_visits_everything(khala_tier_t *t) {
 }
 
 Test(tier_redis, scan_pages_visit_every_key_and_never_the_hot_key) {
-    scan_visits_everything(tier(env("KHALA_TEST_REDIS_URL"), "scan"));
+    scan_visits_everything(tier(tu_redis_env("KHALA_TEST_REDIS_URL"), "scan"));
 }
 
 static void invalidation(khala_tier_t *t, redisContext *hot_node) {
@@ -481,14 +464,14 @@ static void invalidation(khala_tier_t *t, redisContext *hot_node) {
 }
 
 Test(tier_redis, invalidate_by_prefix_and_by_type) {
-    const char *url = env("KHALA_TEST_REDIS_URL");
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
     redisContext *c = direct(url);
     invalidation(tier(url, "inval"), c);
     redisFree(c);
 }
 
 Test(tier_redis, persistent_false_clears_only_its_own_namespace) {
-    const char *url = env("KHALA_TEST_REDIS_URL");
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
     char mine[64], other[64], err[256];
     snprintf(mine, sizeof(mine), "t%d-p*", (int)getpid()); /* a glob character in the ns */
     snprintf(other, sizeof(other), "t%d-pother", (int)getpid());
@@ -512,7 +495,7 @@ Test(tier_redis, persistent_false_clears_only_its_own_namespace) {
 }
 
 Test(tier_redis, a_value_that_is_not_ours_is_a_miss_and_an_error) {
-    const char *url = env("KHALA_TEST_REDIS_URL");
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
     khala_tier_t *t = tier(url, "bad");
     redisContext *c = direct(url);
     cmd_ok(c, "SET khala:%s:garbage %b", g_ns, "\x93\xcf\x01garbage", (size_t)10);
@@ -550,78 +533,18 @@ Test(tier_redis, a_value_that_is_not_ours_is_a_miss_and_an_error) {
 /* A private server: credentials, database, kill and restart                                   */
 /* ------------------------------------------------------------------------------------------ */
 
-static unsigned free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* Start redis-server on g_priv_port (chosen on the first start) and wait for it. With auth: a
- * password for the default user and an ACL user alice. */
+/* Start the private server on g_priv.port (chosen on the first start) and wait for it. With
+ * auth: a password for the default user and an ACL user alice. */
 static void start_private(const char *mode) {
-    const char *server = env("KHALA_TEST_REDIS_SERVER");
-    if (!g_priv_port)
-        g_priv_port = free_port();
-    g_priv_args = mode;
-    snprintf(g_priv_dir, sizeof(g_priv_dir), "/tmp/khala-test-redis-%d", (int)getpid());
-    mkdir(g_priv_dir, 0700);
-    char port[16];
-    snprintf(port, sizeof(port), "%u", g_priv_port);
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        if (!freopen("/dev/null", "w", stdout))
-            _exit(127);
-        if (mode && strcmp(mode, "auth") == 0)
-            execl(server, server, "--port", port, "--bind", "127.0.0.1", "--save", "",
-                  "--appendonly", "no", "--dir", g_priv_dir, "--requirepass", "secret", "--user",
-                  "alice", "on", ">alicepw", "~*", "&*", "+@all", (char *)NULL);
-        else
-            execl(server, server, "--port", port, "--bind", "127.0.0.1", "--save", "",
-                  "--appendonly", "no", "--dir", g_priv_dir, (char *)NULL);
-        _exit(127);
-    }
-    g_priv_pid = pid;
-    for (int i = 0; i < 500; i++) {
-        redisContext *c = redisConnect("127.0.0.1", (int)g_priv_port);
-        int up = c && !c->err;
-        redisFree(c);
-        if (up)
-            return;
-        cr_assert_eq(waitpid(pid, NULL, WNOHANG), 0, "redis-server exited at start");
-        sleep_ms(10);
-    }
-    FATAL("private redis-server on port %u did not start", g_priv_port);
-}
-
-static void kill_private(void) {
-    if (g_priv_pid > 0) {
-        kill(g_priv_pid, SIGKILL);
-        waitpid(g_priv_pid, NULL, 0);
-    }
-    g_priv_pid = 0;
-}
-
-static void stop_private(void) {
-    kill_private();
-    if (g_priv_dir[0]) {
-        char path[160];
-        snprintf(path, sizeof(path), "%s/dump.rdb", g_priv_dir);
-        unlink(path);
-        rmdir(g_priv_dir);
-        g_priv_dir[0] = '\0';
-    }
-    g_priv_port = 0;
+    static const char *const auth[] = {"--requirepass", "secret", "--user", "alice", "on",
+                                       ">alicepw",      "~*",     "&*",     "+@all", NULL};
+    tu_redis_start(&g_priv, mode && strcmp(mode, "auth") == 0 ? auth : NULL);
 }
 
 static const char *priv_url(const char *userinfo, unsigned db) {
     static char url[200];
     snprintf(url, sizeof(url), "redis://%s%s127.0.0.1:%u/%u", userinfo ? userinfo : "",
-             userinfo ? "@" : "", g_priv_port, db);
+             userinfo ? "@" : "", g_priv.port, db);
     return url;
 }
 
@@ -695,10 +618,10 @@ Test(tier_redis, a_killed_server_fails_fast_and_recovers_after_restart) {
     g_t = t;
     for (int i = 0; i < 6; i++) /* use every connection of the pool */
         cr_assert_eq(put_str(t, "k", "v", 1, 0, 60000), 0);
-    kill_private();
+    tu_redis_kill(&g_priv);
     for (int i = 0; i < 20; i++)
         cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ETIER, "op %d", i);
-    snprintf(name, sizeof(name), "127.0.0.1:%u", g_priv_port);
+    snprintf(name, sizeof(name), "127.0.0.1:%u", g_priv.port);
     cr_assert(strstr(t->err, name), "message names the server: %s", t->err);
     int64_t t0 = khala__sys_now_ms();
     for (int i = 0; i < 1000; i++) /* within the backoff: no connect attempt, no waiting */
@@ -720,7 +643,7 @@ Test(tier_redis, a_killed_server_fails_fast_and_recovers_after_restart) {
 }
 
 Test(tier_redis, a_server_down_at_open_is_a_tier_that_recovers) {
-    g_priv_port = free_port();
+    g_priv.port = tu_redis_free_port();
     char err[256], buf[16];
     khala_tier_t *t = NULL;
     cr_assert_eq(open_tier(priv_url(NULL, 0), ns("down"), false, false, 2, &t, err, sizeof(err)), 0,
@@ -747,8 +670,9 @@ typedef struct cl_node {
 /* The masters of the shared cluster, from CLUSTER NODES of the seed. */
 static int cl_nodes(cl_node_t *out, int max) {
     khala_config_redis_url_t u;
-    cr_assert_eq(khala__config_redis_url_parse(env("KHALA_TEST_REDIS_CLUSTER_URL"), &u, NULL, 0),
-                 0);
+    cr_assert_eq(
+        khala__config_redis_url_parse(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), &u, NULL, 0),
+        0);
     redisContext *c = direct_port(u.port);
     redisReply *r = redisCommand(c, "CLUSTER NODES");
     cr_assert_eq(r->type, REDIS_REPLY_STRING);
@@ -868,7 +792,7 @@ Test(tier_redis, cluster_slot_function_matches_redis) {
                  khala__redis_cluster_slot("{user1000}.followers", 20));
     cr_assert_eq(khala__redis_cluster_slot("foo{}{bar}", 10),
                  khala__redis_cluster_slot("foo{}{bar}", 10));
-    redisContext *c = direct(env("KHALA_TEST_REDIS_CLUSTER_URL"));
+    redisContext *c = direct(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"));
     const char *keys[] = {"khala:x:a", "foo{}{bar}", "foo{{bar}}zap", "{a}b", "", "x{y}"};
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         cr_assert_eq((long long)khala__redis_cluster_slot(keys[i], strlen(keys[i])),
@@ -892,7 +816,7 @@ Test(tier_redis, cluster_slot_function_matches_redis) {
 }
 
 Test(tier_redis, cluster_spreads_keys_over_every_node) {
-    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-spread");
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-spread");
     char key[32], buf[32];
     for (int i = 0; i < 60; i++) {
         snprintf(key, sizeof(key), "k%d", i);
@@ -922,7 +846,7 @@ Test(tier_redis, cluster_spreads_keys_over_every_node) {
 }
 
 Test(tier_redis, cluster_batches_scan_hot_and_invalidate) {
-    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-batch");
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-batch");
     mixed_batches(t);
     cr_assert_eq(t->ops->invalidate(t, NULL, 0, -1, NULL), 0);
     scan_visits_everything(t);
@@ -931,7 +855,7 @@ Test(tier_redis, cluster_batches_scan_hot_and_invalidate) {
 }
 
 Test(tier_redis, cluster_follows_moved_after_a_slot_migration) {
-    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-moved");
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-moved");
     char key[64], full[160], buf[16];
     snprintf(key, sizeof(key), "{m%d}a", (int)getpid());
     snprintf(full, sizeof(full), "khala:%s:%s", g_ns, key);
@@ -961,7 +885,7 @@ Test(tier_redis, cluster_follows_moved_after_a_slot_migration) {
 }
 
 Test(tier_redis, cluster_follows_ask_during_a_migration) {
-    khala_tier_t *t = tier(env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-ask");
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-ask");
     char key[64], key2[64], full[160], full2[160], buf[16];
     snprintf(key, sizeof(key), "{a%d}moved", (int)getpid());
     snprintf(key2, sizeof(key2), "{a%d}new", (int)getpid());

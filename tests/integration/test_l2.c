@@ -13,14 +13,11 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -30,6 +27,7 @@
 #include "khala/error.h"
 #include "khalad_util.h"
 #include "proto.h"
+#include "redis_util.h"
 #include "segment.h"
 
 static void setup(void) {
@@ -37,18 +35,17 @@ static void setup(void) {
     memset(khalad_extra_sets, 0, sizeof(khalad_extra_sets));
 }
 
-TestSuite(l2, .init = setup, .fini = khalad_env_fini, .timeout = 120);
+/* A private redis-server on a free loopback port, for tests that kill it. */
+static tu_redis_t g_redis;
+
+static void teardown(void) {
+    tu_redis_stop(&g_redis);
+    khalad_env_fini();
+}
+
+TestSuite(l2, .init = setup, .fini = teardown, .timeout = 120);
 
 /* Helpers ------------------------------------------------------------------------------------ */
-
-static const char *need_env(const char *name) {
-    const char *v = getenv(name);
-    cr_assert(v && *v,
-              "%s is not set: run the tests through scripts/test.sh, or start the "
-              "servers with `eval \"$(scripts/test-servers.sh start)\"`",
-              name);
-    return v;
-}
 
 static khala_chan_t *chan_to(const char *sock, const char *name) {
     khala_chan_t *ch = NULL;
@@ -166,65 +163,6 @@ static khala_chan_t *restart_empty_l1(khala_chan_t *ch, int sig) {
     return chan_to(khalad_sock, khalad_name);
 }
 
-/* A private redis-server on a free loopback port, for tests that kill it. */
-typedef struct redis_proc {
-    pid_t pid;
-    int port;
-    char dir[128];
-} redis_proc_t;
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    socklen_t len = sizeof(sa);
-    getsockname(fd, (struct sockaddr *)&sa, &len);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static void redis_start(redis_proc_t *r) {
-    const char *server = need_env("KHALA_TEST_REDIS_SERVER");
-    if (!r->port) {
-        r->port = free_port();
-        snprintf(r->dir, sizeof(r->dir), "%s/redis-%d", khalad_dir(), r->port);
-        mkdir(r->dir, 0700);
-    }
-    r->pid = fork();
-    cr_assert_geq(r->pid, 0);
-    if (r->pid == 0) {
-        char port[16];
-        snprintf(port, sizeof(port), "%d", r->port);
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        execl(server, "redis-server", "--bind", "127.0.0.1", "--port", port, "--dir", r->dir,
-              "--save", "", "--appendonly", "no", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        struct timeval tv = {1, 0};
-        redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, tv);
-        if (c && !c->err) {
-            redisReply *rep = redisCommand(c, "PING");
-            int ok = rep && rep->type == REDIS_REPLY_STATUS;
-            freeReplyObject(rep);
-            redisFree(c);
-            if (ok)
-                return;
-        } else if (c) {
-            redisFree(c);
-        }
-        sleep_ms(20);
-    }
-    cr_assert_fail("redis-server on port %d did not answer", r->port);
-}
-
-static void redis_kill(redis_proc_t *r) {
-    kill(r->pid, SIGKILL);
-    waitpid(r->pid, NULL, 0);
-    r->pid = 0;
-}
-
 /* GET of the raw Redis key khala:<ns>:<key>; 1 if it exists. */
 static int redis_has(const char *host, int port, const char *ns, const char *key) {
     struct timeval tv = {2, 0};
@@ -314,17 +252,17 @@ Test(l2, disk_every_type_round_trips_and_promotes) {
 }
 
 Test(l2, redis_tcp_every_type_round_trips_and_promotes) {
-    use_redis(need_env("KHALA_TEST_REDIS_URL"), 0);
+    use_redis(tu_redis_env("KHALA_TEST_REDIS_URL"), 0);
     round_trip_types();
 }
 
 Test(l2, redis_unix_every_type_round_trips_and_promotes) {
-    use_redis(need_env("KHALA_TEST_REDIS_UNIX_URL"), 0);
+    use_redis(tu_redis_env("KHALA_TEST_REDIS_UNIX_URL"), 0);
     round_trip_types();
 }
 
 Test(l2, redis_cluster_every_type_round_trips_and_promotes) {
-    use_redis(need_env("KHALA_TEST_REDIS_CLUSTER_URL"), 0);
+    use_redis(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), 0);
     round_trip_types();
 }
 
@@ -488,7 +426,7 @@ Test(l2, disk_warm_by_prefix_type_and_keys) {
 }
 
 Test(l2, redis_warm_by_prefix_type_and_keys) {
-    use_redis(need_env("KHALA_TEST_REDIS_URL"), 0);
+    use_redis(tu_redis_env("KHALA_TEST_REDIS_URL"), 0);
     warm_by_prefix_and_type();
 }
 
@@ -522,7 +460,7 @@ Test(l2, preload_common_warms_the_most_used_keys) {
 /* Two hosts, one Redis -------------------------------------------------------------------------- */
 
 Test(l2, invalidation_reaches_another_khalad) {
-    const char *url = need_env("KHALA_TEST_REDIS_URL");
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
     use_redis(url, 1);
     khalad_start();
     /* The second "host": another cache name, socket and segment, same namespace. */
@@ -599,10 +537,9 @@ Test(l2, invalidation_reaches_another_khalad) {
 /* Redis killed and restarted -------------------------------------------------------------------- */
 
 Test(l2, redis_down_queues_writes_and_drains_on_return) {
-    redis_proc_t rp = {0};
-    redis_start(&rp);
+    tu_redis_start(&g_redis, NULL);
     char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rp.port);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", g_redis.port);
     use_redis(url, 0);
     int n = 0;
     while (khalad_extra_sets[n])
@@ -613,9 +550,9 @@ Test(l2, redis_down_queues_writes_and_drains_on_return) {
     khalad_start();
     khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
     put_str(ch, "before", "up");
-    cr_assert(redis_has("127.0.0.1", rp.port, g_ns, "before"));
+    cr_assert(redis_has("127.0.0.1", g_redis.port, g_ns, "before"));
 
-    redis_kill(&rp);
+    tu_redis_kill(&g_redis);
     /* Writes are acknowledged and queued; the first one finds Redis gone. */
     char key[32], val[32], msg[256];
     for (int i = 0; i < 50; i++) {
@@ -642,7 +579,7 @@ Test(l2, redis_down_queues_writes_and_drains_on_return) {
     cr_assert_eq(stat_u(ch, "l2", "queued_now"), 50, "the journal did not bring the queue back");
     cr_assert_eq(raw_get(ch, "down:7", &g), 0, "a queued write is read back");
     cr_assert_eq(g.len, strlen("queued 7"));
-    redis_start(&rp);
+    tu_redis_start(&g_redis, NULL);
     /* Drained: every acknowledged write is in Redis, the coalesced one with its last value. */
     for (int i = 0; i < 1000 && stat_u(ch, "l2", "queued_now") != 0; i++)
         sleep_ms(10);
@@ -650,7 +587,7 @@ Test(l2, redis_down_queues_writes_and_drains_on_return) {
     cr_assert_eq(stat_u(ch, "l2", "healthy"), 1);
     for (int i = 0; i < 50; i++) {
         snprintf(key, sizeof(key), "down:%d", i);
-        cr_assert(redis_has("127.0.0.1", rp.port, g_ns, key), "acknowledged %s was lost", key);
+        cr_assert(redis_has("127.0.0.1", g_redis.port, g_ns, key), "acknowledged %s was lost", key);
     }
     ch = restart_empty_l1(ch, SIGTERM);
     cr_assert_eq(raw_get(ch, "down:0", &g), 0);
@@ -658,15 +595,14 @@ Test(l2, redis_down_queues_writes_and_drains_on_return) {
     cr_assert_eq(g.len, 14);
     cr_assert_eq(memcmp(g.val, "queued 0 again", 14), 0);
     put_str(ch, "after", "up again");
-    cr_assert(redis_has("127.0.0.1", rp.port, g_ns, "after"));
+    cr_assert(redis_has("127.0.0.1", g_redis.port, g_ns, "after"));
     khala__chan_close(ch);
-    redis_kill(&rp);
 }
 
 /* Write-behind ---------------------------------------------------------------------------------- */
 
 Test(l2, redis_write_behind_survives_a_sigkill_of_khalad) {
-    const char *url = need_env("KHALA_TEST_REDIS_URL");
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
     use_redis(url, 0);
     khalad_start();
     khala_chan_t *ch = chan_to(khalad_sock, khalad_name);

@@ -1,0 +1,192 @@
+/*
+ * The write queue of a slower level (daemon/writeq.c): order, coalescing per key, the bounds
+ * (refused pushes change nothing), and the journal: what a queue held survives the process,
+ * in order, removals synced are gone, a damaged record is refused.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "khala/error.h"
+#include "writeq.h"
+
+static char g_dir[64];
+
+static void setup(void) {
+    snprintf(g_dir, sizeof(g_dir), "/tmp/khala-wq-%d", (int)getpid());
+    mkdir(g_dir, 0700);
+}
+
+static void teardown(void) {
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", g_dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(writeq, .init = setup, .fini = teardown, .timeout = 30);
+
+static void put(khala_wq_t *q, const char *k, const char *v, uint64_t ver) {
+    cr_assert_eq(khala__wq_put(q, k, strlen(k), v, strlen(v), ver, 0, 0), 0);
+}
+
+/* The queue as "kind:key=value" items, in order. */
+static void expect(khala_wq_t *q, const char *const *want, size_t n) {
+    size_t i = 0;
+    for (khala_wq_op_t *op = khala__wq_head(q); op; op = op->next, i++) {
+        char got[600];
+        snprintf(got, sizeof(got), "%c:%.*s=%.*s",
+                 op->kind == KHALA_WQ_PUT   ? 'P'
+                 : op->kind == KHALA_WQ_DEL ? 'D'
+                                            : 'I',
+                 (int)op->klen, (const char *)op->key, (int)op->vlen,
+                 op->val ? (const char *)op->val : "");
+        cr_assert_lt(i, n, "extra op %s", got);
+        cr_assert_str_eq(got, want[i], "op %zu", i);
+    }
+    cr_assert_eq(i, n, "%zu ops, want %zu", i, n);
+}
+
+Test(writeq, keeps_order_and_coalesces_writes_to_one_key_at_the_tail) {
+    khala_wq_t *q;
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    put(q, "a", "1", 1);
+    put(q, "b", "1", 2);
+    cr_assert_eq(khala__wq_invalidate(q, "x", 1, -1), 0);
+    put(q, "a", "2", 3); /* replaces a=1, after the invalidation */
+    cr_assert_eq(khala__wq_del(q, "b", 1), 0);
+    const char *want[] = {"I:x=", "P:a=2", "D:b="};
+    expect(q, want, 3);
+    khala_wq_stats_t st;
+    khala__wq_stats(q, &st);
+    cr_assert_eq(st.len, 3);
+    cr_assert_eq(st.coalesced, 2);
+    cr_assert_eq(st.bytes, 4);
+    cr_assert_eq(khala__wq_find(q, "a", 1)->version, 3);
+    cr_assert_null(khala__wq_find(q, "x", 1), "invalidations are not found by key");
+    khala__wq_remove(q, khala__wq_head(q));
+    const char *want2[] = {"P:a=2", "D:b="};
+    expect(q, want2, 2);
+    khala__wq_free(q);
+}
+
+Test(writeq, a_full_queue_refuses_and_changes_nothing) {
+    khala_wq_t *q;
+    cr_assert_eq(khala__wq_new(2, 10, &q), 0);
+    put(q, "a", "1234", 1);
+    put(q, "b", "12", 2);
+    cr_assert_eq(khala__wq_put(q, "c", 1, "1", 1, 3, 0, 0), KHALA_EQUEUE, "ops bound");
+    cr_assert_eq(khala__wq_room(q, "c", 1, 0), 0);
+    cr_assert_eq(khala__wq_room(q, "a", 1, 6), 1, "a rewrite of a queued key replaces it");
+    cr_assert_eq(khala__wq_put(q, "a", 1, "12345678", 8, 4, 0, 0), KHALA_EQUEUE, "bytes bound");
+    const char *want[] = {"P:a=1234", "P:b=12"};
+    expect(q, want, 2);
+    khala_wq_stats_t st;
+    khala__wq_stats(q, &st);
+    cr_assert_eq(st.refused, 2);
+    khala__wq_free(q);
+}
+
+Test(writeq, the_journal_brings_the_queue_back_in_order) {
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    khala_wq_t *q;
+    char err[256];
+    uint64_t n = 99;
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, &n, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(n, 0);
+    put(q, "a", "1", 1);
+    put(q, "b", "1", 2);
+    cr_assert_eq(khala__wq_invalidate(q, "p:", 2, 3), 0);
+    put(q, "a", "2", 3);
+    cr_assert_eq(khala__wq_del(q, "c", 1), 0);
+    /* Send the first (b=1), sync: it must not come back. */
+    khala__wq_remove(q, khala__wq_head(q));
+    cr_assert_eq(khala__wq_sync(q), 0);
+    /* A process that sends the next (the invalidation) and dies before syncing: the journal
+     * still has it (it will be sent twice: harmless). */
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        khala__wq_remove(q, khala__wq_head(q));
+        _exit(0); /* no sync, no free: as a SIGKILL would leave it */
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    khala__wq_free(q); /* this process never removed it */
+
+    cr_assert_eq(khala__wq_new(1, 1, &q), 0); /* bounds do not apply to what comes back */
+    cr_assert_eq(khala__wq_journal_open(q, dir, &n, err, sizeof(err)), 0, "%s", err);
+    const char *want[] = {"I:p:=", "P:a=2", "D:c="};
+    expect(q, want, 3);
+    cr_assert_eq(n, 3);
+    cr_assert_eq(khala__wq_head(q)->type, 3);
+    cr_assert_eq(khala__wq_find(q, "a", 1)->version, 3);
+    /* A graceful end syncs what was removed. */
+    while (khala__wq_head(q))
+        khala__wq_remove(q, khala__wq_head(q));
+    khala__wq_free(q);
+
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, &n, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(n, 0, "a drained and synced queue comes back empty");
+    cr_assert_null(khala__wq_head(q));
+    khala__wq_free(q);
+}
+
+Test(writeq, a_damaged_journal_record_is_ecorrupt_and_named) {
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    khala_wq_t *q;
+    char err[256];
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, NULL, err, sizeof(err)), 0, "%s", err);
+    put(q, "a", "1", 1);
+    khala__wq_free(q);
+    /* Overwrite the record with bytes of the right size and the wrong content. */
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
+    cr_assert_eq(mdb_cursor_open(txn, dbi, &cur), 0);
+    cr_assert_eq(mdb_cursor_get(cur, &k, &v, MDB_FIRST), 0);
+    uint8_t junk[64];
+    memcpy(junk, v.mv_data, v.mv_size);
+    junk[4] = 7; /* no such kind */
+    MDB_val nv = {v.mv_size, junk};
+    cr_assert_eq(mdb_cursor_put(cur, &k, &nv, MDB_CURRENT), 0);
+    mdb_cursor_close(cur);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, NULL, err, sizeof(err)), KHALA_ECORRUPT);
+    cr_assert(strstr(err, dir) && strstr(err, "damaged"), "message: %s", err);
+    cr_assert_null(khala__wq_head(q), "nothing half-read is queued");
+    khala__wq_free(q);
+}
+
+Test(writeq, a_journal_where_a_file_is_is_an_error_naming_it) {
+    char path[128];
+    snprintf(path, sizeof(path), "%s/file", g_dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+    khala_wq_t *q;
+    char err[256] = "";
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_neq(khala__wq_journal_open(q, path, NULL, err, sizeof(err)), 0);
+    cr_assert(strstr(err, path), "message: %s", err);
+    khala__wq_free(q);
+}
