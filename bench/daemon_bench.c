@@ -1,25 +1,43 @@
 /*
  * put / miss: what a call through khalad costs, against Redis on the same machine in the same
- * run (daemon_bench.h).
+ * run; and the pieces every khalad bench shares (daemon_bench.h).
  *
- * The bench starts its own khalad (KHALAD_PATH, a unique cache name, a socket in a private
- * directory under /tmp) and its own redis-server (no port, a Unix socket, no persistence), then
- * alternates timed rounds: khalad, then Redis, with the same number of forked clients and the
- * same load. Both servers are stopped at the end, on error paths too (and, through
- * PR_SET_PDEATHSIG, if the bench itself dies).
+ * The bench makes a private directory /tmp/khala-bench-PID, starts its own redis-server there
+ * (no port, a Unix socket, no persistence) and its own khalads (KHALAD_PATH, each with a unique
+ * cache name, its socket and its [l2] path in that directory, so that nothing is left under
+ * /var/lib or $HOME). A khalad with the redis backend uses the bench's redis-server as its L2,
+ * in database 1 with its own namespace, so that it never meets the keys the plain Redis rounds
+ * read (database 0). Every server is stopped and the directory removed at the end, on error
+ * paths too (and, through PR_SET_PDEATHSIG, the servers die if the bench itself dies).
  *
- * Loads, per client:
- *   put, pipeline 1   khala_cache_put of a random key of K, value B bytes   | SET
- *   put, pipeline P   P put frames (lib/proto.h) on a raw socket, then the  | P SET appended,
- *                     P replies                                             | then P replies
- *   miss              khala_cache_get of a key never put: L1 misses, khalad | GET of a missing
- *                     answers "not found"                                   | key
- * Every round trip (every batch with P > 1) is timed with the monotonic clock.
+ * Timed rounds come in pairs: a khalad load, then at once its Redis reference, with the same
+ * number of forked clients; the ratios are per pair, then the median over rounds.
+ *
+ *   load               khalad                                     | Redis reference
+ *   put, pipeline 1    khala_cache_put of a random key of K,      | SET
+ *                      value B bytes                              |
+ *   put, pipeline P    P put frames (lib/proto.h) on a raw        | P SET appended, then P
+ *                      socket, then the P replies                 | replies
+ *   miss, none         khala_cache_get of a key never put: L1     | GET of a missing key
+ *                      misses, L2 (an empty disk store) misses,   |
+ *                      khalad answers "not found"                 |
+ *   miss, disk/redis   khala_cache_get of a random key of K that  | GET of an existing key of
+ *                      lives in that L2 only (its type's levels   | the same size (K of them
+ *                      are "l2"): every get misses L1 and khalad  | SET in database 0)
+ *                      answers from L2, without promoting it      |
+ *
+ * Every round trip (every batch with P > 1) is timed with the monotonic clock. An L2 round also
+ * checks, from khalad's stats, that L2 answered as many hits as the clients made gets.
+ *
+ * The miss loads preload L2 through khalad with write-behind puts (an L2 put is an fsync'd LMDB
+ * commit for the disk backend; write-behind batches 256 per commit), then wait until the write
+ * queue is empty, so that no get is answered from the queue.
  */
 #include "daemon_bench.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <hiredis/hiredis.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -34,7 +52,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "khala/cache.h"
+#include "channel.h"
 #include "khala/error.h"
 #include "proto.h"
 #include "segment.h"
@@ -50,8 +68,14 @@
 #define DB_PROCS_MAX 64u
 /* Bound on every wait for a server or a client to come up. */
 #define DB_START_MS 5000
+/* Bound on the wait for khalad's L2 write queue to drain after a preload. */
+#define DB_DRAIN_MS 60000
+/* Put frames in flight during a preload, and SETs per pipeline when filling Redis. */
+#define DB_PRELOAD_BATCH 256u
+/* Largest value a miss load reads. */
+#define DB_VALUE_MAX 65536u
 
-enum { K_PUT, K_PUT_PIPE, K_MISS, R_SET, R_SET_PIPE, R_GET_MISS };
+enum { K_PUT, K_PUT_PIPE, K_MISS, K_GET_L2, R_SET, R_SET_PIPE, R_GET_MISS, R_GET };
 
 typedef struct db_out {
     uint64_t ops, errors, ns, nsamples;
@@ -64,14 +88,9 @@ typedef struct db_ctl {
     atomic_uint ready, go, stop;
 } db_ctl_t;
 
-typedef struct db_env {
-    char dir[64], name[64], ksock[108], rsock[108];
-    pid_t khalad, redis;
-} db_env_t;
-
 typedef struct db_res {
     double ops_s, p50_ns, p99_ns;
-    uint64_t errors;
+    uint64_t ops, errors;
 } db_res_t;
 
 /* ---- servers ---------------------------------------------------------------------------- */
@@ -109,7 +128,7 @@ static int wait_listen(const char *what, pid_t pid, const char *path) {
         }
         if (waitpid(pid, NULL, WNOHANG) == pid) {
             fprintf(stderr, "%s exited at start (KHALA_BENCH_VERBOSE=1 shows its stderr)\n", what);
-            return -2;
+            return -1;
         }
         bu_sleep_ns(10 * 1000000ull);
     }
@@ -121,60 +140,185 @@ static void stop_server(pid_t *pid) {
     if (*pid > 0) {
         kill(*pid, SIGTERM);
         waitpid(*pid, NULL, 0);
-        *pid = 0;
     }
+    *pid = 0;
 }
 
-static void env_stop(db_env_t *e) {
-    stop_server(&e->khalad);
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+void bench_env_stop(bench_env_t *e) {
     stop_server(&e->redis);
-    if (e->name[0])
-        khala__seg_unlink(e->name);
-    unlink(e->ksock);
-    unlink(e->rsock);
     if (e->dir[0])
-        rmdir(e->dir);
+        nftw(e->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    e->dir[0] = '\0';
 }
 
-static int env_start(db_env_t *e, int want_redis) {
+int bench_env_start(bench_env_t *e, int want_redis) {
     memset(e, 0, sizeof(*e));
     snprintf(e->dir, sizeof(e->dir), "/tmp/khala-bench-%d", (int)getpid());
-    snprintf(e->name, sizeof(e->name), "khbench%d", (int)getpid());
-    snprintf(e->ksock, sizeof(e->ksock), "%s/khalad.sock", e->dir);
     snprintf(e->rsock, sizeof(e->rsock), "%s/redis.sock", e->dir);
     if (mkdir(e->dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "mkdir %s: %s\n", e->dir, strerror(errno));
         e->dir[0] = 0;
         return -1;
     }
+    if (!want_redis)
+        return 0;
     fflush(NULL);
-    if ((e->khalad = fork()) == 0) {
-        char set[160];
-        snprintf(set, sizeof(set), "cache.socket=%s", e->ksock);
+    if ((e->redis = fork()) == 0) {
         quiet_child();
-        execl(KHALAD_PATH, "khalad", "--foreground", "--name", e->name, "--set", set, (char *)NULL);
+        execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", e->rsock, "--save",
+               "", "--appendonly", "no", "--dir", e->dir, (char *)NULL);
         _exit(127);
     }
-    if (e->khalad < 0 || wait_listen("khalad", e->khalad, e->ksock) != 0)
-        goto fail;
-    if (want_redis) {
-        if ((e->redis = fork()) == 0) {
-            quiet_child();
-            execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", e->rsock,
-                   "--save", "", "--appendonly", "no", (char *)NULL);
-            _exit(127);
-        }
-        if (e->redis < 0 || wait_listen("redis-server", e->redis, e->rsock) != 0)
-            goto fail;
+    if (e->redis < 0 || wait_listen("redis-server", e->redis, e->rsock) != 0) {
+        if (e->redis < 0)
+            e->redis = 0;
+        bench_env_stop(e);
+        return -1;
     }
     return 0;
-fail:
-    if (e->khalad < 0)
-        e->khalad = 0;
-    if (e->redis < 0)
-        e->redis = 0;
-    env_stop(e);
-    return -1;
+}
+
+/* Append one --set option to k; 0, or -1 when it does not fit. */
+static int add_set(bench_khalad_t *k, const char *opt) {
+    size_t cap = sizeof(k->sets) / sizeof(k->sets[0]);
+    if (k->nsets == cap || strlen(opt) >= sizeof(k->sets[0])) {
+        fprintf(stderr, "khalad option too long, or too many: %s\n", opt);
+        return -1;
+    }
+    snprintf(k->sets[k->nsets++], sizeof(k->sets[0]), "%s", opt);
+    return 0;
+}
+
+int bench_khalad_init(bench_env_t *e, bench_khalad_t *k, int backend, uint32_t keys,
+                      const char *const *sets, unsigned nsets) {
+    char opt[256];
+    unsigned id = e->seq++;
+    memset(k, 0, sizeof(*k));
+    k->backend = backend;
+    snprintf(k->name, sizeof(k->name), "khbench%d_%u", (int)getpid(), id);
+    snprintf(k->sock, sizeof(k->sock), "%s/k%u.sock", e->dir, id);
+    snprintf(k->l2dir, sizeof(k->l2dir), "%s/k%u.l2", e->dir, id);
+    /* Room for every key twice over, in the store and in the write-behind queue. */
+    uint64_t cap = 2ull * keys < 100000 ? 100000 : 2ull * keys;
+    if (nsets > BENCH_KHALAD_SETS_MAX)
+        return -1;
+    snprintf(opt, sizeof(opt), "cache.socket=%s", k->sock);
+    if (add_set(k, opt) != 0)
+        return -1;
+    snprintf(opt, sizeof(opt), "l2.path=%s", k->l2dir);
+    if (add_set(k, opt) != 0)
+        return -1;
+    snprintf(opt, sizeof(opt), "l2.max_items=%llu", (unsigned long long)cap);
+    if (add_set(k, opt) != 0)
+        return -1;
+    snprintf(opt, sizeof(opt), "l2.queue_max=%llu", (unsigned long long)cap);
+    if (add_set(k, opt) != 0)
+        return -1;
+    if (backend == BENCH_L2_REDIS) {
+        /* redis_url before backend: each --set is validated at once. */
+        snprintf(opt, sizeof(opt), "l2.redis_url=unix://%s?db=1", e->rsock);
+        if (add_set(k, opt) != 0)
+            return -1;
+        snprintf(opt, sizeof(opt), "l2.namespace=%s", k->name);
+        if (add_set(k, opt) != 0 || add_set(k, "l2.backend=redis") != 0)
+            return -1;
+    } else if (add_set(k, "l2.backend=disk") != 0) {
+        return -1;
+    }
+    for (unsigned i = 0; i < nsets; i++)
+        if (add_set(k, sets[i]) != 0)
+            return -1;
+    return 0;
+}
+
+int bench_khalad_start(bench_khalad_t *k) {
+    char *argv[2 * (sizeof(k->sets) / sizeof(k->sets[0])) + 8];
+    size_t n = 0;
+    argv[n++] = "khalad";
+    argv[n++] = "--foreground";
+    argv[n++] = "--name";
+    argv[n++] = k->name;
+    for (unsigned i = 0; i < k->nsets; i++) {
+        argv[n++] = "--set";
+        argv[n++] = k->sets[i];
+    }
+    argv[n] = NULL;
+    unlink(k->sock);
+    fflush(NULL);
+    if ((k->pid = fork()) == 0) {
+        quiet_child();
+        execv(KHALAD_PATH, argv);
+        _exit(127);
+    }
+    if (k->pid < 0) {
+        perror("fork");
+        k->pid = 0;
+        return -1;
+    }
+    if (wait_listen("khalad", k->pid, k->sock) != 0) {
+        stop_server(&k->pid);
+        return -1;
+    }
+    return 0;
+}
+
+void bench_khalad_stop(bench_khalad_t *k, int unlink_l1) {
+    stop_server(&k->pid);
+    if (unlink_l1 && k->name[0])
+        khala__seg_unlink(k->name);
+    unlink(k->sock);
+}
+
+uint32_t bench_value_size(uint32_t i, uint32_t vmin, uint32_t vmax) {
+    if (vmax <= vmin)
+        return vmin;
+    uint32_t h = i * 0x9E3779B1u;
+    h ^= h >> 15;
+    h *= 0x85EBCA77u;
+    h ^= h >> 13;
+    return vmin + h % (vmax - vmin + 1);
+}
+
+char bench_value_byte(uint32_t i) {
+    return (char)('a' + i % 26);
+}
+
+int bench_backends_parse(const char *list, const char *const *names, unsigned n, unsigned dflt,
+                         unsigned *bits) {
+    char buf[128], *save = NULL;
+    *bits = 0;
+    if (!list) {
+        *bits = dflt;
+        return 0;
+    }
+    if (!strcmp(list, "all")) {
+        *bits = (1u << n) - 1;
+        return 0;
+    }
+    snprintf(buf, sizeof(buf), "%s", list);
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        unsigned i = 0;
+        while (i < n && strcmp(t, names[i]) != 0)
+            i++;
+        if (i == n) {
+            fprintf(stderr, "--backend: unknown backend '%s'\n", t);
+            return -1;
+        }
+        *bits |= 1u << i;
+    }
+    if (!*bits) {
+        fprintf(stderr, "--backend: empty list\n");
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- a raw khalad connection, for pipelined puts ------------------------------------------ */
@@ -251,14 +395,179 @@ static void raw_close(raw_t *r) {
     khala__proto_buf_free(&r->out);
 }
 
+/* ---- khalad control: stats and preloads ---------------------------------------------------- */
+
+/* The UINT entry `name` of a data map, or NULL. */
+static const khala_kv_t *kv_find(const khala_kv_t *kv, uint32_t n, const char *name) {
+    size_t len = strlen(name);
+    for (uint32_t i = 0; i < n; i++)
+        if (kv[i].key.len == len && memcmp(kv[i].key.ptr, name, len) == 0)
+            return &kv[i];
+    return NULL;
+}
+
+int bench_khalad_stat(const bench_khalad_t *k, const char *section, const char *field,
+                      uint64_t *v) {
+    char err[256];
+    khala_chan_t *ch = NULL;
+    int rc = khala__chan_open(k->sock, k->name, DB_START_MS, &ch, err, sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "stats of %s: %s\n", k->name, err);
+        return -1;
+    }
+    khala_msg_t req, rep;
+    khala__proto_msg_init(&req);
+    khala__proto_msg_init(&rep);
+    req.op = KHALA_OP_STATS;
+    rc = khala__chan_call(ch, &req, &rep, DB_START_MS, err, sizeof(err));
+    if (rc == 0 && rep.rc == 0) {
+        const khala_kv_t *s = kv_find(rep.data, rep.ndata, section);
+        const khala_kv_t *f =
+            s && s->kind == KHALA_KV_MAP ? kv_find(s->as.map.items, s->as.map.n, field) : NULL;
+        if (f && f->kind == KHALA_KV_UINT)
+            *v = f->as.u;
+        else
+            rc = -1;
+        if (rc != 0)
+            snprintf(err, sizeof(err), "no counter %s.%s", section, field);
+    } else if (rc == 0) {
+        snprintf(err, sizeof(err), "%s", khala_strerror(rep.rc));
+        rc = -1;
+    }
+    khala__proto_msg_free(&rep);
+    khala__chan_close(ch);
+    if (rc != 0)
+        fprintf(stderr, "stats of %s: %s\n", k->name, err);
+    return rc == 0 ? 0 : -1;
+}
+
+int bench_khalad_preload(const bench_khalad_t *k, const char *prefix, uint32_t n, uint32_t vmin,
+                         uint32_t vmax, khala_type_t type, double *ms) {
+    raw_t r;
+    char *val = malloc(vmax ? vmax : 1);
+    char key[KHALA_KEY_MAX + 1];
+    uint64_t t0 = bu_now_ns(), fails = 0;
+    int first = 0, rc = -1;
+    memset(&r, 0, sizeof(r));
+    if (!val || raw_open(&r, k->sock, k->name) != 0) {
+        fprintf(stderr, "preload of %s: cannot connect\n", k->name);
+        raw_close(&r);
+        free(val);
+        return -1;
+    }
+    for (uint32_t off = 0; off < n; off += DB_PRELOAD_BATCH) {
+        uint32_t m = n - off < DB_PRELOAD_BATCH ? n - off : DB_PRELOAD_BATCH;
+        khala__proto_buf_reset(&r.out);
+        for (uint32_t i = off; i < off + m; i++) {
+            khala_msg_t p;
+            khala__proto_msg_init(&p);
+            int klen = snprintf(key, sizeof(key), "%s%08u", prefix, i);
+            uint32_t vlen = bench_value_size(i, vmin, vmax);
+            memset(val, bench_value_byte(i), vlen);
+            p.id = ++r.id;
+            p.op = KHALA_OP_PUT;
+            p.key.ptr = (const uint8_t *)key;
+            p.key.len = (size_t)klen;
+            p.value.ptr = (const uint8_t *)val;
+            p.value.len = vlen;
+            p.type = type;
+            p.mode = KHALA_MODE_BEHIND;
+            p.has = KHALA_F_K | KHALA_F_V | KHALA_F_TYPE | KHALA_F_MODE;
+            if (khala__proto_encode_request(&r.out, &p, NULL, 0) != 0)
+                goto out;
+        }
+        if (raw_write_all(r.fd, r.out.data, r.out.len) != 0)
+            goto out;
+        for (uint32_t i = 0; i < m; i++) {
+            int prc;
+            if (raw_reply(&r, KHALA_OP_PUT, &prc) != 0)
+                goto out;
+            if (prc != 0 && !fails++)
+                first = prc;
+        }
+    }
+    if (fails) {
+        fprintf(stderr, "preload of %s: %llu puts failed, the first with %s\n", k->name,
+                (unsigned long long)fails, khala_strerror(first));
+        goto out;
+    }
+    /* Every put is queued for L2: wait until the flusher has written them all. */
+    for (uint64_t deadline = bu_now_ns() + DB_DRAIN_MS * 1000000ull;;) {
+        uint64_t q;
+        if (bench_khalad_stat(k, "l2", "queued_now", &q) != 0)
+            goto out;
+        if (q == 0)
+            break;
+        if (bu_now_ns() > deadline) {
+            fprintf(stderr, "preload of %s: %llu writes still queued for L2 after %d ms\n", k->name,
+                    (unsigned long long)q, DB_DRAIN_MS);
+            goto out;
+        }
+        bu_sleep_ns(5 * 1000000ull);
+    }
+    if (ms)
+        *ms = (double)(bu_now_ns() - t0) / 1e6;
+    rc = 0;
+out:
+    if (rc != 0 && !fails)
+        fprintf(stderr, "preload of %s: the connection to khalad failed\n", k->name);
+    raw_close(&r);
+    free(val);
+    return rc;
+}
+
+/* SET keys key:%08u, i < n, with vsize-byte values in Redis database 0. 0 or -1. */
+static int redis_fill(const char *rsock, uint32_t n, uint32_t vsize) {
+    redisContext *c = redisConnectUnix(rsock);
+    char *val = malloc(vsize ? vsize : 1);
+    char key[BU_KEY_STRIDE];
+    int rc = -1;
+    if (!c || c->err || !val)
+        goto out;
+    memset(val, 'v', vsize);
+    for (uint32_t off = 0; off < n; off += DB_PRELOAD_BATCH) {
+        uint32_t m = n - off < DB_PRELOAD_BATCH ? n - off : DB_PRELOAD_BATCH;
+        for (uint32_t i = off; i < off + m; i++) {
+            snprintf(key, sizeof(key), "key:%08u", i);
+            redisAppendCommand(c, "SET %b %b", key, (size_t)BU_KEY_LEN, val, (size_t)vsize);
+        }
+        for (uint32_t i = 0; i < m; i++) {
+            void *rep = NULL;
+            if (redisGetReply(c, &rep) != REDIS_OK || !rep)
+                goto out;
+            int bad = ((redisReply *)rep)->type == REDIS_REPLY_ERROR;
+            freeReplyObject(rep);
+            if (bad)
+                goto out;
+        }
+    }
+    rc = 0;
+out:
+    if (rc != 0)
+        fprintf(stderr, "filling redis-server failed: %s\n", c && c->err ? c->errstr : "error");
+    if (c)
+        redisFree(c);
+    free(val);
+    return rc;
+}
+
 /* ---- clients ------------------------------------------------------------------------------- */
 
 typedef struct db_job {
-    const db_env_t *env;
-    int kind;
+    const char *ksock, *kname, *rsock; /* khalad's socket and cache name; redis-server's socket */
+    int kind;                          /* K_* or R_* */
     unsigned pipeline;
     uint32_t keys, vsize;
 } db_job_t;
+
+/* What a client holds while it runs a job. */
+typedef struct db_client {
+    void *conn;        /* khala_cache_t *, raw_t * or redisContext * */
+    const char *val;   /* vsize bytes to put */
+    char *gbuf;        /* get buffer, DB_VALUE_MAX bytes */
+    char (*keys)[32];  /* pipeline keys */
+    uint64_t seq, rng; /* miss key counter, key choice */
+} db_client_t;
 
 static void key_of(char *k, uint32_t i) {
     snprintf(k, BU_KEY_STRIDE, "key:%08u", i);
@@ -269,26 +578,33 @@ static void record(db_out_t *out, uint64_t d) {
 }
 
 /* One timed request (or batch) of the job; ops done, or 0 on a failure counted in out. */
-static unsigned one(const db_job_t *j, unsigned idx, uint64_t *seq, uint64_t *rng, void *conn,
-                    const char *val, char (*keys)[32], db_out_t *out) {
+static unsigned one(const db_job_t *j, unsigned idx, db_client_t *cl, db_out_t *out) {
     unsigned p = j->pipeline;
+    void *conn = cl->conn;
+    char(*keys)[32] = cl->keys;
     for (unsigned i = 0; i < (j->kind == K_PUT_PIPE || j->kind == R_SET_PIPE ? p : 1); i++) {
         if (j->kind == K_MISS || j->kind == R_GET_MISS)
-            snprintf(keys[i], 32, "miss:%u:%llu", idx, (unsigned long long)(*seq)++);
+            snprintf(keys[i], 32, "miss:%u:%llu", idx, (unsigned long long)cl->seq++);
         else
-            key_of(keys[i], (uint32_t)(bu_rand(rng) % j->keys));
+            key_of(keys[i], (uint32_t)(bu_rand(&cl->rng) % j->keys));
     }
     uint64_t t0 = bu_now_ns();
     unsigned done = 1;
     int bad = 0;
     switch (j->kind) {
         case K_PUT:
-            bad = khala_cache_put(conn, keys[0], BU_KEY_LEN, val, j->vsize, NULL, NULL) != 0;
+            bad = khala_cache_put(conn, keys[0], BU_KEY_LEN, cl->val, j->vsize, NULL, NULL) != 0;
             break;
         case K_MISS: {
             char buf[16];
             bad = khala_cache_get(conn, keys[0], strlen(keys[0]), buf, sizeof(buf), NULL) !=
                   KHALA_ENOTFOUND;
+            break;
+        }
+        case K_GET_L2: {
+            size_t len = 0;
+            bad = khala_cache_get(conn, keys[0], BU_KEY_LEN, cl->gbuf, DB_VALUE_MAX, &len) != 0 ||
+                  len != j->vsize;
             break;
         }
         case K_PUT_PIPE: {
@@ -301,7 +617,7 @@ static unsigned one(const db_job_t *j, unsigned idx, uint64_t *seq, uint64_t *rn
                 m.op = KHALA_OP_PUT;
                 m.key.ptr = (const uint8_t *)keys[i];
                 m.key.len = BU_KEY_LEN;
-                m.value.ptr = (const uint8_t *)val;
+                m.value.ptr = (const uint8_t *)cl->val;
                 m.value.len = j->vsize;
                 m.has = KHALA_F_K | KHALA_F_V;
                 if (khala__proto_encode_request(&r->out, &m, NULL, 0) != 0)
@@ -319,20 +635,22 @@ static unsigned one(const db_job_t *j, unsigned idx, uint64_t *seq, uint64_t *rn
             break;
         }
         case R_SET:
-        case R_GET_MISS: {
+        case R_GET_MISS:
+        case R_GET: {
             redisReply *rep = j->kind == R_SET
                                   ? redisCommand(conn, "SET %b %b", keys[0], (size_t)BU_KEY_LEN,
-                                                 val, (size_t)j->vsize)
+                                                 cl->val, (size_t)j->vsize)
                                   : redisCommand(conn, "GET %s", keys[0]);
             bad = !rep || rep->type == REDIS_REPLY_ERROR ||
-                  (j->kind == R_GET_MISS && rep->type != REDIS_REPLY_NIL);
+                  (j->kind == R_GET_MISS && rep->type != REDIS_REPLY_NIL) ||
+                  (j->kind == R_GET && (rep->type != REDIS_REPLY_STRING || rep->len != j->vsize));
             if (rep)
                 freeReplyObject(rep);
             break;
         }
         case R_SET_PIPE: {
             for (unsigned i = 0; i < p; i++)
-                redisAppendCommand(conn, "SET %b %b", keys[i], (size_t)BU_KEY_LEN, val,
+                redisAppendCommand(conn, "SET %b %b", keys[i], (size_t)BU_KEY_LEN, cl->val,
                                    (size_t)j->vsize);
             for (unsigned i = 0; i < p; i++) {
                 void *rep = NULL;
@@ -351,56 +669,58 @@ static unsigned one(const db_job_t *j, unsigned idx, uint64_t *seq, uint64_t *rn
 }
 
 static void client(const db_job_t *j, unsigned idx, db_ctl_t *ctl, db_out_t *out) {
-    void *conn = NULL;
+    db_client_t cl = {0};
     raw_t raw;
     int isredis = j->kind >= R_SET;
     if (isredis) {
-        redisContext *rc = redisConnectUnix(j->env->rsock);
+        redisContext *rc = redisConnectUnix(j->rsock);
         if (!rc || rc->err) {
             out->rc = -1;
             snprintf(out->err, sizeof(out->err), "redis connect: %.100s",
                      rc ? rc->errstr : "nomem");
         }
-        conn = rc;
+        cl.conn = rc;
     } else if (j->kind == K_PUT_PIPE) {
-        if (raw_open(&raw, j->env->ksock, j->env->name) != 0) {
+        if (raw_open(&raw, j->ksock, j->kname) != 0) {
             out->rc = -1;
             snprintf(out->err, sizeof(out->err), "raw connection to khalad failed");
         }
-        conn = &raw;
+        cl.conn = &raw;
     } else {
         khala_cache_options_t co;
         khala_cache_options_init(&co);
-        co.socket_path = j->env->ksock;
+        co.socket_path = j->ksock;
         khala_cache_t *c = NULL;
-        if (khala_cache_open(j->env->name, &co, &c) != 0) {
+        if (khala_cache_open(j->kname, &co, &c) != 0) {
             out->rc = -1;
             snprintf(out->err, sizeof(out->err), "khala_cache_open: %s", khala_cache_errmsg(NULL));
         }
-        conn = c;
+        cl.conn = c;
     }
     char *val = malloc(j->vsize ? j->vsize : 1);
-    char(*keys)[32] = calloc(j->pipeline, 32);
-    if (!val || !keys)
+    cl.gbuf = malloc(DB_VALUE_MAX);
+    cl.keys = calloc(j->pipeline, 32);
+    if (!val || !cl.gbuf || !cl.keys)
         out->rc = -1;
     else
         memset(val, 'v', j->vsize);
+    cl.val = val;
     atomic_fetch_add(&ctl->ready, 1);
     if (out->rc == 0) {
-        uint64_t seq = 0, rng = 0x1234567ull * (idx + 1) + (uint64_t)j->kind;
+        cl.rng = 0x1234567ull * (idx + 1) + (uint64_t)j->kind;
         while (!atomic_load(&ctl->go))
             ;
         uint64_t t0 = bu_now_ns();
         while (!atomic_load_explicit(&ctl->stop, memory_order_relaxed))
-            out->ops += one(j, idx, &seq, &rng, conn, val, keys, out);
+            out->ops += one(j, idx, &cl, out);
         out->ns = bu_now_ns() - t0;
     }
     if (isredis)
-        redisFree(conn);
+        redisFree(cl.conn);
     else if (j->kind == K_PUT_PIPE)
         raw_close(&raw);
     else
-        khala_cache_close(conn);
+        khala_cache_close(cl.conn);
     _exit(0);
 }
 
@@ -457,6 +777,7 @@ out:
             }
             if (outs[i].ns)
                 res->ops_s += outs[i].ops * 1e9 / outs[i].ns;
+            res->ops += outs[i].ops;
             res->errors += outs[i].errors;
             ns += outs[i].nsamples < DB_SAMPLES ? outs[i].nsamples : DB_SAMPLES;
         }
@@ -492,65 +813,177 @@ static double med(double *v, unsigned n) {
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static void print_res(const char *cmd, const char *who, unsigned round, const bench_opts_t *o,
-                      unsigned p, const db_res_t *r) {
-    printf("round=%u bench=%s target=%s procs=%u pipeline=%u ops_s=%.0f p50_ns=%.0f p99_ns=%.0f "
-           "errors=%llu\n",
-           round, cmd, who, o->procs, p, r->ops_s, r->p50_ns, r->p99_ns,
-           (unsigned long long)r->errors);
-    fflush(stdout);
+/* The miss backends, in --backend order; bit i of the selection is MISS_NAMES[i]. */
+enum { MB_NONE, MB_DISK, MB_REDIS, MB_COUNT };
+static const char *const MISS_NAMES[MB_COUNT] = {"none", "disk", "redis"};
+
+/* A pair of timed loads: a khalad one and its Redis reference, run one after the other. */
+typedef struct db_pair {
+    const char *name;  /* "put", or the miss backend */
+    const char *rname; /* the reference's label */
+    db_job_t kj, rj;   /* khalad's load, the reference's */
+    bench_khalad_t *k; /* the khalad; its L2 hits are checked when kj is K_GET_L2 */
+    db_res_t kr[DB_ROUNDS_MAX], rr[DB_ROUNDS_MAX];
+    uint64_t l2_hits[DB_ROUNDS_MAX];
+} db_pair_t;
+
+static void print_res(const char *cmd, const char *who, const char *backend, unsigned round,
+                      const bench_opts_t *o, unsigned p, const db_res_t *r) {
+    printf("round=%u bench=%s target=%s", round, cmd, who);
+    if (backend)
+        printf(" backend=%s", backend);
+    printf(" procs=%u pipeline=%u ops_s=%.0f p50_ns=%.0f p99_ns=%.0f errors=%llu", o->procs, p,
+           r->ops_s, r->p50_ns, r->p99_ns, (unsigned long long)r->errors);
 }
 
-int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline) {
+/* One round of pair p: khalad, then the reference. 0 or -1. */
+static int run_pair(const char *cmd, db_pair_t *p, unsigned i, const bench_opts_t *o,
+                    unsigned pipeline) {
+    int l2 = p->kj.kind == K_GET_L2;
+    uint64_t h0 = 0, h1 = 0;
+    if (l2 && bench_khalad_stat(p->k, "l2", "hits", &h0) != 0)
+        return -1;
+    if (run_round(&p->kj, o->procs, o->seconds, &p->kr[i]) != 0)
+        return -1;
+    if (l2 && bench_khalad_stat(p->k, "l2", "hits", &h1) != 0)
+        return -1;
+    if (run_round(&p->rj, o->procs, o->seconds, &p->rr[i]) != 0)
+        return -1;
     int miss = !strcmp(cmd, "miss");
+    print_res(cmd, "khalad", miss ? p->name : NULL, i, o, pipeline, &p->kr[i]);
+    if (l2) {
+        /* Every get of the round must have been an L2 hit: no L1 hit, no miss anywhere. */
+        p->l2_hits[i] = h1 - h0;
+        printf(" l2_hits=%llu", (unsigned long long)p->l2_hits[i]);
+        if (p->l2_hits[i] < p->kr[i].ops) {
+            fprintf(stderr, "%s: %llu gets but only %llu L2 hits\n", p->name,
+                    (unsigned long long)p->kr[i].ops, (unsigned long long)p->l2_hits[i]);
+            p->kr[i].errors += p->kr[i].ops - p->l2_hits[i];
+        }
+    }
+    printf("\n");
+    print_res(cmd, p->rname, miss ? p->name : NULL, i, o, pipeline, &p->rr[i]);
+    printf("\n");
+    fflush(stdout);
+    return 0;
+}
+
+/* Medians over n rounds of pair p: [0] khalad ops/s, [1] ref ops/s, [2] khalad p50,
+ * [3] ref p50, [4] khalad p99, [5] ref p99, [6] p50 ratio, [7] ops ratio (per-round ratios). */
+static void pair_medians(const db_pair_t *p, unsigned n, double m[8]) {
+    double v[8][DB_ROUNDS_MAX];
+    for (unsigned i = 0; i < n; i++) {
+        const db_res_t *k = &p->kr[i], *r = &p->rr[i];
+        v[0][i] = k->ops_s;
+        v[1][i] = r->ops_s;
+        v[2][i] = k->p50_ns;
+        v[3][i] = r->p50_ns;
+        v[4][i] = k->p99_ns;
+        v[5][i] = r->p99_ns;
+        v[6][i] = r->p50_ns > 0 ? k->p50_ns / r->p50_ns : 0;
+        v[7][i] = r->ops_s > 0 ? k->ops_s / r->ops_s : 0;
+    }
+    for (int f = 0; f < 8; f++)
+        m[f] = med(v[f], n);
+}
+
+int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, const char *backends) {
+    int miss = !strcmp(cmd, "miss");
+    unsigned sel = 0;
     if (miss)
         pipeline = 1;
     if (o->procs > DB_PROCS_MAX || o->rounds > DB_ROUNDS_MAX || pipeline == 0 || pipeline > 4096) {
         fprintf(stderr, "%s: --procs at most %u, --pipeline 1..4096\n", cmd, DB_PROCS_MAX);
         return -1;
     }
-    db_env_t env;
-    if (env_start(&env, 1) != 0)
+    if (miss && o->value_size > DB_VALUE_MAX) {
+        fprintf(stderr, "miss: --value-size at most %u\n", DB_VALUE_MAX);
         return -1;
-    db_job_t kj = {&env,
-                   miss           ? K_MISS
-                   : pipeline > 1 ? K_PUT_PIPE
-                                  : K_PUT,
-                   pipeline, o->keys, o->value_size};
-    db_job_t rj = kj;
-    rj.kind = miss ? R_GET_MISS : pipeline > 1 ? R_SET_PIPE : R_SET;
-    unsigned n = o->rounds;
-    db_res_t k[DB_ROUNDS_MAX], r[DB_ROUNDS_MAX];
-    double v[6][DB_ROUNDS_MAX];
+    }
+    if (miss &&
+        bench_backends_parse(backends, MISS_NAMES, MB_COUNT, 1u << MB_DISK | 1u << MB_REDIS, &sel))
+        return -1;
+    if (!miss)
+        sel = 1u << MB_NONE; /* put: one khalad, default levels */
+    bench_env_t env;
+    if (bench_env_start(&env, 1) != 0)
+        return -1;
+    static bench_khalad_t ks[MB_COUNT];
+    static db_pair_t pairs[MB_COUNT];
+    unsigned np = 0, n = o->rounds;
     uint64_t errors = 0;
     int rc = -1;
-    for (unsigned i = 0; i < n; i++) {
-        if (run_round(&kj, o->procs, o->seconds, &k[i]) != 0 ||
-            run_round(&rj, o->procs, o->seconds, &r[i]) != 0)
+    memset(ks, 0, sizeof(ks));
+    /* A type kept off L1 (quota first: a type with a quota must live on l1). */
+    static const char *const off_l1[] = {"type.consolidation.quota_pct=0",
+                                         "type.consolidation.levels=l2"};
+    for (int b = 0; b < MB_COUNT; b++) {
+        if (!(sel & 1u << b))
+            continue;
+        int l2 = b != MB_NONE;
+        bench_khalad_t *k = &ks[b];
+        if (bench_khalad_init(&env, k, b == MB_REDIS ? BENCH_L2_REDIS : BENCH_L2_DISK, o->keys,
+                              l2 ? off_l1 : NULL, l2 ? 2 : 0) != 0 ||
+            bench_khalad_start(k) != 0)
             goto out;
-        print_res(cmd, "khalad", i, o, pipeline, &k[i]);
-        print_res(cmd, "redis", i, o, pipeline, &r[i]);
-        errors += k[i].errors + r[i].errors;
-        v[0][i] = k[i].ops_s;
-        v[1][i] = r[i].ops_s;
-        v[2][i] = k[i].p50_ns;
-        v[3][i] = r[i].p50_ns;
-        v[4][i] = r[i].p50_ns > 0 ? k[i].p50_ns / r[i].p50_ns : 0;
-        v[5][i] = r[i].ops_s > 0 ? k[i].ops_s / r[i].ops_s : 0;
+        if (l2) {
+            double ms;
+            if (bench_khalad_preload(k, "key:", o->keys, o->value_size, o->value_size,
+                                     KHALA_TYPE_CONSOLIDATION, &ms) != 0)
+                goto out;
+            printf("preloaded %u keys into L2 (%s) through khalad in %.0f ms\n", o->keys,
+                   MISS_NAMES[b], ms);
+        }
+        db_pair_t *p = &pairs[np++];
+        memset(p, 0, sizeof(*p));
+        p->name = miss ? MISS_NAMES[b] : "put";
+        p->k = k;
+        p->kj = (db_job_t){k->sock, k->name, env.rsock, K_PUT, pipeline, o->keys, o->value_size};
+        p->rj = p->kj;
+        if (!miss) {
+            p->kj.kind = pipeline > 1 ? K_PUT_PIPE : K_PUT;
+            p->rj.kind = pipeline > 1 ? R_SET_PIPE : R_SET;
+            p->rname = "redis";
+        } else {
+            p->kj.kind = l2 ? K_GET_L2 : K_MISS;
+            p->rj.kind = l2 ? R_GET : R_GET_MISS;
+            p->rname = l2 ? "redis-get" : "redis-get-missing";
+        }
     }
-    double p99k[DB_ROUNDS_MAX], p99r[DB_ROUNDS_MAX];
-    for (unsigned i = 0; i < n; i++) {
-        p99k[i] = k[i].p99_ns;
-        p99r[i] = r[i].p99_ns;
+    if (miss && (sel & (1u << MB_DISK | 1u << MB_REDIS)) &&
+        redis_fill(env.rsock, o->keys, o->value_size) != 0)
+        goto out;
+    for (unsigned i = 0; i < n; i++)
+        for (unsigned q = 0; q < np; q++)
+            if (run_pair(cmd, &pairs[q], i, o, pipeline) != 0)
+                goto out;
+    for (unsigned q = 0; q < np; q++)
+        for (unsigned i = 0; i < n; i++)
+            errors += pairs[q].kr[i].errors + pairs[q].rr[i].errors;
+    if (!miss) {
+        double m[8];
+        pair_medians(&pairs[0], n, m);
+        printf("bench=%s procs=%u pipeline=%u keys=%u value=%u khalad_ops_s=%.0f "
+               "redis_ops_s=%.0f khalad_p50_ns=%.0f redis_p50_ns=%.0f khalad_p99_ns=%.0f "
+               "redis_p99_ns=%.0f p50_ratio=%.3f ops_ratio=%.3f errors=%llu rounds=%u\n",
+               cmd, o->procs, pipeline, o->keys, o->value_size, m[0], m[1], m[2], m[3], m[4], m[5],
+               m[6], m[7], (unsigned long long)errors, n);
+    } else {
+        printf("bench=miss procs=%u keys=%u value=%u", o->procs, o->keys, o->value_size);
+        for (unsigned q = 0; q < np; q++) {
+            double m[8];
+            const char *b = pairs[q].name;
+            pair_medians(&pairs[q], n, m);
+            printf(" %s_ops_s=%.0f %s_ref_ops_s=%.0f %s_p50_ns=%.0f %s_ref_p50_ns=%.0f "
+                   "%s_p99_ns=%.0f %s_ref_p99_ns=%.0f %s_p50_ratio=%.3f %s_ops_ratio=%.3f",
+                   b, m[0], b, m[1], b, m[2], b, m[3], b, m[4], b, m[5], b, m[6], b, m[7]);
+        }
+        printf(" errors=%llu rounds=%u\n", (unsigned long long)errors, n);
     }
-    printf("bench=%s procs=%u pipeline=%u keys=%u value=%u khalad_ops_s=%.0f redis_ops_s=%.0f "
-           "khalad_p50_ns=%.0f redis_p50_ns=%.0f khalad_p99_ns=%.0f redis_p99_ns=%.0f "
-           "p50_ratio=%.3f ops_ratio=%.3f errors=%llu rounds=%u\n",
-           cmd, o->procs, pipeline, o->keys, o->value_size, med(v[0], n), med(v[1], n),
-           med(v[2], n), med(v[3], n), med(p99k, n), med(p99r, n), med(v[4], n), med(v[5], n),
-           (unsigned long long)errors, n);
     rc = 0;
 out:
-    env_stop(&env);
+    for (int b = 0; b < MB_COUNT; b++)
+        bench_khalad_stop(&ks[b], 1);
+    bench_env_stop(&env);
     return rc;
 }

@@ -37,11 +37,11 @@ typedef struct bench_khalad {
     char name[64];   /**< cache name khbenchPID_N: also the name of its L1 segment */
     char sock[108];  /**< its socket, in env->dir */
     char l2dir[128]; /**< its [l2] path: the LMDB store, or the Redis write journal */
-    char l2url[160]; /**< redis backend: unix://RSOCK?db=1; "" for disk */
     int backend;     /**< BENCH_L2_DISK or BENCH_L2_REDIS */
-    char sets[BENCH_KHALAD_SETS_MAX][96]; /**< extra --set options, applied in order */
-    unsigned nsets;                       /**< 0..BENCH_KHALAD_SETS_MAX */
-    pid_t pid;                            /**< 0 = not running */
+    /** --set options, applied in order: the bench's own (socket, [l2]), then the caller's. */
+    char sets[BENCH_KHALAD_SETS_MAX + 8][192];
+    unsigned nsets; /**< entries of sets in use */
+    pid_t pid;      /**< 0 = not running */
 } bench_khalad_t;
 
 /**
@@ -126,8 +126,7 @@ int bench_khalad_preload(const bench_khalad_t *k, const char *prefix, uint32_t n
  * @param[out] v its value.
  * @return 0; -1 when khalad does not answer or has no such counter (printed).
  */
-int bench_khalad_stat(const bench_khalad_t *k, const char *section, const char *field,
-                      uint64_t *v);
+int bench_khalad_stat(const bench_khalad_t *k, const char *section, const char *field, uint64_t *v);
 
 /**
  * @brief put or miss. put: puts through khalad (pipeline 1: khala_cache_put round trips; P > 1:

@@ -12,7 +12,9 @@
  *   khala-bench sweep     --items N
  *   khala-bench overhead  --items N --value-size B[-B2]
  *   khala-bench put       --procs N --keys K --value-size B --seconds S [--pipeline P]
- *   khala-bench miss      --procs N --seconds S: both through a khalad and against Redis
+ *   khala-bench miss      --procs N --seconds S [--backend none|disk|redis,...|all]: gets that
+ *                         miss L1, answered by L2 (or by nobody), against a Redis GET
+ *   khala-bench warm      --keys N [--backend disk|redis|all]: warming an empty L1 from L2
  *
  * Every subcommand prints one final line of key=value pairs; lines before it are for humans.
  * Speed is to be judged only by ratios measured in the same run: the machines are shared.
@@ -33,6 +35,8 @@ int bench_predict(const bench_opts_t *o);
 
 /* put: requests in flight per client (--pipeline). */
 static unsigned g_pipeline = 1;
+/* miss, warm: which L2 backends (--backend); NULL = the subcommand's default. */
+static const char *g_backend;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: khala-bench l1-get|l1-mixed|plain-get|lmdb-get|compare [--procs N] "
@@ -49,7 +53,12 @@ static void usage(FILE *f) {
                "       khala-bench overhead [--items N] [--value-size B | --value-size MIN-MAX]\n"
                "       khala-bench put|miss [--procs N] [--keys K] [--value-size B] [--seconds S]\n"
                "                   [--rounds R] [--pipeline P]  (through a khalad it starts, "
-               "against redis-server)\n");
+               "against redis-server)\n"
+               "                   miss: [--backend none|disk|redis[,...]|all] (default "
+               "disk,redis; keys 10000)\n"
+               "       khala-bench warm [--keys N] [--value-size MIN-MAX] [--rounds R]\n"
+               "                   [--backend disk|redis[,...]|all]  (default both; 10000 items "
+               "of 200-1000 bytes)\n");
 }
 
 static int parse(int argc, char **argv, bench_opts_t *o) {
@@ -68,6 +77,7 @@ static int parse(int argc, char **argv, bench_opts_t *o) {
                                          {"expired-pct", required_argument, NULL, 'e'},
                                          {"rounds", required_argument, NULL, 'r'},
                                          {"pipeline", required_argument, NULL, 'L'},
+                                         {"backend", required_argument, NULL, 'B'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int ch;
@@ -132,6 +142,9 @@ static int parse(int argc, char **argv, bench_opts_t *o) {
                 break;
             case 'L':
                 g_pipeline = (unsigned)strtoul(optarg, NULL, 10);
+                break;
+            case 'B':
+                g_backend = optarg;
                 break;
             case 'm':
                 o->maintain_every = (uint32_t)strtoul(optarg, NULL, 10);
@@ -340,9 +353,17 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     /* compare, scale and l1-mixed alternate their runs over rounds; the others run once. */
     o.rounds = !strcmp(cmd, "compare") || !strcmp(cmd, "scale") || !strcmp(cmd, "l1-mixed") ||
-                       !strcmp(cmd, "put") || !strcmp(cmd, "miss")
+                       !strcmp(cmd, "put") || !strcmp(cmd, "miss") || !strcmp(cmd, "warm")
                    ? 3
                    : 1;
+    /* miss preloads its keys into L2 through khalad, warm its items: 10,000 by default; warm's
+     * items are memory_entity-sized. */
+    if (!strcmp(cmd, "miss") || !strcmp(cmd, "warm"))
+        o.keys = 10000;
+    if (!strcmp(cmd, "warm")) {
+        o.value_size = 200;
+        o.value_size_max = 1000;
+    }
     if (parse(argc - 1, argv + 1, &o) != 0) {
         usage(stderr);
         return 2;
@@ -353,7 +374,9 @@ int main(int argc, char **argv) {
         strcmp(cmd, "compare") == 0 || strcmp(cmd, "scale") == 0)
         return run_get(cmd, &o) == 0 ? 0 : 1;
     if (strcmp(cmd, "put") == 0 || strcmp(cmd, "miss") == 0)
-        return bench_daemon(cmd, &o, g_pipeline) == 0 ? 0 : 1;
+        return bench_daemon(cmd, &o, g_pipeline, g_backend) == 0 ? 0 : 1;
+    if (strcmp(cmd, "warm") == 0)
+        return bench_warm(&o, g_backend) == 0 ? 0 : 1;
     if (strcmp(cmd, "replay") == 0) {
         bench_replay_t r;
         if (!o.trace || o.capacity == 0) {
