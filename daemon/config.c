@@ -186,6 +186,7 @@ static const key_desc_t KEYS_L2[] = {
     U32("timeout_ms", l2.timeout_ms, 1, 60000),
     U32("pool_size", l2.pool_size, 1, KHALA_CONFIG_L2_POOL_MAX),
     U32("queue_max", l2.queue_max, 1, KHALA_CONFIG_L2_QUEUE_MAX),
+    U32("sync_every_ms", l2.sync_every_ms, 0, 60000),
     BOOL("redis_owned", l2.redis_owned),
 };
 static const key_desc_t KEYS_L3[] = {
@@ -1036,6 +1037,7 @@ int khala__config_defaults(khala_config_t *cfg, const char *name) {
     cfg->l2.timeout_ms = 1000;
     cfg->l2.pool_size = 4;
     cfg->l2.queue_max = 100000;
+    cfg->l2.sync_every_ms = 1000;
     cfg->l3.backend = KHALA_CONFIG_L3_DISK;
     set_str(cfg->l3.surrealdb_table, sizeof(cfg->l3.surrealdb_table), "khala_cache");
     set_str(cfg->l3.surrealdb_namespace, sizeof(cfg->l3.surrealdb_namespace), "khala");

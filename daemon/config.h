@@ -153,6 +153,10 @@ typedef struct khala_config {
         uint32_t timeout_ms;                  /* Redis connect and command timeout */
         uint32_t pool_size;                   /* Redis connections (1..KHALA_CONFIG_L2_POOL_MAX) */
         uint32_t queue_max;                   /* writes queued while L2 is down, then EQUEUE */
+        uint32_t sync_every_ms;               /* disk store and write journal: 0 = fsync each
+                                                 write; N = fsync at most every N ms (a crash
+                                                 of khalad loses nothing either way; a crash of
+                                                 the host up to N ms) */
         bool redis_owned;                     /* khalad owns the Redis instance: it sets
                                                  maxmemory-policy allkeys-lfu (else it only
                                                  checks it and warns) */

@@ -27,8 +27,13 @@
  * write leaves both as they were. Everything a write will need in memory (new entries, table
  * room) is allocated before the commit, so nothing can fail after it.
  *
- * Writes. A put or mput is one write transaction, committed with fsync: when it returns 0, the
- * items are on disk and survive a crash of khalad or of the host. Per item, in the transaction:
+ * Writes. A put or mput is one write transaction. With sync_every_ms 0 it is committed with
+ * fsync: when it returns 0, the items are on disk and survive a crash of khalad or of the host.
+ * With sync_every_ms N (khalad's default: [l2] sync_every_ms) the environment is MDB_NOSYNC:
+ * a commit writes its pages to the file (the kernel's page cache) and returns, which survives a
+ * crash or SIGKILL of khalad; tick() fsyncs at most every N ms, so a crash of the host loses at
+ * most the last N ms of writes (Redis's appendfsync everysec, by default). Per item, in the
+ * transaction:
  *   1. read the stored record; if it is live and its version is above the new one, refuse
  *      (put: KHALA_EVERSION; mput: skip that item, the level already holds newer data);
  *   2. write the record (MDB_RESERVE, then fill it in place);
@@ -162,6 +167,10 @@ typedef struct disk {
     int lock_fd;
     uint64_t max_items, max_bytes;
     uint32_t max_value;
+    uint32_t sync_every_ms; /* 0: fsync each durable commit; else at most this often (tick) */
+
+    int dirty;            /* commits since the last fsync (sync_every_ms only) */
+    int64_t last_sync_ms; /* when tick last synced */
 
     MDB_txn *rtxn; /* a reset read transaction, renewed by each read; NULL until the first */
 
@@ -369,6 +378,8 @@ static int grow(disk_t *d) {
 
 /* Begin a write transaction; nosync for those that only remove dead items or write hints. */
 static int wtxn_begin(disk_t *d, int nosync, MDB_txn **txn) {
+    if (d->sync_every_ms)
+        nosync = 0; /* the whole environment is MDB_NOSYNC: nothing to switch */
     if (nosync)
         mdb_env_set_flags(d->env, MDB_NOSYNC, 1);
     int rc = mdb_txn_begin(d->env, NULL, 0, txn);
@@ -383,10 +394,14 @@ static int wtxn_begin(disk_t *d, int nosync, MDB_txn **txn) {
 
 /* Commit (or abort, when rc != 0) a write transaction; returns the commit's result. */
 static int wtxn_end(disk_t *d, MDB_txn *txn, int nosync, int rc) {
+    if (d->sync_every_ms)
+        nosync = 0;
     if (rc)
         mdb_txn_abort(txn);
     else
         rc = mdb_txn_commit(txn);
+    if (rc == 0)
+        d->dirty = 1;
     if (nosync)
         mdb_env_set_flags(d->env, MDB_NOSYNC, 0);
     return rc;
@@ -1171,6 +1186,16 @@ static void disk_tick(khala_tier_t *t, int64_t now_ms) {
         if (flush_counters(d, FLUSH_EXAMINE, FLUSH_MAX))
             d->st.errors++;
     }
+    /* Periodic durability: what was committed since the last sync reaches the disk. */
+    if (d->sync_every_ms && d->dirty && now_ms - d->last_sync_ms >= (int64_t)d->sync_every_ms) {
+        d->last_sync_ms = now_ms;
+        d->dirty = 0;
+        int rc = mdb_env_sync(d->env, 1);
+        if (rc) {
+            d->st.errors++;
+            (void)mdb_fail(d, rc, "syncing the store to disk");
+        }
+    }
 }
 
 static void disk_free(disk_t *d) {
@@ -1480,7 +1505,8 @@ int khala__tier_disk_open(const khala_tier_disk_opts_t *o, khala_tier_t **out, c
     }
     /* MDB_NOTLS: read transactions are not tied to a thread (we reuse one, reset, across
      * calls). Commits sync: an acknowledged write survives a crash. */
-    rc = mdb_env_open(d->env, o->path, MDB_NOTLS, 0600);
+    d->sync_every_ms = o->sync_every_ms;
+    rc = mdb_env_open(d->env, o->path, MDB_NOTLS | (o->sync_every_ms ? MDB_NOSYNC : 0), 0600);
     if (rc) {
         if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_CORRUPTED)
             rc = khala__errbuf(err, errlen, KHALA_ECORRUPT,

@@ -55,12 +55,15 @@
 
 /** Options of khala__tier_disk_open(). A plain value; the open copies what it keeps. */
 typedef struct khala_tier_disk_opts {
-    const char *path;    /* directory of the store, created (mkdir -p, mode 0700) if missing */
-    khala_level_t level; /* KHALA_LEVEL_L2 or KHALA_LEVEL_L3 */
-    uint64_t max_items;  /* LFU capacity in items (>= 1) */
-    uint64_t max_bytes;  /* LFU capacity in bytes of keys + values (>= 1) */
-    bool persistent;     /* false: the store is emptied at open */
-    uint32_t max_value;  /* largest value accepted, bytes; 0 = KHALA_TIER_DISK_VALUE_MAX */
+    const char *path;       /* directory of the store, created (mkdir -p, mode 0700) if missing */
+    khala_level_t level;    /* KHALA_LEVEL_L2 or KHALA_LEVEL_L3 */
+    uint64_t max_items;     /* LFU capacity in items (>= 1) */
+    uint64_t max_bytes;     /* LFU capacity in bytes of keys + values (>= 1) */
+    bool persistent;        /* false: the store is emptied at open */
+    uint32_t max_value;     /* largest value accepted, bytes; 0 = KHALA_TIER_DISK_VALUE_MAX */
+    uint32_t sync_every_ms; /* 0: every write is fsync'd before it returns (survives a crash of
+                               the host); N: writes survive a crash of khalad at once and reach
+                               the disk within N ms (tick() fsyncs) */
 } khala_tier_disk_opts_t;
 
 /**

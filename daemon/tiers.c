@@ -186,6 +186,7 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
             .max_bytes = (uint64_t)d->cfg.l2.max_memory_mb << 20,
             .persistent = d->cfg.l2.persistent,
             .max_value = d->cfg.l1.max_value_bytes,
+            .sync_every_ms = d->cfg.l2.sync_every_ms,
         };
         rc = khala__tier_disk_open(&o, &lt->t, err, sizeof(err));
     }
@@ -217,7 +218,8 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
         if ((rc = khala__config_store_path(&d->cfg, 2, dir, sizeof(dir) - 16)) == 0 &&
             (rc = mkdirs(dir)) == 0) {
             strcat(dir, "/journal");
-            rc = khala__wq_journal_open(lt->wq, dir, &recovered, err, sizeof(err));
+            rc = khala__wq_journal_open(lt->wq, dir, d->cfg.l2.sync_every_ms, &recovered, err,
+                                        sizeof(err));
         } else {
             snprintf(err, sizeof(err), "write journal under %s: %s", dir, khala_strerror(rc));
         }
@@ -745,10 +747,9 @@ void khala__tiers_tick(khalad_t *d) {
                            level_name(lt), "backend", lt->t->ops->name, "queued", n, NULL);
             }
         }
-        if (lt->t->healthy) {
+        if (lt->t->healthy)
             drain(d, lt, KHALAD_FLUSH_BATCHES_PER_TICK);
-            (void)khala__wq_sync(lt->wq);
-        }
+        (void)khala__wq_sync(lt->wq); /* removals, and the periodic fsync */
         if (lt->t->ops->tick)
             lt->t->ops->tick(lt->t, now);
     }

@@ -87,6 +87,9 @@ struct khala_wq {
     uint64_t next_seq;
     uint64_t *dead; /* records to delete at the next sync */
     size_t ndead, capdead;
+    uint32_t sync_every_ms; /* 0: fsync each push; else MDB_NOSYNC and fsync at most this often */
+    int dirty;              /* commits since the last fsync */
+    int64_t last_sync_ms;
 };
 
 static int64_t wall_ms(void) {
@@ -154,6 +157,8 @@ void khala__wq_free(khala_wq_t *q) {
     if (!q)
         return;
     (void)khala__wq_sync(q);
+    if (q->env && q->dirty)
+        (void)mdb_env_sync(q->env, 1);
     /* What is still queued stays in the journal for the next khalad. */
     while (q->head) {
         ((entry_t *)q->head)->seq = 0;
@@ -166,24 +171,34 @@ void khala__wq_free(khala_wq_t *q) {
 }
 
 int khala__wq_sync(khala_wq_t *q) {
-    if (!q->env || q->ndead == 0)
+    if (!q->env)
         return 0;
-    MDB_txn *txn;
-    if (mdb_txn_begin(q->env, NULL, 0, &txn) != 0)
-        return -EIO;
-    for (size_t i = 0; i < q->ndead; i++) {
-        uint8_t k[8];
-        be64(k, q->dead[i]);
-        MDB_val key = {8, k};
-        int rc = mdb_del(txn, q->dbi, &key, NULL);
-        if (rc != 0 && rc != MDB_NOTFOUND) {
-            mdb_txn_abort(txn);
+    if (q->ndead) {
+        MDB_txn *txn;
+        if (mdb_txn_begin(q->env, NULL, 0, &txn) != 0)
             return -EIO;
+        for (size_t i = 0; i < q->ndead; i++) {
+            uint8_t k[8];
+            be64(k, q->dead[i]);
+            MDB_val key = {8, k};
+            int rc = mdb_del(txn, q->dbi, &key, NULL);
+            if (rc != 0 && rc != MDB_NOTFOUND) {
+                mdb_txn_abort(txn);
+                return -EIO;
+            }
         }
+        if (mdb_txn_commit(txn) != 0)
+            return -EIO;
+        q->ndead = 0;
+        q->dirty = 1;
     }
-    if (mdb_txn_commit(txn) != 0)
-        return -EIO;
-    q->ndead = 0;
+    int64_t now = khala__sys_now_ms();
+    if (q->sync_every_ms && q->dirty && now - q->last_sync_ms >= (int64_t)q->sync_every_ms) {
+        q->last_sync_ms = now;
+        q->dirty = 0;
+        if (mdb_env_sync(q->env, 1) != 0)
+            return -EIO;
+    }
     return 0;
 }
 
@@ -228,6 +243,7 @@ static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
     }
     if (mdb_txn_commit(txn) != 0)
         return -EIO;
+    q->dirty = 1;
     e->seq = seq;
     q->next_seq++;
     return 0;
@@ -319,8 +335,8 @@ int khala__wq_invalidate(khala_wq_t *q, const void *prefix, size_t plen, int typ
     return push(q, KHALA_WQ_INVALIDATE, prefix, plen, NULL, 0, 0, 0, type);
 }
 
-int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint64_t *recovered, char *err,
-                           size_t errlen) {
+int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_ms,
+                           uint64_t *recovered, char *err, size_t errlen) {
     if (recovered)
         *recovered = 0;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
@@ -335,7 +351,7 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint64_t *recovered, 
     if (rc == 0)
         rc = mdb_env_set_mapsize(env, JOURNAL_MAP_SIZE);
     if (rc == 0)
-        rc = mdb_env_open(env, dir, MDB_NOTLS, 0600);
+        rc = mdb_env_open(env, dir, MDB_NOTLS | (sync_every_ms ? MDB_NOSYNC : 0), 0600);
     if (rc == 0)
         rc = mdb_txn_begin(env, NULL, 0, &txn);
     if (rc == 0)
@@ -404,6 +420,7 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint64_t *recovered, 
         return ret;
     }
     q->env = env;
+    q->sync_every_ms = sync_every_ms;
     q->next_seq = last + 1;
     if (recovered)
         *recovered = n;

@@ -9,8 +9,10 @@
  * their order relative to queued invalidations is kept.
  *
  * With a journal (khala__wq_journal_open) the queue is durable: every push is committed to an
- * LMDB file (fsync'd) before it returns, so a write acknowledged while its level was down, or
- * under write-behind, survives a SIGKILL of khalad; at the next start the journal is read back
+ * LMDB file before it returns (fsync'd at once, or at most sync_every_ms later: the commit is
+ * in the kernel's page cache at once, which a crash of khalad does not lose), so a write
+ * acknowledged while its level was down, or under write-behind, survives a SIGKILL of khalad;
+ * at the next start the journal is read back
  * into the queue, in order, and drains as usual. Removals (what the flusher sent) are committed
  * in batches by khala__wq_sync(); a removal lost in a crash means the operation is sent again,
  * which is harmless (puts carry their version, deletes and invalidations repeat).
@@ -69,17 +71,21 @@ int khala__wq_new(size_t max_ops, size_t max_bytes, khala_wq_t **out);
  *        what an earlier khalad left in it, in its order. Call on an empty queue, once.
  * @param[in] q the queue.
  * @param[in] dir the journal's directory (created if missing, mode 0700).
+ * @param[in] sync_every_ms 0: fsync every commit; N: fsync at most every N ms, from
+ *            khala__wq_sync() (a crash of the host may lose the last N ms).
  * @param[out] recovered how many operations were read back; may be NULL.
  * @param[out] err message naming the directory and the cause; may be NULL.
  * @param[in] errlen size of @p err.
  * @return 0; -errno when the directory cannot be made; KHALA_ECORRUPT when the journal is not
  *         one (or a record is damaged); KHALA_ETIER-free: LMDB errors map to -EIO.
  */
-int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint64_t *recovered, char *err,
-                           size_t errlen);
+int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_ms,
+                           uint64_t *recovered, char *err, size_t errlen);
 
 /**
- * @brief Commit the removals made since the last sync to the journal (one transaction).
+ * @brief Commit the removals made since the last sync to the journal (one transaction), and
+ *        fsync the journal when sync_every_ms has passed since the last fsync. Call it often
+ *        (khalad: every tick).
  * @param[in] q the queue; a queue without a journal returns 0 at once.
  * @return 0 or -EIO.
  */

@@ -99,7 +99,7 @@ Test(writeq, the_journal_brings_the_queue_back_in_order) {
     char err[256];
     uint64_t n = 99;
     cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
-    cr_assert_eq(khala__wq_journal_open(q, dir, &n, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, &n, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(n, 0);
     put(q, "a", "1", 1);
     put(q, "b", "1", 2);
@@ -122,7 +122,7 @@ Test(writeq, the_journal_brings_the_queue_back_in_order) {
     khala__wq_free(q); /* this process never removed it */
 
     cr_assert_eq(khala__wq_new(1, 1, &q), 0); /* bounds do not apply to what comes back */
-    cr_assert_eq(khala__wq_journal_open(q, dir, &n, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, &n, err, sizeof(err)), 0, "%s", err);
     const char *want[] = {"I:p:=", "P:a=2", "D:c="};
     expect(q, want, 3);
     cr_assert_eq(n, 3);
@@ -134,7 +134,7 @@ Test(writeq, the_journal_brings_the_queue_back_in_order) {
     khala__wq_free(q);
 
     cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
-    cr_assert_eq(khala__wq_journal_open(q, dir, &n, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, &n, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(n, 0, "a drained and synced queue comes back empty");
     cr_assert_null(khala__wq_head(q));
     khala__wq_free(q);
@@ -146,7 +146,7 @@ Test(writeq, a_damaged_journal_record_is_ecorrupt_and_named) {
     khala_wq_t *q;
     char err[256];
     cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
-    cr_assert_eq(khala__wq_journal_open(q, dir, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
     put(q, "a", "1", 1);
     khala__wq_free(q);
     /* Overwrite the record with bytes of the right size and the wrong content. */
@@ -171,7 +171,7 @@ Test(writeq, a_damaged_journal_record_is_ecorrupt_and_named) {
     mdb_env_close(env);
 
     cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
-    cr_assert_eq(khala__wq_journal_open(q, dir, NULL, err, sizeof(err)), KHALA_ECORRUPT);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), KHALA_ECORRUPT);
     cr_assert(strstr(err, dir) && strstr(err, "damaged"), "message: %s", err);
     cr_assert_null(khala__wq_head(q), "nothing half-read is queued");
     khala__wq_free(q);
@@ -186,7 +186,7 @@ Test(writeq, a_journal_where_a_file_is_is_an_error_naming_it) {
     khala_wq_t *q;
     char err[256] = "";
     cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
-    cr_assert_neq(khala__wq_journal_open(q, path, NULL, err, sizeof(err)), 0);
+    cr_assert_neq(khala__wq_journal_open(q, path, 0, NULL, err, sizeof(err)), 0);
     cr_assert(strstr(err, path), "message: %s", err);
     khala__wq_free(q);
 }
