@@ -47,6 +47,8 @@ typedef struct khalad {
     int coh_fd;                            /* its descriptor the loop watches, or -1 */
     uint64_t last_version;                 /* last version handed out */
     uint64_t rng;                          /* TTL jitter */
+    int publish_lost;                      /* a change was not published: flush others */
+    int64_t next_flush_publish_ms;         /* when to try telling them again */
     char errmsg[512];                      /* the last tiers error, for replies */
     char socket_path[4096];                /* where srv listens */
     uid_t uid;                             /* khalad's own uid */

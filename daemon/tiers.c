@@ -45,19 +45,14 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "errbuf.h"
 #include "khala/error.h"
 #include "khalad.h"
 #include "tier_disk.h"
 #include "tier_redis.h"
 
-static void set_msg(khalad_t *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_msg(khalad_t *d, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(d->errmsg, sizeof(d->errmsg), fmt, ap);
-    va_end(ap);
-}
+/* The message a reply will carry (d->errmsg). */
+#define set_msg(d, ...) khala__errbuf_set((d)->errmsg, sizeof((d)->errmsg), __VA_ARGS__)
 
 static const char *level_name(const khalad_tier_t *lt) {
     return lt->t->level == KHALA_LEVEL_L3 ? "L3" : "L2";
@@ -324,6 +319,7 @@ static void publish(khalad_t *d, khala_inv_by_t by, const void *key, size_t klen
     khala_inv_t m = {.by = by, .key = key, .klen = klen, .type = type, .version = version};
     if (khala__coherence_publish(d->coh, &m) != 0) {
         d->publish_errors++;
+        d->publish_lost = 1; /* other hosts missed a change: tick() tells them to flush */
         khala__log("warn", "cannot publish an invalidation to other hosts", "error",
                    khala__coherence_errmsg(d->coh), NULL);
     }
@@ -756,6 +752,20 @@ void khala__tiers_tick(khalad_t *d) {
     if (d->coh) {
         khala__coherence_tick(d->coh, now);
         coh_rewatch(d);
+        /* A change this khalad could not publish was missed by every other host, and which
+         * keys it touched is not kept: once publishing works again, they all empty their L1
+         * (what they re-read comes from L2, which has the change). */
+        if (d->publish_lost && now >= d->next_flush_publish_ms) {
+            khala_inv_t all = {.by = KHALA_INV_ALL, .type = KHALA_INV_ALL_TYPES};
+            d->next_flush_publish_ms = now + KHALAD_HEALTH_EVERY_MS;
+            if (khala__coherence_publish(d->coh, &all) == 0) {
+                d->publish_lost = 0;
+                khala__log("info",
+                           "told other hosts to empty their L1: they missed changes "
+                           "this khalad could not publish",
+                           NULL);
+            }
+        }
     }
 }
 
