@@ -79,6 +79,10 @@ typedef struct khala_tier_ops {
     /* Periodic work, from khalad's tick (about every 10 ms): flush batched access counts,
      * decay them, sweep expired items. Keep it short (a few ms at most). May be NULL. */
     void (*tick)(khala_tier_t *t, int64_t now_ms);
+    /* Add `hits` reads of key that a faster level served (L1 hits, which khalad counts from the
+     * readers' hit rings) to the key's access count, so that hot() ranks keys by all their
+     * reads. A hint: no error, nothing if the level does not hold the key. May be NULL. */
+    void (*note_hits)(khala_tier_t *t, const void *key, size_t klen, uint64_t hits);
     void (*close)(khala_tier_t *t); /* frees t too */
 } khala_tier_ops_t;
 

@@ -116,6 +116,8 @@
 #define FLUSH_EXAMINE 4096u
 #define FLUSH_MAX 1024u
 #define FLUSH_INTERVAL_MS 1000
+/* note_hits raises a counter at most this often per call: the log counter saturates by then. */
+#define NOTE_RAISES_MAX 255u
 
 /* Deletions per transaction in invalidate and in the trim at open: bounds a transaction's dirty
  * pages well under LMDB's limit (MDB_TXN_FULL). */
@@ -699,6 +701,17 @@ static int get_one(disk_t *d, MDB_txn *txn, const void *key, size_t klen, khala_
     return 0;
 }
 
+/* L1 hits reported by khalad: raise the key's counter as that many gets would (the counter is
+ * logarithmic, so a few dozen raises saturate it: at most NOTE_RAISES_MAX). */
+static void disk_note_hits(khala_tier_t *t, const void *key, size_t klen, uint64_t hits) {
+    disk_t *d = t->impl;
+    if (!hits || !key || klen == 0 || klen > KHALA_KEY_MAX)
+        return;
+    entry_t *e = khala__disk_index_find(&d->ix, key, klen);
+    for (uint64_t i = 0; e && i < hits && i < NOTE_RAISES_MAX; i++)
+        khala__disk_index_touch(&d->ix, e);
+}
+
 static int disk_get(khala_tier_t *t, const void *key, size_t klen, khala_tier_value_t *out) {
     disk_t *d = t->impl;
     d->st.gets++;
@@ -1235,6 +1248,7 @@ static const khala_tier_ops_t disk_ops = {
     .health = disk_health,
     .stats = disk_stats,
     .tick = disk_tick,
+    .note_hits = disk_note_hits,
     .close = disk_close,
 };
 

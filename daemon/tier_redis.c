@@ -352,7 +352,7 @@ int khala__tier_redis_value_decode(const char *s, size_t len, khala_tier_value_t
 /* Access counts                                                                                */
 /* ------------------------------------------------------------------------------------------ */
 
-static void hot_count(rtier_t *rt, const void *key, size_t klen) {
+static void hot_count_n(rtier_t *rt, const void *key, size_t klen, uint64_t n) {
     if (!rt->hot) {
         rt->hot = calloc(HOT_TABLE_SLOTS, sizeof(*rt->hot));
         if (!rt->hot)
@@ -368,15 +368,29 @@ static void hot_count(rtier_t *rt, const void *key, size_t klen) {
                 return;
             memcpy(e->key, key, klen);
             e->klen = (uint32_t)klen;
-            e->count = 1;
+            e->count = n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
             rt->hot_n++;
             return;
         }
         if (e->klen == klen && memcmp(e->key, key, klen) == 0) {
-            e->count++;
+            e->count = n >= UINT32_MAX - e->count ? UINT32_MAX : e->count + (uint32_t)n;
             return;
         }
     }
+}
+
+static void hot_count(rtier_t *rt, const void *key, size_t klen) {
+    hot_count_n(rt, key, klen, 1);
+}
+
+/* L1 hits reported by khalad: counted like hits here (flushed with them by tick). */
+static void tr_note_hits(khala_tier_t *t, const void *key, size_t klen, uint64_t hits) {
+    rtier_t *rt = RT(t);
+    if (!hits || !klen || klen > KHALA_KEY_MAX ||
+        (klen == sizeof(KHALA_TIER_REDIS_HOT_KEY) - 1 &&
+         memcmp(key, KHALA_TIER_REDIS_HOT_KEY, klen) == 0))
+        return;
+    hot_count_n(rt, key, klen, hits);
 }
 
 static void hot_clear(rtier_t *rt) {
@@ -1336,6 +1350,8 @@ static void tr_close(khala_tier_t *t) {
     if (!t)
         return;
     rtier_t *rt = RT(t);
+    if (rt->ready && rt->hot_n)
+        hot_flush(rt); /* the counts of the last second: the next preload ranks by them */
     khala__redis_router_free(&rt->r);
     hot_clear(rt);
     free(rt->hot);
@@ -1351,6 +1367,7 @@ static const khala_tier_ops_t redis_ops = {
     .del = tr_del,
     .scan = tr_scan,
     .hot = tr_hot,
+    .note_hits = tr_note_hits,
     .invalidate = tr_invalidate,
     .health = tr_health,
     .stats = tr_stats,

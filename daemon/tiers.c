@@ -272,7 +272,43 @@ int khala__tiers_open(khalad_t *d) {
 
 static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches);
 
+/* L1 scan visitor: report an item's reader hits to L2's access counts. */
+typedef struct hits_ctx {
+    khalad_t *d;
+    khala_tier_t *t;
+    uint64_t noted;
+} hits_ctx_t;
+
+static int note_item_hits(void *arg, const khala_item_t *it) {
+    hits_ctx_t *h = arg;
+    uint32_t hits = khala__l1_item_hits(h->d->l1, it);
+    if (hits && (type_levels(h->d, (khala_type_t)it->type) & KHALA_CONFIG_LEVEL_L2)) {
+        h->t->ops->note_hits(h->t, khala__item_key(it), it->key_len, hits);
+        h->noted++;
+    }
+    return 0; /* keep it */
+}
+
+/* Workers' L1 hits never reach L2, so L2's access counts would rank the hottest keys by the
+ * few reads that brought them into L1. At a graceful stop they are added (note_hits), so that
+ * the next start's preload warms what was really read most. */
+static void note_l1_hits(khalad_t *d) {
+    if (!d->ntiers || !d->tiers[0].t->ops->note_hits || !d->l1)
+        return;
+    (void)khala__l1_maintain(d->l1); /* drain the readers' hit rings into the items */
+    hits_ctx_t h = {d, d->tiers[0].t, 0};
+    uint64_t cursor = 0;
+    do
+        (void)khala__l1_scan(d->l1, &cursor, 65536, note_item_hits, &h);
+    while (cursor != 0);
+    char n[32];
+    snprintf(n, sizeof(n), "%" PRIu64, h.noted);
+    khala__log("info", "added L1 hits to L2's access counts (for the next preload)", "keys", n,
+               NULL);
+}
+
 void khala__tiers_close(khalad_t *d) {
+    note_l1_hits(d);
     for (int i = 0; i < d->ntiers; i++) {
         khalad_tier_t *lt = &d->tiers[i];
         if (!lt->t)

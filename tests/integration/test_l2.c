@@ -430,31 +430,85 @@ Test(l2, redis_warm_by_prefix_type_and_keys) {
     warm_by_prefix_and_type();
 }
 
-Test(l2, preload_common_warms_the_most_used_keys) {
-    khalad_extra_sets[0] = "policies.preload_common=true";
+/* preload_common warms at most half of L1 (here 8 of 16 items), ranked by the access counts L2
+ * keeps. Cold keys are read three times each from L2; hot keys once from L2 and then hundreds of
+ * times from L1 by a worker, which only khalad's report of L1 hits at a graceful stop can tell
+ * L2. Without that report the cold keys would rank first and fill the preload. */
+static void preload_ranks_by_all_reads(void) {
+    int n = 0;
+    while (khalad_extra_sets[n])
+        n++;
+    khalad_extra_sets[n] = "l1.max_items=16";
+    khalad_extra_sets[n + 1] = NULL;
     khalad_start();
     khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
     char key[32];
-    for (int i = 0; i < 100; i++) {
-        snprintf(key, sizeof(key), "p:%d", i);
-        put_str(ch, key, "value");
+    for (int i = 0; i < 4; i++) {
+        snprintf(key, sizeof(key), "h:%d", i);
+        put_str(ch, key, "hot value");
     }
-    /* Make p:0..p:9 the most used of L2: read them from L2 (emptying L1 between rounds). */
-    for (int round = 0; round < 5; round++) {
+    for (int i = 0; i < 8; i++) {
+        snprintf(key, sizeof(key), "c:%d", i);
+        put_str(ch, key, "cold value");
+    }
+    got_t g;
+    for (int round = 0; round < 3; round++) {
         ch = restart_empty_l1(ch, SIGTERM);
-        for (int i = 0; i < 10; i++) {
-            got_t g;
-            snprintf(key, sizeof(key), "p:%d", i);
+        for (int i = 0; i < 8; i++) {
+            snprintf(key, sizeof(key), "c:%d", i);
             cr_assert_eq(raw_get(ch, key, &g), 0);
+            cr_assert_eq(g.lvl, KHALA_LEVEL_L2);
         }
     }
     ch = restart_empty_l1(ch, SIGTERM);
-    /* Preload ran before khalad listened. */
-    for (int i = 0; i < 10; i++) {
-        snprintf(key, sizeof(key), "p:%d", i);
-        cr_assert(in_l1(ch, key), "the frequently read %s was not preloaded", key);
+    khala_cache_t *w = NULL;
+    khala_cache_options_t o;
+    khala_cache_options_init(&o);
+    o.socket_path = khalad_sock;
+    cr_assert_eq(khala_cache_open(khalad_name, &o, &w), 0, "%s", khala_cache_errmsg(NULL));
+    for (int i = 0; i < 4; i++) {
+        snprintf(key, sizeof(key), "h:%d", i);
+        cr_assert_eq(raw_get(ch, key, &g), 0); /* one read from L2, promoted */
+        cr_assert_eq(g.lvl, KHALA_LEVEL_L2);
     }
+    char buf[32];
+    size_t len;
+    for (int r = 0; r < 300; r++)
+        for (int i = 0; i < 4; i++) {
+            snprintf(key, sizeof(key), "h:%d", i);
+            cr_assert_eq(khala_cache_get(w, key, strlen(key), buf, sizeof(buf), &len), 0);
+        }
+    khala_cache_stats_t st;
+    cr_assert_eq(khala_cache_stats(w, &st), 0);
+    cr_assert_geq(st.hits, 1200, "the hot reads were L1 hits");
+    khala_cache_close(w);
+    /* The graceful stop reports the L1 hits; the next start preloads. */
+    n = 0;
+    while (khalad_extra_sets[n])
+        n++;
+    khalad_extra_sets[n] = "policies.preload_common=true";
+    khalad_extra_sets[n + 1] = NULL;
+    ch = restart_empty_l1(ch, SIGTERM);
+    for (int i = 0; i < 4; i++) {
+        snprintf(key, sizeof(key), "h:%d", i);
+        cr_assert(in_l1(ch, key), "the key read most (from L1) %s was not preloaded", key);
+    }
+    int cold = 0;
+    for (int i = 0; i < 8; i++) {
+        snprintf(key, sizeof(key), "c:%d", i);
+        cold += in_l1(ch, key);
+    }
+    cr_assert_leq(cold, 4, "preload warms at most half of L1: 4 hot + at most 4 cold");
     khala__chan_close(ch);
+}
+
+Test(l2, disk_preload_ranks_keys_by_l1_and_l2_reads) {
+    preload_ranks_by_all_reads();
+}
+
+Test(l2, redis_preload_ranks_keys_by_l1_and_l2_reads) {
+    use_redis(tu_redis_env("KHALA_TEST_REDIS_URL"), 0);
+    preload_ranks_by_all_reads();
 }
 
 /* Two hosts, one Redis -------------------------------------------------------------------------- */
