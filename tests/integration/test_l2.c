@@ -687,3 +687,47 @@ Test(l2, redis_write_behind_survives_a_sigkill_of_khalad) {
     }
     khala__chan_close(ch);
 }
+
+/* A hung Redis (SIGSTOP: connections stay open, nothing answers) ------------------------------ */
+
+Test(l2, a_hung_redis_costs_one_timeout_then_writes_queue_and_reads_go_on) {
+    tu_redis_start(&g_redis, NULL);
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", g_redis.port);
+    use_redis(url, 0);
+    int n = 0;
+    while (khalad_extra_sets[n])
+        n++;
+    khalad_extra_sets[n++] = "l2.timeout_ms=200";
+    khalad_extra_sets[n] = NULL;
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_str(ch, "l1-resident", "served from L1");
+    cr_assert_eq(kill(g_redis.pid, SIGSTOP), 0);
+    /* The first write meets the timeout and marks L2 down; it and the next ones are queued. */
+    char key[32], val[32];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "hung:%d", i);
+        snprintf(val, sizeof(val), "queued %d", i);
+        put_str(ch, key, val);
+    }
+    cr_assert_eq(stat_u(ch, "l2", "healthy"), 0);
+    cr_assert_eq(stat_u(ch, "l2", "queued_now"), 20);
+    /* khalad keeps answering: L1, and the queue. */
+    got_t g;
+    cr_assert_eq(raw_get(ch, "l1-resident", &g), 0);
+    cr_assert_eq(g.lvl, KHALA_LEVEL_L1);
+    cr_assert_eq(raw_get(ch, "hung:3", &g), 0);
+    cr_assert_eq(g.len, strlen("queued 3"));
+    cr_assert_eq(raw_get(ch, "never-written", &g), KHALA_ENOTFOUND);
+    /* Redis answers again: the queue drains into it. */
+    cr_assert_eq(kill(g_redis.pid, SIGCONT), 0);
+    for (int i = 0; i < 2000 && stat_u(ch, "l2", "queued_now") != 0; i++)
+        sleep_ms(10);
+    cr_assert_eq(stat_u(ch, "l2", "queued_now"), 0, "the queue did not drain after SIGCONT");
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "hung:%d", i);
+        cr_assert(redis_has("127.0.0.1", (int)g_redis.port, g_ns, key), "%s was lost", key);
+    }
+    khala__chan_close(ch);
+}
