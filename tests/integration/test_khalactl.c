@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <fcntl.h>
 #include <stdbool.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "khalad_util.h"
+#include "segment.h"
 
 #ifndef KHALACTL_PATH
 #error "KHALACTL_PATH must name the khalactl binary"
@@ -421,10 +423,40 @@ Test(khalactl, warm_sends_keys_from_a_file_in_batches) {
     cr_assert_eq(CTL("--json", "warm", "--keys-from", path), 0, "%s", g_err);
     cr_assert(json_object(g_out), "not JSON: %s", g_out);
     cr_assert_eq(json_uint(g_out, "sent"), 2501);
-    /* Nothing below L1 yet: khalad warms nothing. */
+    /* None of these keys was ever written: nothing to warm. */
     cr_assert_eq(json_uint(g_out, "count"), 0);
     cr_assert_eq(CTL("warm", "--type", "embedding"), 0);
     cr_assert_eq(CTL("warm", "--prefix", "user:"), 0);
+}
+
+Test(khalactl, warm_fills_an_empty_l1_from_l2_by_prefix_type_and_file) {
+    char key[32], path[128];
+    for (int i = 0; i < 30; i++) {
+        snprintf(key, sizeof(key), "w:%d", i);
+        cr_assert_eq(CTL("put", key, "warm me"), 0, "%s", g_err);
+    }
+    cr_assert_eq(CTL("put", "v:1", "a verdict", "--type", "verification"), 0, "%s", g_err);
+    /* A new khalad on a new segment: L1 is empty, L2 (the disk store) kept everything. */
+    khalad_kill(SIGTERM);
+    khala__seg_unlink(khalad_name);
+    khalad_start();
+    cr_assert_eq(CTL("inspect", "w:3"), 1, "L1 is empty");
+    cr_assert_eq(CTL("--json", "warm", "--prefix", "w:"), 0, "%s", g_err);
+    cr_assert_eq(json_uint(g_out, "count"), 30, "%s", g_out);
+    cr_assert_eq(CTL("inspect", "w:3"), 0);
+    cr_assert_eq(CTL("--json", "warm", "--type", "verification"), 0, "%s", g_err);
+    cr_assert_eq(json_uint(g_out, "count"), 1, "%s", g_out);
+    cr_assert_eq(CTL("inspect", "v:1"), 0);
+    khalad_kill(SIGTERM);
+    khala__seg_unlink(khalad_name);
+    khalad_start();
+    snprintf(path, sizeof(path), "%s/keys", g_dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("w:1\nw:2\nnever-written\n", f);
+    fclose(f);
+    cr_assert_eq(CTL("warm", "--keys-from", path), 0, "%s", g_err);
+    cr_assert(strstr(g_out, "warmed 2 keys"), "%s", g_out);
 }
 
 Test(khalactl, khalad_not_running_exits_3_naming_the_socket) {
