@@ -12,12 +12,16 @@
  * on a condition.
  */
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -30,15 +34,35 @@
 #include "redis_util.h"
 #include "segment.h"
 
+static pid_t g_pid2, g_relay;
+static char g_name2[80];
+
 static void setup(void) {
     khalad_env_init("l2");
     memset(khalad_extra_sets, 0, sizeof(khalad_extra_sets));
+    g_pid2 = g_relay = 0;
+    g_name2[0] = '\0';
 }
 
 /* A private redis-server on a free loopback port, for tests that kill it. */
 static tu_redis_t g_redis;
 
+/* What a test starts beside the suite's khalad and redis-server (g_pid2: a second khalad,
+ * g_name2 its cache; g_relay: a relay's process group) is stopped here even when an assertion
+ * ends the test early. */
 static void teardown(void) {
+    if (g_pid2 > 0) {
+        kill(g_pid2, SIGKILL);
+        waitpid(g_pid2, NULL, 0);
+        g_pid2 = 0;
+    }
+    if (g_name2[0])
+        khala__seg_unlink(g_name2);
+    if (g_relay > 0) {
+        kill(-g_relay, SIGKILL);
+        waitpid(g_relay, NULL, 0);
+        g_relay = 0;
+    }
     tu_redis_stop(&g_redis);
     khalad_env_fini();
 }
@@ -518,8 +542,8 @@ Test(l2, invalidation_reaches_another_khalad) {
     use_redis(url, 1);
     khalad_start();
     /* The second "host": another cache name, socket and segment, same namespace. */
-    char name2[80], sock2[200], dir2[160];
-    snprintf(name2, sizeof(name2), "%sb", khalad_name);
+    char *name2 = g_name2, sock2[200], dir2[160];
+    snprintf(g_name2, sizeof(g_name2), "%sb", khalad_name);
     snprintf(dir2, sizeof(dir2), "%s/b", khalad_dir());
     mkdir(dir2, 0700);
     snprintf(sock2, sizeof(sock2), "%s/b.sock", dir2);
@@ -528,7 +552,7 @@ Test(l2, invalidation_reaches_another_khalad) {
     for (; khalad_extra_sets[n]; n++)
         sets[n] = khalad_extra_sets[n];
     sets[n] = NULL;
-    pid_t pid2 = khalad_spawn(name2, sock2, dir2, sets);
+    pid_t pid2 = g_pid2 = khalad_spawn(name2, sock2, dir2, sets);
     khala_chan_t *a = chan_to(khalad_sock, khalad_name);
     khala_chan_t *b = chan_to(sock2, name2);
     wait_stat(a, "l2", "subscribed", 1);
@@ -585,7 +609,7 @@ Test(l2, invalidation_reaches_another_khalad) {
     khala__chan_close(b);
     kill(pid2, SIGTERM);
     waitpid(pid2, NULL, 0);
-    khala__seg_unlink(name2);
+    g_pid2 = 0;
 }
 
 /* Redis killed and restarted -------------------------------------------------------------------- */
@@ -730,4 +754,141 @@ Test(l2, a_hung_redis_costs_one_timeout_then_writes_queue_and_reads_go_on) {
         cr_assert(redis_has("127.0.0.1", (int)g_redis.port, g_ns, key), "%s was lost", key);
     }
     khala__chan_close(ch);
+}
+
+/* One host cut off from Redis ------------------------------------------------------------------ */
+
+/* A TCP relay 127.0.0.1:listen_port -> 127.0.0.1:to_port in a process group of its own (one
+ * process per connection), so that killing the group cuts every connection at once: a network
+ * partition of one host, which a real server alone cannot show. Returns the group's id. */
+static pid_t relay_start(unsigned listen_port, unsigned to_port) {
+    int ready[2];
+    cr_assert_eq(pipe(ready), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid > 0) {
+        char c;
+        close(ready[1]);
+        cr_assert_eq(read(ready[0], &c, 1), 1, "the relay did not start");
+        close(ready[0]);
+        return pid;
+    }
+    setpgid(0, 0);
+    close(ready[0]);
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)listen_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(lfd, 16) != 0)
+        _exit(1);
+    (void)!write(ready[1], "r", 1);
+    signal(SIGCHLD, SIG_IGN);
+    for (;;) {
+        int c = accept(lfd, NULL, NULL);
+        if (c < 0)
+            continue;
+        if (fork() == 0) {
+            int u = socket(AF_INET, SOCK_STREAM, 0);
+            struct sockaddr_in ua = {.sin_family = AF_INET,
+                                     .sin_port = htons((uint16_t)to_port),
+                                     .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            if (connect(u, (struct sockaddr *)&ua, sizeof(ua)) != 0)
+                _exit(1);
+            struct pollfd fds[2] = {{c, POLLIN, 0}, {u, POLLIN, 0}};
+            char buf[65536];
+            for (;;) {
+                if (poll(fds, 2, -1) < 0)
+                    _exit(1);
+                for (int i = 0; i < 2; i++) {
+                    if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                        continue;
+                    ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+                    if (n <= 0)
+                        _exit(0);
+                    for (ssize_t off = 0; off < n;) {
+                        ssize_t w = write(fds[1 - i].fd, buf + off, (size_t)(n - off));
+                        if (w <= 0)
+                            _exit(0);
+                        off += w;
+                    }
+                }
+            }
+        }
+        close(c);
+    }
+}
+
+static void relay_kill(pid_t pgid) {
+    kill(-pgid, SIGKILL);
+    waitpid(pgid, NULL, 0);
+}
+
+/* Host a reaches Redis through the relay; host b directly. While a is cut off, its writes queue
+ * and its invalidations cannot be published. Once the relay is back, a drains its queue and,
+ * having missed publishing, tells every host to empty its L1: b drops even a key a never
+ * touched (a key b cached before the partition could have been changed by a unseen). */
+Test(l2, a_host_cut_off_from_redis_makes_the_others_flush_once_it_is_back) {
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
+    unsigned redis_port = 0, relay_port = tu_redis_free_port();
+    cr_assert_eq(sscanf(url, "redis://127.0.0.1:%u", &redis_port), 1, "%s", url);
+    pid_t relay = g_relay = relay_start(relay_port, redis_port);
+    char relay_url[64];
+    snprintf(relay_url, sizeof(relay_url), "redis://127.0.0.1:%u", relay_port);
+    use_redis(relay_url, 1);
+    int n = 0;
+    while (khalad_extra_sets[n])
+        n++;
+    khalad_extra_sets[n++] = "l2.timeout_ms=300";
+    khalad_extra_sets[n] = NULL;
+    khalad_start(); /* host a, through the relay */
+    char *name2 = g_name2, sock2[200], dir2[160], url_set[600];
+    snprintf(g_name2, sizeof(g_name2), "%sb", khalad_name);
+    snprintf(dir2, sizeof(dir2), "%s/b", khalad_dir());
+    mkdir(dir2, 0700);
+    snprintf(sock2, sizeof(sock2), "%s/b.sock", dir2);
+    snprintf(url_set, sizeof(url_set), "l2.redis_url=%s", url);
+    const char *sets[KHALAD_EXTRA_SETS_MAX + 2];
+    for (n = 0; khalad_extra_sets[n]; n++)
+        sets[n] = strncmp(khalad_extra_sets[n], "l2.redis_url=", 13) == 0 ? url_set
+                                                                          : khalad_extra_sets[n];
+    sets[n] = NULL;
+    pid_t pid2 = g_pid2 = khalad_spawn(name2, sock2, dir2, sets); /* host b, direct */
+    khala_chan_t *a = chan_to(khalad_sock, khalad_name);
+    khala_chan_t *b = chan_to(sock2, name2);
+    wait_stat(a, "l2", "subscribed", 1);
+    wait_stat(b, "l2", "subscribed", 1);
+    put_str(b, "untouched-by-a", "b's");
+    put_str(a, "k", "v1");
+    got_t g;
+    cr_assert_eq(raw_get(b, "k", &g), 0);
+    cr_assert(in_l1(b, "k") && in_l1(b, "untouched-by-a"));
+
+    relay_kill(relay); /* a is cut off */
+    g_relay = 0;
+    put_str(a, "k", "v2"); /* acknowledged: queued, not published */
+    cr_assert_eq(stat_u(a, "l2", "healthy"), 0);
+    cr_assert_geq(stat_u(a, "l2", "publish_errors"), 1);
+
+    relay = g_relay = relay_start(relay_port, redis_port); /* the partition heals */
+    /* b's L1 loses everything: k (the drained write is published) and the untouched key (the
+     * flush message). */
+    int flushed = 0;
+    for (int i = 0; i < 1500 && !flushed; i++) {
+        flushed = !in_l1(b, "untouched-by-a") && !in_l1(b, "k");
+        if (!flushed)
+            sleep_ms(10);
+    }
+    cr_assert(flushed, "b kept L1 entries that a may have changed while cut off");
+    cr_assert_eq(raw_get(b, "k", &g), 0);
+    cr_assert_eq(g.len, 2);
+    cr_assert_eq(memcmp(g.val, "v2", 2), 0, "b reads a's write after the partition");
+    khala__chan_close(a);
+    khala__chan_close(b);
+    kill(pid2, SIGTERM);
+    waitpid(pid2, NULL, 0);
+    g_pid2 = 0;
+    khalad_kill(SIGTERM);
+    relay_kill(relay);
+    g_relay = 0;
 }
