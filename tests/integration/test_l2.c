@@ -871,8 +871,12 @@ Test(l2, a_host_cut_off_from_redis_makes_the_others_flush_once_it_is_back) {
     cr_assert_geq(stat_u(a, "l2", "publish_errors"), 1);
 
     relay = g_relay = relay_start(relay_port, redis_port); /* the partition heals */
-    /* b's L1 loses everything: k (the drained write is published) and the untouched key (the
-     * flush message). */
+    /* a drains its queue into Redis (and publishes k again); b's L1 loses everything: k and
+     * the untouched key (the flush message). Until a's write is drained, a read on b could
+     * only find the old value in L2: the test reads after the drain. */
+    for (int i = 0; i < 1500 && stat_u(a, "l2", "queued_now") != 0; i++)
+        sleep_ms(10);
+    cr_assert_eq(stat_u(a, "l2", "queued_now"), 0, "a did not drain after the partition");
     int flushed = 0;
     for (int i = 0; i < 1500 && !flushed; i++) {
         flushed = !in_l1(b, "untouched-by-a") && !in_l1(b, "k");
