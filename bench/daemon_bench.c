@@ -10,6 +10,10 @@
  * read (database 0). Every server is stopped and the directory removed at the end, on error
  * paths too (and, through PR_SET_PDEATHSIG, the servers die if the bench itself dies).
  *
+ * miss --redis-tcp: redis-server listens also on a free loopback TCP port (127.0.0.1), and both
+ * khalad's redis L2 (redis://127.0.0.1:PORT/1) and the Redis reference rounds reach it over TCP,
+ * as when Redis is reached over a network; workers still reach khalad over its Unix socket.
+ *
  * Timed rounds come in pairs: a khalad load, then at once its Redis reference, with the same
  * number of forked clients; the ratios are per pair, then the median over rounds.
  *
@@ -39,6 +43,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <hiredis/hiredis.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -118,6 +123,34 @@ static int sock_connect(const char *path) {
     return fd;
 }
 
+/* A loopback TCP port that is free now (bound to 127.0.0.1:0, then released); 0 on failure. */
+static unsigned free_tcp_port(void) {
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    unsigned port = 0;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
+}
+
+/* 1 when 127.0.0.1:port accepts a connection. */
+static int tcp_listens(unsigned port) {
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    int ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    close(fd);
+    return ok;
+}
+
 /* Wait (bounded) until path accepts a connection; 0, or -1 if pid exited or time ran out. */
 static int wait_listen(const char *what, pid_t pid, const char *path) {
     for (int i = 0; i < DB_START_MS / 10; i++) {
@@ -160,6 +193,10 @@ void bench_env_stop(bench_env_t *e) {
 }
 
 int bench_env_start(bench_env_t *e, int want_redis) {
+    return bench_env_start_tcp(e, want_redis, 0);
+}
+
+int bench_env_start_tcp(bench_env_t *e, int want_redis, int tcp) {
     memset(e, 0, sizeof(*e));
     snprintf(e->dir, sizeof(e->dir), "/tmp/khala-bench-%d", (int)getpid());
     snprintf(e->rsock, sizeof(e->rsock), "%s/redis.sock", e->dir);
@@ -170,20 +207,39 @@ int bench_env_start(bench_env_t *e, int want_redis) {
     }
     if (!want_redis)
         return 0;
-    fflush(NULL);
-    if ((e->redis = fork()) == 0) {
-        quiet_child();
-        execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", e->rsock, "--save",
-               "", "--appendonly", "no", "--dir", e->dir, (char *)NULL);
-        _exit(127);
-    }
-    if (e->redis < 0 || wait_listen("redis-server", e->redis, e->rsock) != 0) {
-        if (e->redis < 0)
+    /* The free port may be taken between the check and redis-server's bind: try a few. */
+    for (int attempt = 0; attempt < (tcp ? 5 : 1); attempt++) {
+        char port[16] = "0";
+        if (tcp) {
+            if ((e->rport = free_tcp_port()) == 0) {
+                fprintf(stderr, "no free loopback TCP port: %s\n", strerror(errno));
+                break;
+            }
+            snprintf(port, sizeof(port), "%u", e->rport);
+        }
+        fflush(NULL);
+        if ((e->redis = fork()) == 0) {
+            quiet_child();
+            char *argv[] = {
+                "redis-server", "--port", port,    "--unixsocket", e->rsock, "--save",    "",
+                "--appendonly", "no",     "--dir", e->dir,         "--bind", "127.0.0.1", NULL};
+            if (!tcp)
+                argv[11] = NULL; /* no TCP listener: nothing to bind */
+            execvp("redis-server", argv);
+            _exit(127);
+        }
+        if (e->redis < 0) {
+            perror("fork");
             e->redis = 0;
-        bench_env_stop(e);
-        return -1;
+            break;
+        }
+        if (wait_listen("redis-server", e->redis, e->rsock) == 0 && (!tcp || tcp_listens(e->rport)))
+            return 0;
+        stop_server(&e->redis);
+        unlink(e->rsock);
     }
-    return 0;
+    bench_env_stop(e);
+    return -1;
 }
 
 /* Append one --set option to k; 0, or -1 when it does not fit. */
@@ -224,7 +280,10 @@ int bench_khalad_init(bench_env_t *e, bench_khalad_t *k, int backend, uint32_t k
         return -1;
     if (backend == BENCH_L2_REDIS) {
         /* redis_url before backend: each --set is validated at once. */
-        snprintf(opt, sizeof(opt), "l2.redis_url=unix://%s?db=1", e->rsock);
+        if (e->rport)
+            snprintf(opt, sizeof(opt), "l2.redis_url=redis://127.0.0.1:%u/1", e->rport);
+        else
+            snprintf(opt, sizeof(opt), "l2.redis_url=unix://%s?db=1", e->rsock);
         if (add_set(k, opt) != 0)
             return -1;
         snprintf(opt, sizeof(opt), "l2.namespace=%s", k->name);
@@ -555,7 +614,8 @@ out:
 
 typedef struct db_job {
     const char *ksock, *kname, *rsock; /* khalad's socket and cache name; redis-server's socket */
-    int kind;                          /* K_* or R_* */
+    unsigned rport; /* redis-server's loopback TCP port: the reference connects there; 0 = rsock */
+    int kind;       /* K_* or R_* */
     unsigned pipeline;
     uint32_t keys, vsize;
 } db_job_t;
@@ -673,7 +733,8 @@ static void client(const db_job_t *j, unsigned idx, db_ctl_t *ctl, db_out_t *out
     raw_t raw;
     int isredis = j->kind >= R_SET;
     if (isredis) {
-        redisContext *rc = redisConnectUnix(j->rsock);
+        redisContext *rc =
+            j->rport ? redisConnect("127.0.0.1", (int)j->rport) : redisConnectUnix(j->rsock);
         if (!rc || rc->err) {
             out->rc = -1;
             snprintf(out->err, sizeof(out->err), "redis connect: %.100s",
@@ -887,9 +948,14 @@ static void pair_medians(const db_pair_t *p, unsigned n, double m[8]) {
         m[f] = med(v[f], n);
 }
 
-int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, const char *backends) {
+int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, const char *backends,
+                 int redis_tcp) {
     int miss = !strcmp(cmd, "miss");
     unsigned sel = 0;
+    if (redis_tcp && !miss) {
+        fprintf(stderr, "%s: --redis-tcp is a miss option\n", cmd);
+        return -1;
+    }
     if (miss)
         pipeline = 1;
     if (o->procs > DB_PROCS_MAX || o->rounds > DB_ROUNDS_MAX || pipeline == 0 || pipeline > 4096) {
@@ -906,7 +972,7 @@ int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, cons
     if (!miss)
         sel = 1u << MB_NONE; /* put: one khalad, default levels */
     bench_env_t env;
-    if (bench_env_start(&env, 1) != 0)
+    if (bench_env_start_tcp(&env, 1, redis_tcp) != 0)
         return -1;
     static bench_khalad_t ks[MB_COUNT];
     static db_pair_t pairs[MB_COUNT];
@@ -938,7 +1004,8 @@ int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, cons
         memset(p, 0, sizeof(*p));
         p->name = miss ? MISS_NAMES[b] : "put";
         p->k = k;
-        p->kj = (db_job_t){k->sock, k->name, env.rsock, K_PUT, pipeline, o->keys, o->value_size};
+        p->kj = (db_job_t){k->sock, k->name,  env.rsock, env.rport,
+                           K_PUT,   pipeline, o->keys,   o->value_size};
         p->rj = p->kj;
         if (!miss) {
             p->kj.kind = pipeline > 1 ? K_PUT_PIPE : K_PUT;
@@ -978,7 +1045,8 @@ int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, cons
                    "%s_p99_ns=%.0f %s_ref_p99_ns=%.0f %s_p50_ratio=%.3f %s_ops_ratio=%.3f",
                    b, m[0], b, m[1], b, m[2], b, m[3], b, m[4], b, m[5], b, m[6], b, m[7]);
         }
-        printf(" errors=%llu rounds=%u\n", (unsigned long long)errors, n);
+        printf(" errors=%llu rounds=%u transport=%s\n", (unsigned long long)errors, n,
+               env.rport ? "tcp" : "unix");
     }
     rc = 0;
 out:

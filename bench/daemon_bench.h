@@ -28,6 +28,7 @@ enum { BENCH_L2_DISK = 0, BENCH_L2_REDIS = 1 };
 typedef struct bench_env {
     char dir[64];    /**< /tmp/khala-bench-PID; "" = not created */
     char rsock[108]; /**< redis-server's Unix socket, in dir */
+    unsigned rport;  /**< redis-server's loopback TCP port (127.0.0.1) too; 0 = Unix socket only */
     pid_t redis;     /**< redis-server's pid; 0 = not running */
     unsigned seq;    /**< khalads named so far: makes each name unique */
 } bench_env_t;
@@ -55,6 +56,16 @@ typedef struct bench_khalad {
 int bench_env_start(bench_env_t *e, int want_redis);
 
 /**
+ * @brief bench_env_start(), and with @p tcp redis-server listens also on a free loopback TCP
+ *        port (127.0.0.1, e->rport); khalads with the redis backend then reach it over TCP.
+ * @param[out] e the environment.
+ * @param[in] want_redis 1 to start redis-server.
+ * @param[in] tcp 1 to add the TCP port (only with want_redis).
+ * @return 0; -1 after printing the reason to stderr (nothing is left running or created).
+ */
+int bench_env_start_tcp(bench_env_t *e, int want_redis, int tcp);
+
+/**
  * @brief Stop redis-server and remove the private directory with everything in it.
  * @param[in,out] e the environment; stopping twice is harmless.
  * @note Stop the khalads first (bench_khalad_stop()).
@@ -64,7 +75,8 @@ void bench_env_stop(bench_env_t *e);
 /**
  * @brief Name a khalad and choose its configuration, without starting it: socket and [l2] path
  *        in env's directory, [l2] max_items at least 2 x keys, and for the redis backend
- *        redis_url = env's redis-server, database 1, namespace = the cache name.
+ *        redis_url = env's redis-server (redis://127.0.0.1:PORT/1 when env has a TCP port,
+ *        else its Unix socket), database 1, namespace = the cache name.
  * @param[in,out] e the environment (its seq advances).
  * @param[out] k the khalad.
  * @param[in] backend BENCH_L2_DISK or BENCH_L2_REDIS.
@@ -134,15 +146,19 @@ int bench_khalad_stat(const bench_khalad_t *k, const char *section, const char *
  *        @p backends ("none": the key is nowhere, khalad answers not found, against a GET of a
  *        missing key; "disk", "redis": the key is in that L2 only, against a GET of an
  *        existing key of the same size). Prints one line per target and round, then the final
- *        key=value line.
+ *        key=value line (miss: ending with transport=tcp|unix).
  * @param[in] cmd "put" or "miss".
  * @param[in] o options (procs, keys, value_size, seconds, rounds).
  * @param[in] pipeline put: requests in flight per client; 1 = round trips.
  * @param[in] backends miss: comma-separated list of none, disk, redis, or "all"; NULL =
  *            "disk,redis".
+ * @param[in] redis_tcp miss: 1 = redis-server listens also on a loopback TCP port, and both
+ *            khalad's redis L2 and the Redis reference rounds reach it over TCP (workers still
+ *            reach khalad over its Unix socket); 0 = the Unix socket for both. put: must be 0.
  * @return 0; -1 after printing the reason to stderr.
  */
-int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, const char *backends);
+int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, const char *backends,
+                 int redis_tcp);
 
 /**
  * @brief warm: put o->keys items into L2 through khalad, then, for each backend and round,

@@ -37,6 +37,8 @@ int bench_predict(const bench_opts_t *o);
 static unsigned g_pipeline = 1;
 /* miss, warm: which L2 backends (--backend); NULL = the subcommand's default. */
 static const char *g_backend;
+/* miss: redis-server also on loopback TCP, reached over it by khalad's L2 and the reference. */
+static int g_redis_tcp;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: khala-bench l1-get|l1-mixed|plain-get|lmdb-get|compare [--procs N] "
@@ -56,6 +58,8 @@ static void usage(FILE *f) {
                "against redis-server)\n"
                "                   miss: [--backend none|disk|redis[,...]|all] (default "
                "disk,redis; keys 10000)\n"
+               "                         [--redis-tcp]  (Redis also on loopback TCP: khalad's "
+               "L2 and the GETs use it)\n"
                "       khala-bench warm [--keys N] [--value-size MIN-MAX] [--rounds R]\n"
                "                   [--backend disk|redis[,...]|all]  (default both; 10000 items "
                "of 200-1000 bytes)\n");
@@ -78,6 +82,7 @@ static int parse(int argc, char **argv, bench_opts_t *o) {
                                          {"rounds", required_argument, NULL, 'r'},
                                          {"pipeline", required_argument, NULL, 'L'},
                                          {"backend", required_argument, NULL, 'B'},
+                                         {"redis-tcp", no_argument, NULL, 'T'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int ch;
@@ -145,6 +150,9 @@ static int parse(int argc, char **argv, bench_opts_t *o) {
                 break;
             case 'B':
                 g_backend = optarg;
+                break;
+            case 'T':
+                g_redis_tcp = 1;
                 break;
             case 'm':
                 o->maintain_every = (uint32_t)strtoul(optarg, NULL, 10);
@@ -364,7 +372,7 @@ int main(int argc, char **argv) {
         o.value_size = 200;
         o.value_size_max = 1000;
     }
-    if (parse(argc - 1, argv + 1, &o) != 0) {
+    if (parse(argc - 1, argv + 1, &o) != 0 || (g_redis_tcp && strcmp(cmd, "miss") != 0)) {
         usage(stderr);
         return 2;
     }
@@ -374,7 +382,7 @@ int main(int argc, char **argv) {
         strcmp(cmd, "compare") == 0 || strcmp(cmd, "scale") == 0)
         return run_get(cmd, &o) == 0 ? 0 : 1;
     if (strcmp(cmd, "put") == 0 || strcmp(cmd, "miss") == 0)
-        return bench_daemon(cmd, &o, g_pipeline, g_backend) == 0 ? 0 : 1;
+        return bench_daemon(cmd, &o, g_pipeline, g_backend, g_redis_tcp) == 0 ? 0 : 1;
     if (strcmp(cmd, "warm") == 0)
         return bench_warm(&o, g_backend) == 0 ? 0 : 1;
     if (strcmp(cmd, "replay") == 0) {
