@@ -77,6 +77,15 @@ static void reply_rc(khalad_t *d, khala_conn_t *c, uint64_t id, khala_op_t op, i
     send_reply(d, c, &r);
 }
 
+/* A reply to m, with its id and op, nothing else yet. */
+static khala_msg_t reply_to(const khala_msg_t *m) {
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = m->id;
+    r.op = m->op;
+    return r;
+}
+
 /* Fill the value fields of a get reply from an L1 item. */
 static void item_reply(khala_msg_t *r, const khala_item_t *it) {
     int64_t now = khala__sys_now_ms();
@@ -87,6 +96,14 @@ static void item_reply(khala_msg_t *r, const khala_item_t *it) {
     r->ttl_ms = it->expire_ms ? (uint64_t)(it->expire_ms > now ? it->expire_ms - now : 1) : 0;
     r->lvl = KHALA_LEVEL_L1;
     r->has |= KHALA_F_V | KHALA_F_VER | KHALA_F_TYPE | KHALA_F_TTL | KHALA_F_LVL;
+}
+
+/* The reply to a write: the version it stored. */
+static void reply_version(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, uint64_t ver) {
+    khala_msg_t r = reply_to(m);
+    r.ver = ver;
+    r.has = KHALA_F_VER;
+    send_reply(d, c, &r);
 }
 
 /* Single-flight answers ---------------------------------------------------------------------- */
@@ -148,10 +165,7 @@ static void op_hello(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
                  (int)m->name.len, (const char *)m->name.ptr);
         return;
     }
-    khala_msg_t r;
-    khala__proto_msg_init(&r);
-    r.id = m->id;
-    r.op = m->op;
+    khala_msg_t r = reply_to(m);
     r.proto = KHALA_PROTO_VERSION;
     r.name.ptr = (const uint8_t *)name;
     r.name.len = strlen(name);
@@ -166,10 +180,7 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     const khala_item_t *it;
     int rc = khala__l1_find(d->l1, m->key.ptr, m->key.len, &it);
     if (rc == 0) {
-        khala_msg_t r;
-        khala__proto_msg_init(&r);
-        r.id = m->id;
-        r.op = m->op;
+        khala_msg_t r = reply_to(m);
         item_reply(&r, it);
         send_reply(d, c, &r);
         return;
@@ -184,10 +195,7 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     khala_level_t lvl;
     if (khala__tiers_get(d, m->key.ptr, m->key.len, &v, &lvl) == 0) {
         (void)khala__tiers_promote(d, m->key.ptr, m->key.len, &v);
-        khala_msg_t r;
-        khala__proto_msg_init(&r);
-        r.id = m->id;
-        r.op = m->op;
+        khala_msg_t r = reply_to(m);
         r.value.ptr = v.data;
         r.value.len = v.len;
         r.ver = v.version;
@@ -212,10 +220,7 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     }
     /* Leader, or the table is full (-EBUSY): either way this caller loads. */
     d->loads_led++;
-    khala_msg_t r;
-    khala__proto_msg_init(&r);
-    r.id = m->id;
-    r.op = m->op;
+    khala_msg_t r = reply_to(m);
     r.rc = KHALA_ENOTFOUND;
     r.load = true;
     r.has = KHALA_F_LOAD;
@@ -262,13 +267,7 @@ static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
         return;
     }
-    khala_msg_t r;
-    khala__proto_msg_init(&r);
-    r.id = m->id;
-    r.op = m->op;
-    r.ver = ver;
-    r.has = KHALA_F_VER;
-    send_reply(d, c, &r);
+    reply_version(d, c, m, ver);
 }
 
 static void op_fill_fail(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
@@ -284,10 +283,7 @@ static void op_del(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 }
 
 static void reply_count(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, uint64_t n) {
-    khala_msg_t r;
-    khala__proto_msg_init(&r);
-    r.id = m->id;
-    r.op = m->op;
+    khala_msg_t r = reply_to(m);
     r.count = (uint32_t)(n > UINT32_MAX ? UINT32_MAX : n);
     r.has = KHALA_F_COUNT;
     send_reply(d, c, &r);
@@ -349,13 +345,7 @@ static void op_touch(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         reply_rc(d, c, m->id, m->op, rc, "%s", khala__l1_errmsg(d->l1));
         return;
     }
-    khala_msg_t r;
-    khala__proto_msg_init(&r);
-    r.id = m->id;
-    r.op = m->op;
-    r.ver = ver;
-    r.has = KHALA_F_VER;
-    send_reply(d, c, &r);
+    reply_version(d, c, m, ver);
 }
 
 #define KV_U(k, v)                                                                                 \
@@ -409,10 +399,7 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     top[1].as.map.n = sizeof(daemon) / sizeof(daemon[0]);
     top[2].as.map.items = l2;
     top[2].as.map.n = (uint32_t)nl2;
-    khala_msg_t r;
-    khala__proto_msg_init(&r);
-    r.id = m->id;
-    r.op = m->op;
+    khala_msg_t r = reply_to(m);
     r.data = top;
     r.ndata = nl2 ? 3 : 2;
     r.has = KHALA_F_DATA;
@@ -462,10 +449,7 @@ static void op_keys(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     do
         (void)khala__l1_scan(d->l1, &cursor, 4096, collect_key, &k);
     while (cursor != 0 && k.n < k.max);
-    khala_msg_t r;
-    khala__proto_msg_init(&r);
-    r.id = m->id;
-    r.op = m->op;
+    khala_msg_t r = reply_to(m);
     r.keys = k.keys;
     r.nkeys = k.n;
     r.cursor = cursor;
@@ -496,10 +480,7 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
          .kind = KHALA_KV_STR,
          .as.s = {(const uint8_t *)type, strlen(type)}},
     };
-    khala_msg_t r;
-    khala__proto_msg_init(&r);
-    r.id = m->id;
-    r.op = m->op;
+    khala_msg_t r = reply_to(m);
     r.data = kv;
     r.ndata = sizeof(kv) / sizeof(kv[0]);
     r.has = KHALA_F_DATA;
@@ -528,10 +509,7 @@ static void op_config(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     khala_kv_t kv = {.key = {(const uint8_t *)"ini", 3},
                      .kind = KHALA_KV_STR,
                      .as.s = {(const uint8_t *)text, len}};
-    khala_msg_t r;
-    khala__proto_msg_init(&r);
-    r.id = m->id;
-    r.op = m->op;
+    khala_msg_t r = reply_to(m);
     r.data = &kv;
     r.ndata = 1;
     r.has = KHALA_F_DATA;
@@ -563,10 +541,7 @@ static void op_warm(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
             return;
         }
     }
-    khala_msg_t r;
-    khala__proto_msg_init(&r);
-    r.id = m->id;
-    r.op = m->op;
+    khala_msg_t r = reply_to(m);
     r.count = (uint32_t)(n > UINT32_MAX ? UINT32_MAX : n);
     r.cursor = cursor;
     r.has = KHALA_F_COUNT | KHALA_F_CURSOR;
