@@ -489,7 +489,7 @@ uint64_t khala__tiers_current_version(khalad_t *d, const void *key, size_t klen)
 }
 
 /* Promote a value found below L1 into L1, with its version, for at most the type's L1 TTL. */
-static int promote(khalad_t *d, const void *key, size_t klen, const khala_tier_value_t *v) {
+int khala__tiers_promote(khalad_t *d, const void *key, size_t klen, const khala_tier_value_t *v) {
     int64_t ttl = (int64_t)khala__config_type_ttl(&d->cfg, (int)v->type, 1) * 1000;
     if (v->ttl_ms > 0 && (ttl == 0 || v->ttl_ms < ttl))
         ttl = v->ttl_ms;
@@ -500,10 +500,6 @@ static int promote(khalad_t *d, const void *key, size_t klen, const khala_tier_v
     if (rc == 0)
         d->promotions++;
     return rc;
-}
-
-int khala__tiers_promote(khalad_t *d, const void *key, size_t klen, const khala_tier_value_t *v) {
-    return promote(d, key, klen, v);
 }
 
 /* Writes ------------------------------------------------------------------------------------- */
@@ -818,7 +814,7 @@ uint64_t khala__tiers_warm_keys(khalad_t *d, size_t n, const khala_bytes_t *keys
         for (size_t i = 0; i < m; i++) {
             khala_tier_value_t v;
             if (queued_get(d, keys[off + i].ptr, keys[off + i].len, &v) == 0) {
-                warmed += promote(d, keys[off + i].ptr, keys[off + i].len, &v) == 0;
+                warmed += khala__tiers_promote(d, keys[off + i].ptr, keys[off + i].len, &v) == 0;
                 khala__tier_value_free(&v);
                 done[i] = 1;
             }
@@ -844,7 +840,7 @@ uint64_t khala__tiers_warm_keys(khalad_t *d, size_t n, const khala_bytes_t *keys
             }
             for (size_t j = 0; j < k; j++) {
                 if (rcs[j] == 0) {
-                    warmed += promote(d, want[j].ptr, want[j].len, &vals[j]) == 0;
+                    warmed += khala__tiers_promote(d, want[j].ptr, want[j].len, &vals[j]) == 0;
                     done[idx[j]] = 1;
                 }
                 khala__tier_value_free(&vals[j]);
@@ -922,8 +918,8 @@ int khala__tiers_warm_scan(khalad_t *d, const void *prefix, size_t plen, int typ
             }
             for (size_t j = 0; j < m; j++) {
                 if (rcs[j] == 0 && (int)vals[j].type == type)
-                    *warmed +=
-                        promote(d, s->keys[off + j].ptr, s->keys[off + j].len, &vals[j]) == 0;
+                    *warmed += khala__tiers_promote(d, s->keys[off + j].ptr, s->keys[off + j].len,
+                                                    &vals[j]) == 0;
                 khala__tier_value_free(&vals[j]);
             }
         }
