@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -124,4 +125,16 @@ void khalad_env_fini(void) {
 
 const char *khalad_dir(void) {
     return g_dir;
+}
+
+khala_msg_t khalad_req(khala_op_t op, const char *key) {
+    khala_msg_t m;
+    khala__proto_msg_init(&m);
+    m.op = op;
+    if (key) {
+        m.key.ptr = (const uint8_t *)key;
+        m.key.len = strlen(key);
+        m.has |= KHALA_F_K;
+    }
+    return m;
 }

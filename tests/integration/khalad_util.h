@@ -10,6 +10,8 @@
 
 #include <sys/types.h>
 
+#include "proto.h"
+
 /* The cache name khalad serves ("<prefix><pid>"); set by khalad_env_init(). */
 extern char khalad_name[64];
 /* The socket it listens on, in a private directory under /tmp; set by khalad_env_init(). */
@@ -46,5 +48,8 @@ void khalad_env_fini(void);
 
 /* Sleep for ms milliseconds, resuming after signals. */
 void sleep_ms(long ms);
+
+/* A request for op, with key (a C string; NULL for none) as its "k" field. */
+khala_msg_t khalad_req(khala_op_t op, const char *key);
 
 #endif /* KHALA_TESTS_INTEGRATION_KHALAD_UTIL_H */

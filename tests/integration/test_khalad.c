@@ -99,20 +99,8 @@ static int reply(client_t *c, khala_op_t op, khala_msg_t *r) {
     return 0;
 }
 
-static khala_msg_t req(khala_op_t op, const char *key) {
-    khala_msg_t m;
-    khala__proto_msg_init(&m);
-    m.op = op;
-    if (key) {
-        m.key.ptr = (const uint8_t *)key;
-        m.key.len = strlen(key);
-        m.has |= KHALA_F_K;
-    }
-    return m;
-}
-
 static int put(client_t *c, const char *key, const char *val, khala_type_t type, uint64_t *ver) {
-    khala_msg_t m = req(KHALA_OP_PUT, key), r;
+    khala_msg_t m = khalad_req(KHALA_OP_PUT, key), r;
     m.value.ptr = (const uint8_t *)val;
     m.value.len = strlen(val);
     m.type = type;
@@ -128,7 +116,7 @@ static int put(client_t *c, const char *key, const char *val, khala_type_t type,
 
 /* get; on a hit copies the value (NUL-terminated) into out. */
 static int get(client_t *c, const char *key, char *out, size_t cap) {
-    khala_msg_t m = req(KHALA_OP_GET, key), r;
+    khala_msg_t m = khalad_req(KHALA_OP_GET, key), r;
     request(c, &m);
     cr_assert_eq(reply(c, KHALA_OP_GET, &r), 0);
     int rc = r.rc;
@@ -145,7 +133,7 @@ static int get(client_t *c, const char *key, char *out, size_t cap) {
 
 Test(khalad, hello_tells_the_protocol_name_and_limits) {
     client_t c = dial();
-    khala_msg_t m = req(KHALA_OP_HELLO, NULL), r;
+    khala_msg_t m = khalad_req(KHALA_OP_HELLO, NULL), r;
     m.proto = KHALA_PROTO_VERSION;
     m.name.ptr = (const uint8_t *)khalad_name;
     m.name.len = strlen(khalad_name);
@@ -190,7 +178,7 @@ Test(khalad, many_pipelined_requests_are_answered_in_order) {
     for (int i = 0; i < N; i++) {
         snprintf(key, sizeof(key), "pipe:%d", i);
         snprintf(val, sizeof(val), "v%d", i);
-        khala_msg_t m = req(KHALA_OP_PUT, key);
+        khala_msg_t m = khalad_req(KHALA_OP_PUT, key);
         m.id = (uint64_t)i + 1;
         m.value.ptr = (const uint8_t *)val;
         m.value.len = strlen(val);
@@ -217,7 +205,7 @@ Test(khalad, put_with_a_stale_version_is_refused) {
     uint64_t v1 = 0, v2 = 0;
     cr_assert_eq(put(&c, "cas", "one", KHALA_TYPE_VERIFICATION, &v1), 0);
     cr_assert_eq(put(&c, "cas", "two", KHALA_TYPE_VERIFICATION, &v2), 0);
-    khala_msg_t m = req(KHALA_OP_PUT, "cas"), r;
+    khala_msg_t m = khalad_req(KHALA_OP_PUT, "cas"), r;
     m.value.ptr = (const uint8_t *)"stale";
     m.value.len = 5;
     m.ver = v1; /* the writer saw version 1; the key is at version 2 */
@@ -240,7 +228,7 @@ Test(khalad, put_with_a_stale_version_is_refused) {
 
 Test(khalad, ttl_expires_items) {
     client_t c = dial();
-    khala_msg_t m = req(KHALA_OP_PUT, "short"), r;
+    khala_msg_t m = khalad_req(KHALA_OP_PUT, "short"), r;
     m.value.ptr = (const uint8_t *)"x";
     m.value.len = 1;
     m.ttl_ms = 50;
@@ -256,7 +244,7 @@ Test(khalad, ttl_expires_items) {
 }
 
 static uint32_t invalidate(client_t *c, khala_by_t by, const char *arg, khala_type_t type) {
-    khala_msg_t m = req(KHALA_OP_INVALIDATE, by == KHALA_BY_KEY ? arg : NULL), r;
+    khala_msg_t m = khalad_req(KHALA_OP_INVALIDATE, by == KHALA_BY_KEY ? arg : NULL), r;
     m.by = by;
     m.has |= KHALA_F_BY;
     if (by == KHALA_BY_PREFIX) {
@@ -336,7 +324,7 @@ Test(khalad, concurrent_misses_run_the_loader_once) {
         cr_assert_geq(pids[i], 0);
         if (pids[i] == 0) {
             client_t c = dial();
-            khala_msg_t m = req(KHALA_OP_GET, "hot"), r;
+            khala_msg_t m = khalad_req(KHALA_OP_GET, "hot"), r;
             m.loader = true;
             m.has |= KHALA_F_LOADER;
             request(&c, &m);
@@ -346,7 +334,7 @@ Test(khalad, concurrent_misses_run_the_loader_once) {
             if (r.rc == KHALA_ENOTFOUND && r.load) {
                 /* The leader "loads" slowly, then fills. */
                 sleep_ms(200);
-                khala_msg_t f = req(KHALA_OP_FILL, "hot"), fr;
+                khala_msg_t f = khalad_req(KHALA_OP_FILL, "hot"), fr;
                 f.value.ptr = (const uint8_t *)"loaded";
                 f.value.len = 6;
                 f.has |= KHALA_F_V;
@@ -411,7 +399,7 @@ Test(khalad, socket_is_not_world_accessible) {
 Test(khalad, stats_report_the_l1_and_the_daemon) {
     client_t c = dial();
     put(&c, "s", "v", KHALA_TYPE_MEMORY_ENTITY, NULL);
-    khala_msg_t m = req(KHALA_OP_STATS, NULL), r;
+    khala_msg_t m = khalad_req(KHALA_OP_STATS, NULL), r;
     request(&c, &m);
     cr_assert_eq(reply(&c, KHALA_OP_STATS, &r), 0);
     cr_assert_eq(r.rc, 0);
@@ -450,7 +438,7 @@ Test(khalad, peer_outside_the_writers_may_read_but_not_write) {
         char buf[32];
         if (get(&c, "shared", buf, sizeof(buf)) != 0 || strcmp(buf, "by the owner") != 0)
             _exit(11); /* reading is allowed */
-        khala_msg_t m = req(KHALA_OP_PUT, "shared"), r;
+        khala_msg_t m = khalad_req(KHALA_OP_PUT, "shared"), r;
         m.value.ptr = (const uint8_t *)"intruder";
         m.value.len = 8;
         m.has |= KHALA_F_V;
@@ -458,7 +446,7 @@ Test(khalad, peer_outside_the_writers_may_read_but_not_write) {
         if (reply(&c, KHALA_OP_PUT, &r) != 0 || r.rc != -EACCES || r.err.len == 0)
             _exit(12); /* writing is refused, with a reason */
         khala__proto_msg_free(&r);
-        m = req(KHALA_OP_INVALIDATE, NULL);
+        m = khalad_req(KHALA_OP_INVALIDATE, NULL);
         m.by = KHALA_BY_PREFIX;
         m.prefix.ptr = (const uint8_t *)"sh";
         m.prefix.len = 2;

@@ -79,18 +79,6 @@ static khala_chan_t *chan_to(const char *sock, const char *name) {
     return ch;
 }
 
-static khala_msg_t req(khala_op_t op, const char *key) {
-    khala_msg_t m;
-    khala__proto_msg_init(&m);
-    m.op = op;
-    if (key) {
-        m.key.ptr = (const uint8_t *)key;
-        m.key.len = strlen(key);
-        m.has |= KHALA_F_K;
-    }
-    return m;
-}
-
 static int call(khala_chan_t *ch, khala_msg_t *m, khala_msg_t *r) {
     char err[256];
     khala__proto_msg_init(r); /* the channel frees what *r held before */
@@ -102,7 +90,7 @@ static int call(khala_chan_t *ch, khala_msg_t *m, khala_msg_t *r) {
 /* put over the protocol; returns the reply's rc, its message in msg. */
 static int raw_put(khala_chan_t *ch, const char *key, const void *val, size_t vlen,
                    khala_type_t type, uint64_t ttl_ms, char *msg, size_t msglen) {
-    khala_msg_t m = req(KHALA_OP_PUT, key), r;
+    khala_msg_t m = khalad_req(KHALA_OP_PUT, key), r;
     m.value.ptr = val;
     m.value.len = vlen;
     m.has |= KHALA_F_V | KHALA_F_TYPE;
@@ -134,7 +122,7 @@ typedef struct got {
 } got_t;
 
 static int raw_get(khala_chan_t *ch, const char *key, got_t *g) {
-    khala_msg_t m = req(KHALA_OP_GET, key), r;
+    khala_msg_t m = khalad_req(KHALA_OP_GET, key), r;
     int rc = call(ch, &m, &r);
     memset(g, 0, sizeof(*g));
     if (rc == 0) {
@@ -151,7 +139,7 @@ static int raw_get(khala_chan_t *ch, const char *key, got_t *g) {
 
 /* A counter of the stats reply: section ("l1", "l2", "khalad") and name; UINT64_MAX if absent. */
 static uint64_t stat_u(khala_chan_t *ch, const char *section, const char *name) {
-    khala_msg_t m = req(KHALA_OP_STATS, NULL), r;
+    khala_msg_t m = khalad_req(KHALA_OP_STATS, NULL), r;
     cr_assert_eq(call(ch, &m, &r), 0);
     uint64_t v = UINT64_MAX;
     for (uint32_t i = 0; i < r.ndata; i++) {
@@ -171,7 +159,7 @@ static uint64_t stat_u(khala_chan_t *ch, const char *section, const char *name) 
 
 /* Is key in L1 now? (inspect answers from L1 only.) */
 static int in_l1(khala_chan_t *ch, const char *key) {
-    khala_msg_t m = req(KHALA_OP_INSPECT, key), r;
+    khala_msg_t m = khalad_req(KHALA_OP_INSPECT, key), r;
     int rc = call(ch, &m, &r);
     khala__proto_msg_free(&r);
     return rc == 0;
@@ -216,6 +204,16 @@ static uint64_t wait_stat(khala_chan_t *ch, const char *section, const char *nam
 
 static char g_ns[64];
 
+/* One more --set for the next khalad_start (after those already there). */
+static void add_set(const char *set) {
+    int n = 0;
+    while (khalad_extra_sets[n])
+        n++;
+    cr_assert_lt(n, KHALAD_EXTRA_SETS_MAX - 1, "too many --set options");
+    khalad_extra_sets[n] = set;
+    khalad_extra_sets[n + 1] = NULL;
+}
+
 /* Configure the next khalad for L2 on Redis at url, namespace g_ns. */
 static void use_redis(const char *url, int coherence) {
     static char url_set[600], ns_set[128];
@@ -230,6 +228,15 @@ static void use_redis(const char *url, int coherence) {
     if (coherence)
         khalad_extra_sets[n++] = "policies.coherence=pubsub";
     khalad_extra_sets[n] = NULL;
+}
+
+/* Start the suite's private redis-server (g_redis, stopped by teardown) and configure the
+ * next khalad for L2 on it. */
+static void use_private_redis(void) {
+    static char url[64];
+    tu_redis_start(&g_redis, NULL);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", g_redis.port);
+    use_redis(url, 0);
 }
 
 /* Every data type, through L2 ----------------------------------------------------------------- */
@@ -349,10 +356,10 @@ Test(l2, deletes_and_invalidations_reach_l2) {
     put_str(ch, "doc:2", "d");
     char msg[256];
     cr_assert_eq(raw_put(ch, "emb:1", "e", 1, KHALA_TYPE_EMBEDDING, 0, msg, sizeof(msg)), 0);
-    khala_msg_t m = req(KHALA_OP_DEL, "doc:1"), r;
+    khala_msg_t m = khalad_req(KHALA_OP_DEL, "doc:1"), r;
     cr_assert_eq(call(ch, &m, &r), 0);
     khala__proto_msg_free(&r);
-    m = req(KHALA_OP_INVALIDATE, NULL);
+    m = khalad_req(KHALA_OP_INVALIDATE, NULL);
     m.by = KHALA_BY_PREFIX;
     m.has |= KHALA_F_BY;
     m.prefix.ptr = (const uint8_t *)"user:";
@@ -360,7 +367,7 @@ Test(l2, deletes_and_invalidations_reach_l2) {
     m.has |= KHALA_F_PREFIX;
     cr_assert_eq(call(ch, &m, &r), 0);
     khala__proto_msg_free(&r);
-    m = req(KHALA_OP_INVALIDATE, NULL);
+    m = khalad_req(KHALA_OP_INVALIDATE, NULL);
     m.by = KHALA_BY_TYPE;
     m.has |= KHALA_F_BY;
     m.type = KHALA_TYPE_EMBEDDING;
@@ -375,7 +382,7 @@ Test(l2, deletes_and_invalidations_reach_l2) {
     cr_assert_eq(raw_get(ch, "emb:1", &g), KHALA_ENOTFOUND, "a type did not reach L2");
     cr_assert_eq(raw_get(ch, "doc:2", &g), 0);
     cr_assert_eq(g.lvl, KHALA_LEVEL_L2);
-    m = req(KHALA_OP_DEL, "doc:1");
+    m = khalad_req(KHALA_OP_DEL, "doc:1");
     cr_assert_eq(call(ch, &m, &r), KHALA_ENOTFOUND, "no level holds doc:1 any more");
     khala__proto_msg_free(&r);
     khala__chan_close(ch);
@@ -387,7 +394,7 @@ static uint64_t warm_all(khala_chan_t *ch, const char *prefix, int type) {
     uint64_t warmed = 0, cursor = 0;
     int pages = 0;
     do {
-        khala_msg_t m = req(KHALA_OP_WARM, NULL), r;
+        khala_msg_t m = khalad_req(KHALA_OP_WARM, NULL), r;
         if (prefix) {
             m.prefix.ptr = (const uint8_t *)prefix;
             m.prefix.len = strlen(prefix);
@@ -434,7 +441,7 @@ static void warm_by_prefix_and_type(void) {
     ch = restart_empty_l1(ch, SIGTERM);
     khala_bytes_t keys[3] = {
         {(const uint8_t *)"w:1", 3}, {(const uint8_t *)"w:2", 3}, {(const uint8_t *)"absent", 6}};
-    khala_msg_t m = req(KHALA_OP_WARM, NULL), r;
+    khala_msg_t m = khalad_req(KHALA_OP_WARM, NULL), r;
     m.keys = keys;
     m.nkeys = 3;
     m.has |= KHALA_F_KEYS;
@@ -459,11 +466,7 @@ Test(l2, redis_warm_by_prefix_type_and_keys) {
  * times from L1 by a worker, which only khalad's report of L1 hits at a graceful stop can tell
  * L2. Without that report the cold keys would rank first and fill the preload. */
 static void preload_ranks_by_all_reads(void) {
-    int n = 0;
-    while (khalad_extra_sets[n])
-        n++;
-    khalad_extra_sets[n] = "l1.max_items=16";
-    khalad_extra_sets[n + 1] = NULL;
+    add_set("l1.max_items=16");
     khalad_start();
     khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
     char key[32];
@@ -507,11 +510,7 @@ static void preload_ranks_by_all_reads(void) {
     cr_assert_geq(st.hits, 1200, "the hot reads were L1 hits");
     khala_cache_close(w);
     /* The graceful stop reports the L1 hits; the next start preloads. */
-    n = 0;
-    while (khalad_extra_sets[n])
-        n++;
-    khalad_extra_sets[n] = "policies.preload_common=true";
-    khalad_extra_sets[n + 1] = NULL;
+    add_set("policies.preload_common=true");
     ch = restart_empty_l1(ch, SIGTERM);
     for (int i = 0; i < 4; i++) {
         snprintf(key, sizeof(key), "h:%d", i);
@@ -535,6 +534,35 @@ Test(l2, redis_preload_ranks_keys_by_l1_and_l2_reads) {
     preload_ranks_by_all_reads();
 }
 
+/* Start a second "host": another khalad (cache name g_name2, its own socket, segment and L2
+ * directory) with the --set options of the suite's khalad, but reaching Redis at redis_url when
+ * that is not NULL. Stopped by teardown. Returns its socket path (static storage). */
+static const char *start_second_host(const char *redis_url) {
+    static char sock2[200], dir2[160], url_set[600];
+    snprintf(g_name2, sizeof(g_name2), "%sb", khalad_name);
+    snprintf(dir2, sizeof(dir2), "%s/b", khalad_dir());
+    mkdir(dir2, 0700);
+    snprintf(sock2, sizeof(sock2), "%s/b.sock", dir2);
+    if (redis_url)
+        snprintf(url_set, sizeof(url_set), "l2.redis_url=%s", redis_url);
+    const char *sets[KHALAD_EXTRA_SETS_MAX + 1];
+    int n = 0;
+    for (; khalad_extra_sets[n]; n++)
+        sets[n] = redis_url && strncmp(khalad_extra_sets[n], "l2.redis_url=", 13) == 0
+                      ? url_set
+                      : khalad_extra_sets[n];
+    sets[n] = NULL;
+    g_pid2 = khalad_spawn(g_name2, sock2, dir2, sets);
+    return sock2;
+}
+
+/* Stop the second host (gracefully; teardown kills it if a test ends early). */
+static void stop_second_host(void) {
+    kill(g_pid2, SIGTERM);
+    waitpid(g_pid2, NULL, 0);
+    g_pid2 = 0;
+}
+
 /* Two hosts, one Redis -------------------------------------------------------------------------- */
 
 Test(l2, invalidation_reaches_another_khalad) {
@@ -542,17 +570,7 @@ Test(l2, invalidation_reaches_another_khalad) {
     use_redis(url, 1);
     khalad_start();
     /* The second "host": another cache name, socket and segment, same namespace. */
-    char *name2 = g_name2, sock2[200], dir2[160];
-    snprintf(g_name2, sizeof(g_name2), "%sb", khalad_name);
-    snprintf(dir2, sizeof(dir2), "%s/b", khalad_dir());
-    mkdir(dir2, 0700);
-    snprintf(sock2, sizeof(sock2), "%s/b.sock", dir2);
-    const char *sets[KHALAD_EXTRA_SETS_MAX + 1];
-    int n = 0;
-    for (; khalad_extra_sets[n]; n++)
-        sets[n] = khalad_extra_sets[n];
-    sets[n] = NULL;
-    pid_t pid2 = g_pid2 = khalad_spawn(name2, sock2, dir2, sets);
+    const char *name2 = g_name2, *sock2 = start_second_host(NULL);
     khala_chan_t *a = chan_to(khalad_sock, khalad_name);
     khala_chan_t *b = chan_to(sock2, name2);
     wait_stat(a, "l2", "subscribed", 1);
@@ -592,7 +610,7 @@ Test(l2, invalidation_reaches_another_khalad) {
     put_str(a, "pre:1", "x");
     cr_assert_eq(raw_get(b, "pre:1", &g), 0);
     uint64_t before = stat_u(b, "l2", "invalidations_received");
-    khala_msg_t m = req(KHALA_OP_INVALIDATE, NULL), r;
+    khala_msg_t m = khalad_req(KHALA_OP_INVALIDATE, NULL), r;
     m.by = KHALA_BY_PREFIX;
     m.has |= KHALA_F_BY;
     m.prefix.ptr = (const uint8_t *)"pre:";
@@ -607,24 +625,15 @@ Test(l2, invalidation_reaches_another_khalad) {
     khala_cache_close(wb);
     khala__chan_close(a);
     khala__chan_close(b);
-    kill(pid2, SIGTERM);
-    waitpid(pid2, NULL, 0);
-    g_pid2 = 0;
+    stop_second_host();
 }
 
 /* Redis killed and restarted -------------------------------------------------------------------- */
 
 Test(l2, redis_down_queues_writes_and_drains_on_return) {
-    tu_redis_start(&g_redis, NULL);
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", g_redis.port);
-    use_redis(url, 0);
-    int n = 0;
-    while (khalad_extra_sets[n])
-        n++;
-    khalad_extra_sets[n++] = "l2.queue_max=50";
-    khalad_extra_sets[n++] = "l2.timeout_ms=300";
-    khalad_extra_sets[n] = NULL;
+    use_private_redis();
+    add_set("l2.queue_max=50");
+    add_set("l2.timeout_ms=300");
     khalad_start();
     khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
     put_str(ch, "before", "up");
@@ -715,15 +724,8 @@ Test(l2, redis_write_behind_survives_a_sigkill_of_khalad) {
 /* A hung Redis (SIGSTOP: connections stay open, nothing answers) ------------------------------ */
 
 Test(l2, a_hung_redis_costs_one_timeout_then_writes_queue_and_reads_go_on) {
-    tu_redis_start(&g_redis, NULL);
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", g_redis.port);
-    use_redis(url, 0);
-    int n = 0;
-    while (khalad_extra_sets[n])
-        n++;
-    khalad_extra_sets[n++] = "l2.timeout_ms=200";
-    khalad_extra_sets[n] = NULL;
+    use_private_redis();
+    add_set("l2.timeout_ms=200");
     khalad_start();
     khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
     put_str(ch, "l1-resident", "served from L1");
@@ -836,24 +838,9 @@ Test(l2, a_host_cut_off_from_redis_makes_the_others_flush_once_it_is_back) {
     char relay_url[64];
     snprintf(relay_url, sizeof(relay_url), "redis://127.0.0.1:%u", relay_port);
     use_redis(relay_url, 1);
-    int n = 0;
-    while (khalad_extra_sets[n])
-        n++;
-    khalad_extra_sets[n++] = "l2.timeout_ms=300";
-    khalad_extra_sets[n] = NULL;
-    khalad_start(); /* host a, through the relay */
-    char *name2 = g_name2, sock2[200], dir2[160], url_set[600];
-    snprintf(g_name2, sizeof(g_name2), "%sb", khalad_name);
-    snprintf(dir2, sizeof(dir2), "%s/b", khalad_dir());
-    mkdir(dir2, 0700);
-    snprintf(sock2, sizeof(sock2), "%s/b.sock", dir2);
-    snprintf(url_set, sizeof(url_set), "l2.redis_url=%s", url);
-    const char *sets[KHALAD_EXTRA_SETS_MAX + 2];
-    for (n = 0; khalad_extra_sets[n]; n++)
-        sets[n] = strncmp(khalad_extra_sets[n], "l2.redis_url=", 13) == 0 ? url_set
-                                                                          : khalad_extra_sets[n];
-    sets[n] = NULL;
-    pid_t pid2 = g_pid2 = khalad_spawn(name2, sock2, dir2, sets); /* host b, direct */
+    add_set("l2.timeout_ms=300");
+    khalad_start();                                               /* host a, through the relay */
+    const char *name2 = g_name2, *sock2 = start_second_host(url); /* host b, direct */
     khala_chan_t *a = chan_to(khalad_sock, khalad_name);
     khala_chan_t *b = chan_to(sock2, name2);
     wait_stat(a, "l2", "subscribed", 1);
@@ -889,9 +876,7 @@ Test(l2, a_host_cut_off_from_redis_makes_the_others_flush_once_it_is_back) {
     cr_assert_eq(memcmp(g.val, "v2", 2), 0, "b reads a's write after the partition");
     khala__chan_close(a);
     khala__chan_close(b);
-    kill(pid2, SIGTERM);
-    waitpid(pid2, NULL, 0);
-    g_pid2 = 0;
+    stop_second_host();
     khalad_kill(SIGTERM);
     relay_kill(relay);
     g_relay = 0;
