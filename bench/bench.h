@@ -13,6 +13,8 @@
 #include <stdint.h>
 
 #include "bench_util.h"
+#include "khala/cache.h"
+#include "l1_table.h"
 
 /* Options of every subcommand; each reads the ones it needs. */
 typedef struct bench_opts {
@@ -87,6 +89,15 @@ int bench_replay(const bench_opts_t *o, bench_replay_t *out);
  * key text; empty keys are skipped). On success *ids (free() it) and *n are set; else they are
  * untouched and the return is -errno of the open or -ENOMEM. 0 or that code. */
 int bench_trace_load(const char *path, int oracle, uint64_t **ids, uint64_t *n);
+
+/* Bytes of the value every replay stores per object. */
+#define BENCH_REPLAY_VALUE 16
+
+/* The L1 a replay runs on: this process as its writer (*t: max_items = capacity, at least 16,
+ * and an arena large enough that only the item count binds) and as a reader (*c), on a
+ * segment named khala-bench-WHAT-PID. Close with khala_cache_close(*c) and
+ * khala__l1_close(*t, 1). 0, or -1 with the reason printed (nothing is left open). */
+int bench_replay_l1_open(const char *what, uint32_t capacity, khala_l1_t **t, khala_cache_t **c);
 
 /* predict: predictive warming on a trace (predict_replay.c): prints a table. 0 or -1. */
 int bench_predict(const bench_opts_t *o);

@@ -113,28 +113,15 @@ static uint64_t intern(id_map_t *m, const uint64_t *ids, uint64_t n, uint32_t *d
 static int replay(const bench_opts_t *o, const uint64_t *ids, const uint32_t *dense, uint64_t n,
                   const id_map_t *m, uint32_t capacity, khala_predict_t *pred, uint32_t min_pct,
                   uint8_t *flag, uint64_t objects, pr_result_t *out) {
-    khala_seg_config_t cfg;
-    khala_l1_t *t = NULL;
-    khala_cache_t *c = NULL;
-    char name[KHALA_NAME_MAX + 1], err[256];
-    static const uint8_t value[16] = "khala-bench-val";
-    uint8_t buf[16];
+    khala_l1_t *t;
+    khala_cache_t *c;
+    static const uint8_t value[BENCH_REPLAY_VALUE] = "khala-bench-val";
+    uint8_t buf[BENCH_REPLAY_VALUE];
     int ret = -1, rc;
     memset(out, 0, sizeof(*out));
     memset(flag, 0, objects);
-    khala__seg_config_init(&cfg);
-    cfg.max_items = capacity < 16 ? 16 : capacity;
-    uint64_t per = (KHALA_ITEM_SIZE(sizeof(uint64_t), sizeof(value)) + 16 + 15) & ~(uint64_t)15;
-    cfg.max_bytes = (uint64_t)cfg.max_items * per * 2 + (4u << 20);
-    snprintf(name, sizeof(name), "khala-bench-predict-%d", (int)getpid());
-    if (khala__l1_open(name, &cfg, &t, err, sizeof(err)) != 0) {
-        fprintf(stderr, "khala__l1_open: %s\n", err);
+    if (bench_replay_l1_open("predict", capacity, &t, &c) != 0)
         return -1;
-    }
-    if (khala_cache_open(name, NULL, &c) != 0) {
-        fprintf(stderr, "khala_cache_open: %s\n", khala_cache_errmsg(NULL));
-        goto out;
-    }
     for (uint64_t i = 0; i < n; i++) {
         size_t len;
         rc = khala_cache_get(c, &ids[i], sizeof(ids[i]), buf, sizeof(buf), &len);

@@ -180,27 +180,38 @@ static int replay_lru(const uint64_t *idx, uint64_t n, uint64_t objects, uint32_
 
 /* The real L1 --------------------------------------------------------------------------------*/
 
-static int replay_l1(const bench_opts_t *o, const uint64_t *ids, uint64_t n, bench_replay_t *out) {
+int bench_replay_l1_open(const char *what, uint32_t capacity, khala_l1_t **t, khala_cache_t **c) {
     khala_seg_config_t cfg;
-    khala_l1_t *t = NULL;
-    khala_cache_t *c = NULL;
     char name[KHALA_NAME_MAX + 1], err[256];
-    static const uint8_t value[16] = "khala-bench-val";
-    uint8_t buf[16];
-    int ret = -1, rc;
     khala__seg_config_init(&cfg);
-    cfg.max_items = o->capacity < 16 ? 16 : o->capacity;
-    uint64_t per = (KHALA_ITEM_SIZE(sizeof(uint64_t), sizeof(value)) + 16 + 15) & ~(uint64_t)15;
+    cfg.max_items = capacity < 16 ? 16 : capacity;
+    uint64_t per =
+        (KHALA_ITEM_SIZE(sizeof(uint64_t), BENCH_REPLAY_VALUE) + 16 + 15) & ~(uint64_t)15;
     cfg.max_bytes = (uint64_t)cfg.max_items * per * 2 + (4u << 20);
-    snprintf(name, sizeof(name), "khala-bench-replay-%d", (int)getpid());
-    if ((rc = khala__l1_open(name, &cfg, &t, err, sizeof(err))) != 0) {
+    snprintf(name, sizeof(name), "khala-bench-%s-%d", what, (int)getpid());
+    *t = NULL;
+    *c = NULL;
+    if (khala__l1_open(name, &cfg, t, err, sizeof(err)) != 0) {
         fprintf(stderr, "khala__l1_open: %s\n", err);
         return -1;
     }
-    if ((rc = khala_cache_open(name, NULL, &c)) != 0) {
+    if (khala_cache_open(name, NULL, c) != 0) {
         fprintf(stderr, "khala_cache_open: %s\n", khala_cache_errmsg(NULL));
-        goto out;
+        khala__l1_close(*t, 1);
+        *t = NULL;
+        return -1;
     }
+    return 0;
+}
+
+static int replay_l1(const bench_opts_t *o, const uint64_t *ids, uint64_t n, bench_replay_t *out) {
+    khala_l1_t *t;
+    khala_cache_t *c;
+    static const uint8_t value[BENCH_REPLAY_VALUE] = "khala-bench-val";
+    uint8_t buf[BENCH_REPLAY_VALUE];
+    int ret = -1, rc;
+    if (bench_replay_l1_open("replay", o->capacity, &t, &c) != 0)
+        return -1;
     for (uint64_t i = 0; i < n; i++) {
         size_t len;
         rc = khala_cache_get(c, &ids[i], sizeof(ids[i]), buf, sizeof(buf), &len);
