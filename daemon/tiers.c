@@ -509,7 +509,15 @@ int khala__tiers_put(khalad_t *d, const void *key, size_t klen, const void *val,
     khala_config_write_mode_t mode = khala__config_type_write_mode(&d->cfg, (int)type);
     uint64_t ver = khala__tiers_version(d);
     int64_t now = khala__sys_now_ms();
+    int64_t ttl2 = level_ttl(d, ttl_ms, type, 2); /* one jittered TTL for every level below */
     int queue[KHALAD_TIERS_MAX] = {0};
+    /* 0. What no level would take is refused before any level is written ([l1] max_value_bytes
+     * is the cache's limit, and the disk store's). */
+    uint32_t max_value = khala__l1_seg(d->l1)->max_value;
+    if (vlen > max_value) {
+        set_msg(d, "value is %zu bytes, max %u ([l1] max_value_bytes)", vlen, max_value);
+        return KHALA_ETOOBIG;
+    }
     /* 1. Room in every queue this write may need, before anything changes. */
     for (int i = 0; i < d->ntiers; i++) {
         khalad_tier_t *lt = &d->tiers[i];
@@ -536,7 +544,7 @@ int khala__tiers_put(khalad_t *d, const void *key, size_t klen, const void *val,
         khalad_tier_t *lt = &d->tiers[i];
         if (!on_level(d, lt, type) || queue[i])
             continue;
-        khala_tier_value_t v = {(void *)val, vlen, ver, level_ttl(d, ttl_ms, type, 2), type};
+        khala_tier_value_t v = {(void *)val, vlen, ver, ttl2, type};
         int rc = lt->t->ops->put(lt->t, key, klen, &v);
         if (rc == 0) {
             lt->writes++;
@@ -561,34 +569,22 @@ int khala__tiers_put(khalad_t *d, const void *key, size_t klen, const void *val,
                     level_name(lt), lt->t->ops->name);
         return rc;
     }
-    /* 3. L1. A failure leaves no older copy behind: the levels below have the new one. */
-    if (!(flags & KHALA_TIERS_NO_L1) && (type_levels(d, type) & KHALA_CONFIG_LEVEL_L1)) {
-        int rc = khala__l1_put_v(d->l1, key, klen, val, vlen, level_ttl(d, ttl_ms, type, 1),
-                                 (uint8_t)type, ver, NULL);
-        if (rc != 0) {
+    /* 3. L1. A failure leaves no older copy behind: the levels below have the new one (the
+     * queued ones still get it in step 4; the caller hears of L1's refusal). */
+    int l1rc = 0;
+    if (type_levels(d, type) & KHALA_CONFIG_LEVEL_L1) {
+        l1rc = khala__l1_put_v(d->l1, key, klen, val, vlen, level_ttl(d, ttl_ms, type, 1),
+                               (uint8_t)type, ver, NULL);
+        if (l1rc != 0)
             set_msg(d, "%s", khala__l1_errmsg(d->l1));
-            (void)khala__l1_delete(d->l1, key, klen);
-            int any_queued = 0;
-            for (int i = 0; i < d->ntiers; i++)
-                any_queued |= queue[i];
-            if (!any_queued)
-                return rc;
-            /* Queued writes still go out below; the caller hears of L1's refusal. */
-            for (int i = 0; i < d->ntiers; i++)
-                if (queue[i])
-                    (void)khala__wq_put(d->tiers[i].wq, key, klen, val, vlen, ver,
-                                        now + level_ttl(d, ttl_ms, type, 2), (int)type);
-            return rc;
-        }
-    } else if (!(flags & KHALA_TIERS_NO_L1)) {
-        (void)khala__l1_delete(d->l1, key, klen);
     }
+    if (l1rc != 0 || !(type_levels(d, type) & KHALA_CONFIG_LEVEL_L1))
+        (void)khala__l1_delete(d->l1, key, klen);
     /* 4. Queued levels. Room was checked above. */
     for (int i = 0; i < d->ntiers; i++) {
         if (!queue[i])
             continue;
-        int64_t ttl = level_ttl(d, ttl_ms, type, 2);
-        int rc = khala__wq_put(d->tiers[i].wq, key, klen, val, vlen, ver, ttl ? now + ttl : 0,
+        int rc = khala__wq_put(d->tiers[i].wq, key, klen, val, vlen, ver, ttl2 ? now + ttl2 : 0,
                                (int)type);
         if (rc != 0) {
             set_msg(d, "cannot queue the write: %s", khala_strerror(rc));
@@ -596,8 +592,11 @@ int khala__tiers_put(khalad_t *d, const void *key, size_t klen, const void *val,
         }
         d->tiers[i].queued++;
     }
+    /* The levels below hold the new value even when L1 refused it: other hosts must hear. */
     if (!(flags & KHALA_TIERS_FILL))
         publish(d, KHALA_INV_KEY, key, klen, -1, ver);
+    if (l1rc != 0)
+        return l1rc;
     if (version)
         *version = ver;
     return 0;

@@ -34,8 +34,7 @@ typedef struct khalad khalad_t;
 
 /** khala__tiers_put() flags. */
 enum {
-    KHALA_TIERS_NO_L1 = 1 << 0, /**< write the slower levels only (a fill not to be cached) */
-    KHALA_TIERS_FILL = 1 << 1,  /**< a loader's fill: not published to other hosts */
+    KHALA_TIERS_FILL = 1 << 0, /**< a loader's fill: not published to other hosts */
 };
 
 /**
@@ -87,8 +86,10 @@ int khala__tiers_get(khalad_t *d, const void *key, size_t klen, khala_tier_value
  * @param[in] type the item's type.
  * @param[in] flags KHALA_TIERS_* flags.
  * @param[out] version the version written.
- * @return 0; KHALA_EVERSION (a level holds a newer version); KHALA_EQUEUE (the level is down
- *         or behind and its queue is full); an L1 error (KHALA_EFULL, KHALA_EBLOCKED...).
+ * @return 0; KHALA_ETOOBIG (over [l1] max_value_bytes: nothing is written); KHALA_EVERSION (a
+ *         level holds a newer version); KHALA_EQUEUE (the level is down or behind and its queue
+ *         is full); an L1 error (KHALA_EFULL, KHALA_EBLOCKED): then the levels below hold the
+ *         new value (and other hosts heard of it) but L1 holds no copy of the key.
  */
 int khala__tiers_put(khalad_t *d, const void *key, size_t klen, const void *val, size_t vlen,
                      int64_t ttl_ms, khala_type_t type, int flags, uint64_t *version);

@@ -22,8 +22,6 @@ extern pid_t khalad_pid;
 /* Choose the name, directory and socket path for this process. */
 void khalad_env_init(const char *prefix);
 
-/* Start khalad and wait (bounded: 5 s) until its socket accepts connections. The segment, if
- * one exists under the name, is adopted as a restarted khalad would. */
 /* One more --set SECTION.KEY=VALUE for the next khalad_start, or NULL for none. */
 extern const char *khalad_extra_set;
 
@@ -38,6 +36,9 @@ pid_t khalad_spawn(const char *name, const char *sock, const char *dir, const ch
 /* The test's private directory (khalad's L2 store lives in its l2/). */
 const char *khalad_dir(void);
 
+/* Start khalad (khalad_spawn with the process's name, socket and directory, khalad_extra_set and
+ * khalad_extra_sets) and wait (bounded: 10 s) until its socket accepts connections. The segment,
+ * if one exists under the name, is adopted as a restarted khalad would. */
 void khalad_start(void);
 
 /* Send sig to khalad and reap it; nothing when it is not running. */

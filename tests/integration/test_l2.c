@@ -881,3 +881,21 @@ Test(l2, a_host_cut_off_from_redis_makes_the_others_flush_once_it_is_back) {
     relay_kill(relay);
     g_relay = 0;
 }
+
+/* An oversized value is refused before any level is written. */
+Test(l2, an_oversized_value_reaches_no_level) {
+    use_private_redis();
+    add_set("l1.max_value_bytes=64");
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    char big[65], msg[256];
+    memset(big, 'x', sizeof(big));
+    tu_redis_kill(&g_redis); /* even a level that would only queue it */
+    int rc = raw_put(ch, "big", big, sizeof(big), KHALA_TYPE_MEMORY_ENTITY, 0, msg, sizeof(msg));
+    cr_assert_eq(rc, KHALA_ETOOBIG, "%s", khala_strerror(rc));
+    cr_assert(strstr(msg, "65 bytes") && strstr(msg, "max 64"), "message: %s", msg);
+    cr_assert_eq(stat_u(ch, "l2", "queued_now"), 0, "the refused value was queued");
+    got_t g;
+    cr_assert_eq(raw_get(ch, "big", &g), KHALA_ENOTFOUND);
+    khala__chan_close(ch);
+}
