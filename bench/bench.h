@@ -49,6 +49,9 @@ typedef struct bench_target bench_target_t;
 bench_target_t *bench_l1_setup(const bench_opts_t *o, const bu_workload_t *w);
 bench_target_t *bench_plain_setup(const bench_opts_t *o, const bu_workload_t *w);
 bench_target_t *bench_lmdb_setup(const bench_opts_t *o, const bu_workload_t *w);
+/* Make the plain target's rounds read through plain_get_fair (fair = 1) or the inlined
+ * plain_get (0, the default). */
+void bench_plain_set_fair(bench_target_t *plain, int fair);
 /* One timed round with `procs` readers; for the L1, write_rate > 0 makes the writer overwrite
  * keys at that rate meanwhile (ignored by the references). 0 or -1. */
 int bench_target_run(bench_target_t *t, const bu_workload_t *w, unsigned procs, double seconds,

@@ -6,7 +6,8 @@
  *   khala-bench l1-mixed  (the same) --write-rate W
  *   khala-bench plain-get (the same)
  *   khala-bench lmdb-get  (the same)
- *   khala-bench compare   (the same): l1-get, plain-get and lmdb-get in one run, with ratios
+ *   khala-bench compare   (the same): l1-get, plain-get (inlined and fair) and lmdb-get in one
+ *                         run, with ratios
  *   khala-bench replay    --trace FILE --format csv|oracle --capacity-items N [--policy lru]
  *   khala-bench predict   --trace FILE --format csv|oracle [--capacity-items N]
  *   khala-bench sweep     --items N
@@ -248,7 +249,7 @@ static void print_round(const char *bench, const bench_opts_t *o, unsigned procs
 static int run_get(const char *cmd, const bench_opts_t *o) {
     bu_workload_t w;
     bench_target_t *l1 = NULL, *pl = NULL, *lm = NULL;
-    static bench_get_t g[4][MAX_ROUNDS];
+    static bench_get_t g[5][MAX_ROUNDS];
     unsigned n = o->rounds;
     int rc = -1;
     if (bu_workload_make(&w, o->keys, o->dist, 0.99, 12345) != 0) {
@@ -313,25 +314,34 @@ static int run_get(const char *cmd, const bench_opts_t *o) {
                d.r.ops_s, median_ratio(g[1], g[0], n, 0), median_ratio(g[3], g[2], n, 0),
                median_ratio(g[1], g[0], n, 1), median_ratio(g[3], g[2], n, 1), n);
     } else {
-        /* compare: the three on the same workload, alternating round by round. */
+        /* compare: the four on the same workload, alternating round by round. The plain table
+         * is read twice: inlined into the loop (the limit) and through plain_get_fair (out of
+         * line, runtime key length: how a worker calls khala_cache_get). */
         for (unsigned i = 0; i < n; i++) {
-            if (bench_target_run(l1, &w, o->procs, s, 0, &g[0][i]) != 0 ||
-                bench_target_run(pl, &w, o->procs, s, 0, &g[1][i]) != 0 ||
-                bench_target_run(lm, &w, o->procs, s, 0, &g[2][i]) != 0)
+            int bad = bench_target_run(l1, &w, o->procs, s, 0, &g[0][i]) != 0 ||
+                      bench_target_run(pl, &w, o->procs, s, 0, &g[1][i]) != 0;
+            bench_plain_set_fair(pl, 1);
+            bad = bad || bench_target_run(pl, &w, o->procs, s, 0, &g[3][i]) != 0;
+            bench_plain_set_fair(pl, 0);
+            if (bad || bench_target_run(lm, &w, o->procs, s, 0, &g[2][i]) != 0)
                 goto out;
             print_round("l1-get", o, o->procs, i, &g[0][i]);
             print_round("plain-get", o, o->procs, i, &g[1][i]);
+            print_round("plain-fair", o, o->procs, i, &g[3][i]);
             print_round("lmdb-get", o, o->procs, i, &g[2][i]);
         }
-        bench_get_t a = median_get(g[0], n), b = median_get(g[1], n), c = median_get(g[2], n);
+        bench_get_t a = median_get(g[0], n), b = median_get(g[1], n), c = median_get(g[2], n),
+                    f = median_get(g[3], n);
         printf("bench=compare procs=%u keys=%u value=%u dist=%s l1_ops_s=%.0f plain_ops_s=%.0f "
                "lmdb_ops_s=%.0f l1_vs_plain=%.3f l1_vs_lmdb=%.3f l1_p50_ns=%.0f "
                "plain_p50_ns=%.0f lmdb_p50_ns=%.0f cpu_l1_vs_plain=%.3f cpu_l1_vs_lmdb=%.3f "
-               "rounds=%u\n",
+               "plain_fair_ops_s=%.0f plain_fair_p50_ns=%.0f l1_vs_plain_fair=%.3f "
+               "cpu_l1_vs_plain_fair=%.3f rounds=%u\n",
                o->procs, o->keys, o->value_size, dist_name(o->dist), a.r.ops_s, b.r.ops_s,
                c.r.ops_s, median_ratio(g[0], g[1], n, 0), median_ratio(g[0], g[2], n, 0),
                a.r.p50_ns, b.r.p50_ns, c.r.p50_ns, median_ratio(g[0], g[1], n, 1),
-               median_ratio(g[0], g[2], n, 1), n);
+               median_ratio(g[0], g[2], n, 1), f.r.ops_s, f.r.p50_ns,
+               median_ratio(g[0], g[3], n, 0), median_ratio(g[0], g[3], n, 1), n);
     }
     rc = 0;
 out:

@@ -71,6 +71,12 @@ int plain_put(plain_table_t *t, const void *key, size_t klen, const void *val, s
     return -ENOSPC;
 }
 
+__attribute__((noinline, noipa)) int plain_get_fair(const plain_table_t *t, const void *key,
+                                                    size_t klen, void *buf, size_t cap,
+                                                    size_t *len) {
+    return plain_get(t, key, klen, buf, cap, len);
+}
+
 /* plain-get -----------------------------------------------------------------------------------*/
 
 static int pt_open(void *arg, unsigned reader, void **ctx, bu_reader_out_t *out) {
@@ -92,6 +98,18 @@ static void pt_loop(void *ctx, const bu_workload_t *w, bu_ctl_t *ctl, size_t sta
     BU_READ_LOOP_BODY(pt_get, t, w, ctl, start, value_cap, out);
 }
 
+static inline int pt_get_fair(const plain_table_t *t, const char *key, size_t klen, uint8_t *buf,
+                              uint32_t cap) {
+    size_t len;
+    return plain_get_fair(t, key, klen, buf, cap, &len);
+}
+
+static void pt_loop_fair(void *ctx, const bu_workload_t *w, bu_ctl_t *ctl, size_t start,
+                         uint32_t value_cap, bu_reader_out_t *out) {
+    const plain_table_t *t = ctx;
+    BU_READ_LOOP_BODY(pt_get_fair, t, w, ctl, start, value_cap, out);
+}
+
 static void pt_close(void *ctx) {
     (void)ctx;
 }
@@ -100,14 +118,18 @@ typedef struct plain_target {
     bench_target_t base; /* first: the target interface */
     plain_table_t t;
     uint32_t value_size;
+    int fair; /* 1: rounds read through plain_get_fair */
 } plain_target_t;
 
 static int pt_run(bench_target_t *bt, const bu_workload_t *w, unsigned procs, double seconds,
                   uint64_t write_rate, bench_get_t *out) {
     plain_target_t *p = (plain_target_t *)bt;
     (void)write_rate;
-    bu_backend_t be = {
-        .name = "plain-get", .arg = &p->t, .open = pt_open, .loop = pt_loop, .close = pt_close};
+    bu_backend_t be = {.name = p->fair ? "plain-fair" : "plain-get",
+                       .arg = &p->t,
+                       .open = pt_open,
+                       .loop = p->fair ? pt_loop_fair : pt_loop,
+                       .close = pt_close};
     memset(out, 0, sizeof(*out));
     return bu_run_readers(&be, w, procs, seconds, p->value_size, &out->r);
 }
@@ -116,6 +138,10 @@ static void pt_free(bench_target_t *bt) {
     plain_target_t *p = (plain_target_t *)bt;
     plain_destroy(&p->t);
     free(p);
+}
+
+void bench_plain_set_fair(bench_target_t *bt, int fair) {
+    ((plain_target_t *)bt)->fair = fair;
 }
 
 bench_target_t *bench_plain_setup(const bench_opts_t *o, const bu_workload_t *w) {

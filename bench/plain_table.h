@@ -111,4 +111,11 @@ static inline int plain_get(const plain_table_t *t, const void *key, size_t klen
     return 0;
 }
 
+/* plain_get as a worker's call would be: out of line, through a real call, with the key length
+ * known only at run time (noipa keeps the compiler from cloning it for the benchmark's
+ * constant length). The "fair" reference for khala_cache_get, which a worker reaches the same
+ * way; plain_get inlined into the loop is the other, the physical limit. */
+int plain_get_fair(const plain_table_t *t, const void *key, size_t klen, void *buf, size_t cap,
+                   size_t *len);
+
 #endif /* KHALA_BENCH_PLAIN_TABLE_H */
