@@ -122,8 +122,12 @@ static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
 /* Handle ids; 0 is never a handle's. */
 static _Atomic uint64_t g_next_id = 1;
 /* The calling thread's last handle and its state there (see ts_get). */
-static __thread uint64_t tls_last_id;
-static __thread struct tstate *tls_last_ts;
+/* initial-exec: in the shared library a thread-local then costs one %fs-relative load, where
+ * the default (general-dynamic) model calls __tls_get_addr on every get. The two words fit the
+ * static TLS reserve that glibc keeps for libraries loaded with dlopen. */
+#define TLS_IE __attribute__((tls_model("initial-exec")))
+static __thread uint64_t tls_last_id TLS_IE;
+static __thread struct tstate *tls_last_ts TLS_IE;
 
 /* The calling thread's last error and the handle it belongs to (NULL: khala_cache_open). */
 static __thread char tls_err[256];
@@ -479,12 +483,10 @@ static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const 
     if (rc == 0) {
         vlen = it->value_len;
         if (vlen <= cap) {
-            if (vlen)
-                memcpy(buf, khala__item_value(it), vlen);
+            khala__l1_copy(buf, khala__item_value(it), vlen);
         } else
             rc = -ERANGE;
-        khala__reader_record(s, ts->slot, it->desc, hash);
-        khala__reader_count(&ts->slot->hits);
+        khala__reader_record(s, ts->slot, it->desc, hash); /* also counts the hit */
     } else if (rc == KHALA_ENOTFOUND) {
         khala__reader_count(&ts->slot->misses);
     }
@@ -895,8 +897,7 @@ int khala_cache_view(khala_cache_t *c, const void *key, size_t klen, khala_view_
     }
     if (rc != 0)
         return fail(c, rc, "cache '%s': lookup met an offset outside the segment", c->name);
-    khala__reader_record(s, ts->slot, it->desc, hash);
-    khala__reader_count(&ts->slot->hits);
+    khala__reader_record(s, ts->slot, it->desc, hash); /* also counts the hit */
     view->data = khala__item_value(it);
     view->len = it->value_len;
     view->version = it->version;

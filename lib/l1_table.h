@@ -126,23 +126,79 @@ khala_seg_t *khala__l1_seg(khala_l1_t *t);
 
 /* Reader side ------------------------------------------------------------------------------*/
 
+/* The key hash: XXH3 with the segment's seed. Keys of up to 16 bytes (the common case) take
+ * XXH3's short-input path inline, which is exactly what XXH3_64bits_withSeed computes for
+ * them, without the call and its length dispatch (test_l1_table checks the two agree). */
 static inline uint64_t khala__l1_hash(const khala_seg_t *s, const void *key, size_t klen) {
+#if XXH_VERSION_NUMBER >= 800 && XXH_VERSION_NUMBER < 900
+    if (__builtin_expect(klen <= 16, 1))
+        return XXH3_len_0to16_64b((const xxh_u8 *)key, klen, XXH3_kSecret, s->hash_seed);
+#endif
     return XXH3_64bits_withSeed(key, klen, s->hash_seed);
 }
 
+/* 1 if the n bytes at a and b are equal. Short keys (up to 16 bytes) compare with two loads
+ * each, overlapping, never past either end; longer ones call memcmp. */
+static inline int khala__l1_key_eq(const void *a, const void *b, size_t n) {
+    const uint8_t *x = a, *y = b;
+    if (__builtin_expect(n >= 8 && n <= 16, 1)) {
+        uint64_t x0, y0, x1, y1;
+        __builtin_memcpy(&x0, x, 8);
+        __builtin_memcpy(&y0, y, 8);
+        __builtin_memcpy(&x1, x + n - 8, 8);
+        __builtin_memcpy(&y1, y + n - 8, 8);
+        return ((x0 ^ y0) | (x1 ^ y1)) == 0;
+    }
+    if (n >= 4 && n < 8) {
+        uint32_t x0, y0, x1, y1;
+        __builtin_memcpy(&x0, x, 4);
+        __builtin_memcpy(&y0, y, 4);
+        __builtin_memcpy(&x1, x + n - 4, 4);
+        __builtin_memcpy(&y1, y + n - 4, 4);
+        return ((x0 ^ y0) | (x1 ^ y1)) == 0;
+    }
+    if (n < 4) /* first, middle and last byte cover 1 to 3 bytes */
+        return n == 0 || (x[0] == y[0] && x[n / 2] == y[n / 2] && x[n - 1] == y[n - 1]);
+    return memcmp(x, y, n) == 0;
+}
+
+/* Copy n bytes: up to 256 in 16-byte moves (the last one overlapping), inline, without a call
+ * through the PLT; larger values go to memcpy, where its setup cost no longer shows. */
+static inline void khala__l1_copy(void *dst, const void *src, size_t n) {
+    uint8_t *d = dst;
+    const uint8_t *p = src;
+    if (n >= 16 && n <= 256) {
+        for (size_t i = 0; i + 16 < n; i += 16)
+            __builtin_memcpy(d + i, p + i, 16);
+        __builtin_memcpy(d + n - 16, p + n - 16, 16);
+    } else if (n >= 8 && n < 16) {
+        __builtin_memcpy(d, p, 8);
+        __builtin_memcpy(d + n - 8, p + n - 8, 8);
+    } else if (n > 256) {
+        memcpy(d, p, n);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            d[i] = p[i];
+    }
+}
+
 /* Find the live item for key. Call inside a read section (or from the writer). 0 and *out;
- * KHALA_ENOTFOUND (absent or expired); KHALA_ECORRUPT if an offset points outside the arena or
- * a chain does not end. Inline: it is the whole of the hit path. */
+ * KHALA_ENOTFOUND (absent, expired, or behind a chain longer than KHALA_CHAIN_MAX: a flooded
+ * chain is a miss, not an error); KHALA_ECORRUPT if an item does not fit the arena. Each item
+ * is checked against its own lengths before any byte past its header is read. Inline: it is
+ * the whole of the hit path. */
 static inline int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t klen,
                                    uint64_t hash, const khala_item_t **out) {
-    /* An item whose header and key fit the arena starts at most this far into it; one
-     * unsigned compare rejects offsets below the arena too. */
-    const uint64_t span = s->arena_hi - s->arena_lo - sizeof(khala_item_t) - klen;
+    /* An item whose header fits the arena starts at most this far into it; one unsigned
+     * compare rejects offsets below the arena too. */
+    const uint64_t span = s->arena_hi - s->arena_lo - sizeof(khala_item_t);
     /* acquire: pairs with the release that linked the item; its fields are visible. */
     uint64_t off = khala_link_off(khala_load_acquire(&s->buckets[hash & s->bucket_mask]));
     for (uint32_t n = 0; off; n++) {
-        if (__builtin_expect(off - s->arena_lo > span || n >= KHALA_CHAIN_MAX, 0))
+        if (__builtin_expect(off - s->arena_lo > span, 0))
             return KHALA_ECORRUPT;
+        if (__builtin_expect(n >= KHALA_CHAIN_MAX, 0))
+            return KHALA_ENOTFOUND;
         const khala_item_t *it = (const khala_item_t *)(s->base + off);
         /* The value's address depends only on klen, which we know: fetch the lines of the
          * header, the key and the start of the value at once, so that a hit costs one memory
@@ -151,14 +207,18 @@ static inline int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t
         __builtin_prefetch(it);
         __builtin_prefetch(v);
         __builtin_prefetch(v + KHALA_CACHE_LINE);
-        if (it->hash == hash && it->key_len == klen && memcmp(it + 1, key, klen) == 0) {
-            if (__builtin_expect(KHALA_ITEM_SIZE(klen, (uint64_t)it->value_len) > s->arena_hi - off,
+        if (it->hash == hash && it->key_len == klen) {
+            /* The item's own lengths: its key and value must fit before we read them. */
+            if (__builtin_expect(KHALA_ITEM_SIZE((uint64_t)it->key_len, (uint64_t)it->value_len) >
+                                     s->arena_hi - off,
                                  0))
                 return KHALA_ECORRUPT;
-            if (it->expire_ms && khala__sys_now_coarse_upper_ms() >= it->expire_ms)
-                return KHALA_ENOTFOUND;
-            *out = it;
-            return 0;
+            if (khala__l1_key_eq(it + 1, key, klen)) {
+                if (it->expire_ms && khala__sys_now_coarse_upper_ms() >= it->expire_ms)
+                    return KHALA_ENOTFOUND;
+                *out = it;
+                return 0;
+            }
         }
         off = khala_link_off(khala_load_acquire(&it->next));
     }

@@ -48,7 +48,7 @@
 /* "KHALASEG" and "KHALARDR" as little-endian integers. */
 #define KHALA_SEG_MAGIC 0x4745534c4148414bull
 #define KHALA_READERS_MAGIC 0x5244524c4148414bull
-#define KHALA_LAYOUT_VERSION 1u
+#define KHALA_LAYOUT_VERSION 2u
 
 #define KHALA_CACHE_LINE 64
 #define KHALA_SEG_HEADER_SIZE 4096u
@@ -255,11 +255,15 @@ _Static_assert(sizeof(khala_readers_header_t) == KHALA_READERS_HEADER_SIZE, "rea
 /* One reader slot, followed by ring_size ring entries. */
 typedef struct khala_slot {
     /* Hot line. Guard: written by the owner only; the writer reads. */
-    khala_atomic_u64 epoch;     /* 0 = outside a read section; else the global epoch at entry */
-    khala_atomic_u64 hits;      /* lookups that hit, over the slot's life (never reset) */
-    khala_atomic_u64 misses;    /* lookups that missed, over the slot's life (never reset) */
-    khala_atomic_u64 ring_head; /* hits recorded in the ring so far (never reset) */
-    uint8_t pad0[KHALA_CACHE_LINE - 32];
+    khala_atomic_u64 epoch; /* 0 = outside a read section; else the global epoch at entry */
+    /* Every hit is recorded in the ring, so the ring's head is the hit count: one word, one
+     * store per hit. */
+    union {
+        khala_atomic_u64 ring_head; /* hits recorded in the ring so far (never reset) */
+        khala_atomic_u64 hits;      /* lookups that hit, over the slot's life: the same word */
+    };
+    khala_atomic_u64 misses; /* lookups that missed, over the slot's life (never reset) */
+    uint8_t pad0[KHALA_CACHE_LINE - 24];
     /* Identity. Guard: written by the owner on claim, while holding the slot's OFD lock, or by
      * the writer while holding that lock after the owner died. */
     khala_atomic_u64 pid;   /* owner pid, 0 = free */

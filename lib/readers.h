@@ -12,9 +12,10 @@
  *              | writer, if owner is dead    |                    | seq_cst fence; leave:
  *              |                             |                    | release; writer: fence then
  *              |                             |                    | acquire loads
- *   hits,misses| owner                       | writer, owner      | relaxed (counters)
+ *   misses     | owner                       | writer, owner      | relaxed (counter)
  *   ring[]     | owner                       | writer (drain)     | relaxed entries, published
  *   ring_head  | owner                       | writer (drain)     | by a release store of head
+ *   (== hits)  |                             | owner (stats)      |
  *   pid,start  | owner on claim; writer on   | writer, claimers   | under the slot's OFD lock
  *              | reclaim of a dead owner     |                    |
  *
@@ -62,7 +63,8 @@ static inline void khala__reader_leave(khala_slot_t *slot) {
     khala_store_release(&slot->epoch, 0);
 }
 
-/* Record a hit on desc `idx` of a key whose hash is `hash` (owner only; lossy). */
+/* Record a hit on desc `idx` of a key whose hash is `hash` (owner only; lossy). The ring's
+ * head is also the slot's hit count (layout.h), so a hit costs the entry and the head. */
 static inline void khala__reader_record(const khala_seg_t *s, khala_slot_t *slot, uint32_t idx,
                                         uint64_t hash) {
     uint64_t head = khala_load_relaxed(&slot->ring_head);

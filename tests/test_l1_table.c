@@ -767,7 +767,9 @@ Test(l1_table, corrupted_bucket_offset_is_ecorrupt_for_readers) {
     cr_assert_str_eq(buf, "value");
 }
 
-Test(l1_table, chain_that_loops_is_ecorrupt) {
+/* A chain longer than KHALA_CHAIN_MAX (a loop, or a flooded bucket) ends the reader's walk as a
+ * miss, never an error or a hang; the writer's check still calls a loop corrupt. */
+Test(l1_table, chain_that_loops_is_a_miss_for_readers_and_ecorrupt_for_check) {
     open_both(64, 64 * 1024);
     cr_assert_eq(put("victim", "value", 0), 0);
     khala_seg_t *s = khala__l1_seg(g_t);
@@ -782,7 +784,11 @@ Test(l1_table, chain_that_loops_is_ecorrupt) {
     while (bucket_of(key) != bucket_of("victim"));
     char buf[16];
     size_t len;
-    cr_assert_eq(khala_cache_get(g_c, key, strlen(key), buf, sizeof(buf), &len), KHALA_ECORRUPT);
+    khala_view_t view;
+    cr_assert_eq(khala_read_begin(g_c), 0);
+    cr_assert_eq(khala_cache_view(g_c, key, strlen(key), &view), KHALA_ENOTFOUND);
+    khala_read_end(g_c);
+    cr_assert_eq(khala_cache_get(g_c, key, strlen(key), buf, sizeof(buf), &len), KHALA_ENOTFOUND);
     cr_assert_eq(khala__l1_check(g_t), KHALA_ECORRUPT);
     khala_store_relaxed(&it->next, 0);
     check();
@@ -928,4 +934,36 @@ Test(l1_table, hits_recorded_by_readers_are_counted_per_key) {
     cr_assert_eq(put("popular", "w", 0), 0);
     cr_assert_eq(khala__l1_find(g_t, "popular", 7, &it), 0);
     cr_assert_eq(khala__l1_item_hits(g_t, it), 5);
+}
+
+/* The inline hash, key compare and copy of the hit path ------------------------------------- */
+
+Test(l1_table, inline_hash_equals_xxh3_for_every_short_and_long_length) {
+    open_both(64, 64 * 1024);
+    khala_seg_t *s = khala__l1_seg(g_t);
+    uint8_t key[300];
+    for (size_t i = 0; i < sizeof(key); i++)
+        key[i] = (uint8_t)(i * 131 + 7);
+    for (size_t n = 0; n <= sizeof(key); n++)
+        cr_assert_eq(khala__l1_hash(s, key, n), XXH3_64bits_withSeed(key, n, s->hash_seed),
+                     "length %zu", n);
+}
+
+Test(l1_table, inline_key_compare_and_copy_see_every_byte) {
+    uint8_t a[300], b[300], d[300];
+    for (size_t i = 0; i < sizeof(a); i++)
+        a[i] = b[i] = (uint8_t)(i * 7 + 1);
+    for (size_t n = 0; n <= sizeof(a); n++) {
+        cr_assert(khala__l1_key_eq(a, b, n), "length %zu", n);
+        for (size_t i = 0; i < n; i++) {
+            b[i] ^= 0x40;
+            cr_assert(!khala__l1_key_eq(a, b, n), "length %zu, byte %zu", n, i);
+            b[i] ^= 0x40;
+        }
+        memset(d, 0xee, sizeof(d));
+        khala__l1_copy(d, a, n);
+        cr_assert(memcmp(d, a, n) == 0, "copy of %zu", n);
+        for (size_t i = n; i < sizeof(d); i++)
+            cr_assert_eq(d[i], 0xee, "copy of %zu wrote byte %zu", n, i);
+    }
 }
