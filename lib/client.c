@@ -470,15 +470,19 @@ static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const 
     /* Hash and start fetching the bucket before the section begins: the bucket's line then
      * arrives while the section start runs. A prefetch of a stale address is harmless. */
     khala_seg_t *s = ts->seg;
-    uint64_t hash = khala__l1_hash(s, key, klen);
-    __builtin_prefetch(&s->buckets[hash & s->bucket_mask]);
+    khala_l1_index_t ix = khala__l1_index(s);
+    uint64_t hash = khala__l1_hash_with(ix.seed, key, klen);
+    __builtin_prefetch(&ix.buckets[hash & s->bucket_mask]);
     if ((rc = section_enter(c, &ts)) != 0)
         return rc;
-    if (__builtin_expect(ts->seg != s, 0)) {
-        s = ts->seg; /* reattached to a new segment, with a new hash seed */
-        hash = khala__l1_hash(s, key, klen);
+    /* acquire: as in khala__l1_index; the index taken before the section is good only if no
+     * rehash published another since. */
+    if (__builtin_expect(ts->seg != s || khala_load_acquire(&s->hdr->index_count) != ix.count, 0)) {
+        s = ts->seg; /* reattached to a new segment, or the writer rehashed: a new seed */
+        ix = khala__l1_index(s);
+        hash = khala__l1_hash_with(ix.seed, key, klen);
     }
-    rc = khala__l1_lookup(s, key, klen, hash, &it);
+    rc = khala__l1_lookup(s, &ix, key, klen, hash, &it);
     size_t vlen = 0;
     if (rc == 0) {
         vlen = it->value_len;
@@ -889,8 +893,9 @@ int khala_cache_view(khala_cache_t *c, const void *key, size_t klen, khala_view_
     if (klen - 1 >= KHALA_KEY_MAX)
         return key_fail(c, klen);
     khala_seg_t *s = ts->seg;
-    uint64_t hash = khala__l1_hash(s, key, klen);
-    int rc = khala__l1_lookup(s, key, klen, hash, &it);
+    khala_l1_index_t ix = khala__l1_index(s);
+    uint64_t hash = khala__l1_hash_with(ix.seed, key, klen);
+    int rc = khala__l1_lookup(s, &ix, key, klen, hash, &it);
     if (rc == KHALA_ENOTFOUND) {
         khala__reader_count(&ts->slot->misses);
         return rc;

@@ -3,8 +3,8 @@
  *
  * HOW IT WORKS
  *
- *   buckets[hash & mask] --> item --> item --> 0        (links; 0 ends a chain)
- *                            | next | desc | hash | version | expire | lens | key | value |
+ *   buckets[i][hash & mask] --> item --> item --> 0     (links; 0 ends a chain)
+ *                               | next[2] | desc | vlen | version | expire | klen | key | value |
  *
  * An item is one arena block holding its header, its key and its value side by side, so a hit
  * touches the bucket line and the item's lines, nothing else. Items are immutable once linked
@@ -43,6 +43,18 @@
  *
  * Why chaining and not open addressing: with one writer and RCU reclamation, replacing or
  * unlinking an item is a single pointer swing, and deletions leave no tombstones to clean.
+ *
+ * Hash flooding. Every reader can read the seed, so a client allowed to put can craft keys
+ * that share one bucket. Readers stop a walk at KHALA_CHAIN_MAX items and call it a miss, and
+ * the writer, when a put meets a chain of KHALA_CHAIN_REHASH items, rehashes (rehash()): there
+ * are two indexes (bucket arrays), items have one next word for each, and index_count in the
+ * header names the live one (count & 1) and so its seed. The writer builds the other index
+ * with a new seed through the other next word, which no reader walks, then publishes it with
+ * a release store of index_count. Items do not move and are not rewritten (they hold no hash),
+ * so a rehash needs no memory and readers inside a section may finish on the old index. The
+ * old index is cleared only after a grace period, before the next rehash uses it. Rehashes are
+ * at most one per max_items puts, so a flooder cannot make the writer spend more than O(1)
+ * per put on them; between two, the readers' bound keeps every lookup short.
  */
 #include "l1_table.h"
 
@@ -100,31 +112,54 @@ static inline khala_item_t *item_at(const khala_l1_t *t, uint64_t off) {
     return (khala_item_t *)(t->seg.base + off);
 }
 
+/* The live index: 0 or 1. Only the writer changes it, so it reads it relaxed. */
+static inline unsigned live(const khala_l1_t *t) {
+    return (unsigned)(khala_load_relaxed(&t->hdr->index_count) & 1);
+}
+
+/* The bucket array of index i. */
+static inline khala_atomic_u32 *buckets_of(const khala_l1_t *t, unsigned i) {
+    return t->seg.buckets + (i ? t->seg.bucket_mask + 1 : 0);
+}
+
+/* The live bucket of a key whose hash (under the live seed) is hash. */
+static inline khala_atomic_u32 *bucket(const khala_l1_t *t, uint64_t hash) {
+    return &buckets_of(t, live(t))[hash & t->seg.bucket_mask];
+}
+
 /* Writer side ----------------------------------------------------------------------------- */
 
-/* Find the item of key; *link is the word that points to it. 0 if absent. */
+/* Find the item of key in the live index; *link is the word that points to it. 0 if absent.
+ * *walked (if not NULL) is the number of items passed on the way. */
 static uint64_t find(const khala_l1_t *t, uint64_t hash, const void *key, size_t klen,
-                     khala_atomic_u32 **link) {
-    khala_atomic_u32 *l = &t->seg.buckets[hash & t->seg.bucket_mask];
+                     khala_atomic_u32 **link, uint64_t *walked) {
+    unsigned w = live(t);
+    khala_atomic_u32 *l = bucket(t, hash);
+    uint64_t n = 0;
     /* relaxed: only this thread writes the links. */
     for (uint64_t off = khala_link_off(khala_load_relaxed(l)); off;
-         off = khala_link_off(khala_load_relaxed(l))) {
+         off = khala_link_off(khala_load_relaxed(l)), n++) {
         khala_item_t *it = item_at(t, off);
-        if (it->hash == hash && it->key_len == klen && memcmp(it + 1, key, klen) == 0) {
+        if (it->key_len == klen && khala__l1_key_eq(it + 1, key, klen)) {
             *link = l;
+            if (walked)
+                *walked = n;
             return off;
         }
-        l = &it->next;
+        l = &it->next[w];
     }
+    if (walked)
+        *walked = n;
     return 0;
 }
 
-/* The word that points to the item at off (which is linked). */
+/* The word that points to the item at off (which is linked in the live index). */
 static khala_atomic_u32 *link_to(const khala_l1_t *t, uint64_t off, uint64_t hash) {
-    khala_atomic_u32 *l = &t->seg.buckets[hash & t->seg.bucket_mask];
+    unsigned w = live(t);
+    khala_atomic_u32 *l = bucket(t, hash);
     for (uint64_t o = khala_link_off(khala_load_relaxed(l)); o != off;
          o = khala_link_off(khala_load_relaxed(l)))
-        l = &item_at(t, o)->next;
+        l = &item_at(t, o)->next[w];
     return l;
 }
 
@@ -205,7 +240,7 @@ static void remove_key(khala_l1_t *t, uint32_t idx) {
     khala_item_t *it = item_at(t, off);
     khala_atomic_u32 *l = link_to(t, off, d->hash);
     /* release: a reader that loads the new link sees a fully built successor. */
-    khala_store_release(l, khala_load_relaxed(&it->next));
+    khala_store_release(l, khala_load_relaxed(&it->next[live(t)]));
     khala__policy_remove(&t->pol, idx);
     t->w->items--;
     t->w->item_bytes -= d->block_size;
@@ -309,6 +344,55 @@ static int make_room(khala_l1_t *t, uint64_t size, int replacing, uint64_t *off,
     }
 }
 
+/* Build the index not live with a new seed and make it the live one (see "Hash flooding").
+ * 0, or KHALA_EBLOCKED when the index to build may still be walked by a reader inside a section
+ * it entered before the last switch (nothing changed then; a later put tries again, and the
+ * writer never waits for it). */
+static int rehash(khala_l1_t *t) {
+    khala_seg_header_t *h = t->hdr;
+    uint64_t count = khala_load_relaxed(&h->index_count);
+    unsigned next = (unsigned)((count + 1) & 1);
+    khala_atomic_u32 *nb = buckets_of(t, next);
+    if (t->w->index_dirty) {
+        /* Readers that took this index while it was live may still be inside their sections
+         * (their epoch is index_epoch or older); readers that enter later see the newer
+         * index_count and take the other. */
+        if (khala__readers_min_epoch(&t->seg) <= t->w->index_epoch)
+            return KHALA_EBLOCKED;
+        memset((void *)nb, 0, (t->seg.bucket_mask + 1) * sizeof(*nb));
+        t->w->index_dirty = 0;
+    }
+    uint64_t seed = khala__sys_random_u64();
+    /* relaxed: readers read it only after an index_count that names this index (below, with
+     * release); the fence that begins the reader scan above orders it after the count that
+     * retired the index, for readers who read it early and so check the count again. */
+    khala_store_relaxed(&h->index_seed[next], seed);
+    for (uint32_t i = 0; i < h->max_items; i++) {
+        khala_desc_t *d = &t->desc[i];
+        if (!d->item_off)
+            continue;
+        khala_item_t *it = item_at(t, d->item_off);
+        uint64_t hash = khala__l1_hash_with(seed, it + 1, it->key_len);
+        khala_atomic_u32 *b = &nb[hash & t->seg.bucket_mask];
+        /* relaxed: no reader walks this index until the release below. */
+        khala_store_relaxed(&it->next[next], khala_load_relaxed(b));
+        khala_store_relaxed(b, khala_link_of(d->item_off));
+        d->hash = hash;
+    }
+    /* release: the new index and its seed are complete before a reader can take it; pairs with
+     * the acquire in khala__l1_index. */
+    khala_store_release(&h->index_count, count + 1);
+    /* Readers that load the epoch after this increment (acquire) see the new index_count: only
+     * readers at the old epoch or before can hold the old index. */
+    uint64_t e = khala_load_relaxed(&h->epoch);
+    khala_store_release(&h->epoch, e + 1);
+    t->w->index_epoch = e;
+    t->w->index_dirty = 1;
+    t->w->rehashes++;
+    t->w->rehash_sets = t->w->sets;
+    return 0;
+}
+
 static int key_check(khala_l1_t *t, size_t klen) {
     if (klen == 0)
         return fail(t, KHALA_EKEY, "key is empty");
@@ -342,18 +426,18 @@ int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val
         return fail(t, KHALA_ETOOBIG, "item of %llu bytes cannot fit the %llu-byte arena",
                     (unsigned long long)size, (unsigned long long)(t->arena.hi - t->arena.lo));
     /* Step 2. */
-    uint64_t hash = khala__l1_hash(&t->seg, key, klen);
-    uint64_t old = find(t, hash, key, klen, &link);
+    uint64_t hash = khala__l1_hash(&t->seg, key, klen), walked = 0;
+    uint64_t old = find(t, hash, key, klen, &link, NULL);
     /* Step 3. */
     if ((rc = make_room(t, size, old != 0, &off, &block)) != 0)
         return rc;
     /* Eviction may have removed the old item, or moved what points to it. */
-    old = find(t, hash, key, klen, &link);
+    old = find(t, hash, key, klen, &link, &walked);
     uint32_t idx = old ? item_at(t, old)->desc : desc_alloc(t);
     /* Step 4. */
     khala_item_t *it = item_at(t, off);
-    khala_store_relaxed(&it->next, 0);
-    it->hash = hash;
+    khala_store_relaxed(&it->next[0], 0);
+    khala_store_relaxed(&it->next[1], 0);
     if (want_version > w->version_seq)
         w->version_seq = want_version;
     else
@@ -366,6 +450,7 @@ int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val
     it->key_len = (uint16_t)klen;
     it->type = type;
     it->flags = 0;
+    it->pad = 0;
     it->desc = idx;
     memcpy(it + 1, key, klen);
     if (vlen)
@@ -374,7 +459,8 @@ int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val
     khala_desc_t *d = &t->desc[idx];
     if (old) {
         khala_item_t *o = item_at(t, old);
-        khala_store_relaxed(&it->next, khala_load_relaxed(&o->next));
+        unsigned lw = live(t);
+        khala_store_relaxed(&it->next[lw], khala_load_relaxed(&o->next[lw]));
         /* release: publishes the new item's fields before its offset; pairs with the acquire
          * loads in khala__l1_lookup. */
         khala_store_release(link, khala_link_of(off));
@@ -384,8 +470,8 @@ int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val
         w->overwrites++;
         khala__policy_hit(&t->pol, idx);
     } else {
-        khala_atomic_u32 *b = &t->seg.buckets[hash & t->seg.bucket_mask];
-        khala_store_relaxed(&it->next, khala_load_relaxed(b));
+        khala_atomic_u32 *b = bucket(t, hash);
+        khala_store_relaxed(&it->next[live(t)], khala_load_relaxed(b));
         /* release: as above. */
         khala_store_release(b, khala_link_of(off));
         d->hash = hash;
@@ -403,6 +489,12 @@ int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val
         reclaim(t);
     if (version)
         *version = it->version;
+    /* A chain this long is a flood (see "Hash flooding"): rehash, at most once per max_items
+     * puts. The put is done either way; a rehash that cannot wait for readers now is tried
+     * again by a later put. */
+    if (walked + 1 >= KHALA_CHAIN_REHASH &&
+        (w->rehashes == 0 || w->sets - w->rehash_sets >= t->hdr->max_items))
+        (void)rehash(t);
     return 0;
 }
 
@@ -411,7 +503,7 @@ int khala__l1_delete(khala_l1_t *t, const void *key, size_t klen) {
     int rc = key_check(t, klen);
     if (rc != 0)
         return rc;
-    uint64_t off = find(t, khala__l1_hash(&t->seg, key, klen), key, klen, &link);
+    uint64_t off = find(t, khala__l1_hash(&t->seg, key, klen), key, klen, &link, NULL);
     if (!off)
         return fail(t, KHALA_ENOTFOUND, "no such key");
     if (retire_full(t) && reclaim(t) == 0 && (rc = synchronize(t)) != 0)
@@ -433,8 +525,7 @@ static int sweep_flush(khala_l1_t *t, const uint32_t *batch, size_t n, size_t *r
      * unlinking walks from it. */
     for (size_t k = 0; k < n; k++) {
         const khala_desc_t *d = &t->desc[batch[k]];
-        uint64_t head =
-            khala_link_off(khala_load_relaxed(&t->seg.buckets[d->hash & t->seg.bucket_mask]));
+        uint64_t head = khala_link_off(khala_load_relaxed(bucket(t, d->hash)));
         if (head != d->item_off)
             __builtin_prefetch(t->seg.base + head);
     }
@@ -465,7 +556,7 @@ size_t khala__l1_sweep(khala_l1_t *t, size_t budget) {
             continue;
         __builtin_prefetch(t->seg.base + d->item_off - KHALA_BLOCK_HDR, 1);
         __builtin_prefetch(t->seg.base + d->item_off, 1);
-        __builtin_prefetch(&t->seg.buckets[d->hash & t->seg.bucket_mask], 1);
+        __builtin_prefetch(bucket(t, d->hash), 1);
         if (d->prev != KHALA_NIL)
             __builtin_prefetch(&t->desc[d->prev], 1);
         if (d->next != KHALA_NIL)
@@ -518,7 +609,8 @@ int khala__l1_find(khala_l1_t *t, const void *key, size_t klen, const khala_item
     int rc = key_check(t, klen);
     if (rc != 0)
         return rc;
-    return khala__l1_lookup(&t->seg, key, klen, khala__l1_hash(&t->seg, key, klen), out);
+    khala_l1_index_t ix = khala__l1_index(&t->seg);
+    return khala__l1_lookup(&t->seg, &ix, key, klen, khala__l1_hash_with(ix.seed, key, klen), out);
 }
 
 void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st) {
@@ -543,16 +635,20 @@ void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st) {
     st->small = w->q_count[KHALA_Q_SMALL];
     st->main = w->q_count[KHALA_Q_MAIN];
     st->oldest_reader_epoch = khala__readers_oldest(&t->seg, &st->oldest_reader_pid);
+    st->rehashes = w->rehashes;
 }
 
 int khala__l1_check(khala_l1_t *t) {
     khala_wstate_t *w = t->w;
     const khala_seg_t *s = &t->seg;
     uint64_t items = 0, bytes = 0, payload = 0;
+    khala_atomic_u32 *buckets = buckets_of(t, live(t));
+    unsigned lw = live(t);
+    uint64_t seed = khala__l1_index(s).seed;
     for (uint64_t b = 0; b <= s->bucket_mask; b++) {
         uint64_t n = 0;
-        for (uint64_t off = khala_link_off(khala_load_relaxed(&s->buckets[b])); off;
-             off = khala_link_off(khala_load_relaxed(&item_at(t, off)->next))) {
+        for (uint64_t off = khala_link_off(khala_load_relaxed(&buckets[b])); off;
+             off = khala_link_off(khala_load_relaxed(&item_at(t, off)->next[lw]))) {
             if (off < s->arena_lo || off >= s->arena_hi ||
                 s->arena_hi - off < sizeof(khala_item_t) || ++n > KHALA_CHAIN_MAX)
                 return fail(t, KHALA_ECORRUPT, "bucket %llu: bad offset %llu",
@@ -561,15 +657,14 @@ int khala__l1_check(khala_l1_t *t) {
             if (s->arena_hi - off < KHALA_ITEM_SIZE(it->key_len, (uint64_t)it->value_len))
                 return fail(t, KHALA_ECORRUPT, "item at %llu crosses the arena's end",
                             (unsigned long long)off);
-            if ((it->hash & s->bucket_mask) != b || it->desc >= t->hdr->max_items ||
-                t->desc[it->desc].item_off != off || t->desc[it->desc].hash != it->hash ||
+            uint64_t hash = khala__l1_hash_with(seed, it + 1, it->key_len);
+            if ((hash & s->bucket_mask) != b || it->desc >= t->hdr->max_items ||
+                t->desc[it->desc].item_off != off || t->desc[it->desc].hash != hash ||
                 t->desc[it->desc].block_size != khala__alloc_block_size(&t->arena, off) ||
                 t->desc[it->desc].queue == KHALA_Q_NONE)
-                return fail(t, KHALA_ECORRUPT, "item at %llu disagrees with its desc %u",
+                return fail(t, KHALA_ECORRUPT,
+                            "item at %llu disagrees with its bucket or its desc %u",
                             (unsigned long long)off, it->desc);
-            if (khala__l1_hash(s, it + 1, it->key_len) != it->hash)
-                return fail(t, KHALA_ECORRUPT, "item at %llu: hash does not match its key",
-                            (unsigned long long)off);
             items++;
             bytes += t->desc[it->desc].block_size;
             payload += (uint64_t)it->key_len + it->value_len;
@@ -641,6 +736,7 @@ static void format_regions(khala_l1_t *t) {
         t->desc[i].next = i + 1 < h->max_items ? i + 1 : KHALA_NIL;
     }
     t->w->free_desc = 0;
+    khala_store_relaxed(&h->index_seed[0], h->hash_seed);
     for (int q = 0; q < 3; q++)
         t->w->q_head[q] = t->w->q_tail[q] = KHALA_NIL;
     khala__alloc_format(&t->arena);

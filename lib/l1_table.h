@@ -37,6 +37,7 @@ typedef struct khala_l1_stats {
     uint64_t small, main;  /* items in the policy's queues */
     int oldest_reader_pid; /* pid of the reader pinning the oldest epoch, 0 if none */
     uint64_t oldest_reader_epoch;
+    uint64_t rehashes; /* rehashes with a new seed (hash flooding defence) */
 } khala_l1_stats_t;
 
 /* khala__l1_open_ex flags. */
@@ -126,15 +127,43 @@ khala_seg_t *khala__l1_seg(khala_l1_t *t);
 
 /* Reader side ------------------------------------------------------------------------------*/
 
-/* The key hash: XXH3 with the segment's seed. Keys of up to 16 bytes (the common case) take
- * XXH3's short-input path inline, which is exactly what XXH3_64bits_withSeed computes for
- * them, without the call and its length dispatch (test_l1_table checks the two agree). */
-static inline uint64_t khala__l1_hash(const khala_seg_t *s, const void *key, size_t klen) {
+/* The live index, as a reader took it at one moment (khala__l1_index). */
+typedef struct khala_l1_index {
+    const khala_atomic_u32 *buckets; /* its bucket array */
+    uint64_t seed;                   /* its hash seed */
+    uint64_t count;                  /* the index_count it was taken at */
+    unsigned which;                  /* 0 or 1: the item's next word that chains it */
+} khala_l1_index_t;
+
+/* Take the live index. A reader may take it before entering its section (to hash and prefetch
+ * early) if it checks after entering that index_count has not moved: the writer rewrites an
+ * index's seed and buckets only after a grace period that follows the switch away from it. */
+static inline khala_l1_index_t khala__l1_index(const khala_seg_t *s) {
+    khala_l1_index_t ix;
+    /* acquire: pairs with the writer's release store of index_count, made after the index and
+     * its seed were complete. */
+    ix.count = khala_load_acquire(&s->hdr->index_count);
+    ix.which = (unsigned)(ix.count & 1);
+    /* acquire: a seed written for a later index is seen only with a later index_count. */
+    ix.seed = khala_load_acquire(&s->hdr->index_seed[ix.which]);
+    ix.buckets = s->buckets + (ix.which ? s->bucket_mask + 1 : 0);
+    return ix;
+}
+
+/* The key hash: XXH3 with the given seed. Keys of up to 16 bytes (the common case) take XXH3's
+ * short-input path inline, which is exactly what XXH3_64bits_withSeed computes for them,
+ * without the call and its length dispatch (test_l1_table checks the two agree). */
+static inline uint64_t khala__l1_hash_with(uint64_t seed, const void *key, size_t klen) {
 #if XXH_VERSION_NUMBER >= 800 && XXH_VERSION_NUMBER < 900
     if (__builtin_expect(klen <= 16, 1))
-        return XXH3_len_0to16_64b((const xxh_u8 *)key, klen, XXH3_kSecret, s->hash_seed);
+        return XXH3_len_0to16_64b((const xxh_u8 *)key, klen, XXH3_kSecret, seed);
 #endif
-    return XXH3_64bits_withSeed(key, klen, s->hash_seed);
+    return XXH3_64bits_withSeed(key, klen, seed);
+}
+
+/* The key hash under the live index's seed. */
+static inline uint64_t khala__l1_hash(const khala_seg_t *s, const void *key, size_t klen) {
+    return khala__l1_hash_with(khala__l1_index(s).seed, key, klen);
 }
 
 /* 1 if the n bytes at a and b are equal. Short keys (up to 16 bytes) compare with two loads
@@ -182,18 +211,19 @@ static inline void khala__l1_copy(void *dst, const void *src, size_t n) {
     }
 }
 
-/* Find the live item for key. Call inside a read section (or from the writer). 0 and *out;
- * KHALA_ENOTFOUND (absent, expired, or behind a chain longer than KHALA_CHAIN_MAX: a flooded
- * chain is a miss, not an error); KHALA_ECORRUPT if an item does not fit the arena. Each item
- * is checked against its own lengths before any byte past its header is read. Inline: it is
- * the whole of the hit path. */
-static inline int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t klen,
-                                   uint64_t hash, const khala_item_t **out) {
+/* Find the live item for key in index ix, with hash its hash under ix's seed. Call inside a
+ * read section (or from the writer). 0 and *out; KHALA_ENOTFOUND (absent, expired, or behind a
+ * chain longer than KHALA_CHAIN_MAX: a flooded chain is a miss, not an error); KHALA_ECORRUPT if
+ * an item does not fit the arena. Each item is checked against its own lengths before any byte
+ * past its header is read. Inline: it is the whole of the hit path. */
+static inline int khala__l1_lookup(const khala_seg_t *s, const khala_l1_index_t *ix,
+                                   const void *key, size_t klen, uint64_t hash,
+                                   const khala_item_t **out) {
     /* An item whose header fits the arena starts at most this far into it; one unsigned
      * compare rejects offsets below the arena too. */
     const uint64_t span = s->arena_hi - s->arena_lo - sizeof(khala_item_t);
     /* acquire: pairs with the release that linked the item; its fields are visible. */
-    uint64_t off = khala_link_off(khala_load_acquire(&s->buckets[hash & s->bucket_mask]));
+    uint64_t off = khala_link_off(khala_load_acquire(&ix->buckets[hash & s->bucket_mask]));
     for (uint32_t n = 0; off; n++) {
         if (__builtin_expect(off - s->arena_lo > span, 0))
             return KHALA_ECORRUPT;
@@ -207,7 +237,7 @@ static inline int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t
         __builtin_prefetch(it);
         __builtin_prefetch(v);
         __builtin_prefetch(v + KHALA_CACHE_LINE);
-        if (it->hash == hash && it->key_len == klen) {
+        if (it->key_len == klen) {
             /* The item's own lengths: its key and value must fit before we read them. */
             if (__builtin_expect(KHALA_ITEM_SIZE((uint64_t)it->key_len, (uint64_t)it->value_len) >
                                      s->arena_hi - off,
@@ -220,7 +250,7 @@ static inline int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t
                 return 0;
             }
         }
-        off = khala_link_off(khala_load_acquire(&it->next));
+        off = khala_link_off(khala_load_acquire(&it->next[ix->which]));
     }
     return KHALA_ENOTFOUND;
 }

@@ -7,7 +7,8 @@
  *   +-------------------------+ 0
  *   | khala_seg_header_t      |   immutable part, epoch line, writer-only state   (4 KiB)
  *   +-------------------------+ bucket_off
- *   | buckets[bucket_count]   |   link (uint32) to the first item of each chain, 0 = empty
+ *   | buckets[2][bucket_count]|   two indexes of links (uint32) to the first item of each
+ *   |                         |   chain, 0 = empty; the header's index_count names the live one
  *   +-------------------------+ desc_off
  *   | khala_desc_t[max_items] |   writer-only: per-key policy metadata (S3-FIFO queues, TTL)
  *   +-------------------------+ ghost_off
@@ -48,7 +49,7 @@
 /* "KHALASEG" and "KHALARDR" as little-endian integers. */
 #define KHALA_SEG_MAGIC 0x4745534c4148414bull
 #define KHALA_READERS_MAGIC 0x5244524c4148414bull
-#define KHALA_LAYOUT_VERSION 2u
+#define KHALA_LAYOUT_VERSION 3u
 
 #define KHALA_CACHE_LINE 64
 #define KHALA_SEG_HEADER_SIZE 4096u
@@ -57,9 +58,12 @@
 #define KHALA_NIL UINT32_MAX
 /* Arena blocks are aligned to this; offsets inside the arena are multiples of it. */
 #define KHALA_ALIGN 16u
-/* A lookup walks at most this many items in one chain; more means the chain is corrupt (the
- * writer keeps the load factor at or below 1/2, so real chains are short). */
+/* A reader walks at most this many items of one chain; a longer chain (a flooded bucket, or a
+ * corrupt loop) is a miss for it. The writer keeps the load factor at or below 1/2, so real
+ * chains are short; it rehashes with a new seed when a put meets a chain of
+ * KHALA_CHAIN_REHASH items (see l1_table.c, "Hash flooding"). */
 #define KHALA_CHAIN_MAX 4096u
+#define KHALA_CHAIN_REHASH 64u
 
 /* Segment states, in khala_seg_header_t.state. */
 enum {
@@ -95,7 +99,12 @@ typedef struct khala_wstate {
     uint32_t q_head[3];     /* newest desc of each queue, KHALA_NIL when empty */
     uint32_t q_tail[3];     /* oldest desc of each queue, KHALA_NIL when empty */
     uint32_t free_desc;     /* head of the free desc list (linked through next) */
-    uint32_t pad0;
+    uint32_t index_dirty;   /* 1: the index not live still holds links readers may walk; it is
+                               cleared after a grace period before its next use */
+    uint64_t rehashes;      /* rehashes done (hash flooding defence) */
+    uint64_t rehash_sets;   /* w.sets at the last rehash: rehashes are at most one per
+                               max_items puts */
+    uint64_t index_epoch;   /* readers at this epoch or older may walk the index not live */
 } khala_wstate_t;
 
 typedef struct khala_seg_header {
@@ -133,37 +142,45 @@ typedef struct khala_seg_header {
     khala_atomic_u32 asym_fence; /* 1 when the writer issues membarrier(GLOBAL_EXPEDITED) before
                                     each reader scan, so registered readers may replace their
                                     fence by a compiler barrier; set at create, immutable */
-    uint8_t pad1[KHALA_CACHE_LINE - 20];
+    uint32_t pad_e;
+    khala_atomic_u64 index_count;   /* rehashes so far; index (index_count & 1) is live, hashed
+                                     with index_seed[index_count & 1]. Writer: the seed, then
+                                     this, with release; readers: acquire, then the seed */
+    khala_atomic_u64 index_seed[2]; /* seed of each index; the writer changes one only while
+                                       no reader can be using it (l1_table.c) */
+    uint8_t pad1[KHALA_CACHE_LINE - 48];
 
     /* Written and read by the writer only. */
     khala_wstate_t w;
-    uint8_t pad2[KHALA_SEG_HEADER_SIZE - KHALA_CACHE_LINE * 4 - 168];
+    uint8_t pad2[KHALA_SEG_HEADER_SIZE - KHALA_CACHE_LINE * 4 - 192];
 } khala_seg_header_t;
 
-_Static_assert(sizeof(khala_wstate_t) == 168, "khala_wstate_t layout");
+_Static_assert(sizeof(khala_wstate_t) == 192, "khala_wstate_t layout");
 _Static_assert(offsetof(khala_seg_header_t, created_ms) == 152, "header immutable part");
 _Static_assert(offsetof(khala_seg_header_t, epoch) == 192, "epoch on its own line");
+_Static_assert(offsetof(khala_seg_header_t, index_count) == 216, "index word on the epoch line");
 _Static_assert(offsetof(khala_seg_header_t, w) == 256, "writer state on its own lines");
 _Static_assert(sizeof(khala_seg_header_t) == KHALA_SEG_HEADER_SIZE, "header is one page");
 
 /* An item: header, then key_len key bytes, then value_len value bytes at
- * KHALA_ITEM_VALUE_OFF(key_len). Immutable once linked, except next. Freed only after every
- * reader that could have seen it has left its read section. */
+ * KHALA_ITEM_VALUE_OFF(key_len). Immutable once linked, except next[]. Freed only after every
+ * reader that could have seen it has left its read section. It holds no hash: a rehash with a
+ * new seed relinks items through the other next word and never moves or rewrites them. */
 typedef struct khala_item {
-    khala_atomic_u32 next; /* link to the next item in the chain, 0 = end; writer
-                              store-release, readers load-acquire */
-    uint32_t desc;         /* index of the key's khala_desc_t */
-    uint64_t hash;         /* full 64-bit key hash */
-    uint64_t version;      /* item version, >= 1 */
-    int64_t expire_ms;     /* monotonic ms deadline, 0 = never expires */
-    uint32_t value_len;    /* bytes */
-    uint16_t key_len;      /* bytes, 1..KHALA_KEY_MAX */
-    uint8_t type;          /* caller's data type tag */
-    uint8_t flags;         /* reserved, 0 */
+    khala_atomic_u32 next[2]; /* link to the next item in the chain of index 0 and 1, 0 = end;
+                                 writer store-release, readers load-acquire */
+    uint32_t desc;            /* index of the key's khala_desc_t */
+    uint32_t value_len;       /* bytes */
+    uint64_t version;         /* item version, >= 1 */
+    int64_t expire_ms;        /* monotonic ms deadline, 0 = never expires */
+    uint16_t key_len;         /* bytes, 1..KHALA_KEY_MAX */
+    uint8_t type;             /* caller's data type tag */
+    uint8_t flags;            /* reserved, 0 */
+    uint32_t pad;
 } khala_item_t;
 
 _Static_assert(sizeof(khala_item_t) == 40, "khala_item_t layout");
-_Static_assert(offsetof(khala_item_t, value_len) == 32, "khala_item_t layout");
+_Static_assert(offsetof(khala_item_t, key_len) == 32, "khala_item_t layout");
 
 /* Largest data file that links can address. */
 #define KHALA_SEG_MAX_SIZE ((uint64_t)UINT32_MAX * KHALA_ALIGN)
@@ -184,7 +201,8 @@ static inline uint64_t khala_link_off(uint32_t link) {
  * across overwrites, so its frequency and queue position survive an update. */
 typedef struct khala_desc {
     uint64_t item_off;   /* offset of the key's current item; 0 = desc is free */
-    uint64_t hash;       /* the key's hash (ring entries carry its low 32 bits) */
+    uint64_t hash;       /* the key's hash under the live index's seed (ring entries carry its
+                            low 32 bits); rewritten by a rehash */
     int64_t expire_ms;   /* copy of the item's deadline, so the sweep reads no item */
     uint32_t prev, next; /* queue links toward newer/older; KHALA_NIL at the ends */
     uint32_t block_size; /* arena bytes the item holds */

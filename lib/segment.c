@@ -111,7 +111,10 @@ static void compute_layout(khala_seg_header_t *h, const khala_seg_config_t *cfg)
      * one get in five at full load, against two in five at one bucket per item). */
     h->bucket_count = pow2_at_least(2ull * cfg->max_items);
     h->bucket_off = off;
-    off = align_up(off + h->bucket_count * sizeof(uint32_t), KHALA_CACHE_LINE);
+    /* Two indexes side by side: the live one and the one a rehash builds (l1_table.c). The
+     * second stays untouched, so it costs no memory, until a hash flood makes the writer
+     * rehash. */
+    off = align_up(off + 2 * h->bucket_count * sizeof(uint32_t), KHALA_CACHE_LINE);
     h->desc_off = off;
     off = align_up(off + (uint64_t)cfg->max_items * sizeof(khala_desc_t), KHALA_CACHE_LINE);
     /* The ghost remembers about as many evicted keys as the cache holds (the study behind this

@@ -112,7 +112,8 @@ Test(l1_table, writer_lookup_finds_what_was_put) {
     check();
     const khala_seg_t *s = khala__l1_seg(g_t);
     const khala_item_t *it = NULL;
-    cr_assert_eq(khala__l1_lookup(s, "k", 1, khala__l1_hash(s, "k", 1), &it), 0);
+    khala_l1_index_t ix = khala__l1_index(s);
+    cr_assert_eq(khala__l1_lookup(s, &ix, "k", 1, khala__l1_hash(s, "k", 1), &it), 0);
     cr_assert_eq(it->value_len, 5);
     cr_assert_eq(memcmp(khala__item_value(it), "value", 5), 0);
     cr_assert_eq(memcmp(khala__item_key(it), "k", 1), 0);
@@ -404,7 +405,8 @@ Test(l1_table, expired_item_is_never_returned_even_before_the_sweep) {
     cr_assert_eq(get("short", buf, sizeof(buf)), KHALA_ENOTFOUND);
     const khala_seg_t *s = khala__l1_seg(g_t);
     const khala_item_t *it;
-    cr_assert_eq(khala__l1_lookup(s, "short", 5, khala__l1_hash(s, "short", 5), &it),
+    khala_l1_index_t ix = khala__l1_index(s);
+    cr_assert_eq(khala__l1_lookup(s, &ix, "short", 5, khala__l1_hash(s, "short", 5), &it),
                  KHALA_ENOTFOUND);
     khala_view_t view;
     cr_assert_eq(khala_read_begin(g_c), 0);
@@ -725,7 +727,9 @@ Test(l1_table, random_operations_match_a_shadow_model) {
 /* The bucket word that the chain of key starts at, in the writer's mapping. */
 static khala_atomic_u32 *bucket_of(const char *key) {
     khala_seg_t *s = khala__l1_seg(g_t);
-    return &s->buckets[khala__l1_hash(s, key, strlen(key)) & s->bucket_mask];
+    khala_l1_index_t ix = khala__l1_index(s);
+    return (khala_atomic_u32 *)&ix
+        .buckets[khala__l1_hash_with(ix.seed, key, strlen(key)) & s->bucket_mask];
 }
 
 Test(l1_table, corrupted_bucket_offset_is_ecorrupt_for_readers) {
@@ -775,7 +779,7 @@ Test(l1_table, chain_that_loops_is_a_miss_for_readers_and_ecorrupt_for_check) {
     khala_seg_t *s = khala__l1_seg(g_t);
     uint32_t link = khala_load_relaxed(bucket_of("victim"));
     khala_item_t *it = (khala_item_t *)(s->base + khala_link_off(link));
-    khala_store_relaxed(&it->next, link); /* the item points at itself */
+    khala_store_relaxed(&it->next[0], link); /* the item points at itself */
     /* An absent key of the same bucket walks the loop. */
     char key[32];
     int i = 0;
@@ -790,7 +794,7 @@ Test(l1_table, chain_that_loops_is_a_miss_for_readers_and_ecorrupt_for_check) {
     khala_read_end(g_c);
     cr_assert_eq(khala_cache_get(g_c, key, strlen(key), buf, sizeof(buf), &len), KHALA_ENOTFOUND);
     cr_assert_eq(khala__l1_check(g_t), KHALA_ECORRUPT);
-    khala_store_relaxed(&it->next, 0);
+    khala_store_relaxed(&it->next[0], 0);
     check();
 }
 
@@ -966,4 +970,109 @@ Test(l1_table, inline_key_compare_and_copy_see_every_byte) {
         for (size_t i = n; i < sizeof(d); i++)
             cr_assert_eq(d[i], 0xee, "copy of %zu wrote byte %zu", n, i);
     }
+}
+
+/* Hash flooding ------------------------------------------------------------------------------ */
+
+/* Fill keys[0..n) with distinct keys "f<number>" whose hash under seed falls in bucket 0 of a
+ * table of bucket_mask + 1 buckets: what a client that reads the seed can do. */
+static void collide(uint64_t seed, uint64_t bucket_mask, char (*keys)[16], int n) {
+    uint64_t x = 0;
+    for (int i = 0; i < n; x++) {
+        int len = snprintf(keys[i], sizeof(keys[i]), "f%llu", (unsigned long long)x);
+        if ((khala__l1_hash_with(seed, keys[i], (size_t)len) & bucket_mask) == 0)
+            i++;
+    }
+}
+
+Test(l1_table, flooded_bucket_makes_the_writer_rehash_and_gets_never_fail) {
+    enum { N = 3 * KHALA_CHAIN_REHASH };
+    static char keys[N][16];
+    open_both(1024, 1 << 20);
+    khala_seg_t *s = khala__l1_seg(g_t);
+    cr_assert_eq(put("before", "x", 0), 0);
+    /* A section opened before the rehash keeps reading through it. */
+    khala_view_t view;
+    cr_assert_eq(khala_read_begin(g_c), 0);
+    cr_assert_eq(khala_cache_view(g_c, "before", 6, &view), 0);
+    uint64_t seed0 = khala__l1_index(s).seed;
+    collide(seed0, s->bucket_mask, keys, N);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(put(keys[i], keys[i], 0), 0, "put %d", i);
+    cr_assert_eq(stats().rehashes, 1, "one rehash, then at most one per max_items puts");
+    khala_l1_index_t ix = khala__l1_index(s);
+    cr_assert_eq(ix.count, 1);
+    cr_assert_neq(ix.seed, seed0);
+    cr_assert_eq(khala_cache_view(g_c, "before", 6, &view), 0);
+    cr_assert_eq(khala_cache_view(g_c, keys[N - 1], strlen(keys[N - 1]), &view), 0);
+    khala_read_end(g_c);
+    /* Under the new seed the keys spread out: no chain is near the bound. */
+    for (uint64_t b = 0; b <= s->bucket_mask; b++) {
+        uint32_t n = 0;
+        for (uint64_t off = khala_link_off(khala_load_relaxed(&ix.buckets[b])); off; n++)
+            off = khala_link_off(
+                khala_load_relaxed(&((const khala_item_t *)(s->base + off))->next[ix.which]));
+        cr_assert_lt(n, 16, "bucket %llu holds %u items", (unsigned long long)b, n);
+    }
+    char buf[32];
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(get(keys[i], buf, sizeof(buf)), 0, "get %d", i);
+        cr_assert_str_eq(buf, keys[i]);
+    }
+    cr_assert_eq(get("before", buf, sizeof(buf)), 0);
+    /* A second flood, under the new seed, before max_items puts have passed: no rehash yet,
+     * and still no get fails. */
+    static char again[N][16];
+    collide(ix.seed, s->bucket_mask, again, N);
+    for (int i = 0; i < N; i++) {
+        int rc = khala__l1_put(g_t, again[i], strlen(again[i]), "y", 1, 0, 0, NULL);
+        cr_assert_eq(rc, 0, "put again %d", i);
+    }
+    check();
+    cr_assert_eq(stats().rehashes, 1);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(get(again[i], buf, sizeof(buf)), 0, "get again %d", i);
+    /* Delete and overwrite work on the live index. */
+    cr_assert_eq(khala__l1_delete(g_t, keys[0], strlen(keys[0])), 0);
+    cr_assert_eq(put(keys[1], "z", 0), 0);
+    check();
+    cr_assert_eq(get(keys[0], buf, sizeof(buf)), KHALA_ENOTFOUND);
+    cr_assert_eq(get(keys[1], buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "z");
+}
+
+Test(l1_table, rehash_never_reuses_an_index_a_reader_may_still_walk) {
+    enum { N = KHALA_CHAIN_REHASH + 8, ITEMS = 256 };
+    static char keys[N][16];
+    open_both(ITEMS, 1 << 20);
+    khala_seg_t *s = khala__l1_seg(g_t);
+    cr_assert_eq(put("before", "x", 0), 0);
+    /* A reader enters while index 0 is live, and stays. */
+    cr_assert_eq(khala_read_begin(g_c), 0);
+    khala_view_t view;
+    cr_assert_eq(khala_cache_view(g_c, "before", 6, &view), 0);
+    /* Flood: the writer rehashes into index 1, which no reader ever used. */
+    collide(khala__l1_index(s).seed, s->bucket_mask, keys, N);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(khala__l1_put(g_t, keys[i], strlen(keys[i]), "v", 1, 0, 0, NULL), 0);
+    cr_assert_eq(stats().rehashes, 1);
+    for (int i = 0; i < ITEMS; i++) /* let max_items puts pass */
+        cr_assert_eq(khala__l1_put(g_t, "filler", 6, "f", 1, 0, 0, NULL), 0);
+    /* Flood again: a rehash would rebuild index 0, which the reader may still walk. */
+    collide(khala__l1_index(s).seed, s->bucket_mask, keys, N);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(khala__l1_put(g_t, keys[i], strlen(keys[i]), "w", 1, 0, 0, NULL), 0);
+    check();
+    cr_assert_eq(stats().rehashes, 1, "index 0 is reused while its reader is inside");
+    cr_assert_eq(khala_cache_view(g_c, "before", 6, &view), 0);
+    khala_read_end(g_c);
+    /* The reader left: the next put that meets the long chain rehashes. */
+    cr_assert_eq(khala__l1_put(g_t, keys[0], strlen(keys[0]), "x", 1, 0, 0, NULL), 0);
+    check();
+    cr_assert_eq(stats().rehashes, 2);
+    cr_assert_eq(khala__l1_index(s).count, 2);
+    char buf[32];
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(get(keys[i], buf, sizeof(buf)), 0);
+    cr_assert_eq(get("before", buf, sizeof(buf)), 0);
 }

@@ -123,11 +123,12 @@ static void *raw_reader_main(void *arg) {
         uint32_t k = pick_key(&rr->seed);
         char key[32];
         int klen = key_of(key, sizeof(key), k);
-        uint64_t hash = khala__l1_hash(s, key, (size_t)klen);
         const khala_item_t *it;
         size_t len = 0;
         khala__reader_enter(s, slot);
-        int rc = khala__l1_lookup(s, key, (size_t)klen, hash, &it);
+        khala_l1_index_t ix = khala__l1_index(s);
+        uint64_t hash = khala__l1_hash_with(ix.seed, key, (size_t)klen);
+        int rc = khala__l1_lookup(s, &ix, key, (size_t)klen, hash, &it);
         if (rc == 0) {
             len = it->value_len;
             if (len <= sizeof(buf))

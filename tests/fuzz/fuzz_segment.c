@@ -103,8 +103,9 @@ int fuzz_segment_one(const uint8_t *data, size_t size) {
         char key[KHALA_KEY_MAX];
         int klen = snprintf(key, sizeof(key), "k%d", i);
         const khala_item_t *it;
-        uint64_t hash = khala__l1_hash(&s, key, (size_t)klen);
-        if (khala__l1_lookup(&s, key, (size_t)klen, hash, &it) == 0) {
+        khala_l1_index_t ix = khala__l1_index(&s);
+        uint64_t hash = khala__l1_hash_with(ix.seed, key, (size_t)klen);
+        if (khala__l1_lookup(&s, &ix, key, (size_t)klen, hash, &it) == 0) {
             size_t n = it->value_len < sizeof(out) ? it->value_len : sizeof(out);
             memcpy(out, khala__item_value(it), n);
             hits++;
