@@ -37,8 +37,9 @@
  * current epoch, not once per put.
  *
  * The table is sized for a load factor of at most 1/2 (bucket_count >= 2 * max_items), so
- * chains are short; the reader bounds a walk by KHALA_CHAIN_MAX and checks every link against
- * the arena, so a corrupted segment yields KHALA_ECORRUPT, not a crash. Links are 32-bit
+ * chains are short; the reader bounds a walk by KHALA_CHAIN_MAX (past it: a miss) and checks
+ * every link and each item's own lengths against the arena, so a corrupted segment yields
+ * KHALA_ECORRUPT or a miss, not a crash. Links are 32-bit
  * (offset / 16, layout.h), which halves the bucket array.
  *
  * Why chaining and not open addressing: with one writer and RCU reclamation, replacing or
