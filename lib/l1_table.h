@@ -135,9 +135,11 @@ static inline uint64_t khala__l1_hash(const khala_seg_t *s, const void *key, siz
  * a chain does not end. Inline: it is the whole of the hit path. */
 static inline int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t klen,
                                    uint64_t hash, const khala_item_t **out) {
-    /* An item whose header and key fit the arena starts at most this far into it; one
-     * unsigned compare rejects offsets below the arena too. */
-    const uint64_t span = s->arena_hi - s->arena_lo - sizeof(khala_item_t) - klen;
+    /* An item whose header fits the arena starts at most this far into it; one unsigned
+     * compare rejects offsets below the arena too. Each item is checked against its own
+     * lengths, and only once they are known to be the key's (a long key's chain may pass a
+     * short item near the arena's end that is perfectly valid). */
+    const uint64_t span = s->arena_hi - s->arena_lo - sizeof(khala_item_t);
     /* acquire: pairs with the release that linked the item; its fields are visible. */
     uint64_t off = khala_link_off(khala_load_acquire(&s->buckets[hash & s->bucket_mask]));
     for (uint32_t n = 0; off; n++) {
@@ -151,14 +153,17 @@ static inline int khala__l1_lookup(const khala_seg_t *s, const void *key, size_t
         __builtin_prefetch(it);
         __builtin_prefetch(v);
         __builtin_prefetch(v + KHALA_CACHE_LINE);
-        if (it->hash == hash && it->key_len == klen && memcmp(it + 1, key, klen) == 0) {
+        if (it->hash == hash && it->key_len == klen) {
+            /* This item's key is klen bytes: its key and value must fit the arena. */
             if (__builtin_expect(KHALA_ITEM_SIZE(klen, (uint64_t)it->value_len) > s->arena_hi - off,
                                  0))
                 return KHALA_ECORRUPT;
-            if (it->expire_ms && khala__sys_now_coarse_upper_ms() >= it->expire_ms)
-                return KHALA_ENOTFOUND;
-            *out = it;
-            return 0;
+            if (memcmp(it + 1, key, klen) == 0) {
+                if (it->expire_ms && khala__sys_now_coarse_upper_ms() >= it->expire_ms)
+                    return KHALA_ENOTFOUND;
+                *out = it;
+                return 0;
+            }
         }
         off = khala_link_off(khala_load_acquire(&it->next));
     }
