@@ -48,7 +48,7 @@
 /* "KHALASEG" and "KHALARDR" as little-endian integers. */
 #define KHALA_SEG_MAGIC 0x4745534c4148414bull
 #define KHALA_READERS_MAGIC 0x5244524c4148414bull
-#define KHALA_LAYOUT_VERSION 1u
+#define KHALA_LAYOUT_VERSION 2u
 
 #define KHALA_CACHE_LINE 64
 #define KHALA_SEG_HEADER_SIZE 4096u
@@ -262,16 +262,21 @@ typedef struct khala_slot {
     uint8_t pad0[KHALA_CACHE_LINE - 32];
     /* Identity. Guard: written by the owner on claim, while holding the slot's OFD lock, or by
      * the writer while holding that lock after the owner died. */
-    khala_atomic_u64 pid;   /* owner pid, 0 = free */
-    khala_atomic_u64 start; /* owner's start time in ticks since boot (with pid: identity) */
+    khala_atomic_u64 token; /* owner process's random identity (readers.c), 0 = free. Liveness
+                               rests on the slot's OFD lock alone; the token only tells the
+                               threads of one process apart from other processes, since they
+                               share their lock. Never a pid: pids repeat across pid namespaces
+                               and are reused. */
+    khala_atomic_u64 pid;   /* owner pid as its own namespace sees it; informational */
+    khala_atomic_u64 start; /* owner's start time in ticks since boot; informational */
     khala_atomic_u64 tid;   /* owner thread id, informational */
-    uint8_t pad1[KHALA_CACHE_LINE - 24];
+    uint8_t pad1[KHALA_CACHE_LINE - 32];
     /* ring[ring_size] follows: entry = desc index << 32 | low 32 bits of the key hash. Owner
      * stores relaxed, then publishes with a release store of ring_head. Lossy by design. */
     khala_atomic_u64 ring[];
 } khala_slot_t;
 
 _Static_assert(sizeof(khala_slot_t) == 2 * KHALA_CACHE_LINE, "khala_slot_t layout");
-_Static_assert(offsetof(khala_slot_t, pid) == KHALA_CACHE_LINE, "slot identity line");
+_Static_assert(offsetof(khala_slot_t, token) == KHALA_CACHE_LINE, "slot identity line");
 
 #endif /* KHALA_LIB_LAYOUT_H */

@@ -43,7 +43,10 @@
  * (khala__readers_reap) by taking its lock: if it gets it, the owner is gone, and it clears the
  * slot under the lock so that no claimer races it. Claimers take the same lock, and because
  * threads of one process share their open file description (the lock does not exclude them from
- * each other), a claimer also wins the slot's pid with a compare-and-swap.
+ * each other), a claimer also wins the slot's token with a compare-and-swap. The token is a
+ * random 64-bit identity of the claiming process, renewed in every fork child; it is never a
+ * pid, because pids repeat across pid namespaces (a writer and a reader that are both pid 1 in
+ * their containers) and are reused, and a pid test would then call a dead reader alive for good.
  *
  * Hit rings. Each slot has a ring of ring_size 64-bit entries (desc index << 32 | low 32 bits of
  * the hash). The owner writes an entry and then publishes a new head with release order; the
@@ -66,11 +69,34 @@
 #include "khala/error.h"
 #include "sys.h"
 
+/* This process's identity in the slots it claims: random, 64 bits, never 0, made anew in the
+ * child after every fork (the child is another process with its own lock descriptions). Set by
+ * a constructor and by the atfork child handler, both of which run while this process has a
+ * single thread, so plain loads suffice afterwards. */
+static uint64_t g_token;
+
+static void token_renew(void) {
+    uint64_t t;
+    do
+        t = khala__sys_random_u64();
+    while (t == 0);
+    g_token = t;
+}
+
+__attribute__((constructor)) static void token_init(void) {
+    token_renew();
+    (void)pthread_atfork(NULL, NULL, token_renew);
+}
+
+uint64_t khala__readers_token(void) {
+    return g_token;
+}
+
 int khala__readers_claim(khala_seg_t *s, uint32_t *idx) {
-    uint64_t me = (uint64_t)getpid();
+    uint64_t me = g_token;
     for (uint32_t i = 0; i < s->nslots; i++) {
         khala_slot_t *slot = khala__seg_slot(s, i);
-        uint64_t owner = khala_load_acquire(&slot->pid);
+        uint64_t owner = khala_load_acquire(&slot->token);
         if (owner == me)
             continue; /* a thread of this process: our shared lock says nothing about it */
         int rc = khala__sys_lock_try(s->readers_fd, i);
@@ -81,10 +107,11 @@ int khala__readers_claim(khala_seg_t *s, uint32_t *idx) {
         /* We hold the lock, so any owner from another process is dead: take the slot over. A
          * thread of this process may race us to it; the compare-and-swap decides, and the loser
          * must not unlock (the lock is the winner's too). */
-        if (!khala_cas_acq_rel(&slot->pid, &owner, me))
+        if (!khala_cas_acq_rel(&slot->token, &owner, me))
             continue;
         khala_store_relaxed(&slot->epoch, 0);
-        khala_store_relaxed(&slot->start, khala__sys_proc_start((int)me));
+        khala_store_relaxed(&slot->pid, (uint64_t)getpid());
+        khala_store_relaxed(&slot->start, khala__sys_proc_start((int)getpid()));
         khala_store_relaxed(&slot->tid, (uint64_t)syscall(SYS_gettid));
         uint32_t hwm = khala_load_relaxed(&s->rhdr->hwm);
         while (hwm < i + 1 && !khala_cas_acq_rel(&s->rhdr->hwm, &hwm, i + 1))
@@ -100,7 +127,8 @@ void khala__readers_release(khala_seg_t *s, uint32_t idx) {
     khala__reader_leave(slot);
     khala_store_relaxed(&slot->tid, 0);
     khala_store_relaxed(&slot->start, 0);
-    khala_store_release(&slot->pid, 0);
+    khala_store_relaxed(&slot->pid, 0);
+    khala_store_release(&slot->token, 0);
     (void)khala__sys_lock_release(s->readers_fd, idx);
 }
 
@@ -141,14 +169,15 @@ uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid) {
 
 int khala__readers_reap(khala_seg_t *s, uint64_t below) {
     uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    uint64_t me = (uint64_t)getpid();
     int reaped = 0;
     for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
         khala_slot_t *slot = khala__seg_slot(s, i);
         uint64_t e = khala_load_acquire(&slot->epoch);
-        /* A slot of this very process is alive (we are), and a lock taken through our own open
-         * file description would not conflict with it, so the lock test would lie. */
-        if (e == 0 || e >= below || khala_load_relaxed(&slot->pid) == me)
+        /* A slot claimed through this very descriptor (this process, same open file
+         * description) is alive, and the lock test cannot see it: its own lock would not
+         * conflict. The token says so; nothing else (a pid, in another pid namespace, may be
+         * ours too). */
+        if (e == 0 || e >= below || khala_load_relaxed(&slot->token) == g_token)
             continue;
         int rc = khala__sys_lock_try(s->readers_fd, i);
         if (rc == -EAGAIN)
@@ -158,8 +187,9 @@ int khala__readers_reap(khala_seg_t *s, uint64_t below) {
         /* The owner is dead and we hold its lock: no claimer can race us. */
         khala_store_relaxed(&slot->tid, 0);
         khala_store_relaxed(&slot->start, 0);
+        khala_store_relaxed(&slot->pid, 0);
         khala_store_release(&slot->epoch, 0);
-        khala_store_release(&slot->pid, 0);
+        khala_store_release(&slot->token, 0);
         (void)khala__sys_lock_release(s->readers_fd, i);
         reaped++;
     }
@@ -203,6 +233,6 @@ void khala__readers_totals(const khala_seg_t *s, uint64_t *hits, uint64_t *misse
 uint32_t khala__readers_in_use(const khala_seg_t *s) {
     uint32_t hwm = khala_load_acquire(&s->rhdr->hwm), n = 0;
     for (uint32_t i = 0; i < hwm && i < s->nslots; i++)
-        n += khala_load_relaxed(&khala__seg_slot(s, i)->pid) != 0;
+        n += khala_load_relaxed(&khala__seg_slot(s, i)->token) != 0;
     return n;
 }

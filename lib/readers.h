@@ -15,8 +15,11 @@
  *   hits,misses| owner                       | writer, owner      | relaxed (counters)
  *   ring[]     | owner                       | writer (drain)     | relaxed entries, published
  *   ring_head  | owner                       | writer (drain)     | by a release store of head
- *   pid,start  | owner on claim; writer on   | writer, claimers   | under the slot's OFD lock
- *              | reclaim of a dead owner     |                    |
+ *   token      | owner on claim (CAS);       | writer, claimers   | under the slot's OFD lock;
+ *              | writer on reap of a dead    |                    | claim: acq_rel CAS; release
+ *              | owner; owner on release     |                    | on free
+ *   pid,start, | owner on claim; writer on   | stats, logs        | relaxed; informational
+ *   tid        | reap of a dead owner        |                    |
  *
  * Start at khala__reader_enter() for the reader side and khala__readers_min_epoch() for the
  * writer side.
@@ -32,8 +35,11 @@
 
 /* Reader side -------------------------------------------------------------------------------*/
 
-/* Claim a free slot for the calling thread (pid, start time and tid recorded, OFD lock on byte
- * `index` of the readers file taken). 0 and *idx, or KHALA_ENOREADER / -errno. */
+/* This process's random identity in the slots it claims (never 0; renewed in a fork child). */
+uint64_t khala__readers_token(void);
+
+/* Claim a free slot for the calling thread (token, pid, start time and tid recorded, OFD lock
+ * on byte `index` of the readers file taken). 0 and *idx, or KHALA_ENOREADER / -errno. */
 int khala__readers_claim(khala_seg_t *s, uint32_t *idx);
 
 /* Give a slot back: leave any section, clear the owner, drop the lock. */

@@ -530,3 +530,73 @@ Test(readers, slots_of_dead_readers_outside_a_section_are_reused) {
     cr_assert_eq(khala__l1_check(t), 0, "%s", khala__l1_errmsg(t));
     khala__l1_close(t, 1);
 }
+
+/* The slot of the reader whose pid is `pid`, or NULL. */
+static khala_slot_t *slot_of_pid(const khala_seg_t *s, pid_t pid) {
+    for (uint32_t i = 0; i < s->nslots; i++) {
+        khala_slot_t *slot = khala__seg_slot(s, i);
+        if (khala_load_relaxed(&slot->pid) == (uint64_t)pid)
+            return slot;
+    }
+    return NULL;
+}
+
+/* Bug: reaping skipped every slot whose pid equalled the writer's own, so a dead reader that
+ * had the writer's pid number (both pid 1 in their own pid namespaces, or a reused pid) pinned
+ * memory for good and every put that needed memory failed with KHALA_EBLOCKED. Here the dead
+ * reader's slot is made to show the writer's pid, as a reader in another namespace would. */
+Test(readers, dead_reader_showing_the_writers_pid_is_reaped) {
+    enum { NKEYS = 32 };
+    khala_l1_t *t = tu_writer(g_name, 1024, 1024 * 1024);
+    fill(t, NKEYS, 0);
+    child_t ch = spawn_section_child(NKEYS, 1);
+    khala_slot_t *slot = slot_of_pid(khala__l1_seg(t), ch.pid);
+    cr_assert_not_null(slot, "the reader's slot");
+    khala_store_relaxed(&slot->pid, (uint64_t)getpid());
+    fill(t, NKEYS, 1); /* retire what the reader can see */
+    cr_assert_eq(kill(ch.pid, SIGKILL), 0);
+    int status;
+    cr_assert_eq(waitpid(ch.pid, &status, 0), ch.pid);
+    close_child_fds(&ch);
+    khala_l1_stats_t st;
+    khala__l1_stats(t, &st);
+    cr_assert_gt(st.retired, 0, "the dead reader pins the old items");
+    cr_assert_eq(khala__readers_reap(khala__l1_seg(t), UINT64_MAX), 1, "its slot is reaped");
+    settle(t, &st);
+    cr_assert_eq(st.retired, 0, "%llu items stay retired", (unsigned long long)st.retired);
+    cr_assert_eq(st.readers, 0, "%u slots in use", st.readers);
+    cr_assert_eq(khala__l1_check(t), 0, "%s", khala__l1_errmsg(t));
+    khala__l1_close(t, 1);
+}
+
+/* The same mistake on the claim side: a dead reader's slot that shows the claimer's pid was
+ * skipped as "a thread of this process" forever. With one slot, nobody could read again. */
+Test(readers, slot_of_a_dead_reader_showing_the_claimers_pid_is_reused) {
+    char err[256] = "";
+    khala_seg_config_t cfg;
+    khala__seg_config_init(&cfg);
+    cfg.max_items = 64;
+    cfg.max_bytes = 256 * 1024;
+    cfg.max_readers = 1;
+    khala_l1_t *t = NULL;
+    cr_assert_eq(khala__l1_open(g_name, &cfg, &t, err, sizeof(err)), 0, "%s", err);
+    fill(t, 8, 0);
+    child_t ch = spawn_section_child(8, 0);
+    khala_slot_t *slot = slot_of_pid(khala__l1_seg(t), ch.pid);
+    cr_assert_not_null(slot, "the reader's slot");
+    khala_store_relaxed(&slot->pid, (uint64_t)getpid());
+    cr_assert_eq(kill(ch.pid, SIGKILL), 0);
+    int status;
+    cr_assert_eq(waitpid(ch.pid, &status, 0), ch.pid);
+    close_child_fds(&ch);
+    khala_cache_t *c = NULL;
+    cr_assert_eq(khala_cache_open(g_name, NULL, &c), 0);
+    char key[32], buf[2048];
+    size_t len = 0;
+    int klen = key_of(key, sizeof(key), 3);
+    int rc = khala_cache_get(c, key, (size_t)klen, buf, sizeof(buf), &len);
+    cr_assert_eq(rc, 0, "get: %d %s", rc, khala_cache_errmsg(c));
+    cr_assert(tu_value_ok((const uint8_t *)buf, len, 3));
+    khala_cache_close(c);
+    khala__l1_close(t, 1);
+}
