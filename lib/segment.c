@@ -353,6 +353,13 @@ int khala__seg_reopen_readers(khala_seg_t *s) {
     int fd = khala__sys_shm_open(rname, 0, 1);
     if (fd < 0)
         return fd;
+    /* The mapping holds a reference to the description it was made through (and so to its
+     * slot locks) for as long as it exists: remap the same file through the new one. */
+    int rc = s->rbase ? khala__sys_remap(fd, s->rbase, s->rsize, 1) : 0;
+    if (rc != 0) {
+        khala__sys_close(fd);
+        return rc;
+    }
     khala__sys_close(s->readers_fd);
     s->readers_fd = fd;
     return 0;

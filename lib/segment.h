@@ -76,7 +76,9 @@ void khala__seg_detach(khala_seg_t *s);
 int khala__seg_unlink(const char *name);
 
 /* Reopen the readers file so that this process has its own open file description (and so its
- * own slot locks); used by a child after fork. */
+ * own slot locks), and remap the readers mapping through it, since a mapping keeps the
+ * description it was made through (and its locks) alive; used by a child after fork. The
+ * mapping's address and contents stay the same. */
 int khala__seg_reopen_readers(khala_seg_t *s);
 
 /* The shm object names of cache `name`. */

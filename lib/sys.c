@@ -78,6 +78,12 @@ int khala__sys_map(int fd, uint64_t size, int writable, void **out) {
     return 0;
 }
 
+int khala__sys_remap(int fd, void *at, uint64_t size, int writable) {
+    int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+    void *p = mmap(at, (size_t)size, prot, MAP_SHARED | MAP_FIXED, fd, 0);
+    return p == MAP_FAILED ? -errno : 0;
+}
+
 void khala__sys_unmap(void *p, uint64_t size) {
     if (p)
         (void)munmap(p, (size_t)size);

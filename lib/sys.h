@@ -22,6 +22,11 @@ int khala__sys_fd_size(int fd, uint64_t *size);
 int khala__sys_fd_resize(int fd, uint64_t size);
 /* Map size bytes of fd, shared; writable selects PROT_READ|PROT_WRITE over PROT_READ. */
 int khala__sys_map(int fd, uint64_t size, int writable, void **out);
+/* Map size bytes of fd at `at`, replacing the mapping there (MAP_FIXED): the same memory seen
+ * through another open file description. A mapping holds a reference to the description it
+ * was made through, and with it that description's OFD locks, so replacing it is how a process
+ * lets go of a description it inherited. */
+int khala__sys_remap(int fd, void *at, uint64_t size, int writable);
 void khala__sys_unmap(void *p, uint64_t size);
 void khala__sys_close(int fd);
 
