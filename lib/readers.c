@@ -32,9 +32,17 @@
  * running a registered process. Such a reader's section start is then a plain store and a
  * compiler barrier; the store-buffer argument above holds with the barrier the kernel ran on
  * the reader's CPU in place of the reader's own fence (the same argument as liburcu's
- * urcu-memb flavour, across processes). The writer pays ~0.2-2 us per scan, and it scans
- * only when it has retired items. ThreadSanitizer cannot see membarrier, so TSan builds keep
- * the fence.
+ * urcu-memb flavour, across processes). ThreadSanitizer cannot see membarrier, so TSan builds
+ * keep the fence.
+ *
+ * One barrier per grace period. A membarrier() costs the writer 6-11 us here, and a grace
+ * period can take dozens of scans, so the writer issues one per value of the global epoch: the
+ * first scan after an increment, never the later ones. That is enough. Every item the writer
+ * frees was unlinked before some increment, and the first scan after that increment (the
+ * writer always scans right after incrementing) ran the barrier on every reader CPU after the
+ * unlink; from then on each reader's epoch store is visible to the writer, or the reader's
+ * walk starts after the unlink, exactly as with a fence per scan. Items unlinked after the
+ * barrier carry the current epoch and wait for the next increment, which brings its own.
  *
  * A reader that dies inside a section leaves its epoch behind and would pin memory forever.
  * Each slot is therefore tied to its owner by an OFD lock on byte <slot index> of the readers
@@ -132,15 +140,21 @@ void khala__readers_release(khala_seg_t *s, uint32_t idx) {
     (void)khala__sys_lock_release(s->readers_fd, idx);
 }
 
-uint64_t khala__readers_min_epoch(const khala_seg_t *s) {
+uint64_t khala__readers_min_epoch(khala_seg_t *s) {
     /* seq_cst fence: orders the caller's unlinks (and epoch increment) before the loads below;
      * pairs with the fence in khala__reader_enter. */
     khala_fence_seq_cst();
-    /* Readers with light_fence skipped theirs: membarrier runs it on their CPUs now. If it
-     * fails (it worked when the segment was made, so this is not expected), assume every
-     * reader pins everything: nothing is freed this round. */
-    if (khala_load_relaxed(&s->hdr->asym_fence) && khala__sys_membarrier() != 0)
-        return 0;
+    /* Readers with light_fence skipped theirs: membarrier runs it on their CPUs, once per
+     * epoch value (see "One barrier per grace period"). If it fails (it worked when the
+     * segment was made, so this is not expected), assume every reader pins everything:
+     * nothing is freed this round. */
+    uint64_t now = khala_load_relaxed(&s->hdr->epoch);
+    if (khala_load_relaxed(&s->hdr->asym_fence) && s->fenced_epoch != now) {
+        if (khala__sys_membarrier() != 0)
+            return 0;
+        s->fenced_epoch = now;
+        s->membarriers++;
+    }
     uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
     uint64_t min = UINT64_MAX;
     for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
@@ -152,16 +166,20 @@ uint64_t khala__readers_min_epoch(const khala_seg_t *s) {
     return min;
 }
 
-uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid) {
+uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid, uint32_t *slot) {
     uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
     uint64_t min = 0;
     *pid = 0;
+    if (slot)
+        *slot = UINT32_MAX;
     for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        khala_slot_t *slot = khala__seg_slot(s, i);
-        uint64_t e = khala_load_acquire(&slot->epoch);
+        khala_slot_t *sl = khala__seg_slot(s, i);
+        uint64_t e = khala_load_acquire(&sl->epoch);
         if (e && (min == 0 || e < min)) {
             min = e;
-            *pid = (int)khala_load_relaxed(&slot->pid);
+            *pid = (int)khala_load_relaxed(&sl->pid);
+            if (slot)
+                *slot = i;
         }
     }
     return min;

@@ -49,6 +49,10 @@ typedef struct khala_seg {
     uint32_t ring_mask;
     int light_fence; /* 1: this reader registered for membarrier and the writer issues it, so
                         entering a section needs only a compiler barrier (readers.h) */
+    /* Writer-private, mutable: the epoch at the last membarrier() (0 = none yet) and how many
+     * were issued (khala__readers_min_epoch). */
+    uint64_t fenced_epoch;
+    uint64_t membarriers;
 } khala_seg_t;
 
 void khala__seg_config_init(khala_seg_config_t *cfg);

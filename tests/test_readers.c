@@ -391,6 +391,99 @@ Test(readers, live_reader_stuck_in_section_makes_puts_fail_with_eblocked_naming_
     khala__l1_close(t, 1);
 }
 
+/* Risk: a reader stopped inside a section made every put that needed memory wait the whole
+ * grace period, and one put could wait several times. Now the first operation that meets it
+ * waits once, at most the budget in all; later ones fail at once while that reader stays in
+ * the same section; the reader is named in the stats; and the membarriers of all those scans
+ * come to one per grace period. */
+Test(readers, stuck_reader_costs_one_bounded_wait_then_puts_fail_at_once) {
+    enum { NKEYS = 200, VLEN = 1000 };
+    khala_l1_t *t = tu_writer(g_name, 1024, 64 * 1024);
+    for (uint32_t k = 0; k < NKEYS; k++)
+        put_key(t, k, 0, VLEN);
+    khala_l1_stats_t st0, st;
+    settle(t, &st0);
+    child_t ch = spawn_section_child(NKEYS, 1);
+    uint8_t val[VLEN];
+    int blocked = 0;
+    for (uint32_t i = 0; i < 10000 && blocked < 20; i++) {
+        char key[32];
+        uint32_t k = i % NKEYS;
+        int klen = key_of(key, sizeof(key), k);
+        tu_value_make(val, sizeof(val), k, 1 + i);
+        int rc = khala__l1_put(t, key, (size_t)klen, val, sizeof(val), 0, 0, NULL);
+        cr_assert(rc == 0 || rc == KHALA_EBLOCKED, "put: %d %s", rc, khala__l1_errmsg(t));
+        blocked += rc == KHALA_EBLOCKED;
+    }
+    cr_assert_eq(blocked, 20);
+    khala__l1_stats(t, &st);
+    cr_assert_eq(st.stuck_reader_pid, ch.pid, "stats name the stuck reader");
+    cr_assert_gt(st.stuck_since_ms, 0);
+    cr_assert_eq(st.stuck_waits, 1, "one bounded wait for 20 refused puts, not %llu",
+                 (unsigned long long)st.stuck_waits);
+    cr_assert_geq(st.blocked_ops, 20);
+    cr_assert_leq(st.membarriers - st0.membarriers, 8,
+                  "one membarrier per grace period, not one per scan: %llu",
+                  (unsigned long long)(st.membarriers - st0.membarriers));
+    cr_assert_eq(khala__l1_check(t), 0, "%s", khala__l1_errmsg(t));
+
+    /* The reader leaves: the writer forgets it and memory comes back. */
+    write_byte(ch.hold);
+    read_byte(ch.ready);
+    settle(t, &st);
+    cr_assert_eq(st.stuck_reader_pid, 0);
+    cr_assert_eq(st.retired, 0);
+    char key[32];
+    int klen = key_of(key, sizeof(key), 1);
+    tu_value_make(val, sizeof(val), 1, 99);
+    cr_assert_eq(khala__l1_put(t, key, (size_t)klen, val, sizeof(val), 0, 0, NULL), 0, "%s",
+                 khala__l1_errmsg(t));
+    close(ch.hold);
+    cr_assert_eq(wait_exit(ch.pid), CHILD_OK);
+    close(ch.ready);
+    khala__l1_close(t, 1);
+}
+
+/* Sibling: a delete needs room in the retire ring, which a stuck reader can keep full. It used
+ * to fail with KHALA_EBLOCKED and leave the old value readable (khalad deletes from L1 after
+ * writing the levels below, so L1 would then serve a stale value). Now the item is marked
+ * expired in place: readers miss it at once, and the sweep unlinks it once the ring drains. */
+Test(readers, delete_under_a_stuck_reader_with_a_full_retire_ring_hides_the_key) {
+    khala_l1_t *t = tu_writer(g_name, 64, 1024 * 1024);
+    fill(t, 16, 0);
+    child_t ch = spawn_section_child(16, 1);
+    int rc = 0;
+    for (uint64_t round = 1; round < 5000 && rc == 0; round++)
+        rc = khala__l1_put(t, "key-0", 5, "v", 1, 0, 0, NULL);
+    cr_assert_eq(rc, KHALA_EBLOCKED, "the retire ring fills up behind the stuck reader: %d", rc);
+    khala_cache_t *c = NULL;
+    cr_assert_eq(khala_cache_open(g_name, NULL, &c), 0);
+    char key[32], buf[2048];
+    size_t len = 0;
+    int klen = key_of(key, sizeof(key), 5);
+    cr_assert_eq(khala_cache_get(c, key, (size_t)klen, buf, sizeof(buf), &len), 0);
+    cr_assert_eq(khala__l1_delete(t, key, (size_t)klen), 0, "%s", khala__l1_errmsg(t));
+    cr_assert_eq(khala_cache_get(c, key, (size_t)klen, buf, sizeof(buf), &len), KHALA_ENOTFOUND,
+                 "a deleted key is never read again");
+    const khala_item_t *it;
+    cr_assert_eq(khala__l1_find(t, key, (size_t)klen, &it), KHALA_ENOTFOUND);
+    cr_assert_eq(khala__l1_check(t), 0, "%s", khala__l1_errmsg(t));
+    /* The reader leaves; the sweep unlinks the marked item. */
+    write_byte(ch.hold);
+    read_byte(ch.ready);
+    khala_l1_stats_t st;
+    settle(t, &st);
+    (void)khala__l1_sweep(t, 64);
+    khala__l1_stats(t, &st);
+    cr_assert_eq(st.items, 15, "%llu items", (unsigned long long)st.items);
+    cr_assert_eq(khala__l1_check(t), 0, "%s", khala__l1_errmsg(t));
+    khala_cache_close(c);
+    close(ch.hold);
+    cr_assert_eq(wait_exit(ch.pid), CHILD_OK);
+    close(ch.ready);
+    khala__l1_close(t, 1);
+}
+
 /* l1_table.h: "Errors: ... KHALA_EBLOCKED ... and on all of them the table is unchanged." */
 Test(readers, put_failing_with_eblocked_leaves_the_table_unchanged) {
     enum { NKEYS = 200, VLEN = 1000 };
