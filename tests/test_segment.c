@@ -689,3 +689,53 @@ Test(segment, data_file_truncated_to_any_size_is_ecorrupt) {
                      g_err);
     }
 }
+
+/* ---- Removing a cache, and the lock file ---- */
+
+/* 1 if /dev/shm/khala.<g_name>.<kind> exists. */
+static int shm_exists(const char *kind) {
+    char path[160];
+    snprintf(path, sizeof(path), "/dev/shm/khala.%s.%s", g_name, kind);
+    return access(path, F_OK) == 0;
+}
+
+Test(segment, unlink_without_a_writer_removes_all_three_files) {
+    khala_seg_t w;
+    create(&w);
+    cr_assert(shm_exists("data") && shm_exists("readers") && shm_exists("lock"));
+    khala__seg_detach(&w);
+    cr_assert_eq(khala__seg_unlink(g_name), 0);
+    cr_assert(!shm_exists("data") && !shm_exists("readers") && !shm_exists("lock"));
+}
+
+Test(segment, unlink_under_a_live_writer_keeps_it_the_only_writer) {
+    khala_l1_t *t1 = tu_writer(g_name, 64, 64 * 1024);
+    cr_assert_eq(khala__seg_unlink(g_name), 0);
+    cr_assert(!shm_exists("data") && !shm_exists("readers"));
+    cr_assert(shm_exists("lock"), "the live writer's lock file was removed");
+    /* The first writer still owns the name: a second one is refused, not let in beside it. */
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    khala_seg_t s;
+    cr_assert_eq(khala__seg_create(&s, g_name, &cfg, g_err, sizeof(g_err)), KHALA_EEXIST);
+    /* Closing it for good removes what is left, and the name is free again. */
+    khala__l1_close(t1, 1);
+    cr_assert(!shm_exists("lock"));
+    khala_l1_t *t2 = tu_writer(g_name, 64, 64 * 1024);
+    khala__l1_close(t2, 1);
+    cr_assert(!shm_exists("data") && !shm_exists("readers") && !shm_exists("lock"));
+}
+
+Test(segment, reattach_with_a_bad_name_closes_no_descriptor_it_did_not_open) {
+    /* A failed open detaches its half-made segment: that must not close fd 0 (or any fd the
+     * caller owns) because the segment's descriptors were never set. */
+    int fd = fcntl(0, F_GETFD) >= 0 ? -1 : open("/dev/null", O_RDONLY);
+    cr_assert(fcntl(0, F_GETFD) >= 0);
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    khala_l1_t *t = NULL;
+    cr_assert_eq(khala__l1_open_ex("bad/name", &cfg, KHALA_L1_REATTACH, &t, g_err, sizeof(g_err)),
+                 KHALA_ENAME);
+    cr_assert_null(t);
+    cr_assert(fcntl(0, F_GETFD) >= 0, "fd 0 was closed");
+    if (fd >= 0)
+        close(fd);
+}
