@@ -703,6 +703,8 @@ int khala__l1_open_ex(const char *name, const khala_seg_config_t *cfg, unsigned 
             t->reattached = 1;
             goto done;
         }
+        /* This releases the writer lock, and khala__seg_create takes it again: a writer that
+         * starts in between wins and this open fails with KHALA_EEXIST, still one writer. */
         khala__seg_detach(&t->seg);
         free(t->tails);
         t->tails = NULL;
