@@ -744,13 +744,10 @@ static int same_sizes(const khala_seg_header_t *h, const khala_seg_config_t *cfg
  * code, with the reason in err, when the segment must be made anew instead. */
 static int reattach(khala_l1_t *t, const char *name, const khala_seg_config_t *cfg, char *err,
                     size_t errlen) {
+    /* Takes the writer lock before it maps anything: KHALA_EEXIST while another writer lives. */
     int rc = khala__seg_attach(&t->seg, name, 1, err, errlen);
     if (rc != 0)
         return rc;
-    if ((rc = khala__sys_lock_try(t->seg.data_fd, 0)) != 0) {
-        snprintf(err, errlen, "cache '%s' already has a live writer", name);
-        return rc == -EAGAIN ? KHALA_EEXIST : rc;
-    }
     if (!same_sizes(t->seg.hdr, cfg)) {
         snprintf(err, errlen, "cache '%s' exists with other sizes", name);
         return KHALA_ELAYOUT;
@@ -791,6 +788,8 @@ int khala__l1_open_ex(const char *name, const khala_seg_config_t *cfg, unsigned 
             t->reattached = 1;
             goto done;
         }
+        /* This releases the writer lock, and khala__seg_create takes it again: a writer that
+         * starts in between wins and this open fails with KHALA_EEXIST, still one writer. */
         khala__seg_detach(&t->seg);
         free(t->tails);
         t->tails = NULL;
@@ -836,11 +835,11 @@ void khala__l1_close(khala_l1_t *t, int unlink) {
         return;
     if (t->seg.hdr)
         khala_store_relaxed(&t->seg.hdr->writer_pid, 0);
-    char name[sizeof(t->seg.name)];
-    memcpy(name, t->seg.name, sizeof(name));
-    khala__seg_detach(&t->seg);
+    /* Unlink before detaching: once the writer lock is released, another writer may already
+     * own files under the name. */
     if (unlink)
-        (void)khala__seg_unlink(name);
+        (void)khala__seg_unlink_locked(&t->seg);
+    khala__seg_detach(&t->seg); /* releases the writer lock */
     free(t->tails);
     free(t);
 }

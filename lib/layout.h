@@ -1,9 +1,11 @@
 /*
  * The on-segment structures, shared by the library (readers) and khalad (the writer).
  *
- * Two POSIX shared-memory objects make one cache called <name>:
+ * Two POSIX shared-memory objects make one cache called <name> (a third, khala.<name>.lock,
+ * holds only the writer lock and its holder's pid; segment.c explains it):
  *
  *   /dev/shm/khala.<name>.data     written by the writer only; readers map it PROT_READ
+ *                                  (mode 0640: readers cannot even open it for writing)
  *   +-------------------------+ 0
  *   | khala_seg_header_t      |   immutable part, epoch line, writer-only state   (4 KiB)
  *   +-------------------------+ bucket_off
@@ -20,7 +22,7 @@
  *   | arena                   |   blocks; a used block holds one khala_item_t + key + value
  *   +-------------------------+ segment_size
  *
- *   /dev/shm/khala.<name>.readers   mapped read-write by every reader
+ *   /dev/shm/khala.<name>.readers   mapped read-write by every reader (mode 0660)
  *   +-------------------------+ 0
  *   | khala_readers_header_t  |   (128 bytes)
  *   +-------------------------+ 128
@@ -74,8 +76,9 @@ enum {
 #define KHALA_ALLOC_SL (1 << KHALA_ALLOC_SL_LOG)
 
 /* The writer-only part of the header: counters and the eviction policy's queue heads.
- * Guard: written and read by the writer only (one writer, enforced by an OFD lock on byte 0 of
- * the data file). Readers never read it, so it needs no atomics and lives on its own lines. */
+ * Guard: written and read by the writer only (one writer, enforced by the writer lock on
+ * /dev/shm/khala.<name>.lock, segment.c). Readers never read it, so it needs no atomics and
+ * lives on its own lines. */
 typedef struct khala_wstate {
     uint64_t version_seq;   /* last item version handed out; versions start at 1 */
     uint64_t items;         /* live items (linked in the table) */
