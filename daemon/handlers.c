@@ -373,6 +373,11 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         KV_U("misses", st.reader_misses),
         KV_U("readers", st.readers),
         KV_U("oldest_reader_pid", (uint64_t)st.oldest_reader_pid),
+        KV_U("stuck_reader_pid", (uint64_t)st.stuck_reader_pid),
+        KV_U("stuck_reader_ms",
+             st.stuck_reader_pid ? (uint64_t)(khala__sys_now_ms() - st.stuck_since_ms) : 0),
+        KV_U("blocked_ops", st.blocked_ops),
+        KV_U("membarriers", st.membarriers),
     };
     khala_kv_t daemon[] = {
         KV_U("connections", khala__server_conns(d->srv)),
@@ -641,11 +646,34 @@ void khala__handlers_close(void *arg, khala_conn_t *c) {
     khala__flight_forget_owner(d->flight, c, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
 }
 
+/* Log, once per episode, a reader stuck inside a read section: L1 refuses what needs memory
+ * until it leaves (docs/operating.md says what to do). */
+static void watch_stuck_reader(khalad_t *d) {
+    khala_l1_stats_t st;
+    khala__l1_stats(d->l1, &st);
+    if (st.stuck_reader_pid == d->stuck_reader_pid)
+        return;
+    char pid[24], blocked[24];
+    snprintf(pid, sizeof(pid), "%d",
+             st.stuck_reader_pid ? st.stuck_reader_pid : d->stuck_reader_pid);
+    snprintf(blocked, sizeof(blocked), "%llu", (unsigned long long)st.blocked_ops);
+    if (st.stuck_reader_pid)
+        khala__log("warn",
+                   "a reader is stuck inside a read section: L1 refuses writes that need memory "
+                   "(the levels below still take them) until it leaves or dies",
+                   "pid", pid, "blocked_ops", blocked, NULL);
+    else
+        khala__log("info", "the stuck reader left its read section", "pid", pid, "blocked_ops",
+                   blocked, NULL);
+    d->stuck_reader_pid = st.stuck_reader_pid;
+}
+
 void khala__handlers_tick(void *arg) {
     khalad_t *d = arg;
     flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
     (void)khala__l1_maintain(d->l1);
     (void)khala__l1_sweep(d->l1, KHALAD_SWEEP_BUDGET);
+    watch_stuck_reader(d);
     (void)khala__flight_expire(d->flight, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
     khala__tiers_tick(d);
 }

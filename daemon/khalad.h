@@ -58,6 +58,7 @@ typedef struct khalad {
     uint64_t watchdog_usec;                /* systemd watchdog period, 0 when off */
     uint64_t last_watchdog_ms;
     uint64_t started_ms;
+    int stuck_reader_pid; /* the stuck reader last logged (handlers.c), 0 = none */
     /* Counters, for stats. */
     uint64_t requests, replies_err, proto_errors, loads_led, loads_waited, loads_timed_out;
     uint64_t fills_dropped; /* fills not cached: the key was invalidated during the load */

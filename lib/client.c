@@ -17,8 +17,12 @@
  *     new segment; the old mapping is kept until close, because other threads of this process
  *     may still be inside a section on it.
  *   - fork(): the child shares the parent's open file description of the readers file, and so
- *     its slot locks. A pthread_atfork handler bumps a generation; the child's next call
- *     reopens the readers file and claims slots of its own, and never touches the parent's.
+ *     its slot locks. The atfork child handler (on_fork_child) reopens every readers file and
+ *     remaps it through the new description at once, so a parent that dies inside a section
+ *     can be reaped while the child lives, and bumps a generation; the child's next call
+ *     claims slots of its own. The child never touches the parent's slots: a section the
+ *     parent had open at fork() is the parent's (khala_read_end forgets it in the child,
+ *     khala_cache_view refuses it).
  *
  * THE MISS PATH AND WRITES
  *
@@ -107,9 +111,10 @@ struct khala_cache {
     uint64_t id;                /* unique per handle, never reused; immutable after open */
     uint64_t retired_hits;      /* counts of threads that exited */
     uint64_t retired_misses;
-    int timeout_ms;                /* per request to khalad; -1 = no limit; immutable */
-    char sock[108];                /* khalad's socket path; immutable after open */
-    char name[KHALA_NAME_MAX + 1]; /* immutable after open */
+    int timeout_ms;                  /* per request to khalad; -1 = no limit; immutable */
+    char sock[108];                  /* khalad's socket path; immutable after open */
+    char name[KHALA_NAME_MAX + 1];   /* immutable after open */
+    struct khala_cache *next_handle; /* guarded by g_handles_lock */
 };
 
 /* Rounds of get_or_load when leaders' loaders keep failing (step 4). */
@@ -133,12 +138,48 @@ static __thread struct tstate *tls_last_ts TLS_IE;
 static __thread char tls_err[256];
 static __thread const khala_cache_t *tls_err_owner;
 
+/* Every open handle, so that fork can be handled at the moment it happens (see on_fork_*).
+ * Lock order: g_handles_lock, then each handle's c->lock. */
+static pthread_mutex_t g_handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static khala_cache_t *g_handles; /* guarded by g_handles_lock */
+
+/* Before fork: hold every lock the child will need, so that none is copied held by a thread
+ * that does not exist in the child. */
+static void on_fork_prepare(void) {
+    pthread_mutex_lock(&g_handles_lock);
+    for (khala_cache_t *c = g_handles; c; c = c->next_handle)
+        pthread_mutex_lock(&c->lock);
+}
+
+static void on_fork_parent(void) {
+    for (khala_cache_t *c = g_handles; c; c = c->next_handle)
+        pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&g_handles_lock);
+}
+
+/* In the child, before fork returns: the child shares the parent's open file descriptions of
+ * the readers files, and with them the parent's slot locks. Holding them would make a parent
+ * that dies inside a read section look alive for as long as this child lives (nothing could
+ * reap its slot), so the child gives them up at once: each readers file is reopened and
+ * remapped through the new description, which drops the child's references to the parent's
+ * (the descriptor and, easy to miss, the mapping). Only the forking thread exists here. A
+ * reopen that fails is retried, and reported, by the child's next call. */
 static void on_fork_child(void) {
+    for (khala_cache_t *c = g_handles; c; c = c->next_handle) {
+        for (seg_node_t *n = c->segs; n; n = n->next) {
+            if (khala__seg_reopen_readers(&n->seg) != 0) {
+                khala__sys_close(n->seg.readers_fd); /* the next call retries */
+                n->seg.readers_fd = -1;
+            }
+        }
+        pthread_mutex_unlock(&c->lock);
+    }
+    pthread_mutex_unlock(&g_handles_lock);
     atomic_fetch_add_explicit(&g_fork_gen, 1, memory_order_relaxed);
 }
 
 static void atfork_register(void) {
-    (void)pthread_atfork(NULL, NULL, on_fork_child);
+    (void)pthread_atfork(on_fork_prepare, on_fork_parent, on_fork_child);
 }
 
 static int fail(const khala_cache_t *c, int rc, const char *fmt, ...)
@@ -192,8 +233,9 @@ static void ts_destroy(void *p) {
     free(ts);
 }
 
-/* In a child after fork: the handle's thread states and slot locks are the parent's. Forget
- * them without releasing anything, and reopen every readers file. Caller holds c->lock. */
+/* In a child after fork: the handle's thread states and slots are the parent's. Forget them
+ * without releasing anything; reopen a readers file that on_fork_child could not. Caller
+ * holds c->lock. */
 static int after_fork_locked(khala_cache_t *c, uint64_t gen) {
     while (c->threads) {
         tstate_t *ts = c->threads;
@@ -205,7 +247,7 @@ static int after_fork_locked(khala_cache_t *c, uint64_t gen) {
     tls_last_id = 0;
     tls_last_ts = NULL;
     for (seg_node_t *n = c->segs; n; n = n->next) {
-        int rc = khala__seg_reopen_readers(&n->seg);
+        int rc = n->seg.readers_fd >= 0 ? 0 : khala__seg_reopen_readers(&n->seg);
         if (rc != 0)
             return fail(c, rc, "cannot reopen the readers file of '%s' after fork: %s", c->name,
                         strerror(-rc));
@@ -416,6 +458,10 @@ int khala_cache_open(const char *name, const khala_cache_options_t *opts, khala_
     c->segs = n;
     atomic_store_explicit(&c->cur, &n->seg, memory_order_release);
     c->fork_gen = atomic_load_explicit(&g_fork_gen, memory_order_relaxed);
+    pthread_mutex_lock(&g_handles_lock);
+    c->next_handle = g_handles;
+    g_handles = c;
+    pthread_mutex_unlock(&g_handles_lock);
     *out = c;
     return 0;
 fail_key:
@@ -429,6 +475,14 @@ fail_alloc:
 void khala_cache_close(khala_cache_t *c) {
     if (!c)
         return;
+    pthread_mutex_lock(&g_handles_lock);
+    for (khala_cache_t **pp = &g_handles; *pp; pp = &(*pp)->next_handle) {
+        if (*pp == c) {
+            *pp = c->next_handle;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_handles_lock);
     uint64_t gen = atomic_load_explicit(&g_fork_gen, memory_order_relaxed);
     pthread_key_delete(c->key);
     while (c->threads) {
@@ -881,7 +935,11 @@ void khala_read_end(khala_cache_t *c) {
     tstate_t *ts = pthread_getspecific(c->key);
     if (!ts || !ts->in_section)
         return;
-    khala__reader_leave(ts->slot);
+    /* A section this thread's parent opened before fork(): the slot is the parent's, shared
+     * through the mapping, and its section is still open there. Forget it in the child (this
+     * state is the child's private copy) and never touch the slot. */
+    if (ts->fork_gen == atomic_load_explicit(&g_fork_gen, memory_order_relaxed))
+        khala__reader_leave(ts->slot);
     ts->in_section = 0;
 }
 
@@ -890,6 +948,10 @@ int khala_cache_view(khala_cache_t *c, const void *key, size_t klen, khala_view_
     const khala_item_t *it;
     if (!ts || !ts->in_section)
         return fail(c, KHALA_ESECTION, "khala_cache_view outside a read section");
+    if (ts->fork_gen != atomic_load_explicit(&g_fork_gen, memory_order_relaxed))
+        return fail(c, KHALA_ESECTION,
+                    "khala_cache_view in a read section the parent process opened before "
+                    "fork(); end it and open one in this process");
     if (klen - 1 >= KHALA_KEY_MAX)
         return key_fail(c, klen);
     khala_seg_t *s = ts->seg;

@@ -96,7 +96,15 @@ struct khala_l1 {
     uint64_t retire_cap;     /* entries in the retire ring */
     uint64_t *tails;         /* per-slot hit-ring cursors (private memory) */
     int reattached;          /* 1 if open adopted an existing segment */
-    char err[256];           /* detail of the last failure */
+    /* A reader stuck inside a section (see synchronize). */
+    uint64_t wait_start_ns; /* when the current operation first waited for readers, 0 = not yet */
+    uint32_t stuck_slot;    /* slot of the reader that made the last wait fail, UINT32_MAX none */
+    uint64_t stuck_epoch;   /* the epoch that slot showed then */
+    int stuck_pid;          /* its pid */
+    int64_t stuck_since_ms; /* when it was found stuck (khala__sys_now_ms) */
+    uint64_t blocked_ops;   /* operations that failed (or marked instead of removing) for it */
+    uint64_t stuck_waits;   /* waits for readers that ran out their whole budget */
+    char err[256];          /* detail of the last failure */
 };
 
 static int fail(khala_l1_t *t, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -261,24 +269,50 @@ static void on_hit(void *arg, uint32_t idx, uint32_t hash_lo) {
 }
 
 static int blocked(khala_l1_t *t) {
-    int pid = 0;
-    uint64_t e = khala__readers_oldest(&t->seg, &pid);
+    t->blocked_ops++;
     return fail(t, KHALA_EBLOCKED,
                 "cannot free memory: %llu bytes are held by retired items while reader pid %d "
                 "stays in a read section opened at epoch %llu (now %llu)",
-                (unsigned long long)t->w->retired_bytes, pid, (unsigned long long)e,
+                (unsigned long long)t->w->retired_bytes, t->stuck_pid,
+                (unsigned long long)t->stuck_epoch,
                 (unsigned long long)khala_load_relaxed(&t->hdr->epoch));
+}
+
+/* 1 while the reader that made an earlier wait fail is still inside that same section (and
+ * alive: a dead one is reaped here). */
+static int still_stuck(khala_l1_t *t) {
+    if (t->stuck_slot == UINT32_MAX)
+        return 0;
+    const khala_slot_t *slot = khala__seg_slot(&t->seg, t->stuck_slot);
+    if (khala_load_acquire(&slot->epoch) == t->stuck_epoch) {
+        (void)khala__readers_reap(&t->seg, t->stuck_epoch + 1);
+        if (khala_load_acquire(&slot->epoch) == t->stuck_epoch)
+            return 1;
+    }
+    t->stuck_slot = UINT32_MAX; /* it left (or died): wait again next time */
+    t->stuck_pid = 0;
+    return 0;
 }
 
 /* Wait, a bounded time, for every reader inside a read section now to leave it, then free
  * what the retire ring holds (an RCU grace period, across processes). Reader sections are
  * short, so this normally takes well under a microsecond to a few; dead readers are reaped on
- * the way. KHALA_EBLOCKED if a live reader stays inside its section past GRACE_WAIT_NS. */
+ * the way. KHALA_EBLOCKED if a live reader stays inside its section.
+ *
+ * The wait is bounded per operation, not per call: one put may synchronize several times, and
+ * together they wait at most GRACE_WAIT_NS (wait_start_ns, reset by op_begin). A reader found
+ * stuck is remembered with the epoch its slot showed; while that slot still shows it, later
+ * operations do not wait at all but fail at once after one scan, so khalad keeps serving at
+ * full speed (L1 refusing what needs memory) while one reader is stopped (SIGSTOP, a debugger,
+ * a frozen cgroup). Its pid is in khala__l1_stats and in the error message. */
 static int synchronize(khala_l1_t *t) {
+    /* Nothing that reclaim could not already free will come back while the stuck reader
+     * stays: no epoch increment, no scan, no membarrier. */
+    if (still_stuck(t))
+        return blocked(t);
     uint64_t e = khala_load_relaxed(&t->hdr->epoch);
     /* release: readers that load the new epoch see every unlink before it (readers.c). */
     khala_store_release(&t->hdr->epoch, e + 1);
-    uint64_t start = khala__sys_now_ns();
     for (uint32_t spins = 0;; spins++) {
         if (khala__readers_min_epoch(&t->seg) > e) {
             reclaim(t);
@@ -286,11 +320,54 @@ static int synchronize(khala_l1_t *t) {
         }
         if (spins >= SPIN_BEFORE_WAIT) {
             (void)khala__readers_reap(&t->seg, e + 1);
-            if (khala__sys_now_ns() - start > GRACE_WAIT_NS)
+            uint64_t now = khala__sys_now_ns();
+            if (!t->wait_start_ns)
+                t->wait_start_ns = now;
+            if (now - t->wait_start_ns > GRACE_WAIT_NS) {
+                uint64_t oldest = khala__readers_oldest(&t->seg, &t->stuck_pid, &t->stuck_slot);
+                if (oldest == 0 || oldest > e)
+                    continue; /* it left just now */
+                t->stuck_epoch = oldest;
+                t->stuck_since_ms = khala__sys_now_ms();
+                t->stuck_waits++;
                 return blocked(t);
+            }
             khala__sys_pause_us(spins < SPIN_BEFORE_WAIT * 2 ? 0 : 50);
         }
     }
+}
+
+/* The start of every writer operation that may wait for readers: a fresh wait budget. */
+static void op_begin(khala_l1_t *t) {
+    t->wait_start_ns = 0;
+}
+
+/* Make room in the retire ring for one more unlink. 0, or KHALA_EBLOCKED. */
+static int retire_room(khala_l1_t *t) {
+    if (retire_full(t) && reclaim(t) == 0)
+        return synchronize(t);
+    return 0;
+}
+
+/* Take key idx out of readers' reach even when reclamation is blocked. Normally it is unlinked
+ * and retired (remove_key). When a stuck reader keeps the retire ring full, the item is marked
+ * expired in place instead: readers then miss it (they never return an expired item), and the
+ * sweep unlinks it once the ring has room. A delete or an invalidation therefore never leaves
+ * a stale value readable in L1, whatever a reader does. Returns 1 if removed, 0 if marked. */
+static int remove_or_expire(khala_l1_t *t, uint32_t idx) {
+    if (retire_room(t) == 0) {
+        remove_key(t, idx);
+        return 1;
+    }
+    khala_desc_t *d = &t->desc[idx];
+    khala_item_t *it = item_at(t, d->item_off);
+    t->blocked_ops++;
+    /* relaxed: a reader sees the old deadline or this one; either is a valid state of the key
+     * until the reply to the delete, and the store is visible long before any later request
+     * (the reply's write to the socket orders it). */
+    __atomic_store_n(&it->expire_ms, (int64_t)1, __ATOMIC_RELAXED);
+    d->expire_ms = 1;
+    return 0;
 }
 
 /* Step 3 of the put path: get a block of `size` bytes for a new item, evicting as needed.
@@ -304,7 +381,7 @@ static int make_room(khala_l1_t *t, uint64_t size, int replacing, uint64_t *off,
     khala_wstate_t *w = t->w;
     int drained = 0, synced = 0, rc;
     for (;;) {
-        if (retire_full(t) && reclaim(t) == 0 && (rc = synchronize(t)) != 0)
+        if ((rc = retire_room(t)) != 0)
             return rc;
         int count_ok = replacing || w->items < t->hdr->max_items;
         if (count_ok && khala__alloc_alloc(&t->arena, size, off, block) == 0)
@@ -413,6 +490,7 @@ int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val
     khala_atomic_u32 *link = NULL;
     uint64_t off = 0, block = 0;
     int rc;
+    op_begin(t);
     /* Step 1. */
     if ((rc = key_check(t, klen)) != 0)
         return rc;
@@ -507,9 +585,8 @@ int khala__l1_delete(khala_l1_t *t, const void *key, size_t klen) {
     uint64_t off = find(t, khala__l1_hash(&t->seg, key, klen), key, klen, &link, NULL);
     if (!off)
         return fail(t, KHALA_ENOTFOUND, "no such key");
-    if (retire_full(t) && reclaim(t) == 0 && (rc = synchronize(t)) != 0)
-        return rc;
-    remove_key(t, item_at(t, off)->desc);
+    op_begin(t);
+    (void)remove_or_expire(t, item_at(t, off)->desc);
     t->w->deletes++;
     return 0;
 }
@@ -531,8 +608,8 @@ static int sweep_flush(khala_l1_t *t, const uint32_t *batch, size_t n, size_t *r
             __builtin_prefetch(t->seg.base + head);
     }
     for (size_t k = 0; k < n; k++) {
-        if (retire_full(t) && reclaim(t) == 0 && synchronize(t) != 0)
-            return -1;
+        if (retire_room(t) != 0)
+            return -1; /* they are expired: readers miss them until a later sweep */
         remove_key(t, batch[k]);
         t->w->expirations++;
         (*removed)++;
@@ -546,6 +623,7 @@ size_t khala__l1_sweep(khala_l1_t *t, size_t budget) {
     int64_t now = khala__sys_now_ms();
     size_t removed = 0, nb = 0;
     uint32_t batch[SWEEP_BATCH];
+    op_begin(t);
     /* The descs are read in order (the hardware prefetcher streams them); each expired key's
      * item, bucket and queue neighbours sit at random places, so they are prefetched a batch at
      * a time and removed together, overlapping their cache misses instead of paying them one
@@ -581,6 +659,7 @@ size_t khala__l1_scan(khala_l1_t *t, uint64_t *cursor, size_t budget, khala_l1_v
     uint32_t max = t->hdr->max_items;
     uint64_t i = *cursor;
     size_t removed = 0;
+    op_begin(t);
     for (size_t n = 0; n < budget && i < max; n++, i++) {
         khala_desc_t *d = &t->desc[i];
         if (!d->item_off)
@@ -590,9 +669,7 @@ size_t khala__l1_scan(khala_l1_t *t, uint64_t *cursor, size_t budget, khala_l1_v
             break;
         if (!verdict)
             continue;
-        if (retire_full(t) && reclaim(t) == 0 && synchronize(t) != 0)
-            break;
-        remove_key(t, (uint32_t)i);
+        (void)remove_or_expire(t, (uint32_t)i); /* gone for readers either way */
         t->w->deletes++;
         removed++;
     }
@@ -615,6 +692,7 @@ int khala__l1_find(khala_l1_t *t, const void *key, size_t klen, const khala_item
 }
 
 void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st) {
+    /* still_stuck may forget a reader that left: stats are the writer's view, not const. */
     khala_wstate_t *w = t->w;
     memset(st, 0, sizeof(*st));
     st->items = w->items;
@@ -635,7 +713,14 @@ void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st) {
     st->epoch = khala_load_relaxed(&t->hdr->epoch);
     st->small = w->q_count[KHALA_Q_SMALL];
     st->main = w->q_count[KHALA_Q_MAIN];
-    st->oldest_reader_epoch = khala__readers_oldest(&t->seg, &st->oldest_reader_pid);
+    st->oldest_reader_epoch = khala__readers_oldest(&t->seg, &st->oldest_reader_pid, NULL);
+    if (still_stuck(t)) {
+        st->stuck_reader_pid = t->stuck_pid;
+        st->stuck_since_ms = t->stuck_since_ms;
+    }
+    st->blocked_ops = t->blocked_ops;
+    st->stuck_waits = t->stuck_waits;
+    st->membarriers = t->seg.membarriers;
     st->rehashes = w->rehashes;
 }
 
@@ -756,13 +841,10 @@ static int same_sizes(const khala_seg_header_t *h, const khala_seg_config_t *cfg
  * code, with the reason in err, when the segment must be made anew instead. */
 static int reattach(khala_l1_t *t, const char *name, const khala_seg_config_t *cfg, char *err,
                     size_t errlen) {
+    /* Takes the writer lock before it maps anything: KHALA_EEXIST while another writer lives. */
     int rc = khala__seg_attach(&t->seg, name, 1, err, errlen);
     if (rc != 0)
         return rc;
-    if ((rc = khala__sys_lock_try(t->seg.data_fd, 0)) != 0) {
-        snprintf(err, errlen, "cache '%s' already has a live writer", name);
-        return rc == -EAGAIN ? KHALA_EEXIST : rc;
-    }
     if (!same_sizes(t->seg.hdr, cfg)) {
         snprintf(err, errlen, "cache '%s' exists with other sizes", name);
         return KHALA_ELAYOUT;
@@ -803,6 +885,8 @@ int khala__l1_open_ex(const char *name, const khala_seg_config_t *cfg, unsigned 
             t->reattached = 1;
             goto done;
         }
+        /* This releases the writer lock, and khala__seg_create takes it again: a writer that
+         * starts in between wins and this open fails with KHALA_EEXIST, still one writer. */
         khala__seg_detach(&t->seg);
         free(t->tails);
         t->tails = NULL;
@@ -828,6 +912,7 @@ int khala__l1_open_ex(const char *name, const khala_seg_config_t *cfg, unsigned 
     if (flags & KHALA_L1_REATTACH)
         snprintf(t->err, sizeof(t->err), "made anew: %s", why);
 done:
+    t->stuck_slot = UINT32_MAX;
     khala_store_relaxed(&t->seg.hdr->writer_pid, (uint32_t)getpid());
     *out = t;
     return 0;
@@ -847,11 +932,11 @@ void khala__l1_close(khala_l1_t *t, int unlink) {
         return;
     if (t->seg.hdr)
         khala_store_relaxed(&t->seg.hdr->writer_pid, 0);
-    char name[sizeof(t->seg.name)];
-    memcpy(name, t->seg.name, sizeof(name));
-    khala__seg_detach(&t->seg);
+    /* Unlink before detaching: once the writer lock is released, another writer may already
+     * own files under the name. */
     if (unlink)
-        (void)khala__seg_unlink(name);
+        (void)khala__seg_unlink_locked(&t->seg);
+    khala__seg_detach(&t->seg); /* releases the writer lock */
     free(t->tails);
     free(t);
 }

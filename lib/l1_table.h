@@ -37,7 +37,16 @@ typedef struct khala_l1_stats {
     uint64_t small, main;  /* items in the policy's queues */
     int oldest_reader_pid; /* pid of the reader pinning the oldest epoch, 0 if none */
     uint64_t oldest_reader_epoch;
-    uint64_t rehashes; /* rehashes with a new seed (hash flooding defence) */
+    int stuck_reader_pid;   /* a reader that made a wait for readers fail and is still inside
+                                that section (stopped, in a debugger, frozen), 0 if none */
+    int64_t stuck_since_ms; /* when it was found stuck (monotonic ms), 0 if none */
+    uint64_t blocked_ops;   /* writer operations refused (KHALA_EBLOCKED) or, for deletes and
+                                invalidations, done by marking the item expired, because of a
+                                reader stuck in a section; since open */
+    uint64_t stuck_waits;   /* waits for readers that ran out their whole budget (GRACE_WAIT_NS
+                               per operation); one per stuck reader while it stays stuck */
+    uint64_t membarriers;   /* membarrier() calls of the writer's reader scans, since open */
+    uint64_t rehashes;      /* rehashes with a new seed (hash flooding defence) */
 } khala_l1_stats_t;
 
 /* khala__l1_open_ex flags. */
@@ -80,7 +89,9 @@ int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, 
 int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val, size_t vlen,
                     int64_t ttl_ms, uint8_t type, uint64_t want_version, uint64_t *version);
 
-/* Remove a key. 0, KHALA_ENOTFOUND or KHALA_EKEY. */
+/* Remove a key. 0, KHALA_ENOTFOUND or KHALA_EKEY. Never refused for a reader stuck in a read
+ * section: when the item cannot be retired it is marked expired in place, so no reader returns
+ * it again, and the sweep unlinks it later. */
 int khala__l1_delete(khala_l1_t *t, const void *key, size_t klen);
 
 /* Housekeeping a writer runs often (khalad: every loop turn; tests: after bursts): drain the
@@ -244,7 +255,9 @@ static inline int khala__l1_lookup(const khala_seg_t *s, const khala_l1_index_t 
                                  0))
                 return KHALA_ECORRUPT;
             if (khala__l1_key_eq(it + 1, key, klen)) {
-                if (it->expire_ms && khala__sys_now_coarse_upper_ms() >= it->expire_ms)
+                int64_t deadline =
+                    __atomic_load_n(&it->expire_ms, __ATOMIC_RELAXED); /* see remove_or_expire */
+                if (deadline && khala__sys_now_coarse_upper_ms() >= deadline)
                     return KHALA_ENOTFOUND;
                 *out = it;
                 return 0;

@@ -1,9 +1,11 @@
 /*
  * The on-segment structures, shared by the library (readers) and khalad (the writer).
  *
- * Two POSIX shared-memory objects make one cache called <name>:
+ * Two POSIX shared-memory objects make one cache called <name> (a third, khala.<name>.lock,
+ * holds only the writer lock and its holder's pid; segment.c explains it):
  *
  *   /dev/shm/khala.<name>.data     written by the writer only; readers map it PROT_READ
+ *                                  (mode 0640: readers cannot even open it for writing)
  *   +-------------------------+ 0
  *   | khala_seg_header_t      |   immutable part, epoch line, writer-only state   (4 KiB)
  *   +-------------------------+ bucket_off
@@ -21,7 +23,7 @@
  *   | arena                   |   blocks; a used block holds one khala_item_t + key + value
  *   +-------------------------+ segment_size
  *
- *   /dev/shm/khala.<name>.readers   mapped read-write by every reader
+ *   /dev/shm/khala.<name>.readers   mapped read-write by every reader (mode 0660)
  *   +-------------------------+ 0
  *   | khala_readers_header_t  |   (128 bytes)
  *   +-------------------------+ 128
@@ -78,8 +80,9 @@ enum {
 #define KHALA_ALLOC_SL (1 << KHALA_ALLOC_SL_LOG)
 
 /* The writer-only part of the header: counters and the eviction policy's queue heads.
- * Guard: written and read by the writer only (one writer, enforced by an OFD lock on byte 0 of
- * the data file). Readers never read it, so it needs no atomics and lives on its own lines. */
+ * Guard: written and read by the writer only (one writer, enforced by the writer lock on
+ * /dev/shm/khala.<name>.lock, segment.c). Readers never read it, so it needs no atomics and
+ * lives on its own lines. */
 typedef struct khala_wstate {
     uint64_t version_seq;   /* last item version handed out; versions start at 1 */
     uint64_t items;         /* live items (linked in the table) */
@@ -284,16 +287,21 @@ typedef struct khala_slot {
     uint8_t pad0[KHALA_CACHE_LINE - 24];
     /* Identity. Guard: written by the owner on claim, while holding the slot's OFD lock, or by
      * the writer while holding that lock after the owner died. */
-    khala_atomic_u64 pid;   /* owner pid, 0 = free */
-    khala_atomic_u64 start; /* owner's start time in ticks since boot (with pid: identity) */
+    khala_atomic_u64 token; /* owner process's random identity (readers.c), 0 = free. Liveness
+                               rests on the slot's OFD lock alone; the token only tells the
+                               threads of one process apart from other processes, since they
+                               share their lock. Never a pid: pids repeat across pid namespaces
+                               and are reused. */
+    khala_atomic_u64 pid;   /* owner pid as its own namespace sees it; informational */
+    khala_atomic_u64 start; /* owner's start time in ticks since boot; informational */
     khala_atomic_u64 tid;   /* owner thread id, informational */
-    uint8_t pad1[KHALA_CACHE_LINE - 24];
+    uint8_t pad1[KHALA_CACHE_LINE - 32];
     /* ring[ring_size] follows: entry = desc index << 32 | low 32 bits of the key hash. Owner
      * stores relaxed, then publishes with a release store of ring_head. Lossy by design. */
     khala_atomic_u64 ring[];
 } khala_slot_t;
 
 _Static_assert(sizeof(khala_slot_t) == 2 * KHALA_CACHE_LINE, "khala_slot_t layout");
-_Static_assert(offsetof(khala_slot_t, pid) == KHALA_CACHE_LINE, "slot identity line");
+_Static_assert(offsetof(khala_slot_t, token) == KHALA_CACHE_LINE, "slot identity line");
 
 #endif /* KHALA_LIB_LAYOUT_H */

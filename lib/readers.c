@@ -32,9 +32,17 @@
  * running a registered process. Such a reader's section start is then a plain store and a
  * compiler barrier; the store-buffer argument above holds with the barrier the kernel ran on
  * the reader's CPU in place of the reader's own fence (the same argument as liburcu's
- * urcu-memb flavour, across processes). The writer pays ~0.2-2 us per scan, and it scans
- * only when it has retired items. ThreadSanitizer cannot see membarrier, so TSan builds keep
- * the fence.
+ * urcu-memb flavour, across processes). ThreadSanitizer cannot see membarrier, so TSan builds
+ * keep the fence.
+ *
+ * One barrier per grace period. A membarrier() costs the writer 6-11 us here, and a grace
+ * period can take dozens of scans, so the writer issues one per value of the global epoch: the
+ * first scan after an increment, never the later ones. That is enough. Every item the writer
+ * frees was unlinked before some increment, and the first scan after that increment (the
+ * writer always scans right after incrementing) ran the barrier on every reader CPU after the
+ * unlink; from then on each reader's epoch store is visible to the writer, or the reader's
+ * walk starts after the unlink, exactly as with a fence per scan. Items unlinked after the
+ * barrier carry the current epoch and wait for the next increment, which brings its own.
  *
  * A reader that dies inside a section leaves its epoch behind and would pin memory forever.
  * Each slot is therefore tied to its owner by an OFD lock on byte <slot index> of the readers
@@ -43,7 +51,10 @@
  * (khala__readers_reap) by taking its lock: if it gets it, the owner is gone, and it clears the
  * slot under the lock so that no claimer races it. Claimers take the same lock, and because
  * threads of one process share their open file description (the lock does not exclude them from
- * each other), a claimer also wins the slot's pid with a compare-and-swap.
+ * each other), a claimer also wins the slot's token with a compare-and-swap. The token is a
+ * random 64-bit identity of the claiming process, renewed in every fork child; it is never a
+ * pid, because pids repeat across pid namespaces (a writer and a reader that are both pid 1 in
+ * their containers) and are reused, and a pid test would then call a dead reader alive for good.
  *
  * Hit rings. Each slot has a ring of ring_size 64-bit entries (desc index << 32 | low 32 bits of
  * the hash). The owner writes an entry and then publishes a new head with release order; the
@@ -66,11 +77,34 @@
 #include "khala/error.h"
 #include "sys.h"
 
+/* This process's identity in the slots it claims: random, 64 bits, never 0, made anew in the
+ * child after every fork (the child is another process with its own lock descriptions). Set by
+ * a constructor and by the atfork child handler, both of which run while this process has a
+ * single thread, so plain loads suffice afterwards. */
+static uint64_t g_token;
+
+static void token_renew(void) {
+    uint64_t t;
+    do
+        t = khala__sys_random_u64();
+    while (t == 0);
+    g_token = t;
+}
+
+__attribute__((constructor)) static void token_init(void) {
+    token_renew();
+    (void)pthread_atfork(NULL, NULL, token_renew);
+}
+
+uint64_t khala__readers_token(void) {
+    return g_token;
+}
+
 int khala__readers_claim(khala_seg_t *s, uint32_t *idx) {
-    uint64_t me = (uint64_t)getpid();
+    uint64_t me = g_token;
     for (uint32_t i = 0; i < s->nslots; i++) {
         khala_slot_t *slot = khala__seg_slot(s, i);
-        uint64_t owner = khala_load_acquire(&slot->pid);
+        uint64_t owner = khala_load_acquire(&slot->token);
         if (owner == me)
             continue; /* a thread of this process: our shared lock says nothing about it */
         int rc = khala__sys_lock_try(s->readers_fd, i);
@@ -81,10 +115,11 @@ int khala__readers_claim(khala_seg_t *s, uint32_t *idx) {
         /* We hold the lock, so any owner from another process is dead: take the slot over. A
          * thread of this process may race us to it; the compare-and-swap decides, and the loser
          * must not unlock (the lock is the winner's too). */
-        if (!khala_cas_acq_rel(&slot->pid, &owner, me))
+        if (!khala_cas_acq_rel(&slot->token, &owner, me))
             continue;
         khala_store_relaxed(&slot->epoch, 0);
-        khala_store_relaxed(&slot->start, khala__sys_proc_start((int)me));
+        khala_store_relaxed(&slot->pid, (uint64_t)getpid());
+        khala_store_relaxed(&slot->start, khala__sys_proc_start((int)getpid()));
         khala_store_relaxed(&slot->tid, (uint64_t)syscall(SYS_gettid));
         uint32_t hwm = khala_load_relaxed(&s->rhdr->hwm);
         while (hwm < i + 1 && !khala_cas_acq_rel(&s->rhdr->hwm, &hwm, i + 1))
@@ -100,19 +135,26 @@ void khala__readers_release(khala_seg_t *s, uint32_t idx) {
     khala__reader_leave(slot);
     khala_store_relaxed(&slot->tid, 0);
     khala_store_relaxed(&slot->start, 0);
-    khala_store_release(&slot->pid, 0);
+    khala_store_relaxed(&slot->pid, 0);
+    khala_store_release(&slot->token, 0);
     (void)khala__sys_lock_release(s->readers_fd, idx);
 }
 
-uint64_t khala__readers_min_epoch(const khala_seg_t *s) {
+uint64_t khala__readers_min_epoch(khala_seg_t *s) {
     /* seq_cst fence: orders the caller's unlinks (and epoch increment) before the loads below;
      * pairs with the fence in khala__reader_enter. */
     khala_fence_seq_cst();
-    /* Readers with light_fence skipped theirs: membarrier runs it on their CPUs now. If it
-     * fails (it worked when the segment was made, so this is not expected), assume every
-     * reader pins everything: nothing is freed this round. */
-    if (khala_load_relaxed(&s->hdr->asym_fence) && khala__sys_membarrier() != 0)
-        return 0;
+    /* Readers with light_fence skipped theirs: membarrier runs it on their CPUs, once per
+     * epoch value (see "One barrier per grace period"). If it fails (it worked when the
+     * segment was made, so this is not expected), assume every reader pins everything:
+     * nothing is freed this round. */
+    uint64_t now = khala_load_relaxed(&s->hdr->epoch);
+    if (khala_load_relaxed(&s->hdr->asym_fence) && s->fenced_epoch != now) {
+        if (khala__sys_membarrier() != 0)
+            return 0;
+        s->fenced_epoch = now;
+        s->membarriers++;
+    }
     uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
     uint64_t min = UINT64_MAX;
     for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
@@ -124,16 +166,20 @@ uint64_t khala__readers_min_epoch(const khala_seg_t *s) {
     return min;
 }
 
-uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid) {
+uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid, uint32_t *slot) {
     uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
     uint64_t min = 0;
     *pid = 0;
+    if (slot)
+        *slot = UINT32_MAX;
     for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        khala_slot_t *slot = khala__seg_slot(s, i);
-        uint64_t e = khala_load_acquire(&slot->epoch);
+        khala_slot_t *sl = khala__seg_slot(s, i);
+        uint64_t e = khala_load_acquire(&sl->epoch);
         if (e && (min == 0 || e < min)) {
             min = e;
-            *pid = (int)khala_load_relaxed(&slot->pid);
+            *pid = (int)khala_load_relaxed(&sl->pid);
+            if (slot)
+                *slot = i;
         }
     }
     return min;
@@ -141,14 +187,15 @@ uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid) {
 
 int khala__readers_reap(khala_seg_t *s, uint64_t below) {
     uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    uint64_t me = (uint64_t)getpid();
     int reaped = 0;
     for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
         khala_slot_t *slot = khala__seg_slot(s, i);
         uint64_t e = khala_load_acquire(&slot->epoch);
-        /* A slot of this very process is alive (we are), and a lock taken through our own open
-         * file description would not conflict with it, so the lock test would lie. */
-        if (e == 0 || e >= below || khala_load_relaxed(&slot->pid) == me)
+        /* A slot claimed through this very descriptor (this process, same open file
+         * description) is alive, and the lock test cannot see it: its own lock would not
+         * conflict. The token says so; nothing else (a pid, in another pid namespace, may be
+         * ours too). */
+        if (e == 0 || e >= below || khala_load_relaxed(&slot->token) == g_token)
             continue;
         int rc = khala__sys_lock_try(s->readers_fd, i);
         if (rc == -EAGAIN)
@@ -158,8 +205,9 @@ int khala__readers_reap(khala_seg_t *s, uint64_t below) {
         /* The owner is dead and we hold its lock: no claimer can race us. */
         khala_store_relaxed(&slot->tid, 0);
         khala_store_relaxed(&slot->start, 0);
+        khala_store_relaxed(&slot->pid, 0);
         khala_store_release(&slot->epoch, 0);
-        khala_store_release(&slot->pid, 0);
+        khala_store_release(&slot->token, 0);
         (void)khala__sys_lock_release(s->readers_fd, i);
         reaped++;
     }
@@ -203,6 +251,6 @@ void khala__readers_totals(const khala_seg_t *s, uint64_t *hits, uint64_t *misse
 uint32_t khala__readers_in_use(const khala_seg_t *s) {
     uint32_t hwm = khala_load_acquire(&s->rhdr->hwm), n = 0;
     for (uint32_t i = 0; i < hwm && i < s->nslots; i++)
-        n += khala_load_relaxed(&khala__seg_slot(s, i)->pid) != 0;
+        n += khala_load_relaxed(&khala__seg_slot(s, i)->token) != 0;
     return n;
 }

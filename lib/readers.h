@@ -8,16 +8,20 @@
  *
  *   field      | written by                  | read by            | order
  *   -----------+-----------------------------+--------------------+---------------------------
- *   epoch      | owner (enter, leave)        | writer (reclaim)   | enter: relaxed store then
+ *   epoch      | owner (enter, leave)        | writer (reclaim)   | enter: release store then
  *              | writer, if owner is dead    |                    | seq_cst fence; leave:
- *              |                             |                    | release; writer: fence then
- *              |                             |                    | acquire loads
+ *              |                             |                    | release; writer: fence (and
+ *              |                             |                    | membarrier once per epoch),
+ *              |                             |                    | then acquire loads
  *   misses     | owner                       | writer, owner      | relaxed (counter)
  *   ring[]     | owner                       | writer (drain)     | relaxed entries, published
  *   ring_head  | owner                       | writer (drain)     | by a release store of head
  *   (== hits)  |                             | owner (stats)      |
- *   pid,start  | owner on claim; writer on   | writer, claimers   | under the slot's OFD lock
- *              | reclaim of a dead owner     |                    |
+ *   token      | owner on claim (CAS);       | writer, claimers   | under the slot's OFD lock;
+ *              | writer on reap of a dead    |                    | claim: acq_rel CAS; release
+ *              | owner; owner on release     |                    | on free
+ *   pid,start, | owner on claim; writer on   | stats, logs        | relaxed; informational
+ *   tid        | reap of a dead owner        |                    |
  *
  * Start at khala__reader_enter() for the reader side and khala__readers_min_epoch() for the
  * writer side.
@@ -33,8 +37,11 @@
 
 /* Reader side -------------------------------------------------------------------------------*/
 
-/* Claim a free slot for the calling thread (pid, start time and tid recorded, OFD lock on byte
- * `index` of the readers file taken). 0 and *idx, or KHALA_ENOREADER / -errno. */
+/* This process's random identity in the slots it claims (never 0; renewed in a fork child). */
+uint64_t khala__readers_token(void);
+
+/* Claim a free slot for the calling thread (token, pid, start time and tid recorded, OFD lock
+ * on byte `index` of the readers file taken). 0 and *idx, or KHALA_ENOREADER / -errno. */
 int khala__readers_claim(khala_seg_t *s, uint32_t *idx);
 
 /* Give a slot back: leave any section, clear the owner, drop the lock. */
@@ -42,11 +49,15 @@ void khala__readers_release(khala_seg_t *s, uint32_t idx);
 
 /* Enter a read section: publish the global epoch in the slot, then a full fence, so that either
  * the writer's scan sees this slot's epoch or this reader sees every unlink that preceded the
- * scan (see readers.c, "Why it is safe"). */
+ * scan (docs/segment.md, "Why reclamation is safe", gives the whole argument). */
 static inline void khala__reader_enter(const khala_seg_t *s, khala_slot_t *slot) {
     /* acquire: pairs with the writer's epoch increment, which follows its unlinks. */
     uint64_t e = khala_load_acquire(&s->hdr->epoch);
-    khala_store_relaxed(&slot->epoch, e);
+    /* release: a writer that load-acquires this epoch also sees everything this thread did
+     * before, the previous section's reads included. The previous khala__reader_leave's release
+     * store of 0 used to cover that through the C11 release sequence (later stores by the same
+     * thread), which C++20's model, and the newer C model with it, dropped. Free on x86. */
+    khala_store_release(&slot->epoch, e);
     /* seq_cst fence: orders the epoch store before every load of the table that follows;
      * pairs with the fence in khala__readers_min_epoch (the store-buffer case). With
      * light_fence, the writer's membarrier() runs that fence on this CPU for us, when it
@@ -83,15 +94,18 @@ static inline void khala__reader_count(khala_atomic_u64 *ctr) {
 
 /* The smallest epoch any reader inside a read section shows, UINT64_MAX if none is inside one.
  * Begins with a seq_cst fence that orders the caller's earlier unlinks and epoch increment
- * before the scan. */
-uint64_t khala__readers_min_epoch(const khala_seg_t *s);
+ * before the scan, and, where readers skip their fence (asym_fence), with one membarrier()
+ * per value of the global epoch: the first scan after an increment issues it, later scans at
+ * the same epoch reuse it (readers.c, "One barrier per grace period"). */
+uint64_t khala__readers_min_epoch(khala_seg_t *s);
 
 /* Find slots whose epoch is nonzero and below `below`, and free those whose owner is dead (the
  * slot's OFD lock is not held). Returns how many slots were freed, or -errno. */
 int khala__readers_reap(khala_seg_t *s, uint64_t below);
 
-/* The oldest epoch a live reader is pinning and the pid holding it; 0 if none. */
-uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid);
+/* The oldest epoch a reader is pinning, the pid holding it and (if slot is not NULL) its slot
+ * index; 0, pid 0 and UINT32_MAX if no reader is inside a section. */
+uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid, uint32_t *slot);
 
 /* Drain every slot's hit ring into fn(arg, desc index, low hash bits). `tails` has one cursor
  * per slot (writer-private). Entries overwritten before the drain are lost, by design. */

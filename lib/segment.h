@@ -1,9 +1,11 @@
 /*
  * The segment module: creating, attaching and validating the two shared-memory files of a
- * cache (see layout.h for what is in them). It knows sizes and offsets; it knows nothing of the
- * hash table, the allocator or the policy, which format their own regions.
+ * cache (see layout.h for what is in them), and the writer lock, a third file that lets one
+ * writer at a time own the name. It knows sizes and offsets; it knows nothing of the hash
+ * table, the allocator or the policy, which format their own regions.
  *
- * Start at khala__seg_create() (the writer) and khala__seg_attach() (a reader).
+ * Start at khala__seg_create() (the writer) and khala__seg_attach() (a reader); segment.c's
+ * theory block explains the writer lock and the file modes.
  */
 #ifndef KHALA_LIB_SEGMENT_H
 #define KHALA_LIB_SEGMENT_H
@@ -31,6 +33,8 @@ typedef struct khala_seg {
     int writable;            /* 1 for the writer's read-write mapping */
     int data_fd;             /* the data file, -1 when closed */
     int readers_fd;          /* the readers file, -1 when closed */
+    int lock_fd;             /* the writer's lock file, holding the writer lock while open;
+                                -1 for a reader and when closed */
     uint8_t *base;           /* data mapping */
     uint64_t size;           /* bytes mapped at base */
     khala_seg_header_t *hdr; /* == base */
@@ -49,6 +53,10 @@ typedef struct khala_seg {
     uint32_t ring_mask;
     int light_fence; /* 1: this reader registered for membarrier and the writer issues it, so
                         entering a section needs only a compiler barrier (readers.h) */
+    /* Writer-private, mutable: the epoch at the last membarrier() (0 = none yet) and how many
+     * were issued (khala__readers_min_epoch). */
+    uint64_t fenced_epoch;
+    uint64_t membarriers;
 } khala_seg_t;
 
 void khala__seg_config_init(khala_seg_config_t *cfg);
@@ -56,31 +64,49 @@ void khala__seg_config_init(khala_seg_config_t *cfg);
 /* 0 if name is 1..KHALA_NAME_MAX bytes of [A-Za-z0-9_.-], else KHALA_ENAME with a message. */
 int khala__seg_name_check(const char *name, char *err, size_t errlen);
 
-/* Create the segments of cache `name` anew for a writer and map them read-write. An existing
- * segment is marked KHALA_SEG_REPLACED (so attached readers move on) and unlinked, and the new
- * one gets the next generation. Fails with KHALA_EEXIST while another live writer holds the
- * segment, KHALA_ECONFIG for sizes out of range, -errno from the system. */
+/* Take the writer lock of cache `name`, then create its segments anew and map them read-write.
+ * An existing segment is marked KHALA_SEG_REPLACED (so attached readers move on) and unlinked,
+ * and the new one gets the next generation. The data file is made mode 0640, the readers file
+ * 0660. Fails with KHALA_EEXIST while another live writer holds the lock (the message names its
+ * pid: "cache 'x' already has a live writer (pid 1234)"), KHALA_ENAME, KHALA_ECONFIG for sizes
+ * out of range, -errno from the system. On failure nothing this call did not make is unlinked,
+ * and the lock is released. khala__seg_detach releases it after success. */
 int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t *cfg, char *err,
                       size_t errlen);
 
 /* Attach to the segments of cache `name`: the data file read-only (or read-write when
- * writable, for a writer that reattaches), the readers file read-write. Validates magic,
- * layout version, sizes, offsets and generation; fails with -ENOENT, KHALA_ELAYOUT,
- * KHALA_ECORRUPT or -errno, never by crashing. */
+ * writable, for a writer that reattaches; it takes the writer lock first and fails with
+ * KHALA_EEXIST, as khala__seg_create does, while another writer lives), the readers file
+ * read-write. Validates magic, layout version, sizes, offsets and generation; fails with
+ * KHALA_ENAME, -ENOENT, KHALA_ELAYOUT, KHALA_ECORRUPT or -errno, never by crashing. s is reset
+ * first, so it may be detached after any failure. */
 int khala__seg_attach(khala_seg_t *s, const char *name, int writable, char *err, size_t errlen);
 
-/* Unmap and close; s may be half attached. Idempotent. */
+/* Unmap and close, releasing the writer lock if s holds it; s may be half attached.
+ * Idempotent. */
 void khala__seg_detach(khala_seg_t *s);
 
-/* Unlink both files of cache `name`; 0 also when they were absent. */
+/* Remove cache `name`: unlink its data and readers files, and its lock file too unless a live
+ * writer holds it (that writer keeps its mapping and its lock, so no second writer can start
+ * until it closes; readers no longer find it). 0 also when the files were absent. An
+ * administrative removal: a writer removing its own files uses khala__seg_unlink_locked. */
 int khala__seg_unlink(const char *name);
 
+/* Unlink the three files of the writer segment s while still holding its writer lock, so that
+ * no other writer's files can be among them. s stays mapped; detach it afterwards. Requires
+ * s->lock_fd >= 0 (asserted). 0 also when the files were absent, else -errno. */
+int khala__seg_unlink_locked(khala_seg_t *s);
+
 /* Reopen the readers file so that this process has its own open file description (and so its
- * own slot locks); used by a child after fork. */
+ * own slot locks), and remap the readers mapping through it, since a mapping keeps the
+ * description it was made through (and its locks) alive; used by a child after fork. The
+ * mapping's address and contents stay the same. */
 int khala__seg_reopen_readers(khala_seg_t *s);
 
 /* The shm object names of cache `name`. */
 void khala__seg_shm_names(const char *name, char *data, char *readers, size_t len);
+/* The shm object name of the writer lock file of cache `name`. */
+void khala__seg_lock_name(const char *name, char *lock, size_t len);
 
 static inline khala_slot_t *khala__seg_slot(const khala_seg_t *s, uint32_t i) {
     return (khala_slot_t *)(s->rbase + KHALA_READERS_HEADER_SIZE + (uint64_t)i * s->slot_size);

@@ -25,19 +25,24 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-int khala__sys_shm_open(const char *shm_name, int create, int writable) {
+int khala__sys_shm_open(const char *shm_name, int create, int writable, unsigned mode) {
     char path[128];
     int flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC;
     if (create)
         flags |= O_CREAT | O_EXCL;
     if ((size_t)snprintf(path, sizeof(path), "/%s", shm_name) >= sizeof(path))
         return -ENAMETOOLONG;
-    int fd = shm_open(path, flags, 0660);
+    int fd = shm_open(path, flags, (mode_t)mode);
     if (fd < 0)
         return -errno;
-    if (create) {
-        /* The umask may have narrowed the mode; the segment must stay group-readable. */
-        (void)fchmod(fd, 0660);
+    /* The umask may have narrowed the mode; the caller's mode is what readers rely on (and
+     * what keeps them from writing a file they must only read). O_EXCL made this object ours,
+     * so removing it again on failure removes nobody else's. */
+    if (create && fchmod(fd, (mode_t)mode) != 0) {
+        int rc = -errno;
+        (void)shm_unlink(path);
+        (void)close(fd);
+        return rc;
     }
     return fd;
 }
@@ -78,6 +83,12 @@ int khala__sys_map(int fd, uint64_t size, int writable, void **out) {
     return 0;
 }
 
+int khala__sys_remap(int fd, void *at, uint64_t size, int writable) {
+    int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+    void *p = mmap(at, (size_t)size, prot, MAP_SHARED | MAP_FIXED, fd, 0);
+    return p == MAP_FAILED ? -errno : 0;
+}
+
 void khala__sys_unmap(void *p, uint64_t size) {
     if (p)
         (void)munmap(p, (size_t)size);
@@ -107,6 +118,14 @@ int khala__sys_lock_try(int fd, uint64_t byte) {
     return rc == -EACCES ? -EAGAIN : rc;
 }
 
+int khala__sys_lock_wait(int fd, uint64_t byte) {
+    int rc;
+    do
+        rc = ofd_lock(fd, F_OFD_SETLKW, F_WRLCK, byte, NULL);
+    while (rc == -EINTR);
+    return rc;
+}
+
 int khala__sys_lock_release(int fd, uint64_t byte) {
     return ofd_lock(fd, F_OFD_SETLK, F_UNLCK, byte, NULL);
 }
@@ -117,6 +136,27 @@ int khala__sys_lock_held_elsewhere(int fd, uint64_t byte) {
     if (rc != 0)
         return rc;
     return fl.l_type != F_UNLCK;
+}
+
+int khala__sys_same_file(int a, int b) {
+    struct stat sa, sb;
+    if (fstat(a, &sa) != 0 || fstat(b, &sb) != 0)
+        return -errno;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+int khala__sys_read_at(int fd, void *buf, size_t len, uint64_t off) {
+    ssize_t n = pread(fd, buf, len, (off_t)off);
+    if (n < 0)
+        return -errno;
+    return (size_t)n == len ? 0 : -EIO;
+}
+
+int khala__sys_write_at(int fd, const void *buf, size_t len, uint64_t off) {
+    ssize_t n = pwrite(fd, buf, len, (off_t)off);
+    if (n < 0)
+        return -errno;
+    return (size_t)n == len ? 0 : -EIO;
 }
 
 int khala__sys_membarrier_register(void) {

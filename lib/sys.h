@@ -10,9 +10,11 @@
 #include <stdint.h>
 #include <time.h>
 
-/* Open (or with create != 0, create exclusively with mode 0660) the POSIX shared-memory object
- * /<shm_name>; returns the fd (>= 0, close-on-exec) or -errno. */
-int khala__sys_shm_open(const char *shm_name, int create, int writable);
+/* Open the POSIX shared-memory object /<shm_name>, or with create != 0 create it exclusively
+ * (-EEXIST if it exists) with exactly `mode`: the mode is set again with fchmod after the
+ * create, so the umask cannot narrow it (nor widen it). Returns the fd (>= 0, close-on-exec) or
+ * -errno; a create that fails after making the object unlinks it again. */
+int khala__sys_shm_open(const char *shm_name, int create, int writable, unsigned mode);
 /* Unlink /<shm_name>; -ENOENT when absent. */
 int khala__sys_shm_unlink(const char *shm_name);
 /* Size of an open file in bytes into *size. */
@@ -22,6 +24,11 @@ int khala__sys_fd_size(int fd, uint64_t *size);
 int khala__sys_fd_resize(int fd, uint64_t size);
 /* Map size bytes of fd, shared; writable selects PROT_READ|PROT_WRITE over PROT_READ. */
 int khala__sys_map(int fd, uint64_t size, int writable, void **out);
+/* Map size bytes of fd at `at`, replacing the mapping there (MAP_FIXED): the same memory seen
+ * through another open file description. A mapping holds a reference to the description it
+ * was made through, and with it that description's OFD locks, so replacing it is how a process
+ * lets go of a description it inherited. */
+int khala__sys_remap(int fd, void *at, uint64_t size, int writable);
 void khala__sys_unmap(void *p, uint64_t size);
 void khala__sys_close(int fd);
 
@@ -29,9 +36,17 @@ void khala__sys_close(int fd);
  * when the last descriptor of that description closes, which includes the death of the process.
  * try_lock returns 0 when acquired, -EAGAIN when another description holds it. */
 int khala__sys_lock_try(int fd, uint64_t byte);
+/* The same lock, waiting while another description holds it (F_OFD_SETLKW, resumed after a
+ * signal). Only for locks that every holder keeps for a few system calls. */
+int khala__sys_lock_wait(int fd, uint64_t byte);
 int khala__sys_lock_release(int fd, uint64_t byte);
 /* 1 when some open file description other than fd's holds a lock on byte, 0 when none does. */
 int khala__sys_lock_held_elsewhere(int fd, uint64_t byte);
+/* 1 when fds a and b are the same file (device and inode), 0 when not. */
+int khala__sys_same_file(int a, int b);
+/* pread/pwrite of exactly len bytes at off: 0, -EIO on a short transfer, or -errno. */
+int khala__sys_read_at(int fd, void *buf, size_t len, uint64_t off);
+int khala__sys_write_at(int fd, const void *buf, size_t len, uint64_t off);
 
 /* Asymmetric fences (membarrier(2)). A reader process registers once; the writer then issues
  * khala__sys_membarrier(), which runs a full memory barrier on every CPU running a registered

@@ -259,8 +259,9 @@ Test(client, writing_into_a_view_faults, .signal = SIGSEGV) {
     khala_view_t view;
     cr_assert_eq(khala_read_begin(g_c), 0);
     cr_assert_eq(khala_cache_view(g_c, "k", 1, &view), 0);
-    /* The process dies below, before .fini: remove the names now (the mappings stay). */
-    cr_assert_eq(khala__seg_unlink(g_name), 0);
+    /* The process dies below, before .fini: remove the names now (the mappings stay). The
+     * writer removes them itself: an outsider's removal leaves a live writer its lock file. */
+    cr_assert_eq(khala__seg_unlink_locked(khala__l1_seg(g_t)), 0);
     /* The mapping is PROT_READ: this store must raise SIGSEGV. */
     volatile char *p = (volatile char *)(uintptr_t)view.data;
     p[0] = 'X';
@@ -492,6 +493,115 @@ Test(client, forked_child_uses_the_parent_handle_with_its_own_slot) {
     put("k", "after");
     cr_assert_eq(get(g_c, "k", buf, sizeof(buf)), 0);
     cr_assert_str_eq(buf, "after");
+}
+
+/* Bug: a child forked inside a read section that called khala_read_end ended the parent's
+ * section (the slot is shared through the mapping), so the writer freed and reused what the
+ * parent's live views pointed at. */
+Test(client, read_end_in_a_child_forked_inside_a_section_leaves_the_parents_section) {
+    open_both();
+    char val[200];
+    memset(val, 'p', sizeof(val) - 1);
+    val[sizeof(val) - 1] = '\0';
+    put("k", val);
+    khala_view_t view;
+    cr_assert_eq(khala_read_begin(g_c), 0);
+    cr_assert_eq(khala_cache_view(g_c, "k", 1, &view), 0);
+    pid_t child = fork();
+    cr_assert_neq(child, -1);
+    if (child == 0) {
+        khala_view_t v2;
+        /* A view in the parent's section would record hits in the parent's slot. */
+        if (khala_cache_view(g_c, "k", 1, &v2) != KHALA_ESECTION)
+            _exit(10);
+        khala_read_end(g_c);
+        /* The child can open a section of its own afterwards. */
+        if (khala_read_begin(g_c) != 0 || khala_cache_view(g_c, "k", 1, &v2) != 0)
+            _exit(11);
+        khala_read_end(g_c);
+        _exit(0);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(child, &status, 0), child);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    int idx = slot_of(getpid());
+    cr_assert_geq(idx, 0);
+    cr_assert_neq(khala_load_acquire(&khala__seg_slot(khala__l1_seg(g_t), (uint32_t)idx)->epoch), 0,
+                  "the parent's section is still open");
+    /* Retire the viewed item and try hard to reuse its memory: the open section forbids it. */
+    char other[200];
+    memset(other, 'o', sizeof(other) - 1);
+    other[sizeof(other) - 1] = '\0';
+    put("k", other);
+    cr_assert_geq(khala__l1_maintain(g_t), 0);
+    khala_l1_stats_t st;
+    khala__l1_stats(g_t, &st);
+    cr_assert_geq(st.retired, 1, "the item the parent views stays retired, not freed");
+    for (int i = 0; i < 40; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "fill%d", i);
+        (void)khala__l1_put(g_t, key, strlen(key), other, sizeof(other) - 1, 0, 0, NULL);
+        (void)khala__l1_maintain(g_t);
+    }
+    for (size_t i = 0; i < sizeof(val) - 1; i++)
+        cr_assert_eq(((const char *)view.data)[i], 'p', "byte %zu of the parent's view changed", i);
+    khala_read_end(g_c);
+}
+
+/* Bug: a child kept the parent's open file description of the readers file until its next
+ * library call, and with it the parent's slot lock: a parent killed inside a read section was
+ * never reaped while such a child lived, and every put needing memory failed. */
+Test(client, child_does_not_keep_its_parents_slot_lock) {
+    g_t = tu_writer(g_name, 64, 64 * 1024);
+    put("k", "v");
+    int ready[2];
+    cr_assert_eq(pipe(ready), 0);
+    pid_t reader = fork();
+    cr_assert_neq(reader, -1);
+    if (reader == 0) {
+        khala_cache_t *c = NULL;
+        char buf[8];
+        if (khala_cache_open(g_name, NULL, &c) != 0 || get(c, "k", buf, sizeof(buf)) != 0)
+            _exit(10);
+        int started[2];
+        if (pipe(started) != 0)
+            _exit(13);
+        pid_t idle = fork(); /* a child that never calls the library again */
+        if (idle == 0) {
+            /* fork() has returned here, so the fork handlers have run. */
+            if (write(started[1], "s", 1) != 1)
+                _exit(1);
+            for (;;)
+                pause();
+        }
+        char b;
+        if (idle < 0 || read(started[0], &b, 1) != 1)
+            _exit(14);
+        khala_view_t view;
+        if (idle < 0 || khala_read_begin(c) != 0 || khala_cache_view(c, "k", 1, &view) != 0)
+            _exit(11);
+        if (write(ready[1], &idle, sizeof(idle)) != (ssize_t)sizeof(idle))
+            _exit(12);
+        for (;;)
+            pause(); /* inside the section, until killed */
+    }
+    close(ready[1]);
+    pid_t idle = 0;
+    cr_assert_eq(read(ready[0], &idle, sizeof(idle)), (ssize_t)sizeof(idle));
+    close(ready[0]);
+    put("k", "w"); /* the old item is retired, pinned by the reader's section */
+    cr_assert_eq(kill(reader, SIGKILL), 0);
+    int status;
+    cr_assert_eq(waitpid(reader, &status, 0), reader);
+    /* The reader's idle child still lives; the dead reader's slot must be reaped anyway. */
+    int reaped = khala__readers_reap(khala__l1_seg(g_t), UINT64_MAX);
+    kill(idle, SIGKILL);
+    waitpid(idle, &status, 0);
+    cr_assert_eq(reaped, 1, "the dead reader's slot is reaped while its child lives: %d", reaped);
+    cr_assert_geq(khala__l1_maintain(g_t), 0);
+    khala_l1_stats_t st;
+    khala__l1_stats(g_t, &st);
+    cr_assert_eq(st.retired, 0);
 }
 
 Test(client, a_handle_opened_after_another_was_closed_has_its_own_thread_state) {

@@ -812,6 +812,53 @@ Test(l1_table, item_length_past_the_arena_is_ecorrupt) {
     check();
 }
 
+/* Bug: the reader checked every item of a chain against the looked-up key's length, so a long
+ * key whose chain passed a small, valid item in the last 40 + klen bytes of the arena was
+ * reported KHALA_ECORRUPT, by the client and by the writer's own lookup alike. */
+Test(l1_table, long_key_whose_chain_passes_a_small_item_at_the_arena_end_is_found) {
+    open_both(256, 64 * 1024);
+    khala_seg_t *s = khala__l1_seg(g_t);
+    char lkey[201];
+    memset(lkey, 'L', 200);
+    lkey[200] = '\0';
+    cr_assert_eq(put(lkey, "long", 0), 0);
+    /* Fill the arena from the front (TLSF splits the one free block from its start) until
+     * less than one long item's worth of bytes is left at its end. */
+    char filler[2048];
+    memset(filler, 'f', sizeof(filler) - 1);
+    filler[sizeof(filler) - 1] = '\0';
+    for (int i = 0; stats().free_bytes > 160; i++) {
+        uint64_t left = stats().free_bytes;
+        size_t vlen = left > 1200 ? 1000 : (size_t)(left - 160);
+        char key[32];
+        snprintf(key, sizeof(key), "fill%d", i);
+        filler[vlen] = '\0';
+        cr_assert_eq(put(key, filler, 0), 0, "%s", khala__l1_errmsg(g_t));
+        filler[vlen] = 'f';
+    }
+    /* A small key of the long key's bucket, put last: it lands at the arena's end and heads the
+     * chain, so a lookup of the long key passes it first. */
+    char skey[32];
+    int i = 0;
+    do
+        snprintf(skey, sizeof(skey), "s%d", i++);
+    while (bucket_of(skey) != bucket_of(lkey));
+    cr_assert_eq(put(skey, "x", 0), 0);
+    const khala_item_t *it;
+    cr_assert_eq(khala__l1_find(g_t, skey, strlen(skey), &it), 0);
+    uint64_t off = (uint64_t)((const uint8_t *)it - s->base);
+    cr_assert_gt(off + sizeof(khala_item_t) + 200, s->arena_hi,
+                 "the small item (at %llu) must lie in the arena's last 240 bytes (end %llu)",
+                 (unsigned long long)off, (unsigned long long)s->arena_hi);
+    check();
+    char buf[16];
+    cr_assert_eq(get(lkey, buf, sizeof(buf)), 0, "%s", khala_cache_errmsg(g_c));
+    cr_assert_str_eq(buf, "long");
+    cr_assert_eq(khala__l1_find(g_t, lkey, 200, &it), 0, "the writer's own lookup");
+    cr_assert_eq(get(skey, buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "x");
+}
+
 /* A restarted writer (khalad) --------------------------------------------------------------- */
 
 /* Close the writer as a crash or a restart would leave it: the segment stays. */

@@ -391,6 +391,99 @@ Test(readers, live_reader_stuck_in_section_makes_puts_fail_with_eblocked_naming_
     khala__l1_close(t, 1);
 }
 
+/* Risk: a reader stopped inside a section made every put that needed memory wait the whole
+ * grace period, and one put could wait several times. Now the first operation that meets it
+ * waits once, at most the budget in all; later ones fail at once while that reader stays in
+ * the same section; the reader is named in the stats; and the membarriers of all those scans
+ * come to one per grace period. */
+Test(readers, stuck_reader_costs_one_bounded_wait_then_puts_fail_at_once) {
+    enum { NKEYS = 200, VLEN = 1000 };
+    khala_l1_t *t = tu_writer(g_name, 1024, 64 * 1024);
+    for (uint32_t k = 0; k < NKEYS; k++)
+        put_key(t, k, 0, VLEN);
+    khala_l1_stats_t st0, st;
+    settle(t, &st0);
+    child_t ch = spawn_section_child(NKEYS, 1);
+    uint8_t val[VLEN];
+    int blocked = 0;
+    for (uint32_t i = 0; i < 10000 && blocked < 20; i++) {
+        char key[32];
+        uint32_t k = i % NKEYS;
+        int klen = key_of(key, sizeof(key), k);
+        tu_value_make(val, sizeof(val), k, 1 + i);
+        int rc = khala__l1_put(t, key, (size_t)klen, val, sizeof(val), 0, 0, NULL);
+        cr_assert(rc == 0 || rc == KHALA_EBLOCKED, "put: %d %s", rc, khala__l1_errmsg(t));
+        blocked += rc == KHALA_EBLOCKED;
+    }
+    cr_assert_eq(blocked, 20);
+    khala__l1_stats(t, &st);
+    cr_assert_eq(st.stuck_reader_pid, ch.pid, "stats name the stuck reader");
+    cr_assert_gt(st.stuck_since_ms, 0);
+    cr_assert_eq(st.stuck_waits, 1, "one bounded wait for 20 refused puts, not %llu",
+                 (unsigned long long)st.stuck_waits);
+    cr_assert_geq(st.blocked_ops, 20);
+    cr_assert_leq(st.membarriers - st0.membarriers, 8,
+                  "one membarrier per grace period, not one per scan: %llu",
+                  (unsigned long long)(st.membarriers - st0.membarriers));
+    cr_assert_eq(khala__l1_check(t), 0, "%s", khala__l1_errmsg(t));
+
+    /* The reader leaves: the writer forgets it and memory comes back. */
+    write_byte(ch.hold);
+    read_byte(ch.ready);
+    settle(t, &st);
+    cr_assert_eq(st.stuck_reader_pid, 0);
+    cr_assert_eq(st.retired, 0);
+    char key[32];
+    int klen = key_of(key, sizeof(key), 1);
+    tu_value_make(val, sizeof(val), 1, 99);
+    cr_assert_eq(khala__l1_put(t, key, (size_t)klen, val, sizeof(val), 0, 0, NULL), 0, "%s",
+                 khala__l1_errmsg(t));
+    close(ch.hold);
+    cr_assert_eq(wait_exit(ch.pid), CHILD_OK);
+    close(ch.ready);
+    khala__l1_close(t, 1);
+}
+
+/* Sibling: a delete needs room in the retire ring, which a stuck reader can keep full. It used
+ * to fail with KHALA_EBLOCKED and leave the old value readable (khalad deletes from L1 after
+ * writing the levels below, so L1 would then serve a stale value). Now the item is marked
+ * expired in place: readers miss it at once, and the sweep unlinks it once the ring drains. */
+Test(readers, delete_under_a_stuck_reader_with_a_full_retire_ring_hides_the_key) {
+    khala_l1_t *t = tu_writer(g_name, 64, 1024 * 1024);
+    fill(t, 16, 0);
+    child_t ch = spawn_section_child(16, 1);
+    int rc = 0;
+    for (uint64_t round = 1; round < 5000 && rc == 0; round++)
+        rc = khala__l1_put(t, "key-0", 5, "v", 1, 0, 0, NULL);
+    cr_assert_eq(rc, KHALA_EBLOCKED, "the retire ring fills up behind the stuck reader: %d", rc);
+    khala_cache_t *c = NULL;
+    cr_assert_eq(khala_cache_open(g_name, NULL, &c), 0);
+    char key[32], buf[2048];
+    size_t len = 0;
+    int klen = key_of(key, sizeof(key), 5);
+    cr_assert_eq(khala_cache_get(c, key, (size_t)klen, buf, sizeof(buf), &len), 0);
+    cr_assert_eq(khala__l1_delete(t, key, (size_t)klen), 0, "%s", khala__l1_errmsg(t));
+    cr_assert_eq(khala_cache_get(c, key, (size_t)klen, buf, sizeof(buf), &len), KHALA_ENOTFOUND,
+                 "a deleted key is never read again");
+    const khala_item_t *it;
+    cr_assert_eq(khala__l1_find(t, key, (size_t)klen, &it), KHALA_ENOTFOUND);
+    cr_assert_eq(khala__l1_check(t), 0, "%s", khala__l1_errmsg(t));
+    /* The reader leaves; the sweep unlinks the marked item. */
+    write_byte(ch.hold);
+    read_byte(ch.ready);
+    khala_l1_stats_t st;
+    settle(t, &st);
+    (void)khala__l1_sweep(t, 64);
+    khala__l1_stats(t, &st);
+    cr_assert_eq(st.items, 15, "%llu items", (unsigned long long)st.items);
+    cr_assert_eq(khala__l1_check(t), 0, "%s", khala__l1_errmsg(t));
+    khala_cache_close(c);
+    close(ch.hold);
+    cr_assert_eq(wait_exit(ch.pid), CHILD_OK);
+    close(ch.ready);
+    khala__l1_close(t, 1);
+}
+
 /* l1_table.h: "Errors: ... KHALA_EBLOCKED ... and on all of them the table is unchanged." */
 Test(readers, put_failing_with_eblocked_leaves_the_table_unchanged) {
     enum { NKEYS = 200, VLEN = 1000 };
@@ -528,5 +621,75 @@ Test(readers, slots_of_dead_readers_outside_a_section_are_reused) {
     cr_assert_eq(wait_exit(keep.pid), CHILD_OK);
     close(keep.ready);
     cr_assert_eq(khala__l1_check(t), 0, "%s", khala__l1_errmsg(t));
+    khala__l1_close(t, 1);
+}
+
+/* The slot of the reader whose pid is `pid`, or NULL. */
+static khala_slot_t *slot_of_pid(const khala_seg_t *s, pid_t pid) {
+    for (uint32_t i = 0; i < s->nslots; i++) {
+        khala_slot_t *slot = khala__seg_slot(s, i);
+        if (khala_load_relaxed(&slot->pid) == (uint64_t)pid)
+            return slot;
+    }
+    return NULL;
+}
+
+/* Bug: reaping skipped every slot whose pid equalled the writer's own, so a dead reader that
+ * had the writer's pid number (both pid 1 in their own pid namespaces, or a reused pid) pinned
+ * memory for good and every put that needed memory failed with KHALA_EBLOCKED. Here the dead
+ * reader's slot is made to show the writer's pid, as a reader in another namespace would. */
+Test(readers, dead_reader_showing_the_writers_pid_is_reaped) {
+    enum { NKEYS = 32 };
+    khala_l1_t *t = tu_writer(g_name, 1024, 1024 * 1024);
+    fill(t, NKEYS, 0);
+    child_t ch = spawn_section_child(NKEYS, 1);
+    khala_slot_t *slot = slot_of_pid(khala__l1_seg(t), ch.pid);
+    cr_assert_not_null(slot, "the reader's slot");
+    khala_store_relaxed(&slot->pid, (uint64_t)getpid());
+    fill(t, NKEYS, 1); /* retire what the reader can see */
+    cr_assert_eq(kill(ch.pid, SIGKILL), 0);
+    int status;
+    cr_assert_eq(waitpid(ch.pid, &status, 0), ch.pid);
+    close_child_fds(&ch);
+    khala_l1_stats_t st;
+    khala__l1_stats(t, &st);
+    cr_assert_gt(st.retired, 0, "the dead reader pins the old items");
+    cr_assert_eq(khala__readers_reap(khala__l1_seg(t), UINT64_MAX), 1, "its slot is reaped");
+    settle(t, &st);
+    cr_assert_eq(st.retired, 0, "%llu items stay retired", (unsigned long long)st.retired);
+    cr_assert_eq(st.readers, 0, "%u slots in use", st.readers);
+    cr_assert_eq(khala__l1_check(t), 0, "%s", khala__l1_errmsg(t));
+    khala__l1_close(t, 1);
+}
+
+/* The same mistake on the claim side: a dead reader's slot that shows the claimer's pid was
+ * skipped as "a thread of this process" forever. With one slot, nobody could read again. */
+Test(readers, slot_of_a_dead_reader_showing_the_claimers_pid_is_reused) {
+    char err[256] = "";
+    khala_seg_config_t cfg;
+    khala__seg_config_init(&cfg);
+    cfg.max_items = 64;
+    cfg.max_bytes = 256 * 1024;
+    cfg.max_readers = 1;
+    khala_l1_t *t = NULL;
+    cr_assert_eq(khala__l1_open(g_name, &cfg, &t, err, sizeof(err)), 0, "%s", err);
+    fill(t, 8, 0);
+    child_t ch = spawn_section_child(8, 0);
+    khala_slot_t *slot = slot_of_pid(khala__l1_seg(t), ch.pid);
+    cr_assert_not_null(slot, "the reader's slot");
+    khala_store_relaxed(&slot->pid, (uint64_t)getpid());
+    cr_assert_eq(kill(ch.pid, SIGKILL), 0);
+    int status;
+    cr_assert_eq(waitpid(ch.pid, &status, 0), ch.pid);
+    close_child_fds(&ch);
+    khala_cache_t *c = NULL;
+    cr_assert_eq(khala_cache_open(g_name, NULL, &c), 0);
+    char key[32], buf[2048];
+    size_t len = 0;
+    int klen = key_of(key, sizeof(key), 3);
+    int rc = khala_cache_get(c, key, (size_t)klen, buf, sizeof(buf), &len);
+    cr_assert_eq(rc, 0, "get: %d %s", rc, khala_cache_errmsg(c));
+    cr_assert(tu_value_ok((const uint8_t *)buf, len, 3));
+    khala_cache_close(c);
     khala__l1_close(t, 1);
 }

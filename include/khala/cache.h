@@ -370,6 +370,8 @@ KHALA_API KHALA_NODISCARD int khala_read_begin(khala_cache_t *c);
  * @brief Close the calling thread's read section; every view obtained in it becomes invalid.
  * @param[in] c handle with a section open on this thread; without one, nothing happens.
  * @note Memory ordering: release; the section's reads happen before the writer reuses memory.
+ * @note In a child of fork() called inside a section, the section belongs to the parent: this
+ *       call forgets it in the child and leaves the parent's section open.
  */
 KHALA_API void khala_read_end(khala_cache_t *c);
 
@@ -380,7 +382,8 @@ KHALA_API void khala_read_end(khala_cache_t *c);
  * @param[in] klen key length, 1 to KHALA_KEY_MAX.
  * @param[out] view set on success only.
  * @return 0 on a hit; KHALA_ENOTFOUND if absent or expired; KHALA_EKEY for a bad key length;
- *         KHALA_ESECTION if no section is open on this thread; KHALA_ECORRUPT as for get.
+ *         KHALA_ESECTION if no section is open on this thread, or if the section was opened by
+ *         the parent process before fork(); KHALA_ECORRUPT as for get.
  * @note Call inside a read section. The view follows the view rule on khala_view_t: valid until
  *       khala_read_end(), read-only, never freed.
  */
