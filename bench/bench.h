@@ -77,6 +77,8 @@ int bench_sweep(const bench_opts_t *o, bench_sweep_t *out);
 typedef struct bench_overhead {
     uint64_t items, item_bytes, payload_bytes;
     double meta_per_item; /* segment bytes outside the arena (buckets, descs, ...) per item */
+    double meta_resident_per_item; /* of those, bytes in pages actually resident (the second
+                                      index stays untouched until a rehash) */
 } bench_overhead_t;
 
 int bench_overhead(const bench_opts_t *o, bench_overhead_t *out);

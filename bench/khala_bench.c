@@ -433,9 +433,10 @@ int main(int argc, char **argv) {
             return 1;
         double bpi = (double)v.item_bytes / v.items, ppi = (double)v.payload_bytes / v.items;
         printf("bench=overhead items=%llu value=%u-%u key=%u bytes_per_item=%.1f "
-               "payload_per_item=%.1f overhead_pct=%.1f meta_per_item=%.1f\n",
+               "payload_per_item=%.1f overhead_pct=%.1f meta_per_item=%.1f "
+               "meta_resident_per_item=%.1f\n",
                (unsigned long long)v.items, o.value_size, o.value_size_max, BU_KEY_LEN, bpi, ppi,
-               (bpi - ppi) * 100.0 / ppi, v.meta_per_item);
+               (bpi - ppi) * 100.0 / ppi, v.meta_per_item, v.meta_resident_per_item);
         return 0;
     }
     fprintf(stderr, "unknown subcommand '%s'\n", cmd);

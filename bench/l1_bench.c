@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -223,6 +224,21 @@ out:
     return ret;
 }
 
+/* Bytes of [p, p + len) in resident pages (mincore); len rounded up to pages. */
+static uint64_t resident_bytes(const void *p, uint64_t len) {
+    long page = sysconf(_SC_PAGESIZE);
+    uint64_t pages = (len + (uint64_t)page - 1) / (uint64_t)page, n = 0;
+    unsigned char *vec = malloc(pages ? pages : 1);
+    if (!vec || mincore((void *)(uintptr_t)p, len, vec) != 0) {
+        free(vec);
+        return len; /* unknown: count it all */
+    }
+    for (uint64_t i = 0; i < pages; i++)
+        n += vec[i] & 1;
+    free(vec);
+    return n * (uint64_t)page;
+}
+
 int bench_overhead(const bench_opts_t *o, bench_overhead_t *out) {
     l1_bench_t b = {0};
     bu_workload_t w;
@@ -250,7 +266,9 @@ int bench_overhead(const bench_opts_t *o, bench_overhead_t *out) {
     out->items = st.items;
     out->item_bytes = st.item_bytes;
     out->payload_bytes = st.payload_bytes;
-    out->meta_per_item = (double)(khala__l1_seg(b.t)->size - st.arena_bytes) / st.max_items;
+    khala_seg_t *seg = khala__l1_seg(b.t);
+    out->meta_per_item = (double)(seg->size - st.arena_bytes) / st.max_items;
+    out->meta_resident_per_item = (double)resident_bytes(seg->base, seg->arena_lo) / st.max_items;
     ret = 0;
 out:
     khala__l1_close(b.t, 1);
