@@ -358,13 +358,16 @@ static inline int ts_get(khala_cache_t *c, tstate_t **out) {
     /* The thread's last handle is cached in plain thread-locals, which costs a compare where
      * pthread_getspecific costs a call. Handle ids are never reused, so a stale entry (its
      * handle closed) can never match. */
-    tstate_t *ts = tls_last_id == c->id ? tls_last_ts : pthread_getspecific(c->key);
+    int cached = tls_last_id == c->id;
+    tstate_t *ts = cached ? tls_last_ts : pthread_getspecific(c->key);
     if (__builtin_expect(
             ts && ts->seg && ts->seg == atomic_load_explicit(&c->cur, memory_order_acquire) &&
                 ts->fork_gen == atomic_load_explicit(&g_fork_gen, memory_order_relaxed),
             1)) {
-        tls_last_id = c->id;
-        tls_last_ts = ts;
+        if (__builtin_expect(!cached, 0)) { /* the common case stores nothing */
+            tls_last_id = c->id;
+            tls_last_ts = ts;
+        }
         *out = ts;
         return 0;
     }
