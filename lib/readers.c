@@ -13,36 +13,15 @@
  *     the retire ring. Later it advances the global epoch, fences, and scans the slots: an item
  *     retired at R may be freed once every slot shows either 0 or an epoch greater than R.
  *
- * Why it is safe. Take a reader that could reach an item the writer unlinked at epoch R. The
- * reader's slot store and the writer's unlink are each followed by a seq_cst fence and then a
- * load of the other's location (the table link, the slot). By the store-buffer rule of seq_cst
- * fences, either the writer's scan sees the reader's slot epoch, or the reader's walk sees the
- * unlink and cannot reach the item. In the first case the epoch the reader published was read
- * before it stored it; if it is <= R the writer keeps the item, and if it is > R the reader
- * loaded an epoch that the writer stored after the unlink (acquire on that load, release on the
- * writer's increment), so its walk starts after the unlink and cannot reach the item either.
- * When a reader leaves, its release store of 0 pairs with the writer's acquire load, so all the
- * reader's reads happen before the writer's reuse of the memory.
+ * Why it is safe: docs/segment.md, "Reclamation: why a reader never reads freed memory", holds
+ * the one statement of the argument (the store-buffer rule of seq_cst fences between the
+ * reader's epoch store and the writer's unlink, and release/acquire on the epochs).
  *
- * Asymmetric fences. The reader's seq_cst fence (an mfence on x86-64, about 30 cycles and a
- * drain of its store buffer) is the largest fixed cost of a hit. Where the kernel offers
- * membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED), the writer records that in the header
- * (asym_fence), reader processes register once at attach, and the pairing moves to the writer:
- * before its scan it calls membarrier(), which executes a full barrier on every CPU currently
- * running a registered process. Such a reader's section start is then a plain store and a
- * compiler barrier; the store-buffer argument above holds with the barrier the kernel ran on
- * the reader's CPU in place of the reader's own fence (the same argument as liburcu's
- * urcu-memb flavour, across processes). ThreadSanitizer cannot see membarrier, so TSan builds
- * keep the fence.
- *
- * One barrier per grace period. A membarrier() costs the writer 6-11 us here, and a grace
- * period can take dozens of scans, so the writer issues one per value of the global epoch: the
- * first scan after an increment, never the later ones. That is enough. Every item the writer
- * frees was unlinked before some increment, and the first scan after that increment (the
- * writer always scans right after incrementing) ran the barrier on every reader CPU after the
- * unlink; from then on each reader's epoch store is visible to the writer, or the reader's
- * walk starts after the unlink, exactly as with a fence per scan. Items unlinked after the
- * barrier carry the current epoch and wait for the next increment, which brings its own.
+ * Asymmetric fences: where the kernel has membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED), reader
+ * processes register at attach and keep only a compiler barrier at section entry; the writer
+ * issues membarrier() before its scans, one per value of the global epoch (the first scan after
+ * an increment). docs/segment.md, "Asymmetric fences", argues both. ThreadSanitizer cannot see
+ * membarrier, so TSan builds keep the fence.
  *
  * A reader that dies inside a section leaves its epoch behind and would pin memory forever.
  * Each slot is therefore tied to its owner by an OFD lock on byte <slot index> of the readers
@@ -145,7 +124,7 @@ uint64_t khala__readers_min_epoch(khala_seg_t *s) {
      * pairs with the fence in khala__reader_enter. */
     khala_fence_seq_cst();
     /* Readers with light_fence skipped theirs: membarrier runs it on their CPUs, once per
-     * epoch value (see "One barrier per grace period"). If it fails (it worked when the
+     * epoch value (docs/segment.md, "Asymmetric fences"). If it fails (it worked when the
      * segment was made, so this is not expected), assume every reader pins everything:
      * nothing is freed this round. */
     uint64_t now = khala_load_relaxed(&s->hdr->epoch);

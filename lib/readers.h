@@ -94,7 +94,7 @@ static inline void khala__reader_count(khala_atomic_u64 *ctr) {
  * Begins with a seq_cst fence that orders the caller's earlier unlinks and epoch increment
  * before the scan, and, where readers skip their fence (asym_fence), with one membarrier()
  * per value of the global epoch: the first scan after an increment issues it, later scans at
- * the same epoch reuse it (readers.c, "One barrier per grace period"). */
+ * the same epoch reuse it (docs/segment.md, "Asymmetric fences"). */
 uint64_t khala__readers_min_epoch(khala_seg_t *s);
 
 /* Find slots whose epoch is nonzero and below `below`, and free those whose owner is dead (the
