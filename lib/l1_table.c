@@ -57,6 +57,7 @@
 #include "evict.h"
 #include "khala/error.h"
 #include "readers.h"
+#include "reclaim.h"
 #include "sys.h"
 
 /* Retired items waiting before a put triggers reclamation on its own. */
@@ -745,7 +746,7 @@ static int same_sizes(const khala_seg_header_t *h, const khala_seg_config_t *cfg
 static int reattach(khala_l1_t *t, const char *name, const khala_seg_config_t *cfg, char *err,
                     size_t errlen) {
     /* Takes the writer lock before it maps anything: KHALA_EEXIST while another writer lives. */
-    int rc = khala__seg_attach(&t->seg, name, 1, err, errlen);
+    int rc = khala__seg_attach_writer(&t->seg, name, err, errlen);
     if (rc != 0)
         return rc;
     if (!same_sizes(t->seg.hdr, cfg)) {

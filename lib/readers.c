@@ -1,5 +1,6 @@
 /*
- * Reader slots and cross-process epoch-based reclamation.
+ * Reader slots and cross-process epoch-based reclamation: the readers' side (claiming a slot,
+ * entering and leaving sections, recording hits). The writer's side is reclaim.c.
  *
  * HOW IT WORKS
  *
@@ -16,12 +17,6 @@
  * Why it is safe: docs/segment.md, "Reclamation: why a reader never reads freed memory", holds
  * the one statement of the argument (the store-buffer rule of seq_cst fences between the
  * reader's epoch store and the writer's unlink, and release/acquire on the epochs).
- *
- * Asymmetric fences: where the kernel has membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED), reader
- * processes register at attach and keep only a compiler barrier at section entry; the writer
- * issues membarrier() before its scans, one per value of the global epoch (the first scan after
- * an increment). docs/segment.md, "Asymmetric fences", argues both. ThreadSanitizer cannot see
- * membarrier, so TSan builds keep the fence.
  *
  * A reader that dies inside a section leaves its epoch behind and would pin memory forever.
  * Each slot is therefore tied to its owner by an OFD lock on byte <slot index> of the readers
@@ -117,119 +112,4 @@ void khala__readers_release(khala_seg_t *s, uint32_t idx) {
     khala_store_relaxed(&slot->pid, 0);
     khala_store_release(&slot->token, 0);
     (void)khala__sys_lock_release(s->readers_fd, idx);
-}
-
-uint64_t khala__readers_min_epoch(khala_seg_t *s) {
-    /* seq_cst fence: orders the caller's unlinks (and epoch increment) before the loads below;
-     * pairs with the fence in khala__reader_enter. */
-    khala_fence_seq_cst();
-    /* Readers with light_fence skipped theirs: membarrier runs it on their CPUs, once per
-     * epoch value (docs/segment.md, "Asymmetric fences"). If it fails (it worked when the
-     * segment was made, so this is not expected), assume every reader pins everything:
-     * nothing is freed this round. */
-    uint64_t now = khala_load_relaxed(&s->hdr->epoch);
-    if (khala_load_relaxed(&s->hdr->asym_fence) && s->fenced_epoch != now) {
-        if (khala__sys_membarrier() != 0)
-            return 0;
-        s->fenced_epoch = now;
-        s->membarriers++;
-    }
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    uint64_t min = UINT64_MAX;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        /* acquire: pairs with the release in khala__reader_leave. */
-        uint64_t e = khala_load_acquire(&khala__seg_slot(s, i)->epoch);
-        if (e && e < min)
-            min = e;
-    }
-    return min;
-}
-
-uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid, uint32_t *slot) {
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    uint64_t min = 0;
-    *pid = 0;
-    if (slot)
-        *slot = UINT32_MAX;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        khala_slot_t *sl = khala__seg_slot(s, i);
-        uint64_t e = khala_load_acquire(&sl->epoch);
-        if (e && (min == 0 || e < min)) {
-            min = e;
-            *pid = (int)khala_load_relaxed(&sl->pid);
-            if (slot)
-                *slot = i;
-        }
-    }
-    return min;
-}
-
-int khala__readers_reap(khala_seg_t *s, uint64_t below) {
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    int reaped = 0;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        khala_slot_t *slot = khala__seg_slot(s, i);
-        uint64_t e = khala_load_acquire(&slot->epoch);
-        /* A slot claimed through this very descriptor (this process, same open file
-         * description) is alive, and the lock test cannot see it: its own lock would not
-         * conflict. The token says so; nothing else (a pid, in another pid namespace, may be
-         * ours too). */
-        if (e == 0 || e >= below || khala_load_relaxed(&slot->token) == g_token)
-            continue;
-        int rc = khala__sys_lock_try(s->readers_fd, i);
-        if (rc == -EAGAIN)
-            continue; /* owner alive: it is just slow */
-        if (rc != 0)
-            return rc;
-        /* The owner is dead and we hold its lock: no claimer can race us. */
-        khala_store_relaxed(&slot->tid, 0);
-        khala_store_relaxed(&slot->start, 0);
-        khala_store_relaxed(&slot->pid, 0);
-        khala_store_release(&slot->epoch, 0);
-        khala_store_release(&slot->token, 0);
-        (void)khala__sys_lock_release(s->readers_fd, i);
-        reaped++;
-    }
-    return reaped;
-}
-
-void khala__readers_drain(const khala_seg_t *s, uint64_t *tails,
-                          void (*fn)(void *arg, uint32_t idx, uint32_t hash_lo), void *arg) {
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    uint64_t ring = (uint64_t)s->ring_mask + 1;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        khala_slot_t *slot = khala__seg_slot(s, i);
-        /* acquire: pairs with the release in khala__reader_record; entries below head are
-         * published. */
-        uint64_t head = khala_load_acquire(&slot->ring_head);
-        uint64_t t = tails[i];
-        if (head == t)
-            continue;
-        if (head - t > ring || head < t)
-            t = head - ring; /* lapped (or a fresh cursor): keep the newest ring entries */
-        for (; t != head; t++) {
-            uint64_t e = khala_load_relaxed(&slot->ring[t & s->ring_mask]);
-            fn(arg, (uint32_t)(e >> 32), (uint32_t)e);
-        }
-        tails[i] = head;
-    }
-}
-
-void khala__readers_totals(const khala_seg_t *s, uint64_t *hits, uint64_t *misses) {
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    uint64_t h = 0, m = 0;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        khala_slot_t *slot = khala__seg_slot(s, i);
-        h += khala_load_relaxed(&slot->hits);
-        m += khala_load_relaxed(&slot->misses);
-    }
-    *hits = h;
-    *misses = m;
-}
-
-uint32_t khala__readers_in_use(const khala_seg_t *s) {
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm), n = 0;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++)
-        n += khala_load_relaxed(&khala__seg_slot(s, i)->token) != 0;
-    return n;
 }

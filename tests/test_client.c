@@ -17,6 +17,7 @@
 #include "khala/error.h"
 #include "l1_table.h"
 #include "readers.h"
+#include "reclaim.h"
 #include "segment.h"
 #include "sys.h"
 #include "testutil.h"
