@@ -458,6 +458,10 @@ size_t khala__l1_sweep(khala_l1_t *t, size_t budget) {
      * item, bucket and queue neighbours sit at random places, so they are prefetched a batch at
      * a time and removed together, overlapping their cache misses instead of paying them one
      * after another. */
+    /* One call looks at each desc at most once: the batch is removed only when it is full,
+     * so a cursor that wrapped within it would batch an expired key twice and remove it twice. */
+    if (budget > max)
+        budget = max;
     for (size_t n = 0; n < budget; n++) {
         uint32_t i = (uint32_t)(w->sweep_cursor++ % max);
         khala_desc_t *d = &t->desc[i];

@@ -451,6 +451,19 @@ Test(l1_table, sweep_removes_expired_items_and_counts_expirations) {
     cr_assert_eq(stats().expirations, 10);
 }
 
+Test(l1_table, sweep_with_a_budget_above_max_items_removes_each_key_once) {
+    /* khalad sweeps with a budget of 4096, above a small cache's max_items: the cursor wraps
+     * and must not meet an expired key twice in one call (the second removal crashed). */
+    open_both(16, 64 * 1024);
+    cr_assert_eq(put("short", "v", 30), 0);
+    cr_assert_eq(put("long", "v", 0), 0);
+    sleep_ms(80);
+    cr_assert_eq(khala__l1_sweep(g_t, 4096), 1);
+    check();
+    cr_assert_eq(stats().expirations, 1);
+    cr_assert(present("long"));
+}
+
 Test(l1_table, sweep_is_incremental) {
     open_both(64, 64 * 1024);
     char key[16];
