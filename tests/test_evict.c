@@ -225,6 +225,38 @@ Test(evict, check_detects_a_wrong_count) {
     cr_assert_eq(khala__policy_check(&g_pol, NULL, 0), KHALA_ECORRUPT);
 }
 
+static void expect_corrupt(const char *why) {
+    char err[256] = "";
+    cr_assert_eq(khala__policy_check(&g_pol, err, sizeof(err)), KHALA_ECORRUPT);
+    cr_assert_neq(strstr(err, why), NULL, "message: %s", err);
+}
+
+Test(evict, check_reports_a_link_past_max_items_without_following_it) {
+    for (uint32_t i = 0; i < 4; i++)
+        insert(i, hash_of(i));
+    g_desc[g_w.q_head[KHALA_Q_SMALL]].next = 0x40000000u;
+    expect_corrupt("past max_items");
+}
+
+Test(evict, check_reports_a_head_past_max_items) {
+    insert(0, hash_of(0));
+    g_w.q_head[KHALA_Q_SMALL] = N;
+    expect_corrupt("past max_items");
+}
+
+Test(evict, check_ends_on_a_cycle_whatever_the_count_says) {
+    for (uint32_t i = 0; i < 4; i++)
+        insert(i, hash_of(i));
+    /* A ring whose prev links agree everywhere but at the head, and a count that would let a
+     * walk bounded by it go on for ever. */
+    uint32_t tail = g_w.q_tail[KHALA_Q_SMALL];
+    g_desc[tail].next = g_w.q_head[KHALA_Q_SMALL];
+    g_w.q_count[KHALA_Q_SMALL] = UINT64_MAX;
+    expect_corrupt("eviction queue small");
+    g_w.q_count[KHALA_Q_SMALL] = N;
+    expect_corrupt("prev");
+}
+
 Test(evict, churn_keeps_queues_consistent_and_protects_hit_keys) {
     /* A working set of 8 keys hit often, among a stream of one-time keys: the working set
      * stays, the stream passes through small. */
