@@ -37,6 +37,7 @@ static size_t g_image_len;
 static uint8_t *g_readers; /* a copy of the valid readers file (no reader in it) */
 static size_t g_readers_len;
 static long g_reattached, g_rebuilt;
+static int g_replaced; /* the last restart made the files anew: restore the readers file */
 
 static int write_file(const char *kind, const uint8_t *data, size_t size);
 
@@ -129,6 +130,7 @@ static void writer_restart(void) {
             abort();
         }
         g_rebuilt++;
+        g_replaced = 1;
         khala__l1_close(t, 0);
         return;
     }
@@ -163,10 +165,12 @@ static void writer_restart(void) {
 int fuzz_segment_one(const uint8_t *data, size_t size) {
     char err[256];
     khala_seg_t s;
-    /* Both files, every time: a restart that made the segment anew replaced them. */
-    if (!g_ready || write_file("readers", g_readers, g_readers_len) != 0 ||
+    /* A restart that made the segment anew replaced both files: give back the readers file of
+     * the seed's generation too. */
+    if (!g_ready || (g_replaced && write_file("readers", g_readers, g_readers_len) != 0) ||
         write_file("data", data, size) != 0)
         return 0;
+    g_replaced = 0;
     int attached = khala__seg_attach(&s, g_name, 0, err, sizeof(err)) == 0;
     if (!attached) {
         writer_restart();
