@@ -69,6 +69,8 @@
 #define RECLAIM_AHEAD 8u
 /* Expired keys the sweep prefetches before it removes them together. */
 #define SWEEP_BATCH 32u
+/* The check refuses an epoch at or above this: no segment lives for 2^62 grace periods. */
+#define EPOCH_MAX (1ull << 62)
 /* Scans of the reader slots before the writer starts reaping and sleeping between scans. */
 #define SPIN_BEFORE_WAIT 64u
 
@@ -556,8 +558,8 @@ void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st) {
  *         an item that names it back, is on a queue, and the count matches step 1.
  * Step 3. The free desc list: indexes below max_items, no item, no loop; with step 2 every
  *         desc is either free or an item's.
- * Step 4. The retire ring: at most retire_cap entries, each an aligned arena offset retired at
- *         an epoch the segment has reached.
+ * Step 4. The epoch, and the retire ring: at most retire_cap entries, each an aligned arena
+ *         offset retired at an epoch the segment has reached.
  * Step 5. The eviction queues (khala__policy_check).
  * Step 6. The allocator (khala__alloc_check), then: the used blocks are exactly the live items
  *         plus the retired ones, each once (fingerprints, alloc.c), so freeing a retired item
@@ -652,6 +654,11 @@ int khala__l1_check(khala_l1_t *t) {
                     (unsigned long long)w->retire_head, (unsigned long long)w->retire_tail,
                     (unsigned long long)t->retire_cap);
     uint64_t epoch = khala_load_relaxed(&t->hdr->epoch);
+    /* The epoch starts at 1 and moves by one per grace period; one near the end of its range
+     * would wrap to 0, which in a reader slot means "outside a section", and reclamation would
+     * stop seeing readers. */
+    if (epoch == 0 || epoch >= EPOCH_MAX)
+        return fail(t, KHALA_ECORRUPT, "epoch %llu is out of range", (unsigned long long)epoch);
     for (uint64_t k = w->retire_head; k != w->retire_tail; k++) {
         const khala_retired_t *r = &t->retire[k % t->retire_cap];
         if (r->off % KHALA_ALIGN || r->off < s->arena_lo + KHALA_BLOCK_HDR || r->off >= s->arena_hi)

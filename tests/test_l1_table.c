@@ -1064,6 +1064,13 @@ Test(l1_table, retired_epoch_in_the_future_is_rebuilt) {
     expect_rebuilt(&cfg, "retire ring");
 }
 
+Test(l1_table, epoch_about_to_wrap_is_rebuilt) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    /* Once advanced it would read 0, "outside a section", in every reader slot. */
+    khala_store_relaxed(&seg_hdr()->epoch, UINT64_MAX);
+    expect_rebuilt(&cfg, "epoch");
+}
+
 Test(l1_table, retire_ring_longer_than_its_capacity_is_rebuilt) {
     khala_seg_config_t cfg = corrupt_fixture();
     seg_hdr()->w.retire_head = seg_hdr()->w.retire_tail + 1; /* "minus one" retired items */
