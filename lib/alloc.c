@@ -39,6 +39,7 @@
 
 #include <errno.h>
 
+#include "debug.h"
 #include "errbuf.h"
 #include "khala/error.h"
 
@@ -51,11 +52,15 @@ typedef struct free_links {
     uint64_t prev; /* block offset of the previous one, 0 = none (this is the head) */
 } free_links_t;
 
+/* Block offsets stay inside the arena and aligned: the writer's own bookkeeping keeps them so,
+ * and khala__alloc_check validates every offset it reads before it comes here. */
 static inline khala_block_t *blk(const khala_arena_t *a, uint64_t b) {
+    KHALA_ASSERT(b >= a->lo && b + KHALA_BLOCK_HDR <= a->hi && b % KHALA_ALIGN == 0);
     return (khala_block_t *)(a->base + b);
 }
 
 static inline free_links_t *links(const khala_arena_t *a, uint64_t b) {
+    KHALA_ASSERT(b >= a->lo && b + KHALA_BLOCK_HDR + sizeof(free_links_t) <= a->hi);
     return (free_links_t *)(a->base + b + KHALA_BLOCK_HDR);
 }
 

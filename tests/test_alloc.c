@@ -4,6 +4,7 @@
  * arena and keep their contents, and khala__alloc_check runs after every operation.
  */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -414,3 +415,12 @@ Test(alloc, bitmap_naming_a_list_past_the_table_is_ecorrupt) {
     a->st->sl_bitmap[10] |= 1u << 31;
     expect_corrupt(a, "bitmap");
 }
+
+/* Preconditions are asserted in test and Debug builds (lib/debug.h): a block offset outside the
+ * arena is a writer bug, caught at the first use rather than corrupting the segment. */
+#ifdef KHALA_DEBUG
+Test(alloc, free_of_an_offset_outside_the_arena_is_asserted, .signal = SIGABRT) {
+    khala_arena_t *a = arena_make(64 * 1024);
+    khala__alloc_free(a, a->hi + 4096);
+}
+#endif
