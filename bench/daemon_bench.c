@@ -61,6 +61,7 @@
 #include "khala/error.h"
 #include "proto.h"
 #include "segment.h"
+#include "segment_create.h"
 
 #ifndef KHALAD_PATH
 #error "KHALAD_PATH must name the khalad binary"

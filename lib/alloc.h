@@ -6,6 +6,7 @@
 #ifndef KHALA_LIB_ALLOC_H
 #define KHALA_LIB_ALLOC_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "layout.h"
@@ -40,7 +41,18 @@ uint64_t khala__alloc_block_for(uint64_t payload);
 /* The largest payload that could ever be allocated (the whole arena as one block). */
 uint64_t khala__alloc_max_payload(const khala_arena_t *a);
 
-/* Walk every block and every free list; 0 if consistent, KHALA_ECORRUPT otherwise. */
-int khala__alloc_check(const khala_arena_t *a);
+/* Walk every block and every free list; 0 if consistent, KHALA_ECORRUPT otherwise, with what
+ * was wrong and at which offset in err (errlen bytes, truncated; err may be NULL). Safe on an
+ * arena whose state and blocks hold anything: every offset, size and link is checked before it
+ * is followed, and every walk is bounded. a->lo and a->hi themselves must lie in the mapping. */
+int khala__alloc_check(const khala_arena_t *a, char *err, size_t errlen);
+
+/* The fingerprint of one block payload offset; sums of it stand for sets of offsets. */
+uint64_t khala__alloc_fp(uint64_t off);
+
+/* The sum of khala__alloc_fp over the payload offsets of the used blocks. Call only on an arena
+ * that khala__alloc_check passed: a caller that sums the offsets it holds (items, retired
+ * items) proves they are exactly the used blocks, distinct, and nothing else. */
+uint64_t khala__alloc_used_fp(const khala_arena_t *a);
 
 #endif /* KHALA_LIB_ALLOC_H */

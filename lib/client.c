@@ -14,8 +14,10 @@
  *   - First use by a thread: no thread state yet; claim a slot.
  *   - The writer replaced the segment (khalad restarted with a new layout): the section start
  *     sees hdr->state != LIVE on the line it loads the epoch from. The handle attaches to the
- *     new segment; the old mapping is kept until close, because other threads of this process
- *     may still be inside a section on it.
+ *     new segment; the old mapping is kept while other threads of this process may still be
+ *     inside a section on it (they hold slots there: seg_node.users) and unmapped when the
+ *     last of them moves on. While no new segment can be attached yet (it is being made, or
+ *     was removed), a get falls back to khalad as a miss does; only views fail.
  *   - fork(): the child shares the parent's open file description of the readers file, and so
  *     its slot locks. The atfork child handler (on_fork_child) reopens every readers file and
  *     remaps it through the new description at once, so a parent that dies inside a section
@@ -80,9 +82,12 @@
 #include "sys.h"
 
 typedef struct seg_node {
-    khala_seg_t seg;
+    khala_seg_t seg;       /* first member: a tstate's seg pointer is its node's address */
     struct seg_node *next; /* guarded by c->lock */
+    uint32_t users;        /* thread states whose slot is in this segment; guarded by c->lock */
 } seg_node_t;
+
+_Static_assert(offsetof(seg_node_t, seg) == 0, "a tstate's seg is its node");
 
 typedef struct tstate {
     khala_cache_t *c;
@@ -105,7 +110,8 @@ struct khala_cache {
     pthread_mutex_t lock;       /* guards segs, threads, retired_* and changes of cur */
     pthread_key_t key;          /* thread -> tstate_t; immutable after open */
     _Atomic(khala_seg_t *) cur; /* the live segment; acquire loads, changed under lock */
-    seg_node_t *segs;           /* every segment attached, newest first */
+    seg_node_t *segs;           /* the current segment and the replaced ones threads still use,
+                                   newest first */
     tstate_t *threads;          /* thread states */
     uint64_t fork_gen;          /* g_fork_gen that the handle's fds belong to */
     uint64_t id;                /* unique per handle, never reused; immutable after open */
@@ -200,6 +206,23 @@ static int key_fail(const khala_cache_t *c, size_t klen) {
     return fail(c, KHALA_EKEY, "key is %zu bytes, max %d", klen, KHALA_KEY_MAX);
 }
 
+/* Unmap and forget the segments the writer replaced that no thread of this handle uses any
+ * more. A thread leaves a segment only outside a read section (its next call moves it to the
+ * current one), so a segment without users has no live view into it. Caller holds c->lock. */
+static void segs_prune_locked(khala_cache_t *c) {
+    khala_seg_t *cur = atomic_load_explicit(&c->cur, memory_order_relaxed);
+    for (seg_node_t **pp = &c->segs; *pp;) {
+        seg_node_t *n = *pp;
+        if (n->users == 0 && &n->seg != cur) {
+            *pp = n->next;
+            khala__seg_detach(&n->seg);
+            free(n);
+        } else {
+            pp = &n->next;
+        }
+    }
+}
+
 /* Give the thread's slot back and fold its counts into the handle. Caller holds c->lock. */
 static void ts_release_locked(khala_cache_t *c, tstate_t *ts) {
     if (!ts->seg)
@@ -207,8 +230,10 @@ static void ts_release_locked(khala_cache_t *c, tstate_t *ts) {
     c->retired_hits += khala_load_relaxed(&ts->slot->hits) - ts->base_hits;
     c->retired_misses += khala_load_relaxed(&ts->slot->misses) - ts->base_misses;
     khala__readers_release(ts->seg, ts->idx);
+    ((seg_node_t *)ts->seg)->users--;
     ts->seg = NULL;
     ts->slot = NULL;
+    segs_prune_locked(c);
 }
 
 static void ts_destroy(void *p) {
@@ -246,6 +271,9 @@ static int after_fork_locked(khala_cache_t *c, uint64_t gen) {
     (void)pthread_setspecific(c->key, NULL);
     tls_last_id = 0;
     tls_last_ts = NULL;
+    for (seg_node_t *n = c->segs; n; n = n->next)
+        n->users = 0; /* the parent's threads' */
+    segs_prune_locked(c);
     for (seg_node_t *n = c->segs; n; n = n->next) {
         int rc = n->seg.readers_fd >= 0 ? 0 : khala__seg_reopen_readers(&n->seg);
         if (rc != 0)
@@ -275,6 +303,7 @@ static int reattach_locked(khala_cache_t *c, khala_seg_t *seen) {
     c->segs = n;
     c->id = atomic_fetch_add_explicit(&g_next_id, 1, memory_order_relaxed);
     atomic_store_explicit(&c->cur, &n->seg, memory_order_release);
+    segs_prune_locked(c); /* the replaced one goes at once if no thread uses it */
     return 0;
 }
 
@@ -340,6 +369,7 @@ static int ts_slow(khala_cache_t *c, khala_seg_t *stale, tstate_t **out) {
             goto out;
         }
         ts->seg = cur;
+        ((seg_node_t *)cur)->users++;
         ts->idx = idx;
         ts->slot = khala__seg_slot(cur, idx);
         ts->base_hits = khala_load_relaxed(&ts->slot->hits);
@@ -508,8 +538,19 @@ void khala_cache_close(khala_cache_t *c) {
     free(c);
 }
 
-/* The L1 part of a get. On KHALA_ENOTFOUND, *tsp is the calling thread's state. Always inlined:
- * it is the hit path of khala_cache_get. */
+/* l1_get's answer when no segment can be read: the writer replaced it and the new one cannot be
+ * attached yet (being made, or removed). Positive, so never a code a caller sees: a get then
+ * asks khalad, as after a miss. */
+#define L1_AWAY 1
+
+/* 1 for the codes of a failed reattach (a segment being replaced), which a get treats as a
+ * miss. */
+static int l1_away(int rc) {
+    return rc == KHALA_ELAYOUT || rc == KHALA_ECORRUPT || rc == -ENOENT;
+}
+
+/* The L1 part of a get. On KHALA_ENOTFOUND, *tsp is the calling thread's state; on L1_AWAY it
+ * is NULL. Always inlined: it is the hit path of khala_cache_get. */
 static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const void *key,
                                                         size_t klen, void *buf, size_t cap,
                                                         size_t *len, tstate_t **tsp) {
@@ -531,7 +572,7 @@ static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const 
     uint64_t hash = khala__l1_hash_with(ix.seed, key, klen);
     __builtin_prefetch(&ix.buckets[hash & s->bucket_mask]);
     if ((rc = section_enter(c, &ts)) != 0)
-        return rc;
+        return l1_away(rc) ? L1_AWAY : rc;
     /* acquire: as in khala__l1_index; the index taken before the section is good only if no
      * rehash published another since. */
     if (__builtin_expect(ts->seg != s || khala_load_acquire(&s->hdr->index_count) != ix.count, 0)) {
@@ -672,7 +713,9 @@ int khala_cache_get(khala_cache_t *c, const void *key, size_t klen, void *buf, s
                     size_t *len) {
     tstate_t *ts = NULL; /* set by l1_get on KHALA_ENOTFOUND */
     int rc = l1_get(c, key, klen, buf, cap, len, &ts);
-    if (__builtin_expect(rc != KHALA_ENOTFOUND, 1))
+    if (__builtin_expect(rc != KHALA_ENOTFOUND && rc != L1_AWAY, 1))
+        return rc;
+    if (rc == L1_AWAY && (rc = ts_self(c, &ts)) != 0)
         return rc;
     return get_from_daemon(c, ts, key, klen, buf, cap, len);
 }
@@ -761,6 +804,8 @@ int khala_cache_get_or_load(khala_cache_t *c, const void *key, size_t klen, khal
     /* Step 1. */
     tstate_t *ts = NULL; /* set by l1_get on KHALA_ENOTFOUND */
     int rc = l1_get(c, key, klen, buf, cap, len, &ts);
+    if (rc == L1_AWAY && (rc = ts_self(c, &ts)) == 0)
+        rc = KHALA_ENOTFOUND;
     if (rc != KHALA_ENOTFOUND)
         return rc;
     for (int round = 0; round < GET_OR_LOAD_ROUNDS; round++) {

@@ -7,8 +7,10 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "debug.h"
 #include "errbuf.h"
 
 const char *khala_strerror(int err) {
@@ -59,4 +61,9 @@ int khala__errbuf(char *err, size_t errlen, int rc, const char *fmt, ...) {
         va_end(ap);
     }
     return rc;
+}
+
+void khala__assert_fail(const char *what, const char *file, int line, const char *func) {
+    fprintf(stderr, "khala: assertion failed: %s (%s:%d, %s)\n", what, file, line, func);
+    abort();
 }

@@ -42,6 +42,7 @@
  */
 #include "evict.h"
 
+#include "errbuf.h"
 #include "khala/error.h"
 
 #define GHOST_PROBE 8u
@@ -172,19 +173,45 @@ uint32_t khala__policy_victim(khala_policy_t *p) {
     }
 }
 
-int khala__policy_check(const khala_policy_t *p) {
+/* Every index is checked against max_items before its desc is read. A walk ends after
+ * max_items entries whatever q_count says, and each entry's prev must be the entry before it,
+ * which a cycle breaks (it re-enters a desc whose prev is already another), so a corrupted
+ * queue ends in KHALA_ECORRUPT, never in a hang. The ghost needs no check: it is indexed only
+ * through ghost_mask, and any fingerprint or sequence in it is a valid (if useless) entry. */
+int khala__policy_check(const khala_policy_t *p, char *err, size_t errlen) {
     const khala_wstate_t *w = p->w;
     for (uint8_t q = KHALA_Q_SMALL; q <= KHALA_Q_MAIN; q++) {
+        const char *name = q == KHALA_Q_SMALL ? "small" : "main";
+        if (w->q_count[q] > p->max_items)
+            return khala__errbuf(err, errlen, KHALA_ECORRUPT,
+                                 "eviction queue %s: count %llu exceeds max_items %u", name,
+                                 (unsigned long long)w->q_count[q], p->max_items);
         uint64_t n = 0;
         uint32_t prev = KHALA_NIL;
         for (uint32_t i = w->q_head[q]; i != KHALA_NIL; i = p->desc[i].next) {
-            if (i >= p->max_items || p->desc[i].queue != q || p->desc[i].prev != prev ||
-                p->desc[i].item_off == 0 || ++n > w->q_count[q])
-                return KHALA_ECORRUPT;
+            if (i >= p->max_items)
+                return khala__errbuf(err, errlen, KHALA_ECORRUPT,
+                                     "eviction queue %s: link %u (after %u) is past max_items %u",
+                                     name, i, prev, p->max_items);
+            const khala_desc_t *d = &p->desc[i];
+            if (++n > w->q_count[q])
+                return khala__errbuf(err, errlen, KHALA_ECORRUPT,
+                                     "eviction queue %s: longer than its count %llu at desc %u",
+                                     name, (unsigned long long)w->q_count[q], i);
+            if (d->queue != q || d->prev != prev || d->item_off == 0)
+                return khala__errbuf(err, errlen, KHALA_ECORRUPT,
+                                     "eviction queue %s: desc %u has queue %u, prev %u (want "
+                                     "%u), item_off %llu",
+                                     name, i, d->queue, d->prev, prev,
+                                     (unsigned long long)d->item_off);
             prev = i;
         }
         if (n != w->q_count[q] || w->q_tail[q] != prev)
-            return KHALA_ECORRUPT;
+            return khala__errbuf(err, errlen, KHALA_ECORRUPT,
+                                 "eviction queue %s: %llu entries ending at %u, header says %llu "
+                                 "ending at %u",
+                                 name, (unsigned long long)n, prev,
+                                 (unsigned long long)w->q_count[q], w->q_tail[q]);
     }
     return 0;
 }

@@ -5,6 +5,7 @@
 #ifndef KHALA_LIB_EVICT_H
 #define KHALA_LIB_EVICT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "layout.h"
@@ -37,7 +38,9 @@ void khala__policy_hit(khala_policy_t *p, uint32_t idx);
 /* Choose the next key to evict, following S3-FIFO; the desc is taken off its queue (and its
  * hash remembered in the ghost when it leaves from the small queue). KHALA_NIL when empty. */
 uint32_t khala__policy_victim(khala_policy_t *p);
-/* Check queue links and counts; 0 or KHALA_ECORRUPT. */
-int khala__policy_check(const khala_policy_t *p);
+/* Check queue links and counts; 0, or KHALA_ECORRUPT with what was wrong in err (errlen bytes,
+ * truncated; err may be NULL). Safe on descs and queue heads that hold anything: indexes are
+ * bounded by max_items before use and walks by max_items. */
+int khala__policy_check(const khala_policy_t *p, char *err, size_t errlen);
 
 #endif /* KHALA_LIB_EVICT_H */

@@ -70,6 +70,7 @@
 #include "evict.h"
 #include "khala/error.h"
 #include "readers.h"
+#include "reclaim.h"
 #include "sys.h"
 
 /* Retired items waiting before a put triggers reclamation on its own. */
@@ -82,6 +83,8 @@
 #define RECLAIM_AHEAD 8u
 /* Expired keys the sweep prefetches before it removes them together. */
 #define SWEEP_BATCH 32u
+/* The check refuses an epoch at or above this: no segment lives for 2^62 grace periods. */
+#define EPOCH_MAX (1ull << 62)
 /* Scans of the reader slots before the writer starts reaping and sleeping between scans. */
 #define SPIN_BEFORE_WAIT 64u
 
@@ -628,6 +631,10 @@ size_t khala__l1_sweep(khala_l1_t *t, size_t budget) {
      * item, bucket and queue neighbours sit at random places, so they are prefetched a batch at
      * a time and removed together, overlapping their cache misses instead of paying them one
      * after another. */
+    /* One call looks at each desc at most once: the batch is removed only when it is full,
+     * so a cursor that wrapped within it would batch an expired key twice and remove it twice. */
+    if (budget > max)
+        budget = max;
     for (size_t n = 0; n < budget; n++) {
         uint32_t i = (uint32_t)(w->sweep_cursor++ % max);
         khala_desc_t *d = &t->desc[i];
@@ -724,6 +731,20 @@ void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st) {
     st->rehashes = w->rehashes;
 }
 
+/* Steps (the code refers to them from step 2):
+ * Step 1. Walk every chain: each linked item lies in the arena, hashes to its bucket, and
+ *         agrees with its desc; count items and bytes against the header.
+ * Step 2. The desc table on its own: every desc that holds an item points inside the arena at
+ *         an item that names it back, is on a queue, and the count matches step 1.
+ * Step 3. The free desc list: indexes below max_items, no item, no loop; with step 2 every
+ *         desc is either free or an item's.
+ * Step 4. The epoch, and the retire ring: at most retire_cap entries, each an aligned arena
+ *         offset retired at an epoch the segment has reached.
+ * Step 5. The eviction queues (khala__policy_check).
+ * Step 6. The allocator (khala__alloc_check), then: the used blocks are exactly the live items
+ *         plus the retired ones, each once (fingerprints, alloc.c), so freeing a retired item
+ *         frees a block and nothing that a reader may still find.
+ * Step 7. Counters that need trusted block headers: retired bytes, items inside their blocks. */
 int khala__l1_check(khala_l1_t *t) {
     khala_wstate_t *w = t->w;
     const khala_seg_t *s = &t->seg;
@@ -760,24 +781,113 @@ int khala__l1_check(khala_l1_t *t) {
         return fail(t, KHALA_ECORRUPT, "counted %llu items / %llu bytes, header says %llu / %llu",
                     (unsigned long long)items, (unsigned long long)bytes,
                     (unsigned long long)w->items, (unsigned long long)w->item_bytes);
+    /* From here on the check follows indexes and offsets that only the writer's own state
+     * holds (desc links, the retire ring, the allocator's lists and block headers), which the
+     * writer trusts blindly once the check passes: each is bounded before it is used, so a
+     * corrupted segment is reported, never followed (steps in the comment above). */
+    uint32_t max = t->hdr->max_items;
+    char sub[200];
+    /* Step 2. */
+    uint64_t owned = 0, held_fp = 0;
+    for (uint32_t i = 0; i < max; i++) {
+        const khala_desc_t *d = &t->desc[i];
+        uint64_t off = d->item_off;
+        if (!off)
+            continue;
+        if (off % KHALA_ALIGN || off < s->arena_lo + KHALA_BLOCK_HDR || off >= s->arena_hi ||
+            s->arena_hi - off < sizeof(khala_item_t))
+            return fail(t, KHALA_ECORRUPT, "desc %u: item_off %llu is outside the arena", i,
+                        (unsigned long long)off);
+        const khala_item_t *it = item_at(t, off);
+        if (d->queue != KHALA_Q_SMALL && d->queue != KHALA_Q_MAIN)
+            return fail(t, KHALA_ECORRUPT, "desc %u: queue %u", i, d->queue);
+        if (it->desc != i || it->version == 0 || it->version > w->version_seq)
+            return fail(t, KHALA_ECORRUPT,
+                        "desc %u: its item at %llu has desc %u and version %llu (last handed "
+                        "out: %llu)",
+                        i, (unsigned long long)off, it->desc, (unsigned long long)it->version,
+                        (unsigned long long)w->version_seq);
+        owned++;
+        held_fp += khala__alloc_fp(off);
+    }
+    if (owned != items)
+        return fail(t, KHALA_ECORRUPT, "%llu descs hold an item, the table links %llu",
+                    (unsigned long long)owned, (unsigned long long)items);
+    /* Step 3. */
     uint64_t free_descs = 0;
-    for (uint32_t i = w->free_desc; i != KHALA_NIL; i = t->desc[i].next)
-        if (t->desc[i].item_off || ++free_descs > t->hdr->max_items)
-            return fail(t, KHALA_ECORRUPT, "free desc list is broken at %u", i);
-    if (free_descs + items != t->hdr->max_items)
+    for (uint32_t i = w->free_desc; i != KHALA_NIL; i = t->desc[i].next) {
+        if (i >= max)
+            return fail(t, KHALA_ECORRUPT,
+                        "free desc list: index %u at position %llu is past max_items %u", i,
+                        (unsigned long long)free_descs, max);
+        if (t->desc[i].item_off || ++free_descs > max)
+            return fail(t, KHALA_ECORRUPT,
+                        "free desc list: desc %u at position %llu holds an item, or the list "
+                        "loops",
+                        i, (unsigned long long)free_descs);
+    }
+    if (free_descs + items != max)
         return fail(t, KHALA_ECORRUPT, "%llu free descs + %llu items != %u",
-                    (unsigned long long)free_descs, (unsigned long long)items, t->hdr->max_items);
-    if (khala__policy_check(&t->pol) != 0)
-        return fail(t, KHALA_ECORRUPT, "eviction queues are inconsistent");
+                    (unsigned long long)free_descs, (unsigned long long)items, max);
+    /* Step 4. */
+    uint64_t retired = w->retire_tail - w->retire_head;
+    if (w->retire_tail < w->retire_head || retired > t->retire_cap)
+        return fail(t, KHALA_ECORRUPT, "retire ring: head %llu, tail %llu, capacity %llu",
+                    (unsigned long long)w->retire_head, (unsigned long long)w->retire_tail,
+                    (unsigned long long)t->retire_cap);
+    uint64_t epoch = khala_load_relaxed(&t->hdr->epoch);
+    /* The epoch starts at 1 and moves by one per grace period; one near the end of its range
+     * would wrap to 0, which in a reader slot means "outside a section", and reclamation would
+     * stop seeing readers. */
+    if (epoch == 0 || epoch >= EPOCH_MAX)
+        return fail(t, KHALA_ECORRUPT, "epoch %llu is out of range", (unsigned long long)epoch);
+    for (uint64_t k = w->retire_head; k != w->retire_tail; k++) {
+        const khala_retired_t *r = &t->retire[k % t->retire_cap];
+        if (r->off % KHALA_ALIGN || r->off < s->arena_lo + KHALA_BLOCK_HDR || r->off >= s->arena_hi)
+            return fail(t, KHALA_ECORRUPT,
+                        "retire ring: entry %llu holds offset %llu, outside the arena",
+                        (unsigned long long)k, (unsigned long long)r->off);
+        if (r->epoch > epoch)
+            return fail(t, KHALA_ECORRUPT,
+                        "retire ring: entry %llu has epoch %llu, ahead of the segment's %llu",
+                        (unsigned long long)k, (unsigned long long)r->epoch,
+                        (unsigned long long)epoch);
+        held_fp += khala__alloc_fp(r->off);
+    }
+    /* Step 5. */
+    if (khala__policy_check(&t->pol, sub, sizeof(sub)) != 0)
+        return fail(t, KHALA_ECORRUPT, "%s", sub);
     if (w->q_count[KHALA_Q_SMALL] + w->q_count[KHALA_Q_MAIN] != items)
         return fail(t, KHALA_ECORRUPT, "queues hold %llu items, table %llu",
                     (unsigned long long)(w->q_count[1] + w->q_count[2]), (unsigned long long)items);
-    if (khala__alloc_check(&t->arena) != 0)
-        return fail(t, KHALA_ECORRUPT, "arena allocator is inconsistent");
-    if (t->arena.st->used_blocks != items + (w->retire_tail - w->retire_head))
+    /* Step 6. */
+    if (khala__alloc_check(&t->arena, sub, sizeof(sub)) != 0)
+        return fail(t, KHALA_ECORRUPT, "arena allocator: %s", sub);
+    if (t->arena.st->used_blocks != items + retired)
         return fail(t, KHALA_ECORRUPT, "%llu blocks in use for %llu items and %llu retired",
                     (unsigned long long)t->arena.st->used_blocks, (unsigned long long)items,
-                    (unsigned long long)(w->retire_tail - w->retire_head));
+                    (unsigned long long)retired);
+    if (khala__alloc_used_fp(&t->arena) != held_fp)
+        return fail(t, KHALA_ECORRUPT,
+                    "retire ring: the retired and the live items are not exactly the arena's "
+                    "used blocks (an offset that is no block, a live item's, or twice)");
+    /* Step 7. The block headers are trusted now. */
+    uint64_t retired_bytes = 0;
+    for (uint64_t k = w->retire_head; k != w->retire_tail; k++)
+        retired_bytes += khala__alloc_block_size(&t->arena, t->retire[k % t->retire_cap].off);
+    if (retired_bytes != w->retired_bytes)
+        return fail(t, KHALA_ECORRUPT, "retire ring: %llu bytes retired, header says %llu",
+                    (unsigned long long)retired_bytes, (unsigned long long)w->retired_bytes);
+    for (uint32_t i = 0; i < max; i++) {
+        const khala_desc_t *d = &t->desc[i];
+        if (!d->item_off)
+            continue;
+        const khala_item_t *it = item_at(t, d->item_off);
+        uint64_t block = khala__alloc_block_size(&t->arena, d->item_off);
+        if (KHALA_ITEM_SIZE(it->key_len, (uint64_t)it->value_len) > block - KHALA_BLOCK_HDR)
+            return fail(t, KHALA_ECORRUPT, "item at %llu is larger than its %llu-byte block",
+                        (unsigned long long)d->item_off, (unsigned long long)block);
+    }
     return 0;
 }
 
@@ -842,7 +952,7 @@ static int same_sizes(const khala_seg_header_t *h, const khala_seg_config_t *cfg
 static int reattach(khala_l1_t *t, const char *name, const khala_seg_config_t *cfg, char *err,
                     size_t errlen) {
     /* Takes the writer lock before it maps anything: KHALA_EEXIST while another writer lives. */
-    int rc = khala__seg_attach(&t->seg, name, 1, err, errlen);
+    int rc = khala__seg_attach_writer(&t->seg, name, err, errlen);
     if (rc != 0)
         return rc;
     if (!same_sizes(t->seg.hdr, cfg)) {

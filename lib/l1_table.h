@@ -16,6 +16,7 @@
 #include "khala/error.h"
 #include "layout.h"
 #include "segment.h"
+#include "segment_create.h"
 #include "sys.h"
 
 #define XXH_INLINE_ALL

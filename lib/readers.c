@@ -1,5 +1,6 @@
 /*
- * Reader slots and cross-process epoch-based reclamation.
+ * Reader slots and cross-process epoch-based reclamation: the readers' side (claiming a slot,
+ * entering and leaving sections, recording hits). The writer's side is reclaim.c.
  *
  * HOW IT WORKS
  *
@@ -13,36 +14,9 @@
  *     the retire ring. Later it advances the global epoch, fences, and scans the slots: an item
  *     retired at R may be freed once every slot shows either 0 or an epoch greater than R.
  *
- * Why it is safe. Take a reader that could reach an item the writer unlinked at epoch R. The
- * reader's slot store and the writer's unlink are each followed by a seq_cst fence and then a
- * load of the other's location (the table link, the slot). By the store-buffer rule of seq_cst
- * fences, either the writer's scan sees the reader's slot epoch, or the reader's walk sees the
- * unlink and cannot reach the item. In the first case the epoch the reader published was read
- * before it stored it; if it is <= R the writer keeps the item, and if it is > R the reader
- * loaded an epoch that the writer stored after the unlink (acquire on that load, release on the
- * writer's increment), so its walk starts after the unlink and cannot reach the item either.
- * When a reader leaves, its release store of 0 pairs with the writer's acquire load, so all the
- * reader's reads happen before the writer's reuse of the memory.
- *
- * Asymmetric fences. The reader's seq_cst fence (an mfence on x86-64, about 30 cycles and a
- * drain of its store buffer) is the largest fixed cost of a hit. Where the kernel offers
- * membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED), the writer records that in the header
- * (asym_fence), reader processes register once at attach, and the pairing moves to the writer:
- * before its scan it calls membarrier(), which executes a full barrier on every CPU currently
- * running a registered process. Such a reader's section start is then a plain store and a
- * compiler barrier; the store-buffer argument above holds with the barrier the kernel ran on
- * the reader's CPU in place of the reader's own fence (the same argument as liburcu's
- * urcu-memb flavour, across processes). ThreadSanitizer cannot see membarrier, so TSan builds
- * keep the fence.
- *
- * One barrier per grace period. A membarrier() costs the writer 6-11 us here, and a grace
- * period can take dozens of scans, so the writer issues one per value of the global epoch: the
- * first scan after an increment, never the later ones. That is enough. Every item the writer
- * frees was unlinked before some increment, and the first scan after that increment (the
- * writer always scans right after incrementing) ran the barrier on every reader CPU after the
- * unlink; from then on each reader's epoch store is visible to the writer, or the reader's
- * walk starts after the unlink, exactly as with a fence per scan. Items unlinked after the
- * barrier carry the current epoch and wait for the next increment, which brings its own.
+ * Why it is safe: docs/segment.md, "Reclamation: why a reader never reads freed memory", holds
+ * the one statement of the argument (the store-buffer rule of seq_cst fences between the
+ * reader's epoch store and the writer's unlink, and release/acquire on the epochs).
  *
  * A reader that dies inside a section leaves its epoch behind and would pin memory forever.
  * Each slot is therefore tied to its owner by an OFD lock on byte <slot index> of the readers
@@ -138,119 +112,4 @@ void khala__readers_release(khala_seg_t *s, uint32_t idx) {
     khala_store_relaxed(&slot->pid, 0);
     khala_store_release(&slot->token, 0);
     (void)khala__sys_lock_release(s->readers_fd, idx);
-}
-
-uint64_t khala__readers_min_epoch(khala_seg_t *s) {
-    /* seq_cst fence: orders the caller's unlinks (and epoch increment) before the loads below;
-     * pairs with the fence in khala__reader_enter. */
-    khala_fence_seq_cst();
-    /* Readers with light_fence skipped theirs: membarrier runs it on their CPUs, once per
-     * epoch value (see "One barrier per grace period"). If it fails (it worked when the
-     * segment was made, so this is not expected), assume every reader pins everything:
-     * nothing is freed this round. */
-    uint64_t now = khala_load_relaxed(&s->hdr->epoch);
-    if (khala_load_relaxed(&s->hdr->asym_fence) && s->fenced_epoch != now) {
-        if (khala__sys_membarrier() != 0)
-            return 0;
-        s->fenced_epoch = now;
-        s->membarriers++;
-    }
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    uint64_t min = UINT64_MAX;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        /* acquire: pairs with the release in khala__reader_leave. */
-        uint64_t e = khala_load_acquire(&khala__seg_slot(s, i)->epoch);
-        if (e && e < min)
-            min = e;
-    }
-    return min;
-}
-
-uint64_t khala__readers_oldest(const khala_seg_t *s, int *pid, uint32_t *slot) {
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    uint64_t min = 0;
-    *pid = 0;
-    if (slot)
-        *slot = UINT32_MAX;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        khala_slot_t *sl = khala__seg_slot(s, i);
-        uint64_t e = khala_load_acquire(&sl->epoch);
-        if (e && (min == 0 || e < min)) {
-            min = e;
-            *pid = (int)khala_load_relaxed(&sl->pid);
-            if (slot)
-                *slot = i;
-        }
-    }
-    return min;
-}
-
-int khala__readers_reap(khala_seg_t *s, uint64_t below) {
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    int reaped = 0;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        khala_slot_t *slot = khala__seg_slot(s, i);
-        uint64_t e = khala_load_acquire(&slot->epoch);
-        /* A slot claimed through this very descriptor (this process, same open file
-         * description) is alive, and the lock test cannot see it: its own lock would not
-         * conflict. The token says so; nothing else (a pid, in another pid namespace, may be
-         * ours too). */
-        if (e == 0 || e >= below || khala_load_relaxed(&slot->token) == g_token)
-            continue;
-        int rc = khala__sys_lock_try(s->readers_fd, i);
-        if (rc == -EAGAIN)
-            continue; /* owner alive: it is just slow */
-        if (rc != 0)
-            return rc;
-        /* The owner is dead and we hold its lock: no claimer can race us. */
-        khala_store_relaxed(&slot->tid, 0);
-        khala_store_relaxed(&slot->start, 0);
-        khala_store_relaxed(&slot->pid, 0);
-        khala_store_release(&slot->epoch, 0);
-        khala_store_release(&slot->token, 0);
-        (void)khala__sys_lock_release(s->readers_fd, i);
-        reaped++;
-    }
-    return reaped;
-}
-
-void khala__readers_drain(const khala_seg_t *s, uint64_t *tails,
-                          void (*fn)(void *arg, uint32_t idx, uint32_t hash_lo), void *arg) {
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    uint64_t ring = (uint64_t)s->ring_mask + 1;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        khala_slot_t *slot = khala__seg_slot(s, i);
-        /* acquire: pairs with the release in khala__reader_record; entries below head are
-         * published. */
-        uint64_t head = khala_load_acquire(&slot->ring_head);
-        uint64_t t = tails[i];
-        if (head == t)
-            continue;
-        if (head - t > ring || head < t)
-            t = head - ring; /* lapped (or a fresh cursor): keep the newest ring entries */
-        for (; t != head; t++) {
-            uint64_t e = khala_load_relaxed(&slot->ring[t & s->ring_mask]);
-            fn(arg, (uint32_t)(e >> 32), (uint32_t)e);
-        }
-        tails[i] = head;
-    }
-}
-
-void khala__readers_totals(const khala_seg_t *s, uint64_t *hits, uint64_t *misses) {
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm);
-    uint64_t h = 0, m = 0;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++) {
-        khala_slot_t *slot = khala__seg_slot(s, i);
-        h += khala_load_relaxed(&slot->hits);
-        m += khala_load_relaxed(&slot->misses);
-    }
-    *hits = h;
-    *misses = m;
-}
-
-uint32_t khala__readers_in_use(const khala_seg_t *s) {
-    uint32_t hwm = khala_load_acquire(&s->rhdr->hwm), n = 0;
-    for (uint32_t i = 0; i < hwm && i < s->nslots; i++)
-        n += khala_load_relaxed(&khala__seg_slot(s, i)->token) != 0;
-    return n;
 }

@@ -64,20 +64,9 @@ void khala__seg_config_init(khala_seg_config_t *cfg);
 /* 0 if name is 1..KHALA_NAME_MAX bytes of [A-Za-z0-9_.-], else KHALA_ENAME with a message. */
 int khala__seg_name_check(const char *name, char *err, size_t errlen);
 
-/* Take the writer lock of cache `name`, then create its segments anew and map them read-write.
- * An existing segment is marked KHALA_SEG_REPLACED (so attached readers move on) and unlinked,
- * and the new one gets the next generation. The data file is made mode 0640, the readers file
- * 0660. Fails with KHALA_EEXIST while another live writer holds the lock (the message names its
- * pid: "cache 'x' already has a live writer (pid 1234)"), KHALA_ENAME, KHALA_ECONFIG for sizes
- * out of range, -errno from the system. On failure nothing this call did not make is unlinked,
- * and the lock is released. khala__seg_detach releases it after success. */
-int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t *cfg, char *err,
-                      size_t errlen);
-
 /* Attach to the segments of cache `name`: the data file read-only (or read-write when
- * writable, for a writer that reattaches; it takes the writer lock first and fails with
- * KHALA_EEXIST, as khala__seg_create does, while another writer lives), the readers file
- * read-write. Validates magic, layout version, sizes, offsets and generation; fails with
+ * writable: only khala__seg_attach_writer asks for that, holding the writer lock), the readers
+ * file read-write. Validates magic, layout version, sizes, offsets and generation; fails with
  * KHALA_ENAME, -ENOENT, KHALA_ELAYOUT, KHALA_ECORRUPT or -errno, never by crashing. s is reset
  * first, so it may be detached after any failure. */
 int khala__seg_attach(khala_seg_t *s, const char *name, int writable, char *err, size_t errlen);
@@ -86,22 +75,25 @@ int khala__seg_attach(khala_seg_t *s, const char *name, int writable, char *err,
  * Idempotent. */
 void khala__seg_detach(khala_seg_t *s);
 
-/* Remove cache `name`: unlink its data and readers files, and its lock file too unless a live
- * writer holds it (that writer keeps its mapping and its lock, so no second writer can start
- * until it closes; readers no longer find it). 0 also when the files were absent. An
- * administrative removal: a writer removing its own files uses khala__seg_unlink_locked. */
-int khala__seg_unlink(const char *name);
-
-/* Unlink the three files of the writer segment s while still holding its writer lock, so that
- * no other writer's files can be among them. s stays mapped; detach it afterwards. Requires
- * s->lock_fd >= 0 (asserted). 0 also when the files were absent, else -errno. */
-int khala__seg_unlink_locked(khala_seg_t *s);
-
 /* Reopen the readers file so that this process has its own open file description (and so its
  * own slot locks), and remap the readers mapping through it, since a mapping keeps the
  * description it was made through (and its locks) alive; used by a child after fork. The
  * mapping's address and contents stay the same. */
 int khala__seg_reopen_readers(khala_seg_t *s);
+
+/* The layout (the immutable part of a header: sizes and region offsets) a validated
+ * configuration gives. */
+void khala__seg_layout(khala_seg_header_t *h, const khala_seg_config_t *cfg);
+
+/* 0 if every size in cfg is in range, else KHALA_ECONFIG with a message naming the size. */
+int khala__seg_config_check(const khala_seg_config_t *cfg, char *err, size_t errlen);
+
+/* Validate the mapped header and readers header of s (s->base, s->size, s->rbase, s->rsize)
+ * and fill the derived fields. 0, KHALA_ECORRUPT or KHALA_ELAYOUT with a message. */
+int khala__seg_validate(khala_seg_t *s, char *err, size_t errlen);
+
+/* Reset s to a detached state for cache `name` (no mapping, no descriptor). */
+void khala__seg_reset(khala_seg_t *s, const char *name, int writable);
 
 /* The shm object names of cache `name`. */
 void khala__seg_shm_names(const char *name, char *data, char *readers, size_t len);

@@ -4,6 +4,7 @@
  * arena and keep their contents, and khala__alloc_check runs after every operation.
  */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +29,7 @@ static khala_arena_t *arena_make(uint64_t size) {
     g_arena.lo = ARENA_LO;
     g_arena.hi = ARENA_LO + size;
     khala__alloc_format(&g_arena);
-    cr_assert_eq(khala__alloc_check(&g_arena), 0);
+    cr_assert_eq(khala__alloc_check(&g_arena, NULL, 0), 0);
     return &g_arena;
 }
 
@@ -90,7 +91,7 @@ Test(alloc, allocation_is_aligned_sized_and_counted) {
     cr_assert_lt(block, khala__alloc_block_for(100) + KHALA_BLOCK_MIN);
     cr_assert_eq(a->st->free_bytes, before - block);
     cr_assert_eq(a->st->used_blocks, 1);
-    cr_assert_eq(khala__alloc_check(a), 0);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
 }
 
 Test(alloc, zero_byte_payload_gets_a_minimal_block) {
@@ -98,9 +99,9 @@ Test(alloc, zero_byte_payload_gets_a_minimal_block) {
     uint64_t off = 0, block = 0;
     cr_assert_eq(khala__alloc_alloc(a, 0, &off, &block), 0);
     cr_assert_eq(block, KHALA_BLOCK_MIN);
-    cr_assert_eq(khala__alloc_check(a), 0);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
     khala__alloc_free(a, off);
-    cr_assert_eq(khala__alloc_check(a), 0);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
     cr_assert_eq(a->st->free_bytes, arena_usable(a));
 }
 
@@ -112,7 +113,7 @@ Test(alloc, payload_above_max_is_enomem_and_changes_nothing) {
     cr_assert_eq(off, 77);
     cr_assert_eq(block, 88);
     cr_assert_eq(a->st->free_bytes, arena_usable(a));
-    cr_assert_eq(khala__alloc_check(a), 0);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
 }
 
 Test(alloc, max_payload_fits_a_fresh_arena) {
@@ -133,7 +134,7 @@ Test(alloc, max_payload_fits_a_fresh_arena) {
         rc = khala__alloc_alloc(a, most, &off, &block);
         cr_expect_eq(rc, 0, "arena of %llu bytes: allocating %llu gives %d",
                      (unsigned long long)sizes[i], (unsigned long long)most, rc);
-        cr_assert_eq(khala__alloc_check(a), 0);
+        cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
     }
 }
 
@@ -143,7 +144,7 @@ Test(alloc, full_arena_gives_enomem_and_stays_consistent) {
     while (khala__alloc_alloc(a, 200, &off, &block) == 0) {
         used += block;
         n++;
-        cr_assert_eq(khala__alloc_check(a), 0);
+        cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
     }
     cr_assert_gt(n, 200);
     uint64_t free_before = a->st->free_bytes;
@@ -153,7 +154,7 @@ Test(alloc, full_arena_gives_enomem_and_stays_consistent) {
     cr_assert_eq(a->st->free_bytes, free_before);
     cr_assert_eq(a->st->used_blocks, n);
     cr_assert_eq(used + a->st->free_bytes, arena_usable(a));
-    cr_assert_eq(khala__alloc_check(a), 0);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
 }
 
 Test(alloc, freeing_everything_coalesces_to_one_block) {
@@ -166,11 +167,11 @@ Test(alloc, freeing_everything_coalesces_to_one_block) {
     /* Free every other block first (no merges possible), then the rest (every free merges). */
     for (size_t i = 0; i < n; i += 2) {
         khala__alloc_free(a, offs[i]);
-        cr_assert_eq(khala__alloc_check(a), 0);
+        cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
     }
     for (size_t i = 1; i < n; i += 2) {
         khala__alloc_free(a, offs[i]);
-        cr_assert_eq(khala__alloc_check(a), 0);
+        cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
     }
     cr_assert_eq(a->st->free_bytes, arena_usable(a));
     cr_assert_eq(a->st->used_blocks, 0);
@@ -190,11 +191,11 @@ Test(alloc, freed_memory_serves_any_later_size) {
     cr_assert_eq(khala__alloc_alloc(a, 8000, &off, &block), -ENOMEM);
     for (size_t i = 100; i < 400; i++)
         khala__alloc_free(a, offs[i]);
-    cr_assert_eq(khala__alloc_check(a), 0);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
     cr_assert_eq(khala__alloc_alloc(a, 8000, &off, &block), 0);
     cr_assert_geq(off, offs[100] - KHALA_BLOCK_HDR);
     cr_assert_leq(off + 8000, offs[400] - KHALA_BLOCK_HDR);
-    cr_assert_eq(khala__alloc_check(a), 0);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
 }
 
 /* The shadow model: live blocks in allocation order, each with its fill byte. */
@@ -240,7 +241,7 @@ static void model_check(const khala_arena_t *a, live_t *live, size_t n) {
     }
     cr_assert_eq(a->st->used_blocks, n);
     cr_assert_eq(used + a->st->free_bytes, arena_usable(a));
-    cr_assert_eq(khala__alloc_check(a), 0);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
 }
 
 Test(alloc, random_alloc_free_matches_shadow_model) {
@@ -257,7 +258,7 @@ Test(alloc, random_alloc_free_matches_shadow_model) {
             int rc = khala__alloc_alloc(a, payload, &off, &block);
             if (rc == -ENOMEM) {
                 enomem++;
-                cr_assert_eq(khala__alloc_check(a), 0);
+                cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
                 continue;
             }
             cr_assert_eq(rc, 0);
@@ -274,12 +275,12 @@ Test(alloc, random_alloc_free_matches_shadow_model) {
         if (op % 16 == 0 || n < 8)
             model_check(a, live, n);
         else
-            cr_assert_eq(khala__alloc_check(a), 0);
+            cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
     }
     model_check(a, live, n);
     while (n > 0) {
         khala__alloc_free(a, live[--n].off);
-        cr_assert_eq(khala__alloc_check(a), 0);
+        cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
     }
     cr_assert_eq(a->st->free_bytes, arena_usable(a), "coalescing left %llu of %llu bytes free",
                  (unsigned long long)a->st->free_bytes, (unsigned long long)arena_usable(a));
@@ -294,5 +295,132 @@ Test(alloc, check_detects_a_corrupted_block_header) {
     cr_assert_eq(khala__alloc_alloc(a, 100, &off, &block), 0);
     khala_block_t *h = (khala_block_t *)(a->base + off - KHALA_BLOCK_HDR);
     h->size_flags += KHALA_ALIGN; /* the block now overlaps the next one */
-    cr_assert_eq(khala__alloc_check(a), KHALA_ECORRUPT);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), KHALA_ECORRUPT);
 }
+
+/* Corruptions the check must report without following them (each crashed or hung it once). */
+
+/* An arena of five used blocks with the second and fourth freed: two free blocks in one list,
+ * plus the free tail. g_off holds the payload offsets. */
+static uint64_t g_off[5];
+
+static khala_arena_t *holey_arena(void) {
+    khala_arena_t *a = arena_make(64 * 1024);
+    uint64_t block;
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(khala__alloc_alloc(a, 100, &g_off[i], &block), 0);
+    khala__alloc_free(a, g_off[1]);
+    khala__alloc_free(a, g_off[3]);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    return a;
+}
+
+static khala_block_t *hdr_of(const khala_arena_t *a, uint64_t payload) {
+    return (khala_block_t *)(a->base + payload - KHALA_BLOCK_HDR);
+}
+
+/* The free-list links (next, prev) of the free block whose payload is at payload. */
+static uint64_t *links_of(const khala_arena_t *a, uint64_t payload) {
+    return (uint64_t *)(a->base + payload);
+}
+
+/* The list head that holds the free blocks 1 and 3. */
+static uint64_t *hole_head(const khala_arena_t *a) {
+    for (int f = 0; f < KHALA_ALLOC_FL; f++)
+        for (int s = 0; s < KHALA_ALLOC_SL; s++)
+            if (a->st->free_head[f][s] == g_off[1] - KHALA_BLOCK_HDR ||
+                a->st->free_head[f][s] == g_off[3] - KHALA_BLOCK_HDR)
+                return &a->st->free_head[f][s];
+    cr_assert_fail("no list holds the holes");
+    return NULL;
+}
+
+static void expect_corrupt(const khala_arena_t *a, const char *why) {
+    char err[256] = "";
+    cr_assert_eq(khala__alloc_check(a, err, sizeof(err)), KHALA_ECORRUPT);
+    cr_assert_neq(strstr(err, why), NULL, "message: %s", err);
+}
+
+Test(alloc, free_list_head_outside_the_arena_is_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    *hole_head(a) = 1ull << 40;
+    expect_corrupt(a, "outside the arena");
+}
+
+Test(alloc, free_list_head_below_the_arena_is_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    *hole_head(a) = 16; /* inside the allocator's state, not a block */
+    expect_corrupt(a, "outside the arena");
+}
+
+Test(alloc, free_list_next_outside_the_arena_is_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    links_of(a, *hole_head(a) + KHALA_BLOCK_HDR)[0] = UINT64_MAX - 7;
+    expect_corrupt(a, "outside the arena");
+}
+
+Test(alloc, free_list_next_into_a_used_block_is_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    uint64_t head = *hole_head(a);
+    uint64_t fake = g_off[2] + 32; /* inside a used block's payload, dressed as a free block */
+    memcpy(a->base + fake, hdr_of(a, head + KHALA_BLOCK_HDR), KHALA_BLOCK_HDR);
+    uint64_t fake_links[2] = {0, head};
+    memcpy(a->base + fake + KHALA_BLOCK_HDR, fake_links, sizeof(fake_links));
+    uint64_t real_next = links_of(a, head + KHALA_BLOCK_HDR)[0];
+    cr_assert_neq(real_next, 0);
+    links_of(a, head + KHALA_BLOCK_HDR)[0] = fake; /* the fake replaces the real second block */
+    expect_corrupt(a, "not exactly");
+}
+
+Test(alloc, free_list_cycle_is_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    uint64_t head = *hole_head(a);
+    uint64_t second = links_of(a, head + KHALA_BLOCK_HDR)[0];
+    links_of(a, second + KHALA_BLOCK_HDR)[0] = head; /* back to the head */
+    expect_corrupt(a, "free list");
+}
+
+Test(alloc, block_size_of_zero_is_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    hdr_of(a, g_off[2])->size_flags &= KHALA_ALIGN - 1;
+    expect_corrupt(a, "size 0");
+}
+
+Test(alloc, huge_block_size_is_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    hdr_of(a, g_off[2])->size_flags =
+        (UINT64_MAX & ~(uint64_t)(KHALA_ALIGN - 1)) | KHALA_BLOCK_PREV_FREE;
+    expect_corrupt(a, "size");
+}
+
+Test(alloc, block_size_that_wraps_to_the_arena_start_is_ecorrupt_not_a_loop) {
+    khala_arena_t *a = holey_arena();
+    uint64_t b = g_off[2] - KHALA_BLOCK_HDR;
+    hdr_of(a, g_off[2])->size_flags = (0 - (b - a->lo)) | KHALA_BLOCK_PREV_FREE;
+    expect_corrupt(a, "size");
+}
+
+Test(alloc, prev_size_pointing_before_the_arena_is_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    hdr_of(a, g_off[2])->prev_size = g_off[2] + 4096; /* block 1 would start below 0 */
+    expect_corrupt(a, "prev_size");
+}
+
+Test(alloc, bitmap_naming_a_list_past_the_table_is_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    a->st->fl_bitmap |= 1ull << 63;
+    expect_corrupt(a, "bitmap");
+    a->st->fl_bitmap &= ~(1ull << 63);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    a->st->sl_bitmap[10] |= 1u << 31;
+    expect_corrupt(a, "bitmap");
+}
+
+/* Preconditions are asserted in test and Debug builds (lib/debug.h): a block offset outside the
+ * arena is a writer bug, caught at the first use rather than corrupting the segment. */
+#ifdef KHALA_DEBUG
+Test(alloc, free_of_an_offset_outside_the_arena_is_asserted, .signal = SIGABRT) {
+    khala_arena_t *a = arena_make(64 * 1024);
+    khala__alloc_free(a, a->hi + 4096);
+}
+#endif

@@ -47,13 +47,13 @@ static void insert(uint32_t idx, uint64_t hash) {
     g_desc[idx].item_off = 4096 + 64ull * idx;
     g_desc[idx].hash = hash;
     khala__policy_insert(&g_pol, idx);
-    cr_assert_eq(khala__policy_check(&g_pol), 0);
+    cr_assert_eq(khala__policy_check(&g_pol, NULL, 0), 0);
 }
 
 /* Take the victim and free its desc, as the table does. */
 static uint32_t evict(void) {
     uint32_t v = khala__policy_victim(&g_pol);
-    cr_assert_eq(khala__policy_check(&g_pol), 0);
+    cr_assert_eq(khala__policy_check(&g_pol, NULL, 0), 0);
     if (v != KHALA_NIL) {
         cr_assert_eq(g_desc[v].queue, KHALA_Q_NONE);
         g_desc[v].item_off = 0;
@@ -63,7 +63,7 @@ static uint32_t evict(void) {
 
 Test(evict, empty_policy_has_no_victim) {
     cr_assert_eq(khala__policy_victim(&g_pol), KHALA_NIL);
-    cr_assert_eq(khala__policy_check(&g_pol), 0);
+    cr_assert_eq(khala__policy_check(&g_pol, NULL, 0), 0);
 }
 
 Test(evict, new_key_goes_to_small) {
@@ -197,11 +197,11 @@ Test(evict, remove_unlinks_from_any_position) {
     for (uint32_t i = 0; i < 5; i++)
         insert(i, hash_of(i));
     khala__policy_remove(&g_pol, 2); /* middle */
-    cr_assert_eq(khala__policy_check(&g_pol), 0);
+    cr_assert_eq(khala__policy_check(&g_pol, NULL, 0), 0);
     khala__policy_remove(&g_pol, 4); /* head (newest) */
-    cr_assert_eq(khala__policy_check(&g_pol), 0);
+    cr_assert_eq(khala__policy_check(&g_pol, NULL, 0), 0);
     khala__policy_remove(&g_pol, 0); /* tail (oldest) */
-    cr_assert_eq(khala__policy_check(&g_pol), 0);
+    cr_assert_eq(khala__policy_check(&g_pol, NULL, 0), 0);
     cr_assert_eq(g_desc[2].queue, KHALA_Q_NONE);
     cr_assert_eq(g_w.q_count[KHALA_Q_SMALL], 2);
     khala__policy_remove(&g_pol, 0); /* already out: nothing happens */
@@ -216,13 +216,45 @@ Test(evict, check_detects_a_broken_link) {
     for (uint32_t i = 0; i < 4; i++)
         insert(i, hash_of(i));
     g_desc[2].prev = 0; /* points at the wrong neighbour */
-    cr_assert_eq(khala__policy_check(&g_pol), KHALA_ECORRUPT);
+    cr_assert_eq(khala__policy_check(&g_pol, NULL, 0), KHALA_ECORRUPT);
 }
 
 Test(evict, check_detects_a_wrong_count) {
     insert(0, hash_of(0));
     g_w.q_count[KHALA_Q_SMALL] = 2;
-    cr_assert_eq(khala__policy_check(&g_pol), KHALA_ECORRUPT);
+    cr_assert_eq(khala__policy_check(&g_pol, NULL, 0), KHALA_ECORRUPT);
+}
+
+static void expect_corrupt(const char *why) {
+    char err[256] = "";
+    cr_assert_eq(khala__policy_check(&g_pol, err, sizeof(err)), KHALA_ECORRUPT);
+    cr_assert_neq(strstr(err, why), NULL, "message: %s", err);
+}
+
+Test(evict, check_reports_a_link_past_max_items_without_following_it) {
+    for (uint32_t i = 0; i < 4; i++)
+        insert(i, hash_of(i));
+    g_desc[g_w.q_head[KHALA_Q_SMALL]].next = 0x40000000u;
+    expect_corrupt("past max_items");
+}
+
+Test(evict, check_reports_a_head_past_max_items) {
+    insert(0, hash_of(0));
+    g_w.q_head[KHALA_Q_SMALL] = N;
+    expect_corrupt("past max_items");
+}
+
+Test(evict, check_ends_on_a_cycle_whatever_the_count_says) {
+    for (uint32_t i = 0; i < 4; i++)
+        insert(i, hash_of(i));
+    /* A ring whose prev links agree everywhere but at the head, and a count that would let a
+     * walk bounded by it go on for ever. */
+    uint32_t tail = g_w.q_tail[KHALA_Q_SMALL];
+    g_desc[tail].next = g_w.q_head[KHALA_Q_SMALL];
+    g_w.q_count[KHALA_Q_SMALL] = UINT64_MAX;
+    expect_corrupt("eviction queue small");
+    g_w.q_count[KHALA_Q_SMALL] = N;
+    expect_corrupt("prev");
 }
 
 Test(evict, churn_keeps_queues_consistent_and_protects_hit_keys) {

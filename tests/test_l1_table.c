@@ -453,6 +453,19 @@ Test(l1_table, sweep_removes_expired_items_and_counts_expirations) {
     cr_assert_eq(stats().expirations, 10);
 }
 
+Test(l1_table, sweep_with_a_budget_above_max_items_removes_each_key_once) {
+    /* khalad sweeps with a budget of 4096, above a small cache's max_items: the cursor wraps
+     * and must not meet an expired key twice in one call (the second removal crashed). */
+    open_both(16, 64 * 1024);
+    cr_assert_eq(put("short", "v", 30), 0);
+    cr_assert_eq(put("long", "v", 0), 0);
+    sleep_ms(80);
+    cr_assert_eq(khala__l1_sweep(g_t, 4096), 1);
+    check();
+    cr_assert_eq(stats().expirations, 1);
+    cr_assert(present("long"));
+}
+
 Test(l1_table, sweep_is_incremental) {
     open_both(64, 64 * 1024);
     char key[16];
@@ -925,6 +938,206 @@ Test(l1_table, second_writer_cannot_reattach_while_the_first_lives) {
     cr_assert_null(other);
     cr_assert_neq(strstr(err, "live writer"), NULL, "%s", err);
     check();
+}
+
+/* A corrupted segment at restart (khalad's REATTACH) ---------------------------------------- *
+ * Each test corrupts one field that the writer-side check follows, then demands that the check
+ * report it (KHALA_ECORRUPT, with a message naming the structure) and that a restarting writer
+ * make the segment anew instead of crashing on it or trusting it. */
+
+static khala_seg_header_t *seg_hdr(void) {
+    return khala__l1_seg(g_t)->hdr;
+}
+
+static khala_alloc_state_t *alloc_state(void) {
+    khala_seg_t *s = khala__l1_seg(g_t);
+    return (khala_alloc_state_t *)(s->base + s->hdr->alloc_off);
+}
+
+static khala_desc_t *descs(void) {
+    khala_seg_t *s = khala__l1_seg(g_t);
+    return (khala_desc_t *)(s->base + s->hdr->desc_off);
+}
+
+static khala_block_t *block_at(uint64_t b) {
+    return (khala_block_t *)(khala__l1_seg(g_t)->base + b);
+}
+
+/* The offset of the first retired item (the fixture retires a few). */
+static uint64_t *first_retired(void) {
+    khala_seg_t *s = khala__l1_seg(g_t);
+    khala_retired_t *r = (khala_retired_t *)(s->base + s->hdr->retire_off);
+    cr_assert_neq(s->hdr->w.retire_tail, s->hdr->w.retire_head, "the fixture retires items");
+    return &r[s->hdr->w.retire_head % s->hdr->retire_cap].off;
+}
+
+/* The offset of the last retired item. */
+static uint64_t *last_retired(void) {
+    khala_seg_t *s = khala__l1_seg(g_t);
+    khala_retired_t *r = (khala_retired_t *)(s->base + s->hdr->retire_off);
+    cr_assert_neq(s->hdr->w.retire_tail, s->hdr->w.retire_head, "the fixture retires items");
+    return &r[(s->hdr->w.retire_tail - 1) % s->hdr->retire_cap].off;
+}
+
+/* The head of the first non-empty free list, which the fixture makes the only one. */
+static uint64_t *first_free_head(void) {
+    khala_alloc_state_t *st = alloc_state();
+    for (int f = 0; f < KHALA_ALLOC_FL; f++)
+        for (int s = 0; s < KHALA_ALLOC_SL; s++)
+            if (st->free_head[f][s])
+                return &st->free_head[f][s];
+    cr_assert_fail("no free block");
+    return NULL;
+}
+
+/* A writer with ten keys, three of them overwritten (so three items wait in the retire ring),
+ * and one free block after them. */
+static khala_seg_config_t corrupt_fixture(void) {
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    open_cfg(&cfg);
+    char key[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(key, sizeof(key), "key%d", i);
+        cr_assert_eq(put(key, "value", 0), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        snprintf(key, sizeof(key), "key%d", i);
+        cr_assert_eq(put(key, "other", 0), 0);
+    }
+    return cfg;
+}
+
+/* The check reports the corruption, naming `why`; a restarting writer makes the segment anew
+ * and says why; the new segment works. */
+static void expect_rebuilt(const khala_seg_config_t *cfg, const char *why) {
+    cr_assert_eq(khala__l1_check(g_t), KHALA_ECORRUPT, "the check missed it");
+    cr_assert_neq(strstr(khala__l1_errmsg(g_t), why), NULL, "message: %s", khala__l1_errmsg(g_t));
+    uint64_t gen = khala__l1_seg(g_t)->generation;
+    writer_restart(cfg, 0);
+    const char *msg = khala__l1_errmsg(g_t);
+    cr_assert_neq(strstr(msg, "made anew"), NULL, "%s", msg);
+    cr_assert_neq(strstr(msg, "inconsistent"), NULL, "%s", msg);
+    cr_assert_neq(strstr(msg, why), NULL, "%s", msg);
+    cr_assert_eq(khala__l1_seg(g_t)->generation, gen + 1);
+    cr_assert_eq(khala__l1_maintain(g_t), 0);
+    cr_assert_eq(put("after", "rebuild", 0), 0);
+    char buf[16];
+    cr_assert_eq(get("after", buf, sizeof(buf)), 0, "the reader moved to the new segment");
+}
+
+Test(l1_table, free_desc_index_past_max_items_is_rebuilt_not_followed) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    seg_hdr()->w.free_desc = 0x40000000u;
+    expect_rebuilt(&cfg, "free desc list");
+}
+
+Test(l1_table, free_desc_next_past_max_items_is_rebuilt_not_followed) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    descs()[seg_hdr()->w.free_desc].next = 0x40000000u;
+    expect_rebuilt(&cfg, "free desc list");
+}
+
+Test(l1_table, free_list_head_outside_the_arena_is_rebuilt_not_followed) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    *first_free_head() = 1ull << 40;
+    expect_rebuilt(&cfg, "free list");
+}
+
+Test(l1_table, free_list_next_outside_the_arena_is_rebuilt_not_followed) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    uint64_t b = *first_free_head();
+    uint64_t *links = (uint64_t *)(block_at(b) + 1); /* next, then prev */
+    links[0] = 1ull << 40;
+    expect_rebuilt(&cfg, "free list");
+}
+
+Test(l1_table, free_list_that_loops_is_rebuilt) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    uint64_t b = *first_free_head();
+    uint64_t *links = (uint64_t *)(block_at(b) + 1);
+    links[0] = b; /* the block is its own successor */
+    links[1] = b; /* and predecessor */
+    expect_rebuilt(&cfg, "free list");
+}
+
+Test(l1_table, block_size_of_zero_is_rebuilt) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    khala_block_t *h = block_at(*first_free_head());
+    h->size_flags &= KHALA_BLOCK_FREE | KHALA_BLOCK_PREV_FREE; /* size 0 */
+    expect_rebuilt(&cfg, "size");
+}
+
+Test(l1_table, block_size_that_wraps_around_the_arena_is_rebuilt_not_looped) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    khala_seg_t *s = khala__l1_seg(g_t);
+    /* A retired item's block (used, not linked): a size that brings the walk back to the
+     * arena's first block would make it go round forever. */
+    uint64_t b = *last_retired() - KHALA_BLOCK_HDR;
+    cr_assert_gt(b, s->arena_lo);
+    khala_block_t *h = block_at(b);
+    h->size_flags = (0 - (b - s->arena_lo)) | (h->size_flags & KHALA_BLOCK_PREV_FREE);
+    expect_rebuilt(&cfg, "size");
+}
+
+Test(l1_table, prev_size_pointing_before_the_arena_is_rebuilt) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    uint64_t b = *first_free_head();
+    uint64_t next = b + (block_at(b)->size_flags & ~(uint64_t)(KHALA_ALIGN - 1));
+    block_at(next)->prev_size = next + 4096; /* the free block before would start below 0 */
+    expect_rebuilt(&cfg, "prev_size");
+}
+
+Test(l1_table, queue_link_out_of_range_is_rebuilt_not_followed) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    descs()[seg_hdr()->w.q_head[KHALA_Q_SMALL]].next = 0x40000000u;
+    expect_rebuilt(&cfg, "eviction queue");
+}
+
+Test(l1_table, queue_count_beyond_max_items_is_rebuilt) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    seg_hdr()->w.q_count[KHALA_Q_SMALL] = UINT64_MAX;
+    expect_rebuilt(&cfg, "eviction queue");
+}
+
+Test(l1_table, retired_offset_outside_the_arena_is_rebuilt_not_freed) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    *first_retired() = 1ull << 40;
+    expect_rebuilt(&cfg, "retire ring");
+}
+
+Test(l1_table, retired_offset_of_a_live_item_is_rebuilt_not_freed) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    const khala_item_t *it;
+    cr_assert_eq(khala__l1_find(g_t, "key9", 4, &it), 0);
+    /* Freeing it would hand a block readers still read to the next put. */
+    *first_retired() = (uint64_t)((const uint8_t *)it - khala__l1_seg(g_t)->base);
+    expect_rebuilt(&cfg, "retire ring");
+}
+
+Test(l1_table, retired_epoch_in_the_future_is_rebuilt) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    khala_retired_t *r = (khala_retired_t *)((uint8_t *)first_retired());
+    r->epoch = UINT64_MAX; /* would pin the item, and every later one, forever */
+    expect_rebuilt(&cfg, "retire ring");
+}
+
+Test(l1_table, epoch_about_to_wrap_is_rebuilt) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    /* Once advanced it would read 0, "outside a section", in every reader slot. */
+    khala_store_relaxed(&seg_hdr()->epoch, UINT64_MAX);
+    expect_rebuilt(&cfg, "epoch");
+}
+
+Test(l1_table, retire_ring_longer_than_its_capacity_is_rebuilt) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    seg_hdr()->w.retire_head = seg_hdr()->w.retire_tail + 1; /* "minus one" retired items */
+    expect_rebuilt(&cfg, "retire ring");
+}
+
+Test(l1_table, allocator_bitmap_naming_a_missing_list_is_rebuilt) {
+    khala_seg_config_t cfg = corrupt_fixture();
+    alloc_state()->fl_bitmap |= 1ull << 60; /* row 60 does not exist */
+    expect_rebuilt(&cfg, "bitmap");
 }
 
 /* Scans (invalidation by prefix or type, flush, keys) --------------------------------------- */

@@ -21,6 +21,7 @@
 #include "khala/cache.h"
 #include "l1_table.h"
 #include "readers.h"
+#include "reclaim.h"
 #include "testutil.h"
 
 static char g_name[KHALA_NAME_MAX + 1];

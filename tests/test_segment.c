@@ -20,6 +20,7 @@
 #include "khala/error.h"
 #include "l1_table.h"
 #include "segment.h"
+#include "segment_create.h"
 #include "testutil.h"
 
 static char g_name[KHALA_NAME_MAX + 1];

@@ -20,6 +20,7 @@
 #include "khala/cache.h"
 #include "l1_table.h"
 #include "readers.h"
+#include "reclaim.h"
 #include "testutil.h"
 
 #define NKEYS 512u

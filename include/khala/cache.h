@@ -201,7 +201,9 @@ KHALA_API void khala_cache_close(khala_cache_t *c);
  *
  * L1 first; on an L1 miss, khalad is asked (its lower levels; it promotes what it finds into
  * L1). When khalad cannot be reached the miss is just a miss: KHALA_ENOTFOUND, with the reason
- * in khala_cache_errmsg(), so that reads keep working from L1 while khalad is down.
+ * in khala_cache_errmsg(), so that reads keep working from L1 while khalad is down. While the
+ * writer is replacing the segment (khalad restarting with new sizes) and the new one cannot be
+ * attached yet, L1 counts as a miss too and khalad is asked.
  *
  * @param[in] c handle.
  * @param[in] key key bytes (binary-safe).
@@ -215,7 +217,6 @@ KHALA_API void khala_cache_close(khala_cache_t *c);
  *         -ERANGE if the value is longer than @p cap (its length is in @p len, @p buf untouched);
  *         KHALA_EKEY if @p klen is 0 or above KHALA_KEY_MAX;
  *         KHALA_ESECTION if the calling thread has a read section open on @p c;
- *         KHALA_ELAYOUT if the writer replaced the segment and reattaching failed;
  *         KHALA_ECORRUPT if the lookup met an offset outside the segment;
  *         KHALA_ENOREADER if every reader slot is taken;
  *         -ENOMEM or another -errno if claiming the thread's reader slot failed;
@@ -267,8 +268,8 @@ KHALA_API KHALA_NODISCARD int khala_cache_get(khala_cache_t *c, const void *key,
  * @return 0 with the value in @p buf, from the cache or the loader (a loaded value that khalad
  *         could not cache, too big say, is still returned);
  *         -ERANGE if the value is longer than @p cap (its length in @p len);
- *         KHALA_EKEY for a bad key length; KHALA_ESECTION, KHALA_ELAYOUT, KHALA_ECORRUPT,
- *         KHALA_ENOREADER, -errno as for khala_cache_get();
+ *         KHALA_EKEY for a bad key length; KHALA_ESECTION, KHALA_ECORRUPT, KHALA_ENOREADER,
+ *         -errno as for khala_cache_get();
  *         -EINVAL if @p loader is NULL or @p type is not a type;
  *         -EAGAIN if the leaders' loaders failed three times in a row;
  *         the loader's own nonzero code (KHALA_ENOTFOUND when the source has no such key) when

@@ -1,14 +1,17 @@
 /*
  * Plain driver of tests/fuzz/fuzz_segment.c, run by ctest in every build: the valid seed
- * segment, then a fixed number of deterministic mutations of it (byte and word overwrites
- * aimed at the header, the buckets and the arena, with offsets pointing anywhere, and
- * truncations), each attached and read. The target must survive all of them; the program
- * counts how many attached and how many were refused, and fails if the seed itself does not
- * attach (which would mean the target tests nothing).
+ * segment, then a fixed number of deterministic mutations of it (word overwrites aimed at the
+ * header, the buckets, the arena, and most often at the regions only the writer reads: its
+ * header state, the descs, the retire ring, the allocator's state and the block headers; with
+ * offsets and indexes pointing anywhere, and truncations), each attached and read, then
+ * restarted as a writer. The target must survive all of them; the program counts how many
+ * attached, were refused, were adopted by the writer and were made anew, and fails if the
+ * seed itself does not attach or is not adopted (which would mean the target tests nothing).
  *
  *   fuzz_segment_replay [ROUNDS]          replay (default DEFAULT_ROUNDS mutations)
  *   fuzz_segment_replay --write-seed DIR  write the seed segment into DIR for libFuzzer
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,18 +65,54 @@ int main(int argc, char **argv) {
         return 2;
     /* The seed attaches: otherwise every mutation below would be refused at the door. */
     int seed_ok = fuzz_segment_one(seed, len);
+    long seed_adopted;
+    fuzz_segment_counts(&seed_adopted, &(long){0});
+    seed_ok = seed_ok && seed_adopted == 1;
     const khala_seg_header_t *h = (const khala_seg_header_t *)(const void *)seed;
-    uint64_t regions[] = {0, h->bucket_off, h->arena_off, h->arena_off + 4096};
+    /* The used block headers: where the allocator's walk starts each step. */
+    uint64_t blocks[64];
+    int nblocks = 0;
+    for (uint64_t b = h->arena_off; b + 16 <= len && nblocks < 64;) {
+        const khala_block_t *blk = (const khala_block_t *)(const void *)(seed + b);
+        uint64_t size = blk->size_flags & ~15ull;
+        blocks[nblocks++] = b;
+        if (size == 0)
+            break;
+        b += size;
+    }
+    /* (offset, span) of the regions a mutation aims at; the writer-only ones come often. */
+    const struct {
+        uint64_t off, span;
+    } regions[] = {
+        {0, 256},
+        {offsetof(khala_seg_header_t, w), sizeof(khala_wstate_t)},
+        {offsetof(khala_seg_header_t, w), sizeof(khala_wstate_t)},
+        {h->bucket_off, h->bucket_count * 4},
+        {h->desc_off, (uint64_t)h->max_items * sizeof(khala_desc_t)},
+        {h->desc_off, (uint64_t)h->max_items * sizeof(khala_desc_t)},
+        {h->ghost_off, h->ghost_cap * sizeof(khala_ghost_t)},
+        {h->retire_off, 64 * sizeof(khala_retired_t)},
+        {h->alloc_off, sizeof(khala_alloc_state_t)},
+        {h->alloc_off + offsetof(khala_alloc_state_t, free_head), 6 * 16 * 8 + 512},
+        {h->arena_off, 8192},
+        {0, 0}, /* a block header: see below */
+        {0, 0},
+    };
+    const int nregions = (int)(sizeof(regions) / sizeof(regions[0]));
     long accepted = 0;
     for (long r = 0; r < rounds; r++) {
         memcpy(img, seed, len);
         size_t n = len;
         int edits = 1 + (int)(rnd() % 4);
         for (int e = 0; e < edits; e++) {
-            uint64_t base = regions[rnd() % 4];
-            size_t at = (size_t)((base + rnd() % 8192) % len) & ~(size_t)7;
+            int k = (int)(rnd() % (uint64_t)nregions);
+            size_t at;
+            if (regions[k].span == 0) /* prev_size or size_flags of a block */
+                at = (size_t)(blocks[rnd() % (uint64_t)nblocks] + (rnd() % 2) * 8);
+            else
+                at = (size_t)((regions[k].off + rnd() % regions[k].span) % len) & ~(size_t)7;
             uint64_t v;
-            switch (rnd() % 5) {
+            switch (rnd() % 7) {
                 case 0:
                     v = rnd();
                     break; /* anything */
@@ -86,6 +125,13 @@ int main(int argc, char **argv) {
                 case 3:
                     v = 0;
                     break;
+                case 4: /* a desc index, near the table or KHALA_NIL */
+                    v = rnd() % 3 == 0 ? KHALA_NIL : rnd() % (h->max_items * 2u + 2);
+                    break;
+                case 5: /* a small change of what was there: a count or a size off by a bit */
+                    memcpy(&v, img + at, 8);
+                    v += (rnd() % 2 ? 1 : -1) * (1ull << (rnd() % 8 * 4));
+                    break;
                 default:
                     v = UINT64_MAX - rnd() % 64;
                     break;
@@ -97,10 +143,14 @@ int main(int argc, char **argv) {
             n = (size_t)(rnd() % len); /* truncated */
         accepted += fuzz_segment_one(img, n);
     }
+    long adopted, rebuilt;
+    fuzz_segment_counts(&adopted, &rebuilt);
     fuzz_segment_teardown();
     free(img);
-    printf("fuzz_segment: %ld mutations, %ld attached, %ld refused; seed %s\n", rounds, accepted,
-           rounds - accepted, seed_ok ? "attached" : "REFUSED");
+    printf("fuzz_segment: %ld mutations, %ld attached, %ld refused; writer adopted %ld, made "
+           "anew %ld; seed %s\n",
+           rounds, accepted, rounds - accepted, adopted - 1, rebuilt,
+           seed_ok ? "attached and adopted" : "REFUSED");
     printf("%d passed, %d failed\n", seed_ok ? 1 : 0, seed_ok ? 0 : 1);
     return seed_ok ? 0 : 1;
 }

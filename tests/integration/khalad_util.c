@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "segment.h"
+#include "segment_create.h"
 
 #ifndef KHALAD_PATH
 #error "KHALAD_PATH must name the khalad binary"

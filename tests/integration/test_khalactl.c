@@ -19,6 +19,7 @@
 
 #include "khalad_util.h"
 #include "segment.h"
+#include "segment_create.h"
 
 #ifndef KHALACTL_PATH
 #error "KHALACTL_PATH must name the khalactl binary"

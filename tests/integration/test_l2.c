@@ -33,6 +33,7 @@
 #include "proto.h"
 #include "redis_util.h"
 #include "segment.h"
+#include "segment_create.h"
 
 static pid_t g_pid2, g_relay;
 static char g_name2[80];
