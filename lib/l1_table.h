@@ -150,7 +150,8 @@ typedef struct khala_l1_index {
 /* Take the live index. A reader may take it before entering its section (to hash and prefetch
  * early) if it checks after entering that index_count has not moved: the writer rewrites an
  * index's seed and buckets only after a grace period that follows the switch away from it. */
-static inline khala_l1_index_t khala__l1_index(const khala_seg_t *s) {
+static inline __attribute__((always_inline)) khala_l1_index_t
+khala__l1_index(const khala_seg_t *s) {
     khala_l1_index_t ix;
     /* acquire: pairs with the writer's release store of index_count, made after the index and
      * its seed were complete. */
@@ -165,7 +166,8 @@ static inline khala_l1_index_t khala__l1_index(const khala_seg_t *s) {
 /* The key hash: XXH3 with the given seed. Keys of up to 16 bytes (the common case) take XXH3's
  * short-input path inline, which is exactly what XXH3_64bits_withSeed computes for them,
  * without the call and its length dispatch (test_l1_table checks the two agree). */
-static inline uint64_t khala__l1_hash_with(uint64_t seed, const void *key, size_t klen) {
+static inline __attribute__((always_inline)) uint64_t
+khala__l1_hash_with(uint64_t seed, const void *key, size_t klen) {
 #if XXH_VERSION_NUMBER >= 800 && XXH_VERSION_NUMBER < 900
     if (__builtin_expect(klen <= 16, 1))
         return XXH3_len_0to16_64b((const xxh_u8 *)key, klen, XXH3_kSecret, seed);
@@ -180,7 +182,8 @@ static inline uint64_t khala__l1_hash(const khala_seg_t *s, const void *key, siz
 
 /* 1 if the n bytes at a and b are equal. Short keys (up to 16 bytes) compare with two loads
  * each, overlapping, never past either end; longer ones call memcmp. */
-static inline int khala__l1_key_eq(const void *a, const void *b, size_t n) {
+static inline __attribute__((always_inline)) int khala__l1_key_eq(const void *a, const void *b,
+                                                                  size_t n) {
     const uint8_t *x = a, *y = b;
     if (__builtin_expect(n >= 8 && n <= 16, 1)) {
         uint64_t x0, y0, x1, y1;
@@ -207,7 +210,8 @@ static inline int khala__l1_key_eq(const void *a, const void *b, size_t n) {
  * up to 128 bytes in at most eight 16-byte moves and no loop (the first and the last 16, 32 or
  * 64 bytes, which may overlap each other inside dst), up to 256 in a loop of them; larger
  * values go to memcpy, where its setup cost no longer shows. */
-static inline void khala__l1_copy(void *dst, const void *src, size_t n) {
+static inline __attribute__((always_inline)) void khala__l1_copy(void *dst, const void *src,
+                                                                 size_t n) {
     uint8_t *d = dst;
     const uint8_t *p = src;
     if (n > 256) {
@@ -239,9 +243,9 @@ static inline void khala__l1_copy(void *dst, const void *src, size_t n) {
  * chain longer than KHALA_CHAIN_MAX: a flooded chain is a miss, not an error); KHALA_ECORRUPT if
  * an item does not fit the arena. Each item is checked against its own lengths before any byte
  * past its header is read. Inline: it is the whole of the hit path. */
-static inline int khala__l1_lookup(const khala_seg_t *s, const khala_l1_index_t *ix,
-                                   const void *key, size_t klen, uint64_t hash,
-                                   const khala_item_t **out) {
+static inline __attribute__((always_inline)) int
+khala__l1_lookup(const khala_seg_t *s, const khala_l1_index_t *ix, const void *key, size_t klen,
+                 uint64_t hash, const khala_item_t **out) {
     /* An item whose header fits the arena starts at most this far into it; one unsigned
      * compare rejects offsets below the arena too. */
     const uint64_t span = s->arena_hi - s->arena_lo - sizeof(khala_item_t);
