@@ -208,27 +208,38 @@ static inline __attribute__((always_inline)) int khala__l1_key_eq(const void *a,
 
 /* Copy n bytes from src to dst (which do not overlap) inline, without a call through the PLT:
  * up to 128 bytes in at most eight 16-byte moves and no loop (the first and the last 16, 32 or
- * 64 bytes, which may overlap each other inside dst), up to 256 in a loop of them; larger
- * values go to memcpy, where its setup cost no longer shows. */
+ * 64 bytes, which may overlap each other inside dst), up to 256 with a loop of them in the
+ * middle; larger values go to memcpy, where its setup cost no longer shows. */
 static inline __attribute__((always_inline)) void khala__l1_copy(void *dst, const void *src,
                                                                  size_t n) {
     uint8_t *d = dst;
     const uint8_t *p = src;
+    /* Every move is 16 bytes (one SSE load and store): a larger constant size lets the
+     * compiler pick rep movs, whose start-up costs more than the whole copy. */
+#define KHALA_COPY16(o) __builtin_memcpy(d + (o), p + (o), 16)
     if (n > 256) {
         memcpy(d, p, n);
-    } else if (n > 128) {
-        for (size_t i = 0; i + 16 < n; i += 16)
-            __builtin_memcpy(d + i, p + i, 16);
-        __builtin_memcpy(d + n - 16, p + n - 16, 16);
     } else if (n > 64) {
-        __builtin_memcpy(d, p, 64);
-        __builtin_memcpy(d + n - 64, p + n - 64, 64);
+        size_t e = n - 64;
+        if (n > 128)
+            for (size_t i = 64; i < e; i += 16)
+                KHALA_COPY16(i);
+        KHALA_COPY16(0);
+        KHALA_COPY16(16);
+        KHALA_COPY16(32);
+        KHALA_COPY16(48);
+        KHALA_COPY16(e);
+        KHALA_COPY16(e + 16);
+        KHALA_COPY16(e + 32);
+        KHALA_COPY16(e + 48);
     } else if (n > 32) {
-        __builtin_memcpy(d, p, 32);
-        __builtin_memcpy(d + n - 32, p + n - 32, 32);
+        KHALA_COPY16(0);
+        KHALA_COPY16(16);
+        KHALA_COPY16(n - 32);
+        KHALA_COPY16(n - 16);
     } else if (n >= 16) {
-        __builtin_memcpy(d, p, 16);
-        __builtin_memcpy(d + n - 16, p + n - 16, 16);
+        KHALA_COPY16(0);
+        KHALA_COPY16(n - 16);
     } else if (n >= 8) {
         __builtin_memcpy(d, p, 8);
         __builtin_memcpy(d + n - 8, p + n - 8, 8);
@@ -236,6 +247,7 @@ static inline __attribute__((always_inline)) void khala__l1_copy(void *dst, cons
         for (size_t i = 0; i < n; i++)
             d[i] = p[i];
     }
+#undef KHALA_COPY16
 }
 
 /* Find the live item for key in index ix, with hash its hash under ix's seed. Call inside a
