@@ -76,7 +76,8 @@
 #include <string.h>
 
 #include "channel.h"
-#include "l1_table.h"
+#include "debug.h"
+#include "l1_lookup.h"
 #include "readers.h"
 #include "segment.h"
 #include "sys.h"
@@ -107,7 +108,10 @@ typedef struct tstate {
 } tstate_t;
 
 struct khala_cache {
-    pthread_mutex_t lock;       /* guards segs, threads, retired_* and changes of cur */
+    pthread_mutex_t lock; /* guards segs, threads, retired_* and changes of cur */
+    pthread_t lock_owner; /* the thread holding lock, valid while lock_held; guarded by
+                                   lock (read by that thread only, in KHALA_ASSERT_LOCKED) */
+    int lock_held;
     pthread_key_t key;          /* thread -> tstate_t; immutable after open */
     _Atomic(khala_seg_t *) cur; /* the live segment; acquire loads, changed under lock */
     seg_node_t *segs;           /* the current segment and the replaced ones threads still use,
@@ -122,6 +126,22 @@ struct khala_cache {
     char name[KHALA_NAME_MAX + 1];   /* immutable after open */
     struct khala_cache *next_handle; /* guarded by g_handles_lock */
 };
+
+/* Take and give back a handle's lock, recording the owner so that the *_locked functions can
+ * assert their precondition (KHALA_ASSERT_LOCKED). */
+static void handle_lock(khala_cache_t *c) {
+    pthread_mutex_lock(&c->lock);
+    c->lock_owner = pthread_self();
+    c->lock_held = 1;
+}
+
+static void handle_unlock(khala_cache_t *c) {
+    c->lock_held = 0;
+    pthread_mutex_unlock(&c->lock);
+}
+
+#define KHALA_ASSERT_LOCKED(c)                                                                     \
+    KHALA_ASSERT((c)->lock_held &&pthread_equal((c)->lock_owner, pthread_self()))
 
 /* Rounds of get_or_load when leaders' loaders keep failing (step 4). */
 #define GET_OR_LOAD_ROUNDS 3
@@ -154,12 +174,12 @@ static khala_cache_t *g_handles; /* guarded by g_handles_lock */
 static void on_fork_prepare(void) {
     pthread_mutex_lock(&g_handles_lock);
     for (khala_cache_t *c = g_handles; c; c = c->next_handle)
-        pthread_mutex_lock(&c->lock);
+        handle_lock(c);
 }
 
 static void on_fork_parent(void) {
     for (khala_cache_t *c = g_handles; c; c = c->next_handle)
-        pthread_mutex_unlock(&c->lock);
+        handle_unlock(c);
     pthread_mutex_unlock(&g_handles_lock);
 }
 
@@ -178,7 +198,7 @@ static void on_fork_child(void) {
                 n->seg.readers_fd = -1;
             }
         }
-        pthread_mutex_unlock(&c->lock);
+        handle_unlock(c);
     }
     pthread_mutex_unlock(&g_handles_lock);
     atomic_fetch_add_explicit(&g_fork_gen, 1, memory_order_relaxed);
@@ -210,6 +230,7 @@ static int key_fail(const khala_cache_t *c, size_t klen) {
  * more. A thread leaves a segment only outside a read section (its next call moves it to the
  * current one), so a segment without users has no live view into it. Caller holds c->lock. */
 static void segs_prune_locked(khala_cache_t *c) {
+    KHALA_ASSERT_LOCKED(c);
     khala_seg_t *cur = atomic_load_explicit(&c->cur, memory_order_relaxed);
     for (seg_node_t **pp = &c->segs; *pp;) {
         seg_node_t *n = *pp;
@@ -225,6 +246,7 @@ static void segs_prune_locked(khala_cache_t *c) {
 
 /* Give the thread's slot back and fold its counts into the handle. Caller holds c->lock. */
 static void ts_release_locked(khala_cache_t *c, tstate_t *ts) {
+    KHALA_ASSERT_LOCKED(c);
     if (!ts->seg)
         return;
     c->retired_hits += khala_load_relaxed(&ts->slot->hits) - ts->base_hits;
@@ -239,7 +261,7 @@ static void ts_release_locked(khala_cache_t *c, tstate_t *ts) {
 static void ts_destroy(void *p) {
     tstate_t *ts = p;
     khala_cache_t *c = ts->c;
-    pthread_mutex_lock(&c->lock);
+    handle_lock(c);
     if (ts->fork_gen == atomic_load_explicit(&g_fork_gen, memory_order_relaxed))
         ts_release_locked(c, ts);
     /* Closing only this process's descriptor: harmless even for a parent's copy after fork. */
@@ -250,7 +272,7 @@ static void ts_destroy(void *p) {
             break;
         }
     }
-    pthread_mutex_unlock(&c->lock);
+    handle_unlock(c);
     if (tls_last_ts == ts) {
         tls_last_id = 0;
         tls_last_ts = NULL;
@@ -262,6 +284,7 @@ static void ts_destroy(void *p) {
  * without releasing anything; reopen a readers file that on_fork_child could not. Caller
  * holds c->lock. */
 static int after_fork_locked(khala_cache_t *c, uint64_t gen) {
+    KHALA_ASSERT_LOCKED(c);
     while (c->threads) {
         tstate_t *ts = c->threads;
         c->threads = ts->next;
@@ -287,6 +310,7 @@ static int after_fork_locked(khala_cache_t *c, uint64_t gen) {
 /* Attach to the segment now under the cache's name, if `seen` is still current. Caller holds
  * c->lock. */
 static int reattach_locked(khala_cache_t *c, khala_seg_t *seen) {
+    KHALA_ASSERT_LOCKED(c);
     if (atomic_load_explicit(&c->cur, memory_order_relaxed) != seen)
         return 0; /* another thread did it */
     seg_node_t *n = calloc(1, sizeof(*n));
@@ -310,6 +334,7 @@ static int reattach_locked(khala_cache_t *c, khala_seg_t *seen) {
 /* The calling thread's state, made if need be. Caller holds c->lock and has run the fork
  * handling for gen. */
 static int ts_find_locked(khala_cache_t *c, uint64_t gen, tstate_t **out) {
+    KHALA_ASSERT_LOCKED(c);
     tstate_t *ts = pthread_getspecific(c->key);
     if (!ts) {
         ts = calloc(1, sizeof(*ts));
@@ -334,12 +359,12 @@ static int ts_self(khala_cache_t *c, tstate_t **out) {
         return 0;
     }
     int rc = 0;
-    pthread_mutex_lock(&c->lock);
+    handle_lock(c);
     if (c->fork_gen != gen)
         rc = after_fork_locked(c, gen);
     if (rc == 0)
         rc = ts_find_locked(c, gen, out);
-    pthread_mutex_unlock(&c->lock);
+    handle_unlock(c);
     return rc;
 }
 
@@ -348,7 +373,7 @@ static int ts_self(khala_cache_t *c, tstate_t **out) {
 static int ts_slow(khala_cache_t *c, khala_seg_t *stale, tstate_t **out) {
     int rc = 0;
     uint64_t gen = atomic_load_explicit(&g_fork_gen, memory_order_relaxed);
-    pthread_mutex_lock(&c->lock);
+    handle_lock(c);
     if (c->fork_gen != gen && (rc = after_fork_locked(c, gen)) != 0)
         goto out;
     if (stale && (rc = reattach_locked(c, stale)) != 0)
@@ -380,7 +405,7 @@ static int ts_slow(khala_cache_t *c, khala_seg_t *stale, tstate_t **out) {
     tls_last_ts = ts;
     *out = ts;
 out:
-    pthread_mutex_unlock(&c->lock);
+    handle_unlock(c);
     return rc;
 }
 
@@ -518,6 +543,7 @@ void khala_cache_close(khala_cache_t *c) {
     pthread_mutex_unlock(&g_handles_lock);
     uint64_t gen = atomic_load_explicit(&g_fork_gen, memory_order_relaxed);
     pthread_key_delete(c->key);
+    handle_lock(c); /* no other thread may use c now; the lock is for the *_locked contract */
     while (c->threads) {
         tstate_t *ts = c->threads;
         c->threads = ts->next;
@@ -526,6 +552,7 @@ void khala_cache_close(khala_cache_t *c) {
         khala__chan_close(ts->chan);
         free(ts);
     }
+    handle_unlock(c);
     while (c->segs) {
         seg_node_t *n = c->segs;
         c->segs = n->next;
@@ -580,6 +607,7 @@ static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const 
         ix = khala__l1_index(s);
         hash = khala__l1_hash_with(ix.seed, key, klen);
     }
+    KHALA_ASSERT_IN_READ(ts->slot);
     rc = khala__l1_lookup(s, &ix, key, klen, hash, &it);
     size_t vlen = 0;
     if (rc == 0) {
@@ -1005,6 +1033,7 @@ int khala_cache_view(khala_cache_t *c, const void *key, size_t klen, khala_view_
     khala_seg_t *s = ts->seg;
     khala_l1_index_t ix = khala__l1_index(s);
     uint64_t hash = khala__l1_hash_with(ix.seed, key, klen);
+    KHALA_ASSERT_IN_READ(ts->slot);
     int rc = khala__l1_lookup(s, &ix, key, klen, hash, &it);
     if (rc == KHALA_ENOTFOUND) {
         khala__reader_count(&ts->slot->misses);
@@ -1027,7 +1056,7 @@ int khala_cache_view(khala_cache_t *c, const void *key, size_t klen, khala_view_
 
 int khala_cache_stats(const khala_cache_t *c, khala_cache_stats_t *st) {
     khala_cache_t *m = (khala_cache_t *)c;
-    pthread_mutex_lock(&m->lock);
+    handle_lock(m);
     st->hits = c->retired_hits;
     st->misses = c->retired_misses;
     for (tstate_t *ts = c->threads; ts; ts = ts->next) {
@@ -1036,7 +1065,7 @@ int khala_cache_stats(const khala_cache_t *c, khala_cache_stats_t *st) {
         st->hits += khala_load_relaxed(&ts->slot->hits) - ts->base_hits;
         st->misses += khala_load_relaxed(&ts->slot->misses) - ts->base_misses;
     }
-    pthread_mutex_unlock(&m->lock);
+    handle_unlock(m);
     return 0;
 }
 

@@ -67,6 +67,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "debug.h"
 #include "evict.h"
 #include "khala/error.h"
 #include "readers.h"
@@ -120,7 +121,10 @@ static int fail(khala_l1_t *t, int rc, const char *fmt, ...) {
     return rc;
 }
 
+/* The item at off, which the writer's own bookkeeping keeps inside the arena (the check
+ * validates every offset it reads before it comes here). */
 static inline khala_item_t *item_at(const khala_l1_t *t, uint64_t off) {
+    KHALA_ASSERT(off >= t->seg.arena_lo && off + sizeof(khala_item_t) <= t->seg.arena_hi);
     return (khala_item_t *)(t->seg.base + off);
 }
 

@@ -1,7 +1,7 @@
 /*
- * The L1 table: the hash table in the data segment, its single writer, and the lookup that
- * readers run. The writer handle (khala_l1_t) is what khalad uses; workers only ever call
- * khala__l1_lookup() through the client API.
+ * The L1 table's writer: the handle khalad uses (khala_l1_t) to put, delete, expire, evict and
+ * check. Only the writer library (khala_writer) holds it. The lookup that readers run is in
+ * l1_lookup.h, which workers link; the writer uses the same lookup for its own finds.
  *
  * Start at khala__l1_open() and khala__l1_put(); the design is at the top of l1_table.c.
  */
@@ -14,13 +14,11 @@
 #include <string.h>
 
 #include "khala/error.h"
+#include "l1_lookup.h"
 #include "layout.h"
 #include "segment.h"
 #include "segment_create.h"
 #include "sys.h"
-
-#define XXH_INLINE_ALL
-#include <xxhash.h>
 
 /* The writer's handle. Not thread-safe: one thread of one process drives it. */
 typedef struct khala_l1 khala_l1_t;
@@ -136,172 +134,5 @@ const char *khala__l1_errmsg(const khala_l1_t *t);
 
 /* The writer's segment (tests use it to attach readers to the same mapping under TSan). */
 khala_seg_t *khala__l1_seg(khala_l1_t *t);
-
-/* Reader side ------------------------------------------------------------------------------*/
-
-/* The live index, as a reader took it at one moment (khala__l1_index). */
-typedef struct khala_l1_index {
-    const khala_atomic_u32 *buckets; /* its bucket array */
-    uint64_t seed;                   /* its hash seed */
-    uint64_t count;                  /* the index_count it was taken at */
-    unsigned which;                  /* 0 or 1: the item's next word that chains it */
-} khala_l1_index_t;
-
-/* Take the live index. A reader may take it before entering its section (to hash and prefetch
- * early) if it checks after entering that index_count has not moved: the writer rewrites an
- * index's seed and buckets only after a grace period that follows the switch away from it. */
-static inline __attribute__((always_inline)) khala_l1_index_t
-khala__l1_index(const khala_seg_t *s) {
-    khala_l1_index_t ix;
-    /* acquire: pairs with the writer's release store of index_count, made after the index and
-     * its seed were complete. */
-    ix.count = khala_load_acquire(&s->hdr->index_count);
-    ix.which = (unsigned)(ix.count & 1);
-    /* acquire: a seed written for a later index is seen only with a later index_count. */
-    ix.seed = khala_load_acquire(&s->hdr->index_seed[ix.which]);
-    ix.buckets = s->buckets + (ix.which ? s->bucket_mask + 1 : 0);
-    return ix;
-}
-
-/* The key hash: XXH3 with the given seed. Keys of up to 16 bytes (the common case) take XXH3's
- * short-input path inline, which is exactly what XXH3_64bits_withSeed computes for them,
- * without the call and its length dispatch (test_l1_table checks the two agree). */
-static inline __attribute__((always_inline)) uint64_t
-khala__l1_hash_with(uint64_t seed, const void *key, size_t klen) {
-#if XXH_VERSION_NUMBER >= 800 && XXH_VERSION_NUMBER < 900
-    if (__builtin_expect(klen <= 16, 1))
-        return XXH3_len_0to16_64b((const xxh_u8 *)key, klen, XXH3_kSecret, seed);
-#endif
-    return XXH3_64bits_withSeed(key, klen, seed);
-}
-
-/* The key hash under the live index's seed. */
-static inline uint64_t khala__l1_hash(const khala_seg_t *s, const void *key, size_t klen) {
-    return khala__l1_hash_with(khala__l1_index(s).seed, key, klen);
-}
-
-/* 1 if the n bytes at a and b are equal. Short keys (up to 16 bytes) compare with two loads
- * each, overlapping, never past either end; longer ones call memcmp. */
-static inline __attribute__((always_inline)) int khala__l1_key_eq(const void *a, const void *b,
-                                                                  size_t n) {
-    const uint8_t *x = a, *y = b;
-    if (__builtin_expect(n >= 8 && n <= 16, 1)) {
-        uint64_t x0, y0, x1, y1;
-        __builtin_memcpy(&x0, x, 8);
-        __builtin_memcpy(&y0, y, 8);
-        __builtin_memcpy(&x1, x + n - 8, 8);
-        __builtin_memcpy(&y1, y + n - 8, 8);
-        return ((x0 ^ y0) | (x1 ^ y1)) == 0;
-    }
-    if (n >= 4 && n < 8) {
-        uint32_t x0, y0, x1, y1;
-        __builtin_memcpy(&x0, x, 4);
-        __builtin_memcpy(&y0, y, 4);
-        __builtin_memcpy(&x1, x + n - 4, 4);
-        __builtin_memcpy(&y1, y + n - 4, 4);
-        return ((x0 ^ y0) | (x1 ^ y1)) == 0;
-    }
-    if (n < 4) /* first, middle and last byte cover 1 to 3 bytes */
-        return n == 0 || (x[0] == y[0] && x[n / 2] == y[n / 2] && x[n - 1] == y[n - 1]);
-    return memcmp(x, y, n) == 0;
-}
-
-/* Copy n bytes from src to dst (which do not overlap) inline, without a call through the PLT:
- * up to 128 bytes in at most eight 16-byte moves and no loop (the first and the last 16, 32 or
- * 64 bytes, which may overlap each other inside dst), up to 256 with a loop of them in the
- * middle; larger values go to memcpy, where its setup cost no longer shows. */
-static inline __attribute__((always_inline)) void khala__l1_copy(void *dst, const void *src,
-                                                                 size_t n) {
-    uint8_t *d = dst;
-    const uint8_t *p = src;
-    /* Every move is 16 bytes (one SSE load and store): a larger constant size lets the
-     * compiler pick rep movs, whose start-up costs more than the whole copy. */
-#define KHALA_COPY16(o) __builtin_memcpy(d + (o), p + (o), 16)
-    if (n > 256) {
-        memcpy(d, p, n);
-    } else if (n > 64) {
-        size_t e = n - 64;
-        if (n > 128)
-            for (size_t i = 64; i < e; i += 16)
-                KHALA_COPY16(i);
-        KHALA_COPY16(0);
-        KHALA_COPY16(16);
-        KHALA_COPY16(32);
-        KHALA_COPY16(48);
-        KHALA_COPY16(e);
-        KHALA_COPY16(e + 16);
-        KHALA_COPY16(e + 32);
-        KHALA_COPY16(e + 48);
-    } else if (n > 32) {
-        KHALA_COPY16(0);
-        KHALA_COPY16(16);
-        KHALA_COPY16(n - 32);
-        KHALA_COPY16(n - 16);
-    } else if (n >= 16) {
-        KHALA_COPY16(0);
-        KHALA_COPY16(n - 16);
-    } else if (n >= 8) {
-        __builtin_memcpy(d, p, 8);
-        __builtin_memcpy(d + n - 8, p + n - 8, 8);
-    } else {
-        for (size_t i = 0; i < n; i++)
-            d[i] = p[i];
-    }
-#undef KHALA_COPY16
-}
-
-/* Find the live item for key in index ix, with hash its hash under ix's seed. Call inside a
- * read section (or from the writer). 0 and *out; KHALA_ENOTFOUND (absent, expired, or behind a
- * chain longer than KHALA_CHAIN_MAX: a flooded chain is a miss, not an error); KHALA_ECORRUPT if
- * an item does not fit the arena. Each item is checked against its own lengths before any byte
- * past its header is read. Inline: it is the whole of the hit path. */
-static inline __attribute__((always_inline)) int
-khala__l1_lookup(const khala_seg_t *s, const khala_l1_index_t *ix, const void *key, size_t klen,
-                 uint64_t hash, const khala_item_t **out) {
-    /* An item whose header fits the arena starts at most this far into it; one unsigned
-     * compare rejects offsets below the arena too. */
-    const uint64_t span = s->arena_hi - s->arena_lo - sizeof(khala_item_t);
-    /* acquire: pairs with the release that linked the item; its fields are visible. */
-    uint64_t off = khala_link_off(khala_load_acquire(&ix->buckets[hash & s->bucket_mask]));
-    for (uint32_t n = 0; off; n++) {
-        if (__builtin_expect(off - s->arena_lo > span, 0))
-            return KHALA_ECORRUPT;
-        if (__builtin_expect(n >= KHALA_CHAIN_MAX, 0))
-            return KHALA_ENOTFOUND;
-        const khala_item_t *it = (const khala_item_t *)(s->base + off);
-        /* The value's address depends only on klen, which we know: fetch the lines of the
-         * header, the key and the start of the value at once, so that a hit costs one memory
-         * round trip after the bucket instead of two. */
-        const char *v = (const char *)it + KHALA_ITEM_VALUE_OFF(klen);
-        __builtin_prefetch(it);
-        __builtin_prefetch(v);
-        __builtin_prefetch(v + KHALA_CACHE_LINE);
-        if (it->key_len == klen) {
-            /* The item's own lengths: its key and value must fit before we read them. */
-            if (__builtin_expect(KHALA_ITEM_SIZE((uint64_t)it->key_len, (uint64_t)it->value_len) >
-                                     s->arena_hi - off,
-                                 0))
-                return KHALA_ECORRUPT;
-            if (khala__l1_key_eq(it + 1, key, klen)) {
-                int64_t deadline =
-                    __atomic_load_n(&it->expire_ms, __ATOMIC_RELAXED); /* see remove_or_expire */
-                if (deadline && khala__sys_now_coarse_upper_ms() >= deadline)
-                    return KHALA_ENOTFOUND;
-                *out = it;
-                return 0;
-            }
-        }
-        off = khala_link_off(khala_load_acquire(&it->next[ix->which]));
-    }
-    return KHALA_ENOTFOUND;
-}
-
-static inline const uint8_t *khala__item_key(const khala_item_t *it) {
-    return (const uint8_t *)(it + 1);
-}
-
-static inline const uint8_t *khala__item_value(const khala_item_t *it) {
-    return (const uint8_t *)it + KHALA_ITEM_VALUE_OFF(it->key_len);
-}
 
 #endif /* KHALA_LIB_L1_TABLE_H */
