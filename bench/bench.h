@@ -83,6 +83,11 @@ typedef struct bench_overhead {
 
 int bench_overhead(const bench_opts_t *o, bench_overhead_t *out);
 
+/* hitloop: o->keys keys of o->value_size bytes in a fresh L1, then o->rounds passes of
+ * khala_cache_get over them, in this process, untimed (no rdtscp, so valgrind can run it).
+ * *gets and *hits count the loop. 0 or -1 (with a message). */
+int bench_hitloop(const bench_opts_t *o, uint64_t *gets, uint64_t *hits);
+
 typedef struct bench_replay {
     uint64_t requests, hits, objects;
 } bench_replay_t;

@@ -54,6 +54,9 @@ static void usage(FILE *f) {
                "[--capacity-items N] [--maintain-every R]\n"
                "       khala-bench sweep [--items N] [--value-size B] [--expired-pct P]\n"
                "       khala-bench overhead [--items N] [--value-size B | --value-size MIN-MAX]\n"
+               "       khala-bench hitloop [--keys K] [--value-size B] [--rounds R]  (R passes "
+               "of gets over K keys\n"
+               "                   in one process, untimed: for callgrind, docs/benchmarks.md)\n"
                "       khala-bench put|miss [--procs N] [--keys K] [--value-size B] [--seconds S]\n"
                "                   [--rounds R] [--pipeline P]  (through a khalad it starts, "
                "against redis-server)\n"
@@ -385,6 +388,14 @@ int main(int argc, char **argv) {
     if (parse(argc - 1, argv + 1, &o) != 0 || (g_redis_tcp && strcmp(cmd, "miss") != 0)) {
         usage(stderr);
         return 2;
+    }
+    if (strcmp(cmd, "hitloop") == 0) {
+        uint64_t gets = 0, hits = 0;
+        if (bench_hitloop(&o, &gets, &hits) != 0)
+            return 1;
+        printf("bench=hitloop keys=%u value=%u rounds=%u gets=%llu hits=%llu\n", o.keys,
+               o.value_size, o.rounds, (unsigned long long)gets, (unsigned long long)hits);
+        return 0;
     }
     bu_tsc_calibrate();
     if (strcmp(cmd, "l1-get") == 0 || strcmp(cmd, "l1-mixed") == 0 ||
