@@ -1047,8 +1047,9 @@ int khala_cache_view(khala_cache_t *c, const void *key, size_t klen, khala_view_
     view->version = it->version;
     view->type = it->type;
     view->ttl_left_ms = -1;
-    if (it->expire_ms) {
-        int64_t left = it->expire_ms - khala__sys_now_ms();
+    int64_t deadline = __atomic_load_n(&it->expire_ms, __ATOMIC_RELAXED); /* remove_or_expire */
+    if (deadline) {
+        int64_t left = deadline - khala__sys_now_ms();
         view->ttl_left_ms = left > 0 ? left : 0;
     }
     return 0;
