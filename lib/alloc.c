@@ -428,8 +428,8 @@ static uint64_t popcount_words(const uint64_t *w, uint64_t n) {
 int khala__alloc_check(const khala_arena_t *a, char *err, size_t errlen) {
     const khala_alloc_state_t *st = a->st;
     /* Step 1. */
-    if (a->lo % KHALA_ALIGN || a->hi % KHALA_ALIGN || a->hi < a->lo ||
-        a->hi - a->lo < 2 * LINE || !a->start_bits || !a->free_bits)
+    if (a->lo % KHALA_ALIGN || a->hi % KHALA_ALIGN || a->hi < a->lo || a->hi - a->lo < 2 * LINE ||
+        !a->start_bits || !a->free_bits)
         return khala__errbuf(err, errlen, KHALA_ECORRUPT, "arena [%llu, %llu) is malformed",
                              (unsigned long long)a->lo, (unsigned long long)a->hi);
     /* Step 2. */
@@ -448,8 +448,7 @@ int khala__alloc_check(const khala_arena_t *a, char *err, size_t errlen) {
         if (size < KHALA_BLOCK_MIN)
             return khala__errbuf(err, errlen, KHALA_ECORRUPT,
                                  "block at %llu: size %llu, below the %u-byte minimum",
-                                 (unsigned long long)b, (unsigned long long)size,
-                                 KHALA_BLOCK_MIN);
+                                 (unsigned long long)b, (unsigned long long)size, KHALA_BLOCK_MIN);
         if (is_free && prev_free)
             return khala__errbuf(err, errlen, KHALA_ECORRUPT,
                                  "block at %llu: free, and so is the block before it",

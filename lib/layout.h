@@ -90,7 +90,7 @@ enum {
 typedef struct khala_wstate {
     uint64_t version_seq;   /* last item version handed out; versions start at 1 */
     uint64_t items;         /* live items (linked in the table) */
-    uint64_t item_bytes;    /* arena bytes held by live items, block headers included */
+    uint64_t item_bytes;    /* arena bytes held by live items, whole blocks */
     uint64_t payload_bytes; /* sum of key and value lengths of live items */
     uint64_t sets;          /* successful puts, overwrites included */
     uint64_t overwrites;    /* puts that replaced an existing item */

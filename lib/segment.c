@@ -203,8 +203,8 @@ static int header_check(khala_seg_t *s, const khala_seg_header_t *h, uint64_t fi
         want.ghost_cap != h->ghost_cap || want.ghost_window != h->ghost_window ||
         want.retire_off != h->retire_off || want.retire_cap != h->retire_cap ||
         want.alloc_off != h->alloc_off || want.bitmap_off != h->bitmap_off ||
-        want.arena_off != h->arena_off ||
-        want.segment_size != h->segment_size || want.readers_size != h->readers_size)
+        want.arena_off != h->arena_off || want.segment_size != h->segment_size ||
+        want.readers_size != h->readers_size)
         return khala__errbuf(err, errlen, KHALA_ECORRUPT,
                              "segment '%s': region offsets in the header are inconsistent", n);
     s->hdr = (khala_seg_header_t *)s->base;

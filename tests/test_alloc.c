@@ -487,8 +487,8 @@ Test(alloc, churn_never_stores_to_a_line_of_a_used_block) {
     /* Every line holding a byte of a held block's payload is as it was. */
     for (int i = 0; i < n; i += 4) {
         uint64_t first = off[i] & ~(uint64_t)(KHALA_CACHE_LINE - 1);
-        uint64_t end = (off[i] + size[i] + KHALA_CACHE_LINE - 1) &
-                       ~(uint64_t)(KHALA_CACHE_LINE - 1);
+        uint64_t end =
+            (off[i] + size[i] + KHALA_CACHE_LINE - 1) & ~(uint64_t)(KHALA_CACHE_LINE - 1);
         for (uint64_t x = first; x < end; x++)
             cr_assert_eq(a->base[x], snap[x],
                          "byte %llu, on a line of the used block at %llu (%llu bytes), changed",

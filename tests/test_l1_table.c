@@ -549,7 +549,7 @@ Test(l1_table, capacity_by_bytes_never_exceeds_the_arena) {
     uint8_t val[2000];
     char key[16];
     khala_l1_stats_t st = stats();
-    uint64_t usable = st.arena_bytes - 16; /* the sentinel block */
+    uint64_t usable = st.arena_bytes; /* every byte is free or in a block */
     for (int i = 0; i < 300; i++) {
         snprintf(key, sizeof(key), "k%d", i);
         tu_value_make(val, sizeof(val), (uint64_t)i, 0);
@@ -669,7 +669,7 @@ Test(l1_table, maintain_frees_retired_items_when_no_reader_is_inside) {
     khala_l1_stats_t st = stats();
     cr_assert_eq(st.retired, 0);
     cr_assert_eq(st.retired_bytes, 0);
-    cr_assert_eq(st.free_bytes, st.arena_bytes - 16, "memory did not return to the arena");
+    cr_assert_eq(st.free_bytes, st.arena_bytes, "memory did not return to the arena");
 }
 
 Test(l1_table, item_read_in_an_open_section_is_not_freed) {
@@ -959,8 +959,16 @@ static khala_desc_t *descs(void) {
     return (khala_desc_t *)(s->base + s->hdr->desc_off);
 }
 
-static khala_block_t *block_at(uint64_t b) {
-    return (khala_block_t *)(khala__l1_seg(g_t)->base + b);
+/* The record (size, next, prev) of the listed free block at b: at its first whole line. */
+static uint64_t *free_rec(uint64_t b) {
+    uint64_t line = (b + KHALA_CACHE_LINE - 1) & ~(uint64_t)(KHALA_CACHE_LINE - 1);
+    return (uint64_t *)(khala__l1_seg(g_t)->base + line);
+}
+
+/* The arena's start bits (alloc.c). */
+static uint64_t *start_bits(void) {
+    khala_seg_t *s = khala__l1_seg(g_t);
+    return (uint64_t *)(s->base + s->hdr->bitmap_off);
 }
 
 /* The offset of the first retired item (the fixture retires a few). */
@@ -1046,7 +1054,7 @@ Test(l1_table, free_list_head_outside_the_arena_is_rebuilt_not_followed) {
 Test(l1_table, free_list_next_outside_the_arena_is_rebuilt_not_followed) {
     khala_seg_config_t cfg = corrupt_fixture();
     uint64_t b = *first_free_head();
-    uint64_t *links = (uint64_t *)(block_at(b) + 1); /* next, then prev */
+    uint64_t *links = free_rec(b) + 1; /* next, then prev */
     links[0] = 1ull << 40;
     expect_rebuilt(&cfg, "free list");
 }
@@ -1054,37 +1062,35 @@ Test(l1_table, free_list_next_outside_the_arena_is_rebuilt_not_followed) {
 Test(l1_table, free_list_that_loops_is_rebuilt) {
     khala_seg_config_t cfg = corrupt_fixture();
     uint64_t b = *first_free_head();
-    uint64_t *links = (uint64_t *)(block_at(b) + 1);
+    uint64_t *links = free_rec(b) + 1;
     links[0] = b; /* the block is its own successor */
     links[1] = b; /* and predecessor */
     expect_rebuilt(&cfg, "free list");
 }
 
-Test(l1_table, block_size_of_zero_is_rebuilt) {
+Test(l1_table, free_record_size_of_zero_is_rebuilt) {
     khala_seg_config_t cfg = corrupt_fixture();
-    khala_block_t *h = block_at(*first_free_head());
-    h->size_flags &= KHALA_BLOCK_FREE | KHALA_BLOCK_PREV_FREE; /* size 0 */
+    free_rec(*first_free_head())[0] = 0;
     expect_rebuilt(&cfg, "size");
 }
 
-Test(l1_table, block_size_that_wraps_around_the_arena_is_rebuilt_not_looped) {
+Test(l1_table, block_below_the_minimum_size_is_rebuilt) {
     khala_seg_config_t cfg = corrupt_fixture();
     khala_seg_t *s = khala__l1_seg(g_t);
-    /* A retired item's block (used, not linked): a size that brings the walk back to the
-     * arena's first block would make it go round forever. */
-    uint64_t b = *last_retired() - KHALA_BLOCK_HDR;
-    cr_assert_gt(b, s->arena_lo);
-    khala_block_t *h = block_at(b);
-    h->size_flags = (0 - (b - s->arena_lo)) | (h->size_flags & KHALA_BLOCK_PREV_FREE);
-    expect_rebuilt(&cfg, "size");
+    /* A retired item's block (used, not linked), cut after its first 16 bytes. */
+    uint64_t g = (*last_retired() - s->arena_lo) / KHALA_ALIGN + 1;
+    cr_assert_gt(*last_retired(), s->arena_lo);
+    start_bits()[g / 64] |= 1ull << (g % 64);
+    expect_rebuilt(&cfg, "minimum");
 }
 
-Test(l1_table, prev_size_pointing_before_the_arena_is_rebuilt) {
+Test(l1_table, footer_pointing_before_the_arena_is_rebuilt) {
     khala_seg_config_t cfg = corrupt_fixture();
     uint64_t b = *first_free_head();
-    uint64_t next = b + (block_at(b)->size_flags & ~(uint64_t)(KHALA_ALIGN - 1));
-    block_at(next)->prev_size = next + 4096; /* the free block before would start below 0 */
-    expect_rebuilt(&cfg, "prev_size");
+    uint64_t end = (b + free_rec(b)[0]) & ~(uint64_t)(KHALA_CACHE_LINE - 1);
+    /* The free block's footer, the last word of its last whole line. */
+    *(uint64_t *)(khala__l1_seg(g_t)->base + end - 8) = end + 4096;
+    expect_rebuilt(&cfg, "footer");
 }
 
 Test(l1_table, queue_link_out_of_range_is_rebuilt_not_followed) {
