@@ -5,27 +5,33 @@
  *
  * The arena is a sequence of blocks that tile [lo, hi). A block has no header: a used block is
  * the item and nothing else, and its first byte is the item's. Where blocks start and which are
- * free is kept in two writer-only bitmaps (the region at bitmap_off, layout.h), one bit per
- * KHALA_ALIGN-byte unit of the arena:
+ * free is kept in one writer-only bitmap (the region at bitmap_off, layout.h), one bit per
+ * KHALA_ALIGN-byte unit of the arena. Every block spans two units at least (KHALA_BLOCK_MIN),
+ * and its bits are:
  *
- *   start_bits  1 . . . . 1 . . 1 . . . . . . . . . . 1 . . 1     (bit g: a block starts at unit g;
- *   free_bits   0 . . . . 1 . 1 0 . . . . . . . . . . 0 . . 0      bit hi is always set)
- *   arena      | used      |free | used                | used |...
+ *   used block      1 0 0 0 0 0      its first unit only
+ *   free block      1 1 0 0 0 1      its first, second and last unit
+ *   free, 2 units   1 1              (second and last are one)
+ *   the arena's end 1 0              bit hi is set, bit hi + 1 is clear
  *
- * A free bit marks the first and the last unit of a free block (two distinct bits: every block
- * spans KHALA_BLOCK_MIN = 2 units at least). So the block at unit g is free iff free bit g, and
- * the block that ends just before unit g is free iff free bit g - 1. A used block's size is the
- * distance to the next start bit.
+ * So, for a block starting at unit g: it is free iff bit g + 1. The block that ends just before
+ * g is free iff bit g - 1 (a used block's last unit is never marked, since it is not its first).
+ * A used block ends at the next set bit after g + 1. A free block's end: take the first set bit
+ * q >= g + 2; it is the block's last unit if bit q + 1 is set (q + 1 then starts the next
+ * block), else it is already the next block's start (a two-unit free block, followed by a used
+ * block or the end, whose second bit is clear). Backwards, from a free block's last unit: the
+ * last set bit r below it is the block's first unit or its second; it is the second iff bit
+ * r - 1 is set (a used block's last unit, before a free block, is clear).
  *
  * A free block keeps its TLSF record (size, next, prev) at the start of the first cache line
  * that lies wholly inside it, and its size again (the footer) in the last 8 bytes of the last
  * such line; such a block is *listed*. A free block with no whole line inside (at most 112
  * bytes, since a block starts at most 48 bytes before a line boundary) is *dust*: it holds
- * nothing and sits in no list; it comes back when a neighbour is freed and merges with it. The
- * size of a free block is read from the bitmap when the next start bit is within 8 units
- * (blocks of up to 112 bytes, every dust block among them), else from its record (a block of
- * 128 bytes or more is always listed); the start of the free block before a freed one likewise
- * from the bitmap within 7 units back, else from its footer.
+ * nothing and sits in no list; it comes back when a neighbour is freed and merges with it. A
+ * free block's size is decoded from the bitmap when its bits lie within 8 units (blocks of up
+ * to 128 bytes, every dust block among them), else read from its record (a block of 144 bytes
+ * or more is always listed); the start of the free block before a freed one likewise from the
+ * bitmap within 8 units back, else from its footer.
  *
  *   first whole line      last whole line
  *   v                     v
@@ -34,7 +40,7 @@
  * Readers' lines. Readers load the lines of live items, and a store to one of those lines by
  * the writer makes every reader that cached it miss on its next get. So the writer never stores
  * to a line that holds a byte of a used block, except the block it hands out, which it fills
- * before the item is linked: it stores to the bitmaps, to khala_alloc_state_t, and to lines that
+ * before the item is linked: it stores to the bitmap, to khala_alloc_state_t, and to lines that
  * lie wholly inside free blocks (records, footers). Allocation writes nothing in the block it
  * returns. tests/test_alloc.c (churn_never_stores_to_a_line_of_a_used_block) holds us to it.
  *
@@ -47,16 +53,16 @@
  * Why TLSF and not size-class slabs: the cache's eviction policy is global, and slabs tie
  * memory to size classes, so a shift in value sizes strands memory in the wrong class (the
  * "calcification" memcached needs a rebalancer for). TLSF coalesces, so memory freed by any
- * eviction serves any later size. Its cost is bounded: two bits per 16 bytes of arena (arena/64
+ * eviction serves any later size. Its cost is bounded: one bit per 16 bytes of arena (arena/128
  * bytes) plus rounding to the list boundary (at most 1/16 of the size), plus dust, at most 112
  * bytes beside a used block until that block is freed; docs/segment.md reports the measured
  * overhead.
  *
- * Why two bitmaps and not one: with start bits alone, nothing tells a free block from a used
- * one; with free bits alone, a used block's size is nowhere (it has no header), and the writer
- * needs it to free the block and the check needs it to walk. Storing the used size in the desc
- * instead would not serve a retired item, whose desc may already hold another key. The second
- * bitmap costs arena/128 bytes: 1.4 bytes for a 176-byte item, against the 16 the header cost.
+ * Why a bitmap and not the size in the desc: a used block's size must be known to free it and to
+ * walk the arena in the check, and a retired item's desc may already hold another key. Why one
+ * bitmap and not two (block starts, free ends: simpler to decode): the second would cost
+ * another arena/128 bytes, which for the items of a large-value cache is more than the 16-byte
+ * header it replaces.
  *
  * Historical note. Until layout version 4 each block began with a 16-byte header (prev_size,
  * size | FREE | PREV_FREE), the classic TLSF boundary tag, and a free block kept its links in
@@ -67,9 +73,9 @@
  *
  * Invariants (checked by khala__alloc_check, which follows no offset it has not checked, since
  * it is what stands between a corrupted segment and a writer that trusts it):
- *   - The start bits set are exactly the blocks' first units and unit hi; blocks are at least
- *     KHALA_BLOCK_MIN bytes; no two free blocks are adjacent.
- *   - The free bits set are exactly the first and last units of the free blocks.
+ *   - The bits set are exactly those drawn above: every block's first unit, a free block's
+ *     second and last, and unit hi. Blocks are at least KHALA_BLOCK_MIN bytes; no two free
+ *     blocks are adjacent.
  *   - A free block is listed iff it holds a whole cache line; a listed block's record and
  *     footer hold its size; it is in exactly the list its size maps to.
  *   - free_bytes is the sum of all free blocks (dust included); used_blocks their count.
@@ -87,8 +93,9 @@
 #define LINE ((uint64_t)KHALA_CACHE_LINE)
 /* Blocks of the request's own list that step 2 of khala__alloc_alloc looks at. */
 #define FIRST_FIT_SCAN 32
-/* A free block whose next start bit is this many units away or more is listed (>= 128 bytes). */
-#define SIZE_WINDOW 8
+/* Units of bitmap the writer reads to decode a free block's size or start before it turns to
+ * the block's record or footer: every block larger is listed (> 112 bytes). */
+#define WINDOW 8
 
 /* A listed free block's record, at the start of its first whole cache line. */
 typedef struct free_rec {
@@ -128,24 +135,28 @@ static inline uint64_t unit(const khala_arena_t *a, uint64_t off) {
     return (off - a->lo) / KHALA_ALIGN;
 }
 
-static inline int bit_get(const uint64_t *w, uint64_t g) {
-    return (int)((w[g / 64] >> (g % 64)) & 1);
+static inline uint64_t units(const khala_arena_t *a) {
+    return (a->hi - a->lo) / KHALA_ALIGN;
 }
 
-static inline void bit_set(uint64_t *w, uint64_t g) {
-    w[g / 64] |= 1ull << (g % 64);
+static inline int bit(const khala_arena_t *a, uint64_t g) {
+    return (int)((a->bits[g / 64] >> (g % 64)) & 1);
 }
 
-static inline void bit_clr(uint64_t *w, uint64_t g) {
-    w[g / 64] &= ~(1ull << (g % 64));
+static inline void bit_set(khala_arena_t *a, uint64_t g) {
+    a->bits[g / 64] |= 1ull << (g % 64);
 }
 
-/* The first set bit of w in [from, to), or to if none. Reads only words that hold such bits. */
-static uint64_t bit_next(const uint64_t *w, uint64_t from, uint64_t to) {
+static inline void bit_clr(khala_arena_t *a, uint64_t g) {
+    a->bits[g / 64] &= ~(1ull << (g % 64));
+}
+
+/* The first set bit in [from, to), or to if none. Reads only words that hold such bits. */
+static uint64_t bit_next(const khala_arena_t *a, uint64_t from, uint64_t to) {
     if (from >= to)
         return to;
     uint64_t i = from / 64;
-    uint64_t word = w[i] & (~0ull << (from % 64));
+    uint64_t word = a->bits[i] & (~0ull << (from % 64));
     for (;;) {
         if (word) {
             uint64_t g = i * 64 + (uint64_t)__builtin_ctzll(word);
@@ -153,44 +164,52 @@ static uint64_t bit_next(const uint64_t *w, uint64_t from, uint64_t to) {
         }
         if (++i * 64 >= to)
             return to;
-        word = w[i];
+        word = a->bits[i];
     }
 }
 
-/* The last set bit of w in [from, to), or UINT64_MAX if none. For short ranges. */
-static uint64_t bit_prev(const uint64_t *w, uint64_t from, uint64_t to) {
+/* The last set bit in [from, to), or UINT64_MAX if none. For short ranges. */
+static uint64_t bit_prev(const khala_arena_t *a, uint64_t from, uint64_t to) {
     for (uint64_t g = to; g-- > from;)
-        if (bit_get(w, g))
+        if (bit(a, g))
             return g;
     return UINT64_MAX;
 }
 
-static inline uint64_t units(const khala_arena_t *a) {
-    return (a->hi - a->lo) / KHALA_ALIGN;
+/* The unit after the free block at unit g, decoded from the first set bit q in [g + 2, to): q is
+ * the block's last unit if q + 1 is set, else the next block's first. `to` if q is not there. */
+static uint64_t free_end(const khala_arena_t *a, uint64_t g, uint64_t to) {
+    uint64_t q = bit_next(a, g + 2, to);
+    if (q == to)
+        return to;
+    return bit(a, q + 1) ? q + 1 : q;
 }
 
-/* Bytes of the block at b, from the start bits: up to the next start bit. */
+/* Bytes of the used block at b: up to the next set bit (its second unit is clear). */
 static uint64_t span(const khala_arena_t *a, uint64_t b) {
     uint64_t g = unit(a, b);
-    return (bit_next(a->start_bits, g + 1, units(a)) - g) * KHALA_ALIGN;
+    return (bit_next(a, g + 2, units(a) + 1) - g) * KHALA_ALIGN;
 }
 
-/* Bytes of the free block at b: from the bitmap when it is short, else from its record. */
+/* Bytes of the free block at b: from the bitmap when its end is near, else from its record. */
 static uint64_t free_size(const khala_arena_t *a, uint64_t b) {
-    uint64_t g = unit(a, b), lim = g + SIZE_WINDOW < units(a) ? g + SIZE_WINDOW : units(a);
-    uint64_t n = bit_next(a->start_bits, g + 1, lim);
-    if (n < lim || lim == units(a))
-        return (n - g) * KHALA_ALIGN;
+    uint64_t g = unit(a, b), to = g + WINDOW < units(a) + 1 ? g + WINDOW : units(a) + 1;
+    uint64_t e = free_end(a, g, to);
+    if (e != to)
+        return (e - g) * KHALA_ALIGN;
     return rec(a, b)->size;
 }
 
-/* The offset of the free block that ends at e. */
+/* The offset of the free block that ends at e: the last set bit r below e's last unit is the
+ * block's second unit if r - 1 is set, else its first. */
 static uint64_t free_start_before(const khala_arena_t *a, uint64_t e) {
-    uint64_t g = unit(a, e), from = g >= SIZE_WINDOW - 1 ? g - (SIZE_WINDOW - 1) : 0;
-    uint64_t p = bit_prev(a->start_bits, from, g);
-    if (p != UINT64_MAX)
-        return a->lo + p * KHALA_ALIGN;
-    return e - *footer(a, e);
+    uint64_t g = unit(a, e) - 1, from = g >= WINDOW ? g - WINDOW : 0;
+    uint64_t r = bit_prev(a, from, g);
+    if (r == UINT64_MAX)
+        return e - *footer(a, e);
+    if (r > 0 && bit(a, r - 1))
+        r--;
+    return a->lo + r * KHALA_ALIGN;
 }
 
 static inline int fls64(uint64_t v) {
@@ -248,32 +267,32 @@ static void list_remove(khala_arena_t *a, uint64_t b, uint64_t size) {
     }
 }
 
-/* Make [b, b + size) a free block: its free bits and, if it holds a whole line, its record,
- * footer and list entry. Its start bit must be set, and no start bit inside it. Stores only to
- * the bitmaps and to lines wholly inside the block. */
+/* Make [b, b + size) a free block: its second and last bits and, if it holds a whole line, its
+ * record, footer and list entry. Its first bit must be set, and no bit inside it. Stores only to
+ * the bitmap and to lines wholly inside the block. */
 static void make_free(khala_arena_t *a, uint64_t b, uint64_t size) {
-    bit_set(a->free_bits, unit(a, b));
-    bit_set(a->free_bits, unit(a, b + size) - 1);
+    bit_set(a, unit(a, b) + 1);
+    bit_set(a, unit(a, b + size) - 1);
     if (listed(b, size)) {
         list_insert(a, b, size);
         *footer(a, b + size) = size;
     }
 }
 
-/* Take the free block [b, b + size) out of the free state: its list entry and its free bits. */
+/* Take the free block [b, b + size) out of the free state: its list entry and the bits that say
+ * it is free. Its first bit stays. */
 static void unmake_free(khala_arena_t *a, uint64_t b, uint64_t size) {
     if (listed(b, size))
         list_remove(a, b, size);
-    bit_clr(a->free_bits, unit(a, b));
-    bit_clr(a->free_bits, unit(a, b + size) - 1);
+    bit_clr(a, unit(a, b) + 1);
+    bit_clr(a, unit(a, b + size) - 1);
 }
 
 void khala__alloc_bind(khala_arena_t *a, uint8_t *base, khala_alloc_state_t *st, void *bits,
                        uint64_t lo, uint64_t hi) {
     a->base = base;
     a->st = st;
-    a->start_bits = bits;
-    a->free_bits = a->start_bits + khala_arena_bitmap_words(hi - lo);
+    a->bits = bits;
     a->lo = lo;
     a->hi = hi;
 }
@@ -289,10 +308,10 @@ void khala__alloc_format(khala_arena_t *a) {
     st->free_bytes = a->hi - a->lo;
     st->used_blocks = 0;
     uint64_t words = khala_arena_bitmap_words(a->hi - a->lo);
-    for (uint64_t i = 0; i < 2 * words; i++)
-        a->start_bits[i] = 0;
-    bit_set(a->start_bits, 0);
-    bit_set(a->start_bits, units(a));
+    for (uint64_t i = 0; i < words; i++)
+        a->bits[i] = 0;
+    bit_set(a, 0);
+    bit_set(a, units(a));
     make_free(a, a->lo, a->hi - a->lo);
 }
 
@@ -346,7 +365,7 @@ int khala__alloc_alloc(khala_arena_t *a, uint64_t payload, uint64_t *off, uint64
     uint64_t size = rec(a, b)->size;
     unmake_free(a, b, size);
     if (size - need >= KHALA_BLOCK_MIN) {
-        bit_set(a->start_bits, unit(a, b + need));
+        bit_set(a, unit(a, b + need));
         make_free(a, b + need, size - need);
         size = need;
     }
@@ -360,22 +379,22 @@ int khala__alloc_alloc(khala_arena_t *a, uint64_t payload, uint64_t *off, uint64
 void khala__alloc_free(khala_arena_t *a, uint64_t off) {
     uint64_t b = off;
     uint64_t size = span(a, b);
-    KHALA_ASSERT(!bit_get(a->free_bits, unit(a, b)));
+    KHALA_ASSERT(!bit(a, unit(a, b) + 1));
     a->st->used_blocks--;
     a->st->free_bytes += size;
     /* Merge with the block after, if free. */
     uint64_t e = b + size;
-    if (e < a->hi && bit_get(a->free_bits, unit(a, e))) {
+    if (e < a->hi && bit(a, unit(a, e) + 1)) {
         uint64_t nsize = free_size(a, e);
         unmake_free(a, e, nsize);
-        bit_clr(a->start_bits, unit(a, e));
+        bit_clr(a, unit(a, e));
         size += nsize;
     }
-    /* Merge with the block before, if free: its last unit's free bit is the one before b. */
-    if (b > a->lo && bit_get(a->free_bits, unit(a, b) - 1)) {
+    /* Merge with the block before, if free: its last unit is marked. */
+    if (b > a->lo && bit(a, unit(a, b) - 1)) {
         uint64_t p = free_start_before(a, b);
         unmake_free(a, p, b - p);
-        bit_clr(a->start_bits, unit(a, b));
+        bit_clr(a, unit(a, b));
         size += b - p;
         b = p;
     }
@@ -404,21 +423,15 @@ static int block_off_ok(const khala_arena_t *a, uint64_t b) {
     return b % KHALA_ALIGN == 0 && b >= a->lo && b < a->hi && line_up(b) + LINE <= a->hi;
 }
 
-static uint64_t popcount_words(const uint64_t *w, uint64_t n) {
-    uint64_t c = 0;
-    for (uint64_t i = 0; i < n; i++)
-        c += (uint64_t)__builtin_popcountll(w[i]);
-    return c;
-}
-
 /* Steps (the code refers to them):
  * Step 1. The arena's own bounds, which every later comparison relies on.
- * Step 2. Walk the blocks from lo by the start bits (bit_next never reads past the bitmaps, and
- *         every step advances). Each block is at least KHALA_BLOCK_MIN bytes; a free one has
- *         its last unit's free bit, no free neighbour before it, and, if listed, a record and a
- *         footer that hold its size; the listed blocks' offsets are summed as fingerprints.
- *         Counters are compared. Then the bitmaps hold no other bit: the start bits are the
- *         blocks' and the end's, the free bits two per free block.
+ * Step 2. Walk the blocks from lo by the bitmap, decoding each the way the writer does (bit_next
+ *         never reads past the bitmap, and every step advances by two units at least). A free
+ *         block has its last unit marked, no free neighbour before it and, if listed, a record
+ *         and a footer that hold its size; the listed blocks' offsets are summed as
+ *         fingerprints. Counters are compared. The walk has decided every bit up to unit hi,
+ *         so the bitmap's population count must be exactly the bits it expects: no other bit
+ *         is set, even past hi.
  * Step 3. The list bitmaps may name only lists that exist.
  * Step 4. Walk every free list. Each offset is checked (block_off_ok) before its record is
  *         read; a walk ends after `listed` entries (a cycle cannot go on), and each entry's
@@ -429,22 +442,26 @@ int khala__alloc_check(const khala_arena_t *a, char *err, size_t errlen) {
     const khala_alloc_state_t *st = a->st;
     /* Step 1. */
     if (a->lo % KHALA_ALIGN || a->hi % KHALA_ALIGN || a->hi < a->lo || a->hi - a->lo < 2 * LINE ||
-        !a->start_bits || !a->free_bits)
+        !a->bits)
         return khala__errbuf(err, errlen, KHALA_ECORRUPT, "arena [%llu, %llu) is malformed",
                              (unsigned long long)a->lo, (unsigned long long)a->hi);
     /* Step 2. */
     const uint64_t n_units = units(a), words = khala_arena_bitmap_words(a->hi - a->lo);
-    uint64_t free_bytes = 0, free_blocks = 0, nlisted = 0, used = 0, free_fp = 0;
+    uint64_t free_bytes = 0, free_blocks = 0, nlisted = 0, used = 0, free_fp = 0, marks = 1;
     int prev_free = 0;
-    if (!bit_get(a->start_bits, 0) || !bit_get(a->start_bits, n_units))
+    if (!bit(a, 0) || !bit(a, n_units))
         return khala__errbuf(err, errlen, KHALA_ECORRUPT,
-                             "start bitmap: no block starts at the arena's start, or its end "
-                             "is unmarked");
+                             "block bitmap: no block starts at the arena's start, or its end is "
+                             "unmarked");
     for (uint64_t g = 0; g < n_units;) {
         uint64_t b = a->lo + g * KHALA_ALIGN;
-        uint64_t next = bit_next(a->start_bits, g + 1, n_units);
+        int is_free = bit(a, g + 1);
+        uint64_t next = is_free ? free_end(a, g, n_units + 1) : bit_next(a, g + 2, n_units + 1);
+        if (next > n_units)
+            return khala__errbuf(err, errlen, KHALA_ECORRUPT,
+                                 "block at %llu: its size runs past the arena's end",
+                                 (unsigned long long)b);
         uint64_t size = (next - g) * KHALA_ALIGN;
-        int is_free = bit_get(a->free_bits, g);
         if (size < KHALA_BLOCK_MIN)
             return khala__errbuf(err, errlen, KHALA_ECORRUPT,
                                  "block at %llu: size %llu, below the %u-byte minimum",
@@ -454,10 +471,10 @@ int khala__alloc_check(const khala_arena_t *a, char *err, size_t errlen) {
                                  "block at %llu: free, and so is the block before it",
                                  (unsigned long long)b);
         if (is_free) {
-            if (!bit_get(a->free_bits, next - 1))
+            if (!bit(a, next - 1))
                 return khala__errbuf(err, errlen, KHALA_ECORRUPT,
-                                     "free block at %llu (%llu bytes): its last unit's free bit "
-                                     "is clear",
+                                     "free block at %llu (%llu bytes): its last unit has no end "
+                                     "mark",
                                      (unsigned long long)b, (unsigned long long)size);
             if (listed(b, size)) {
                 const free_rec_t *r = rec(a, b);
@@ -473,8 +490,10 @@ int khala__alloc_check(const khala_arena_t *a, char *err, size_t errlen) {
             }
             free_bytes += size;
             free_blocks++;
+            marks += next - g == 2 ? 2 : 3;
         } else {
             used++;
+            marks += 1;
         }
         prev_free = is_free;
         g = next;
@@ -486,15 +505,13 @@ int khala__alloc_check(const khala_arena_t *a, char *err, size_t errlen) {
                              (unsigned long long)free_bytes, (unsigned long long)used,
                              (unsigned long long)st->free_bytes,
                              (unsigned long long)st->used_blocks);
-    if (popcount_words(a->start_bits, words) != free_blocks + used + 1 ||
-        popcount_words(a->free_bits, words) != 2 * free_blocks)
+    uint64_t pop = 0;
+    for (uint64_t i = 0; i < words; i++)
+        pop += (uint64_t)__builtin_popcountll(a->bits[i]);
+    if (pop != marks)
         return khala__errbuf(err, errlen, KHALA_ECORRUPT,
-                             "bitmaps hold bits that no block accounts for (%llu start bits for "
-                             "%llu blocks, %llu free bits for %llu free blocks)",
-                             (unsigned long long)popcount_words(a->start_bits, words),
-                             (unsigned long long)(free_blocks + used),
-                             (unsigned long long)popcount_words(a->free_bits, words),
-                             (unsigned long long)free_blocks);
+                             "block bitmap holds %llu bits, the blocks account for %llu",
+                             (unsigned long long)pop, (unsigned long long)marks);
     /* Step 3. */
     if (st->fl_bitmap >> KHALA_ALLOC_FL)
         return khala__errbuf(err, errlen, KHALA_ECORRUPT,
@@ -528,8 +545,8 @@ int khala__alloc_check(const khala_arena_t *a, char *err, size_t errlen) {
                                          (unsigned long long)nlisted, f, s, (unsigned long long)x);
                 const free_rec_t *r = rec(a, x);
                 uint64_t g = unit(a, x);
-                if (!bit_get(a->start_bits, g) || !bit_get(a->free_bits, g) ||
-                    r->size < KHALA_BLOCK_MIN || r->size > a->hi - x || !listed(x, r->size))
+                if (!bit(a, g) || !bit(a, g + 1) || r->size < KHALA_BLOCK_MIN ||
+                    r->size > a->hi - x || !listed(x, r->size))
                     return khala__errbuf(err, errlen, KHALA_ECORRUPT,
                                          "free list [%d][%d]: block %llu is not a listed free "
                                          "block (record size %llu)",
@@ -567,10 +584,10 @@ int khala__alloc_check(const khala_arena_t *a, char *err, size_t errlen) {
 uint64_t khala__alloc_used_fp(const khala_arena_t *a) {
     uint64_t fp = 0;
     for (uint64_t g = 0; g < units(a);) {
-        uint64_t next = bit_next(a->start_bits, g + 1, units(a));
-        if (!bit_get(a->free_bits, g))
+        int is_free = bit(a, g + 1);
+        if (!is_free)
             fp += khala__alloc_fp(a->lo + g * KHALA_ALIGN);
-        g = next;
+        g = is_free ? free_end(a, g, units(a) + 1) : bit_next(a, g + 2, units(a) + 1);
     }
     return fp;
 }

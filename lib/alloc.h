@@ -15,15 +15,13 @@
 typedef struct khala_arena {
     uint8_t *base;           /* the segment mapping (offsets are from here) */
     khala_alloc_state_t *st; /* base + alloc_off */
-    uint64_t *start_bits;    /* base + bitmap_off: bit g = a block starts at lo + g * 16 */
-    uint64_t *free_bits;     /* start_bits + khala_arena_bitmap_words(hi - lo): bit g = the
-                                16 bytes at lo + g * 16 are the first or last of a free block */
+    uint64_t *bits;          /* base + bitmap_off: one bit per 16-byte unit (alloc.c) */
     uint64_t lo;             /* arena_off */
     uint64_t hi;             /* arena_off + arena_size */
 } khala_arena_t;
 
-/* Smallest block: every block spans two KHALA_ALIGN units at least, so a free block's first and
- * last units are distinct bits of free_bits. */
+/* Smallest block: every block spans two KHALA_ALIGN units at least, so that a used block's
+ * second unit is never marked (alloc.c). */
 #define KHALA_BLOCK_MIN 32u
 
 /* Point a at an arena of [lo, hi) in the mapping `base`, with its state at st and its bitmaps
@@ -47,7 +45,7 @@ uint64_t khala__alloc_block_size(const khala_arena_t *a, uint64_t off);
 
 /* Fetch the bitmap words that freeing the block at `off` reads first. */
 static inline void khala__alloc_prefetch(const khala_arena_t *a, uint64_t off) {
-    __builtin_prefetch(a->start_bits + (off - a->lo) / KHALA_ALIGN / 64, 1);
+    __builtin_prefetch(a->bits + (off - a->lo) / KHALA_ALIGN / 64, 1);
 }
 
 /* Bytes a payload of `payload` bytes takes once rounded to a block. */

@@ -20,7 +20,7 @@
  *   +-------------------------+ alloc_off
  *   | khala_alloc_state_t     |   writer-only: the TLSF free lists of the arena
  *   +-------------------------+ bitmap_off
- *   | start bits | free bits  |   writer-only: two bits per KHALA_ALIGN bytes of arena, where
+ *   | block bitmap            |   writer-only: a bit per KHALA_ALIGN bytes of arena: where
  *   |                         |   blocks start and which are free (alloc.c)
  *   +-------------------------+ arena_off
  *   | arena                   |   blocks, no headers; a used block is one khala_item_t + key +
@@ -139,7 +139,7 @@ typedef struct khala_seg_header {
     uint32_t max_readers;    /* reader slots */
     uint32_t ring_size;      /* entries of each reader's hit ring, a power of two */
     int64_t created_ms;      /* monotonic ms when created */
-    uint64_t bitmap_off;     /* offset of the arena's block bitmaps (khala_arena_bitmap_bytes) */
+    uint64_t bitmap_off;     /* offset of the arena's block bitmap (khala_arena_bitmap_bytes) */
     uint8_t pad0[KHALA_CACHE_LINE * 3 - 168];
 
     /* Written by the writer, read by every reader: a line of its own. */
@@ -250,16 +250,16 @@ typedef struct khala_alloc_state {
     uint64_t used_blocks;                               /* blocks handed out */
 } khala_alloc_state_t;
 
-/* The arena's block bitmaps, writer-only: the start bits, then the free bits, each one bit per
- * KHALA_ALIGN bytes of arena plus one (the arena's end), in uint64_t words. A start bit says a
- * block starts there; a free bit marks the first and the last KHALA_ALIGN bytes of a free block.
- * Arena blocks have no header: lib/alloc.c explains why and what a free block holds. */
+/* The arena's block bitmap, writer-only: one bit per KHALA_ALIGN bytes of arena, plus the
+ * arena's end and one bit after it, in uint64_t words. Set at the first unit of every block, and
+ * also at the second and the last unit of a free block. Arena blocks have no header: lib/alloc.c
+ * explains why and what a free block holds. */
 static inline uint64_t khala_arena_bitmap_words(uint64_t arena_size) {
-    return (arena_size / KHALA_ALIGN + 1 + 63) / 64;
+    return (arena_size / KHALA_ALIGN + 2 + 63) / 64;
 }
 
 static inline uint64_t khala_arena_bitmap_bytes(uint64_t arena_size) {
-    return 2 * khala_arena_bitmap_words(arena_size) * sizeof(uint64_t);
+    return khala_arena_bitmap_words(arena_size) * sizeof(uint64_t);
 }
 
 typedef struct khala_readers_header {

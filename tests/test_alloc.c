@@ -76,8 +76,8 @@ Test(alloc, block_sizes_and_overhead_are_as_documented) {
         cr_assert_geq(b, p);
         cr_assert_lt(b, p + KHALA_ALIGN > KHALA_BLOCK_MIN ? p + KHALA_ALIGN : KHALA_BLOCK_MIN + 1);
     }
-    /* Two bits of bitmap per KHALA_ALIGN bytes of arena (and the end), in whole words. */
-    cr_assert_eq(khala_arena_bitmap_bytes(64 * 1024), 2 * 8 * 65);
+    /* A bit of bitmap per KHALA_ALIGN bytes of arena (and two past it), in whole words. */
+    cr_assert_eq(khala_arena_bitmap_bytes(64 * 1024), 8 * 65);
 }
 
 Test(alloc, allocation_is_aligned_sized_and_counted) {
@@ -291,13 +291,13 @@ Test(alloc, random_alloc_free_matches_shadow_model) {
     (void)enomem;
 }
 
-/* The start and free bits of the unit at off. */
+/* The bitmap unit of off. */
 static uint64_t unit_of(const khala_arena_t *a, uint64_t off) {
     return (off - a->lo) / KHALA_ALIGN;
 }
 
-static void flip(uint64_t *bits, uint64_t g) {
-    bits[g / 64] ^= 1ull << (g % 64);
+static void flip(const khala_arena_t *a, uint64_t g) {
+    a->bits[g / 64] ^= 1ull << (g % 64);
 }
 
 Test(alloc, check_detects_a_corrupted_block_boundary) {
@@ -305,7 +305,7 @@ Test(alloc, check_detects_a_corrupted_block_boundary) {
     uint64_t off, block;
     cr_assert_eq(khala__alloc_alloc(a, 100, &off, &block), 0);
     cr_assert_eq(khala__alloc_alloc(a, 100, &off, &block), 0);
-    flip(a->start_bits, unit_of(a, off + block)); /* the block now overlaps the next one */
+    flip(a, unit_of(a, off + block)); /* the block now overlaps the next one */
     cr_assert_eq(khala__alloc_check(a, NULL, 0), KHALA_ECORRUPT);
 }
 
@@ -385,10 +385,25 @@ Test(alloc, free_list_cycle_is_ecorrupt) {
     expect_corrupt(a, "free list");
 }
 
-Test(alloc, block_below_the_minimum_is_ecorrupt) {
+Test(alloc, used_block_marked_free_is_ecorrupt) {
     khala_arena_t *a = holey_arena();
-    flip(a->start_bits, unit_of(a, g_off[2]) + 1); /* a 16-byte block */
-    expect_corrupt(a, "minimum");
+    flip(a, unit_of(a, g_off[2]) + 1); /* its second unit says free, beside free block 1 */
+    expect_corrupt(a, "so is the block before");
+}
+
+Test(alloc, free_block_without_an_end_mark_is_ecorrupt) {
+    khala_arena_t *a = arena_make(64 * 1024);
+    uint64_t off[3], block;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(khala__alloc_alloc(a, 100, &off[i], &block), 0);
+    flip(a, unit_of(a, off[1]) + 1); /* "free", between used blocks, but its end is unmarked */
+    expect_corrupt(a, "end mark");
+}
+
+Test(alloc, block_running_past_the_arena_end_is_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    flip(a, unit_of(a, a->hi) - 1); /* a one-unit block before the end, "free" by bit hi */
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), KHALA_ECORRUPT);
 }
 
 Test(alloc, record_size_that_disagrees_with_the_bitmap_is_ecorrupt) {
@@ -407,14 +422,15 @@ Test(alloc, footer_that_disagrees_with_the_bitmap_is_ecorrupt) {
 
 Test(alloc, stray_bits_are_ecorrupt) {
     khala_arena_t *a = holey_arena();
-    flip(a->free_bits, unit_of(a, g_off[2]) + 3); /* inside a used block */
-    expect_corrupt(a, "bitmaps hold bits");
-    flip(a->free_bits, unit_of(a, g_off[2]) + 3);
+    flip(a, unit_of(a, g_off[2]) + 3); /* inside a used block: splits it in two */
+    expect_corrupt(a, "used blocks");
+    flip(a, unit_of(a, g_off[2]) + 3);
     cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
-    flip(a->start_bits, unit_of(a, a->hi) + 1); /* past the arena's end */
-    expect_corrupt(a, "bitmaps hold bits");
-    flip(a->start_bits, unit_of(a, a->hi) + 1);
-    flip(a->free_bits, unit_of(a, g_off[1])); /* a free block marked used at its start */
+    flip(a, unit_of(a, a->hi) + 1); /* past the arena's end */
+    expect_corrupt(a, "bitmap holds");
+    flip(a, unit_of(a, a->hi) + 1);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    flip(a, unit_of(a, g_off[1]) + 1); /* a listed free block marked used */
     cr_assert_eq(khala__alloc_check(a, NULL, 0), KHALA_ECORRUPT);
 }
 

@@ -965,8 +965,8 @@ static uint64_t *free_rec(uint64_t b) {
     return (uint64_t *)(khala__l1_seg(g_t)->base + line);
 }
 
-/* The arena's start bits (alloc.c). */
-static uint64_t *start_bits(void) {
+/* The arena's block bitmap (alloc.c). */
+static uint64_t *block_bits(void) {
     khala_seg_t *s = khala__l1_seg(g_t);
     return (uint64_t *)(s->base + s->hdr->bitmap_off);
 }
@@ -1074,14 +1074,14 @@ Test(l1_table, free_record_size_of_zero_is_rebuilt) {
     expect_rebuilt(&cfg, "size");
 }
 
-Test(l1_table, block_below_the_minimum_size_is_rebuilt) {
+Test(l1_table, used_block_marked_free_is_rebuilt) {
     khala_seg_config_t cfg = corrupt_fixture();
     khala_seg_t *s = khala__l1_seg(g_t);
-    /* A retired item's block (used, not linked), cut after its first 16 bytes. */
+    /* A retired item's block (used, not linked), its second unit marked as a free block's. */
     uint64_t g = (*last_retired() - s->arena_lo) / KHALA_ALIGN + 1;
     cr_assert_gt(*last_retired(), s->arena_lo);
-    start_bits()[g / 64] |= 1ull << (g % 64);
-    expect_rebuilt(&cfg, "minimum");
+    block_bits()[g / 64] |= 1ull << (g % 64);
+    expect_rebuilt(&cfg, "arena allocator");
 }
 
 Test(l1_table, footer_pointing_before_the_arena_is_rebuilt) {

@@ -2,7 +2,7 @@
  * Plain driver of tests/fuzz/fuzz_segment.c, run by ctest in every build: the valid seed
  * segment, then a fixed number of deterministic mutations of it (word overwrites aimed at the
  * header, the buckets, the arena, and most often at the regions only the writer reads: its
- * header state, the descs, the retire ring, the allocator's state and block bitmaps; with
+ * header state, the descs, the retire ring, the allocator's state and block bitmap; with
  * offsets and indexes pointing anywhere, and truncations), each attached and read, then
  * restarted as a writer. The target must survive all of them; the program counts how many
  * attached, were refused, were adopted by the writer and were made anew, and fails if the
@@ -84,8 +84,8 @@ int main(int argc, char **argv) {
         {h->alloc_off, sizeof(khala_alloc_state_t)},
         {h->alloc_off + offsetof(khala_alloc_state_t, free_head), 6 * 16 * 8 + 512},
         {h->arena_off, 8192},
-        {h->bitmap_off, khala_arena_bitmap_bytes(h->arena_size) / 2}, /* start bits */
-        {h->bitmap_off, khala_arena_bitmap_bytes(h->arena_size)},     /* both bitmaps */
+        {h->bitmap_off, 1024},                                    /* the first blocks' bits */
+        {h->bitmap_off, khala_arena_bitmap_bytes(h->arena_size)}, /* the block bitmap */
     };
     const int nregions = (int)(sizeof(regions) / sizeof(regions[0]));
     long accepted = 0;
