@@ -514,3 +514,31 @@ Test(alloc, churn_never_stores_to_a_line_of_a_used_block) {
     cr_assert_gt(live, 64);
     free(snap);
 }
+
+/* Free blocks of two to ten units are decoded from the bitmap alone (alloc.c), at every
+ * alignment to the cache line: free them beside each other in every order and merge them. */
+Test(alloc, small_free_blocks_decode_and_merge_at_every_alignment) {
+    khala_arena_t *a = arena_make(64 * 1024);
+    uint64_t off[600], block;
+    int n = 0;
+    while (n < 600 && khala__alloc_alloc(a, 32 + 16 * (uint64_t)(n % 9), &off[n], &block) == 0)
+        n++;
+    cr_assert_gt(n, 300);
+    for (int i = 1; i < n; i += 3) {
+        khala__alloc_free(a, off[i]);
+        cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    }
+    for (int i = 0; i < n; i += 3) { /* merges after */
+        khala__alloc_free(a, off[i]);
+        cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    }
+    for (int i = 2; i < n; i += 3) { /* merges before and after */
+        khala__alloc_free(a, off[i]);
+        cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    }
+    cr_assert_eq(a->st->free_bytes, arena_usable(a));
+    cr_assert_eq(a->st->used_blocks, 0);
+    uint64_t o;
+    cr_assert_eq(khala__alloc_alloc(a, arena_usable(a), &o, &block), 0);
+    cr_assert_eq(o, a->lo);
+}
