@@ -21,7 +21,8 @@
  * block), else it is already the next block's start (a two-unit free block, followed by a used
  * block or the end, whose second bit is clear). Backwards, from a free block's last unit: the
  * last set bit r below it is the block's first unit or its second; it is the second iff bit
- * r - 1 is set (a used block's last unit, before a free block, is clear).
+ * r - 1 is set (a used block's last unit, before a free block, is clear). Finding a used
+ * block's size costs a word of bitmap per KiB of block, far less than writing its item did.
  *
  * A free block keeps its TLSF record (size, next, prev) at the start of the first cache line
  * that lies wholly inside it, and its size again (the footer) in the last 8 bytes of the last
@@ -46,7 +47,7 @@
  *
  * Free blocks are kept in KHALA_ALLOC_FL x KHALA_ALLOC_SL doubly linked lists: the first index
  * is floor(log2(size)), the second splits that power of two into KHALA_ALLOC_SL equal ranges.
- * Two bitmaps say which lists are non-empty, so finding a list with a block large enough is two
+ * Two small bitmaps in khala_alloc_state_t say which lists are non-empty, so finding a list with a block large enough is two
  * find-first-set instructions. Allocation rounds the request up to the next list boundary
  * ("good fit"), so any block of the list it finds is large enough and no list is walked.
  *
@@ -78,7 +79,7 @@
  *     blocks are adjacent.
  *   - A free block is listed iff it holds a whole cache line; a listed block's record and
  *     footer hold its size; it is in exactly the list its size maps to.
- *   - free_bytes is the sum of all free blocks (dust included); used_blocks their count.
+ *   - free_bytes is the sum of all free blocks (dust included); used_blocks counts the used.
  *
  * Only the writer calls these functions, so nothing here is atomic.
  */
