@@ -222,12 +222,12 @@ static uint64_t reclaim(khala_l1_t *t) {
         khala_retired_t *r = &t->retire[w->retire_head % t->retire_cap];
         if (r->epoch >= min)
             break; /* a reader inside a section may still see it; so may all after it */
-        /* Freeing reads the block's header and its right neighbour's, at random places: fetch
-         * them a few entries ahead so that a large batch does not pay each miss in turn. */
+        /* Freeing reads the block's bitmap words, at random places: fetch them a few entries
+         * ahead so that a large batch does not pay each miss in turn. */
         uint64_t pending = w->retire_tail - w->retire_head;
         if (pending > RECLAIM_AHEAD) {
             uint64_t ahead = t->retire[(w->retire_head + RECLAIM_AHEAD) % t->retire_cap].off;
-            __builtin_prefetch(t->seg.base + ahead - KHALA_BLOCK_HDR, 1);
+            khala__alloc_prefetch(&t->arena, ahead);
         }
         w->retired_bytes -= khala__alloc_block_size(&t->arena, r->off);
         khala__alloc_free(&t->arena, r->off);
@@ -644,7 +644,7 @@ size_t khala__l1_sweep(khala_l1_t *t, size_t budget) {
         khala_desc_t *d = &t->desc[i];
         if (!d->item_off || !d->expire_ms || d->expire_ms > now)
             continue;
-        __builtin_prefetch(t->seg.base + d->item_off - KHALA_BLOCK_HDR, 1);
+        khala__alloc_prefetch(&t->arena, d->item_off);
         __builtin_prefetch(t->seg.base + d->item_off, 1);
         __builtin_prefetch(bucket(t, d->hash), 1);
         if (d->prev != KHALA_NIL)
@@ -748,7 +748,7 @@ void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st) {
  * Step 6. The allocator (khala__alloc_check), then: the used blocks are exactly the live items
  *         plus the retired ones, each once (fingerprints, alloc.c), so freeing a retired item
  *         frees a block and nothing that a reader may still find.
- * Step 7. Counters that need trusted block headers: retired bytes, items inside their blocks. */
+ * Step 7. Counters that need trusted block bitmaps: retired bytes, items inside their blocks. */
 int khala__l1_check(khala_l1_t *t) {
     khala_wstate_t *w = t->w;
     const khala_seg_t *s = &t->seg;
@@ -786,7 +786,7 @@ int khala__l1_check(khala_l1_t *t) {
                     (unsigned long long)items, (unsigned long long)bytes,
                     (unsigned long long)w->items, (unsigned long long)w->item_bytes);
     /* From here on the check follows indexes and offsets that only the writer's own state
-     * holds (desc links, the retire ring, the allocator's lists and block headers), which the
+     * holds (desc links, the retire ring, the allocator's lists and block bitmaps), which the
      * writer trusts blindly once the check passes: each is bounded before it is used, so a
      * corrupted segment is reported, never followed (steps in the comment above). */
     uint32_t max = t->hdr->max_items;
@@ -798,7 +798,7 @@ int khala__l1_check(khala_l1_t *t) {
         uint64_t off = d->item_off;
         if (!off)
             continue;
-        if (off % KHALA_ALIGN || off < s->arena_lo + KHALA_BLOCK_HDR || off >= s->arena_hi ||
+        if (off % KHALA_ALIGN || off < s->arena_lo || off >= s->arena_hi ||
             s->arena_hi - off < sizeof(khala_item_t))
             return fail(t, KHALA_ECORRUPT, "desc %u: item_off %llu is outside the arena", i,
                         (unsigned long long)off);
@@ -847,7 +847,7 @@ int khala__l1_check(khala_l1_t *t) {
         return fail(t, KHALA_ECORRUPT, "epoch %llu is out of range", (unsigned long long)epoch);
     for (uint64_t k = w->retire_head; k != w->retire_tail; k++) {
         const khala_retired_t *r = &t->retire[k % t->retire_cap];
-        if (r->off % KHALA_ALIGN || r->off < s->arena_lo + KHALA_BLOCK_HDR || r->off >= s->arena_hi)
+        if (r->off % KHALA_ALIGN || r->off < s->arena_lo || r->off >= s->arena_hi)
             return fail(t, KHALA_ECORRUPT,
                         "retire ring: entry %llu holds offset %llu, outside the arena",
                         (unsigned long long)k, (unsigned long long)r->off);
@@ -875,7 +875,7 @@ int khala__l1_check(khala_l1_t *t) {
         return fail(t, KHALA_ECORRUPT,
                     "retire ring: the retired and the live items are not exactly the arena's "
                     "used blocks (an offset that is no block, a live item's, or twice)");
-    /* Step 7. The block headers are trusted now. */
+    /* Step 7. The block bitmaps are trusted now. */
     uint64_t retired_bytes = 0;
     for (uint64_t k = w->retire_head; k != w->retire_tail; k++)
         retired_bytes += khala__alloc_block_size(&t->arena, t->retire[k % t->retire_cap].off);
@@ -888,7 +888,7 @@ int khala__l1_check(khala_l1_t *t) {
             continue;
         const khala_item_t *it = item_at(t, d->item_off);
         uint64_t block = khala__alloc_block_size(&t->arena, d->item_off);
-        if (KHALA_ITEM_SIZE(it->key_len, (uint64_t)it->value_len) > block - KHALA_BLOCK_HDR)
+        if (KHALA_ITEM_SIZE(it->key_len, (uint64_t)it->value_len) > block)
             return fail(t, KHALA_ECORRUPT, "item at %llu is larger than its %llu-byte block",
                         (unsigned long long)d->item_off, (unsigned long long)block);
     }
@@ -914,10 +914,8 @@ static int bind_regions(khala_l1_t *t) {
     t->tails = calloc(t->seg.nslots, sizeof(uint64_t));
     if (!t->tails)
         return -ENOMEM;
-    t->arena.base = t->seg.base;
-    t->arena.st = (khala_alloc_state_t *)(t->seg.base + h->alloc_off);
-    t->arena.lo = h->arena_off;
-    t->arena.hi = h->arena_off + h->arena_size;
+    khala__alloc_bind(&t->arena, t->seg.base, (khala_alloc_state_t *)(t->seg.base + h->alloc_off),
+                      t->seg.base + h->bitmap_off, h->arena_off, h->arena_off + h->arena_size);
     t->pol.desc = t->desc;
     t->pol.w = t->w;
     t->pol.ghost = (khala_ghost_t *)(t->seg.base + h->ghost_off);

@@ -19,8 +19,12 @@
  *   | khala_retired_t[...]    |   writer-only: items unlinked but maybe still being read
  *   +-------------------------+ alloc_off
  *   | khala_alloc_state_t     |   writer-only: the TLSF free lists of the arena
+ *   +-------------------------+ bitmap_off
+ *   | block bitmap            |   writer-only: a bit per KHALA_ALIGN bytes of arena: where
+ *   |                         |   blocks start and which are free (alloc.c)
  *   +-------------------------+ arena_off
- *   | arena                   |   blocks; a used block holds one khala_item_t + key + value
+ *   | arena                   |   blocks, no headers; a used block is one khala_item_t + key +
+ *   |                         |   value, a free block keeps its size and links in itself
  *   +-------------------------+ segment_size
  *
  *   /dev/shm/khala.<name>.readers   mapped read-write by every reader (mode 0660)
@@ -51,7 +55,7 @@
 /* "KHALASEG" and "KHALARDR" as little-endian integers. */
 #define KHALA_SEG_MAGIC 0x4745534c4148414bull
 #define KHALA_READERS_MAGIC 0x5244524c4148414bull
-#define KHALA_LAYOUT_VERSION 3u
+#define KHALA_LAYOUT_VERSION 4u
 
 #define KHALA_CACHE_LINE 64
 #define KHALA_SEG_HEADER_SIZE 4096u
@@ -86,7 +90,7 @@ enum {
 typedef struct khala_wstate {
     uint64_t version_seq;   /* last item version handed out; versions start at 1 */
     uint64_t items;         /* live items (linked in the table) */
-    uint64_t item_bytes;    /* arena bytes held by live items, block headers included */
+    uint64_t item_bytes;    /* arena bytes held by live items, whole blocks */
     uint64_t payload_bytes; /* sum of key and value lengths of live items */
     uint64_t sets;          /* successful puts, overwrites included */
     uint64_t overwrites;    /* puts that replaced an existing item */
@@ -135,7 +139,8 @@ typedef struct khala_seg_header {
     uint32_t max_readers;    /* reader slots */
     uint32_t ring_size;      /* entries of each reader's hit ring, a power of two */
     int64_t created_ms;      /* monotonic ms when created */
-    uint8_t pad0[KHALA_CACHE_LINE * 3 - 160];
+    uint64_t bitmap_off;     /* offset of the arena's block bitmap (khala_arena_bitmap_bytes) */
+    uint8_t pad0[KHALA_CACHE_LINE * 3 - 168];
 
     /* Written by the writer, read by every reader: a line of its own. */
     khala_atomic_u64 epoch;      /* global epoch, >= 1; writer store (seq_cst fence after), readers
@@ -160,6 +165,7 @@ typedef struct khala_seg_header {
 
 _Static_assert(sizeof(khala_wstate_t) == 192, "khala_wstate_t layout");
 _Static_assert(offsetof(khala_seg_header_t, created_ms) == 152, "header immutable part");
+_Static_assert(offsetof(khala_seg_header_t, bitmap_off) == 160, "header immutable part");
 _Static_assert(offsetof(khala_seg_header_t, epoch) == 192, "epoch on its own line");
 _Static_assert(offsetof(khala_seg_header_t, index_count) == 216, "index word on the epoch line");
 _Static_assert(offsetof(khala_seg_header_t, w) == 256, "writer state on its own lines");
@@ -244,18 +250,17 @@ typedef struct khala_alloc_state {
     uint64_t used_blocks;                               /* blocks handed out */
 } khala_alloc_state_t;
 
-/* Arena block header. size_flags: block size in bytes (header included, multiple of
- * KHALA_ALIGN) | KHALA_BLOCK_FREE | KHALA_BLOCK_PREV_FREE. prev_size is valid only when the
- * previous block is free (a boundary tag for coalescing). A free block's payload holds the
- * offsets of its list neighbours. */
-typedef struct khala_block {
-    uint64_t prev_size;
-    uint64_t size_flags;
-} khala_block_t;
+/* The arena's block bitmap, writer-only: one bit per KHALA_ALIGN bytes of arena, plus the
+ * arena's end and one bit after it, in uint64_t words. Set at the first unit of every block, and
+ * also at the second and the last unit of a free block. Arena blocks have no header: lib/alloc.c
+ * explains why and what a free block holds. */
+static inline uint64_t khala_arena_bitmap_words(uint64_t arena_size) {
+    return (arena_size / KHALA_ALIGN + 2 + 63) / 64;
+}
 
-#define KHALA_BLOCK_FREE 1u
-#define KHALA_BLOCK_PREV_FREE 2u
-#define KHALA_BLOCK_HDR ((uint64_t)sizeof(khala_block_t))
+static inline uint64_t khala_arena_bitmap_bytes(uint64_t arena_size) {
+    return khala_arena_bitmap_words(arena_size) * sizeof(uint64_t);
+}
 
 typedef struct khala_readers_header {
     uint64_t magic;          /* KHALA_READERS_MAGIC */

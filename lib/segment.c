@@ -124,9 +124,11 @@ void khala__seg_layout(khala_seg_header_t *h, const khala_seg_config_t *cfg) {
     h->retire_off = off;
     off = align_up(off + h->retire_cap * sizeof(khala_retired_t), KHALA_CACHE_LINE);
     h->alloc_off = off;
-    off = align_up(off + sizeof(khala_alloc_state_t), SEG_PAGE);
-    h->arena_off = off;
+    off = align_up(off + sizeof(khala_alloc_state_t), KHALA_CACHE_LINE);
     h->arena_size = align_up(cfg->max_bytes, KHALA_ALIGN);
+    h->bitmap_off = off;
+    off = align_up(off + khala_arena_bitmap_bytes(h->arena_size), SEG_PAGE);
+    h->arena_off = off;
     h->segment_size = align_up(off + h->arena_size, SEG_PAGE);
     h->readers_size = KHALA_READERS_HEADER_SIZE +
                       (uint64_t)cfg->max_readers *
@@ -200,8 +202,9 @@ static int header_check(khala_seg_t *s, const khala_seg_header_t *h, uint64_t fi
         want.desc_off != h->desc_off || want.ghost_off != h->ghost_off ||
         want.ghost_cap != h->ghost_cap || want.ghost_window != h->ghost_window ||
         want.retire_off != h->retire_off || want.retire_cap != h->retire_cap ||
-        want.alloc_off != h->alloc_off || want.arena_off != h->arena_off ||
-        want.segment_size != h->segment_size || want.readers_size != h->readers_size)
+        want.alloc_off != h->alloc_off || want.bitmap_off != h->bitmap_off ||
+        want.arena_off != h->arena_off || want.segment_size != h->segment_size ||
+        want.readers_size != h->readers_size)
         return khala__errbuf(err, errlen, KHALA_ECORRUPT,
                              "segment '%s': region offsets in the header are inconsistent", n);
     s->hdr = (khala_seg_header_t *)s->base;

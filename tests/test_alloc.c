@@ -16,36 +16,40 @@
 
 static uint8_t *g_buf;
 static khala_alloc_state_t *g_state;
+static uint64_t *g_bits;
 static khala_arena_t g_arena;
 
 /* Format an arena of `size` bytes (a multiple of KHALA_ALIGN) in a fresh buffer. */
 static khala_arena_t *arena_make(uint64_t size) {
     free(g_buf);
+    free(g_bits);
     g_buf = aligned_alloc(4096, ARENA_LO + size);
+    g_bits = malloc(khala_arena_bitmap_bytes(size));
     cr_assert_not_null(g_buf);
+    cr_assert_not_null(g_bits);
     memset(g_buf, 0xa5, ARENA_LO + size);
-    g_arena.base = g_buf;
-    g_arena.st = g_state;
-    g_arena.lo = ARENA_LO;
-    g_arena.hi = ARENA_LO + size;
+    memset(g_bits, 0xa5, khala_arena_bitmap_bytes(size));
+    khala__alloc_bind(&g_arena, g_buf, g_state, g_bits, ARENA_LO, ARENA_LO + size);
     khala__alloc_format(&g_arena);
     cr_assert_eq(khala__alloc_check(&g_arena, NULL, 0), 0);
     return &g_arena;
 }
 
-/* Every byte between the first block and the sentinel is either free or in a used block. */
+/* Every byte of the arena is either free or in a used block. */
 static uint64_t arena_usable(const khala_arena_t *a) {
-    return a->hi - a->lo - KHALA_BLOCK_HDR;
+    return a->hi - a->lo;
 }
 
 static void setup(void) {
     g_state = calloc(1, sizeof(*g_state));
     cr_assert_not_null(g_state);
     g_buf = NULL;
+    g_bits = NULL;
 }
 
 static void teardown(void) {
     free(g_buf);
+    free(g_bits);
     free(g_state);
 }
 
@@ -55,26 +59,25 @@ Test(alloc, fresh_arena_is_one_free_block) {
     khala_arena_t *a = arena_make(64 * 1024);
     cr_assert_eq(a->st->free_bytes, arena_usable(a));
     cr_assert_eq(a->st->used_blocks, 0);
-    cr_assert_eq(khala__alloc_max_payload(a), 64 * 1024 - 2 * KHALA_BLOCK_HDR);
+    cr_assert_eq(khala__alloc_max_payload(a), 64 * 1024);
 }
 
 Test(alloc, block_sizes_and_overhead_are_as_documented) {
-    /* 16 bytes of header, rounded to KHALA_ALIGN, never below KHALA_BLOCK_MIN. */
-    cr_assert_eq(KHALA_BLOCK_HDR, 16);
+    /* No header: the payload rounded to KHALA_ALIGN, never below KHALA_BLOCK_MIN. */
     cr_assert_eq(khala__alloc_block_for(0), KHALA_BLOCK_MIN);
     cr_assert_eq(khala__alloc_block_for(1), KHALA_BLOCK_MIN);
-    cr_assert_eq(khala__alloc_block_for(16), KHALA_BLOCK_MIN);
-    cr_assert_eq(khala__alloc_block_for(17), 48);
-    cr_assert_eq(khala__alloc_block_for(100), 128);
-    cr_assert_eq(khala__alloc_block_for(1000), 1024);
+    cr_assert_eq(khala__alloc_block_for(32), KHALA_BLOCK_MIN);
+    cr_assert_eq(khala__alloc_block_for(33), 48);
+    cr_assert_eq(khala__alloc_block_for(100), 112);
+    cr_assert_eq(khala__alloc_block_for(1000), 1008);
     for (uint64_t p = 0; p < 5000; p++) {
         uint64_t b = khala__alloc_block_for(p);
         cr_assert_eq(b % KHALA_ALIGN, 0, "payload %llu", (unsigned long long)p);
-        cr_assert_geq(b, p + KHALA_BLOCK_HDR);
-        cr_assert_lt(b, (p + KHALA_BLOCK_HDR + KHALA_ALIGN > KHALA_BLOCK_MIN
-                             ? p + KHALA_BLOCK_HDR + KHALA_ALIGN
-                             : KHALA_BLOCK_MIN + 1));
+        cr_assert_geq(b, p);
+        cr_assert_lt(b, p + KHALA_ALIGN > KHALA_BLOCK_MIN ? p + KHALA_ALIGN : KHALA_BLOCK_MIN + 1);
     }
+    /* A bit of bitmap per KHALA_ALIGN bytes of arena (and two past it), in whole words. */
+    cr_assert_eq(khala_arena_bitmap_bytes(64 * 1024), 8 * 65);
 }
 
 Test(alloc, allocation_is_aligned_sized_and_counted) {
@@ -83,8 +86,8 @@ Test(alloc, allocation_is_aligned_sized_and_counted) {
     uint64_t off = 0, block = 0;
     cr_assert_eq(khala__alloc_alloc(a, 100, &off, &block), 0);
     cr_assert_eq(off % KHALA_ALIGN, 0);
-    cr_assert_geq(off, a->lo + KHALA_BLOCK_HDR);
-    cr_assert_leq(off + 100, a->hi - KHALA_BLOCK_HDR);
+    cr_assert_geq(off, a->lo);
+    cr_assert_leq(off + 100, a->hi);
     cr_assert_eq(block, khala__alloc_block_size(a, off));
     cr_assert_geq(block, khala__alloc_block_for(100));
     /* A split leaves less than a minimal block of slack. */
@@ -178,7 +181,7 @@ Test(alloc, freeing_everything_coalesces_to_one_block) {
     /* One block again: a request for most of the arena is served from its start. */
     uint64_t off;
     cr_assert_eq(khala__alloc_alloc(a, arena_usable(a) - arena_usable(a) / 8, &off, &block), 0);
-    cr_assert_eq(off, a->lo + KHALA_BLOCK_HDR);
+    cr_assert_eq(off, a->lo);
 }
 
 Test(alloc, freed_memory_serves_any_later_size) {
@@ -193,8 +196,8 @@ Test(alloc, freed_memory_serves_any_later_size) {
         khala__alloc_free(a, offs[i]);
     cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
     cr_assert_eq(khala__alloc_alloc(a, 8000, &off, &block), 0);
-    cr_assert_geq(off, offs[100] - KHALA_BLOCK_HDR);
-    cr_assert_leq(off + 8000, offs[400] - KHALA_BLOCK_HDR);
+    cr_assert_geq(off, offs[100]);
+    cr_assert_leq(off + 8000, offs[400]);
     cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
 }
 
@@ -224,12 +227,12 @@ static void model_check(const khala_arena_t *a, live_t *live, size_t n) {
     memcpy(sorted, live, n * sizeof(*live));
     qsort(sorted, n, sizeof(*sorted), cmp_off);
     for (size_t i = 0; i < n; i++) {
-        uint64_t b = sorted[i].off - KHALA_BLOCK_HDR;
+        uint64_t b = sorted[i].off;
         cr_assert_geq(b, a->lo);
-        cr_assert_leq(b + sorted[i].block, a->hi - KHALA_BLOCK_HDR);
+        cr_assert_leq(b + sorted[i].block, a->hi);
         cr_assert_eq(khala__alloc_block_size(a, sorted[i].off), sorted[i].block);
         if (i > 0)
-            cr_assert_leq(sorted[i - 1].off - KHALA_BLOCK_HDR + sorted[i - 1].block, b,
+            cr_assert_leq(sorted[i - 1].off + sorted[i - 1].block, b,
                           "blocks at %llu and %llu overlap", (unsigned long long)sorted[i - 1].off,
                           (unsigned long long)sorted[i].off);
         uint64_t j = 0;
@@ -288,20 +291,28 @@ Test(alloc, random_alloc_free_matches_shadow_model) {
     (void)enomem;
 }
 
-Test(alloc, check_detects_a_corrupted_block_header) {
+/* The bitmap unit of off. */
+static uint64_t unit_of(const khala_arena_t *a, uint64_t off) {
+    return (off - a->lo) / KHALA_ALIGN;
+}
+
+static void flip(const khala_arena_t *a, uint64_t g) {
+    a->bits[g / 64] ^= 1ull << (g % 64);
+}
+
+Test(alloc, check_detects_a_corrupted_block_boundary) {
     khala_arena_t *a = arena_make(64 * 1024);
     uint64_t off, block;
     cr_assert_eq(khala__alloc_alloc(a, 100, &off, &block), 0);
     cr_assert_eq(khala__alloc_alloc(a, 100, &off, &block), 0);
-    khala_block_t *h = (khala_block_t *)(a->base + off - KHALA_BLOCK_HDR);
-    h->size_flags += KHALA_ALIGN; /* the block now overlaps the next one */
+    flip(a, unit_of(a, off + block)); /* the block now overlaps the next one */
     cr_assert_eq(khala__alloc_check(a, NULL, 0), KHALA_ECORRUPT);
 }
 
 /* Corruptions the check must report without following them (each crashed or hung it once). */
 
 /* An arena of five used blocks with the second and fourth freed: two free blocks in one list,
- * plus the free tail. g_off holds the payload offsets. */
+ * plus the free tail. g_off holds the block offsets. */
 static uint64_t g_off[5];
 
 static khala_arena_t *holey_arena(void) {
@@ -315,21 +326,16 @@ static khala_arena_t *holey_arena(void) {
     return a;
 }
 
-static khala_block_t *hdr_of(const khala_arena_t *a, uint64_t payload) {
-    return (khala_block_t *)(a->base + payload - KHALA_BLOCK_HDR);
-}
-
-/* The free-list links (next, prev) of the free block whose payload is at payload. */
-static uint64_t *links_of(const khala_arena_t *a, uint64_t payload) {
-    return (uint64_t *)(a->base + payload);
+/* The record (size, next, prev) of the listed free block at b. */
+static uint64_t *rec_of(const khala_arena_t *a, uint64_t b) {
+    return (uint64_t *)(a->base + ((b + KHALA_CACHE_LINE - 1) & ~(uint64_t)(KHALA_CACHE_LINE - 1)));
 }
 
 /* The list head that holds the free blocks 1 and 3. */
 static uint64_t *hole_head(const khala_arena_t *a) {
     for (int f = 0; f < KHALA_ALLOC_FL; f++)
         for (int s = 0; s < KHALA_ALLOC_SL; s++)
-            if (a->st->free_head[f][s] == g_off[1] - KHALA_BLOCK_HDR ||
-                a->st->free_head[f][s] == g_off[3] - KHALA_BLOCK_HDR)
+            if (a->st->free_head[f][s] == g_off[1] || a->st->free_head[f][s] == g_off[3])
                 return &a->st->free_head[f][s];
     cr_assert_fail("no list holds the holes");
     return NULL;
@@ -355,55 +361,77 @@ Test(alloc, free_list_head_below_the_arena_is_ecorrupt) {
 
 Test(alloc, free_list_next_outside_the_arena_is_ecorrupt) {
     khala_arena_t *a = holey_arena();
-    links_of(a, *hole_head(a) + KHALA_BLOCK_HDR)[0] = UINT64_MAX - 7;
+    rec_of(a, *hole_head(a))[1] = UINT64_MAX - 7;
     expect_corrupt(a, "outside the arena");
 }
 
 Test(alloc, free_list_next_into_a_used_block_is_ecorrupt) {
     khala_arena_t *a = holey_arena();
     uint64_t head = *hole_head(a);
-    uint64_t fake = g_off[2] + 32; /* inside a used block's payload, dressed as a free block */
-    memcpy(a->base + fake, hdr_of(a, head + KHALA_BLOCK_HDR), KHALA_BLOCK_HDR);
-    uint64_t fake_links[2] = {0, head};
-    memcpy(a->base + fake + KHALA_BLOCK_HDR, fake_links, sizeof(fake_links));
-    uint64_t real_next = links_of(a, head + KHALA_BLOCK_HDR)[0];
+    uint64_t fake = g_off[2] + 64; /* inside a used block's payload, dressed as a free block */
+    uint64_t fake_rec[3] = {rec_of(a, head)[0], 0, head};
+    memcpy(rec_of(a, fake), fake_rec, sizeof(fake_rec));
+    uint64_t real_next = rec_of(a, head)[1];
     cr_assert_neq(real_next, 0);
-    links_of(a, head + KHALA_BLOCK_HDR)[0] = fake; /* the fake replaces the real second block */
-    expect_corrupt(a, "not exactly");
+    rec_of(a, head)[1] = fake; /* the fake replaces the real second block */
+    expect_corrupt(a, "not a listed free block");
 }
 
 Test(alloc, free_list_cycle_is_ecorrupt) {
     khala_arena_t *a = holey_arena();
     uint64_t head = *hole_head(a);
-    uint64_t second = links_of(a, head + KHALA_BLOCK_HDR)[0];
-    links_of(a, second + KHALA_BLOCK_HDR)[0] = head; /* back to the head */
+    uint64_t second = rec_of(a, head)[1];
+    rec_of(a, second)[1] = head; /* back to the head */
     expect_corrupt(a, "free list");
 }
 
-Test(alloc, block_size_of_zero_is_ecorrupt) {
+Test(alloc, used_block_marked_free_is_ecorrupt) {
     khala_arena_t *a = holey_arena();
-    hdr_of(a, g_off[2])->size_flags &= KHALA_ALIGN - 1;
-    expect_corrupt(a, "size 0");
+    flip(a, unit_of(a, g_off[2]) + 1); /* its second unit says free, beside free block 1 */
+    expect_corrupt(a, "so is the block before");
 }
 
-Test(alloc, huge_block_size_is_ecorrupt) {
-    khala_arena_t *a = holey_arena();
-    hdr_of(a, g_off[2])->size_flags =
-        (UINT64_MAX & ~(uint64_t)(KHALA_ALIGN - 1)) | KHALA_BLOCK_PREV_FREE;
-    expect_corrupt(a, "size");
+Test(alloc, free_block_without_an_end_mark_is_ecorrupt) {
+    khala_arena_t *a = arena_make(64 * 1024);
+    uint64_t off[3], block;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(khala__alloc_alloc(a, 100, &off[i], &block), 0);
+    flip(a, unit_of(a, off[1]) + 1); /* "free", between used blocks, but its end is unmarked */
+    expect_corrupt(a, "end mark");
 }
 
-Test(alloc, block_size_that_wraps_to_the_arena_start_is_ecorrupt_not_a_loop) {
+Test(alloc, block_running_past_the_arena_end_is_ecorrupt) {
     khala_arena_t *a = holey_arena();
-    uint64_t b = g_off[2] - KHALA_BLOCK_HDR;
-    hdr_of(a, g_off[2])->size_flags = (0 - (b - a->lo)) | KHALA_BLOCK_PREV_FREE;
-    expect_corrupt(a, "size");
+    flip(a, unit_of(a, a->hi) - 1); /* a one-unit block before the end, "free" by bit hi */
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), KHALA_ECORRUPT);
 }
 
-Test(alloc, prev_size_pointing_before_the_arena_is_ecorrupt) {
+Test(alloc, record_size_that_disagrees_with_the_bitmap_is_ecorrupt) {
     khala_arena_t *a = holey_arena();
-    hdr_of(a, g_off[2])->prev_size = g_off[2] + 4096; /* block 1 would start below 0 */
-    expect_corrupt(a, "prev_size");
+    rec_of(a, g_off[1])[0] = UINT64_MAX & ~(uint64_t)(KHALA_ALIGN - 1);
+    expect_corrupt(a, "record says size");
+}
+
+Test(alloc, footer_that_disagrees_with_the_bitmap_is_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    /* The footer of free block 1 is the last word of the last whole line before block 2. */
+    uint64_t e = g_off[2] & ~(uint64_t)(KHALA_CACHE_LINE - 1);
+    *(uint64_t *)(a->base + e - 8) = g_off[2] + 4096; /* would start below the arena */
+    expect_corrupt(a, "footer");
+}
+
+Test(alloc, stray_bits_are_ecorrupt) {
+    khala_arena_t *a = holey_arena();
+    flip(a, unit_of(a, g_off[2]) + 3); /* inside a used block: splits it in two */
+    expect_corrupt(a, "used blocks");
+    flip(a, unit_of(a, g_off[2]) + 3);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    flip(a, unit_of(a, a->hi) + 1); /* past the arena's end */
+    expect_corrupt(a, "bitmap holds");
+    flip(a, unit_of(a, a->hi) + 1);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    flip(a, unit_of(a, g_off[1]) + 1); /* a listed free block marked used */
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), KHALA_ECORRUPT);
 }
 
 Test(alloc, bitmap_naming_a_list_past_the_table_is_ecorrupt) {
@@ -424,3 +452,93 @@ Test(alloc, free_of_an_offset_outside_the_arena_is_asserted, .signal = SIGABRT) 
     khala__alloc_free(a, a->hi + 4096);
 }
 #endif
+
+/* The property the allocator's layout exists for (alloc.c, "Readers' lines"): while a block is
+ * used, no allocation, split, free or merge of any other block stores to a cache line that holds
+ * a byte of it. Readers keep their copies of a live item's lines however busy the writer is.
+ * Every fourth block is held; the rest churn (freed, merged, split and reallocated, of other
+ * sizes) and get no payload writes, so any change to a held block's lines is the allocator's. */
+Test(alloc, churn_never_stores_to_a_line_of_a_used_block) {
+    khala_arena_t *a = arena_make(256 * 1024);
+    enum { N = 1024 };
+    uint64_t off[N], size[N], block;
+    int n = 0;
+    for (; n < N; n++) {
+        size[n] = 48 + rng() % 200; /* payload bytes, as an item's */
+        if (khala__alloc_alloc(a, size[n], &off[n], &block) != 0)
+            break;
+        memset(a->base + off[n], 0x5a, size[n]);
+    }
+    cr_assert_gt(n, 256);
+    /* Snapshot the arena; held blocks are those with i % 4 == 0. */
+    uint64_t len = a->hi;
+    uint8_t *snap = malloc(len);
+    cr_assert_not_null(snap);
+    memcpy(snap, a->base, len);
+    int live = 0;
+    for (int i = 0; i < n; i++)
+        if (i % 4 != 0) {
+            khala__alloc_free(a, off[i]);
+            off[i] = 0;
+        } else {
+            live++;
+        }
+    /* Churn: allocate and free other blocks of other sizes many times over. */
+    uint64_t churn[N];
+    int c = 0;
+    for (int op = 0; op < 20000; op++) {
+        if (c < N && (c == 0 || rng() % 100 < 55)) {
+            uint64_t payload = rng() % 8 == 0 ? rng() % 2000 : 16 + rng() % 300;
+            if (khala__alloc_alloc(a, payload, &churn[c], &block) == 0)
+                c++;
+        } else {
+            int i = (int)(rng() % (uint64_t)c);
+            khala__alloc_free(a, churn[i]);
+            churn[i] = churn[--c];
+        }
+    }
+    while (c > 0)
+        khala__alloc_free(a, churn[--c]);
+    cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    /* Every line holding a byte of a held block's payload is as it was. */
+    for (int i = 0; i < n; i += 4) {
+        uint64_t first = off[i] & ~(uint64_t)(KHALA_CACHE_LINE - 1);
+        uint64_t end =
+            (off[i] + size[i] + KHALA_CACHE_LINE - 1) & ~(uint64_t)(KHALA_CACHE_LINE - 1);
+        for (uint64_t x = first; x < end; x++)
+            cr_assert_eq(a->base[x], snap[x],
+                         "byte %llu, on a line of the used block at %llu (%llu bytes), changed",
+                         (unsigned long long)x, (unsigned long long)off[i],
+                         (unsigned long long)size[i]);
+    }
+    cr_assert_gt(live, 64);
+    free(snap);
+}
+
+/* Free blocks of two to ten units are decoded from the bitmap alone (alloc.c), at every
+ * alignment to the cache line: free them beside each other in every order and merge them. */
+Test(alloc, small_free_blocks_decode_and_merge_at_every_alignment) {
+    khala_arena_t *a = arena_make(64 * 1024);
+    uint64_t off[600], block;
+    int n = 0;
+    while (n < 600 && khala__alloc_alloc(a, 32 + 16 * (uint64_t)(n % 9), &off[n], &block) == 0)
+        n++;
+    cr_assert_gt(n, 300);
+    for (int i = 1; i < n; i += 3) {
+        khala__alloc_free(a, off[i]);
+        cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    }
+    for (int i = 0; i < n; i += 3) { /* merges after */
+        khala__alloc_free(a, off[i]);
+        cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    }
+    for (int i = 2; i < n; i += 3) { /* merges before and after */
+        khala__alloc_free(a, off[i]);
+        cr_assert_eq(khala__alloc_check(a, NULL, 0), 0);
+    }
+    cr_assert_eq(a->st->free_bytes, arena_usable(a));
+    cr_assert_eq(a->st->used_blocks, 0);
+    uint64_t o;
+    cr_assert_eq(khala__alloc_alloc(a, arena_usable(a), &o, &block), 0);
+    cr_assert_eq(o, a->lo);
+}

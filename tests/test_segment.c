@@ -269,11 +269,12 @@ Test(segment, inconsistent_header_offsets_are_ecorrupt) {
     khala_seg_t w, r;
     create(&w);
     khala_seg_header_t *h = w.hdr;
-    uint64_t *fields[] = {&h->bucket_off, &h->bucket_count, &h->desc_off,  &h->ghost_off,
-                          &h->ghost_cap,  &h->retire_off,   &h->alloc_off, &h->arena_off,
-                          &h->arena_size, &h->readers_size};
-    const char *names[] = {"bucket_off", "bucket_count", "desc_off",  "ghost_off",  "ghost_cap",
-                           "retire_off", "alloc_off",    "arena_off", "arena_size", "readers_size"};
+    uint64_t *fields[] = {&h->bucket_off, &h->bucket_count, &h->desc_off,    &h->ghost_off,
+                          &h->ghost_cap,  &h->retire_off,   &h->alloc_off,   &h->bitmap_off,
+                          &h->arena_off,  &h->arena_size,   &h->readers_size};
+    const char *names[] = {"bucket_off", "bucket_count", "desc_off",    "ghost_off",
+                           "ghost_cap",  "retire_off",   "alloc_off",   "bitmap_off",
+                           "arena_off",  "arena_size",   "readers_size"};
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         uint64_t saved = *fields[i];
         *fields[i] = saved + 4096;

@@ -2,7 +2,7 @@
  * Plain driver of tests/fuzz/fuzz_segment.c, run by ctest in every build: the valid seed
  * segment, then a fixed number of deterministic mutations of it (word overwrites aimed at the
  * header, the buckets, the arena, and most often at the regions only the writer reads: its
- * header state, the descs, the retire ring, the allocator's state and the block headers; with
+ * header state, the descs, the retire ring, the allocator's state and block bitmap; with
  * offsets and indexes pointing anywhere, and truncations), each attached and read, then
  * restarted as a writer. The target must survive all of them; the program counts how many
  * attached, were refused, were adopted by the writer and were made anew, and fails if the
@@ -69,17 +69,6 @@ int main(int argc, char **argv) {
     fuzz_segment_counts(&seed_adopted, &(long){0});
     seed_ok = seed_ok && seed_adopted == 1;
     const khala_seg_header_t *h = (const khala_seg_header_t *)(const void *)seed;
-    /* The used block headers: where the allocator's walk starts each step. */
-    uint64_t blocks[64];
-    int nblocks = 0;
-    for (uint64_t b = h->arena_off; b + 16 <= len && nblocks < 64;) {
-        const khala_block_t *blk = (const khala_block_t *)(const void *)(seed + b);
-        uint64_t size = blk->size_flags & ~15ull;
-        blocks[nblocks++] = b;
-        if (size == 0)
-            break;
-        b += size;
-    }
     /* (offset, span) of the regions a mutation aims at; the writer-only ones come often. */
     const struct {
         uint64_t off, span;
@@ -95,8 +84,8 @@ int main(int argc, char **argv) {
         {h->alloc_off, sizeof(khala_alloc_state_t)},
         {h->alloc_off + offsetof(khala_alloc_state_t, free_head), 6 * 16 * 8 + 512},
         {h->arena_off, 8192},
-        {0, 0}, /* a block header: see below */
-        {0, 0},
+        {h->bitmap_off, 1024},                                    /* the first blocks' bits */
+        {h->bitmap_off, khala_arena_bitmap_bytes(h->arena_size)}, /* the block bitmap */
     };
     const int nregions = (int)(sizeof(regions) / sizeof(regions[0]));
     long accepted = 0;
@@ -106,11 +95,7 @@ int main(int argc, char **argv) {
         int edits = 1 + (int)(rnd() % 4);
         for (int e = 0; e < edits; e++) {
             int k = (int)(rnd() % (uint64_t)nregions);
-            size_t at;
-            if (regions[k].span == 0) /* prev_size or size_flags of a block */
-                at = (size_t)(blocks[rnd() % (uint64_t)nblocks] + (rnd() % 2) * 8);
-            else
-                at = (size_t)((regions[k].off + rnd() % regions[k].span) % len) & ~(size_t)7;
+            size_t at = (size_t)((regions[k].off + rnd() % regions[k].span) % len) & ~(size_t)7;
             uint64_t v;
             switch (rnd() % 7) {
                 case 0:
