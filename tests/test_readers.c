@@ -327,11 +327,18 @@ Test(readers, sigkilled_reader_in_section_pins_memory_until_reaped_and_memory_re
     khala__l1_close(t, 1);
 }
 
+/* A writer with room for 1024 items in a 64 KiB arena, filled with nkeys values of vlen bytes
+ * (more than the arena holds, so puts need memory from then on). */
+static khala_l1_t *small_arena_writer(uint32_t nkeys, size_t vlen) {
+    khala_l1_t *t = tu_writer(g_name, 1024, 64 * 1024);
+    for (uint32_t k = 0; k < nkeys; k++)
+        put_key(t, k, 0, vlen);
+    return t;
+}
+
 Test(readers, live_reader_stuck_in_section_makes_puts_fail_with_eblocked_naming_its_pid) {
     enum { NKEYS = 200, VLEN = 1000 };
-    khala_l1_t *t = tu_writer(g_name, 1024, 64 * 1024);
-    for (uint32_t k = 0; k < NKEYS; k++)
-        put_key(t, k, 0, VLEN);
+    khala_l1_t *t = small_arena_writer(NKEYS, VLEN);
     khala_l1_stats_t st;
     khala__l1_stats(t, &st);
     cr_assert_gt(st.evictions, 0, "the fill must exceed the arena");
@@ -399,9 +406,7 @@ Test(readers, live_reader_stuck_in_section_makes_puts_fail_with_eblocked_naming_
  * come to one per grace period. */
 Test(readers, stuck_reader_costs_one_bounded_wait_then_puts_fail_at_once) {
     enum { NKEYS = 200, VLEN = 1000 };
-    khala_l1_t *t = tu_writer(g_name, 1024, 64 * 1024);
-    for (uint32_t k = 0; k < NKEYS; k++)
-        put_key(t, k, 0, VLEN);
+    khala_l1_t *t = small_arena_writer(NKEYS, VLEN);
     khala_l1_stats_t st0, st;
     settle(t, &st0);
     child_t ch = spawn_section_child(NKEYS, 1);
@@ -488,9 +493,7 @@ Test(readers, delete_under_a_stuck_reader_with_a_full_retire_ring_hides_the_key)
 /* l1_table.h: "Errors: ... KHALA_EBLOCKED ... and on all of them the table is unchanged." */
 Test(readers, put_failing_with_eblocked_leaves_the_table_unchanged) {
     enum { NKEYS = 200, VLEN = 1000 };
-    khala_l1_t *t = tu_writer(g_name, 1024, 64 * 1024);
-    for (uint32_t k = 0; k < NKEYS; k++)
-        put_key(t, k, 0, VLEN);
+    khala_l1_t *t = small_arena_writer(NKEYS, VLEN);
     khala_l1_stats_t before, after;
     settle(t, &before);
     cr_assert_gt(before.evictions, 0, "the fill must exceed the arena");
