@@ -492,3 +492,87 @@ Test(khalad, readiness_is_reported_to_systemd) {
     close(fd);
     unlink(path);
 }
+
+/* Stats value l1.<field> from khalad. */
+static uint64_t l1_stat(client_t *c, const char *field) {
+    khala_msg_t m = khalad_req(KHALA_OP_STATS, NULL), r;
+    request(c, &m);
+    cr_assert_eq(reply(c, KHALA_OP_STATS, &r), 0);
+    cr_assert_eq(r.rc, 0);
+    const khala_kv_t *l1 = khala__proto_kv_find(r.data, r.ndata, "l1");
+    cr_assert_not_null(l1);
+    const khala_kv_t *v = khala__proto_kv_find(l1->as.map.items, l1->as.map.n, field);
+    cr_assert_not_null(v, "l1.%s in stats", field);
+    uint64_t u = v->as.u;
+    khala__proto_msg_free(&r);
+    return u;
+}
+
+/* A worker stopped (SIGSTOP) inside a read section: khalad keeps answering every put (L1 takes
+ * what fits, refuses with KHALA_EBLOCKED what needs memory the worker pins, the disk L2 takes
+ * everything), names the worker in its stats, serves the refused keys from L2, and once the
+ * worker dies takes puts into L1 again. A wait per refused put would take this test past its
+ * timeout: only the first one waits. */
+Test(khalad, a_worker_stopped_inside_a_read_section_costs_one_wait_and_khalad_keeps_serving) {
+    khalad_kill(SIGTERM);
+    khalad_extra_set = "l1.max_memory_mb=1";
+    khalad_start();
+    int ready[2];
+    cr_assert_eq(pipe(ready), 0);
+    pid_t worker = fork();
+    cr_assert_neq(worker, -1);
+    if (worker == 0) {
+        khala_cache_options_t o;
+        khala_cache_options_init(&o);
+        o.socket_path = khalad_sock;
+        khala_cache_t *w = NULL;
+        if (khala_cache_open(khalad_name, &o, &w) != 0 || khala_read_begin(w) != 0)
+            _exit(10);
+        if (write(ready[1], "r", 1) != 1)
+            _exit(11);
+        raise(SIGSTOP); /* inside the section, until killed */
+        _exit(12);
+    }
+    char b;
+    cr_assert_eq(read(ready[0], &b, 1), 1, "the worker opened its section");
+    int status;
+    cr_assert_eq(waitpid(worker, &status, WUNTRACED), worker);
+    cr_assert(WIFSTOPPED(status), "the worker is stopped inside its section");
+
+    client_t c = dial();
+    static char val[4001];
+    memset(val, 'x', sizeof(val) - 1);
+    int refused = 0, last_refused = -1;
+    for (int i = 0; i < 1000; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "stuck-%d", i);
+        int rc = put(&c, key, val, KHALA_TYPE_MEMORY_ENTITY, NULL);
+        cr_assert(rc == 0 || rc == KHALA_EBLOCKED, "put %d: %d", i, rc);
+        if (rc == KHALA_EBLOCKED) {
+            refused++;
+            last_refused = i;
+        }
+    }
+    cr_assert_gt(refused, 0, "1000 puts of 4 KB overflow a 1 MiB L1 pinned by the worker");
+    cr_assert_eq(l1_stat(&c, "stuck_reader_pid"), (uint64_t)worker);
+    cr_assert_geq(l1_stat(&c, "blocked_ops"), (uint64_t)refused);
+    /* A key L1 refused is served from the level below. */
+    char key[32], got[4100];
+    snprintf(key, sizeof(key), "stuck-%d", last_refused);
+    cr_assert_eq(get(&c, key, got, sizeof(got)), 0);
+    cr_assert_eq(strlen(got), sizeof(val) - 1);
+
+    /* The worker dies: khalad reaps its slot on a tick and L1 takes puts again. */
+    cr_assert_eq(kill(worker, SIGKILL), 0);
+    cr_assert_eq(waitpid(worker, &status, 0), worker);
+    int rc = KHALA_EBLOCKED;
+    for (int tries = 0; tries < 100 && rc != 0; tries++) {
+        sleep_ms(20);
+        rc = put(&c, "after", val, KHALA_TYPE_MEMORY_ENTITY, NULL);
+    }
+    cr_assert_eq(rc, 0, "puts need memory again once the worker is gone: %d", rc);
+    cr_assert_eq(l1_stat(&c, "stuck_reader_pid"), 0);
+    hang_up(&c);
+    close(ready[0]);
+    close(ready[1]);
+}
