@@ -309,9 +309,10 @@ static int still_stuck(khala_l1_t *t) {
  * The wait is bounded per operation, not per call: one put may synchronize several times, and
  * together they wait at most GRACE_WAIT_NS (wait_start_ns, reset by op_begin). A reader found
  * stuck is remembered with the epoch its slot showed; while that slot still shows it, later
- * operations do not wait at all but fail at once after one scan, so khalad keeps serving at
- * full speed (L1 refusing what needs memory) while one reader is stopped (SIGSTOP, a debugger,
- * a frozen cgroup). Its pid is in khala__l1_stats and in the error message. */
+ * operations do not wait at all (no epoch increment, no scan, no membarrier) but fail at once,
+ * so khalad keeps serving at full speed (L1 refusing what needs memory) while one reader is
+ * stopped (SIGSTOP, a debugger, a frozen cgroup). Its pid is in khala__l1_stats and in the
+ * error message. */
 static int synchronize(khala_l1_t *t) {
     /* Nothing that reclaim could not already free will come back while the stuck reader
      * stays: no epoch increment, no scan, no membarrier. */
@@ -934,7 +935,6 @@ static void format_regions(khala_l1_t *t) {
         t->desc[i].next = i + 1 < h->max_items ? i + 1 : KHALA_NIL;
     }
     t->w->free_desc = 0;
-    khala_store_relaxed(&h->index_seed[0], h->hash_seed);
     for (int q = 0; q < 3; q++)
         t->w->q_head[q] = t->w->q_tail[q] = KHALA_NIL;
     khala__alloc_format(&t->arena);

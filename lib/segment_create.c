@@ -296,6 +296,23 @@ static int retire_existing(const char *name, uint64_t *next_gen, char *err, size
     return rc;
 }
 
+/* Create shm object `shm` exclusively with `mode`, reserve `size` bytes and map it read-write.
+ * *fd is set as soon as the object is open, so that a caller can unlink and close what it made
+ * after any failure; *map only on success. 0, or -errno with a message naming the file. */
+static int create_mapped(const char *shm, unsigned mode, uint64_t size, int *fd, void **map,
+                         char *err, size_t errlen) {
+    int rc = khala__sys_shm_open(shm, 1, 1, mode);
+    if (rc < 0)
+        return khala__errbuf(err, errlen, rc, "cannot create /dev/shm/%s: %s", shm, strerror(-rc));
+    *fd = rc;
+    if ((rc = khala__sys_fd_resize(*fd, size)) != 0 ||
+        (rc = khala__sys_map(*fd, size, 1, map)) != 0)
+        return khala__errbuf(err, errlen, rc, "cannot size or map /dev/shm/%s (%llu bytes): %s%s",
+                             shm, (unsigned long long)size, strerror(-rc),
+                             rc == -ENOSPC ? " (is /dev/shm large enough?)" : "");
+    return 0;
+}
+
 int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t *cfg, char *err,
                       size_t errlen) {
     char dname[128], rname[128];
@@ -319,19 +336,11 @@ int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t
         goto out;
 
     /* 1. The readers file. */
-    rc = khala__sys_shm_open(rname, 1, 1, SEG_READERS_MODE);
-    if (rc < 0) {
-        khala__errbuf(err, errlen, rc, "cannot create /dev/shm/%s: %s", rname, strerror(-rc));
+    rc = create_mapped(rname, SEG_READERS_MODE, lay.readers_size, &s->readers_fd,
+                       (void **)&s->rbase, err, errlen);
+    made_readers = s->readers_fd >= 0;
+    if (rc != 0)
         goto out;
-    }
-    s->readers_fd = rc;
-    made_readers = 1;
-    if ((rc = khala__sys_fd_resize(s->readers_fd, lay.readers_size)) != 0 ||
-        (rc = khala__sys_map(s->readers_fd, lay.readers_size, 1, (void **)&s->rbase)) != 0) {
-        khala__errbuf(err, errlen, rc, "cannot size or map /dev/shm/%s (%llu bytes): %s", rname,
-                      (unsigned long long)lay.readers_size, strerror(-rc));
-        goto out;
-    }
     s->rsize = lay.readers_size;
     khala_readers_header_t *r = (khala_readers_header_t *)s->rbase;
     r->layout_version = KHALA_LAYOUT_VERSION;
@@ -343,20 +352,11 @@ int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t
     khala_store_release((khala_atomic_u64 *)(void *)&r->magic, KHALA_READERS_MAGIC);
 
     /* 2. The data file. */
-    rc = khala__sys_shm_open(dname, 1, 1, SEG_DATA_MODE);
-    if (rc < 0) {
-        khala__errbuf(err, errlen, rc, "cannot create /dev/shm/%s: %s", dname, strerror(-rc));
+    rc = create_mapped(dname, SEG_DATA_MODE, lay.segment_size, &s->data_fd, (void **)&s->base, err,
+                       errlen);
+    made_data = s->data_fd >= 0;
+    if (rc != 0)
         goto out;
-    }
-    s->data_fd = rc;
-    made_data = 1;
-    if ((rc = khala__sys_fd_resize(s->data_fd, lay.segment_size)) != 0 ||
-        (rc = khala__sys_map(s->data_fd, lay.segment_size, 1, (void **)&s->base)) != 0) {
-        khala__errbuf(err, errlen, rc, "cannot size or map /dev/shm/%s (%llu bytes): %s%s", dname,
-                      (unsigned long long)lay.segment_size, strerror(-rc),
-                      rc == -ENOSPC ? " (is /dev/shm large enough?)" : "");
-        goto out;
-    }
     s->size = lay.segment_size;
     khala_seg_header_t *h = (khala_seg_header_t *)s->base;
     memcpy(h, &lay, offsetof(khala_seg_header_t, epoch));
@@ -365,6 +365,9 @@ int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t
     h->generation = gen;
     h->hash_seed = khala__sys_random_u64();
     h->created_ms = khala__sys_now_ms();
+    /* Index 0 is live first (index_count 0), hashed with the generation's seed: set before the
+     * magic, so that no reader ever sees a published segment without its seed. */
+    khala_store_relaxed(&h->index_seed[0], h->hash_seed);
     khala_store_relaxed(&h->epoch, 1);
     khala_store_relaxed(&h->state, KHALA_SEG_LIVE);
     khala_store_relaxed(&h->asym_fence, KHALA_ASYM_FENCE_ENABLED && khala__sys_membarrier() == 0);

@@ -59,6 +59,20 @@ static void truncate_data(uint64_t size) {
     close(fd);
 }
 
+/* A published segment carries the seed of its live index: a reader that attaches before the
+ * writer formats the table (or with no table writer at all) hashes with the real seed. */
+Test(segment, a_new_segment_publishes_the_seed_of_its_first_index) {
+    khala_seg_t w, r;
+    create(&w);
+    cr_assert_eq(attach(&r), 0, "attach: %s", g_err);
+    khala_l1_index_t ix = khala__l1_index(&r);
+    cr_assert_eq(ix.count, 0);
+    cr_assert_neq(ix.seed, 0);
+    cr_assert_eq(ix.seed, r.hash_seed);
+    khala__seg_detach(&r);
+    khala__seg_detach(&w);
+}
+
 Test(segment, create_then_attach_read_only_succeeds) {
     khala_seg_t w, r;
     create(&w);
