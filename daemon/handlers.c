@@ -378,6 +378,7 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
              st.stuck_reader_pid ? (uint64_t)(khala__sys_now_ms() - st.stuck_since_ms) : 0),
         KV_U("blocked_ops", st.blocked_ops),
         KV_U("membarriers", st.membarriers),
+        KV_U("rehashes", st.rehashes),
     };
     khala_kv_t daemon[] = {
         KV_U("connections", khala__server_conns(d->srv)),

@@ -408,6 +408,14 @@ Test(khalad, stats_report_the_l1_and_the_daemon) {
     const khala_kv_t *items = khala__proto_kv_find(l1->as.map.items, l1->as.map.n, "items");
     cr_assert_not_null(items);
     cr_assert_eq(items->as.u, 1);
+    /* The L1 writer's health: stuck readers, refusals, barriers and rehashes, all 0 here. */
+    const char *zero[] = {"stuck_reader_pid", "stuck_reader_ms", "blocked_ops", "rehashes"};
+    for (size_t i = 0; i < sizeof(zero) / sizeof(zero[0]); i++) {
+        const khala_kv_t *v = khala__proto_kv_find(l1->as.map.items, l1->as.map.n, zero[i]);
+        cr_assert_not_null(v, "l1.%s", zero[i]);
+        cr_assert_eq(v->as.u, 0, "l1.%s", zero[i]);
+    }
+    cr_assert_not_null(khala__proto_kv_find(l1->as.map.items, l1->as.map.n, "membarriers"));
     khala__proto_msg_free(&r);
     hang_up(&c);
 }
