@@ -32,6 +32,9 @@ int plain_create(plain_table_t *t, uint64_t keys, uint32_t value_cap) {
     void *p = mmap(NULL, t->map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return -errno;
+    /* The same page-size request as the L1 segment's (khala__sys_map), so that on a host that
+     * grants huge pages to shared memory both tables get them, and neither does elsewhere. */
+    (void)madvise(p, t->map_size, MADV_HUGEPAGE);
     t->base = p;
     return 0;
 }

@@ -379,6 +379,7 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         KV_U("blocked_ops", st.blocked_ops),
         KV_U("membarriers", st.membarriers),
         KV_U("rehashes", st.rehashes),
+        KV_U("huge_page_bytes", khala__sys_huge_bytes(khala__l1_seg(d->l1)->base)),
     };
     khala_kv_t daemon[] = {
         KV_U("connections", khala__server_conns(d->srv)),

@@ -222,6 +222,18 @@ int main(int argc, char **argv) {
                khala__l1_reattached(d.l1) ? "adopted the existing L1 segment"
                                           : "made a new L1 segment",
                "cache", d.cfg.cache.name, "detail", khala__l1_errmsg(d.l1), NULL);
+    {
+        /* Huge pages take most of the TLB misses off the hit path (docs/operating.md, "Huge
+         * pages"); say whether the host granted them, since only the host can. */
+        char mib[32];
+        uint64_t huge = khala__sys_huge_bytes(khala__l1_seg(d.l1)->base);
+        snprintf(mib, sizeof(mib), "%llu", (unsigned long long)(huge >> 20));
+        khala__log("info",
+                   huge ? "the L1 segment is on 2 MiB pages"
+                        : "the L1 segment is on 4 KiB pages; mount /dev/shm with huge=advise "
+                          "for 2 MiB pages (docs/operating.md, \"Huge pages\")",
+                   "huge_mib", mib, NULL);
+    }
     if ((rc = khala__flight_open(&d.flight, d.cfg.policies.single_flight_timeout_ms,
                                  KHALAD_FLIGHT_MAX)) != 0) {
         khala__log("error", "out of memory", NULL);

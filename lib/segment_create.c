@@ -305,8 +305,7 @@ static int create_mapped(const char *shm, unsigned mode, uint64_t size, int *fd,
     if (rc < 0)
         return khala__errbuf(err, errlen, rc, "cannot create /dev/shm/%s: %s", shm, strerror(-rc));
     *fd = rc;
-    if ((rc = khala__sys_fd_resize(*fd, size)) != 0 ||
-        (rc = khala__sys_map(*fd, size, 1, map)) != 0)
+    if ((rc = khala__sys_map_new(*fd, size, map)) != 0)
         return khala__errbuf(err, errlen, rc, "cannot size or map /dev/shm/%s (%llu bytes): %s%s",
                              shm, (unsigned long long)size, strerror(-rc),
                              rc == -ENOSPC ? " (is /dev/shm large enough?)" : "");

@@ -83,6 +83,55 @@ int khala__sys_map(int fd, uint64_t size, int writable, void **out) {
     return 0;
 }
 
+int khala__sys_map_new(int fd, uint64_t size, void **out) {
+    void *p = NULL;
+    if (ftruncate(fd, (off_t)size) != 0)
+        return -errno;
+    int rc = khala__sys_map(fd, size, 1, &p);
+    if (rc != 0)
+        return rc;
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older headers lack it */
+#endif
+    /* Faulting the pages in through a mapping that carries MADV_HUGEPAGE is what makes them
+     * huge on a tmpfs mounted huge=advise; posix_fallocate has no mapping to consult, so it
+     * would make 4 KiB pages there. When populating fails (an old kernel says EINVAL; a full
+     * tmpfs, EFAULT or ENOMEM), posix_fallocate reserves what is left and names the reason. */
+    if (madvise(p, (size_t)size, MADV_POPULATE_WRITE) != 0) {
+        rc = posix_fallocate(fd, 0, (off_t)size);
+        /* tmpfs supports fallocate; a filesystem that does not is not an error. */
+        if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) {
+            (void)munmap(p, (size_t)size);
+            return -rc;
+        }
+    }
+    *out = p;
+    return 0;
+}
+
+uint64_t khala__sys_huge_bytes(const void *addr) {
+    FILE *f = fopen("/proc/self/smaps", "re");
+    if (!f)
+        return 0;
+    char line[256];
+    int in = 0;
+    unsigned long long kb, total = 0;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long lo, hi;
+        /* A VMA's first line: "lo-hi perms offset dev inode path". */
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
+            if (in)
+                break;
+            in = lo == (unsigned long)(uintptr_t)addr;
+        } else if (in && (sscanf(line, "ShmemPmdMapped: %llu kB", &kb) == 1 ||
+                          sscanf(line, "FilePmdMapped: %llu kB", &kb) == 1)) {
+            total += kb;
+        }
+    }
+    (void)fclose(f);
+    return (uint64_t)total * 1024;
+}
+
 int khala__sys_remap(int fd, void *at, uint64_t size, int writable) {
     int prot = PROT_READ | (writable ? PROT_WRITE : 0);
     void *p = mmap(at, (size_t)size, prot, MAP_SHARED | MAP_FIXED, fd, 0);

@@ -22,8 +22,18 @@ int khala__sys_fd_size(int fd, uint64_t *size);
 /* Set the size of an open file (ftruncate), reserving its memory (posix_fallocate) so that a
  * full /dev/shm shows as -ENOSPC now, never as SIGBUS later. */
 int khala__sys_fd_resize(int fd, uint64_t size);
-/* Map size bytes of fd, shared; writable selects PROT_READ|PROT_WRITE over PROT_READ. */
+/* Map size bytes of fd, shared; writable selects PROT_READ|PROT_WRITE over PROT_READ. Asks for
+ * transparent huge pages (MADV_HUGEPAGE), which a tmpfs mounted with huge=advise grants. */
 int khala__sys_map(int fd, uint64_t size, int writable, void **out);
+/* Size a new, empty file to size bytes, map it read-write as khala__sys_map does, and reserve
+ * its memory through the mapping (MADV_POPULATE_WRITE), so that the huge-page advice applies to
+ * the pages as they are made; a kernel without MADV_POPULATE_WRITE gets posix_fallocate. A full
+ * /dev/shm is -ENOSPC now, never SIGBUS later. *out only on success (nothing stays mapped on
+ * failure). */
+int khala__sys_map_new(int fd, uint64_t size, void **out);
+/* Bytes of the mapping that starts at addr which the kernel maps with huge (PMD) pages, from
+ * /proc/self/smaps; 0 when none, or when smaps cannot be read. */
+uint64_t khala__sys_huge_bytes(const void *addr);
 /* Map size bytes of fd at `at`, replacing the mapping there (MAP_FIXED): the same memory seen
  * through another open file description. A mapping holds a reference to the description it
  * was made through, and with it that description's OFD locks, so replacing it is how a process

@@ -416,6 +416,13 @@ Test(khalad, stats_report_the_l1_and_the_daemon) {
         cr_assert_eq(v->as.u, 0, "l1.%s", zero[i]);
     }
     cr_assert_not_null(khala__proto_kv_find(l1->as.map.items, l1->as.map.n, "membarriers"));
+    /* Huge pages: what the kernel gave the segment, at most the whole data file. */
+    const khala_kv_t *huge =
+        khala__proto_kv_find(l1->as.map.items, l1->as.map.n, "huge_page_bytes");
+    cr_assert_not_null(huge, "l1.huge_page_bytes");
+    const khala_kv_t *arena = khala__proto_kv_find(l1->as.map.items, l1->as.map.n, "arena_bytes");
+    cr_assert_not_null(arena);
+    cr_assert_leq(huge->as.u, 2 * arena->as.u + (64u << 20));
     khala__proto_msg_free(&r);
     hang_up(&c);
 }
