@@ -58,12 +58,6 @@
 
 #define MIB (1024u * 1024u)
 
-/* The eight data types, by id. DESIGN.md "Data types" lists them in this order. */
-static const char *const TYPE_NAMES[KHALA_CONFIG_NTYPES] = {
-    "memory_entity",  "search_result", "embedding",    "entity_relationship",
-    "agent_response", "verification",  "search_index", "consolidation",
-};
-
 /* Per-type defaults, by id. 0 TTLs follow the level; DEFAULT write mode follows [policies].
  * The reasoning is in docs/operating.md ("[type.<name>]"). Quotas add up to 80%. */
 #define L123 (KHALA_CONFIG_LEVEL_L1 | KHALA_CONFIG_LEVEL_L2 | KHALA_CONFIG_LEVEL_L3)
@@ -135,13 +129,13 @@ static const enum_name_t L2_NAMES[] = {
     {"disk", KHALA_CONFIG_L2_DISK}, {"redis", KHALA_CONFIG_L2_REDIS}, {NULL, 0}};
 static const enum_name_t L3_NAMES[] = {
     {"disk", KHALA_CONFIG_L3_DISK}, {"surrealdb", KHALA_CONFIG_L3_SURREALDB}, {NULL, 0}};
-static const enum_name_t POLICY_WRITE_NAMES[] = {{"write_through", KHALA_CONFIG_WRITE_THROUGH},
-                                                 {"write_behind", KHALA_CONFIG_WRITE_BEHIND},
-                                                 {NULL, 0}};
-static const enum_name_t TYPE_WRITE_NAMES[] = {{"default", KHALA_CONFIG_WRITE_DEFAULT},
-                                               {"write_through", KHALA_CONFIG_WRITE_THROUGH},
-                                               {"write_behind", KHALA_CONFIG_WRITE_BEHIND},
-                                               {NULL, 0}};
+/* The write modes' config names, from KHALA_MODE_LIST. [policies] write_mode takes every mode
+ * but DEFAULT, which comes first: its table starts one entry later. */
+#define WRITE_NAME_(NAME, v, wire, conf) {conf, KHALA_CONFIG_WRITE_##NAME},
+static const enum_name_t TYPE_WRITE_NAMES[] = {KHALA_MODE_LIST(WRITE_NAME_){NULL, 0}};
+#undef WRITE_NAME_
+#define POLICY_WRITE_NAMES (TYPE_WRITE_NAMES + 1)
+_Static_assert(KHALA_CONFIG_WRITE_DEFAULT == 0, "DEFAULT is the first write mode");
 static const enum_name_t COHERENCE_NAMES[] = {
     {"none", KHALA_CONFIG_COHERENCE_NONE}, {"pubsub", KHALA_CONFIG_COHERENCE_PUBSUB}, {NULL, 0}};
 
@@ -224,7 +218,7 @@ static const key_desc_t KEYS_TYPE[] = {
 
 /* Sections in file order. Sections from index SEC_TYPE0 on are the types, by id. */
 typedef struct section {
-    const char *name; /* NULL for the types: "type." + TYPE_NAMES[id] */
+    const char *name; /* NULL for the types: "type." + the type's name (KHALA_TYPE_LIST) */
     const key_desc_t *keys;
     size_t nkeys;
 } section_t;
@@ -236,6 +230,7 @@ static const section_t SECTIONS[] = {
     {"l3", KEYS_L3, NKEYS(KEYS_L3)},
     {"policies", KEYS_POLICIES, NKEYS(KEYS_POLICIES)},
 };
+enum { SEC_CACHE, SEC_L1, SEC_L2, SEC_L3, SEC_POLICIES }; /* indexes into SECTIONS */
 #define SEC_TYPE0 ((int)NKEYS(SECTIONS))
 #define NSECTIONS (SEC_TYPE0 + KHALA_CONFIG_NTYPES)
 /* The most keys any section has; key ids are sec * KEYS_PER_SEC + index. */
@@ -255,21 +250,31 @@ static const section_t *section_of(int sec) {
 static const char *section_name(int sec, char *buf, size_t len) {
     if (sec < SEC_TYPE0)
         return SECTIONS[sec].name;
-    snprintf(buf, len, TYPE_PREFIX "%s", TYPE_NAMES[sec - SEC_TYPE0]);
+    snprintf(buf, len, TYPE_PREFIX "%s", khala__proto_type_name((khala_type_t)(sec - SEC_TYPE0)));
     return buf;
 }
+
+/* The seed's section names (its cache_config dict), accepted as aliases of ours: the keys
+ * inside them are ours too (docs/operating.md, "The seed's configuration"). A key set under
+ * both names of a section is a duplicate, as the section index is the same. */
+static const struct {
+    const char *name;
+    int sec;
+} SECTION_ALIASES[] = {{"l1_cache", SEC_L1}, {"l2_cache", SEC_L2}, {"l3_cache", SEC_L3}};
 
 /* Section index of name (n bytes), or -1. */
 static int find_section(const char *name, size_t n) {
     for (int i = 0; i < SEC_TYPE0; i++)
         if (strlen(SECTIONS[i].name) == n && memcmp(SECTIONS[i].name, name, n) == 0)
             return i;
+    for (size_t i = 0; i < NKEYS(SECTION_ALIASES); i++)
+        if (strlen(SECTION_ALIASES[i].name) == n && memcmp(SECTION_ALIASES[i].name, name, n) == 0)
+            return SECTION_ALIASES[i].sec;
     size_t plen = strlen(TYPE_PREFIX);
-    if (n > plen && memcmp(name, TYPE_PREFIX, plen) == 0)
-        for (int t = 0; t < KHALA_CONFIG_NTYPES; t++)
-            if (strlen(TYPE_NAMES[t]) == n - plen &&
-                memcmp(TYPE_NAMES[t], name + plen, n - plen) == 0)
-                return SEC_TYPE0 + t;
+    khala_type_t t;
+    if (n > plen && memcmp(name, TYPE_PREFIX, plen) == 0 &&
+        khala__proto_type_parse(name + plen, n - plen, &t) == 0)
+        return SEC_TYPE0 + (int)t;
     return -1;
 }
 
@@ -360,8 +365,20 @@ static int parse_bool(const char *v, bool *out) {
     return -1;
 }
 
+/* The storage levels' names, "l1, l2, l3", for messages. */
+static const char *storage_level_names(char *buf, size_t len) {
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int lv = KHALA_LEVEL_L1; lv < KHALA_LEVEL_COUNT && n < len; lv++)
+        if (KHALA_LEVEL_BIT(lv) & KHALA_LEVEL_STORAGE)
+            n += (size_t)snprintf(buf + n, len - n, "%s%s", n ? ", " : "",
+                                  khala__proto_level_name((khala_level_t)lv));
+    return buf;
+}
+
+/* A list of storage levels (KHALA_LEVEL_LIST), "l1,l2", into KHALA_LEVEL_BIT bits. */
 static int parse_levels(const char *v, uint32_t *out, char *msg, size_t len) {
-    char q[64];
+    char q[64], names[64];
     uint32_t bits = 0;
     const char *p = v;
     for (;;) {
@@ -370,27 +387,40 @@ static int parse_levels(const char *v, uint32_t *out, char *msg, size_t len) {
         const char *s = p;
         while (*p && *p != ',' && *p != ' ' && *p != '\t')
             p++;
-        size_t n = (size_t)(p - s);
+        khala_level_t lv;
         uint32_t bit = 0;
-        if (n == 2 && s[0] == 'l' && s[1] >= '1' && s[1] <= '3')
-            bit = 1u << (s[1] - '1');
+        if (khala__proto_level_parse(s, (size_t)(p - s), &lv) == 0 &&
+            (KHALA_LEVEL_BIT(lv) & KHALA_LEVEL_STORAGE))
+            bit = KHALA_LEVEL_BIT(lv);
         if (!bit)
-            return msgf(msg, len, "%s is not a list of levels (l1, l2, l3, comma-separated)",
-                        quoted(v, q, sizeof(q)));
+            return msgf(msg, len, "%s is not a list of levels (%s, comma-separated)",
+                        quoted(v, q, sizeof(q)), storage_level_names(names, sizeof(names)));
         if (bits & bit)
-            return msgf(msg, len, "%s names l%c twice", quoted(v, q, sizeof(q)), s[1]);
+            return msgf(msg, len, "%s names %s twice", quoted(v, q, sizeof(q)),
+                        khala__proto_level_name(lv));
         bits |= bit;
         while (*p == ' ' || *p == '\t')
             p++;
         if (!*p)
             break;
         if (*p != ',')
-            return msgf(msg, len, "%s is not a list of levels (l1, l2, l3, comma-separated)",
-                        quoted(v, q, sizeof(q)));
+            return msgf(msg, len, "%s is not a list of levels (%s, comma-separated)",
+                        quoted(v, q, sizeof(q)), storage_level_names(names, sizeof(names)));
         p++;
     }
     *out = bits;
     return 0;
+}
+
+/* Write the levels in bits as parse_levels reads them ("l1,l2"); "" for none. */
+static const char *format_levels(uint32_t bits, char *buf, size_t len) {
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int lv = KHALA_LEVEL_L1; lv < KHALA_LEVEL_COUNT && n < len; lv++)
+        if (bits & KHALA_LEVEL_BIT(lv) & KHALA_LEVEL_STORAGE)
+            n += (size_t)snprintf(buf + n, len - n, "%s%s", n ? "," : "",
+                                  khala__proto_level_name((khala_level_t)lv));
+    return buf;
 }
 
 /* Zero the whole buffer before copying, so equal configurations are equal bytes. */
@@ -721,8 +751,6 @@ static int report_key(char *err, size_t errlen, const origin_t *o, int sec, int 
 /* ------------------------------------------------------------------------------------------ */
 /* Consistency                                                                                */
 /* ------------------------------------------------------------------------------------------ */
-
-enum { SEC_CACHE, SEC_L1, SEC_L2, SEC_L3, SEC_POLICIES };
 
 /* Index of key `name` in section sec; the names used here exist (the tests would fail). */
 static int key_index(int sec, const char *name) {
@@ -1147,14 +1175,12 @@ khala_config_write_mode_t khala__config_type_write_mode(const khala_config_t *cf
 }
 
 const char *khala__config_type_name(int id) {
-    return id >= 0 && id < KHALA_CONFIG_NTYPES ? TYPE_NAMES[id] : NULL;
+    return id >= 0 && id < KHALA_CONFIG_NTYPES ? khala__proto_type_name((khala_type_t)id) : NULL;
 }
 
 int khala__config_type_id(const char *name) {
-    for (int t = 0; t < KHALA_CONFIG_NTYPES; t++)
-        if (strcmp(name, TYPE_NAMES[t]) == 0)
-            return t;
-    return KHALA_ECONFIG;
+    khala_type_t t;
+    return khala__proto_type_parse(name, strlen(name), &t) == 0 ? (int)t : KHALA_ECONFIG;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1225,14 +1251,10 @@ int khala__config_dump(const khala_config_t *cfg, FILE *out) {
                     fprintf(out, " %s\n", enum_name(k->names, e));
                     break;
                 case K_LEVELS: {
+                    char lv[64];
                     memcpy(&u, f, sizeof(u));
-                    const char *sep = " ";
-                    for (int lv = 0; lv < 3; lv++)
-                        if (u & (1u << lv)) {
-                            fprintf(out, "%sl%d", sep, lv + 1);
-                            sep = ",";
-                        }
-                    fputc('\n', out);
+                    format_levels(u, lv, sizeof(lv));
+                    fprintf(out, "%s%s\n", lv[0] ? " " : "", lv);
                     break;
                 }
                 case K_STR:

@@ -25,11 +25,12 @@
 #include <stdio.h>
 
 #include "khala/cache.h"
+#include "proto.h"
 #include "segment.h"
 
-/** The eight data types of DESIGN.md, in this order: their ids 0..7 index
- * khala_config_t.types. This table is the config's own; it does not depend on lib/proto.h. */
-#define KHALA_CONFIG_NTYPES 8
+/** The data types (KHALA_TYPE_LIST in khala/cache.h): their ids index khala_config_t.types, and
+ * their names make the [type.<name>] sections. */
+#define KHALA_CONFIG_NTYPES KHALA_TYPE_COUNT
 
 /** Longest line of a config file, in bytes, line end excluded. Every value written by
  * khala__config_dump() fits in it. */
@@ -72,11 +73,12 @@
 /** Redis database numbers accepted in redis_url. */
 #define KHALA_CONFIG_REDIS_DB_MAX 65535u
 
-/** Levels a type lives on (khala_config_type_t.levels). */
+/** Levels a type lives on (khala_config_type_t.levels): the storage levels of
+ * KHALA_LEVEL_LIST (lib/proto.h), as KHALA_LEVEL_BIT bits; their names are the level names. */
 enum {
-    KHALA_CONFIG_LEVEL_L1 = 1u << 0,
-    KHALA_CONFIG_LEVEL_L2 = 1u << 1,
-    KHALA_CONFIG_LEVEL_L3 = 1u << 2,
+    KHALA_CONFIG_LEVEL_L1 = KHALA_LEVEL_BIT(KHALA_LEVEL_L1),
+    KHALA_CONFIG_LEVEL_L2 = KHALA_LEVEL_BIT(KHALA_LEVEL_L2),
+    KHALA_CONFIG_LEVEL_L3 = KHALA_LEVEL_BIT(KHALA_LEVEL_L3),
 };
 
 /** [l1] eviction_policy. Both names run S3-FIFO: exact LRU writes on every hit, which L1 rules
@@ -99,11 +101,12 @@ typedef enum khala_config_l3_backend {
     KHALA_CONFIG_L3_SURREALDB = 1,
 } khala_config_l3_backend_t;
 
-/** Write modes. DEFAULT is for [type.*] only: the type follows [policies] write_mode. */
+/** Write modes: KHALA_MODE_LIST (khala/cache.h) with its config names ("write_through"), value
+ * for value. DEFAULT is for [type.*] only: the type follows [policies] write_mode. */
 typedef enum khala_config_write_mode {
-    KHALA_CONFIG_WRITE_DEFAULT = 0,
-    KHALA_CONFIG_WRITE_THROUGH = 1,
-    KHALA_CONFIG_WRITE_BEHIND = 2,
+#define KHALA_CONFIG_WRITE_ENUM_(NAME, v, wire, conf) KHALA_CONFIG_WRITE_##NAME = KHALA_MODE_##NAME,
+    KHALA_MODE_LIST(KHALA_CONFIG_WRITE_ENUM_)
+#undef KHALA_CONFIG_WRITE_ENUM_
 } khala_config_write_mode_t;
 
 /** [policies] coherence. PUBSUB needs [l2] backend = redis (it is Redis pub/sub). */

@@ -90,24 +90,44 @@ static const char *quote(const void *p, size_t len, char *out) {
 /* Names                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
-static const char *const type_names[KHALA_TYPE_COUNT] = {
-    "memory_entity",  "search_result", "embedding",    "entity_relationship",
-    "agent_response", "verification",  "search_index", "consolidation"};
+/* Each table comes from its list (KHALA_*_LIST), indexed by value; index 0 of the tables whose
+ * enum starts at NONE is NULL. A value missing from a list leaves a NULL hole, which the name
+ * functions report as "no name" and tests/test_proto.c catches. */
+#define TYPE_NAME_(NAME, id, name) [KHALA_TYPE_##NAME] = name,
+static const char *const type_names[KHALA_TYPE_COUNT] = {KHALA_TYPE_LIST(TYPE_NAME_)};
+#undef TYPE_NAME_
 
-static const char *const op_names[KHALA_OP_COUNT] = {
-    NULL,    "hello", "ping",    "get",   "put",  "del",    "invalidate", "touch",
-    "stats", "keys",  "inspect", "flush", "warm", "config", "fill",       "fill_fail"};
+#define OP_NAME_(NAME, name, writes) [KHALA_OP_##NAME] = name,
+static const char *const op_names[KHALA_OP_COUNT] = {KHALA_OP_LIST(OP_NAME_)};
+#undef OP_NAME_
 
-static const char *const mode_names[] = {NULL, "through", "behind"};
-static const char *const by_names[] = {NULL, "key", "prefix", "type"};
-static const char *const level_names[] = {NULL, "l1", "l2", "l3", "loader", "stale"};
+#define OP_WRITES_(NAME, name, writes) [KHALA_OP_##NAME] = writes,
+static const unsigned char op_writes[KHALA_OP_COUNT] = {KHALA_OP_LIST(OP_WRITES_)};
+#undef OP_WRITES_
+
+#define MODE_NAME_(NAME, v, wire, conf) [KHALA_MODE_##NAME] = wire,
+static const char *const mode_names[] = {KHALA_MODE_LIST(MODE_NAME_)};
+#undef MODE_NAME_
+
+#define BY_NAME_(NAME, name) [KHALA_BY_##NAME] = name,
+static const char *const by_names[KHALA_BY_COUNT] = {KHALA_BY_LIST(BY_NAME_)};
+#undef BY_NAME_
+
+#define LEVEL_NAME_(NAME, name, stores) [KHALA_LEVEL_##NAME] = name,
+static const char *const level_names[KHALA_LEVEL_COUNT] = {KHALA_LEVEL_LIST(LEVEL_NAME_)};
+#undef LEVEL_NAME_
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Index of the name equal to (s, len) in names[1..n), or 0 when none is. */
+_Static_assert(KHALA_MODE_DEFAULT == 0, "the wire never carries DEFAULT: index 0 has no name");
+_Static_assert(KHALA_LEVEL_L1 == 1 && KHALA_LEVEL_L2 == 2 && KHALA_LEVEL_L3 == 3,
+               "storage levels come first in KHALA_LEVEL_LIST: L<n> is n");
+
+/* Index of the name equal to (s, len) in names[1..n), or 0 when none is. Holes (NULL) are
+ * skipped. */
 static int name_index(const char *const *names, size_t n, const void *s, size_t len) {
     for (size_t i = 1; i < n; i++)
-        if (strlen(names[i]) == len && memcmp(names[i], s, len) == 0)
+        if (names[i] && strlen(names[i]) == len && memcmp(names[i], s, len) == 0)
             return (int)i;
     return 0;
 }
@@ -117,8 +137,10 @@ const char *khala__proto_type_name(khala_type_t type) {
 }
 
 int khala__proto_type_parse(const char *name, size_t len, khala_type_t *type) {
+    /* Type ids start at 0, so name_index (which skips index 0) does not fit. */
     for (unsigned i = 0; i < KHALA_TYPE_COUNT; i++) {
-        if (strlen(type_names[i]) == len && memcmp(type_names[i], name, len) == 0) {
+        if (type_names[i] && strlen(type_names[i]) == len &&
+            memcmp(type_names[i], name, len) == 0) {
             *type = (khala_type_t)i;
             return 0;
         }
@@ -130,8 +152,44 @@ const char *khala__proto_op_name(khala_op_t op) {
     return (unsigned)op < KHALA_OP_COUNT ? op_names[op] : NULL;
 }
 
+int khala__proto_op_parse(const char *name, size_t len, khala_op_t *op) {
+    int i = name_index(op_names, NELEM(op_names), name, len);
+    if (!i)
+        return -EINVAL;
+    *op = (khala_op_t)i;
+    return 0;
+}
+
+bool khala__proto_op_writes(khala_op_t op) {
+    return (unsigned)op < KHALA_OP_COUNT && op_writes[op];
+}
+
 const char *khala__proto_level_name(khala_level_t level) {
     return (unsigned)level < NELEM(level_names) ? level_names[level] : NULL;
+}
+
+int khala__proto_level_parse(const char *name, size_t len, khala_level_t *level) {
+    int i = name_index(level_names, NELEM(level_names), name, len);
+    if (!i)
+        return -EINVAL;
+    *level = (khala_level_t)i;
+    return 0;
+}
+
+const char *khala__proto_mode_name(khala_mode_t mode) {
+    return (unsigned)mode < NELEM(mode_names) ? mode_names[mode] : NULL;
+}
+
+int khala__proto_mode_parse(const char *name, size_t len, khala_mode_t *mode) {
+    int i = name_index(mode_names, NELEM(mode_names), name, len);
+    if (!i)
+        return -EINVAL;
+    *mode = (khala_mode_t)i;
+    return 0;
+}
+
+const char *khala__proto_by_name(khala_by_t by) {
+    return (unsigned)by < NELEM(by_names) ? by_names[by] : NULL;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -897,11 +955,11 @@ static int check_msg(const khala_msg_t *m, int dir, char *err, size_t errlen) {
     if ((m->has & KHALA_F_TYPE) && (unsigned)m->type >= KHALA_TYPE_COUNT)
         return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'type' is %u, max %u",
                              (unsigned)m->type, (unsigned)KHALA_TYPE_COUNT - 1);
-    if ((m->has & KHALA_F_MODE) && (m->mode < KHALA_MODE_THROUGH || m->mode > KHALA_MODE_BEHIND))
+    if ((m->has & KHALA_F_MODE) && !khala__proto_mode_name(m->mode))
         return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'mode' is %d", (int)m->mode);
-    if ((m->has & KHALA_F_BY) && (m->by < KHALA_BY_KEY || m->by > KHALA_BY_TYPE))
+    if ((m->has & KHALA_F_BY) && !khala__proto_by_name(m->by))
         return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'by' is %d", (int)m->by);
-    if ((m->has & KHALA_F_LVL) && (m->lvl < KHALA_LEVEL_L1 || m->lvl > KHALA_LEVEL_STALE))
+    if ((m->has & KHALA_F_LVL) && !khala__proto_level_name(m->lvl))
         return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'lvl' is %d", (int)m->lvl);
     if ((m->has & KHALA_F_COUNT) && m->count > KHALA_PROTO_ARRAY_MAX)
         return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'count' is %u, max %u", m->count,

@@ -90,48 +90,90 @@
 /* Enumerations and their names                                                                */
 /* ------------------------------------------------------------------------------------------ */
 
-/* khala_type_t (field "type") and khala_mode_t (field "mode") are public: they live in
- * include/khala/cache.h, which a worker passes to khala_cache_put(). */
+/* khala_type_t (field "type") and khala_mode_t (field "mode") are public: their lists,
+ * KHALA_TYPE_LIST and KHALA_MODE_LIST, live in include/khala/cache.h, which a worker passes to
+ * khala_cache_put(). Each list below is the one source of its enum, its names and its sets: add
+ * a value to the list, never to the enum or to a table of names. */
 
-/** Operations; the wire carries the name (field "op"). 0 is "none": a reply decoded without
- * knowing which request it answers. */
+/**
+ * Operations, X(NAME, "wire name", writes): the wire carries the name (field "op"). `writes` is
+ * 1 for the ops that change the cache or lead a load (khalad lets only its writers send them:
+ * root, its own user, the socket's group), 0 for those a reader may send. The values are
+ * positions in the list, starting at 1; they never go on the wire, so a new op may go anywhere.
+ */
+#define KHALA_OP_LIST(X)                                                                           \
+    X(HELLO, "hello", 0) /* version and limits exchange, first on a connection */                  \
+    X(PING, "ping", 0)                                                                             \
+    X(GET, "get", 0) /* the L1 miss path */                                                        \
+    X(PUT, "put", 1) /* write, optionally compare-and-set on "ver" */                              \
+    X(DEL, "del", 1)                                                                               \
+    X(INVALIDATE, "invalidate", 1) /* by key, prefix or type */                                    \
+    X(TOUCH, "touch", 1)           /* reset a key's TTL */                                         \
+    X(STATS, "stats", 0)                                                                           \
+    X(KEYS, "keys", 0)           /* cursor scan with a glob pattern */                             \
+    X(INSPECT, "inspect", 0)     /* one key's metadata */                                          \
+    X(FLUSH, "flush", 1)         /* all, or one type */                                            \
+    X(WARM, "warm", 1)           /* promote keys from L2/L3 into L1 */                             \
+    X(CONFIG, "config", 0)       /* the effective configuration */                                 \
+    X(FILL, "fill", 1)           /* a single-flight leader's loaded value */                       \
+    X(FILL_FAIL, "fill_fail", 1) /* a single-flight leader's loader failed */
+
+/** Operations (KHALA_OP_LIST). 0 is "none": a reply decoded without knowing which request it
+ * answers. */
 typedef enum khala_op {
     KHALA_OP_NONE = 0,
-    KHALA_OP_HELLO,      /**< "hello": version and limits exchange, first on a connection */
-    KHALA_OP_PING,       /**< "ping" */
-    KHALA_OP_GET,        /**< "get": the L1 miss path */
-    KHALA_OP_PUT,        /**< "put": write, optionally compare-and-set on "ver" */
-    KHALA_OP_DEL,        /**< "del" */
-    KHALA_OP_INVALIDATE, /**< "invalidate": by key, prefix or type */
-    KHALA_OP_TOUCH,      /**< "touch": reset a key's TTL */
-    KHALA_OP_STATS,      /**< "stats" */
-    KHALA_OP_KEYS,       /**< "keys": cursor scan with a glob pattern */
-    KHALA_OP_INSPECT,    /**< "inspect": one key's metadata */
-    KHALA_OP_FLUSH,      /**< "flush": all, or one type */
-    KHALA_OP_WARM,       /**< "warm": promote keys from L2/L3 into L1 */
-    KHALA_OP_CONFIG,     /**< "config": the effective configuration */
-    KHALA_OP_FILL,       /**< "fill": a single-flight leader's loaded value */
-    KHALA_OP_FILL_FAIL,  /**< "fill_fail": a single-flight leader's loader failed */
-    KHALA_OP_COUNT       /**< number of values; not an op */
+#define KHALA_OP_ENUM_(NAME, name, writes) KHALA_OP_##NAME,
+    KHALA_OP_LIST(KHALA_OP_ENUM_)
+#undef KHALA_OP_ENUM_
+        KHALA_OP_COUNT /**< number of values, NONE included; not an op */
 } khala_op_t;
 
-/** What an invalidate selects (field "by"). */
+/** What an invalidate selects (field "by"), X(NAME, "wire name"); the values start at 1. */
+#define KHALA_BY_LIST(X)                                                                           \
+    X(KEY, "key")       /* field "k" */                                                            \
+    X(PREFIX, "prefix") /* field "prefix" */                                                       \
+    X(TYPE, "type")     /* field "type" */
+
+/** What an invalidate selects (KHALA_BY_LIST); 0 is "none". */
 typedef enum khala_by {
     KHALA_BY_NONE = 0,
-    KHALA_BY_KEY,    /**< "key": field "k" */
-    KHALA_BY_PREFIX, /**< "prefix": field "prefix" */
-    KHALA_BY_TYPE    /**< "type": field "type" */
+#define KHALA_BY_ENUM_(NAME, name) KHALA_BY_##NAME,
+    KHALA_BY_LIST(KHALA_BY_ENUM_)
+#undef KHALA_BY_ENUM_
+        KHALA_BY_COUNT /**< number of values, NONE included */
 } khala_by_t;
 
-/** Which level answered a get (field "lvl"). */
+/**
+ * Levels, X(NAME, "wire name", stores): which level answered a get (field "lvl"), and, for the
+ * levels that store items (`stores` = 1: L1, L2, L3), the names khalad's configuration uses in a
+ * type's `levels` list and the bits of a level set (KHALA_LEVEL_BIT). The values are positions
+ * in the list, starting at 1; the storage levels come first, in order, so that L<n> is n.
+ *   LOADER: another worker's loader answered, through single-flight.
+ *   STALE:  a recently expired value, served because the source failed.
+ */
+#define KHALA_LEVEL_LIST(X)                                                                        \
+    X(L1, "l1", 1)                                                                                 \
+    X(L2, "l2", 1)                                                                                 \
+    X(L3, "l3", 1)                                                                                 \
+    X(LOADER, "loader", 0)                                                                         \
+    X(STALE, "stale", 0)
+
+/** Levels (KHALA_LEVEL_LIST); 0 is "none". */
 typedef enum khala_level {
     KHALA_LEVEL_NONE = 0,
-    KHALA_LEVEL_L1,     /**< "l1" */
-    KHALA_LEVEL_L2,     /**< "l2" */
-    KHALA_LEVEL_L3,     /**< "l3" */
-    KHALA_LEVEL_LOADER, /**< "loader": another worker's loader, through single-flight */
-    KHALA_LEVEL_STALE   /**< "stale": a recently expired value, served because the source failed */
+#define KHALA_LEVEL_ENUM_(NAME, name, stores) KHALA_LEVEL_##NAME,
+    KHALA_LEVEL_LIST(KHALA_LEVEL_ENUM_)
+#undef KHALA_LEVEL_ENUM_
+        KHALA_LEVEL_COUNT /**< number of values, NONE included */
 } khala_level_t;
+
+/** The bit of storage level @p lvl (KHALA_LEVEL_L1..L3) in a set of levels: L1 is 1u << 0. */
+#define KHALA_LEVEL_BIT(lvl) (1u << ((unsigned)(lvl) - (unsigned)KHALA_LEVEL_L1))
+
+/** The set of every storage level (`stores` = 1 in KHALA_LEVEL_LIST), as KHALA_LEVEL_BIT bits. */
+#define KHALA_LEVEL_STORES_(NAME, name, stores)                                                    \
+    | ((stores) ? KHALA_LEVEL_BIT(KHALA_LEVEL_##NAME) : 0u)
+#define KHALA_LEVEL_STORAGE (0u KHALA_LEVEL_LIST(KHALA_LEVEL_STORES_))
 
 /**
  * @brief The wire name of a data type ("memory_entity").
@@ -151,15 +193,65 @@ int khala__proto_type_parse(const char *name, size_t len, khala_type_t *type);
 
 /**
  * @brief The wire name of an operation ("get").
+ * @param[in] op an operation.
  * @return a static string, or NULL for KHALA_OP_NONE and out-of-range values.
  */
 const char *khala__proto_op_name(khala_op_t op);
 
 /**
+ * @brief The operation of a wire name.
+ * @param[in] name the name, not necessarily NUL-terminated.
+ * @param[in] len its length in bytes.
+ * @param[out] op the operation; unchanged on failure.
+ * @return 0, or -EINVAL when name is not an operation's.
+ */
+int khala__proto_op_parse(const char *name, size_t len, khala_op_t *op);
+
+/**
+ * @brief Whether an operation changes the cache or leads a load (`writes` in KHALA_OP_LIST).
+ * @param[in] op an operation.
+ * @return true for a writing op; false for a reading one, KHALA_OP_NONE and out-of-range values.
+ */
+bool khala__proto_op_writes(khala_op_t op);
+
+/**
  * @brief The wire name of a level ("l1").
+ * @param[in] level a level.
  * @return a static string, or NULL for KHALA_LEVEL_NONE and out-of-range values.
  */
 const char *khala__proto_level_name(khala_level_t level);
+
+/**
+ * @brief The level of a wire name ("l1", ..., "stale").
+ * @param[in] name the name, not necessarily NUL-terminated.
+ * @param[in] len its length in bytes.
+ * @param[out] level the level; unchanged on failure.
+ * @return 0, or -EINVAL when name is not a level's.
+ */
+int khala__proto_level_parse(const char *name, size_t len, khala_level_t *level);
+
+/**
+ * @brief The wire name of a write mode ("through", "behind").
+ * @param[in] mode a write mode.
+ * @return a static string, or NULL for KHALA_MODE_DEFAULT (never sent) and out-of-range values.
+ */
+const char *khala__proto_mode_name(khala_mode_t mode);
+
+/**
+ * @brief The write mode of a wire name.
+ * @param[in] name the name, not necessarily NUL-terminated.
+ * @param[in] len its length in bytes.
+ * @param[out] mode the mode; unchanged on failure.
+ * @return 0, or -EINVAL when name is not "through" or "behind".
+ */
+int khala__proto_mode_parse(const char *name, size_t len, khala_mode_t *mode);
+
+/**
+ * @brief The wire name of an invalidation selector ("key", "prefix", "type").
+ * @param[in] by a selector.
+ * @return a static string, or NULL for KHALA_BY_NONE and out-of-range values.
+ */
+const char *khala__proto_by_name(khala_by_t by);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Buffers                                                                                     */

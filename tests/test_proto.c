@@ -384,6 +384,138 @@ Test(proto, op_and_level_names) {
     cr_assert_null(khala__proto_level_name((khala_level_t)99));
 }
 
+/* Each list (KHALA_*_LIST) walked through its own X-macro: every value it makes has a name,
+ * the name parses back to the value, no two values share a name, and the count the enum ends
+ * with is the list's length. A value added to an enum by hand, or a name table that drifts from
+ * its list, fails here. */
+Test(proto, every_listed_value_has_a_name_that_parses_back) {
+    int n = 0;
+#define CHECK_TYPE(NAME, id, name)                                                                 \
+    do {                                                                                           \
+        khala_type_t t = KHALA_TYPE_COUNT;                                                         \
+        cr_assert_str_eq(khala__proto_type_name(KHALA_TYPE_##NAME), name);                         \
+        cr_assert_eq(khala__proto_type_parse(name, strlen(name), &t), 0, "%s", name);              \
+        cr_assert_eq(t, KHALA_TYPE_##NAME, "%s", name);                                            \
+        n++;                                                                                       \
+    } while (0);
+    KHALA_TYPE_LIST(CHECK_TYPE)
+#undef CHECK_TYPE
+    cr_assert_eq(n, KHALA_TYPE_COUNT);
+
+    n = 0;
+#define CHECK_OP(NAME, name, writes)                                                               \
+    do {                                                                                           \
+        khala_op_t op = KHALA_OP_NONE;                                                             \
+        cr_assert_str_eq(khala__proto_op_name(KHALA_OP_##NAME), name);                             \
+        cr_assert_eq(khala__proto_op_parse(name, strlen(name), &op), 0, "%s", name);               \
+        cr_assert_eq(op, KHALA_OP_##NAME, "%s", name);                                             \
+        cr_assert_eq(khala__proto_op_writes(KHALA_OP_##NAME), (bool)(writes), "%s", name);         \
+        n++;                                                                                       \
+    } while (0);
+    KHALA_OP_LIST(CHECK_OP)
+#undef CHECK_OP
+    cr_assert_eq(n + 1, KHALA_OP_COUNT, "NONE and the listed ops");
+
+    n = 0;
+#define CHECK_LEVEL(NAME, name, stores)                                                            \
+    do {                                                                                           \
+        khala_level_t lv = KHALA_LEVEL_NONE;                                                       \
+        cr_assert_str_eq(khala__proto_level_name(KHALA_LEVEL_##NAME), name);                       \
+        cr_assert_eq(khala__proto_level_parse(name, strlen(name), &lv), 0, "%s", name);            \
+        cr_assert_eq(lv, KHALA_LEVEL_##NAME, "%s", name);                                          \
+        n++;                                                                                       \
+    } while (0);
+    KHALA_LEVEL_LIST(CHECK_LEVEL)
+#undef CHECK_LEVEL
+    cr_assert_eq(n + 1, KHALA_LEVEL_COUNT);
+
+    n = 0;
+#define CHECK_MODE(NAME, v, wire, conf)                                                            \
+    do {                                                                                           \
+        const char *w = wire;                                                                      \
+        khala_mode_t m = (khala_mode_t)99;                                                         \
+        if (w) {                                                                                   \
+            cr_assert_str_eq(khala__proto_mode_name(KHALA_MODE_##NAME), w);                        \
+            cr_assert_eq(khala__proto_mode_parse(w, strlen(w), &m), 0, "%s", w);                   \
+            cr_assert_eq(m, KHALA_MODE_##NAME, "%s", w);                                           \
+        } else {                                                                                   \
+            cr_assert_null(khala__proto_mode_name(KHALA_MODE_##NAME));                             \
+        }                                                                                          \
+        n++;                                                                                       \
+    } while (0);
+    KHALA_MODE_LIST(CHECK_MODE)
+#undef CHECK_MODE
+    cr_assert_eq(n, 3);
+
+    n = 0;
+#define CHECK_BY(NAME, name)                                                                       \
+    do {                                                                                           \
+        cr_assert_str_eq(khala__proto_by_name(KHALA_BY_##NAME), name);                             \
+        n++;                                                                                       \
+    } while (0);
+    KHALA_BY_LIST(CHECK_BY)
+#undef CHECK_BY
+    cr_assert_eq(n + 1, KHALA_BY_COUNT);
+
+    /* Names are unique within each list: a name parses to the first value that has it. */
+    for (int op = KHALA_OP_HELLO; op < KHALA_OP_COUNT; op++)
+        for (int o2 = op + 1; o2 < KHALA_OP_COUNT; o2++)
+            cr_assert_str_neq(khala__proto_op_name((khala_op_t)op),
+                              khala__proto_op_name((khala_op_t)o2));
+    for (int lv = KHALA_LEVEL_L1; lv < KHALA_LEVEL_COUNT; lv++)
+        for (int l2 = lv + 1; l2 < KHALA_LEVEL_COUNT; l2++)
+            cr_assert_str_neq(khala__proto_level_name((khala_level_t)lv),
+                              khala__proto_level_name((khala_level_t)l2));
+}
+
+Test(proto, names_outside_the_lists_are_refused_and_leave_the_output) {
+    khala_op_t op = KHALA_OP_PING;
+    khala_level_t lv = KHALA_LEVEL_L2;
+    khala_mode_t m = KHALA_MODE_BEHIND;
+    cr_assert_eq(khala__proto_op_parse("gets", 4, &op), -EINVAL);
+    cr_assert_eq(khala__proto_op_parse("get", 2, &op), -EINVAL);
+    cr_assert_eq(khala__proto_op_parse("", 0, &op), -EINVAL);
+    cr_assert_eq(op, KHALA_OP_PING);
+    cr_assert_eq(khala__proto_level_parse("l4", 2, &lv), -EINVAL);
+    cr_assert_eq(lv, KHALA_LEVEL_L2);
+    cr_assert_eq(khala__proto_mode_parse("default", 7, &m), -EINVAL, "never on the wire");
+    cr_assert_eq(khala__proto_mode_parse("write_through", 13, &m), -EINVAL, "a config name");
+    cr_assert_eq(m, KHALA_MODE_BEHIND);
+    cr_assert_null(khala__proto_mode_name((khala_mode_t)3));
+    cr_assert_null(khala__proto_by_name(KHALA_BY_NONE));
+    cr_assert_null(khala__proto_by_name(KHALA_BY_COUNT));
+    cr_assert_not(khala__proto_op_writes(KHALA_OP_NONE));
+    cr_assert_not(khala__proto_op_writes(KHALA_OP_COUNT));
+}
+
+/* The public enums keep their values (workers store them; the type id is on the wire), and the
+ * sets made from the lists are the documented ones. */
+Test(proto, public_values_and_sets_do_not_move) {
+    cr_assert_eq(KHALA_TYPE_MEMORY_ENTITY, 0);
+    cr_assert_eq(KHALA_TYPE_SEARCH_RESULT, 1);
+    cr_assert_eq(KHALA_TYPE_EMBEDDING, 2);
+    cr_assert_eq(KHALA_TYPE_ENTITY_RELATIONSHIP, 3);
+    cr_assert_eq(KHALA_TYPE_AGENT_RESPONSE, 4);
+    cr_assert_eq(KHALA_TYPE_VERIFICATION, 5);
+    cr_assert_eq(KHALA_TYPE_SEARCH_INDEX, 6);
+    cr_assert_eq(KHALA_TYPE_CONSOLIDATION, 7);
+    cr_assert_eq(KHALA_TYPE_COUNT, 8);
+    cr_assert_eq(KHALA_MODE_DEFAULT, 0);
+    cr_assert_eq(KHALA_MODE_THROUGH, 1);
+    cr_assert_eq(KHALA_MODE_BEHIND, 2);
+    cr_assert_eq(KHALA_LEVEL_STORAGE, 07u, "l1, l2 and l3 store items");
+    cr_assert_eq(KHALA_LEVEL_BIT(KHALA_LEVEL_L3), 04u);
+    static const khala_op_t writers[] = {KHALA_OP_PUT,   KHALA_OP_FILL,  KHALA_OP_FILL_FAIL,
+                                         KHALA_OP_DEL,   KHALA_OP_TOUCH, KHALA_OP_INVALIDATE,
+                                         KHALA_OP_FLUSH, KHALA_OP_WARM};
+    int nw = 0;
+    for (int op = KHALA_OP_HELLO; op < KHALA_OP_COUNT; op++)
+        nw += khala__proto_op_writes((khala_op_t)op);
+    cr_assert_eq(nw, (int)(sizeof(writers) / sizeof(writers[0])));
+    for (size_t i = 0; i < sizeof(writers) / sizeof(writers[0]); i++)
+        cr_assert(khala__proto_op_writes(writers[i]), "%s", khala__proto_op_name(writers[i]));
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Round trips                                                                                 */
 /* ------------------------------------------------------------------------------------------ */

@@ -72,26 +72,51 @@ typedef struct khala_cache_options {
     void *reserved[6];
 } khala_cache_options_t;
 
-/** The eight data types. An item carries one; a type selects khalad's defaults (TTLs, levels,
- * write mode, quota; docs/operating.md) and can be invalidated as a whole. The value is the wire
- * id (protocol field "type") and is what khala_view_t.type holds. */
+/**
+ * The data types, X(NAME, id, "name"): the one list that makes khala_type_t, the names (the
+ * protocol's, khalactl's, and khalad's [type.<name>] config sections) and KHALA_TYPE_COUNT.
+ * The id is the wire id (protocol field "type"): never renumber one; append a new type with the
+ * next id. An item carries one type; a type selects khalad's defaults (TTLs, levels, write mode;
+ * docs/operating.md) and can be invalidated as a whole.
+ */
+#define KHALA_TYPE_LIST(X)                                                                         \
+    X(MEMORY_ENTITY, 0, "memory_entity")                                                           \
+    X(SEARCH_RESULT, 1, "search_result")                                                           \
+    X(EMBEDDING, 2, "embedding")                                                                   \
+    X(ENTITY_RELATIONSHIP, 3, "entity_relationship")                                               \
+    X(AGENT_RESPONSE, 4, "agent_response")                                                         \
+    X(VERIFICATION, 5, "verification")                                                             \
+    X(SEARCH_INDEX, 6, "search_index")                                                             \
+    X(CONSOLIDATION, 7, "consolidation")
+
+/** The eight data types (KHALA_TYPE_LIST). The value is what khala_view_t.type holds. */
 typedef enum khala_type {
-    KHALA_TYPE_MEMORY_ENTITY = 0,
-    KHALA_TYPE_SEARCH_RESULT = 1,
-    KHALA_TYPE_EMBEDDING = 2,
-    KHALA_TYPE_ENTITY_RELATIONSHIP = 3,
-    KHALA_TYPE_AGENT_RESPONSE = 4,
-    KHALA_TYPE_VERIFICATION = 5,
-    KHALA_TYPE_SEARCH_INDEX = 6,
-    KHALA_TYPE_CONSOLIDATION = 7,
-    KHALA_TYPE_COUNT = 8 /**< number of types; not a type */
+#define KHALA_TYPE_ENUM_(NAME, id, name) KHALA_TYPE_##NAME = id,
+    KHALA_TYPE_LIST(KHALA_TYPE_ENUM_)
+#undef KHALA_TYPE_ENUM_
+#define KHALA_TYPE_ONE_(NAME, id, name) +1
+        KHALA_TYPE_COUNT = 0 KHALA_TYPE_LIST(KHALA_TYPE_ONE_) /**< number of types; not a type */
+#undef KHALA_TYPE_ONE_
 } khala_type_t;
 
-/** Write mode of a put; DEFAULT is the type's configured mode. */
+/**
+ * The write modes, X(NAME, value, "wire name", "config name"): the one list that makes
+ * khala_mode_t, the protocol's names (field "mode"; DEFAULT is never sent, so it has none) and
+ * the names khalad's configuration uses for write_mode. Never renumber a value.
+ *   DEFAULT: the type's configured mode.
+ *   THROUGH: the put returns after the lower levels accepted the write.
+ *   BEHIND:  the put returns after L1 and the journal; the lower levels follow.
+ */
+#define KHALA_MODE_LIST(X)                                                                         \
+    X(DEFAULT, 0, NULL, "default")                                                                 \
+    X(THROUGH, 1, "through", "write_through")                                                      \
+    X(BEHIND, 2, "behind", "write_behind")
+
+/** Write mode of a put (KHALA_MODE_LIST); DEFAULT is the type's configured mode. */
 typedef enum khala_mode {
-    KHALA_MODE_DEFAULT = 0,
-    KHALA_MODE_THROUGH, /**< the put returns after the lower levels accepted the write */
-    KHALA_MODE_BEHIND   /**< the put returns after L1 and the journal; lower levels follow */
+#define KHALA_MODE_ENUM_(NAME, v, wire, conf) KHALA_MODE_##NAME = v,
+    KHALA_MODE_LIST(KHALA_MODE_ENUM_)
+#undef KHALA_MODE_ENUM_
 } khala_mode_t;
 
 /** Flags of khala_put_options_t.flags. */
