@@ -59,7 +59,9 @@
 #define MIB (1024u * 1024u)
 
 /* Per-type defaults, by id. 0 TTLs follow the level; DEFAULT write mode follows [policies].
- * The reasoning is in docs/operating.md ("[type.<name>]"). Quotas add up to 80%. */
+ * The reasoning is in docs/operating.md ("[type.<name>]"). Quotas are 0 (none) while they have
+ * no effect ("Keys that have no effect yet"); the shares planned for them are search_result 15,
+ * embedding 40, agent_response 10 and search_index 15 (80% in all). */
 #define L123 (KHALA_CONFIG_LEVEL_L1 | KHALA_CONFIG_LEVEL_L2 | KHALA_CONFIG_LEVEL_L3)
 #define L12 (KHALA_CONFIG_LEVEL_L1 | KHALA_CONFIG_LEVEL_L2)
 #define L23 (KHALA_CONFIG_LEVEL_L2 | KHALA_CONFIG_LEVEL_L3)
@@ -67,17 +69,17 @@ static const khala_config_type_t TYPE_DEFAULTS[KHALA_CONFIG_NTYPES] = {
     /* memory_entity: the common case, everything from the levels. */
     {L123, 0, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
     /* search_result: goes stale as memories change; short-lived, not worth L3. */
-    {L12, 60, 600, 0, KHALA_CONFIG_WRITE_DEFAULT, 15},
+    {L12, 60, 600, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
     /* embedding: large, costly to compute, never wrong for the same input. */
-    {L123, 3600, 86400, 604800, KHALA_CONFIG_WRITE_BEHIND, 40},
+    {L123, 3600, 86400, 604800, KHALA_CONFIG_WRITE_BEHIND, 0},
     /* entity_relationship: the levels' defaults. */
     {L123, 0, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
     /* agent_response: conversational, short-lived. */
-    {L12, 120, 1800, 0, KHALA_CONFIG_WRITE_DEFAULT, 10},
+    {L12, 120, 1800, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
     /* verification: a verdict holds for a while. */
     {L123, 600, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
     /* search_index: large and rebuildable. */
-    {L123, 600, 7200, 0, KHALA_CONFIG_WRITE_BEHIND, 15},
+    {L123, 600, 7200, 0, KHALA_CONFIG_WRITE_BEHIND, 0},
     /* consolidation: periodic summaries, read rarely: kept off L1. */
     {L23, 0, 0, 604800, KHALA_CONFIG_WRITE_DEFAULT, 0},
 };
@@ -136,8 +138,13 @@ static const enum_name_t TYPE_WRITE_NAMES[] = {KHALA_MODE_LIST(WRITE_NAME_){NULL
 #undef WRITE_NAME_
 #define POLICY_WRITE_NAMES (TYPE_WRITE_NAMES + 1)
 _Static_assert(KHALA_CONFIG_WRITE_DEFAULT == 0, "DEFAULT is the first write mode");
-static const enum_name_t COHERENCE_NAMES[] = {
-    {"none", KHALA_CONFIG_COHERENCE_NONE}, {"pubsub", KHALA_CONFIG_COHERENCE_PUBSUB}, {NULL, 0}};
+/* "immediate" is the seed's name: every change reaches every cache at once. On one host that
+ * holds whatever the value (all workers read one L1); across hosts it is what pubsub does. The
+ * dump writes the first name of a value, so "pubsub". */
+static const enum_name_t COHERENCE_NAMES[] = {{"none", KHALA_CONFIG_COHERENCE_NONE},
+                                              {"pubsub", KHALA_CONFIG_COHERENCE_PUBSUB},
+                                              {"immediate", KHALA_CONFIG_COHERENCE_PUBSUB},
+                                              {NULL, 0}};
 
 _Static_assert(sizeof(khala_config_eviction_t) == sizeof(int), "enum fields are written as int");
 _Static_assert(sizeof(khala_config_write_mode_t) == sizeof(int), "enum fields are written as int");
@@ -551,7 +558,15 @@ static int check_ident(const char *v, char *msg, size_t len) {
 }
 
 static int check_redis_url(const char *v, char *msg, size_t len) {
-    return khala__config_redis_url_parse(v, NULL, msg, len) == 0 ? 0 : -1;
+    khala_config_redis_url_t u;
+    if (khala__config_redis_url_parse(v, &u, msg, len) != 0)
+        return -1;
+    /* Refused here, not only when khalad connects, so that `khalad --check` says it. */
+    if (u.tls)
+        return msgf(msg, len,
+                    "rediss:// (TLS) is not supported by this build; use redis:// or "
+                    "unix://");
+    return 0;
 }
 
 static int host_char(char c) {
@@ -758,7 +773,89 @@ static int key_index(int sec, const char *name) {
     return k < 0 ? 0 : k;
 }
 
+/*
+ * Keys that have no effect yet.
+ *
+ * Configuration means what it says: a key khalad reads but does not act on is refused, with a
+ * message naming it and saying that it has no effect yet, unless it holds its default value.
+ * Why not refuse such a key outright, whatever its value? `khalad --check` and `khalactl config`
+ * write every key, and their output must load back; configs written for the seed, or for a
+ * later khalad, name these keys too. Why is the default harmless? The default of each of these
+ * keys says what khalad does without the feature: 0 for stale_serve_seconds,
+ * negative_ttl_seconds and quota_pct (off, no quota), false for predictive_cache, the level's
+ * own TTL (0) for l3_ttl_seconds where the type had none. (Until issue 9, stale serving,
+ * negative caching and quotas had non-zero defaults, which `khalactl config` printed as if they
+ * worked; they are 0 now for that reason.) The [l3] section, and the L2 capacity keys on Redis,
+ * keep defaults that describe a level that does not exist, or a store that Redis bounds by
+ * itself: no item is affected by them, and the dump says so in a comment. The alternative,
+ * accepting any value with a warning in the log, is what the seed's users hit before: a
+ * setting that reads as working and silently is not.
+ */
+typedef enum inert_when {
+    INERT_ALWAYS,   /* the feature is not built */
+    INERT_ON_REDIS, /* [l2] backend = redis */
+} inert_when_t;
+
+typedef struct inert {
+    int sec;         /* SEC_*; SEC_TYPE0 stands for every [type.<name>] section */
+    const char *key; /* NULL: every key of the section */
+    inert_when_t when;
+    const char *why; /* why it has no effect */
+} inert_t;
+
+static const inert_t INERT[] = {
+    {SEC_L3, NULL, INERT_ALWAYS, "there is no L3"},
+    {SEC_L2, "max_items", INERT_ON_REDIS, "Redis bounds L2 itself, by its maxmemory"},
+    {SEC_L2, "max_memory_mb", INERT_ON_REDIS, "Redis bounds L2 itself, by its maxmemory"},
+    {SEC_POLICIES, "predictive_cache", INERT_ALWAYS,
+     "khalad does not prefetch: measured, it did not raise the hit ratio"},
+    {SEC_POLICIES, "stale_serve_seconds", INERT_ALWAYS, "serving stale values is not built"},
+    {SEC_POLICIES, "negative_ttl_seconds", INERT_ALWAYS,
+     "caching \"no such item\" answers is not built"},
+    {SEC_TYPE0, "l3_ttl_seconds", INERT_ALWAYS, "there is no L3"},
+    {SEC_TYPE0, "quota_pct", INERT_ALWAYS, "per-type L1 quotas are not built"},
+};
+
+/* The value of key k of section sec in cfg, as the file writes it, into buf. */
+static const char *format_value(const khala_config_t *cfg, int sec, const key_desc_t *k, char *buf,
+                                size_t len);
+
+/* Key k of section sec: 0 if it holds its default or has an effect in cfg, else the message. */
+static int check_inert(const khala_config_t *cfg, const khala_config_t *def, const origin_t *o,
+                       int sec, int k, char *err, size_t errlen) {
+    const key_desc_t *kd = &section_of(sec)->keys[k];
+    int rsec = sec < SEC_TYPE0 ? sec : SEC_TYPE0;
+    size_t size = kd->kind == K_STR ? kd->size : kd->kind == K_BOOL ? sizeof(bool) : sizeof(int);
+    _Static_assert(sizeof(uint32_t) == sizeof(int), "numbers, enums and levels are 4 bytes");
+    for (size_t i = 0; i < NKEYS(INERT); i++) {
+        const inert_t *r = &INERT[i];
+        if (r->sec != rsec || (r->key && strcmp(r->key, kd->name) != 0))
+            continue;
+        if (r->when == INERT_ON_REDIS && cfg->l2.backend != KHALA_CONFIG_L2_REDIS)
+            continue;
+        if (memcmp(cfield_of(cfg, sec, kd), cfield_of(def, sec, kd), size) == 0)
+            return 0;
+        char v[KHALA_CONFIG_URL_MAX + 8], dv[KHALA_CONFIG_URL_MAX + 8], q[64];
+        format_value(cfg, sec, kd, v, sizeof(v));
+        format_value(def, sec, kd, dv, sizeof(dv));
+        return report_key(err, errlen, o, sec, k,
+                          "%s has no effect %s (%s): only the default, %s, is accepted",
+                          quoted(v, q, sizeof(q)),
+                          r->when == INERT_ON_REDIS ? "with [l2] backend = redis" : "yet", r->why,
+                          dv[0] ? dv : "empty");
+    }
+    return 0;
+}
+
 static int check_all(const khala_config_t *cfg, const origin_t *o, char *err, size_t errlen) {
+    khala_config_t def;
+    (void)khala__config_defaults(&def, NULL);
+    for (int sec = 0; sec < NSECTIONS; sec++)
+        for (int k = 0; k < (int)section_of(sec)->nkeys; k++) {
+            int rc = check_inert(cfg, &def, o, sec, k, err, errlen);
+            if (rc != 0)
+                return rc;
+        }
     uint64_t mem = (uint64_t)cfg->l1.max_memory_mb * MIB;
     if (cfg->l1.max_value_bytes > mem)
         return report_key(err, errlen, o, SEC_L1, key_index(SEC_L1, "max_value_bytes"),
@@ -767,39 +864,31 @@ static int check_all(const khala_config_t *cfg, const origin_t *o, char *err, si
     if (cfg->l2.backend == KHALA_CONFIG_L2_REDIS && !cfg->l2.redis_url[0])
         return report_key(err, errlen, o, SEC_L2, key_index(SEC_L2, "backend"),
                           "'redis' needs [l2] redis_url");
-    if (cfg->l3.backend == KHALA_CONFIG_L3_SURREALDB && !cfg->l3.surrealdb_url[0])
-        return report_key(err, errlen, o, SEC_L3, key_index(SEC_L3, "backend"),
-                          "'surrealdb' needs [l3] surrealdb_url");
     if (cfg->policies.coherence == KHALA_CONFIG_COHERENCE_PUBSUB &&
         cfg->l2.backend != KHALA_CONFIG_L2_REDIS)
         return report_key(err, errlen, o, SEC_POLICIES, key_index(SEC_POLICIES, "coherence"),
-                          "'pubsub' needs [l2] backend = redis (it is Redis pub/sub)");
+                          "'pubsub' (or 'immediate') needs [l2] backend = redis (it is Redis "
+                          "pub/sub)");
     if (cfg->policies.write_mode == KHALA_CONFIG_WRITE_DEFAULT)
         return report_key(err, errlen, o, SEC_POLICIES, key_index(SEC_POLICIES, "write_mode"),
                           "must be write_through or write_behind");
-    /* The quota sum cites the quota set on the latest line of this load, else the largest. */
-    uint32_t sum = 0, last_quota = 0;
-    int last = -1, last_line = -1;
+    /* The quota checks (a sum of at most 100%, a quota only on a type that lives on l1) and
+     * "surrealdb needs surrealdb_url" return with quotas and L3; git log has them. */
     for (int t = 0; t < KHALA_CONFIG_NTYPES; t++) {
         const khala_config_type_t *ty = &cfg->types[t];
         int sec = SEC_TYPE0 + t;
+        char lv[64], dlv[64], q[64];
         if (!ty->levels)
             return report_key(err, errlen, o, sec, key_index(sec, "levels"), "names no level");
-        if (ty->quota_pct && !(ty->levels & KHALA_CONFIG_LEVEL_L1))
-            return report_key(err, errlen, o, sec, key_index(sec, "quota_pct"),
-                              "%u%% of L1, but levels has no l1", ty->quota_pct);
-        sum += ty->quota_pct;
-        int line = o->lines[key_id(sec, key_index(sec, "quota_pct"))];
-        if (ty->quota_pct &&
-            (line > last_line || (line == last_line && ty->quota_pct > last_quota))) {
-            last = t;
-            last_line = line;
-            last_quota = ty->quota_pct;
-        }
+        /* Leaving l3 out says what khalad does; naming it where the default does not would
+         * claim a level that does not exist (see "Keys that have no effect yet"). */
+        if ((ty->levels & KHALA_CONFIG_LEVEL_L3) && !(def.types[t].levels & KHALA_CONFIG_LEVEL_L3))
+            return report_key(err, errlen, o, sec, key_index(sec, "levels"),
+                              "%s: l3 has no effect yet (there is no L3): only the default's "
+                              "levels, %s, may name it",
+                              quoted(format_levels(ty->levels, lv, sizeof(lv)), q, sizeof(q)),
+                              format_levels(def.types[t].levels, dlv, sizeof(dlv)));
     }
-    if (sum > 100)
-        return report_key(err, errlen, o, SEC_TYPE0 + last, key_index(SEC_TYPE0, "quota_pct"),
-                          "the types' quotas add up to %u%%, more than 100%%", sum);
     return 0;
 }
 
@@ -1027,14 +1116,12 @@ int khala__config_set(khala_config_t *cfg, const char *key, const char *value, c
                  section_name(sec, sbuf, sizeof(sbuf)), dot + 1);
         return report(err, errlen, o, 0, -1, -1, what);
     }
-    khala_config_t tmp = *cfg;
+    /* The value alone is checked here; the values together by khala__config_check() once every
+     * override is set, so that the order of the overrides does not matter. set_value writes
+     * the field only on success. */
     const key_desc_t *kd = &section_of(sec)->keys[k];
-    if (set_value(field_of(&tmp, sec, kd), kd, value, what, sizeof(what)) != 0)
+    if (set_value(field_of(cfg, sec, kd), kd, value, what, sizeof(what)) != 0)
         return report(err, errlen, o, 0, sec, k, what);
-    int rc = check_all(&tmp, o, err, errlen);
-    if (rc != 0)
-        return rc;
-    *cfg = tmp;
     return 0;
 }
 
@@ -1075,8 +1162,8 @@ int khala__config_defaults(khala_config_t *cfg, const char *name) {
     cfg->l3.cleanup_interval = 3600;
     cfg->policies.write_mode = KHALA_CONFIG_WRITE_THROUGH;
     cfg->policies.coherence = KHALA_CONFIG_COHERENCE_NONE;
-    cfg->policies.stale_serve_seconds = 60;
-    cfg->policies.negative_ttl_seconds = 30;
+    cfg->policies.stale_serve_seconds = 0; /* no effect yet: see "Keys that have no effect" */
+    cfg->policies.negative_ttl_seconds = 0;
     cfg->policies.ttl_jitter_pct = 10;
     cfg->policies.single_flight_timeout_ms = 5000;
     memcpy(cfg->types, TYPE_DEFAULTS, sizeof(TYPE_DEFAULTS));
@@ -1217,50 +1304,55 @@ static void dump_note(const khala_config_t *cfg, int sec, const key_desc_t *k, F
                 enum_name(POLICY_WRITE_NAMES, (int)cfg->policies.write_mode));
 }
 
+static const char *format_value(const khala_config_t *cfg, int sec, const key_desc_t *k, char *buf,
+                                size_t len) {
+    const void *f = cfield_of(cfg, sec, k);
+    uint32_t u;
+    int e;
+    switch (k->kind) {
+        case K_AUTO:
+        case K_U32:
+            memcpy(&u, f, sizeof(u));
+            if (k->kind == K_AUTO && u == 0)
+                snprintf(buf, len, "auto");
+            else
+                snprintf(buf, len, "%u", u);
+            break;
+        case K_MODE:
+            memcpy(&u, f, sizeof(u));
+            snprintf(buf, len, "%04o", u);
+            break;
+        case K_BOOL:
+            snprintf(buf, len, "%s", *(const bool *)f ? "true" : "false");
+            break;
+        case K_ENUM:
+            memcpy(&e, f, sizeof(e));
+            snprintf(buf, len, "%s", enum_name(k->names, e));
+            break;
+        case K_LEVELS:
+            memcpy(&u, f, sizeof(u));
+            format_levels(u, buf, len);
+            break;
+        case K_STR:
+            snprintf(buf, len, "%s", (const char *)f);
+            break;
+    }
+    return buf;
+}
+
 int khala__config_dump(const khala_config_t *cfg, FILE *out) {
-    char sbuf[64];
+    char sbuf[64], v[KHALA_CONFIG_LINE_MAX];
     fprintf(out, "# khalad configuration (effective values)\n");
     for (int sec = 0; sec < NSECTIONS; sec++) {
         const section_t *s = section_of(sec);
         fprintf(out, "\n[%s]\n", section_name(sec, sbuf, sizeof(sbuf)));
+        if (sec == SEC_L3)
+            fprintf(out, "# no effect yet: there is no L3 (only the defaults are accepted)\n");
         for (size_t i = 0; i < s->nkeys; i++) {
             const key_desc_t *k = &s->keys[i];
-            const void *f = cfield_of(cfg, sec, k);
-            uint32_t u;
-            int e;
             dump_note(cfg, sec, k, out);
-            fprintf(out, "%s =", k->name);
-            switch (k->kind) {
-                case K_AUTO:
-                case K_U32:
-                    memcpy(&u, f, sizeof(u));
-                    if (k->kind == K_AUTO && u == 0)
-                        fprintf(out, " auto\n");
-                    else
-                        fprintf(out, " %u\n", u);
-                    break;
-                case K_MODE:
-                    memcpy(&u, f, sizeof(u));
-                    fprintf(out, " %04o\n", u);
-                    break;
-                case K_BOOL:
-                    fprintf(out, " %s\n", *(const bool *)f ? "true" : "false");
-                    break;
-                case K_ENUM:
-                    memcpy(&e, f, sizeof(e));
-                    fprintf(out, " %s\n", enum_name(k->names, e));
-                    break;
-                case K_LEVELS: {
-                    char lv[64];
-                    memcpy(&u, f, sizeof(u));
-                    format_levels(u, lv, sizeof(lv));
-                    fprintf(out, "%s%s\n", lv[0] ? " " : "", lv);
-                    break;
-                }
-                case K_STR:
-                    fprintf(out, "%s%s\n", ((const char *)f)[0] ? " " : "", (const char *)f);
-                    break;
-            }
+            format_value(cfg, sec, k, v, sizeof(v));
+            fprintf(out, "%s =%s%s\n", k->name, v[0] ? " " : "", v);
         }
     }
     fflush(out);

@@ -145,38 +145,38 @@ static const char FULL[] = "# a full configuration\n"
                            "[l2]\n"
                            "backend = redis\n"
                            "ttl_seconds = 7200\n"
-                           "max_items = 50000\n"
+                           "max_items = 10000\n"
                            "redis_url = redis://app:s3cret@redis.local:6380/2\n"
                            "persistent = no\n"
                            "path = /srv/khala/l2\n"
                            "[l3]\n"
-                           "backend = surrealdb\n"
-                           "surrealdb_url = http://127.0.0.1:8000\n"
-                           "surrealdb_table = mem_cache\n"
-                           "surrealdb_namespace = prod\n"
-                           "surrealdb_database = memories\n"
-                           "ttl_seconds = 172800\n"
-                           "max_entries = 500000\n"
-                           "cleanup_interval = 600\n"
-                           "path = /srv/khala/l3\n"
+                           "backend = disk\n"
+                           "surrealdb_url =\n"
+                           "surrealdb_table = khala_cache\n"
+                           "surrealdb_namespace = khala\n"
+                           "surrealdb_database = cache\n"
+                           "ttl_seconds = 86400\n"
+                           "max_entries = 100000\n"
+                           "cleanup_interval = 3600\n"
+                           "path =\n"
                            "[policies]\n"
                            "write_mode = write_behind\n"
                            "coherence = pubsub\n"
                            "preload_common = on\n"
-                           "predictive_cache = YES\n"
+                           "predictive_cache = NO\n"
                            "stale_serve_seconds = 0\n"
-                           "negative_ttl_seconds = 15\n"
+                           "negative_ttl_seconds = 0\n"
                            "ttl_jitter_pct = 5\n"
                            "single_flight_timeout_ms = 2500\n"
                            "[type.embedding]\n"
                            "levels = l2, l3\n"
                            "l1_ttl_seconds = 0\n"
                            "l2_ttl_seconds = 999\n"
-                           "l3_ttl_seconds = 1000\n"
+                           "l3_ttl_seconds = 604800\n"
                            "write_mode = write_through\n"
                            "quota_pct = 0\n"
                            "  [type.search_result]\n"
-                           "  quota_pct = 50\n";
+                           "  l1_ttl_seconds = 50\n";
 
 Test(config, full_file_sets_every_key) {
     int rc = load(FULL);
@@ -194,37 +194,30 @@ Test(config, full_file_sets_every_key) {
     cr_assert_eq(c->l1.max_readers, 64);
     cr_assert_eq(c->l2.backend, KHALA_CONFIG_L2_REDIS);
     cr_assert_eq(c->l2.ttl_seconds, 7200);
-    cr_assert_eq(c->l2.max_items, 50000);
+    cr_assert_eq(c->l2.max_items, 10000);
     cr_assert_str_eq(c->l2.redis_url, "redis://app:s3cret@redis.local:6380/2");
     cr_assert_not(c->l2.persistent);
     cr_assert_str_eq(c->l2.path, "/srv/khala/l2");
-    cr_assert_eq(c->l3.backend, KHALA_CONFIG_L3_SURREALDB);
-    cr_assert_str_eq(c->l3.surrealdb_url, "http://127.0.0.1:8000");
-    cr_assert_str_eq(c->l3.surrealdb_table, "mem_cache");
-    cr_assert_str_eq(c->l3.surrealdb_namespace, "prod");
-    cr_assert_str_eq(c->l3.surrealdb_database, "memories");
-    cr_assert_eq(c->l3.ttl_seconds, 172800);
-    cr_assert_eq(c->l3.max_entries, 500000);
-    cr_assert_eq(c->l3.cleanup_interval, 600);
-    cr_assert_str_eq(c->l3.path, "/srv/khala/l3");
+    cr_assert_eq(c->l3.backend, KHALA_CONFIG_L3_DISK);
+    cr_assert_str_eq(c->l3.surrealdb_table, "khala_cache");
     cr_assert_eq(c->policies.write_mode, KHALA_CONFIG_WRITE_BEHIND);
     cr_assert_eq(c->policies.coherence, KHALA_CONFIG_COHERENCE_PUBSUB);
     cr_assert(c->policies.preload_common);
-    cr_assert(c->policies.predictive_cache);
+    cr_assert_not(c->policies.predictive_cache);
     cr_assert_eq(c->policies.stale_serve_seconds, 0);
-    cr_assert_eq(c->policies.negative_ttl_seconds, 15);
+    cr_assert_eq(c->policies.negative_ttl_seconds, 0);
     cr_assert_eq(c->policies.ttl_jitter_pct, 5);
     cr_assert_eq(c->policies.single_flight_timeout_ms, 2500);
     int e = khala__config_type_id("embedding");
     cr_assert_eq(c->types[e].levels, KHALA_CONFIG_LEVEL_L2 | KHALA_CONFIG_LEVEL_L3);
     cr_assert_eq(c->types[e].l2_ttl_seconds, 999);
     cr_assert_eq(c->types[e].write_mode, KHALA_CONFIG_WRITE_THROUGH);
-    cr_assert_eq(c->types[khala__config_type_id("search_result")].quota_pct, 50);
+    cr_assert_eq(c->types[khala__config_type_id("search_result")].l1_ttl_seconds, 50);
     char path[256];
     cr_assert_eq(khala__config_socket_path(c, path, sizeof(path)), 0);
     cr_assert_str_eq(path, "/run/khala/custom.sock");
-    cr_assert_eq(khala__config_store_path(c, 3, path, sizeof(path)), 0);
-    cr_assert_str_eq(path, "/srv/khala/l3");
+    cr_assert_eq(khala__config_store_path(c, 2, path, sizeof(path)), 0);
+    cr_assert_str_eq(path, "/srv/khala/l2");
 }
 
 Test(config, load_file_reads_a_file_and_names_it) {
@@ -371,17 +364,9 @@ Test(config, consistency_errors_name_the_key) {
                  "MiB)");
     expect_error("[l2]\nbackend = redis\n", "khalad.conf:2: [l2] backend: 'redis' needs [l2] "
                                             "redis_url");
-    expect_error("[l3]\nbackend = surrealdb\n",
-                 "khalad.conf:2: [l3] backend: 'surrealdb' needs [l3] surrealdb_url");
     expect_error("[policies]\ncoherence = pubsub\n",
-                 "khalad.conf:2: [policies] coherence: 'pubsub' needs [l2] backend = redis (it is "
-                 "Redis pub/sub)");
-    expect_error("[type.consolidation]\nquota_pct = 5\n",
-                 "khalad.conf:2: [type.consolidation] quota_pct: 5% of L1, but levels has no l1");
-    /* Defaults sum to 80%: 25 more is too much; the message cites the last quota set. */
-    expect_error("[type.memory_entity]\nquota_pct = 20\n[type.verification]\nquota_pct = 5\n",
-                 "khalad.conf:4: [type.verification] quota_pct: the types' quotas add up to "
-                 "105%, more than 100%");
+                 "khalad.conf:2: [policies] coherence: 'pubsub' (or 'immediate') needs [l2] "
+                 "backend = redis (it is Redis pub/sub)");
     expect_error("[type.search_result]\nlevels = l1,l4\n",
                  "khalad.conf:2: [type.search_result] levels: 'l1,l4' is not a list of levels "
                  "(l1, l2, l3, comma-separated)");
@@ -401,8 +386,8 @@ Test(config, consistency_errors_name_the_key) {
 Test(config, set_overrides_with_the_same_validation) {
     set_ok("l1.max_memory_mb", "200");
     cr_assert_eq(g_cfg.l1.max_memory_mb, 200);
-    set_ok("type.embedding.quota_pct", "30");
-    cr_assert_eq(g_cfg.types[2].quota_pct, 30);
+    set_ok("type.embedding.l1_ttl_seconds", "30");
+    cr_assert_eq(g_cfg.types[2].l1_ttl_seconds, 30);
     set_ok("cache.name", "other");
     cr_assert_str_eq(g_cfg.cache.name, "other");
     expect_set_error("l1.max_memory_mb", "lots",
@@ -411,14 +396,6 @@ Test(config, set_overrides_with_the_same_validation) {
     expect_set_error("l7.x", "1", "--set: [l7]: unknown section");
     expect_set_error("ttl_seconds", "1", "--set: 'ttl_seconds' is not section.key");
     expect_set_error("type.nope.quota_pct", "1", "--set: [type.nope]: unknown section");
-    expect_set_error("l2.backend", "redis", "--set: [l2] backend: 'redis' needs [l2] redis_url");
-    /* Order matters as it would in a file: the URL first, then the backend. */
-    set_ok("l2.redis_url", "unix:///run/redis.sock?db=3");
-    set_ok("l2.backend", "redis");
-    set_ok("policies.coherence", "pubsub");
-    expect_set_error("l2.backend", "disk",
-                     "--set: [policies] coherence: 'pubsub' needs [l2] backend = redis (it is "
-                     "Redis pub/sub)");
     expect_set_error("l2.path", "/a ;b",
                      "--set: [l2] path: '/a ;b' holds \" ;\", which starts a "
                      "comment");
@@ -440,7 +417,11 @@ Test(config, dump_then_reload_gives_the_same_config) {
     set_ok("l1.max_items", "auto");
     set_ok("cache.socket", "");
     set_ok("cache.socket_mode", "0");
-    set_ok("type.verification.levels", "l3,l1");
+    set_ok("type.verification.levels", "l1");
+    assert_roundtrip(&g_cfg);
+    set_ok("l2.redis_url", "redis://h/1");
+    set_ok("l2.backend", "redis");
+    set_ok("policies.coherence", "immediate");
     assert_roundtrip(&g_cfg);
 }
 
@@ -615,10 +596,10 @@ Test(config, derived_paths_for_a_user) {
 }
 
 Test(config, check_refuses_a_hand_made_inconsistency) {
-    g_cfg.types[0].quota_pct = 90;
+    g_cfg.l1.max_value_bytes = 200 * 1024 * 1024;
     cr_assert_eq(khala__config_check(&g_cfg, g_err, sizeof(g_err)), KHALA_ECONFIG);
-    cr_assert_str_eq(g_err, "config: [type.memory_entity] quota_pct: the types' quotas add up to "
-                            "170%, more than 100%");
+    cr_assert_str_eq(g_err, "config: [l1] max_value_bytes: 209715200 does not fit in "
+                            "max_memory_mb (100 MiB)");
     /* A NULL message buffer is allowed. */
     cr_assert_eq(khala__config_check(&g_cfg, NULL, 0), KHALA_ECONFIG);
 }
@@ -634,4 +615,190 @@ Test(config, example_file_loads_to_the_defaults) {
     int rc = khala__config_load_file(&g_cfg, path, g_err, sizeof(g_err));
     cr_assert_eq(rc, 0, "%s", g_err);
     cr_assert_eq(memcmp(&before, &g_cfg, sizeof(before)), 0, "the example is not the defaults");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Configuration means what it says                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+Test(config, keys_without_effect_are_refused_unless_at_their_default) {
+    expect_error("[policies]\nstale_serve_seconds = 60\n",
+                 "khalad.conf:2: [policies] stale_serve_seconds: '60' has no effect yet (serving "
+                 "stale values is not built): only the default, 0, is accepted");
+    expect_error("[policies]\nnegative_ttl_seconds = 30\n",
+                 "khalad.conf:2: [policies] negative_ttl_seconds: '30' has no effect yet (caching "
+                 "\"no such item\" answers is not built): only the default, 0, is accepted");
+    expect_error("[policies]\npredictive_cache = true\n",
+                 "khalad.conf:2: [policies] predictive_cache: 'true' has no effect yet (khalad "
+                 "does not prefetch: measured, it did not raise the hit ratio): only the "
+                 "default, false, is accepted");
+    expect_error("[type.embedding]\nquota_pct = 40\n",
+                 "khalad.conf:2: [type.embedding] quota_pct: '40' has no effect yet (per-type L1 "
+                 "quotas are not built): only the default, 0, is accepted");
+    expect_error("[type.embedding]\nl3_ttl_seconds = 60\n",
+                 "khalad.conf:2: [type.embedding] l3_ttl_seconds: '60' has no effect yet (there "
+                 "is no L3): only the default, 604800, is accepted");
+    expect_error("[l3]\nttl_seconds = 60\n",
+                 "khalad.conf:2: [l3] ttl_seconds: '60' has no effect yet (there is no L3): only "
+                 "the default, 86400, is accepted");
+    expect_error("[l3]\nbackend = surrealdb\nsurrealdb_url = http://db:8000\n",
+                 "khalad.conf:2: [l3] backend: 'surrealdb' has no effect yet (there is no L3): "
+                 "only the default, disk, is accepted");
+    expect_error("[l3]\npath = /srv/l3\n",
+                 "khalad.conf:2: [l3] path: '/srv/l3' has no effect yet (there is no L3): only "
+                 "the default, empty, is accepted");
+    /* Every one of them at its default loads, and changes nothing. */
+    khala_config_t before = g_cfg;
+    cr_assert_eq(load("[policies]\nstale_serve_seconds = 0\nnegative_ttl_seconds = 0\n"
+                      "predictive_cache = no\n[type.embedding]\nquota_pct = 0\n"
+                      "l3_ttl_seconds = 604800\n[l3]\nbackend = disk\nttl_seconds = 86400\n"
+                      "surrealdb_table = khala_cache\nmax_entries = 100000\n"
+                      "cleanup_interval = 3600\npath =\n"),
+                 0, "%s", g_err);
+    cr_assert_eq(memcmp(&before, &g_cfg, sizeof(before)), 0);
+}
+
+Test(config, l2_capacity_keys_are_refused_on_redis_only) {
+    /* On disk they bound the store. */
+    cr_assert_eq(load("[l2]\nmax_items = 500\nmax_memory_mb = 64\n"), 0, "%s", g_err);
+    cr_assert_eq(g_cfg.l2.max_items, 500);
+    cr_assert_eq(khala__config_defaults(&g_cfg, NULL), 0);
+    expect_error("[l2]\nbackend = redis\nredis_url = redis://h\nmax_items = 500\n",
+                 "khalad.conf:4: [l2] max_items: '500' has no effect with [l2] backend = redis "
+                 "(Redis bounds L2 itself, by its maxmemory): only the default, 10000, is "
+                 "accepted");
+    expect_error("[l2]\nmax_memory_mb = 64\nbackend = redis\nredis_url = redis://h\n",
+                 "khalad.conf:2: [l2] max_memory_mb: '64' has no effect with [l2] backend = "
+                 "redis (Redis bounds L2 itself, by its maxmemory): only the default, 1024, is "
+                 "accepted");
+    cr_assert_eq(load("[l2]\nbackend = redis\nredis_url = redis://h\nmax_items = 10000\n"), 0, "%s",
+                 g_err);
+}
+
+Test(config, levels_may_leave_l3_out_but_not_add_it) {
+    /* Leaving l3 out says what khalad does. */
+    cr_assert_eq(load("[type.memory_entity]\nlevels = l1,l2\n[type.consolidation]\nlevels = l2\n"),
+                 0, "%s", g_err);
+    cr_assert_eq(g_cfg.types[KHALA_TYPE_CONSOLIDATION].levels, KHALA_CONFIG_LEVEL_L2);
+    expect_error("[type.search_result]\nlevels = l1,l2,l3\n",
+                 "khalad.conf:2: [type.search_result] levels: 'l1,l2,l3': l3 has no effect yet "
+                 "(there is no L3): only the default's levels, l1,l2, may name it");
+}
+
+Test(config, rediss_is_refused_when_the_file_is_read) {
+    /* khalad --check reads the file as khalad does: TLS is refused there, not at connect. */
+    expect_error("[l2]\nbackend = redis\nredis_url = rediss://h:6380/0\n",
+                 "khalad.conf:3: [l2] redis_url: rediss:// (TLS) is not supported by this "
+                 "build; use redis:// or unix://");
+    expect_set_error("l2.redis_url", "rediss://h",
+                     "--set: [l2] redis_url: rediss:// (TLS) is not supported by this build; use "
+                     "redis:// or unix://");
+}
+
+Test(config, set_overrides_apply_in_any_order_and_are_checked_together) {
+    /* The backend before its URL, pubsub before the backend: each --set checks its value only;
+     * khala__config_check, after the last one, checks them together. */
+    set_ok("policies.coherence", "pubsub");
+    set_ok("l2.backend", "redis");
+    cr_assert_eq(khala__config_check(&g_cfg, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    cr_assert_str_eq(g_err, "config: [l2] backend: 'redis' needs [l2] redis_url");
+    set_ok("l2.redis_url", "redis://h/2");
+    cr_assert_eq(khala__config_check(&g_cfg, g_err, sizeof(g_err)), 0, "%s", g_err);
+    khala_config_t a = g_cfg;
+
+    cr_assert_eq(khala__config_defaults(&g_cfg, NULL), 0);
+    set_ok("l2.redis_url", "redis://h/2");
+    set_ok("l2.backend", "redis");
+    set_ok("policies.coherence", "pubsub");
+    cr_assert_eq(memcmp(&a, &g_cfg, sizeof(a)), 0, "the order changed the result");
+
+    /* A key without effect is refused by the check, whichever override came first. */
+    set_ok("l2.max_items", "5");
+    cr_assert_eq(khala__config_check(&g_cfg, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    set_ok("l2.backend", "disk");
+    set_ok("policies.coherence", "none");
+    cr_assert_eq(khala__config_check(&g_cfg, g_err, sizeof(g_err)), 0, "%s", g_err);
+}
+
+/* The seed's cache_config, written as INI with its own section and key names (docs/operating.md,
+ * "The seed's configuration"), plus the one line it needs: its redis_url meant a Redis L2. */
+static const char SEED[] = "[l1_cache]\n"
+                           "max_memory_mb = 100\n"
+                           "ttl_seconds = 300\n"
+                           "eviction_policy = lru\n"
+                           "[l2_cache]\n"
+                           "backend = redis\n"
+                           "redis_url = redis://localhost:6379/2\n"
+                           "ttl_seconds = 3600\n"
+                           "max_items = 10000\n"
+                           "persistent = True\n"
+                           "[l3_cache]\n"
+                           "ttl_seconds = 86400\n"
+                           "max_entries = 100000\n"
+                           "cleanup_interval = 3600\n"
+                           "[policies]\n"
+                           "write_mode = write_through\n"
+                           "coherence = immediate\n"
+                           "preload_common = True\n"
+                           "predictive_cache = False\n";
+
+Test(config, the_seeds_names_are_aliases_of_ours) {
+    cr_assert_eq(load(SEED), 0, "%s", g_err);
+    khala_config_t *c = &g_cfg;
+    cr_assert_eq(c->l1.eviction_policy, KHALA_CONFIG_EVICT_LRU);
+    cr_assert_eq(c->l2.backend, KHALA_CONFIG_L2_REDIS);
+    cr_assert_str_eq(c->l2.redis_url, "redis://localhost:6379/2");
+    cr_assert(c->l2.persistent);
+    cr_assert_eq(c->policies.coherence, KHALA_CONFIG_COHERENCE_PUBSUB);
+    cr_assert(c->policies.preload_common);
+    assert_roundtrip(c); /* dumped under our names: [l1], coherence = pubsub */
+
+    /* An alias is the same section: a key set under both names is a duplicate. */
+    cr_assert_eq(khala__config_defaults(&g_cfg, NULL), 0);
+    expect_error("[l1]\nttl_seconds = 5\n[l1_cache]\nttl_seconds = 6\n",
+                 "khalad.conf:4: [l1] ttl_seconds: duplicate key (first set on line 2)");
+    /* Its values without effect are refused like ours. */
+    expect_error("[l3_cache]\nsurrealdb_table = cache_table\n",
+                 "khalad.conf:2: [l3] surrealdb_table: 'cache_table' has no effect yet (there is "
+                 "no L3): only the default, khala_cache, is accepted");
+    expect_error("[policies]\npredictive_cache = True\n",
+                 "khalad.conf:2: [policies] predictive_cache: 'true' has no effect yet (khalad "
+                 "does not prefetch: measured, it did not raise the hit ratio): only the "
+                 "default, false, is accepted");
+    /* "immediate" across hosts is Redis pub/sub, so it needs Redis like pubsub. */
+    expect_error("[policies]\ncoherence = immediate\n",
+                 "khalad.conf:2: [policies] coherence: 'pubsub' (or 'immediate') needs [l2] "
+                 "backend = redis (it is Redis pub/sub)");
+    expect_set_error("l1_cache.max_memory_mb", "x",
+                     "--set: [l1] max_memory_mb: 'x' is not a number");
+}
+
+Test(config, write_mode_and_level_names_come_from_the_lists) {
+    /* The config's names of the write modes and levels are those of KHALA_MODE_LIST and
+     * KHALA_LEVEL_LIST: each parses to its value and dumps back. */
+#define MODE_NAME(NAME, v, wire, conf)                                                             \
+    do {                                                                                           \
+        cr_assert_eq(khala__config_defaults(&g_cfg, NULL), 0);                                     \
+        set_ok("type.verification.write_mode", conf);                                              \
+        cr_assert_eq(g_cfg.types[KHALA_TYPE_VERIFICATION].write_mode, KHALA_CONFIG_WRITE_##NAME);  \
+        cr_assert_eq((int)KHALA_CONFIG_WRITE_##NAME, (int)KHALA_MODE_##NAME);                      \
+        assert_roundtrip(&g_cfg);                                                                  \
+    } while (0);
+    KHALA_MODE_LIST(MODE_NAME)
+#undef MODE_NAME
+    expect_set_error("policies.write_mode", "default",
+                     "--set: [policies] write_mode: 'default' is not one of write_through, "
+                     "write_behind");
+#define LEVEL_NAME(NAME, name, stores)                                                             \
+    if (stores) {                                                                                  \
+        cr_assert_eq(khala__config_defaults(&g_cfg, NULL), 0);                                     \
+        set_ok("type.memory_entity.levels", name);                                                 \
+        cr_assert_eq(g_cfg.types[0].levels, KHALA_LEVEL_BIT(KHALA_LEVEL_##NAME));                  \
+    } else {                                                                                       \
+        expect_set_error("type.memory_entity.levels", name,                                        \
+                         "--set: [type.memory_entity] levels: '" name                              \
+                         "' is not a list of levels (l1, l2, l3, comma-separated)");               \
+    }
+    KHALA_LEVEL_LIST(LEVEL_NAME)
+#undef LEVEL_NAME
 }

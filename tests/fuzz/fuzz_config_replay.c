@@ -94,8 +94,6 @@ static size_t make_seed(int i, char *buf, size_t cap) {
         static const char *const sets[][2] = {
             {"l2.redis_url", "redis://app:pw@redis:6380/3"},
             {"l2.backend", "redis"},
-            {"l3.surrealdb_url", "http://127.0.0.1:8000"},
-            {"l3.backend", "surrealdb"},
             {"policies.coherence", "pubsub"},
             {"l1.max_items", "4096"},
             {"type.embedding.quota_pct", "0"},
@@ -113,7 +111,8 @@ static size_t make_seed(int i, char *buf, size_t cap) {
                  "[cache]\n  name = hand ; inline\n\n"
                  "[l1]\nmax_memory_mb : 64\nttl_seconds=60\n"
                  "# comment\n[type.agent_response]\nlevels = l1, l2\n"
-                 "quota_pct = 5\r\n[policies]\npreload_common = yes\n");
+                 "quota_pct = 0\r\n[policies]\npreload_common = yes\ncoherence = none\n"
+                 "[l2_cache]\nttl_seconds = 60\n");
         return strlen(buf);
     }
     FILE *f = fmemopen(buf, cap, "w");
