@@ -273,9 +273,8 @@ int bench_khalad_init(bench_env_t *e, bench_khalad_t *k, int backend, uint32_t k
     snprintf(opt, sizeof(opt), "l2.path=%s", k->l2dir);
     if (add_set(k, opt) != 0)
         return -1;
-    snprintf(opt, sizeof(opt), "l2.max_items=%llu", (unsigned long long)cap);
-    if (add_set(k, opt) != 0)
-        return -1;
+    /* l2.max_items bounds the disk store only: khalad refuses it with Redis (Redis bounds
+     * itself), so it is set in the disk branch below. */
     snprintf(opt, sizeof(opt), "l2.queue_max=%llu", (unsigned long long)cap);
     if (add_set(k, opt) != 0)
         return -1;
@@ -290,8 +289,10 @@ int bench_khalad_init(bench_env_t *e, bench_khalad_t *k, int backend, uint32_t k
         snprintf(opt, sizeof(opt), "l2.namespace=%s", k->name);
         if (add_set(k, opt) != 0 || add_set(k, "l2.backend=redis") != 0)
             return -1;
-    } else if (add_set(k, "l2.backend=disk") != 0) {
-        return -1;
+    } else {
+        snprintf(opt, sizeof(opt), "l2.max_items=%llu", (unsigned long long)cap);
+        if (add_set(k, opt) != 0 || add_set(k, "l2.backend=disk") != 0)
+            return -1;
     }
     for (unsigned i = 0; i < nsets; i++)
         if (add_set(k, sets[i]) != 0)

@@ -744,6 +744,8 @@ static int report(char *err, size_t errlen, const origin_t *o, int line, int sec
     if (err && errlen) {
         if (line > 0)
             snprintf(err, errlen, "%s:%d: %s%s", o->name, line, where, what);
+        else if (line < 0) /* set by an override of khala__config_load */
+            snprintf(err, errlen, "--set: %s%s", where, what);
         else
             snprintf(err, errlen, "%s: %s%s", o->name, where, what);
     }
@@ -995,43 +997,52 @@ static int handler(void *user, const char *section, const char *name, const char
     return 1;
 }
 
-int khala__config_load_string(khala_config_t *cfg, const char *text, const char *origin_name,
-                              char *err, size_t errlen) {
-    /* The scratch and the line table are about 7 KiB: on the heap would be as good, but a
-     * load that cannot fail on memory is simpler to call. */
-    load_t l;
-    memset(&l, 0, sizeof(l));
-    l.cfg = *cfg; /* step 1 */
-    l.o.name = origin_name ? origin_name : "config";
-    l.pos = text;
-    l.err = err;
-    l.errlen = errlen;
+/* Steps 1 to 4 into l (zeroed by the caller), without the check of step 5. */
+static int parse_text(load_t *l, const khala_config_t *cfg, const char *text,
+                      const char *origin_name, char *err, size_t errlen) {
+    l->cfg = *cfg; /* step 1 */
+    l->o.name = origin_name ? origin_name : "config";
+    l->pos = text;
+    l->err = err;
+    l->errlen = errlen;
     if (err && errlen)
         err[0] = '\0';
     /* Debian's inih sizes its line buffer from this process-wide variable (a VLA); the reader
      * never hands it more than it asked for, whatever the value. */
     int saved_max_line = ini_max_line;
     ini_max_line = KHALA_CONFIG_LINE_MAX + 3;
-    int rc = ini_parse_stream(line_reader, &l, handler, &l); /* steps 2 and 3 */
+    int rc = ini_parse_stream(line_reader, l, handler, l); /* steps 2 and 3 */
     ini_max_line = saved_max_line;
     /* Step 4: the first error wins; the reader stops at ours, so a smaller line is inih's. */
-    if (rc > 0 && (!l.failed || rc < l.line)) {
-        report(err, errlen, &l.o, rc, -1, -1,
+    if (rc > 0 && (!l->failed || rc < l->line)) {
+        report(err, errlen, &l->o, rc, -1, -1,
                "syntax error: expected '[section]' or 'key = value'");
         return KHALA_ECONFIG;
     }
-    if (l.failed)
+    if (l->failed)
         return KHALA_ECONFIG;
     if (rc != 0) /* -2: inih could not allocate (only when built without INI_USE_STACK) */
-        return report(err, errlen, &l.o, 0, -1, -1, "inih failed to parse the text");
-    rc = check_all(&l.cfg, &l.o, err, errlen); /* step 5 */
+        return report(err, errlen, &l->o, 0, -1, -1, "inih failed to parse the text");
+    return 0;
+}
+
+int khala__config_load_string(khala_config_t *cfg, const char *text, const char *origin_name,
+                              char *err, size_t errlen) {
+    /* The scratch and the line table are about 7 KiB: on the heap would be as good, but a
+     * load that cannot fail on memory is simpler to call. */
+    load_t l;
+    memset(&l, 0, sizeof(l));
+    int rc = parse_text(&l, cfg, text, origin_name, err, errlen);
+    if (rc == 0)
+        rc = check_all(&l.cfg, &l.o, err, errlen); /* step 5 */
     if (rc != 0)
         return rc;
     *cfg = l.cfg;
     return 0;
 }
 
-int khala__config_load_file(khala_config_t *cfg, const char *path, char *err, size_t errlen) {
+/* The file at path into *out (NUL-terminated, free() it); 0, or an error with its message. */
+static int read_text(const char *path, char **out, char *err, size_t errlen) {
     int rc = 0;
     char *text = NULL;
     struct stat st;
@@ -1079,7 +1090,8 @@ int khala__config_load_file(khala_config_t *cfg, const char *path, char *err, si
         goto out;
     }
     text[n] = '\0';
-    rc = khala__config_load_string(cfg, text, path, err, errlen);
+    *out = text;
+    text = NULL;
     goto out;
 fail_errno:
     if (err && errlen)
@@ -1091,14 +1103,23 @@ out:
     return rc;
 }
 
-int khala__config_set(khala_config_t *cfg, const char *key, const char *value, char *err,
-                      size_t errlen) {
+int khala__config_load_file(khala_config_t *cfg, const char *path, char *err, size_t errlen) {
+    char *text = NULL;
+    int rc = read_text(path, &text, err, errlen);
+    if (rc == 0)
+        rc = khala__config_load_string(cfg, text, path, err, errlen);
+    free(text);
+    return rc;
+}
+
+/* Set key ("section.key") to value in cfg, checking the value alone; its section and key index
+ * in *sec and *k. Messages come from "--set". */
+static int set_one(khala_config_t *cfg, const char *key, const char *value, int *sec_out,
+                   int *k_out, char *err, size_t errlen) {
     static const origin_t set_origin = {"--set", {0}};
     const origin_t *o = &set_origin;
     char what[256], q[64];
     const char *dot = strrchr(key, '.');
-    if (err && errlen)
-        err[0] = '\0';
     if (!dot || dot == key || !dot[1]) {
         snprintf(what, sizeof(what), "%s is not section.key", quoted(key, q, sizeof(q)));
         return report(err, errlen, o, 0, -1, -1, what);
@@ -1116,12 +1137,65 @@ int khala__config_set(khala_config_t *cfg, const char *key, const char *value, c
                  section_name(sec, sbuf, sizeof(sbuf)), dot + 1);
         return report(err, errlen, o, 0, -1, -1, what);
     }
-    /* The value alone is checked here; the values together by khala__config_check() once every
-     * override is set, so that the order of the overrides does not matter. set_value writes
-     * the field only on success. */
+    /* set_value writes the field only on success. */
     const key_desc_t *kd = &section_of(sec)->keys[k];
     if (set_value(field_of(cfg, sec, kd), kd, value, what, sizeof(what)) != 0)
         return report(err, errlen, o, 0, sec, k, what);
+    *sec_out = sec;
+    *k_out = k;
+    return 0;
+}
+
+int khala__config_set(khala_config_t *cfg, const char *key, const char *value, char *err,
+                      size_t errlen) {
+    int sec, k;
+    if (err && errlen)
+        err[0] = '\0';
+    /* The value alone is checked here; the values together by khala__config_check() once every
+     * override is set, so that the order of the overrides does not matter. */
+    return set_one(cfg, key, value, &sec, &k, err, errlen);
+}
+
+int khala__config_load(khala_config_t *cfg, const char *path, const char *const *sets, size_t nsets,
+                       char *err, size_t errlen) {
+    load_t l;
+    char *text = NULL;
+    int rc = 0;
+    memset(&l, 0, sizeof(l));
+    if (err && errlen)
+        err[0] = '\0';
+    if (path) {
+        if ((rc = read_text(path, &text, err, errlen)) != 0)
+            return rc;
+        rc = parse_text(&l, cfg, text, path, err, errlen);
+        free(text);
+        if (rc != 0)
+            return rc;
+    } else {
+        l.cfg = *cfg;
+        l.o.name = "config";
+    }
+    for (size_t i = 0; i < nsets; i++) {
+        char key[160];
+        const char *eq = strchr(sets[i], '=');
+        int sec, k;
+        if (!eq || (size_t)(eq - sets[i]) >= sizeof(key)) {
+            char q[64];
+            char what[128];
+            snprintf(what, sizeof(what), "%s is not section.key=value",
+                     quoted(sets[i], q, sizeof(q)));
+            static const origin_t set_origin = {"--set", {0}};
+            return report(err, errlen, &set_origin, 0, -1, -1, what);
+        }
+        memcpy(key, sets[i], (size_t)(eq - sets[i]));
+        key[eq - sets[i]] = '\0';
+        if ((rc = set_one(&l.cfg, key, eq + 1, &sec, &k, err, errlen)) != 0)
+            return rc;
+        l.o.lines[key_id(sec, k)] = -1; /* a consistency message says "--set" */
+    }
+    if ((rc = check_all(&l.cfg, &l.o, err, errlen)) != 0)
+        return rc;
+    *cfg = l.cfg;
     return 0;
 }
 

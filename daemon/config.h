@@ -3,11 +3,17 @@
  * command-line overrides (`--set section.key=value`). docs/operating.md describes every key for
  * operators; this header is the reference for code.
  *
- * Start at khala__config_defaults(), then khala__config_load_file() and khala__config_set().
- * Each load or set either succeeds as a whole or leaves the configuration exactly as it was,
- * with a message naming the file, the line, the section and the key:
+ * Start at khala__config_defaults(), then khala__config_load() (a file and the overrides, then
+ * one check of the whole), khala__config_load_file() and khala__config_set(). Each load or set
+ * either succeeds as a whole or leaves the configuration exactly as it was, with a message
+ * naming the file, the line, the section and the key:
  *
  *     khalad.conf:12: [l1] max_memory_mb: 'lots' is not a number
+ *
+ * Configuration means what it says: a key that is read but has no effect yet ([l3], stale
+ * serving, negative caching, quotas...) is refused at any value but its default, whose value
+ * says what khalad does, and the message says so. The seed's own names ([l1_cache], coherence =
+ * immediate) are accepted as aliases of ours.
  *
  * A khala_config_t is a plain value: no pointers, no allocations, copy it with `=`. Values that
  * follow from others (the socket and store paths follow [cache] name, [l1] max_items follows
@@ -215,7 +221,8 @@ int khala__config_defaults(khala_config_t *cfg, const char *name);
  * @param[out] err message buffer ("FILE:LINE: [section] key: what is wrong"); may be NULL.
  * @param[in] errlen size of @p err; the message is truncated to fit.
  * @return 0; KHALA_ECONFIG for anything wrong in the text (syntax, unknown section or key,
- *         duplicate key, bad value, inconsistent values, a line over KHALA_CONFIG_LINE_MAX);
+ *         duplicate key, bad value, inconsistent values, a key without effect at a value other
+ *         than its default, a line over KHALA_CONFIG_LINE_MAX);
  *         -EFBIG for a file over KHALA_CONFIG_FILE_MAX; -errno when the file cannot be read
  *         (-ENOENT, -EACCES, -EISDIR...).
  * @note On failure @p cfg is unchanged.
@@ -238,26 +245,51 @@ int khala__config_load_string(khala_config_t *cfg, const char *text, const char 
 /**
  * @brief Set one key, as a command-line override: khala__config_set(cfg, "l1.max_memory_mb",
  *        "200", ...) for `--set l1.max_memory_mb=200`. The section of a type key is
- *        "type.<name>": "type.embedding.quota_pct".
+ *        "type.<name>": "type.embedding.l1_ttl_seconds". The seed's section names are aliases
+ *        ("l1_cache.ttl_seconds").
  * @param[in,out] cfg the configuration.
  * @param[in] key "section.key".
  * @param[in] value the value, as it would appear in the file.
  * @param[out] err message buffer ("--set: [l1] max_memory_mb: ..."); may be NULL.
  * @param[in] errlen size of @p err.
- * @return 0; KHALA_ECONFIG for an unknown section or key, a bad value, or a value that makes
- *         the configuration inconsistent.
- * @note On failure @p cfg is unchanged. The same validation as the file applies.
+ * @return 0; KHALA_ECONFIG for an unknown section or key, or a bad value.
+ * @note On failure @p cfg is unchanged. Only the value itself is checked, so that overrides
+ *       apply in any order (a backend before its URL); check the values together with
+ *       khala__config_check() after the last one, or use khala__config_load().
  */
 int khala__config_set(khala_config_t *cfg, const char *key, const char *value, char *err,
                       size_t errlen);
 
 /**
- * @brief Check the values together (quotas, sizes, backends and their URLs).
- * @param[in] cfg the configuration.
- * @param[out] err message buffer; may be NULL.
+ * @brief Build the configuration khalad runs with: the file at @p path (when not NULL) over
+ *        @p cfg, then every override of @p sets, then one check of the whole. Neither the order
+ *        of the overrides nor whether a key comes from the file or an override matters: only
+ *        the result is checked, so an override may complete the file (the redis_url of a
+ *        file's backend = redis) or undo what the file alone would make inconsistent.
+ * @param[in,out] cfg the configuration, usually fresh from khala__config_defaults().
+ * @param[in] path the INI file, or NULL for none.
+ * @param[in] sets overrides, "section.key=value" each, as `khalad --set` takes them.
+ * @param[in] nsets number of @p sets.
+ * @param[out] err message buffer; may be NULL. A consistency message cites the file line of a
+ *             key the file set and "--set" for a key an override set.
  * @param[in] errlen size of @p err.
- * @return 0 or KHALA_ECONFIG. Loads and sets already call it; it is for code that fills a
- *         khala_config_t by hand.
+ * @return 0; KHALA_ECONFIG for anything wrong in the file, an override or the whole (an
+ *         override without '=' included); -EFBIG or -errno when the file cannot be read, as
+ *         khala__config_load_file().
+ * @note On failure @p cfg is unchanged.
+ */
+int khala__config_load(khala_config_t *cfg, const char *path, const char *const *sets, size_t nsets,
+                       char *err, size_t errlen);
+
+/**
+ * @brief Check the values together: sizes, backends and their URLs, and the keys that have no
+ *        effect yet (refused at any value but their default; config.c, "Keys that have no
+ *        effect yet").
+ * @param[in] cfg the configuration.
+ * @param[out] err message buffer ("config: [l2] backend: ..."); may be NULL.
+ * @param[in] errlen size of @p err.
+ * @return 0 or KHALA_ECONFIG. Loads and khala__config_load() call it; call it after the last
+ *         khala__config_set(), and after filling a khala_config_t by hand.
  */
 int khala__config_check(const khala_config_t *cfg, char *err, size_t errlen);
 

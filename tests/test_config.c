@@ -802,3 +802,53 @@ Test(config, write_mode_and_level_names_come_from_the_lists) {
     KHALA_LEVEL_LIST(LEVEL_NAME)
 #undef LEVEL_NAME
 }
+
+Test(config, load_applies_the_file_then_the_overrides_and_checks_once) {
+    char dir[] = "/tmp/khala_cfg_XXXXXX", path[64];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/khalad.conf", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("[l2]\nbackend = redis\n[policies]\ncoherence = pubsub\n", f);
+    fclose(f);
+    /* The file alone is incomplete; an override gives the URL. */
+    khala_config_t before = g_cfg;
+    cr_assert_eq(khala__config_load_file(&g_cfg, path, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    const char *const url[] = {"l2.redis_url=redis://h/3"};
+    cr_assert_eq(khala__config_load(&g_cfg, path, url, 1, g_err, sizeof(g_err)), 0, "%s", g_err);
+    cr_assert_eq(g_cfg.l2.backend, KHALA_CONFIG_L2_REDIS);
+    cr_assert_str_eq(g_cfg.l2.redis_url, "redis://h/3");
+    /* An override undoes what the file alone would make inconsistent: backend back to disk
+     * needs coherence none, in either order. */
+    g_cfg = before;
+    const char *const local[] = {"l2.backend=disk", "policies.coherence=none"};
+    const char *const local_rev[] = {"policies.coherence=none", "l2.backend=disk"};
+    khala_config_t a = g_cfg, b = g_cfg;
+    cr_assert_eq(khala__config_load(&a, path, local, 2, g_err, sizeof(g_err)), 0, "%s", g_err);
+    cr_assert_eq(khala__config_load(&b, path, local_rev, 2, g_err, sizeof(g_err)), 0, "%s", g_err);
+    cr_assert_eq(memcmp(&a, &b, sizeof(a)), 0);
+    cr_assert_eq(a.l2.backend, KHALA_CONFIG_L2_DISK);
+    /* The whole is checked: a message cites the file's line, or --set for an override. */
+    const char *const only_disk[] = {"l2.backend=disk"};
+    cr_assert_eq(khala__config_load(&g_cfg, path, only_disk, 1, g_err, sizeof(g_err)),
+                 KHALA_ECONFIG);
+    char want[256];
+    snprintf(want, sizeof(want),
+             "%s:4: [policies] coherence: 'pubsub' (or 'immediate') needs [l2] backend = redis "
+             "(it is Redis pub/sub)",
+             path);
+    cr_assert_str_eq(g_err, want);
+    const char *const stale[] = {"policies.stale_serve_seconds=5", "l2.redis_url=redis://h"};
+    cr_assert_eq(khala__config_load(&g_cfg, path, stale, 2, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    cr_assert_str_eq(g_err, "--set: [policies] stale_serve_seconds: '5' has no effect yet "
+                            "(serving stale values is not built): only the default, 0, is "
+                            "accepted");
+    const char *const bad[] = {"l2.backend"};
+    cr_assert_eq(khala__config_load(&g_cfg, NULL, bad, 1, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    cr_assert_str_eq(g_err, "--set: 'l2.backend' is not section.key=value");
+    cr_assert_eq(memcmp(&before, &g_cfg, sizeof(before)), 0, "failed loads changed the config");
+    cr_assert_eq(khala__config_load(&g_cfg, "/nonexistent/k.conf", NULL, 0, g_err, sizeof(g_err)),
+                 -ENOENT);
+    unlink(path);
+    rmdir(dir);
+}

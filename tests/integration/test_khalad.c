@@ -591,3 +591,92 @@ Test(khalad, a_worker_stopped_inside_a_read_section_costs_one_wait_and_khalad_ke
     close(ready[0]);
     close(ready[1]);
 }
+
+/* khalad --check ---------------------------------------------------------------------------- */
+
+/* `khalad --check` reads the configuration as a start would, prints it and exits, opening
+ * nothing; these tests run the real binary on a file and overrides. */
+TestSuite(khalad_check, .timeout = 60);
+
+/* Run KHALAD_PATH --check [--config FILE] ARGS...; its exit status; stdout and stderr in out. */
+static int run_check(const char *conf_text, const char *const *args, char *out, size_t cap) {
+    char dir[] = "/tmp/khala_check_XXXXXX", conf[64], log[64];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(conf, sizeof(conf), "%s/khalad.conf", dir);
+    snprintf(log, sizeof(log), "%s/out", dir);
+    FILE *f = fopen(conf, "w");
+    cr_assert_not_null(f);
+    fputs(conf_text, f);
+    fclose(f);
+    const char *argv[32] = {KHALAD_PATH, "--check", "--config", conf};
+    int argc = 4;
+    for (; args && *args && argc < 30; args++)
+        argv[argc++] = *args;
+    argv[argc] = NULL;
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+            _exit(126);
+        execv(KHALAD_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    f = fopen(log, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = '\0';
+    fclose(f);
+    unlink(log);
+    unlink(conf);
+    rmdir(dir);
+    cr_assert(WIFEXITED(status), "khalad --check did not exit: %d", status);
+    return WEXITSTATUS(status);
+}
+
+Test(khalad_check, refuses_rediss_and_keys_without_effect) {
+    static char out[16384];
+    cr_assert_eq(run_check("[l2]\nbackend = redis\nredis_url = rediss://127.0.0.1:1/0\n", NULL, out,
+                           sizeof(out)),
+                 1, "%s", out);
+    cr_assert(strstr(out, "[l2] redis_url: rediss:// (TLS) is not supported by this build"), "%s",
+              out);
+    cr_assert_eq(run_check("[policies]\nstale_serve_seconds = 60\n", NULL, out, sizeof(out)), 1,
+                 "%s", out);
+    cr_assert(strstr(out, "khalad.conf:2: [policies] stale_serve_seconds: '60' has no effect yet"),
+              "%s", out);
+    const char *const l3[] = {"--set", "l3.ttl_seconds=60", NULL};
+    cr_assert_eq(run_check("", l3, out, sizeof(out)), 1, "%s", out);
+    cr_assert(strstr(out, "[l3] ttl_seconds: '60' has no effect yet (there is no L3)"), "%s", out);
+}
+
+Test(khalad_check, overrides_apply_in_any_order) {
+    static char out[16384];
+    /* The backend before its URL: each --set is checked alone, the whole once at the end. */
+    const char *const sets[] = {
+        "--set", "policies.coherence=pubsub",          "--set", "l2.backend=redis",
+        "--set", "l2.redis_url=redis://127.0.0.1:1/0", NULL};
+    cr_assert_eq(run_check("", sets, out, sizeof(out)), 0, "%s", out);
+    cr_assert(strstr(out, "backend = redis\n"), "%s", out);
+    const char *const half[] = {"--set", "l2.backend=redis", NULL};
+    cr_assert_eq(run_check("", half, out, sizeof(out)), 1, "%s", out);
+    cr_assert(strstr(out, "[l2] backend: 'redis' needs [l2] redis_url"), "%s", out);
+}
+
+Test(khalad_check, accepts_the_seeds_names) {
+    static char out[16384];
+    cr_assert_eq(run_check("[l1_cache]\nmax_memory_mb = 100\nttl_seconds = 300\n"
+                           "eviction_policy = lru\n[l2_cache]\nbackend = redis\n"
+                           "redis_url = redis://localhost:6379/2\nttl_seconds = 3600\n"
+                           "max_items = 10000\npersistent = True\n[l3_cache]\n"
+                           "ttl_seconds = 86400\nmax_entries = 100000\ncleanup_interval = 3600\n"
+                           "[policies]\nwrite_mode = write_through\ncoherence = immediate\n"
+                           "preload_common = True\npredictive_cache = False\n",
+                           NULL, out, sizeof(out)),
+                 0, "%s", out);
+    cr_assert(strstr(out, "[l1]\n"), "%s", out);
+    cr_assert(strstr(out, "eviction_policy = lru\n"), "%s", out);
+    cr_assert(strstr(out, "coherence = pubsub\n"), "%s", out);
+}
