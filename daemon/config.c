@@ -25,8 +25,16 @@
  *   4. The first error stops the reader, so the message is about the first bad line. inih's
  *      own syntax errors (a line that is neither a section nor key = value) come back as its
  *      return value and are reported if they come first.
- *   5. khala__config_check() checks the values together; on success the scratch is copied
+ *   5. khala__config_check() checks the values together, the keys that have no effect yet
+ *      among them ("Keys that have no effect yet", below); on success the scratch is copied
  *      back. So on any failure the caller's configuration is untouched.
+ *
+ * khala__config_set() does step 3 for one override and no more, and khala__config_load() runs
+ * steps 1 to 4 on the file, step 3 for every override, then step 5 once: the order of the
+ * overrides never changes the result. The seed's section names ([l1_cache]...) map to ours in
+ * find_section(), its "coherence = immediate" is a second name of pubsub in COHERENCE_NAMES;
+ * the names of types, levels and write modes come from their lists (KHALA_TYPE_LIST,
+ * KHALA_LEVEL_LIST, KHALA_MODE_LIST), so this file holds no copy of them.
  *
  * Invariants:
  *   - Every string field is NUL-padded to its full size (set_str zeroes the buffer), so two
@@ -38,7 +46,11 @@
  * Rejected alternatives: TOML or YAML (no parser in Debian 12 that is both small and
  * maintained in C; INI covers flat sections, which is all this needs); inih's INI_HANDLER_LINENO
  * (a compile-time option of the library, off in Debian's build); setting inih's process-wide
- * ini_allow_multiline (a global; the reader does the same locally). Historical note: none yet.
+ * ini_allow_multiline (a global; the reader does the same locally).
+ *
+ * Historical note: until issue 9 each override was checked with the whole configuration as it
+ * stood, so `--set l2.backend=redis` had to follow `--set l2.redis_url=...`; and keys without
+ * effect were accepted at any value (stale_serve_seconds = 60 was even the default).
  */
 #include "config.h"
 
@@ -784,12 +796,13 @@ static int key_index(int sec, const char *name) {
  * write every key, and their output must load back; configs written for the seed, or for a
  * later khalad, name these keys too. Why is the default harmless? The default of each of these
  * keys says what khalad does without the feature: 0 for stale_serve_seconds,
- * negative_ttl_seconds and quota_pct (off, no quota), false for predictive_cache, the level's
- * own TTL (0) for l3_ttl_seconds where the type had none. (Until issue 9, stale serving,
+ * negative_ttl_seconds and quota_pct (off, no quota), false for predictive_cache. (Until
+ * issue 9, stale serving,
  * negative caching and quotas had non-zero defaults, which `khalactl config` printed as if they
  * worked; they are 0 now for that reason.) The [l3] section, and the L2 capacity keys on Redis,
  * keep defaults that describe a level that does not exist, or a store that Redis bounds by
- * itself: no item is affected by them, and the dump says so in a comment. The alternative,
+ * itself, as do a type's l3_ttl_seconds and the l3 in its default levels: no item is affected
+ * by them, and the dump says so in a comment. The alternative,
  * accepting any value with a warning in the log, is what the seed's users hit before: a
  * setting that reads as working and silently is not.
  */
@@ -1366,6 +1379,9 @@ static void dump_note(const khala_config_t *cfg, int sec, const key_desc_t *k, F
              !((const char *)cfield_of(cfg, sec, k))[0] &&
              khala__config_store_path(cfg, sec == SEC_L2 ? 2 : 3, path, sizeof(path)) == 0)
         fprintf(out, "# path: empty = derived from name: %s\n", path);
+    else if (sec == SEC_L2 && cfg->l2.backend == KHALA_CONFIG_L2_REDIS &&
+             (strcmp(k->name, "max_items") == 0 || strcmp(k->name, "max_memory_mb") == 0))
+        fprintf(out, "# %s: no effect with backend = redis (Redis bounds itself)\n", k->name);
     else if (k->kind == K_AUTO && !cfg->l1.max_items)
         fprintf(out, "# max_items: auto = %u\n", khala__config_l1_items(cfg));
     else if (sec >= SEC_TYPE0 && strncmp(k->name, "l", 1) == 0 && strstr(k->name, "_ttl_") &&
@@ -1419,6 +1435,8 @@ int khala__config_dump(const khala_config_t *cfg, FILE *out) {
     fprintf(out, "# khalad configuration (effective values)\n");
     for (int sec = 0; sec < NSECTIONS; sec++) {
         const section_t *s = section_of(sec);
+        if (sec == SEC_TYPE0)
+            fprintf(out, "\n# [type.*]: no effect yet: l3 in levels, l3_ttl_seconds, quota_pct\n");
         fprintf(out, "\n[%s]\n", section_name(sec, sbuf, sizeof(sbuf)));
         if (sec == SEC_L3)
             fprintf(out, "# no effect yet: there is no L3 (only the defaults are accepted)\n");
