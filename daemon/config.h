@@ -89,7 +89,7 @@ enum {
 
 /** [l1] eviction_policy. Both names run S3-FIFO: exact LRU writes on every hit, which L1 rules
  * out (DESIGN.md "Eviction and expiry"). "lru" is kept, and dumped back, so that the seed's
- * configs load; khalad logs that it is served by s3fifo. */
+ * configs load (the seed asks for LRU: docs/operating.md, "The seed's configuration"). */
 typedef enum khala_config_eviction {
     KHALA_CONFIG_EVICT_S3FIFO = 0,
     KHALA_CONFIG_EVICT_LRU = 1, /* an alias of S3FIFO */
