@@ -597,7 +597,7 @@ static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const 
     khala_seg_t *s = ts->seg;
     khala_l1_index_t ix = khala__l1_index(s);
     uint64_t hash = khala__l1_hash_with(ix.seed, key, klen);
-    __builtin_prefetch(&ix.buckets[hash & s->bucket_mask]);
+    __builtin_prefetch(khala__l1_bucket(s, &ix, hash));
     if ((rc = section_enter(c, &ts)) != 0)
         return l1_away(rc) ? L1_AWAY : rc;
     /* acquire: as in khala__l1_index; the index taken before the section is good only if no
