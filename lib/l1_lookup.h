@@ -64,11 +64,11 @@ khala__l1_bucket(const khala_seg_t *s, const khala_l1_index_t *ix, uint64_t hash
     return &ix->buckets[khala__l1_bucket_index(s, hash)];
 }
 
-/* The key's tag in its bucket: the hash's low byte, bits the bucket choice does not use; never
- * 0, which marks a free slot. */
+/* The key's tag in its bucket: the hash's low byte, bits the bucket choice does not use. A free
+ * slot is one whose link is 0, and its tag is 0 too: a key whose tag is 0 (one in 256) also
+ * loads the links of the free slots of its line, which are on the line already loaded. */
 static inline __attribute__((always_inline)) uint8_t khala__l1_tag(uint64_t hash) {
-    uint8_t tag = (uint8_t)hash;
-    return (uint8_t)(tag + (tag == 0));
+    return (uint8_t)hash;
 }
 
 /* A mask of the slots of b whose tag is tag (bit i for slot i). The tags are hints: a reader may
@@ -215,8 +215,9 @@ static inline __attribute__((always_inline)) int khala__l1_item_is(const khala_s
     return 1;
 }
 
-/* Find the live item for key in index ix, with hash its hash under ix's seed. Call inside a
- * read section (or from the writer). 0 and *out; KHALA_ENOTFOUND (absent, expired, or behind an
+/* Find the live item for key in index ix, with hash its hash under ix's seed, and b its bucket
+ * line there (khala__l1_bucket; khala__l1_lookup below finds it). Call inside a read section
+ * (or from the writer). 0 and *out; KHALA_ENOTFOUND (absent, expired, or behind an
  * overflow chain longer than KHALA_CHAIN_MAX: a flooded chain is a miss, not an error);
  * KHALA_ECORRUPT if an item does not fit the arena. Inline: it is the whole of the hit path.
  *
@@ -225,9 +226,8 @@ static inline __attribute__((always_inline)) int khala__l1_item_is(const khala_s
  * overwrite swings the link where the key is), so a key present throughout a lookup is found
  * whatever the writer does meanwhile (docs/segment.md). */
 static inline __attribute__((always_inline)) int
-khala__l1_lookup(const khala_seg_t *s, const khala_l1_index_t *ix, const void *key, size_t klen,
-                 uint64_t hash, const khala_item_t **out) {
-    const khala_bucket_t *b = khala__l1_bucket(s, ix, hash);
+khala__l1_lookup_in(const khala_seg_t *s, const khala_l1_index_t *ix, const khala_bucket_t *b,
+                    const void *key, size_t klen, uint64_t hash, const khala_item_t **out) {
     int r;
     for (unsigned m = khala__l1_tag_match(b, khala__l1_tag(hash)); m; m &= m - 1) {
         /* acquire: pairs with the release that filled the slot; the item's fields are
@@ -248,6 +248,12 @@ khala__l1_lookup(const khala_seg_t *s, const khala_l1_index_t *ix, const void *k
             khala_load_acquire(&((const khala_item_t *)(s->base + off))->next[ix->which]));
     }
     return KHALA_ENOTFOUND;
+}
+
+static inline __attribute__((always_inline)) int
+khala__l1_lookup(const khala_seg_t *s, const khala_l1_index_t *ix, const void *key, size_t klen,
+                 uint64_t hash, const khala_item_t **out) {
+    return khala__l1_lookup_in(s, ix, khala__l1_bucket(s, ix, hash), key, klen, hash, out);
 }
 
 static inline const uint8_t *khala__item_key(const khala_item_t *it) {

@@ -7,7 +7,7 @@
  *   +-------------+-------+------------------------------------+
  *   | tag[12]     | chain | link[12]                           |
  *   +-------------+-------+------------------------------------+
- *        slot k: tag[k], link[k] --> item                      (0 = free)
+ *        slot k: tag[k], link[k] --> item                      (link 0 = free, tag 0)
  *        chain --> item --> item --> 0                         (overflow, through next[i])
  *   item: | next[2] | desc | vlen | version | expire | klen | key | value |
  *
@@ -63,7 +63,7 @@
  * 32 after rounding). Why 12 slots with 8-bit tags, not 10 with 16-bit ones: 10 slots at 8
  * items per line overflow 5.3 % of the items and make a miss walk 0.43 chain items (dependent
  * cache misses); the 8-bit tag costs a false match, an extra item line, in about 3 % of the
- * lookups (8 other keys / 255 tags), and on a hit that line is fetched beside the right one.
+ * lookups (8 other keys / 256 tags), and on a hit that line is fetched beside the right one.
  * The reader bounds a chain walk by KHALA_CHAIN_MAX (past it: a miss) and checks every link
  * and each item's own lengths against the arena, so a corrupted segment yields KHALA_ECORRUPT
  * or a miss, not a crash. Links are 32-bit (offset / 16, layout.h), which puts 12 in a line.

@@ -36,14 +36,14 @@
  *
  * Buckets. An index is an array of bucket_count buckets of one cache line each (v5; before, a
  * bucket was one link heading a chain). A key's bucket is fastrange of the high half of its
- * hash, its tag the low byte (never 0):
+ * hash, its tag the low byte:
  *
  *   byte 0       12      16                                                      64
  *   +------------+-------+--------------------------------------------------------+
  *   | tag[12]    | chain | link[12]                                               |
  *   +------------+-------+--------------------------------------------------------+
  *     u8 each,     u32:    u32 each: a slot holds a link to an item of the bucket, 0 = free,
- *     0 = free     first   and its key's tag; one 16-byte load compares all twelve tags
+ *     0 if free    first   and its key's tag; one 16-byte load compares all twelve tags
  *                  item of the overflow chain (through the items' next words), 0 = none
  *
  * Links. The buckets and the items' next fields hold *links*: an item's offset divided by
@@ -192,8 +192,8 @@ _Static_assert(sizeof(khala_seg_header_t) == KHALA_SEG_HEADER_SIZE, "header is o
 /* One bucket of an index: a cache line (drawn above). Guard: written by the writer only;
  * readers load the tags as hints and the links with acquire (l1_lookup.h, docs/segment.md). */
 typedef struct khala_bucket {
-    khala_atomic_u8 tag[KHALA_BUCKET_SLOTS];   /* the tag of slot i's key, 0 = slot free. Writer
-                                                  stores relaxed; a hint only: the key decides */
+    khala_atomic_u8 tag[KHALA_BUCKET_SLOTS];   /* the tag of slot i's key; 0 if the slot is free.
+                                                  Writer stores relaxed; a hint: the key decides */
     khala_atomic_u32 chain;                    /* link to the first item of the overflow chain
                                                   (through next[index]), 0 = none; writer
                                                   store-release, readers load-acquire */

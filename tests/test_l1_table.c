@@ -866,9 +866,9 @@ static int slot_of_key(const char *key) {
     return l >= &b->link[0] && l < &b->link[KHALA_BUCKET_SLOTS] ? (int)(l - &b->link[0]) : -1;
 }
 
-/* Fill keys[0..n) with distinct keys "<prefix><number>" whose bucket (and, if tag is not 0,
- * whose tag) is that of `key`, none equal to key. */
-static void same_bucket(const char *key, const char *prefix, uint8_t tag, char (*keys)[32], int n) {
+/* Fill keys[0..n) with distinct keys "<prefix><number>" whose bucket is that of `key` (and
+ * whose tag is `tag`, unless it is -1), none equal to key. */
+static void same_bucket(const char *key, const char *prefix, int tag, char (*keys)[32], int n) {
     khala_seg_t *s = khala__l1_seg(g_t);
     uint64_t seed = khala__l1_index(s).seed;
     khala_bucket_t *b = bucket_of(key);
@@ -877,7 +877,7 @@ static void same_bucket(const char *key, const char *prefix, uint8_t tag, char (
         int len = snprintf(keys[i], sizeof(keys[i]), "%s%llu", prefix, (unsigned long long)x);
         if (strcmp(keys[i], key) == 0 || bucket_of(keys[i]) != b)
             continue;
-        if (tag && khala__l1_tag(khala__l1_hash_with(seed, keys[i], (size_t)len)) != tag)
+        if (tag >= 0 && khala__l1_tag(khala__l1_hash_with(seed, keys[i], (size_t)len)) != tag)
             continue;
         i++;
     }
@@ -890,7 +890,7 @@ Test(l1_table, full_line_spills_to_the_overflow_chain_and_every_key_is_found) {
     char keys[N][32], buf[32];
     open_both(64, 256 * 1024);
     cr_assert_eq(put("anchor", "a", 0), 0);
-    same_bucket("anchor", "s", 0, keys, N);
+    same_bucket("anchor", "s", -1, keys, N);
     for (int i = 0; i < N; i++)
         cr_assert_eq(put(keys[i], keys[i], 0), 0);
     /* The anchor and the first eleven take the slots; the rest overflow, newest first. */
@@ -931,7 +931,7 @@ Test(l1_table, slot_freed_by_a_delete_takes_the_next_key_of_its_line) {
     char keys[N][32];
     open_both(64, 256 * 1024);
     cr_assert_eq(put("anchor", "a", 0), 0);
-    same_bucket("anchor", "s", 0, keys, N);
+    same_bucket("anchor", "s", -1, keys, N);
     for (int i = 0; i < KHALA_BUCKET_SLOTS - 1; i++) /* the line is full */
         cr_assert_eq(put(keys[i], "v", 0), 0);
     int slot = slot_of_key(keys[4]);
@@ -980,6 +980,16 @@ Test(l1_table, keys_with_the_same_tag_in_one_line_are_both_found) {
     cr_assert_eq(get(keys[1], buf, sizeof(buf)), 0);
     cr_assert_str_eq(buf, keys[1]);
     cr_assert_eq(get("anchor", buf, sizeof(buf)), KHALA_ENOTFOUND);
+    /* Tag 0 is also the tag of the free slots: a key with it is found among them, and one
+     * that is absent checks them and misses. */
+    char zero[2][32];
+    same_bucket(keys[1], "z", 0, zero, 2);
+    cr_assert_eq(put(zero[0], zero[0], 0), 0);
+    cr_assert_eq(khala_load_relaxed(&b->tag[slot_of_key(zero[0])]), 0);
+    cr_assert_eq(get(zero[0], buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, zero[0]);
+    cr_assert_eq(get(zero[1], buf, sizeof(buf)), KHALA_ENOTFOUND);
+    cr_assert_eq(get(keys[1], buf, sizeof(buf)), 0);
 }
 
 /* The counters a reader process shares with the writer in the test below. */
@@ -1025,7 +1035,7 @@ static void line_reader(line_reader_t *L) {
 Test(l1_table, keys_of_a_churning_line_are_never_missed_by_another_process) {
     open_both(64, 1 << 20);
     cr_assert_eq(put("anchor", "a", 0), 0);
-    same_bucket("anchor", "c", 0, g_line, LINE_STEADY + LINE_CHURN);
+    same_bucket("anchor", "c", -1, g_line, LINE_STEADY + LINE_CHURN);
     uint8_t val[100];
     /* Steady keys 0-2 take slots, the churn keys fill the line, steady keys 3-5 overflow. */
     int order[LINE_STEADY + LINE_CHURN], n = 0;
@@ -1139,7 +1149,7 @@ Test(l1_table, corrupted_chain_word_is_ecorrupt_for_readers_and_check) {
     khala_seg_t *s = khala__l1_seg(g_t);
     khala_bucket_t *b = bucket_of("victim");
     char other[1][32];
-    same_bucket("victim", "absent", 0, other, 1);
+    same_bucket("victim", "absent", -1, other, 1);
     const uint32_t garbage[] = {1, khala_link_of(s->arena_hi), 0xdeadbeefu, UINT32_MAX};
     char buf[16];
     size_t len;
@@ -1189,7 +1199,7 @@ Test(l1_table, chain_that_loops_is_a_miss_for_readers_and_ecorrupt_for_check) {
     /* Thirteen keys of one line: twelve take the slots, the last goes on the overflow chain. */
     char keys[KHALA_BUCKET_SLOTS + 2][32];
     cr_assert_eq(put("first", "value", 0), 0);
-    same_bucket("first", "k", 0, keys, KHALA_BUCKET_SLOTS + 2);
+    same_bucket("first", "k", -1, keys, KHALA_BUCKET_SLOTS + 2);
     for (int i = 0; i < KHALA_BUCKET_SLOTS; i++)
         cr_assert_eq(put(keys[i], "value", 0), 0);
     const char *victim = keys[KHALA_BUCKET_SLOTS - 1];
@@ -1238,7 +1248,7 @@ Test(l1_table, long_key_whose_chain_passes_a_small_item_at_the_arena_end_is_foun
     memset(lkey, 'L', 200);
     lkey[200] = '\0';
     char line[KHALA_BUCKET_SLOTS + 1][32];
-    same_bucket(lkey, "l", 0, line, KHALA_BUCKET_SLOTS + 1);
+    same_bucket(lkey, "l", -1, line, KHALA_BUCKET_SLOTS + 1);
     for (int i = 0; i < KHALA_BUCKET_SLOTS; i++)
         cr_assert_eq(put(line[i], "-", 0), 0);
     cr_assert_eq(put(lkey, "long", 0), 0);
