@@ -1,7 +1,7 @@
 /*
  * Thin wrappers over C11 <stdatomic.h> whose names carry the memory order, so that every
  * ordering choice is visible at the call site and can be commented there. Shared-segment fields
- * are declared with the khala_atomic_u64 / khala_atomic_u32 types; never use volatile for
+ * are declared with the khala_atomic_u64 / u32 / u8 types; never use volatile for
  * synchronization.
  */
 #ifndef KHALA_LIB_ATOMIC_H
@@ -12,6 +12,7 @@
 
 typedef _Atomic uint64_t khala_atomic_u64;
 typedef _Atomic uint32_t khala_atomic_u32;
+typedef _Atomic uint8_t khala_atomic_u8;
 
 #define khala_load_relaxed(p) atomic_load_explicit((p), memory_order_relaxed)
 #define khala_load_acquire(p) atomic_load_explicit((p), memory_order_acquire)

@@ -597,7 +597,8 @@ static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const 
     khala_seg_t *s = ts->seg;
     khala_l1_index_t ix = khala__l1_index(s);
     uint64_t hash = khala__l1_hash_with(ix.seed, key, klen);
-    __builtin_prefetch(&ix.buckets[hash & s->bucket_mask]);
+    const khala_bucket_t *b = khala__l1_bucket(s, &ix, hash);
+    __builtin_prefetch(b);
     if ((rc = section_enter(c, &ts)) != 0)
         return l1_away(rc) ? L1_AWAY : rc;
     /* acquire: as in khala__l1_index; the index taken before the section is good only if no
@@ -606,9 +607,10 @@ static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const 
         s = ts->seg; /* reattached to a new segment, or the writer rehashed: a new seed */
         ix = khala__l1_index(s);
         hash = khala__l1_hash_with(ix.seed, key, klen);
+        b = khala__l1_bucket(s, &ix, hash);
     }
     KHALA_ASSERT_IN_READ(ts->slot);
-    rc = khala__l1_lookup(s, &ix, key, klen, hash, &it);
+    rc = khala__l1_lookup_in(s, &ix, b, key, klen, hash, &it);
     size_t vlen = 0;
     if (rc == 0) {
         vlen = it->value_len;

@@ -1,23 +1,41 @@
 /*
- * The L1 table: a chained hash table in shared memory with one writer and lock-free readers.
+ * The L1 table: a bucketized hash table in shared memory with one writer and lock-free readers.
  *
  * HOW IT WORKS
  *
- *   buckets[i][hash & mask] --> item --> item --> 0     (links; 0 ends a chain)
- *                               | next[2] | desc | vlen | version | expire | klen | key | value |
+ *   buckets[i][fastrange(hash)]: one 64-byte line (layout.h draws it)
+ *   +-------------+-------+------------------------------------+
+ *   | tag[12]     | chain | link[12]                           |
+ *   +-------------+-------+------------------------------------+
+ *        slot k: tag[k], link[k] --> item                      (link 0 = free, tag 0)
+ *        chain --> item --> item --> 0                         (overflow, through next[i])
+ *   item: | next[2] | desc | vlen | version | expire | klen | key | value |
  *
- * An item is one arena block holding its header, its key and its value side by side, so a hit
- * touches the bucket line and the item's lines, nothing else. Items are immutable once linked
- * (only `next` changes, when the item after is unlinked). The writer never edits a value in
- * place: an overwrite builds a new item and swings the one link that pointed to the old item to
- * the new one; a delete swings it past. Either way a reader walking the chain sees the old state
- * or the new one, never a mix, and since the old item is not freed until no reader can hold it
- * (readers.c), a reader never reads freed memory. A torn value is impossible by construction:
- * there is no seqlock to retry.
+ * A key lives in one bucket line of the live index: in one of its twelve slots (a link to the
+ * item and an 8-bit tag of the key's hash) or, when all twelve were taken as it came in, on the
+ * line's overflow chain. A lookup loads the line, compares the twelve tags at once, checks the
+ * items of the matching slots, then walks the chain: a hit costs the bucket line and the item's
+ * lines, nothing else, and a miss usually the line alone.
+ *
+ * An item is one arena block holding its header, its key and its value side by side. Items are
+ * immutable once linked (only `next` changes, when the item after is unlinked). The writer
+ * never edits a value in place: an overwrite builds a new item and swings the one link that
+ * pointed to the old item (a slot's link, keeping the tag, or a word of the chain) to the new
+ * one; a delete clears the slot's link, or swings the chain's link past the item. Either way a
+ * reader sees the old state or the new one, never a mix, and since the old item is not freed
+ * until no reader can hold it (readers.c), a reader never reads freed memory. A torn value is
+ * impossible by construction: there is no seqlock to retry.
+ *
+ * A key never moves while it stays in the index: not between slots, not from the chain into a
+ * slot that frees up later (a reader that read the slots before the move and the chain after
+ * it would miss a key present throughout). So a key present throughout a lookup is found by it.
+ * A slot freed by a delete takes the next new key of its line.
  *
  * Publishing. The writer fills every field of a new item with plain stores, then links it with
- * a release store (into the bucket or the predecessor's next). Readers load links with acquire,
- * so the item's fields are visible before its link is.
+ * a release store (into a slot's link, the chain word or the predecessor's next); a slot's tag
+ * is stored first, relaxed. Readers load links with acquire, so the item's fields are visible
+ * before its link is. Tags are hints: a reader that sees a slot's tag and link from different
+ * moments loads a link of 0 or an item of another key, and the key compare rejects it.
  *
  * The put path (khala__l1_put), in steps that the code refers to:
  * Step 1. Validate the key, the value size and the TTL at the boundary.
@@ -28,34 +46,48 @@
  *         to leave their sections, else evict. A reader that stays inside its section past
  *         the wait makes the put fail with KHALA_EBLOCKED before anything is evicted.
  * Step 4. Fill the new item.
- * Step 5. Link it, replacing the old item in place in its chain or at the bucket's head, then
- *         retire the old item, and give the key's desc to the policy (insert or hit).
+ * Step 5. Link it where the old item was linked, or else in a free slot of the key's line, or
+ *         else at the head of the line's chain; then retire the old item, and give the key's
+ *         desc to the policy (insert or hit).
  *
  * Reclamation batches: retired items wait in the retire ring until khala__l1_maintain or a
  * put that needs memory advances the epoch and scans the readers. Advancing the epoch writes a
  * line every reader reads, so it happens only when the newest retired item belongs to the
  * current epoch, not once per put.
  *
- * The table is sized for a load factor of at most 1/2 (bucket_count >= 2 * max_items), so
- * chains are short; the reader bounds a walk by KHALA_CHAIN_MAX (past it: a miss) and checks
- * every link and each item's own lengths against the arena, so a corrupted segment yields
- * KHALA_ECORRUPT or a miss, not a crash. Links are 32-bit
- * (offset / 16, layout.h), which halves the bucket array.
+ * Sizes. bucket_count = ceil(max_items / 8) lines of 12 slots: at full load a line holds 8
+ * items on average, and about 1.6 % of the items overflow into chains (Poisson: 6.4 % of the
+ * lines overflow, by 2 items on average), so nearly every hit is one line and one item and a
+ * miss walks 0.13 chain items on average. The index costs 64 bytes per 8 items and index, 16
+ * bytes per item for both, as the two power-of-two link arrays of layout 4 did at best (up to
+ * 32 after rounding). Why 12 slots with 8-bit tags, not 10 with 16-bit ones: 10 slots at 8
+ * items per line overflow 5.3 % of the items and make a miss walk 0.43 chain items (dependent
+ * cache misses); the 8-bit tag costs a false match, an extra item line, in about 3 % of the
+ * lookups (8 other keys / 256 tags), and on a hit that line is fetched beside the right one.
+ * The reader bounds a chain walk by KHALA_CHAIN_MAX (past it: a miss) and checks every link
+ * and each item's own lengths against the arena, so a corrupted segment yields KHALA_ECORRUPT
+ * or a miss, not a crash. Links are 32-bit (offset / 16, layout.h), which puts 12 in a line.
  *
- * Why chaining and not open addressing: with one writer and RCU reclamation, replacing or
- * unlinking an item is a single pointer swing, and deletions leave no tombstones to clean.
+ * Why buckets of slots and not open addressing: with one writer and RCU reclamation, replacing
+ * or unlinking an item is a single store of a link, keys never move, and deletions leave no
+ * tombstones to clean; the overflow chain keeps a full line from spilling into its neighbours.
  *
  * Hash flooding. Every reader can read the seed, so a client allowed to put can craft keys
- * that share one bucket. Readers stop a walk at KHALA_CHAIN_MAX items and call it a miss, and
- * the writer, when a put meets a chain of KHALA_CHAIN_REHASH items, rehashes (rehash()): there
- * are two indexes (bucket arrays), items have one next word for each, and index_count in the
+ * that share one bucket. Readers stop a chain walk at KHALA_CHAIN_MAX items and call it a miss,
+ * and the writer, when a put meets an overflow chain of KHALA_CHAIN_REHASH items, rehashes
+ * (rehash()): there are two indexes, items have one next word for each, and index_count in the
  * header names the live one (count & 1) and so its seed. The writer builds the other index
- * with a new seed through the other next word, which no reader walks, then publishes it with
- * a release store of index_count. Items do not move and are not rewritten (they hold no hash),
- * so a rehash needs no memory and readers inside a section may finish on the old index. The
- * old index is cleared only after a grace period, before the next rehash uses it. Rehashes are
- * at most one per max_items puts, so a flooder cannot make the writer spend more than O(1)
- * per put on them; between two, the readers' bound keeps every lookup short.
+ * with a new seed (slots, and chains through the other next word), which no reader walks, then
+ * publishes it with a release store of index_count. Items do not move and are not rewritten
+ * (they hold no hash), so a rehash needs no memory and readers inside a section may finish on
+ * the old index. The old index is cleared only after a grace period, before the next rehash
+ * uses it. Rehashes are at most one per max_items puts, so a flooder cannot make the writer
+ * spend more than O(1) per put on them; between two, the readers' bound keeps every lookup
+ * short.
+ *
+ * Historical note. Layouts 1 to 4 had one link per bucket heading a chain through the items
+ * (2^k >= 2 * max_items buckets): a hit read the bucket, the item and, one time in five at full
+ * load, another item first, about 2.2 dependent cache misses per get. Issue 8 replaced it.
  */
 #include "l1_table.h"
 
@@ -133,31 +165,67 @@ static inline unsigned live(const khala_l1_t *t) {
     return (unsigned)(khala_load_relaxed(&t->hdr->index_count) & 1);
 }
 
-/* The bucket array of index i. */
-static inline khala_atomic_u32 *buckets_of(const khala_l1_t *t, unsigned i) {
-    return t->seg.buckets + (i ? t->seg.bucket_mask + 1 : 0);
+/* The bucket lines of index i. */
+static inline khala_bucket_t *buckets_of(const khala_l1_t *t, unsigned i) {
+    return t->seg.buckets + (i ? t->seg.bucket_count : 0);
 }
 
-/* The live bucket of a key whose hash (under the live seed) is hash. */
-static inline khala_atomic_u32 *bucket(const khala_l1_t *t, uint64_t hash) {
-    return &buckets_of(t, live(t))[hash & t->seg.bucket_mask];
+/* The bucket line of a key whose hash (under index i's seed) is hash. */
+static inline khala_bucket_t *bucket_in(const khala_l1_t *t, unsigned i, uint64_t hash) {
+    return &buckets_of(t, i)[khala__l1_bucket_index(&t->seg, hash)];
 }
+
+/* The live bucket line of a key whose hash (under the live seed) is hash. */
+static inline khala_bucket_t *bucket(const khala_l1_t *t, uint64_t hash) {
+    return bucket_in(t, live(t), hash);
+}
+
+/* The slot of b that holds link, or -1. */
+static int slot_of(const khala_bucket_t *b, uint32_t link) {
+    for (int i = 0; i < KHALA_BUCKET_SLOTS; i++)
+        if (khala_load_relaxed(&b->link[i]) == link) /* relaxed: only this thread writes */
+            return i;
+    return -1;
+}
+
+/* Where an item is linked in the live index. */
+typedef struct khala_l1_pos {
+    khala_bucket_t *b;      /* the key's bucket line */
+    khala_atomic_u32 *link; /* the word holding the item's link: b->link[slot], or in the
+                               overflow chain b->chain or the next word of the item before */
+    int slot;               /* the slot, or -1 when the item is on the chain */
+} khala_l1_pos_t;
 
 /* Writer side ----------------------------------------------------------------------------- */
 
-/* Find the item of key in the live index; *link is the word that points to it. 0 if absent.
- * *walked (if not NULL) is the number of items passed on the way. */
+/* Find the item of key in the live index; *pos says where it is linked. 0 if absent.
+ * *walked (if not NULL) is the number of chain items passed on the way. */
 static uint64_t find(const khala_l1_t *t, uint64_t hash, const void *key, size_t klen,
-                     khala_atomic_u32 **link, uint64_t *walked) {
+                     khala_l1_pos_t *pos, uint64_t *walked) {
     unsigned w = live(t);
-    khala_atomic_u32 *l = bucket(t, hash);
+    khala_bucket_t *b = bucket(t, hash);
     uint64_t n = 0;
-    /* relaxed: only this thread writes the links. */
+    pos->b = b;
+    for (unsigned m = khala__l1_tag_match(b, khala__l1_tag(hash)); m; m &= m - 1) {
+        int i = __builtin_ctz(m);
+        /* relaxed: only this thread writes the links. */
+        uint64_t off = khala_link_off(khala_load_relaxed(&b->link[i]));
+        khala_item_t *it = off ? item_at(t, off) : NULL;
+        if (it && it->key_len == klen && khala__l1_key_eq(it + 1, key, klen)) {
+            pos->link = &b->link[i];
+            pos->slot = i;
+            if (walked)
+                *walked = 0;
+            return off;
+        }
+    }
+    khala_atomic_u32 *l = &b->chain;
     for (uint64_t off = khala_link_off(khala_load_relaxed(l)); off;
          off = khala_link_off(khala_load_relaxed(l)), n++) {
         khala_item_t *it = item_at(t, off);
         if (it->key_len == klen && khala__l1_key_eq(it + 1, key, klen)) {
-            *link = l;
+            pos->link = l;
+            pos->slot = -1;
             if (walked)
                 *walked = n;
             return off;
@@ -169,14 +237,48 @@ static uint64_t find(const khala_l1_t *t, uint64_t hash, const void *key, size_t
     return 0;
 }
 
-/* The word that points to the item at off (which is linked in the live index). */
-static khala_atomic_u32 *link_to(const khala_l1_t *t, uint64_t off, uint64_t hash) {
+/* Where the item at off (linked in the live index; hash is its hash) is linked. */
+static khala_l1_pos_t link_to(const khala_l1_t *t, uint64_t off, uint64_t hash) {
     unsigned w = live(t);
-    khala_atomic_u32 *l = bucket(t, hash);
+    khala_l1_pos_t pos = {bucket(t, hash), NULL, -1};
+    pos.slot = slot_of(pos.b, khala_link_of(off));
+    if (pos.slot >= 0) {
+        pos.link = &pos.b->link[pos.slot];
+        return pos;
+    }
+    khala_atomic_u32 *l = &pos.b->chain;
     for (uint64_t o = khala_link_off(khala_load_relaxed(l)); o != off;
          o = khala_link_off(khala_load_relaxed(l)))
         l = &item_at(t, o)->next[w];
-    return l;
+    pos.link = l;
+    return pos;
+}
+
+/* Link the item at off, of a key absent from index i, into b, its line in that index: into a
+ * free slot, else at the head of the chain (through next[i]). publish: 1 for the live index,
+ * where the link publishes the item to readers; 0 for an index no reader walks yet (rehash). */
+static void link_new(const khala_l1_t *t, khala_bucket_t *b, unsigned i, uint64_t off,
+                     uint64_t hash, int publish) {
+    khala_item_t *it = item_at(t, off);
+    uint32_t link = khala_link_of(off);
+    int k = slot_of(b, 0);
+    if (k >= 0) {
+        /* relaxed: the tag is a hint (l1_lookup.h); a reader that sees it before the link
+         * loads the link 0 and skips the slot. */
+        khala_store_relaxed(&b->tag[k], khala__l1_tag(hash));
+        khala_store_relaxed(&it->next[i], 0);
+        if (publish) /* release: publishes the item's fields before its link; pairs with the
+                        acquire loads in khala__l1_lookup. */
+            khala_store_release(&b->link[k], link);
+        else /* relaxed: the release store of index_count publishes the whole index. */
+            khala_store_relaxed(&b->link[k], link);
+        return;
+    }
+    khala_store_relaxed(&it->next[i], khala_load_relaxed(&b->chain));
+    if (publish) /* release: as above. */
+        khala_store_release(&b->chain, link);
+    else /* relaxed: as above. */
+        khala_store_relaxed(&b->chain, link);
 }
 
 static uint32_t desc_alloc(khala_l1_t *t) {
@@ -254,9 +356,18 @@ static void remove_key(khala_l1_t *t, uint32_t idx) {
     khala_desc_t *d = &t->desc[idx];
     uint64_t off = d->item_off;
     khala_item_t *it = item_at(t, off);
-    khala_atomic_u32 *l = link_to(t, off, d->hash);
-    /* release: a reader that loads the new link sees a fully built successor. */
-    khala_store_release(l, khala_load_relaxed(&it->next[live(t)]));
+    khala_l1_pos_t pos = link_to(t, off, d->hash);
+    if (pos.slot >= 0) {
+        /* release: publishes nothing (a free slot has no item); every link store is a release,
+         * which costs nothing on x86-64. The tag goes after the link: a reader that still sees
+         * the old tag loads the link 0, or the old item, which stays readable (it is retired,
+         * not freed). */
+        khala_store_release(pos.link, 0);
+        khala_store_relaxed(&pos.b->tag[pos.slot], 0);
+    } else {
+        /* release: a reader that loads the new link sees a fully built successor. */
+        khala_store_release(pos.link, khala_load_relaxed(&it->next[live(t)]));
+    }
     khala__policy_remove(&t->pol, idx);
     t->w->items--;
     t->w->item_bytes -= d->block_size;
@@ -438,14 +549,14 @@ static int rehash(khala_l1_t *t) {
     khala_seg_header_t *h = t->hdr;
     uint64_t count = khala_load_relaxed(&h->index_count);
     unsigned next = (unsigned)((count + 1) & 1);
-    khala_atomic_u32 *nb = buckets_of(t, next);
+    khala_bucket_t *nb = buckets_of(t, next);
     if (t->w->index_dirty) {
         /* Readers that took this index while it was live may still be inside their sections
          * (their epoch is index_epoch or older); readers that enter later see the newer
          * index_count and take the other. */
         if (khala__readers_min_epoch(&t->seg) <= t->w->index_epoch)
             return KHALA_EBLOCKED;
-        memset((void *)nb, 0, (t->seg.bucket_mask + 1) * sizeof(*nb));
+        memset((void *)nb, 0, t->seg.bucket_count * sizeof(*nb));
         t->w->index_dirty = 0;
     }
     uint64_t seed = khala__sys_random_u64();
@@ -459,10 +570,8 @@ static int rehash(khala_l1_t *t) {
             continue;
         khala_item_t *it = item_at(t, d->item_off);
         uint64_t hash = khala__l1_hash_with(seed, it + 1, it->key_len);
-        khala_atomic_u32 *b = &nb[hash & t->seg.bucket_mask];
-        /* relaxed: no reader walks this index until the release below. */
-        khala_store_relaxed(&it->next[next], khala_load_relaxed(b));
-        khala_store_relaxed(b, khala_link_of(d->item_off));
+        /* relaxed stores: no reader walks this index until the release below. */
+        link_new(t, bucket_in(t, next, hash), next, d->item_off, hash, 0);
         d->hash = hash;
     }
     /* release: the new index and its seed are complete before a reader can take it; pairs with
@@ -495,7 +604,7 @@ int khala__l1_put(khala_l1_t *t, const void *key, size_t klen, const void *val, 
 int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val, size_t vlen,
                     int64_t ttl_ms, uint8_t type, uint64_t want_version, uint64_t *version) {
     khala_wstate_t *w = t->w;
-    khala_atomic_u32 *link = NULL;
+    khala_l1_pos_t pos;
     uint64_t off = 0, block = 0;
     int rc;
     op_begin(t);
@@ -514,12 +623,12 @@ int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val
                     (unsigned long long)size, (unsigned long long)(t->arena.hi - t->arena.lo));
     /* Step 2. */
     uint64_t hash = khala__l1_hash(&t->seg, key, klen), walked = 0;
-    uint64_t old = find(t, hash, key, klen, &link, NULL);
+    uint64_t old = find(t, hash, key, klen, &pos, NULL);
     /* Step 3. */
     if ((rc = make_room(t, size, old != 0, &off, &block)) != 0)
         return rc;
     /* Eviction may have removed the old item, or moved what points to it. */
-    old = find(t, hash, key, klen, &link, &walked);
+    old = find(t, hash, key, klen, &pos, &walked);
     uint32_t idx = old ? item_at(t, old)->desc : desc_alloc(t);
     /* Step 4. */
     khala_item_t *it = item_at(t, off);
@@ -547,20 +656,18 @@ int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val
     if (old) {
         khala_item_t *o = item_at(t, old);
         unsigned lw = live(t);
+        /* In a slot, the tag stays (the key is the same) and next is unused (0 in both). */
         khala_store_relaxed(&it->next[lw], khala_load_relaxed(&o->next[lw]));
         /* release: publishes the new item's fields before its offset; pairs with the acquire
          * loads in khala__l1_lookup. */
-        khala_store_release(link, khala_link_of(off));
+        khala_store_release(pos.link, khala_link_of(off));
         w->item_bytes -= d->block_size;
         w->payload_bytes -= (uint64_t)o->key_len + o->value_len;
         retire(t, old);
         w->overwrites++;
         khala__policy_hit(&t->pol, idx);
     } else {
-        khala_atomic_u32 *b = bucket(t, hash);
-        khala_store_relaxed(&it->next[live(t)], khala_load_relaxed(b));
-        /* release: as above. */
-        khala_store_release(b, khala_link_of(off));
+        link_new(t, pos.b, live(t), off, hash, 1); /* release inside: as above */
         d->hash = hash;
         w->items++;
     }
@@ -586,11 +693,11 @@ int khala__l1_put_v(khala_l1_t *t, const void *key, size_t klen, const void *val
 }
 
 int khala__l1_delete(khala_l1_t *t, const void *key, size_t klen) {
-    khala_atomic_u32 *link;
+    khala_l1_pos_t pos;
     int rc = key_check(t, klen);
     if (rc != 0)
         return rc;
-    uint64_t off = find(t, khala__l1_hash(&t->seg, key, klen), key, klen, &link, NULL);
+    uint64_t off = find(t, khala__l1_hash(&t->seg, key, klen), key, klen, &pos, NULL);
     if (!off)
         return fail(t, KHALA_ENOTFOUND, "no such key");
     op_begin(t);
@@ -607,12 +714,14 @@ int khala__l1_maintain(khala_l1_t *t) {
 /* Remove the expired keys in batch[0..n); their lines were prefetched. 0, or -1 when memory
  * reclamation is blocked and the sweep must stop. */
 static int sweep_flush(khala_l1_t *t, const uint32_t *batch, size_t n, size_t *removed) {
-    /* The buckets are in cache now: fetch each chain's head when it is another key, since
-     * unlinking walks from it. */
+    /* The bucket lines are in cache now. A key in a slot unlinks from its line alone; for one
+     * on the overflow chain, fetch the chain's head when it is another key, since unlinking
+     * walks from it. */
     for (size_t k = 0; k < n; k++) {
         const khala_desc_t *d = &t->desc[batch[k]];
-        uint64_t head = khala_link_off(khala_load_relaxed(bucket(t, d->hash)));
-        if (head != d->item_off)
+        const khala_bucket_t *b = bucket(t, d->hash);
+        uint64_t head = khala_link_off(khala_load_relaxed(&b->chain));
+        if (head && head != d->item_off && slot_of(b, khala_link_of(d->item_off)) < 0)
             __builtin_prefetch(t->seg.base + head);
     }
     for (size_t k = 0; k < n; k++) {
@@ -736,9 +845,48 @@ void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st) {
     st->rehashes = w->rehashes;
 }
 
+/* What step 1 of the check counts. */
+typedef struct khala_l1_tally {
+    uint64_t items, bytes, payload; /* items linked, their blocks' bytes, key + value bytes */
+} khala_l1_tally_t;
+
+/* Step 1 of the check for the item at off, linked from bucket b of the live index, in slot
+ * `slot` with tag `tag`, or on the overflow chain (slot -1). 0, or KHALA_ECORRUPT. */
+static int check_item(khala_l1_t *t, uint64_t seed, uint64_t b, int slot, uint8_t tag, uint64_t off,
+                      khala_l1_tally_t *tally) {
+    const khala_seg_t *s = &t->seg;
+    if (off < s->arena_lo || off >= s->arena_hi || s->arena_hi - off < sizeof(khala_item_t)) {
+        if (slot >= 0)
+            return fail(t, KHALA_ECORRUPT, "bucket %llu, slot %d: link to %llu, outside the arena",
+                        (unsigned long long)b, slot, (unsigned long long)off);
+        return fail(t, KHALA_ECORRUPT,
+                    "bucket %llu: overflow chain links to %llu, outside the arena",
+                    (unsigned long long)b, (unsigned long long)off);
+    }
+    khala_item_t *it = item_at(t, off);
+    if (s->arena_hi - off < KHALA_ITEM_SIZE(it->key_len, (uint64_t)it->value_len))
+        return fail(t, KHALA_ECORRUPT, "item at %llu crosses the arena's end",
+                    (unsigned long long)off);
+    uint64_t hash = khala__l1_hash_with(seed, it + 1, it->key_len);
+    if (khala__l1_bucket_index(s, hash) != b || (slot >= 0 && khala__l1_tag(hash) != tag) ||
+        it->desc >= t->hdr->max_items || t->desc[it->desc].item_off != off ||
+        t->desc[it->desc].hash != hash ||
+        t->desc[it->desc].block_size != khala__alloc_block_size(&t->arena, off) ||
+        t->desc[it->desc].queue == KHALA_Q_NONE)
+        return fail(t, KHALA_ECORRUPT,
+                    "item at %llu disagrees with its bucket, its tag or its desc %u",
+                    (unsigned long long)off, it->desc);
+    tally->items++;
+    tally->bytes += t->desc[it->desc].block_size;
+    tally->payload += (uint64_t)it->key_len + it->value_len;
+    return 0;
+}
+
 /* Steps (the code refers to them from step 2):
- * Step 1. Walk every chain: each linked item lies in the arena, hashes to its bucket, and
- *         agrees with its desc; count items and bytes against the header.
+ * Step 1. Walk every bucket line, its slots and its overflow chain: a free slot has no tag,
+ *         each linked item lies in the arena, hashes to its bucket (and, in a slot, to its tag),
+ *         and agrees with its desc; a chain ends within KHALA_CHAIN_MAX items (no loop); no
+ *         item is linked twice; count items and bytes against the header.
  * Step 2. The desc table on its own: every desc that holds an item points inside the arena at
  *         an item that names it back, is on a queue, and the count matches step 1.
  * Step 3. The free desc list: indexes below max_items, no item, no loop; with step 2 every
@@ -753,35 +901,44 @@ void khala__l1_stats(khala_l1_t *t, khala_l1_stats_t *st) {
 int khala__l1_check(khala_l1_t *t) {
     khala_wstate_t *w = t->w;
     const khala_seg_t *s = &t->seg;
-    uint64_t items = 0, bytes = 0, payload = 0;
-    khala_atomic_u32 *buckets = buckets_of(t, live(t));
+    khala_l1_tally_t tally = {0, 0, 0};
+    khala_bucket_t *buckets = buckets_of(t, live(t));
     unsigned lw = live(t);
     uint64_t seed = khala__l1_index(s).seed;
-    for (uint64_t b = 0; b <= s->bucket_mask; b++) {
+    int rc;
+    for (uint64_t b = 0; b < s->bucket_count; b++) {
+        const khala_bucket_t *bk = &buckets[b];
+        for (int i = 0; i < KHALA_BUCKET_SLOTS; i++) {
+            uint32_t link = khala_load_relaxed(&bk->link[i]);
+            uint8_t tag = khala_load_relaxed(&bk->tag[i]);
+            if (!link && tag)
+                return fail(t, KHALA_ECORRUPT, "bucket %llu, slot %d: free but tagged %u",
+                            (unsigned long long)b, i, tag);
+            /* An item linked twice would be freed while still linked. Every item lies in its
+             * own bucket (check_item), so only this line can link it again. */
+            if (link && slot_of(bk, link) != i)
+                return fail(t, KHALA_ECORRUPT, "bucket %llu: slots %d and %d link one item",
+                            (unsigned long long)b, slot_of(bk, link), i);
+            if (link && (rc = check_item(t, seed, b, i, tag, khala_link_off(link), &tally)) != 0)
+                return rc;
+        }
         uint64_t n = 0;
-        for (uint64_t off = khala_link_off(khala_load_relaxed(&buckets[b])); off;
+        for (uint64_t off = khala_link_off(khala_load_relaxed(&bk->chain)); off;
              off = khala_link_off(khala_load_relaxed(&item_at(t, off)->next[lw]))) {
-            if (off < s->arena_lo || off >= s->arena_hi ||
-                s->arena_hi - off < sizeof(khala_item_t) || ++n > KHALA_CHAIN_MAX)
-                return fail(t, KHALA_ECORRUPT, "bucket %llu: bad offset %llu",
-                            (unsigned long long)b, (unsigned long long)off);
-            khala_item_t *it = item_at(t, off);
-            if (s->arena_hi - off < KHALA_ITEM_SIZE(it->key_len, (uint64_t)it->value_len))
-                return fail(t, KHALA_ECORRUPT, "item at %llu crosses the arena's end",
-                            (unsigned long long)off);
-            uint64_t hash = khala__l1_hash_with(seed, it + 1, it->key_len);
-            if ((hash & s->bucket_mask) != b || it->desc >= t->hdr->max_items ||
-                t->desc[it->desc].item_off != off || t->desc[it->desc].hash != hash ||
-                t->desc[it->desc].block_size != khala__alloc_block_size(&t->arena, off) ||
-                t->desc[it->desc].queue == KHALA_Q_NONE)
+            if (++n > KHALA_CHAIN_MAX)
                 return fail(t, KHALA_ECORRUPT,
-                            "item at %llu disagrees with its bucket or its desc %u",
-                            (unsigned long long)off, it->desc);
-            items++;
-            bytes += t->desc[it->desc].block_size;
-            payload += (uint64_t)it->key_len + it->value_len;
+                            "bucket %llu: the overflow chain is longer than %u items (a loop?)",
+                            (unsigned long long)b, KHALA_CHAIN_MAX);
+            if ((rc = check_item(t, seed, b, -1, 0, off, &tally)) != 0)
+                return rc;
+            /* Twice on the chain is a loop, caught by the bound above. */
+            if (slot_of(bk, khala_link_of(off)) >= 0)
+                return fail(t, KHALA_ECORRUPT,
+                            "bucket %llu: item at %llu is both in a slot and on the chain",
+                            (unsigned long long)b, (unsigned long long)off);
         }
     }
+    uint64_t items = tally.items, bytes = tally.bytes, payload = tally.payload;
     if (items != w->items || bytes != w->item_bytes || payload != w->payload_bytes)
         return fail(t, KHALA_ECORRUPT, "counted %llu items / %llu bytes, header says %llu / %llu",
                     (unsigned long long)items, (unsigned long long)bytes,

@@ -9,8 +9,8 @@
  *   +-------------------------+ 0
  *   | khala_seg_header_t      |   immutable part, epoch line, writer-only state   (4 KiB)
  *   +-------------------------+ bucket_off
- *   | buckets[2][bucket_count]|   two indexes of links (uint32) to the first item of each
- *   |                         |   chain, 0 = empty; the header's index_count names the live one
+ *   | buckets[2][bucket_count]|   two indexes of khala_bucket_t lines (below); the header's
+ *   |                         |   index_count names the live one
  *   +-------------------------+ desc_off
  *   | khala_desc_t[max_items] |   writer-only: per-key policy metadata (S3-FIFO queues, TTL)
  *   +-------------------------+ ghost_off
@@ -34,10 +34,22 @@
  *   | slot 0 | slot 1 | ...   |   khala_slot_t + ring, slot_size bytes each; a slot is written
  *   +-------------------------+   by its owner only (and by the writer when its owner is dead)
  *
- * Links. The bucket array and the items' next fields hold *links*: an item's offset divided by
+ * Buckets. An index is an array of bucket_count buckets of one cache line each (v5; before, a
+ * bucket was one link heading a chain). A key's bucket is fastrange of the high half of its
+ * hash, its tag the low byte:
+ *
+ *   byte 0       12      16                                                      64
+ *   +------------+-------+--------------------------------------------------------+
+ *   | tag[12]    | chain | link[12]                                               |
+ *   +------------+-------+--------------------------------------------------------+
+ *     u8 each,     u32:    u32 each: a slot holds a link to an item of the bucket, 0 = free,
+ *     0 if free    first   and its key's tag; one 16-byte load compares all twelve tags
+ *                  item of the overflow chain (through the items' next words), 0 = none
+ *
+ * Links. The buckets and the items' next fields hold *links*: an item's offset divided by
  * KHALA_ALIGN, in 32 bits (0 = none; no item lives at offset 0). Half the size of a plain
- * offset, so twice as many buckets share the cache and the TLB; it bounds the data file at
- * 64 GiB, far above what an L1 needs.
+ * offset, so a line holds twelve of them; it bounds the data file at 64 GiB, far above what an
+ * L1 needs.
  *
  * Rules: offsets, never pointers; fixed-width types only; explicit padding; every struct's size
  * and key offsets are asserted below, so a change to the layout cannot go unnoticed. Any change
@@ -55,7 +67,7 @@
 /* "KHALASEG" and "KHALARDR" as little-endian integers. */
 #define KHALA_SEG_MAGIC 0x4745534c4148414bull
 #define KHALA_READERS_MAGIC 0x5244524c4148414bull
-#define KHALA_LAYOUT_VERSION 4u
+#define KHALA_LAYOUT_VERSION 5u
 
 #define KHALA_CACHE_LINE 64
 #define KHALA_SEG_HEADER_SIZE 4096u
@@ -64,12 +76,18 @@
 #define KHALA_NIL UINT32_MAX
 /* Arena blocks are aligned to this; offsets inside the arena are multiples of it. */
 #define KHALA_ALIGN 16u
-/* A reader walks at most this many items of one chain; a longer chain (a flooded bucket, or a
- * corrupt loop) is a miss for it. The writer keeps the load factor at or below 1/2, so real
- * chains are short; it rehashes with a new seed when a put meets a chain of
- * KHALA_CHAIN_REHASH items (see l1_table.c, "Hash flooding"). */
+/* A reader walks at most this many items of one overflow chain; a longer chain (a flooded
+ * bucket, or a corrupt loop) is a miss for it. A bucket holds KHALA_BUCKET_SLOTS items and
+ * at most KHALA_BUCKET_LOAD on average, so real chains are rare and short; the writer rehashes
+ * with a new seed when a put meets an overflow chain of KHALA_CHAIN_REHASH items (see
+ * l1_table.c, "Hash flooding"). */
 #define KHALA_CHAIN_MAX 4096u
 #define KHALA_CHAIN_REHASH 64u
+/* Slots of a bucket line, and the items per bucket at max_items (bucket_count =
+ * ceil(max_items / KHALA_BUCKET_LOAD)): 64 bytes per 8 items and index, as the 2 links per item
+ * of layout 4 at best. l1_table.c gives the reasons for the numbers. */
+#define KHALA_BUCKET_SLOTS 12
+#define KHALA_BUCKET_LOAD 8u
 
 /* Segment states, in khala_seg_header_t.state. */
 enum {
@@ -123,7 +141,7 @@ typedef struct khala_seg_header {
     uint64_t segment_size;   /* bytes of the data file */
     uint64_t hash_seed;      /* seed of the key hash, random per generation */
     uint64_t bucket_off;     /* offset of the bucket array */
-    uint64_t bucket_count;   /* power of two, >= 2 * max_items; buckets are uint32 links */
+    uint64_t bucket_count;   /* buckets of each index, ceil(max_items / KHALA_BUCKET_LOAD) */
     uint64_t desc_off;       /* offset of khala_desc_t[max_items] */
     uint64_t ghost_off;      /* offset of khala_ghost_t[ghost_cap] */
     uint64_t ghost_cap;      /* power of two, entries of the ghost table */
@@ -171,12 +189,29 @@ _Static_assert(offsetof(khala_seg_header_t, index_count) == 216, "index word on 
 _Static_assert(offsetof(khala_seg_header_t, w) == 256, "writer state on its own lines");
 _Static_assert(sizeof(khala_seg_header_t) == KHALA_SEG_HEADER_SIZE, "header is one page");
 
+/* One bucket of an index: a cache line (drawn above). Guard: written by the writer only;
+ * readers load the tags as hints and the links with acquire (l1_lookup.h, docs/segment.md). */
+typedef struct khala_bucket {
+    khala_atomic_u8 tag[KHALA_BUCKET_SLOTS];   /* the tag of slot i's key; 0 if the slot is free.
+                                                  Writer stores relaxed; a hint: the key decides */
+    khala_atomic_u32 chain;                    /* link to the first item of the overflow chain
+                                                  (through next[index]), 0 = none; writer
+                                                  store-release, readers load-acquire */
+    khala_atomic_u32 link[KHALA_BUCKET_SLOTS]; /* link to slot i's item, 0 = slot free; writer
+                                                  store-release, readers load-acquire */
+} __attribute__((aligned(KHALA_CACHE_LINE))) khala_bucket_t;
+
+_Static_assert(sizeof(khala_bucket_t) == KHALA_CACHE_LINE, "a bucket is one line");
+_Static_assert(offsetof(khala_bucket_t, chain) == 12, "khala_bucket_t layout");
+_Static_assert(offsetof(khala_bucket_t, link) == 16, "khala_bucket_t layout");
+
 /* An item: header, then key_len key bytes, then value_len value bytes at
  * KHALA_ITEM_VALUE_OFF(key_len). Immutable once linked, except next[]. Freed only after every
  * reader that could have seen it has left its read section. It holds no hash: a rehash with a
  * new seed relinks items through the other next word and never moves or rewrites them. */
 typedef struct khala_item {
-    khala_atomic_u32 next[2]; /* link to the next item in the chain of index 0 and 1, 0 = end;
+    khala_atomic_u32 next[2]; /* link to the next item in the overflow chain of index 0 and 1,
+                                 0 = end (unused while the item sits in a slot);
                                  writer store-release, readers load-acquire */
     uint32_t desc;            /* index of the key's khala_desc_t */
     uint32_t value_len;       /* bytes */

@@ -50,7 +50,8 @@ void khala__readers_release(khala_seg_t *s, uint32_t idx);
 
 /* Enter a read section: publish the global epoch in the slot, then a full fence, so that either
  * the writer's scan sees this slot's epoch or this reader sees every unlink that preceded the
- * scan (docs/segment.md, "Why reclamation is safe", gives the whole argument). */
+ * scan (docs/segment.md, "Reclamation: why a reader never reads freed memory", gives the whole
+ * argument; its "Slots and tags" covers the bucket lines' unordered tag loads). */
 static inline void khala__reader_enter(const khala_seg_t *s, khala_slot_t *slot) {
     /* acquire: pairs with the writer's epoch increment, which follows its unlinks. */
     uint64_t e = khala_load_acquire(&s->hdr->epoch);

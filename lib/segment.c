@@ -6,9 +6,9 @@
  * HOW IT WORKS
  *
  * The writer computes a layout from its configuration (layout.h draws it): a page of header,
- * then the bucket array, the writer-only regions (descs, ghost table, retire ring, allocator
- * state) and the arena, each aligned to a cache line and the arena to a page. It creates the
- * readers file first and the data file second, each with O_EXCL, sizes them with
+ * then the two indexes of bucket lines, the writer-only regions (descs, ghost table, retire
+ * ring, allocator state) and the arena, each aligned to a cache line and the arena to a page.
+ * It creates the readers file first and the data file second, each with O_EXCL, sizes them with
  * ftruncate + posix_fallocate (so that a full /dev/shm is an error now rather than a SIGBUS in
  * some reader later), fills the header, and stores the magic number last with release order.
  * A reader that attaches before the magic is visible is told the segment is corrupt and may
@@ -17,7 +17,7 @@
  * Attaching validates everything it will later trust: magic, layout version, header size, that
  * the file is as large as the header says (a truncated file would otherwise SIGBUS), that every
  * region lies inside the file and in order, and that the readers file has the same generation.
- * The derived values (bucket mask, arena bounds, slot geometry) are copied into the private
+ * The derived values (bucket count, arena bounds, slot geometry) are copied into the private
  * khala_seg_t, so a header corrupted after attach cannot redirect a reader outside its mapping.
  *
  * Invariants:
@@ -104,14 +104,15 @@ void khala__seg_layout(khala_seg_header_t *h, const khala_seg_config_t *cfg) {
     h->max_value = cfg->max_value;
     h->max_readers = cfg->max_readers;
     h->ring_size = cfg->ring_size;
-    /* Twice the buckets of items: a hit then follows a chain past another key rarely (about
-     * one get in five at full load, against two in five at one bucket per item). */
-    h->bucket_count = pow2_at_least(2ull * cfg->max_items);
+    /* One 12-slot line per 8 items of capacity: at full load about 1.6 % of the items overflow
+     * into a chain (l1_table.c). No rounding to a power of two: readers pick the bucket by
+     * fastrange, so the index costs 16 bytes per item for any max_items. */
+    h->bucket_count = ((uint64_t)cfg->max_items + KHALA_BUCKET_LOAD - 1) / KHALA_BUCKET_LOAD;
     h->bucket_off = off;
     /* Two indexes side by side: the live one and the one a rehash builds (l1_table.c). The
      * second stays untouched, so it costs no memory, until a hash flood makes the writer
      * rehash. */
-    off = align_up(off + 2 * h->bucket_count * sizeof(uint32_t), KHALA_CACHE_LINE);
+    off = align_up(off + 2 * h->bucket_count * sizeof(khala_bucket_t), KHALA_CACHE_LINE);
     h->desc_off = off;
     off = align_up(off + (uint64_t)cfg->max_items * sizeof(khala_desc_t), KHALA_CACHE_LINE);
     /* The ghost remembers about as many evicted keys as the cache holds (the study behind this
@@ -208,8 +209,8 @@ static int header_check(khala_seg_t *s, const khala_seg_header_t *h, uint64_t fi
         return khala__errbuf(err, errlen, KHALA_ECORRUPT,
                              "segment '%s': region offsets in the header are inconsistent", n);
     s->hdr = (khala_seg_header_t *)s->base;
-    s->buckets = (khala_atomic_u32 *)(s->base + h->bucket_off);
-    s->bucket_mask = h->bucket_count - 1;
+    s->buckets = (khala_bucket_t *)(void *)(s->base + h->bucket_off);
+    s->bucket_count = h->bucket_count;
     s->arena_lo = h->arena_off;
     s->arena_hi = h->arena_off + h->arena_size;
     s->hash_seed = h->hash_seed;

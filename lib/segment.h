@@ -41,10 +41,10 @@ typedef struct khala_seg {
     uint8_t *rbase;          /* readers mapping */
     uint64_t rsize;          /* bytes mapped at rbase */
     khala_readers_header_t *rhdr;
-    khala_atomic_u32 *buckets; /* base + bucket_off: links (layout.h) */
-    uint64_t bucket_mask;      /* bucket_count - 1 */
-    uint64_t arena_lo;         /* arena_off */
-    uint64_t arena_hi;         /* arena_off + arena_size */
+    khala_bucket_t *buckets; /* base + bucket_off: index 0, then index 1 (layout.h) */
+    uint64_t bucket_count;   /* buckets of each index */
+    uint64_t arena_lo;       /* arena_off */
+    uint64_t arena_hi;       /* arena_off + arena_size */
     uint64_t hash_seed;
     uint64_t generation;
     uint32_t max_value;

@@ -5,10 +5,14 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "khala/cache.h"
 #include "khala/error.h"
@@ -830,19 +834,278 @@ Test(l1_table, random_operations_match_a_shadow_model) {
 
 /* Corruption ------------------------------------------------------------------------------ */
 
-/* The bucket word that the chain of key starts at, in the writer's mapping. */
-static khala_atomic_u32 *bucket_of(const char *key) {
+/* The bucket line of key in the live index, in the writer's mapping. */
+static khala_bucket_t *bucket_of(const char *key) {
     khala_seg_t *s = khala__l1_seg(g_t);
     khala_l1_index_t ix = khala__l1_index(s);
-    return (khala_atomic_u32 *)&ix
-        .buckets[khala__l1_hash_with(ix.seed, key, strlen(key)) & s->bucket_mask];
+    return (khala_bucket_t *)khala__l1_bucket(s, &ix,
+                                              khala__l1_hash_with(ix.seed, key, strlen(key)));
+}
+
+/* The word that links key's live item: its slot's link, or a word of the overflow chain. */
+static khala_atomic_u32 *link_word_of(const char *key) {
+    khala_seg_t *s = khala__l1_seg(g_t);
+    khala_bucket_t *b = bucket_of(key);
+    uint64_t block;
+    uint32_t link = khala_link_of(item_of(key, &block));
+    cr_assert_neq(link, 0, "%s is absent", key);
+    for (int i = 0; i < KHALA_BUCKET_SLOTS; i++)
+        if (khala_load_relaxed(&b->link[i]) == link)
+            return &b->link[i];
+    khala_atomic_u32 *l = &b->chain;
+    while (khala_load_relaxed(l) != link)
+        l = &((khala_item_t *)(s->base + khala_link_off(khala_load_relaxed(l))))
+                 ->next[khala__l1_index(s).which];
+    return l;
+}
+
+/* The slot of key's bucket line that holds its item, or -1 when it is on the chain. */
+static int slot_of_key(const char *key) {
+    khala_bucket_t *b = bucket_of(key);
+    khala_atomic_u32 *l = link_word_of(key);
+    return l >= &b->link[0] && l < &b->link[KHALA_BUCKET_SLOTS] ? (int)(l - &b->link[0]) : -1;
+}
+
+/* Fill keys[0..n) with distinct keys "<prefix><number>" whose bucket is that of `key` (and
+ * whose tag is `tag`, unless it is -1), none equal to key. */
+static void same_bucket(const char *key, const char *prefix, int tag, char (*keys)[32], int n) {
+    khala_seg_t *s = khala__l1_seg(g_t);
+    uint64_t seed = khala__l1_index(s).seed;
+    khala_bucket_t *b = bucket_of(key);
+    uint64_t x = 0;
+    for (int i = 0; i < n; x++) {
+        int len = snprintf(keys[i], sizeof(keys[i]), "%s%llu", prefix, (unsigned long long)x);
+        if (strcmp(keys[i], key) == 0 || bucket_of(keys[i]) != b)
+            continue;
+        if (tag >= 0 && khala__l1_tag(khala__l1_hash_with(seed, keys[i], (size_t)len)) != tag)
+            continue;
+        i++;
+    }
+}
+
+/* Bucket lines ---------------------------------------------------------------------------- */
+
+Test(l1_table, full_line_spills_to_the_overflow_chain_and_every_key_is_found) {
+    enum { N = KHALA_BUCKET_SLOTS + 6 };
+    char keys[N][32], buf[32];
+    open_both(64, 256 * 1024);
+    cr_assert_eq(put("anchor", "a", 0), 0);
+    same_bucket("anchor", "s", -1, keys, N);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(put(keys[i], keys[i], 0), 0);
+    /* The anchor and the first eleven take the slots; the rest overflow, newest first. */
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(slot_of_key(keys[i]) >= 0, i < KHALA_BUCKET_SLOTS - 1, "key %d", i);
+    cr_assert_eq(khala_load_relaxed(&bucket_of("anchor")->chain),
+                 khala_load_relaxed(link_word_of(keys[N - 1])));
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(get(keys[i], buf, sizeof(buf)), 0, "get %d", i);
+        cr_assert_str_eq(buf, keys[i]);
+    }
+    /* Overwrites stay where the key is: in its slot, or on the chain. */
+    int slot = slot_of_key(keys[3]);
+    cr_assert_eq(put(keys[3], "over3", 0), 0);
+    cr_assert_eq(put(keys[N - 3], "overN", 0), 0);
+    cr_assert_eq(slot_of_key(keys[3]), slot);
+    cr_assert_eq(slot_of_key(keys[N - 3]), -1);
+    cr_assert_eq(get(keys[3], buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "over3");
+    cr_assert_eq(get(keys[N - 3], buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "overN");
+    /* Deletes from the middle of the chain, its head, its tail and the slots: the others are
+     * found after each. */
+    const int order[] = {N - 3, N - 1, KHALA_BUCKET_SLOTS - 1, 0, 5, N - 2};
+    int gone[N] = {0};
+    for (size_t d = 0; d < sizeof(order) / sizeof(order[0]); d++) {
+        cr_assert_eq(khala__l1_delete(g_t, keys[order[d]], strlen(keys[order[d]])), 0);
+        check();
+        gone[order[d]] = 1;
+        for (int i = 0; i < N; i++)
+            cr_assert_eq(present(keys[i]), !gone[i], "after delete %zu, key %d", d, i);
+        cr_assert(present("anchor"));
+    }
+}
+
+Test(l1_table, slot_freed_by_a_delete_takes_the_next_key_of_its_line) {
+    enum { N = KHALA_BUCKET_SLOTS + 1 };
+    char keys[N][32];
+    open_both(64, 256 * 1024);
+    cr_assert_eq(put("anchor", "a", 0), 0);
+    same_bucket("anchor", "s", -1, keys, N);
+    for (int i = 0; i < KHALA_BUCKET_SLOTS - 1; i++) /* the line is full */
+        cr_assert_eq(put(keys[i], "v", 0), 0);
+    int slot = slot_of_key(keys[4]);
+    cr_assert_geq(slot, 0);
+    cr_assert_eq(khala__l1_delete(g_t, keys[4], strlen(keys[4])), 0);
+    check();
+    khala_bucket_t *b = bucket_of("anchor");
+    cr_assert_eq(khala_load_relaxed(&b->link[slot]), 0);
+    cr_assert_eq(khala_load_relaxed(&b->tag[slot]), 0, "a free slot has no tag");
+    /* The next new key of the line takes the freed slot, not the chain. */
+    cr_assert_eq(put(keys[N - 1], "new", 0), 0);
+    cr_assert_eq(slot_of_key(keys[N - 1]), slot);
+    cr_assert_eq(khala_load_relaxed(&b->chain), 0);
+    cr_assert_eq(present(keys[4]), 0);
+    for (int i = 0; i < KHALA_BUCKET_SLOTS - 1; i++)
+        cr_assert_eq(present(keys[i]), i != 4, "key %d", i);
+    cr_assert(present(keys[N - 1]));
+    /* The line is full again: the next key overflows. */
+    cr_assert_eq(put(keys[4], "back", 0), 0);
+    cr_assert_eq(slot_of_key(keys[4]), -1);
+    cr_assert(present(keys[4]));
+}
+
+Test(l1_table, keys_with_the_same_tag_in_one_line_are_both_found) {
+    char keys[3][32], buf[32];
+    open_both(64, 256 * 1024);
+    const khala_seg_t *s = khala__l1_seg(g_t);
+    cr_assert_eq(put("anchor", "a", 0), 0);
+    uint8_t tag = khala__l1_tag(khala__l1_hash(s, "anchor", 6));
+    same_bucket("anchor", "t", tag, keys, 3);
+    cr_assert_eq(put(keys[0], keys[0], 0), 0);
+    cr_assert_eq(put(keys[1], keys[1], 0), 0);
+    khala_bucket_t *b = bucket_of("anchor");
+    cr_assert_eq(khala_load_relaxed(&b->tag[slot_of_key(keys[0])]), tag);
+    cr_assert_eq(khala_load_relaxed(&b->tag[slot_of_key(keys[1])]), tag);
+    cr_assert_eq(get("anchor", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "a");
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(get(keys[i], buf, sizeof(buf)), 0, "key %d", i);
+        cr_assert_str_eq(buf, keys[i]);
+    }
+    /* A third key of the same tag, absent, passes all three and misses. */
+    cr_assert_eq(get(keys[2], buf, sizeof(buf)), KHALA_ENOTFOUND);
+    cr_assert_eq(khala__l1_delete(g_t, "anchor", 6), 0);
+    check();
+    cr_assert_eq(get(keys[1], buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, keys[1]);
+    cr_assert_eq(get("anchor", buf, sizeof(buf)), KHALA_ENOTFOUND);
+    /* Tag 0 is also the tag of the free slots: a key with it is found among them, and one
+     * that is absent checks them and misses. */
+    char zero[2][32];
+    same_bucket(keys[1], "z", 0, zero, 2);
+    cr_assert_eq(put(zero[0], zero[0], 0), 0);
+    cr_assert_eq(khala_load_relaxed(&b->tag[slot_of_key(zero[0])]), 0);
+    cr_assert_eq(get(zero[0], buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, zero[0]);
+    cr_assert_eq(get(zero[1], buf, sizeof(buf)), KHALA_ENOTFOUND);
+    cr_assert_eq(get(keys[1], buf, sizeof(buf)), 0);
+}
+
+/* The counters a reader process shares with the writer in the test below. */
+typedef struct line_reader {
+    _Atomic uint64_t ops, lost, bad, errors;
+    _Atomic int stop;
+} line_reader_t;
+
+enum { LINE_STEADY = 6, LINE_CHURN = 12 };
+
+/* Keys of one bucket line: LINE_STEADY keys that stay present, some in slots and some on the
+ * overflow chain, and LINE_CHURN keys that come and go around them. */
+static char g_line[LINE_STEADY + LINE_CHURN][32];
+
+static void line_value(uint8_t *val, size_t len, int k, uint64_t round) {
+    tu_value_make(val, len, (uint64_t)k, round);
+}
+
+/* The reader: gets the steady keys round-robin until told to stop. */
+static void line_reader(line_reader_t *L) {
+    khala_cache_t *c = NULL;
+    if (khala_cache_open(g_name, NULL, &c) != 0)
+        _exit(10);
+    uint8_t buf[256];
+    for (uint32_t i = 0; !atomic_load(&L->stop); i++) {
+        int k = (int)(i % LINE_STEADY);
+        size_t len = 0;
+        int rc = khala_cache_get(c, g_line[k], strlen(g_line[k]), buf, sizeof(buf), &len);
+        if (rc == KHALA_ENOTFOUND)
+            atomic_fetch_add(&L->lost, 1);
+        else if (rc != 0)
+            atomic_fetch_add(&L->errors, 1);
+        else if (!tu_value_ok(buf, len, (uint64_t)k))
+            atomic_fetch_add(&L->bad, 1);
+        atomic_fetch_add(&L->ops, 1);
+    }
+    khala_cache_close(c);
+    _exit(0);
+}
+
+/* A key present throughout is found by every lookup from another process, in a slot or on the
+ * chain, while the writer overwrites it and frees and refills the slots around it. */
+Test(l1_table, keys_of_a_churning_line_are_never_missed_by_another_process) {
+    open_both(64, 1 << 20);
+    cr_assert_eq(put("anchor", "a", 0), 0);
+    same_bucket("anchor", "c", -1, g_line, LINE_STEADY + LINE_CHURN);
+    uint8_t val[100];
+    /* Steady keys 0-2 take slots, the churn keys fill the line, steady keys 3-5 overflow. */
+    int order[LINE_STEADY + LINE_CHURN], n = 0;
+    for (int k = 0; k < 3; k++)
+        order[n++] = k;
+    for (int k = LINE_STEADY; k < LINE_STEADY + LINE_CHURN; k++)
+        order[n++] = k;
+    for (int k = 3; k < LINE_STEADY; k++)
+        order[n++] = k;
+    for (int i = 0; i < n; i++) {
+        line_value(val, sizeof(val), order[i], 0);
+        cr_assert_eq(khala__l1_put(g_t, g_line[order[i]], strlen(g_line[order[i]]), val,
+                                   sizeof(val), 0, 0, NULL),
+                     0);
+    }
+    for (int k = 0; k < LINE_STEADY; k++)
+        cr_assert_eq(slot_of_key(g_line[k]) >= 0, k < 3, "steady key %d", k);
+    line_reader_t *L =
+        mmap(NULL, sizeof(*L), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(L, MAP_FAILED);
+    memset(L, 0, sizeof(*L));
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0)
+        line_reader(L);
+    uint64_t seq = 1;
+    for (uint64_t round = 1; round < 300 || atomic_load(&L->ops) < 200000; round++) {
+        int status;
+        cr_assert_eq(waitpid(pid, &status, WNOHANG), 0, "the reader died (status %#x)", status);
+        cr_assert_lt(round, 1000000, "the reader makes no progress");
+        /* Overwrite every steady key. */
+        for (int k = 0; k < LINE_STEADY; k++) {
+            line_value(val, sizeof(val), k, round);
+            cr_assert_eq(
+                khala__l1_put(g_t, g_line[k], strlen(g_line[k]), val, sizeof(val), 0, 0, NULL), 0);
+        }
+        /* Delete some churn keys and put them back: their slots free up and fill again, and
+         * the ones that find the line full go on the chain beside the steady ones. */
+        for (int j = 0; j < 4; j++) {
+            int k = LINE_STEADY + (int)(tu_rand(&seq) % LINE_CHURN);
+            (void)khala__l1_delete(g_t, g_line[k], strlen(g_line[k]));
+            line_value(val, sizeof(val), k, round);
+            if (tu_rand(&seq) & 1)
+                cr_assert_eq(
+                    khala__l1_put(g_t, g_line[k], strlen(g_line[k]), val, sizeof(val), 0, 0, NULL),
+                    0);
+        }
+        if (round % 64 == 0) {
+            (void)khala__l1_maintain(g_t);
+            check();
+        }
+    }
+    atomic_store(&L->stop, 1);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "reader status %#x", status);
+    cr_assert_eq(atomic_load(&L->lost), 0, "%llu lookups of present keys missed",
+                 (unsigned long long)atomic_load(&L->lost));
+    cr_assert_eq(atomic_load(&L->bad), 0);
+    cr_assert_eq(atomic_load(&L->errors), 0);
+    munmap(L, sizeof(*L));
+    check();
 }
 
 Test(l1_table, corrupted_bucket_offset_is_ecorrupt_for_readers) {
     open_both(64, 64 * 1024);
     cr_assert_eq(put("victim", "value", 0), 0);
     khala_seg_t *s = khala__l1_seg(g_t);
-    khala_atomic_u32 *b = bucket_of("victim");
+    khala_atomic_u32 *b = link_word_of("victim");
+    cr_assert_geq(slot_of_key("victim"), 0, "a lone key takes a slot");
     uint32_t good = khala_load_relaxed(b);
     /* Links are offsets / KHALA_ALIGN (layout.h). */
     const uint32_t garbage[] = {
@@ -870,6 +1133,8 @@ Test(l1_table, corrupted_bucket_offset_is_ecorrupt_for_readers) {
         khala_read_end(g_c);
         cr_assert_eq(khala__l1_check(g_t), KHALA_ECORRUPT, "offset 0x%llx: check",
                      (unsigned long long)garbage[i]);
+        cr_assert_neq(strstr(khala__l1_errmsg(g_t), "outside the arena"), NULL, "%s",
+                      khala__l1_errmsg(g_t));
     }
     khala_store_relaxed(b, good);
     check();
@@ -877,21 +1142,74 @@ Test(l1_table, corrupted_bucket_offset_is_ecorrupt_for_readers) {
     cr_assert_str_eq(buf, "value");
 }
 
+/* The same for the line's overflow chain word: a lookup that gets past the slots follows it. */
+Test(l1_table, corrupted_chain_word_is_ecorrupt_for_readers_and_check) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(put("victim", "value", 0), 0);
+    khala_seg_t *s = khala__l1_seg(g_t);
+    khala_bucket_t *b = bucket_of("victim");
+    char other[1][32];
+    same_bucket("victim", "absent", -1, other, 1);
+    const uint32_t garbage[] = {1, khala_link_of(s->arena_hi), 0xdeadbeefu, UINT32_MAX};
+    char buf[16];
+    size_t len;
+    for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
+        khala_store_relaxed(&b->chain, garbage[i]);
+        cr_assert_eq(khala_cache_get(g_c, other[0], strlen(other[0]), buf, sizeof(buf), &len),
+                     KHALA_ECORRUPT, "link 0x%x", garbage[i]);
+        cr_assert_eq(khala__l1_check(g_t), KHALA_ECORRUPT, "link 0x%x: check", garbage[i]);
+        /* The key in its slot is still found: the slots come first. */
+        cr_assert_eq(get("victim", buf, sizeof(buf)), 0);
+    }
+    khala_store_relaxed(&b->chain, 0);
+    check();
+}
+
+/* A slot's tag is only a hint, but the check holds the writer to it: a free slot has none, and
+ * a used slot's tag is its key's. An item linked twice would be freed while still linked. */
+Test(l1_table, check_refuses_wrong_tags_and_an_item_linked_twice) {
+    open_both(64, 64 * 1024);
+    cr_assert_eq(put("victim", "value", 0), 0);
+    khala_bucket_t *b = bucket_of("victim");
+    int k = slot_of_key("victim");
+    int f = k == 0 ? 1 : 0; /* a free slot */
+    cr_assert_eq(khala_load_relaxed(&b->link[f]), 0);
+    uint8_t tag = khala_load_relaxed(&b->tag[k]);
+    khala_store_relaxed(&b->tag[f], 7);
+    cr_assert_eq(khala__l1_check(g_t), KHALA_ECORRUPT);
+    khala_store_relaxed(&b->tag[f], 0);
+    khala_store_relaxed(&b->tag[k], (uint8_t)(tag ^ 0x40));
+    cr_assert_eq(khala__l1_check(g_t), KHALA_ECORRUPT);
+    khala_store_relaxed(&b->tag[k], tag);
+    check();
+    khala_store_relaxed(&b->tag[f], tag);
+    khala_store_relaxed(&b->link[f], khala_load_relaxed(&b->link[k]));
+    cr_assert_eq(khala__l1_check(g_t), KHALA_ECORRUPT);
+    cr_assert_neq(strstr(khala__l1_errmsg(g_t), "link one item"), NULL, "%s",
+                  khala__l1_errmsg(g_t));
+    khala_store_relaxed(&b->link[f], 0);
+    khala_store_relaxed(&b->tag[f], 0);
+    check();
+}
+
 /* A chain longer than KHALA_CHAIN_MAX (a loop, or a flooded bucket) ends the reader's walk as a
  * miss, never an error or a hang; the writer's check still calls a loop corrupt. */
 Test(l1_table, chain_that_loops_is_a_miss_for_readers_and_ecorrupt_for_check) {
     open_both(64, 64 * 1024);
-    cr_assert_eq(put("victim", "value", 0), 0);
+    /* Thirteen keys of one line: twelve take the slots, the last goes on the overflow chain. */
+    char keys[KHALA_BUCKET_SLOTS + 2][32];
+    cr_assert_eq(put("first", "value", 0), 0);
+    same_bucket("first", "k", -1, keys, KHALA_BUCKET_SLOTS + 2);
+    for (int i = 0; i < KHALA_BUCKET_SLOTS; i++)
+        cr_assert_eq(put(keys[i], "value", 0), 0);
+    const char *victim = keys[KHALA_BUCKET_SLOTS - 1];
+    cr_assert_eq(slot_of_key(victim), -1, "the thirteenth key overflows");
     khala_seg_t *s = khala__l1_seg(g_t);
-    uint32_t link = khala_load_relaxed(bucket_of("victim"));
+    uint32_t link = khala_load_relaxed(&bucket_of(victim)->chain);
     khala_item_t *it = (khala_item_t *)(s->base + khala_link_off(link));
     khala_store_relaxed(&it->next[0], link); /* the item points at itself */
     /* An absent key of the same bucket walks the loop. */
-    char key[32];
-    int i = 0;
-    do
-        snprintf(key, sizeof(key), "other%d", i++);
-    while (bucket_of(key) != bucket_of("victim"));
+    const char *key = keys[KHALA_BUCKET_SLOTS + 1];
     char buf[16];
     size_t len;
     khala_view_t view;
@@ -909,7 +1227,7 @@ Test(l1_table, item_length_past_the_arena_is_ecorrupt) {
     cr_assert_eq(put("victim", "value", 0), 0);
     khala_seg_t *s = khala__l1_seg(g_t);
     khala_item_t *it =
-        (khala_item_t *)(s->base + khala_link_off(khala_load_relaxed(bucket_of("victim"))));
+        (khala_item_t *)(s->base + khala_link_off(khala_load_relaxed(link_word_of("victim"))));
     it->value_len = UINT32_MAX;
     char buf[16];
     size_t len;
@@ -920,14 +1238,21 @@ Test(l1_table, item_length_past_the_arena_is_ecorrupt) {
 
 /* Bug: the reader checked every item of a chain against the looked-up key's length, so a long
  * key whose chain passed a small, valid item in the last 40 + klen bytes of the arena was
- * reported KHALA_ECORRUPT, by the client and by the writer's own lookup alike. */
+ * reported KHALA_ECORRUPT, by the client and by the writer's own lookup alike. The long key
+ * goes on its line's overflow chain (twelve keys of its line come first), and the small one
+ * heads that chain. */
 Test(l1_table, long_key_whose_chain_passes_a_small_item_at_the_arena_end_is_found) {
     open_both(256, 64 * 1024);
     khala_seg_t *s = khala__l1_seg(g_t);
     char lkey[201];
     memset(lkey, 'L', 200);
     lkey[200] = '\0';
+    char line[KHALA_BUCKET_SLOTS + 1][32];
+    same_bucket(lkey, "l", -1, line, KHALA_BUCKET_SLOTS + 1);
+    for (int i = 0; i < KHALA_BUCKET_SLOTS; i++)
+        cr_assert_eq(put(line[i], "-", 0), 0);
     cr_assert_eq(put(lkey, "long", 0), 0);
+    cr_assert_eq(slot_of_key(lkey), -1);
     /* Fill the arena from the front (TLSF splits the one free block from its start) until
      * less than one long item's worth of bytes is left at its end. */
     char filler[2048];
@@ -944,12 +1269,10 @@ Test(l1_table, long_key_whose_chain_passes_a_small_item_at_the_arena_end_is_foun
     }
     /* A small key of the long key's bucket, put last: it lands at the arena's end and heads the
      * chain, so a lookup of the long key passes it first. */
-    char skey[32];
-    int i = 0;
-    do
-        snprintf(skey, sizeof(skey), "s%d", i++);
-    while (bucket_of(skey) != bucket_of(lkey));
+    const char *skey = line[KHALA_BUCKET_SLOTS];
     cr_assert_eq(put(skey, "x", 0), 0);
+    cr_assert_eq(khala_load_relaxed(&bucket_of(lkey)->chain),
+                 khala_load_relaxed(link_word_of(skey)), "the small key heads the chain");
     const khala_item_t *it;
     cr_assert_eq(khala__l1_find(g_t, skey, strlen(skey), &it), 0);
     uint64_t off = (uint64_t)((const uint8_t *)it - s->base);
@@ -1333,13 +1656,14 @@ Test(l1_table, inline_key_compare_and_copy_see_every_byte) {
 
 /* Hash flooding ------------------------------------------------------------------------------ */
 
-/* Fill keys[0..n) with distinct keys "f<number>" whose hash under seed falls in bucket 0 of a
- * table of bucket_mask + 1 buckets: what a client that reads the seed can do. */
-static void collide(uint64_t seed, uint64_t bucket_mask, char (*keys)[16], int n) {
+/* Fill keys[0..n) with distinct keys "<prefix><number>" whose hash under seed falls in bucket 0
+ * of the index: what a client that reads the seed can do. */
+static void collide(const khala_seg_t *s, uint64_t seed, const char *prefix, char (*keys)[16],
+                    int n) {
     uint64_t x = 0;
     for (int i = 0; i < n; x++) {
-        int len = snprintf(keys[i], sizeof(keys[i]), "f%llu", (unsigned long long)x);
-        if ((khala__l1_hash_with(seed, keys[i], (size_t)len) & bucket_mask) == 0)
+        int len = snprintf(keys[i], sizeof(keys[i]), "%s%llu", prefix, (unsigned long long)x);
+        if (khala__l1_bucket_index(s, khala__l1_hash_with(seed, keys[i], (size_t)len)) == 0)
             i++;
     }
 }
@@ -1355,7 +1679,7 @@ Test(l1_table, flooded_bucket_makes_the_writer_rehash_and_gets_never_fail) {
     cr_assert_eq(khala_read_begin(g_c), 0);
     cr_assert_eq(khala_cache_view(g_c, "before", 6, &view), 0);
     uint64_t seed0 = khala__l1_index(s).seed;
-    collide(seed0, s->bucket_mask, keys, N);
+    collide(s, seed0, "f", keys, N);
     for (int i = 0; i < N; i++)
         cr_assert_eq(put(keys[i], keys[i], 0), 0, "put %d", i);
     cr_assert_eq(stats().rehashes, 1, "one rehash, then at most one per max_items puts");
@@ -1366,12 +1690,12 @@ Test(l1_table, flooded_bucket_makes_the_writer_rehash_and_gets_never_fail) {
     cr_assert_eq(khala_cache_view(g_c, keys[N - 1], strlen(keys[N - 1]), &view), 0);
     khala_read_end(g_c);
     /* Under the new seed the keys spread out: no chain is near the bound. */
-    for (uint64_t b = 0; b <= s->bucket_mask; b++) {
+    for (uint64_t b = 0; b < s->bucket_count; b++) {
         uint32_t n = 0;
-        for (uint64_t off = khala_link_off(khala_load_relaxed(&ix.buckets[b])); off; n++)
+        for (uint64_t off = khala_link_off(khala_load_relaxed(&ix.buckets[b].chain)); off; n++)
             off = khala_link_off(
                 khala_load_relaxed(&((const khala_item_t *)(s->base + off))->next[ix.which]));
-        cr_assert_lt(n, 16, "bucket %llu holds %u items", (unsigned long long)b, n);
+        cr_assert_lt(n, 16, "bucket %llu has %u items on its chain", (unsigned long long)b, n);
     }
     char buf[32];
     for (int i = 0; i < N; i++) {
@@ -1382,7 +1706,7 @@ Test(l1_table, flooded_bucket_makes_the_writer_rehash_and_gets_never_fail) {
     /* A second flood, under the new seed, before max_items puts have passed: no rehash yet,
      * and still no get fails. */
     static char again[N][16];
-    collide(ix.seed, s->bucket_mask, again, N);
+    collide(s, ix.seed, "f", again, N);
     for (int i = 0; i < N; i++) {
         int rc = khala__l1_put(g_t, again[i], strlen(again[i]), "y", 1, 0, 0, NULL);
         cr_assert_eq(rc, 0, "put again %d", i);
@@ -1401,7 +1725,7 @@ Test(l1_table, flooded_bucket_makes_the_writer_rehash_and_gets_never_fail) {
 }
 
 Test(l1_table, rehash_never_reuses_an_index_a_reader_may_still_walk) {
-    enum { N = KHALA_CHAIN_REHASH + 8, ITEMS = 256 };
+    enum { N = KHALA_CHAIN_REHASH + KHALA_BUCKET_SLOTS + 8, ITEMS = 256 };
     static char keys[N][16];
     open_both(ITEMS, 1 << 20);
     khala_seg_t *s = khala__l1_seg(g_t);
@@ -1411,22 +1735,25 @@ Test(l1_table, rehash_never_reuses_an_index_a_reader_may_still_walk) {
     khala_view_t view;
     cr_assert_eq(khala_cache_view(g_c, "before", 6, &view), 0);
     /* Flood: the writer rehashes into index 1, which no reader ever used. */
-    collide(khala__l1_index(s).seed, s->bucket_mask, keys, N);
+    collide(s, khala__l1_index(s).seed, "f", keys, N);
     for (int i = 0; i < N; i++)
         cr_assert_eq(khala__l1_put(g_t, keys[i], strlen(keys[i]), "v", 1, 0, 0, NULL), 0);
     cr_assert_eq(stats().rehashes, 1);
     for (int i = 0; i < ITEMS; i++) /* let max_items puts pass */
         cr_assert_eq(khala__l1_put(g_t, "filler", 6, "f", 1, 0, 0, NULL), 0);
     /* Flood again: a rehash would rebuild index 0, which the reader may still walk. */
-    collide(khala__l1_index(s).seed, s->bucket_mask, keys, N);
+    collide(s, khala__l1_index(s).seed, "f", keys, N);
     for (int i = 0; i < N; i++)
         cr_assert_eq(khala__l1_put(g_t, keys[i], strlen(keys[i]), "w", 1, 0, 0, NULL), 0);
     check();
     cr_assert_eq(stats().rehashes, 1, "index 0 is reused while its reader is inside");
     cr_assert_eq(khala_cache_view(g_c, "before", 6, &view), 0);
     khala_read_end(g_c);
-    /* The reader left: the next put that meets the long chain rehashes. */
-    cr_assert_eq(khala__l1_put(g_t, keys[0], strlen(keys[0]), "x", 1, 0, 0, NULL), 0);
+    /* The reader left: the next put that meets the long chain rehashes (a new key of the line
+     * walks all of it). */
+    static char fresh[1][16];
+    collide(s, khala__l1_index(s).seed, "n", fresh, 1);
+    cr_assert_eq(khala__l1_put(g_t, fresh[0], strlen(fresh[0]), "x", 1, 0, 0, NULL), 0);
     check();
     cr_assert_eq(stats().rehashes, 2);
     cr_assert_eq(khala__l1_index(s).count, 2);

@@ -82,7 +82,8 @@ Test(segment, create_then_attach_read_only_succeeds) {
     cr_assert_eq(r.writable, 0);
     cr_assert_eq(r.generation, w.generation);
     cr_assert_eq(r.hash_seed, w.hash_seed);
-    cr_assert_eq(r.bucket_mask, w.bucket_mask);
+    cr_assert_eq(r.bucket_count, w.bucket_count);
+    cr_assert_eq(r.bucket_count, 64 / KHALA_BUCKET_LOAD);
     cr_assert_eq(r.arena_lo, w.arena_lo);
     cr_assert_eq(r.arena_hi, w.arena_hi);
     cr_assert_eq(r.nslots, 32);

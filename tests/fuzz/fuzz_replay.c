@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
         {0, 256},
         {offsetof(khala_seg_header_t, w), sizeof(khala_wstate_t)},
         {offsetof(khala_seg_header_t, w), sizeof(khala_wstate_t)},
-        {h->bucket_off, h->bucket_count * 4},
+        {h->bucket_off, h->bucket_count * 2 * sizeof(khala_bucket_t)},
         {h->desc_off, (uint64_t)h->max_items * sizeof(khala_desc_t)},
         {h->desc_off, (uint64_t)h->max_items * sizeof(khala_desc_t)},
         {h->ghost_off, h->ghost_cap * sizeof(khala_ghost_t)},
