@@ -8,7 +8,9 @@
  * /var/lib or $HOME). A khalad with the redis backend uses the bench's redis-server as its L2,
  * in database 1 with its own namespace, so that it never meets the keys the plain Redis rounds
  * read (database 0). Every server is stopped and the directory removed at the end, on error
- * paths too (and, through PR_SET_PDEATHSIG, the servers die if the bench itself dies).
+ * paths too (and, through PR_SET_PDEATHSIG, the servers die if the bench itself dies). The
+ * servers are started, waited for and stopped by the harness the tests use too
+ * (tests/harness/harness.h).
  *
  * miss --redis-tcp: redis-server listens also on a free loopback TCP port (127.0.0.1), and both
  * khalad's redis L2 (redis://127.0.0.1:PORT/1) and the Redis reference rounds reach it over TCP,
@@ -40,17 +42,12 @@
 #include "daemon_bench.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -58,10 +55,10 @@
 #include <unistd.h>
 
 #include "channel.h"
+#include "harness.h"
 #include "khala/error.h"
 #include "proto.h"
 #include "segment.h"
-#include "segment_create.h"
 
 #ifndef KHALAD_PATH
 #error "KHALAD_PATH must name the khalad binary"
@@ -99,17 +96,7 @@ typedef struct db_res {
     uint64_t ops, errors;
 } db_res_t;
 
-/* ---- servers ---------------------------------------------------------------------------- */
-
-static void quiet_child(void) {
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    int devnull = open("/dev/null", O_RDWR);
-    if (devnull >= 0) {
-        dup2(devnull, 1);
-        if (!getenv("KHALA_BENCH_VERBOSE"))
-            dup2(devnull, 2);
-    }
-}
+/* ---- servers (through the harness, tests/harness/harness.h) ------------------------------ */
 
 static int sock_connect(const char *path) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -124,72 +111,13 @@ static int sock_connect(const char *path) {
     return fd;
 }
 
-/* A loopback TCP port that is free now (bound to 127.0.0.1:0, then released); 0 on failure. */
-static unsigned free_tcp_port(void) {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    unsigned port = 0;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return 0;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
-/* 1 when 127.0.0.1:port accepts a connection. */
-static int tcp_listens(unsigned port) {
-    struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return 0;
-    int ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-    close(fd);
-    return ok;
-}
-
-/* Wait (bounded) until path accepts a connection; 0, or -1 if pid exited or time ran out. */
-static int wait_listen(const char *what, pid_t pid, const char *path) {
-    for (int i = 0; i < DB_START_MS / 10; i++) {
-        int fd = sock_connect(path);
-        if (fd >= 0) {
-            close(fd);
-            return 0;
-        }
-        if (waitpid(pid, NULL, WNOHANG) == pid) {
-            fprintf(stderr, "%s exited at start (KHALA_BENCH_VERBOSE=1 shows its stderr)\n", what);
-            return -1;
-        }
-        bu_sleep_ns(10 * 1000000ull);
-    }
-    fprintf(stderr, "%s did not listen on %s within %d ms\n", what, path, DB_START_MS);
-    return -1;
-}
-
-static void stop_server(pid_t *pid) {
-    if (*pid > 0) {
-        kill(*pid, SIGTERM);
-        waitpid(*pid, NULL, 0);
-    }
-    *pid = 0;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
+static int verbose(void) {
+    return getenv("KHALA_BENCH_VERBOSE") != NULL;
 }
 
 void bench_env_stop(bench_env_t *e) {
-    stop_server(&e->redis);
-    if (e->dir[0])
-        nftw(e->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    harness_redis_stop(&e->redis);
+    harness_rmtree(e->dir);
     e->dir[0] = '\0';
 }
 
@@ -200,7 +128,6 @@ int bench_env_start(bench_env_t *e, int want_redis) {
 int bench_env_start_tcp(bench_env_t *e, int want_redis, int tcp) {
     memset(e, 0, sizeof(*e));
     snprintf(e->dir, sizeof(e->dir), "/tmp/khala-bench-%d", (int)getpid());
-    snprintf(e->rsock, sizeof(e->rsock), "%s/redis.sock", e->dir);
     if (mkdir(e->dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "mkdir %s: %s\n", e->dir, strerror(errno));
         e->dir[0] = 0;
@@ -208,134 +135,84 @@ int bench_env_start_tcp(bench_env_t *e, int want_redis, int tcp) {
     }
     if (!want_redis)
         return 0;
-    /* The free port may be taken between the check and redis-server's bind: try a few. */
-    for (int attempt = 0; attempt < (tcp ? 5 : 1); attempt++) {
-        char port[16] = "0";
-        if (tcp) {
-            if ((e->rport = free_tcp_port()) == 0) {
-                fprintf(stderr, "no free loopback TCP port: %s\n", strerror(errno));
-                break;
-            }
-            snprintf(port, sizeof(port), "%u", e->rport);
-        }
-        fflush(NULL);
-        if ((e->redis = fork()) == 0) {
-            quiet_child();
-            char *argv[] = {
-                "redis-server", "--port", port,    "--unixsocket", e->rsock, "--save",    "",
-                "--appendonly", "no",     "--dir", e->dir,         "--bind", "127.0.0.1", NULL};
-            if (!tcp)
-                argv[11] = NULL; /* no TCP listener: nothing to bind */
-            execvp("redis-server", argv);
-            _exit(127);
-        }
-        if (e->redis < 0) {
-            perror("fork");
-            e->redis = 0;
-            break;
-        }
-        if (wait_listen("redis-server", e->redis, e->rsock) == 0 && (!tcp || tcp_listens(e->rport)))
-            return 0;
-        stop_server(&e->redis);
-        unlink(e->rsock);
-    }
-    bench_env_stop(e);
-    return -1;
-}
-
-/* Append one --set option to k; 0, or -1 when it does not fit. */
-static int add_set(bench_khalad_t *k, const char *opt) {
-    size_t cap = sizeof(k->sets) / sizeof(k->sets[0]);
-    if (k->nsets == cap || strlen(opt) >= sizeof(k->sets[0])) {
-        fprintf(stderr, "khalad option too long, or too many: %s\n", opt);
+    /* redis-server in the bench's directory, on a Unix socket there, and with tcp on a free
+     * loopback port too (the harness tries another port if the one picked is taken). */
+    harness_redis_t *r = &e->redis;
+    snprintf(r->dir, sizeof(r->dir), "%s", e->dir);
+    r->unix_socket = 1;
+    r->tcp = tcp;
+    r->verbose = verbose();
+    if (harness_redis_start(r) != 0) {
+        fprintf(stderr, "%s (KHALA_BENCH_VERBOSE=1 shows its stderr)\n", r->err);
+        bench_env_stop(e);
         return -1;
     }
-    snprintf(k->sets[k->nsets++], sizeof(k->sets[0]), "%s", opt);
+    snprintf(e->rsock, sizeof(e->rsock), "%s", r->sock);
+    e->rport = tcp ? r->port : 0;
     return 0;
 }
 
 int bench_khalad_init(bench_env_t *e, bench_khalad_t *k, int backend, uint32_t keys,
                       const char *const *sets, unsigned nsets) {
-    char opt[256];
+    char name[64], sock[108];
     unsigned id = e->seq++;
     memset(k, 0, sizeof(*k));
     k->backend = backend;
-    snprintf(k->name, sizeof(k->name), "khbench%d_%u", (int)getpid(), id);
-    snprintf(k->sock, sizeof(k->sock), "%s/k%u.sock", e->dir, id);
+    snprintf(name, sizeof(name), "khbench%d_%u", (int)getpid(), id);
+    snprintf(sock, sizeof(sock), "%s/k%u.sock", e->dir, id);
     snprintf(k->l2dir, sizeof(k->l2dir), "%s/k%u.l2", e->dir, id);
     /* Room for every key twice over, in the store and in the write-behind queue. */
-    uint64_t cap = 2ull * keys < 100000 ? 100000 : 2ull * keys;
+    unsigned long long cap = 2ull * keys < 100000 ? 100000 : 2ull * keys;
+    harness_khalad_t *h = &k->h;
     if (nsets > BENCH_KHALAD_SETS_MAX)
         return -1;
-    snprintf(opt, sizeof(opt), "cache.socket=%s", k->sock);
-    if (add_set(k, opt) != 0)
-        return -1;
-    snprintf(opt, sizeof(opt), "l2.path=%s", k->l2dir);
-    if (add_set(k, opt) != 0)
-        return -1;
+    int rc = harness_khalad_init(h, KHALAD_PATH, name, sock); /* cache.socket */
+    h->verbose = verbose();
+    h->start_ms = DB_START_MS;
+    if (!rc)
+        rc = harness_khalad_set(h, "l2.path=%s", k->l2dir);
     /* l2.max_items bounds the disk store only: khalad refuses it with Redis (Redis bounds
      * itself), so it is set in the disk branch below. */
-    snprintf(opt, sizeof(opt), "l2.queue_max=%llu", (unsigned long long)cap);
-    if (add_set(k, opt) != 0)
-        return -1;
-    if (backend == BENCH_L2_REDIS) {
-        /* redis_url before backend: each --set is validated at once. */
+    if (!rc)
+        rc = harness_khalad_set(h, "l2.queue_max=%llu", cap);
+    if (!rc && backend == BENCH_L2_REDIS) {
         if (e->rport)
-            snprintf(opt, sizeof(opt), "l2.redis_url=redis://127.0.0.1:%u/1", e->rport);
+            rc = harness_khalad_set(h, "l2.redis_url=redis://127.0.0.1:%u/1", e->rport);
         else
-            snprintf(opt, sizeof(opt), "l2.redis_url=unix://%s?db=1", e->rsock);
-        if (add_set(k, opt) != 0)
-            return -1;
-        snprintf(opt, sizeof(opt), "l2.namespace=%s", k->name);
-        if (add_set(k, opt) != 0 || add_set(k, "l2.backend=redis") != 0)
-            return -1;
-    } else {
-        snprintf(opt, sizeof(opt), "l2.max_items=%llu", (unsigned long long)cap);
-        if (add_set(k, opt) != 0 || add_set(k, "l2.backend=disk") != 0)
-            return -1;
+            rc = harness_khalad_set(h, "l2.redis_url=unix://%s?db=1", e->rsock);
+        if (!rc)
+            rc = harness_khalad_set(h, "l2.namespace=%s", h->name);
+        if (!rc)
+            rc = harness_khalad_set(h, "l2.backend=redis");
+    } else if (!rc) {
+        rc = harness_khalad_set(h, "l2.max_items=%llu", cap);
+        if (!rc)
+            rc = harness_khalad_set(h, "l2.backend=disk");
     }
-    for (unsigned i = 0; i < nsets; i++)
-        if (add_set(k, sets[i]) != 0)
-            return -1;
+    for (unsigned i = 0; !rc && i < nsets; i++)
+        rc = harness_khalad_set(h, "%s", sets[i]);
+    if (rc) {
+        fprintf(stderr, "%s\n", h->err);
+        return -1;
+    }
     return 0;
 }
 
 int bench_khalad_start(bench_khalad_t *k) {
-    char *argv[2 * (sizeof(k->sets) / sizeof(k->sets[0])) + 8];
-    size_t n = 0;
-    argv[n++] = "khalad";
-    argv[n++] = "--foreground";
-    argv[n++] = "--name";
-    argv[n++] = k->name;
-    for (unsigned i = 0; i < k->nsets; i++) {
-        argv[n++] = "--set";
-        argv[n++] = k->sets[i];
-    }
-    argv[n] = NULL;
-    unlink(k->sock);
-    fflush(NULL);
-    if ((k->pid = fork()) == 0) {
-        quiet_child();
-        execv(KHALAD_PATH, argv);
-        _exit(127);
-    }
-    if (k->pid < 0) {
-        perror("fork");
-        k->pid = 0;
-        return -1;
-    }
-    if (wait_listen("khalad", k->pid, k->sock) != 0) {
-        stop_server(&k->pid);
+    if (harness_khalad_start(&k->h) != 0) {
+        fprintf(stderr, "%s (KHALA_BENCH_VERBOSE=1 shows its stderr)\n", k->h.err);
         return -1;
     }
     return 0;
 }
 
 void bench_khalad_stop(bench_khalad_t *k, int unlink_l1) {
-    stop_server(&k->pid);
-    if (unlink_l1 && k->name[0])
-        khala__seg_unlink(k->name);
-    unlink(k->sock);
+    if (harness_khalad_stop(&k->h, 0) != 0)
+        fprintf(stderr, "%s\n", k->h.err);
+    if (unlink_l1)
+        harness_khalad_clean(&k->h);
+    else if (k->h.sock[0])
+        unlink(k->h.sock);
 }
 
 uint32_t bench_value_size(uint32_t i, uint32_t vmin, uint32_t vmax) {
@@ -471,9 +348,9 @@ int bench_khalad_stat(const bench_khalad_t *k, const char *section, const char *
                       uint64_t *v) {
     char err[256];
     khala_chan_t *ch = NULL;
-    int rc = khala__chan_open(k->sock, k->name, DB_START_MS, &ch, err, sizeof(err));
+    int rc = khala__chan_open(k->h.sock, k->h.name, DB_START_MS, &ch, err, sizeof(err));
     if (rc != 0) {
-        fprintf(stderr, "stats of %s: %s\n", k->name, err);
+        fprintf(stderr, "stats of %s: %s\n", k->h.name, err);
         return -1;
     }
     khala_msg_t req, rep;
@@ -498,7 +375,7 @@ int bench_khalad_stat(const bench_khalad_t *k, const char *section, const char *
     khala__proto_msg_free(&rep);
     khala__chan_close(ch);
     if (rc != 0)
-        fprintf(stderr, "stats of %s: %s\n", k->name, err);
+        fprintf(stderr, "stats of %s: %s\n", k->h.name, err);
     return rc == 0 ? 0 : -1;
 }
 
@@ -510,8 +387,8 @@ int bench_khalad_preload(const bench_khalad_t *k, const char *prefix, uint32_t n
     uint64_t t0 = bu_now_ns(), fails = 0;
     int first = 0, rc = -1;
     memset(&r, 0, sizeof(r));
-    if (!val || raw_open(&r, k->sock, k->name) != 0) {
-        fprintf(stderr, "preload of %s: cannot connect\n", k->name);
+    if (!val || raw_open(&r, k->h.sock, k->h.name) != 0) {
+        fprintf(stderr, "preload of %s: cannot connect\n", k->h.name);
         raw_close(&r);
         free(val);
         return -1;
@@ -548,7 +425,7 @@ int bench_khalad_preload(const bench_khalad_t *k, const char *prefix, uint32_t n
         }
     }
     if (fails) {
-        fprintf(stderr, "preload of %s: %llu puts failed, the first with %s\n", k->name,
+        fprintf(stderr, "preload of %s: %llu puts failed, the first with %s\n", k->h.name,
                 (unsigned long long)fails, khala_strerror(first));
         goto out;
     }
@@ -560,8 +437,8 @@ int bench_khalad_preload(const bench_khalad_t *k, const char *prefix, uint32_t n
         if (q == 0)
             break;
         if (bu_now_ns() > deadline) {
-            fprintf(stderr, "preload of %s: %llu writes still queued for L2 after %d ms\n", k->name,
-                    (unsigned long long)q, DB_DRAIN_MS);
+            fprintf(stderr, "preload of %s: %llu writes still queued for L2 after %d ms\n",
+                    k->h.name, (unsigned long long)q, DB_DRAIN_MS);
             goto out;
         }
         bu_sleep_ns(5 * 1000000ull);
@@ -571,7 +448,7 @@ int bench_khalad_preload(const bench_khalad_t *k, const char *prefix, uint32_t n
     rc = 0;
 out:
     if (rc != 0 && !fails)
-        fprintf(stderr, "preload of %s: the connection to khalad failed\n", k->name);
+        fprintf(stderr, "preload of %s: the connection to khalad failed\n", k->h.name);
     raw_close(&r);
     free(val);
     return rc;
@@ -1006,8 +883,8 @@ int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, cons
         memset(p, 0, sizeof(*p));
         p->name = miss ? MISS_NAMES[b] : "put";
         p->k = k;
-        p->kj = (db_job_t){k->sock, k->name,  env.rsock, env.rport,
-                           K_PUT,   pipeline, o->keys,   o->value_size};
+        p->kj = (db_job_t){k->h.sock, k->h.name, env.rsock, env.rport,
+                           K_PUT,     pipeline,  o->keys,   o->value_size};
         p->rj = p->kj;
         if (!miss) {
             p->kj.kind = pipeline > 1 ? K_PUT_PIPE : K_PUT;

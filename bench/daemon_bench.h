@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include "bench.h"
+#include "harness.h"
 #include "khala/cache.h"
 
 /** Most extra --set options a khalad of the bench takes. */
@@ -26,23 +27,21 @@ enum { BENCH_L2_DISK = 0, BENCH_L2_REDIS = 1 };
 
 /** The bench's private directory and redis-server, shared by all its khalads. */
 typedef struct bench_env {
-    char dir[64];    /**< /tmp/khala-bench-PID; "" = not created */
-    char rsock[108]; /**< redis-server's Unix socket, in dir */
-    unsigned rport;  /**< redis-server's loopback TCP port (127.0.0.1) too; 0 = Unix socket only */
-    pid_t redis;     /**< redis-server's pid; 0 = not running */
-    unsigned seq;    /**< khalads named so far: makes each name unique */
+    char dir[64];          /**< /tmp/khala-bench-PID; "" = not created */
+    char rsock[108];       /**< redis-server's Unix socket, in dir */
+    unsigned rport;        /**< redis-server's loopback TCP port (127.0.0.1) too; 0 = Unix only */
+    harness_redis_t redis; /**< the redis-server (tests/harness/harness.h); pid 0 = not running */
+    unsigned seq;          /**< khalads named so far: makes each name unique */
 } bench_env_t;
 
 /** One khalad the bench runs: a unique cache name, its socket and its L2 in env's directory. */
 typedef struct bench_khalad {
-    char name[64];   /**< cache name khbenchPID_N: also the name of its L1 segment */
-    char sock[108];  /**< its socket, in env->dir */
+    /** The process (tests/harness/harness.h): h.name is the cache name khbenchPID_N (also the
+     * name of its L1 segment), h.sock its socket in env->dir, h.sets its --set options in order
+     * (the bench's own: socket, [l2]; then the caller's), h.pid 0 when not running. */
+    harness_khalad_t h;
     char l2dir[128]; /**< its [l2] path: the LMDB store, or the Redis write journal */
     int backend;     /**< BENCH_L2_DISK or BENCH_L2_REDIS */
-    /** --set options, applied in order: the bench's own (socket, [l2]), then the caller's. */
-    char sets[BENCH_KHALAD_SETS_MAX + 8][192];
-    unsigned nsets; /**< entries of sets in use */
-    pid_t pid;      /**< 0 = not running */
 } bench_khalad_t;
 
 /**
@@ -51,7 +50,7 @@ typedef struct bench_khalad {
  * @param[out] e the environment.
  * @param[in] want_redis 1 to start redis-server.
  * @return 0; -1 after printing the reason to stderr (nothing is left running or created).
- * @note Servers get PR_SET_PDEATHSIG, so they die with the bench.
+ * @note Servers get PR_SET_PDEATHSIG (the harness), so they die with the bench.
  */
 int bench_env_start(bench_env_t *e, int want_redis);
 
@@ -83,7 +82,7 @@ void bench_env_stop(bench_env_t *e);
  * @param[in] keys the most keys the bench will put.
  * @param[in] sets extra "section.key=value" options applied after those, in order.
  * @param[in] nsets how many; at most BENCH_KHALAD_SETS_MAX.
- * @return 0; -1 when an option is too long or there are too many.
+ * @return 0; -1 when an option is too long or there are too many (printed).
  */
 int bench_khalad_init(bench_env_t *e, bench_khalad_t *k, int backend, uint32_t keys,
                       const char *const *sets, unsigned nsets);
@@ -98,8 +97,8 @@ int bench_khalad_init(bench_env_t *e, bench_khalad_t *k, int backend, uint32_t k
 int bench_khalad_start(bench_khalad_t *k);
 
 /**
- * @brief SIGTERM khalad and wait for it; with unlink_l1, remove its L1 segment too, so that the
- *        next start begins with an empty L1 (L2 is kept).
+ * @brief SIGTERM khalad and wait for it (SIGKILL after 10 s); with unlink_l1, remove its L1
+ *        segment too, so that the next start begins with an empty L1 (L2 is kept).
  * @param[in,out] k the khalad; a khalad that is not running is left alone.
  * @param[in] unlink_l1 1 to unlink the segment.
  */

@@ -62,7 +62,7 @@ static int restart_empty(bench_khalad_t *k, double *ms) {
         return -1;
     *ms = (double)(bu_now_ns() - t0) / 1e6;
     if (items != 0) {
-        fprintf(stderr, "%s restarted with %llu items in L1, expected none\n", k->name,
+        fprintf(stderr, "%s restarted with %llu items in L1, expected none\n", k->h.name,
                 (unsigned long long)items);
         return -1;
     }
@@ -86,7 +86,7 @@ static int warm_call(const bench_khalad_t *k, khala_chan_t *ch, khala_msg_t *req
         if (cursor)
             *cursor = (rep.has & KHALA_F_CURSOR) ? rep.cursor : 0;
     } else {
-        fprintf(stderr, "warm request to %s failed: %s\n", k->name, err);
+        fprintf(stderr, "warm request to %s failed: %s\n", k->h.name, err);
     }
     khala__proto_msg_free(&rep);
     return rc == 0 ? 0 : -1;
@@ -99,8 +99,8 @@ static int warm(const bench_khalad_t *k, int by, const khala_bytes_t *keys, uint
     char err[256];
     khala_chan_t *ch = NULL;
     memset(r, 0, sizeof(*r));
-    if (khala__chan_open(k->sock, k->name, WB_CALL_MS, &ch, err, sizeof(err)) != 0) {
-        fprintf(stderr, "connecting to %s: %s\n", k->name, err);
+    if (khala__chan_open(k->h.sock, k->h.name, WB_CALL_MS, &ch, err, sizeof(err)) != 0) {
+        fprintf(stderr, "connecting to %s: %s\n", k->h.name, err);
         return -1;
     }
     int rc = 0;
@@ -128,7 +128,7 @@ static int warm(const bench_khalad_t *k, int by, const khala_bytes_t *keys, uint
             rc = warm_call(k, ch, &req, r, &cursor);
         } while (rc == 0 && cursor != 0 && r->requests < WB_PAGES_MAX);
         if (rc == 0 && cursor != 0) {
-            fprintf(stderr, "%s: prefix warming still had a cursor after %u pages\n", k->name,
+            fprintf(stderr, "%s: prefix warming still had a cursor after %u pages\n", k->h.name,
                     WB_PAGES_MAX);
             rc = -1;
         }
@@ -147,10 +147,10 @@ static int verify(const bench_khalad_t *k, const khala_bytes_t *keys, uint32_t n
         return -1;
     khala_cache_options_t co;
     khala_cache_options_init(&co);
-    co.socket_path = k->sock;
+    co.socket_path = k->h.sock;
     khala_cache_t *c = NULL;
-    if (khala_cache_open(k->name, &co, &c) != 0) {
-        fprintf(stderr, "khala_cache_open %s: %s\n", k->name, khala_cache_errmsg(NULL));
+    if (khala_cache_open(k->h.name, &co, &c) != 0) {
+        fprintf(stderr, "khala_cache_open %s: %s\n", k->h.name, khala_cache_errmsg(NULL));
         return -1;
     }
     char *buf = malloc(vmax ? vmax : 1);
@@ -171,7 +171,7 @@ static int verify(const bench_khalad_t *k, const khala_bytes_t *keys, uint32_t n
         fprintf(stderr,
                 "%s: after warming, L1 holds %llu items of %u; a worker read %llu wrong values, "
                 "%llu L1 hits and %llu L1 misses\n",
-                k->name, (unsigned long long)*l1_items, n, (unsigned long long)bad,
+                k->h.name, (unsigned long long)*l1_items, n, (unsigned long long)bad,
                 (unsigned long long)st.hits, (unsigned long long)st.misses);
         return -1;
     }

@@ -6,8 +6,9 @@
  *
  * Start at khala__tier_disk_open(); everything after it goes through the khala_tier_ops_t it
  * returns (daemon/tier.h states the rules every operation keeps). daemon/tier_disk.c opens with
- * how the store works: the record format and map sizing (the in-memory index and LFU eviction
- * are in daemon/tier_disk_index.c).
+ * how the operations work and where the rest of the driver lives: the LMDB store and map sizing
+ * in daemon/tier_disk_store.c, the record format in daemon/tier_disk_record.c, the in-memory
+ * index and LFU eviction in daemon/tier_disk_index.c.
  *
  * What the operations do here, beyond tier.h's rules (every failure also leaves a message naming
  * the store's path, and LMDB's mdb_strerror where LMDB failed, in t->err):

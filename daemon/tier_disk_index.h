@@ -2,8 +2,8 @@
  * The disk tier's in-memory index: every item of the store as a small entry (size, expiry, LFU
  * counter), found by key through an open-addressing hash table and packed in a dense array for
  * O(1) random sampling, plus the approximate LFU that picks eviction victims and ranks hot keys.
- * It never touches LMDB: daemon/tier_disk.c keeps it equal to the "items" database and writes
- * the counters to "lfu" (see the top of that file for the rules of when it changes).
+ * It never touches LMDB: daemon/tier_disk_store.c keeps it equal to the "items" database and
+ * writes the counters to "lfu" (see the top of that file for the rules of when it changes).
  *
  * Start at khala_disk_index_t and khala__disk_index_init(); daemon/tier_disk_index.c opens with
  * how the table and the LFU work. Only what may fail (khala__disk_index_reserve,

@@ -7,7 +7,9 @@
  * tu_redis_t, tu_redis_start() (waits until it answers PING), tu_redis_kill() to make it vanish
  * (a later tu_redis_start() brings it back on the same port), and tu_redis_stop() in the suite's
  * .fini. The binary is $KHALA_TEST_REDIS_SERVER. Every failure fails the calling test (Criterion);
- * tests/test_coherence.c, tests/test_tier_redis.c and tests/integration/test_l2.c use this.
+ * tests/test_coherence.c, tests/test_tier_redis.c and tests/integration/test_l2.c use this. The
+ * server itself is started, waited for and stopped by the harness shared with the benchmarks
+ * (tests/harness/harness.h): a tu_redis_t is a harness_redis_t.
  */
 #ifndef KHALA_TESTS_REDIS_UTIL_H
 #define KHALA_TESTS_REDIS_UTIL_H
@@ -15,12 +17,13 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-/** A private redis-server. Zero it before the first tu_redis_start(). */
-typedef struct tu_redis {
-    pid_t pid;     /* the running server, or 0 */
-    unsigned port; /* its loopback port; 0 = pick a free one at the next tu_redis_start() */
-    char dir[128]; /* its working directory ("" until the first start) */
-} tu_redis_t;
+#include "harness.h"
+
+/** A private redis-server. Zero it before the first tu_redis_start(). Of its fields a test
+ * reads pid (the running server, or 0; a test may SIGSTOP it), port (its loopback port; 0 =
+ * pick a free one at the next tu_redis_start()) and dir (its working directory, "" until the
+ * first start). */
+typedef harness_redis_t tu_redis_t;
 
 /**
  * @brief The value of environment variable name, which must be set and not empty.
@@ -34,8 +37,9 @@ unsigned tu_redis_free_port(void);
 
 /**
  * @brief Start redis-server on 127.0.0.1:r->port (picked now when 0), persistence off, in
- *        r->dir (created now when empty: /tmp/khala-test-redis-<pid>-<port>), and wait (up to
- *        10 s) until it answers PING.
+ *        r->dir (created now when empty: /tmp/khala-redis-<pid>-<n>), and wait (up to
+ *        10 s) until it answers PING. A port picked now that turns out taken is replaced by
+ *        another (up to 5 tries).
  * @param[in,out] r the server; not running.
  * @param[in] args more command-line options, NULL-terminated (for example "--requirepass",
  *            "secret", NULL), or NULL.

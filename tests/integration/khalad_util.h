@@ -3,7 +3,9 @@
  * process, so that tests (and Criterion's forked test processes) never meet each other's khalad.
  *
  * Use: khalad_env_init("kd") in the suite's .init, then khalad_start(); khalad_env_fini() in its
- * .fini. The binary is KHALAD_PATH, a compile definition of the test target.
+ * .fini. The binary is KHALAD_PATH, a compile definition of the test target. These are Criterion
+ * adapters (a failure fails the test) over the harness shared with the benchmarks
+ * (tests/harness/harness.h); a test that needs more control can use harness_khalad_t directly.
  */
 #ifndef KHALA_TESTS_INTEGRATION_KHALAD_UTIL_H
 #define KHALA_TESTS_INTEGRATION_KHALAD_UTIL_H
