@@ -88,6 +88,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dirs.h"
 #include "errbuf.h"
 #include "khala/error.h"
 #include "sys.h"
@@ -1256,33 +1257,6 @@ static const khala_tier_ops_t disk_ops = {
 /* Open                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
-/* mkdir -p path, mode 0700 for what it creates. */
-static int mkdir_p(const char *path, char *err, size_t errlen) {
-    char buf[4096];
-    size_t len = strlen(path);
-    if (len >= sizeof(buf))
-        return khala__errbuf(err, errlen, -ENAMETOOLONG, "%s: path is too long", path);
-    memcpy(buf, path, len + 1);
-    for (size_t i = 1; i <= len; i++) {
-        if (buf[i] != '/' && buf[i] != '\0')
-            continue;
-        char c = buf[i];
-        buf[i] = '\0';
-        struct stat st;
-        if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-            return khala__errbuf(err, errlen, -errno, "%s: cannot create directory %s: %s", path,
-                                 buf, strerror(errno));
-        if (stat(buf, &st) != 0)
-            return khala__errbuf(err, errlen, -errno, "%s: %s: %s", path, buf, strerror(errno));
-        if (!S_ISDIR(st.st_mode))
-            return khala__errbuf(err, errlen, -ENOTDIR, "%s: %s is not a directory", path, buf);
-        buf[i] = c;
-        while (buf[i + 1] == '/')
-            i++;
-    }
-    return 0;
-}
-
 /* The first map size (see "Map size" above). */
 static size_t map_guess(const khala_tier_disk_opts_t *o, uint32_t max_value) {
     uint64_t per_item = REC_HDR + 16 /* LMDB node */ + 16 /* its "lfu" twin */;
@@ -1473,7 +1447,7 @@ int khala__tier_disk_open(const khala_tier_disk_opts_t *o, khala_tier_t **out, c
     if (max_value > KHALA_TIER_DISK_VALUE_MAX)
         return khala__errbuf(err, errlen, KHALA_ECONFIG, "%s: max_value %" PRIu32 " is over %u",
                              o->path, max_value, KHALA_TIER_DISK_VALUE_MAX);
-    int rc = mkdir_p(o->path, err, errlen);
+    int rc = khala__dirs_make(o->path, 0700, err, errlen);
     if (rc)
         return rc;
 

@@ -21,6 +21,7 @@
 #include "khalad_util.h"
 #include "proto.h"
 #include "segment.h"
+#include "segment_create.h"
 
 static void setup(void) {
     khalad_env_init("kd");
@@ -590,4 +591,54 @@ Test(khalad, a_worker_stopped_inside_a_read_section_costs_one_wait_and_khalad_ke
     hang_up(&c);
     close(ready[0]);
     close(ready[1]);
+}
+
+/* Start-up unwinds what it acquired: a socket whose directory cannot be made (a file stands
+ * where a directory should) stops khalad with exit status 1 and a message naming the path,
+ * after the L1 segment and the levels below were opened; the segment it made is removed (no
+ * worker has seen it), and neither its lock nor a socket is left. */
+Test(khalad, a_start_that_fails_late_leaves_no_segment_lock_or_socket) {
+    char name[80], file[128], sock[160], l2[160], sock_set[200];
+    snprintf(name, sizeof(name), "%su", khalad_name);
+    snprintf(file, sizeof(file), "%s/a-file", khalad_dir());
+    snprintf(sock, sizeof(sock), "%s/sub/khalad.sock", file);
+    snprintf(l2, sizeof(l2), "l2.path=%s/l2u", khalad_dir());
+    snprintf(sock_set, sizeof(sock_set), "cache.socket=%s", sock);
+    int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    int errp[2];
+    cr_assert_eq(pipe(errp), 0);
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        dup2(errp[1], 2);
+        close(errp[0]);
+        execl(KHALAD_PATH, "khalad", "--foreground", "--name", name, "--set", sock_set, "--set",
+              "l1.max_memory_mb=16", "--set", l2, (char *)NULL);
+        _exit(127);
+    }
+    close(errp[1]);
+    char out[8192];
+    size_t n = 0;
+    for (ssize_t r; n < sizeof(out) - 1 && (r = read(errp[0], out + n, sizeof(out) - 1 - n)) > 0;)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(errp[0]);
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d", WEXITSTATUS(st));
+    cr_assert_not_null(strstr(out, "cannot create the socket's directory"), "log: %s", out);
+    cr_assert_not_null(strstr(out, "is not a directory"), "log: %s", out);
+    cr_assert_not_null(strstr(out, "made a new L1 segment"), "it got as far as L1: %s", out);
+    char data[128], readers[128], lock[128], path[160];
+    khala__seg_shm_names(name, data, readers, sizeof(data));
+    khala__seg_lock_name(name, lock, sizeof(lock));
+    const char *left[] = {data, readers, lock};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "/dev/shm/%s", left[i][0] == '/' ? left[i] + 1 : left[i]);
+        cr_assert_neq(access(path, F_OK), 0, "%s is left behind", path);
+    }
+    cr_assert_neq(access(sock, F_OK), 0);
+    khala__seg_unlink(name); /* in case the test failed above */
 }
