@@ -4,34 +4,36 @@
  * HOW IT WORKS
  *
  * Config picks one driver per level (L2: "disk" on LMDB, or "redis"); each opened level gets a
- * write queue (daemon/writeq.c). The rules:
+ * write queue (daemon/writeq.c). Writes are daemon/store.c's: it decides, for each write and
+ * level, whether the driver is called now or the write is queued (one rule, apply_or_queue).
+ * What stays here is what concerns the levels as such:
  *
- *   write-through   put: the level first (a stale write is refused there, by version), then
- *                   L1, then the publish to other hosts. A level that is down (KHALA_ETIER)
- *                   gets the write queued instead, and the caller still hears success: the
- *                   write is held in order and drained when the level returns.
- *   write-behind    put: L1, then the queue; the flusher (tick) drains every level's queue in
- *                   batches (mput), writes to one key coalesced.
- *   queue full      checked before anything is written: the caller gets KHALA_EQUEUE and no
- *                   level changes (back-pressure, never a silent drop).
  *   reads           L1 (handlers), then the queued writes (a write waiting for its level is
  *                   read back, a queued delete hides the level's copy), then each healthy
- *                   level in order. A hit is promoted into L1 with the level's version.
- *   outages         an operation failing with KHALA_ETIER marks the level unhealthy: reads
- *                   skip it, writes queue. Every KHALAD_HEALTH_EVERY_MS the tick asks
+ *                   level in order. A hit is promoted into L1 (khala__store_promote) with the
+ *                   level's version.
+ *   outages         an operation failing with KHALA_ETIER marks the level unhealthy
+ *                   (khala__tiers_failed): reads skip it, writes queue. Every
+ *                   KHALAD_HEALTH_EVERY_MS (backing off to KHALAD_HEALTH_MAX_MS) the tick asks
  *                   health(); when it passes, the queue drains, oldest first, and the level
- *                   serves reads again only once its queue is empty (until then the queue
- *                   and the level together are the truth, and reads consult both anyway).
- *
- * Versions come from khala__tiers_version(): the wall clock in ms shifted left by 20 bits, and
- * strictly increasing here, so versions from different hosts order writes by time and every
- * level keeps the newest (tier.h's rule).
+ *                   takes writes directly again only once its queue is empty (until then the
+ *                   queue and the level together are the truth, and reads consult both).
+ *   the flusher     the tick drains every level's queue in batches (mput), which is how
+ *                   write-behind writes and the writes of an outage reach the level.
+ *   warming         by keys, by a scan of L2, and the preload of L2's most used keys at start.
  *
  * Cross-host invalidation (daemon/coherence.c, [policies] coherence = pubsub): every put,
- * delete, invalidation and flush is published on the namespace's channel; a message from
- * another khalad removes the key(s) from this L1. When the subscription is lost this khalad
- * can no longer prove its L1 current, so it empties L1, and it empties it again when the
- * subscription is back (what was cached meanwhile was not covered either).
+ * delete, invalidation and flush is published on the namespace's channel
+ * (khala__tiers_publish); a message from another khalad removes the key(s) from this L1
+ * (khala__store_forget). When the subscription is lost this khalad can no longer prove its L1
+ * current, so it empties L1, and it empties it again when the subscription is back (what was
+ * cached meanwhile was not covered either).
+ *
+ * Why the store is a file of its own and this one is not folded into it: the store is the
+ * order of a write's steps, which tests/test_store.c drives through a fake driver; this file
+ * is the lifecycle of real drivers (opening Redis or LMDB, health, the journal, coherence's
+ * descriptor on the loop), which the integration tests drive. Folding them would make one
+ * 1,500-line file that mixes both.
  */
 #include "tiers.h"
 

@@ -642,3 +642,58 @@ Test(khalad, a_start_that_fails_late_leaves_no_segment_lock_or_socket) {
     cr_assert_neq(access(sock, F_OK), 0);
     khala__seg_unlink(name); /* in case the test failed above */
 }
+
+/* Crash ordering (daemon/store.c): khalad killed between the steps of a put, then restarted on
+ * the segment it left (adopted, as after any crash). Whatever step it died at, L1 never serves
+ * a value older than L2's: read through the shared segment and through khalad, the key holds
+ * the newest value any level holds (the new one once L2 took it, else the last acknowledged
+ * one). KHALAD_TEST_CRASH_AT makes khalad raise SIGKILL at the named step. */
+Test(khalad, a_crash_between_the_steps_of_a_put_never_leaves_l1_older_than_l2) {
+    static const struct {
+        const char *step;
+        const char *want; /* what every read must see after the restart */
+    } cases[] = {
+        {"after_l1_drop", "old"}, /* L1 dropped, L2 not yet written */
+        {"after_l2", "new"},      /* L2 written, L1 not yet */
+        {"after_l1", "new"},      /* both written, not yet acknowledged */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "crash-%zu", i);
+        client_t c = dial();
+        cr_assert_eq(put(&c, key, "old", KHALA_TYPE_MEMORY_ENTITY, NULL), 0);
+        hang_up(&c);
+        khalad_kill(SIGTERM);
+        setenv("KHALAD_TEST_CRASH_AT", cases[i].step, 1);
+        khalad_start();
+        unsetenv("KHALAD_TEST_CRASH_AT");
+        c = dial();
+        khala_msg_t m = khalad_req(KHALA_OP_PUT, key), r;
+        m.value.ptr = (const uint8_t *)"new";
+        m.value.len = 3;
+        m.has |= KHALA_F_V;
+        request(&c, &m);
+        cr_assert_eq(reply(&c, KHALA_OP_PUT, &r), -1, "%s: khalad died before replying",
+                     cases[i].step);
+        hang_up(&c);
+        int st;
+        cr_assert_eq(waitpid(khalad_pid, &st, 0), khalad_pid);
+        cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "%s: killed", cases[i].step);
+        khalad_pid = 0;
+        khalad_start(); /* adopts the segment the killed khalad left */
+        char buf[32];
+        size_t len = 0;
+        khala_cache_t *w;
+        cr_assert_eq(khala_cache_open(khalad_name, NULL, &w), 0);
+        int rc = khala_cache_get(w, key, strlen(key), buf, sizeof(buf) - 1, &len);
+        if (rc == 0) {
+            buf[len] = '\0';
+            cr_assert_str_eq(buf, cases[i].want, "%s: L1 serves '%s'", cases[i].step, buf);
+        }
+        khala_cache_close(w);
+        c = dial();
+        cr_assert_eq(get(&c, key, buf, sizeof(buf)), 0);
+        cr_assert_str_eq(buf, cases[i].want, "%s: khalad serves '%s'", cases[i].step, buf);
+        hang_up(&c);
+    }
+}
