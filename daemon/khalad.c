@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "errbuf.h"
 #include "khala/error.h"
 #include "khala/version.h"
 #include "dirs.h"
@@ -282,7 +283,7 @@ int main(int argc, char **argv) {
     for (int i = 0; rc == 0 && i < nsets; i++) {
         char *eq = strchr(sets[i], '=');
         if (!eq) {
-            snprintf(err, sizeof(err), "--set %s: want SECTION.KEY=VALUE", sets[i]);
+            khala__errbuf_set(err, sizeof(err), "--set %s: want SECTION.KEY=VALUE", sets[i]);
             rc = KHALA_ECONFIG;
             break;
         }

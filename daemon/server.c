@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "errbuf.h"
 #include "khala/error.h"
 #include "sys.h"
 
@@ -314,13 +315,13 @@ int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_
     struct sockaddr_un sa;
     int rc;
     if (strlen(cfg->path) >= sizeof(sa.sun_path)) {
-        snprintf(err, errlen, "socket path '%s' is longer than %zu bytes", cfg->path,
-                 sizeof(sa.sun_path) - 1);
+        khala__errbuf_set(err, errlen, "socket path '%s' is longer than %zu bytes", cfg->path,
+                          sizeof(sa.sun_path) - 1);
         return -ENAMETOOLONG;
     }
     khala_server_t *s = calloc(1, sizeof(*s));
     if (!s) {
-        snprintf(err, errlen, "out of memory");
+        khala__errbuf_set(err, errlen, "out of memory");
         return -ENOMEM;
     }
     s->cfg = *cfg;
@@ -340,7 +341,7 @@ int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_
         int live = connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
         close(probe);
         if (live) {
-            snprintf(err, errlen, "another khalad serves %s", cfg->path);
+            khala__errbuf_set(err, errlen, "another khalad serves %s", cfg->path);
             rc = KHALA_EEXIST;
             goto fail;
         }
@@ -349,19 +350,20 @@ int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_
     s->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
         rc = -errno;
-        snprintf(err, errlen, "cannot bind %s: %s", cfg->path, strerror(errno));
+        khala__errbuf_set(err, errlen, "cannot bind %s: %s", cfg->path, strerror(errno));
         goto fail;
     }
     if (chmod(cfg->path, cfg->mode) != 0 ||
         (cfg->gid >= 0 && chown(cfg->path, (uid_t)-1, (gid_t)cfg->gid) != 0)) {
         rc = -errno;
-        snprintf(err, errlen, "cannot set the mode or group of %s: %s", cfg->path, strerror(errno));
+        khala__errbuf_set(err, errlen, "cannot set the mode or group of %s: %s", cfg->path,
+                          strerror(errno));
         goto fail_unlink;
     }
     if (listen(s->lfd, LISTEN_BACKLOG) != 0 || (s->efd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
         (s->wfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
         rc = -errno;
-        snprintf(err, errlen, "cannot listen on %s: %s", cfg->path, strerror(errno));
+        khala__errbuf_set(err, errlen, "cannot listen on %s: %s", cfg->path, strerror(errno));
         goto fail_unlink;
     }
     struct epoll_event el = {.events = EPOLLIN, .data.ptr = TAG_LISTEN};
@@ -369,7 +371,7 @@ int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_
     if (epoll_ctl(s->efd, EPOLL_CTL_ADD, s->lfd, &el) != 0 ||
         epoll_ctl(s->efd, EPOLL_CTL_ADD, s->wfd, &ew) != 0) {
         rc = -errno;
-        snprintf(err, errlen, "epoll: %s", strerror(errno));
+        khala__errbuf_set(err, errlen, "epoll: %s", strerror(errno));
         goto fail_unlink;
     }
     *out = s;

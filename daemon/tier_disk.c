@@ -247,27 +247,11 @@ static int mdb_fail(disk_t *d, int rc, const char *what) {
     return fail(d, mdb_code(rc), "%s: %s", what, mdb_strerror(rc));
 }
 
-/* A printable rendering of a key for messages: its first bytes, non-printables as \xNN. */
-static const char *key_show(const void *key, size_t klen, char *buf, size_t cap) {
-    const uint8_t *k = key;
-    size_t o = 0;
-    for (size_t i = 0; i < klen && o + 8 < cap; i++) {
-        if (k[i] >= 0x20 && k[i] < 0x7f && k[i] != '\\')
-            buf[o++] = (char)k[i];
-        else
-            o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", k[i]);
-        if (i + 1 < klen && o + 8 >= cap) {
-            memcpy(buf + o, "...", 3);
-            o += 3;
-            break;
-        }
-    }
-    buf[o] = '\0';
-    return buf;
-}
+/* A key in a message: the one way keys are shown (lib/errbuf.h). */
+#define key_show(key, klen, buf, cap) khala__errbuf_quote((key), (klen), (buf), (cap))
 
 static int key_check(disk_t *d, const void *key, size_t klen) {
-    char kb[80];
+    char kb[KHALA_ERRBUF_QUOTE_CAP];
     if (klen == 0 || !key)
         return fail(d, KHALA_EKEY, "the empty key is refused");
     if (klen > KHALA_KEY_MAX)
@@ -478,7 +462,7 @@ static int evict_txn(disk_t *d, MDB_txn *txn, int64_t items_delta, int64_t bytes
 /* ------------------------------------------------------------------------------------------ */
 
 static int value_check(disk_t *d, const void *key, size_t klen, const khala_tier_value_t *v) {
-    char kb[80];
+    char kb[KHALA_ERRBUF_QUOTE_CAP];
     int rc = key_check(d, key, klen);
     if (rc)
         return rc;
@@ -518,7 +502,7 @@ static int put_txn(disk_t *d, size_t n, const khala_bytes_t *keys, const khala_t
             if (rec_ok(&r) && khala__disk_live(rec_expire(r.mv_data), now_rt) &&
                 rec_version(r.mv_data) > v->version) {
                 /* Step 1: the level holds newer data. */
-                char kb[80];
+                char kb[KHALA_ERRBUF_QUOTE_CAP];
                 uint64_t held = rec_version(r.mv_data);
                 if (strict) {
                     rc = fail(d, KHALA_EVERSION,
@@ -664,7 +648,7 @@ static int drop_keys(disk_t *d, size_t n, const khala_bytes_t *keys, act_kind_t 
  * record was expired), or a failure with t->err set. */
 static int get_one(disk_t *d, MDB_txn *txn, const void *key, size_t klen, khala_tier_value_t *out,
                    int64_t now_rt, int *expired) {
-    char kb[80];
+    char kb[KHALA_ERRBUF_QUOTE_CAP];
     MDB_val k = {klen, (void *)key}, r;
     int rc = mdb_get(txn, d->items, &k, &r);
     if (rc == MDB_NOTFOUND)
@@ -802,7 +786,7 @@ static int disk_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
 
 static int disk_del(khala_tier_t *t, const void *key, size_t klen) {
     disk_t *d = t->impl;
-    char kb[80];
+    char kb[KHALA_ERRBUF_QUOTE_CAP];
     int rc = key_check(d, key, klen);
     if (rc)
         return rc;
@@ -1352,7 +1336,7 @@ static int load_index(disk_t *d, char *err, size_t errlen) {
     MDB_txn *txn;
     MDB_cursor *c = NULL;
     MDB_val k, v;
-    char kb[80];
+    char kb[KHALA_ERRBUF_QUOTE_CAP];
     int rc = mdb_txn_begin(d->env, NULL, MDB_RDONLY, &txn);
     if (rc)
         return khala__errbuf(err, errlen, mdb_code(rc), "%s: %s", d->path, mdb_strerror(rc));

@@ -157,7 +157,8 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
             rc = khala__wq_journal_open(lt->wq, dir, d->cfg.l2.sync_every_ms, &recovered, err,
                                         sizeof(err));
         } else if (!err[0]) {
-            snprintf(err, sizeof(err), "write journal under %s: %s", dir, khala_strerror(rc));
+            khala__errbuf_set(err, sizeof(err), "write journal under %s: %s", dir,
+                              khala_strerror(rc));
         }
         if (rc != 0) {
             set_msg(d, "L2 (redis): %s", err);
