@@ -203,11 +203,6 @@ int khala__tiers_open(khalad_t *d) {
                        "items", items, NULL);
         }
     }
-    if (d->cfg.policies.predictive_cache)
-        khala__log("warn",
-                   "predictive_cache is accepted but does nothing: on the real traces it did not "
-                   "raise the L1 hit ratio (docs/benchmarks.md, \"Predictive warming\")",
-                   NULL);
     return 0;
 }
 
