@@ -535,15 +535,16 @@ static const handler_fn handlers[KHALA_OP_COUNT] = {
     [KHALA_OP_CONFIG] = op_config,
 };
 
-/* Who may change the cache: root, khalad's own user, and members (by primary group) of the
- * socket's group. Anyone else who can reach the socket (a mode wider than 0660) may read:
- * hello, ping, get (without loading), stats, keys, inspect, config. The kernel reports the
- * peer's credentials (SO_PEERCRED), so they cannot be forged. */
-static int may_write(const khalad_t *d, const khala_conn_t *c) {
+/* Who may change the cache: root, khalad's own user, and members of the socket's group, by
+ * their primary or a supplementary group. Anyone else who can reach the socket (a mode wider
+ * than 0660) may read: hello, ping, get (without loading), stats, keys, inspect, config. The
+ * kernel reports the peer's credentials (SO_PEERCRED, SO_PEERGROUPS), so they cannot be forged;
+ * daemon/server.c says why those and not /proc or getgrouplist. */
+static int may_write(const khalad_t *d, khala_conn_t *c) {
     uid_t uid;
-    gid_t gid;
-    khala__conn_peer(c, NULL, &uid, &gid);
-    return uid == 0 || uid == d->uid || (d->socket_gid >= 0 && gid == (gid_t)d->socket_gid);
+    khala__conn_peer(c, NULL, &uid, NULL);
+    return uid == 0 || uid == d->uid ||
+           (d->socket_gid >= 0 && khala__conn_peer_in_group(c, (gid_t)d->socket_gid));
 }
 
 static int is_write(khala_op_t op) {

@@ -53,6 +53,8 @@ struct khala_conn {
     pid_t pid; /* peer credentials at accept */
     uid_t uid;
     gid_t gid;
+    gid_t member_gid;          /* the group last asked about by khala__conn_peer_in_group */
+    int member;                /* its answer: 1, 0, or -1 when not asked yet */
     uint8_t *in;               /* received bytes not yet consumed */
     size_t in_len;             /* bytes in `in` */
     size_t in_cap;             /* capacity of `in` */
@@ -160,6 +162,40 @@ void khala__conn_peer(const khala_conn_t *c, pid_t *pid, uid_t *uid, gid_t *gid)
         *uid = c->uid;
     if (gid)
         *gid = c->gid;
+}
+
+/*
+ * Supplementary groups come from SO_PEERGROUPS, like SO_PEERCRED the kernel's record of the
+ * peer's credentials when it connected: what the process really held (a worker that dropped
+ * groups with setgroups() has dropped them here too), with no race against the peer exiting and
+ * its pid being reused (which /proc/<pid>/status would have), and no lookup in /etc/group or NSS
+ * on khalad's loop (which getgrouplist would do, and which would count groups the process does
+ * not hold). The answer is kept per connection: credentials do not change after connect.
+ */
+int khala__conn_peer_in_group(khala_conn_t *c, gid_t gid) {
+    if (c->gid == gid)
+        return 1;
+    if (c->member >= 0 && c->member_gid == gid)
+        return c->member;
+    gid_t small[64], *groups = small;
+    socklen_t len = sizeof(small);
+    int rc = getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+    if (rc != 0 && errno == ERANGE) {
+        groups = malloc(len);
+        if (!groups)
+            return 0; /* not counted now; asked again at the next write */
+        rc = getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+    }
+    int member = 0;
+    for (size_t i = 0; rc == 0 && i < len / sizeof(gid_t); i++)
+        member |= groups[i] == gid;
+    if (groups != small)
+        free(groups);
+    if (rc != 0)
+        return 0; /* an old kernel (before 4.13): the primary group alone counts */
+    c->member_gid = gid;
+    c->member = member;
+    return member;
 }
 
 void *khala__conn_data(const khala_conn_t *c) {
@@ -293,6 +329,7 @@ static void accept_all(khala_server_t *s) {
             c->uid = cred.uid;
             c->gid = cred.gid;
         }
+        c->member = -1;
         c->srv = s;
         c->fd = fd;
         c->events = EPOLLIN;

@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -696,4 +697,41 @@ Test(khalad, a_crash_between_the_steps_of_a_put_never_leaves_l1_older_than_l2) {
         cr_assert_str_eq(buf, cases[i].want, "%s: khalad serves '%s'", cases[i].step, buf);
         hang_up(&c);
     }
+}
+
+/* A peer whose supplementary group (not its primary one) is the socket's group may write: the
+ * usual deployment, a worker user added to the cache's group. The peer is a child that becomes
+ * uid/gid 65534 (nobody) with one supplementary group, the socket's, which needs root. */
+Test(khalad, a_peer_in_the_socket_group_by_a_supplementary_group_may_write) {
+    if (geteuid() != 0)
+        cr_skip_test("needs root to become another user");
+    const gid_t group = 54321; /* no user has it as primary group */
+    khalad_kill(SIGTERM);
+    khalad_extra_set = "cache.socket_mode=0660";
+    khalad_extra_sets[0] = "cache.socket_group=54321";
+    khalad_start();
+    khalad_extra_sets[0] = NULL;
+    char dir[sizeof(khalad_sock)];
+    snprintf(dir, sizeof(dir), "%s", khalad_sock);
+    *strrchr(dir, '/') = '\0';
+    cr_assert_eq(chmod(dir, 0711), 0);
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        if (setgroups(1, &group) != 0 || setgid(65534) != 0 || setuid(65534) != 0)
+            _exit(10);
+        client_t c = dial();
+        if (put(&c, "member", "by a group member", KHALA_TYPE_MEMORY_ENTITY, NULL) != 0)
+            _exit(11);
+        _exit(0);
+    }
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the group member's client failed at step %d",
+              WEXITSTATUS(st));
+    client_t c = dial();
+    char buf[32];
+    cr_assert_eq(get(&c, "member", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "by a group member");
+    hang_up(&c);
 }
