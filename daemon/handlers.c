@@ -194,7 +194,7 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
      * has left, and reported with the level that answered. */
     khala_tier_value_t v;
     khala_level_t lvl;
-    if (khala__tiers_get(d, m->key.ptr, m->key.len, &v, &lvl) == 0) {
+    if (khala__store_get(d, m->key.ptr, m->key.len, &v, &lvl) == 0) {
         (void)khala__store_promote(d, m->key.ptr, m->key.len, &v);
         khala_msg_t r = reply_to(m);
         r.value.ptr = v.data;

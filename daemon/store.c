@@ -47,7 +47,11 @@
  * Why a module of its own rather than tiers.c grown: tiers.c was "the levels below L1" and
  * wrote L1 too, and handlers.c wrote L1 directly for touch with its own TTL rule. Putting every
  * write in one file makes the order of the steps, the crash ordering and the queueing rule one
- * piece of code that tests/test_store.c drives through a fake driver.
+ * piece of code that tests/test_store.c drives through a fake driver. Reads below L1, marking a
+ * level down and publishing live here too, because writes need them (compare-and-set reads the
+ * current version; a failed write marks its level down; every write is published): with them
+ * here, the store calls nothing of tiers.c, and tiers.c (the levels' lifecycle) calls the store,
+ * so the modules have no circle.
  */
 #include "store.h"
 
@@ -131,11 +135,95 @@ uint64_t khala__store_current_version(khalad_t *d, const void *key, size_t klen)
         return it->version;
     khala_tier_value_t v;
     khala_level_t lvl;
-    if (khala__tiers_get(d, key, klen, &v, &lvl) != 0)
+    if (khala__store_get(d, key, klen, &v, &lvl) != 0)
         return 0;
     uint64_t ver = v.version;
     khala__tier_value_free(&v);
     return ver;
+}
+
+/* Levels below L1: failures, reads, publishing ------------------------------------------------- */
+
+const char *khala__store_level_name(const khalad_tier_t *lt) {
+    return lt->t->level == KHALA_LEVEL_L3 ? "L3" : "L2";
+}
+
+void khala__store_level_failed(khalad_t *d, khalad_tier_t *lt, int rc) {
+    if (rc != KHALA_ETIER)
+        return;
+    if (lt->t->healthy) {
+        lt->t->healthy = 0;
+        lt->outages++;
+        lt->next_health_ms = khala__sys_now_ms() + KHALAD_HEALTH_EVERY_MS;
+        khala__log("warn", "a level is down; reads skip it and writes queue", "level",
+                   khala__store_level_name(lt), "backend", lt->t->ops->name, "error", lt->t->err,
+                   NULL);
+    }
+    (void)d;
+}
+
+void khala__store_publish(khalad_t *d, khala_inv_by_t by, const void *key, size_t klen, int type,
+                          uint64_t version) {
+    if (!d->coh)
+        return;
+    khala_inv_t m = {.by = by, .key = key, .klen = klen, .type = type, .version = version};
+    if (khala__coherence_publish(d->coh, &m) != 0) {
+        d->publish_errors++;
+        d->publish_lost = 1; /* other hosts missed a change: tick() tells them to flush */
+        khala__log("warn", "cannot publish an invalidation to other hosts", "error",
+                   khala__coherence_errmsg(d->coh), NULL);
+    }
+}
+
+/* What another khalad changed: drop it here. Loads in flight lose their right to be cached. */
+/* Reads -------------------------------------------------------------------------------------- */
+
+/* A queued write of key, looked for in every level's queue (the first level's first). */
+int khala__store_queued_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out) {
+    for (int i = 0; i < d->ntiers; i++) {
+        khala_wq_op_t *op = khala__wq_find(d->tiers[i].wq, key, klen);
+        if (!op)
+            continue;
+        if (op->kind == KHALA_WQ_DEL)
+            return KHALA_ENOTFOUND;
+        int64_t now = khala__sys_now_ms();
+        if (op->expire_ms && op->expire_ms <= now)
+            return KHALA_ENOTFOUND;
+        out->data = malloc(op->vlen ? op->vlen : 1);
+        if (!out->data)
+            return -ENOMEM;
+        memcpy(out->data, op->val, op->vlen);
+        out->len = op->vlen;
+        out->version = op->version;
+        out->ttl_ms = op->expire_ms ? op->expire_ms - now : 0;
+        out->type = (khala_type_t)op->type;
+        return 0;
+    }
+    return 1; /* not queued */
+}
+
+int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out,
+                     khala_level_t *lvl) {
+    memset(out, 0, sizeof(*out));
+    int rc = khala__store_queued_get(d, key, klen, out);
+    if (rc <= 0) {
+        if (rc == 0)
+            *lvl = d->tiers[0].t->level;
+        return rc == 0 ? 0 : KHALA_ENOTFOUND;
+    }
+    for (int i = 0; i < d->ntiers; i++) {
+        khalad_tier_t *lt = &d->tiers[i];
+        if (!lt->t->healthy)
+            continue;
+        rc = lt->t->ops->get(lt->t, key, klen, out);
+        if (rc == 0) {
+            *lvl = lt->t->level;
+            return 0;
+        }
+        if (rc != KHALA_ENOTFOUND)
+            khala__store_level_failed(d, lt, rc);
+    }
+    return KHALA_ENOTFOUND;
 }
 
 /* Apply or queue ----------------------------------------------------------------------------- */
@@ -174,7 +262,7 @@ static int room(khalad_t *d, khalad_tier_t *lt, const op_t *op) {
     set_msg(d,
             "%s (%s) is %s and its write queue is full (%" PRIu64
             " writes, [l2] queue_max %u); retry later",
-            khala__tiers_level_name(lt), lt->t->ops->name, lt->t->healthy ? "behind" : "down",
+            khala__store_level_name(lt), lt->t->ops->name, lt->t->healthy ? "behind" : "down",
             ws.len, d->cfg.l2.queue_max);
     return KHALA_EQUEUE;
 }
@@ -192,7 +280,7 @@ static int enqueue(khalad_t *d, khalad_tier_t *lt, const op_t *op) {
     if (rc != 0) {
         if (rc == KHALA_EQUEUE)
             return room(d, lt, op);
-        set_msg(d, "%s (%s): cannot queue the %s: %s", khala__tiers_level_name(lt),
+        set_msg(d, "%s (%s): cannot queue the %s: %s", khala__store_level_name(lt),
                 lt->t->ops->name, op_what(op), khala_strerror(rc));
         return rc;
     }
@@ -225,14 +313,14 @@ static int apply_or_queue(khalad_t *d, khalad_tier_t *lt, const op_t *op, int wr
                 lt->writes++;
             return rc;
         }
-        khala__tiers_failed(d, lt, rc);
+        khala__store_level_failed(d, lt, rc);
         if (rc != KHALA_ETIER) {
             lt->write_errors++;
             if (rc == KHALA_EVERSION)
                 set_msg(d, "%s (%s) holds a newer version of this key (written elsewhere)",
-                        khala__tiers_level_name(lt), lt->t->ops->name);
+                        khala__store_level_name(lt), lt->t->ops->name);
             else
-                set_msg(d, "%s (%s): %s", khala__tiers_level_name(lt), lt->t->ops->name,
+                set_msg(d, "%s (%s): %s", khala__store_level_name(lt), lt->t->ops->name,
                         lt->t->err[0] ? lt->t->err : khala_strerror(rc));
             return rc;
         }
@@ -339,7 +427,7 @@ int khala__store_put(khalad_t *d, const void *key, size_t klen, const void *val,
     }
     /* 6. The levels below hold the new value even when L1 refused it: other hosts must hear. */
     if (!(flags & KHALA_STORE_FILL))
-        khala__tiers_publish(d, KHALA_INV_KEY, key, klen, -1, op.version);
+        khala__store_publish(d, KHALA_INV_KEY, key, klen, -1, op.version);
     if (l1rc != 0)
         return l1rc;
     if (version)
@@ -392,7 +480,7 @@ int khala__store_del(khalad_t *d, const void *key, size_t klen, int *in_l1_out) 
         /* A queued delete: the level may hold the key, which cannot be told until it is back. */
         found |= rc == 0 || rc == QUEUED;
     }
-    khala__tiers_publish(d, KHALA_INV_KEY, key, klen, -1, 0);
+    khala__store_publish(d, KHALA_INV_KEY, key, klen, -1, 0);
     if (!found) {
         set_msg(d, "no level holds this key");
         return KHALA_ENOTFOUND;
@@ -439,9 +527,9 @@ int khala__store_invalidate(khalad_t *d, const void *prefix, size_t plen, int ty
             return rc;
     }
     if (plen)
-        khala__tiers_publish(d, KHALA_INV_PREFIX, prefix, plen, type, 0);
+        khala__store_publish(d, KHALA_INV_PREFIX, prefix, plen, type, 0);
     else
-        khala__tiers_publish(d, type >= 0 ? KHALA_INV_TYPE : KHALA_INV_ALL, NULL, 0, type, 0);
+        khala__store_publish(d, type >= 0 ? KHALA_INV_TYPE : KHALA_INV_ALL, NULL, 0, type, 0);
     if (removed)
         *removed = n;
     return 0;

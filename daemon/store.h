@@ -2,10 +2,14 @@
  * khalad's store: the one owner of every write at every level, L1 included. A put (with or
  * without compare-and-set), a touch, a delete, an invalidation (by key, prefix, type or all), a
  * promotion of a value read below L1, and what another host told this one to forget all go
- * through here, and nothing else in khalad writes a level. daemon/handlers.c decodes a request,
- * calls one of these and replies; daemon/tiers.c keeps what is about the levels below L1 as
- * such (which driver, health, the flusher, warming, cross-host glue) and calls back into the
- * store whenever it needs L1 written.
+ * through here, and nothing else in khalad writes a level. With the writes come what they need
+ * of the levels below: reading a key there (the queued writes first, then each healthy level),
+ * marking a level down when it fails, and publishing a change to other hosts.
+ *
+ * The layering has no circle: daemon/handlers.c (decode, call, reply) and daemon/tiers.c (the
+ * levels' lifecycle: which driver, health checks, the flusher, warming, coherence's callbacks)
+ * call the store; the store calls neither, only lib/l1_table.h, the drivers (daemon/tier.h),
+ * the queues (daemon/writeq.h), single-flight and coherence's publish.
  *
  * Start at khala__store_put(); daemon/store.c's top comment has the order of the steps and the
  * crash ordering.
@@ -19,9 +23,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "coherence.h"
 #include "tier.h"
 
 typedef struct khalad khalad_t;
+typedef struct khalad_tier khalad_tier_t;
 
 /** khala__store_put() flags. */
 enum {
@@ -144,5 +150,48 @@ int khala__store_promote(khalad_t *d, const void *key, size_t klen, const khala_
  * @return how many L1 items went.
  */
 uint64_t khala__store_forget(khalad_t *d, int by_key, const void *key, size_t klen, int type);
+
+/* Below L1: failures, reads, publishing ------------------------------------------------------ */
+
+/**
+ * @brief Look a key up below L1: first the writes still queued for a level (so that a write
+ *        waiting for Redis is read back), then each healthy level in order. A level that
+ *        fails is marked unhealthy and skipped.
+ * @param[in,out] d khalad.
+ * @param[in] key the key. @param[in] klen its bytes.
+ * @param[out] out the value (free with khala__tier_value_free()).
+ * @param[out] lvl the level that answered.
+ * @return 0; KHALA_ENOTFOUND.
+ */
+int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out,
+                     khala_level_t *lvl);
+
+/**
+ * @brief A level failed with @p rc: when the cause is its server (KHALA_ETIER), mark it down
+ *        (reads skip it, writes queue, the tick asks it whether it is back) and log it once.
+ * @param[in,out] d khalad. @param[in,out] lt the level. @param[in] rc the driver's code.
+ */
+void khala__store_level_failed(khalad_t *d, khalad_tier_t *lt, int rc);
+
+/** @brief "L2" or "L3", for messages. */
+const char *khala__store_level_name(const khalad_tier_t *lt);
+
+/**
+ * @brief Tell other hosts (cross-host invalidation, when configured) that a key, a prefix, a
+ *        type or everything changed. A failure is logged and remembered: once publishing works
+ *        again, every other host is told to empty its L1.
+ * @param[in] by what changed. @param[in] key the key or prefix. @param[in] klen its bytes.
+ * @param[in] type the type (-1 = any). @param[in] version the new version (0 = a removal).
+ */
+void khala__store_publish(khalad_t *d, khala_inv_by_t by, const void *key, size_t klen, int type,
+                          uint64_t version);
+
+/**
+ * @brief The write queued for @p key at the first level that has one: a put (its value), a
+ *        delete or an expired put (KHALA_ENOTFOUND), or none (1).
+ * @param[out] out the value (free with khala__tier_value_free()).
+ * @return 0; KHALA_ENOTFOUND; 1 when nothing is queued for the key; -ENOMEM.
+ */
+int khala__store_queued_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out);
 
 #endif /* KHALA_DAEMON_STORE_H */

@@ -4,27 +4,25 @@
  * HOW IT WORKS
  *
  * Config picks one driver per level (L2: "disk" on LMDB, or "redis"); each opened level gets a
- * write queue (daemon/writeq.c). Writes are daemon/store.c's: it decides, for each write and
- * level, whether the driver is called now or the write is queued (one rule, apply_or_queue).
- * What stays here is what concerns the levels as such:
+ * write queue (daemon/writeq.c). Writes, and what they need of the levels (reads below L1,
+ * marking a level down, publishing), are daemon/store.c's, which this file calls and which never
+ * calls back. What stays here is the levels' lifecycle:
  *
- *   reads           L1 (handlers), then the queued writes (a write waiting for its level is
- *                   read back, a queued delete hides the level's copy), then each healthy
- *                   level in order. A hit is promoted into L1 (khala__store_promote) with the
- *                   level's version.
- *   outages         an operation failing with KHALA_ETIER marks the level unhealthy
- *                   (khala__tiers_failed): reads skip it, writes queue. Every
- *                   KHALAD_HEALTH_EVERY_MS (backing off to KHALAD_HEALTH_MAX_MS) the tick asks
- *                   health(); when it passes, the queue drains, oldest first, and the level
- *                   takes writes directly again only once its queue is empty (until then the
- *                   queue and the level together are the truth, and reads consult both).
- *   the flusher     the tick drains every level's queue in batches (mput), which is how
- *                   write-behind writes and the writes of an outage reach the level.
- *   warming         by keys, by a scan of L2, and the preload of L2's most used keys at start.
+ *   open/close      the drivers, the journal, coherence's subscription; at close, L1's hits
+ *                   handed to L2's access counts and a last drain.
+ *   outages         a level that failed with KHALA_ETIER (khala__store_level_failed) is asked
+ *                   health() every KHALAD_HEALTH_EVERY_MS, backing off to KHALAD_HEALTH_MAX_MS;
+ *                   when it passes, its queue drains, oldest first, and it takes writes
+ *                   directly again only once its queue is empty (until then the queue and the
+ *                   level together are the truth, and reads consult both).
+ *   the flusher     the tick drains every level's queue in batches (mput): how write-behind
+ *                   writes and the writes of an outage reach the level.
+ *   warming         by keys, by a scan of L2, and the preload of L2's most used keys at start;
+ *                   what is found is promoted into L1 through the store.
  *
  * Cross-host invalidation (daemon/coherence.c, [policies] coherence = pubsub): every put,
  * delete, invalidation and flush is published on the namespace's channel
- * (khala__tiers_publish); a message from another khalad removes the key(s) from this L1
+ * (khala__store_publish); a message from another khalad removes the key(s) from this L1
  * (khala__store_forget). When the subscription is lost this khalad can no longer prove its L1
  * current, so it empties L1, and it empties it again when the subscription is back (what was
  * cached meanwhile was not covered either).
@@ -32,8 +30,8 @@
  * Why the store is a file of its own and this one is not folded into it: the store is the
  * order of a write's steps, which tests/test_store.c drives through a fake driver; this file
  * is the lifecycle of real drivers (opening Redis or LMDB, health, the journal, coherence's
- * descriptor on the loop), which the integration tests drive. Folding them would make one
- * 1,500-line file that mixes both.
+ * descriptor on the loop), which the integration tests drive. Folding them would make one file
+ * of about 1,500 lines that mixes both.
  */
 #include "tiers.h"
 
@@ -56,24 +54,6 @@
 
 /* The message a reply will carry (d->errmsg). */
 #define set_msg(d, ...) khala__errbuf_set((d)->errmsg, sizeof((d)->errmsg), __VA_ARGS__)
-
-const char *khala__tiers_level_name(const khalad_tier_t *lt) {
-    return lt->t->level == KHALA_LEVEL_L3 ? "L3" : "L2";
-}
-
-void khala__tiers_failed(khalad_t *d, khalad_tier_t *lt, int rc) {
-    if (rc != KHALA_ETIER)
-        return;
-    if (lt->t->healthy) {
-        lt->t->healthy = 0;
-        lt->outages++;
-        lt->next_health_ms = khala__sys_now_ms() + KHALAD_HEALTH_EVERY_MS;
-        khala__log("warn", "a level is down; reads skip it and writes queue", "level",
-                   khala__tiers_level_name(lt), "backend", lt->t->ops->name, "error", lt->t->err,
-                   NULL);
-    }
-    (void)d;
-}
 
 /* Opening and closing ------------------------------------------------------------------------ */
 
@@ -262,10 +242,10 @@ void khala__tiers_close(khalad_t *d) {
                 khala__log("warn",
                            "writes still queued for a level stay in its journal for "
                            "the next start",
-                           "level", khala__tiers_level_name(lt), "writes", n, NULL);
+                           "level", khala__store_level_name(lt), "writes", n, NULL);
             else
                 khala__log("error", "writes still queued for a level that is down are lost",
-                           "level", khala__tiers_level_name(lt), "writes", n, NULL);
+                           "level", khala__store_level_name(lt), "writes", n, NULL);
         }
         khala__wq_free(lt->wq);
         lt->t->ops->close(lt->t);
@@ -284,20 +264,6 @@ void khala__tiers_close(khalad_t *d) {
 
 /* Cross-host invalidation -------------------------------------------------------------------- */
 
-void khala__tiers_publish(khalad_t *d, khala_inv_by_t by, const void *key, size_t klen, int type,
-                          uint64_t version) {
-    if (!d->coh)
-        return;
-    khala_inv_t m = {.by = by, .key = key, .klen = klen, .type = type, .version = version};
-    if (khala__coherence_publish(d->coh, &m) != 0) {
-        d->publish_errors++;
-        d->publish_lost = 1; /* other hosts missed a change: tick() tells them to flush */
-        khala__log("warn", "cannot publish an invalidation to other hosts", "error",
-                   khala__coherence_errmsg(d->coh), NULL);
-    }
-}
-
-/* What another khalad changed: drop it here. Loads in flight lose their right to be cached. */
 static void on_inval(void *arg, const khala_inv_t *m) {
     khalad_t *d = arg;
     d->inval_received++;
@@ -330,56 +296,6 @@ static void on_coh_event(void *arg, khala_coh_event_t ev, const char *why) {
                "items", items, "detail", why ? why : "", NULL);
 }
 
-/* Reads -------------------------------------------------------------------------------------- */
-
-/* A queued write of key, looked for in every level's queue (the first level's first). */
-static int queued_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out) {
-    for (int i = 0; i < d->ntiers; i++) {
-        khala_wq_op_t *op = khala__wq_find(d->tiers[i].wq, key, klen);
-        if (!op)
-            continue;
-        if (op->kind == KHALA_WQ_DEL)
-            return KHALA_ENOTFOUND;
-        int64_t now = khala__sys_now_ms();
-        if (op->expire_ms && op->expire_ms <= now)
-            return KHALA_ENOTFOUND;
-        out->data = malloc(op->vlen ? op->vlen : 1);
-        if (!out->data)
-            return -ENOMEM;
-        memcpy(out->data, op->val, op->vlen);
-        out->len = op->vlen;
-        out->version = op->version;
-        out->ttl_ms = op->expire_ms ? op->expire_ms - now : 0;
-        out->type = (khala_type_t)op->type;
-        return 0;
-    }
-    return 1; /* not queued */
-}
-
-int khala__tiers_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out,
-                     khala_level_t *lvl) {
-    memset(out, 0, sizeof(*out));
-    int rc = queued_get(d, key, klen, out);
-    if (rc <= 0) {
-        if (rc == 0)
-            *lvl = d->tiers[0].t->level;
-        return rc == 0 ? 0 : KHALA_ENOTFOUND;
-    }
-    for (int i = 0; i < d->ntiers; i++) {
-        khalad_tier_t *lt = &d->tiers[i];
-        if (!lt->t->healthy)
-            continue;
-        rc = lt->t->ops->get(lt->t, key, klen, out);
-        if (rc == 0) {
-            *lvl = lt->t->level;
-            return 0;
-        }
-        if (rc != KHALA_ENOTFOUND)
-            khala__tiers_failed(d, lt, rc);
-    }
-    return KHALA_ENOTFOUND;
-}
-
 /* The flusher ---------------------------------------------------------------------------------- */
 
 /* Send up to `batches` batches of lt's queue: runs of puts as one mput, deletes and
@@ -409,7 +325,7 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
             }
             rc = lt->t->ops->mput(lt->t, n, keys, vals);
             if (rc == KHALA_ETIER) {
-                khala__tiers_failed(d, lt, rc);
+                khala__store_level_failed(d, lt, rc);
                 return;
             }
             if (rc == KHALA_EVERSION)
@@ -419,7 +335,7 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
             /* Now L2 has them: other hosts that re-read the old values from L2 since the
              * first publish drop them again. */
             for (size_t i = 0; i < n; i++) {
-                khala__tiers_publish(d, KHALA_INV_KEY, ops[i]->key, ops[i]->klen, -1,
+                khala__store_publish(d, KHALA_INV_KEY, ops[i]->key, ops[i]->klen, -1,
                                      ops[i]->version);
                 khala__wq_remove(lt->wq, ops[i]);
             }
@@ -431,17 +347,17 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
         else
             rc = lt->t->ops->invalidate(lt->t, op->key, op->klen, op->type, NULL);
         if (rc == KHALA_ETIER) {
-            khala__tiers_failed(d, lt, rc);
+            khala__store_level_failed(d, lt, rc);
             return;
         }
         if (rc != 0 && rc != KHALA_ENOTFOUND)
             lt->write_errors++;
         if (op->kind == KHALA_WQ_DEL)
-            khala__tiers_publish(d, KHALA_INV_KEY, op->key, op->klen, -1, 0);
+            khala__store_publish(d, KHALA_INV_KEY, op->key, op->klen, -1, 0);
         else if (op->klen)
-            khala__tiers_publish(d, KHALA_INV_PREFIX, op->key, op->klen, op->type, 0);
+            khala__store_publish(d, KHALA_INV_PREFIX, op->key, op->klen, op->type, 0);
         else
-            khala__tiers_publish(d, op->type >= 0 ? KHALA_INV_TYPE : KHALA_INV_ALL, NULL, 0,
+            khala__store_publish(d, op->type >= 0 ? KHALA_INV_TYPE : KHALA_INV_ALL, NULL, 0,
                                  op->type, 0);
         khala__wq_remove(lt->wq, op);
         lt->drained++;
@@ -469,7 +385,7 @@ void khala__tiers_tick(khalad_t *d) {
                 char n[32];
                 snprintf(n, sizeof(n), "%" PRIu64, ws.len);
                 khala__log("info", "a level is back; draining its queued writes", "level",
-                           khala__tiers_level_name(lt), "backend", lt->t->ops->name, "queued", n,
+                           khala__store_level_name(lt), "backend", lt->t->ops->name, "queued", n,
                            NULL);
             }
         }
@@ -511,7 +427,7 @@ uint64_t khala__tiers_warm_keys(khalad_t *d, size_t n, const khala_bytes_t *keys
         /* Queued writes first, then each healthy level for what is still missing. */
         for (size_t i = 0; i < m; i++) {
             khala_tier_value_t v;
-            if (queued_get(d, keys[off + i].ptr, keys[off + i].len, &v) == 0) {
+            if (khala__store_queued_get(d, keys[off + i].ptr, keys[off + i].len, &v) == 0) {
                 warmed += khala__store_promote(d, keys[off + i].ptr, keys[off + i].len, &v) == 0;
                 khala__tier_value_free(&v);
                 done[i] = 1;
@@ -533,7 +449,7 @@ uint64_t khala__tiers_warm_keys(khalad_t *d, size_t n, const khala_bytes_t *keys
             memset(vals, 0, sizeof(vals[0]) * k);
             int rc = lt->t->ops->mget(lt->t, k, want, vals, rcs);
             if (rc != 0) {
-                khala__tiers_failed(d, lt, rc);
+                khala__store_level_failed(d, lt, rc);
                 continue;
             }
             for (size_t j = 0; j < k; j++) {
@@ -596,7 +512,7 @@ int khala__tiers_warm_scan(khalad_t *d, const void *prefix, size_t plen, int typ
     *p = '\0';
     int rc = lt->t->ops->scan(lt->t, cursor, pat, KHALAD_WARM_BATCH, collect, s);
     if (rc != 0) {
-        khala__tiers_failed(d, lt, rc);
+        khala__store_level_failed(d, lt, rc);
         set_msg(d, "L2 (%s): scan failed: %s", lt->t->ops->name, lt->t->err);
         free(s);
         return rc;
@@ -611,7 +527,7 @@ int khala__tiers_warm_scan(khalad_t *d, const void *prefix, size_t plen, int typ
             int rcs[KHALAD_WARM_BATCH];
             memset(vals, 0, sizeof(vals[0]) * m);
             if ((rc = lt->t->ops->mget(lt->t, m, s->keys + off, vals, rcs)) != 0) {
-                khala__tiers_failed(d, lt, rc);
+                khala__store_level_failed(d, lt, rc);
                 break;
             }
             for (size_t j = 0; j < m; j++) {
@@ -660,7 +576,7 @@ uint64_t khala__tiers_preload(khalad_t *d) {
     size_t max = khala__config_l1_items(&d->cfg) / 2;
     int rc = lt->t->ops->hot(lt->t, max, hot_visit, h);
     if (rc != 0)
-        khala__tiers_failed(d, lt, rc);
+        khala__store_level_failed(d, lt, rc);
     if (h->n)
         h->warmed += khala__tiers_warm_keys(d, h->n, h->keys);
     uint64_t n = h->warmed;

@@ -1,9 +1,9 @@
 /*
  * khalad's levels below L1, as a whole: which drivers config picks (daemon/tier_disk.c,
- * daemon/tier_redis.c), the order a miss asks them in, health checks, the flusher that drains
- * the write queues, cross-host invalidation (daemon/coherence.c), warming, and the stats of it
- * all. Writes are not here: every write at every level, and the rule that applies a write to a
- * level or queues it, is daemon/store.c's. daemon/handlers.c calls these; they never reply.
+ * daemon/tier_redis.c), health checks, the flusher that drains the write queues, cross-host
+ * invalidation's callbacks (daemon/coherence.c), warming, and the stats of it all. Writes are
+ * not here: every write at every level, reads below L1 and the rule that applies a write to a
+ * level or queues it are daemon/store.c's. daemon/handlers.c calls these; they never reply.
  *
  * Start at khala__tiers_open() and khala__tiers_tick().
  *
@@ -15,7 +15,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "coherence.h"
 #include "tier.h"
 
 typedef struct khalad khalad_t;
@@ -49,19 +48,6 @@ int khala__tiers_open(khalad_t *d);
  * @param[in,out] d khalad.
  */
 void khala__tiers_close(khalad_t *d);
-
-/**
- * @brief Look a key up below L1: first the writes still queued for a level (so that a write
- *        waiting for Redis is read back), then each healthy level in order. A level that
- *        fails is marked unhealthy and skipped.
- * @param[in,out] d khalad.
- * @param[in] key the key. @param[in] klen its bytes.
- * @param[out] out the value (free with khala__tier_value_free()).
- * @param[out] lvl the level that answered.
- * @return 0; KHALA_ENOTFOUND.
- */
-int khala__tiers_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out,
-                     khala_level_t *lvl);
 
 /**
  * @brief Promote keys from the slower levels into L1 (warming), in batches.
@@ -107,25 +93,5 @@ void khala__tiers_tick(khalad_t *d);
  * @return entries written; 0 when there is no L2.
  */
 size_t khala__tiers_stats(khalad_t *d, khala_kv_t *kv, size_t max);
-
-/**
- * @brief A level failed with @p rc: when the cause is its server (KHALA_ETIER), mark it down
- *        (reads skip it, writes queue, the tick asks it whether it is back) and log it once.
- * @param[in,out] d khalad. @param[in,out] lt the level. @param[in] rc the driver's code.
- */
-void khala__tiers_failed(khalad_t *d, khalad_tier_t *lt, int rc);
-
-/** @brief "L2" or "L3", for messages. */
-const char *khala__tiers_level_name(const khalad_tier_t *lt);
-
-/**
- * @brief Tell other hosts (cross-host invalidation, when configured) that a key, a prefix, a
- *        type or everything changed. A failure is logged and remembered: once publishing works
- *        again, every other host is told to empty its L1.
- * @param[in] by what changed. @param[in] key the key or prefix. @param[in] klen its bytes.
- * @param[in] type the type (-1 = any). @param[in] version the new version (0 = a removal).
- */
-void khala__tiers_publish(khalad_t *d, khala_inv_by_t by, const void *key, size_t klen, int type,
-                          uint64_t version);
 
 #endif /* KHALA_DAEMON_TIERS_H */

@@ -226,10 +226,10 @@ Test(store, an_outage_queues_writes_and_recovery_drains_them_in_order) {
     /* Reads see the queued writes. */
     khala_tier_value_t v;
     khala_level_t lvl;
-    cr_assert_eq(khala__tiers_get(d, "k", 1, &v, &lvl), 0);
+    cr_assert_eq(khala__store_get(d, "k", 1, &v, &lvl), 0);
     cr_assert_eq(v.version, v2);
     khala__tier_value_free(&v);
-    cr_assert_eq(khala__tiers_get(d, "gone", 4, &v, &lvl), KHALA_ENOTFOUND);
+    cr_assert_eq(khala__store_get(d, "gone", 4, &v, &lvl), KHALA_ENOTFOUND);
     /* Still down: nothing drains. */
     tick_now();
     cr_assert_eq(queued(), 2);
