@@ -141,6 +141,11 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
                               khala_strerror(rc));
         }
         if (rc != 0) {
+            /* Nothing of this level is kept: khala__tiers_close() only sees opened levels. */
+            khala__wq_free(lt->wq);
+            lt->wq = NULL;
+            lt->t->ops->close(lt->t);
+            lt->t = NULL;
             set_msg(d, "L2 (redis): %s", err);
             return rc;
         }
