@@ -43,7 +43,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../daemon/predict.h"
+#include "predict.h"
 #include "bench.h"
 #include "khala/cache.h"
 #include "l1_table.h"

@@ -30,7 +30,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define uthash_fatal(msg) abort()
+/* Out of memory in the table (uthash's own arrays) is an error like any other: the add is rolled
+ * back, the element's hh.tbl is left NULL, and khala__flight_join() returns -ENOMEM (the caller
+ * then loads without single-flight, as when the table is full). */
+#define HASH_NONFATAL_OOM 1
 #include <uthash.h>
 
 typedef struct flight {
@@ -100,6 +103,10 @@ int khala__flight_join(khala_flight_t *f, const void *key, size_t klen, const kh
         e->leader = *w;
         e->started_ms = now_ms;
         HASH_ADD(hh, f->map, key, klen, e);
+        if (e->hh.tbl == NULL) {
+            free(e);
+            return -ENOMEM;
+        }
         return KHALA_FLIGHT_LEADER;
     }
     if (e->leader.owner == w->owner) {

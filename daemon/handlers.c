@@ -10,8 +10,9 @@
  * therefore come in request order, except for such waiters; clients match replies by id.
  *
  * The miss path is L1, then the levels below it (daemon/tiers.c: writes queued for them, then
- * L2, later L3), then the caller's loader; a get reports which level answered. Writes,
- * deletes and invalidations go to every level, and to other hosts, through daemon/tiers.c.
+ * L2, later L3), then the caller's loader; a get reports which level answered. Every write
+ * (put, fill, touch, delete, invalidation, flush) is one call into daemon/store.c, which owns
+ * every level; a handler decodes, calls, and replies.
  *
  * A frame that does not decode gets an error reply (id 0 when the id could not be read) and the
  * connection is closed: the stream cannot be trusted after it. Nobody else notices.
@@ -193,8 +194,8 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
      * has left, and reported with the level that answered. */
     khala_tier_value_t v;
     khala_level_t lvl;
-    if (khala__tiers_get(d, m->key.ptr, m->key.len, &v, &lvl) == 0) {
-        (void)khala__tiers_promote(d, m->key.ptr, m->key.len, &v);
+    if (khala__store_get(d, m->key.ptr, m->key.len, &v, &lvl) == 0) {
+        (void)khala__store_promote(d, m->key.ptr, m->key.len, &v);
         khala_msg_t r = reply_to(m);
         r.value.ptr = v.data;
         r.value.len = v.len;
@@ -227,38 +228,17 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     send_reply(d, c, &r);
 }
 
-/* The TTL of a put: the request's, else the type's L1 default. */
-static int64_t put_ttl_ms(const khalad_t *d, const khala_msg_t *m, khala_type_t type) {
-    if ((m->has & KHALA_F_TTL) && m->ttl_ms)
-        return (int64_t)m->ttl_ms;
-    return (int64_t)khala__config_type_ttl(&d->cfg, (int)type, 1) * 1000;
-}
-
 static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     khala_type_t type = (m->has & KHALA_F_TYPE) ? m->type : KHALA_TYPE_MEMORY_ENTITY;
-    if (m->has & KHALA_F_VER) {
-        /* Compare-and-set: ver is the version the caller last saw, 0 = "must not exist". The
-         * current version is the first level's that has the key. */
-        uint64_t cur = khala__tiers_current_version(d, m->key.ptr, m->key.len);
-        if (cur != m->ver) {
-            reply_rc(d, c, m->id, m->op, KHALA_EVERSION,
-                     "version conflict: the key is at version %llu, the put expected %llu",
-                     (unsigned long long)cur, (unsigned long long)m->ver);
-            return;
-        }
-    }
+    /* ver, when given, is the version the caller last saw (0 = "must not exist"). */
+    unsigned flags = (m->op == KHALA_OP_FILL ? KHALA_STORE_FILL : 0) |
+                     ((m->has & KHALA_F_VER) ? KHALA_STORE_CAS : 0);
     uint64_t ver = 0;
-    int flags = m->op == KHALA_OP_FILL ? KHALA_TIERS_FILL : 0;
-    int rc = 0;
-    /* The placeholder rule: a fill of a key that was invalidated while its leader loaded may
-     * be older than the invalidation, so it is not cached at any level (the waiters still get
-     * it). */
-    if (m->op == KHALA_OP_FILL && khala__flight_invalidated(d->flight, m->key.ptr, m->key.len))
-        d->fills_dropped++;
-    else
-        rc = khala__tiers_put(d, m->key.ptr, m->key.len, m->value.ptr, m->value.len,
-                              (m->has & KHALA_F_TTL) ? (int64_t)m->ttl_ms : 0, type, flags, &ver);
+    int rc = khala__store_put(d, m->key.ptr, m->key.len, m->value.ptr, m->value.len,
+                              (m->has & KHALA_F_TTL) ? (int64_t)m->ttl_ms : 0, type, flags, m->ver,
+                              &ver);
     if (m->op == KHALA_OP_FILL) {
+        /* The waiters get the value even when the store did not cache it. */
         flight_ctx_t fc = {d, type, ver};
         khala__flight_finish(d->flight, m->key.ptr, m->key.len, 0, m->value.ptr, m->value.len,
                              flight_answer, &fc);
@@ -278,7 +258,7 @@ static void op_fill_fail(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 }
 
 static void op_del(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
-    int rc = khala__tiers_del(d, m->key.ptr, m->key.len);
+    int rc = khala__store_del(d, m->key.ptr, m->key.len, NULL);
     reply_rc(d, c, m->id, m->op, rc, "%s", rc ? d->errmsg : "");
 }
 
@@ -294,18 +274,18 @@ static void op_invalidate(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     int rc;
     switch (m->by) {
         case KHALA_BY_KEY: {
-            const khala_item_t *it;
-            n = khala__l1_find(d->l1, m->key.ptr, m->key.len, &it) == 0;
-            rc = khala__tiers_del(d, m->key.ptr, m->key.len);
+            int in_l1 = 0;
+            rc = khala__store_del(d, m->key.ptr, m->key.len, &in_l1);
             if (rc == KHALA_ENOTFOUND)
                 rc = 0; /* invalidating what is not cached is no error */
+            n = (uint64_t)in_l1;
             break;
         }
         case KHALA_BY_PREFIX:
-            rc = khala__tiers_invalidate(d, m->prefix.ptr, m->prefix.len, -1, &n);
+            rc = khala__store_invalidate(d, m->prefix.ptr, m->prefix.len, -1, &n);
             break;
         case KHALA_BY_TYPE:
-            rc = khala__tiers_invalidate(d, NULL, 0, (int)m->type, &n);
+            rc = khala__store_invalidate(d, NULL, 0, (int)m->type, &n);
             break;
         default:
             reply_rc(d, c, m->id, m->op, KHALA_EPROTO, "invalidate: unknown 'by'");
@@ -319,30 +299,14 @@ static void op_invalidate(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 }
 
 static void op_touch(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
-    const khala_item_t *it;
-    int rc = khala__l1_find(d->l1, m->key.ptr, m->key.len, &it);
-    if (rc != 0) {
-        reply_rc(d, c, m->id, m->op, rc, NULL);
-        return;
-    }
-    /* Items are immutable: a touch writes the same value again with a fresh deadline. The
-     * value is copied first, since the put may evict or free the old item. */
-    khala_type_t type = (khala_type_t)it->type;
-    uint64_t it_version = it->version;
-    size_t vlen = it->value_len;
-    void *copy = malloc(vlen ? vlen : 1);
-    if (!copy) {
-        reply_rc(d, c, m->id, m->op, -ENOMEM, "out of memory");
-        return;
-    }
-    memcpy(copy, khala__item_value(it), vlen);
     uint64_t ver = 0;
-    /* Same value, same version: a touch changes only when the L1 copy expires. */
-    rc = khala__l1_put_v(d->l1, m->key.ptr, m->key.len, copy, vlen, put_ttl_ms(d, m, type),
-                         (uint8_t)type, it_version, &ver);
-    free(copy);
+    int rc = khala__store_touch(d, m->key.ptr, m->key.len,
+                                (m->has & KHALA_F_TTL) ? (int64_t)m->ttl_ms : 0, &ver);
     if (rc != 0) {
-        reply_rc(d, c, m->id, m->op, rc, "%s", khala__l1_errmsg(d->l1));
+        if (rc == KHALA_ENOTFOUND)
+            reply_rc(d, c, m->id, m->op, rc, NULL);
+        else
+            reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
         return;
     }
     reply_version(d, c, m, ver);
@@ -496,7 +460,7 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 
 static void op_flush(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     uint64_t n = 0;
-    int rc = khala__tiers_invalidate(d, NULL, 0, (m->has & KHALA_F_TYPE) ? (int)m->type : -1, &n);
+    int rc = khala__store_invalidate(d, NULL, 0, (m->has & KHALA_F_TYPE) ? (int)m->type : -1, &n);
     if (rc != 0) {
         reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
         return;
@@ -571,15 +535,16 @@ static const handler_fn handlers[KHALA_OP_COUNT] = {
     [KHALA_OP_CONFIG] = op_config,
 };
 
-/* Who may change the cache: root, khalad's own user, and members (by primary group) of the
- * socket's group. Anyone else who can reach the socket (a mode wider than 0660) may read:
- * hello, ping, get (without loading), stats, keys, inspect, config. The kernel reports the
- * peer's credentials (SO_PEERCRED), so they cannot be forged. */
-static int may_write(const khalad_t *d, const khala_conn_t *c) {
+/* Who may change the cache: root, khalad's own user, and members of the socket's group, by
+ * their primary or a supplementary group. Anyone else who can reach the socket (a mode wider
+ * than 0660) may read: hello, ping, get (without loading), stats, keys, inspect, config. The
+ * kernel reports the peer's credentials (SO_PEERCRED, SO_PEERGROUPS), so they cannot be forged;
+ * daemon/server.c says why those and not /proc or getgrouplist. */
+static int may_write(const khalad_t *d, khala_conn_t *c) {
     uid_t uid;
-    gid_t gid;
-    khala__conn_peer(c, NULL, &uid, &gid);
-    return uid == 0 || uid == d->uid || (d->socket_gid >= 0 && gid == (gid_t)d->socket_gid);
+    khala__conn_peer(c, NULL, &uid, NULL);
+    return uid == 0 || uid == d->uid ||
+           (d->socket_gid >= 0 && khala__conn_peer_in_group(c, (gid_t)d->socket_gid));
 }
 
 static int is_write(khala_op_t op) {

@@ -1,7 +1,8 @@
 /*
  * khalad's state, shared by its modules: the configuration, the L1 writer, the socket server,
  * single-flight, and counters. One instance per process, owned by the loop thread. Start at
- * daemon/khalad.c (main) and daemon/handlers.c (what each request does).
+ * daemon/khalad.c (main), daemon/handlers.c (what each request does) and daemon/store.c
+ * (every write at every level).
  */
 #ifndef KHALA_DAEMON_KHALAD_H
 #define KHALA_DAEMON_KHALAD_H
@@ -12,9 +13,11 @@
 #include "config.h"
 #include "flight.h"
 #include "l1_table.h"
+#include "log.h"
 #include "proto.h"
 #include "server.h"
 #include "coherence.h"
+#include "store.h"
 #include "tier.h"
 #include "tiers.h"
 #include "writeq.h"
@@ -46,7 +49,8 @@ typedef struct khalad {
     khala_coherence_t *coh;                /* cross-host invalidation, or NULL */
     int coh_fd;                            /* its descriptor the loop watches, or -1 */
     uint64_t last_version;                 /* last version handed out */
-    uint64_t rng;                          /* TTL jitter */
+    uint64_t rng;                          /* TTL jitter (daemon/store.c) */
+    char crash_at[32];                     /* tests: KHALAD_TEST_CRASH_AT, "" = off */
     int publish_lost;                      /* a change was not published: flush others */
     int64_t next_flush_publish_ms;         /* when to try telling them again */
     char errmsg[512];                      /* the last tiers error, for replies */
@@ -70,9 +74,5 @@ int khala__handlers_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_
 void khala__handlers_bad_frame(void *arg, khala_conn_t *c, size_t len);
 void khala__handlers_close(void *arg, khala_conn_t *c);
 void khala__handlers_tick(void *arg);
-
-/* A structured log line (one JSON object) on stderr: level, message, then key/value pairs as
- * const char * pairs, ended by NULL. */
-void khala__log(const char *level, const char *msg, ...);
 
 #endif /* KHALA_DAEMON_KHALAD_H */

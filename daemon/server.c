@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "errbuf.h"
 #include "khala/error.h"
 #include "sys.h"
 
@@ -52,6 +53,8 @@ struct khala_conn {
     pid_t pid; /* peer credentials at accept */
     uid_t uid;
     gid_t gid;
+    gid_t member_gid;          /* the group last asked about by khala__conn_peer_in_group */
+    int member;                /* its answer: 1, 0, or -1 when not asked yet */
     uint8_t *in;               /* received bytes not yet consumed */
     size_t in_len;             /* bytes in `in` */
     size_t in_cap;             /* capacity of `in` */
@@ -159,6 +162,40 @@ void khala__conn_peer(const khala_conn_t *c, pid_t *pid, uid_t *uid, gid_t *gid)
         *uid = c->uid;
     if (gid)
         *gid = c->gid;
+}
+
+/*
+ * Supplementary groups come from SO_PEERGROUPS, like SO_PEERCRED the kernel's record of the
+ * peer's credentials when it connected: what the process really held (a worker that dropped
+ * groups with setgroups() has dropped them here too), with no race against the peer exiting and
+ * its pid being reused (which /proc/<pid>/status would have), and no lookup in /etc/group or NSS
+ * on khalad's loop (which getgrouplist would do, and which would count groups the process does
+ * not hold). The answer is kept per connection: credentials do not change after connect.
+ */
+int khala__conn_peer_in_group(khala_conn_t *c, gid_t gid) {
+    if (c->gid == gid)
+        return 1;
+    if (c->member >= 0 && c->member_gid == gid)
+        return c->member;
+    gid_t small[64], *groups = small;
+    socklen_t len = sizeof(small);
+    int rc = getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+    if (rc != 0 && errno == ERANGE) {
+        groups = malloc(len);
+        if (!groups)
+            return 0; /* not counted now; asked again at the next write */
+        rc = getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+    }
+    int member = 0;
+    for (size_t i = 0; rc == 0 && i < len / sizeof(gid_t); i++)
+        member |= groups[i] == gid;
+    if (groups != small)
+        free(groups);
+    if (rc != 0)
+        return 0; /* an old kernel (before 4.13): the primary group alone counts */
+    c->member_gid = gid;
+    c->member = member;
+    return member;
 }
 
 void *khala__conn_data(const khala_conn_t *c) {
@@ -292,6 +329,7 @@ static void accept_all(khala_server_t *s) {
             c->uid = cred.uid;
             c->gid = cred.gid;
         }
+        c->member = -1;
         c->srv = s;
         c->fd = fd;
         c->events = EPOLLIN;
@@ -314,13 +352,13 @@ int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_
     struct sockaddr_un sa;
     int rc;
     if (strlen(cfg->path) >= sizeof(sa.sun_path)) {
-        snprintf(err, errlen, "socket path '%s' is longer than %zu bytes", cfg->path,
-                 sizeof(sa.sun_path) - 1);
+        khala__errbuf_set(err, errlen, "socket path '%s' is longer than %zu bytes", cfg->path,
+                          sizeof(sa.sun_path) - 1);
         return -ENAMETOOLONG;
     }
     khala_server_t *s = calloc(1, sizeof(*s));
     if (!s) {
-        snprintf(err, errlen, "out of memory");
+        khala__errbuf_set(err, errlen, "out of memory");
         return -ENOMEM;
     }
     s->cfg = *cfg;
@@ -340,7 +378,7 @@ int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_
         int live = connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
         close(probe);
         if (live) {
-            snprintf(err, errlen, "another khalad serves %s", cfg->path);
+            khala__errbuf_set(err, errlen, "another khalad serves %s", cfg->path);
             rc = KHALA_EEXIST;
             goto fail;
         }
@@ -349,19 +387,20 @@ int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_
     s->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
         rc = -errno;
-        snprintf(err, errlen, "cannot bind %s: %s", cfg->path, strerror(errno));
+        khala__errbuf_set(err, errlen, "cannot bind %s: %s", cfg->path, strerror(errno));
         goto fail;
     }
     if (chmod(cfg->path, cfg->mode) != 0 ||
         (cfg->gid >= 0 && chown(cfg->path, (uid_t)-1, (gid_t)cfg->gid) != 0)) {
         rc = -errno;
-        snprintf(err, errlen, "cannot set the mode or group of %s: %s", cfg->path, strerror(errno));
+        khala__errbuf_set(err, errlen, "cannot set the mode or group of %s: %s", cfg->path,
+                          strerror(errno));
         goto fail_unlink;
     }
     if (listen(s->lfd, LISTEN_BACKLOG) != 0 || (s->efd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
         (s->wfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
         rc = -errno;
-        snprintf(err, errlen, "cannot listen on %s: %s", cfg->path, strerror(errno));
+        khala__errbuf_set(err, errlen, "cannot listen on %s: %s", cfg->path, strerror(errno));
         goto fail_unlink;
     }
     struct epoll_event el = {.events = EPOLLIN, .data.ptr = TAG_LISTEN};
@@ -369,7 +408,7 @@ int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_
     if (epoll_ctl(s->efd, EPOLL_CTL_ADD, s->lfd, &el) != 0 ||
         epoll_ctl(s->efd, EPOLL_CTL_ADD, s->wfd, &ew) != 0) {
         rc = -errno;
-        snprintf(err, errlen, "epoll: %s", strerror(errno));
+        khala__errbuf_set(err, errlen, "epoll: %s", strerror(errno));
         goto fail_unlink;
     }
     *out = s;

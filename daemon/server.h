@@ -67,6 +67,16 @@ int khala__conn_send(khala_conn_t *c, const void *bytes, size_t len);
 /* The peer's credentials (SO_PEERCRED), read at accept. */
 void khala__conn_peer(const khala_conn_t *c, pid_t *pid, uid_t *uid, gid_t *gid);
 
+/**
+ * @brief Whether the peer is a member of group @p gid: its primary group (SO_PEERCRED) or one of
+ *        its supplementary groups (SO_PEERGROUPS), as the kernel recorded them when it
+ *        connected.
+ * @param[in] c the connection. @param[in] gid the group.
+ * @return 1 or 0 (0 also when the kernel cannot tell: then the primary group alone counts).
+ * @note The answer is cached on the connection; khalad's loop thread only.
+ */
+int khala__conn_peer_in_group(khala_conn_t *c, gid_t gid);
+
 /* A per-connection pointer for the handlers (NULL at first). */
 void *khala__conn_data(const khala_conn_t *c);
 void khala__conn_set_data(khala_conn_t *c, void *data);

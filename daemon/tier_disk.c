@@ -57,6 +57,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dirs.h"
 #include "errbuf.h"
 #include "khala/error.h"
 #include "tier_disk_index.h"
@@ -92,7 +93,7 @@ static int rec_get(const MDB_val *r, khala_disk_rec_t *out) {
 }
 
 static int key_check(disk_t *d, const void *key, size_t klen) {
-    char kb[80];
+    char kb[KHALA_ERRBUF_QUOTE_CAP];
     if (klen == 0 || !key)
         return khala__disk_store_fail(d, KHALA_EKEY, "the empty key is refused");
     if (klen > KHALA_KEY_MAX)
@@ -107,7 +108,7 @@ static int key_check(disk_t *d, const void *key, size_t klen) {
 /* ------------------------------------------------------------------------------------------ */
 
 static int value_check(disk_t *d, const void *key, size_t klen, const khala_tier_value_t *v) {
-    char kb[80];
+    char kb[KHALA_ERRBUF_QUOTE_CAP];
     int rc = key_check(d, key, klen);
     if (rc)
         return rc;
@@ -151,7 +152,7 @@ static int put_txn(disk_t *d, size_t n, const khala_bytes_t *keys, const khala_t
             if (rec_get(&r, &held) == 0 && khala__disk_live(held.expire_ms, now_rt) &&
                 held.version > v->version) {
                 /* Step 1: the level holds newer data. */
-                char kb[80];
+                char kb[KHALA_ERRBUF_QUOTE_CAP];
                 if (strict) {
                     rc = khala__disk_store_fail(
                         d, KHALA_EVERSION,
@@ -305,7 +306,7 @@ static int drop_keys(disk_t *d, size_t n, const khala_bytes_t *keys, khala_disk_
  * record was expired), or a failure with t->err set. */
 static int get_one(disk_t *d, MDB_txn *txn, const void *key, size_t klen, khala_tier_value_t *out,
                    int64_t now_rt, int *expired) {
-    char kb[80];
+    char kb[KHALA_ERRBUF_QUOTE_CAP];
     MDB_val k = {klen, (void *)key}, r;
     int rc = mdb_get(txn, d->items, &k, &r);
     if (rc == MDB_NOTFOUND)
@@ -448,7 +449,7 @@ static int disk_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
 
 static int disk_del(khala_tier_t *t, const void *key, size_t klen) {
     disk_t *d = t->impl;
-    char kb[80];
+    char kb[KHALA_ERRBUF_QUOTE_CAP];
     int rc = key_check(d, key, klen);
     if (rc)
         return rc;
@@ -860,33 +861,6 @@ static const khala_tier_ops_t disk_ops = {
 /* Open                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
-/* mkdir -p path, mode 0700 for what it creates. */
-static int mkdir_p(const char *path, char *err, size_t errlen) {
-    char buf[4096];
-    size_t len = strlen(path);
-    if (len >= sizeof(buf))
-        return khala__errbuf(err, errlen, -ENAMETOOLONG, "%s: path is too long", path);
-    memcpy(buf, path, len + 1);
-    for (size_t i = 1; i <= len; i++) {
-        if (buf[i] != '/' && buf[i] != '\0')
-            continue;
-        char c = buf[i];
-        buf[i] = '\0';
-        struct stat st;
-        if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-            return khala__errbuf(err, errlen, -errno, "%s: cannot create directory %s: %s", path,
-                                 buf, strerror(errno));
-        if (stat(buf, &st) != 0)
-            return khala__errbuf(err, errlen, -errno, "%s: %s: %s", path, buf, strerror(errno));
-        if (!S_ISDIR(st.st_mode))
-            return khala__errbuf(err, errlen, -ENOTDIR, "%s: %s is not a directory", path, buf);
-        buf[i] = c;
-        while (buf[i + 1] == '/')
-            i++;
-    }
-    return 0;
-}
-
 int khala__tier_disk_open(const khala_tier_disk_opts_t *o, khala_tier_t **out, char *err,
                           size_t errlen) {
     if (!o || !out || !o->path || !o->path[0])
@@ -903,7 +877,7 @@ int khala__tier_disk_open(const khala_tier_disk_opts_t *o, khala_tier_t **out, c
     if (max_value > KHALA_TIER_DISK_VALUE_MAX)
         return khala__errbuf(err, errlen, KHALA_ECONFIG, "%s: max_value %" PRIu32 " is over %u",
                              o->path, max_value, KHALA_TIER_DISK_VALUE_MAX);
-    int rc = mkdir_p(o->path, err, errlen);
+    int rc = khala__dirs_make(o->path, 0700, err, errlen);
     if (rc)
         return rc;
 

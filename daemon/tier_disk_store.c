@@ -134,25 +134,6 @@ int khala__disk_store_mdb_fail(disk_t *d, int rc, const char *what) {
     return khala__disk_store_fail(d, mdb_code(rc), "%s: %s", what, mdb_strerror(rc));
 }
 
-/* A printable rendering of a key for messages: its first bytes, non-printables as \xNN. */
-const char *khala__disk_store_key_show(const void *key, size_t klen, char *buf, size_t cap) {
-    const uint8_t *k = key;
-    size_t o = 0;
-    for (size_t i = 0; i < klen && o + 8 < cap; i++) {
-        if (k[i] >= 0x20 && k[i] < 0x7f && k[i] != '\\')
-            buf[o++] = (char)k[i];
-        else
-            o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", k[i]);
-        if (i + 1 < klen && o + 8 >= cap) {
-            memcpy(buf + o, "...", 3);
-            o += 3;
-            break;
-        }
-    }
-    buf[o] = '\0';
-    return buf;
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* The write set                                                                              */
 /* ------------------------------------------------------------------------------------------ */
@@ -470,7 +451,7 @@ static int load_index(disk_t *d, char *err, size_t errlen) {
     MDB_txn *txn;
     MDB_cursor *c = NULL;
     MDB_val k, v;
-    char kb[80], why[80];
+    char kb[KHALA_ERRBUF_QUOTE_CAP], why[80];
     int rc = mdb_txn_begin(d->env, NULL, MDB_RDONLY, &txn);
     if (rc)
         return khala__errbuf(err, errlen, mdb_code(rc), "%s: %s", d->path, mdb_strerror(rc));

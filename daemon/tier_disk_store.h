@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "errbuf.h"
 #include "khala/cache.h"
 #include "tier.h"
 #include "tier_disk.h"
@@ -139,12 +140,9 @@ int khala__disk_store_is_mdb(int rc);
  */
 int khala__disk_store_mdb_fail(khala_disk_store_t *d, int rc, const char *what);
 
-/**
- * @brief A printable rendering of a key for messages: its first bytes, non-printables as \\xNN,
- *        "..." when cut.
- * @return @p buf.
- */
-const char *khala__disk_store_key_show(const void *key, size_t klen, char *buf, size_t cap);
+/** A key in a message: the one way keys are shown (khala__errbuf_quote, lib/errbuf.h). */
+#define khala__disk_store_key_show(key, klen, buf, cap)                                            \
+    khala__errbuf_quote((key), (klen), (buf), (cap))
 
 /** @brief The wall clock in ms (CLOCK_REALTIME): record expiry survives a restart. */
 int64_t khala__disk_store_realtime_ms(void);

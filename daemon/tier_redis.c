@@ -198,17 +198,8 @@ static inline rtier_t *RT(khala_tier_t *t) {
     return (rtier_t *)t;
 }
 
-/* A printable rendering of a binary key for messages: at most 64 bytes, '?' for the rest. */
-static const char *key_show(const void *key, size_t klen, char *buf, size_t cap) {
-    const unsigned char *k = key;
-    size_t n = klen < cap - 1 ? klen : cap - 1;
-    if (n > 64)
-        n = 64;
-    for (size_t i = 0; i < n; i++)
-        buf[i] = (k[i] >= 0x20 && k[i] < 0x7f) ? (char)k[i] : '?';
-    buf[n] = '\0';
-    return buf;
-}
+/* A key in a message: the one way keys are shown (lib/errbuf.h). */
+#define key_show(key, klen, buf, cap) khala__errbuf_quote((key), (klen), (buf), (cap))
 
 /* Escape Redis glob metacharacters (* ? [ ] \) of s into out (2 * len + 1 bytes); the length. */
 static size_t glob_escape(const char *s, size_t len, char *out) {
@@ -567,7 +558,7 @@ static int ensure_ready(rtier_t *rt) {
  * KHALA_ETIER (an error reply) or -ENOMEM. */
 static int answer(rtier_t *rt, const void *key, size_t klen, const redisReply *v,
                   const redisReply *ttl, khala_tier_value_t *out) {
-    char shown[80];
+    char shown[KHALA_ERRBUF_QUOTE_CAP];
     if (v->type == REDIS_REPLY_NIL)
         return KHALA_ENOTFOUND;
     bool wrongtype = v->type == REDIS_REPLY_ERROR && strncmp(v->str, "WRONGTYPE", 9) == 0;
@@ -814,7 +805,7 @@ static void put_cmd(rtier_t *rt, const char *fk, size_t fl, const msgpack_sbuffe
 }
 
 static int put_result(rtier_t *rt, const char *fk, size_t fl, const redisReply *r) {
-    char shown[80];
+    char shown[KHALA_ERRBUF_QUOTE_CAP];
     if (r->type == REDIS_REPLY_INTEGER)
         return r->integer == 1 ? 0 : KHALA_EVERSION;
     terr(rt, "redis: put '%s': %s", key_show(fk, fl, shown, sizeof(shown)),
@@ -1387,27 +1378,28 @@ int khala__tier_redis_open(const khala_tier_redis_opts_t *o, khala_tier_t **out,
     khala_config_redis_url_t url;
     size_t nslen = o && o->ns ? strlen(o->ns) : 0;
     if (!o || !o->url) {
-        snprintf(msg, sizeof(msg), "redis: no redis_url");
+        khala__errbuf_set(msg, sizeof(msg), "redis: no redis_url");
         goto fail;
     }
     if (nslen == 0 || nslen > KHALA_NAME_MAX) {
-        snprintf(msg, sizeof(msg), "redis: namespace is %zu bytes, must be 1 to %d", nslen,
-                 KHALA_NAME_MAX);
+        khala__errbuf_set(msg, sizeof(msg), "redis: namespace is %zu bytes, must be 1 to %d", nslen,
+                          KHALA_NAME_MAX);
         goto fail;
     }
     char perr[200];
     if (khala__config_redis_url_parse(o->url, &url, perr, sizeof(perr)) != 0) {
-        snprintf(msg, sizeof(msg), "redis: redis_url %s", perr);
+        khala__errbuf_set(msg, sizeof(msg), "redis: redis_url %s", perr);
         goto fail;
     }
     if (url.tls) {
-        snprintf(msg, sizeof(msg), "redis: rediss:// (TLS) is not supported by this build");
+        khala__errbuf_set(msg, sizeof(msg),
+                          "redis: rediss:// (TLS) is not supported by this build");
         goto fail;
     }
     rt = calloc(1, sizeof(*rt));
     if (!rt) {
         rc = -ENOMEM;
-        snprintf(msg, sizeof(msg), "redis: out of memory");
+        khala__errbuf_set(msg, sizeof(msg), "redis: out of memory");
         goto fail;
     }
     rt->persistent = o->persistent;
@@ -1422,23 +1414,23 @@ int khala__tier_redis_open(const khala_tier_redis_opts_t *o, khala_tier_t **out,
     if (khala__redis_router_init(&rt->r, &url, o->timeout_ms, o->pool_size, put_script,
                                  rt->tier.err, sizeof(rt->tier.err)) != 0) {
         rc = -ENOMEM;
-        snprintf(msg, sizeof(msg), "redis: out of memory");
+        khala__errbuf_set(msg, sizeof(msg), "redis: out of memory");
         goto fail;
     }
     rc = ensure_ready(rt);
     if (rc == KHALA_ECONFIG || rc == -ENOMEM) {
-        snprintf(msg, sizeof(msg), "%s", rt->tier.err);
+        khala__errbuf_set(msg, sizeof(msg), "%s", rt->tier.err);
         goto fail;
     }
     rt->tier.healthy = rt->ready;
     if (err && errlen)
-        snprintf(err, errlen, "%s", rt->tier.err);
+        khala__errbuf_set(err, errlen, "%s", rt->tier.err);
     *out = &rt->tier;
     return 0;
 fail:
     if (rt)
         tr_close(&rt->tier);
     if (err && errlen)
-        snprintf(err, errlen, "%s", msg);
+        khala__errbuf_set(err, errlen, "%s", msg);
     return rc;
 }

@@ -4,34 +4,34 @@
  * HOW IT WORKS
  *
  * Config picks one driver per level (L2: "disk" on LMDB, or "redis"); each opened level gets a
- * write queue (daemon/writeq.c). The rules:
+ * write queue (daemon/writeq.c). Writes, and what they need of the levels (reads below L1,
+ * marking a level down, publishing), are daemon/store.c's, which this file calls and which never
+ * calls back. What stays here is the levels' lifecycle:
  *
- *   write-through   put: the level first (a stale write is refused there, by version), then
- *                   L1, then the publish to other hosts. A level that is down (KHALA_ETIER)
- *                   gets the write queued instead, and the caller still hears success: the
- *                   write is held in order and drained when the level returns.
- *   write-behind    put: L1, then the queue; the flusher (tick) drains every level's queue in
- *                   batches (mput), writes to one key coalesced.
- *   queue full      checked before anything is written: the caller gets KHALA_EQUEUE and no
- *                   level changes (back-pressure, never a silent drop).
- *   reads           L1 (handlers), then the queued writes (a write waiting for its level is
- *                   read back, a queued delete hides the level's copy), then each healthy
- *                   level in order. A hit is promoted into L1 with the level's version.
- *   outages         an operation failing with KHALA_ETIER marks the level unhealthy: reads
- *                   skip it, writes queue. Every KHALAD_HEALTH_EVERY_MS the tick asks
- *                   health(); when it passes, the queue drains, oldest first, and the level
- *                   serves reads again only once its queue is empty (until then the queue
- *                   and the level together are the truth, and reads consult both anyway).
- *
- * Versions come from khala__tiers_version(): the wall clock in ms shifted left by 20 bits, and
- * strictly increasing here, so versions from different hosts order writes by time and every
- * level keeps the newest (tier.h's rule).
+ *   open/close      the drivers, the journal, coherence's subscription; at close, L1's hits
+ *                   handed to L2's access counts and a last drain.
+ *   outages         a level that failed with KHALA_ETIER (khala__store_level_failed) is asked
+ *                   health() every KHALAD_HEALTH_EVERY_MS, backing off to KHALAD_HEALTH_MAX_MS;
+ *                   when it passes, its queue drains, oldest first, and it takes writes
+ *                   directly again only once its queue is empty (until then the queue and the
+ *                   level together are the truth, and reads consult both).
+ *   the flusher     the tick drains every level's queue in batches (mput): how write-behind
+ *                   writes and the writes of an outage reach the level.
+ *   warming         by keys, by a scan of L2, and the preload of L2's most used keys at start;
+ *                   what is found is promoted into L1 through the store.
  *
  * Cross-host invalidation (daemon/coherence.c, [policies] coherence = pubsub): every put,
- * delete, invalidation and flush is published on the namespace's channel; a message from
- * another khalad removes the key(s) from this L1. When the subscription is lost this khalad
- * can no longer prove its L1 current, so it empties L1, and it empties it again when the
- * subscription is back (what was cached meanwhile was not covered either).
+ * delete, invalidation and flush is published on the namespace's channel
+ * (khala__store_publish); a message from another khalad removes the key(s) from this L1
+ * (khala__store_forget). When the subscription is lost this khalad can no longer prove its L1
+ * current, so it empties L1, and it empties it again when the subscription is back (what was
+ * cached meanwhile was not covered either).
+ *
+ * Why the store is a file of its own and this one is not folded into it: the store is the
+ * order of a write's steps, which tests/test_store.c drives through a fake driver; this file
+ * is the lifecycle of real drivers (opening Redis or LMDB, health, the journal, coherence's
+ * descriptor on the loop), which the integration tests drive. Folding them would make one file
+ * of about 1,500 lines that mixes both.
  */
 #include "tiers.h"
 
@@ -47,74 +47,13 @@
 
 #include "errbuf.h"
 #include "khala/error.h"
+#include "dirs.h"
 #include "khalad.h"
 #include "tier_disk.h"
 #include "tier_redis.h"
 
 /* The message a reply will carry (d->errmsg). */
 #define set_msg(d, ...) khala__errbuf_set((d)->errmsg, sizeof((d)->errmsg), __VA_ARGS__)
-
-static const char *level_name(const khalad_tier_t *lt) {
-    return lt->t->level == KHALA_LEVEL_L3 ? "L3" : "L2";
-}
-
-/* A level failed with rc: mark it unhealthy when the cause is the server. */
-static void level_failed(khalad_t *d, khalad_tier_t *lt, int rc) {
-    if (rc != KHALA_ETIER)
-        return;
-    if (lt->t->healthy) {
-        lt->t->healthy = 0;
-        lt->outages++;
-        lt->next_health_ms = khala__sys_now_ms() + KHALAD_HEALTH_EVERY_MS;
-        khala__log("warn", "a level is down; reads skip it and writes queue", "level",
-                   level_name(lt), "backend", lt->t->ops->name, "error", lt->t->err, NULL);
-    }
-    (void)d;
-}
-
-/* Levels a type lives on, as KHALA_CONFIG_LEVEL_* bits. */
-static uint32_t type_levels(const khalad_t *d, khala_type_t type) {
-    return (unsigned)type < KHALA_CONFIG_NTYPES ? d->cfg.types[type].levels
-                                                : KHALA_CONFIG_LEVEL_L1 | KHALA_CONFIG_LEVEL_L2;
-}
-
-static int on_level(const khalad_t *d, const khalad_tier_t *lt, khala_type_t type) {
-    uint32_t bit = lt->t->level == KHALA_LEVEL_L3 ? KHALA_CONFIG_LEVEL_L3 : KHALA_CONFIG_LEVEL_L2;
-    return (type_levels(d, type) & bit) != 0;
-}
-
-/* A TTL with up to +-ttl_jitter_pct percent of jitter, so warmed keys do not expire together. */
-static int64_t jitter(khalad_t *d, int64_t ttl_ms) {
-    uint32_t pct = d->cfg.policies.ttl_jitter_pct;
-    if (!ttl_ms || !pct)
-        return ttl_ms;
-    d->rng ^= d->rng << 13;
-    d->rng ^= d->rng >> 7;
-    d->rng ^= d->rng << 17;
-    int64_t span = ttl_ms * (int64_t)pct / 100;
-    if (span <= 0)
-        return ttl_ms;
-    int64_t j = (int64_t)(d->rng % (uint64_t)(2 * span + 1)) - span;
-    return ttl_ms + j > 0 ? ttl_ms + j : 1;
-}
-
-/* The TTL of a write on a level (1, 2, 3): the caller's, else the type's on that level. */
-static int64_t level_ttl(khalad_t *d, int64_t ttl_ms, khala_type_t type, int level) {
-    if (ttl_ms > 0)
-        return ttl_ms;
-    return jitter(d, (int64_t)khala__config_type_ttl(&d->cfg, (int)type, level) * 1000);
-}
-
-uint64_t khala__tiers_version(khalad_t *d) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-    uint64_t v = ms << 20;
-    if (v <= d->last_version)
-        v = d->last_version + 1;
-    d->last_version = v;
-    return v;
-}
 
 /* Opening and closing ------------------------------------------------------------------------ */
 
@@ -134,24 +73,6 @@ static void coh_rewatch(khalad_t *d) {
     if (khala__server_watch(d->srv, d->coh_fd, fd, coh_readable, d) != 0)
         fd = -1;
     d->coh_fd = fd;
-}
-
-/* mkdir -p, mode 0700 for what it creates. */
-static int mkdirs(const char *path) {
-    char buf[KHALA_CONFIG_PATH_MAX + 64];
-    if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
-        return -ENAMETOOLONG;
-    for (char *p = buf + 1;; p++) {
-        if (*p != '/' && *p != '\0')
-            continue;
-        char ch = *p;
-        *p = '\0';
-        if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-            return -errno;
-        *p = ch;
-        if (!ch)
-            return 0;
-    }
 }
 
 static int open_l2(khalad_t *d, khalad_tier_t *lt) {
@@ -211,14 +132,20 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
         char dir[KHALA_CONFIG_PATH_MAX + 64];
         uint64_t recovered = 0;
         if ((rc = khala__config_store_path(&d->cfg, 2, dir, sizeof(dir) - 16)) == 0 &&
-            (rc = mkdirs(dir)) == 0) {
+            (rc = khala__dirs_make(dir, 0700, err, sizeof(err))) == 0) {
             strcat(dir, "/journal");
             rc = khala__wq_journal_open(lt->wq, dir, d->cfg.l2.sync_every_ms, &recovered, err,
                                         sizeof(err));
-        } else {
-            snprintf(err, sizeof(err), "write journal under %s: %s", dir, khala_strerror(rc));
+        } else if (!err[0]) {
+            khala__errbuf_set(err, sizeof(err), "write journal under %s: %s", dir,
+                              khala_strerror(rc));
         }
         if (rc != 0) {
+            /* Nothing of this level is kept: khala__tiers_close() only sees opened levels. */
+            khala__wq_free(lt->wq);
+            lt->wq = NULL;
+            lt->t->ops->close(lt->t);
+            lt->t = NULL;
             set_msg(d, "L2 (redis): %s", err);
             return rc;
         }
@@ -236,7 +163,6 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
 int khala__tiers_open(khalad_t *d) {
     int rc;
     d->coh_fd = -1;
-    d->rng = (uint64_t)khala__sys_now_ms() * 0x9E3779B97F4A7C15ull | 1;
     if ((rc = open_l2(d, &d->tiers[0])) != 0)
         return rc;
     d->ntiers = 1;
@@ -253,7 +179,7 @@ int khala__tiers_open(khalad_t *d) {
         coh_rewatch(d);
         if (khala__l1_reattached(d->l1)) {
             /* The adopted L1 missed what other hosts changed while no khalad listened. */
-            uint64_t n = khala__tiers_l1_remove(d, NULL, 0, -1);
+            uint64_t n = khala__store_forget(d, 0, NULL, 0, -1);
             char items[32];
             snprintf(items, sizeof(items), "%" PRIu64, n);
             khala__log("info",
@@ -262,11 +188,6 @@ int khala__tiers_open(khalad_t *d) {
                        "items", items, NULL);
         }
     }
-    if (d->cfg.policies.predictive_cache)
-        khala__log("warn",
-                   "predictive_cache is accepted but does nothing: on the real traces it did not "
-                   "raise the L1 hit ratio (docs/benchmarks.md, \"Predictive warming\")",
-                   NULL);
     return 0;
 }
 
@@ -282,7 +203,7 @@ typedef struct hits_ctx {
 static int note_item_hits(void *arg, const khala_item_t *it) {
     hits_ctx_t *h = arg;
     uint32_t hits = khala__l1_item_hits(h->d->l1, it);
-    if (hits && (type_levels(h->d, (khala_type_t)it->type) & KHALA_CONFIG_LEVEL_L2)) {
+    if (hits && (khala__store_type_levels(h->d, (khala_type_t)it->type) & KHALA_CONFIG_LEVEL_L2)) {
         h->t->ops->note_hits(h->t, khala__item_key(it), it->key_len, hits);
         h->noted++;
     }
@@ -326,10 +247,10 @@ void khala__tiers_close(khalad_t *d) {
                 khala__log("warn",
                            "writes still queued for a level stay in its journal for "
                            "the next start",
-                           "level", level_name(lt), "writes", n, NULL);
+                           "level", khala__store_level_name(lt), "writes", n, NULL);
             else
                 khala__log("error", "writes still queued for a level that is down are lost",
-                           "level", level_name(lt), "writes", n, NULL);
+                           "level", khala__store_level_name(lt), "writes", n, NULL);
         }
         khala__wq_free(lt->wq);
         lt->t->ops->close(lt->t);
@@ -348,63 +269,19 @@ void khala__tiers_close(khalad_t *d) {
 
 /* Cross-host invalidation -------------------------------------------------------------------- */
 
-static void publish(khalad_t *d, khala_inv_by_t by, const void *key, size_t klen, int type,
-                    uint64_t version) {
-    if (!d->coh)
-        return;
-    khala_inv_t m = {.by = by, .key = key, .klen = klen, .type = type, .version = version};
-    if (khala__coherence_publish(d->coh, &m) != 0) {
-        d->publish_errors++;
-        d->publish_lost = 1; /* other hosts missed a change: tick() tells them to flush */
-        khala__log("warn", "cannot publish an invalidation to other hosts", "error",
-                   khala__coherence_errmsg(d->coh), NULL);
-    }
-}
-
-/* L1 scan visitor: remove by prefix and type. */
-typedef struct match {
-    const uint8_t *prefix;
-    size_t plen;
-    int type;
-} match_t;
-
-static int match_item(void *arg, const khala_item_t *it) {
-    const match_t *mt = arg;
-    if (mt->plen &&
-        (it->key_len < mt->plen || memcmp(khala__item_key(it), mt->prefix, mt->plen) != 0))
-        return 0;
-    return mt->type < 0 || it->type == mt->type;
-}
-
-uint64_t khala__tiers_l1_remove(khalad_t *d, const void *prefix, size_t plen, int type) {
-    match_t mt = {prefix, plen, type};
-    uint64_t cursor = 0, removed = 0;
-    do
-        removed += khala__l1_scan(d->l1, &cursor, 65536, match_item, &mt);
-    while (cursor != 0);
-    return removed;
-}
-
-/* What another khalad changed: drop it here. Loads in flight lose their right to be cached. */
 static void on_inval(void *arg, const khala_inv_t *m) {
     khalad_t *d = arg;
     d->inval_received++;
     switch (m->by) {
         case KHALA_INV_KEY:
-            khala__flight_invalidate(d->flight, m->key, m->klen, 0);
-            (void)khala__l1_delete(d->l1, m->key, m->klen);
+            (void)khala__store_forget(d, 1, m->key, m->klen, -1);
             break;
         case KHALA_INV_PREFIX:
-            khala__flight_invalidate(d->flight, m->key, m->klen, 1);
-            (void)khala__tiers_l1_remove(d, m->key, m->klen, -1);
+            (void)khala__store_forget(d, 0, m->key, m->klen, -1);
             break;
         case KHALA_INV_TYPE:
-            khala__flight_invalidate(d->flight, "", 0, 1);
-            (void)khala__tiers_l1_remove(d, NULL, 0, m->type);
-            break;
         case KHALA_INV_ALL:
-            khala__flight_invalidate(d->flight, "", 0, 1);
-            (void)khala__tiers_l1_remove(d, NULL, 0, m->type);
+            (void)khala__store_forget(d, 0, NULL, 0, m->type);
             break;
     }
 }
@@ -412,8 +289,7 @@ static void on_inval(void *arg, const khala_inv_t *m) {
 static void on_coh_event(void *arg, khala_coh_event_t ev, const char *why) {
     khalad_t *d = arg;
     /* Either way, what L1 holds may have changed elsewhere unseen: drop it. */
-    khala__flight_invalidate(d->flight, "", 0, 1);
-    uint64_t n = khala__tiers_l1_remove(d, NULL, 0, -1);
+    uint64_t n = khala__store_forget(d, 0, NULL, 0, -1);
     d->coherence_flushes++;
     char items[32];
     snprintf(items, sizeof(items), "%" PRIu64, n);
@@ -423,265 +299,6 @@ static void on_coh_event(void *arg, khala_coh_event_t ev, const char *why) {
                      "current)"
                    : "invalidation subscription is back; emptied L1 of what was cached unseen",
                "items", items, "detail", why ? why : "", NULL);
-}
-
-/* Reads -------------------------------------------------------------------------------------- */
-
-/* A queued write of key, looked for in every level's queue (the first level's first). */
-static int queued_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out) {
-    for (int i = 0; i < d->ntiers; i++) {
-        khala_wq_op_t *op = khala__wq_find(d->tiers[i].wq, key, klen);
-        if (!op)
-            continue;
-        if (op->kind == KHALA_WQ_DEL)
-            return KHALA_ENOTFOUND;
-        int64_t now = khala__sys_now_ms();
-        if (op->expire_ms && op->expire_ms <= now)
-            return KHALA_ENOTFOUND;
-        out->data = malloc(op->vlen ? op->vlen : 1);
-        if (!out->data)
-            return -ENOMEM;
-        memcpy(out->data, op->val, op->vlen);
-        out->len = op->vlen;
-        out->version = op->version;
-        out->ttl_ms = op->expire_ms ? op->expire_ms - now : 0;
-        out->type = (khala_type_t)op->type;
-        return 0;
-    }
-    return 1; /* not queued */
-}
-
-int khala__tiers_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out,
-                     khala_level_t *lvl) {
-    memset(out, 0, sizeof(*out));
-    int rc = queued_get(d, key, klen, out);
-    if (rc <= 0) {
-        if (rc == 0)
-            *lvl = d->tiers[0].t->level;
-        return rc == 0 ? 0 : KHALA_ENOTFOUND;
-    }
-    for (int i = 0; i < d->ntiers; i++) {
-        khalad_tier_t *lt = &d->tiers[i];
-        if (!lt->t->healthy)
-            continue;
-        rc = lt->t->ops->get(lt->t, key, klen, out);
-        if (rc == 0) {
-            *lvl = lt->t->level;
-            return 0;
-        }
-        if (rc != KHALA_ENOTFOUND)
-            level_failed(d, lt, rc);
-    }
-    return KHALA_ENOTFOUND;
-}
-
-uint64_t khala__tiers_current_version(khalad_t *d, const void *key, size_t klen) {
-    const khala_item_t *it;
-    if (khala__l1_find(d->l1, key, klen, &it) == 0)
-        return it->version;
-    khala_tier_value_t v;
-    khala_level_t lvl;
-    if (khala__tiers_get(d, key, klen, &v, &lvl) != 0)
-        return 0;
-    uint64_t ver = v.version;
-    khala__tier_value_free(&v);
-    return ver;
-}
-
-/* Promote a value found below L1 into L1, with its version, for at most the type's L1 TTL. */
-int khala__tiers_promote(khalad_t *d, const void *key, size_t klen, const khala_tier_value_t *v) {
-    int64_t ttl = (int64_t)khala__config_type_ttl(&d->cfg, (int)v->type, 1) * 1000;
-    if (v->ttl_ms > 0 && (ttl == 0 || v->ttl_ms < ttl))
-        ttl = v->ttl_ms;
-    if (!(type_levels(d, v->type) & KHALA_CONFIG_LEVEL_L1))
-        return KHALA_ENOTFOUND; /* this type does not live in L1 */
-    int rc =
-        khala__l1_put_v(d->l1, key, klen, v->data, v->len, ttl, (uint8_t)v->type, v->version, NULL);
-    if (rc == 0)
-        d->promotions++;
-    return rc;
-}
-
-/* Writes ------------------------------------------------------------------------------------- */
-
-int khala__tiers_put(khalad_t *d, const void *key, size_t klen, const void *val, size_t vlen,
-                     int64_t ttl_ms, khala_type_t type, int flags, uint64_t *version) {
-    khala_config_write_mode_t mode = khala__config_type_write_mode(&d->cfg, (int)type);
-    uint64_t ver = khala__tiers_version(d);
-    int64_t now = khala__sys_now_ms();
-    int64_t ttl2 = level_ttl(d, ttl_ms, type, 2); /* one jittered TTL for every level below */
-    int queue[KHALAD_TIERS_MAX] = {0};
-    /* 0. What no level would take is refused before any level is written ([l1] max_value_bytes
-     * is the cache's limit, and the disk store's). */
-    uint32_t max_value = khala__l1_seg(d->l1)->max_value;
-    if (vlen > max_value) {
-        set_msg(d, "value is %zu bytes, max %u ([l1] max_value_bytes)", vlen, max_value);
-        return KHALA_ETOOBIG;
-    }
-    /* 1. Room in every queue this write may need, before anything changes. */
-    for (int i = 0; i < d->ntiers; i++) {
-        khalad_tier_t *lt = &d->tiers[i];
-        if (!on_level(d, lt, type))
-            continue;
-        /* Write-behind needs the journal: a level without one (the local disk, whose own
-         * commit costs what a journal's would) is written through. */
-        queue[i] = (mode == KHALA_CONFIG_WRITE_BEHIND && lt->journaled) || !lt->t->healthy ||
-                   khala__wq_head(lt->wq) != NULL; /* keep order behind what is queued */
-        if (queue[i] && !khala__wq_room(lt->wq, key, klen, vlen)) {
-            khala_wq_stats_t ws;
-            khala__wq_stats(lt->wq, &ws);
-            lt->refused++;
-            set_msg(d,
-                    "%s (%s) is %s and its write queue is full (%" PRIu64
-                    " writes, [l2] queue_max %u); retry later",
-                    level_name(lt), lt->t->ops->name, lt->t->healthy ? "behind" : "down", ws.len,
-                    d->cfg.l2.queue_max);
-            return KHALA_EQUEUE;
-        }
-    }
-    /* 2. Write-through levels, now. */
-    for (int i = 0; i < d->ntiers; i++) {
-        khalad_tier_t *lt = &d->tiers[i];
-        if (!on_level(d, lt, type) || queue[i])
-            continue;
-        khala_tier_value_t v = {(void *)val, vlen, ver, ttl2, type};
-        int rc = lt->t->ops->put(lt->t, key, klen, &v);
-        if (rc == 0) {
-            lt->writes++;
-            continue;
-        }
-        if (rc == KHALA_ETIER) {
-            level_failed(d, lt, rc);
-            queue[i] = 1;
-            if (!khala__wq_room(lt->wq, key, klen, vlen)) {
-                lt->refused++;
-                set_msg(d, "%s (%s) is down and its write queue is full; retry later",
-                        level_name(lt), lt->t->ops->name);
-                return KHALA_EQUEUE;
-            }
-            continue;
-        }
-        lt->write_errors++;
-        set_msg(d, "%s (%s): %s", level_name(lt), lt->t->ops->name,
-                lt->t->err[0] ? lt->t->err : khala_strerror(rc));
-        if (rc == KHALA_EVERSION)
-            set_msg(d, "%s (%s) holds a newer version of this key (written elsewhere)",
-                    level_name(lt), lt->t->ops->name);
-        return rc;
-    }
-    /* 3. L1. A failure leaves no older copy behind: the levels below have the new one (the
-     * queued ones still get it in step 4; the caller hears of L1's refusal). */
-    int l1rc = 0;
-    if (type_levels(d, type) & KHALA_CONFIG_LEVEL_L1) {
-        l1rc = khala__l1_put_v(d->l1, key, klen, val, vlen, level_ttl(d, ttl_ms, type, 1),
-                               (uint8_t)type, ver, NULL);
-        if (l1rc != 0)
-            set_msg(d, "%s", khala__l1_errmsg(d->l1));
-    }
-    if (l1rc != 0 || !(type_levels(d, type) & KHALA_CONFIG_LEVEL_L1))
-        (void)khala__l1_delete(d->l1, key, klen);
-    /* 4. Queued levels. Room was checked above. */
-    for (int i = 0; i < d->ntiers; i++) {
-        if (!queue[i])
-            continue;
-        int rc = khala__wq_put(d->tiers[i].wq, key, klen, val, vlen, ver, ttl2 ? now + ttl2 : 0,
-                               (int)type);
-        if (rc != 0) {
-            set_msg(d, "cannot queue the write: %s", khala_strerror(rc));
-            return rc;
-        }
-        d->tiers[i].queued++;
-    }
-    /* The levels below hold the new value even when L1 refused it: other hosts must hear. */
-    if (!(flags & KHALA_TIERS_FILL))
-        publish(d, KHALA_INV_KEY, key, klen, -1, ver);
-    if (l1rc != 0)
-        return l1rc;
-    if (version)
-        *version = ver;
-    return 0;
-}
-
-int khala__tiers_del(khalad_t *d, const void *key, size_t klen) {
-    for (int i = 0; i < d->ntiers; i++) {
-        khalad_tier_t *lt = &d->tiers[i];
-        if (!lt->t->healthy || khala__wq_head(lt->wq)) {
-            if (!khala__wq_room(lt->wq, key, klen, 0)) {
-                set_msg(d, "%s (%s) is down and its write queue is full; retry later",
-                        level_name(lt), lt->t->ops->name);
-                return KHALA_EQUEUE;
-            }
-        }
-    }
-    khala__flight_invalidate(d->flight, key, klen, 0);
-    int found = khala__l1_delete(d->l1, key, klen) == 0;
-    for (int i = 0; i < d->ntiers; i++) {
-        khalad_tier_t *lt = &d->tiers[i];
-        int rc = KHALA_ETIER;
-        if (lt->t->healthy && !khala__wq_head(lt->wq)) {
-            rc = lt->t->ops->del(lt->t, key, klen);
-            found |= rc == 0;
-            if (rc == 0 || rc == KHALA_ENOTFOUND)
-                continue;
-            level_failed(d, lt, rc);
-            if (rc != KHALA_ETIER) {
-                set_msg(d, "%s (%s): %s", level_name(lt), lt->t->ops->name, lt->t->err);
-                return rc;
-            }
-        }
-        if ((rc = khala__wq_del(lt->wq, key, klen)) != 0) {
-            set_msg(d, "%s (%s): cannot queue the delete: %s", level_name(lt), lt->t->ops->name,
-                    khala_strerror(rc));
-            return rc;
-        }
-        lt->queued++;
-        found = 1; /* the level may hold it: cannot tell until it is back */
-    }
-    publish(d, KHALA_INV_KEY, key, klen, -1, 0);
-    if (!found)
-        set_msg(d, "no level holds this key");
-    return found ? 0 : KHALA_ENOTFOUND;
-}
-
-int khala__tiers_invalidate(khalad_t *d, const void *prefix, size_t plen, int type,
-                            uint64_t *removed) {
-    for (int i = 0; i < d->ntiers; i++) {
-        khalad_tier_t *lt = &d->tiers[i];
-        if ((!lt->t->healthy || khala__wq_head(lt->wq)) && !khala__wq_room(lt->wq, NULL, plen, 0)) {
-            set_msg(d, "%s (%s) is down and its write queue is full; retry later", level_name(lt),
-                    lt->t->ops->name);
-            return KHALA_EQUEUE;
-        }
-    }
-    khala__flight_invalidate(d->flight, plen ? prefix : "", plen, 1);
-    uint64_t n = khala__tiers_l1_remove(d, prefix, plen, type);
-    for (int i = 0; i < d->ntiers; i++) {
-        khalad_tier_t *lt = &d->tiers[i];
-        int rc = KHALA_ETIER;
-        if (lt->t->healthy && !khala__wq_head(lt->wq)) {
-            rc = lt->t->ops->invalidate(lt->t, prefix, plen, type, NULL);
-            if (rc == 0)
-                continue;
-            level_failed(d, lt, rc);
-            if (rc != KHALA_ETIER) {
-                set_msg(d, "%s (%s): %s", level_name(lt), lt->t->ops->name, lt->t->err);
-                return rc;
-            }
-        }
-        if ((rc = khala__wq_invalidate(lt->wq, prefix, plen, type)) != 0) {
-            set_msg(d, "%s (%s): cannot queue the invalidation: %s", level_name(lt),
-                    lt->t->ops->name, khala_strerror(rc));
-            return rc;
-        }
-        lt->queued++;
-    }
-    if (plen)
-        publish(d, KHALA_INV_PREFIX, prefix, plen, type, 0);
-    else
-        publish(d, type >= 0 ? KHALA_INV_TYPE : KHALA_INV_ALL, NULL, 0, type, 0);
-    if (removed)
-        *removed = n;
-    return 0;
 }
 
 /* The flusher ---------------------------------------------------------------------------------- */
@@ -713,7 +330,7 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
             }
             rc = lt->t->ops->mput(lt->t, n, keys, vals);
             if (rc == KHALA_ETIER) {
-                level_failed(d, lt, rc);
+                khala__store_level_failed(d, lt, rc);
                 return;
             }
             if (rc == KHALA_EVERSION)
@@ -723,7 +340,8 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
             /* Now L2 has them: other hosts that re-read the old values from L2 since the
              * first publish drop them again. */
             for (size_t i = 0; i < n; i++) {
-                publish(d, KHALA_INV_KEY, ops[i]->key, ops[i]->klen, -1, ops[i]->version);
+                khala__store_publish(d, KHALA_INV_KEY, ops[i]->key, ops[i]->klen, -1,
+                                     ops[i]->version);
                 khala__wq_remove(lt->wq, ops[i]);
             }
             lt->drained += n;
@@ -734,17 +352,18 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
         else
             rc = lt->t->ops->invalidate(lt->t, op->key, op->klen, op->type, NULL);
         if (rc == KHALA_ETIER) {
-            level_failed(d, lt, rc);
+            khala__store_level_failed(d, lt, rc);
             return;
         }
         if (rc != 0 && rc != KHALA_ENOTFOUND)
             lt->write_errors++;
         if (op->kind == KHALA_WQ_DEL)
-            publish(d, KHALA_INV_KEY, op->key, op->klen, -1, 0);
+            khala__store_publish(d, KHALA_INV_KEY, op->key, op->klen, -1, 0);
         else if (op->klen)
-            publish(d, KHALA_INV_PREFIX, op->key, op->klen, op->type, 0);
+            khala__store_publish(d, KHALA_INV_PREFIX, op->key, op->klen, op->type, 0);
         else
-            publish(d, op->type >= 0 ? KHALA_INV_TYPE : KHALA_INV_ALL, NULL, 0, op->type, 0);
+            khala__store_publish(d, op->type >= 0 ? KHALA_INV_TYPE : KHALA_INV_ALL, NULL, 0,
+                                 op->type, 0);
         khala__wq_remove(lt->wq, op);
         lt->drained++;
     }
@@ -771,7 +390,8 @@ void khala__tiers_tick(khalad_t *d) {
                 char n[32];
                 snprintf(n, sizeof(n), "%" PRIu64, ws.len);
                 khala__log("info", "a level is back; draining its queued writes", "level",
-                           level_name(lt), "backend", lt->t->ops->name, "queued", n, NULL);
+                           khala__store_level_name(lt), "backend", lt->t->ops->name, "queued", n,
+                           NULL);
             }
         }
         if (lt->t->healthy)
@@ -812,8 +432,8 @@ uint64_t khala__tiers_warm_keys(khalad_t *d, size_t n, const khala_bytes_t *keys
         /* Queued writes first, then each healthy level for what is still missing. */
         for (size_t i = 0; i < m; i++) {
             khala_tier_value_t v;
-            if (queued_get(d, keys[off + i].ptr, keys[off + i].len, &v) == 0) {
-                warmed += khala__tiers_promote(d, keys[off + i].ptr, keys[off + i].len, &v) == 0;
+            if (khala__store_queued_get(d, keys[off + i].ptr, keys[off + i].len, &v) == 0) {
+                warmed += khala__store_promote(d, keys[off + i].ptr, keys[off + i].len, &v) == 0;
                 khala__tier_value_free(&v);
                 done[i] = 1;
             }
@@ -834,12 +454,12 @@ uint64_t khala__tiers_warm_keys(khalad_t *d, size_t n, const khala_bytes_t *keys
             memset(vals, 0, sizeof(vals[0]) * k);
             int rc = lt->t->ops->mget(lt->t, k, want, vals, rcs);
             if (rc != 0) {
-                level_failed(d, lt, rc);
+                khala__store_level_failed(d, lt, rc);
                 continue;
             }
             for (size_t j = 0; j < k; j++) {
                 if (rcs[j] == 0) {
-                    warmed += khala__tiers_promote(d, want[j].ptr, want[j].len, &vals[j]) == 0;
+                    warmed += khala__store_promote(d, want[j].ptr, want[j].len, &vals[j]) == 0;
                     done[idx[j]] = 1;
                 }
                 khala__tier_value_free(&vals[j]);
@@ -897,7 +517,7 @@ int khala__tiers_warm_scan(khalad_t *d, const void *prefix, size_t plen, int typ
     *p = '\0';
     int rc = lt->t->ops->scan(lt->t, cursor, pat, KHALAD_WARM_BATCH, collect, s);
     if (rc != 0) {
-        level_failed(d, lt, rc);
+        khala__store_level_failed(d, lt, rc);
         set_msg(d, "L2 (%s): scan failed: %s", lt->t->ops->name, lt->t->err);
         free(s);
         return rc;
@@ -912,12 +532,12 @@ int khala__tiers_warm_scan(khalad_t *d, const void *prefix, size_t plen, int typ
             int rcs[KHALAD_WARM_BATCH];
             memset(vals, 0, sizeof(vals[0]) * m);
             if ((rc = lt->t->ops->mget(lt->t, m, s->keys + off, vals, rcs)) != 0) {
-                level_failed(d, lt, rc);
+                khala__store_level_failed(d, lt, rc);
                 break;
             }
             for (size_t j = 0; j < m; j++) {
                 if (rcs[j] == 0 && (int)vals[j].type == type)
-                    *warmed += khala__tiers_promote(d, s->keys[off + j].ptr, s->keys[off + j].len,
+                    *warmed += khala__store_promote(d, s->keys[off + j].ptr, s->keys[off + j].len,
                                                     &vals[j]) == 0;
                 khala__tier_value_free(&vals[j]);
             }
@@ -961,7 +581,7 @@ uint64_t khala__tiers_preload(khalad_t *d) {
     size_t max = khala__config_l1_items(&d->cfg) / 2;
     int rc = lt->t->ops->hot(lt->t, max, hot_visit, h);
     if (rc != 0)
-        level_failed(d, lt, rc);
+        khala__store_level_failed(d, lt, rc);
     if (h->n)
         h->warmed += khala__tiers_warm_keys(d, h->n, h->keys);
     uint64_t n = h->warmed;

@@ -32,12 +32,16 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "dirs.h"
 #include "errbuf.h"
 #include "khala/cache.h"
 #include "khala/error.h"
 #include "sys.h"
 
-#define uthash_fatal(msg) abort()
+/* Out of memory in the index (its table or a bucket array) is an error like any other: the add
+ * is rolled back and push() returns -ENOMEM with the queue as it was (uthash's non-fatal mode
+ * leaves the element's hh.tbl NULL when it could not be added). */
+#define HASH_NONFATAL_OOM 1
 #include <uthash.h>
 
 #define JOURNAL_MAGIC 0x4b4a5131u     /* "KJQ1" */
@@ -295,9 +299,21 @@ static int push(khala_wq_t *q, khala_wq_kind_t kind, const void *key, size_t kle
     op->version = version;
     op->expire_ms = expire_ms;
     op->type = type;
+    /* The index first, since it is the step that may fail for memory: until the old entry is
+     * removed below, both are in it, the new one found first (uthash adds at the bucket's
+     * head). */
+    if (kind != KHALA_WQ_INVALIDATE) {
+        HASH_ADD_KEYPTR(hh, q->index, op->key, op->klen, e);
+        if (e->hh.tbl == NULL) {
+            free(e);
+            return -ENOMEM;
+        }
+    }
     if (q->env) {
         uint64_t old_seq = old ? ((entry_t *)old)->seq : 0;
         if (journal_append(q, e, old_seq) != 0) {
+            if (kind != KHALA_WQ_INVALIDATE)
+                HASH_DEL(q->index, e);
             free(e);
             return -EIO;
         }
@@ -314,8 +330,6 @@ static int push(khala_wq_t *q, khala_wq_kind_t kind, const void *key, size_t kle
     else
         q->head = op;
     q->tail = op;
-    if (kind != KHALA_WQ_INVALIDATE)
-        HASH_ADD_KEYPTR(hh, q->index, op->key, op->klen, e);
     q->st.len++;
     q->st.bytes += klen + vlen;
     q->st.pushed++;
@@ -339,11 +353,9 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_m
                            uint64_t *recovered, char *err, size_t errlen) {
     if (recovered)
         *recovered = 0;
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        int e = errno;
-        return khala__errbuf(err, errlen, -e, "write journal %s: cannot create the directory: %s",
-                             dir, strerror(e));
-    }
+    int mrc = khala__dirs_make(dir, 0700, err, errlen);
+    if (mrc != 0)
+        return mrc;
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
     MDB_cursor *cur = NULL;

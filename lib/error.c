@@ -6,6 +6,7 @@
 #include "khala/error.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,25 @@ int khala__errbuf(char *err, size_t errlen, int rc, const char *fmt, ...) {
         va_end(ap);
     }
     return rc;
+}
+
+const char *khala__errbuf_quote(const void *p, size_t len, char *out, size_t cap) {
+    const uint8_t *s = p;
+    size_t o = 0, i = 0;
+    if (!cap)
+        return out;
+    for (; i < len && i < KHALA_ERRBUF_QUOTE_MAX && o + 8 <= cap; i++) {
+        if (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '\\' && s[i] != '\'')
+            out[o++] = (char)s[i];
+        else
+            o += (size_t)snprintf(out + o, 5, "\\x%02x", s[i]);
+    }
+    if (i < len && o + 4 <= cap) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o] = '\0';
+    return out;
 }
 
 void khala__assert_fail(const char *what, const char *file, int line, const char *func) {

@@ -62,29 +62,9 @@
  * entries of 48 bytes) in one malloc. Larger bodies chain more chunks. */
 #define KHALA_PROTO_ZONE_CHUNK 1024u
 
-/** How many bytes of a peer's string an error message quotes. */
-#define QUOTE_MAX 40u
-
-/* Copy up to QUOTE_MAX bytes of a peer's string into out, printable ASCII as is and anything
- * else as \xNN, with "..." when cut. out holds at least QUOTE_MAX * 4 + 4 bytes. */
-static const char *quote(const void *p, size_t len, char *out) {
-    const uint8_t *s = p;
-    size_t o = 0;
-    for (size_t i = 0; i < len && i < QUOTE_MAX; i++) {
-        if (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '\\' && s[i] != '\'')
-            out[o++] = (char)s[i];
-        else
-            o += (size_t)snprintf(out + o, 5, "\\x%02x", s[i]);
-    }
-    if (len > QUOTE_MAX) {
-        memcpy(out + o, "...", 3);
-        o += 3;
-    }
-    out[o] = '\0';
-    return out;
-}
-
-#define QUOTE_BUF (QUOTE_MAX * 4 + 4)
+/* A peer's string in an error message: the one way keys are shown (lib/errbuf.h). */
+#define quote(p, len, out) khala__errbuf_quote((p), (len), (out), QUOTE_BUF)
+#define QUOTE_BUF KHALA_ERRBUF_QUOTE_CAP
 
 /* ------------------------------------------------------------------------------------------ */
 /* Names                                                                                       */

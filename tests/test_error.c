@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include "errbuf.h"
 #include "khala/error.h"
 
 typedef struct code {
@@ -98,4 +99,22 @@ Test(error, unknown_codes_are_named_unknown) {
         cr_assert_str_eq(khala_strerror(unknown[i]), "unknown error", "%d", unknown[i]);
         cr_assert_str_eq(khala_err_name(unknown[i]), "UNKNOWN", "%d", unknown[i]);
     }
+}
+
+/* The one way a key is shown in a message (lib/errbuf.h): printable bytes as they are, the
+ * others as \xNN, cut with "..." after KHALA_ERRBUF_QUOTE_MAX bytes or when the buffer ends. */
+Test(error, keys_are_quoted_one_way) {
+    char out[KHALA_ERRBUF_QUOTE_CAP];
+    cr_assert_str_eq(khala__errbuf_quote("user:42", 7, out, sizeof(out)), "user:42");
+    cr_assert_str_eq(khala__errbuf_quote("a\0b\n'\\", 6, out, sizeof(out)),
+                     "a\\x00b\\x0a\\x27\\x5c");
+    char longkey[100];
+    memset(longkey, 'k', sizeof(longkey));
+    khala__errbuf_quote(longkey, sizeof(longkey), out, sizeof(out));
+    cr_assert_eq(strlen(out), KHALA_ERRBUF_QUOTE_MAX + 3);
+    cr_assert_str_eq(out + KHALA_ERRBUF_QUOTE_MAX, "...");
+    char small[12];
+    khala__errbuf_quote("\x01\x02\x03\x04", 4, small, sizeof(small));
+    cr_assert_lt(strlen(small), sizeof(small));
+    cr_assert_str_eq(small, "\\x01\\x02...", "a short buffer cuts whole bytes");
 }

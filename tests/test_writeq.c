@@ -190,3 +190,61 @@ Test(writeq, a_journal_where_a_file_is_is_an_error_naming_it) {
     cr_assert(strstr(err, path), "message: %s", err);
     khala__wq_free(q);
 }
+
+/* Out of memory (malloc and calloc are wrapped for this test executable: tests/CMakeLists.txt;
+ * calloc too, since the compiler turns uthash's malloc-then-zero into calloc): a push that
+ * cannot get memory, for its entry or for the index's own table and buckets, returns -ENOMEM
+ * and leaves the queue as it was; khalad never aborts for it. */
+void *__real_malloc(size_t size);
+void *__wrap_malloc(size_t size);
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+static int g_fail_in; /* the g_fail_in-th allocation from now fails; 0 = none */
+void *__wrap_malloc(size_t size) {
+    if (g_fail_in > 0 && --g_fail_in == 0)
+        return NULL;
+    return __real_malloc(size);
+}
+void *__wrap_calloc(size_t n, size_t size) {
+    if (g_fail_in > 0 && --g_fail_in == 0)
+        return NULL;
+    return __real_calloc(n, size);
+}
+
+Test(writeq, out_of_memory_in_a_push_changes_nothing) {
+    khala_wq_t *q;
+    cr_assert_eq(khala__wq_new(100000, 1 << 30, &q), 0);
+    int index_failures = 0;
+    for (int i = 0; i < 2000; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "k%d", i);
+        for (int at = 1;; at++) {
+            g_fail_in = at;
+            int rc = khala__wq_put(q, key, strlen(key), "v", 1, (uint64_t)i + 1, 0, 0);
+            int failed = g_fail_in == 0;
+            g_fail_in = 0;
+            if (!failed) {
+                cr_assert_eq(rc, 0);
+                break;
+            }
+            cr_assert_eq(rc, -ENOMEM, "%s, malloc %d failing", key, at);
+            index_failures += at > 1; /* the first is the entry's, the rest uthash's */
+            khala_wq_stats_t st;
+            khala__wq_stats(q, &st);
+            cr_assert_eq(st.len, (uint64_t)i, "the failed push left nothing");
+            cr_assert_null(khala__wq_find(q, key, strlen(key)));
+            if (i)
+                cr_assert_not_null(khala__wq_find(q, "k0", 2), "nor lost anything");
+        }
+    }
+    cr_assert_gt(index_failures, 1, "%d: the index's table and a bucket expansion were refused",
+                 index_failures);
+    for (int i = 0; i < 2000; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "k%d", i);
+        khala_wq_op_t *op = khala__wq_find(q, key, strlen(key));
+        cr_assert_not_null(op, "%s", key);
+        cr_assert_eq(op->version, (uint64_t)i + 1);
+    }
+    khala__wq_free(q);
+}

@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 #include "khalad_util.h"
 #include "proto.h"
 #include "segment.h"
+#include "segment_create.h"
 
 static void setup(void) {
     khalad_env_init("kd");
@@ -663,6 +665,12 @@ Test(khalad_check, overrides_apply_in_any_order) {
     const char *const half[] = {"--set", "l2.backend=redis", NULL};
     cr_assert_eq(run_check("", half, out, sizeof(out)), 1, "%s", out);
     cr_assert(strstr(out, "[l2] backend: 'redis' needs [l2] redis_url"), "%s", out);
+    /* An override completes the file: the file alone is not checked. */
+    const char *const url[] = {"--set", "l2.redis_url=redis://127.0.0.1:1/0", "--name", "ovr",
+                               NULL};
+    cr_assert_eq(run_check("[l2]\nbackend = redis\n", url, out, sizeof(out)), 0, "%s", out);
+    cr_assert(strstr(out, "redis_url = redis://127.0.0.1:1/0\n"), "%s", out);
+    cr_assert(strstr(out, "name = ovr\n"), "%s", out);
 }
 
 Test(khalad_check, accepts_the_seeds_names) {
@@ -679,4 +687,146 @@ Test(khalad_check, accepts_the_seeds_names) {
     cr_assert(strstr(out, "[l1]\n"), "%s", out);
     cr_assert(strstr(out, "eviction_policy = lru\n"), "%s", out);
     cr_assert(strstr(out, "coherence = pubsub\n"), "%s", out);
+}
+
+/* Start-up unwinds what it acquired: a socket whose directory cannot be made (a file stands
+ * where a directory should) stops khalad with exit status 1 and a message naming the path,
+ * after the L1 segment and the levels below were opened; the segment it made is removed (no
+ * worker has seen it), and neither its lock nor a socket is left. */
+Test(khalad, a_start_that_fails_late_leaves_no_segment_lock_or_socket) {
+    char name[80], file[128], sock[160], l2[160], sock_set[200];
+    snprintf(name, sizeof(name), "%su", khalad_name);
+    snprintf(file, sizeof(file), "%s/a-file", khalad_dir());
+    snprintf(sock, sizeof(sock), "%s/sub/khalad.sock", file);
+    snprintf(l2, sizeof(l2), "l2.path=%s/l2u", khalad_dir());
+    snprintf(sock_set, sizeof(sock_set), "cache.socket=%s", sock);
+    int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    int errp[2];
+    cr_assert_eq(pipe(errp), 0);
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        dup2(errp[1], 2);
+        close(errp[0]);
+        execl(KHALAD_PATH, "khalad", "--foreground", "--name", name, "--set", sock_set, "--set",
+              "l1.max_memory_mb=16", "--set", l2, (char *)NULL);
+        _exit(127);
+    }
+    close(errp[1]);
+    char out[8192];
+    size_t n = 0;
+    for (ssize_t r; n < sizeof(out) - 1 && (r = read(errp[0], out + n, sizeof(out) - 1 - n)) > 0;)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(errp[0]);
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d", WEXITSTATUS(st));
+    cr_assert_not_null(strstr(out, "cannot create the socket's directory"), "log: %s", out);
+    cr_assert_not_null(strstr(out, "is not a directory"), "log: %s", out);
+    cr_assert_not_null(strstr(out, "made a new L1 segment"), "it got as far as L1: %s", out);
+    char data[128], readers[128], lock[128], path[160];
+    khala__seg_shm_names(name, data, readers, sizeof(data));
+    khala__seg_lock_name(name, lock, sizeof(lock));
+    const char *left[] = {data, readers, lock};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "/dev/shm/%s", left[i][0] == '/' ? left[i] + 1 : left[i]);
+        cr_assert_neq(access(path, F_OK), 0, "%s is left behind", path);
+    }
+    cr_assert_neq(access(sock, F_OK), 0);
+    khala__seg_unlink(name); /* in case the test failed above */
+}
+
+/* Crash ordering (daemon/store.c): khalad killed between the steps of a put, then restarted on
+ * the segment it left (adopted, as after any crash). Whatever step it died at, L1 never serves
+ * a value older than L2's: read through the shared segment and through khalad, the key holds
+ * the newest value any level holds (the new one once L2 took it, else the last acknowledged
+ * one). KHALAD_TEST_CRASH_AT makes khalad raise SIGKILL at the named step. */
+Test(khalad, a_crash_between_the_steps_of_a_put_never_leaves_l1_older_than_l2) {
+    static const struct {
+        const char *step;
+        const char *want; /* what every read must see after the restart */
+    } cases[] = {
+        {"after_l1_drop", "old"}, /* L1 dropped, L2 not yet written */
+        {"after_l2", "new"},      /* L2 written, L1 not yet */
+        {"after_l1", "new"},      /* both written, not yet acknowledged */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "crash-%zu", i);
+        client_t c = dial();
+        cr_assert_eq(put(&c, key, "old", KHALA_TYPE_MEMORY_ENTITY, NULL), 0);
+        hang_up(&c);
+        khalad_kill(SIGTERM);
+        setenv("KHALAD_TEST_CRASH_AT", cases[i].step, 1);
+        khalad_start();
+        unsetenv("KHALAD_TEST_CRASH_AT");
+        c = dial();
+        khala_msg_t m = khalad_req(KHALA_OP_PUT, key), r;
+        m.value.ptr = (const uint8_t *)"new";
+        m.value.len = 3;
+        m.has |= KHALA_F_V;
+        request(&c, &m);
+        cr_assert_eq(reply(&c, KHALA_OP_PUT, &r), -1, "%s: khalad died before replying",
+                     cases[i].step);
+        hang_up(&c);
+        int st;
+        cr_assert_eq(waitpid(khalad_pid, &st, 0), khalad_pid);
+        cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "%s: killed", cases[i].step);
+        khalad_pid = 0;
+        khalad_start(); /* adopts the segment the killed khalad left */
+        char buf[32];
+        size_t len = 0;
+        khala_cache_t *w;
+        cr_assert_eq(khala_cache_open(khalad_name, NULL, &w), 0);
+        int rc = khala_cache_get(w, key, strlen(key), buf, sizeof(buf) - 1, &len);
+        if (rc == 0) {
+            buf[len] = '\0';
+            cr_assert_str_eq(buf, cases[i].want, "%s: L1 serves '%s'", cases[i].step, buf);
+        }
+        khala_cache_close(w);
+        c = dial();
+        cr_assert_eq(get(&c, key, buf, sizeof(buf)), 0);
+        cr_assert_str_eq(buf, cases[i].want, "%s: khalad serves '%s'", cases[i].step, buf);
+        hang_up(&c);
+    }
+}
+
+/* A peer whose supplementary group (not its primary one) is the socket's group may write: the
+ * usual deployment, a worker user added to the cache's group. The peer is a child that becomes
+ * uid/gid 65534 (nobody) with one supplementary group, the socket's, which needs root. */
+Test(khalad, a_peer_in_the_socket_group_by_a_supplementary_group_may_write) {
+    if (geteuid() != 0)
+        cr_skip_test("needs root to become another user");
+    const gid_t group = 54321; /* no user has it as primary group */
+    khalad_kill(SIGTERM);
+    khalad_extra_set = "cache.socket_mode=0660";
+    khalad_extra_sets[0] = "cache.socket_group=54321";
+    khalad_start();
+    khalad_extra_sets[0] = NULL;
+    char dir[sizeof(khalad_sock)];
+    snprintf(dir, sizeof(dir), "%s", khalad_sock);
+    *strrchr(dir, '/') = '\0';
+    cr_assert_eq(chmod(dir, 0711), 0);
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        if (setgroups(1, &group) != 0 || setgid(65534) != 0 || setuid(65534) != 0)
+            _exit(10);
+        client_t c = dial();
+        if (put(&c, "member", "by a group member", KHALA_TYPE_MEMORY_ENTITY, NULL) != 0)
+            _exit(11);
+        _exit(0);
+    }
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the group member's client failed at step %d",
+              WEXITSTATUS(st));
+    client_t c = dial();
+    char buf[32];
+    cr_assert_eq(get(&c, "member", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "by a group member");
+    hang_up(&c);
 }

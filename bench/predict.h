@@ -1,6 +1,7 @@
 /*
- * Predictive warming ([policies] predictive_cache): a small, bounded table of which key usually
- * follows which, learnt from the requests khalad sees. khalad is the L1's only writer and sees
+ * Predictive warming, an experiment kept under bench/ with its measured result: it is not part of
+ * khalad (it left daemon/ in issue 9, since it did not pay). A small, bounded table of which key
+ * usually follows which, learnt from the requests khalad would see. khalad is the L1's only writer and sees
  * only the requests that miss L1, per client connection and in order; on each one it calls
  * khala__predict_observe(), which records "the previous miss of this connection was followed by
  * this key" and returns the keys that usually follow this one, for khalad to prefetch into L1
@@ -12,13 +13,13 @@
  * are remembered (KHALA_PREDICT_STREAMS).
  *
  * Whether it pays is measured by `khala-bench predict` (docs/benchmarks.md, "Predictive
- * warming"): on the two real traces it does not raise the L1 hit ratio, so khalad does not
- * call it and predictive_cache stays false.
+ * warming", and docs/eviction.md): on the two real traces it does not raise the L1 hit ratio,
+ * so khalad does not have it.
  *
- * Not thread-safe: khalad's loop thread owns it.
+ * Not thread-safe: one thread owns a table.
  */
-#ifndef KHALA_DAEMON_PREDICT_H
-#define KHALA_DAEMON_PREDICT_H
+#ifndef KHALA_BENCH_PREDICT_H
+#define KHALA_BENCH_PREDICT_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -141,4 +142,4 @@ void khala__predict_stats(const khala_predict_t *p, khala_predict_stats_t *out);
  */
 int khala__predict_check(const khala_predict_t *p);
 
-#endif /* KHALA_DAEMON_PREDICT_H */
+#endif /* KHALA_BENCH_PREDICT_H */
