@@ -209,9 +209,22 @@ int main(int argc, char **argv) {
     d.started_ms = (uint64_t)khala__sys_now_ms();
     khala__proto_buf_init(&d.out);
 
+    /* The socket's group is the readers' group: it owns the socket and the segment's files. */
+    if (d.cfg.cache.socket_group[0]) {
+        struct group *g = getgrnam(d.cfg.cache.socket_group);
+        char *end;
+        long gid = g ? (long)g->gr_gid : strtol(d.cfg.cache.socket_group, &end, 10);
+        if (!g && (*end || gid < 0)) {
+            khala__log("error", "unknown socket_group", "group", d.cfg.cache.socket_group, NULL);
+            return 1;
+        }
+        d.socket_gid = gid;
+    }
+
     /* 2. The L1 segment: adopted if a previous khalad left a good one, else made anew. */
     khala_seg_config_t seg;
     khala__config_seg(&d.cfg, &seg);
+    seg.gid = d.socket_gid;
     rc = khala__l1_open_ex(d.cfg.cache.name, &seg, KHALA_L1_REATTACH, &d.l1, err, sizeof(err));
     if (rc != 0) {
         khala__log("error", "cannot open the L1 segment", "cache", d.cfg.cache.name, "error", err,
@@ -264,17 +277,7 @@ int main(int argc, char **argv) {
     scfg.path = d.socket_path;
     scfg.mode = d.cfg.cache.socket_mode;
     scfg.max_frame = KHALA_FRAME_MAX_DEFAULT;
-    if (d.cfg.cache.socket_group[0]) {
-        struct group *g = getgrnam(d.cfg.cache.socket_group);
-        char *end;
-        long gid = g ? (long)g->gr_gid : strtol(d.cfg.cache.socket_group, &end, 10);
-        if (!g && (*end || gid < 0)) {
-            khala__log("error", "unknown socket_group", "group", d.cfg.cache.socket_group, NULL);
-            return 1;
-        }
-        scfg.gid = gid;
-        d.socket_gid = gid;
-    }
+    scfg.gid = d.socket_gid;
     if ((rc = make_parent_dirs(d.socket_path)) != 0) {
         khala__log("error", "cannot create the socket's directory", "path", d.socket_path, "error",
                    strerror(-rc), NULL);
