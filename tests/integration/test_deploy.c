@@ -23,6 +23,7 @@
 #include "khala/cache.h"
 #include "khala/stats.h"
 #include "khalad_util.h"
+#include "segment_create.h"
 
 #define NOBODY_UID 65534
 #define NOGROUP_GID 65534
@@ -217,4 +218,33 @@ Test(deploy, an_adopted_segment_is_given_the_new_socket_group) {
     cr_assert_eq(shm_stat("data").st_ino, data_ino, "the segment was made anew, not adopted");
     assert_files_in_group(g_gid);
     cr_assert_eq(run_as_child(member_worker), WORKER_OK);
+}
+
+/* A writer that is not root may give its files only to a group it is in: made as nobody with
+ * another group, the segment is refused with EPERM and a message that says what to do, and
+ * nothing of it is left under the name. */
+static int outsider_writer(void) {
+    if (drop_to_nobody(NOGROUP_GID) != 0)
+        return WORKER_DROP;
+    khala_seg_config_t cfg;
+    khala__seg_config_init(&cfg);
+    cfg.max_items = 64;
+    cfg.max_bytes = 64 * 1024;
+    cfg.gid = g_gid;
+    khala_seg_t s;
+    char err[256] = "";
+    int rc = khala__seg_create(&s, khalad_name, &cfg, err, sizeof(err));
+    if (rc != -EPERM || !strstr(err, "member of that group")) {
+        fprintf(stderr, "writer: %d %s\n", rc, err);
+        return WORKER_WRONG_ERR;
+    }
+    char path[160];
+    snprintf(path, sizeof(path), "/dev/shm/khala.%s.readers", khalad_name);
+    return access(path, F_OK) == 0 ? WORKER_OPENED : WORKER_OK;
+}
+
+Test(deploy, a_writer_not_in_the_group_is_refused_and_leaves_nothing) {
+    SKIP_UNLESS_ROOT();
+    cr_assert_eq(run_as_child(outsider_writer), WORKER_OK,
+                 "16: not EPERM with the message, 15: the readers file was left");
 }
