@@ -117,6 +117,7 @@ static int serve(khalad_t *d, int foreground) {
     /* 2. The L1 segment: adopted if a previous khalad left a good one, else made anew. */
     khala_seg_config_t seg;
     khala__config_seg(&d->cfg, &seg);
+    seg.gid = d->socket_gid; /* the socket's group is the readers' group: it owns the files */
     rc = khala__l1_open_ex(d->cfg.cache.name, &seg, KHALA_L1_REATTACH, &d->l1, err, sizeof(err));
     if (rc != 0) {
         khala__log("error", "cannot open the L1 segment", "cache", d->cfg.cache.name, "error", err,

@@ -1118,6 +1118,10 @@ static int reattach(khala_l1_t *t, const char *name, const khala_seg_config_t *c
         snprintf(err, errlen, "cache '%s' exists with other sizes", name);
         return KHALA_ELAYOUT;
     }
+    /* The readers' group may have changed with the configuration (segment_create.c, FILE
+     * MODES AND TRUST); a segment that cannot be given it is made anew, which says why. */
+    if ((rc = khala__seg_own(&t->seg, cfg->gid, err, errlen)) != 0)
+        return rc;
     if ((rc = bind_regions(t)) != 0) {
         snprintf(err, errlen, "out of memory");
         return rc;

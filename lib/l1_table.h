@@ -53,7 +53,8 @@ enum {
     KHALA_L1_DEFAULT = 0,
     /* Adopt the segment that exists under the name when it has the same sizes, no live writer
      * and passes khala__l1_check (khalad restarting): readers keep their mapping, the items
-     * stay. Otherwise make it anew, as without the flag, and say why in khala__l1_errmsg. */
+     * stay; its files are given the group cfg asks for (khala__seg_own). Otherwise make it
+     * anew, as without the flag, and say why in khala__l1_errmsg. */
     KHALA_L1_REATTACH = 1u << 0,
 };
 

@@ -66,6 +66,7 @@ void khala__seg_config_init(khala_seg_config_t *cfg) {
     cfg->max_value = KHALA_VALUE_MAX_DEFAULT;
     cfg->max_readers = 256;
     cfg->ring_size = 256;
+    cfg->gid = -1;
 }
 
 void khala__seg_shm_names(const char *name, char *data, char *readers, size_t len) {
@@ -164,6 +165,9 @@ int khala__seg_config_check(const khala_seg_config_t *cfg, char *err, size_t err
         return khala__errbuf(err, errlen, KHALA_ECONFIG,
                              "ring_size is %u, want a power of two, 16 to %u", cfg->ring_size,
                              SEG_MAX_RING);
+    if (cfg->gid < -1 || cfg->gid >= (int64_t)UINT32_MAX)
+        return khala__errbuf(err, errlen, KHALA_ECONFIG, "gid is %lld, allowed -1 to %lld",
+                             (long long)cfg->gid, (long long)UINT32_MAX - 1);
     return 0;
 }
 
@@ -190,8 +194,8 @@ static int header_check(khala_seg_t *s, const khala_seg_header_t *h, uint64_t fi
                              (unsigned long long)file_size, (unsigned long long)h->segment_size);
     /* Recompute the layout from the sizes and demand the same offsets: this checks every
      * region's bounds and order at once. */
-    khala_seg_config_t cfg = {h->max_items, h->arena_size, h->max_value, h->max_readers,
-                              h->ring_size};
+    khala_seg_config_t cfg = {h->max_items,   h->arena_size, h->max_value,
+                              h->max_readers, h->ring_size,  -1};
     char sub[160];
     if (khala__seg_config_check(&cfg, sub, sizeof(sub)) != 0)
         return khala__errbuf(err, errlen, KHALA_ECORRUPT, "segment '%s': header sizes invalid: %s",
@@ -289,7 +293,10 @@ int khala__seg_attach(khala_seg_t *s, const char *name, int writable, char *err,
     rc = khala__sys_shm_open(dname, 0, writable, 0);
     if (rc < 0) {
         khala__errbuf(err, errlen, rc, "cannot open /dev/shm/%s: %s%s", dname, strerror(-rc),
-                      rc == -ENOENT ? " (is the writer running?)" : "");
+                      rc == -ENOENT ? " (is the writer running?)"
+                      : rc == -EACCES
+                          ? " (is this user in the cache's group, khalad's socket_group?)"
+                          : "");
         goto out;
     }
     s->data_fd = rc;

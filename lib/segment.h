@@ -23,6 +23,9 @@ typedef struct khala_seg_config {
     uint32_t max_value;   /* largest value; default KHALA_VALUE_MAX_DEFAULT; at most 256 MiB */
     uint32_t max_readers; /* reader slots; default 256; 1 to 65,536 */
     uint32_t ring_size;   /* hit-ring entries per reader, power of two; default 256 */
+    int64_t gid;          /* group the data and readers files are given (the readers' group:
+                             khalad's [cache] socket_group); -1 (the default) = the writer's own
+                             effective group; 0 to 2^32 - 2 */
 } khala_seg_config_t;
 
 /* An attached segment. Immutable after attach, except the mappings' contents. Every derived

@@ -57,6 +57,12 @@
  *
  * The data file is made 0640 (owner read-write: the writer; group read: the readers) and the
  * readers file 0660, both set with fchmod after the create so that the umask does not decide.
+ * Both are given to the writer's user and to the readers' group (khala_seg_config_t.gid:
+ * khalad's [cache] socket_group, else the writer's own group), with fchown at creation: a file
+ * left in the writer's primary group would shut out every worker running as another user.
+ * A writer that adopts an existing segment gives it the group it was asked for too
+ * (khala__seg_own), so that changing socket_group and restarting khalad is enough. Chowning
+ * before anything is written opens nothing: the files' group only ever gets what it is meant to.
  * A reader therefore cannot open the data file for writing, and so cannot truncate it under
  * everyone's mappings (which would raise SIGBUS in every reader and in the writer). The readers
  * file must stay writable by readers, and a reader that truncated it would SIGBUS the writer:
@@ -296,19 +302,51 @@ static int retire_existing(const char *name, uint64_t *next_gen, char *err, size
     return rc;
 }
 
-/* Create shm object `shm` exclusively with `mode`, reserve `size` bytes and map it read-write.
- * *fd is set as soon as the object is open, so that a caller can unlink and close what it made
- * after any failure; *map only on success. 0, or -errno with a message naming the file. */
-static int create_mapped(const char *shm, unsigned mode, uint64_t size, int *fd, void **map,
-                         char *err, size_t errlen) {
+/* The message for a file that cannot be given to group gid. */
+static int own_error(const char *shm, int64_t gid, int rc, char *err, size_t errlen) {
+    if (gid < 0)
+        return khala__errbuf(err, errlen, rc, "cannot give /dev/shm/%s to this process's group: %s",
+                             shm, strerror(-rc));
+    return khala__errbuf(
+        err, errlen, rc, "cannot give /dev/shm/%s to group %lld: %s%s", shm, (long long)gid,
+        strerror(-rc), rc == -EPERM ? " (the writer must be root or a member of that group)" : "");
+}
+
+/* Create shm object `shm` exclusively with `mode` and group `gid` (-1: the writer's), reserve
+ * `size` bytes and map it read-write. *fd is set as soon as the object is open, so that a
+ * caller can unlink and close what it made after any failure; *map only on success. 0, or
+ * -errno with a message naming the file. */
+static int create_mapped(const char *shm, unsigned mode, int64_t gid, uint64_t size, int *fd,
+                         void **map, char *err, size_t errlen) {
     int rc = khala__sys_shm_open(shm, 1, 1, mode);
     if (rc < 0)
         return khala__errbuf(err, errlen, rc, "cannot create /dev/shm/%s: %s", shm, strerror(-rc));
     *fd = rc;
+    if ((rc = khala__sys_fd_own(*fd, gid, mode)) != 0)
+        return own_error(shm, gid, rc, err, errlen);
     if ((rc = khala__sys_map_new(*fd, size, map)) != 0)
         return khala__errbuf(err, errlen, rc, "cannot size or map /dev/shm/%s (%llu bytes): %s%s",
                              shm, (unsigned long long)size, strerror(-rc),
                              rc == -ENOSPC ? " (is /dev/shm large enough?)" : "");
+    return 0;
+}
+
+int khala__seg_own(khala_seg_t *s, int64_t gid, char *err, size_t errlen) {
+    char dname[128], rname[128];
+    assert(s->lock_fd >= 0 && "only the writer, holding the writer lock, changes the owner");
+    khala__seg_shm_names(s->name, dname, rname, sizeof(dname));
+    const struct {
+        int fd;
+        unsigned mode;
+        const char *shm;
+    } files[] = {{s->readers_fd, SEG_READERS_MODE, rname}, {s->data_fd, SEG_DATA_MODE, dname}};
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        int rc = khala__sys_fd_owned(files[i].fd, gid, files[i].mode);
+        if (rc == 0)
+            rc = khala__sys_fd_own(files[i].fd, gid, files[i].mode);
+        if (rc < 0)
+            return own_error(files[i].shm, gid, rc, err, errlen);
+    }
     return 0;
 }
 
@@ -335,7 +373,7 @@ int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t
         goto out;
 
     /* 1. The readers file. */
-    rc = create_mapped(rname, SEG_READERS_MODE, lay.readers_size, &s->readers_fd,
+    rc = create_mapped(rname, SEG_READERS_MODE, cfg->gid, lay.readers_size, &s->readers_fd,
                        (void **)&s->rbase, err, errlen);
     made_readers = s->readers_fd >= 0;
     if (rc != 0)
@@ -351,8 +389,8 @@ int khala__seg_create(khala_seg_t *s, const char *name, const khala_seg_config_t
     khala_store_release((khala_atomic_u64 *)(void *)&r->magic, KHALA_READERS_MAGIC);
 
     /* 2. The data file. */
-    rc = create_mapped(dname, SEG_DATA_MODE, lay.segment_size, &s->data_fd, (void **)&s->base, err,
-                       errlen);
+    rc = create_mapped(dname, SEG_DATA_MODE, cfg->gid, lay.segment_size, &s->data_fd,
+                       (void **)&s->base, err, errlen);
     made_data = s->data_fd >= 0;
     if (rc != 0)
         goto out;

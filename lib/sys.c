@@ -62,6 +62,21 @@ int khala__sys_fd_size(int fd, uint64_t *size) {
     return 0;
 }
 
+int khala__sys_fd_own(int fd, int64_t gid, unsigned mode) {
+    gid_t g = gid < 0 ? getegid() : (gid_t)gid;
+    if (fchown(fd, geteuid(), g) != 0 || fchmod(fd, (mode_t)mode) != 0)
+        return -errno;
+    return 0;
+}
+
+int khala__sys_fd_owned(int fd, int64_t gid, unsigned mode) {
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -errno;
+    gid_t g = gid < 0 ? getegid() : (gid_t)gid;
+    return st.st_uid == geteuid() && st.st_gid == g && (st.st_mode & 07777) == (mode_t)mode;
+}
+
 int khala__sys_fd_resize(int fd, uint64_t size) {
     if (ftruncate(fd, (off_t)size) != 0)
         return -errno;

@@ -19,6 +19,14 @@ int khala__sys_shm_open(const char *shm_name, int create, int writable, unsigned
 int khala__sys_shm_unlink(const char *shm_name);
 /* Size of an open file in bytes into *size. */
 int khala__sys_fd_size(int fd, uint64_t *size);
+/* Give an open file to this process's effective user and to group gid (-1: this process's
+ * effective group), then set its permission bits to exactly mode: a chown may clear mode bits,
+ * and the caller's mode is what the file's readers rely on. A non-root process may give a file
+ * only to a group it is a member of (-EPERM otherwise). */
+int khala__sys_fd_own(int fd, int64_t gid, unsigned mode);
+/* 1 when an open file already belongs to this process's effective user and to group gid (-1:
+ * this process's effective group) and has exactly permission bits mode, 0 when not. */
+int khala__sys_fd_owned(int fd, int64_t gid, unsigned mode);
 /* Set the size of an open file (ftruncate), reserving its memory (posix_fallocate) so that a
  * full /dev/shm shows as -ENOSPC now, never as SIGBUS later. */
 int khala__sys_fd_resize(int fd, uint64_t size);

@@ -24,6 +24,10 @@ PACKAGES=(
     libhiredis-dev       # later: the Redis L2 driver and pub/sub
     libcurl4-openssl-dev # later: the SurrealDB L3 driver
     redis-server         # later: integration tests against a real Redis
+    systemd              # systemd.pc (where the unit and sysusers.d file go), systemd-analyze
+                         # verify and systemd-sysusers (tests/check_install.sh)
+    groff-base           # renders the man pages (man/, tests/check_man.sh)
+    man-db               # man -l --warnings (tests/check_man.sh)
 )
 
 missing=()

@@ -642,6 +642,56 @@ Test(segment, data_file_is_0640_and_readers_file_0660_whatever_the_umask) {
     }
 }
 
+Test(segment, gid_out_of_range_is_econfig) {
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    const int64_t bad[] = {-2, (int64_t)UINT32_MAX, INT64_MAX};
+    for (size_t i = 0; i < 3; i++) {
+        khala_seg_t s;
+        cfg.gid = bad[i];
+        cr_assert_eq(khala__seg_create(&s, g_name, &cfg, g_err, sizeof(g_err)), KHALA_ECONFIG);
+        cr_assert_neq(strstr(g_err, "gid is"), NULL, "message: %s", g_err);
+    }
+}
+
+/* The owner and group of /dev/shm/<shm>. */
+static struct stat shm_stat(const char *shm) {
+    char path[160];
+    struct stat st;
+    snprintf(path, sizeof(path), "/dev/shm/%s", shm);
+    cr_assert_eq(stat(path, &st), 0, "stat %s", path);
+    return st;
+}
+
+Test(segment, files_get_the_configured_group_and_an_adopted_segment_gets_the_new_one) {
+    if (geteuid() != 0)
+        cr_skip_test("needs root to give files to another group");
+    char dname[128], rname[128], lname[128];
+    khala__seg_shm_names(g_name, dname, rname, sizeof(dname));
+    khala__seg_lock_name(g_name, lname, sizeof(lname));
+    khala_seg_config_t cfg = tu_config(64, 64 * 1024);
+    cfg.gid = 65534;
+    khala_l1_t *t = NULL;
+    cr_assert_eq(khala__l1_open(g_name, &cfg, &t, g_err, sizeof(g_err)), 0, "%s", g_err);
+    cr_assert_eq(shm_stat(dname).st_gid, 65534);
+    cr_assert_eq(shm_stat(rname).st_gid, 65534);
+    cr_assert_eq(shm_stat(lname).st_gid, getegid(), "the lock file is the writer's alone");
+    cr_assert_eq(shm_stat(lname).st_mode & 07777, 0600);
+    ino_t ino = shm_stat(dname).st_ino;
+    khala__l1_close(t, 0);
+    /* A restarted writer configured with its own group (-1) adopts the segment and regroups it,
+     * modes unchanged. */
+    cfg.gid = -1;
+    cr_assert_eq(khala__l1_open_ex(g_name, &cfg, KHALA_L1_REATTACH, &t, g_err, sizeof(g_err)), 0,
+                 "%s", g_err);
+    cr_assert(khala__l1_reattached(t), "made anew: %s", khala__l1_errmsg(t));
+    cr_assert_eq(shm_stat(dname).st_ino, ino);
+    cr_assert_eq(shm_stat(dname).st_gid, getegid());
+    cr_assert_eq(shm_stat(rname).st_gid, getegid());
+    cr_assert_eq(shm_stat(dname).st_mode & 07777, 0640);
+    cr_assert_eq(shm_stat(rname).st_mode & 07777, 0660);
+    khala__l1_close(t, 0);
+}
+
 Test(segment, group_reader_cannot_open_the_data_file_for_writing) {
     if (geteuid() != 0)
         cr_skip_test("needs root to become another user");
