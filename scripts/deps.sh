@@ -24,6 +24,7 @@ PACKAGES=(
     libhiredis-dev       # later: the Redis L2 driver and pub/sub
     libcurl4-openssl-dev # later: the SurrealDB L3 driver
     redis-server         # later: integration tests against a real Redis
+    gcovr                # scripts/coverage.sh: line and branch coverage, HTML report
 )
 
 missing=()
