@@ -691,3 +691,22 @@ Test(khalactl, options_parse_like_getopt_long) {
     cr_assert_eq(CTL("put", "k", "--ttl"), 2);
     cr_assert(strstr(g_err, "needs a value"), "stderr: %s", g_err);
 }
+
+/* khala-workers (the demo's workers, through the public API only) against this khalad: every
+ * value read checks out, and L1 serves most reads. */
+Test(khalactl, khala_workers_run_clean_against_khalad) {
+    cr_assert_eq(
+        run_prog(KHALA_WORKERS_PATH, true,
+                 (const char *const[]){"--workers", "2", "--keys", "200", "--ops", "3000", NULL}),
+        0, "stdout: %s\nstderr: %s", g_out, g_err);
+    cr_assert(strstr(g_out, "khala-workers: OK"), "%s", g_out);
+    cr_assert(strstr(g_out, "0 values failed their checksum, 0 errors"), "%s", g_out);
+    /* Usage errors exit 2 before touching the cache. */
+    cr_assert_eq(run_prog(KHALA_WORKERS_PATH, false, (const char *const[]){"--workers", "2", NULL}),
+                 2);
+    cr_assert(strstr(g_err, "--name is required"), "%s", g_err);
+    cr_assert_eq(
+        run_prog(KHALA_WORKERS_PATH, false, (const char *const[]){"--name", "x", "extra", NULL}),
+        2);
+    cr_assert(strstr(g_err, "unexpected argument 'extra'"), "%s", g_err);
+}
