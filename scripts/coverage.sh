@@ -69,7 +69,7 @@ rm -rf "$DIR/html"
 mkdir -p "$DIR/html"
 gcovr --root "$ROOT" --object-directory "$DIR" -j "$(nproc)" \
     --filter "$ROOT/lib/" --filter "$ROOT/daemon/" --filter "$ROOT/tools/" \
-    --exclude-unreachable-branches \
+    --exclude-unreachable-branches --gcov-ignore-parse-errors \
     --html-details "$DIR/html/index.html" --html-title "khala-cache coverage" \
     --json-summary "$DIR/coverage.json" --json-summary-pretty \
     --print-summary >/dev/null
