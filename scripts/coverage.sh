@@ -67,7 +67,7 @@ stop_test_servers
 echo "==> coverage: gcovr"
 rm -rf "$DIR/html"
 mkdir -p "$DIR/html"
-gcovr --root "$ROOT" --object-directory "$DIR" -j "$(nproc)" \
+gcovr --root "$ROOT" --object-directory "$DIR" \
     --filter "$ROOT/lib/" --filter "$ROOT/daemon/" --filter "$ROOT/tools/" \
     --exclude-unreachable-branches --gcov-ignore-parse-errors \
     --html-details "$DIR/html/index.html" --html-title "khala-cache coverage" \

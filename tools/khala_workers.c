@@ -223,12 +223,16 @@ int main(int argc, char **argv) {
     printf("khala-workers: %d workers x %" PRIu64 " ops on cache '%s' through khalad, "
            "Zipf(0.99) over %u keys, 1 op in 50 a put\n\n",
            workers, ops, name, keys);
+    /* The header is out before the workers fork, so that a worker's exit() (which runs the
+     * usual exit handlers: stdio, and gcov's counters in a coverage build) cannot print it
+     * again from its copy of the buffer. */
+    fflush(stdout);
     uint64_t t0 = now_ns();
     for (int i = 0; i < workers; i++) {
         pid_t p = fork();
         if (p == 0) {
             worker(i, name, socket, keys, ops, &rep[i]);
-            _exit(0);
+            exit(0);
         }
     }
     for (int i = 0; i < workers; i++)

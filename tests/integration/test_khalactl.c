@@ -710,3 +710,123 @@ Test(khalactl, khala_workers_run_clean_against_khalad) {
         2);
     cr_assert(strstr(g_err, "unexpected argument 'extra'"), "%s", g_err);
 }
+
+/* put's value from a file or stdin ------------------------------------------------------------ */
+
+/* Run khalactl with stdin from path. */
+static int run_stdin(const char *path, const char *const *args) {
+    int fd = open(path, O_RDONLY);
+    cr_assert_geq(fd, 0);
+    const char *argv[16];
+    int n = 0;
+    argv[n++] = "--name";
+    argv[n++] = khalad_name;
+    argv[n++] = "--socket";
+    argv[n++] = khalad_sock;
+    for (int i = 0; args[i]; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    int out = memfd_create("khalactl-out", MFD_CLOEXEC);
+    int err = memfd_create("khalactl-err", MFD_CLOEXEC);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(fd, 0);
+        dup2(out, 1);
+        dup2(err, 2);
+        const char *full[18] = {"khalactl"};
+        for (int i = 0; i <= n; i++)
+            full[i + 1] = argv[i];
+        execv(KHALACTL_PATH, (char *const *)full);
+        _exit(127);
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    close(fd);
+    slurp(out, g_out, sizeof(g_out));
+    slurp(err, g_err, sizeof(g_err));
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+Test(khalactl, put_value_from_a_file_or_stdin_is_byte_exact) {
+    char path[160];
+    snprintf(path, sizeof(path), "%s/keys", g_dir); /* teardown removes it */
+    static uint8_t val[100000];
+    for (size_t i = 0; i < sizeof(val); i++)
+        val[i] = (uint8_t)(i * 31 + 7);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    cr_assert_eq(fwrite(val, 1, sizeof(val), f), sizeof(val));
+    fclose(f);
+    cr_assert_eq(CTL("put", "file", "--value-from", path), 0, "%s", g_err);
+    cr_assert_eq(CTL("get", "file"), 0, "%s", g_err);
+    cr_assert_eq(memcmp(g_out, val, sizeof(val)), 0);
+    cr_assert_eq(run_stdin(path, (const char *const[]){"put", "stdin", "--value-from", "-", NULL}),
+                 0, "%s", g_err);
+    cr_assert_eq(CTL("--json", "inspect", "stdin"), 0, "%s", g_err);
+    cr_assert_eq(json_uint(g_out, "size"), sizeof(val));
+    /* The value once, not twice and not never. */
+    cr_assert_eq(CTL("put", "k", "v", "--value-from", path), 2);
+    cr_assert(strstr(g_err, "not both"), "%s", g_err);
+    cr_assert_eq(CTL("put", "k"), 2);
+    cr_assert(strstr(g_err, "not neither"), "%s", g_err);
+    cr_assert_eq(CTL("put", "k", "--value-from", "/nonexistent/value"), 2);
+    cr_assert(strstr(g_err, "/nonexistent/value: cannot open"), "%s", g_err);
+}
+
+Test(khalactl, a_value_over_khalads_limit_is_refused_before_sending) {
+    char path[160];
+    snprintf(path, sizeof(path), "%s/keys", g_dir);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    for (int i = 0; i < 2048; i++) /* 2 MiB, over the 1 MiB default max_value_bytes */
+        cr_assert_eq(fwrite(g_out, 1, 1024, f), 1024);
+    fclose(f);
+    cr_assert_eq(CTL("put", "big", "--value-from", path), 4);
+    cr_assert(strstr(g_err, "khalad takes at most 1048576"), "%s", g_err);
+    cr_assert_eq(CTL("get", "big"), 1);
+}
+
+Test(khalactl, bad_keys_and_patterns_exit_2) {
+    char key[300];
+    memset(key, 'k', sizeof(key) - 1);
+    key[sizeof(key) - 1] = '\0';
+    cr_assert_eq(CTL("get", key), 2);
+    cr_assert(strstr(g_err, "a key is 1 to 250 bytes"), "%s", g_err);
+    cr_assert_eq(CTL("get", ""), 2);
+    cr_assert_eq(CTL("put", key, "v"), 2);
+    cr_assert_eq(CTL("del", key), 2);
+    cr_assert_eq(CTL("inspect", key), 2);
+    cr_assert_eq(CTL("invalidate", "--prefix", key), 2);
+    cr_assert_eq(CTL("warm", "--prefix", key), 2);
+    char pattern[1100]; /* over KHALA_PROTO_PATTERN_MAX */
+    memset(pattern, '*', sizeof(pattern) - 1);
+    pattern[sizeof(pattern) - 1] = '\0';
+    cr_assert_eq(CTL("keys", pattern), 2);
+    cr_assert(strstr(g_err, "the pattern is"), "%s", g_err);
+    cr_assert_eq(CTL("warm", "--keys-from", "/nonexistent/keys"), 2);
+    cr_assert(strstr(g_err, "cannot open"), "%s", g_err);
+    /* A line over the key limit in --keys-from names the line. */
+    char path[160];
+    snprintf(path, sizeof(path), "%s/keys", g_dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "ok:1\n%s\n", key);
+    fclose(f);
+    cr_assert_eq(CTL("warm", "--keys-from", path), 2);
+    cr_assert(strstr(g_err, ":2: the key is 299 bytes"), "%s", g_err);
+    cr_assert_eq(CTL("--timeout", "0", "ping"), 2);
+    cr_assert_eq(CTL("--name", "", "ping"), 2);
+    cr_assert_eq(CTL("--json=yes", "ping"), 2);
+}
+
+/* khalad stopped (SIGSTOP): khalactl waits --timeout, then says so and exits 4. */
+Test(khalactl, a_khalad_that_does_not_answer_exits_4_after_the_timeout) {
+    cr_assert_eq(CTL("put", "k", "v"), 0, "%s", g_err);
+    kill(khalad_pid, SIGSTOP);
+    int rc = CTL("--timeout", "200", "ping");
+    kill(khalad_pid, SIGCONT);
+    cr_assert_eq(rc, 4, "stderr: %s", g_err);
+    cr_assert(strstr(g_err, "did not answer within 200 ms"), "stderr: %s", g_err);
+    cr_assert_eq(CTL("ping"), 0, "%s", g_err);
+}
