@@ -40,7 +40,7 @@ void ctl_usage(FILE *f, const cmd_t *cmds, size_t ncmds) {
     fputs("\nT is a type name (memory_entity, search_result, embedding, entity_relationship,\n"
           "agent_response, verification, search_index, consolidation) or its number 0-7.\n"
           "Exit codes: 0 ok, 1 not found, 2 usage, 3 khalad not running, 4 error,\n"
-          "5 version conflict. See docs/operating.md.\n",
+          "5 version conflict, 6 health: a level is down. See docs/operating.md.\n",
           f);
 }
 
