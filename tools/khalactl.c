@@ -886,6 +886,14 @@ static int l1_lookup(ctl_t *c, l1_copy_t *out) {
     int rc = key_arg(c, c->args[0], &key);
     if (rc != 0)
         return rc;
+    if (c->socket && !c->name_given) {
+        /* The segment is found by the cache's name, which a socket alone does not tell. */
+        fprintf(stderr,
+                "khalactl: khalad is not running: nothing listens on %s; give --name to read "
+                "L1 from the cache's segment\n",
+                c->path);
+        return CTL_EXIT_NODAEMON;
+    }
     khala_cache_options_t o;
     khala_cache_options_init(&o);
     o.socket_path = c->path;

@@ -637,6 +637,9 @@ Test(khalactl, get_and_inspect_read_l1_when_khalad_is_down) {
     cr_assert(strstr(g_err, "L1 does not hold 'other'"), "stderr: %s", g_err);
     cr_assert_str_eq(g_out, "");
     cr_assert_eq(CTL("inspect", "other"), 3);
+    /* A socket alone does not name the cache whose segment to read. */
+    cr_assert_eq(CTL_BARE("--socket", khalad_sock, "get", "k"), 3);
+    cr_assert(strstr(g_err, "give --name"), "stderr: %s", g_err);
     /* Commands that need khalad still exit 3. */
     cr_assert_eq(CTL("put", "k", "v2"), 3);
     cr_assert(strstr(g_err, "khalad is not running"), "stderr: %s", g_err);
