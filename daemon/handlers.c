@@ -429,34 +429,110 @@ static void op_keys(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     free(k.keys);
 }
 
+/* inspect: the key's metadata at every level (docs/protocol.md, "inspect"). L1 from its table;
+ * each level below from its driver's get, whose value is dropped, so that a key only L2 holds is
+ * described rather than "no such key". The top-level fields describe the fastest level holding
+ * the key (the one a get answers from; "hits" only when that is L1), "levels" lists every level
+ * holding it, and each level has a map whose "state" is "held", "absent", "down" (marked
+ * unhealthy: not asked) or "error" (the get failed; "error" names why). A level below that is
+ * asked counts one get in its stats. Writes still queued for a level are not looked at. */
+#define KV_STR(k, v)                                                                               \
+    (khala_kv_t) {                                                                                 \
+        .key = {(const uint8_t *)(k), sizeof(k) - 1}, .kind = KHALA_KV_STR, .as.s = {              \
+            (const uint8_t *)(v),                                                                  \
+            strlen(v)                                                                              \
+        }                                                                                          \
+    }
 static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    enum { NLEVELS = 1 + KHALAD_TIERS_MAX, NFIELDS = 8 };
+    khala_kv_t per[NLEVELS][NFIELDS], top[6 + NLEVELS];
+    uint32_t nper[NLEVELS] = {0}, ntop = 0;
+    char levels[32] = "", downs[256] = "";
+    int first = -1, nlevels = 1 + d->ntiers;
+    uint64_t hits = 0;
+    int64_t now = khala__sys_now_ms();
     const khala_item_t *it;
     int rc = khala__l1_find(d->l1, m->key.ptr, m->key.len, &it);
-    if (rc != 0) {
+    if (rc != 0 && rc != KHALA_ENOTFOUND) {
         reply_rc(d, c, m->id, m->op, rc, NULL);
         return;
     }
-    int64_t now = khala__sys_now_ms();
-    const char *type = khala__proto_type_name((khala_type_t)it->type);
-    khala_kv_t kv[] = {
-        {.key = {(const uint8_t *)"levels", 6},
-         .kind = KHALA_KV_STR,
-         .as.s = {(const uint8_t *)"l1", 2}},
-        KV_U("version", it->version),
-        KV_U("size", it->value_len),
-        KV_U("hits", khala__l1_item_hits(d->l1, it)),
-        KV_U("ttl_ms",
-             it->expire_ms ? (uint64_t)(it->expire_ms > now ? it->expire_ms - now : 0) : 0),
-        {.key = {(const uint8_t *)"type", 4},
-         .kind = KHALA_KV_STR,
-         .as.s = {(const uint8_t *)type, strlen(type)}},
-    };
+    per[0][nper[0]++] = KV_STR("state", rc == 0 ? "held" : "absent");
+    if (rc == 0) {
+        const char *type = khala__proto_type_name((khala_type_t)it->type);
+        hits = khala__l1_item_hits(d->l1, it);
+        per[0][nper[0]++] = KV_U("version", it->version);
+        per[0][nper[0]++] = KV_U("size", it->value_len);
+        per[0][nper[0]++] = KV_U("hits", hits);
+        per[0][nper[0]++] =
+            KV_U("ttl_ms",
+                 it->expire_ms ? (uint64_t)(it->expire_ms > now ? it->expire_ms - now : 0) : 0);
+        per[0][nper[0]++] = KV_STR("type", type ? type : "?");
+        strcat(levels, "l1");
+        first = 0;
+    }
+    for (int l = 1; l < nlevels; l++) {
+        khala_tier_t *t = d->tiers[l - 1].t;
+        const char *lname = khala__proto_level_name(t->level);
+        khala_tier_value_t v = {0};
+        per[l][nper[l]++] = KV_STR("backend", t->ops->name);
+        rc = t->healthy ? t->ops->get(t, m->key.ptr, m->key.len, &v) : KHALA_ETIER;
+        if (rc == 0) {
+            const char *type = khala__proto_type_name(v.type);
+            per[l][nper[l]++] = KV_STR("state", "held");
+            per[l][nper[l]++] = KV_U("version", v.version);
+            per[l][nper[l]++] = KV_U("size", v.len);
+            per[l][nper[l]++] = KV_U("ttl_ms", (uint64_t)(v.ttl_ms > 0 ? v.ttl_ms : 0));
+            per[l][nper[l]++] = KV_STR("type", type ? type : "?");
+            khala__tier_value_free(&v);
+            snprintf(levels + strlen(levels), sizeof(levels) - strlen(levels), "%s%s",
+                     levels[0] ? "," : "", lname);
+            if (first < 0)
+                first = l;
+        } else if (rc == KHALA_ENOTFOUND) {
+            per[l][nper[l]++] = KV_STR("state", "absent");
+        } else {
+            per[l][nper[l]++] = KV_STR("state", t->healthy ? "error" : "down");
+            per[l][nper[l]++] = KV_STR("error", t->err[0] ? t->err : khala_strerror(rc));
+            snprintf(downs + strlen(downs), sizeof(downs) - strlen(downs), "%s%s (%s) is %s",
+                     downs[0] ? ", " : "", lname, t->ops->name, t->healthy ? "failing" : "down");
+        }
+    }
+    if (first < 0) {
+        if (downs[0])
+            reply_rc(d, c, m->id, m->op, KHALA_ENOTFOUND,
+                     "in no level that answered; %s, so it was not asked", downs);
+        else
+            reply_rc(d, c, m->id, m->op, KHALA_ENOTFOUND, NULL);
+        return;
+    }
+    /* The old fields first (levels, version, size, hits, ttl_ms, type), from the first level
+     * holding the key; its map holds them as "state", then the fields in that order. */
+    top[ntop++] = KV_STR("levels", levels);
+    for (uint32_t i = 0; i < nper[first]; i++) {
+        const khala_kv_t *f = &per[first][i];
+        if (f->key.len == 5 &&
+            (memcmp(f->key.ptr, "state", 5) == 0 || memcmp(f->key.ptr, "error", 5) == 0))
+            continue;
+        if (f->key.len == 7 && memcmp(f->key.ptr, "backend", 7) == 0)
+            continue;
+        top[ntop++] = *f;
+    }
+    for (int l = 0; l < nlevels; l++) {
+        const char *lname = l == 0 ? "l1" : khala__proto_level_name(d->tiers[l - 1].t->level);
+        top[ntop] =
+            (khala_kv_t){.key = {(const uint8_t *)lname, strlen(lname)}, .kind = KHALA_KV_MAP};
+        top[ntop].as.map.items = per[l];
+        top[ntop].as.map.n = nper[l];
+        ntop++;
+    }
     khala_msg_t r = reply_to(m);
-    r.data = kv;
-    r.ndata = sizeof(kv) / sizeof(kv[0]);
+    r.data = top;
+    r.ndata = ntop;
     r.has = KHALA_F_DATA;
     send_reply(d, c, &r);
 }
+#undef KV_STR
 
 static void op_flush(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     uint64_t n = 0;

@@ -76,7 +76,7 @@ static void coh_rewatch(khalad_t *d) {
 }
 
 static int open_l2(khalad_t *d, khalad_tier_t *lt) {
-    char err[512] = "";
+    char err[KHALA_CONFIG_PATH_MAX + 128] = ""; /* room for a message naming a store path */
     int rc;
     if (d->cfg.l2.backend == KHALA_CONFIG_L2_REDIS) {
         khala_tier_redis_opts_t o = {

@@ -24,8 +24,15 @@
 #include "segment.h"
 #include "sys.h"
 
+/* gcc -Os (MinSizeRel) inlines XXH3's 17-to-128-byte path into callers that hash a small stack
+ * buffer, then warns (-Warray-bounds) about reads that path makes only for lengths above 64,
+ * which it cannot rule out. The reads are xxhash.h's, so the warning is silenced for its lines
+ * only; our own code keeps it. */
 #define XXH_INLINE_ALL
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Warray-bounds"
 #include <xxhash.h>
+#pragma GCC diagnostic pop
 
 /* The live index, as a reader took it at one moment (khala__l1_index). */
 typedef struct khala_l1_index {

@@ -28,6 +28,7 @@ PACKAGES=(
                          # verify and systemd-sysusers (tests/check_install.sh)
     groff-base           # renders the man pages (man/, tests/check_man.sh)
     man-db               # man -l --warnings (tests/check_man.sh)
+    gcovr                # scripts/coverage.sh: line and branch coverage, HTML report
 )
 
 missing=()

@@ -34,7 +34,17 @@ static void teardown(void) {
 
 TestSuite(channel, .init = setup, .fini = teardown, .timeout = 30);
 
-typedef enum behaviour { SILENT, WRONG_ID, HANG_UP_AFTER_HELLO } behaviour_t;
+typedef enum behaviour {
+    SILENT,              /* never answers, not even hello */
+    WRONG_ID,            /* answers the first request after hello with another id */
+    HANG_UP_AFTER_HELLO, /* closes the connection after hello */
+    MUTE_AFTER_HELLO,    /* answers hello, then nothing */
+    SMALL_FRAME,         /* announces max_frame = SMALL_FRAME_MAX, then nothing */
+    BIG_REPLY            /* answers the first request after hello with a BIG_VALUE-byte value */
+} behaviour_t;
+
+#define SMALL_FRAME_MAX 256
+#define BIG_VALUE (3 * 65536 + 17) /* several of the channel's read chunks */
 
 /* Read one request frame from fd into in; its id, or -1 at EOF. */
 static int64_t read_request(int fd, khala_buf_t *in) {
@@ -92,7 +102,7 @@ static void serve(behaviour_t how) {
         r.name.ptr = (const uint8_t *)"fake";
         r.name.len = 4;
         r.gen = 1;
-        r.max_frame = KHALA_FRAME_MAX_DEFAULT;
+        r.max_frame = how == SMALL_FRAME ? SMALL_FRAME_MAX : KHALA_FRAME_MAX_DEFAULT;
         r.max_value = KHALA_VALUE_MAX_DEFAULT;
         r.has = KHALA_F_PROTO | KHALA_F_NAME | KHALA_F_GEN | KHALA_F_MAX_FRAME | KHALA_F_MAX_VALUE;
         send_reply(fd, &r);
@@ -101,6 +111,20 @@ static void serve(behaviour_t how) {
             khala__proto_msg_init(&r);
             r.id = (uint64_t)id + 7;
             send_reply(fd, &r);
+        }
+        if (how == BIG_REPLY && id >= 0) {
+            uint8_t *big = malloc(BIG_VALUE);
+            for (size_t i = 0; big && i < BIG_VALUE; i++)
+                big[i] = (uint8_t)(i * 7);
+            khala__proto_msg_init(&r);
+            r.id = (uint64_t)id;
+            r.op = KHALA_OP_GET;
+            r.value.ptr = big;
+            r.value.len = big ? BIG_VALUE : 0;
+            r.lvl = KHALA_LEVEL_L2;
+            r.has = KHALA_F_V | KHALA_F_LVL;
+            send_reply(fd, &r);
+            free(big);
         }
     }
     if (how != HANG_UP_AFTER_HELLO)
@@ -173,5 +197,110 @@ Test(channel, a_server_that_hangs_up_makes_the_channel_unusable) {
     cr_assert_eq(khala__chan_call(ch, &m, &r, 2000, err, sizeof(err)), KHALA_EDAEMON);
     cr_assert_neq(strstr(err, "closed"), NULL, "%s", err);
     cr_assert_eq(khala__chan_usable(ch), 0);
+    khala__chan_close(ch);
+}
+
+Test(channel, open_needs_a_path_or_a_name_that_fits) {
+    khala_chan_t *ch = NULL;
+    char err[256], path[200];
+    cr_assert_eq(khala__chan_open(NULL, NULL, 1000, &ch, err, sizeof(err)), -EINVAL);
+    cr_assert_null(ch);
+    memset(path, 'p', sizeof(path) - 1);
+    path[0] = '/';
+    path[sizeof(path) - 1] = '\0';
+    cr_assert_eq(khala__chan_open(path, "main", 1000, &ch, err, sizeof(err)), -ENAMETOOLONG);
+    cr_assert_null(ch);
+    cr_assert_neq(strstr(err, "longer than"), NULL, "%s", err);
+    /* No path: the name's default path, named when nobody listens there. */
+    char name[64], want[108];
+    snprintf(name, sizeof(name), "chan-nobody-%d", (int)getpid());
+    cr_assert_eq(khala__chan_default_path(name, want, sizeof(want)), 0);
+    cr_assert_eq(khala__chan_open(NULL, name, 1000, &ch, err, sizeof(err)), KHALA_EDAEMON);
+    cr_assert_neq(strstr(err, want), NULL, "%s", err);
+}
+
+/* The rule for a user other than root: $XDG_RUNTIME_DIR when it is absolute, else /tmp/khala-UID.
+ * Checked in a child that gives up root (the tests usually run as root). */
+Test(channel, default_path_for_a_user_follows_xdg_runtime_dir) {
+    if (geteuid() != 0)
+        return; /* default_path_follows_the_xdg_rule checks it as this user */
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        char buf[108];
+        int bad = setresuid(65534, 65534, 65534) != 0;
+        setenv("XDG_RUNTIME_DIR", "/run/user/65534", 1);
+        bad |= khala__chan_default_path("main", buf, sizeof(buf)) != 0 ||
+               strcmp(buf, "/run/user/65534/khala/main.sock") != 0;
+        setenv("XDG_RUNTIME_DIR", "relative", 1);
+        bad |= khala__chan_default_path("main", buf, sizeof(buf)) != 0 ||
+               strcmp(buf, "/tmp/khala-65534/main.sock") != 0;
+        unsetenv("XDG_RUNTIME_DIR");
+        bad |= khala__chan_default_path("main", buf, sizeof(buf)) != 0 ||
+               strcmp(buf, "/tmp/khala-65534/main.sock") != 0;
+        bad |= khala__chan_default_path("main", buf, 12) != -ENAMETOOLONG;
+        exit(bad);
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the non-root rule did not hold");
+}
+
+Test(channel, a_server_that_stops_answering_times_out_and_kills_the_channel) {
+    serve(MUTE_AFTER_HELLO);
+    khala_chan_t *ch = NULL;
+    char err[256];
+    cr_assert_eq(khala__chan_open(g_sock, "fake", 2000, &ch, err, sizeof(err)), 0, "%s", err);
+    khala_msg_t m = ping(), r;
+    khala__proto_msg_init(&r);
+    cr_assert_eq(khala__chan_call(ch, &m, &r, 100, err, sizeof(err)), -ETIMEDOUT);
+    cr_assert_neq(strstr(err, "did not answer in time"), NULL, "%s", err);
+    /* A late reply would be taken for the next request's: the channel is dead. */
+    cr_assert_eq(khala__chan_usable(ch), 0);
+    khala__chan_close(ch);
+}
+
+Test(channel, a_request_over_max_frame_is_refused_and_the_channel_lives) {
+    serve(SMALL_FRAME);
+    khala_chan_t *ch = NULL;
+    char err[256];
+    cr_assert_eq(khala__chan_open(g_sock, "fake", 2000, &ch, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__chan_info(ch)->max_frame, SMALL_FRAME_MAX);
+    static uint8_t val[1000];
+    khala_msg_t m, r;
+    khala__proto_msg_init(&m);
+    khala__proto_msg_init(&r);
+    m.op = KHALA_OP_PUT;
+    m.key.ptr = (const uint8_t *)"k";
+    m.key.len = 1;
+    m.value.ptr = val;
+    m.value.len = sizeof(val);
+    m.has = KHALA_F_K | KHALA_F_V;
+    cr_assert_eq(khala__chan_call(ch, &m, &r, 2000, err, sizeof(err)), KHALA_ETOOBIG);
+    cr_assert_neq(strstr(err, "max_frame 256"), NULL, "%s", err);
+    cr_assert_eq(khala__chan_usable(ch), 1, "nothing was sent");
+    khala__chan_close(ch);
+}
+
+Test(channel, a_reply_larger_than_a_read_chunk_arrives_whole) {
+    serve(BIG_REPLY);
+    khala_chan_t *ch = NULL;
+    char err[256];
+    cr_assert_eq(khala__chan_open(g_sock, "fake", 2000, &ch, err, sizeof(err)), 0, "%s", err);
+    khala_msg_t m, r;
+    khala__proto_msg_init(&m);
+    khala__proto_msg_init(&r);
+    m.op = KHALA_OP_GET;
+    m.key.ptr = (const uint8_t *)"big";
+    m.key.len = 3;
+    m.has = KHALA_F_K;
+    cr_assert_eq(khala__chan_call(ch, &m, &r, 5000, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(r.rc, 0);
+    cr_assert_eq(r.value.len, BIG_VALUE);
+    for (size_t i = 0; i < BIG_VALUE; i++)
+        if (r.value.ptr[i] != (uint8_t)(i * 7))
+            cr_assert_fail("byte %zu differs", i);
+    cr_assert_eq(r.lvl, KHALA_LEVEL_L2);
+    khala__proto_msg_free(&r);
     khala__chan_close(ch);
 }

@@ -20,7 +20,8 @@ enum {
     CTL_EXIT_USAGE = 2,
     CTL_EXIT_NODAEMON = 3,
     CTL_EXIT_ERROR = 4,
-    CTL_EXIT_CONFLICT = 5
+    CTL_EXIT_CONFLICT = 5,
+    CTL_EXIT_UNHEALTHY = 6 /* health: khalad answers, but a level is down */
 };
 
 /* Default wait for each reply, in ms (--timeout). khalad answers in microseconds; a get may
@@ -52,6 +53,7 @@ typedef struct cmd {
     int min_args, max_args; /* positional arguments after the command */
     unsigned opts;          /* O_* the command takes */
     const char *usage;      /* its synopsis, after "khalactl [OPTIONS] " */
+    cmd_fn l1_alone;        /* when khalad is not running: the answer from L1 alone, or NULL */
 } cmd_t;
 
 /* Everything one run needs; lives on main's stack. */
@@ -76,10 +78,16 @@ struct ctl {
     char err[1100]; /* detail of the last failure: the channel's, or the server's err */
 };
 
-/* Fill c from argv, looking the command up in cmds[0 .. ncmds). Returns CTL_EXIT_OK (c->args
- * then points into a calloc'd array whose element before it is also owned: free(c->args - 1)),
- * CTL_EXIT_USAGE after a message on stderr, CTL_EXIT_ERROR when out of memory, or -1 when
- * --help (or "help") was asked. */
+/* What ctl_parse_args returns besides an exit code. */
+enum {
+    CTL_PARSE_HELP = -1,   /* --help, -h or "help": print the usage, exit 0 */
+    CTL_PARSE_VERSION = -2 /* --version or -V alone: print the version, exit 0 */
+};
+
+/* Fill c from argv with getopt_long, looking the command up in cmds[0 .. ncmds). Returns
+ * CTL_EXIT_OK (c->args then points into a calloc'd array whose element before it is also owned:
+ * free(c->args - 1)), CTL_EXIT_USAGE after a message on stderr, CTL_EXIT_ERROR when out of
+ * memory, CTL_PARSE_HELP or CTL_PARSE_VERSION. */
 int ctl_parse_args(ctl_t *c, const cmd_t *cmds, size_t ncmds, int argc, char **argv);
 
 /* The full usage text. */

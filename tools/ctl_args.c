@@ -3,18 +3,25 @@
  *
  * HOW IT WORKS
  *
- * One pass over argv. A word starting with "--" is an option (long only; "--opt=value" and
- * "--opt value" both work) wherever it stands, so `khalactl get k --json` and
- * `khalactl --json get k` mean the same; "--" ends the options, for a key or value that starts
- * with "--"; every other word is positional: the command, then its arguments. Then the command
- * is looked up, and each option given is checked against the command's list (cmd_t.opts): an
- * option the command does not take is an error rather than silently ignored, so that a typo
- * (`flush --prefix x`, which would flush everything) never does something else.
+ * One pass over argv with getopt_long, as khalad parses its own. Options are long ("--opt=value"
+ * and "--opt value" both work; a unique prefix of a name is accepted, as GNU tools do), plus -h
+ * (--help) and -V (--version). They may stand anywhere, so `khalactl get k --json` and
+ * `khalactl --json get k` mean the same: the optstring starts with "-", which hands every other
+ * word to the loop in order (whatever POSIXLY_CORRECT says), and those words are positional:
+ * the command, then its arguments. "--" ends the options, for a key or value that starts with
+ * "-". Then the command is looked up, and each option given is checked against the command's
+ * list (cmd_t.opts): an option the command does not take is an error rather than silently
+ * ignored, so that a typo (`flush --prefix x`, which would flush everything) never does
+ * something else.
+ *
+ * --version is two things: put's compare-and-set version (`put k v --version 7`), and, alone
+ * (`khalactl --version`, nothing else on the line), the request to print khalactl's version.
  *
  * Values are checked here (numbers, type names, key lengths in khalactl.c), so that a usage
  * error is reported before khalactl connects, and exits 2 even when khalad is not running.
  */
 #include <errno.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -24,7 +31,8 @@
 #include "khala/cache.h"
 
 void ctl_usage(FILE *f, const cmd_t *cmds, size_t ncmds) {
-    fputs("usage: khalactl [--name NAME] [--socket PATH] [--json] [--timeout MS] COMMAND\n\n"
+    fputs("usage: khalactl [--name NAME] [--socket PATH] [--json] [--timeout MS] COMMAND\n"
+          "       khalactl --help | --version\n\n"
           "commands:\n",
           f);
     for (size_t i = 0; i < ncmds; i++)
@@ -32,7 +40,7 @@ void ctl_usage(FILE *f, const cmd_t *cmds, size_t ncmds) {
     fputs("\nT is a type name (memory_entity, search_result, embedding, entity_relationship,\n"
           "agent_response, verification, search_index, consolidation) or its number 0-7.\n"
           "Exit codes: 0 ok, 1 not found, 2 usage, 3 khalad not running, 4 error,\n"
-          "5 version conflict. See docs/operating.md.\n",
+          "5 version conflict, 6 health: a level is down. See docs/operating.md.\n",
           f);
 }
 
@@ -65,7 +73,9 @@ static int parse_type(const char *s, khala_type_t *out) {
     return CTL_EXIT_USAGE;
 }
 
-/* Options: the global ones (bit 0) and the command ones (their O_* bit). */
+/* Options: the global ones (bit 0) and the command ones (their O_* bit). getopt_long returns
+ * OPT_BASE + the option's index in this table, above every code it returns on its own (1 for a
+ * positional word, a letter, '?', ':'). */
 static const struct {
     const char *name;
     unsigned bit; /* O_*, or 0 for a global option */
@@ -86,6 +96,9 @@ static const struct {
     {"keys-from", O_KEYS_FROM, true},
     {"value-from", O_VALUE_FROM, true},
 };
+
+#define NOPTS (sizeof(g_opts) / sizeof(g_opts[0]))
+#define OPT_BASE 256
 
 /* Set one option; name is without the dashes. */
 static int set_option(ctl_t *c, const char *name, const char *val) {
@@ -136,66 +149,63 @@ static int set_option(ctl_t *c, const char *name, const char *val) {
 }
 
 int ctl_parse_args(ctl_t *c, const cmd_t *cmds, size_t ncmds, int argc, char **argv) {
+    /* Alone, --version (or -V) asks for khalactl's version rather than a put's. */
+    if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0))
+        return CTL_PARSE_VERSION;
+    struct option longs[NOPTS + 1];
+    for (size_t k = 0; k < NOPTS; k++)
+        longs[k] = (struct option){g_opts[k].name, g_opts[k].arg ? required_argument : no_argument,
+                                   NULL, OPT_BASE + (int)k};
+    longs[NOPTS] = (struct option){NULL, 0, NULL, 0};
     char **pos = calloc((size_t)argc + 1, sizeof(*pos));
     int npos = 0;
-    bool opts_done = false;
     if (!pos)
         return CTL_EXIT_ERROR;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (opts_done || a[0] != '-' || a[1] == '\0') {
-            pos[npos++] = argv[i];
+    /* "-": every non-option comes back in order as 1; ":": a missing value comes back as ':'. */
+    opterr = 0;
+    optind = 1;
+    for (int o; (o = getopt_long(argc, argv, "-:hV", longs, NULL)) != -1;) {
+        if (o == 1) {
+            pos[npos++] = optarg;
             continue;
         }
-        if (strcmp(a, "--") == 0) {
-            opts_done = true;
-            continue;
-        }
-        if (strcmp(a, "-h") == 0)
-            a = "--help";
-        if (a[1] != '-') {
-            fprintf(stderr, "khalactl: unknown option '%s' (options are long: --json)\n", a);
-            goto usage;
-        }
-        const char *name = a + 2, *eq = strchr(name, '=');
-        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
-        size_t k;
-        for (k = 0; k < sizeof(g_opts) / sizeof(g_opts[0]); k++)
-            if (strlen(g_opts[k].name) == nlen && strncmp(g_opts[k].name, name, nlen) == 0)
-                break;
-        if (k == sizeof(g_opts) / sizeof(g_opts[0])) {
-            fprintf(stderr, "khalactl: unknown option '%.*s'\n", (int)(nlen + 2), a);
-            goto usage;
-        }
-        if (strcmp(g_opts[k].name, "help") == 0) {
+        size_t k = o >= OPT_BASE ? (size_t)(o - OPT_BASE) : NOPTS;
+        if (o == 'h' || (k < NOPTS && strcmp(g_opts[k].name, "help") == 0)) {
             free(pos);
-            return -1;
+            return CTL_PARSE_HELP;
         }
-        const char *val = NULL;
-        if (g_opts[k].arg) {
-            if (eq)
-                val = eq + 1;
-            else if (i + 1 < argc)
-                val = argv[++i];
-            else {
-                fprintf(stderr, "khalactl: option '--%s' needs a value\n", g_opts[k].name);
-                goto usage;
-            }
-        } else if (eq) {
-            fprintf(stderr, "khalactl: option '--%s' takes no value\n", g_opts[k].name);
+        if (o == 'V') {
+            fputs("khalactl: -V stands alone (khalactl -V); a put's version is --version V\n",
+                  stderr);
+            goto usage;
+        }
+        if (o == ':') {
+            fprintf(stderr, "khalactl: option '%s' needs a value\n", argv[optind - 1]);
+            goto usage;
+        }
+        if (o == '?' || k >= NOPTS) {
+            const char *word = argv[optind - 1];
+            if (optopt && word[0] == '-' && word[1] != '-')
+                fprintf(stderr, "khalactl: unknown option '-%c' (options are long: --json)\n",
+                        optopt);
+            else
+                fprintf(stderr, "khalactl: unknown or ambiguous option '%s'\n", word);
             goto usage;
         }
         c->given |= g_opts[k].bit;
-        if (set_option(c, g_opts[k].name, val) != 0)
+        if (set_option(c, g_opts[k].name, optarg) != 0)
             goto usage;
     }
+    /* After "--": the rest is positional. */
+    while (optind < argc)
+        pos[npos++] = argv[optind++];
     if (npos == 0) {
         fputs("khalactl: no command given\n", stderr);
         goto usage;
     }
     if (strcmp(pos[0], "help") == 0) {
         free(pos);
-        return -1;
+        return CTL_PARSE_HELP;
     }
     for (size_t i = 0; i < ncmds; i++)
         if (strcmp(cmds[i].name, pos[0]) == 0)
@@ -205,7 +215,7 @@ int ctl_parse_args(ctl_t *c, const cmd_t *cmds, size_t ncmds, int argc, char **a
         goto usage;
     }
     unsigned extra = c->given & ~c->cmd->opts;
-    for (size_t k = 0; extra && k < sizeof(g_opts) / sizeof(g_opts[0]); k++) {
+    for (size_t k = 0; extra && k < NOPTS; k++) {
         if (g_opts[k].bit & extra) {
             fprintf(stderr, "khalactl: %s does not take --%s\nusage: khalactl %s\n", c->cmd->name,
                     g_opts[k].name, c->cmd->usage);

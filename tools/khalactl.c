@@ -15,15 +15,22 @@
  * Exit codes are the contract for scripts (docs/operating.md, "khalactl"):
  *   0 success, 1 not found (KHALA_ENOTFOUND), 2 usage error (or a bad --keys-from file),
  *   3 khalad is not running or went away (KHALA_EDAEMON), 4 any other error,
- *   5 version conflict (KHALA_EVERSION, a compare-and-set put that lost).
+ *   5 version conflict (KHALA_EVERSION, a compare-and-set put that lost),
+ *   6 health: khalad answers but a level (L1, L2, L3) is down.
  * ctl_exit_code() is the one place that maps a khala code to them.
+ *
+ * khalad down: get and inspect then read L1 straight from the shared segment (l1_alone(), through
+ * the worker library's khala_cache_open and a read section, which never needs khalad), and say
+ * on stderr that khalad is down and that the answer is L1's alone; a key L1 does not hold exits
+ * 3, since the levels below could not be asked. Every other command needs khalad and exits 3.
  *
  * Rendering lives in ctl_output.c. This file never prints a reply's bytes itself except a get's
  * value (raw on a pipe, so that `khalactl get k > file` is byte-exact) and config's INI text.
  *
- * Rejected: linking the worker library (khala_cache_open) instead of a bare channel. It would
- * attach to the L1 segment, which needs the segment to exist and takes a reader slot, while an
- * operator mostly wants to know what khalad says, including when the segment is in trouble.
+ * Rejected: talking through the worker library (khala_cache_open) rather than a bare channel.
+ * It attaches to the L1 segment, which needs the segment to exist and takes a reader slot, while
+ * an operator mostly wants to know what khalad says, including when the segment is in trouble.
+ * The library is used only for the L1 fallback above, when khalad cannot say anything.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -84,7 +91,8 @@ static int fail(ctl_t *c, int rc, const khala_bytes_t *key) {
         if (key) {
             fputs("no such key '", stderr);
             ctl_write_escaped(stderr, key->ptr, key->len, true);
-            fputs("'\n", stderr);
+            /* khalad's detail, when it has one (inspect: "L2 (redis) is down ..."). */
+            fprintf(stderr, "'%s%s\n", c->err[0] ? ": " : "", c->err);
         } else {
             fprintf(stderr, "%s: not found\n", c->cmd->name);
         }
@@ -117,10 +125,12 @@ static int connect_khalad(ctl_t *c) {
     if (rc == 0)
         return CTL_EXIT_OK;
     if (rc == KHALA_EDAEMON) {
-        fprintf(stderr,
-                "khalactl: khalad is not running: nothing listens on %s (start it with: systemctl "
-                "start khalad, or khalad --name %s)\n",
-                c->path, c->name);
+        /* get and inspect still have L1 (main tries it) and say so themselves. */
+        if (!c->cmd->l1_alone)
+            fprintf(stderr,
+                    "khalactl: khalad is not running: nothing listens on %s (start it with: "
+                    "systemctl start khalad, or khalad --name %s)\n",
+                    c->path, c->name);
         return CTL_EXIT_NODAEMON;
     }
     if (rc == -ETIMEDOUT)
@@ -575,7 +585,25 @@ static int cmd_config(ctl_t *c) {
     return CTL_EXIT_OK;
 }
 
-/* health: hello (done by connect), ping, and a few stats. Healthy = all three answered. */
+/* The state of one level below L1 from a stats reply ("l2", "l3"): NULL when khalad has no such
+ * level, else "ok" or "down", with backend[0 .. 32) naming its driver. */
+static const char *level_state(const khala_msg_t *r, const char *level, char backend[32]) {
+    const khala_kv_t *map = khala__proto_kv_find(r->data, r->ndata, level);
+    if (!map || map->kind != KHALA_KV_MAP)
+        return NULL;
+    const khala_kv_t *h = khala__proto_kv_find(map->as.map.items, map->as.map.n, "healthy");
+    const khala_kv_t *b = khala__proto_kv_find(map->as.map.items, map->as.map.n, "backend");
+    bool named = b && b->kind == KHALA_KV_STR;
+    snprintf(backend, 32, "%.*s", named ? (int)b->as.s.len : 1,
+             named ? (const char *)b->as.s.ptr : "?");
+    /* A level whose reply has no health flag is taken as down: khalad cannot vouch for it. */
+    return h && h->kind == KHALA_KV_UINT && h->as.u ? "ok" : "down";
+}
+
+/* health: hello (done by connect), ping, and stats, which say how each level is. Healthy = khalad
+ * answered and no level is down; a level that is down exits CTL_EXIT_UNHEALTHY. L1 is up while
+ * khalad answers (khalad is its writer); a reader stuck in a read section is named but is not
+ * an outage (writes that need memory wait for it, reads go on). */
 static int cmd_health(ctl_t *c) {
     const khala_chan_info_t *info = khala__chan_info(c->ch);
     khala_msg_t m = request(KHALA_OP_PING), r;
@@ -588,6 +616,21 @@ static int cmd_health(ctl_t *c) {
     m = request(KHALA_OP_STATS);
     if ((rc = call(c, &m, &r)) != 0)
         return fail(c, rc, NULL);
+    static const char *const below[] = {"l2", "l3"};
+    const char *state[2];
+    char backend[2][32];
+    bool healthy = true;
+    for (int i = 0; i < 2; i++) {
+        state[i] = level_state(&r, below[i], backend[i]);
+        if (state[i] && strcmp(state[i], "ok") != 0)
+            healthy = false;
+    }
+    const khala_kv_t *l1 = khala__proto_kv_find(r.data, r.ndata, "l1");
+    const khala_kv_t *stuck =
+        l1 && l1->kind == KHALA_KV_MAP
+            ? khala__proto_kv_find(l1->as.map.items, l1->as.map.n, "stuck_reader_pid")
+            : NULL;
+    uint64_t stuck_pid = stuck && stuck->kind == KHALA_KV_UINT ? stuck->as.u : 0;
     /* The few stats worth a glance, found wherever khalad puts them. */
     static const struct {
         const char *map, *key;
@@ -601,7 +644,7 @@ static int cmd_health(ctl_t *c) {
         ctl_json_init(&j, stdout);
         ctl_json_begin(&j);
         ctl_json_key(&j, "healthy");
-        ctl_json_bool(&j, true);
+        ctl_json_bool(&j, healthy);
         ctl_json_key(&j, "socket");
         ctl_json_str(&j, c->path);
         ctl_json_key(&j, "protocol");
@@ -610,10 +653,33 @@ static int cmd_health(ctl_t *c) {
         ctl_json_uint(&j, info ? info->gen : 0);
         ctl_json_key(&j, "ping_us");
         ctl_json_int(&j, rtt);
+        ctl_json_key(&j, "levels");
+        ctl_json_begin(&j);
+        ctl_json_key(&j, "l1");
+        ctl_json_str(&j, "ok");
+        for (int i = 0; i < 2; i++) {
+            if (!state[i])
+                continue;
+            ctl_json_key(&j, below[i]);
+            ctl_json_str(&j, state[i]);
+        }
+        ctl_json_end(&j);
+        if (stuck_pid) {
+            ctl_json_key(&j, "stuck_reader_pid");
+            ctl_json_uint(&j, stuck_pid);
+        }
     } else {
         printf("%-14s ok\n%-14s %s\n%-14s %u\n%-14s %" PRIu64 "\n%-14s %.3f ms\n", "khalad",
                "socket", c->path, "protocol", info ? info->proto : 0, "generation",
                info ? info->gen : 0, "ping", (double)rtt / 1000.0);
+        if (stuck_pid)
+            printf("%-14s ok (reader pid %" PRIu64 " is stuck in a read section)\n", "l1",
+                   stuck_pid);
+        else
+            printf("%-14s ok\n", "l1");
+        for (int i = 0; i < 2; i++)
+            if (state[i])
+                printf("%-14s %s (%s)\n", below[i], state[i], backend[i]);
     }
     for (size_t i = 0; i < sizeof(picks) / sizeof(picks[0]); i++) {
         const khala_kv_t *map = khala__proto_kv_find(r.data, r.ndata, picks[i].map);
@@ -634,8 +700,12 @@ static int cmd_health(ctl_t *c) {
     }
     if (c->json)
         ctl_json_end(&j);
+    for (int i = 0; i < 2; i++)
+        if (state[i] && strcmp(state[i], "ok") != 0)
+            errorf(c, "%s (%s) is %s: reads skip it and its writes queue (khalactl stats)",
+                   below[i], backend[i], state[i]);
     khala__proto_msg_free(&r);
-    return CTL_EXIT_OK;
+    return healthy ? CTL_EXIT_OK : CTL_EXIT_UNHEALTHY;
 }
 
 /* warm --keys-from: send the file's keys in batches that fit both the protocol's array limit
@@ -796,25 +866,175 @@ static int cmd_warm(ctl_t *c) {
     return CTL_EXIT_OK;
 }
 
+/* khalad down: L1 alone ------------------------------------------------------------------ */
+
+/* What L1 holds of one key, copied out of a read section. */
+typedef struct l1_copy {
+    uint8_t *value; /* malloc'd; NULL when len == 0 */
+    size_t len;
+    uint64_t version;
+    int64_t ttl_left_ms; /* -1: never expires */
+    uint32_t type;
+} l1_copy_t;
+
+/* Look c->args[0] up in the L1 segment, attached through the worker library (which needs no
+ * khalad). Returns CTL_EXIT_OK with *out filled (free out->value), or the exit code after a
+ * message: CTL_EXIT_NODAEMON when there is no segment or L1 does not hold the key (the levels
+ * below could not be asked), CTL_EXIT_USAGE for a bad key, CTL_EXIT_ERROR otherwise. */
+static int l1_lookup(ctl_t *c, l1_copy_t *out) {
+    khala_bytes_t key;
+    int rc = key_arg(c, c->args[0], &key);
+    if (rc != 0)
+        return rc;
+    if (c->socket && !c->name_given) {
+        /* The segment is found by the cache's name, which a socket alone does not tell. */
+        fprintf(stderr,
+                "khalactl: khalad is not running: nothing listens on %s; give --name to read "
+                "L1 from the cache's segment\n",
+                c->path);
+        return CTL_EXIT_NODAEMON;
+    }
+    khala_cache_options_t o;
+    khala_cache_options_init(&o);
+    o.socket_path = c->path;
+    khala_cache_t *cache = NULL;
+    if ((rc = khala_cache_open(c->name, &o, &cache)) != 0) {
+        fprintf(stderr,
+                "khalactl: khalad is not running: nothing listens on %s, and L1 cannot be read "
+                "either: %s (start khalad with: systemctl start khalad, or khalad --name %s)\n",
+                c->path, rc == -ENOENT ? "no segment for this cache" : khala_cache_errmsg(NULL),
+                c->name);
+        return CTL_EXIT_NODAEMON;
+    }
+    khala_view_t v;
+    if ((rc = khala_read_begin(cache)) == 0) {
+        rc = khala_cache_view(cache, key.ptr, key.len, &v);
+        if (rc == 0) {
+            out->len = v.len;
+            out->version = v.version;
+            out->ttl_left_ms = v.ttl_left_ms;
+            out->type = v.type;
+            out->value = v.len ? malloc(v.len) : NULL;
+            if (v.len && !out->value)
+                rc = -ENOMEM;
+            else if (v.len)
+                memcpy(out->value, v.data, v.len);
+        }
+        khala_read_end(cache);
+    }
+    const char *detail = rc != 0 && rc != KHALA_ENOTFOUND ? khala_cache_errmsg(cache) : "";
+    if (rc == KHALA_ENOTFOUND) {
+        fputs("khalactl: khalad is not running, and L1 does not hold '", stderr);
+        ctl_write_escaped(stderr, key.ptr, key.len, true);
+        fprintf(stderr, "' (the levels below cannot be asked without khalad at %s)\n", c->path);
+    } else if (rc != 0) {
+        errorf(c, "khalad is not running, and reading L1 failed: %s (%s)%s%s", khala_err_name(rc),
+               khala_strerror(rc), detail[0] ? ": " : "", detail);
+    }
+    khala_cache_close(cache);
+    if (rc == KHALA_ENOTFOUND)
+        return CTL_EXIT_NODAEMON;
+    if (rc != 0)
+        return CTL_EXIT_ERROR;
+    errorf(c,
+           "khalad is not running (nothing listens on %s): this answer is L1's alone, read "
+           "from the shared segment",
+           c->path);
+    return CTL_EXIT_OK;
+}
+
+static int get_l1_alone(ctl_t *c) {
+    l1_copy_t v = {0};
+    int rc = l1_lookup(c, &v);
+    if (rc != CTL_EXIT_OK)
+        return rc;
+    if (c->json) {
+        ctl_json_t j;
+        ctl_json_init(&j, stdout);
+        ctl_json_begin(&j);
+        ctl_json_key(&j, "key");
+        ctl_json_bytes(&j, (const uint8_t *)c->args[0], strlen(c->args[0]));
+        ctl_json_key(&j, "value");
+        ctl_json_bytes(&j, v.value, v.len);
+        ctl_json_key(&j, "version");
+        ctl_json_uint(&j, v.version);
+        ctl_json_key(&j, "ttl_ms");
+        ctl_json_uint(&j, v.ttl_left_ms > 0 ? (uint64_t)v.ttl_left_ms : 0);
+        const char *tname = khala__proto_type_name((khala_type_t)v.type);
+        if (tname) {
+            ctl_json_key(&j, "type");
+            ctl_json_str(&j, tname);
+        }
+        ctl_json_key(&j, "level");
+        ctl_json_str(&j, "l1");
+        ctl_json_key(&j, "khalad");
+        ctl_json_str(&j, "down");
+        ctl_json_end(&j);
+    } else if (isatty(STDOUT_FILENO)) {
+        ctl_write_human(stdout, v.value, v.len);
+        if (v.len == 0 || v.value[v.len - 1] != '\n')
+            fputc('\n', stdout);
+    } else if (v.len) {
+        fwrite(v.value, 1, v.len, stdout);
+    }
+    free(v.value);
+    return CTL_EXIT_OK;
+}
+
+static int inspect_l1_alone(ctl_t *c) {
+    l1_copy_t v = {0};
+    int rc = l1_lookup(c, &v);
+    if (rc != CTL_EXIT_OK)
+        return rc;
+    free(v.value);
+    const char *tname = khala__proto_type_name((khala_type_t)v.type);
+    /* The fields khalad's inspect gives for L1, less "hits" (khalad's own count), plus
+     * "khalad": "down". */
+    khala_kv_t rows[] = {
+        {.key = arg_bytes("key"), .kind = KHALA_KV_BIN, .as.s = arg_bytes(c->args[0])},
+        {.key = arg_bytes("levels"), .kind = KHALA_KV_STR, .as.s = arg_bytes("l1")},
+        {.key = arg_bytes("version"), .kind = KHALA_KV_UINT, .as.u = v.version},
+        {.key = arg_bytes("size"), .kind = KHALA_KV_UINT, .as.u = v.len},
+        {.key = arg_bytes("ttl_ms"),
+         .kind = KHALA_KV_UINT,
+         .as.u = v.ttl_left_ms > 0 ? (uint64_t)v.ttl_left_ms : 0},
+        {.key = arg_bytes("type"), .kind = KHALA_KV_STR, .as.s = arg_bytes(tname ? tname : "?")},
+        {.key = arg_bytes("khalad"), .kind = KHALA_KV_STR, .as.s = arg_bytes("down")},
+    };
+    uint32_t n = sizeof(rows) / sizeof(rows[0]);
+    if (c->json) {
+        ctl_json_t j;
+        ctl_json_init(&j, stdout);
+        ctl_json_begin(&j);
+        ctl_json_key(&j, "key");
+        ctl_json_bytes(&j, rows[0].as.s.ptr, rows[0].as.s.len);
+        ctl_json_kv_members(&j, rows + 1, n - 1);
+        ctl_json_end(&j);
+    } else {
+        ctl_human_kv(stdout, rows, n, 0);
+    }
+    return CTL_EXIT_OK;
+}
+
 /* The command table ------------------------------------------------------------------------ */
 
 static const cmd_t g_cmds[] = {
-    {"stats", cmd_stats, 0, 0, 0, "stats"},
-    {"get", cmd_get, 1, 1, O_TYPE, "get KEY"},
+    {"stats", cmd_stats, 0, 0, 0, "stats", NULL},
+    {"get", cmd_get, 1, 1, O_TYPE, "get KEY", get_l1_alone},
     {"put", cmd_put, 1, 2, O_TYPE | O_TTL | O_VERSION | O_VALUE_FROM,
-     "put KEY VALUE|--value-from FILE [--type T] [--ttl S] [--version V]"},
-    {"del", cmd_del, 1, 1, 0, "del KEY"},
+     "put KEY VALUE|--value-from FILE [--type T] [--ttl S] [--version V]", NULL},
+    {"del", cmd_del, 1, 1, 0, "del KEY", NULL},
     {"invalidate", cmd_invalidate, 0, 1, O_PREFIX | O_TYPE,
-     "invalidate KEY | --prefix P | --type T"},
+     "invalidate KEY | --prefix P | --type T", NULL},
     {"keys", cmd_keys, 0, 1, O_COUNT | O_CURSOR | O_LIMIT,
-     "keys [PATTERN] [--count N] [--cursor C] [--limit N]"},
-    {"inspect", cmd_inspect, 1, 1, 0, "inspect KEY"},
-    {"flush", cmd_flush, 0, 0, O_TYPE, "flush [--type T]"},
+     "keys [PATTERN] [--count N] [--cursor C] [--limit N]", NULL},
+    {"inspect", cmd_inspect, 1, 1, 0, "inspect KEY", inspect_l1_alone},
+    {"flush", cmd_flush, 0, 0, O_TYPE, "flush [--type T]", NULL},
     {"warm", cmd_warm, 0, 0, O_TYPE | O_PREFIX | O_KEYS_FROM,
-     "warm --type T | --prefix P | --keys-from FILE"},
-    {"health", cmd_health, 0, 0, 0, "health"},
-    {"config", cmd_config, 0, 0, 0, "config"},
-    {"ping", cmd_ping, 0, 0, 0, "ping"},
+     "warm --type T | --prefix P | --keys-from FILE", NULL},
+    {"health", cmd_health, 0, 0, 0, "health", NULL},
+    {"config", cmd_config, 0, 0, 0, "config", NULL},
+    {"ping", cmd_ping, 0, 0, 0, "ping", NULL},
 };
 
 #define NCMDS (sizeof(g_cmds) / sizeof(g_cmds[0]))
@@ -822,8 +1042,12 @@ static const cmd_t g_cmds[] = {
 int main(int argc, char **argv) {
     ctl_t c = {.name = CTL_NAME_DEFAULT, .timeout_ms = CTL_TIMEOUT_MS_DEFAULT};
     int rc = ctl_parse_args(&c, g_cmds, NCMDS, argc, argv);
-    if (rc == -1) {
+    if (rc == CTL_PARSE_HELP) {
         ctl_usage(stdout, g_cmds, NCMDS);
+        return CTL_EXIT_OK;
+    }
+    if (rc == CTL_PARSE_VERSION) {
+        printf("khalactl %s\n", KHALA_VERSION_STRING);
         return CTL_EXIT_OK;
     }
     if (rc != CTL_EXIT_OK)
@@ -831,6 +1055,8 @@ int main(int argc, char **argv) {
     rc = connect_khalad(&c);
     if (rc == CTL_EXIT_OK)
         rc = c.cmd->fn(&c);
+    else if (rc == CTL_EXIT_NODAEMON && c.cmd->l1_alone)
+        rc = c.cmd->l1_alone(&c);
     khala__chan_close(c.ch);
     free(c.args - 1);
     if (fflush(stdout) != 0 || ferror(stdout)) {

@@ -159,11 +159,15 @@ static uint64_t stat_u(khala_chan_t *ch, const char *section, const char *name) 
 }
 
 /* Is key in L1 now? (inspect answers from L1 only.) */
+/* Does L1 hold key? inspect looks at every level; its "levels" names those holding the key. */
 static int in_l1(khala_chan_t *ch, const char *key) {
     khala_msg_t m = khalad_req(KHALA_OP_INSPECT, key), r;
     int rc = call(ch, &m, &r);
+    const khala_kv_t *lv = rc == 0 ? khala__proto_kv_find(r.data, r.ndata, "levels") : NULL;
+    int held =
+        lv && lv->kind == KHALA_KV_STR && lv->as.s.len >= 2 && memcmp(lv->as.s.ptr, "l1", 2) == 0;
     khala__proto_msg_free(&r);
-    return rc == 0;
+    return held;
 }
 
 /* Stop khalad (SIGKILL or SIGTERM), drop its L1 segment, start it again: L1 is empty, L2 is
