@@ -388,11 +388,12 @@ int harness_redis_start(harness_redis_t *r) {
         r->own_dir = 1;
     }
     if (r->unix_socket && !r->sock[0]) {
-        size_t len = strlen(r->dir) + sizeof("/redis.sock");
-        if (len > sizeof(r->sock))
+        int len = snprintf(r->sock, sizeof(r->sock), "%s/redis.sock", r->dir);
+        if (len < 0 || (size_t)len >= sizeof(r->sock)) {
+            r->sock[0] = '\0';
             return fail(r->err, sizeof(r->err), -E2BIG, "redis-server: %s is too long a dir",
                         r->dir);
-        snprintf(r->sock, sizeof(r->sock), "%s/redis.sock", r->dir);
+        }
     }
     int picked = r->tcp && r->port == 0, rc = 0;
     for (int attempt = 0; attempt < (picked ? PORT_TRIES : 1); attempt++) {

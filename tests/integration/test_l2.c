@@ -581,8 +581,11 @@ Test(l2, invalidation_reaches_another_khalad) {
     wait_stat(a, "l2", "subscribed", 1);
     wait_stat(b, "l2", "subscribed", 1);
 
-    /* b caches v1 in its L1 (through L2). */
+    /* b caches v1 in its L1 (through L2), once a's invalidation of the key has reached b:
+     * arriving after b's read, it would drop what b just cached. */
+    uint64_t seen = stat_u(b, "l2", "invalidations_received");
     put_str(a, "shared", "v1");
+    wait_stat(b, "l2", "invalidations_received", seen + 1);
     got_t g;
     cr_assert_eq(raw_get(b, "shared", &g), 0);
     cr_assert_eq(g.len, 2);
@@ -851,7 +854,10 @@ Test(l2, a_host_cut_off_from_redis_makes_the_others_flush_once_it_is_back) {
     wait_stat(a, "l2", "subscribed", 1);
     wait_stat(b, "l2", "subscribed", 1);
     put_str(b, "untouched-by-a", "b's");
+    /* b reads k once a's invalidation of it has arrived (arriving later, it would drop k). */
+    uint64_t seen = stat_u(b, "l2", "invalidations_received");
     put_str(a, "k", "v1");
+    wait_stat(b, "l2", "invalidations_received", seen + 1);
     got_t g;
     cr_assert_eq(raw_get(b, "k", &g), 0);
     cr_assert(in_l1(b, "k") && in_l1(b, "untouched-by-a"));
