@@ -66,6 +66,7 @@
 #include <unistd.h>
 
 #include "channel.h"
+#include "errbuf.h"
 #include "khala/error.h"
 
 #define MIB (1024u * 1024u)
@@ -338,16 +339,9 @@ static const char *quoted(const char *v, char *buf, size_t len) {
     return buf;
 }
 
-static int msgf(char *msg, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int msgf(char *msg, size_t len, const char *fmt, ...) {
-    if (msg && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, len, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
+/* A detail message into msg (when msg and len are not 0); -1, which the callers turn into
+ * KHALA_ECONFIG with a place. Through khala__errbuf, the one formatter of messages. */
+#define msgf(msg, len, ...) khala__errbuf((msg), (len), -1, __VA_ARGS__)
 
 /* Parse decimal (base 10) or octal (base 8) digits only; 0, or -1 "not a number", or -2
  * "out of range". */

@@ -51,6 +51,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "errbuf.h"
 #include "sys.h"
 
 /* Bytes a read asks for at least: a typical reply fits in one read. */
@@ -67,18 +68,8 @@ struct khala_chan {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* the socket, for messages */
 };
 
-static int chan_fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int chan_fail(char *err, size_t errlen, int rc, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
+/* A failure with its detail message: khala__errbuf, the one formatter of messages. */
+#define chan_fail khala__errbuf
 
 /* A non-empty environment variable that is an absolute path, or NULL (the XDG rule). */
 static const char *env_dir(const char *var) {
