@@ -315,3 +315,176 @@ Test(server, closed_connections_are_released) {
         usleep(1000);
     cr_assert_eq(__atomic_load_n(&g_closed, __ATOMIC_RELAXED), 50);
 }
+
+/* A socket path that does not fit in sockaddr_un is refused before anything is made, and the
+ * message names the path and the limit. */
+Test(server, socket_path_longer_than_sun_path_is_refused) {
+    char path[300], err[512] = "";
+    memset(path, 'p', sizeof(path) - 1);
+    memcpy(path, "/tmp/", 5);
+    path[sizeof(path) - 1] = '\0';
+    khala_server_config_t cfg;
+    khala__server_config_init(&cfg);
+    cfg.path = path;
+    khala_server_ops_t ops = {.on_frame = echo_frame};
+    khala_server_t *s = NULL;
+    cr_assert_eq(khala__server_open(&cfg, &ops, NULL, &s, err, sizeof(err)), -ENAMETOOLONG);
+    cr_assert_null(s);
+    cr_assert_neq(strstr(err, "is longer than 107 bytes"), NULL, "%s", err);
+    cr_assert_neq(strstr(err, "/tmp/ppp"), NULL, "the message names the path: %s", err);
+}
+
+/* A socket in a directory that does not exist cannot be bound: the error names the path and
+ * the reason, and nothing is left behind. */
+Test(server, socket_in_a_missing_directory_cannot_be_bound) {
+    char path[108], err[512] = "";
+    snprintf(path, sizeof(path), "/tmp/khala-test-nodir-%d/s.sock", (int)getpid());
+    khala_server_config_t cfg;
+    khala__server_config_init(&cfg);
+    cfg.path = path;
+    khala_server_ops_t ops = {.on_frame = echo_frame};
+    khala_server_t *s = NULL;
+    cr_assert_eq(khala__server_open(&cfg, &ops, NULL, &s, err, sizeof(err)), -ENOENT);
+    cr_assert_null(s);
+    cr_assert_neq(strstr(err, "cannot bind"), NULL, "%s", err);
+    cr_assert_neq(strstr(err, path), NULL, "%s", err);
+    cr_assert_neq(strstr(err, strerror(ENOENT)), NULL, "%s", err);
+}
+
+/* Connections beyond max_conns are closed at accept; the ones admitted are served, and a
+ * slot freed by a client leaving is given to the next one. */
+static void *run_open(void *arg) {
+    cr_assert_eq(khala__server_run(arg), 0);
+    return NULL;
+}
+
+Test(server, connections_beyond_max_conns_are_closed_at_once) {
+    char err[256] = "";
+    khala_server_config_t cfg;
+    khala__server_config_init(&cfg);
+    snprintf(g_path, sizeof(g_path), "/tmp/khala-test-%d.sock", (int)getpid());
+    cfg.path = g_path;
+    cfg.max_frame = 1024;
+    cfg.max_conns = 1;
+    khala_server_ops_t ops = {.on_frame = echo_frame, .on_close = on_close};
+    cr_assert_eq(khala__server_open(&cfg, &ops, NULL, &g_srv, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(pthread_create(&g_thread, NULL, run_open, g_srv), 0);
+    g_running = 1;
+    int first = dial();
+    char reply[8];
+    send_frame(first, "a", 1); /* the first is admitted (its reply proves it was accepted) */
+    cr_assert_eq(recv_frame(first, reply, sizeof(reply)), 1);
+    int second = dial(); /* connect succeeds (backlog), then khalad closes it */
+    char c;
+    cr_assert_eq(recv(second, &c, 1, 0), 0, "the connection over the limit is closed");
+    cr_assert_eq(__atomic_load_n(&g_closed, __ATOMIC_RELAXED), 0, "it was never a connection");
+    send_frame(first, "b", 1); /* the admitted one is unaffected */
+    cr_assert_eq(recv_frame(first, reply, sizeof(reply)), 1);
+    close(first);
+    close(second);
+    for (int i = 0; i < 2000 && __atomic_load_n(&g_closed, __ATOMIC_RELAXED) < 1; i++)
+        usleep(1000);
+    cr_assert_eq(__atomic_load_n(&g_closed, __ATOMIC_RELAXED), 1);
+    int third = dial(); /* the freed slot takes a new client */
+    send_frame(third, "c", 1);
+    cr_assert_eq(recv_frame(third, reply, sizeof(reply)), 1);
+    close(third);
+}
+
+/* The handlers see the peer's credentials as the kernel recorded them at connect, group
+ * membership (primary or supplementary) answered from SO_PEERGROUPS, and their own pointer. */
+static int who_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_t len) {
+    (void)arg;
+    (void)body;
+    (void)len;
+    pid_t pid;
+    uid_t uid;
+    gid_t gid;
+    khala__conn_peer(c, &pid, &uid, &gid);
+    khala__conn_peer(c, NULL, NULL, NULL); /* any of them may be skipped */
+    gid_t other = (gid_t)65533;            /* a group this test process does not hold */
+    gid_t groups[256];
+    int ng = getgroups(256, groups);
+    gid_t supp = ng > 0 ? groups[ng - 1] : gid;
+    int in_primary = khala__conn_peer_in_group(c, gid);
+    int in_other = khala__conn_peer_in_group(c, other);
+    int in_other_again = khala__conn_peer_in_group(c, other); /* the remembered answer */
+    int in_supp = khala__conn_peer_in_group(c, supp);
+    khala__conn_set_data(c, (void *)(uintptr_t)0x5eed);
+    int data_ok = khala__conn_data(c) == (void *)(uintptr_t)0x5eed;
+    char out[160];
+    int n = snprintf(out, sizeof(out), "%d %u %u %d %d %d %d %d", (int)pid, (unsigned)uid,
+                     (unsigned)gid, in_primary, in_other, in_other_again, in_supp, data_ok);
+    uint8_t hdr[4] = {0, 0, 0, (uint8_t)n};
+    if (khala__conn_send(c, hdr, 4) != 0 || khala__conn_send(c, out, (size_t)n) != 0)
+        return -ENOMEM;
+    return 0;
+}
+
+Test(server, handlers_see_the_peers_credentials_and_groups) {
+    char err[256] = "";
+    khala_server_config_t cfg;
+    khala__server_config_init(&cfg);
+    snprintf(g_path, sizeof(g_path), "/tmp/khala-test-%d.sock", (int)getpid());
+    cfg.path = g_path;
+    khala_server_ops_t ops = {.on_frame = who_frame};
+    cr_assert_eq(khala__server_open(&cfg, &ops, NULL, &g_srv, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(pthread_create(&g_thread, NULL, run_open, g_srv), 0);
+    g_running = 1;
+    gid_t groups[256];
+    int ng = getgroups(256, groups);
+    cr_assert_geq(ng, 0);
+    for (int i = 0; i < ng; i++)
+        cr_assert_neq(groups[i], (gid_t)65533, "the test needs a group it does not hold");
+    cr_assert_neq(getgid(), (gid_t)65533);
+    int fd = dial();
+    send_frame(fd, "who", 3);
+    char reply[160];
+    uint32_t len = recv_frame(fd, reply, sizeof(reply) - 1);
+    reply[len] = '\0';
+    char want[160];
+    snprintf(want, sizeof(want), "%d %u %u 1 0 0 1 1", (int)getpid(), (unsigned)getuid(),
+             (unsigned)getgid());
+    cr_assert_str_eq(reply, want);
+    close(fd);
+}
+
+static void never_called(void *arg) {
+    (void)arg;
+    cr_assert_fail("a watched descriptor fired without being written");
+}
+
+/* The loop watches at most KHALA_SERVER_WATCH_MAX other descriptors; one more is refused with
+ * -ENOSPC, and unwatching one makes room again. */
+Test(server, watch_table_is_bounded_and_slots_are_reused) {
+    char err[256] = "";
+    khala_server_config_t cfg;
+    khala__server_config_init(&cfg);
+    snprintf(g_path, sizeof(g_path), "/tmp/khala-test-%d.sock", (int)getpid());
+    cfg.path = g_path;
+    khala_server_ops_t ops = {.on_frame = echo_frame};
+    khala_server_t *s = NULL;
+    cr_assert_eq(khala__server_open(&cfg, &ops, NULL, &s, err, sizeof(err)), 0, "%s", err);
+    int fds[KHALA_SERVER_WATCH_MAX + 1][2];
+    for (int i = 0; i <= KHALA_SERVER_WATCH_MAX; i++)
+        cr_assert_eq(pipe(fds[i]), 0);
+    for (int i = 0; i < KHALA_SERVER_WATCH_MAX; i++)
+        cr_assert_eq(khala__server_watch(s, -1, fds[i][0], never_called, NULL), 0);
+    cr_assert_eq(khala__server_watch(s, -1, fds[KHALA_SERVER_WATCH_MAX][0], never_called, NULL),
+                 -ENOSPC);
+    /* Replacing one watched descriptor by the spare one fits. */
+    cr_assert_eq(
+        khala__server_watch(s, fds[0][0], fds[KHALA_SERVER_WATCH_MAX][0], never_called, NULL), 0);
+    /* A descriptor epoll refuses (a regular file) is reported, not stored. */
+    cr_assert_eq(khala__server_watch(s, fds[1][0], -1, NULL, NULL), 0);
+    FILE *file = tmpfile();
+    cr_assert_not_null(file);
+    cr_assert_eq(khala__server_watch(s, -1, fileno(file), never_called, NULL), -EPERM);
+    fclose(file);
+    khala__server_close(s);
+    khala__server_close(NULL); /* closing nothing is allowed */
+    for (int i = 0; i <= KHALA_SERVER_WATCH_MAX; i++) {
+        close(fds[i][0]);
+        close(fds[i][1]);
+    }
+}

@@ -830,3 +830,102 @@ Test(khalad, a_peer_in_the_socket_group_by_a_supplementary_group_may_write) {
     cr_assert_str_eq(buf, "by a group member");
     hang_up(&c);
 }
+
+/* A client speaking another protocol version is refused at hello, with a message naming both
+ * versions, and may still say hello in the right one on the same connection. */
+Test(khalad, hello_in_another_protocol_version_is_refused_naming_both) {
+    client_t c = dial();
+    khala_msg_t m = khalad_req(KHALA_OP_HELLO, NULL), r;
+    m.proto = KHALA_PROTO_VERSION + 7;
+    m.has |= KHALA_F_PROTO;
+    request(&c, &m);
+    cr_assert_eq(reply(&c, KHALA_OP_HELLO, &r), 0);
+    cr_assert_eq(r.rc, KHALA_EPROTO);
+    char msg[256], want[128];
+    snprintf(msg, sizeof(msg), "%.*s", (int)r.err.len, (const char *)r.err.ptr);
+    snprintf(want, sizeof(want), "protocol version %u is not spoken here; khalad speaks %u",
+             (unsigned)(KHALA_PROTO_VERSION + 7), (unsigned)KHALA_PROTO_VERSION);
+    cr_assert_str_eq(msg, want);
+    khala__proto_msg_free(&r);
+    m = khalad_req(KHALA_OP_HELLO, NULL);
+    m.proto = KHALA_PROTO_VERSION;
+    m.has |= KHALA_F_PROTO;
+    request(&c, &m);
+    cr_assert_eq(reply(&c, KHALA_OP_HELLO, &r), 0);
+    cr_assert_eq(r.rc, 0, "the connection stays usable");
+    khala__proto_msg_free(&r);
+    hang_up(&c);
+}
+
+/* Invalidating a key that no level holds is no error: it answers 0 items dropped, and the
+ * other keys stay. */
+Test(khalad, invalidating_a_key_that_is_not_cached_is_no_error) {
+    client_t c = dial();
+    cr_assert_eq(put(&c, "kept", "v", KHALA_TYPE_MEMORY_ENTITY, NULL), 0);
+    cr_assert_eq(invalidate(&c, KHALA_BY_KEY, "never-put", 0), 0);
+    char buf[8];
+    cr_assert_eq(get(&c, "kept", buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "v");
+    hang_up(&c);
+}
+
+/* Run khalad with args (no --check); its exit status; stdout and stderr in out. */
+static int run_khalad(const char *const *args, char *out, size_t cap) {
+    const char *argv[16] = {KHALAD_PATH};
+    int argc = 1;
+    for (; args && *args && argc < 15; args++)
+        argv[argc++] = *args;
+    argv[argc] = NULL;
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (dup2(p[1], 1) < 0 || dup2(p[1], 2) < 0)
+            _exit(126);
+        close(p[0]);
+        execv(KHALAD_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t n = 0;
+    for (ssize_t r; n < cap - 1 && (r = read(p[0], out + n, cap - 1 - n)) > 0;)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(p[0]);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "khalad did not exit: %d", status);
+    return WEXITSTATUS(status);
+}
+
+/* The command line: --help and --version answer and exit 0; an unknown option or a stray
+ * argument is a usage error (exit 2, naming it, with the usage); a --name too long for a cache
+ * name is refused (exit 1) before anything is made. */
+Test(khalad_check, command_line_mistakes_are_named_and_exit_non_zero) {
+    static char out[8192];
+    const char *const help[] = {"--help", NULL};
+    cr_assert_eq(run_khalad(help, out, sizeof(out)), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "usage: khalad [--config FILE]"), "%s", out);
+    cr_assert_not_null(strstr(out, "--check        validate the configuration"), "%s", out);
+    const char *const version[] = {"--version", NULL};
+    cr_assert_eq(run_khalad(version, out, sizeof(out)), 0, "%s", out);
+    cr_assert_eq(strncmp(out, "khalad ", 7), 0, "%s", out);
+    const char *const bogus[] = {"--bogus", NULL};
+    cr_assert_eq(run_khalad(bogus, out, sizeof(out)), 2, "%s", out);
+    cr_assert_not_null(strstr(out, "bogus"), "the option is named: %s", out);
+    cr_assert_not_null(strstr(out, "usage: khalad"), "%s", out);
+    const char *const stray[] = {"--check", "stray", NULL};
+    cr_assert_eq(run_khalad(stray, out, sizeof(out)), 2, "%s", out);
+    cr_assert_not_null(strstr(out, "khalad: unexpected argument 'stray'"), "%s", out);
+    cr_assert_not_null(strstr(out, "usage: khalad"), "%s", out);
+    char name[KHALA_NAME_MAX + 2];
+    memset(name, 'n', sizeof(name) - 1);
+    name[sizeof(name) - 1] = '\0';
+    const char *const longname[] = {"--check", "--name", name, NULL};
+    cr_assert_eq(run_khalad(longname, out, sizeof(out)), 1, "%s", out);
+    char want[128];
+    snprintf(want, sizeof(want), "khalad: --name: 'nnnnnnnnnnnnnnnn...' is longer than %d bytes",
+             KHALA_NAME_MAX);
+    cr_assert_not_null(strstr(out, want), "%s", out);
+}
