@@ -910,3 +910,46 @@ Test(l2, an_oversized_value_reaches_no_level) {
     cr_assert_eq(raw_get(ch, "big", &g), KHALA_ENOTFOUND);
     khala__chan_close(ch);
 }
+
+/* L2 on Redis keeps its write queue in a journal on the local disk; when that journal cannot
+ * be made (a file stands where its directory should be), khalad does not start with a queue
+ * that would lose acknowledged writes: exit status 1, one error naming the level and the
+ * reason, and no socket left. The Redis server being down (a closed port) is no reason to
+ * refuse: it is only warned about. */
+Test(l2, redis_l2_whose_write_journal_cannot_be_made_refuses_to_start) {
+    char file[160], l2[200], sock[200];
+    snprintf(file, sizeof(file), "%s/a-file", khalad_dir());
+    snprintf(l2, sizeof(l2), "l2.path=%s/l2", file);
+    snprintf(sock, sizeof(sock), "cache.socket=%s", khalad_sock);
+    FILE *f = fopen(file, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+    int errp[2];
+    cr_assert_eq(pipe(errp), 0);
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        dup2(errp[1], 2);
+        close(errp[0]);
+        execl(KHALAD_PATH, "khalad", "--foreground", "--name", khalad_name, "--set", sock, "--set",
+              "l1.max_memory_mb=16", "--set", "l2.redis_url=redis://127.0.0.1:1/0", "--set",
+              "l2.backend=redis", "--set", l2, (char *)NULL);
+        _exit(127);
+    }
+    close(errp[1]);
+    char out[8192];
+    size_t n = 0;
+    for (ssize_t r; n < sizeof(out) - 1 && (r = read(errp[0], out + n, sizeof(out) - 1 - n)) > 0;)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(errp[0]);
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d: %s", WEXITSTATUS(st), out);
+    cr_assert_not_null(strstr(out, "L2 is not reachable at start"), "log: %s", out);
+    cr_assert_not_null(strstr(out, "cannot open the levels below L1"), "log: %s", out);
+    cr_assert_not_null(strstr(out, "L2 (redis): "), "log: %s", out);
+    cr_assert_not_null(strstr(out, "a-file"), "the path is named: %s", out);
+    cr_assert_not_null(strstr(out, "ot a directory"), "the reason is named: %s", out);
+    cr_assert_neq(access(khalad_sock, F_OK), 0, "no socket is left");
+}
