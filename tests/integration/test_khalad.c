@@ -871,9 +871,9 @@ Test(khalad, invalidating_a_key_that_is_not_cached_is_no_error) {
 
 /* Run khalad with args (no --check); its exit status; stdout and stderr in out. */
 static int run_khalad(const char *const *args, char *out, size_t cap) {
-    const char *argv[16] = {KHALAD_PATH};
+    const char *argv[160] = {KHALAD_PATH};
     int argc = 1;
-    for (; args && *args && argc < 15; args++)
+    for (; args && *args && argc < 159; args++)
         argv[argc++] = *args;
     argv[argc] = NULL;
     int p[2];
@@ -928,4 +928,72 @@ Test(khalad_check, command_line_mistakes_are_named_and_exit_non_zero) {
     snprintf(want, sizeof(want), "khalad: --name: 'nnnnnnnnnnnnnnnn...' is longer than %d bytes",
              KHALA_NAME_MAX);
     cr_assert_not_null(strstr(out, want), "%s", out);
+}
+
+/* More --set options than khalad keeps is a usage error naming it, not a silent truncation. */
+Test(khalad_check, too_many_set_options_are_refused) {
+    static char out[8192];
+    const char *args[150];
+    int n = 0;
+    args[n++] = "--check";
+    for (int i = 0; i < 64; i++) {
+        args[n++] = "--set";
+        args[n++] = "l1.ttl_seconds=60";
+    }
+    args[n] = NULL;
+    cr_assert_eq(run_khalad(args, out, sizeof(out)), 2, "%s", out);
+    cr_assert_not_null(strstr(out, "khalad: too many --set options"), "%s", out);
+    args[1 + 2 * 62] = NULL; /* 62 fit, and one more place stays free for --name */
+    cr_assert_eq(run_khalad(args, out, sizeof(out)), 0, "%s", out);
+    cr_assert_not_null(strstr(out, "ttl_seconds = 60"), "%s", out);
+}
+
+/* A peer that may read but not write may ask for a miss with "loader" set, but is not made
+ * the single-flight leader (it could not fill the key): it gets a plain miss, and the key's
+ * load is still free for a writer to lead. Needs root to become another user. */
+Test(khalad, a_reader_asking_to_load_gets_a_plain_miss_and_leads_no_load) {
+    if (geteuid() != 0)
+        cr_skip_test("needs root to become another user");
+    khalad_kill(SIGTERM);
+    khalad_extra_set = "cache.socket_mode=0666";
+    khalad_start();
+    char dir[sizeof(khalad_sock)];
+    snprintf(dir, sizeof(dir), "%s", khalad_sock);
+    *strrchr(dir, '/') = '\0';
+    cr_assert_eq(chmod(dir, 0711), 0);
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        if (setgid(65534) != 0 || setuid(65534) != 0)
+            _exit(10);
+        client_t c = dial();
+        khala_msg_t m = khalad_req(KHALA_OP_GET, "cold"), r;
+        m.loader = true;
+        m.has |= KHALA_F_LOADER;
+        request(&c, &m);
+        if (reply(&c, KHALA_OP_GET, &r) != 0)
+            _exit(11);
+        if (r.rc != KHALA_ENOTFOUND)
+            _exit(12);
+        if (r.load)
+            _exit(13); /* made the leader of a load it may not fill */
+        khala__proto_msg_free(&r);
+        hang_up(&c);
+        _exit(0);
+    }
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the reader's client failed at step %d",
+              WEXITSTATUS(st));
+    /* The owner asking the same key leads its load at once (no leader was left waiting). */
+    client_t c = dial();
+    khala_msg_t m = khalad_req(KHALA_OP_GET, "cold"), r;
+    m.loader = true;
+    m.has |= KHALA_F_LOADER;
+    request(&c, &m);
+    cr_assert_eq(reply(&c, KHALA_OP_GET, &r), 0);
+    cr_assert_eq(r.rc, KHALA_ENOTFOUND);
+    cr_assert(r.load, "the writer leads the load");
+    khala__proto_msg_free(&r);
+    hang_up(&c);
 }
