@@ -997,3 +997,41 @@ Test(khalad, a_reader_asking_to_load_gets_a_plain_miss_and_leads_no_load) {
     khala__proto_msg_free(&r);
     hang_up(&c);
 }
+
+/* The systemd watchdog: with WATCHDOG_USEC set, khalad pings at half the interval while its
+ * loop runs, each ping with a STATUS= line telling what it serves (items in L1, connections).
+ * The test stands in for systemd and waits for a ping that shows its item and connection. */
+Test(khalad, watchdog_pings_tell_the_items_and_connections_served) {
+    khalad_kill(SIGTERM);
+    char path[108];
+    snprintf(path, sizeof(path), "/tmp/khala-wd-%d.sock", (int)getpid());
+    unlink(path);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    setenv("NOTIFY_SOCKET", path, 1);
+    setenv("WATCHDOG_USEC", "100000", 1); /* 100 ms: a ping every 50 ms */
+    khalad_start();
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    client_t c = dial();
+    cr_assert_eq(put(&c, "wd", "v", KHALA_TYPE_MEMORY_ENTITY, NULL), 0);
+    struct timeval tv = {.tv_sec = 5, .tv_usec = 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char msg[512] = "";
+    int pings = 0, seen = 0;
+    for (int i = 0; i < 200 && !seen; i++) {
+        ssize_t n = recv(fd, msg, sizeof(msg) - 1, 0);
+        cr_assert_gt(n, 0, "no watchdog ping from khalad (%d so far): %s", pings, strerror(errno));
+        msg[n] = '\0';
+        if (!strstr(msg, "WATCHDOG=1"))
+            continue;
+        pings++;
+        seen = strstr(msg, "STATUS=serving 1 items, 1 connections") != NULL;
+    }
+    cr_assert(seen, "no ping showed the item and the connection; last: %s", msg);
+    hang_up(&c);
+    close(fd);
+    unlink(path);
+}
