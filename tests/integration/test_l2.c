@@ -953,3 +953,43 @@ Test(l2, redis_l2_whose_write_journal_cannot_be_made_refuses_to_start) {
     cr_assert_not_null(strstr(out, "ot a directory"), "the reason is named: %s", out);
     cr_assert_neq(access(khalad_sock, F_OK), 0, "no socket is left");
 }
+
+/* A Redis that refuses khalad's password is a configuration mistake, not an outage (an outage
+ * only queues writes): khalad does not start; it exits 1 with one error naming the level, the
+ * server and Redis's own words, and leaves no socket. */
+Test(l2, a_redis_refusing_the_password_stops_the_start_naming_server_and_reason) {
+    static const char *const auth[] = {"--requirepass", "secret", NULL};
+    tu_redis_start(&g_redis, auth);
+    char url[128], sock[200], l2[200];
+    snprintf(url, sizeof(url), "l2.redis_url=redis://:wrong@127.0.0.1:%u/0", g_redis.port);
+    snprintf(sock, sizeof(sock), "cache.socket=%s", khalad_sock);
+    snprintf(l2, sizeof(l2), "l2.path=%s/l2", khalad_dir());
+    int errp[2];
+    cr_assert_eq(pipe(errp), 0);
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        dup2(errp[1], 2);
+        close(errp[0]);
+        execl(KHALAD_PATH, "khalad", "--foreground", "--name", khalad_name, "--set", sock, "--set",
+              "l1.max_memory_mb=16", "--set", url, "--set", "l2.backend=redis", "--set", l2,
+              (char *)NULL);
+        _exit(127);
+    }
+    close(errp[1]);
+    char out[8192];
+    size_t n = 0;
+    for (ssize_t r; n < sizeof(out) - 1 && (r = read(errp[0], out + n, sizeof(out) - 1 - n)) > 0;)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(errp[0]);
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d: %s", WEXITSTATUS(st), out);
+    char want[160];
+    snprintf(want, sizeof(want), "L2 (redis): redis 127.0.0.1:%u: AUTH refused: WRONGPASS",
+             g_redis.port);
+    cr_assert_not_null(strstr(out, "cannot open the levels below L1"), "log: %s", out);
+    cr_assert_not_null(strstr(out, want), "log: %s", out);
+    cr_assert_neq(access(khalad_sock, F_OK), 0, "no socket is left");
+}
