@@ -1201,3 +1201,110 @@ Test(tier_redis, l1_hits_noted_by_khalad_rank_keys_and_decay_halves_them) {
     freeReplyObject(r);
     redisFree(c);
 }
+
+Test(tier_redis, malformed_redirections_are_not_followed) {
+    unsigned slot, port;
+    char host[KHALA_REDIS_HOST_MAX];
+    const char *bad[] = {"MOVED 16384 127.0.0.1:7000", /* slot out of range */
+                         "MOVED 1 127.0.0.1:0",        /* port 0 */
+                         "MOVED 1 127.0.0.1:65536",    /* port out of range */
+                         "MOVED 1 127.0.0.1",          /* no port */
+                         "MOVED 1 127.0.0.1:",         /* empty port */
+                         "MOVED 1",                    /* no address */
+                         "MOVED  127.0.0.1:7000",      /* empty slot */
+                         "ASK -1 h:1",
+                         "MOVED ",
+                         "ERR something else",
+                         "NOSCRIPT No matching script"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_assert_eq(khala__redis_cluster_redirect(bad[i], strlen(bad[i]), &slot, host, &port),
+                     KHALA_REDIS_REDIRECT_NONE, "%s", bad[i]);
+    char longhost[KHALA_REDIS_HOST_MAX + 32];
+    int n = snprintf(longhost, sizeof(longhost), "ASK 5 ");
+    memset(longhost + n, 'h', KHALA_REDIS_HOST_MAX);
+    snprintf(longhost + n + KHALA_REDIS_HOST_MAX,
+             sizeof(longhost) - (size_t)n - KHALA_REDIS_HOST_MAX, ":7000");
+    cr_assert_eq(khala__redis_cluster_redirect(longhost, strlen(longhost), &slot, host, &port),
+                 KHALA_REDIS_REDIRECT_NONE, "a host longer than the buffer");
+    const char *edge = "ASK 16383 :65535"; /* empty host: the node that answered */
+    cr_assert_eq(khala__redis_cluster_redirect(edge, strlen(edge), &slot, host, &port),
+                 KHALA_REDIS_REDIRECT_ASK);
+    cr_assert_eq(slot, 16383);
+    cr_assert_eq(port, 65535);
+    cr_assert_str_eq(host, "");
+}
+
+/* A reply parsed from RESP text, as hiredis would hand it over. */
+static redisReply *resp(const char *text) {
+    redisReader *rd = redisReaderCreate();
+    cr_assert(rd);
+    cr_assert_eq(redisReaderFeed(rd, text, strlen(text)), REDIS_OK);
+    void *r = NULL;
+    cr_assert_eq(redisReaderGetReply(rd, &r), REDIS_OK);
+    cr_assert(r, "incomplete RESP: %s", text);
+    redisReaderFree(rd);
+    return r;
+}
+
+typedef struct ranges {
+    int n, stop_after;
+    unsigned first[8], last[8], port[8];
+    char host[8][32];
+} ranges_t;
+
+static int range_cb(void *arg, unsigned first, unsigned last, const char *host, unsigned port) {
+    ranges_t *x = arg;
+    cr_assert_lt(x->n, 8);
+    x->first[x->n] = first;
+    x->last[x->n] = last;
+    x->port[x->n] = port;
+    snprintf(x->host[x->n], sizeof(x->host[0]), "%s", host);
+    return ++x->n == x->stop_after;
+}
+
+Test(tier_redis, cluster_slots_replies_are_checked_and_empty_hosts_mean_the_seed) {
+    ranges_t x = {0};
+    redisReply *r = resp("*3\r\n"
+                         "*3\r\n:0\r\n:99\r\n*2\r\n$8\r\n10.0.0.1\r\n:7000\r\n"
+                         "*4\r\n:100\r\n:200\r\n*3\r\n$0\r\n\r\n:7001\r\n$2\r\nid\r\n"
+                         "*2\r\n$9\r\n127.0.0.9\r\n:7100\r\n" /* a replica: ignored */
+                         "*3\r\n:201\r\n:16383\r\n*2\r\n$1\r\n?\r\n:7002\r\n");
+    cr_assert_eq(khala__redis_cluster_slots_parse(r, "seed", range_cb, &x), 0);
+    cr_assert_eq(x.n, 3);
+    cr_assert_str_eq(x.host[0], "10.0.0.1");
+    cr_assert_eq(x.port[0], 7000);
+    cr_assert_eq(x.first[1], 100);
+    cr_assert_eq(x.last[1], 200);
+    cr_assert_str_eq(x.host[1], "seed", "an empty host is the node that answered");
+    cr_assert_str_eq(x.host[2], "seed", "so is '?' (older servers)");
+    cr_assert_eq(x.last[2], 16383);
+    memset(&x, 0, sizeof(x));
+    x.stop_after = 1;
+    cr_assert_eq(khala__redis_cluster_slots_parse(r, "seed", range_cb, &x), 0);
+    cr_assert_eq(x.n, 1, "the callback stops the walk");
+    freeReplyObject(r);
+
+    const char *bad[] = {
+        "-ERR This instance has cluster support disabled\r\n",
+        "*1\r\n:5\r\n",                                          /* a range that is no array */
+        "*1\r\n*2\r\n:0\r\n:5\r\n",                              /* no master */
+        "*1\r\n*3\r\n$1\r\n0\r\n:5\r\n*2\r\n$1\r\nh\r\n:1\r\n",  /* first not an integer */
+        "*1\r\n*3\r\n:6\r\n:5\r\n*2\r\n$1\r\nh\r\n:1\r\n",       /* last < first */
+        "*1\r\n*3\r\n:0\r\n:16384\r\n*2\r\n$1\r\nh\r\n:1\r\n",   /* beyond the last slot */
+        "*1\r\n*3\r\n:-1\r\n:5\r\n*2\r\n$1\r\nh\r\n:1\r\n",      /* negative */
+        "*1\r\n*3\r\n:0\r\n:5\r\n*1\r\n$1\r\nh\r\n",             /* master without port */
+        "*1\r\n*3\r\n:0\r\n:5\r\n*2\r\n:1\r\n:1\r\n",            /* host not a string */
+        "*1\r\n*3\r\n:0\r\n:5\r\n*2\r\n$1\r\nh\r\n:0\r\n",       /* port 0 */
+        "*1\r\n*3\r\n:0\r\n:5\r\n*2\r\n$1\r\nh\r\n:65536\r\n",   /* port too big */
+        "*2\r\n*3\r\n:0\r\n:5\r\n*2\r\n$1\r\nh\r\n:1\r\n:9\r\n", /* good, then garbage */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(&x, 0, sizeof(x));
+        r = resp(bad[i]);
+        cr_assert_eq(khala__redis_cluster_slots_parse(r, "seed", range_cb, &x), -EPROTO,
+                     "reply %zu accepted", i);
+        freeReplyObject(r);
+    }
+    cr_assert_eq(x.n, 1, "ranges before the bad one were passed on");
+    cr_assert_eq(khala__redis_cluster_slots_parse(NULL, "seed", range_cb, &x), -EPROTO);
+}
