@@ -1308,3 +1308,43 @@ Test(tier_redis, cluster_slots_replies_are_checked_and_empty_hosts_mean_the_seed
     cr_assert_eq(x.n, 1, "ranges before the bad one were passed on");
     cr_assert_eq(khala__redis_cluster_slots_parse(NULL, "seed", range_cb, &x), -EPROTO);
 }
+
+Test(tier_redis, a_cluster_slot_nobody_serves_fails_with_its_number_until_it_is_assigned) {
+    static const char *const args[] = {"--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+                                       NULL};
+    tu_redis_start(&g_priv, args); /* a cluster node with no slots yet */
+    char err[256], buf[16], want[64];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(open_tier(priv_url(NULL, 0), ns("noslot"), false, false, 1, &t, err, sizeof(err)),
+                 0, "%s", err);
+    g_t = t;
+    char full[128];
+    snprintf(full, sizeof(full), "khala:%s:k", g_ns);
+    snprintf(want, sizeof(want), "no node serves slot %u",
+             khala__redis_cluster_slot(full, strlen(full)));
+    cr_assert_eq(put_str(t, "k", "v", 1, 0, 60000), KHALA_ETIER);
+    cr_assert(strstr(t->err, want), "message: %s (want %s)", t->err, want);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ETIER);
+    khala_bytes_t keys[1] = {{(const uint8_t *)"k", 1}};
+    khala_tier_value_t vals[1] = {val("v", 1, 1, 0, 0)}, out[1];
+    int rcs[1];
+    cr_assert_eq(t->ops->mget(t, 1, keys, out, rcs), KHALA_ETIER);
+    cr_assert_eq(rcs[0], KHALA_ETIER);
+    cr_assert_eq(t->ops->mput(t, 1, keys, vals), KHALA_ETIER);
+    seen_t *s = calloc(1, sizeof(*s));
+    uint64_t cursor = 0;
+    cr_assert_eq(t->ops->scan(t, &cursor, NULL, 10, collect, s), 0, "no node: nothing to visit");
+    cr_assert_eq(cursor, 0);
+    cr_assert_eq(s->n, 0);
+    free(s);
+
+    redisContext *c = direct_port(g_priv.port);
+    cmd_ok(c, "CLUSTER ADDSLOTSRANGE 0 16383");
+    /* tick reloads the stale map: the slot now routes to the node, which answers CLUSTERDOWN
+     * for its first 2 s (Redis's rejoin delay) and serves it afterwards. */
+    t->ops->tick(t, khala__sys_now_ms());
+    int rc = put_str(t, "k", "v", 1, 0, 60000);
+    cr_assert(rc == 0 || (rc == KHALA_ETIER && strstr(t->err, "CLUSTERDOWN")),
+              "the slot is routed after tick: %s: %s", khala_strerror(rc), t->err);
+    redisFree(c);
+}
