@@ -1348,3 +1348,27 @@ Test(tier_redis, a_cluster_slot_nobody_serves_fails_with_its_number_until_it_is_
               "the slot is routed after tick: %s: %s", khala_strerror(rc), t->err);
     redisFree(c);
 }
+
+Test(tier_redis, a_cluster_whose_slot_map_cannot_be_read_stays_not_ready_with_the_reason) {
+    static const char *const args[] = {
+        "--cluster-enabled", "yes", "--user", "nomap", "on", ">pw", "~*", "&*", "+@all",
+        "-cluster|slots",    NULL};
+    tu_redis_start(&g_priv, args);
+    char err[256], buf[16];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(
+        open_tier(priv_url("nomap:pw", 0), ns("nomap"), false, false, 1, &t, err, sizeof(err)), 0,
+        "the tier is returned, not ready: %s", err);
+    g_t = t;
+    cr_assert(strstr(err, "CLUSTER SLOTS") && strstr(err, "NOPERM"), "message: %s", err);
+    cr_assert_neq(t->ops->health(t), 0);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ETIER);
+    cr_assert(strstr(t->err, "CLUSTER SLOTS"), "each call retries the open: %s", t->err);
+    redisContext *c = direct_port(g_priv.port);
+    cmd_ok(c, "ACL SETUSER nomap +cluster|slots");
+    redisFree(c);
+    /* The map reads now (empty: no slot assigned), so the open finishes and the call reaches
+     * the routing step. */
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ETIER);
+    cr_assert(strstr(t->err, "no node serves slot"), "message: %s", t->err);
+}
