@@ -1372,3 +1372,43 @@ Test(tier_redis, a_cluster_whose_slot_map_cannot_be_read_stays_not_ready_with_th
     cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ETIER);
     cr_assert(strstr(t->err, "no node serves slot"), "message: %s", t->err);
 }
+
+Test(tier_redis, cluster_invalidate_by_type_finds_keys_of_a_migrating_slot) {
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-invask");
+    char tag[32], k1[64], k2[64], k3[64], f1[160], f2[160], buf[16];
+    snprintf(tag, sizeof(tag), "{i%d}", (int)getpid());
+    snprintf(k1, sizeof(k1), "%sgone", tag); /* type 1, migrated: removed */
+    snprintf(k2, sizeof(k2), "%skept", tag); /* type 2, migrated: stays */
+    snprintf(k3, sizeof(k3), "%shome", tag); /* type 1, still on the owner: removed */
+    snprintf(f1, sizeof(f1), "khala:%s:%s", g_ns, k1);
+    snprintf(f2, sizeof(f2), "khala:%s:%s", g_ns, k2);
+    cr_assert_eq(put_str(t, k1, "v", 1, 1, 60000), 0, "%s", t->err);
+    cr_assert_eq(put_str(t, k2, "v", 1, 2, 60000), 0, "%s", t->err);
+    cr_assert_eq(put_str(t, k3, "v", 1, 1, 60000), 0, "%s", t->err);
+    unsigned slot = khala__redis_cluster_slot(f1, strlen(f1));
+    unsigned owner = cl_owner(slot), other = cl_other(owner);
+    cl_node_t nodes[8];
+    int n = cl_nodes(nodes, 8);
+    redisContext *s = direct_port(owner), *d = direct_port(other);
+    g_moved.slot = slot;
+    g_moved.owner_port = owner;
+    g_moved.other_port = other;
+    g_moved.active = 1;
+    cmd_ok(d, "CLUSTER SETSLOT %u IMPORTING %s", slot, nodes[cl_find(nodes, n, owner)].id);
+    cmd_ok(s, "CLUSTER SETSLOT %u MIGRATING %s", slot, nodes[cl_find(nodes, n, other)].id);
+    cmd_ok(s, "MIGRATE 127.0.0.1 %u %s 0 5000", other, f1);
+    cmd_ok(s, "MIGRATE 127.0.0.1 %u %s 0 5000", other, f2);
+    uint64_t removed = 0;
+    cr_assert_eq(t->ops->invalidate(t, tag, strlen(tag), 1, &removed), 0, "%s", t->err);
+    cr_assert_eq(removed, 2, "both type-1 keys, wherever they are");
+    cmd_ok(d, "ASKING");
+    cr_assert_eq(cmd_int(d, "EXISTS %s", f1), 0, "the migrated type-1 key is gone");
+    cmd_ok(d, "ASKING");
+    cr_assert_eq(cmd_int(d, "EXISTS %s", f2), 1, "the migrated type-2 key stays");
+    redisFree(s);
+    redisFree(d);
+    cluster_restore();
+    cr_assert_eq(get_str(t, k2, buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_eq(get_str(t, k1, buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(get_str(t, k3, buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+}
