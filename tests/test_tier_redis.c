@@ -9,6 +9,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -920,4 +921,494 @@ Test(tier_redis, cluster_follows_ask_during_a_migration) {
     cr_assert_eq(cl_owner(slot), owner);
     cr_assert_eq(get_str(t, key2, buf, sizeof(buf), NULL), 0, "%s", t->err);
     cr_assert_str_eq(buf, "w");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Refusals, error replies, timeouts, script cache, noted hits (issue 9)                       */
+/* ------------------------------------------------------------------------------------------ */
+
+Test(tier_redis, open_refuses_bad_options_with_a_message_naming_the_problem) {
+    char err[256], longns[KHALA_NAME_MAX + 2];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(khala__tier_redis_open(NULL, &t, err, sizeof(err)), KHALA_ECONFIG);
+    cr_assert(strstr(err, "no redis_url"), "message: %s", err);
+    cr_assert_eq(open_tier(NULL, "ns", false, false, 1, &t, err, sizeof(err)), KHALA_ECONFIG);
+    cr_assert(strstr(err, "no redis_url"), "message: %s", err);
+    cr_assert_eq(open_tier("redis://127.0.0.1:1", "", false, false, 1, &t, err, sizeof(err)),
+                 KHALA_ECONFIG);
+    cr_assert(strstr(err, "namespace is 0 bytes"), "message: %s", err);
+    memset(longns, 'n', sizeof(longns) - 1);
+    longns[sizeof(longns) - 1] = '\0';
+    cr_assert_eq(open_tier("redis://127.0.0.1:1", longns, false, false, 1, &t, err, sizeof(err)),
+                 KHALA_ECONFIG);
+    cr_assert(strstr(err, "namespace is"), "message: %s", err);
+    cr_assert_eq(open_tier("http://127.0.0.1:1", "ns", false, false, 1, &t, err, sizeof(err)),
+                 KHALA_ECONFIG);
+    cr_assert(strstr(err, "redis_url") && strstr(err, "not a redis://"), "message: %s", err);
+    cr_assert_eq(open_tier("rediss://127.0.0.1:1", "ns", false, false, 1, &t, err, sizeof(err)),
+                 KHALA_ECONFIG);
+    cr_assert(strstr(err, "TLS") && strstr(err, "not supported"), "message: %s", err);
+    cr_assert_null(t, "no tier on a refused open");
+}
+
+Test(tier_redis, bad_invalidations_and_oversized_values_are_refused_before_redis) {
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_URL"), "refuse");
+    char big[KHALA_KEY_MAX + 1];
+    memset(big, 'p', sizeof(big));
+    uint64_t removed = 99;
+    cr_assert_eq(t->ops->invalidate(t, "p", 1, (int)KHALA_TYPE_COUNT, &removed), -EINVAL);
+    cr_assert(strstr(t->err, "bad invalidation"), "message: %s", t->err);
+    cr_assert_eq(t->ops->invalidate(t, big, sizeof(big), -1, &removed), KHALA_EKEY);
+    cr_assert_eq(t->ops->invalidate(t, NULL, 3, -1, &removed), -EINVAL);
+    cr_assert_eq(removed, 99, "nothing counted on a refusal");
+    /* The length is refused before any byte is read: a 1-byte buffer is enough. */
+    khala_tier_value_t huge = val("x", (size_t)KHALA_TIER_REDIS_VALUE_MAX + 1, 1, 0, 0);
+    cr_assert_eq(t->ops->put(t, "k", 1, &huge), KHALA_ETOOBIG);
+    cr_assert(strstr(t->err, "max"), "message: %s", t->err);
+    khala_bytes_t key = {(const uint8_t *)"k", 1};
+    cr_assert_eq(t->ops->mput(t, 1, &key, &huge), KHALA_ETOOBIG);
+    cr_assert_eq(t->ops->mput(t, 0, &key, &huge), 0, "an empty batch is nothing to do");
+    char buf[8];
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ENOTFOUND, "nothing was stored");
+    khala_tier_stats_t st;
+    t->ops->stats(t, &st);
+    cr_assert_eq(st.puts, 0, "refused puts are not counted");
+    cr_assert_eq(st.errors, 0, "a refusal is not a tier error");
+}
+
+Test(tier_redis, percent_escaped_credentials_are_decoded) {
+    static const char *const args[] = {"--user", "bob", "on",    ">p@ss:w/rd",
+                                       "~*",     "&*",  "+@all", NULL};
+    tu_redis_start(&g_priv, args);
+    char err[256], buf[16];
+    khala_tier_t *t = NULL;
+    int rc = open_tier(priv_url("b%6Fb:p%40ss%3aw%2Frd", 0), ns("pct"), true, false, 1, &t, err,
+                       sizeof(err));
+    cr_assert_eq(rc, 0, "%s", err);
+    g_t = t;
+    cr_assert_eq(put_str(t, "k", "v", 1, 0, 60000), 0, "%s", t->err);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "v");
+    khala_tier_t *u = NULL;
+    rc = open_tier(priv_url("bob:p%40ss", 0), g_ns, true, false, 1, &u, err, sizeof(err));
+    cr_assert_eq(rc, KHALA_ECONFIG, "a wrong decoded password is refused: %s", err);
+    cr_assert(strstr(err, "AUTH refused"), "message: %s", err);
+}
+
+Test(tier_redis, a_user_who_may_not_load_scripts_is_a_config_error_at_open) {
+    static const char *const args[] = {"--user", "ro",    "on",      ">pw", "~*",
+                                       "&*",     "+@all", "-script", NULL};
+    tu_redis_start(&g_priv, args);
+    char err[256];
+    khala_tier_t *t = NULL;
+    int rc = open_tier(priv_url("ro:pw", 0), ns("noscript"), true, false, 1, &t, err, sizeof(err));
+    cr_assert_eq(rc, KHALA_ECONFIG, "%s: %s", khala_strerror(rc), err);
+    cr_assert_null(t);
+    cr_assert(strstr(err, "SCRIPT LOAD refused") && strstr(err, "127.0.0.1"), "message: %s", err);
+}
+
+/* A user allowed to connect and load the script, refused everything else the driver sends. */
+static const char *const limited_user[] = {"--user",  "lim",        "on",      ">pw",      "~*",
+                                           "&*",      "+@all",      "-config", "-get",     "-mget",
+                                           "-unlink", "-zrevrange", "-scan",   "-evalsha", NULL};
+
+Test(tier_redis, error_replies_fail_each_operation_with_the_servers_words) {
+    tu_redis_start(&g_priv, limited_user);
+    char err[256], buf[16];
+    khala_tier_t *t = NULL;
+    int rc = open_tier(priv_url("lim:pw", 0), ns("errrep"), true, false, 1, &t, err, sizeof(err));
+    cr_assert_eq(rc, 0, "%s", err);
+    g_t = t;
+    cr_assert(strstr(err, "warning") && strstr(err, "cannot read maxmemory-policy") &&
+                  strstr(err, "NOPERM"),
+              "an unreadable policy is a warning: %s", err);
+
+    cr_assert_eq(put_str(t, "k", "v", 1, 0, 60000), KHALA_ETIER);
+    cr_assert(strstr(t->err, "put") && strstr(t->err, "NOPERM"), "message: %s", t->err);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ETIER);
+    cr_assert(strstr(t->err, "GET 'k'") && strstr(t->err, "NOPERM"), "message: %s", t->err);
+    cr_assert_eq(t->ops->del(t, "k", 1), KHALA_ETIER);
+    cr_assert(strstr(t->err, "NOPERM"), "message: %s", t->err);
+    khala_bytes_t keys[2] = {{(const uint8_t *)"a", 1}, {(const uint8_t *)"b", 1}};
+    khala_tier_value_t out[2];
+    int rcs[2] = {0, 0};
+    cr_assert_eq(t->ops->mget(t, 2, keys, out, rcs), KHALA_ETIER);
+    cr_assert_eq(rcs[0], KHALA_ETIER);
+    cr_assert_eq(rcs[1], KHALA_ETIER);
+    seen_t *s = calloc(1, sizeof(*s));
+    cr_assert_eq(t->ops->hot(t, 10, collect, s), KHALA_ETIER);
+    cr_assert(strstr(t->err, "ZREVRANGE") && strstr(t->err, "NOPERM"), "message: %s", t->err);
+    uint64_t cursor = 0;
+    cr_assert_eq(t->ops->scan(t, &cursor, NULL, 10, collect, s), KHALA_ETIER);
+    cr_assert(strstr(t->err, "SCAN") && strstr(t->err, "NOPERM"), "message: %s", t->err);
+    cr_assert_eq(t->ops->invalidate(t, NULL, 0, -1, NULL), KHALA_ETIER);
+    cr_assert(strstr(t->err, "SCAN") && strstr(t->err, "NOPERM"), "message: %s", t->err);
+    cr_assert_eq(s->n, 0, "no key reported");
+    free(s);
+    khala_tier_stats_t st;
+    t->ops->stats(t, &st);
+    cr_assert_geq(st.errors, 7, "every refused operation counts an error");
+    cr_assert_eq(t->ops->health(t), 0, "PING is allowed: the server is healthy");
+}
+
+Test(tier_redis, owned_but_not_allowed_to_set_the_policy_warns) {
+    tu_redis_start(&g_priv, limited_user);
+    char err[256];
+    khala_tier_t *t = NULL;
+    int rc = open_tier(priv_url("lim:pw", 0), ns("ownlim"), true, true, 1, &t, err, sizeof(err));
+    cr_assert_eq(rc, 0, "%s", err);
+    g_t = t;
+    cr_assert(strstr(err, "warning") && strstr(err, "CONFIG SET maxmemory-policy allkeys-lfu "
+                                                    "refused"),
+              "message: %s", err);
+}
+
+Test(tier_redis, a_flushed_script_cache_is_loaded_again) {
+    tu_redis_start(&g_priv, NULL);
+    char err[256], buf[16];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(open_tier(priv_url(NULL, 0), ns("noscr"), false, false, 1, &t, err, sizeof(err)),
+                 0, "%s", err);
+    g_t = t;
+    cr_assert_eq(put_str(t, "k", "one", 1, 0, 60000), 0, "%s", t->err);
+    redisContext *c = direct(priv_url(NULL, 0));
+    cmd_ok(c, "SCRIPT FLUSH");
+    cr_assert_eq(put_str(t, "k", "two", 2, 0, 60000), 0, "put after SCRIPT FLUSH: %s", t->err);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), 0);
+    cr_assert_str_eq(buf, "two");
+    cr_assert_eq(put_str(t, "k", "old", 1, 0, 60000), KHALA_EVERSION, "the script still decides");
+    cmd_ok(c, "SCRIPT FLUSH");
+    khala_bytes_t keys[3] = {
+        {(const uint8_t *)"a", 1}, {(const uint8_t *)"b", 1}, {(const uint8_t *)"k", 1}};
+    khala_tier_value_t vals[3] = {val("A", 1, 1, 0, 0), val("B", 1, 1, 0, 0), val("K", 1, 3, 0, 0)};
+    cr_assert_eq(t->ops->mput(t, 3, keys, vals), 0, "mput after SCRIPT FLUSH: %s", t->err);
+    cr_assert_eq(get_str(t, "b", buf, sizeof(buf), NULL), 0);
+    cr_assert_str_eq(buf, "B");
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), 0);
+    cr_assert_str_eq(buf, "K");
+    redisFree(c);
+}
+
+Test(tier_redis, a_server_that_stops_answering_times_out_and_recovers) {
+    tu_redis_start(&g_priv, NULL);
+    char err[256], buf[16];
+    khala_tier_t *t = NULL;
+    khala_tier_redis_opts_t o = {.url = priv_url(NULL, 0),
+                                 .ns = ns("stop"),
+                                 .level = KHALA_LEVEL_L2,
+                                 .timeout_ms = 200,
+                                 .pool_size = 1};
+    cr_assert_eq(khala__tier_redis_open(&o, &t, err, sizeof(err)), 0, "%s", err);
+    g_t = t;
+    cr_assert_eq(put_str(t, "k", "v", 1, 0, 60000), 0, "%s", t->err);
+    cr_assert_eq(kill(g_priv.pid, SIGSTOP), 0);
+    int64_t t0 = khala__sys_now_ms();
+    int rc = get_str(t, "k", buf, sizeof(buf), NULL);
+    int64_t took = khala__sys_now_ms() - t0;
+    kill(g_priv.pid, SIGCONT);
+    cr_assert_eq(rc, KHALA_ETIER);
+    cr_assert(strstr(t->err, "no reply within 200 ms"), "message: %s", t->err);
+    cr_assert(took >= 150 && took < 1500, "waited %lld ms", (long long)took);
+    cr_assert_eq(wait_healthy(t), 0, "%s", t->err);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "v");
+}
+
+Test(tier_redis, every_operation_of_a_tier_whose_server_is_down_fails_with_etier) {
+    g_priv.port = tu_redis_free_port();
+    char err[256];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(open_tier(priv_url(NULL, 0), ns("alldown"), false, false, 1, &t, err, sizeof(err)),
+                 0, "%s", err);
+    g_t = t;
+    char name[32];
+    snprintf(name, sizeof(name), "127.0.0.1:%u", g_priv.port);
+    khala_bytes_t keys[2] = {{(const uint8_t *)"a", 1}, {(const uint8_t *)"", 0}};
+    khala_tier_value_t vals[2] = {val("A", 1, 1, 0, 0), val("B", 1, 1, 0, 0)}, out[2];
+    int rcs[2];
+    cr_assert_eq(put_str(t, "k", "v", 1, 0, 0), KHALA_ETIER);
+    cr_assert(strstr(t->err, name), "message names the server: %s", t->err);
+    cr_assert_eq(t->ops->mput(t, 1, keys, vals), KHALA_ETIER);
+    cr_assert_eq(t->ops->mget(t, 2, keys, out, rcs), KHALA_ETIER);
+    cr_assert_eq(rcs[0], KHALA_ETIER);
+    cr_assert_eq(rcs[1], KHALA_EKEY, "a bad key keeps its own code");
+    cr_assert_eq(t->ops->del(t, "k", 1), KHALA_ETIER);
+    uint64_t cursor = 0;
+    cr_assert_eq(t->ops->scan(t, &cursor, NULL, 10, collect, NULL), KHALA_ETIER);
+    cr_assert_eq(t->ops->hot(t, 10, collect, NULL), KHALA_ETIER);
+    cr_assert_eq(t->ops->invalidate(t, NULL, 0, -1, NULL), KHALA_ETIER);
+    t->ops->tick(t, khala__sys_now_ms()); /* nothing to do before ready, and no crash */
+    khala_tier_stats_t st;
+    t->ops->stats(t, &st);
+    cr_assert_eq(st.errors, 7);
+    cr_assert(strstr(t->err, name), "message names the server: %s", t->err);
+}
+
+Test(tier_redis, a_password_changed_under_a_running_tier_is_etier_not_econfig) {
+    start_private("auth");
+    char err[256], buf[16];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(
+        open_tier(priv_url(":secret", 0), ns("repass"), true, false, 1, &t, err, sizeof(err)), 0,
+        "%s", err);
+    g_t = t;
+    cr_assert_eq(put_str(t, "k", "v", 1, 0, 60000), 0, "%s", t->err);
+    redisContext *c = direct(priv_url(":secret", 0));
+    cmd_ok(c, "CONFIG SET requirepass changed");
+    cmd_ok(c, "CLIENT KILL TYPE normal SKIPME yes");
+    redisFree(c);
+    /* The first call finds its socket closed; the next reconnects and is refused. */
+    int rc = get_str(t, "k", buf, sizeof(buf), NULL);
+    cr_assert_eq(rc, KHALA_ETIER, "%s", khala_strerror(rc));
+    rc = get_str(t, "k", buf, sizeof(buf), NULL);
+    if (!strstr(t->err, "AUTH")) /* the close was seen only now */
+        rc = get_str(t, "k", buf, sizeof(buf), NULL);
+    cr_assert_eq(rc, KHALA_ETIER, "a refused reconnect is an unreachable tier: %s",
+                 khala_strerror(rc));
+    cr_assert(strstr(t->err, "AUTH") && strstr(t->err, "refused"), "message: %s", t->err);
+    cr_assert_neq(t->ops->health(t), 0);
+}
+
+Test(tier_redis, l1_hits_noted_by_khalad_rank_keys_and_decay_halves_them) {
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
+    khala_tier_t *t = tier(url, "noted");
+    t->ops->note_hits(t, "a", 1, 10);
+    t->ops->note_hits(t, "b", 1, 3);
+    t->ops->note_hits(t, "a", 1, 2);
+    t->ops->note_hits(t, "~hot", 4, 100); /* the counts' own key: ignored */
+    t->ops->note_hits(t, "c", 1, 0);      /* no hits: nothing */
+    t->ops->note_hits(t, "", 0, 5);       /* not a key: nothing */
+    int64_t now = khala__sys_now_ms();
+    t->ops->tick(t, now); /* flushes; the first tick only schedules the decay */
+    seen_t *s = calloc(1, sizeof(*s));
+    cr_assert_eq(t->ops->hot(t, 10, collect, s), 0, "%s", t->err);
+    cr_assert_eq(s->n, 2, "only a and b: %d", s->n);
+    cr_assert_str_eq(s->keys[0], "a");
+    cr_assert_str_eq(s->keys[1], "b");
+    free(s);
+    redisContext *c = direct(url);
+    redisReply *r = redisCommand(c, "ZSCORE khala:%s:~hot a", g_ns);
+    cr_assert_eq(r->type, REDIS_REPLY_STRING);
+    cr_assert_str_eq(r->str, "12");
+    freeReplyObject(r);
+    t->ops->tick(t, now + 5 * 60 * 1000); /* HOT_DECAY_MS later: every score halves */
+    r = redisCommand(c, "ZSCORE khala:%s:~hot a", g_ns);
+    cr_assert_eq(r->type, REDIS_REPLY_STRING);
+    cr_assert_str_eq(r->str, "6");
+    freeReplyObject(r);
+    r = redisCommand(c, "ZSCORE khala:%s:~hot b", g_ns);
+    cr_assert_str_eq(r->str, "1.5");
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+Test(tier_redis, malformed_redirections_are_not_followed) {
+    unsigned slot, port;
+    char host[KHALA_REDIS_HOST_MAX];
+    const char *bad[] = {"MOVED 16384 127.0.0.1:7000", /* slot out of range */
+                         "MOVED 1 127.0.0.1:0",        /* port 0 */
+                         "MOVED 1 127.0.0.1:65536",    /* port out of range */
+                         "MOVED 1 127.0.0.1",          /* no port */
+                         "MOVED 1 127.0.0.1:",         /* empty port */
+                         "MOVED 1",                    /* no address */
+                         "MOVED  127.0.0.1:7000",      /* empty slot */
+                         "ASK -1 h:1",
+                         "MOVED ",
+                         "ERR something else",
+                         "NOSCRIPT No matching script"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_assert_eq(khala__redis_cluster_redirect(bad[i], strlen(bad[i]), &slot, host, &port),
+                     KHALA_REDIS_REDIRECT_NONE, "%s", bad[i]);
+    char longhost[KHALA_REDIS_HOST_MAX + 32];
+    int n = snprintf(longhost, sizeof(longhost), "ASK 5 ");
+    memset(longhost + n, 'h', KHALA_REDIS_HOST_MAX);
+    snprintf(longhost + n + KHALA_REDIS_HOST_MAX,
+             sizeof(longhost) - (size_t)n - KHALA_REDIS_HOST_MAX, ":7000");
+    cr_assert_eq(khala__redis_cluster_redirect(longhost, strlen(longhost), &slot, host, &port),
+                 KHALA_REDIS_REDIRECT_NONE, "a host longer than the buffer");
+    const char *edge = "ASK 16383 :65535"; /* empty host: the node that answered */
+    cr_assert_eq(khala__redis_cluster_redirect(edge, strlen(edge), &slot, host, &port),
+                 KHALA_REDIS_REDIRECT_ASK);
+    cr_assert_eq(slot, 16383);
+    cr_assert_eq(port, 65535);
+    cr_assert_str_eq(host, "");
+}
+
+/* A reply parsed from RESP text, as hiredis would hand it over. */
+static redisReply *resp(const char *text) {
+    redisReader *rd = redisReaderCreate();
+    cr_assert(rd);
+    cr_assert_eq(redisReaderFeed(rd, text, strlen(text)), REDIS_OK);
+    void *r = NULL;
+    cr_assert_eq(redisReaderGetReply(rd, &r), REDIS_OK);
+    cr_assert(r, "incomplete RESP: %s", text);
+    redisReaderFree(rd);
+    return r;
+}
+
+typedef struct ranges {
+    int n, stop_after;
+    unsigned first[8], last[8], port[8];
+    char host[8][32];
+} ranges_t;
+
+static int range_cb(void *arg, unsigned first, unsigned last, const char *host, unsigned port) {
+    ranges_t *x = arg;
+    cr_assert_lt(x->n, 8);
+    x->first[x->n] = first;
+    x->last[x->n] = last;
+    x->port[x->n] = port;
+    snprintf(x->host[x->n], sizeof(x->host[0]), "%s", host);
+    return ++x->n == x->stop_after;
+}
+
+Test(tier_redis, cluster_slots_replies_are_checked_and_empty_hosts_mean_the_seed) {
+    ranges_t x = {0};
+    redisReply *r = resp("*3\r\n"
+                         "*3\r\n:0\r\n:99\r\n*2\r\n$8\r\n10.0.0.1\r\n:7000\r\n"
+                         "*4\r\n:100\r\n:200\r\n*3\r\n$0\r\n\r\n:7001\r\n$2\r\nid\r\n"
+                         "*2\r\n$9\r\n127.0.0.9\r\n:7100\r\n" /* a replica: ignored */
+                         "*3\r\n:201\r\n:16383\r\n*2\r\n$1\r\n?\r\n:7002\r\n");
+    cr_assert_eq(khala__redis_cluster_slots_parse(r, "seed", range_cb, &x), 0);
+    cr_assert_eq(x.n, 3);
+    cr_assert_str_eq(x.host[0], "10.0.0.1");
+    cr_assert_eq(x.port[0], 7000);
+    cr_assert_eq(x.first[1], 100);
+    cr_assert_eq(x.last[1], 200);
+    cr_assert_str_eq(x.host[1], "seed", "an empty host is the node that answered");
+    cr_assert_str_eq(x.host[2], "seed", "so is '?' (older servers)");
+    cr_assert_eq(x.last[2], 16383);
+    memset(&x, 0, sizeof(x));
+    x.stop_after = 1;
+    cr_assert_eq(khala__redis_cluster_slots_parse(r, "seed", range_cb, &x), 0);
+    cr_assert_eq(x.n, 1, "the callback stops the walk");
+    freeReplyObject(r);
+
+    const char *bad[] = {
+        "-ERR This instance has cluster support disabled\r\n",
+        "*1\r\n:5\r\n",                                          /* a range that is no array */
+        "*1\r\n*2\r\n:0\r\n:5\r\n",                              /* no master */
+        "*1\r\n*3\r\n$1\r\n0\r\n:5\r\n*2\r\n$1\r\nh\r\n:1\r\n",  /* first not an integer */
+        "*1\r\n*3\r\n:6\r\n:5\r\n*2\r\n$1\r\nh\r\n:1\r\n",       /* last < first */
+        "*1\r\n*3\r\n:0\r\n:16384\r\n*2\r\n$1\r\nh\r\n:1\r\n",   /* beyond the last slot */
+        "*1\r\n*3\r\n:-1\r\n:5\r\n*2\r\n$1\r\nh\r\n:1\r\n",      /* negative */
+        "*1\r\n*3\r\n:0\r\n:5\r\n*1\r\n$1\r\nh\r\n",             /* master without port */
+        "*1\r\n*3\r\n:0\r\n:5\r\n*2\r\n:1\r\n:1\r\n",            /* host not a string */
+        "*1\r\n*3\r\n:0\r\n:5\r\n*2\r\n$1\r\nh\r\n:0\r\n",       /* port 0 */
+        "*1\r\n*3\r\n:0\r\n:5\r\n*2\r\n$1\r\nh\r\n:65536\r\n",   /* port too big */
+        "*2\r\n*3\r\n:0\r\n:5\r\n*2\r\n$1\r\nh\r\n:1\r\n:9\r\n", /* good, then garbage */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(&x, 0, sizeof(x));
+        r = resp(bad[i]);
+        cr_assert_eq(khala__redis_cluster_slots_parse(r, "seed", range_cb, &x), -EPROTO,
+                     "reply %zu accepted", i);
+        freeReplyObject(r);
+    }
+    cr_assert_eq(x.n, 1, "ranges before the bad one were passed on");
+    cr_assert_eq(khala__redis_cluster_slots_parse(NULL, "seed", range_cb, &x), -EPROTO);
+}
+
+Test(tier_redis, a_cluster_slot_nobody_serves_fails_with_its_number_until_it_is_assigned) {
+    static const char *const args[] = {"--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+                                       NULL};
+    tu_redis_start(&g_priv, args); /* a cluster node with no slots yet */
+    char err[256], buf[16], want[64];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(open_tier(priv_url(NULL, 0), ns("noslot"), false, false, 1, &t, err, sizeof(err)),
+                 0, "%s", err);
+    g_t = t;
+    char full[128];
+    snprintf(full, sizeof(full), "khala:%s:k", g_ns);
+    snprintf(want, sizeof(want), "no node serves slot %u",
+             khala__redis_cluster_slot(full, strlen(full)));
+    cr_assert_eq(put_str(t, "k", "v", 1, 0, 60000), KHALA_ETIER);
+    cr_assert(strstr(t->err, want), "message: %s (want %s)", t->err, want);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ETIER);
+    khala_bytes_t keys[1] = {{(const uint8_t *)"k", 1}};
+    khala_tier_value_t vals[1] = {val("v", 1, 1, 0, 0)}, out[1];
+    int rcs[1];
+    cr_assert_eq(t->ops->mget(t, 1, keys, out, rcs), KHALA_ETIER);
+    cr_assert_eq(rcs[0], KHALA_ETIER);
+    cr_assert_eq(t->ops->mput(t, 1, keys, vals), KHALA_ETIER);
+    seen_t *s = calloc(1, sizeof(*s));
+    uint64_t cursor = 0;
+    cr_assert_eq(t->ops->scan(t, &cursor, NULL, 10, collect, s), 0, "no node: nothing to visit");
+    cr_assert_eq(cursor, 0);
+    cr_assert_eq(s->n, 0);
+    free(s);
+
+    redisContext *c = direct_port(g_priv.port);
+    cmd_ok(c, "CLUSTER ADDSLOTSRANGE 0 16383");
+    /* tick reloads the stale map: the slot now routes to the node, which answers CLUSTERDOWN
+     * for its first 2 s (Redis's rejoin delay) and serves it afterwards. */
+    t->ops->tick(t, khala__sys_now_ms());
+    int rc = put_str(t, "k", "v", 1, 0, 60000);
+    cr_assert(rc == 0 || (rc == KHALA_ETIER && strstr(t->err, "CLUSTERDOWN")),
+              "the slot is routed after tick: %s: %s", khala_strerror(rc), t->err);
+    redisFree(c);
+}
+
+Test(tier_redis, a_cluster_whose_slot_map_cannot_be_read_stays_not_ready_with_the_reason) {
+    static const char *const args[] = {
+        "--cluster-enabled", "yes", "--user", "nomap", "on", ">pw", "~*", "&*", "+@all",
+        "-cluster|slots",    NULL};
+    tu_redis_start(&g_priv, args);
+    char err[256], buf[16];
+    khala_tier_t *t = NULL;
+    cr_assert_eq(
+        open_tier(priv_url("nomap:pw", 0), ns("nomap"), false, false, 1, &t, err, sizeof(err)), 0,
+        "the tier is returned, not ready: %s", err);
+    g_t = t;
+    cr_assert(strstr(err, "CLUSTER SLOTS") && strstr(err, "NOPERM"), "message: %s", err);
+    cr_assert_neq(t->ops->health(t), 0);
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ETIER);
+    cr_assert(strstr(t->err, "CLUSTER SLOTS"), "each call retries the open: %s", t->err);
+    redisContext *c = direct_port(g_priv.port);
+    cmd_ok(c, "ACL SETUSER nomap +cluster|slots");
+    redisFree(c);
+    /* The map reads now (empty: no slot assigned), so the open finishes and the call reaches
+     * the routing step. */
+    cr_assert_eq(get_str(t, "k", buf, sizeof(buf), NULL), KHALA_ETIER);
+    cr_assert(strstr(t->err, "no node serves slot"), "message: %s", t->err);
+}
+
+Test(tier_redis, cluster_invalidate_by_type_finds_keys_of_a_migrating_slot) {
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-invask");
+    char tag[32], k1[64], k2[64], k3[64], f1[160], f2[160], buf[16];
+    snprintf(tag, sizeof(tag), "{i%d}", (int)getpid());
+    snprintf(k1, sizeof(k1), "%sgone", tag); /* type 1, migrated: removed */
+    snprintf(k2, sizeof(k2), "%skept", tag); /* type 2, migrated: stays */
+    snprintf(k3, sizeof(k3), "%shome", tag); /* type 1, still on the owner: removed */
+    snprintf(f1, sizeof(f1), "khala:%s:%s", g_ns, k1);
+    snprintf(f2, sizeof(f2), "khala:%s:%s", g_ns, k2);
+    cr_assert_eq(put_str(t, k1, "v", 1, 1, 60000), 0, "%s", t->err);
+    cr_assert_eq(put_str(t, k2, "v", 1, 2, 60000), 0, "%s", t->err);
+    cr_assert_eq(put_str(t, k3, "v", 1, 1, 60000), 0, "%s", t->err);
+    unsigned slot = khala__redis_cluster_slot(f1, strlen(f1));
+    unsigned owner = cl_owner(slot), other = cl_other(owner);
+    cl_node_t nodes[8];
+    int n = cl_nodes(nodes, 8);
+    redisContext *s = direct_port(owner), *d = direct_port(other);
+    g_moved.slot = slot;
+    g_moved.owner_port = owner;
+    g_moved.other_port = other;
+    g_moved.active = 1;
+    cmd_ok(d, "CLUSTER SETSLOT %u IMPORTING %s", slot, nodes[cl_find(nodes, n, owner)].id);
+    cmd_ok(s, "CLUSTER SETSLOT %u MIGRATING %s", slot, nodes[cl_find(nodes, n, other)].id);
+    cmd_ok(s, "MIGRATE 127.0.0.1 %u %s 0 5000", other, f1);
+    cmd_ok(s, "MIGRATE 127.0.0.1 %u %s 0 5000", other, f2);
+    uint64_t removed = 0;
+    cr_assert_eq(t->ops->invalidate(t, tag, strlen(tag), 1, &removed), 0, "%s", t->err);
+    cr_assert_eq(removed, 2, "both type-1 keys, wherever they are");
+    cmd_ok(d, "ASKING");
+    cr_assert_eq(cmd_int(d, "EXISTS %s", f1), 0, "the migrated type-1 key is gone");
+    cmd_ok(d, "ASKING");
+    cr_assert_eq(cmd_int(d, "EXISTS %s", f2), 1, "the migrated type-2 key stays");
+    redisFree(s);
+    redisFree(d);
+    cluster_restore();
+    cr_assert_eq(get_str(t, k2, buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_eq(get_str(t, k1, buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(get_str(t, k3, buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
 }
