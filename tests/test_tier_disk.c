@@ -754,6 +754,8 @@ Test(tier_disk, puts_succeed_when_a_pinned_snapshot_fills_the_first_map) {
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
+        close(up[0]);
+        close(down[1]); /* so that the read below ends if the test process dies */
         MDB_env *env;
         MDB_txn *txn;
         char c = 'x';
@@ -767,6 +769,8 @@ Test(tier_disk, puts_succeed_when_a_pinned_snapshot_fills_the_first_map) {
         mdb_env_close(env);
         _exit(0);
     }
+    close(up[1]);
+    close(down[0]);
     char c = 0;
     cr_assert_eq(read(up[0], &c, 1), 1);
     cr_assert_eq(c, 'x', "the reader could not start");
@@ -798,8 +802,6 @@ Test(tier_disk, puts_succeed_when_a_pinned_snapshot_fills_the_first_map) {
     cr_assert_eq(s.errors, 0);
     t->ops->close(t);
     close(up[0]);
-    close(up[1]);
-    close(down[0]);
     close(down[1]);
 }
 
