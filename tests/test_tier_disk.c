@@ -734,3 +734,154 @@ Test(tier_disk, mget_mixes_hits_and_misses) {
     cr_assert_eq(s.items, 2);
     t->ops->close(t);
 }
+
+/* The map grows when it is full: a reader elsewhere (here another process's LMDB read
+ * transaction) pins the pages of an old snapshot, so overwrites cannot reuse them and the store
+ * outgrows its first map (about 20 MiB for these capacities). Every put within the capacities
+ * still succeeds and the last value is read back. */
+Test(tier_disk, puts_succeed_when_a_pinned_snapshot_fills_the_first_map) {
+    khala_tier_disk_opts_t o = opts(10, 1 << 20, true);
+    o.max_value = 1 << 20;
+    o.sync_every_ms = 1000; /* no fsync per put: this test is about room, not durability */
+    khala_tier_t *t = open_with(o);
+    static char val[512 * 1024 + 1];
+    memset(val, 'a', sizeof(val) - 1);
+    cr_assert_eq(put(t, "big", val, 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+
+    int up[2], down[2];
+    cr_assert_eq(pipe(up), 0);
+    cr_assert_eq(pipe(down), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(up[0]);
+        close(down[1]); /* so that the read below ends if the test process dies */
+        MDB_env *env;
+        MDB_txn *txn;
+        char c = 'x';
+        if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 3) ||
+            mdb_env_open(env, g_store, 0, 0600) || mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))
+            c = 'e';
+        char q;
+        if (write(up[1], &c, 1) != 1 || read(down[0], &q, 1) != 1 || c == 'e')
+            _exit(1);
+        mdb_txn_abort(txn); /* frees its reader slot: a dead process's would pin the pages */
+        mdb_env_close(env);
+        _exit(0);
+    }
+    close(up[1]);
+    close(down[0]);
+    char c = 0;
+    cr_assert_eq(read(up[0], &c, 1), 1);
+    cr_assert_eq(c, 'x', "the reader could not start");
+
+    for (int i = 2; i <= 60; i++) {
+        memset(val, 'a' + i % 26, sizeof(val) - 1);
+        int rc = put(t, "big", val, (uint64_t)i, KHALA_TYPE_MEMORY_ENTITY, 0);
+        cr_assert_eq(rc, 0, "put %d: %d %s", i, rc, t->err);
+    }
+    cr_assert_eq(write(down[1], "q", 1), 1);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+    char data[160];
+    struct stat sb;
+    snprintf(data, sizeof(data), "%s/data.mdb", g_store);
+    cr_assert_eq(stat(data, &sb), 0);
+    cr_assert_gt(sb.st_size, 24 << 20, "%lld bytes: the store went beyond its first map",
+                 (long long)sb.st_size);
+    khala_tier_value_t got = {0};
+    cr_assert_eq(t->ops->get(t, "big", 3, &got), 0, "%s", t->err);
+    cr_assert_eq(got.version, 60);
+    cr_assert_eq(got.len, sizeof(val) - 1);
+    cr_assert_eq(memcmp(got.data, val, got.len), 0, "the last value is read back");
+    khala__tier_value_free(&got);
+    khala_tier_stats_t s = stats(t);
+    cr_assert_eq(s.items, 1);
+    cr_assert_eq(s.errors, 0);
+    t->ops->close(t);
+    close(up[0]);
+    close(down[1]);
+}
+
+/* A store whose lock file cannot be opened (here: a directory is in its place) is refused with
+ * the lock file named. */
+Test(tier_disk, an_unopenable_lock_file_is_named) {
+    char lock[160];
+    cr_assert_eq(mkdir(g_store, 0700), 0);
+    snprintf(lock, sizeof(lock), "%s/khala.lock", g_store);
+    cr_assert_eq(mkdir(lock, 0700), 0);
+    khala_tier_t *t = NULL;
+    khala_tier_disk_opts_t o = opts(10, 1000, true);
+    cr_assert_eq(khala__tier_disk_open(&o, &t, g_err, sizeof(g_err)), -EISDIR);
+    cr_assert(strstr(g_err, "cannot open") && strstr(g_err, lock), "%s", g_err);
+    cr_assert_null(t);
+}
+
+/* LMDB stores that look almost like ours: a plain record named "meta" where our database
+ * should be, or a "meta" database without the format record. Both are refused as not ours. */
+Test(tier_disk, stores_without_a_valid_meta_database_are_refused) {
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    khala_tier_t *t = NULL;
+    khala_tier_disk_opts_t o = opts(10, 1000, true);
+
+    cr_assert_eq(mkdir(g_store, 0700), 0);
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_open(env, g_store, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
+    MDB_val k = {4, "meta"}, v = {3, "xyz"};
+    cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    cr_assert_eq(khala__tier_disk_open(&o, &t, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    cr_assert(strstr(g_err, "not a khala disk store") && strstr(g_err, "not a database") &&
+                  strstr(g_err, g_store),
+              "%s", g_err);
+    cr_assert_null(t);
+
+    snprintf(g_store, sizeof(g_store), "%s/nometa", g_dir);
+    o = opts(10, 1000, true);
+    cr_assert_eq(mkdir(g_store, 0700), 0);
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 3), 0);
+    cr_assert_eq(mdb_env_open(env, g_store, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "meta", MDB_CREATE, &dbi), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    cr_assert_eq(khala__tier_disk_open(&o, &t, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    cr_assert(strstr(g_err, "no valid format record") && strstr(g_err, g_store), "%s", g_err);
+    cr_assert_null(t);
+}
+
+Test(tier_disk, a_max_value_over_the_limit_is_refused) {
+    khala_tier_t *t = NULL;
+    khala_tier_disk_opts_t o = opts(10, 1000, true);
+    o.max_value = KHALA_TIER_DISK_VALUE_MAX + 1;
+    cr_assert_eq(khala__tier_disk_open(&o, &t, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    cr_assert(strstr(g_err, "max_value") && strstr(g_err, g_store), "%s", g_err);
+    cr_assert_null(t);
+    struct stat sb;
+    cr_assert_neq(stat(g_store, &sb), 0, "nothing was created");
+}
+
+/* No key is longer than KHALA_KEY_MAX: a longer prefix matches nothing and removes nothing. */
+Test(tier_disk, invalidating_a_prefix_longer_than_any_key_removes_nothing) {
+    khala_tier_t *t = open_store(100, 1 << 20);
+    char prefix[KHALA_KEY_MAX + 2];
+    memset(prefix, 'k', sizeof(prefix));
+    char key[KHALA_KEY_MAX + 1];
+    memset(key, 'k', KHALA_KEY_MAX);
+    key[KHALA_KEY_MAX] = '\0';
+    cr_assert_eq(put(t, key, "v", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    uint64_t removed = 99;
+    cr_assert_eq(t->ops->invalidate(t, prefix, KHALA_KEY_MAX + 1, -1, &removed), 0, "%s", t->err);
+    cr_assert_eq(removed, 0);
+    cr_assert(present(t, key));
+    cr_assert_eq(stats(t).items, 1);
+    t->ops->close(t);
+}

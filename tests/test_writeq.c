@@ -9,11 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "khala/error.h"
+#include "sys.h"
 #include "writeq.h"
 
 static char g_dir[64];
@@ -246,5 +249,134 @@ Test(writeq, out_of_memory_in_a_push_changes_nothing) {
         cr_assert_not_null(op, "%s", key);
         cr_assert_eq(op->version, (uint64_t)i + 1);
     }
+    khala__wq_free(q);
+}
+
+/* A journal that cannot grow (the disk is full; here the file size limit, RLIMIT_FSIZE, stands
+ * in for it): the push that needed the room is refused with -EIO and the queue, its index and
+ * the journal are as they were; once there is room again pushes work and what comes back after
+ * a restart is exactly what was acknowledged. */
+Test(writeq, a_journal_that_cannot_grow_refuses_the_push_and_changes_nothing) {
+    char dir[128], data[160];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    snprintf(data, sizeof(data), "%s/data.mdb", dir);
+    khala_wq_t *q;
+    char err[256];
+    uint64_t n = 0;
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    put(q, "a", "1", 1);
+    static char big[64 * 1024];
+    memset(big, 'x', sizeof(big));
+    struct stat sb;
+    cr_assert_eq(stat(data, &sb), 0);
+    struct rlimit saved, lim;
+    cr_assert_eq(getrlimit(RLIMIT_FSIZE, &saved), 0);
+    lim = saved;
+    lim.rlim_cur = (rlim_t)sb.st_size;
+    signal(SIGXFSZ, SIG_IGN);
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    int new_key = khala__wq_put(q, "b", 1, big, sizeof(big), 2, 0, 0);
+    int rewrite = khala__wq_put(q, "a", 1, big, sizeof(big), 3, 0, 0);
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &saved), 0);
+    cr_assert_eq(new_key, -EIO);
+    cr_assert_eq(rewrite, -EIO);
+    const char *want[] = {"P:a=1"};
+    expect(q, want, 1);
+    cr_assert_null(khala__wq_find(q, "b", 1), "the refused key is not indexed");
+    cr_assert_eq(khala__wq_find(q, "a", 1)->version, 1, "the queued write was not replaced");
+    khala_wq_stats_t st;
+    khala__wq_stats(q, &st);
+    cr_assert_eq(st.len, 1);
+    cr_assert_eq(st.bytes, 2);
+    cr_assert_eq(st.pushed, 1);
+    cr_assert_eq(st.coalesced, 0);
+    /* Room again: the journal works on. */
+    put(q, "c", "3", 4);
+    khala__wq_free(q);
+
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, &n, err, sizeof(err)), 0, "%s", err);
+    const char *back[] = {"P:a=1", "P:c=3"};
+    expect(q, back, 2);
+    cr_assert_eq(n, 2);
+    khala__wq_free(q);
+}
+
+static int64_t wait_past(int64_t deadline_ms) {
+    int64_t now;
+    while ((now = khala__sys_now_ms()) <= deadline_ms)
+        usleep(1000);
+    return now;
+}
+
+/* Deadlines survive a restart: a write whose deadline passed while no khalad ran comes back
+ * already expired (1: sent, and gone at once), one still ahead keeps what was left of it, one
+ * without a deadline keeps none. */
+Test(writeq, deadlines_come_back_from_the_journal_and_passed_ones_are_expired) {
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    khala_wq_t *q;
+    char err[256];
+    uint64_t n = 0;
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    int64_t now = khala__sys_now_ms();
+    cr_assert_eq(khala__wq_put(q, "soon", 4, "s", 1, 1, now + 20, 0), 0);
+    cr_assert_eq(khala__wq_put(q, "later", 5, "l", 1, 2, now + 600000, 0), 0);
+    cr_assert_eq(khala__wq_put(q, "never", 5, "n", 1, 3, 0, 0), 0);
+    khala__wq_free(q);
+    wait_past(now + 20);
+
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, &n, err, sizeof(err)), 0, "%s", err);
+    int64_t after = khala__sys_now_ms();
+    cr_assert_eq(n, 3);
+    cr_assert_eq(khala__wq_find(q, "soon", 4)->expire_ms, 1, "expired while away");
+    int64_t later = khala__wq_find(q, "later", 5)->expire_ms;
+    cr_assert(later > after + 590000 && later <= now + 600000 + 1000, "later: %lld (now %lld)",
+              (long long)later, (long long)after);
+    cr_assert_eq(khala__wq_find(q, "never", 5)->expire_ms, 0);
+    khala__wq_free(q);
+}
+
+/* What is not a journal: a data file of garbage, or an LMDB record whose key is not a
+ * sequence number. Both are KHALA_ECORRUPT with the directory named, and nothing is queued. */
+Test(writeq, a_journal_that_is_not_one_is_ecorrupt_and_named) {
+    char dir[128], data[160];
+    snprintf(dir, sizeof(dir), "%s/garbage", g_dir);
+    snprintf(data, sizeof(data), "%s/data.mdb", dir);
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    FILE *f = fopen(data, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < 2000; i++)
+        fputs("garbage!", f);
+    fclose(f);
+    khala_wq_t *q;
+    char err[256] = "";
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), KHALA_ECORRUPT);
+    cr_assert(strstr(err, dir), "message: %s", err);
+    cr_assert_null(khala__wq_head(q));
+    khala__wq_free(q);
+
+    /* A foreign LMDB store: a key of 3 bytes. */
+    snprintf(dir, sizeof(dir), "%s/foreign", g_dir);
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
+    MDB_val k = {3, "abc"}, v = {64, (char[64]){0}};
+    cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), KHALA_ECORRUPT);
+    cr_assert(strstr(err, dir) && strstr(err, "damaged"), "message: %s", err);
+    cr_assert_null(khala__wq_head(q));
     khala__wq_free(q);
 }
