@@ -6,7 +6,6 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <ftw.h>
 #include <lmdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "harness.h"
 #include "sys.h"
 #include "testutil.h"
 #include "tier_disk.h"
@@ -25,13 +25,6 @@ static char g_dir[64];   /* the test's temporary directory */
 static char g_store[96]; /* the store inside it */
 static char g_err[256];
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void setup(void) {
     strcpy(g_dir, "/tmp/khala-disk-XXXXXX");
     cr_assert_not_null(mkdtemp(g_dir));
@@ -39,7 +32,7 @@ static void setup(void) {
 }
 
 static void teardown(void) {
-    nftw(g_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    harness_rmtree(g_dir);
 }
 
 TestSuite(tier_disk, .init = setup, .fini = teardown, .timeout = 120);

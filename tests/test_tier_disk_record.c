@@ -5,13 +5,13 @@
  * holds one (its open and its get name the key and the cause).
  */
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "harness.h"
 #include "khala/error.h"
 #include "tier_disk.h"
 #include "tier_disk_record.h"
@@ -19,13 +19,6 @@
 static char g_dir[64];   /* the test's temporary directory */
 static char g_store[96]; /* a store inside it */
 static char g_err[256];
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static void setup(void) {
     strcpy(g_dir, "/tmp/khala-rec-XXXXXX");
@@ -35,7 +28,7 @@ static void setup(void) {
 }
 
 static void teardown(void) {
-    nftw(g_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    harness_rmtree(g_dir);
 }
 
 TestSuite(tier_disk_record, .init = setup, .fini = teardown, .timeout = 60);
