@@ -42,7 +42,11 @@ extern "C" {
     X(EEXIST, 13, "a live writer already owns this segment")                                       \
     X(EPROTO, 14, "malformed protocol frame")                                                      \
     X(ETIER, 15, "a slower level (L2 or L3) is unreachable")                                       \
-    X(EQUEUE, 16, "the write queue of a slower level is full; retry later")
+    X(EQUEUE, 16, "the write queue of a slower level is full; retry later")                        \
+    X(EDENIED, 17, "permission denied (the peer lacks the right this request needs)")              \
+    X(ELIMIT, 18, "a limit of khalad was reached (connections or buffered bytes); retry later")    \
+    X(EINVAL, 19, "invalid argument (for example a TTL above the maximum)")                        \
+    X(EAUTH, 20, "a stored value failed authentication (tampered, or its key is unknown)")
 
 /** khala-specific error codes. Values are KHALA_ERR_BASE - offset. */
 typedef enum khala_errno {
