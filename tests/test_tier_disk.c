@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -876,5 +877,134 @@ Test(tier_disk, invalidating_a_prefix_longer_than_any_key_removes_nothing) {
     cr_assert_eq(removed, 0);
     cr_assert(present(t, key));
     cr_assert_eq(stats(t).items, 1);
+    t->ops->close(t);
+}
+
+/* ---- A disk that refuses writes ----------------------------------------------------------- */
+
+/* A disk that refuses every write, shown for real: the process's file-size limit
+ * (RLIMIT_FSIZE) set below the store's data pages makes each pwrite of a page fail with EFBIG,
+ * as a full or failing disk fails it, while reads and LMDB's meta pages (the first two) are
+ * untouched. SIGXFSZ, which the kernel sends too, is ignored. disk_refuse(1) starts it,
+ * disk_refuse(0) ends it; no Criterion assertion runs in between (its reports are files). */
+static void disk_refuse(int on) {
+    static struct rlimit saved;
+    if (on) {
+        cr_assert_eq(getrlimit(RLIMIT_FSIZE, &saved), 0);
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit lim = {2 * (rlim_t)sysconf(_SC_PAGESIZE), saved.rlim_max};
+        cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    } else {
+        cr_assert_eq(setrlimit(RLIMIT_FSIZE, &saved), 0);
+    }
+}
+
+/* The codes and messages of the writes made while the disk refuses them. */
+typedef struct refused {
+    int rc;
+    char err[256];
+} refused_t;
+
+static void note(refused_t *r, khala_tier_t *t, int rc) {
+    r->rc = rc;
+    memcpy(r->err, t->err, sizeof(r->err));
+}
+
+static void assert_refused(const refused_t *r, const char *what) {
+    cr_assert_eq(r->rc, KHALA_ETIER, "%s: %d %s", what, r->rc, r->err);
+    cr_assert(strstr(r->err, g_store) && strstr(r->err, strerror(EFBIG)),
+              "%s: the message names the store and the cause: %s", what, r->err);
+}
+
+/* Every kind of write fails with KHALA_ETIER (khalad then marks the level down and queues) and a
+ * message naming the store and the system's error; each failed write leaves the store as it
+ * was (the old value, the key not deleted, nothing invalidated), in memory and on disk; and once
+ * the disk takes writes again the same writes succeed, without a reopen. */
+Test(tier_disk, writes_to_a_disk_that_refuses_them_fail_cleanly_and_succeed_once_it_takes_them) {
+    khala_tier_t *t = open_store(100, 1 << 20);
+    cr_assert_eq(put(t, "a", "old", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(put(t, "b", "kept", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(put(t, "c", "kept", 1, KHALA_TYPE_EMBEDDING, 0), 0, "%s", t->err);
+    uint64_t errors_before = stats(t).errors;
+
+    refused_t r_put, r_mput, r_del, r_prefix, r_type, r_all;
+    uint64_t removed_prefix = 99, removed_all = 99;
+    int r_del_missing;
+    disk_refuse(1);
+    note(&r_put, t, put(t, "a", "new", 2, KHALA_TYPE_MEMORY_ENTITY, 0));
+    khala_bytes_t keys[2] = {{(const uint8_t *)"d", 1}, {(const uint8_t *)"e", 1}};
+    khala_tier_value_t vals[2] = {{"vd", 2, 1, 0, KHALA_TYPE_MEMORY_ENTITY},
+                                  {"ve", 2, 1, 0, KHALA_TYPE_MEMORY_ENTITY}};
+    note(&r_mput, t, t->ops->mput(t, 2, keys, vals));
+    note(&r_del, t, t->ops->del(t, "b", 1));
+    r_del_missing = t->ops->del(t, "nothing", 7); /* nothing to write: no disk access */
+    note(&r_prefix, t, t->ops->invalidate(t, "b", 1, -1, &removed_prefix));
+    note(&r_type, t, t->ops->invalidate(t, NULL, 0, KHALA_TYPE_EMBEDDING, NULL));
+    note(&r_all, t, t->ops->invalidate(t, NULL, 0, -1, &removed_all));
+    /* Counters are written by the tick, once a second: make it due. */
+    khala_tier_value_t got = {0};
+    if (t->ops->get(t, "b", 1, &got) == 0)
+        khala__tier_value_free(&got);
+    t->ops->tick(t, khala__sys_now_ms() + 60 * 1000);
+    disk_refuse(0);
+
+    assert_refused(&r_put, "put");
+    assert_refused(&r_mput, "mput");
+    assert_refused(&r_del, "del");
+    assert_refused(&r_prefix, "invalidate a prefix");
+    assert_refused(&r_type, "invalidate a type");
+    assert_refused(&r_all, "invalidate everything");
+    cr_assert_eq(r_del_missing, KHALA_ENOTFOUND);
+    cr_assert_eq(removed_prefix, 0, "nothing was removed");
+    khala_tier_stats_t s = stats(t);
+    cr_assert_geq(s.errors, errors_before + 6, "every refused write is counted: %llu",
+                  (unsigned long long)s.errors);
+    cr_assert_eq(s.items, 3);
+    int rc;
+    cr_assert_str_eq(get_str(t, "a", &rc, NULL), "old");
+    cr_assert_str_eq(get_str(t, "b", &rc, NULL), "kept");
+    cr_assert_str_eq(get_str(t, "c", &rc, NULL), "kept");
+    cr_assert(!present(t, "d") && !present(t, "e"));
+
+    /* The disk takes writes again: the same writes succeed. */
+    cr_assert_eq(t->ops->health(t), 0);
+    cr_assert_eq(put(t, "a", "new", 2, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(t->ops->mput(t, 2, keys, vals), 0, "%s", t->err);
+    cr_assert_eq(t->ops->del(t, "b", 1), 0, "%s", t->err);
+    cr_assert_eq(t->ops->invalidate(t, NULL, 0, KHALA_TYPE_EMBEDDING, NULL), 0, "%s", t->err);
+    cr_assert_str_eq(get_str(t, "a", &rc, NULL), "new");
+    cr_assert_eq(stats(t).items, 3, "a, d and e");
+    t->ops->close(t);
+
+    /* What memory said is what the disk holds. */
+    t = open_store(100, 1 << 20);
+    cr_assert_eq(stats(t).items, 3);
+    cr_assert_str_eq(get_str(t, "a", &rc, NULL), "new");
+    cr_assert_str_eq(get_str(t, "d", &rc, NULL), "vd");
+    cr_assert(!present(t, "b") && !present(t, "c"));
+    t->ops->close(t);
+}
+
+/* A store reopened with lower capacities is trimmed at open; when the disk refuses that write,
+ * the open fails with KHALA_ETIER naming the store and the step, and succeeds (trimmed) once the
+ * disk takes writes again. */
+Test(tier_disk, an_open_that_must_trim_fails_cleanly_on_a_disk_that_refuses_writes) {
+    khala_tier_t *t = open_store(100, 1 << 20);
+    mput_range(t, "k", 0, 20, KHALA_TYPE_MEMORY_ENTITY);
+    t->ops->close(t);
+
+    khala_tier_disk_opts_t o = opts(5, 1 << 20, true);
+    khala_tier_t *t2 = NULL;
+    disk_refuse(1);
+    int rc = khala__tier_disk_open(&o, &t2, g_err, sizeof(g_err));
+    disk_refuse(0);
+    cr_assert_eq(rc, KHALA_ETIER, "%d %s", rc, g_err);
+    cr_assert(strstr(g_err, g_store) && strstr(g_err, "evicting down to the capacities") &&
+                  strstr(g_err, strerror(EFBIG)),
+              "%s", g_err);
+    cr_assert_null(t2);
+
+    t = open_with(o);
+    cr_assert_eq(stats(t).items, 5);
     t->ops->close(t);
 }
