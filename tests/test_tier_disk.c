@@ -21,6 +21,7 @@
 #include "sys.h"
 #include "testutil.h"
 #include "tier_disk.h"
+#include "tier_disk_store.h"
 
 static char g_dir[64];   /* the test's temporary directory */
 static char g_store[96]; /* the store inside it */
@@ -1006,5 +1007,105 @@ Test(tier_disk, an_open_that_must_trim_fails_cleanly_on_a_disk_that_refuses_writ
 
     t = open_with(o);
     cr_assert_eq(stats(t).items, 5);
+    t->ops->close(t);
+}
+
+/* ---- Damaged and unusual stores ------------------------------------------------------------ */
+
+/* A data file that cannot be opened (here: a directory in its place) is refused with the store
+ * and the system's error named. */
+Test(tier_disk, an_unopenable_data_file_is_named) {
+    char data[160];
+    cr_assert_eq(mkdir(g_store, 0700), 0);
+    snprintf(data, sizeof(data), "%s/data.mdb", g_store);
+    cr_assert_eq(mkdir(data, 0700), 0);
+    khala_tier_t *t = NULL;
+    khala_tier_disk_opts_t o = opts(10, 1000, true);
+    cr_assert_eq(khala__tier_disk_open(&o, &t, g_err, sizeof(g_err)), -EISDIR);
+    cr_assert(strstr(g_err, "cannot open the store") && strstr(g_err, g_store) &&
+                  strstr(g_err, strerror(EISDIR)),
+              "%s", g_err);
+    cr_assert_null(t);
+    o.path = NULL;
+    cr_assert_eq(khala__tier_disk_open(&o, &t, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    cr_assert(strstr(g_err, "no path"), "%s", g_err);
+}
+
+/* A record damaged while the store is open (another process writing the LMDB file directly) is
+ * reported as corrupt, naming the key, and never served; the other keys are, and a put
+ * replaces the damaged record. */
+Test(tier_disk, a_record_damaged_behind_the_store_is_reported_and_replaced_by_a_put) {
+    khala_tier_t *t = open_store(100, 1 << 20);
+    cr_assert_eq(put(t, "bad", "fine", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(put(t, "good", "fine", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        MDB_env *env;
+        MDB_txn *txn;
+        MDB_dbi dbi;
+        MDB_val k = {3, "bad"}, v = {2, "xx"};
+        _exit(mdb_env_create(&env) || mdb_env_set_maxdbs(env, 3) ||
+                      mdb_env_open(env, g_store, 0, 0600) || mdb_txn_begin(env, NULL, 0, &txn) ||
+                      mdb_dbi_open(txn, "items", 0, &dbi) || mdb_put(txn, dbi, &k, &v, 0) ||
+                      mdb_txn_commit(txn)
+                  ? 1
+                  : 0);
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the damaging writer failed");
+
+    uint64_t errors = stats(t).errors;
+    int rc;
+    get_str(t, "bad", &rc, NULL);
+    cr_assert_eq(rc, KHALA_ECORRUPT, "%s", t->err);
+    cr_assert(strstr(t->err, "'bad'") && strstr(t->err, "malformed"), "%s", t->err);
+    cr_assert_eq(stats(t).errors, errors + 1);
+    cr_assert_str_eq(get_str(t, "good", &rc, NULL), "fine");
+    cr_assert_eq(put(t, "bad", "new", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_str_eq(get_str(t, "bad", &rc, NULL), "new");
+    t->ops->close(t);
+}
+
+/* An invalidation larger than one transaction's batch (KHALA_DISK_BATCH_MAX removals) removes
+ * every matching key, across transactions, and nothing else. */
+Test(tier_disk, an_invalidation_larger_than_a_batch_removes_every_key) {
+    int n = (int)KHALA_DISK_BATCH_MAX + 300;
+    khala_tier_t *t = open_store((uint64_t)n + 10, 64 << 20);
+    mput_range(t, "p", 0, n, KHALA_TYPE_MEMORY_ENTITY);
+    cr_assert_eq(put(t, "q", "other", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    uint64_t removed = 0;
+    cr_assert_eq(t->ops->invalidate(t, "p", 1, -1, &removed), 0, "%s", t->err);
+    cr_assert_eq(removed, (uint64_t)n);
+    cr_assert_eq(stats(t).items, 1);
+    cr_assert(present(t, "q"));
+    cr_assert(!present(t, "p0") && !present(t, "p8500"));
+    t->ops->close(t);
+}
+
+/* At most KHALA_DISK_SCAN_SLOTS scans are remembered: one more forgets the least recently used,
+ * whose cursor is then refused with a message saying why; the others go on. */
+Test(tier_disk, the_least_recent_of_too_many_scans_is_forgotten) {
+    khala_tier_t *t = open_store(100, 1 << 20);
+    mput_range(t, "s", 0, 10, KHALA_TYPE_MEMORY_ENTITY);
+    uint64_t cursors[KHALA_DISK_SCAN_SLOTS + 1];
+    for (int i = 0; i <= KHALA_DISK_SCAN_SLOTS; i++) {
+        seen_t s = {0};
+        cursors[i] = 0;
+        cr_assert_eq(t->ops->scan(t, &cursors[i], NULL, 2, collect, &s), 0, "%s", t->err);
+        cr_assert_neq(cursors[i], 0);
+    }
+    seen_t s = {0};
+    cr_assert_eq(t->ops->scan(t, &cursors[0], NULL, 2, collect, &s), -EINVAL);
+    cr_assert(strstr(t->err, "expired") && strstr(t->err, "start again"), "%s", t->err);
+    for (int i = 1; i <= KHALA_DISK_SCAN_SLOTS; i++) {
+        seen_t rest = {0};
+        do
+            cr_assert_eq(t->ops->scan(t, &cursors[i], NULL, 100, collect, &rest), 0, "%d: %s", i,
+                         t->err);
+        while (cursors[i] != 0);
+        cr_assert_eq(rest.n, 8, "scan %d saw the 8 keys after its first page", i);
+    }
     t->ops->close(t);
 }
