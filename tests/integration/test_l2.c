@@ -993,3 +993,73 @@ Test(l2, a_redis_refusing_the_password_stops_the_start_naming_server_and_reason)
     cr_assert_not_null(strstr(out, want), "log: %s", out);
     cr_assert_neq(access(khalad_sock, F_OK), 0, "no socket is left");
 }
+
+/* Cross-host invalidation at start ------------------------------------------------------------- */
+
+/* A khalad that was down heard none of the other hosts' invalidations: restarted with
+ * coherence = pubsub, it empties the L1 it adopts (the values stay on L2 and are read from
+ * there); without coherence an adopted L1 is kept, as a restart after a crash keeps it. */
+Test(l2, a_restart_with_pubsub_empties_the_adopted_l1) {
+    for (int coherence = 0; coherence < 2; coherence++) {
+        use_redis(tu_redis_env("KHALA_TEST_REDIS_URL"), coherence);
+        khalad_start();
+        khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+        put_str(ch, "adopted", "v");
+        cr_assert(in_l1(ch, "adopted"));
+        khala__chan_close(ch);
+        khalad_kill(SIGKILL);
+        khalad_start(); /* adopts the segment */
+        ch = chan_to(khalad_sock, khalad_name);
+        if (coherence)
+            wait_stat(ch, "l2", "subscribed", 1);
+        cr_assert_eq(in_l1(ch, "adopted"), !coherence, "coherence %d", coherence);
+        got_t g;
+        cr_assert_eq(raw_get(ch, "adopted", &g), 0);
+        cr_assert_eq(g.lvl, coherence ? KHALA_LEVEL_L2 : KHALA_LEVEL_L1);
+        cr_assert_eq(g.len, 1);
+        khala__chan_close(ch);
+        khalad_kill(SIGTERM);
+        khala__seg_unlink(khalad_name);
+    }
+}
+
+/* A Redis user who may use L2 but not SUBSCRIBE to the invalidation channel stops the start
+ * with coherence = pubsub, naming the channel and the server's answer. */
+Test(l2, a_redis_user_who_may_not_subscribe_stops_a_start_with_pubsub) {
+    tu_redis_start(&g_redis, NULL);
+    redisContext *c = redisConnect("127.0.0.1", (int)g_redis.port);
+    cr_assert(c && !c->err);
+    redisReply *rep = redisCommand(c, "ACL SETUSER nosub on >pw ~* &* +@all -subscribe");
+    cr_assert(rep && rep->type == REDIS_REPLY_STATUS, "%s", rep ? rep->str : c->errstr);
+    freeReplyObject(rep);
+    redisFree(c);
+    char url[128], sock[200], l2[200];
+    snprintf(url, sizeof(url), "l2.redis_url=redis://nosub:pw@127.0.0.1:%u/0", g_redis.port);
+    snprintf(sock, sizeof(sock), "cache.socket=%s", khalad_sock);
+    snprintf(l2, sizeof(l2), "l2.path=%s/l2", khalad_dir());
+    int errp[2];
+    cr_assert_eq(pipe(errp), 0);
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        dup2(errp[1], 2);
+        close(errp[0]);
+        execl(KHALAD_PATH, "khalad", "--foreground", "--name", khalad_name, "--set", sock, "--set",
+              "l1.max_memory_mb=16", "--set", url, "--set", "l2.backend=redis", "--set", l2,
+              "--set", "l2.namespace=nosub", "--set", "policies.coherence=pubsub", (char *)NULL);
+        _exit(127);
+    }
+    close(errp[1]);
+    char out[8192];
+    size_t n = 0;
+    for (ssize_t r; n < sizeof(out) - 1 && (r = read(errp[0], out + n, sizeof(out) - 1 - n)) > 0;)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(errp[0]);
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d: %s", WEXITSTATUS(st), out);
+    cr_assert_not_null(strstr(out, "cross-host invalidation"), "log: %s", out);
+    cr_assert_not_null(strstr(out, "SUBSCRIBE khala:nosub:inv refused: NOPERM"), "log: %s", out);
+    cr_assert_neq(access(khalad_sock, F_OK), 0, "no socket is left");
+}
