@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1062,4 +1063,50 @@ Test(l2, a_redis_user_who_may_not_subscribe_stops_a_start_with_pubsub) {
     cr_assert_not_null(strstr(out, "cross-host invalidation"), "log: %s", out);
     cr_assert_not_null(strstr(out, "SUBSCRIBE khala:nosub:inv refused: NOPERM"), "log: %s", out);
     cr_assert_neq(access(khalad_sock, F_OK), 0, "no socket is left");
+}
+
+/* A disk L2 that cannot grow ----------------------------------------------------------------- */
+
+/* khalad under a file-size limit (ulimit -f, systemd's LimitFSIZE=) that its disk store reaches:
+ * the kernel refuses the write with EFBIG and sends SIGXFSZ, whose default action ends the
+ * process. khalad must treat it as the disk failing (L2 down, writes queued, acknowledged)
+ * and drain the queue once the store can grow again, not die. */
+Test(l2, a_disk_store_reaching_the_file_size_limit_is_a_level_down_not_a_dead_khalad) {
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_str(ch, "first", "before the limit");
+    char data[300];
+    snprintf(data, sizeof(data), "%s/l2/data.mdb", khalad_dir());
+    struct stat sb;
+    cr_assert_eq(stat(data, &sb), 0, "%s", data);
+    struct rlimit lim = {(rlim_t)sb.st_size, RLIM_INFINITY}, old;
+    cr_assert_eq(prlimit(khalad_pid, RLIMIT_FSIZE, &lim, &old), 0, "%s", strerror(errno));
+
+    static char val[16 * 1024];
+    memset(val, 'x', sizeof(val));
+    char key[32], msg[256];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "big:%d", i);
+        int rc = raw_put(ch, key, val, sizeof(val), KHALA_TYPE_MEMORY_ENTITY, 0, msg, sizeof(msg));
+        cr_assert_eq(rc, 0, "put %s: %s (%s); khalad %s", key, khala_strerror(rc), msg,
+                     kill(khalad_pid, 0) == 0 ? "runs" : "is gone");
+    }
+    put_str(ch, "during", "queued");
+    cr_assert_eq(kill(khalad_pid, 0), 0, "khalad is alive");
+    cr_assert_geq(stat_u(ch, "l2", "outages"), 1, "the refused writes marked L2 down");
+    cr_assert_gt(stat_u(ch, "l2", "queued_total"), 0, "writes were queued");
+
+    cr_assert_eq(prlimit(khalad_pid, RLIMIT_FSIZE, &old, NULL), 0);
+    for (int i = 0;
+         i < 1000 && (stat_u(ch, "l2", "queued_now") != 0 || stat_u(ch, "l2", "healthy") != 1); i++)
+        sleep_ms(10);
+    cr_assert_eq(stat_u(ch, "l2", "queued_now"), 0, "the queue drained once the store could grow");
+    cr_assert_eq(stat_u(ch, "l2", "healthy"), 1);
+    ch = restart_empty_l1(ch, SIGTERM);
+    got_t g;
+    cr_assert_eq(raw_get(ch, "during", &g), 0, "the queued write reached L2");
+    cr_assert_eq(g.lvl, KHALA_LEVEL_L2);
+    cr_assert_eq(g.len, 6);
+    cr_assert_eq(memcmp(g.val, "queued", 6), 0);
+    khala__chan_close(ch);
 }
