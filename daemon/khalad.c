@@ -104,6 +104,10 @@ static int serve(khalad_t *d, int foreground) {
         fprintf(stderr, "khalad: cannot detach: %s\n", strerror(errno));
         return 1;
     }
+    /* A file-size limit (ulimit -f, systemd's LimitFSIZE=) reached by a write is the disk
+     * refusing it: the write fails with EFBIG and the level is marked down, as for a full disk.
+     * SIGXFSZ's default action would end khalad instead. */
+    signal(SIGXFSZ, SIG_IGN);
     d->uid = getuid();
     d->started_ms = (uint64_t)khala__sys_now_ms();
     d->coh_fd = -1;
