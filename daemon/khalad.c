@@ -295,13 +295,32 @@ int main(int argc, char **argv) {
         fprintf(stderr, "khalad: %s\n", err[0] ? err : khala_strerror(rc));
         return 1;
     }
+    /* The key ring: its file's owner, mode and contents are checked by --check too. */
+    if (d.cfg.crypto.key_file[0] &&
+        (rc = khala__crypt_load(d.cfg.crypto.key_file, khala__config_encrypted_types(&d.cfg),
+                                &d.crypt, err, sizeof(err))) != 0) {
+        fprintf(stderr, "khalad: %s\n", err[0] ? err : khala_strerror(rc));
+        return 1;
+    }
     if (check_only) {
         khala__config_dump(&d.cfg, stdout);
+        khala__crypt_close(d.crypt);
         return 0;
     }
     if ((rc = khala__config_socket_path(&d.cfg, d.socket_path, sizeof(d.socket_path))) != 0) {
         fprintf(stderr, "khalad: cannot derive the socket path: %s\n", khala_strerror(rc));
+        khala__crypt_close(d.crypt);
         return 1;
     }
-    return serve(&d, foreground);
+    if (d.crypt) {
+        char nkeys[32], cur[32];
+        snprintf(nkeys, sizeof(nkeys), "%zu", khala__crypt_nkeys(d.crypt));
+        snprintf(cur, sizeof(cur), "%u", (unsigned)khala__crypt_current_id(d.crypt));
+        khala__log("info", "encryption at rest: values of encrypted types are sealed below L1",
+                   "key_file", d.cfg.crypto.key_file, "keys", nkeys, "current_key_id", cur, NULL);
+    }
+    rc = serve(&d, foreground);
+    khala__crypt_close(d.crypt);
+    d.crypt = NULL;
+    return rc;
 }
