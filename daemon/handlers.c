@@ -454,7 +454,8 @@ static void op_keys(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
  * holding it, and each level has a map whose "state" is "held", "absent", "down" (marked
  * unhealthy: not asked), "error" (the get failed; "error" names why) or "refused" (it holds a
  * value that failed authentication, daemon/tier_crypt.h: "error" is KHALA_EAUTH's name, "detail"
- * says why; the value is a miss there). A level below that is
+ * says why; the value is a miss there; when no level holds the key otherwise, the reply is
+ * KHALA_EAUTH naming the level and why). A level below that is
  * asked counts one get in its stats. Writes still queued for a level are not looked at. */
 #define KV_STR(k, v)                                                                               \
     (khala_kv_t) {                                                                                 \
@@ -467,7 +468,7 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     enum { NLEVELS = 1 + KHALAD_TIERS_MAX, NFIELDS = 8 };
     khala_kv_t per[NLEVELS][NFIELDS], top[6 + NLEVELS];
     uint32_t nper[NLEVELS] = {0}, ntop = 0;
-    char levels[32] = "", downs[256] = "";
+    char levels[32] = "", downs[256] = "", refused[320] = "";
     int first = -1, nlevels = 1 + d->ntiers;
     uint64_t hits = 0;
     int64_t now = khala__sys_now_ms();
@@ -516,6 +517,8 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
             per[l][nper[l]++] = KV_STR("state", "refused");
             per[l][nper[l]++] = KV_STR("error", khala_err_name(rc));
             per[l][nper[l]++] = KV_STR("detail", t->err);
+            if (!refused[0])
+                snprintf(refused, sizeof(refused), "%s (%s) %s", lname, t->ops->name, t->err);
         } else {
             per[l][nper[l]++] = KV_STR("state", t->healthy ? "error" : "down");
             per[l][nper[l]++] = KV_STR("error", t->err[0] ? t->err : khala_strerror(rc));
@@ -524,7 +527,9 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         }
     }
     if (first < 0) {
-        if (downs[0])
+        if (refused[0]) /* held, but not trusted: say so rather than "no such key" */
+            reply_rc(d, c, m->id, m->op, KHALA_EAUTH, "%s", refused);
+        else if (downs[0])
             reply_rc(d, c, m->id, m->op, KHALA_ENOTFOUND,
                      "in no level that answered; %s, so it was not asked", downs);
         else
