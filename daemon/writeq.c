@@ -18,6 +18,11 @@
  * (native byte order: a journal is read back by the same machine). A record whose fields do
  * not agree (kind, lengths, type, padding) makes the journal KHALA_ECORRUPT.
  *
+ * With a codec (khala__wq_set_codec: encryption at rest, daemon/tier_crypt.h) a put's value is
+ * encoded as its record is written and decoded as it is read back; vlen is the encoded length.
+ * A record the codec refuses at read-back (KHALA_EAUTH) is deleted in the read-back's
+ * transaction, never queued, and counted (unreadable).
+ *
  * A push appends with the next sequence number (and, when it replaces a queued write to the
  * same key, deletes that record in the same transaction); LMDB commits are durable. Deadlines
  * are stored on the wall clock, since the monotonic clock restarts with the machine.
