@@ -2,7 +2,7 @@
  * Encryption at rest through a real khalad (docs/security.md, "Encryption at rest"): values of a
  * type marked `encrypt = true` are ciphertext in the LMDB disk store, in Redis and in the write
  * journal (each read directly: the file's bytes, a raw GET), while other types stay plaintext;
- * a value altered in Redis, or moved to another key, is refused (a miss), counted in stats and
+ * a value altered in LMDB or Redis, or moved to another key, is refused (a miss), counted in stats and
  * shown as refused by inspect, never returned; keys rotate without a flush (a value written
  * under key 1 reads back after key 2 is added and khalad restarted, new values carry id 2); a
  * key file readable by others, or owned by another user, stops khalad and --check with a
@@ -36,6 +36,8 @@
 #define KEY2 "2222222222222222222222222222222222222222222222222222222222222222"
 #define SECRET "SECRET-the-patients-diagnosis"
 #define PLAIN "PLAIN-a-public-memory"
+
+static const uint8_t MAGIC[4] = {0xC1, 'K', 'C', 'E'};
 
 static tu_redis_t g_redis;
 static char g_keys[160];
@@ -200,6 +202,31 @@ static int dir_holds(const char *dir, const void *needle, size_t len) {
     return g_found;
 }
 
+/* Flip a ciphertext byte of every envelope in file path that comes gap bytes after the bytes
+ * of key (klen); how many were flipped. */
+static int flip_after(const char *path, const char *key, size_t klen, size_t gap) {
+    FILE *f = fopen(path, "r+b");
+    cr_assert(f, "%s", path);
+    struct stat st;
+    cr_assert_eq(fstat(fileno(f), &st), 0);
+    size_t cap = (size_t)st.st_size, len, flipped = 0;
+    uint8_t *buf = malloc(cap ? cap : 1);
+    cr_assert(buf);
+    len = fread(buf, 1, cap, f);
+    for (uint8_t *m = buf; (m = memmem(m, len - (size_t)(m - buf), MAGIC, sizeof(MAGIC))); m++) {
+        if ((size_t)(m - buf) < klen + gap || memcmp(m - gap - klen, key, klen) != 0)
+            continue;
+        size_t off = (size_t)(m - buf) + 8 + 24 + 1;
+        uint8_t b = buf[off] ^ 0x10;
+        cr_assert_eq(fseek(f, (long)off, SEEK_SET), 0);
+        cr_assert_eq(fwrite(&b, 1, 1, f), 1);
+        flipped++;
+    }
+    fclose(f);
+    free(buf);
+    return (int)flipped;
+}
+
 static redisContext *redis(void) {
     redisContext *rc = redisConnect("127.0.0.1", (int)g_redis.port);
     cr_assert(rc && !rc->err, "redis: %s", rc ? rc->errstr : "no memory");
@@ -216,8 +243,6 @@ static size_t raw_get(redisContext *rc, const char *key, char *buf, size_t cap) 
     freeReplyObject(r);
     return n;
 }
-
-static const uint8_t MAGIC[4] = {0xC1, 'K', 'C', 'E'};
 
 /* Offset of the envelope in a raw value. */
 static size_t envelope_at(const char *raw, size_t n) {
@@ -313,6 +338,21 @@ Test(encryption, disk_store_holds_ciphertext_of_an_encrypted_type_and_plaintext_
     ch = chan();
     cr_assert_eq(get(ch, "s1", val, sizeof(val), NULL), 0);
     cr_assert_str_eq(val, SECRET);
+    put(ch, "s2", KHALA_TYPE_AGENT_RESPONSE, "SECRET-two");
+    khala__chan_close(ch);
+    khalad_kill(SIGTERM);
+
+    /* One ciphertext byte of s1 flipped in the LMDB file, in every copy LMDB's copy-on-write
+     * left (a leaf node holds the key, "s1", then the record: a 24-byte header, the value). */
+    char data[240];
+    snprintf(data, sizeof(data), "%s/data.mdb", l2);
+    cr_assert_gt(flip_after(data, "s1", 2, 24), 0, "no envelope of s1 in %s", data);
+    khalad_start();
+    ch = chan();
+    cr_assert_eq(get(ch, "s1", val, sizeof(val), NULL), KHALA_ENOTFOUND, "got '%s'", val);
+    cr_assert_eq(crypto_stat(ch, "auth_failures"), 1);
+    cr_assert_eq(get(ch, "s2", val, sizeof(val), NULL), 0);
+    cr_assert_str_eq(val, "SECRET-two");
     khala__chan_close(ch);
 }
 
