@@ -76,6 +76,24 @@ static void coh_rewatch(khalad_t *d) {
     d->coh_fd = fd;
 }
 
+/* Every level below L1, once its driver is open (L2 here; L3 when it comes): with a key file,
+ * wrap the driver so that values of encrypted types are sealed below (daemon/tier_crypt.h).
+ * On failure the driver is closed. */
+static int seal_level(khalad_t *d, khalad_tier_t *lt) {
+    khala_tier_t *sealed = NULL;
+    if (!d->crypt)
+        return 0;
+    int rc = khala__tier_crypt_wrap(lt->t, d->crypt, &sealed);
+    if (rc != 0) {
+        set_msg(d, "%s: out of memory", khala__store_level_name(lt));
+        lt->t->ops->close(lt->t);
+        lt->t = NULL;
+        return rc;
+    }
+    lt->t = sealed;
+    return 0;
+}
+
 static int open_l2(khalad_t *d, khalad_tier_t *lt) {
     char err[KHALA_CONFIG_PATH_MAX + 128] = ""; /* room for a message naming a store path */
     int rc;
@@ -113,15 +131,8 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
                 err);
         return rc;
     }
-    khala_tier_t *sealed = NULL;
-    if (d->crypt && (rc = khala__tier_crypt_wrap(lt->t, d->crypt, &sealed)) != 0) {
-        lt->t->ops->close(lt->t);
-        lt->t = NULL;
-        set_msg(d, "L2: out of memory");
+    if ((rc = seal_level(d, lt)) != 0)
         return rc;
-    }
-    if (sealed)
-        lt->t = sealed; /* values of encrypted types are sealed below (daemon/tier_crypt.h) */
     lt->t->healthy = lt->t->ops->health(lt->t) == 0;
     if (!lt->t->healthy) {
         lt->outages++;
