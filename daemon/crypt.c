@@ -3,8 +3,9 @@
  *
  * HOW IT WORKS
  *
- * The key file is read once, at start (and by --check): opened, then checked on the open
- * descriptor (fstat), so that what is checked is what is read. Every key goes into one array
+ * The key file is read at start (and by --check, and again on SIGHUP: khala__crypt_reload()
+ * loads a whole new ring and swaps the keys in only when it passed every check): opened, then
+ * checked on the open descriptor (fstat), so that what is checked is what is read. Every key goes into one array
  * in memory locked against swapping where RLIMIT_MEMLOCK allows (sodium_mlock; a failure is
  * not an error, since a host without locked memory should still start), zeroed on close.
  *
@@ -252,6 +253,25 @@ fail:
     free(keys);
     free(c);
     return rc;
+}
+
+int khala__crypt_reload(khala_crypt_t *c, const char *path, char *err, size_t errlen) {
+    KHALA_ASSERT(c && path);
+    khala_crypt_t *n = NULL;
+    int rc = khala__crypt_load(path, c->types, &n, err, errlen);
+    if (rc != 0)
+        return rc;
+    /* Swap the keys: c takes the new ones, n the old ones, which its close zeroes. */
+    crypt_key_t *keys = c->keys;
+    size_t nkeys = c->nkeys, current = c->current;
+    c->keys = n->keys;
+    c->nkeys = n->nkeys;
+    c->current = n->current;
+    n->keys = keys;
+    n->nkeys = nkeys;
+    n->current = current;
+    khala__crypt_close(n);
+    return 0;
 }
 
 void khala__crypt_close(khala_crypt_t *c) {

@@ -15,7 +15,7 @@
  * The key file holds one key a line, `<id> <64 hex digits> [current]` (id 1..4294967295),
  * blank lines and `#` comments. New values use the key marked `current`, else the last one;
  * values sealed with any key in the file still open, so keys rotate without a flush (add a
- * key, restart khalad). The file must be a regular file owned by khalad's effective user with
+ * key, then restart khalad or send it SIGHUP). The file must be a regular file owned by khalad's effective user with
  * no group or other permission bits (0600 or 0400); anything else is refused with a message
  * naming the file and the problem.
  *
@@ -64,6 +64,19 @@ typedef struct khala_crypt_stats {
  */
 int khala__crypt_load(const char *path, uint32_t types, khala_crypt_t **out, char *err,
                       size_t errlen);
+
+/**
+ * @brief Read the key file again (khalad's SIGHUP), with the same checks as
+ *        khala__crypt_load(), and take its keys when it passes: the current key for new values
+ *        changes, values sealed with any key still in the file keep opening. The counters and
+ *        the encrypted types stay.
+ * @param[in,out] c the key ring.
+ * @param[in] path the key file.
+ * @param[out] err the message naming the file and the problem; may be NULL.
+ * @param[in] errlen size of @p err.
+ * @return 0; any code of khala__crypt_load(): then @p c is unchanged.
+ */
+int khala__crypt_reload(khala_crypt_t *c, const char *path, char *err, size_t errlen);
 
 /** @brief Zero and free the key ring. @param[in] c the key ring; NULL is a no-op. */
 void khala__crypt_close(khala_crypt_t *c);

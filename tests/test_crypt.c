@@ -259,6 +259,32 @@ Test(crypt, rotation_opens_old_ids_and_seals_new_values_with_the_current_one) {
     free(nw);
 }
 
+Test(crypt, a_reload_takes_the_new_keys_and_a_bad_file_changes_nothing) {
+    khala_crypt_t *c = ring("1 " KEY1 "\n", AGENT_BIT);
+    void *old, *plain;
+    size_t nold, plen;
+    char err[256] = "";
+    seal(c, "a", AGENT, "old value", &old, &nold);
+    /* Readable by others: refused, the old key stays current. */
+    const char *path = key_file("1 " KEY1 "\n2 " KEY2 "\n", 0644);
+    cr_assert_eq(khala__crypt_reload(c, path, err, sizeof(err)), KHALA_EDENIED);
+    cr_assert(strstr(err, "mode 0644"), "%s", err);
+    cr_assert_eq(khala__crypt_current_id(c), 1);
+    cr_assert_eq(khala__crypt_nkeys(c), 1);
+    cr_assert_eq(chmod(path, 0600), 0);
+    cr_assert_eq(khala__crypt_reload(c, path, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__crypt_current_id(c), 2);
+    cr_assert_eq(khala__crypt_nkeys(c), 2);
+    cr_assert(khala__crypt_wants(c, AGENT), "the encrypted types stay");
+    cr_assert_eq(khala__crypt_unseal(c, "a", 1, AGENT, old, nold, &plain, &plen, NULL, 0), 0);
+    free(plain);
+    khala_crypt_stats_t st;
+    khala__crypt_stats(c, &st);
+    cr_assert_eq(st.sealed, 1, "the counters stay");
+    free(old);
+    khala__crypt_close(c);
+}
+
 /* The tier wrapper ------------------------------------------------------------------------- */
 
 typedef struct wrapped {
