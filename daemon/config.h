@@ -129,6 +129,7 @@ typedef struct khala_config_type {
     uint32_t l3_ttl_seconds;              /* 0 = [l3] ttl_seconds */
     khala_config_write_mode_t write_mode; /* DEFAULT = [policies] write_mode */
     uint32_t quota_pct;                   /* share of L1 bytes, 0..100; 0 = no quota */
+    bool encrypt; /* values sealed below L1 (L2, L3, journal): needs [crypto] key_file */
 } khala_config_type_t;
 
 /** The whole configuration. Field names are the keys' names; units are in them or noted. */
@@ -192,6 +193,9 @@ typedef struct khala_config {
         uint32_t ttl_jitter_pct;           /* TTLs vary by up to +-this percent, 0..50 */
         uint32_t single_flight_timeout_ms; /* how long a waiter waits for the loader */
     } policies;
+    struct {
+        char key_file[KHALA_CONFIG_PATH_MAX]; /* "" = none; absolute; daemon/crypt.h */
+    } crypto;
     khala_config_type_t types[KHALA_CONFIG_NTYPES]; /* by type id (khala__config_type_id) */
 } khala_config_t;
 
@@ -355,6 +359,13 @@ uint32_t khala__config_type_ttl(const khala_config_t *cfg, int type, int level);
  * @return KHALA_CONFIG_WRITE_THROUGH or KHALA_CONFIG_WRITE_BEHIND (THROUGH for a bad id).
  */
 khala_config_write_mode_t khala__config_type_write_mode(const khala_config_t *cfg, int type);
+
+/**
+ * @brief The types whose values are sealed below L1 ([type.<name>] encrypt = true).
+ * @param[in] cfg the configuration.
+ * @return bit (1u << type id) per encrypted type; 0 when none is.
+ */
+uint32_t khala__config_encrypted_types(const khala_config_t *cfg);
 
 /**
  * @brief Name of type @p id ("memory_entity" for 0 ... "consolidation" for 7).

@@ -13,7 +13,8 @@
  * wrong stops the start with a message naming file, line and key), the L1 segment (adopted
  * when a previous khalad left a consistent one of the same sizes, so workers keep reading
  * through the restart; made anew otherwise), the socket, then readiness to systemd
- * (READY=1). SIGTERM and SIGINT stop the loop; the segment outlives khalad.
+ * (READY=1). SIGTERM and SIGINT stop the loop; the segment outlives khalad. SIGHUP reads the
+ * [crypto] key file again (daemon/crypt.h), at the next tick.
  *
  * Logs are one JSON object per line on stderr (journald keeps them).
  */
@@ -37,12 +38,39 @@
 #include "log.h"
 #include "sys.h"
 
-static khala_server_t *g_srv; /* for the signal handler */
+static khala_server_t *g_srv;               /* for the signal handler */
+static volatile sig_atomic_t g_reload_keys; /* SIGHUP: the tick reads the key file again */
 
 static void on_signal(int sig) {
     (void)sig;
     if (g_srv)
         khala__server_stop(g_srv);
+}
+
+static void on_hup(int sig) {
+    (void)sig;
+    g_reload_keys = 1;
+}
+
+/* SIGHUP: read [crypto] key_file again (rotation without a restart); a file that fails its
+ * checks changes nothing and is logged. */
+static void reload_keys(khalad_t *d) {
+    g_reload_keys = 0;
+    if (!d->crypt) {
+        khala__log("info", "SIGHUP: no [crypto] key_file, nothing to reload", NULL);
+        return;
+    }
+    char err[512] = "", cur[32], nkeys[32];
+    int rc = khala__crypt_reload(d->crypt, d->cfg.crypto.key_file, err, sizeof(err));
+    if (rc != 0) {
+        khala__log("error", "SIGHUP: the key file was not reloaded; the old keys stay", "key_file",
+                   d->cfg.crypto.key_file, "error", err, NULL);
+        return;
+    }
+    snprintf(nkeys, sizeof(nkeys), "%zu", khala__crypt_nkeys(d->crypt));
+    snprintf(cur, sizeof(cur), "%u", (unsigned)khala__crypt_current_id(d->crypt));
+    khala__log("info", "SIGHUP: reloaded the key file", "key_file", d->cfg.crypto.key_file, "keys",
+               nkeys, "current_key_id", cur, NULL);
 }
 
 static void usage(FILE *f) {
@@ -57,6 +85,8 @@ static void usage(FILE *f) {
 
 static void tick(void *arg) {
     khalad_t *d = arg;
+    if (g_reload_keys)
+        reload_keys(d);
     khala__handlers_tick(d);
     uint64_t now = (uint64_t)khala__sys_now_ms();
     if (d->watchdog_usec && now - d->last_watchdog_ms >= d->watchdog_usec / 2000) {
@@ -195,6 +225,8 @@ static int serve(khalad_t *d, int foreground) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_hup;
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     /* 5. Ready. */
@@ -299,13 +331,32 @@ int main(int argc, char **argv) {
         fprintf(stderr, "khalad: %s\n", err[0] ? err : khala_strerror(rc));
         return 1;
     }
+    /* The key ring: its file's owner, mode and contents are checked by --check too. */
+    if (d.cfg.crypto.key_file[0] &&
+        (rc = khala__crypt_load(d.cfg.crypto.key_file, khala__config_encrypted_types(&d.cfg),
+                                &d.crypt, err, sizeof(err))) != 0) {
+        fprintf(stderr, "khalad: %s\n", err[0] ? err : khala_strerror(rc));
+        return 1;
+    }
     if (check_only) {
         khala__config_dump(&d.cfg, stdout);
+        khala__crypt_close(d.crypt);
         return 0;
     }
     if ((rc = khala__config_socket_path(&d.cfg, d.socket_path, sizeof(d.socket_path))) != 0) {
         fprintf(stderr, "khalad: cannot derive the socket path: %s\n", khala_strerror(rc));
+        khala__crypt_close(d.crypt);
         return 1;
     }
-    return serve(&d, foreground);
+    if (d.crypt) {
+        char nkeys[32], cur[32];
+        snprintf(nkeys, sizeof(nkeys), "%zu", khala__crypt_nkeys(d.crypt));
+        snprintf(cur, sizeof(cur), "%u", (unsigned)khala__crypt_current_id(d.crypt));
+        khala__log("info", "encryption at rest: values of encrypted types are sealed below L1",
+                   "key_file", d.cfg.crypto.key_file, "keys", nkeys, "current_key_id", cur, NULL);
+    }
+    rc = serve(&d, foreground);
+    khala__crypt_close(d.crypt);
+    d.crypt = NULL;
+    return rc;
 }

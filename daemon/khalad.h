@@ -17,6 +17,7 @@
 #include "proto.h"
 #include "server.h"
 #include "coherence.h"
+#include "crypt.h"
 #include "store.h"
 #include "tier.h"
 #include "tiers.h"
@@ -47,6 +48,7 @@ typedef struct khalad {
     khalad_tier_t tiers[KHALAD_TIERS_MAX]; /* L2 then L3 (daemon/tiers.c) */
     int ntiers;                            /* tiers in use */
     khala_coherence_t *coh;                /* cross-host invalidation, or NULL */
+    khala_crypt_t *crypt;                  /* [crypto] key ring, or NULL; immutable after start */
     int coh_fd;                            /* its descriptor the loop watches, or -1 */
     uint64_t last_version;                 /* last version handed out */
     uint64_t rng;                          /* TTL jitter (daemon/store.c) */
