@@ -438,6 +438,17 @@ static int has_frame(const khala_conn_t *c) {
     return len == 0 || len > c->srv->cfg.max_frame || c->in_len - 4 >= len;
 }
 
+/* Steps 2 and 3 until no handled frame is left waiting: the flush may drain the replies below
+ * max_out at once (a client reading as fast as it is written), and then nothing else would
+ * wake the frames that wait. Each round handles frames already buffered: bounded by one read. */
+static void conn_serve(khala_conn_t *c) {
+    do {
+        conn_frames(c);
+        if (conn_flush(c) != 0)
+            return; /* freed */
+    } while (!c->closing && c->out_len - c->out_off <= c->srv->cfg.max_out && has_frame(c));
+}
+
 /* Step 1. */
 static void conn_readable(khala_conn_t *c) {
     khala_server_t *s = c->srv;
@@ -481,17 +492,9 @@ static void conn_readable(khala_conn_t *c) {
     }
     if (n > 0) {
         c->in_len += (size_t)n;
-        conn_frames(c);
-    }
-    (void)conn_flush(c);
-}
-
-/* Step 3, continued: a paused connection whose replies drained has its waiting frames handled,
- * then is read again. */
-static void conn_resume(khala_conn_t *c) {
-    if (c->closing || c->out_len - c->out_off > c->srv->cfg.max_out || !has_frame(c))
+        conn_serve(c);
         return;
-    conn_frames(c);
+    }
     (void)conn_flush(c);
 }
 
@@ -771,8 +774,8 @@ int khala__server_run(khala_server_t *s) {
                 if (ev[i].events & EPOLLOUT) {
                     if (conn_flush(c) != 0)
                         continue; /* freed */
-                    if (c->paused || has_frame(c)) {
-                        conn_resume(c); /* may free c */
+                    if (!c->paused && !c->closing && has_frame(c)) {
+                        conn_serve(c); /* step 3: the paused frames; may free c */
                         continue;
                     }
                 }
