@@ -7,6 +7,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,6 +123,14 @@ static int ping(client_t *c) {
         return -1;
     int rc = r.rc;
     khala__proto_msg_free(&r);
+    return rc;
+}
+
+/* ping on a connection of its own: the reply's rc, or -1. */
+static int ping_new(void) {
+    client_t c = dial();
+    int rc = ping(&c);
+    hang_up(&c);
     return rc;
 }
 
@@ -454,4 +463,35 @@ Test(limits, values_up_to_max_value_bytes_pass_the_frame_limit) {
     khala_cache_close(cache);
     free(val);
     free(back);
+}
+
+/* A max_connections that does not fit in the descriptor limit (hard = soft = 128, inherited) is
+ * named at start, in a warning that says what to do; khalad still starts. */
+Test(limits, a_max_connections_beyond_the_descriptor_limit_is_named_at_start) {
+    struct rlimit rl = {128, 128};
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0); /* this test's process only (forked) */
+    char log[128];
+    snprintf(log, sizeof(log), "%s/khalad.log", khalad_dir());
+    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    cr_assert_geq(fd, 0);
+    int saved = dup(2);
+    cr_assert_eq(dup2(fd, 2), 2); /* khalad's stderr, with KHALA_TEST_VERBOSE */
+    setenv("KHALA_TEST_VERBOSE", "1", 1);
+    khalad_start();
+    cr_assert_eq(ping_new(), 0);
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    FILE *f = fopen(log, "r");
+    cr_assert_not_null(f);
+    char line[1024];
+    int warned = 0, logged_limit = 0;
+    while (fgets(line, sizeof(line), f)) {
+        warned |= strstr(line, "[server] max_connections 4096 does not fit in the "
+                               "file-descriptor limit 128") != NULL;
+        logged_limit |= strstr(line, "\"nofile\":\"128\"") != NULL;
+    }
+    fclose(f);
+    cr_assert(warned, "no warning naming max_connections in %s", log);
+    cr_assert(logged_limit, "the limit is not logged in %s", log);
 }
