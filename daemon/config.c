@@ -226,6 +226,13 @@ static const key_desc_t KEYS_POLICIES[] = {
     U32("ttl_jitter_pct", policies.ttl_jitter_pct, 0, 50),
     U32("single_flight_timeout_ms", policies.single_flight_timeout_ms, 1, 600000),
 };
+/* [server]: khalad's connection limits (docs/operating.md, "Limits"). */
+static const key_desc_t KEYS_SERVER[] = {
+    U32("max_connections", server.max_connections, 1, KHALA_CONFIG_SERVER_CONNS_MAX),
+    U32("max_output_bytes", server.max_output_bytes, KHALA_CONFIG_SERVER_OUTPUT_MIN, UINT32_MAX),
+    U32("max_buffer_bytes", server.max_buffer_bytes, KHALA_CONFIG_SERVER_BUFFER_MIN, UINT32_MAX),
+    U32("frame_timeout_ms", server.frame_timeout_ms, 100, 3600000),
+};
 #define TOFF(f) offsetof(khala_config_type_t, f)
 static const key_desc_t KEYS_TYPE[] = {
     {"levels", K_LEVELS, TOFF(levels), 0, 0, 0, NULL, NULL},
@@ -257,8 +264,17 @@ static const section_t SECTIONS[] = {
     {"l3", KEYS_L3, NKEYS(KEYS_L3)},
     {"policies", KEYS_POLICIES, NKEYS(KEYS_POLICIES)},
     {"crypto", KEYS_CRYPTO, NKEYS(KEYS_CRYPTO)},
+    {"server", KEYS_SERVER, NKEYS(KEYS_SERVER)},
 };
-enum { SEC_CACHE, SEC_L1, SEC_L2, SEC_L3, SEC_POLICIES, SEC_CRYPTO }; /* indexes into SECTIONS */
+enum {
+    SEC_CACHE,
+    SEC_L1,
+    SEC_L2,
+    SEC_L3,
+    SEC_POLICIES,
+    SEC_CRYPTO,
+    SEC_SERVER
+}; /* indexes into SECTIONS */
 #define SEC_TYPE0 ((int)NKEYS(SECTIONS))
 #define NSECTIONS (SEC_TYPE0 + KHALA_CONFIG_NTYPES)
 /* The most keys any section has; key ids are sec * KEYS_PER_SEC + index. */
@@ -266,7 +282,8 @@ enum { SEC_CACHE, SEC_L1, SEC_L2, SEC_L3, SEC_POLICIES, SEC_CRYPTO }; /* indexes
 #define TYPE_PREFIX "type."
 _Static_assert(NKEYS(KEYS_CACHE) <= KEYS_PER_SEC && NKEYS(KEYS_L1) <= KEYS_PER_SEC &&
                    NKEYS(KEYS_L2) <= KEYS_PER_SEC && NKEYS(KEYS_L3) <= KEYS_PER_SEC &&
-                   NKEYS(KEYS_POLICIES) <= KEYS_PER_SEC && NKEYS(KEYS_TYPE) <= KEYS_PER_SEC,
+                   NKEYS(KEYS_POLICIES) <= KEYS_PER_SEC && NKEYS(KEYS_TYPE) <= KEYS_PER_SEC &&
+                   NKEYS(KEYS_SERVER) <= KEYS_PER_SEC,
                "a section has more keys than KEYS_PER_SEC");
 
 static const section_t *section_of(int sec) {
@@ -884,6 +901,14 @@ static int check_all(const khala_config_t *cfg, const origin_t *o, char *err, si
         return report_key(err, errlen, o, SEC_L1, key_index(SEC_L1, "max_value_bytes"),
                           "%u does not fit in max_memory_mb (%u MiB)", cfg->l1.max_value_bytes,
                           cfg->l1.max_memory_mb);
+    /* [server]: one request of the largest value must fit in the input buffers. */
+    uint64_t frame = (uint64_t)KHALA_FRAME_HEADER + khala__config_server_max_frame(cfg);
+    if (cfg->server.max_buffer_bytes < frame)
+        return report_key(err, errlen, o, SEC_SERVER, key_index(SEC_SERVER, "max_buffer_bytes"),
+                          "%u is less than one request of the largest value (%llu bytes, from "
+                          "[l1] max_value_bytes %u)",
+                          cfg->server.max_buffer_bytes, (unsigned long long)frame,
+                          cfg->l1.max_value_bytes);
     if (cfg->l2.backend == KHALA_CONFIG_L2_REDIS && !cfg->l2.redis_url[0])
         return report_key(err, errlen, o, SEC_L2, key_index(SEC_L2, "backend"),
                           "'redis' needs [l2] redis_url");
@@ -1265,6 +1290,10 @@ int khala__config_defaults(khala_config_t *cfg, const char *name) {
     cfg->policies.negative_ttl_seconds = 0;
     cfg->policies.ttl_jitter_pct = 10;
     cfg->policies.single_flight_timeout_ms = 5000;
+    cfg->server.max_connections = 4096;
+    cfg->server.max_output_bytes = 8u * MIB;
+    cfg->server.max_buffer_bytes = 256u * MIB;
+    cfg->server.frame_timeout_ms = 10000;
     memcpy(cfg->types, TYPE_DEFAULTS, sizeof(TYPE_DEFAULTS));
     return rc;
 }
@@ -1275,6 +1304,15 @@ uint32_t khala__config_l1_items(const khala_config_t *cfg) {
     uint64_t n = (uint64_t)cfg->l1.max_memory_mb * MIB / KHALA_CONFIG_L1_BYTES_PER_ITEM;
     if (n > KHALA_CONFIG_L1_ITEMS_MAX)
         n = KHALA_CONFIG_L1_ITEMS_MAX;
+    return (uint32_t)n;
+}
+
+uint32_t khala__config_server_max_frame(const khala_config_t *cfg) {
+    uint64_t n = (uint64_t)cfg->l1.max_value_bytes + KHALA_CONFIG_FRAME_ROOM;
+    if (n < KHALA_FRAME_MAX_DEFAULT)
+        n = KHALA_FRAME_MAX_DEFAULT;
+    if (n > KHALA_FRAME_MAX_CEILING)
+        n = KHALA_FRAME_MAX_CEILING;
     return (uint32_t)n;
 }
 

@@ -76,6 +76,17 @@
 #define KHALA_CONFIG_L2_POOL_MAX 64u
 #define KHALA_CONFIG_L2_QUEUE_MAX 10000000u
 
+/** [server] max_connections limit: beyond it the descriptors alone would not fit a sane
+ * RLIMIT_NOFILE. */
+#define KHALA_CONFIG_SERVER_CONNS_MAX 1000000u
+/** [server] max_output_bytes lower limit: one ordinary reply must fit without pausing. */
+#define KHALA_CONFIG_SERVER_OUTPUT_MIN (64u * 1024u)
+/** [server] max_buffer_bytes lower limit; it must also hold one frame (checked with [l1]). */
+#define KHALA_CONFIG_SERVER_BUFFER_MIN (1024u * 1024u)
+/** Bytes of a frame beyond its value: the key (KHALA_KEY_MAX) and the other fields, with room to
+ * spare; the same room KHALA_FRAME_MAX_CEILING keeps above the largest value. */
+#define KHALA_CONFIG_FRAME_ROOM (64u * 1024u)
+
 /** Redis database numbers accepted in redis_url. */
 #define KHALA_CONFIG_REDIS_DB_MAX 65535u
 
@@ -197,6 +208,13 @@ typedef struct khala_config {
         char key_file[KHALA_CONFIG_PATH_MAX]; /* "" = none; absolute; daemon/crypt.h */
     } crypto;
     khala_config_type_t types[KHALA_CONFIG_NTYPES]; /* by type id (khala__config_type_id) */
+    struct {
+        uint32_t max_connections;  /* clients served at once; more get ELIMIT, 1..CONNS_MAX */
+        uint32_t max_output_bytes; /* unsent reply bytes of one client before its requests
+                                      wait until it reads */
+        uint32_t max_buffer_bytes; /* input buffers (partial requests), all clients together */
+        uint32_t frame_timeout_ms; /* a request frame must complete within this */
+    } server;
 } khala_config_t;
 
 /** A parsed redis_url (khala__config_redis_url_parse). */
@@ -296,6 +314,15 @@ int khala__config_load(khala_config_t *cfg, const char *path, const char *const 
  *         khala__config_set(), and after filling a khala_config_t by hand.
  */
 int khala__config_check(const khala_config_t *cfg, char *err, size_t errlen);
+
+/**
+ * @brief khalad's largest frame body, derived from [l1] max_value_bytes: the value plus
+ *        KHALA_CONFIG_FRAME_ROOM, at least KHALA_FRAME_MAX_DEFAULT and at most
+ *        KHALA_FRAME_MAX_CEILING. khalad announces it in the hello reply.
+ * @param[in] cfg the configuration.
+ * @return the limit in bytes.
+ */
+uint32_t khala__config_server_max_frame(const khala_config_t *cfg);
 
 /**
  * @brief The L1 segment sizes @p cfg asks for.

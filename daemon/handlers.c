@@ -171,7 +171,7 @@ static void op_hello(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     r.name.ptr = (const uint8_t *)name;
     r.name.len = strlen(name);
     r.gen = khala__l1_seg(d->l1)->generation;
-    r.max_frame = KHALA_FRAME_MAX_DEFAULT;
+    r.max_frame = (uint32_t)khala__server_max_frame(d->srv);
     r.max_value = khala__l1_seg(d->l1)->max_value;
     r.has = KHALA_F_PROTO | KHALA_F_NAME | KHALA_F_GEN | KHALA_F_MAX_FRAME | KHALA_F_MAX_VALUE;
     send_reply(d, c, &r);
@@ -345,8 +345,18 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         KV_U("rehashes", st.rehashes),
         KV_U("huge_page_bytes", khala__sys_huge_bytes(khala__l1_seg(d->l1)->base)),
     };
+    khala_server_stats_t ss;
+    khala__server_stats(d->srv, &ss);
     khala_kv_t daemon[] = {
-        KV_U("connections", khala__server_conns(d->srv)),
+        KV_U("connections", ss.conns),
+        KV_U("connections_paused", ss.paused),
+        KV_U("connections_refused", ss.refused),
+        KV_U("connections_refused_no_fd", ss.fd_refused),
+        KV_U("fd_exhausted", ss.fd_exhausted),
+        KV_U("frame_timeouts", ss.frame_timeouts),
+        KV_U("buffer_refusals", ss.buffer_refusals),
+        KV_U("input_buffer_bytes", ss.in_bytes),
+        KV_U("output_buffer_bytes", ss.out_bytes),
         KV_U("requests", d->requests),
         KV_U("error_replies", d->replies_err),
         KV_U("protocol_errors", d->proto_errors),
@@ -709,8 +719,13 @@ void khala__handlers_bad_frame(void *arg, khala_conn_t *c, size_t len) {
     khalad_t *d = arg;
     d->proto_errors++;
     reply_rc(d, c, 0, KHALA_OP_NONE, KHALA_EPROTO,
-             len ? "frame of %zu bytes exceeds max_frame %u" : "frame of %zu bytes is empty", len,
-             (unsigned)KHALA_FRAME_MAX_DEFAULT);
+             len ? "frame of %zu bytes exceeds max_frame %zu (it follows [l1] max_value_bytes)"
+                 : "frame of %zu bytes is empty",
+             len, khala__server_max_frame(d->srv));
+}
+
+void khala__handlers_refuse(void *arg, khala_conn_t *c, int rc, const char *msg) {
+    reply_rc(arg, c, 0, KHALA_OP_NONE, rc, "%s", msg);
 }
 
 void khala__handlers_close(void *arg, khala_conn_t *c) {

@@ -34,6 +34,7 @@
 #include "khala/error.h"
 #include "khala/version.h"
 #include "dirs.h"
+#include "fdlimit.h"
 #include "khalad.h"
 #include "log.h"
 #include "sys.h"
@@ -143,6 +144,19 @@ static int serve(khalad_t *d, int foreground) {
     d->coh_fd = -1;
     khala__proto_buf_init(&d->out);
     khala__store_init(d);
+    {
+        /* Descriptors: one per connection (daemon/fdlimit.c says why raise, and why warn). */
+        uint64_t soft, hard;
+        char lim[24], hlim[24], msg[400];
+        rc = khala__fdlimit_raise(&soft, &hard);
+        snprintf(lim, sizeof(lim), "%llu", (unsigned long long)soft);
+        snprintf(hlim, sizeof(hlim), "%llu", (unsigned long long)hard);
+        khala__log(rc == 0 ? "info" : "warn",
+                   rc == 0 ? "file-descriptor limit" : "cannot raise the file-descriptor limit",
+                   "nofile", lim, "hard", hlim, "error", rc == 0 ? "" : strerror(-rc), NULL);
+        if (!khala__fdlimit_fits(d->cfg.server.max_connections, soft, msg, sizeof(msg)))
+            khala__log("warn", msg, NULL);
+    }
     if ((rc = socket_group(d, &d->socket_gid)) != 0) {
         khala__log("error", "unknown socket_group", "group", d->cfg.cache.socket_group, NULL);
         goto out_buf;
@@ -207,12 +221,17 @@ static int serve(khalad_t *d, int foreground) {
     khala__server_config_init(&scfg);
     scfg.path = d->socket_path;
     scfg.mode = d->cfg.cache.socket_mode;
-    scfg.max_frame = KHALA_FRAME_MAX_DEFAULT;
+    scfg.max_frame = khala__config_server_max_frame(&d->cfg);
+    scfg.max_out = d->cfg.server.max_output_bytes;
+    scfg.max_in_total = d->cfg.server.max_buffer_bytes;
+    scfg.frame_timeout_ms = d->cfg.server.frame_timeout_ms;
+    scfg.max_conns = d->cfg.server.max_connections;
     scfg.gid = d->socket_gid;
     khala_server_ops_t ops = {.on_frame = khala__handlers_frame,
                               .on_bad_frame = khala__handlers_bad_frame,
                               .on_close = khala__handlers_close,
-                              .on_tick = tick};
+                              .on_tick = tick,
+                              .on_refuse = khala__handlers_refuse};
     if ((rc = khala__server_open(&scfg, &ops, d, &d->srv, err, sizeof(err))) != 0) {
         khala__log("error", "cannot listen", "path", d->socket_path, "error", err, NULL);
         goto out_tiers;

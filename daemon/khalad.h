@@ -75,6 +75,7 @@ typedef struct khalad {
 int khala__handlers_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_t len);
 void khala__handlers_bad_frame(void *arg, khala_conn_t *c, size_t len);
 void khala__handlers_close(void *arg, khala_conn_t *c);
+void khala__handlers_refuse(void *arg, khala_conn_t *c, int rc, const char *msg);
 void khala__handlers_tick(void *arg);
 
 #endif /* KHALA_DAEMON_KHALAD_H */

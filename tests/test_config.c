@@ -896,3 +896,21 @@ Test(config, encrypt_needs_a_key_file_and_the_key_file_an_absolute_path) {
     cr_assert(strstr(g_err, "[type.agent_response] encrypt: true needs [crypto] key_file"), "%s",
               g_err);
 }
+
+/* [server]: the defaults, the ranges, one request of the largest value must fit in
+ * max_buffer_bytes, and the frame limit follows [l1] max_value_bytes. */
+Test(config, server_limits_are_checked_and_the_frame_limit_follows_the_value_limit) {
+    cr_assert_eq(load("[server]\nmax_connections = 10\nframe_timeout_ms = 500\n"), 0, "%s", g_err);
+    cr_assert_eq(g_cfg.server.max_connections, 10);
+    cr_assert_eq(g_cfg.server.frame_timeout_ms, 500);
+    cr_assert_eq(g_cfg.server.max_output_bytes, 8u * 1024 * 1024);
+    cr_assert_eq(g_cfg.server.max_buffer_bytes, 256u * 1024 * 1024);
+    cr_assert_eq(khala__config_server_max_frame(&g_cfg), KHALA_FRAME_MAX_DEFAULT);
+    expect_error("[server]\nmax_connections = 0\n",
+                 "khalad.conf:2: [server] max_connections: '0' is out of range (1 to 1000000)");
+    expect_error("[l1]\nmax_value_bytes = 4194304\n[server]\nmax_buffer_bytes = 2097152\n",
+                 "khalad.conf:4: [server] max_buffer_bytes: 2097152 is less than one request of "
+                 "the largest value (4259844 bytes, from [l1] max_value_bytes 4194304)");
+    cr_assert_eq(load("[l1]\nmax_value_bytes = 4194304\n"), 0, "%s", g_err);
+    cr_assert_eq(khala__config_server_max_frame(&g_cfg), 4194304u + 65536u);
+}
