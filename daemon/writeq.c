@@ -25,6 +25,7 @@
 #include "writeq.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "debug.h"
 #include "dirs.h"
 #include "errbuf.h"
 #include "khala/cache.h"
@@ -137,19 +139,31 @@ static void unlink_op(khala_wq_t *q, khala_wq_op_t *op) {
     q->st.bytes -= op->klen + op->vlen;
 }
 
+/* Make room in q->dead for `need` removals. A push reserves before it changes anything, so that
+ * khala__wq_remove() never allocates: a removal it could not record would leave a drained delete
+ * or invalidation in the journal, replayed at the next start over newer writes (issue 10,
+ * bug 10). */
+static int reserve_dead(khala_wq_t *q, size_t need) {
+    if (need <= q->capdead)
+        return 0;
+    size_t cap = q->capdead ? q->capdead : 256;
+    while (cap < need)
+        cap *= 2;
+    uint64_t *d = realloc(q->dead, cap * sizeof(*d));
+    if (!d)
+        return -ENOMEM;
+    q->dead = d;
+    q->capdead = cap;
+    return 0;
+}
+
 void khala__wq_remove(khala_wq_t *q, khala_wq_op_t *op) {
     entry_t *e = (entry_t *)op;
     if (e->seq && q->env) {
-        if (q->ndead == q->capdead) {
-            size_t cap = q->capdead ? 2 * q->capdead : 256;
-            uint64_t *d = realloc(q->dead, cap * sizeof(*d));
-            if (d) {
-                q->dead = d;
-                q->capdead = cap;
-            }
-        }
+        /* Invariant: capdead >= ndead + every queued entry with a record (reserve_dead). */
+        KHALA_ASSERT(q->ndead < q->capdead);
         if (q->ndead < q->capdead)
-            q->dead[q->ndead++] = e->seq; /* else: sent again after a crash, harmless */
+            q->dead[q->ndead++] = e->seq;
     }
     unlink_op(q, op);
     if (op->kind != KHALA_WQ_INVALIDATE)
@@ -310,6 +324,14 @@ static int push(khala_wq_t *q, khala_wq_kind_t kind, const void *key, size_t kle
         }
     }
     if (q->env) {
+        /* Step that may fail for memory, before the journal changes: the room to record this
+         * entry's removal later (the queued ones' room is already there). */
+        if (reserve_dead(q, q->ndead + q->st.len + 1) != 0) {
+            if (kind != KHALA_WQ_INVALIDATE)
+                HASH_DEL(q->index, e);
+            free(e);
+            return -ENOMEM;
+        }
         uint64_t old_seq = old ? ((entry_t *)old)->seq : 0;
         if (journal_append(q, e, old_seq) != 0) {
             if (kind != KHALA_WQ_INVALIDATE)
@@ -430,6 +452,15 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_m
         q->ndead = 0;
         mdb_env_close(env);
         return ret;
+    }
+    if (reserve_dead(q, (size_t)n) != 0) {
+        khala__errbuf(err, errlen, -ENOMEM, "write journal %s: no memory for %" PRIu64 " records",
+                      dir, n);
+        while (q->head)
+            khala__wq_remove(q, q->head);
+        q->ndead = 0;
+        mdb_env_close(env);
+        return -ENOMEM;
     }
     q->env = env;
     q->sync_every_ms = sync_every_ms;

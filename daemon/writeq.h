@@ -14,8 +14,12 @@
  * acknowledged while its level was down, or under write-behind, survives a SIGKILL of khalad;
  * at the next start the journal is read back
  * into the queue, in order, and drains as usual. Removals (what the flusher sent) are committed
- * in batches by khala__wq_sync(); a removal lost in a crash means the operation is sent again,
- * which is harmless (puts carry their version, deletes and invalidations repeat).
+ * in batches by khala__wq_sync(), all of them in one transaction; a crash before it means the
+ * operations drained since the last sync are sent again, in their order, which is harmless (puts
+ * carry their version, deletes and invalidations repeat before what followed them). A removal is
+ * never skipped on its own: the room to record it is reserved by the push (a push that cannot
+ * get it is refused with -ENOMEM), so khala__wq_remove() allocates nothing and an allocation
+ * failure never changes what is replayed.
  *
  * Only khalad's loop thread uses a queue. Start at khala__wq_new() and khala__wq_head().
  */
@@ -77,7 +81,7 @@ int khala__wq_new(size_t max_ops, size_t max_bytes, khala_wq_t **out);
  * @param[out] err message naming the directory and the cause; may be NULL.
  * @param[in] errlen size of @p err.
  * @return 0; -errno when the directory cannot be made; KHALA_ECORRUPT when the journal is not
- *         one (or a record is damaged); KHALA_ETIER-free: LMDB errors map to -EIO.
+ *         one (or a record is damaged); -ENOMEM; KHALA_ETIER-free: LMDB errors map to -EIO.
  */
 int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_ms,
                            uint64_t *recovered, char *err, size_t errlen);
@@ -131,7 +135,8 @@ int khala__wq_room(khala_wq_t *q, const void *key, size_t klen, size_t vlen);
 /** @brief The oldest queued operation, or NULL when the queue is empty. */
 khala_wq_op_t *khala__wq_head(khala_wq_t *q);
 
-/** @brief Remove and free @p op (from anywhere in the queue). */
+/** @brief Remove and free @p op (from anywhere in the queue); its journal record goes at the
+ *         next khala__wq_sync(). Allocates nothing, so it cannot fail. */
 void khala__wq_remove(khala_wq_t *q, khala_wq_op_t *op);
 
 /** @brief The queued put or delete of @p key, or NULL. */

@@ -202,16 +202,24 @@ void *__real_malloc(size_t size);
 void *__wrap_malloc(size_t size);
 void *__real_calloc(size_t n, size_t size);
 void *__wrap_calloc(size_t n, size_t size);
-static int g_fail_in; /* the g_fail_in-th allocation from now fails; 0 = none */
+static int g_fail_in;  /* the g_fail_in-th allocation from now fails; 0 = none */
+static int g_fail_all; /* every allocation fails while set */
 void *__wrap_malloc(size_t size) {
-    if (g_fail_in > 0 && --g_fail_in == 0)
+    if (g_fail_all || (g_fail_in > 0 && --g_fail_in == 0))
         return NULL;
     return __real_malloc(size);
 }
 void *__wrap_calloc(size_t n, size_t size) {
-    if (g_fail_in > 0 && --g_fail_in == 0)
+    if (g_fail_all || (g_fail_in > 0 && --g_fail_in == 0))
         return NULL;
     return __real_calloc(n, size);
+}
+void *__real_realloc(void *p, size_t size);
+void *__wrap_realloc(void *p, size_t size);
+void *__wrap_realloc(void *p, size_t size) {
+    if (g_fail_all || (g_fail_in > 0 && --g_fail_in == 0))
+        return NULL;
+    return __real_realloc(p, size);
 }
 
 Test(writeq, out_of_memory_in_a_push_changes_nothing) {
@@ -249,6 +257,69 @@ Test(writeq, out_of_memory_in_a_push_changes_nothing) {
         cr_assert_not_null(op, "%s", key);
         cr_assert_eq(op->version, (uint64_t)i + 1);
     }
+    khala__wq_free(q);
+}
+
+/* Issue 10, bug 7's neighbour bug 10: removals are recorded for the next sync in a list that
+ * grows; when it could not grow, a drained delete or invalidation stayed in the journal and came
+ * back at the next start, after newer writes had drained (here: the delete of "a" would be
+ * replayed after a=2 reached L2). The room for every queued record's removal is taken when it is
+ * pushed, so removing (what the flusher does) needs no memory: with every allocation failing,
+ * drained operations are still gone from the journal after a sync, and only what is still queued
+ * comes back. */
+Test(writeq, out_of_memory_while_draining_never_changes_what_is_replayed) {
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    khala_wq_t *q;
+    char err[256];
+    uint64_t n = 0;
+    cr_assert_eq(khala__wq_new(1000, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_del(q, "a", 1), 0);
+    cr_assert_eq(khala__wq_invalidate(q, "p:", 2, -1), 0);
+    for (int i = 0; i < 300; i++) { /* more than any first allocation of the removal list */
+        char key[16];
+        snprintf(key, sizeof(key), "k%d", i);
+        put(q, key, "v", (uint64_t)i + 1);
+    }
+    put(q, "last", "v", 1000);
+    /* The flusher drains everything but the last put, with no memory to be had. */
+    g_fail_all = 1;
+    while (khala__wq_head(q) != khala__wq_find(q, "last", 4))
+        khala__wq_remove(q, khala__wq_head(q));
+    g_fail_all = 0;
+    cr_assert_eq(khala__wq_sync(q), 0);
+    khala__wq_free(q);
+
+    cr_assert_eq(khala__wq_new(1000, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, &n, err, sizeof(err)), 0, "%s", err);
+    const char *back[] = {"P:last=v"};
+    expect(q, back, 1);
+    cr_assert_eq(n, 1, "only what was not drained is replayed");
+    khala__wq_free(q);
+}
+
+/* With a journal, a push that cannot reserve the room for its later removal is refused with
+ * -ENOMEM and changes nothing, in the queue or in the journal. */
+Test(writeq, a_push_that_cannot_reserve_its_removal_is_refused_and_changes_nothing) {
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    khala_wq_t *q;
+    char err[256];
+    uint64_t n = 0;
+    cr_assert_eq(khala__wq_new(1000, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    put(q, "a", "1", 1);
+    g_fail_all = 1;
+    int rc = khala__wq_del(q, "b", 1);
+    g_fail_all = 0;
+    cr_assert_eq(rc, -ENOMEM);
+    const char *want[] = {"P:a=1"};
+    expect(q, want, 1);
+    khala__wq_free(q);
+    cr_assert_eq(khala__wq_new(1000, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, &n, err, sizeof(err)), 0, "%s", err);
+    expect(q, want, 1);
     khala__wq_free(q);
 }
 
