@@ -22,6 +22,7 @@
  */
 #include <errno.h>
 #include <fnmatch.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,13 +229,31 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     send_reply(d, c, &r);
 }
 
+/* The TTL a put, fill or touch asks for, checked at the protocol boundary: above
+ * KHALA_TTL_MAX_MS (a u64 of 2^63 and more among them, which used to wrap to a negative TTL and
+ * become the default) it is refused with KHALA_EINVAL, so every deadline later fits in 64 bits
+ * and every level accepts it (issue 10, bug 7). Returns 0 or KHALA_EINVAL with the reply sent. */
+static int check_ttl(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    if (!(m->has & KHALA_F_TTL) || m->ttl_ms <= KHALA_TTL_MAX_MS)
+        return 0;
+    reply_rc(d, c, m->id, m->op, KHALA_EINVAL, "ttl is %" PRIu64 " ms, max %llu ms (10 years)",
+             m->ttl_ms, KHALA_TTL_MAX_MS);
+    return KHALA_EINVAL;
+}
+
 static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     khala_type_t type = (m->has & KHALA_F_TYPE) ? m->type : KHALA_TYPE_MEMORY_ENTITY;
+    if (m->op == KHALA_OP_PUT && check_ttl(d, c, m) != 0)
+        return;
     /* ver, when given, is the version the caller last saw (0 = "must not exist"). */
     unsigned flags = (m->op == KHALA_OP_FILL ? KHALA_STORE_FILL : 0) |
                      ((m->has & KHALA_F_VER) ? KHALA_STORE_CAS : 0);
     uint64_t ver = 0;
-    int rc = khala__store_put(d, m->key.ptr, m->key.len, m->value.ptr, m->value.len,
+    int rc = 0;
+    /* A fill with a bad TTL is not cached, but its waiters still get the value (below). */
+    bool bad_ttl = (m->has & KHALA_F_TTL) && m->ttl_ms > KHALA_TTL_MAX_MS;
+    if (!bad_ttl)
+        rc = khala__store_put(d, m->key.ptr, m->key.len, m->value.ptr, m->value.len,
                               (m->has & KHALA_F_TTL) ? (int64_t)m->ttl_ms : 0, type, flags, m->ver,
                               &ver);
     if (m->op == KHALA_OP_FILL) {
@@ -242,6 +261,10 @@ static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         flight_ctx_t fc = {d, type, ver};
         khala__flight_finish(d->flight, m->key.ptr, m->key.len, 0, m->value.ptr, m->value.len,
                              flight_answer, &fc);
+    }
+    if (bad_ttl) {
+        (void)check_ttl(d, c, m);
+        return;
     }
     if (rc != 0) {
         reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
@@ -300,6 +323,8 @@ static void op_invalidate(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 
 static void op_touch(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     uint64_t ver = 0;
+    if (check_ttl(d, c, m) != 0)
+        return;
     int rc = khala__store_touch(d, m->key.ptr, m->key.len,
                                 (m->has & KHALA_F_TTL) ? (int64_t)m->ttl_ms : 0, &ver);
     if (rc != 0) {

@@ -63,6 +63,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "deadline.h"
 #include "errbuf.h"
 #include "khala/error.h"
 #include "khalad.h"
@@ -272,7 +273,7 @@ static int enqueue(khalad_t *d, khalad_tier_t *lt, const op_t *op) {
     int rc;
     if (op->kind == KHALA_WQ_PUT)
         rc = khala__wq_put(lt->wq, op->key, op->klen, op->val, op->vlen, op->version,
-                           op->ttl_ms ? khala__sys_now_ms() + op->ttl_ms : 0, op->type);
+                           khala__deadline_of(khala__sys_now_ms(), op->ttl_ms), op->type);
     else if (op->kind == KHALA_WQ_DEL)
         rc = khala__wq_del(lt->wq, op->key, op->klen);
     else

@@ -9,7 +9,11 @@
  *   is a miss), KHALA_EVERSION when a put is older than what the level holds, KHALA_ETIER when
  *   the server cannot be reached or did not answer in time (khalad then marks the tier
  *   unhealthy, skips it for reads and queues its writes until health() returns 0), -ENOMEM,
- *   KHALA_EKEY / KHALA_ETOOBIG for input the level cannot hold.
+ *   KHALA_EKEY / KHALA_ETOOBIG for input the level cannot hold, KHALA_EREFUSED when the server
+ *   answered this one request with an error that does not concern the others (Redis's OOM for a
+ *   write, WRONGTYPE, an expiry it refuses): the request fails with t->err, the level stays
+ *   healthy and nothing is queued. Deletes and invalidations never return it (a removal that
+ *   failed must not be dropped while the level serves reads: it is KHALA_ETIER).
  * - Versions order writes: a put stores its value only if the level holds no live item of the
  *   key or holds one with a lower version (a stale write never overwrites a newer one); an equal
  *   version is accepted (a retry of the same write).

@@ -81,6 +81,7 @@
 #include "khala/error.h"
 #include "redis_cluster.h"
 #include "redis_conn.h"
+#include "redis_reply_error.h"
 #include "sys.h"
 #include "tier_redis.h"
 
@@ -242,7 +243,7 @@ static int key_check(rtier_t *rt, const void *key, size_t klen) {
 static int finish(rtier_t *rt, int rc) {
     if (rc == KHALA_ECONFIG)
         rc = KHALA_ETIER;
-    if (rc == KHALA_ETIER || rc == -ENOMEM)
+    if (rc == KHALA_ETIER || rc == KHALA_EREFUSED || rc == -ENOMEM)
         rt->st.errors++;
     return rc;
 }
@@ -563,9 +564,11 @@ static int answer(rtier_t *rt, const void *key, size_t klen, const redisReply *v
         return KHALA_ENOTFOUND;
     bool wrongtype = v->type == REDIS_REPLY_ERROR && strncmp(v->str, "WRONGTYPE", 9) == 0;
     if (!wrongtype && (v->type == REDIS_REPLY_ERROR || ttl->type == REDIS_REPLY_ERROR)) {
-        terr(rt, "redis: GET '%s': %s", key_show(key, klen, shown, sizeof(shown)),
-             v->type == REDIS_REPLY_ERROR ? v->str : ttl->str);
-        return KHALA_ETIER;
+        const redisReply *e = v->type == REDIS_REPLY_ERROR ? v : ttl;
+        terr(rt, "redis: GET '%s': %s", key_show(key, klen, shown, sizeof(shown)), e->str);
+        /* One read Redis refused is a miss of this level (the store asks the next one); an
+         * error about the server makes the level down. */
+        return khala__redis_error_code(e->str, e->len);
     }
     if (ttl->type == REDIS_REPLY_INTEGER && ttl->integer == -2)
         return KHALA_ENOTFOUND; /* expired between the GET and the PTTL */
@@ -804,13 +807,41 @@ static void put_cmd(rtier_t *rt, const char *fk, size_t fl, const msgpack_sbuffe
     *cmd = (khala_redis_cmd_t){6, argv, len};
 }
 
+/* The reply to a put's EVALSHA: 0, KHALA_EVERSION, or an error with t->err naming the key and
+ * Redis's text. An error reply about this write alone (out of memory, an expiry Redis refuses, a
+ * script error) is KHALA_EREFUSED and leaves the level up; one about the server
+ * (khala__redis_error_code) and an unexpected reply are KHALA_ETIER. */
 static int put_result(rtier_t *rt, const char *fk, size_t fl, const redisReply *r) {
     char shown[KHALA_ERRBUF_QUOTE_CAP];
     if (r->type == REDIS_REPLY_INTEGER)
         return r->integer == 1 ? 0 : KHALA_EVERSION;
-    terr(rt, "redis: put '%s': %s", key_show(fk, fl, shown, sizeof(shown)),
+    bool error = r->type == REDIS_REPLY_ERROR;
+    int rc = error ? khala__redis_error_code(r->str, r->len) : KHALA_ETIER;
+    terr(rt, "redis: %s '%s': %s", rc == KHALA_EREFUSED ? "refused the put of" : "put",
+         key_show(fk, fl, shown, sizeof(shown)), error ? r->str : "unexpected reply");
+    return rc;
+}
+
+/* The reply to an UNLINK that is not a count: KHALA_ETIER with t->err, whatever it says. A
+ * delete or an invalidation must not be lost while the level serves reads, so any error makes
+ * the level down (reads skip it) and the operation queues until it is done. */
+static int unlink_error(rtier_t *rt, const char *fk, size_t fl, const redisReply *r) {
+    char shown[KHALA_ERRBUF_QUOTE_CAP];
+    terr(rt, "redis: remove '%s': %s", key_show(fk, fl, shown, sizeof(shown)),
          r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
     return KHALA_ETIER;
+}
+
+/* Of two results of one batch, the one to report: KHALA_ETIER first (the level is down: the
+ * flusher keeps the batch), then any other error, then KHALA_EVERSION, then 0. */
+static int worse(int a, int b) {
+    if (a == KHALA_ETIER || b == KHALA_ETIER)
+        return KHALA_ETIER;
+    if (a != 0 && a != KHALA_EVERSION)
+        return a;
+    if (b != 0 && b != KHALA_EVERSION)
+        return b;
+    return a ? a : b;
 }
 
 static int put_one(rtier_t *rt, const char *fk, size_t fl, const msgpack_sbuffer *enc,
@@ -873,10 +904,7 @@ static int mput_node(rtier_t *rt, const item_t *it, size_t m, char *const *fks, 
         int r = khala__redis_reply_kind(rep[j]) == KHALA_REDIS_REPLY_PLAIN
                     ? put_result(rt, fks[i], fls[i], rep[j])
                     : put_one(rt, fks[i], fls[i], &enc[i], &vals[i]);
-        if (r == KHALA_EVERSION && worst == 0)
-            worst = r;
-        else if (r != 0 && r != KHALA_EVERSION && (worst == 0 || worst == KHALA_EVERSION))
-            worst = r;
+        worst = worse(worst, r);
     }
     replies_free(rep, m);
     rc = worst;
@@ -916,9 +944,7 @@ static int tr_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
             size_t k = j;
             while (k < b.m && b.it[k].node == b.it[j].node)
                 k++;
-            int r = mput_node(rt, b.it + j, k - j, b.fks, b.fls, enc, vals);
-            if (r != 0 && (worst == 0 || worst == KHALA_EVERSION))
-                worst = r;
+            worst = worse(worst, mput_node(rt, b.it + j, k - j, b.fks, b.fls, enc, vals));
             j = k;
         }
         rc = worst;
@@ -952,7 +978,7 @@ static int tr_del(khala_tier_t *t, const void *key, size_t klen) {
     if (r->type == REDIS_REPLY_INTEGER)
         rc = r->integer > 0 ? 0 : KHALA_ENOTFOUND;
     else
-        rc = put_result(rt, fk, fl, r); /* an error reply: KHALA_ETIER with its text */
+        rc = unlink_error(rt, fk, fl, r);
     freeReplyObject(r);
     return finish(rt, rc);
 }
@@ -1180,7 +1206,7 @@ static int remove_keys(rtier_t *rt, size_t ni, size_t m, const char **keys, cons
             if (r->type == REDIS_REPLY_INTEGER)
                 *removed += (uint64_t)r->integer;
             else
-                rc = put_result(rt, keys[i], lens[i], r);
+                rc = unlink_error(rt, keys[i], lens[i], r);
             freeReplyObject(r);
         }
     }

@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "deadline.h"
 #include "debug.h"
 #include "dirs.h"
 #include "errbuf.h"
@@ -102,6 +103,14 @@ static int64_t wall_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A deadline on khala__sys_now_ms()'s clock moved to the wall clock, saturated (never 0: a
+ * deadline so far it saturates stays a deadline). */
+static int64_t wall_deadline(int64_t expire_ms) {
+    int64_t w =
+        khala__deadline_add(wall_ms(), khala__deadline_add(expire_ms, -khala__sys_now_ms()));
+    return w > 0 ? w : 1;
 }
 
 static void be64(uint8_t out[8], uint64_t v) {
@@ -238,8 +247,7 @@ static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
                     .klen = (uint32_t)op->klen,
                     .vlen = (uint32_t)op->vlen,
                     .version = op->version,
-                    .expire_wall_ms =
-                        op->expire_ms ? op->expire_ms - khala__sys_now_ms() + wall_ms() : 0};
+                    .expire_wall_ms = op->expire_ms ? wall_deadline(op->expire_ms) : 0};
         uint8_t *p = val.mv_data;
         memcpy(p, &h, sizeof(h));
         if (op->klen)
@@ -420,7 +428,10 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_m
         }
         last = from_be64(k.mv_data);
         const uint8_t *p = (const uint8_t *)v.mv_data + sizeof(h);
-        int64_t expire = h.expire_wall_ms ? now + (h.expire_wall_ms - now_wall) : 0;
+        int64_t expire =
+            h.expire_wall_ms
+                ? khala__deadline_add(now, khala__deadline_add(h.expire_wall_ms, -now_wall))
+                : 0;
         if (expire && expire <= now)
             expire = 1; /* expired while khalad was away: still sent, gone at once */
         /* No journal yet on q: push only builds the queue. Bounds do not apply to recovery. */

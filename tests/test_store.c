@@ -482,3 +482,49 @@ Test(store, an_oversized_value_reaches_no_level) {
     cr_assert_eq(fk->calls, 0);
     cr_assert_not(l1_has("big", NULL, NULL, 0));
 }
+
+/* Deadlines and refusals (issue 10, bug 7) --------------------------------------------------- */
+
+/* A TTL near 2^63 ms (khalad refuses it at the protocol boundary; the store must not break on
+ * one anyway): the queued write's deadline saturates instead of wrapping negative, so it is
+ * still read back while queued and drains with a TTL, not as already expired. */
+Test(store, a_huge_ttl_saturates_the_queued_deadline_instead_of_expiring_the_write) {
+    fk->down = 1;
+    uint64_t ver = 0;
+    cr_assert_eq(
+        khala__store_put(d, "far", 3, "v", 1, INT64_MAX - 1, KHALA_TYPE_MEMORY_ENTITY, 0, 0, &ver),
+        0);
+    cr_assert_eq(queued(), 1);
+    khala_wq_op_t *op = khala__wq_head(d->tiers[0].wq);
+    cr_assert_gt(op->expire_ms, khala__sys_now_ms(), "deadline %lld wrapped",
+                 (long long)op->expire_ms);
+    khala_tier_value_t v;
+    khala_level_t lvl;
+    cr_assert_eq(khala__store_get(d, "far", 3, &v, &lvl), 0, "the queued write read as expired");
+    cr_assert_gt(v.ttl_ms, 1);
+    khala__tier_value_free(&v);
+    fk->down = 0;
+    tick_now();
+    cr_assert_eq(queued(), 0);
+    cr_assert(fake_tier_find(fk, "far", NULL, NULL, 0), "drained as already expired");
+}
+
+/* A level that refuses one write (KHALA_EREFUSED: Redis's OOM, say) fails that put with its
+ * message; the level stays up, nothing is queued, L1 keeps no copy, and the next write goes
+ * straight to the level. */
+Test(store, a_write_the_level_refuses_fails_alone_and_the_level_stays_up) {
+    uint64_t v1;
+    cr_assert_eq(put("k", "before", &v1), 0);
+    fk->fail_n = 1;
+    fk->fail_rc = KHALA_EREFUSED;
+    cr_assert_eq(put("k", "refused", NULL), KHALA_EREFUSED);
+    cr_assert(strstr(d->errmsg, "L2 (fake): fake: injected failure"), "message: %s", d->errmsg);
+    cr_assert(d->tiers[0].t->healthy, "one refused write does not make the level down");
+    cr_assert_eq(queued(), 0, "nor is it queued");
+    cr_assert_not(l1_has("k", NULL, NULL, 0), "L1 keeps no copy older or newer than the level");
+    uint64_t v3;
+    cr_assert_eq(put("k", "after", &v3), 0);
+    char val[16];
+    cr_assert(fake_tier_find(fk, "k", NULL, val, sizeof(val)));
+    cr_assert_str_eq(val, "after");
+}

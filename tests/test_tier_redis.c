@@ -21,6 +21,7 @@
 #include "config.h"
 #include "redis_cluster.h"
 #include "redis_conn.h"
+#include "redis_reply_error.h"
 #include "redis_util.h"
 #include "sys.h"
 #include "tier_redis.h"
@@ -1411,4 +1412,66 @@ Test(tier_redis, cluster_invalidate_by_type_finds_keys_of_a_migrating_slot) {
     cr_assert_eq(get_str(t, k2, buf, sizeof(buf), NULL), 0, "%s", t->err);
     cr_assert_eq(get_str(t, k1, buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
     cr_assert_eq(get_str(t, k3, buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+}
+
+/* Per-request refusals (issue 10, bug 7) ------------------------------------------------------ */
+
+/* Error replies Redis gives to one command are KHALA_EREFUSED; those about the server (loading,
+ * busy, failover, credentials) are KHALA_ETIER. */
+Test(tier_redis, error_replies_are_told_apart_by_their_code_word) {
+    static const char *const down[] = {"LOADING Redis is loading the dataset in memory",
+                                       "BUSY Redis is busy running a script",
+                                       "MASTERDOWN Link with MASTER is down",
+                                       "CLUSTERDOWN The cluster is down",
+                                       "TRYAGAIN Multiple keys request during rehashing",
+                                       "MISCONF Redis is configured to save RDB snapshots",
+                                       "READONLY You can't write against a read only replica.",
+                                       "NOAUTH Authentication required.",
+                                       "NOPERM this user has no permissions",
+                                       "WRONGPASS invalid username-password pair"};
+    static const char *const refused[] = {
+        "OOM command not allowed when used memory > 'maxmemory'.",
+        "ERR invalid expire time in 'set' command script: 1a2b, on @user_script:30.",
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+        "EXECABORT Transaction discarded",
+        "ERR",
+        "",
+        "LOADINGX not a code we know"};
+    for (size_t i = 0; i < sizeof(down) / sizeof(down[0]); i++)
+        cr_assert_eq(khala__redis_error_code(down[i], strlen(down[i])), KHALA_ETIER, "%s", down[i]);
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+        cr_assert_eq(khala__redis_error_code(refused[i], strlen(refused[i])), KHALA_EREFUSED,
+                     "'%s'", refused[i]);
+}
+
+/* A put Redis refuses (an expiry it rejects; out of memory under noeviction) fails alone with
+ * KHALA_EREFUSED and Redis's words, the connection stays usable, and the next puts and gets
+ * work. Before, both were KHALA_ETIER, which made khalad mark L2 down for everyone. */
+Test(tier_redis, a_put_redis_refuses_is_refused_alone_with_the_servers_words) {
+    tu_redis_start(&g_priv, NULL);
+    char err[256], buf[16];
+    khala_tier_t *t = NULL;
+    int rc = open_tier(priv_url(NULL, 0), ns("refuse"), false, false, 1, &t, err, sizeof(err));
+    cr_assert_eq(rc, 0, "%s", err);
+    g_t = t;
+    rc = put_str(t, "far", "v", 1, 0, INT64_MAX - 1);
+    cr_assert_eq(rc, KHALA_EREFUSED, "%s: %s", khala_strerror(rc), t->err);
+    cr_assert(strstr(t->err, "far") && strstr(t->err, "expire"), "message: %s", t->err);
+    khala_bytes_t keys[2] = {{(const uint8_t *)"far", 3}, {(const uint8_t *)"near", 4}};
+    khala_tier_value_t vals[2] = {val("v", 1, 1, 0, INT64_MAX - 1), val("w", 1, 1, 0, 60000)};
+    cr_assert_eq(t->ops->mput(t, 2, keys, vals), KHALA_EREFUSED, "%s", t->err);
+    cr_assert_eq(get_str(t, "near", buf, sizeof(buf), NULL), 0, "the batch's other put is there");
+    cr_assert_eq(get_str(t, "far", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+
+    redisContext *c = direct_port(g_priv.port);
+    cmd_ok(c, "CONFIG SET maxmemory-policy noeviction");
+    cmd_ok(c, "CONFIG SET maxmemory 1");
+    rc = put_str(t, "k", "v", 2, 0, 60000);
+    cr_assert_eq(rc, KHALA_EREFUSED, "%s: %s", khala_strerror(rc), t->err);
+    cr_assert(strstr(t->err, "OOM"), "message: %s", t->err);
+    cr_assert_eq(get_str(t, "near", buf, sizeof(buf), NULL), 0, "reads still work");
+    cr_assert_eq(t->ops->health(t), 0, "the server is healthy");
+    cmd_ok(c, "CONFIG SET maxmemory 0");
+    cr_assert_eq(put_str(t, "k", "v", 2, 0, 60000), 0, "%s", t->err);
+    redisFree(c);
 }

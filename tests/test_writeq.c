@@ -451,3 +451,24 @@ Test(writeq, a_journal_that_is_not_one_is_ecorrupt_and_named) {
     cr_assert_null(khala__wq_head(q));
     khala__wq_free(q);
 }
+
+/* A deadline near 2^63 ms (the store saturates a huge TTL there) survives the journal: moving it
+ * to the wall clock and back saturates instead of wrapping, so it does not come back as already
+ * expired (issue 10, bug 7). */
+Test(writeq, a_far_deadline_survives_the_journal_without_wrapping) {
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    khala_wq_t *q;
+    char err[256];
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_put(q, "far", 3, "f", 1, 1, INT64_MAX - 1, 0), 0);
+    khala__wq_free(q);
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    khala_wq_op_t *op = khala__wq_find(q, "far", 3);
+    cr_assert_not_null(op);
+    cr_assert_gt(op->expire_ms, khala__sys_now_ms() + (int64_t)1e15,
+                 "deadline %lld came back expired or wrapped", (long long)op->expire_ms);
+    khala__wq_free(q);
+}
