@@ -292,6 +292,40 @@ static void reply_count(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, uint
     send_reply(d, c, &r);
 }
 
+/* The answer to a caller that waited for its invalidation to finish below L1 (inv_wait.h). */
+static void invalidation_answer(void *arg, khala_conn_t *c, uint64_t req_id, int op, uint64_t n,
+                                int rc) {
+    khalad_t *d = arg;
+    if (rc != 0) {
+        reply_rc(d, c, req_id, (khala_op_t)op, rc, "the invalidation failed below L1: %s",
+                 khala_strerror(rc));
+        return;
+    }
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = req_id;
+    r.op = (khala_op_t)op;
+    r.count = (uint32_t)(n > UINT32_MAX ? UINT32_MAX : n);
+    r.has = KHALA_F_COUNT;
+    send_reply(d, c, &r);
+}
+
+/* An invalidation by prefix or type, or a flush: L1 at once; a level that runs it in steps from
+ * the tick (Redis) is waited for, so that the caller's reply comes when no level holds what it
+ * removed any more (issue 10, bug 9). Returns 1 when the reply waits, 0 when the caller
+ * answers now (rc in *rc). */
+static int invalidate_and_wait(khalad_t *d, khala_conn_t *c, const khala_msg_t *m,
+                               const void *prefix, size_t plen, int type, uint64_t *n, int *rc) {
+    uint64_t version = 0;
+    unsigned levels = 0;
+    *rc = khala__store_invalidate_steps(d, prefix, plen, type, n, &version, &levels);
+    if (*rc != 0 || levels == 0)
+        return 0;
+    if (!d->invwait && khala__invwait_new(invalidation_answer, d, &d->invwait) != 0)
+        return 0; /* no memory to wait: answered now, the steps go on */
+    return khala__invwait_add(d->invwait, c, m->id, (int)m->op, *n, version, levels) == 0;
+}
+
 static void op_invalidate(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     uint64_t n = 0;
     int rc;
@@ -305,10 +339,12 @@ static void op_invalidate(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
             break;
         }
         case KHALA_BY_PREFIX:
-            rc = khala__store_invalidate(d, m->prefix.ptr, m->prefix.len, -1, &n);
+            if (invalidate_and_wait(d, c, m, m->prefix.ptr, m->prefix.len, -1, &n, &rc))
+                return;
             break;
         case KHALA_BY_TYPE:
-            rc = khala__store_invalidate(d, NULL, 0, (int)m->type, &n);
+            if (invalidate_and_wait(d, c, m, NULL, 0, (int)m->type, &n, &rc))
+                return;
             break;
         default:
             reply_rc(d, c, m->id, m->op, KHALA_EPROTO, "invalidate: unknown 'by'");
@@ -561,7 +597,9 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 
 static void op_flush(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     uint64_t n = 0;
-    int rc = khala__store_invalidate(d, NULL, 0, (m->has & KHALA_F_TYPE) ? (int)m->type : -1, &n);
+    int rc;
+    if (invalidate_and_wait(d, c, m, NULL, 0, (m->has & KHALA_F_TYPE) ? (int)m->type : -1, &n, &rc))
+        return;
     if (rc != 0) {
         reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
         return;
@@ -712,6 +750,7 @@ void khala__handlers_close(void *arg, khala_conn_t *c) {
     khalad_t *d = arg;
     flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
     khala__flight_forget_owner(d->flight, c, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
+    khala__invwait_forget_conn(d->invwait, c);
 }
 
 /* Log, once per episode, a reader stuck inside a read section: L1 refuses what needs memory

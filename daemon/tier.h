@@ -78,6 +78,13 @@ typedef struct khala_tier_ops {
      * whose type is type. *removed (may be NULL) gets how many. For invalidation and flush. */
     int (*invalidate)(khala_tier_t *t, const void *prefix, size_t plen, int type,
                       uint64_t *removed);
+    /* One bounded step of invalidate(), for a level whose removal is a scan of the whole server
+     * (Redis): from *cursor (0 starts), look at about `count` keys, remove those that match,
+     * and set *cursor to where the next step starts (0 = done); *removed (may be NULL) gets
+     * how many this step removed. khalad queues the invalidation and runs steps from its tick,
+     * between requests (daemon/tiers.c). May be NULL: invalidate() is then called whole. */
+    int (*invalidate_step)(khala_tier_t *t, const void *prefix, size_t plen, int type,
+                           uint64_t *cursor, size_t count, uint64_t *removed);
     int (*health)(khala_tier_t *t); /* 0 when the level can serve (may try to reconnect) */
     void (*stats)(khala_tier_t *t, khala_tier_stats_t *out);
     /* Periodic work, from khalad's tick (about every 10 ms): flush batched access counts,

@@ -53,7 +53,8 @@
 typedef struct entry {
     khala_wq_op_t op; /* first: an op pointer is an entry pointer */
     UT_hash_handle hh;
-    uint64_t seq; /* its journal record, 0 = none */
+    uint64_t seq;                      /* its journal record, 0 = none */
+    struct entry *inv_prev, *inv_next; /* invalidations only: the list of queued ones, in order */
 } entry_t;
 
 typedef struct jrec {
@@ -86,6 +87,7 @@ static int jrec_valid(const jrec_t *h, size_t size) {
 
 struct khala_wq {
     entry_t *index; /* puts and deletes by key */
+    entry_t *invs;  /* queued invalidations, oldest first (inv_prev of the first is the last) */
     khala_wq_op_t *head, *tail;
     size_t max_ops, max_bytes;
     khala_wq_stats_t st;
@@ -148,6 +150,42 @@ static void unlink_op(khala_wq_t *q, khala_wq_op_t *op) {
     q->st.bytes -= op->klen + op->vlen;
 }
 
+/* The list of queued invalidations (khala__wq_superseded walks it): a utlist-style doubly
+ * linked list whose head's inv_prev is the tail, so appending is O(1). */
+static void inv_append(khala_wq_t *q, entry_t *e) {
+    e->inv_next = NULL;
+    if (!q->invs) {
+        e->inv_prev = e;
+        q->invs = e;
+        return;
+    }
+    e->inv_prev = q->invs->inv_prev;
+    q->invs->inv_prev->inv_next = e;
+    q->invs->inv_prev = e;
+}
+
+static void inv_unlink(khala_wq_t *q, entry_t *e) {
+    if (e == q->invs)
+        q->invs = e->inv_next;
+    else
+        e->inv_prev->inv_next = e->inv_next;
+    if (e->inv_next)
+        e->inv_next->inv_prev = e->inv_prev;
+    else if (q->invs)
+        q->invs->inv_prev = e->inv_prev;
+}
+
+int khala__wq_superseded(const khala_wq_t *q, const void *key, size_t klen, int type,
+                         uint64_t version) {
+    for (const entry_t *e = q->invs; e; e = e->inv_next) {
+        const khala_wq_op_t *op = &e->op;
+        if (op->version > version && (op->type < 0 || op->type == type) && op->klen <= klen &&
+            (op->klen == 0 || memcmp(op->key, key, op->klen) == 0))
+            return 1;
+    }
+    return 0;
+}
+
 /* Make room in q->dead for `need` removals. A push reserves before it changes anything, so that
  * khala__wq_remove() never allocates: a removal it could not record would leave a drained delete
  * or invalidation in the journal, replayed at the next start over newer writes (issue 10,
@@ -177,6 +215,8 @@ void khala__wq_remove(khala_wq_t *q, khala_wq_op_t *op) {
     unlink_op(q, op);
     if (op->kind != KHALA_WQ_INVALIDATE)
         HASH_DEL(q->index, e);
+    else
+        inv_unlink(q, e);
     free(e);
 }
 
@@ -354,6 +394,8 @@ static int push(khala_wq_t *q, khala_wq_kind_t kind, const void *key, size_t kle
         khala__wq_remove(q, old);
         q->st.coalesced++;
     }
+    if (kind == KHALA_WQ_INVALIDATE)
+        inv_append(q, e);
     op->prev = q->tail;
     if (q->tail)
         q->tail->next = op;
@@ -377,6 +419,11 @@ int khala__wq_del(khala_wq_t *q, const void *key, size_t klen) {
 
 int khala__wq_invalidate(khala_wq_t *q, const void *prefix, size_t plen, int type) {
     return push(q, KHALA_WQ_INVALIDATE, prefix, plen, NULL, 0, 0, 0, type);
+}
+
+int khala__wq_invalidate_at(khala_wq_t *q, const void *prefix, size_t plen, int type,
+                            uint64_t version) {
+    return push(q, KHALA_WQ_INVALIDATE, prefix, plen, NULL, 0, version, 0, type);
 }
 
 int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_ms,

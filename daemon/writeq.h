@@ -43,9 +43,14 @@ typedef struct khala_wq_op {
     size_t klen;       /**< bytes of key */
     uint8_t *val;      /**< PUT: the value, NULL when vlen == 0 */
     size_t vlen;       /**< PUT: bytes of val */
-    uint64_t version;  /**< PUT: the item's version */
+    uint64_t version;  /**< PUT: the item's version; INVALIDATE: the version khalad had reached
+                            when it was made (items of a lower version are invalidated; 0 =
+                            none is known) */
     int64_t expire_ms; /**< PUT: absolute deadline on khala__sys_now_ms()'s clock, 0 = none */
     int type;          /**< PUT: the item's type; INVALIDATE: type filter or -1 */
+    uint64_t cursor;   /**< INVALIDATE: where its step-by-step removal at the level has got to
+                            (the driver's scan cursor; 0 = not started). Written by the flusher;
+                            not journaled: a restarted khalad starts the removal again. */
     struct khala_wq_op *prev, *next; /* queue order */
 
 } khala_wq_op_t;
@@ -123,6 +128,27 @@ int khala__wq_del(khala_wq_t *q, const void *key, size_t klen);
  * @return as khala__wq_put().
  */
 int khala__wq_invalidate(khala_wq_t *q, const void *prefix, size_t plen, int type);
+
+/**
+ * @brief Queue an invalidation like khala__wq_invalidate(), made at @p version: until it has
+ *        drained, khala__wq_superseded() reports the items it covers whose version is lower.
+ * @return as khala__wq_put().
+ */
+int khala__wq_invalidate_at(khala_wq_t *q, const void *prefix, size_t plen, int type,
+                            uint64_t version);
+
+/**
+ * @brief Whether a queued invalidation covers an item: its prefix starts @p key, its type
+ *        filter is -1 or @p type, and it was made at a version above @p version. A value with
+ *        this key and version read from the level (or queued before the invalidation) is gone
+ *        for the caller, even while the level still holds it.
+ * @param[in] q the queue. @param[in] key, klen the item's key.
+ * @param[in] type the item's type. @param[in] version the item's version.
+ * @return 1 if superseded, else 0. Costs one comparison per queued invalidation (the queue keeps
+ *         them on a list of their own), nothing when none is queued.
+ */
+int khala__wq_superseded(const khala_wq_t *q, const void *key, size_t klen, int type,
+                         uint64_t version);
 
 /**
  * @brief Whether a push of @p klen + @p vlen bytes for @p key would be accepted now.

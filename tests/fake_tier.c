@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "deadline.h"
 #include "khala/error.h"
 #include "sys.h"
 
@@ -125,7 +126,7 @@ static int apply_put(fake_tier_t *f, const void *key, size_t klen, const khala_t
     f->items[i].val = val;
     f->items[i].vlen = v->len;
     f->items[i].version = v->version;
-    f->items[i].expire_ms = v->ttl_ms ? khala__sys_now_ms() + v->ttl_ms : 0;
+    f->items[i].expire_ms = khala__deadline_of(khala__sys_now_ms(), v->ttl_ms);
     f->items[i].type = (int)v->type;
     f->items[i].used = 1;
     note(f, 'p', key, klen, v->version);
