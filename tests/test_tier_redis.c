@@ -1475,3 +1475,53 @@ Test(tier_redis, a_put_redis_refuses_is_refused_alone_with_the_servers_words) {
     cr_assert_eq(put_str(t, "k", "v", 2, 0, 60000), 0, "%s", t->err);
     redisFree(c);
 }
+
+/* Invalidation in steps (issue 10, bug 9) ----------------------------------------------------- */
+
+/* invalidate_step() from cursor 0 until it returns 0 removes exactly what invalidate() would
+ * (prefix, type, the ~hot key kept), each step looking at a bounded number of keys: 1,000 keys
+ * with count 100 take many steps, on one server and across a cluster's nodes. */
+static void invalidation_in_steps(khala_tier_t *t) {
+    char key[32], buf[16];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(key, sizeof(key), "s:%d", i);
+        cr_assert_eq(put_str(t, key, "v", 1, i % 2, 60000), 0, "%s", t->err);
+    }
+    cr_assert_eq(put_str(t, "keep", "v", 1, 1, 60000), 0);
+    cr_assert_eq(get_str(t, "keep", buf, sizeof(buf), NULL), 0);
+    t->ops->tick(t, khala__sys_now_ms()); /* the ~hot key exists */
+    /* Type 1 under s: first, then the rest of s:. */
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t cursor = 0, total = 0;
+        unsigned steps = 0;
+        do {
+            uint64_t n = 0;
+            cr_assert_eq(t->ops->invalidate_step(t, "s:", 2, pass == 0 ? 1 : -1, &cursor, 100, &n),
+                         0, "%s", t->err);
+            total += n;
+            cr_assert_lt(++steps, 10000, "the steps do not end");
+        } while (cursor != 0);
+        cr_assert_eq(total, 500, "pass %d removed %llu", pass, (unsigned long long)total);
+        cr_assert_gt(steps, 3, "pass %d: %u steps for 1,000 keys, count 100", pass, steps);
+        for (int i = 0; i < 1000; i += 97) {
+            snprintf(key, sizeof(key), "s:%d", i);
+            int want = pass == 0 && i % 2 == 0 ? 0 : KHALA_ENOTFOUND;
+            cr_assert_eq(get_str(t, key, buf, sizeof(buf), NULL), want, "pass %d %s", pass, key);
+        }
+    }
+    cr_assert_eq(get_str(t, "keep", buf, sizeof(buf), NULL), 0, "other prefixes stay");
+    uint64_t cursor = 0, n = 0;
+    do
+        cr_assert_eq(t->ops->invalidate_step(t, NULL, 0, -1, &cursor, 0, &n), 0);
+    while (cursor != 0);
+    cr_assert_eq(get_str(t, "keep", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(t->ops->invalidate_step(t, NULL, 0, KHALA_TYPE_COUNT, &cursor, 0, &n), -EINVAL);
+}
+
+Test(tier_redis, invalidation_in_bounded_steps) {
+    invalidation_in_steps(tier(tu_redis_env("KHALA_TEST_REDIS_URL"), "steps"));
+}
+
+Test(tier_redis, cluster_invalidation_in_bounded_steps) {
+    invalidation_in_steps(tier(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-steps"));
+}

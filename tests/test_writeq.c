@@ -472,3 +472,46 @@ Test(writeq, a_far_deadline_survives_the_journal_without_wrapping) {
                  "deadline %lld came back expired or wrapped", (long long)op->expire_ms);
     khala__wq_free(q);
 }
+
+/* Queued invalidations are found by khala__wq_superseded() while queued, in any number and
+ * whatever is removed first: an item they cover (prefix, type, a lower version) is superseded,
+ * one written after them (a higher version), of another type or prefix is not. They come back
+ * from the journal with their version (issue 10, bug 9). */
+Test(writeq, queued_invalidations_supersede_older_items_they_cover) {
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    khala_wq_t *q;
+    char err[256];
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_superseded(q, "user:1", 6, 0, 1), 0, "nothing queued");
+    cr_assert_eq(khala__wq_invalidate_at(q, "user:", 5, -1, 100), 0);
+    put(q, "a", "1", 150);
+    cr_assert_eq(khala__wq_invalidate_at(q, "", 0, 2, 200), 0); /* every key of type 2 */
+    cr_assert_eq(khala__wq_superseded(q, "user:1", 6, 0, 99), 1);
+    cr_assert_eq(khala__wq_superseded(q, "user:1", 6, 0, 100), 0, "same version: not older");
+    cr_assert_eq(khala__wq_superseded(q, "user", 4, 0, 1), 0, "shorter than the prefix");
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 0, 1), 0, "another prefix");
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 2, 199), 1, "the type's invalidation");
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 2, 201), 0, "written after it");
+    khala__wq_free(q);
+    /* Back from the journal, in order, with their versions. */
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_superseded(q, "user:1", 6, 0, 99), 1);
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 2, 199), 1);
+    /* Remove the first (the head), then the last: each stops superseding, the other goes on. */
+    khala__wq_remove(q, khala__wq_head(q));
+    cr_assert_eq(khala__wq_superseded(q, "user:1", 6, 0, 99), 0);
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 2, 199), 1);
+    cr_assert_eq(khala__wq_invalidate_at(q, "x", 1, -1, 300), 0);
+    khala_wq_op_t *last = khala__wq_head(q);
+    while (last->next)
+        last = last->next;
+    khala__wq_remove(q, last);
+    cr_assert_eq(khala__wq_superseded(q, "x1", 2, 0, 1), 0);
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 2, 199), 1);
+    cr_assert_eq(khala__wq_invalidate_at(q, "y", 1, -1, 400), 0);
+    cr_assert_eq(khala__wq_superseded(q, "y1", 2, 0, 1), 1, "appended after a removal");
+    khala__wq_free(q);
+}
