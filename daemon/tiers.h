@@ -34,7 +34,7 @@ typedef struct khalad_tier khalad_tier_t;
  * step looks at (SCAN COUNT), and the time the steps of one tick may take at most (at least one
  * step runs), so that other clients are answered between them (issue 10, bug 9). */
 #define KHALAD_INVALIDATE_STEP_KEYS 1000u
-#define KHALAD_INVALIDATE_TICK_MS 2
+#define KHALAD_INVALIDATE_TICK_MS 5
 /** Keys warmed per batch (one mget). */
 #define KHALAD_WARM_BATCH 256u
 

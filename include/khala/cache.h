@@ -333,9 +333,9 @@ KHALA_API KHALA_NODISCARD int khala_cache_get_or_load(khala_cache_t *c, const vo
  *         KHALA_EFULL if L1 is full of items nothing may evict;
  *         -EINVAL if the type or mode is out of range;
  *         KHALA_EINVAL if opts->ttl_ms is above KHALA_TTL_MAX_MS (nothing is sent);
- *         KHALA_ETIER with a write-through mode when a slower level refused this write (its
- *         reason in khala_cache_errmsg(), e.g. Redis's out-of-memory or wrong-type reply; the
- *         level stays up and L1 was not changed) or is unreachable;
+ *         KHALA_EREFUSED when a slower level written through refused this one write (its
+ *         reason in khala_cache_errmsg(), e.g. Redis's out-of-memory reply; the level stays up
+ *         for every other request, nothing is queued, and L1 holds no copy of the key);
  *         and the codes common to calls through khalad (above).
  */
 KHALA_API KHALA_NODISCARD int khala_cache_put(khala_cache_t *c, const void *key, size_t klen,
@@ -360,6 +360,9 @@ KHALA_API KHALA_NODISCARD int khala_cache_delete(khala_cache_t *c, const void *k
  * @param[out] count how many keys were dropped; may be NULL.
  * @return 0 (also when nothing matched); KHALA_EKEY for a bad prefix length; and the codes
  *         common to calls through khalad (above).
+ * @note Returns once no level holds a matching key: with Redis as L2, after khalad's
+ *       step-by-step removal there, which takes time in proportion to the whole Redis namespace
+ *       (khalad serves other requests meanwhile; docs/tiers.md). @p count is L1's.
  */
 KHALA_API KHALA_NODISCARD int khala_cache_invalidate_prefix(khala_cache_t *c, const void *prefix,
                                                             size_t plen, uint64_t *count);
@@ -371,6 +374,7 @@ KHALA_API KHALA_NODISCARD int khala_cache_invalidate_prefix(khala_cache_t *c, co
  * @param[out] count how many keys were dropped; may be NULL.
  * @return 0 (also when nothing matched); -EINVAL if @p type is not a type; and the codes common
  *         to calls through khalad (above).
+ * @note Returns once no level holds a key of the type, as khala_cache_invalidate_prefix().
  */
 KHALA_API KHALA_NODISCARD int khala_cache_invalidate_type(khala_cache_t *c, khala_type_t type,
                                                           uint64_t *count);
