@@ -272,3 +272,35 @@ Test(l2_big_invalidation, a_flush_of_200k_keys_lets_other_clients_in) {
     cr_assert_eq(get(ch, "big:real:3", NULL), KHALA_ENOTFOUND);
     khala__chan_close(ch);
 }
+
+/* khalad SIGKILLed in the middle of the steps: its caller hears that khalad went away (not
+ * success), and the next khalad finishes the invalidation from the journal; meanwhile, with
+ * Redis still holding covered keys, none is read. */
+Test(l2_big_invalidation, an_invalidation_cut_by_a_sigkill_finishes_after_the_restart) {
+    khala_chan_t *ch = start();
+    g_child = invalidate_in_child(0);
+    uint64_t steps = 0;
+    for (int i = 0; i < 20000 && (steps == 0 || steps == UINT64_MAX); i++)
+        steps = l2_stat(ch, "invalidate_steps");
+    cr_assert(steps > 0 && steps != UINT64_MAX, "the steps did not start");
+    khala__chan_close(ch);
+    khalad_kill(SIGKILL);
+    int status = 0;
+    cr_assert_eq(waitpid(g_child, &status, 0), g_child);
+    g_child = 0;
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0,
+              "the caller heard success from a khalad killed before the end");
+    uint64_t left = redis_count("big:");
+    khalad_start();
+    ch = chan();
+    if (left > 0)
+        cr_assert_eq(get(ch, "big:real:5", NULL), KHALA_ENOTFOUND,
+                     "a covered key was read after the restart");
+    for (int i = 0; i < 3000 && l2_stat(ch, "queued_now") != 0; i++)
+        usleep(10000);
+    cr_assert_eq(l2_stat(ch, "queued_now"), 0, "the invalidation did not finish after the restart");
+    cr_assert_eq(redis_count("big:"), 0);
+    fprintf(stderr, "sigkill mid-invalidation: %llu keys left in Redis at the restart\n",
+            (unsigned long long)left);
+    khala__chan_close(ch);
+}
