@@ -22,6 +22,7 @@
  */
 #include <errno.h>
 #include <fnmatch.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,13 +229,31 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     send_reply(d, c, &r);
 }
 
+/* The TTL a put, fill or touch asks for, checked at the protocol boundary: above
+ * KHALA_TTL_MAX_MS (a u64 of 2^63 and more among them, which used to wrap to a negative TTL and
+ * become the default) it is refused with KHALA_EINVAL, so every deadline later fits in 64 bits
+ * and every level accepts it (issue 10, bug 7). Returns 0 or KHALA_EINVAL with the reply sent. */
+static int check_ttl(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    if (!(m->has & KHALA_F_TTL) || m->ttl_ms <= KHALA_TTL_MAX_MS)
+        return 0;
+    reply_rc(d, c, m->id, m->op, KHALA_EINVAL, "ttl is %" PRIu64 " ms, max %llu ms (10 years)",
+             m->ttl_ms, KHALA_TTL_MAX_MS);
+    return KHALA_EINVAL;
+}
+
 static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     khala_type_t type = (m->has & KHALA_F_TYPE) ? m->type : KHALA_TYPE_MEMORY_ENTITY;
+    if (m->op == KHALA_OP_PUT && check_ttl(d, c, m) != 0)
+        return;
     /* ver, when given, is the version the caller last saw (0 = "must not exist"). */
     unsigned flags = (m->op == KHALA_OP_FILL ? KHALA_STORE_FILL : 0) |
                      ((m->has & KHALA_F_VER) ? KHALA_STORE_CAS : 0);
     uint64_t ver = 0;
-    int rc = khala__store_put(d, m->key.ptr, m->key.len, m->value.ptr, m->value.len,
+    int rc = 0;
+    /* A fill with a bad TTL is not cached, but its waiters still get the value (below). */
+    bool bad_ttl = (m->has & KHALA_F_TTL) && m->ttl_ms > KHALA_TTL_MAX_MS;
+    if (!bad_ttl)
+        rc = khala__store_put(d, m->key.ptr, m->key.len, m->value.ptr, m->value.len,
                               (m->has & KHALA_F_TTL) ? (int64_t)m->ttl_ms : 0, type, flags, m->ver,
                               &ver);
     if (m->op == KHALA_OP_FILL) {
@@ -242,6 +261,10 @@ static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         flight_ctx_t fc = {d, type, ver};
         khala__flight_finish(d->flight, m->key.ptr, m->key.len, 0, m->value.ptr, m->value.len,
                              flight_answer, &fc);
+    }
+    if (bad_ttl) {
+        (void)check_ttl(d, c, m);
+        return;
     }
     if (rc != 0) {
         reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
@@ -269,6 +292,40 @@ static void reply_count(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, uint
     send_reply(d, c, &r);
 }
 
+/* The answer to a caller that waited for its invalidation to finish below L1 (inv_wait.h). */
+static void invalidation_answer(void *arg, khala_conn_t *c, uint64_t req_id, int op, uint64_t n,
+                                int rc) {
+    khalad_t *d = arg;
+    if (rc != 0) {
+        reply_rc(d, c, req_id, (khala_op_t)op, rc, "the invalidation failed below L1: %s",
+                 khala_strerror(rc));
+        return;
+    }
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = req_id;
+    r.op = (khala_op_t)op;
+    r.count = (uint32_t)(n > UINT32_MAX ? UINT32_MAX : n);
+    r.has = KHALA_F_COUNT;
+    send_reply(d, c, &r);
+}
+
+/* An invalidation by prefix or type, or a flush: L1 at once; a level that runs it in steps from
+ * the tick (Redis) is waited for, so that the caller's reply comes when no level holds what it
+ * removed any more (issue 10, bug 9). Returns 1 when the reply waits, 0 when the caller
+ * answers now (rc in *rc). */
+static int invalidate_and_wait(khalad_t *d, khala_conn_t *c, const khala_msg_t *m,
+                               const void *prefix, size_t plen, int type, uint64_t *n, int *rc) {
+    uint64_t version = 0;
+    unsigned levels = 0;
+    *rc = khala__store_invalidate_steps(d, prefix, plen, type, n, &version, &levels);
+    if (*rc != 0 || levels == 0)
+        return 0;
+    if (!d->invwait && khala__invwait_new(invalidation_answer, d, &d->invwait) != 0)
+        return 0; /* no memory to wait: answered now, the steps go on */
+    return khala__invwait_add(d->invwait, c, m->id, (int)m->op, *n, version, levels) == 0;
+}
+
 static void op_invalidate(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     uint64_t n = 0;
     int rc;
@@ -282,10 +339,12 @@ static void op_invalidate(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
             break;
         }
         case KHALA_BY_PREFIX:
-            rc = khala__store_invalidate(d, m->prefix.ptr, m->prefix.len, -1, &n);
+            if (invalidate_and_wait(d, c, m, m->prefix.ptr, m->prefix.len, -1, &n, &rc))
+                return;
             break;
         case KHALA_BY_TYPE:
-            rc = khala__store_invalidate(d, NULL, 0, (int)m->type, &n);
+            if (invalidate_and_wait(d, c, m, NULL, 0, (int)m->type, &n, &rc))
+                return;
             break;
         default:
             reply_rc(d, c, m->id, m->op, KHALA_EPROTO, "invalidate: unknown 'by'");
@@ -300,6 +359,8 @@ static void op_invalidate(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 
 static void op_touch(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     uint64_t ver = 0;
+    if (check_ttl(d, c, m) != 0)
+        return;
     int rc = khala__store_touch(d, m->key.ptr, m->key.len,
                                 (m->has & KHALA_F_TTL) ? (int64_t)m->ttl_ms : 0, &ver);
     if (rc != 0) {
@@ -576,7 +637,9 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 
 static void op_flush(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     uint64_t n = 0;
-    int rc = khala__store_invalidate(d, NULL, 0, (m->has & KHALA_F_TYPE) ? (int)m->type : -1, &n);
+    int rc;
+    if (invalidate_and_wait(d, c, m, NULL, 0, (m->has & KHALA_F_TYPE) ? (int)m->type : -1, &n, &rc))
+        return;
     if (rc != 0) {
         reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
         return;
@@ -732,6 +795,7 @@ void khala__handlers_close(void *arg, khala_conn_t *c) {
     khalad_t *d = arg;
     flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
     khala__flight_forget_owner(d->flight, c, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
+    khala__invwait_forget_conn(d->invwait, c);
 }
 
 /* Log, once per episode, a reader stuck inside a read section: L1 refuses what needs memory

@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "flight.h"
+#include "inv_wait.h"
 #include "l1_table.h"
 #include "log.h"
 #include "proto.h"
@@ -38,6 +39,7 @@ typedef struct khalad_tier {
     int64_t health_backoff_ms; /* wait after the last failed check, 0 = none yet */
     int journaled;             /* its queue survives khalad (write-behind is possible) */
     uint64_t writes, queued, drained, refused, stale_drops, write_errors, outages;
+    uint64_t invalidate_steps; /* steps of invalidations run from the tick (issue 10, bug 9) */
 } khalad_tier_t;
 
 typedef struct khalad {
@@ -48,20 +50,21 @@ typedef struct khalad {
     khalad_tier_t tiers[KHALAD_TIERS_MAX]; /* L2 then L3 (daemon/tiers.c) */
     int ntiers;                            /* tiers in use */
     khala_coherence_t *coh;                /* cross-host invalidation, or NULL */
-    khala_crypt_t *crypt;                  /* [crypto] key ring, or NULL; immutable after start */
-    int coh_fd;                            /* its descriptor the loop watches, or -1 */
-    uint64_t last_version;                 /* last version handed out */
-    uint64_t rng;                          /* TTL jitter (daemon/store.c) */
-    char crash_at[32];                     /* tests: KHALAD_TEST_CRASH_AT, "" = off */
-    int publish_lost;                      /* a change was not published: flush others */
-    int64_t next_flush_publish_ms;         /* when to try telling them again */
-    char errmsg[512];                      /* the last tiers error, for replies */
-    char socket_path[4096];                /* where srv listens */
-    uid_t uid;                             /* khalad's own uid */
-    long socket_gid;                       /* the socket's group, -1 when not configured */
-    khala_buf_t out;                       /* scratch buffer replies are encoded into */
-    uint64_t sweep_cursor;                 /* unused by the L1's own sweep; kept for stats */
-    uint64_t watchdog_usec;                /* systemd watchdog period, 0 when off */
+    khala_invwait_t *invwait; /* replies waiting for invalidations below L1 (inv_wait.h), or NULL */
+    khala_crypt_t *crypt;     /* [crypto] key ring, or NULL; immutable after start */
+    int coh_fd;               /* its descriptor the loop watches, or -1 */
+    uint64_t last_version;    /* last version handed out */
+    uint64_t rng;             /* TTL jitter (daemon/store.c) */
+    char crash_at[32];        /* tests: KHALAD_TEST_CRASH_AT, "" = off */
+    int publish_lost;         /* a change was not published: flush others */
+    int64_t next_flush_publish_ms; /* when to try telling them again */
+    char errmsg[512];              /* the last tiers error, for replies */
+    char socket_path[4096];        /* where srv listens */
+    uid_t uid;                     /* khalad's own uid */
+    long socket_gid;               /* the socket's group, -1 when not configured */
+    khala_buf_t out;               /* scratch buffer replies are encoded into */
+    uint64_t sweep_cursor;         /* unused by the L1's own sweep; kept for stats */
+    uint64_t watchdog_usec;        /* systemd watchdog period, 0 when off */
     uint64_t last_watchdog_ms;
     uint64_t started_ms;
     int stuck_reader_pid; /* the stuck reader last logged (handlers.c), 0 = none */

@@ -63,6 +63,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "deadline.h"
 #include "errbuf.h"
 #include "khala/error.h"
 #include "khalad.h"
@@ -154,6 +155,9 @@ void khala__store_level_failed(khalad_t *d, khalad_tier_t *lt, int rc) {
     if (lt->t->healthy) {
         lt->t->healthy = 0;
         lt->outages++;
+        /* Invalidations it was running stay queued (journaled) and reads skip it now: their
+         * callers hear success, as for any write queued while a level is down. */
+        khala__invwait_done(d->invwait, (int)(lt - d->tiers), UINT64_MAX, 0);
         lt->next_health_ms = khala__sys_now_ms() + KHALAD_HEALTH_EVERY_MS;
         khala__log("warn", "a level is down; reads skip it and writes queue", "level",
                    khala__store_level_name(lt), "backend", lt->t->ops->name, "error", lt->t->err,
@@ -178,6 +182,14 @@ void khala__store_publish(khalad_t *d, khala_inv_by_t by, const void *key, size_
 /* What another khalad changed: drop it here. Loads in flight lose their right to be cached. */
 /* Reads -------------------------------------------------------------------------------------- */
 
+int khala__store_superseded(const khalad_t *d, const void *key, size_t klen, int type,
+                            uint64_t version) {
+    for (int i = 0; i < d->ntiers; i++)
+        if (khala__wq_superseded(d->tiers[i].wq, key, klen, type, version))
+            return 1;
+    return 0;
+}
+
 /* A queued write of key, looked for in every level's queue (the first level's first). */
 int khala__store_queued_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out) {
     for (int i = 0; i < d->ntiers; i++) {
@@ -185,6 +197,9 @@ int khala__store_queued_get(khalad_t *d, const void *key, size_t klen, khala_tie
         if (!op)
             continue;
         if (op->kind == KHALA_WQ_DEL)
+            return KHALA_ENOTFOUND;
+        /* A put queued before an invalidation that covers it is gone. */
+        if (khala__store_superseded(d, key, klen, op->type, op->version))
             return KHALA_ENOTFOUND;
         int64_t now = khala__sys_now_ms();
         if (op->expire_ms && op->expire_ms <= now)
@@ -216,6 +231,12 @@ int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value
         if (!lt->t->healthy)
             continue;
         rc = lt->t->ops->get(lt->t, key, klen, out);
+        if (rc == 0 && khala__store_superseded(d, key, klen, (int)out->type, out->version)) {
+            /* The level still holds a value an invalidation in progress covers: a miss. */
+            khala__tier_value_free(out);
+            memset(out, 0, sizeof(*out));
+            continue;
+        }
         if (rc == 0) {
             *lvl = lt->t->level;
             return 0;
@@ -246,8 +267,15 @@ static const char *op_what(const op_t *op) {
                                       : "invalidation";
 }
 
-/* Does op go to lt's queue rather than to the level now? write_behind: the op's mode. */
-static int must_queue(const khalad_tier_t *lt, int write_behind) {
+/* Does op go to lt's queue rather than to the level now? write_behind: the op's mode. An
+ * invalidation of a level whose removal is a scan of the whole server (the driver has
+ * invalidate_step) always does, when the queue is journaled: the flusher runs it step by step
+ * from the tick, so that khalad's loop never stalls on it (issue 10, bug 9), and the journal
+ * keeps it across a crash. Until it has drained, reads treat what it covers as gone
+ * (khala__store_superseded), and later writes queue behind it, so it never removes them. */
+static int must_queue(const khalad_tier_t *lt, const op_t *op, int write_behind) {
+    if (op->kind == KHALA_WQ_INVALIDATE && lt->journaled && lt->t->ops->invalidate_step)
+        return 1;
     return write_behind || !lt->t->healthy || khala__wq_head(lt->wq) != NULL;
 }
 
@@ -272,11 +300,11 @@ static int enqueue(khalad_t *d, khalad_tier_t *lt, const op_t *op) {
     int rc;
     if (op->kind == KHALA_WQ_PUT)
         rc = khala__wq_put(lt->wq, op->key, op->klen, op->val, op->vlen, op->version,
-                           op->ttl_ms ? khala__sys_now_ms() + op->ttl_ms : 0, op->type);
+                           khala__deadline_of(khala__sys_now_ms(), op->ttl_ms), op->type);
     else if (op->kind == KHALA_WQ_DEL)
         rc = khala__wq_del(lt->wq, op->key, op->klen);
     else
-        rc = khala__wq_invalidate(lt->wq, op->key, op->klen, op->type);
+        rc = khala__wq_invalidate_at(lt->wq, op->key, op->klen, op->type, op->version);
     if (rc != 0) {
         if (rc == KHALA_EQUEUE)
             return room(d, lt, op);
@@ -297,7 +325,7 @@ static int enqueue(khalad_t *d, khalad_tier_t *lt, const op_t *op) {
  * hold), or the level's error (KHALA_EVERSION, KHALA_EQUEUE...) with the message.
  */
 static int apply_or_queue(khalad_t *d, khalad_tier_t *lt, const op_t *op, int write_behind) {
-    if (!must_queue(lt, write_behind)) {
+    if (!must_queue(lt, op, write_behind)) {
         int rc;
         if (op->kind == KHALA_WQ_PUT) {
             khala_tier_value_t v = {(void *)op->val, op->vlen, op->version, op->ttl_ms,
@@ -335,7 +363,7 @@ static int admit(khalad_t *d, const op_t *op, const int *write_behind) {
         khalad_tier_t *lt = &d->tiers[i];
         if (op->kind == KHALA_WQ_PUT && !on_level(d, lt, (khala_type_t)op->type))
             continue;
-        if (must_queue(lt, write_behind[i])) {
+        if (must_queue(lt, op, write_behind[i])) {
             int rc = room(d, lt, op);
             if (rc != 0)
                 return rc;
@@ -514,7 +542,16 @@ static uint64_t l1_remove(khalad_t *d, const void *prefix, size_t plen, int type
 
 int khala__store_invalidate(khalad_t *d, const void *prefix, size_t plen, int type,
                             uint64_t *removed) {
-    op_t op = {KHALA_WQ_INVALIDATE, plen ? prefix : "", plen, NULL, 0, 0, 0, type};
+    return khala__store_invalidate_steps(d, prefix, plen, type, removed, NULL, NULL);
+}
+
+int khala__store_invalidate_steps(khalad_t *d, const void *prefix, size_t plen, int type,
+                                  uint64_t *removed, uint64_t *version, unsigned *levels) {
+    if (levels)
+        *levels = 0;
+    /* Its version: what every level holds of the prefix now is older (superseded). */
+    op_t op = {
+        KHALA_WQ_INVALIDATE, plen ? prefix : "", plen, NULL, 0, khala__store_version(d), 0, type};
     int behind[KHALAD_TIERS_MAX] = {0};
     int rc = admit(d, &op, behind);
     if (rc != 0)
@@ -522,10 +559,17 @@ int khala__store_invalidate(khalad_t *d, const void *prefix, size_t plen, int ty
     khala__flight_invalidate(d->flight, op.key, plen, 1);
     uint64_t n = l1_remove(d, prefix, plen, type);
     for (int i = 0; i < d->ntiers; i++) {
+        /* Queued on a level that is up: it runs in steps from the tick (must_queue). */
+        int up = d->tiers[i].t->healthy;
         rc = apply_or_queue(d, &d->tiers[i], &op, 0);
         if (rc < 0)
             return rc;
+        if (rc == QUEUED && up && levels && d->tiers[i].journaled &&
+            d->tiers[i].t->ops->invalidate_step)
+            *levels |= 1u << i;
     }
+    if (version)
+        *version = op.version;
     if (plen)
         khala__store_publish(d, KHALA_INV_PREFIX, prefix, plen, type, 0);
     else
@@ -538,6 +582,8 @@ int khala__store_invalidate(khalad_t *d, const void *prefix, size_t plen, int ty
 int khala__store_promote(khalad_t *d, const void *key, size_t klen, const khala_tier_value_t *v) {
     if (!in_l1(d, v->type))
         return KHALA_ENOTFOUND; /* this type does not live in L1 */
+    if (khala__store_superseded(d, key, klen, (int)v->type, v->version))
+        return KHALA_ENOTFOUND; /* an invalidation in progress covers it (warming reads L2) */
     int64_t ttl = (int64_t)khala__config_type_ttl(&d->cfg, (int)v->type, 1) * 1000;
     if (v->ttl_ms > 0 && (ttl == 0 || v->ttl_ms < ttl))
         ttl = v->ttl_ms;

@@ -136,6 +136,18 @@ int khala__store_invalidate(khalad_t *d, const void *prefix, size_t plen, int ty
                             uint64_t *removed);
 
 /**
+ * @brief khala__store_invalidate(), telling the caller which levels run it in steps from the
+ *        tick (a healthy Redis level: issue 10, bug 9), so that it can answer its own caller once
+ *        they have finished (daemon/inv_wait.h). L1 is done when it returns.
+ * @param[out] version the invalidation's version (what khala__invwait_done() reports); may be
+ *             NULL.
+ * @param[out] levels bit i set: level i runs it in steps (0 = nothing to wait for); may be NULL.
+ * @return as khala__store_invalidate().
+ */
+int khala__store_invalidate_steps(khalad_t *d, const void *prefix, size_t plen, int type,
+                                  uint64_t *removed, uint64_t *version, unsigned *levels);
+
+/**
  * @brief Put a value found below L1 into L1 with its version, for the time it has left but at
  *        most its type's L1 TTL.
  * @return 0; KHALA_ENOTFOUND when the type does not live in L1; an L1 error.
@@ -187,8 +199,18 @@ void khala__store_publish(khalad_t *d, khala_inv_by_t by, const void *key, size_
                           uint64_t version);
 
 /**
+ * @brief Whether an invalidation still queued for some level (one in progress: a Redis scan
+ *        runs step by step) covers the item @p key of @p type at @p version, which is then gone
+ *        for every read even while a level still holds it.
+ * @return 1 if superseded, else 0 (see khala__wq_superseded()).
+ */
+int khala__store_superseded(const khalad_t *d, const void *key, size_t klen, int type,
+                            uint64_t version);
+
+/**
  * @brief The write queued for @p key at the first level that has one: a put (its value), a
- *        delete or an expired put (KHALA_ENOTFOUND), or none (1).
+ *        delete, an expired put or a put a later queued invalidation covers (KHALA_ENOTFOUND),
+ *        or none (1).
  * @param[out] out the value (free with khala__tier_value_free()).
  * @return 0; KHALA_ENOTFOUND; 1 when nothing is queued for the key; -ENOMEM.
  */

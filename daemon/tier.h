@@ -9,7 +9,11 @@
  *   is a miss), KHALA_EVERSION when a put is older than what the level holds, KHALA_ETIER when
  *   the server cannot be reached or did not answer in time (khalad then marks the tier
  *   unhealthy, skips it for reads and queues its writes until health() returns 0), -ENOMEM,
- *   KHALA_EKEY / KHALA_ETOOBIG for input the level cannot hold.
+ *   KHALA_EKEY / KHALA_ETOOBIG for input the level cannot hold, KHALA_EREFUSED when the server
+ *   answered this one request with an error that does not concern the others (Redis's OOM for a
+ *   write, WRONGTYPE, an expiry it refuses): the request fails with t->err, the level stays
+ *   healthy and nothing is queued. Deletes and invalidations never return it (a removal that
+ *   failed must not be dropped while the level serves reads: it is KHALA_ETIER).
  * - Versions order writes: a put stores its value only if the level holds no live item of the
  *   key or holds one with a lower version (a stale write never overwrites a newer one); an equal
  *   version is accepted (a retry of the same write).
@@ -74,6 +78,13 @@ typedef struct khala_tier_ops {
      * whose type is type. *removed (may be NULL) gets how many. For invalidation and flush. */
     int (*invalidate)(khala_tier_t *t, const void *prefix, size_t plen, int type,
                       uint64_t *removed);
+    /* One bounded step of invalidate(), for a level whose removal is a scan of the whole server
+     * (Redis): from *cursor (0 starts), look at about `count` keys, remove those that match,
+     * and set *cursor to where the next step starts (0 = done); *removed (may be NULL) gets
+     * how many this step removed. khalad queues the invalidation and runs steps from its tick,
+     * between requests (daemon/tiers.c). May be NULL: invalidate() is then called whole. */
+    int (*invalidate_step)(khala_tier_t *t, const void *prefix, size_t plen, int type,
+                           uint64_t *cursor, size_t count, uint64_t *removed);
     int (*health)(khala_tier_t *t); /* 0 when the level can serve (may try to reconnect) */
     void (*stats)(khala_tier_t *t, khala_tier_stats_t *out);
     /* Periodic work, from khalad's tick (about every 10 ms): flush batched access counts,

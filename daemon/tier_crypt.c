@@ -205,6 +205,14 @@ static int c_invalidate(khala_tier_t *t, const void *prefix, size_t plen, int ty
     return rc;
 }
 
+static int c_invalidate_step(khala_tier_t *t, const void *prefix, size_t plen, int type,
+                             uint64_t *cursor, size_t count, uint64_t *removed) {
+    ctier_t *ct = ct_of(t);
+    int rc = ct->inner->ops->invalidate_step(ct->inner, prefix, plen, type, cursor, count, removed);
+    mirror_err(ct);
+    return rc;
+}
+
 static int c_health(khala_tier_t *t) {
     ctier_t *ct = ct_of(t);
     int rc = ct->inner->ops->health(ct->inner);
@@ -244,6 +252,7 @@ static const khala_tier_ops_t CRYPT_OPS = {
     .scan = c_scan,
     .hot = c_hot,
     .invalidate = c_invalidate,
+    .invalidate_step = c_invalidate_step,
     .health = c_health,
     .stats = c_stats,
     .tick = c_tick,
@@ -262,6 +271,8 @@ int khala__tier_crypt_wrap(khala_tier_t *inner, khala_crypt_t *c, khala_tier_t *
         ct->ops.tick = NULL;
     if (!inner->ops->note_hits)
         ct->ops.note_hits = NULL;
+    if (!inner->ops->invalidate_step) /* invalidated whole, as the inner driver is */
+        ct->ops.invalidate_step = NULL;
     ct->inner = inner;
     ct->c = c;
     ct->tier.ops = &ct->ops;

@@ -81,6 +81,7 @@
 #include "khala/error.h"
 #include "redis_cluster.h"
 #include "redis_conn.h"
+#include "redis_reply_error.h"
 #include "sys.h"
 #include "tier_redis.h"
 
@@ -103,6 +104,9 @@ _Static_assert(KHALA_REDIS_NODES_MAX <= 256, "the node index must fit the cursor
 /* SCAN COUNT hints: scan()'s default, and invalidate()'s batch. */
 #define SCAN_COUNT_DEFAULT 256u
 #define INVALIDATE_BATCH 1000u
+
+/* Bytes of a SCAN cursor as text (a u64 in decimal, and its NUL). */
+#define SCAN_CURSOR_MAX 24
 
 /* Bytes of "khala:" + namespace + ":" and of a full key. */
 #define PREFIX_MAX (sizeof("khala:") + KHALA_NAME_MAX + 1)
@@ -242,7 +246,7 @@ static int key_check(rtier_t *rt, const void *key, size_t klen) {
 static int finish(rtier_t *rt, int rc) {
     if (rc == KHALA_ECONFIG)
         rc = KHALA_ETIER;
-    if (rc == KHALA_ETIER || rc == -ENOMEM)
+    if (rc == KHALA_ETIER || rc == KHALA_EREFUSED || rc == -ENOMEM)
         rt->st.errors++;
     return rc;
 }
@@ -445,51 +449,60 @@ static int policy_setup(rtier_t *rt, size_t ni) {
 static int remove_keys(rtier_t *rt, size_t ni, size_t m, const char **keys, const size_t *lens,
                        int type, uint64_t *removed);
 
-/* SCAN node ni for keys matching pattern (plen bytes), UNLINK them in batches (only those of
- * type when type >= 0). The ~hot key is skipped unless with_hot. */
-static int node_remove_matching(rtier_t *rt, size_t ni, const char *pattern, size_t plen, int type,
-                                bool with_hot, uint64_t *removed) {
-    char cur[24] = "0";
-    char count[16];
-    snprintf(count, sizeof(count), "%u", INVALIDATE_BATCH);
-    do {
-        const char *argv[6] = {"SCAN", cur, "MATCH", pattern, "COUNT", count};
-        size_t len[6] = {4, strlen(cur), 5, plen, 5, strlen(count)};
-        khala_redis_cmd_t cmd = {6, argv, len};
-        redisReply *r = NULL;
-        int rc = khala__redis_node_run(&rt->r, ni, false, 1, &cmd, &r);
-        if (rc != 0)
-            return rc;
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-            r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_ARRAY ||
-            r->element[0]->len >= sizeof(cur)) {
-            terr(rt, "redis %s: SCAN: %s", rt->r.nodes[ni].name,
-                 r->type == REDIS_REPLY_ERROR ? r->str : "malformed reply");
-            freeReplyObject(r);
-            return KHALA_ETIER;
-        }
-        memcpy(cur, r->element[0]->str, r->element[0]->len + 1);
-        const redisReply *ks = r->element[1];
-        const char **keys = malloc((ks->elements + 1) * sizeof(*keys));
-        size_t *lens = malloc((ks->elements + 1) * sizeof(*lens));
-        if (!keys || !lens) {
-            free(keys);
-            free(lens);
-            freeReplyObject(r);
-            return -ENOMEM;
-        }
-        size_t m = 0;
-        for (size_t i = 0; i < ks->elements; i++) {
-            const redisReply *k = ks->element[i];
-            if (k->type != REDIS_REPLY_STRING || (!with_hot && is_hot_key(rt, k->str, k->len)))
-                continue;
-            keys[m] = k->str;
-            lens[m++] = k->len;
-        }
-        rc = m ? remove_keys(rt, ni, m, keys, lens, type, removed) : 0;
+/* One SCAN of node ni from cursor cur (text, updated: "0" once the node is done) for keys
+ * matching pattern (plen bytes), COUNT `batch`; UNLINK those found (only those of type when type
+ * >= 0). The ~hot key is skipped unless with_hot. */
+static int node_remove_step(rtier_t *rt, size_t ni, const char *pattern, size_t plen, int type,
+                            bool with_hot, size_t batch, char cur[SCAN_CURSOR_MAX],
+                            uint64_t *removed) {
+    char count[24];
+    snprintf(count, sizeof(count), "%zu", batch ? batch : (size_t)INVALIDATE_BATCH);
+    const char *argv[6] = {"SCAN", cur, "MATCH", pattern, "COUNT", count};
+    size_t len[6] = {4, strlen(cur), 5, plen, 5, strlen(count)};
+    khala_redis_cmd_t cmd = {6, argv, len};
+    redisReply *r = NULL;
+    int rc = khala__redis_node_run(&rt->r, ni, false, 1, &cmd, &r);
+    if (rc != 0)
+        return rc;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_ARRAY ||
+        r->element[0]->len >= SCAN_CURSOR_MAX) {
+        terr(rt, "redis %s: SCAN: %s", rt->r.nodes[ni].name,
+             r->type == REDIS_REPLY_ERROR ? r->str : "malformed reply");
+        freeReplyObject(r);
+        return KHALA_ETIER;
+    }
+    memcpy(cur, r->element[0]->str, r->element[0]->len + 1);
+    const redisReply *ks = r->element[1];
+    const char **keys = malloc((ks->elements + 1) * sizeof(*keys));
+    size_t *lens = malloc((ks->elements + 1) * sizeof(*lens));
+    if (!keys || !lens) {
         free(keys);
         free(lens);
         freeReplyObject(r);
+        return -ENOMEM;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < ks->elements; i++) {
+        const redisReply *k = ks->element[i];
+        if (k->type != REDIS_REPLY_STRING || (!with_hot && is_hot_key(rt, k->str, k->len)))
+            continue;
+        keys[m] = k->str;
+        lens[m++] = k->len;
+    }
+    rc = m ? remove_keys(rt, ni, m, keys, lens, type, removed) : 0;
+    free(keys);
+    free(lens);
+    freeReplyObject(r);
+    return rc;
+}
+
+/* Every step of node_remove_step() on node ni, at once (the purge at open). */
+static int node_remove_matching(rtier_t *rt, size_t ni, const char *pattern, size_t plen, int type,
+                                bool with_hot, uint64_t *removed) {
+    char cur[SCAN_CURSOR_MAX] = "0";
+    do {
+        int rc = node_remove_step(rt, ni, pattern, plen, type, with_hot, 0, cur, removed);
         if (rc != 0)
             return rc;
     } while (strcmp(cur, "0") != 0);
@@ -563,9 +576,11 @@ static int answer(rtier_t *rt, const void *key, size_t klen, const redisReply *v
         return KHALA_ENOTFOUND;
     bool wrongtype = v->type == REDIS_REPLY_ERROR && strncmp(v->str, "WRONGTYPE", 9) == 0;
     if (!wrongtype && (v->type == REDIS_REPLY_ERROR || ttl->type == REDIS_REPLY_ERROR)) {
-        terr(rt, "redis: GET '%s': %s", key_show(key, klen, shown, sizeof(shown)),
-             v->type == REDIS_REPLY_ERROR ? v->str : ttl->str);
-        return KHALA_ETIER;
+        const redisReply *e = v->type == REDIS_REPLY_ERROR ? v : ttl;
+        terr(rt, "redis: GET '%s': %s", key_show(key, klen, shown, sizeof(shown)), e->str);
+        /* One read Redis refused is a miss of this level (the store asks the next one); an
+         * error about the server makes the level down. */
+        return khala__redis_error_code(e->str, e->len);
     }
     if (ttl->type == REDIS_REPLY_INTEGER && ttl->integer == -2)
         return KHALA_ENOTFOUND; /* expired between the GET and the PTTL */
@@ -804,13 +819,41 @@ static void put_cmd(rtier_t *rt, const char *fk, size_t fl, const msgpack_sbuffe
     *cmd = (khala_redis_cmd_t){6, argv, len};
 }
 
+/* The reply to a put's EVALSHA: 0, KHALA_EVERSION, or an error with t->err naming the key and
+ * Redis's text. An error reply about this write alone (out of memory, an expiry Redis refuses, a
+ * script error) is KHALA_EREFUSED and leaves the level up; one about the server
+ * (khala__redis_error_code) and an unexpected reply are KHALA_ETIER. */
 static int put_result(rtier_t *rt, const char *fk, size_t fl, const redisReply *r) {
     char shown[KHALA_ERRBUF_QUOTE_CAP];
     if (r->type == REDIS_REPLY_INTEGER)
         return r->integer == 1 ? 0 : KHALA_EVERSION;
-    terr(rt, "redis: put '%s': %s", key_show(fk, fl, shown, sizeof(shown)),
+    bool error = r->type == REDIS_REPLY_ERROR;
+    int rc = error ? khala__redis_error_code(r->str, r->len) : KHALA_ETIER;
+    terr(rt, "redis: %s '%s': %s", rc == KHALA_EREFUSED ? "refused the put of" : "put",
+         key_show(fk, fl, shown, sizeof(shown)), error ? r->str : "unexpected reply");
+    return rc;
+}
+
+/* The reply to an UNLINK that is not a count: KHALA_ETIER with t->err, whatever it says. A
+ * delete or an invalidation must not be lost while the level serves reads, so any error makes
+ * the level down (reads skip it) and the operation queues until it is done. */
+static int unlink_error(rtier_t *rt, const char *fk, size_t fl, const redisReply *r) {
+    char shown[KHALA_ERRBUF_QUOTE_CAP];
+    terr(rt, "redis: remove '%s': %s", key_show(fk, fl, shown, sizeof(shown)),
          r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
     return KHALA_ETIER;
+}
+
+/* Of two results of one batch, the one to report: KHALA_ETIER first (the level is down: the
+ * flusher keeps the batch), then any other error, then KHALA_EVERSION, then 0. */
+static int worse(int a, int b) {
+    if (a == KHALA_ETIER || b == KHALA_ETIER)
+        return KHALA_ETIER;
+    if (a != 0 && a != KHALA_EVERSION)
+        return a;
+    if (b != 0 && b != KHALA_EVERSION)
+        return b;
+    return a ? a : b;
 }
 
 static int put_one(rtier_t *rt, const char *fk, size_t fl, const msgpack_sbuffer *enc,
@@ -873,10 +916,7 @@ static int mput_node(rtier_t *rt, const item_t *it, size_t m, char *const *fks, 
         int r = khala__redis_reply_kind(rep[j]) == KHALA_REDIS_REPLY_PLAIN
                     ? put_result(rt, fks[i], fls[i], rep[j])
                     : put_one(rt, fks[i], fls[i], &enc[i], &vals[i]);
-        if (r == KHALA_EVERSION && worst == 0)
-            worst = r;
-        else if (r != 0 && r != KHALA_EVERSION && (worst == 0 || worst == KHALA_EVERSION))
-            worst = r;
+        worst = worse(worst, r);
     }
     replies_free(rep, m);
     rc = worst;
@@ -916,9 +956,7 @@ static int tr_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
             size_t k = j;
             while (k < b.m && b.it[k].node == b.it[j].node)
                 k++;
-            int r = mput_node(rt, b.it + j, k - j, b.fks, b.fls, enc, vals);
-            if (r != 0 && (worst == 0 || worst == KHALA_EVERSION))
-                worst = r;
+            worst = worse(worst, mput_node(rt, b.it + j, k - j, b.fks, b.fls, enc, vals));
             j = k;
         }
         rc = worst;
@@ -952,7 +990,7 @@ static int tr_del(khala_tier_t *t, const void *key, size_t klen) {
     if (r->type == REDIS_REPLY_INTEGER)
         rc = r->integer > 0 ? 0 : KHALA_ENOTFOUND;
     else
-        rc = put_result(rt, fk, fl, r); /* an error reply: KHALA_ETIER with its text */
+        rc = unlink_error(rt, fk, fl, r);
     freeReplyObject(r);
     return finish(rt, rc);
 }
@@ -1180,7 +1218,7 @@ static int remove_keys(rtier_t *rt, size_t ni, size_t m, const char **keys, cons
             if (r->type == REDIS_REPLY_INTEGER)
                 *removed += (uint64_t)r->integer;
             else
-                rc = put_result(rt, keys[i], lens[i], r);
+                rc = unlink_error(rt, keys[i], lens[i], r);
             freeReplyObject(r);
         }
     }
@@ -1196,23 +1234,82 @@ out:
     return rc;
 }
 
-static int tr_invalidate(khala_tier_t *t, const void *prefix, size_t plen, int type,
-                         uint64_t *removed) {
-    rtier_t *rt = RT(t);
+/* The SCAN pattern of an invalidation (the namespace's match, the prefix escaped, '*'), in a
+ * new allocation; its length in *pl. NULL when out of memory. */
+static char *invalidation_pattern(const rtier_t *rt, const void *prefix, size_t plen, size_t *pl) {
+    char *pat = malloc(rt->match_len + 2 * plen + 2);
+    if (!pat)
+        return NULL;
+    memcpy(pat, rt->match, rt->match_len);
+    *pl = rt->match_len + glob_escape(prefix, plen, pat + rt->match_len);
+    pat[(*pl)++] = '*';
+    pat[*pl] = '\0';
+    return pat;
+}
+
+static int invalidation_check(rtier_t *rt, const void *prefix, size_t plen, int type) {
     if (plen > KHALA_KEY_MAX || (plen && !prefix) || type >= (int)KHALA_TYPE_COUNT) {
         terr(rt, "redis: bad invalidation (prefix of %zu bytes, type %d)", plen, type);
         return plen > KHALA_KEY_MAX ? KHALA_EKEY : -EINVAL;
     }
-    int rc = ensure_ready(rt);
+    return 0;
+}
+
+/* One step of an invalidation: one SCAN (COUNT count) on the node the cursor names (the node
+ * index in its top 8 bits in a cluster, as for tr_scan), and the UNLINKs of what it found. */
+static int tr_invalidate_step(khala_tier_t *t, const void *prefix, size_t plen, int type,
+                              uint64_t *cursor, size_t count, uint64_t *removed) {
+    rtier_t *rt = RT(t);
+    int rc = invalidation_check(rt, prefix, plen, type);
     if (rc != 0)
+        return rc;
+    if ((rc = ensure_ready(rt)) != 0)
         return finish(rt, rc);
-    char *pat = malloc(rt->match_len + 2 * plen + 2);
+    size_t ni = rt->r.cluster ? (size_t)(*cursor >> CURSOR_NODE_SHIFT) : 0;
+    uint64_t rcur = rt->r.cluster ? *cursor & CURSOR_REDIS_MASK : *cursor;
+    while (ni < rt->r.nnodes && !khala__redis_node_owns_slots(&rt->r, ni)) {
+        ni++;
+        rcur = 0;
+    }
+    uint64_t n = 0;
+    if (ni < rt->r.nnodes) {
+        size_t pl;
+        char *pat = invalidation_pattern(rt, prefix, plen, &pl);
+        if (!pat)
+            return finish(rt, -ENOMEM);
+        char cur[SCAN_CURSOR_MAX];
+        snprintf(cur, sizeof(cur), "%llu", (unsigned long long)rcur);
+        rc = node_remove_step(rt, ni, pat, pl, type, false, count, cur, &n);
+        free(pat);
+        if (rc != 0)
+            return finish(rt, rc);
+        uint64_t next = strtoull(cur, NULL, 10);
+        if (!rt->r.cluster)
+            *cursor = next;
+        else if (next != 0)
+            *cursor = (uint64_t)ni << CURSOR_NODE_SHIFT | (next & CURSOR_REDIS_MASK);
+        else
+            *cursor = ni + 1 < rt->r.nnodes ? (uint64_t)(ni + 1) << CURSOR_NODE_SHIFT : 0;
+    } else {
+        *cursor = 0;
+    }
+    if (removed)
+        *removed = n;
+    return 0;
+}
+
+static int tr_invalidate(khala_tier_t *t, const void *prefix, size_t plen, int type,
+                         uint64_t *removed) {
+    rtier_t *rt = RT(t);
+    int rc = invalidation_check(rt, prefix, plen, type);
+    if (rc != 0)
+        return rc;
+    if ((rc = ensure_ready(rt)) != 0)
+        return finish(rt, rc);
+    size_t pl;
+    char *pat = invalidation_pattern(rt, prefix, plen, &pl);
     if (!pat)
         return finish(rt, -ENOMEM);
-    memcpy(pat, rt->match, rt->match_len);
-    size_t pl = rt->match_len + glob_escape(prefix, plen, pat + rt->match_len);
-    pat[pl++] = '*';
-    pat[pl] = '\0';
     uint64_t n = 0;
     for (size_t i = 0; i < rt->r.nnodes && rc == 0; i++)
         if (khala__redis_node_owns_slots(&rt->r, i))
@@ -1360,6 +1457,7 @@ static const khala_tier_ops_t redis_ops = {
     .hot = tr_hot,
     .note_hits = tr_note_hits,
     .invalidate = tr_invalidate,
+    .invalidate_step = tr_invalidate_step,
     .health = tr_health,
     .stats = tr_stats,
     .tick = tr_tick,

@@ -257,6 +257,9 @@ static void note_l1_hits(khalad_t *d) {
 
 void khala__tiers_close(khalad_t *d) {
     note_l1_hits(d);
+    /* Callers still waiting for an invalidation are not answered (their connections close). */
+    khala__invwait_free(d->invwait);
+    d->invwait = NULL;
     for (int i = 0; i < d->ntiers; i++) {
         khalad_tier_t *lt = &d->tiers[i];
         if (!lt->t)
@@ -330,8 +333,31 @@ static void on_coh_event(void *arg, khala_coh_event_t ev, const char *why) {
 
 /* The flusher ---------------------------------------------------------------------------------- */
 
+/* Steps of the invalidation op at the head of lt's queue (the driver has invalidate_step), for
+ * about KHALAD_INVALIDATE_TICK_MS of this tick and at least one step, so that khalad's loop
+ * answers other clients between them (issue 10, bug 9). 0 when it is complete, 1 when steps
+ * remain, or the driver's error. After an error the next attempt starts the scan again: the
+ * cursor of a server that restarted means nothing, and removing twice is harmless. */
+static int invalidate_steps(khalad_tier_t *lt, khala_wq_op_t *op) {
+    int64_t until = khala__sys_now_ms() + KHALAD_INVALIDATE_TICK_MS;
+    do {
+        int rc = lt->t->ops->invalidate_step(lt->t, op->key, op->klen, op->type, &op->cursor,
+                                             KHALAD_INVALIDATE_STEP_KEYS, NULL);
+        if (rc != 0) {
+            op->cursor = 0;
+            return rc;
+        }
+        lt->invalidate_steps++;
+        if (op->cursor == 0)
+            return 0;
+    } while (khala__sys_now_ms() < until);
+    return 1;
+}
+
 /* Send up to `batches` batches of lt's queue: runs of puts as one mput, deletes and
- * invalidations one by one. Stops at the first KHALA_ETIER (the level went down again). */
+ * invalidations one by one (an invalidation of a driver with invalidate_step in steps, a few
+ * per tick, with nothing behind it sent before it completes). Stops at the first KHALA_ETIER
+ * (the level went down again). */
 static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
     khala_bytes_t keys[KHALAD_FLUSH_BATCH];
     khala_tier_value_t vals[KHALAD_FLUSH_BATCH];
@@ -374,16 +400,24 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
             lt->drained += n;
             continue;
         }
-        if (op->kind == KHALA_WQ_DEL)
+        if (op->kind == KHALA_WQ_DEL) {
             rc = lt->t->ops->del(lt->t, op->key, op->klen);
-        else
+        } else if (lt->t->ops->invalidate_step) {
+            rc = invalidate_steps(lt, op);
+            if (rc == 1 || rc == -ENOMEM)
+                return; /* more steps (or memory) at the next tick; order holds behind it */
+        } else {
             rc = lt->t->ops->invalidate(lt->t, op->key, op->klen, op->type, NULL);
+        }
         if (rc == KHALA_ETIER) {
             khala__store_level_failed(d, lt, rc);
             return;
         }
         if (rc != 0 && rc != KHALA_ENOTFOUND)
             lt->write_errors++;
+        if (op->kind == KHALA_WQ_INVALIDATE)
+            khala__invwait_done(d->invwait, (int)(lt - d->tiers), op->version,
+                                rc == KHALA_ENOTFOUND ? 0 : rc);
         if (op->kind == KHALA_WQ_DEL)
             khala__store_publish(d, KHALA_INV_KEY, op->key, op->klen, -1, 0);
         else if (op->klen)
@@ -664,6 +698,7 @@ size_t khala__tiers_stats(khalad_t *d, khala_kv_t *kv, size_t max) {
     kv[n++] = KV_U("drained", lt->drained);
     kv[n++] = KV_U("stale_writes_dropped", lt->stale_drops);
     kv[n++] = KV_U("write_errors", lt->write_errors);
+    kv[n++] = KV_U("invalidate_steps", lt->invalidate_steps);
     kv[n++] = KV_U("promotions", d->promotions);
     kv[n++] = KV_U("warmed", d->warmed);
     kv[n++] = KV_U("invalidations_received", d->inval_received);

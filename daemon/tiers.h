@@ -30,6 +30,11 @@ typedef struct khalad_tier khalad_tier_t;
  * twice as long after each failed check, up to KHALAD_HEALTH_MAX_MS. */
 #define KHALAD_HEALTH_EVERY_MS 250
 #define KHALAD_HEALTH_MAX_MS 5000
+/** An invalidation that scans the server (Redis) runs in steps from the tick: the keys one
+ * step looks at (SCAN COUNT), and the time the steps of one tick may take at most (at least one
+ * step runs), so that other clients are answered between them (issue 10, bug 9). */
+#define KHALAD_INVALIDATE_STEP_KEYS 1000u
+#define KHALAD_INVALIDATE_TICK_MS 5
 /** Keys warmed per batch (one mget). */
 #define KHALAD_WARM_BATCH 256u
 

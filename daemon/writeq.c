@@ -30,6 +30,7 @@
 #include "writeq.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "deadline.h"
+#include "debug.h"
 #include "dirs.h"
 #include "errbuf.h"
 #include "khala/cache.h"
@@ -55,7 +58,8 @@
 typedef struct entry {
     khala_wq_op_t op; /* first: an op pointer is an entry pointer */
     UT_hash_handle hh;
-    uint64_t seq; /* its journal record, 0 = none */
+    uint64_t seq;                      /* its journal record, 0 = none */
+    struct entry *inv_prev, *inv_next; /* invalidations only: the list of queued ones, in order */
 } entry_t;
 
 typedef struct jrec {
@@ -88,6 +92,7 @@ static int jrec_valid(const jrec_t *h, size_t size) {
 
 struct khala_wq {
     entry_t *index; /* puts and deletes by key */
+    entry_t *invs;  /* queued invalidations, oldest first (inv_prev of the first is the last) */
     khala_wq_op_t *head, *tail;
     size_t max_ops, max_bytes;
     khala_wq_stats_t st;
@@ -106,6 +111,14 @@ static int64_t wall_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A deadline on khala__sys_now_ms()'s clock moved to the wall clock, saturated (never 0: a
+ * deadline so far it saturates stays a deadline). */
+static int64_t wall_deadline(int64_t expire_ms) {
+    int64_t w =
+        khala__deadline_add(wall_ms(), khala__deadline_add(expire_ms, -khala__sys_now_ms()));
+    return w > 0 ? w : 1;
 }
 
 static void be64(uint8_t out[8], uint64_t v) {
@@ -143,23 +156,73 @@ static void unlink_op(khala_wq_t *q, khala_wq_op_t *op) {
     q->st.bytes -= op->klen + op->vlen;
 }
 
+/* The list of queued invalidations (khala__wq_superseded walks it): a utlist-style doubly
+ * linked list whose head's inv_prev is the tail, so appending is O(1). */
+static void inv_append(khala_wq_t *q, entry_t *e) {
+    e->inv_next = NULL;
+    if (!q->invs) {
+        e->inv_prev = e;
+        q->invs = e;
+        return;
+    }
+    e->inv_prev = q->invs->inv_prev;
+    q->invs->inv_prev->inv_next = e;
+    q->invs->inv_prev = e;
+}
+
+static void inv_unlink(khala_wq_t *q, entry_t *e) {
+    if (e == q->invs)
+        q->invs = e->inv_next;
+    else
+        e->inv_prev->inv_next = e->inv_next;
+    if (e->inv_next)
+        e->inv_next->inv_prev = e->inv_prev;
+    else if (q->invs)
+        q->invs->inv_prev = e->inv_prev;
+}
+
+int khala__wq_superseded(const khala_wq_t *q, const void *key, size_t klen, int type,
+                         uint64_t version) {
+    for (const entry_t *e = q->invs; e; e = e->inv_next) {
+        const khala_wq_op_t *op = &e->op;
+        if (op->version > version && (op->type < 0 || op->type == type) && op->klen <= klen &&
+            (op->klen == 0 || memcmp(op->key, key, op->klen) == 0))
+            return 1;
+    }
+    return 0;
+}
+
+/* Make room in q->dead for `need` removals. A push reserves before it changes anything, so that
+ * khala__wq_remove() never allocates: a removal it could not record would leave a drained delete
+ * or invalidation in the journal, replayed at the next start over newer writes (issue 10,
+ * bug 10). */
+static int reserve_dead(khala_wq_t *q, size_t need) {
+    if (need <= q->capdead)
+        return 0;
+    size_t cap = q->capdead ? q->capdead : 256;
+    while (cap < need)
+        cap *= 2;
+    uint64_t *d = realloc(q->dead, cap * sizeof(*d));
+    if (!d)
+        return -ENOMEM;
+    q->dead = d;
+    q->capdead = cap;
+    return 0;
+}
+
 void khala__wq_remove(khala_wq_t *q, khala_wq_op_t *op) {
     entry_t *e = (entry_t *)op;
     if (e->seq && q->env) {
-        if (q->ndead == q->capdead) {
-            size_t cap = q->capdead ? 2 * q->capdead : 256;
-            uint64_t *d = realloc(q->dead, cap * sizeof(*d));
-            if (d) {
-                q->dead = d;
-                q->capdead = cap;
-            }
-        }
+        /* Invariant: capdead >= ndead + every queued entry with a record (reserve_dead). */
+        KHALA_ASSERT(q->ndead < q->capdead);
         if (q->ndead < q->capdead)
-            q->dead[q->ndead++] = e->seq; /* else: sent again after a crash, harmless */
+            q->dead[q->ndead++] = e->seq;
     }
     unlink_op(q, op);
     if (op->kind != KHALA_WQ_INVALIDATE)
         HASH_DEL(q->index, e);
+    else
+        inv_unlink(q, e);
     free(e);
 }
 
@@ -256,8 +319,7 @@ static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
                     .klen = (uint32_t)op->klen,
                     .vlen = (uint32_t)vlen,
                     .version = op->version,
-                    .expire_wall_ms =
-                        op->expire_ms ? op->expire_ms - khala__sys_now_ms() + wall_ms() : 0};
+                    .expire_wall_ms = op->expire_ms ? wall_deadline(op->expire_ms) : 0};
         uint8_t *p = val.mv_data;
         memcpy(p, &h, sizeof(h));
         if (op->klen)
@@ -343,6 +405,14 @@ static int push(khala_wq_t *q, khala_wq_kind_t kind, const void *key, size_t kle
         }
     }
     if (q->env) {
+        /* Step that may fail for memory, before the journal changes: the room to record this
+         * entry's removal later (the queued ones' room is already there). */
+        if (reserve_dead(q, q->ndead + q->st.len + 1) != 0) {
+            if (kind != KHALA_WQ_INVALIDATE)
+                HASH_DEL(q->index, e);
+            free(e);
+            return -ENOMEM;
+        }
         uint64_t old_seq = old ? ((entry_t *)old)->seq : 0;
         int jrc = journal_append(q, e, old_seq);
         if (jrc != 0) {
@@ -358,6 +428,8 @@ static int push(khala_wq_t *q, khala_wq_kind_t kind, const void *key, size_t kle
         khala__wq_remove(q, old);
         q->st.coalesced++;
     }
+    if (kind == KHALA_WQ_INVALIDATE)
+        inv_append(q, e);
     op->prev = q->tail;
     if (q->tail)
         q->tail->next = op;
@@ -381,6 +453,11 @@ int khala__wq_del(khala_wq_t *q, const void *key, size_t klen) {
 
 int khala__wq_invalidate(khala_wq_t *q, const void *prefix, size_t plen, int type) {
     return push(q, KHALA_WQ_INVALIDATE, prefix, plen, NULL, 0, 0, 0, type);
+}
+
+int khala__wq_invalidate_at(khala_wq_t *q, const void *prefix, size_t plen, int type,
+                            uint64_t version) {
+    return push(q, KHALA_WQ_INVALIDATE, prefix, plen, NULL, 0, version, 0, type);
 }
 
 int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_ms,
@@ -432,7 +509,10 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_m
         }
         last = from_be64(k.mv_data);
         const uint8_t *p = (const uint8_t *)v.mv_data + sizeof(h);
-        int64_t expire = h.expire_wall_ms ? now + (h.expire_wall_ms - now_wall) : 0;
+        int64_t expire =
+            h.expire_wall_ms
+                ? khala__deadline_add(now, khala__deadline_add(h.expire_wall_ms, -now_wall))
+                : 0;
         if (expire && expire <= now)
             expire = 1; /* expired while khalad was away: still sent, gone at once */
         const void *vb = p + h.klen;
@@ -487,6 +567,15 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_m
         q->ndead = 0;
         mdb_env_close(env);
         return ret;
+    }
+    if (reserve_dead(q, (size_t)n) != 0) {
+        khala__errbuf(err, errlen, -ENOMEM, "write journal %s: no memory for %" PRIu64 " records",
+                      dir, n);
+        while (q->head)
+            khala__wq_remove(q, q->head);
+        q->ndead = 0;
+        mdb_env_close(env);
+        return -ENOMEM;
     }
     q->env = env;
     q->sync_every_ms = sync_every_ms;

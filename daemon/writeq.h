@@ -14,8 +14,12 @@
  * acknowledged while its level was down, or under write-behind, survives a SIGKILL of khalad;
  * at the next start the journal is read back
  * into the queue, in order, and drains as usual. Removals (what the flusher sent) are committed
- * in batches by khala__wq_sync(); a removal lost in a crash means the operation is sent again,
- * which is harmless (puts carry their version, deletes and invalidations repeat).
+ * in batches by khala__wq_sync(), all of them in one transaction; a crash before it means the
+ * operations drained since the last sync are sent again, in their order, which is harmless (puts
+ * carry their version, deletes and invalidations repeat before what followed them). A removal is
+ * never skipped on its own: the room to record it is reserved by the push (a push that cannot
+ * get it is refused with -ENOMEM), so khala__wq_remove() allocates nothing and an allocation
+ * failure never changes what is replayed.
  *
  * Only khalad's loop thread uses a queue. Start at khala__wq_new() and khala__wq_head().
  */
@@ -39,9 +43,14 @@ typedef struct khala_wq_op {
     size_t klen;       /**< bytes of key */
     uint8_t *val;      /**< PUT: the value, NULL when vlen == 0 */
     size_t vlen;       /**< PUT: bytes of val */
-    uint64_t version;  /**< PUT: the item's version */
+    uint64_t version;  /**< PUT: the item's version; INVALIDATE: the version khalad had reached
+                            when it was made (items of a lower version are invalidated; 0 =
+                            none is known) */
     int64_t expire_ms; /**< PUT: absolute deadline on khala__sys_now_ms()'s clock, 0 = none */
     int type;          /**< PUT: the item's type; INVALIDATE: type filter or -1 */
+    uint64_t cursor;   /**< INVALIDATE: where its step-by-step removal at the level has got to
+                            (the driver's scan cursor; 0 = not started). Written by the flusher;
+                            not journaled: a restarted khalad starts the removal again. */
     struct khala_wq_op *prev, *next; /* queue order */
 
 } khala_wq_op_t;
@@ -101,7 +110,7 @@ void khala__wq_set_codec(khala_wq_t *q, const khala_wq_codec_t *codec);
  * @param[out] err message naming the directory and the cause; may be NULL.
  * @param[in] errlen size of @p err.
  * @return 0; -errno when the directory cannot be made; KHALA_ECORRUPT when the journal is not
- *         one (or a record is damaged); KHALA_ETIER-free: LMDB errors map to -EIO.
+ *         one (or a record is damaged); -ENOMEM; KHALA_ETIER-free: LMDB errors map to -EIO.
  */
 int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_ms,
                            uint64_t *recovered, char *err, size_t errlen);
@@ -145,6 +154,27 @@ int khala__wq_del(khala_wq_t *q, const void *key, size_t klen);
 int khala__wq_invalidate(khala_wq_t *q, const void *prefix, size_t plen, int type);
 
 /**
+ * @brief Queue an invalidation like khala__wq_invalidate(), made at @p version: until it has
+ *        drained, khala__wq_superseded() reports the items it covers whose version is lower.
+ * @return as khala__wq_put().
+ */
+int khala__wq_invalidate_at(khala_wq_t *q, const void *prefix, size_t plen, int type,
+                            uint64_t version);
+
+/**
+ * @brief Whether a queued invalidation covers an item: its prefix starts @p key, its type
+ *        filter is -1 or @p type, and it was made at a version above @p version. A value with
+ *        this key and version read from the level (or queued before the invalidation) is gone
+ *        for the caller, even while the level still holds it.
+ * @param[in] q the queue. @param[in] key, klen the item's key.
+ * @param[in] type the item's type. @param[in] version the item's version.
+ * @return 1 if superseded, else 0. Costs one comparison per queued invalidation (the queue keeps
+ *         them on a list of their own), nothing when none is queued.
+ */
+int khala__wq_superseded(const khala_wq_t *q, const void *key, size_t klen, int type,
+                         uint64_t version);
+
+/**
  * @brief Whether a push of @p klen + @p vlen bytes for @p key would be accepted now.
  * @param[in] q the queue. @param[in] key the key (NULL for an invalidation).
  * @param[in] klen its bytes. @param[in] vlen bytes of the value.
@@ -155,7 +185,8 @@ int khala__wq_room(khala_wq_t *q, const void *key, size_t klen, size_t vlen);
 /** @brief The oldest queued operation, or NULL when the queue is empty. */
 khala_wq_op_t *khala__wq_head(khala_wq_t *q);
 
-/** @brief Remove and free @p op (from anywhere in the queue). */
+/** @brief Remove and free @p op (from anywhere in the queue); its journal record goes at the
+ *         next khala__wq_sync(). Allocates nothing, so it cannot fail. */
 void khala__wq_remove(khala_wq_t *q, khala_wq_op_t *op);
 
 /** @brief The queued put or delete of @p key, or NULL. */

@@ -68,6 +68,7 @@
 #include "khala/cache.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -224,6 +225,12 @@ static int key_fail(const khala_cache_t *c, size_t klen) {
     if (klen == 0)
         return fail(c, KHALA_EKEY, "key is empty");
     return fail(c, KHALA_EKEY, "key is %zu bytes, max %d", klen, KHALA_KEY_MAX);
+}
+
+/* A TTL above the documented maximum is refused before anything is sent (khalad refuses it too). */
+static int ttl_fail(const khala_cache_t *c, uint64_t ttl_ms) {
+    return fail(c, KHALA_EINVAL, "ttl is %" PRIu64 " ms, max %llu ms (10 years)", ttl_ms,
+                KHALA_TTL_MAX_MS);
 }
 
 /* Unmap and forget the segments the writer replaced that no thread of this handle uses any
@@ -826,6 +833,8 @@ int khala_cache_get_or_load(khala_cache_t *c, const void *key, size_t klen, khal
                             uint64_t ttl_ms) {
     if (klen - 1 >= KHALA_KEY_MAX)
         return key_fail(c, klen);
+    if (ttl_ms > KHALA_TTL_MAX_MS)
+        return ttl_fail(c, ttl_ms);
     if (!loader)
         return fail(c, -EINVAL, "no loader");
     if ((unsigned)type >= KHALA_TYPE_COUNT)
@@ -888,6 +897,8 @@ int khala_cache_put(khala_cache_t *c, const void *key, size_t klen, const void *
                     KHALA_TYPE_COUNT - 1);
     if ((unsigned)opts->mode > KHALA_MODE_BEHIND)
         return fail(c, -EINVAL, "write mode %d is not a mode", (int)opts->mode);
+    if (opts->ttl_ms > KHALA_TTL_MAX_MS)
+        return ttl_fail(c, opts->ttl_ms);
     int rc = key_and_ts(c, klen, &ts);
     if (rc != 0)
         return rc;
@@ -948,6 +959,8 @@ int khala_cache_delete(khala_cache_t *c, const void *key, size_t klen) {
 
 int khala_cache_touch(khala_cache_t *c, const void *key, size_t klen, uint64_t ttl_ms) {
     tstate_t *ts = NULL;
+    if (ttl_ms > KHALA_TTL_MAX_MS)
+        return ttl_fail(c, ttl_ms);
     int rc = key_and_ts(c, klen, &ts);
     if (rc != 0)
         return rc;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "deadline.h"
 #include "khala/error.h"
 #include "sys.h"
 
@@ -125,7 +126,7 @@ static int apply_put(fake_tier_t *f, const void *key, size_t klen, const khala_t
     f->items[i].val = val;
     f->items[i].vlen = v->len;
     f->items[i].version = v->version;
-    f->items[i].expire_ms = v->ttl_ms ? khala__sys_now_ms() + v->ttl_ms : 0;
+    f->items[i].expire_ms = khala__deadline_of(khala__sys_now_ms(), v->ttl_ms);
     f->items[i].type = (int)v->type;
     f->items[i].used = 1;
     note(f, 'p', key, klen, v->version);
@@ -207,6 +208,40 @@ static int fk_invalidate(khala_tier_t *t, const void *prefix, size_t plen, int t
     return 0;
 }
 
+/* invalidate_step (fake_tier_stepped): the cursor is the next slot + 1 (0 = start); a step looks
+ * at FAKE_TIER_STEP_SLOTS slots, or at none while step_pause is set. */
+static int fk_invalidate_step(khala_tier_t *t, const void *prefix, size_t plen, int type,
+                              uint64_t *cursor, size_t count, uint64_t *removed) {
+    (void)count;
+    fake_tier_t *f = impl(t);
+    int rc = trouble(f);
+    if (rc != 0)
+        return rc;
+    f->steps++;
+    size_t from = *cursor ? (size_t)*cursor - 1 : 0;
+    if (f->step_pause) {
+        *cursor = from + 1;
+        return 0;
+    }
+    size_t to = from + FAKE_TIER_STEP_SLOTS < FAKE_TIER_ITEMS ? from + FAKE_TIER_STEP_SLOTS
+                                                              : FAKE_TIER_ITEMS;
+    uint64_t n = 0;
+    for (size_t i = from; i < to; i++) {
+        if (!f->items[i].used || f->items[i].klen < plen ||
+            memcmp(f->items[i].key, prefix, plen) != 0 || (type >= 0 && f->items[i].type != type))
+            continue;
+        free(f->items[i].val);
+        f->items[i].used = 0;
+        n++;
+    }
+    *cursor = to < FAKE_TIER_ITEMS ? to + 1 : 0;
+    if (*cursor == 0)
+        note(f, 'i', prefix, plen, 0);
+    if (removed)
+        *removed = n;
+    return 0;
+}
+
 static int fk_health(khala_tier_t *t) {
     fake_tier_t *f = impl(t);
     f->calls++;
@@ -241,6 +276,15 @@ static const khala_tier_ops_t FAKE_OPS = {
     .stats = fk_stats,
     .close = fk_close,
 };
+
+static khala_tier_ops_t fake_step_ops;
+
+void fake_tier_stepped(fake_tier_t *f) {
+    fake_step_ops = FAKE_OPS;
+    fake_step_ops.name = "fake-stepped";
+    fake_step_ops.invalidate_step = fk_invalidate_step;
+    f->tier.ops = &fake_step_ops;
+}
 
 fake_tier_t *fake_tier_new(khala_level_t level) {
     fake_tier_t *f = calloc(1, sizeof(*f));

@@ -18,6 +18,8 @@
 #define FAKE_TIER_ITEMS 1024
 #define FAKE_TIER_LOG 4096
 #define FAKE_TIER_KEY_MAX 64
+/* Slots one invalidate_step looks at (fake_tier_stepped). */
+#define FAKE_TIER_STEP_SLOTS 256
 
 /* One write the fake applied, in the order it applied them. */
 typedef struct fake_write {
@@ -47,12 +49,18 @@ typedef struct fake_tier {
     int latency_ms; /* slept at the start of every operation */
     uint64_t stale; /* puts refused because the fake held a newer version */
     uint64_t calls; /* operations called, health() included */
+    int step_pause; /* fake_tier_stepped: 1 = steps make no progress (a long scan) */
+    uint64_t steps; /* invalidate_step calls */
     void (*before_put)(void *arg, const void *key, size_t klen, uint64_t version);
     void *hook_arg;
 } fake_tier_t;
 
 /* Make a fake level (KHALA_LEVEL_L2 or L3), healthy and empty; free with tier.ops->close. */
 fake_tier_t *fake_tier_new(khala_level_t level);
+
+/* Give f an invalidate_step (a Redis-like level: khalad queues invalidations and runs them in
+ * steps from the tick). */
+void fake_tier_stepped(fake_tier_t *f);
 
 /* 1 (with its version and value, NUL-terminated, when asked) if the fake holds the C-string key,
  * else 0 (expired items count as absent). */

@@ -407,12 +407,50 @@ Test(crypt, the_wrapper_keeps_the_inner_drivers_optional_operations_and_errors) 
     wrapped_t w = wrap();
     cr_assert_eq(w.t->ops->tick == NULL, w.f->tier.ops->tick == NULL);
     cr_assert_eq(w.t->ops->note_hits == NULL, w.f->tier.ops->note_hits == NULL);
+    cr_assert_null(w.t->ops->invalidate_step, "the plain fake invalidates whole");
     w.f->down = 1;
     khala_tier_value_t v = {0};
     cr_assert_eq(w.t->ops->get(w.t, "x", 1, &v), KHALA_ETIER);
     cr_assert_eq(w.t->ops->health(w.t), KHALA_ETIER);
     cr_assert_str_eq(w.t->err, w.f->tier.err);
     unwrap(&w);
+}
+
+/* A driver that invalidates in steps (Redis) keeps doing so behind the wrapper: without the
+ * step, khalad would fall back to one whole-server scan inside its loop (issue 10, bug 9). */
+Test(crypt, the_wrapper_keeps_invalidation_in_steps) {
+    khala_crypt_t *c = ring("1 " KEY1 "\n", AGENT_BIT);
+    fake_tier_t *f = fake_tier_new(KHALA_LEVEL_L2);
+    cr_assert(f);
+    fake_tier_stepped(f);
+    khala_tier_t *t;
+    cr_assert_eq(khala__tier_crypt_wrap(&f->tier, c, &t), 0);
+    cr_assert_not_null(t->ops->invalidate_step);
+    khala_tier_value_t v = {(void *)SECRET, strlen(SECRET), 1, 0, (khala_type_t)AGENT};
+    cr_assert_eq(t->ops->put(t, "p:1", 3, &v), 0, "%s", t->err);
+    cr_assert_eq(t->ops->put(t, "q:1", 3, &v), 0, "%s", t->err);
+    uint64_t cursor = 0, removed = 0, total = 0;
+    int steps = 0;
+    do {
+        cr_assert_eq(t->ops->invalidate_step(t, "p:", 2, -1, &cursor, 16, &removed), 0, "%s",
+                     t->err);
+        total += removed;
+        steps++;
+    } while (cursor != 0 && steps < 10000);
+    cr_assert_eq(total, 1);
+    cr_assert_eq(f->steps, (uint64_t)steps, "every step reached the driver");
+    khala_tier_value_t out = {0};
+    cr_assert_eq(t->ops->get(t, "p:1", 3, &out), KHALA_ENOTFOUND);
+    cr_assert_eq(t->ops->get(t, "q:1", 3, &out), 0, "%s", t->err);
+    cr_assert_eq(out.len, strlen(SECRET));
+    cr_assert_eq(memcmp(out.data, SECRET, out.len), 0);
+    khala__tier_value_free(&out);
+    f->down = 1;
+    cursor = 0;
+    cr_assert_eq(t->ops->invalidate_step(t, "q:", 2, -1, &cursor, 16, NULL), KHALA_ETIER);
+    cr_assert_str_eq(t->err, f->tier.err);
+    t->ops->close(t);
+    khala__crypt_close(c);
 }
 
 /* The write journal ----------------------------------------------------------------------- */

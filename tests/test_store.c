@@ -653,3 +653,160 @@ Test(store, preload_promotes_the_hot_keys_in_batches_and_not_from_a_level_down) 
     snprintf(key, sizeof(key), "hot%d", n - 1);
     cr_assert(l1_has("hot0", NULL, NULL, 0) && l1_has(key, NULL, NULL, 0));
 }
+
+/* Deadlines and refusals (issue 10, bug 7) --------------------------------------------------- */
+
+/* A TTL near 2^63 ms (khalad refuses it at the protocol boundary; the store must not break on
+ * one anyway): the queued write's deadline saturates instead of wrapping negative, so it is
+ * still read back while queued and drains with a TTL, not as already expired. */
+Test(store, a_huge_ttl_saturates_the_queued_deadline_instead_of_expiring_the_write) {
+    fk->down = 1;
+    uint64_t ver = 0;
+    cr_assert_eq(
+        khala__store_put(d, "far", 3, "v", 1, INT64_MAX - 1, KHALA_TYPE_MEMORY_ENTITY, 0, 0, &ver),
+        0);
+    cr_assert_eq(queued(), 1);
+    khala_wq_op_t *op = khala__wq_head(d->tiers[0].wq);
+    cr_assert_gt(op->expire_ms, khala__sys_now_ms(), "deadline %lld wrapped",
+                 (long long)op->expire_ms);
+    khala_tier_value_t v;
+    khala_level_t lvl;
+    cr_assert_eq(khala__store_get(d, "far", 3, &v, &lvl), 0, "the queued write read as expired");
+    cr_assert_gt(v.ttl_ms, 1);
+    khala__tier_value_free(&v);
+    fk->down = 0;
+    tick_now();
+    cr_assert_eq(queued(), 0);
+    cr_assert(fake_tier_find(fk, "far", NULL, NULL, 0), "drained as already expired");
+}
+
+/* A level that refuses one write (KHALA_EREFUSED: Redis's OOM, say) fails that put with its
+ * message; the level stays up, nothing is queued, L1 keeps no copy, and the next write goes
+ * straight to the level. */
+Test(store, a_write_the_level_refuses_fails_alone_and_the_level_stays_up) {
+    uint64_t v1;
+    cr_assert_eq(put("k", "before", &v1), 0);
+    fk->fail_n = 1;
+    fk->fail_rc = KHALA_EREFUSED;
+    cr_assert_eq(put("k", "refused", NULL), KHALA_EREFUSED);
+    cr_assert(strstr(d->errmsg, "L2 (fake): fake: injected failure"), "message: %s", d->errmsg);
+    cr_assert(d->tiers[0].t->healthy, "one refused write does not make the level down");
+    cr_assert_eq(queued(), 0, "nor is it queued");
+    cr_assert_not(l1_has("k", NULL, NULL, 0), "L1 keeps no copy older or newer than the level");
+    uint64_t v3;
+    cr_assert_eq(put("k", "after", &v3), 0);
+    char val[16];
+    cr_assert(fake_tier_find(fk, "k", NULL, val, sizeof(val)));
+    cr_assert_str_eq(val, "after");
+}
+
+/* Invalidation in steps (issue 10, bug 9) ----------------------------------------------------- */
+
+static struct {
+    int calls, rc;
+    uint64_t count;
+    khala_conn_t *conn;
+} answered;
+
+static void record_answer(void *arg, khala_conn_t *c, uint64_t req_id, int op, uint64_t count,
+                          int rc) {
+    (void)arg, (void)req_id, (void)op;
+    answered.calls++;
+    answered.conn = c;
+    answered.count = count;
+    answered.rc = rc;
+}
+
+/* A Redis-like level (it has invalidate_step): the invalidation is queued and run in steps from
+ * the tick; L1 is done at once. While it runs, what it covers is gone for every read (the level
+ * still holds it), a write made meanwhile queues behind it and is kept, and the caller waiting
+ * for it is answered once the last step is done. */
+Test(store, a_stepped_invalidation_hides_what_it_covers_until_done_and_keeps_later_writes) {
+    teardown();
+    open_store(64, KHALA_CONFIG_WRITE_THROUGH, 1);
+    fake_tier_stepped(fk);
+    memset(&answered, 0, sizeof(answered));
+    cr_assert_eq(khala__invwait_new(record_answer, NULL, &d->invwait), 0);
+    cr_assert_eq(put("user:1", "old", NULL), 0);
+    cr_assert_eq(put("user:2", "old", NULL), 0);
+    cr_assert_eq(put("other:1", "kept", NULL), 0);
+    fk->step_pause = 1;
+    uint64_t n = 0, version = 0;
+    unsigned levels = 0;
+    cr_assert_eq(khala__store_invalidate_steps(d, "user:", 5, -1, &n, &version, &levels), 0);
+    cr_assert_eq(n, 2, "L1's count");
+    cr_assert_eq(levels, 1u, "level 0 runs it in steps");
+    cr_assert_not(l1_has("user:1", NULL, NULL, 0), "L1 is done at once");
+    cr_assert_eq(queued(), 1);
+    khala_conn_t *conn = (khala_conn_t *)&answered; /* any address: never dereferenced */
+    cr_assert_eq(khala__invwait_add(d->invwait, conn, 7, 0, n, version, levels), 0);
+
+    tick_now();
+    cr_assert_gt(fk->steps, 0);
+    cr_assert_eq(queued(), 1, "paused: still in progress");
+    cr_assert(fake_tier_find(fk, "user:1", NULL, NULL, 0), "the level still holds it");
+    khala_tier_value_t v;
+    khala_level_t lvl;
+    cr_assert_eq(khala__store_get(d, "user:1", 6, &v, &lvl), KHALA_ENOTFOUND,
+                 "a covered key read from the level during the invalidation");
+    cr_assert_eq(khala__store_get(d, "other:1", 7, &v, &lvl), 0, "what it does not cover is read");
+    khala__tier_value_free(&v);
+    khala_tier_value_t stale = {(void *)"old", 3, 1, 0, KHALA_TYPE_MEMORY_ENTITY};
+    cr_assert_eq(khala__store_promote(d, "user:2", 6, &stale), KHALA_ENOTFOUND,
+                 "warming does not bring a covered value back into L1");
+    cr_assert_eq(put("user:1", "new", NULL), 0);
+    cr_assert_eq(queued(), 2, "a later write queues behind the invalidation");
+    cr_assert_eq(khala__store_get(d, "user:1", 6, &v, &lvl), 0, "and is read");
+    khala__tier_value_free(&v);
+    cr_assert_eq(answered.calls, 0, "the caller waits");
+
+    fk->step_pause = 0;
+    for (int i = 0; i < 100 && queued(); i++)
+        tick_now();
+    cr_assert_eq(queued(), 0);
+    cr_assert_not(fake_tier_find(fk, "user:2", NULL, NULL, 0), "removed at the level");
+    char val[16];
+    cr_assert(fake_tier_find(fk, "user:1", NULL, val, sizeof(val)), "the later write was kept");
+    cr_assert_str_eq(val, "new");
+    cr_assert(fake_tier_find(fk, "other:1", NULL, NULL, 0));
+    cr_assert_eq(answered.calls, 1, "answered once it was done");
+    cr_assert_eq(answered.conn, conn);
+    cr_assert_eq(answered.count, 2);
+    cr_assert_eq(answered.rc, 0);
+}
+
+/* A level that goes down during a stepped invalidation: it stays queued for the level's return,
+ * reads skip the level meanwhile, and the waiting caller hears success at once (as for any write
+ * queued while a level is down); a caller whose connection closed is never answered. */
+Test(store, a_level_down_during_a_stepped_invalidation_answers_the_caller) {
+    teardown();
+    open_store(64, KHALA_CONFIG_WRITE_THROUGH, 1);
+    fake_tier_stepped(fk);
+    memset(&answered, 0, sizeof(answered));
+    cr_assert_eq(khala__invwait_new(record_answer, NULL, &d->invwait), 0);
+    cr_assert_eq(put("user:1", "old", NULL), 0);
+    fk->step_pause = 1;
+    uint64_t n = 0, v1 = 0, v2 = 0;
+    unsigned levels = 0;
+    cr_assert_eq(khala__store_invalidate_steps(d, "user:", 5, -1, &n, &v1, &levels), 0);
+    khala_conn_t *gone = (khala_conn_t *)&n, *conn = (khala_conn_t *)&answered;
+    cr_assert_eq(khala__invwait_add(d->invwait, gone, 1, 0, n, v1, levels), 0);
+    cr_assert_eq(khala__store_invalidate_steps(d, "user:", 5, -1, &n, &v2, &levels), 0);
+    cr_assert_eq(khala__invwait_add(d->invwait, conn, 2, 0, n, v2, levels), 0);
+    khala__invwait_forget_conn(d->invwait, gone);
+    cr_assert_eq(khala__invwait_count(d->invwait), 1);
+    fk->down = 1;
+    tick_now();
+    cr_assert_not(d->tiers[0].t->healthy);
+    cr_assert_eq(answered.calls, 1, "only the caller still connected is answered");
+    cr_assert_eq(answered.conn, conn);
+    cr_assert_eq(answered.rc, 0);
+    cr_assert_eq(queued(), 2, "both stay queued for the level's return");
+    fk->down = 0;
+    fk->step_pause = 0;
+    for (int i = 0; i < 100 && queued(); i++)
+        tick_now();
+    cr_assert_eq(queued(), 0);
+    cr_assert_not(fake_tier_find(fk, "user:1", NULL, NULL, 0));
+    cr_assert_eq(answered.calls, 1);
+}

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "redis_cluster.h"
 #include "redis_conn.h"
+#include "redis_reply_error.h"
 #include "redis_util.h"
 #include "sys.h"
 #include "tier_redis.h"
@@ -1448,4 +1449,116 @@ Test(tier_redis, a_redirection_loop_is_cut_and_named) {
     cr_assert_eq(get_str(t, absent, buf, sizeof(buf), NULL), KHALA_ENOTFOUND, "%s", t->err);
     cr_assert_eq(get_str(t, key, buf, sizeof(buf), NULL), 0, "%s", t->err);
     cr_assert_str_eq(buf, "v");
+}
+
+/* Per-request refusals (issue 10, bug 7) ------------------------------------------------------ */
+
+/* Error replies Redis gives to one command are KHALA_EREFUSED; those about the server (loading,
+ * busy, failover, credentials) are KHALA_ETIER. */
+Test(tier_redis, error_replies_are_told_apart_by_their_code_word) {
+    static const char *const down[] = {"LOADING Redis is loading the dataset in memory",
+                                       "BUSY Redis is busy running a script",
+                                       "MASTERDOWN Link with MASTER is down",
+                                       "CLUSTERDOWN The cluster is down",
+                                       "TRYAGAIN Multiple keys request during rehashing",
+                                       "MISCONF Redis is configured to save RDB snapshots",
+                                       "READONLY You can't write against a read only replica.",
+                                       "NOAUTH Authentication required.",
+                                       "NOPERM this user has no permissions",
+                                       "WRONGPASS invalid username-password pair"};
+    static const char *const refused[] = {
+        "OOM command not allowed when used memory > 'maxmemory'.",
+        "ERR invalid expire time in 'set' command script: 1a2b, on @user_script:30.",
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+        "EXECABORT Transaction discarded",
+        "ERR",
+        "",
+        "LOADINGX not a code we know"};
+    for (size_t i = 0; i < sizeof(down) / sizeof(down[0]); i++)
+        cr_assert_eq(khala__redis_error_code(down[i], strlen(down[i])), KHALA_ETIER, "%s", down[i]);
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+        cr_assert_eq(khala__redis_error_code(refused[i], strlen(refused[i])), KHALA_EREFUSED,
+                     "'%s'", refused[i]);
+}
+
+/* A put Redis refuses (an expiry it rejects; out of memory under noeviction) fails alone with
+ * KHALA_EREFUSED and Redis's words, the connection stays usable, and the next puts and gets
+ * work. Before, both were KHALA_ETIER, which made khalad mark L2 down for everyone. */
+Test(tier_redis, a_put_redis_refuses_is_refused_alone_with_the_servers_words) {
+    tu_redis_start(&g_priv, NULL);
+    char err[256], buf[16];
+    khala_tier_t *t = NULL;
+    int rc = open_tier(priv_url(NULL, 0), ns("refuse"), false, false, 1, &t, err, sizeof(err));
+    cr_assert_eq(rc, 0, "%s", err);
+    g_t = t;
+    rc = put_str(t, "far", "v", 1, 0, INT64_MAX - 1);
+    cr_assert_eq(rc, KHALA_EREFUSED, "%s: %s", khala_strerror(rc), t->err);
+    cr_assert(strstr(t->err, "far") && strstr(t->err, "expire"), "message: %s", t->err);
+    khala_bytes_t keys[2] = {{(const uint8_t *)"far", 3}, {(const uint8_t *)"near", 4}};
+    khala_tier_value_t vals[2] = {val("v", 1, 1, 0, INT64_MAX - 1), val("w", 1, 1, 0, 60000)};
+    cr_assert_eq(t->ops->mput(t, 2, keys, vals), KHALA_EREFUSED, "%s", t->err);
+    cr_assert_eq(get_str(t, "near", buf, sizeof(buf), NULL), 0, "the batch's other put is there");
+    cr_assert_eq(get_str(t, "far", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+
+    redisContext *c = direct_port(g_priv.port);
+    cmd_ok(c, "CONFIG SET maxmemory-policy noeviction");
+    cmd_ok(c, "CONFIG SET maxmemory 1");
+    rc = put_str(t, "k", "v", 2, 0, 60000);
+    cr_assert_eq(rc, KHALA_EREFUSED, "%s: %s", khala_strerror(rc), t->err);
+    cr_assert(strstr(t->err, "OOM"), "message: %s", t->err);
+    cr_assert_eq(get_str(t, "near", buf, sizeof(buf), NULL), 0, "reads still work");
+    cr_assert_eq(t->ops->health(t), 0, "the server is healthy");
+    cmd_ok(c, "CONFIG SET maxmemory 0");
+    cr_assert_eq(put_str(t, "k", "v", 2, 0, 60000), 0, "%s", t->err);
+    redisFree(c);
+}
+
+/* Invalidation in steps (issue 10, bug 9) ----------------------------------------------------- */
+
+/* invalidate_step() from cursor 0 until it returns 0 removes exactly what invalidate() would
+ * (prefix, type, the ~hot key kept), each step looking at a bounded number of keys: 1,000 keys
+ * with count 100 take many steps, on one server and across a cluster's nodes. */
+static void invalidation_in_steps(khala_tier_t *t) {
+    char key[32], buf[16];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(key, sizeof(key), "s:%d", i);
+        cr_assert_eq(put_str(t, key, "v", 1, i % 2, 60000), 0, "%s", t->err);
+    }
+    cr_assert_eq(put_str(t, "keep", "v", 1, 1, 60000), 0);
+    cr_assert_eq(get_str(t, "keep", buf, sizeof(buf), NULL), 0);
+    t->ops->tick(t, khala__sys_now_ms()); /* the ~hot key exists */
+    /* Type 1 under s: first, then the rest of s:. */
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t cursor = 0, total = 0;
+        unsigned steps = 0;
+        do {
+            uint64_t n = 0;
+            cr_assert_eq(t->ops->invalidate_step(t, "s:", 2, pass == 0 ? 1 : -1, &cursor, 100, &n),
+                         0, "%s", t->err);
+            total += n;
+            cr_assert_lt(++steps, 10000, "the steps do not end");
+        } while (cursor != 0);
+        cr_assert_eq(total, 500, "pass %d removed %llu", pass, (unsigned long long)total);
+        cr_assert_gt(steps, 3, "pass %d: %u steps for 1,000 keys, count 100", pass, steps);
+        for (int i = 0; i < 1000; i += 97) {
+            snprintf(key, sizeof(key), "s:%d", i);
+            int want = pass == 0 && i % 2 == 0 ? 0 : KHALA_ENOTFOUND;
+            cr_assert_eq(get_str(t, key, buf, sizeof(buf), NULL), want, "pass %d %s", pass, key);
+        }
+    }
+    cr_assert_eq(get_str(t, "keep", buf, sizeof(buf), NULL), 0, "other prefixes stay");
+    uint64_t cursor = 0, n = 0;
+    do
+        cr_assert_eq(t->ops->invalidate_step(t, NULL, 0, -1, &cursor, 0, &n), 0);
+    while (cursor != 0);
+    cr_assert_eq(get_str(t, "keep", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(t->ops->invalidate_step(t, NULL, 0, KHALA_TYPE_COUNT, &cursor, 0, &n), -EINVAL);
+}
+
+Test(tier_redis, invalidation_in_bounded_steps) {
+    invalidation_in_steps(tier(tu_redis_env("KHALA_TEST_REDIS_URL"), "steps"));
+}
+
+Test(tier_redis, cluster_invalidation_in_bounded_steps) {
+    invalidation_in_steps(tier(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-steps"));
 }

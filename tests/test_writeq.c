@@ -202,16 +202,24 @@ void *__real_malloc(size_t size);
 void *__wrap_malloc(size_t size);
 void *__real_calloc(size_t n, size_t size);
 void *__wrap_calloc(size_t n, size_t size);
-static int g_fail_in; /* the g_fail_in-th allocation from now fails; 0 = none */
+static int g_fail_in;  /* the g_fail_in-th allocation from now fails; 0 = none */
+static int g_fail_all; /* every allocation fails while set */
 void *__wrap_malloc(size_t size) {
-    if (g_fail_in > 0 && --g_fail_in == 0)
+    if (g_fail_all || (g_fail_in > 0 && --g_fail_in == 0))
         return NULL;
     return __real_malloc(size);
 }
 void *__wrap_calloc(size_t n, size_t size) {
-    if (g_fail_in > 0 && --g_fail_in == 0)
+    if (g_fail_all || (g_fail_in > 0 && --g_fail_in == 0))
         return NULL;
     return __real_calloc(n, size);
+}
+void *__real_realloc(void *p, size_t size);
+void *__wrap_realloc(void *p, size_t size);
+void *__wrap_realloc(void *p, size_t size) {
+    if (g_fail_all || (g_fail_in > 0 && --g_fail_in == 0))
+        return NULL;
+    return __real_realloc(p, size);
 }
 
 Test(writeq, out_of_memory_in_a_push_changes_nothing) {
@@ -249,6 +257,69 @@ Test(writeq, out_of_memory_in_a_push_changes_nothing) {
         cr_assert_not_null(op, "%s", key);
         cr_assert_eq(op->version, (uint64_t)i + 1);
     }
+    khala__wq_free(q);
+}
+
+/* Issue 10, bug 7's neighbour bug 10: removals are recorded for the next sync in a list that
+ * grows; when it could not grow, a drained delete or invalidation stayed in the journal and came
+ * back at the next start, after newer writes had drained (here: the delete of "a" would be
+ * replayed after a=2 reached L2). The room for every queued record's removal is taken when it is
+ * pushed, so removing (what the flusher does) needs no memory: with every allocation failing,
+ * drained operations are still gone from the journal after a sync, and only what is still queued
+ * comes back. */
+Test(writeq, out_of_memory_while_draining_never_changes_what_is_replayed) {
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    khala_wq_t *q;
+    char err[256];
+    uint64_t n = 0;
+    cr_assert_eq(khala__wq_new(1000, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_del(q, "a", 1), 0);
+    cr_assert_eq(khala__wq_invalidate(q, "p:", 2, -1), 0);
+    for (int i = 0; i < 300; i++) { /* more than any first allocation of the removal list */
+        char key[16];
+        snprintf(key, sizeof(key), "k%d", i);
+        put(q, key, "v", (uint64_t)i + 1);
+    }
+    put(q, "last", "v", 1000);
+    /* The flusher drains everything but the last put, with no memory to be had. */
+    g_fail_all = 1;
+    while (khala__wq_head(q) != khala__wq_find(q, "last", 4))
+        khala__wq_remove(q, khala__wq_head(q));
+    g_fail_all = 0;
+    cr_assert_eq(khala__wq_sync(q), 0);
+    khala__wq_free(q);
+
+    cr_assert_eq(khala__wq_new(1000, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, &n, err, sizeof(err)), 0, "%s", err);
+    const char *back[] = {"P:last=v"};
+    expect(q, back, 1);
+    cr_assert_eq(n, 1, "only what was not drained is replayed");
+    khala__wq_free(q);
+}
+
+/* With a journal, a push that cannot reserve the room for its later removal is refused with
+ * -ENOMEM and changes nothing, in the queue or in the journal. */
+Test(writeq, a_push_that_cannot_reserve_its_removal_is_refused_and_changes_nothing) {
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    khala_wq_t *q;
+    char err[256];
+    uint64_t n = 0;
+    cr_assert_eq(khala__wq_new(1000, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    put(q, "a", "1", 1);
+    g_fail_all = 1;
+    int rc = khala__wq_del(q, "b", 1);
+    g_fail_all = 0;
+    cr_assert_eq(rc, -ENOMEM);
+    const char *want[] = {"P:a=1"};
+    expect(q, want, 1);
+    khala__wq_free(q);
+    cr_assert_eq(khala__wq_new(1000, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, &n, err, sizeof(err)), 0, "%s", err);
+    expect(q, want, 1);
     khala__wq_free(q);
 }
 
@@ -378,5 +449,69 @@ Test(writeq, a_journal_that_is_not_one_is_ecorrupt_and_named) {
     cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), KHALA_ECORRUPT);
     cr_assert(strstr(err, dir) && strstr(err, "damaged"), "message: %s", err);
     cr_assert_null(khala__wq_head(q));
+    khala__wq_free(q);
+}
+
+/* A deadline near 2^63 ms (the store saturates a huge TTL there) survives the journal: moving it
+ * to the wall clock and back saturates instead of wrapping, so it does not come back as already
+ * expired (issue 10, bug 7). */
+Test(writeq, a_far_deadline_survives_the_journal_without_wrapping) {
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    khala_wq_t *q;
+    char err[256];
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_put(q, "far", 3, "f", 1, 1, INT64_MAX - 1, 0), 0);
+    khala__wq_free(q);
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    khala_wq_op_t *op = khala__wq_find(q, "far", 3);
+    cr_assert_not_null(op);
+    cr_assert_gt(op->expire_ms, khala__sys_now_ms() + (int64_t)1e15,
+                 "deadline %lld came back expired or wrapped", (long long)op->expire_ms);
+    khala__wq_free(q);
+}
+
+/* Queued invalidations are found by khala__wq_superseded() while queued, in any number and
+ * whatever is removed first: an item they cover (prefix, type, a lower version) is superseded,
+ * one written after them (a higher version), of another type or prefix is not. They come back
+ * from the journal with their version (issue 10, bug 9). */
+Test(writeq, queued_invalidations_supersede_older_items_they_cover) {
+    char dir[128];
+    snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    khala_wq_t *q;
+    char err[256];
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_superseded(q, "user:1", 6, 0, 1), 0, "nothing queued");
+    cr_assert_eq(khala__wq_invalidate_at(q, "user:", 5, -1, 100), 0);
+    put(q, "a", "1", 150);
+    cr_assert_eq(khala__wq_invalidate_at(q, "", 0, 2, 200), 0); /* every key of type 2 */
+    cr_assert_eq(khala__wq_superseded(q, "user:1", 6, 0, 99), 1);
+    cr_assert_eq(khala__wq_superseded(q, "user:1", 6, 0, 100), 0, "same version: not older");
+    cr_assert_eq(khala__wq_superseded(q, "user", 4, 0, 1), 0, "shorter than the prefix");
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 0, 1), 0, "another prefix");
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 2, 199), 1, "the type's invalidation");
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 2, 201), 0, "written after it");
+    khala__wq_free(q);
+    /* Back from the journal, in order, with their versions. */
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(khala__wq_superseded(q, "user:1", 6, 0, 99), 1);
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 2, 199), 1);
+    /* Remove the first (the head), then the last: each stops superseding, the other goes on. */
+    khala__wq_remove(q, khala__wq_head(q));
+    cr_assert_eq(khala__wq_superseded(q, "user:1", 6, 0, 99), 0);
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 2, 199), 1);
+    cr_assert_eq(khala__wq_invalidate_at(q, "x", 1, -1, 300), 0);
+    khala_wq_op_t *last = khala__wq_head(q);
+    while (last->next)
+        last = last->next;
+    khala__wq_remove(q, last);
+    cr_assert_eq(khala__wq_superseded(q, "x1", 2, 0, 1), 0);
+    cr_assert_eq(khala__wq_superseded(q, "other", 5, 2, 199), 1);
+    cr_assert_eq(khala__wq_invalidate_at(q, "y", 1, -1, 400), 0);
+    cr_assert_eq(khala__wq_superseded(q, "y1", 2, 0, 1), 1, "appended after a removal");
     khala__wq_free(q);
 }

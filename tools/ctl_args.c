@@ -125,7 +125,7 @@ static int set_option(ctl_t *c, const char *name, const char *val) {
     } else if (strcmp(name, "type") == 0) {
         rc = parse_type(val, &c->type);
     } else if (strcmp(name, "ttl") == 0) {
-        rc = parse_uint("--ttl", val, UINT64_MAX / 1000, &c->ttl_s);
+        rc = parse_uint("--ttl", val, KHALA_TTL_MAX_MS / 1000, &c->ttl_s); /* 10 years */
     } else if (strcmp(name, "version") == 0) {
         rc = parse_uint("--version", val, UINT64_MAX, &c->version);
     } else if (strcmp(name, "prefix") == 0) {

@@ -36,6 +36,12 @@ extern "C" {
  * key always fits beside its item header in one allocation and a lookup compares at most this. */
 #define KHALA_KEY_MAX 250
 
+/** Longest time to live in ms that a put, a touch or a load may ask for: 10 years, the same as
+ * khalad's longest configured TTL (ttl_seconds). Above it the call fails with KHALA_EINVAL, in
+ * the library before anything is sent and in khalad at the protocol boundary. Bounded so that a
+ * deadline (now + TTL) always fits in 64 bits and every level (Redis included) accepts it. */
+#define KHALA_TTL_MAX_MS (10ull * 365ull * 86400ull * 1000ull)
+
 /** Default largest value in bytes (1 MiB); a segment may be configured with another limit. */
 #define KHALA_VALUE_MAX_DEFAULT (1024u * 1024u)
 
@@ -289,13 +295,14 @@ KHALA_API KHALA_NODISCARD int khala_cache_get(khala_cache_t *c, const void *key,
  * @param[in] cap capacity of @p buf.
  * @param[out] len value length; set on success and on -ERANGE; may be NULL.
  * @param[in] type the data type a loaded value is cached with.
- * @param[in] ttl_ms its time to live in ms; 0 = the type's default.
+ * @param[in] ttl_ms its time to live in ms, up to KHALA_TTL_MAX_MS; 0 = the type's default.
  * @return 0 with the value in @p buf, from the cache or the loader (a loaded value that khalad
  *         could not cache, too big say, is still returned);
  *         -ERANGE if the value is longer than @p cap (its length in @p len);
  *         KHALA_EKEY for a bad key length; KHALA_ESECTION, KHALA_ECORRUPT, KHALA_ENOREADER,
  *         -errno as for khala_cache_get();
  *         -EINVAL if @p loader is NULL or @p type is not a type;
+ *         KHALA_EINVAL if @p ttl_ms is above KHALA_TTL_MAX_MS (before anything else happens);
  *         -EAGAIN if the leaders' loaders failed three times in a row;
  *         the loader's own nonzero code (KHALA_ENOTFOUND when the source has no such key) when
  *         it ran and failed.
@@ -325,6 +332,10 @@ KHALA_API KHALA_NODISCARD int khala_cache_get_or_load(khala_cache_t *c, const vo
  *         KHALA_ETOOBIG if @p vlen exceeds khalad's largest value;
  *         KHALA_EFULL if L1 is full of items nothing may evict;
  *         -EINVAL if the type or mode is out of range;
+ *         KHALA_EINVAL if opts->ttl_ms is above KHALA_TTL_MAX_MS (nothing is sent);
+ *         KHALA_EREFUSED when a slower level written through refused this one write (its
+ *         reason in khala_cache_errmsg(), e.g. Redis's out-of-memory reply; the level stays up
+ *         for every other request, nothing is queued, and L1 holds no copy of the key);
  *         and the codes common to calls through khalad (above).
  */
 KHALA_API KHALA_NODISCARD int khala_cache_put(khala_cache_t *c, const void *key, size_t klen,
@@ -349,6 +360,9 @@ KHALA_API KHALA_NODISCARD int khala_cache_delete(khala_cache_t *c, const void *k
  * @param[out] count how many keys were dropped; may be NULL.
  * @return 0 (also when nothing matched); KHALA_EKEY for a bad prefix length; and the codes
  *         common to calls through khalad (above).
+ * @note Returns once no level holds a matching key: with Redis as L2, after khalad's
+ *       step-by-step removal there, which takes time in proportion to the whole Redis namespace
+ *       (khalad serves other requests meanwhile; docs/tiers.md). @p count is L1's.
  */
 KHALA_API KHALA_NODISCARD int khala_cache_invalidate_prefix(khala_cache_t *c, const void *prefix,
                                                             size_t plen, uint64_t *count);
@@ -360,6 +374,7 @@ KHALA_API KHALA_NODISCARD int khala_cache_invalidate_prefix(khala_cache_t *c, co
  * @param[out] count how many keys were dropped; may be NULL.
  * @return 0 (also when nothing matched); -EINVAL if @p type is not a type; and the codes common
  *         to calls through khalad (above).
+ * @note Returns once no level holds a key of the type, as khala_cache_invalidate_prefix().
  */
 KHALA_API KHALA_NODISCARD int khala_cache_invalidate_type(khala_cache_t *c, khala_type_t type,
                                                           uint64_t *count);
@@ -368,8 +383,9 @@ KHALA_API KHALA_NODISCARD int khala_cache_invalidate_type(khala_cache_t *c, khal
  * @brief Restart @p key's time to live.
  * @param[in] c handle.
  * @param[in] key, klen the key, 1 to KHALA_KEY_MAX bytes.
- * @param[in] ttl_ms the new time to live in ms; 0 = its type's default.
+ * @param[in] ttl_ms the new time to live in ms, up to KHALA_TTL_MAX_MS; 0 = its type's default.
  * @return 0; KHALA_ENOTFOUND if the key is absent or expired; KHALA_EKEY for a bad key length;
+ *         KHALA_EINVAL if @p ttl_ms is above KHALA_TTL_MAX_MS (nothing is sent);
  *         KHALA_EFULL as for khala_cache_put(); and the codes common to calls through khalad
  *         (above).
  * @note The item gets a new version, as after a put of the same value.

@@ -46,7 +46,8 @@ extern "C" {
     X(EDENIED, 17, "permission denied (the peer lacks the right this request needs)")              \
     X(ELIMIT, 18, "a limit of khalad was reached (connections or buffered bytes); retry later")    \
     X(EINVAL, 19, "invalid argument (for example a TTL above the maximum)")                        \
-    X(EAUTH, 20, "a stored value failed authentication (tampered, or its key is unknown)")
+    X(EAUTH, 20, "a stored value failed authentication (tampered, or its key is unknown)")         \
+    X(EREFUSED, 21, "a slower level refused this one request (reason in the message); it is up")
 
 /** khala-specific error codes. Values are KHALA_ERR_BASE - offset. */
 typedef enum khala_errno {

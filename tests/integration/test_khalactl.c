@@ -504,6 +504,8 @@ Test(khalactl, usage_errors_exit_2) {
     cr_assert_eq(CTL("--bogus", "ping"), 2);
     cr_assert_eq(CTL("put", "k", "v", "--type", "nope"), 2);
     cr_assert_eq(CTL("put", "k", "v", "--ttl", "soon"), 2);
+    cr_assert_eq(CTL("put", "k", "v", "--ttl", "315360001"), 2, "above 10 years (issue 10)");
+    cr_assert(strstr(g_err, "315360000"), "stderr: %s", g_err);
     cr_assert_eq(CTL("invalidate"), 2);
     cr_assert_eq(CTL("invalidate", "k", "--prefix", "p"), 2);
     cr_assert_eq(CTL("warm"), 2);
