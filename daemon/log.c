@@ -9,8 +9,14 @@
 #include <stdio.h>
 #include <time.h>
 
-/* Write s as a JSON string body (without quotes). */
+#include "redact.h"
+
+/* Write s as a JSON string body (without quotes), its URL passwords redacted (lib/redact.h):
+ * messages carry drivers' errors, which may quote a redis_url. */
 static void json_str(FILE *f, const char *s) {
+    char clean[4096];
+    if (khala__redact_needed(s))
+        s = khala__redact(s, clean, sizeof(clean));
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
         if (ch == '"' || ch == '\\')
