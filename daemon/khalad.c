@@ -230,8 +230,8 @@ static int serve(khalad_t *d, int foreground) {
     /* 4. The socket, in a directory no other user can write to (daemon/fsmodes.h). */
     if ((rc = khala__fsmodes_socket_dir(d->socket_path, !d->cfg.cache.socket[0], d->uid, err,
                                         sizeof(err))) != 0) {
-        khala__log("error", "cannot use the socket's directory", "path", d->socket_path, "error",
-                   err, NULL);
+        khala__log("error", "cannot create the socket's directory, or it is not safe", "path",
+                   d->socket_path, "error", err, NULL);
         goto out_tiers;
     }
     khala_server_config_t scfg;
