@@ -53,10 +53,12 @@ const char *khala__redact(const char *in, char *out, size_t outlen) {
         if (p[0] == ':' && p[1] == '/' && p[2] == '/' && find_password(p + 3, &pw, &pw_end)) {
             /* Copy up to the password, then the mark, then skip the password. */
             size_t head = (size_t)(pw - p), mark = strlen(KHALA_REDACTED);
-            if (o + head + mark >= outlen)
+            if (o + head >= outlen)
                 break;
             memcpy(out + o, p, head);
             o += head;
+            if (o + mark >= outlen)
+                break; /* the text stops where the password would be */
             memcpy(out + o, KHALA_REDACTED, mark);
             o += mark;
             p = pw_end;
