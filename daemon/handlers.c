@@ -215,8 +215,8 @@ static void deny(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, unsigned ri
     if (over_key)
         khala__errbuf_quote(m->key.ptr, m->key.len, q, sizeof(q));
     reply_rc(d, c, m->id, m->op, KHALA_EDENIED,
-             "uid %u lacks the '%s' right %s%s%s for %s on cache '%s' (docs/security.md)",
-             (unsigned)uid, rname, over_key ? "on key '" : "", over_key ? q : "",
+             "uid %u lacks the '%s' right%s%s%s for %s on cache '%s' (docs/security.md)",
+             (unsigned)uid, rname, over_key ? " on key '" : "", over_key ? q : "",
              over_key ? "'" : "", op, d->cfg.cache.name);
     if (khala__acl_log_allow(&d->acl, khala__sys_now_ms(), &skipped)) {
         snprintf(uid_s, sizeof(uid_s), "%u", (unsigned)uid);
