@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "errbuf.h"
+#include "debug.h"
 #include "khala/error.h"
 #include "proto.h"
 
@@ -143,6 +144,7 @@ static int parse_scope(const char *s, khala_acl_rule_t *r, char *err, size_t err
 int khala__acl_rule_parse(const char *text, khala_acl_rule_t *out, char *err, size_t errlen) {
     char buf[512], *words[4];
     size_t n = 0;
+    KHALA_ASSERT(text && out);
     if (strlen(text) >= sizeof(buf))
         return khala__errbuf(err, errlen, KHALA_ECONFIG, "rule is longer than %zu bytes",
                              sizeof(buf) - 1);
@@ -231,6 +233,8 @@ static int covers(const khala_acl_rule_t *r, const void *key, size_t klen, int t
 
 unsigned khala__acl_rights(const khala_acl_t *acl, const khala_acl_peer_t *p, const void *key,
                            size_t klen, int type) {
+    KHALA_ASSERT(acl && p && acl->nrules <= KHALA_ACL_RULES_MAX);
+    KHALA_ASSERT(key || type < 0);
     /* Step 1. */
     if (p->uid == 0 || p->uid == acl->owner)
         return KHALA_RIGHT_ALL;

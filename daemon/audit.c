@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "errbuf.h"
+#include "debug.h"
 #include "log.h"
 #include "sys.h"
 
@@ -170,6 +171,8 @@ static void put_field_num(line_t *l, const char *name, long long v) {
 
 size_t khala__audit_format(const khala_audit_t *a, const khala_audit_event_t *e,
                            int64_t now_realtime_ms, char *buf, size_t len) {
+    KHALA_ASSERT(a && e && e->event && buf && len >= 512);
+    KHALA_ASSERT(!e->nkeys || (e->keys && e->klens));
     line_t l = {buf, 0, len > 3 ? len - 3 : 0, 0};
     char ts[64];
     time_t secs = (time_t)(now_realtime_ms / 1000);

@@ -20,6 +20,7 @@
 
 #include <string.h>
 
+#include "debug.h"
 /* Bytes that end a URL's authority when they appear in free text. */
 static int ends_authority(char c) {
     return c == '\0' || c == '/' || c == '?' || c == '#' || c == ' ' || c == '\t' || c == '"' ||
@@ -46,6 +47,7 @@ static int find_password(const char *p, const char **pw, const char **pw_end) {
 
 const char *khala__redact(const char *in, char *out, size_t outlen) {
     size_t o = 0;
+    KHALA_ASSERT(in && out && in != out);
     if (outlen == 0)
         return out;
     for (const char *p = in; *p;) {

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "errbuf.h"
+#include "debug.h"
 
 int khala__rundir_of(const char *path, char *out, size_t outlen) {
     const char *slash = strrchr(path, '/');
@@ -41,6 +42,8 @@ khala_rundir_kind_t khala__rundir_kind(const char *sock_path, int is_default) {
 int khala__rundir_check(const char *dir, khala_rundir_kind_t kind, uid_t uid, char *err,
                         size_t errlen) {
     struct stat st;
+    KHALA_ASSERT(dir && (kind == KHALA_RUNDIR_PRIVATE || kind == KHALA_RUNDIR_SHARED));
+    KHALA_ASSERT(kind == KHALA_RUNDIR_SHARED || uid != KHALA_RUNDIR_ANY_OWNER);
     if (lstat(dir, &st) != 0)
         return khala__errbuf(err, errlen, -errno, "socket directory %s: %s", dir, strerror(errno));
     if (S_ISLNK(st.st_mode))
