@@ -509,3 +509,23 @@ Test(access, sighup_reopens_the_audit_file) {
     memcpy(g_audit, rotated, strlen(rotated) + 1);
     cr_assert_eq(count_lines(flush), 1, "%s", audit_lines());
 }
+
+/* A segment file made world-writable after khalad made it (0640) is given its mode back when the
+ * next khalad adopts the segment: the segments are never left world-writable (khalad also
+ * checks them after opening, and refuses to serve if they still were). */
+Test(access, an_adopted_world_writable_segment_is_made_private_again) {
+    start(NULL);
+    khalad_kill(SIGTERM);
+    char data[160], readers[160];
+    snprintf(data, sizeof(data), "/dev/shm/khala.%s.data", khalad_name);
+    snprintf(readers, sizeof(readers), "/dev/shm/khala.%s.readers", khalad_name);
+    cr_assert_eq(chmod(data, 0666), 0, "%s: %s", data, strerror(errno));
+    cr_assert_eq(chmod(readers, 0666), 0, "%s: %s", readers, strerror(errno));
+    start(NULL);
+    struct stat st;
+    cr_assert_eq(stat(data, &st), 0);
+    cr_assert_eq(st.st_mode & 07777, 0640, "data %o", st.st_mode & 07777);
+    cr_assert_eq(stat(readers, &st), 0);
+    cr_assert_eq(st.st_mode & 07777, 0660, "readers %o", st.st_mode & 07777);
+    cr_assert_eq(st.st_gid, SOCKET_GROUP);
+}
