@@ -80,6 +80,7 @@ static khala_chan_t *open_chan(void) {
 static int call(khala_chan_t *ch, khala_msg_t *m, char *msg, size_t len, khala_msg_t *out) {
     khala_msg_t r;
     char err[256];
+    khala__proto_msg_init(&r); /* the channel frees what *reply held */
     if (khala__chan_call(ch, m, &r, 5000, err, sizeof(err)) != 0)
         return 1; /* not an rc khalad sends */
     if (msg)
