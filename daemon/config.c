@@ -76,27 +76,28 @@
 /* Per-type defaults, by id. 0 TTLs follow the level; DEFAULT write mode follows [policies].
  * The reasoning is in docs/operating.md ("[type.<name>]"). Quotas are 0 (none) while they have
  * no effect ("Keys that have no effect yet"); the shares planned for them are search_result 15,
- * embedding 40, agent_response 10 and search_index 15 (80% in all). */
+ * embedding 40, agent_response 10 and search_index 15 (80% in all). No type is encrypted by
+ * default: encryption needs a key file ([crypto] key_file). */
 #define L123 (KHALA_CONFIG_LEVEL_L1 | KHALA_CONFIG_LEVEL_L2 | KHALA_CONFIG_LEVEL_L3)
 #define L12 (KHALA_CONFIG_LEVEL_L1 | KHALA_CONFIG_LEVEL_L2)
 #define L23 (KHALA_CONFIG_LEVEL_L2 | KHALA_CONFIG_LEVEL_L3)
 static const khala_config_type_t TYPE_DEFAULTS[KHALA_CONFIG_NTYPES] = {
     /* memory_entity: the common case, everything from the levels. */
-    {L123, 0, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
+    {L123, 0, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0, false},
     /* search_result: goes stale as memories change; short-lived, not worth L3. */
-    {L12, 60, 600, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
+    {L12, 60, 600, 0, KHALA_CONFIG_WRITE_DEFAULT, 0, false},
     /* embedding: large, costly to compute, never wrong for the same input. */
-    {L123, 3600, 86400, 604800, KHALA_CONFIG_WRITE_BEHIND, 0},
+    {L123, 3600, 86400, 604800, KHALA_CONFIG_WRITE_BEHIND, 0, false},
     /* entity_relationship: the levels' defaults. */
-    {L123, 0, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
+    {L123, 0, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0, false},
     /* agent_response: conversational, short-lived. */
-    {L12, 120, 1800, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
+    {L12, 120, 1800, 0, KHALA_CONFIG_WRITE_DEFAULT, 0, false},
     /* verification: a verdict holds for a while. */
-    {L123, 600, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0},
+    {L123, 600, 0, 0, KHALA_CONFIG_WRITE_DEFAULT, 0, false},
     /* search_index: large and rebuildable. */
-    {L123, 600, 7200, 0, KHALA_CONFIG_WRITE_BEHIND, 0},
+    {L123, 600, 7200, 0, KHALA_CONFIG_WRITE_BEHIND, 0, false},
     /* consolidation: periodic summaries, read rarely: kept off L1. */
-    {L23, 0, 0, 604800, KHALA_CONFIG_WRITE_DEFAULT, 0},
+    {L23, 0, 0, 604800, KHALA_CONFIG_WRITE_DEFAULT, 0, false},
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -140,6 +141,7 @@ static int check_redis_url(const char *v, char *msg, size_t len);
 static int check_http_url(const char *v, char *msg, size_t len);
 static int check_ident(const char *v, char *msg, size_t len);
 static int check_namespace(const char *v, char *msg, size_t len);
+static int check_key_file(const char *v, char *msg, size_t len);
 static int check_rule(const char *v, char *msg, size_t len);
 static int check_audit_path(const char *v, char *msg, size_t len);
 static int check_rate(const char *v, char *msg, size_t len);
@@ -230,6 +232,13 @@ static const key_desc_t KEYS_POLICIES[] = {
     U32("ttl_jitter_pct", policies.ttl_jitter_pct, 0, 50),
     U32("single_flight_timeout_ms", policies.single_flight_timeout_ms, 1, 600000),
 };
+/* [server]: khalad's connection limits (docs/operating.md, "Limits"). */
+static const key_desc_t KEYS_SERVER[] = {
+    U32("max_connections", server.max_connections, 1, KHALA_CONFIG_SERVER_CONNS_MAX),
+    U32("max_output_bytes", server.max_output_bytes, KHALA_CONFIG_SERVER_OUTPUT_MIN, UINT32_MAX),
+    U32("max_buffer_bytes", server.max_buffer_bytes, KHALA_CONFIG_SERVER_BUFFER_MIN, UINT32_MAX),
+    U32("frame_timeout_ms", server.frame_timeout_ms, 100, 3600000),
+};
 static const key_desc_t KEYS_ACCESS[] = {
     {"rule", K_LIST, OFF(access.rule), sizeof(((khala_config_t *)0)->access.rule), 0, 0, NULL,
      check_rule},
@@ -246,6 +255,11 @@ static const key_desc_t KEYS_TYPE[] = {
     {"l3_ttl_seconds", K_U32, TOFF(l3_ttl_seconds), 0, 0, TTL_MAX, NULL, NULL},
     {"write_mode", K_ENUM, TOFF(write_mode), 0, 0, 0, TYPE_WRITE_NAMES, NULL},
     {"quota_pct", K_U32, TOFF(quota_pct), 0, 0, 100, NULL, NULL},
+    {"encrypt", K_BOOL, TOFF(encrypt), 0, 0, 0, NULL, NULL},
+};
+/* [crypto]: encryption at rest (daemon/crypt.h). */
+static const key_desc_t KEYS_CRYPTO[] = {
+    STR("key_file", crypto.key_file, check_key_file),
 };
 
 #define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
@@ -263,10 +277,22 @@ static const section_t SECTIONS[] = {
     {"l2", KEYS_L2, NKEYS(KEYS_L2)},
     {"l3", KEYS_L3, NKEYS(KEYS_L3)},
     {"policies", KEYS_POLICIES, NKEYS(KEYS_POLICIES)},
+    {"crypto", KEYS_CRYPTO, NKEYS(KEYS_CRYPTO)},
+    {"server", KEYS_SERVER, NKEYS(KEYS_SERVER)},
     {"access", KEYS_ACCESS, NKEYS(KEYS_ACCESS)},
     {"audit", KEYS_AUDIT, NKEYS(KEYS_AUDIT)},
 };
-enum { SEC_CACHE, SEC_L1, SEC_L2, SEC_L3, SEC_POLICIES, SEC_ACCESS, SEC_AUDIT }; /* SECTIONS */
+enum {
+    SEC_CACHE,
+    SEC_L1,
+    SEC_L2,
+    SEC_L3,
+    SEC_POLICIES,
+    SEC_CRYPTO,
+    SEC_SERVER,
+    SEC_ACCESS,
+    SEC_AUDIT
+}; /* indexes into SECTIONS */
 #define SEC_TYPE0 ((int)NKEYS(SECTIONS))
 #define NSECTIONS (SEC_TYPE0 + KHALA_CONFIG_NTYPES)
 /* The most keys any section has; key ids are sec * KEYS_PER_SEC + index. */
@@ -274,7 +300,8 @@ enum { SEC_CACHE, SEC_L1, SEC_L2, SEC_L3, SEC_POLICIES, SEC_ACCESS, SEC_AUDIT };
 #define TYPE_PREFIX "type."
 _Static_assert(NKEYS(KEYS_CACHE) <= KEYS_PER_SEC && NKEYS(KEYS_L1) <= KEYS_PER_SEC &&
                    NKEYS(KEYS_L2) <= KEYS_PER_SEC && NKEYS(KEYS_L3) <= KEYS_PER_SEC &&
-                   NKEYS(KEYS_POLICIES) <= KEYS_PER_SEC && NKEYS(KEYS_TYPE) <= KEYS_PER_SEC,
+                   NKEYS(KEYS_POLICIES) <= KEYS_PER_SEC && NKEYS(KEYS_TYPE) <= KEYS_PER_SEC &&
+                   NKEYS(KEYS_SERVER) <= KEYS_PER_SEC,
                "a section has more keys than KEYS_PER_SEC");
 
 static const section_t *section_of(int sec) {
@@ -567,6 +594,12 @@ static int check_namespace(const char *v, char *msg, size_t len) {
 static int check_path(const char *v, char *msg, size_t len) {
     char q[64];
     return v[0] == '/' ? 0 : msgf(msg, len, "%s is not an absolute path", quoted(v, q, sizeof(q)));
+}
+
+/* [crypto] key_file: empty (none) or an absolute path; the file itself is checked by
+ * khala__crypt_load() at --check and at start. */
+static int check_key_file(const char *v, char *msg, size_t len) {
+    return v[0] ? check_path(v, msg, len) : 0;
 }
 
 static int check_socket(const char *v, char *msg, size_t len) {
@@ -924,6 +957,14 @@ static int check_all(const khala_config_t *cfg, const origin_t *o, char *err, si
         return report_key(err, errlen, o, SEC_L1, key_index(SEC_L1, "max_value_bytes"),
                           "%u does not fit in max_memory_mb (%u MiB)", cfg->l1.max_value_bytes,
                           cfg->l1.max_memory_mb);
+    /* [server]: one request of the largest value must fit in the input buffers. */
+    uint64_t frame = (uint64_t)KHALA_FRAME_HEADER + khala__config_server_max_frame(cfg);
+    if (cfg->server.max_buffer_bytes < frame)
+        return report_key(err, errlen, o, SEC_SERVER, key_index(SEC_SERVER, "max_buffer_bytes"),
+                          "%u is less than one request of the largest value (%llu bytes, from "
+                          "[l1] max_value_bytes %u)",
+                          cfg->server.max_buffer_bytes, (unsigned long long)frame,
+                          cfg->l1.max_value_bytes);
     if (cfg->l2.backend == KHALA_CONFIG_L2_REDIS && !cfg->l2.redis_url[0])
         return report_key(err, errlen, o, SEC_L2, key_index(SEC_L2, "backend"),
                           "'redis' needs [l2] redis_url");
@@ -940,6 +981,10 @@ static int check_all(const khala_config_t *cfg, const origin_t *o, char *err, si
     if (cfg->policies.write_mode == KHALA_CONFIG_WRITE_DEFAULT)
         return report_key(err, errlen, o, SEC_POLICIES, key_index(SEC_POLICIES, "write_mode"),
                           "must be write_through or write_behind");
+    for (int t = 0; t < KHALA_CONFIG_NTYPES; t++)
+        if (cfg->types[t].encrypt && !cfg->crypto.key_file[0])
+            return report_key(err, errlen, o, SEC_TYPE0 + t, key_index(SEC_TYPE0 + t, "encrypt"),
+                              "true needs [crypto] key_file (the keys values are sealed with)");
     /* The quota checks (a sum of at most 100%, a quota only on a type that lives on l1) and
      * "surrealdb needs surrealdb_url" return with quotas and L3; git log has them. */
     for (int t = 0; t < KHALA_CONFIG_NTYPES; t++) {
@@ -1308,6 +1353,10 @@ int khala__config_defaults(khala_config_t *cfg, const char *name) {
     cfg->policies.negative_ttl_seconds = 0;
     cfg->policies.ttl_jitter_pct = 10;
     cfg->policies.single_flight_timeout_ms = 5000;
+    cfg->server.max_connections = 4096;
+    cfg->server.max_output_bytes = 8u * MIB;
+    cfg->server.max_buffer_bytes = 256u * MIB;
+    cfg->server.frame_timeout_ms = 10000;
     memcpy(cfg->types, TYPE_DEFAULTS, sizeof(TYPE_DEFAULTS));
     return rc;
 }
@@ -1318,6 +1367,15 @@ uint32_t khala__config_l1_items(const khala_config_t *cfg) {
     uint64_t n = (uint64_t)cfg->l1.max_memory_mb * MIB / KHALA_CONFIG_L1_BYTES_PER_ITEM;
     if (n > KHALA_CONFIG_L1_ITEMS_MAX)
         n = KHALA_CONFIG_L1_ITEMS_MAX;
+    return (uint32_t)n;
+}
+
+uint32_t khala__config_server_max_frame(const khala_config_t *cfg) {
+    uint64_t n = (uint64_t)cfg->l1.max_value_bytes + KHALA_CONFIG_FRAME_ROOM;
+    if (n < KHALA_FRAME_MAX_DEFAULT)
+        n = KHALA_FRAME_MAX_DEFAULT;
+    if (n > KHALA_FRAME_MAX_CEILING)
+        n = KHALA_FRAME_MAX_CEILING;
     return (uint32_t)n;
 }
 
@@ -1401,6 +1459,14 @@ khala_config_write_mode_t khala__config_type_write_mode(const khala_config_t *cf
     if (m == KHALA_CONFIG_WRITE_DEFAULT)
         m = cfg->policies.write_mode;
     return m == KHALA_CONFIG_WRITE_BEHIND ? KHALA_CONFIG_WRITE_BEHIND : KHALA_CONFIG_WRITE_THROUGH;
+}
+
+uint32_t khala__config_encrypted_types(const khala_config_t *cfg) {
+    uint32_t bits = 0;
+    for (int t = 0; t < KHALA_CONFIG_NTYPES; t++)
+        if (cfg->types[t].encrypt)
+            bits |= 1u << t;
+    return bits;
 }
 
 const char *khala__config_type_name(int id) {

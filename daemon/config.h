@@ -81,6 +81,17 @@
 #define KHALA_CONFIG_L2_POOL_MAX 64u
 #define KHALA_CONFIG_L2_QUEUE_MAX 10000000u
 
+/** [server] max_connections limit: beyond it the descriptors alone would not fit a sane
+ * RLIMIT_NOFILE. */
+#define KHALA_CONFIG_SERVER_CONNS_MAX 1000000u
+/** [server] max_output_bytes lower limit: one ordinary reply must fit without pausing. */
+#define KHALA_CONFIG_SERVER_OUTPUT_MIN (64u * 1024u)
+/** [server] max_buffer_bytes lower limit; it must also hold one frame (checked with [l1]). */
+#define KHALA_CONFIG_SERVER_BUFFER_MIN (1024u * 1024u)
+/** Bytes of a frame beyond its value: the key (KHALA_KEY_MAX) and the other fields, with room to
+ * spare; the same room KHALA_FRAME_MAX_CEILING keeps above the largest value. */
+#define KHALA_CONFIG_FRAME_ROOM (64u * 1024u)
+
 /** Redis database numbers accepted in redis_url. */
 #define KHALA_CONFIG_REDIS_DB_MAX 65535u
 
@@ -134,6 +145,7 @@ typedef struct khala_config_type {
     uint32_t l3_ttl_seconds;              /* 0 = [l3] ttl_seconds */
     khala_config_write_mode_t write_mode; /* DEFAULT = [policies] write_mode */
     uint32_t quota_pct;                   /* share of L1 bytes, 0..100; 0 = no quota */
+    bool encrypt; /* values sealed below L1 (L2, L3, journal): needs [crypto] key_file */
 } khala_config_type_t;
 
 /** The whole configuration. Field names are the keys' names; units are in them or noted. */
@@ -197,7 +209,17 @@ typedef struct khala_config {
         uint32_t ttl_jitter_pct;           /* TTLs vary by up to +-this percent, 0..50 */
         uint32_t single_flight_timeout_ms; /* how long a waiter waits for the loader */
     } policies;
+    struct {
+        char key_file[KHALA_CONFIG_PATH_MAX]; /* "" = none; absolute; daemon/crypt.h */
+    } crypto;
     khala_config_type_t types[KHALA_CONFIG_NTYPES]; /* by type id (khala__config_type_id) */
+    struct {
+        uint32_t max_connections;  /* clients served at once; more get ELIMIT, 1..CONNS_MAX */
+        uint32_t max_output_bytes; /* unsent reply bytes of one client before its requests
+                                      wait until it reads */
+        uint32_t max_buffer_bytes; /* input buffers (partial requests), all clients together */
+        uint32_t frame_timeout_ms; /* a request frame must complete within this */
+    } server;
     struct {
         /* Every `rule = ...` line, in order, '\n'-separated; "" = none (the defaults of
          * daemon/acl.h). A rule line appends; an empty `rule =` clears the rules before it. */
@@ -308,6 +330,15 @@ int khala__config_load(khala_config_t *cfg, const char *path, const char *const 
 int khala__config_check(const khala_config_t *cfg, char *err, size_t errlen);
 
 /**
+ * @brief khalad's largest frame body, derived from [l1] max_value_bytes: the value plus
+ *        KHALA_CONFIG_FRAME_ROOM, at least KHALA_FRAME_MAX_DEFAULT and at most
+ *        KHALA_FRAME_MAX_CEILING. khalad announces it in the hello reply.
+ * @param[in] cfg the configuration.
+ * @return the limit in bytes.
+ */
+uint32_t khala__config_server_max_frame(const khala_config_t *cfg);
+
+/**
  * @brief The L1 segment sizes @p cfg asks for.
  * @param[in] cfg a valid configuration.
  * @param[out] out the segment configuration: items, bytes, largest value, readers; the hit-ring
@@ -369,6 +400,13 @@ uint32_t khala__config_type_ttl(const khala_config_t *cfg, int type, int level);
  * @return KHALA_CONFIG_WRITE_THROUGH or KHALA_CONFIG_WRITE_BEHIND (THROUGH for a bad id).
  */
 khala_config_write_mode_t khala__config_type_write_mode(const khala_config_t *cfg, int type);
+
+/**
+ * @brief The types whose values are sealed below L1 ([type.<name>] encrypt = true).
+ * @param[in] cfg the configuration.
+ * @return bit (1u << type id) per encrypted type; 0 when none is.
+ */
+uint32_t khala__config_encrypted_types(const khala_config_t *cfg);
 
 /**
  * @brief Name of type @p id ("memory_entity" for 0 ... "consolidation" for 7).

@@ -292,7 +292,7 @@ static void op_hello(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     r.name.ptr = (const uint8_t *)name;
     r.name.len = strlen(name);
     r.gen = khala__l1_seg(d->l1)->generation;
-    r.max_frame = KHALA_FRAME_MAX_DEFAULT;
+    r.max_frame = (uint32_t)khala__server_max_frame(d->srv);
     r.max_value = khala__l1_seg(d->l1)->max_value;
     r.has = KHALA_F_PROTO | KHALA_F_NAME | KHALA_F_GEN | KHALA_F_MAX_FRAME | KHALA_F_MAX_VALUE;
     send_reply(d, c, &r);
@@ -466,8 +466,18 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         KV_U("rehashes", st.rehashes),
         KV_U("huge_page_bytes", khala__sys_huge_bytes(khala__l1_seg(d->l1)->base)),
     };
+    khala_server_stats_t ss;
+    khala__server_stats(d->srv, &ss);
     khala_kv_t daemon[] = {
-        KV_U("connections", khala__server_conns(d->srv)),
+        KV_U("connections", ss.conns),
+        KV_U("connections_paused", ss.paused),
+        KV_U("connections_refused", ss.refused),
+        KV_U("connections_refused_no_fd", ss.fd_refused),
+        KV_U("fd_exhausted", ss.fd_exhausted),
+        KV_U("frame_timeouts", ss.frame_timeouts),
+        KV_U("buffer_refusals", ss.buffer_refusals),
+        KV_U("input_buffer_bytes", ss.in_bytes),
+        KV_U("output_buffer_bytes", ss.out_bytes),
         KV_U("requests", d->requests),
         KV_U("error_replies", d->replies_err),
         KV_U("protocol_errors", d->proto_errors),
@@ -483,7 +493,7 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     };
     khala_kv_t l2[KHALAD_TIERS_STATS_MAX];
     size_t nl2 = khala__tiers_stats(d, l2, KHALAD_TIERS_STATS_MAX);
-    khala_kv_t top[3] = {
+    khala_kv_t top[4] = {
         {.key = {(const uint8_t *)"l1", 2}, .kind = KHALA_KV_MAP},
         {.key = {(const uint8_t *)"khalad", 6}, .kind = KHALA_KV_MAP},
         {.key = {(const uint8_t *)"l2", 2}, .kind = KHALA_KV_MAP},
@@ -494,9 +504,27 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     top[1].as.map.n = sizeof(daemon) / sizeof(daemon[0]);
     top[2].as.map.items = l2;
     top[2].as.map.n = (uint32_t)nl2;
+    uint32_t ntop = nl2 ? 3 : 2;
+    /* Encryption at rest (daemon/crypt.h), when a key file is configured. */
+    khala_crypt_stats_t cs = {0};
+    if (d->crypt)
+        khala__crypt_stats(d->crypt, &cs);
+    khala_kv_t crypto[] = {
+        KV_U("sealed", cs.sealed),
+        KV_U("opened", cs.opened),
+        KV_U("auth_failures", cs.auth_failures),
+        KV_U("unknown_key", cs.unknown_key),
+        KV_U("keys", d->crypt ? khala__crypt_nkeys(d->crypt) : 0),
+        KV_U("current_key_id", d->crypt ? khala__crypt_current_id(d->crypt) : 0),
+    };
+    if (d->crypt) {
+        top[ntop] = (khala_kv_t){.key = {(const uint8_t *)"crypto", 6}, .kind = KHALA_KV_MAP};
+        top[ntop].as.map.items = crypto;
+        top[ntop++].as.map.n = sizeof(crypto) / sizeof(crypto[0]);
+    }
     khala_msg_t r = reply_to(m);
     r.data = top;
-    r.ndata = nl2 ? 3 : 2;
+    r.ndata = ntop;
     r.has = KHALA_F_DATA;
     send_reply(d, c, &r);
 }
@@ -567,7 +595,10 @@ static void op_keys(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
  * described rather than "no such key". The top-level fields describe the fastest level holding
  * the key (the one a get answers from; "hits" only when that is L1), "levels" lists every level
  * holding it, and each level has a map whose "state" is "held", "absent", "down" (marked
- * unhealthy: not asked) or "error" (the get failed; "error" names why). A level below that is
+ * unhealthy: not asked), "error" (the get failed; "error" names why) or "refused" (it holds a
+ * value that failed authentication, daemon/tier_crypt.h: "error" is KHALA_EAUTH's name, "detail"
+ * says why; the value is a miss there; when no level holds the key otherwise, the reply is
+ * KHALA_EAUTH naming the level and why). A level below that is
  * asked counts one get in its stats. Writes still queued for a level are not looked at. */
 #define KV_STR(k, v)                                                                               \
     (khala_kv_t) {                                                                                 \
@@ -580,7 +611,7 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     enum { NLEVELS = 1 + KHALAD_TIERS_MAX, NFIELDS = 8 };
     khala_kv_t per[NLEVELS][NFIELDS], top[6 + NLEVELS];
     uint32_t nper[NLEVELS] = {0}, ntop = 0;
-    char levels[32] = "", downs[256] = "";
+    char levels[32] = "", downs[256] = "", refused[320] = "";
     int first = -1, nlevels = 1 + d->ntiers;
     uint64_t hits = 0;
     int64_t now = khala__sys_now_ms();
@@ -624,6 +655,13 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
                 first = l;
         } else if (rc == KHALA_ENOTFOUND) {
             per[l][nper[l]++] = KV_STR("state", "absent");
+        } else if (rc == KHALA_EAUTH) {
+            /* Held, but refused (daemon/tier_crypt.h): a miss at this level, never shown. */
+            per[l][nper[l]++] = KV_STR("state", "refused");
+            per[l][nper[l]++] = KV_STR("error", khala_err_name(rc));
+            per[l][nper[l]++] = KV_STR("detail", t->err);
+            if (!refused[0])
+                snprintf(refused, sizeof(refused), "%s (%s) %s", lname, t->ops->name, t->err);
         } else {
             per[l][nper[l]++] = KV_STR("state", t->healthy ? "error" : "down");
             per[l][nper[l]++] = KV_STR("error", t->err[0] ? t->err : khala_strerror(rc));
@@ -632,7 +670,9 @@ static void op_inspect(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         }
     }
     if (first < 0) {
-        if (downs[0])
+        if (refused[0]) /* held, but not trusted: say so rather than "no such key" */
+            reply_rc(d, c, m->id, m->op, KHALA_EAUTH, "%s", refused);
+        else if (downs[0])
             reply_rc(d, c, m->id, m->op, KHALA_ENOTFOUND,
                      "in no level that answered; %s, so it was not asked", downs);
         else
@@ -793,8 +833,13 @@ void khala__handlers_bad_frame(void *arg, khala_conn_t *c, size_t len) {
     khalad_t *d = arg;
     d->proto_errors++;
     reply_rc(d, c, 0, KHALA_OP_NONE, KHALA_EPROTO,
-             len ? "frame of %zu bytes exceeds max_frame %u" : "frame of %zu bytes is empty", len,
-             (unsigned)KHALA_FRAME_MAX_DEFAULT);
+             len ? "frame of %zu bytes exceeds max_frame %zu (it follows [l1] max_value_bytes)"
+                 : "frame of %zu bytes is empty",
+             len, khala__server_max_frame(d->srv));
+}
+
+void khala__handlers_refuse(void *arg, khala_conn_t *c, int rc, const char *msg) {
+    reply_rc(arg, c, 0, KHALA_OP_NONE, rc, "%s", msg);
 }
 
 void khala__handlers_close(void *arg, khala_conn_t *c) {

@@ -13,7 +13,8 @@
  * wrong stops the start with a message naming file, line and key), the L1 segment (adopted
  * when a previous khalad left a consistent one of the same sizes, so workers keep reading
  * through the restart; made anew otherwise), the socket, then readiness to systemd
- * (READY=1). SIGTERM and SIGINT stop the loop; the segment outlives khalad.
+ * (READY=1). SIGTERM and SIGINT stop the loop; the segment outlives khalad. SIGHUP reads the
+ * [crypto] key file again (daemon/crypt.h), at the next tick.
  *
  * Logs are one JSON object per line on stderr (journald keeps them).
  */
@@ -32,12 +33,15 @@
 #include "errbuf.h"
 #include "khala/error.h"
 #include "khala/version.h"
+#include "dirs.h"
+#include "fdlimit.h"
 #include "fsmodes.h"
 #include "khalad.h"
 #include "log.h"
 #include "sys.h"
 
 static khala_server_t *g_srv;                /* for the signal handler */
+static volatile sig_atomic_t g_reload_keys;  /* SIGHUP: the tick reads the key file again */
 static volatile sig_atomic_t g_reopen_audit; /* SIGHUP: reopen the audit file at the next tick */
 
 static void on_signal(int sig) {
@@ -49,6 +53,28 @@ static void on_signal(int sig) {
 static void on_hup(int sig) {
     (void)sig;
     g_reopen_audit = 1;
+    g_reload_keys = 1;
+}
+
+/* SIGHUP: read [crypto] key_file again (rotation without a restart); a file that fails its
+ * checks changes nothing and is logged. */
+static void reload_keys(khalad_t *d) {
+    g_reload_keys = 0;
+    if (!d->crypt) {
+        khala__log("info", "SIGHUP: no [crypto] key_file, nothing to reload", NULL);
+        return;
+    }
+    char err[512] = "", cur[32], nkeys[32];
+    int rc = khala__crypt_reload(d->crypt, d->cfg.crypto.key_file, err, sizeof(err));
+    if (rc != 0) {
+        khala__log("error", "SIGHUP: the key file was not reloaded; the old keys stay", "key_file",
+                   d->cfg.crypto.key_file, "error", err, NULL);
+        return;
+    }
+    snprintf(nkeys, sizeof(nkeys), "%zu", khala__crypt_nkeys(d->crypt));
+    snprintf(cur, sizeof(cur), "%u", (unsigned)khala__crypt_current_id(d->crypt));
+    khala__log("info", "SIGHUP: reloaded the key file", "key_file", d->cfg.crypto.key_file, "keys",
+               nkeys, "current_key_id", cur, NULL);
 }
 
 static void usage(FILE *f) {
@@ -63,6 +89,8 @@ static void usage(FILE *f) {
 
 static void tick(void *arg) {
     khalad_t *d = arg;
+    if (g_reload_keys)
+        reload_keys(d);
     khala__handlers_tick(d);
     uint64_t now = (uint64_t)khala__sys_now_ms();
     if (g_reopen_audit) {
@@ -148,11 +176,28 @@ static int serve(khalad_t *d, int foreground) {
         fprintf(stderr, "khalad: cannot detach: %s\n", strerror(errno));
         return 1;
     }
+    /* A file-size limit (ulimit -f, systemd's LimitFSIZE=) reached by a write is the disk
+     * refusing it: the write fails with EFBIG and the level is marked down, as for a full disk.
+     * SIGXFSZ's default action would end khalad instead. */
+    signal(SIGXFSZ, SIG_IGN);
     d->uid = getuid();
     d->started_ms = (uint64_t)khala__sys_now_ms();
     d->coh_fd = -1;
     khala__proto_buf_init(&d->out);
     khala__store_init(d);
+    {
+        /* Descriptors: one per connection (daemon/fdlimit.c says why raise, and why warn). */
+        uint64_t soft, hard;
+        char lim[24], hlim[24], msg[400];
+        rc = khala__fdlimit_raise(&soft, &hard);
+        snprintf(lim, sizeof(lim), "%llu", (unsigned long long)soft);
+        snprintf(hlim, sizeof(hlim), "%llu", (unsigned long long)hard);
+        khala__log(rc == 0 ? "info" : "warn",
+                   rc == 0 ? "file-descriptor limit" : "cannot raise the file-descriptor limit",
+                   "nofile", lim, "hard", hlim, "error", rc == 0 ? "" : strerror(-rc), NULL);
+        if (!khala__fdlimit_fits(d->cfg.server.max_connections, soft, msg, sizeof(msg)))
+            khala__log("warn", msg, NULL);
+    }
     if ((rc = socket_group(d, &d->socket_gid)) != 0) {
         khala__log("error", "unknown socket_group", "group", d->cfg.cache.socket_group, NULL);
         goto out_buf;
@@ -238,12 +283,17 @@ static int serve(khalad_t *d, int foreground) {
     khala__server_config_init(&scfg);
     scfg.path = d->socket_path;
     scfg.mode = d->cfg.cache.socket_mode;
-    scfg.max_frame = KHALA_FRAME_MAX_DEFAULT;
+    scfg.max_frame = khala__config_server_max_frame(&d->cfg);
+    scfg.max_out = d->cfg.server.max_output_bytes;
+    scfg.max_in_total = d->cfg.server.max_buffer_bytes;
+    scfg.frame_timeout_ms = d->cfg.server.frame_timeout_ms;
+    scfg.max_conns = d->cfg.server.max_connections;
     scfg.gid = d->socket_gid;
     khala_server_ops_t ops = {.on_frame = khala__handlers_frame,
                               .on_bad_frame = khala__handlers_bad_frame,
                               .on_close = khala__handlers_close,
-                              .on_tick = tick};
+                              .on_tick = tick,
+                              .on_refuse = khala__handlers_refuse};
     if ((rc = khala__server_open(&scfg, &ops, d, &d->srv, err, sizeof(err))) != 0) {
         khala__log("error", "cannot listen", "path", d->socket_path, "error", err, NULL);
         goto out_tiers;
@@ -363,13 +413,32 @@ int main(int argc, char **argv) {
         fprintf(stderr, "khalad: %s\n", err[0] ? err : khala_strerror(rc));
         return 1;
     }
+    /* The key ring: its file's owner, mode and contents are checked by --check too. */
+    if (d.cfg.crypto.key_file[0] &&
+        (rc = khala__crypt_load(d.cfg.crypto.key_file, khala__config_encrypted_types(&d.cfg),
+                                &d.crypt, err, sizeof(err))) != 0) {
+        fprintf(stderr, "khalad: %s\n", err[0] ? err : khala_strerror(rc));
+        return 1;
+    }
     if (check_only) {
         khala__config_dump(&d.cfg, stdout);
+        khala__crypt_close(d.crypt);
         return 0;
     }
     if ((rc = khala__config_socket_path(&d.cfg, d.socket_path, sizeof(d.socket_path))) != 0) {
         fprintf(stderr, "khalad: cannot derive the socket path: %s\n", khala_strerror(rc));
+        khala__crypt_close(d.crypt);
         return 1;
     }
-    return serve(&d, foreground);
+    if (d.crypt) {
+        char nkeys[32], cur[32];
+        snprintf(nkeys, sizeof(nkeys), "%zu", khala__crypt_nkeys(d.crypt));
+        snprintf(cur, sizeof(cur), "%u", (unsigned)khala__crypt_current_id(d.crypt));
+        khala__log("info", "encryption at rest: values of encrypted types are sealed below L1",
+                   "key_file", d.cfg.crypto.key_file, "keys", nkeys, "current_key_id", cur, NULL);
+    }
+    rc = serve(&d, foreground);
+    khala__crypt_close(d.crypt);
+    d.crypt = NULL;
+    return rc;
 }

@@ -19,6 +19,7 @@
 #include "proto.h"
 #include "server.h"
 #include "coherence.h"
+#include "crypt.h"
 #include "store.h"
 #include "tier.h"
 #include "tiers.h"
@@ -49,6 +50,7 @@ typedef struct khalad {
     khalad_tier_t tiers[KHALAD_TIERS_MAX]; /* L2 then L3 (daemon/tiers.c) */
     int ntiers;                            /* tiers in use */
     khala_coherence_t *coh;                /* cross-host invalidation, or NULL */
+    khala_crypt_t *crypt;                  /* [crypto] key ring, or NULL; immutable after start */
     int coh_fd;                            /* its descriptor the loop watches, or -1 */
     uint64_t last_version;                 /* last version handed out */
     uint64_t rng;                          /* TTL jitter (daemon/store.c) */
@@ -79,6 +81,7 @@ typedef struct khalad {
 int khala__handlers_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_t len);
 void khala__handlers_bad_frame(void *arg, khala_conn_t *c, size_t len);
 void khala__handlers_close(void *arg, khala_conn_t *c);
+void khala__handlers_refuse(void *arg, khala_conn_t *c, int rc, const char *msg);
 void khala__handlers_tick(void *arg);
 
 #endif /* KHALA_DAEMON_KHALAD_H */

@@ -11,22 +11,46 @@
  * Step 1. A readable connection is read into its input buffer, which grows up to one whole
  *         frame (4 + max_frame bytes) and never beyond.
  * Step 2. Every complete frame in the buffer goes to on_frame, in order, so a client may
- *         pipeline as many requests as it likes; replies are queued in the same order.
+ *         pipeline as many requests as it likes; replies are queued in the same order. Before
+ *         each frame the unsent replies are measured: past max_out, the rest of the frames wait
+ *         in the buffer (the connection is "paused": it is not read either) until the client
+ *         has read enough of its replies; then they are handled (step 3 resumes them).
  * Step 3. The output buffer is written at once; what the socket does not take waits for
- *         EPOLLOUT.
+ *         EPOLLOUT. When a paused connection's replies drain below max_out, its waiting frames
+ *         are handled and it is read again.
  * Step 4. A frame longer than max_frame (or of length 0) is a protocol error: on_bad_frame
  *         queues the error reply, and the connection closes once it is written. Nobody else
  *         is affected.
  *
- * Fairness and bounds: a client whose unread replies exceed max_out is not read from until
- * they drain, so a client that pipelines without reading cannot grow khalad's memory, and a
- * slow or dead client only ever stalls itself. A read takes at most READ_CHUNK bytes per
- * event, so one busy client cannot starve the others.
+ * Bounds (docs/operating.md, "Limits"): what one client makes khalad hold is at most one frame
+ * of input (4 + max_frame) and max_out plus one reply of output, because replies are measured
+ * as they are appended, not only before a read: a client that pipelines gets of a large value
+ * and never reads pins max_out, not a reply per request. Input buffers together are bounded by
+ * max_in_total: a client whose partial frame would pass it gets an ELIMIT reply and is closed.
+ * A partial frame must complete within frame_timeout_ms (a sweep every few hundred ms), or its
+ * connection gets an ELIMIT reply and is closed, so slow or stalled senders cannot pin memory
+ * indefinitely. Connections beyond max_conns get an ELIMIT reply naming max_connections before
+ * the close. Buffers shrink back when they empty, so memory follows what is pending, not the
+ * largest burst a connection ever saw.
+ *
+ * Out of file descriptors (EMFILE, ENFILE): accept would fail at every wake of a level-triggered
+ * epoll and spin. The server keeps one spare descriptor (/dev/null): it closes it, accepts the
+ * waiting connection, answers ELIMIT and closes it, and takes the spare back, so the backlog
+ * drains and the loop sleeps. Should the spare be lost (another process took the last system
+ * descriptor), the listening socket is left out of epoll until a connection closes or the next
+ * sweep. Each episode is logged once, at its start and at its end.
+ *
+ * Fairness: a slow or dead client only ever stalls itself. A read takes at most READ_CHUNK bytes
+ * per event, so one busy client cannot starve the others.
+ *
+ * Logging of refusals and closes for a limit is rate-limited (one line a second per kind, with
+ * how many were not logged); the counters (khala__server_stats) count every one.
  */
 #include "server.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +64,7 @@
 
 #include "errbuf.h"
 #include "khala/error.h"
+#include "log.h"
 #include "sys.h"
 
 #define READ_CHUNK (64u * 1024u) /* bytes read per readable event, at most */
@@ -47,6 +72,11 @@
 #define MAX_EVENTS 64
 #define TAG_LISTEN ((void *)1)
 #define TAG_WAKE ((void *)2)
+#define SHRINK_BYTES (64u * 1024u) /* an empty buffer larger than this is freed */
+#define SWEEP_MS_MAX 250u          /* the frame-timeout sweep runs at least this often */
+
+/* Kinds of limit events, for the rate-limited log. */
+enum { LOG_REFUSED, LOG_FD, LOG_TIMEOUT, LOG_BUFFER, LOG_KINDS };
 
 struct khala_conn {
     khala_server_t *srv;
@@ -66,6 +96,8 @@ struct khala_conn {
     size_t out_cap;            /* capacity of `out` */
     uint32_t events;           /* the epoll mask now registered */
     int closing;               /* 1: close once `out` is written; read nothing more */
+    int paused;                /* 1: unsent replies over max_out; frames wait in `in` */
+    int64_t frame_start_ms;    /* when the partial frame at the front of `in` began, 0 = none */
     void *data;                /* the handlers' pointer */
     khala_conn_t *prev, *next; /* in srv->conns */
 };
@@ -80,8 +112,15 @@ struct khala_server {
     int wfd; /* eventfd written by khala__server_stop */
     khala_conn_t *conns;
     unsigned nconns;
-    khala_conn_t *current; /* the connection whose frames are being handled, or NULL */
-    int stopping;          /* set by the loop when the eventfd fires */
+    khala_conn_t *current;     /* the connection whose frames are being handled, or NULL */
+    int stopping;              /* set by the loop when the eventfd fires */
+    int spare_fd;              /* /dev/null, closed to accept-and-refuse at EMFILE; -1 = lost */
+    int fd_starved;            /* 1: inside an episode of EMFILE/ENFILE (logged once) */
+    int accept_off;            /* 1: the listening socket is out of epoll (no spare descriptor) */
+    int64_t next_sweep_ms;     /* when the frame-timeout sweep runs next */
+    khala_server_stats_t st;   /* counters and byte totals (conns: nconns) */
+    int64_t log_ms[LOG_KINDS]; /* when each kind was last logged */
+    uint64_t log_skipped[LOG_KINDS]; /* events of each kind not logged since */
     struct khala_watch {
         int fd; /* -1 = free */
         void (*fn)(void *arg);
@@ -95,6 +134,8 @@ void khala__server_config_init(khala_server_config_t *cfg) {
     cfg->gid = -1;
     cfg->max_frame = 2u * 1024 * 1024;
     cfg->max_out = 8u * 1024 * 1024;
+    cfg->max_in_total = 256u * 1024 * 1024;
+    cfg->frame_timeout_ms = 10000;
     cfg->tick_ms = 10;
     cfg->max_conns = 4096;
 }
@@ -107,6 +148,66 @@ static int set_events(khala_conn_t *c, uint32_t ev) {
         return -errno;
     c->events = ev;
     return 0;
+}
+
+/* Log a limit event of `kind`, at most once a second per kind; the line says how many were
+ * not logged since the last one. Key/value pairs as khala__log, NULL-terminated (at most 4). */
+static void limit_log(khala_server_t *s, int kind, const char *msg, ...) {
+    int64_t now = khala__sys_now_ms();
+    if (s->log_ms[kind] && now - s->log_ms[kind] < 1000) {
+        s->log_skipped[kind]++;
+        return;
+    }
+    const char *kv[8] = {NULL};
+    va_list ap;
+    va_start(ap, msg);
+    for (int i = 0; i < 8; i += 2) {
+        kv[i] = va_arg(ap, const char *);
+        if (!kv[i])
+            break;
+        kv[i + 1] = va_arg(ap, const char *);
+    }
+    va_end(ap);
+    char skipped[24];
+    snprintf(skipped, sizeof(skipped), "%llu", (unsigned long long)s->log_skipped[kind]);
+    khala__log("warn", msg, "not_logged_since_last", skipped, kv[0], kv[1], kv[2], kv[3], kv[4],
+               kv[5], kv[6], kv[7], NULL);
+    s->log_ms[kind] = now;
+    s->log_skipped[kind] = 0;
+}
+
+/* The peer of fd as "pid P uid U" for a log line, into buf. */
+static const char *peer_str(int fd, char *buf, size_t len) {
+    struct ucred cred;
+    socklen_t cl = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0)
+        snprintf(buf, len, "pid %d uid %u", (int)cred.pid, (unsigned)cred.uid);
+    else
+        snprintf(buf, len, "unknown");
+    return buf;
+}
+
+/* Buffer capacities change only here, so that the totals in s->st stay exact. */
+static void in_resize_done(khala_conn_t *c, uint8_t *p, size_t cap) {
+    c->srv->st.in_bytes = c->srv->st.in_bytes - c->in_cap + cap;
+    c->in = p;
+    c->in_cap = cap;
+}
+
+static void out_resize_done(khala_conn_t *c, uint8_t *p, size_t cap) {
+    c->srv->st.out_bytes = c->srv->st.out_bytes - c->out_cap + cap;
+    c->out = p;
+    c->out_cap = cap;
+}
+
+static void set_paused(khala_conn_t *c, int paused) {
+    if (c->paused == paused)
+        return;
+    c->paused = paused;
+    if (paused)
+        c->srv->st.paused++;
+    else
+        c->srv->st.paused--;
 }
 
 static void conn_free(khala_conn_t *c) {
@@ -122,9 +223,20 @@ static void conn_free(khala_conn_t *c) {
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
+    set_paused(c, 0);
     free(c->in);
     free(c->out);
+    in_resize_done(c, NULL, 0);
+    out_resize_done(c, NULL, 0);
     free(c);
+    if (s->accept_off) {
+        /* A descriptor is free again: accept once more (the spare first, if it was lost). */
+        if (s->spare_fd < 0)
+            s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        struct epoll_event e = {.events = EPOLLIN, .data.ptr = TAG_LISTEN};
+        if (epoll_ctl(s->efd, EPOLL_CTL_MOD, s->lfd, &e) == 0)
+            s->accept_off = 0;
+    }
 }
 
 int khala__conn_send(khala_conn_t *c, const void *bytes, size_t len) {
@@ -142,8 +254,7 @@ int khala__conn_send(khala_conn_t *c, const void *bytes, size_t len) {
             uint8_t *p = realloc(c->out, cap);
             if (!p)
                 return -ENOMEM;
-            c->out = p;
-            c->out_cap = cap;
+            out_resize_done(c, p, cap);
         }
     }
     memcpy(c->out + c->out_len, bytes, len);
@@ -216,6 +327,15 @@ unsigned khala__server_conns(const khala_server_t *s) {
     return s->nconns;
 }
 
+void khala__server_stats(const khala_server_t *s, khala_server_stats_t *st) {
+    *st = s->st;
+    st->conns = s->nconns;
+}
+
+size_t khala__server_max_frame(const khala_server_t *s) {
+    return s->cfg.max_frame;
+}
+
 /* Step 3: write what is queued. 0, or -1 when the connection was freed. */
 static int conn_flush(khala_conn_t *c) {
     while (c->out_off < c->out_len) {
@@ -237,10 +357,15 @@ static int conn_flush(khala_conn_t *c) {
             conn_free(c);
             return -1;
         }
+        if (c->out_cap > SHRINK_BYTES) {
+            free(c->out); /* a burst is over: memory follows what is pending */
+            out_resize_done(c, NULL, 0);
+        }
     }
     size_t pending = c->out_len - c->out_off;
-    uint32_t ev =
-        (pending ? EPOLLOUT : 0) | (!c->closing && pending <= c->srv->cfg.max_out ? EPOLLIN : 0);
+    int over = pending > c->srv->cfg.max_out;
+    set_paused(c, !c->closing && over);
+    uint32_t ev = (pending ? EPOLLOUT : 0) | (!c->closing && !over ? EPOLLIN : 0);
     if (set_events(c, ev) != 0) {
         conn_free(c);
         return -1;
@@ -252,11 +377,31 @@ static uint32_t be32(const uint8_t *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* Step 2 and 4: hand every complete frame in `in` to the handlers. */
+/* Close c for a limit: the handlers queue an ELIMIT reply naming it, input is dropped, and the
+ * connection closes once the reply is written. */
+static void conn_refuse(khala_conn_t *c, const char *msg) {
+    khala_server_t *s = c->srv;
+    if (s->ops.on_refuse) {
+        khala_conn_t *cur = s->current;
+        s->current = c; /* queue only: the caller flushes */
+        s->ops.on_refuse(s->arg, c, KHALA_ELIMIT, msg);
+        s->current = cur;
+    }
+    c->closing = 1;
+    c->in_len = 0;
+    c->frame_start_ms = 0;
+    free(c->in);
+    in_resize_done(c, NULL, 0);
+}
+
+/* Step 2 and 4: hand every complete frame in `in` to the handlers, while the unsent replies
+ * stay within max_out. */
 static void conn_frames(khala_conn_t *c) {
     khala_server_t *s = c->srv;
     size_t off = 0;
     while (!c->closing && c->in_len - off >= 4) {
+        if (c->out_len - c->out_off > s->cfg.max_out)
+            break; /* paused: the rest waits until the client reads (step 3) */
         uint32_t len = be32(c->in + off);
         if (len == 0 || len > s->cfg.max_frame) {
             if (s->ops.on_bad_frame)
@@ -279,13 +424,42 @@ static void conn_frames(khala_conn_t *c) {
         memmove(c->in, c->in + off, c->in_len - off);
         c->in_len -= off;
     }
+    /* A partial frame's clock starts when its first bytes are at the front of `in`. */
+    if (c->in_len == 0)
+        c->frame_start_ms = 0;
+    else if (off || !c->frame_start_ms)
+        c->frame_start_ms = khala__sys_now_ms();
+    if (c->in_len == 0 && c->in_cap > SHRINK_BYTES) {
+        free(c->in);
+        in_resize_done(c, NULL, 0);
+    }
+}
+
+/* Does `in` start with a whole frame (or a bad header, which conn_frames answers)? */
+static int has_frame(const khala_conn_t *c) {
+    if (c->in_len < 4)
+        return 0;
+    uint32_t len = be32(c->in);
+    return len == 0 || len > c->srv->cfg.max_frame || c->in_len - 4 >= len;
+}
+
+/* Steps 2 and 3 until no handled frame is left waiting: the flush may drain the replies below
+ * max_out at once (a client reading as fast as it is written), and then nothing else would
+ * wake the frames that wait. Each round handles frames already buffered: bounded by one read. */
+static void conn_serve(khala_conn_t *c) {
+    do {
+        conn_frames(c);
+        if (conn_flush(c) != 0)
+            return; /* freed */
+    } while (!c->closing && c->out_len - c->out_off <= c->srv->cfg.max_out && has_frame(c));
 }
 
 /* Step 1. */
 static void conn_readable(khala_conn_t *c) {
     khala_server_t *s = c->srv;
     size_t want = READ_CHUNK;
-    /* Room for the frame in progress, but never more than one whole frame. */
+    /* Room for the frame in progress, but never more than one whole frame, and never more than
+     * max_in_total across all clients. */
     size_t limit = 4 + s->cfg.max_frame;
     if (c->in_cap - c->in_len < want && c->in_cap < limit) {
         size_t cap = c->in_cap ? c->in_cap : READ_CHUNK;
@@ -293,13 +467,26 @@ static void conn_readable(khala_conn_t *c) {
             cap *= 2;
         if (cap > limit)
             cap = limit;
+        if (s->st.in_bytes - c->in_cap + cap > s->cfg.max_in_total) {
+            char msg[200], peer[64];
+            snprintf(msg, sizeof(msg),
+                     "khalad holds %llu bytes of unfinished requests, its limit "
+                     "([server] max_buffer_bytes %zu); closing this connection",
+                     (unsigned long long)s->st.in_bytes, s->cfg.max_in_total);
+            s->st.buffer_refusals++;
+            limit_log(s, LOG_BUFFER,
+                      "closed a connection: input buffers at [server] max_buffer_bytes", "peer",
+                      peer_str(c->fd, peer, sizeof(peer)), NULL);
+            conn_refuse(c, msg);
+            (void)conn_flush(c);
+            return;
+        }
         uint8_t *p = realloc(c->in, cap);
         if (!p) {
             conn_free(c);
             return;
         }
-        c->in = p;
-        c->in_cap = cap;
+        in_resize_done(c, p, cap);
     }
     if (c->in_cap - c->in_len < want)
         want = c->in_cap - c->in_len;
@@ -310,7 +497,8 @@ static void conn_readable(khala_conn_t *c) {
     }
     if (n > 0) {
         c->in_len += (size_t)n;
-        conn_frames(c);
+        conn_serve(c);
+        return;
     }
     (void)conn_flush(c);
 }
@@ -334,15 +522,84 @@ static void read_comm(pid_t pid, char *out, size_t len) {
     out[strcspn(out, "\n")] = '\0';
 }
 
+/* Refuse a connection just accepted, that will not be served: one ELIMIT reply (msg), written
+ * without waiting (it is small and the socket's buffer is empty), then the close. */
+static void refuse_fd(khala_server_t *s, int fd, const char *msg) {
+    khala_conn_t tmp;
+    memset(&tmp, 0, sizeof(tmp));
+    tmp.srv = s;
+    tmp.fd = fd;
+    tmp.member = -1;
+    if (s->ops.on_refuse) {
+        khala_conn_t *cur = s->current;
+        s->current = &tmp; /* queue only: never registered in epoll */
+        s->ops.on_refuse(s->arg, &tmp, KHALA_ELIMIT, msg);
+        s->current = cur;
+    }
+    if (tmp.out_len)
+        (void)!send(fd, tmp.out, tmp.out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    free(tmp.out);
+    out_resize_done(&tmp, NULL, 0);
+    close(fd);
+}
+
+/* accept failed with EMFILE or ENFILE (err): refuse the waiting connections through the spare
+ * descriptor, so the backlog drains and epoll stops waking us; without a spare, stop watching
+ * the listening socket until a connection closes (conn_free) or the next sweep. */
+static void accept_starved(khala_server_t *s, int err) {
+    if (!s->fd_starved) {
+        s->fd_starved = 1;
+        s->st.fd_exhausted++;
+        khala__log("warn",
+                   "out of file descriptors: new connections are refused until some close "
+                   "(raise LimitNOFILE= or lower [server] max_connections)",
+                   "error", strerror(err), NULL);
+    }
+    while (s->spare_fd >= 0) {
+        close(s->spare_fd);
+        s->spare_fd = -1;
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            s->st.fd_refused++;
+            refuse_fd(s, fd, "khalad is out of file descriptors; try again later");
+        }
+        s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return; /* the backlog is empty (EAGAIN), or something else failed: next event */
+    }
+    struct epoll_event e = {.events = 0, .data.ptr = TAG_LISTEN};
+    if (epoll_ctl(s->efd, EPOLL_CTL_MOD, s->lfd, &e) == 0)
+        s->accept_off = 1;
+}
+
 static void accept_all(khala_server_t *s) {
     for (;;) {
         int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EINTR)
+            if (errno == EINTR || errno == ECONNABORTED)
                 continue;
-            return; /* EAGAIN, or a transient error (EMFILE...): try at the next event */
+            if (errno == EMFILE || errno == ENFILE)
+                accept_starved(s, errno);
+            return; /* EAGAIN, or a transient error (ENOBUFS...): try at the next event */
         }
-        khala_conn_t *c = s->nconns < s->cfg.max_conns ? calloc(1, sizeof(*c)) : NULL;
+        if (s->fd_starved) {
+            s->fd_starved = 0;
+            khala__log("info", "file descriptors are available again; accepting connections", NULL);
+        }
+        if (s->nconns >= s->cfg.max_conns) {
+            char msg[160], peer[64], max[24];
+            snprintf(msg, sizeof(msg),
+                     "khalad serves %u connections, its limit ([server] max_connections); "
+                     "try again later",
+                     s->cfg.max_conns);
+            snprintf(max, sizeof(max), "%u", s->cfg.max_conns);
+            s->st.refused++;
+            limit_log(s, LOG_REFUSED, "refused a connection: [server] max_connections reached",
+                      "max_connections", max, "peer", peer_str(fd, peer, sizeof(peer)), NULL);
+            refuse_fd(s, fd, msg);
+            continue;
+        }
+        khala_conn_t *c = calloc(1, sizeof(*c));
         if (!c) {
             close(fd);
             continue;
@@ -373,6 +630,40 @@ static void accept_all(khala_server_t *s) {
     }
 }
 
+/* Close connections whose partial frame is older than frame_timeout_ms; take the listening
+ * socket back into epoll if it was left out for want of a descriptor. */
+static void sweep(khala_server_t *s, int64_t now) {
+    if (s->accept_off) {
+        if (s->spare_fd < 0)
+            s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        struct epoll_event e = {.events = EPOLLIN, .data.ptr = TAG_LISTEN};
+        if (epoll_ctl(s->efd, EPOLL_CTL_MOD, s->lfd, &e) == 0)
+            s->accept_off = 0;
+    }
+    if (!s->cfg.frame_timeout_ms)
+        return;
+    khala_conn_t *next;
+    for (khala_conn_t *c = s->conns; c; c = next) {
+        next = c->next;
+        if (!c->frame_start_ms || c->paused || c->closing ||
+            now - c->frame_start_ms < (int64_t)s->cfg.frame_timeout_ms)
+            continue;
+        char msg[200], peer[64], have[24];
+        snprintf(msg, sizeof(msg),
+                 "a request frame was not complete after %u ms ([server] frame_timeout_ms); "
+                 "closing this connection",
+                 s->cfg.frame_timeout_ms);
+        snprintf(have, sizeof(have), "%zu", c->in_len);
+        s->st.frame_timeouts++;
+        limit_log(s, LOG_TIMEOUT,
+                  "closed a connection: a frame did not complete within [server] "
+                  "frame_timeout_ms",
+                  "peer", peer_str(c->fd, peer, sizeof(peer)), "bytes_received", have, NULL);
+        conn_refuse(c, msg);
+        (void)conn_flush(c);
+    }
+}
+
 int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_t *ops, void *arg,
                        khala_server_t **out, char *err, size_t errlen) {
     struct sockaddr_un sa;
@@ -391,6 +682,7 @@ int khala__server_open(const khala_server_config_t *cfg, const khala_server_ops_
     s->ops = *ops;
     s->arg = arg;
     s->lfd = s->efd = s->wfd = -1;
+    s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC); /* -1 is survivable: see theory */
     for (int i = 0; i < KHALA_SERVER_WATCH_MAX; i++)
         s->watch[i].fd = -1;
     snprintf(s->path, sizeof(s->path), "%s", cfg->path);
@@ -448,6 +740,8 @@ fail:
         close(s->efd);
     if (s->lfd >= 0)
         close(s->lfd);
+    if (s->spare_fd >= 0)
+        close(s->spare_fd);
     free(s);
     return rc;
 }
@@ -505,12 +799,22 @@ int khala__server_run(khala_server_t *s) {
                 if (ev[i].events & EPOLLOUT) {
                     if (conn_flush(c) != 0)
                         continue; /* freed */
+                    if (!c->paused && !c->closing && has_frame(c)) {
+                        conn_serve(c); /* step 3: the paused frames; may free c */
+                        continue;
+                    }
                 }
                 if (ev[i].events & EPOLLIN)
                     conn_readable(c);
             }
         }
         now = (uint64_t)khala__sys_now_ms();
+        if ((int64_t)now >= s->next_sweep_ms) {
+            sweep(s, (int64_t)now);
+            unsigned every = s->cfg.frame_timeout_ms / 4;
+            s->next_sweep_ms =
+                (int64_t)now + (every && every < SWEEP_MS_MAX ? every : SWEEP_MS_MAX);
+        }
         if (now >= next_tick) {
             if (s->ops.on_tick)
                 s->ops.on_tick(s->arg);
@@ -534,6 +838,8 @@ void khala__server_close(khala_server_t *s) {
     close(s->wfd);
     close(s->efd);
     close(s->lfd);
+    if (s->spare_fd >= 0)
+        close(s->spare_fd);
     (void)unlink(s->path);
     free(s);
 }

@@ -30,19 +30,42 @@ typedef struct khala_server_ops {
     void (*on_close)(void *arg, khala_conn_t *c);
     /* Called about every tick_ms while the loop runs (housekeeping). May be NULL. */
     void (*on_tick)(void *arg);
+    /* The server is about to close c for a limit: queue one error reply (id 0) with code rc
+     * (KHALA_ELIMIT) and the message msg, which names the limit. c may be a connection that was
+     * never served (refused at accept): the callback must not keep it. May be NULL. */
+    void (*on_refuse)(void *arg, khala_conn_t *c, int rc, const char *msg);
 } khala_server_ops_t;
 
 typedef struct khala_server_config {
-    const char *path;   /* socket path; its directory must exist */
-    unsigned mode;      /* socket file mode, e.g. 0660 */
-    long gid;           /* group of the socket file, -1 to keep the process's */
-    size_t max_frame;   /* largest frame payload accepted */
-    size_t max_out;     /* bytes queued to one client before it stops being read */
-    unsigned tick_ms;   /* period of on_tick */
-    unsigned max_conns; /* connections beyond this are refused */
+    const char *path;          /* socket path; its directory must exist */
+    unsigned mode;             /* socket file mode, e.g. 0660 */
+    long gid;                  /* group of the socket file, -1 to keep the process's */
+    size_t max_frame;          /* largest frame payload accepted */
+    size_t max_out;            /* unsent reply bytes of one client beyond which its requests
+                                  wait (and it is not read) until they drain */
+    size_t max_in_total;       /* bytes of input buffers (partial frames) across all clients;
+                                  a client that needs more is refused and closed */
+    unsigned frame_timeout_ms; /* a frame begun this long ago and not complete closes its
+                                  connection; 0 = never */
+    unsigned tick_ms;          /* period of on_tick */
+    unsigned max_conns;        /* connections beyond this are refused */
 } khala_server_config_t;
 
-/* Defaults: mode 0660, gid -1, max_frame 2 MiB, max_out 8 MiB, tick 10 ms, 4096 conns. */
+/* What the server holds and what its limits did, for stats. */
+typedef struct khala_server_stats {
+    unsigned conns;           /* connections open now */
+    unsigned paused;          /* of those, not read now: unsent replies over max_out */
+    uint64_t in_bytes;        /* bytes allocated now for input buffers, all clients */
+    uint64_t out_bytes;       /* bytes allocated now for reply buffers, all clients */
+    uint64_t refused;         /* connections refused at max_conns */
+    uint64_t fd_refused;      /* connections refused for want of a file descriptor */
+    uint64_t fd_exhausted;    /* episodes of accept failing with EMFILE or ENFILE */
+    uint64_t frame_timeouts;  /* connections closed: a frame did not complete in time */
+    uint64_t buffer_refusals; /* connections closed: max_in_total reached */
+} khala_server_stats_t;
+
+/* Defaults: mode 0660, gid -1, max_frame 2 MiB, max_out 8 MiB, max_in_total 256 MiB,
+ * frame_timeout_ms 10 s, tick 10 ms, 4096 conns. */
 void khala__server_config_init(khala_server_config_t *cfg);
 
 /* Bind and listen. A stale socket file (no one listening) is replaced; a live one is
@@ -60,8 +83,9 @@ void khala__server_stop(khala_server_t *s);
 void khala__server_close(khala_server_t *s);
 
 /* Queue bytes (one or more complete frames) to c. 0, or -ENOMEM. Bytes beyond max_out are
- * still queued; the server then stops reading from c until its queue drains, so a client
- * that does not read its replies cannot make khalad buffer without bound. */
+ * still queued; the server then handles no more of c's requests, and does not read from it,
+ * until its queue drains below max_out, so a client that does not read its replies holds at
+ * most max_out plus one reply. */
 int khala__conn_send(khala_conn_t *c, const void *bytes, size_t len);
 
 /* The peer's process name (/proc/PID/comm, at most 15 bytes), read at accept; "" when it
@@ -96,5 +120,15 @@ int khala__server_watch(khala_server_t *s, int old_fd, int fd, void (*fn)(void *
 
 /* Connections open now. */
 unsigned khala__server_conns(const khala_server_t *s);
+
+/**
+ * @brief What the server holds now and what its limits have done since it opened.
+ * @param[in] s the server. @param[out] st the figures.
+ * @note khalad's loop thread only.
+ */
+void khala__server_stats(const khala_server_t *s, khala_server_stats_t *st);
+
+/** @brief The largest frame body the server accepts (its config's max_frame). */
+size_t khala__server_max_frame(const khala_server_t *s);
 
 #endif /* KHALA_DAEMON_SERVER_H */

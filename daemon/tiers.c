@@ -46,6 +46,7 @@
 #include <time.h>
 
 #include "errbuf.h"
+#include "tier_crypt.h"
 #include "khala/error.h"
 #include "dirs.h"
 #include "khalad.h"
@@ -75,6 +76,24 @@ static void coh_rewatch(khalad_t *d) {
     d->coh_fd = fd;
 }
 
+/* Every level below L1, once its driver is open (L2 here; L3 when it comes): with a key file,
+ * wrap the driver so that values of encrypted types are sealed below (daemon/tier_crypt.h).
+ * On failure the driver is closed. */
+static int seal_level(khalad_t *d, khalad_tier_t *lt) {
+    khala_tier_t *sealed = NULL;
+    if (!d->crypt)
+        return 0;
+    int rc = khala__tier_crypt_wrap(lt->t, d->crypt, &sealed);
+    if (rc != 0) {
+        set_msg(d, "%s: out of memory", khala__store_level_name(lt));
+        lt->t->ops->close(lt->t);
+        lt->t = NULL;
+        return rc;
+    }
+    lt->t = sealed;
+    return 0;
+}
+
 static int open_l2(khalad_t *d, khalad_tier_t *lt) {
     char err[KHALA_CONFIG_PATH_MAX + 128] = ""; /* room for a message naming a store path */
     int rc;
@@ -101,7 +120,8 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
             .max_items = d->cfg.l2.max_items,
             .max_bytes = (uint64_t)d->cfg.l2.max_memory_mb << 20,
             .persistent = d->cfg.l2.persistent,
-            .max_value = d->cfg.l1.max_value_bytes,
+            /* A sealed value is KHALA_CRYPT_OVERHEAD bytes longer than the L1 limit allows. */
+            .max_value = d->cfg.l1.max_value_bytes + (d->crypt ? KHALA_CRYPT_OVERHEAD : 0),
             .sync_every_ms = d->cfg.l2.sync_every_ms,
         };
         rc = khala__tier_disk_open(&o, &lt->t, err, sizeof(err));
@@ -111,6 +131,8 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
                 err);
         return rc;
     }
+    if ((rc = seal_level(d, lt)) != 0)
+        return rc;
     lt->t->healthy = lt->t->ops->health(lt->t) == 0;
     if (!lt->t->healthy) {
         lt->outages++;
@@ -134,6 +156,11 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
         if ((rc = khala__config_store_path(&d->cfg, 2, dir, sizeof(dir) - 16)) == 0 &&
             (rc = khala__dirs_make(dir, 0700, err, sizeof(err))) == 0) {
             strcat(dir, "/journal");
+            if (d->crypt) {
+                khala_wq_codec_t codec;
+                khala__tier_crypt_journal_codec(d->crypt, &codec);
+                khala__wq_set_codec(lt->wq, &codec);
+            }
             rc = khala__wq_journal_open(lt->wq, dir, d->cfg.l2.sync_every_ms, &recovered, err,
                                         sizeof(err));
         } else if (!err[0]) {

@@ -18,6 +18,11 @@
  * (native byte order: a journal is read back by the same machine). A record whose fields do
  * not agree (kind, lengths, type, padding) makes the journal KHALA_ECORRUPT.
  *
+ * With a codec (khala__wq_set_codec: encryption at rest, daemon/tier_crypt.h) a put's value is
+ * encoded as its record is written and decoded as it is read back; vlen is the encoded length.
+ * A record the codec refuses at read-back (KHALA_EAUTH) is deleted in the read-back's
+ * transaction, never queued, and counted (unreadable).
+ *
  * A push appends with the next sequence number (and, when it replaces a queued write to the
  * same key, deletes that record in the same transaction); LMDB commits are durable. Deadlines
  * are stored on the wall clock, since the monotonic clock restarts with the machine.
@@ -94,6 +99,7 @@ struct khala_wq {
     uint32_t sync_every_ms; /* 0: fsync each push; else MDB_NOSYNC and fsync at most this often */
     int dirty;              /* commits since the last fsync */
     int64_t last_sync_ms;
+    khala_wq_codec_t codec; /* put values in records; seal NULL = as pushed */
 };
 
 static int64_t wall_ms(void) {
@@ -206,23 +212,49 @@ int khala__wq_sync(khala_wq_t *q) {
     return 0;
 }
 
+void khala__wq_set_codec(khala_wq_t *q, const khala_wq_codec_t *codec) {
+    if (codec)
+        q->codec = *codec;
+    else
+        memset(&q->codec, 0, sizeof(q->codec));
+}
+
 /* Append op's record (and delete the replaced one, old_seq) in one durable transaction. */
 static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
     khala_wq_op_t *op = &e->op;
-    MDB_txn *txn;
-    if (mdb_txn_begin(q->env, NULL, 0, &txn) != 0)
+    const void *vbytes = op->val;
+    size_t vlen = op->vlen;
+    void *sealed = NULL;
+    if (q->codec.seal && op->kind == KHALA_WQ_PUT) {
+        int src = q->codec.seal(q->codec.arg, op->key, op->klen, op->type, op->val, op->vlen,
+                                &sealed, &vlen);
+        if (src < 0)
+            return src;
+        if (src == 0)
+            vbytes = sealed;
+        else
+            vlen = op->vlen;
+    }
+    if (vlen > UINT32_MAX) {
+        free(sealed);
         return -EIO;
+    }
+    MDB_txn *txn;
+    if (mdb_txn_begin(q->env, NULL, 0, &txn) != 0) {
+        free(sealed);
+        return -EIO;
+    }
     uint8_t k[8];
     uint64_t seq = q->next_seq;
     be64(k, seq);
-    MDB_val key = {8, k}, val = {sizeof(jrec_t) + op->klen + op->vlen, NULL};
+    MDB_val key = {8, k}, val = {sizeof(jrec_t) + op->klen + vlen, NULL};
     int rc = mdb_put(txn, q->dbi, &key, &val, MDB_RESERVE | MDB_APPEND);
     if (rc == 0) {
         jrec_t h = {.magic = JOURNAL_MAGIC,
                     .kind = (uint8_t)op->kind,
                     .type = op->type,
                     .klen = (uint32_t)op->klen,
-                    .vlen = (uint32_t)op->vlen,
+                    .vlen = (uint32_t)vlen,
                     .version = op->version,
                     .expire_wall_ms =
                         op->expire_ms ? op->expire_ms - khala__sys_now_ms() + wall_ms() : 0};
@@ -230,9 +262,10 @@ static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
         memcpy(p, &h, sizeof(h));
         if (op->klen)
             memcpy(p + sizeof(h), op->key, op->klen);
-        if (op->vlen)
-            memcpy(p + sizeof(h) + op->klen, op->val, op->vlen);
+        if (vlen)
+            memcpy(p + sizeof(h) + op->klen, vbytes, vlen);
     }
+    free(sealed);
     if (rc == 0 && old_seq) {
         uint8_t ok[8];
         be64(ok, old_seq);
@@ -311,11 +344,12 @@ static int push(khala_wq_t *q, khala_wq_kind_t kind, const void *key, size_t kle
     }
     if (q->env) {
         uint64_t old_seq = old ? ((entry_t *)old)->seq : 0;
-        if (journal_append(q, e, old_seq) != 0) {
+        int jrc = journal_append(q, e, old_seq);
+        if (jrc != 0) {
             if (kind != KHALA_WQ_INVALIDATE)
                 HASH_DEL(q->index, e);
             free(e);
-            return -EIO;
+            return jrc == -ENOMEM ? -ENOMEM : -EIO;
         }
         if (old)
             ((entry_t *)old)->seq = 0; /* its record went in the same transaction */
@@ -401,12 +435,35 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_m
         int64_t expire = h.expire_wall_ms ? now + (h.expire_wall_ms - now_wall) : 0;
         if (expire && expire <= now)
             expire = 1; /* expired while khalad was away: still sent, gone at once */
+        const void *vb = p + h.klen;
+        size_t vl = h.vlen;
+        void *plain = NULL;
+        if (q->codec.unseal && h.kind == KHALA_WQ_PUT) {
+            int urc = q->codec.unseal(q->codec.arg, p, h.klen, h.type, vb, vl, &plain, &vl);
+            if (urc == KHALA_EAUTH) {
+                /* Not trusted, so not sent: the record goes with this transaction. */
+                q->st.unreadable++;
+                if (mdb_cursor_del(cur, 0) != 0) {
+                    ret = -EIO;
+                    break;
+                }
+                continue;
+            }
+            if (urc < 0) {
+                ret = urc;
+                break;
+            }
+            if (urc == 0)
+                vb = plain;
+            else
+                vl = h.vlen;
+        }
         /* No journal yet on q: push only builds the queue. Bounds do not apply to recovery. */
         size_t mo = q->max_ops, mb = q->max_bytes;
         q->max_ops = SIZE_MAX;
         q->max_bytes = SIZE_MAX;
-        int prc = push(q, (khala_wq_kind_t)h.kind, p, h.klen, p + h.klen, h.vlen, h.version, expire,
-                       h.type);
+        int prc = push(q, (khala_wq_kind_t)h.kind, p, h.klen, vb, vl, h.version, expire, h.type);
+        free(plain);
         q->max_ops = mo;
         q->max_bytes = mb;
         if (prc != 0) {

@@ -50,12 +50,29 @@ typedef struct khala_wq khala_wq_t;
 
 /** Counters of a queue. */
 typedef struct khala_wq_stats {
-    uint64_t len;       /**< operations queued now */
-    uint64_t bytes;     /**< bytes they hold (keys + values) */
-    uint64_t pushed;    /**< operations accepted since creation */
-    uint64_t coalesced; /**< pushes that replaced a queued operation on the same key */
-    uint64_t refused;   /**< pushes refused with KHALA_EQUEUE */
+    uint64_t len;        /**< operations queued now */
+    uint64_t bytes;      /**< bytes they hold (keys + values) */
+    uint64_t pushed;     /**< operations accepted since creation */
+    uint64_t coalesced;  /**< pushes that replaced a queued operation on the same key */
+    uint64_t refused;    /**< pushes refused with KHALA_EQUEUE */
+    uint64_t unreadable; /**< journal records dropped when read back: the codec refused their
+                              value (KHALA_EAUTH) */
 } khala_wq_stats_t;
+
+/** How the journal holds the values of puts (encryption at rest: daemon/tier_crypt.h). The
+ * queue in memory always holds them as pushed. */
+typedef struct khala_wq_codec {
+    /** Encode a put's value for its record: 0 with *out (malloc'd, freed by the queue) and
+     * *outlen; 1 to write it as is; a negative code fails the push (nothing changed). */
+    int (*seal)(void *arg, const void *key, size_t klen, int type, const void *val, size_t vlen,
+                void **out, size_t *outlen);
+    /** Decode a record's value when it is read back: 0 with *out (malloc'd) and *outlen; 1 to
+     * take it as is; KHALA_EAUTH to drop the record (counted in unreadable); another negative
+     * code fails khala__wq_journal_open(). */
+    int (*unseal)(void *arg, const void *key, size_t klen, int type, const void *in, size_t inlen,
+                  void **out, size_t *outlen);
+    void *arg;
+} khala_wq_codec_t;
 
 /**
  * @brief Make an empty queue.
@@ -65,6 +82,13 @@ typedef struct khala_wq_stats {
  * @return 0 or -ENOMEM.
  */
 int khala__wq_new(size_t max_ops, size_t max_bytes, khala_wq_t **out);
+
+/**
+ * @brief Give the journal a codec for put values. Call before khala__wq_journal_open().
+ * @param[in] q the queue.
+ * @param[in] codec the codec (copied); NULL for none (values written as pushed).
+ */
+void khala__wq_set_codec(khala_wq_t *q, const khala_wq_codec_t *codec);
 
 /**
  * @brief Make the queue durable: open (or create) the journal in directory @p dir, and queue

@@ -169,7 +169,35 @@ static int connect_by(int fd, const char *path, int64_t deadline) {
     }
 }
 
-/* Step 2: send all of out. 0, -ETIMEDOUT, or KHALA_EDAEMON (err says why). */
+/* After a failed send: did khalad refuse the connection before closing it (an id-0 error reply
+ * already in the socket, e.g. KHALA_ELIMIT at its max_connections)? Its code, with its message
+ * in err, or 0 when nothing of the sort can be read now. */
+static int refusal(khala_chan_t *ch, char *err, size_t errlen) {
+    uint32_t body = 0;
+    while (khala__proto_frame_check(ch->in.data, ch->in.len, KHALA_FRAME_MAX_DEFAULT, &body, NULL,
+                                    0) == KHALA_PROTO_NEED_MORE) {
+        if (khala__proto_buf_reserve(&ch->in, CHAN_READ_CHUNK) != 0)
+            return 0;
+        ssize_t n = recv(ch->fd, ch->in.data + ch->in.len, ch->in.cap - ch->in.len, MSG_DONTWAIT);
+        if (n <= 0)
+            return 0;
+        ch->in.len += (size_t)n;
+    }
+    khala_msg_t m;
+    khala__proto_msg_init(&m);
+    int rc = khala__proto_decode_reply(KHALA_OP_NONE, ch->in.data + KHALA_FRAME_HEADER, body, &m,
+                                       NULL, 0);
+    if (rc == 0 && m.id == 0 && m.rc != 0)
+        rc = chan_fail(err, errlen, m.rc, "khalad at %s dropped the connection: %.*s", ch->path,
+                       (int)m.err.len, (const char *)m.err.ptr);
+    else
+        rc = 0;
+    khala__proto_msg_free(&m);
+    return rc;
+}
+
+/* Step 2: send all of out. 0, -ETIMEDOUT, or KHALA_EDAEMON (err says why); or the code of a
+ * refusal khalad sent before it closed the connection. */
 static int send_all(khala_chan_t *ch, int64_t deadline, char *err, size_t errlen) {
     size_t off = 0;
     while (off < ch->out.len) {
@@ -190,8 +218,11 @@ static int send_all(khala_chan_t *ch, int64_t deadline, char *err, size_t errlen
                                  strerror(-rc));
             continue;
         }
+        int e = n < 0 ? errno : EPIPE, rc = refusal(ch, err, errlen);
+        if (rc != 0)
+            return rc;
         return chan_fail(err, errlen, KHALA_EDAEMON, "connection to khalad at %s broke: %s",
-                         ch->path, strerror(n < 0 ? errno : EPIPE));
+                         ch->path, strerror(e));
     }
     return 0;
 }

@@ -21,6 +21,7 @@ PACKAGES=(
     libinih-dev          # khalad's config file (INI)
     libsystemd-dev       # khalad's sd_notify readiness and watchdog
     uthash-dev           # khalad's in-process hash tables (single-flight)
+    libsodium-dev        # encryption at rest of sensitive types (daemon/crypt.c)
     libhiredis-dev       # later: the Redis L2 driver and pub/sub
     libcurl4-openssl-dev # later: the SurrealDB L3 driver
     redis-server         # later: integration tests against a real Redis

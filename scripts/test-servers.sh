@@ -46,6 +46,13 @@ start_test_servers() {
         echo "test-servers: redis-server is not installed (scripts/deps.sh installs it)" >&2
         return 1
     }
+    # A cluster node also listens on its bus port, 10000 above its own: redis-server refuses a
+    # node port above 55535 (and only says so in its log).
+    if ((KHALA_TEST_CLUSTER_PORT + 2 > 55535)); then
+        echo "test-servers: KHALA_TEST_CLUSTER_PORT=$KHALA_TEST_CLUSTER_PORT is too high: the" \
+            "cluster's nodes use it..+2 and their bus ports 10000 above, so at most 55533" >&2
+        return 1
+    fi
     stop_test_servers
     rm -rf "$KHALA_SERVERS_DIR"
     mkdir -p "$KHALA_SERVERS_DIR"

@@ -603,3 +603,137 @@ Test(coherence, separate_processes_exchange_invalidations) {
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
     khala__coherence_close(cs[0]);
 }
+
+/* A private server's URL, for a user (NULL: none). */
+static void private_url(char *url, size_t cap, const char *user) {
+    if (user)
+        snprintf(url, cap, "redis://%s:pw@127.0.0.1:%u", user, g_server.port);
+    else
+        snprintf(url, cap, "redis://127.0.0.1:%u", g_server.port);
+}
+
+/* A command on the private server, which must succeed. */
+static void admin(const char *cmd) {
+    redisContext *r = redisConnect("127.0.0.1", (int)g_server.port);
+    cr_assert(r && !r->err);
+    redisReply *rep = redisCommand(r, cmd);
+    cr_assert(rep && rep->type != REDIS_REPLY_ERROR, "%s: %s", cmd, rep ? rep->str : r->errstr);
+    freeReplyObject(rep);
+    redisFree(r);
+}
+
+/* A publisher whose server restarted unseen (no read of the subscription in between noticed
+ * it) still publishes at the first try: the dead connection is replaced at once. */
+Test(coherence, a_publisher_outlives_a_server_restart_it_did_not_see) {
+    signal(SIGPIPE, SIG_IGN); /* as khalad; a write to the dead connection may raise it */
+    tu_redis_start(&g_server, NULL);
+    char url[64];
+    private_url(url, sizeof(url), NULL);
+    static seen_t sa;
+    khala_coherence_t *cs[1] = {open_coh(url, ns("restart"), &sa, 1000)};
+    publish_key(cs[0], "before", 1);
+    tu_redis_kill(&g_server);
+    tu_redis_start(&g_server, NULL);
+    publish_key(cs[0], "after", 2);
+    khala_coherence_stats_t st;
+    khala__coherence_stats(cs[0], &st);
+    cr_assert_eq(st.published, 2);
+    cr_assert_eq(st.publish_errors, 0);
+    /* The subscription did die with the server: lost, then regained. */
+    wait_events(cs, 1, &sa, 1, 1);
+    khala__coherence_close(cs[0]);
+}
+
+/* Redis ACLs: a user who may not SUBSCRIBE is refused at open (a configuration error, naming
+ * the channel and the server's answer); one who may not PUBLISH opens, and each publish fails
+ * with the server's answer while the subscription goes on. */
+Test(coherence, a_user_without_rights_on_the_channel_is_refused_clearly) {
+    tu_redis_start(&g_server, NULL);
+    admin("ACL SETUSER nosub on >pw ~* &* +@all -subscribe");
+    admin("ACL SETUSER nopub on >pw ~* &* +@all -publish");
+    char url[128], err[512] = "";
+    static seen_t sa, sb;
+    const char *n = ns("acl");
+    private_url(url, sizeof(url), "nosub");
+    khala_coherence_opts_t o = {url, n, 1000};
+    khala_coherence_cb_t cb = {on_inval, on_event, &sa};
+    khala_coherence_t *c = NULL;
+    cr_assert_eq(khala__coherence_open(&o, &cb, &c, err, sizeof(err)), KHALA_ECONFIG, "%s", err);
+    cr_assert(strstr(err, "SUBSCRIBE") && strstr(err, "refused") && strstr(err, n) &&
+                  strstr(err, "NOPERM"),
+              "%s", err);
+    cr_assert_null(c);
+
+    private_url(url, sizeof(url), "nopub");
+    khala_coherence_t *cs[2] = {open_coh(url, n, &sa, 1000), NULL};
+    khala_inv_t m = {.by = KHALA_INV_KEY, .key = "k", .klen = 1};
+    cr_assert_eq(khala__coherence_publish(cs[0], &m), KHALA_ETIER);
+    const char *msg = khala__coherence_errmsg(cs[0]);
+    cr_assert(strstr(msg, "PUBLISH") && strstr(msg, "refused") && strstr(msg, "NOPERM"), "%s", msg);
+    khala_coherence_stats_t st;
+    khala__coherence_stats(cs[0], &st);
+    cr_assert_eq(st.publish_errors, 1);
+    cr_assert(khala__coherence_subscribed(cs[0]), "a publisher failure leaves the subscription");
+    /* It still hears the others. */
+    private_url(url, sizeof(url), NULL);
+    cs[1] = open_coh(url, n, &sb, 1000);
+    publish_key(cs[1], "k", 1);
+    wait_msgs(cs, 2, &sa, 1);
+    cr_assert_eq(sa.lost, 0);
+    khala__coherence_close(cs[0]);
+    khala__coherence_close(cs[1]);
+}
+
+/* The liveness PING: an answered one keeps the subscription past the deadline an unanswered
+ * one would miss, cycle after cycle. The clock passed to tick() is moved on by hand. */
+Test(coherence, an_answered_ping_keeps_the_subscription) {
+    static seen_t sa;
+    unsigned timeout_ms = 300;
+    khala_coherence_t *c =
+        open_coh(tu_redis_env("KHALA_TEST_REDIS_URL"), ns("ping"), &sa, timeout_ms);
+    int64_t t = khala__sys_now_ms();
+    khala__coherence_tick(c, t); /* schedules the first PING */
+    for (int cycle = 0; cycle < 3; cycle++) {
+        t += KHALA_COH_PING_INTERVAL_MS + 1;
+        khala__coherence_tick(c, t); /* due: the PING goes out */
+        struct pollfd p = {.fd = khala__coherence_fd(c), .events = POLLIN};
+        cr_assert_eq(poll(&p, 1, DEADLINE_MS), 1, "the answer comes");
+        khala__coherence_readable(c);
+        t += 2 * timeout_ms + 1; /* past the deadline of an unanswered PING */
+        khala__coherence_tick(c, t);
+        cr_assert_eq(sa.lost, 0, "cycle %d: %s", cycle, sa.why);
+        cr_assert(khala__coherence_subscribed(c));
+    }
+    khala__coherence_close(c);
+}
+
+Test(coherence, tls_urls_are_refused_at_open) {
+    static seen_t s;
+    khala_coherence_cb_t cb = {on_inval, on_event, &s};
+    khala_coherence_t *c = NULL;
+    char err[512];
+    khala_coherence_opts_t o = {"rediss://127.0.0.1:6380", "x", 200};
+    cr_assert_eq(khala__coherence_open(&o, &cb, &c, err, sizeof(err)), KHALA_ECONFIG);
+    cr_assert(strstr(err, "rediss://") && strstr(err, "TLS"), "%s", err);
+    cr_assert_null(c);
+}
+
+/* Integers cut short or negative where the format wants a non-negative one are malformed. */
+Test(coherence, truncated_and_negative_integers_are_malformed) {
+    static const uint8_t cut_int16[] = {0x82, 0xa1, 'o', 0xd1, 0x01};
+    static const uint8_t cut_uint32[] = {0x82, 0xa1, 'o', 0xce, 0x00, 0x01};
+    static const uint8_t negative[] = {0x82, 0xa1, 'o',  0xd0, 0xff, 0xa2,
+                                       'b',  'y',  0xa3, 'a',  'l',  'l'};
+    static const uint8_t cut_float[] = {0x82, 0xa1, 'o', 0xcb, 0x00};
+    static const uint8_t ok[] = {0x82, 0xa1, 'o', 0xd0, 0x05, 0xa2, 'b', 'y', 0xa3, 'a', 'l', 'l'};
+    khala_inv_t m;
+    uint64_t origin = 0;
+    cr_assert_eq(khala__coherence_decode(cut_int16, sizeof(cut_int16), &m, &origin), -1);
+    cr_assert_eq(khala__coherence_decode(cut_uint32, sizeof(cut_uint32), &m, &origin), -1);
+    cr_assert_eq(khala__coherence_decode(negative, sizeof(negative), &m, &origin), -1);
+    cr_assert_eq(khala__coherence_decode(cut_float, sizeof(cut_float), &m, &origin), -1);
+    cr_assert_eq(khala__coherence_decode(ok, sizeof(ok), &m, &origin), 0,
+                 "a small positive int8 is an origin");
+    cr_assert_eq(origin, 5);
+    cr_assert_eq(m.by, KHALA_INV_ALL);
+}

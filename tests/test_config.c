@@ -861,6 +861,68 @@ Test(config, load_applies_the_file_then_the_overrides_and_checks_once) {
     rmdir(dir);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Encryption at rest: [crypto] and [type.*] encrypt                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+Test(config, encrypt_needs_a_key_file_and_the_key_file_an_absolute_path) {
+    expect_error("[type.agent_response]\nencrypt = true\n",
+                 "khalad.conf:2: [type.agent_response] encrypt: true needs [crypto] key_file "
+                 "(the keys values are sealed with)");
+    expect_error("[crypto]\nkey_file = keys.txt\n",
+                 "khalad.conf:2: [crypto] key_file: 'keys.txt' is not an absolute path");
+    expect_error("[type.embedding]\nencrypt = maybe\n",
+                 "khalad.conf:2: [type.embedding] encrypt: 'maybe' is not a boolean (true/false, "
+                 "yes/no, on/off, 1/0)");
+    cr_assert_eq(load("[crypto]\nkey_file = /etc/khala/keys\n[type.agent_response]\nencrypt = "
+                      "yes\n[type.verification]\nencrypt = on\n"),
+                 0, "%s", g_err);
+    cr_assert_str_eq(g_cfg.crypto.key_file, "/etc/khala/keys");
+    cr_assert_eq(khala__config_encrypted_types(&g_cfg),
+                 (1u << KHALA_TYPE_AGENT_RESPONSE) | (1u << KHALA_TYPE_VERIFICATION));
+    /* The dump carries both, and reloads to the same configuration. */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_eq(khala__config_dump(&g_cfg, f), 0);
+    fclose(f);
+    cr_assert(strstr(text, "[crypto]\nkey_file = /etc/khala/keys\n"), "%s", text);
+    khala_config_t again;
+    cr_assert_eq(khala__config_defaults(&again, NULL), 0);
+    cr_assert_eq(khala__config_load_string(&again, text, "dump", g_err, sizeof(g_err)), 0, "%s",
+                 g_err);
+    cr_assert_eq(memcmp(&again, &g_cfg, sizeof(again)), 0);
+    free(text);
+    /* By override too, checked together: the key file may come after the type. */
+    khala_config_t c;
+    cr_assert_eq(khala__config_defaults(&c, NULL), 0);
+    const char *sets[] = {"type.agent_response.encrypt=true", "crypto.key_file=/k"};
+    cr_assert_eq(khala__config_load(&c, NULL, sets, 2, g_err, sizeof(g_err)), 0, "%s", g_err);
+    cr_assert_eq(khala__config_load(&c, NULL, sets, 1, g_err, sizeof(g_err)), 0, "%s", g_err);
+    cr_assert_eq(khala__config_defaults(&c, NULL), 0);
+    cr_assert_eq(khala__config_load(&c, NULL, sets, 1, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    cr_assert(strstr(g_err, "[type.agent_response] encrypt: true needs [crypto] key_file"), "%s",
+              g_err);
+}
+
+/* [server]: the defaults, the ranges, one request of the largest value must fit in
+ * max_buffer_bytes, and the frame limit follows [l1] max_value_bytes. */
+Test(config, server_limits_are_checked_and_the_frame_limit_follows_the_value_limit) {
+    cr_assert_eq(load("[server]\nmax_connections = 10\nframe_timeout_ms = 500\n"), 0, "%s", g_err);
+    cr_assert_eq(g_cfg.server.max_connections, 10);
+    cr_assert_eq(g_cfg.server.frame_timeout_ms, 500);
+    cr_assert_eq(g_cfg.server.max_output_bytes, 8u * 1024 * 1024);
+    cr_assert_eq(g_cfg.server.max_buffer_bytes, 256u * 1024 * 1024);
+    cr_assert_eq(khala__config_server_max_frame(&g_cfg), KHALA_FRAME_MAX_DEFAULT);
+    expect_error("[server]\nmax_connections = 0\n",
+                 "khalad.conf:2: [server] max_connections: '0' is out of range (1 to 1000000)");
+    expect_error("[l1]\nmax_value_bytes = 4194304\n[server]\nmax_buffer_bytes = 2097152\n",
+                 "khalad.conf:4: [server] max_buffer_bytes: 2097152 is less than one request of "
+                 "the largest value (4259844 bytes, from [l1] max_value_bytes 4194304)");
+    cr_assert_eq(load("[l1]\nmax_value_bytes = 4194304\n"), 0, "%s", g_err);
+    cr_assert_eq(khala__config_server_max_frame(&g_cfg), 4194304u + 65536u);
+}
+
 /* Bug 5: the dump (khalactl config, khalad --check) never shows the Redis password; an error
  * message that quotes the URL does not either. */
 Test(config, dump_redacts_the_redis_password) {

@@ -482,3 +482,174 @@ Test(store, an_oversized_value_reaches_no_level) {
     cr_assert_eq(fk->calls, 0);
     cr_assert_not(l1_has("big", NULL, NULL, 0));
 }
+
+/* The flusher and warming (daemon/tiers.c) --------------------------------------------------- */
+
+/* A level that comes back and fails again while its queue drains is marked down again, and
+ * nothing of the queue is lost or reordered: whether the batch that failed was puts or a
+ * delete, the next recovery drains the same writes in the same order. */
+Test(store, a_level_failing_again_while_draining_keeps_its_queue_in_order) {
+    cr_assert_eq(put("c", "1", NULL), 0);
+    size_t base = fk->nlog;
+    fk->down = 1;
+    cr_assert_eq(put("a", "1", NULL), 0);
+    cr_assert_eq(put("b", "1", NULL), 0);
+    cr_assert_eq(queued(), 2);
+    fk->down = 0;
+    fk->fail_n = 1; /* the health check passes; the batch of puts fails */
+    fk->fail_rc = KHALA_ETIER;
+    tick_now();
+    cr_assert_not(d->tiers[0].t->healthy, "failing while draining marks the level down again");
+    cr_assert_eq(d->tiers[0].outages, 2);
+    cr_assert_eq(queued(), 2, "nothing left the queue");
+    cr_assert_eq(fk->nlog, base);
+
+    /* Now a delete heads the queue, and it is what fails. */
+    tick_now();
+    cr_assert_eq(queued(), 0);
+    cr_assert_eq(fk->nlog, base + 2);
+    fk->down = 1;
+    cr_assert_eq(khala__store_del(d, "c", 1, NULL), 0);
+    cr_assert_eq(put("d", "1", NULL), 0);
+    fk->down = 0;
+    fk->fail_n = 1;
+    tick_now();
+    cr_assert_not(d->tiers[0].t->healthy);
+    cr_assert_eq(d->tiers[0].outages, 4);
+    cr_assert_eq(queued(), 2);
+    cr_assert(fake_tier_find(fk, "c", NULL, NULL, 0), "the delete did not happen");
+
+    tick_now();
+    cr_assert(d->tiers[0].t->healthy);
+    cr_assert_eq(queued(), 0);
+    cr_assert_eq(fk->nlog, base + 4);
+    cr_assert_str_eq(fk->log[base].key, "a");
+    cr_assert_str_eq(fk->log[base + 1].key, "b");
+    cr_assert_eq(fk->log[base + 2].kind, 'd');
+    cr_assert_str_eq(fk->log[base + 2].key, "c");
+    cr_assert_str_eq(fk->log[base + 3].key, "d");
+    cr_assert_not(fake_tier_find(fk, "c", NULL, NULL, 0));
+    cr_assert_eq(d->tiers[0].write_errors, 0);
+}
+
+/* A queued write the level refuses for good is not retried: one older than what the level holds
+ * now (another host wrote a newer version meanwhile) is dropped and the newer value stays; a
+ * put or a delete refused for another reason (not an outage) is counted as a write error. */
+Test(store, queued_writes_the_level_refuses_are_dropped_and_counted) {
+    uint64_t mine, ver;
+    char val[16];
+    fk->down = 1;
+    cr_assert_eq(put("k", "mine", &mine), 0);
+    fake_tier_seed(fk, "k", "theirs", mine + 1000);
+    fk->down = 0;
+    tick_now();
+    cr_assert_eq(queued(), 0);
+    cr_assert_eq(d->tiers[0].stale_drops, 1);
+    cr_assert(fake_tier_find(fk, "k", &ver, val, sizeof(val)));
+    cr_assert_str_eq(val, "theirs", "the newer value stays");
+    cr_assert_eq(ver, mine + 1000);
+
+    cr_assert_eq(put("gone", "1", NULL), 0);
+    fk->down = 1;
+    cr_assert_eq(put("e", "1", NULL), 0);
+    cr_assert_eq(khala__store_del(d, "gone", 4, NULL), 0);
+    fk->down = 0;
+    fk->fail_n = 2; /* the put, then the delete */
+    fk->fail_rc = -EIO;
+    tick_now();
+    cr_assert(d->tiers[0].t->healthy, "a refused write is not an outage");
+    cr_assert_eq(queued(), 0, "not retried");
+    cr_assert_eq(d->tiers[0].write_errors, 2);
+    cr_assert_not(fake_tier_find(fk, "e", NULL, NULL, 0));
+    cr_assert(fake_tier_find(fk, "gone", NULL, NULL, 0));
+}
+
+/* Warming by keys reads the queued writes first (they are newer than the level), skips a level
+ * that is down, and marks down a level whose read fails. */
+Test(store, warming_takes_queued_writes_first_and_skips_a_level_that_is_down) {
+    cr_assert_eq(put("k", "old", NULL), 0);
+    fk->down = 1;
+    cr_assert_eq(put("k", "new", NULL), 0);
+    fake_tier_seed(fk, "j", "below", 5);
+    (void)khala__store_forget(d, 0, NULL, 0, -1); /* L1 emptied, as by another host */
+    khala_bytes_t keys[2] = {{(const uint8_t *)"k", 1}, {(const uint8_t *)"j", 1}};
+    cr_assert_eq(khala__tiers_warm_keys(d, 2, keys), 1, "only the queued write: L2 is down");
+    char val[16];
+    cr_assert(l1_has("k", NULL, val, sizeof(val)));
+    cr_assert_str_eq(val, "new", "the queued value, not the level's older one");
+    cr_assert_not(l1_has("j", NULL, NULL, 0));
+
+    fk->down = 0;
+    tick_now();
+    cr_assert_eq(queued(), 0);
+    fk->fail_n = 1;
+    fk->fail_rc = KHALA_ETIER;
+    cr_assert_eq(khala__tiers_warm_keys(d, 1, &keys[1]), 0);
+    cr_assert_not(d->tiers[0].t->healthy, "a failed read marks the level down");
+    tick_now();
+    cr_assert_eq(khala__tiers_warm_keys(d, 1, &keys[1]), 1);
+    cr_assert(l1_has("j", NULL, val, sizeof(val)));
+    cr_assert_str_eq(val, "below");
+}
+
+/* Warming by prefix takes the prefix literally (glob characters in it match only themselves),
+ * by type promotes only that type, and fails clearly when the level is down or its scan
+ * fails. */
+Test(store, warming_by_prefix_or_type_and_its_failures) {
+    fake_tier_seed(fk, "a*b1", "1", 1);
+    fake_tier_seed(fk, "a*b2", "2", 1);
+    fake_tier_seed(fk, "axb3", "3", 1);
+    fake_tier_seed(fk, "a[c]4", "4", 1);
+    uint64_t cursor = 0, warmed = 0;
+    cr_assert_eq(khala__tiers_warm_scan(d, "a*b", 3, -1, &cursor, &warmed), 0, "%s", d->errmsg);
+    cr_assert_eq(warmed, 2);
+    cr_assert(l1_has("a*b1", NULL, NULL, 0) && l1_has("a*b2", NULL, NULL, 0));
+    cr_assert_not(l1_has("axb3", NULL, NULL, 0), "'*' is not a wildcard in a prefix");
+    cr_assert_eq(khala__tiers_warm_scan(d, "a[c]", 4, -1, &cursor, &warmed), 0, "%s", d->errmsg);
+    cr_assert_eq(warmed, 1);
+    cr_assert(l1_has("a[c]4", NULL, NULL, 0));
+    cr_assert_eq(khala__tiers_warm_scan(d, "a\0", 2, -1, &cursor, &warmed), 0, "%s", d->errmsg);
+    cr_assert_eq(warmed, 0, "no key holds that NUL");
+
+    cr_assert_eq(khala__tiers_warm_scan(d, "", 0, KHALA_TYPE_EMBEDDING, &cursor, &warmed), 0);
+    cr_assert_eq(warmed, 0, "every seeded key is a memory entity");
+    cr_assert_not(l1_has("axb3", NULL, NULL, 0));
+    cr_assert_eq(khala__tiers_warm_scan(d, "", 0, KHALA_TYPE_MEMORY_ENTITY, &cursor, &warmed), 0);
+    cr_assert_eq(warmed, 4);
+    cr_assert(l1_has("axb3", NULL, NULL, 0));
+
+    fk->fail_n = 1;
+    fk->fail_rc = KHALA_ETIER;
+    cr_assert_eq(khala__tiers_warm_scan(d, "a", 1, -1, &cursor, &warmed), KHALA_ETIER);
+    cr_assert(strstr(d->errmsg, "scan failed") && strstr(d->errmsg, "injected failure"), "%s",
+              d->errmsg);
+    cr_assert_not(d->tiers[0].t->healthy);
+    cr_assert_eq(khala__tiers_warm_scan(d, "a", 1, -1, &cursor, &warmed), KHALA_ETIER);
+    cr_assert(strstr(d->errmsg, "L2 is down: nothing to warm from"), "%s", d->errmsg);
+    cr_assert_eq(warmed, 0);
+}
+
+/* The preload at start promotes every key the level lists as most used, across batches; it
+ * promotes nothing from a level that is down, and a failing listing marks the level down. */
+Test(store, preload_promotes_the_hot_keys_in_batches_and_not_from_a_level_down) {
+    char key[16];
+    int n = (int)KHALAD_WARM_BATCH + 44;
+    for (int i = 0; i < n; i++) {
+        snprintf(key, sizeof(key), "hot%d", i);
+        fake_tier_seed(fk, key, "v", 1);
+    }
+    fk->down = 1;
+    d->tiers[0].t->healthy = 0;
+    cr_assert_eq(khala__tiers_preload(d), 0);
+    cr_assert_not(l1_has("hot0", NULL, NULL, 0));
+    fk->down = 0;
+    tick_now();
+    fk->fail_n = 1;
+    fk->fail_rc = KHALA_ETIER;
+    cr_assert_eq(khala__tiers_preload(d), 0);
+    cr_assert_not(d->tiers[0].t->healthy);
+    tick_now();
+    cr_assert_eq(khala__tiers_preload(d), (uint64_t)n);
+    snprintf(key, sizeof(key), "hot%d", n - 1);
+    cr_assert(l1_has("hot0", NULL, NULL, 0) && l1_has(key, NULL, NULL, 0));
+}

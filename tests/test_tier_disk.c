@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -20,6 +21,7 @@
 #include "sys.h"
 #include "testutil.h"
 #include "tier_disk.h"
+#include "tier_disk_store.h"
 
 static char g_dir[64];   /* the test's temporary directory */
 static char g_store[96]; /* the store inside it */
@@ -876,5 +878,234 @@ Test(tier_disk, invalidating_a_prefix_longer_than_any_key_removes_nothing) {
     cr_assert_eq(removed, 0);
     cr_assert(present(t, key));
     cr_assert_eq(stats(t).items, 1);
+    t->ops->close(t);
+}
+
+/* ---- A disk that refuses writes ----------------------------------------------------------- */
+
+/* A disk that refuses every write, shown for real: the process's file-size limit
+ * (RLIMIT_FSIZE) set below the store's data pages makes each pwrite of a page fail with EFBIG,
+ * as a full or failing disk fails it, while reads and LMDB's meta pages (the first two) are
+ * untouched. SIGXFSZ, which the kernel sends too, is ignored. disk_refuse(1) starts it,
+ * disk_refuse(0) ends it; no Criterion assertion runs in between (its reports are files). */
+static void disk_refuse(int on) {
+    static struct rlimit saved;
+    if (on) {
+        cr_assert_eq(getrlimit(RLIMIT_FSIZE, &saved), 0);
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit lim = {2 * (rlim_t)sysconf(_SC_PAGESIZE), saved.rlim_max};
+        cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    } else {
+        cr_assert_eq(setrlimit(RLIMIT_FSIZE, &saved), 0);
+    }
+}
+
+/* The codes and messages of the writes made while the disk refuses them. */
+typedef struct refused {
+    int rc;
+    char err[256];
+} refused_t;
+
+static void note(refused_t *r, khala_tier_t *t, int rc) {
+    r->rc = rc;
+    memcpy(r->err, t->err, sizeof(r->err));
+}
+
+static void assert_refused(const refused_t *r, const char *what) {
+    cr_assert_eq(r->rc, KHALA_ETIER, "%s: %d %s", what, r->rc, r->err);
+    cr_assert(strstr(r->err, g_store) && strstr(r->err, strerror(EFBIG)),
+              "%s: the message names the store and the cause: %s", what, r->err);
+}
+
+/* Every kind of write fails with KHALA_ETIER (khalad then marks the level down and queues) and a
+ * message naming the store and the system's error; each failed write leaves the store as it
+ * was (the old value, the key not deleted, nothing invalidated), in memory and on disk; and once
+ * the disk takes writes again the same writes succeed, without a reopen. */
+Test(tier_disk, writes_to_a_disk_that_refuses_them_fail_cleanly_and_succeed_once_it_takes_them) {
+    khala_tier_t *t = open_store(100, 1 << 20);
+    cr_assert_eq(put(t, "a", "old", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(put(t, "b", "kept", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(put(t, "c", "kept", 1, KHALA_TYPE_EMBEDDING, 0), 0, "%s", t->err);
+    uint64_t errors_before = stats(t).errors;
+
+    refused_t r_put, r_mput, r_del, r_prefix, r_type, r_all;
+    uint64_t removed_prefix = 99, removed_all = 99;
+    int r_del_missing;
+    disk_refuse(1);
+    note(&r_put, t, put(t, "a", "new", 2, KHALA_TYPE_MEMORY_ENTITY, 0));
+    khala_bytes_t keys[2] = {{(const uint8_t *)"d", 1}, {(const uint8_t *)"e", 1}};
+    khala_tier_value_t vals[2] = {{"vd", 2, 1, 0, KHALA_TYPE_MEMORY_ENTITY},
+                                  {"ve", 2, 1, 0, KHALA_TYPE_MEMORY_ENTITY}};
+    note(&r_mput, t, t->ops->mput(t, 2, keys, vals));
+    note(&r_del, t, t->ops->del(t, "b", 1));
+    r_del_missing = t->ops->del(t, "nothing", 7); /* nothing to write: no disk access */
+    note(&r_prefix, t, t->ops->invalidate(t, "b", 1, -1, &removed_prefix));
+    note(&r_type, t, t->ops->invalidate(t, NULL, 0, KHALA_TYPE_EMBEDDING, NULL));
+    note(&r_all, t, t->ops->invalidate(t, NULL, 0, -1, &removed_all));
+    /* Counters are written by the tick, once a second: make it due. */
+    khala_tier_value_t got = {0};
+    if (t->ops->get(t, "b", 1, &got) == 0)
+        khala__tier_value_free(&got);
+    t->ops->tick(t, khala__sys_now_ms() + 60 * 1000);
+    disk_refuse(0);
+
+    assert_refused(&r_put, "put");
+    assert_refused(&r_mput, "mput");
+    assert_refused(&r_del, "del");
+    assert_refused(&r_prefix, "invalidate a prefix");
+    assert_refused(&r_type, "invalidate a type");
+    assert_refused(&r_all, "invalidate everything");
+    cr_assert_eq(r_del_missing, KHALA_ENOTFOUND);
+    cr_assert_eq(removed_prefix, 0, "nothing was removed");
+    khala_tier_stats_t s = stats(t);
+    cr_assert_geq(s.errors, errors_before + 6, "every refused write is counted: %llu",
+                  (unsigned long long)s.errors);
+    cr_assert_eq(s.items, 3);
+    int rc;
+    cr_assert_str_eq(get_str(t, "a", &rc, NULL), "old");
+    cr_assert_str_eq(get_str(t, "b", &rc, NULL), "kept");
+    cr_assert_str_eq(get_str(t, "c", &rc, NULL), "kept");
+    cr_assert(!present(t, "d") && !present(t, "e"));
+
+    /* The disk takes writes again: the same writes succeed. */
+    cr_assert_eq(t->ops->health(t), 0);
+    cr_assert_eq(put(t, "a", "new", 2, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(t->ops->mput(t, 2, keys, vals), 0, "%s", t->err);
+    cr_assert_eq(t->ops->del(t, "b", 1), 0, "%s", t->err);
+    cr_assert_eq(t->ops->invalidate(t, NULL, 0, KHALA_TYPE_EMBEDDING, NULL), 0, "%s", t->err);
+    cr_assert_str_eq(get_str(t, "a", &rc, NULL), "new");
+    cr_assert_eq(stats(t).items, 3, "a, d and e");
+    t->ops->close(t);
+
+    /* What memory said is what the disk holds. */
+    t = open_store(100, 1 << 20);
+    cr_assert_eq(stats(t).items, 3);
+    cr_assert_str_eq(get_str(t, "a", &rc, NULL), "new");
+    cr_assert_str_eq(get_str(t, "d", &rc, NULL), "vd");
+    cr_assert(!present(t, "b") && !present(t, "c"));
+    t->ops->close(t);
+}
+
+/* A store reopened with lower capacities is trimmed at open; when the disk refuses that write,
+ * the open fails with KHALA_ETIER naming the store and the step, and succeeds (trimmed) once the
+ * disk takes writes again. */
+Test(tier_disk, an_open_that_must_trim_fails_cleanly_on_a_disk_that_refuses_writes) {
+    khala_tier_t *t = open_store(100, 1 << 20);
+    mput_range(t, "k", 0, 20, KHALA_TYPE_MEMORY_ENTITY);
+    t->ops->close(t);
+
+    khala_tier_disk_opts_t o = opts(5, 1 << 20, true);
+    khala_tier_t *t2 = NULL;
+    disk_refuse(1);
+    int rc = khala__tier_disk_open(&o, &t2, g_err, sizeof(g_err));
+    disk_refuse(0);
+    cr_assert_eq(rc, KHALA_ETIER, "%d %s", rc, g_err);
+    cr_assert(strstr(g_err, g_store) && strstr(g_err, "evicting down to the capacities") &&
+                  strstr(g_err, strerror(EFBIG)),
+              "%s", g_err);
+    cr_assert_null(t2);
+
+    t = open_with(o);
+    cr_assert_eq(stats(t).items, 5);
+    t->ops->close(t);
+}
+
+/* ---- Damaged and unusual stores ------------------------------------------------------------ */
+
+/* A data file that cannot be opened (here: a directory in its place) is refused with the store
+ * and the system's error named. */
+Test(tier_disk, an_unopenable_data_file_is_named) {
+    char data[160];
+    cr_assert_eq(mkdir(g_store, 0700), 0);
+    snprintf(data, sizeof(data), "%s/data.mdb", g_store);
+    cr_assert_eq(mkdir(data, 0700), 0);
+    khala_tier_t *t = NULL;
+    khala_tier_disk_opts_t o = opts(10, 1000, true);
+    cr_assert_eq(khala__tier_disk_open(&o, &t, g_err, sizeof(g_err)), -EISDIR);
+    cr_assert(strstr(g_err, "cannot open the store") && strstr(g_err, g_store) &&
+                  strstr(g_err, strerror(EISDIR)),
+              "%s", g_err);
+    cr_assert_null(t);
+    o.path = NULL;
+    cr_assert_eq(khala__tier_disk_open(&o, &t, g_err, sizeof(g_err)), KHALA_ECONFIG);
+    cr_assert(strstr(g_err, "no path"), "%s", g_err);
+}
+
+/* A record damaged while the store is open (another process writing the LMDB file directly) is
+ * reported as corrupt, naming the key, and never served; the other keys are, and a put
+ * replaces the damaged record. */
+Test(tier_disk, a_record_damaged_behind_the_store_is_reported_and_replaced_by_a_put) {
+    khala_tier_t *t = open_store(100, 1 << 20);
+    cr_assert_eq(put(t, "bad", "fine", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(put(t, "good", "fine", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        MDB_env *env;
+        MDB_txn *txn;
+        MDB_dbi dbi;
+        MDB_val k = {3, "bad"}, v = {2, "xx"};
+        _exit(mdb_env_create(&env) || mdb_env_set_maxdbs(env, 3) ||
+                      mdb_env_open(env, g_store, 0, 0600) || mdb_txn_begin(env, NULL, 0, &txn) ||
+                      mdb_dbi_open(txn, "items", 0, &dbi) || mdb_put(txn, dbi, &k, &v, 0) ||
+                      mdb_txn_commit(txn)
+                  ? 1
+                  : 0);
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the damaging writer failed");
+
+    uint64_t errors = stats(t).errors;
+    int rc;
+    get_str(t, "bad", &rc, NULL);
+    cr_assert_eq(rc, KHALA_ECORRUPT, "%s", t->err);
+    cr_assert(strstr(t->err, "'bad'") && strstr(t->err, "malformed"), "%s", t->err);
+    cr_assert_eq(stats(t).errors, errors + 1);
+    cr_assert_str_eq(get_str(t, "good", &rc, NULL), "fine");
+    cr_assert_eq(put(t, "bad", "new", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_str_eq(get_str(t, "bad", &rc, NULL), "new");
+    t->ops->close(t);
+}
+
+/* An invalidation larger than one transaction's batch (KHALA_DISK_BATCH_MAX removals) removes
+ * every matching key, across transactions, and nothing else. */
+Test(tier_disk, an_invalidation_larger_than_a_batch_removes_every_key) {
+    int n = (int)KHALA_DISK_BATCH_MAX + 300;
+    khala_tier_t *t = open_store((uint64_t)n + 10, 64 << 20);
+    mput_range(t, "p", 0, n, KHALA_TYPE_MEMORY_ENTITY);
+    cr_assert_eq(put(t, "q", "other", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    uint64_t removed = 0;
+    cr_assert_eq(t->ops->invalidate(t, "p", 1, -1, &removed), 0, "%s", t->err);
+    cr_assert_eq(removed, (uint64_t)n);
+    cr_assert_eq(stats(t).items, 1);
+    cr_assert(present(t, "q"));
+    cr_assert(!present(t, "p0") && !present(t, "p8500"));
+    t->ops->close(t);
+}
+
+/* At most KHALA_DISK_SCAN_SLOTS scans are remembered: one more forgets the least recently used,
+ * whose cursor is then refused with a message saying why; the others go on. */
+Test(tier_disk, the_least_recent_of_too_many_scans_is_forgotten) {
+    khala_tier_t *t = open_store(100, 1 << 20);
+    mput_range(t, "s", 0, 10, KHALA_TYPE_MEMORY_ENTITY);
+    uint64_t cursors[KHALA_DISK_SCAN_SLOTS + 1];
+    for (int i = 0; i <= KHALA_DISK_SCAN_SLOTS; i++) {
+        seen_t s = {0};
+        cursors[i] = 0;
+        cr_assert_eq(t->ops->scan(t, &cursors[i], NULL, 2, collect, &s), 0, "%s", t->err);
+        cr_assert_neq(cursors[i], 0);
+    }
+    seen_t s = {0};
+    cr_assert_eq(t->ops->scan(t, &cursors[0], NULL, 2, collect, &s), -EINVAL);
+    cr_assert(strstr(t->err, "expired") && strstr(t->err, "start again"), "%s", t->err);
+    for (int i = 1; i <= KHALA_DISK_SCAN_SLOTS; i++) {
+        seen_t rest = {0};
+        do
+            cr_assert_eq(t->ops->scan(t, &cursors[i], NULL, 100, collect, &rest), 0, "%d: %s", i,
+                         t->err);
+        while (cursors[i] != 0);
+        cr_assert_eq(rest.n, 8, "scan %d saw the 8 keys after its first page", i);
+    }
     t->ops->close(t);
 }

@@ -1412,3 +1412,40 @@ Test(tier_redis, cluster_invalidate_by_type_finds_keys_of_a_migrating_slot) {
     cr_assert_eq(get_str(t, k1, buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
     cr_assert_eq(get_str(t, k3, buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
 }
+
+/* A migration set up on one side only: the owner says MIGRATING (ASK for keys it lacks) but the
+ * target is not IMPORTING (MOVED back to the owner). The redirections would go round forever;
+ * the driver follows KHALA_REDIS_REDIRECTS_MAX of them and fails with a message naming the
+ * slot, and serves the slot again once the owner is STABLE. */
+Test(tier_redis, a_redirection_loop_is_cut_and_named) {
+    khala_tier_t *t = tier(tu_redis_env("KHALA_TEST_REDIS_CLUSTER_URL"), "cl-loop");
+    char key[64], absent[64], full[160], buf[16], want[64];
+    snprintf(key, sizeof(key), "{l%d}here", (int)getpid());
+    snprintf(absent, sizeof(absent), "{l%d}absent", (int)getpid());
+    snprintf(full, sizeof(full), "khala:%s:%s", g_ns, key);
+    cr_assert_eq(put_str(t, key, "v", 1, 0, 60000), 0, "%s", t->err);
+    unsigned slot = khala__redis_cluster_slot(full, strlen(full));
+    unsigned owner = cl_owner(slot), other = cl_other(owner);
+    cl_node_t nodes[8];
+    int n = cl_nodes(nodes, 8);
+    redisContext *s = direct_port(owner);
+    g_moved.slot = slot;
+    g_moved.owner_port = owner;
+    g_moved.other_port = other;
+    g_moved.active = 1;
+    cmd_ok(s, "CLUSTER SETSLOT %u MIGRATING %s", slot, nodes[cl_find(nodes, n, other)].id);
+    redisFree(s);
+
+    cr_assert_eq(get_str(t, key, buf, sizeof(buf), NULL), 0, "a key the owner holds: %s", t->err);
+    cr_assert_str_eq(buf, "v");
+    cr_assert_eq(get_str(t, absent, buf, sizeof(buf), NULL), KHALA_ETIER);
+    snprintf(want, sizeof(want), "more than %d redirections for slot %u", KHALA_REDIS_REDIRECTS_MAX,
+             slot);
+    cr_assert(strstr(t->err, want), "the message names the loop: %s", t->err);
+
+    cluster_restore();
+    cr_assert_eq(t->ops->health(t), 0, "%s", t->err);
+    cr_assert_eq(get_str(t, absent, buf, sizeof(buf), NULL), KHALA_ENOTFOUND, "%s", t->err);
+    cr_assert_eq(get_str(t, key, buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "v");
+}

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -992,4 +993,120 @@ Test(l2, a_redis_refusing_the_password_stops_the_start_naming_server_and_reason)
     cr_assert_not_null(strstr(out, "cannot open the levels below L1"), "log: %s", out);
     cr_assert_not_null(strstr(out, want), "log: %s", out);
     cr_assert_neq(access(khalad_sock, F_OK), 0, "no socket is left");
+}
+
+/* Cross-host invalidation at start ------------------------------------------------------------- */
+
+/* A khalad that was down heard none of the other hosts' invalidations: restarted with
+ * coherence = pubsub, it empties the L1 it adopts (the values stay on L2 and are read from
+ * there); without coherence an adopted L1 is kept, as a restart after a crash keeps it. */
+Test(l2, a_restart_with_pubsub_empties_the_adopted_l1) {
+    for (int coherence = 0; coherence < 2; coherence++) {
+        use_redis(tu_redis_env("KHALA_TEST_REDIS_URL"), coherence);
+        khalad_start();
+        khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+        put_str(ch, "adopted", "v");
+        cr_assert(in_l1(ch, "adopted"));
+        khala__chan_close(ch);
+        khalad_kill(SIGKILL);
+        khalad_start(); /* adopts the segment */
+        ch = chan_to(khalad_sock, khalad_name);
+        if (coherence)
+            wait_stat(ch, "l2", "subscribed", 1);
+        cr_assert_eq(in_l1(ch, "adopted"), !coherence, "coherence %d", coherence);
+        got_t g;
+        cr_assert_eq(raw_get(ch, "adopted", &g), 0);
+        cr_assert_eq(g.lvl, coherence ? KHALA_LEVEL_L2 : KHALA_LEVEL_L1);
+        cr_assert_eq(g.len, 1);
+        khala__chan_close(ch);
+        khalad_kill(SIGTERM);
+        khala__seg_unlink(khalad_name);
+    }
+}
+
+/* A Redis user who may use L2 but not SUBSCRIBE to the invalidation channel stops the start
+ * with coherence = pubsub, naming the channel and the server's answer. */
+Test(l2, a_redis_user_who_may_not_subscribe_stops_a_start_with_pubsub) {
+    tu_redis_start(&g_redis, NULL);
+    redisContext *c = redisConnect("127.0.0.1", (int)g_redis.port);
+    cr_assert(c && !c->err);
+    redisReply *rep = redisCommand(c, "ACL SETUSER nosub on >pw ~* &* +@all -subscribe");
+    cr_assert(rep && rep->type == REDIS_REPLY_STATUS, "%s", rep ? rep->str : c->errstr);
+    freeReplyObject(rep);
+    redisFree(c);
+    char url[128], sock[200], l2[200];
+    snprintf(url, sizeof(url), "l2.redis_url=redis://nosub:pw@127.0.0.1:%u/0", g_redis.port);
+    snprintf(sock, sizeof(sock), "cache.socket=%s", khalad_sock);
+    snprintf(l2, sizeof(l2), "l2.path=%s/l2", khalad_dir());
+    int errp[2];
+    cr_assert_eq(pipe(errp), 0);
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        dup2(errp[1], 2);
+        close(errp[0]);
+        execl(KHALAD_PATH, "khalad", "--foreground", "--name", khalad_name, "--set", sock, "--set",
+              "l1.max_memory_mb=16", "--set", url, "--set", "l2.backend=redis", "--set", l2,
+              "--set", "l2.namespace=nosub", "--set", "policies.coherence=pubsub", (char *)NULL);
+        _exit(127);
+    }
+    close(errp[1]);
+    char out[8192];
+    size_t n = 0;
+    for (ssize_t r; n < sizeof(out) - 1 && (r = read(errp[0], out + n, sizeof(out) - 1 - n)) > 0;)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(errp[0]);
+    int st;
+    cr_assert_eq(waitpid(p, &st, 0), p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d: %s", WEXITSTATUS(st), out);
+    cr_assert_not_null(strstr(out, "cross-host invalidation"), "log: %s", out);
+    cr_assert_not_null(strstr(out, "SUBSCRIBE khala:nosub:inv refused: NOPERM"), "log: %s", out);
+    cr_assert_neq(access(khalad_sock, F_OK), 0, "no socket is left");
+}
+
+/* A disk L2 that cannot grow ----------------------------------------------------------------- */
+
+/* khalad under a file-size limit (ulimit -f, systemd's LimitFSIZE=) that its disk store reaches:
+ * the kernel refuses the write with EFBIG and sends SIGXFSZ, whose default action ends the
+ * process. khalad must treat it as the disk failing (L2 down, writes queued, acknowledged)
+ * and drain the queue once the store can grow again, not die. */
+Test(l2, a_disk_store_reaching_the_file_size_limit_is_a_level_down_not_a_dead_khalad) {
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_str(ch, "first", "before the limit");
+    char data[300];
+    snprintf(data, sizeof(data), "%s/l2/data.mdb", khalad_dir());
+    struct stat sb;
+    cr_assert_eq(stat(data, &sb), 0, "%s", data);
+    struct rlimit lim = {(rlim_t)sb.st_size, RLIM_INFINITY}, old;
+    cr_assert_eq(prlimit(khalad_pid, RLIMIT_FSIZE, &lim, &old), 0, "%s", strerror(errno));
+
+    static char val[16 * 1024];
+    memset(val, 'x', sizeof(val));
+    char key[32], msg[256];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "big:%d", i);
+        int rc = raw_put(ch, key, val, sizeof(val), KHALA_TYPE_MEMORY_ENTITY, 0, msg, sizeof(msg));
+        cr_assert_eq(rc, 0, "put %s: %s (%s); khalad %s", key, khala_strerror(rc), msg,
+                     kill(khalad_pid, 0) == 0 ? "runs" : "is gone");
+    }
+    put_str(ch, "during", "queued");
+    cr_assert_eq(kill(khalad_pid, 0), 0, "khalad is alive");
+    cr_assert_geq(stat_u(ch, "l2", "outages"), 1, "the refused writes marked L2 down");
+    cr_assert_gt(stat_u(ch, "l2", "queued_total"), 0, "writes were queued");
+
+    cr_assert_eq(prlimit(khalad_pid, RLIMIT_FSIZE, &old, NULL), 0);
+    for (int i = 0;
+         i < 1000 && (stat_u(ch, "l2", "queued_now") != 0 || stat_u(ch, "l2", "healthy") != 1); i++)
+        sleep_ms(10);
+    cr_assert_eq(stat_u(ch, "l2", "queued_now"), 0, "the queue drained once the store could grow");
+    cr_assert_eq(stat_u(ch, "l2", "healthy"), 1);
+    ch = restart_empty_l1(ch, SIGTERM);
+    got_t g;
+    cr_assert_eq(raw_get(ch, "during", &g), 0, "the queued write reached L2");
+    cr_assert_eq(g.lvl, KHALA_LEVEL_L2);
+    cr_assert_eq(g.len, 6);
+    cr_assert_eq(memcmp(g.val, "queued", 6), 0);
+    khala__chan_close(ch);
 }
