@@ -65,9 +65,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "acl.h"
 #include "channel.h"
 #include "errbuf.h"
 #include "khala/error.h"
+#include "redact.h"
 
 #define MIB (1024u * 1024u)
 
@@ -110,6 +112,7 @@ typedef enum kind {
     K_ENUM,   /* one of names[] */
     K_LEVELS, /* "l1,l2,l3", any non-empty subset */
     K_STR,    /* a string, checked by check() */
+    K_LIST,   /* K_STR lines that may repeat: each appends ('\n'-separated); empty clears */
 } kind_t;
 
 typedef struct enum_name {
@@ -139,6 +142,9 @@ static int check_http_url(const char *v, char *msg, size_t len);
 static int check_ident(const char *v, char *msg, size_t len);
 static int check_namespace(const char *v, char *msg, size_t len);
 static int check_key_file(const char *v, char *msg, size_t len);
+static int check_rule(const char *v, char *msg, size_t len);
+static int check_audit_path(const char *v, char *msg, size_t len);
+static int check_rate(const char *v, char *msg, size_t len);
 
 static const enum_name_t EVICTION_NAMES[] = {
     {"s3fifo", KHALA_CONFIG_EVICT_S3FIFO}, {"lru", KHALA_CONFIG_EVICT_LRU}, {NULL, 0}};
@@ -233,6 +239,14 @@ static const key_desc_t KEYS_SERVER[] = {
     U32("max_buffer_bytes", server.max_buffer_bytes, KHALA_CONFIG_SERVER_BUFFER_MIN, UINT32_MAX),
     U32("frame_timeout_ms", server.frame_timeout_ms, 100, 3600000),
 };
+static const key_desc_t KEYS_ACCESS[] = {
+    {"rule", K_LIST, OFF(access.rule), sizeof(((khala_config_t *)0)->access.rule), 0, 0, NULL,
+     check_rule},
+};
+static const key_desc_t KEYS_AUDIT[] = {
+    STR("path", audit.path, check_audit_path),
+    STR("read_sample_rate", audit.read_sample_rate, check_rate),
+};
 #define TOFF(f) offsetof(khala_config_type_t, f)
 static const key_desc_t KEYS_TYPE[] = {
     {"levels", K_LEVELS, TOFF(levels), 0, 0, 0, NULL, NULL},
@@ -265,6 +279,8 @@ static const section_t SECTIONS[] = {
     {"policies", KEYS_POLICIES, NKEYS(KEYS_POLICIES)},
     {"crypto", KEYS_CRYPTO, NKEYS(KEYS_CRYPTO)},
     {"server", KEYS_SERVER, NKEYS(KEYS_SERVER)},
+    {"access", KEYS_ACCESS, NKEYS(KEYS_ACCESS)},
+    {"audit", KEYS_AUDIT, NKEYS(KEYS_AUDIT)},
 };
 enum {
     SEC_CACHE,
@@ -273,7 +289,9 @@ enum {
     SEC_L3,
     SEC_POLICIES,
     SEC_CRYPTO,
-    SEC_SERVER
+    SEC_SERVER,
+    SEC_ACCESS,
+    SEC_AUDIT
 }; /* indexes into SECTIONS */
 #define SEC_TYPE0 ((int)NKEYS(SECTIONS))
 #define NSECTIONS (SEC_TYPE0 + KHALA_CONFIG_NTYPES)
@@ -350,8 +368,11 @@ static const void *cfield_of(const khala_config_t *cfg, int sec, const key_desc_
 static const char *quoted(const char *v, char *buf, size_t len) {
     size_t n = 0, i = 0;
     const size_t shown = 40;
+    char clean[KHALA_CONFIG_LINE_MAX + 1];
     if (len < 4)
         return "";
+    /* Redacted before it is cut: a password cut in two no longer looks like one. */
+    v = khala__redact(v, clean, sizeof(clean));
     buf[n++] = '\'';
     for (; v[i] && i < shown && n + 5 < len; i++)
         buf[n++] = isprint((unsigned char)v[i]) ? v[i] : '?';
@@ -517,8 +538,13 @@ static int set_value(void *field, const key_desc_t *k, const char *v, char *msg,
                 return -1;
             memcpy(field, &u, sizeof(u));
             return 0;
-        case K_STR: {
+        case K_STR:
+        case K_LIST: {
             size_t n = strlen(v);
+            if (k->kind == K_LIST && n == 0) {
+                memset(field, 0, k->size); /* an empty line clears the list */
+                return 0;
+            }
             if (n >= k->size)
                 return msgf(msg, len, "%s is %zu bytes, longer than %zu", quoted(v, q, sizeof(q)),
                             n, k->size - 1);
@@ -532,6 +558,16 @@ static int set_value(void *field, const key_desc_t *k, const char *v, char *msg,
                             quoted(v, q, sizeof(q)));
             if (n && k->check && k->check(v, msg, len) != 0)
                 return -1;
+            if (k->kind == K_LIST) {
+                size_t have = strlen(field);
+                if (have + (have ? 1 : 0) + n >= k->size)
+                    return msgf(msg, len, "the lines of this key hold more than %zu bytes",
+                                k->size - 1);
+                if (have)
+                    ((char *)field)[have++] = '\n';
+                memcpy((char *)field + have, v, n);
+                return 0;
+            }
             set_str(field, k->size, v);
             return 0;
         }
@@ -603,6 +639,24 @@ static int check_redis_url(const char *v, char *msg, size_t len) {
         return msgf(msg, len,
                     "rediss:// (TLS) is not supported by this build; use redis:// or "
                     "unix://");
+    return 0;
+}
+
+static int check_rule(const char *v, char *msg, size_t len) {
+    khala_acl_rule_t r;
+    return khala__acl_rule_parse(v, &r, msg, len) == 0 ? 0 : -1;
+}
+
+static int check_audit_path(const char *v, char *msg, size_t len) {
+    return strcmp(v, "-") == 0 ? 0 : check_path(v, msg, len);
+}
+
+static int check_rate(const char *v, char *msg, size_t len) {
+    char q[64], *end;
+    errno = 0;
+    double r = strtod(v, &end);
+    if (*end || errno || !(r >= 0.0 && r <= 1.0) || !isdigit((unsigned char)v[0]))
+        return msgf(msg, len, "%s is not a rate from 0 to 1 (e.g. 0.01)", quoted(v, q, sizeof(q)));
     return 0;
 }
 
@@ -865,7 +919,9 @@ static int check_inert(const khala_config_t *cfg, const khala_config_t *def, con
                        int sec, int k, char *err, size_t errlen) {
     const key_desc_t *kd = &section_of(sec)->keys[k];
     int rsec = sec < SEC_TYPE0 ? sec : SEC_TYPE0;
-    size_t size = kd->kind == K_STR ? kd->size : kd->kind == K_BOOL ? sizeof(bool) : sizeof(int);
+    size_t size = kd->kind == K_STR || kd->kind == K_LIST ? kd->size
+                  : kd->kind == K_BOOL                    ? sizeof(bool)
+                                                          : sizeof(int);
     _Static_assert(sizeof(uint32_t) == sizeof(int), "numbers, enums and levels are 4 bytes");
     for (size_t i = 0; i < NKEYS(INERT); i++) {
         const inert_t *r = &INERT[i];
@@ -917,6 +973,11 @@ static int check_all(const khala_config_t *cfg, const origin_t *o, char *err, si
         return report_key(err, errlen, o, SEC_POLICIES, key_index(SEC_POLICIES, "coherence"),
                           "'pubsub' (or 'immediate') needs [l2] backend = redis (it is Redis "
                           "pub/sub)");
+    if (cfg->cache.socket_mode & 002)
+        return report_key(err, errlen, o, SEC_CACHE, key_index(SEC_CACHE, "socket_mode"),
+                          "%04o lets every local user write to the socket (connect); refused: "
+                          "use 0660 with socket_group, and [access] rules (docs/security.md)",
+                          cfg->cache.socket_mode);
     if (cfg->policies.write_mode == KHALA_CONFIG_WRITE_DEFAULT)
         return report_key(err, errlen, o, SEC_POLICIES, key_index(SEC_POLICIES, "write_mode"),
                           "must be write_through or write_behind");
@@ -1032,7 +1093,7 @@ static int handler(void *user, const char *section, const char *name, const char
         return 0;
     }
     int *seen = &l->o.lines[key_id(sec, k)];
-    if (*seen) {
+    if (*seen && section_of(sec)->keys[k].kind != K_LIST) {
         snprintf(what, sizeof(what), "duplicate key (first set on line %d)", *seen);
         report(l->err, l->errlen, &l->o, l->line, sec, k, what);
         return 0;
@@ -1284,6 +1345,8 @@ int khala__config_defaults(khala_config_t *cfg, const char *name) {
     cfg->l3.ttl_seconds = 86400;
     cfg->l3.max_entries = 100000;
     cfg->l3.cleanup_interval = 3600;
+    set_str(cfg->audit.path, sizeof(cfg->audit.path), "-");
+    set_str(cfg->audit.read_sample_rate, sizeof(cfg->audit.read_sample_rate), "0");
     cfg->policies.write_mode = KHALA_CONFIG_WRITE_THROUGH;
     cfg->policies.coherence = KHALA_CONFIG_COHERENCE_NONE;
     cfg->policies.stale_serve_seconds = 0; /* no effect yet: see "Keys that have no effect" */
@@ -1482,14 +1545,29 @@ static const char *format_value(const khala_config_t *cfg, int sec, const key_de
             format_levels(u, buf, len);
             break;
         case K_STR:
+        case K_LIST:
             snprintf(buf, len, "%s", (const char *)f);
             break;
     }
     return buf;
 }
 
+/* A K_LIST key: one line per element; a comment when it has none, since an empty line would
+ * read back as "clear", which is the same thing but says less. */
+static void dump_list(const char *list, const char *name, FILE *out) {
+    if (!list[0]) {
+        fprintf(out, "# %s: none\n", name);
+        return;
+    }
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, "\n");
+        fprintf(out, "%s = %.*s\n", name, (int)n, p);
+        p += n + (p[n] == '\n');
+    }
+}
+
 int khala__config_dump(const khala_config_t *cfg, FILE *out) {
-    char sbuf[64], v[KHALA_CONFIG_LINE_MAX];
+    char sbuf[64], v[KHALA_CONFIG_LINE_MAX], r[KHALA_CONFIG_LINE_MAX];
     fprintf(out, "# khalad configuration (effective values)\n");
     for (int sec = 0; sec < NSECTIONS; sec++) {
         const section_t *s = section_of(sec);
@@ -1501,8 +1579,12 @@ int khala__config_dump(const khala_config_t *cfg, FILE *out) {
         for (size_t i = 0; i < s->nkeys; i++) {
             const key_desc_t *k = &s->keys[i];
             dump_note(cfg, sec, k, out);
+            if (k->kind == K_LIST) {
+                dump_list(cfield_of(cfg, sec, k), k->name, out);
+                continue;
+            }
             format_value(cfg, sec, k, v, sizeof(v));
-            fprintf(out, "%s =%s%s\n", k->name, v[0] ? " " : "", v);
+            fprintf(out, "%s =%s%s\n", k->name, v[0] ? " " : "", khala__redact(v, r, sizeof(r)));
         }
     }
     fflush(out);

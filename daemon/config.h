@@ -55,6 +55,11 @@
 /** Longest Unix socket path: sizeof(sockaddr_un.sun_path) minus the NUL. */
 #define KHALA_CONFIG_SOCKET_PATH_MAX 107
 
+/** [access]: room for the rule lines, kept '\n'-separated (daemon/acl.h says what a rule is). */
+#define KHALA_CONFIG_ACCESS_RULES_BYTES 8192
+/** [audit] read_sample_rate: a decimal from 0 to 1, at most this many bytes. */
+#define KHALA_CONFIG_RATE_MAX 16
+
 /** Longest TTL anywhere, in seconds (10 years): larger values are typos, and it fits 32 bits. */
 #define KHALA_CONFIG_TTL_MAX (10u * 365u * 86400u)
 
@@ -215,6 +220,15 @@ typedef struct khala_config {
         uint32_t max_buffer_bytes; /* input buffers (partial requests), all clients together */
         uint32_t frame_timeout_ms; /* a request frame must complete within this */
     } server;
+    struct {
+        /* Every `rule = ...` line, in order, '\n'-separated; "" = none (the defaults of
+         * daemon/acl.h). A rule line appends; an empty `rule =` clears the rules before it. */
+        char rule[KHALA_CONFIG_ACCESS_RULES_BYTES];
+    } access;
+    struct {
+        char path[KHALA_CONFIG_PATH_MAX];             /* "-" = stderr; "" = off; else a file */
+        char read_sample_rate[KHALA_CONFIG_RATE_MAX]; /* "0".."1": share of gets audited */
+    } audit;
 } khala_config_t;
 
 /** A parsed redis_url (khala__config_redis_url_parse). */

@@ -28,8 +28,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "errbuf.h"
 #include "khala/error.h"
 #include "khalad.h"
+#include "redact.h"
 
 /* Replies -------------------------------------------------------------------------------- */
 
@@ -53,6 +55,7 @@ static void send_reply(khalad_t *d, khala_conn_t *c, const khala_msg_t *r) {
     }
     if (r->rc != 0)
         d->replies_err++;
+    d->last_reply_rc = r->rc;
     (void)khala__conn_send(c, d->out.data, d->out.len);
 }
 
@@ -61,7 +64,7 @@ static void reply_rc(khalad_t *d, khala_conn_t *c, uint64_t id, khala_op_t op, i
 
 static void reply_rc(khalad_t *d, khala_conn_t *c, uint64_t id, khala_op_t op, int rc,
                      const char *fmt, ...) {
-    char msg[512];
+    char raw[512], msg[512];
     khala_msg_t r;
     khala__proto_msg_init(&r);
     r.id = id;
@@ -70,8 +73,10 @@ static void reply_rc(khalad_t *d, khala_conn_t *c, uint64_t id, khala_op_t op, i
     if (fmt && rc != 0) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(msg, sizeof(msg), fmt, ap);
+        vsnprintf(raw, sizeof(raw), fmt, ap);
         va_end(ap);
+        /* A driver's error may quote a redis_url: no secret goes to a peer (lib/redact.h). */
+        khala__redact(raw, msg, sizeof(msg));
         r.err.ptr = (const uint8_t *)msg;
         r.err.len = strlen(msg);
         r.has |= KHALA_F_ERR;
@@ -106,6 +111,122 @@ static void reply_version(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, ui
     r.ver = ver;
     r.has = KHALA_F_VER;
     send_reply(d, c, &r);
+}
+
+/* Access (daemon/acl.h) and audit (daemon/audit.h) ----------------------------------------- */
+
+static int peer_in_group(void *arg, gid_t gid) {
+    return khala__conn_peer_in_group(arg, gid);
+}
+
+static khala_acl_peer_t peer_of(khala_conn_t *c) {
+    khala_acl_peer_t p = {.in_group = peer_in_group, .arg = c};
+    khala__conn_peer(c, NULL, &p.uid, &p.gid);
+    return p;
+}
+
+/* The right op m needs (0 = none: hello, ping, stats, keys), and whether over its key. keys needs
+ * none: it lists only what the peer may read (op_keys). */
+static unsigned needed_right(const khala_msg_t *m, int *over_key) {
+    *over_key = 1;
+    switch (m->op) {
+        case KHALA_OP_GET:
+        case KHALA_OP_INSPECT:
+            return KHALA_RIGHT_READ;
+        case KHALA_OP_PUT:
+        case KHALA_OP_FILL:
+        case KHALA_OP_FILL_FAIL:
+        case KHALA_OP_DEL:
+        case KHALA_OP_TOUCH:
+            return KHALA_RIGHT_WRITE;
+        case KHALA_OP_INVALIDATE:
+            if (m->by == KHALA_BY_KEY)
+                return KHALA_RIGHT_INVALIDATE;
+            *over_key = 0;
+            return KHALA_RIGHT_ADMIN;
+        case KHALA_OP_FLUSH:
+        case KHALA_OP_WARM:
+        case KHALA_OP_CONFIG:
+            *over_key = 0;
+            return KHALA_RIGHT_ADMIN;
+        default:
+            *over_key = 0;
+            return 0;
+    }
+}
+
+/* Admin operations, audited whatever their outcome; keys is one (it shows what is cached). */
+static int is_admin_op(const khala_msg_t *m) {
+    return m->op == KHALA_OP_FLUSH || m->op == KHALA_OP_WARM || m->op == KHALA_OP_CONFIG ||
+           m->op == KHALA_OP_KEYS || (m->op == KHALA_OP_INVALIDATE && m->by != KHALA_BY_KEY);
+}
+
+/* The data type of the key m names, for type-scoped rules: the request's own for a write that
+ * carries one, else the L1 item's, else -1 (unknown: type-scoped rules do not apply). */
+static int key_type(khalad_t *d, const khala_msg_t *m) {
+    if (m->op == KHALA_OP_PUT || m->op == KHALA_OP_FILL)
+        return (m->has & KHALA_F_TYPE) ? (int)m->type : (int)KHALA_TYPE_MEMORY_ENTITY;
+    const khala_item_t *it;
+    if ((m->has & KHALA_F_K) && khala__l1_find(d->l1, m->key.ptr, m->key.len, &it) == 0)
+        return (int)it->type;
+    return -1;
+}
+
+/* One audit line about m (daemon/audit.h): its key or selector, who sent it, and rc. */
+static void audit(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, const char *event,
+                  const char *right, int rc) {
+    khala_audit_event_t e = {.event = event, .comm = khala__conn_comm(c), .right = right, .rc = rc};
+    const void *keys[64];
+    size_t klens[64];
+    khala__conn_peer(c, &e.pid, &e.uid, &e.gid);
+    e.op = khala__proto_op_name(m->op);
+    if (m->has & KHALA_F_K) {
+        e.key = m->key.ptr;
+        e.klen = m->key.len;
+    } else if (m->has & KHALA_F_PREFIX) {
+        e.prefix = m->prefix.ptr;
+        e.plen = m->prefix.len;
+    } else if ((m->op == KHALA_OP_INVALIDATE && m->by == KHALA_BY_TYPE) ||
+               ((m->op == KHALA_OP_FLUSH || m->op == KHALA_OP_WARM) && (m->has & KHALA_F_TYPE))) {
+        e.type = khala__proto_type_name(m->type);
+    } else if (m->has & KHALA_F_PATTERN) {
+        e.pattern = m->pattern.ptr;
+        e.patlen = m->pattern.len;
+    } else if (m->has & KHALA_F_KEYS) {
+        e.nkeys = m->nkeys < 64 ? m->nkeys : 64;
+        for (size_t i = 0; i < e.nkeys; i++) {
+            keys[i] = m->keys[i].ptr;
+            klens[i] = m->keys[i].len;
+        }
+        e.keys = keys;
+        e.klens = klens;
+    }
+    (void)khala__audit_write(&d->audit, &e);
+}
+
+/* Refuse m for lack of `right`: an EDENIED reply naming the right, a log line (rate-limited:
+ * daemon/acl.h), a count in stats, an audit line. */
+static void deny(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, unsigned right, int over_key) {
+    char q[KHALA_ERRBUF_QUOTE_CAP], uid_s[16], skipped_s[24];
+    uid_t uid;
+    uint64_t skipped = 0;
+    khala__conn_peer(c, NULL, &uid, NULL);
+    d->denied++;
+    const char *rname = khala__acl_right_name(right), *op = khala__proto_op_name(m->op);
+    if (over_key)
+        khala__errbuf_quote(m->key.ptr, m->key.len, q, sizeof(q));
+    reply_rc(d, c, m->id, m->op, KHALA_EDENIED,
+             "uid %u lacks the '%s' right%s%s%s for %s on cache '%s' (docs/security.md)",
+             (unsigned)uid, rname, over_key ? " on key '" : "", over_key ? q : "",
+             over_key ? "'" : "", op, d->cfg.cache.name);
+    if (khala__acl_log_allow(&d->acl, khala__sys_now_ms(), &skipped)) {
+        snprintf(uid_s, sizeof(uid_s), "%u", (unsigned)uid);
+        snprintf(skipped_s, sizeof(skipped_s), "%llu", (unsigned long long)skipped);
+        khala__log("warn", "refused a request: the peer lacks a right", "uid", uid_s, "op", op,
+                   "right", rname, "comm", khala__conn_comm(c), "not_logged_before", skipped_s,
+                   NULL);
+    }
+    audit(d, c, m, "denied", rname, KHALA_EDENIED);
 }
 
 /* Single-flight answers ---------------------------------------------------------------------- */
@@ -421,6 +542,9 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         KV_U("requests", d->requests),
         KV_U("error_replies", d->replies_err),
         KV_U("protocol_errors", d->proto_errors),
+        KV_U("denied", d->denied),
+        KV_U("audit_lines", d->audit.lines),
+        KV_U("audit_errors", d->audit.errors),
         KV_U("loads_led", d->loads_led),
         KV_U("loads_waited", d->loads_waited),
         KV_U("loads_timed_out", d->loads_timed_out),
@@ -469,6 +593,8 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 /* keys: collect the keys of one page that match the pattern. */
 typedef struct keys_ctx {
     const khala_msg_t *m;
+    const khala_acl_t *acl;
+    const khala_acl_peer_t *peer; /* NULL: the peer reads every key (no check per key) */
     khala_bytes_t *keys;
     uint32_t n, max;
     char pat[KHALA_PROTO_PATTERN_MAX + 1];
@@ -481,6 +607,10 @@ static int collect_key(void *arg, const khala_item_t *it) {
     char name[KHALA_KEY_MAX + 1];
     memcpy(name, khala__item_key(it), it->key_len);
     name[it->key_len] = '\0';
+    if (k->peer &&
+        !(khala__acl_rights(k->acl, k->peer, khala__item_key(it), it->key_len, (int)it->type) &
+          KHALA_RIGHT_READ))
+        return 0; /* keys shows only the keys the peer may read */
     if (k->pat[0] == '\0' || fnmatch(k->pat, name, 0) == 0) {
         /* The view stays valid: nothing changes the table during this scan. */
         k->keys[k->n].ptr = khala__item_key(it);
@@ -491,7 +621,10 @@ static int collect_key(void *arg, const khala_item_t *it) {
 }
 
 static void op_keys(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
-    keys_ctx_t k = {.m = m};
+    khala_acl_peer_t peer = peer_of(c);
+    keys_ctx_t k = {.m = m, .acl = &d->acl};
+    if (!(khala__acl_rights(&d->acl, &peer, NULL, 0, -1) & KHALA_RIGHT_READ))
+        k.peer = &peer;
     uint32_t count =
         (m->has & KHALA_F_COUNT) && m->count ? m->count : KHALA_PROTO_KEYS_COUNT_DEFAULT;
     k.max = count;
@@ -714,34 +847,6 @@ static const handler_fn handlers[KHALA_OP_COUNT] = {
     [KHALA_OP_CONFIG] = op_config,
 };
 
-/* Who may change the cache: root, khalad's own user, and members of the socket's group, by
- * their primary or a supplementary group. Anyone else who can reach the socket (a mode wider
- * than 0660) may read: hello, ping, get (without loading), stats, keys, inspect, config. The
- * kernel reports the peer's credentials (SO_PEERCRED, SO_PEERGROUPS), so they cannot be forged;
- * daemon/server.c says why those and not /proc or getgrouplist. */
-static int may_write(const khalad_t *d, khala_conn_t *c) {
-    uid_t uid;
-    khala__conn_peer(c, NULL, &uid, NULL);
-    return uid == 0 || uid == d->uid ||
-           (d->socket_gid >= 0 && khala__conn_peer_in_group(c, (gid_t)d->socket_gid));
-}
-
-static int is_write(khala_op_t op) {
-    switch (op) {
-        case KHALA_OP_PUT:
-        case KHALA_OP_FILL:
-        case KHALA_OP_FILL_FAIL:
-        case KHALA_OP_DEL:
-        case KHALA_OP_INVALIDATE:
-        case KHALA_OP_TOUCH:
-        case KHALA_OP_FLUSH:
-        case KHALA_OP_WARM:
-            return 1;
-        default:
-            return 0;
-    }
-}
-
 int khala__handlers_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_t len) {
     khalad_t *d = arg;
     char err[256];
@@ -755,25 +860,34 @@ int khala__handlers_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_
         reply_rc(d, c, m.id, KHALA_OP_NONE, rc, "%s", err);
         return -1;
     }
-    if ((is_write(m.op) || m.loader) && !may_write(d, c)) {
-        uid_t uid;
-        khala__conn_peer(c, NULL, &uid, NULL);
-        if (m.op == KHALA_OP_GET) {
-            m.loader = false; /* a reader may look, not lead a load it could not fill */
-        } else {
-            reply_rc(d, c, m.id, m.op, -EACCES,
-                     "uid %u may read cache '%s' but not %s it (writers: root, uid %u%s)",
-                     (unsigned)uid, d->cfg.cache.name, khala__proto_op_name(m.op), (unsigned)d->uid,
-                     d->socket_gid >= 0 ? ", the socket's group" : "");
+    /* Rights (daemon/acl.h): what the op needs, over its key or the whole cache. A get by a
+     * peer that may read but not write is served without a load to lead (it could not fill). */
+    int over_key;
+    unsigned need = needed_right(&m, &over_key);
+    if (need || m.loader) {
+        khala_acl_peer_t peer = peer_of(c);
+        unsigned have =
+            over_key ? khala__acl_rights(&d->acl, &peer, m.key.ptr, m.key.len, key_type(d, &m))
+                     : khala__acl_rights(&d->acl, &peer, NULL, 0, -1);
+        if (need && !(have & need)) {
+            deny(d, c, &m, need, over_key);
             khala__proto_msg_free(&m);
             return 0;
         }
+        if (m.op == KHALA_OP_GET && !(have & KHALA_RIGHT_WRITE))
+            m.loader = false;
     }
+    int sampled = m.op == KHALA_OP_GET && khala__audit_sample(&d->audit);
     handler_fn fn = m.op < KHALA_OP_COUNT ? handlers[m.op] : NULL;
+    d->last_reply_rc = 0;
     if (fn)
         fn(d, c, &m);
     else
         reply_rc(d, c, m.id, m.op, KHALA_EPROTO, "op not served");
+    if (is_admin_op(&m))
+        audit(d, c, &m, "admin", NULL, d->last_reply_rc);
+    else if (sampled)
+        audit(d, c, &m, "read", NULL, d->last_reply_rc);
     khala__proto_msg_free(&m);
     return 0;
 }

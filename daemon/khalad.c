@@ -35,12 +35,14 @@
 #include "khala/version.h"
 #include "dirs.h"
 #include "fdlimit.h"
+#include "fsmodes.h"
 #include "khalad.h"
 #include "log.h"
 #include "sys.h"
 
-static khala_server_t *g_srv;               /* for the signal handler */
-static volatile sig_atomic_t g_reload_keys; /* SIGHUP: the tick reads the key file again */
+static khala_server_t *g_srv;                /* for the signal handler */
+static volatile sig_atomic_t g_reload_keys;  /* SIGHUP: the tick reads the key file again */
+static volatile sig_atomic_t g_reopen_audit; /* SIGHUP: reopen the audit file at the next tick */
 
 static void on_signal(int sig) {
     (void)sig;
@@ -50,6 +52,7 @@ static void on_signal(int sig) {
 
 static void on_hup(int sig) {
     (void)sig;
+    g_reopen_audit = 1;
     g_reload_keys = 1;
 }
 
@@ -90,6 +93,11 @@ static void tick(void *arg) {
         reload_keys(d);
     khala__handlers_tick(d);
     uint64_t now = (uint64_t)khala__sys_now_ms();
+    if (g_reopen_audit) {
+        g_reopen_audit = 0;
+        (void)khala__audit_reopen(&d->audit);
+    }
+    khala__audit_tick(&d->audit, (int64_t)now);
     if (d->watchdog_usec && now - d->last_watchdog_ms >= d->watchdog_usec / 2000) {
         char status[128];
         khala_l1_stats_t st;
@@ -112,6 +120,39 @@ static int socket_group(const khalad_t *d, long *gid) {
     if (!g && (*end || n < 0))
         return KHALA_ECONFIG;
     *gid = n;
+    return 0;
+}
+
+/* The L1 segment's files must not be world-writable (lib/segment_create.c makes them 0640 and
+ * 0660; an adopted segment may have been changed since): docs/security.md. */
+static int check_segment_modes(const khalad_t *d, char *err, size_t errlen) {
+    static const char *const parts[] = {"data", "readers", "lock"};
+    char path[128], what[64];
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        snprintf(path, sizeof(path), "/dev/shm/khala.%s.%s", d->cfg.cache.name, parts[i]);
+        snprintf(what, sizeof(what), "the L1 %s segment", parts[i]);
+        int rc = khala__fsmodes_not_world_writable(path, what, err, errlen);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The state directories (disk stores, the write journal) must not be world-writable. */
+static int check_state_modes(const khalad_t *d, char *err, size_t errlen) {
+    char path[KHALA_CONFIG_PATH_MAX + 64];
+    for (int level = 2; level <= 3; level++) {
+        if (khala__config_store_path(&d->cfg, level, path, sizeof(path) - 16) != 0)
+            continue;
+        const char *what = level == 2 ? "the L2 state directory" : "the L3 state directory";
+        int rc = khala__fsmodes_not_world_writable(path, what, err, errlen);
+        if (rc == 0) {
+            strcat(path, "/journal");
+            rc = khala__fsmodes_not_world_writable(path, "the write journal", err, errlen);
+        }
+        if (rc != 0)
+            return rc;
+    }
     return 0;
 }
 
@@ -161,6 +202,17 @@ static int serve(khalad_t *d, int foreground) {
         khala__log("error", "unknown socket_group", "group", d->cfg.cache.socket_group, NULL);
         goto out_buf;
     }
+    /* 1b. Who may do what ([access]), and the audit trail ([audit]): docs/security.md. */
+    if ((rc = khala__acl_init(&d->acl, d->cfg.access.rule, d->uid, d->socket_gid, err,
+                              sizeof(err))) != 0) {
+        khala__log("error", "bad [access] rule", "error", err, NULL);
+        goto out_buf;
+    }
+    if ((rc = khala__audit_open(&d->audit, d->cfg.audit.path, d->cfg.audit.read_sample_rate, err,
+                                sizeof(err))) != 0) {
+        khala__log("error", "cannot open the audit trail", "error", err, NULL);
+        goto out_buf;
+    }
 
     /* 2. The L1 segment: adopted if a previous khalad left a good one, else made anew. */
     khala_seg_config_t seg;
@@ -171,6 +223,10 @@ static int serve(khalad_t *d, int foreground) {
         khala__log("error", "cannot open the L1 segment", "cache", d->cfg.cache.name, "error", err,
                    NULL);
         goto out_buf;
+    }
+    if ((rc = check_segment_modes(d, err, sizeof(err))) != 0) {
+        khala__log("error", "refusing to serve a world-writable L1 segment", "error", err, NULL);
+        goto out_l1;
     }
     khala__log("info",
                khala__l1_reattached(d->l1) ? "adopted the existing L1 segment"
@@ -211,10 +267,16 @@ static int serve(khalad_t *d, int foreground) {
                    NULL);
     }
 
-    /* 4. The socket. */
-    if ((rc = khala__dirs_make_parent(d->socket_path, 0755, err, sizeof(err))) != 0) {
-        khala__log("error", "cannot create the socket's directory", "path", d->socket_path, "error",
-                   err, NULL);
+    if ((rc = check_state_modes(d, err, sizeof(err))) != 0) {
+        khala__log("error", "refusing a world-writable state directory", "error", err, NULL);
+        goto out_tiers;
+    }
+
+    /* 4. The socket, in a directory no other user can write to (daemon/fsmodes.h). */
+    if ((rc = khala__fsmodes_socket_dir(d->socket_path, !d->cfg.cache.socket[0], d->uid, err,
+                                        sizeof(err))) != 0) {
+        khala__log("error", "cannot create the socket's directory, or it is not safe", "path",
+                   d->socket_path, "error", err, NULL);
         goto out_tiers;
     }
     khala_server_config_t scfg;
@@ -276,6 +338,7 @@ out_l1:
     khala__l1_close(d->l1, !ready && !khala__l1_reattached(d->l1));
     d->l1 = NULL;
 out_buf:
+    khala__audit_close(&d->audit);
     khala__proto_buf_free(&d->out);
     return rc == 0 ? 0 : 1;
 }

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "acl.h"
+#include "audit.h"
 #include "config.h"
 #include "flight.h"
 #include "inv_wait.h"
@@ -68,6 +70,10 @@ typedef struct khalad {
     uint64_t last_watchdog_ms;
     uint64_t started_ms;
     int stuck_reader_pid; /* the stuck reader last logged (handlers.c), 0 = none */
+    khala_acl_t acl;      /* who may do what (daemon/acl.h); rules immutable after start */
+    khala_audit_t audit;  /* the audit trail (daemon/audit.h) */
+    uint64_t denied;      /* requests refused for a missing right */
+    int last_reply_rc;    /* rc of the last reply sent (handlers.c: the audit's result) */
     /* Counters, for stats. */
     uint64_t requests, replies_err, proto_errors, loads_led, loads_waited, loads_timed_out;
     uint64_t fills_dropped; /* fills not cached: the key was invalidated during the load */

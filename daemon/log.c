@@ -7,10 +7,18 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
-/* Write s as a JSON string body (without quotes). */
+#include "debug.h"
+#include "redact.h"
+
+/* Write s as a JSON string body (without quotes), its URL passwords redacted (lib/redact.h):
+ * messages carry drivers' errors, which may quote a redis_url. */
 static void json_str(FILE *f, const char *s) {
+    char clean[4096];
+    if (khala__redact_needed(s))
+        s = khala__redact(s, clean, sizeof(clean));
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
         if (ch == '"' || ch == '\\')
@@ -33,6 +41,9 @@ void khala__log(const char *level, const char *msg, ...) {
     va_start(ap, msg);
     for (const char *k; (k = va_arg(ap, const char *)) != NULL;) {
         const char *v = va_arg(ap, const char *);
+        /* The line's own fields: a second "level" (say, a cache level) makes an object whose
+         * meaning depends on the JSON parser; name it "tier" or the like. */
+        KHALA_ASSERT(strcmp(k, "ts") != 0 && strcmp(k, "level") != 0 && strcmp(k, "msg") != 0);
         fputs(",\"", stderr);
         json_str(stderr, k);
         fputs("\":\"", stderr);

@@ -11,7 +11,8 @@
  * @param[in] level "debug", "info", "warn" or "error".
  * @param[in] msg the message, a full sentence without a final period.
  * @param[in] ... key/value pairs as const char * (a NULL value is written as ""), ended by a
- *            NULL key.
+ *            NULL key. A key is never "ts", "level" or "msg", the line's own fields (asserted);
+ *            a cache level is logged as "tier".
  * @note Called from khalad's loop thread; each line is written and flushed whole.
  */
 void khala__log(const char *level, const char *msg, ...);

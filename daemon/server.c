@@ -84,6 +84,7 @@ struct khala_conn {
     pid_t pid; /* peer credentials at accept */
     uid_t uid;
     gid_t gid;
+    char comm[16];             /* /proc/<pid>/comm at accept, for the audit; "" unknown */
     gid_t member_gid;          /* the group last asked about by khala__conn_peer_in_group */
     int member;                /* its answer: 1, 0, or -1 when not asked yet */
     uint8_t *in;               /* received bytes not yet consumed */
@@ -265,6 +266,10 @@ int khala__conn_send(khala_conn_t *c, const void *bytes, size_t len) {
     if (c != c->srv->current && !(c->events & EPOLLOUT))
         (void)set_events(c, c->events | EPOLLOUT);
     return 0;
+}
+
+const char *khala__conn_comm(const khala_conn_t *c) {
+    return c->comm;
 }
 
 void khala__conn_peer(const khala_conn_t *c, pid_t *pid, uid_t *uid, gid_t *gid) {
@@ -498,6 +503,25 @@ static void conn_readable(khala_conn_t *c) {
     (void)conn_flush(c);
 }
 
+/* The peer's process name, read once at accept while the pid is fresh (the audit names it; a
+ * name read later could belong to a process that reused the pid). "" when it cannot be read. */
+static void read_comm(pid_t pid, char *out, size_t len) {
+    char path[64];
+    out[0] = '\0';
+    snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, out, len - 1);
+    close(fd);
+    if (n <= 0) {
+        out[0] = '\0';
+        return;
+    }
+    out[n] = '\0';
+    out[strcspn(out, "\n")] = '\0';
+}
+
 /* Refuse a connection just accepted, that will not be served: one ELIMIT reply (msg), written
  * without waiting (it is small and the socket's buffer is empty), then the close. */
 static void refuse_fd(khala_server_t *s, int fd, const char *msg) {
@@ -586,6 +610,7 @@ static void accept_all(khala_server_t *s) {
             c->pid = cred.pid;
             c->uid = cred.uid;
             c->gid = cred.gid;
+            read_comm(cred.pid, c->comm, sizeof(c->comm));
         }
         c->member = -1;
         c->srv = s;

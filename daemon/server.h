@@ -88,6 +88,10 @@ void khala__server_close(khala_server_t *s);
  * most max_out plus one reply. */
 int khala__conn_send(khala_conn_t *c, const void *bytes, size_t len);
 
+/* The peer's process name (/proc/PID/comm, at most 15 bytes), read at accept; "" when it
+ * could not be read. Valid while c is. */
+const char *khala__conn_comm(const khala_conn_t *c);
+
 /* The peer's credentials (SO_PEERCRED), read at accept. */
 void khala__conn_peer(const khala_conn_t *c, pid_t *pid, uid_t *uid, gid_t *gid);
 

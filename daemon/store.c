@@ -159,7 +159,7 @@ void khala__store_level_failed(khalad_t *d, khalad_tier_t *lt, int rc) {
          * callers hear success, as for any write queued while a level is down. */
         khala__invwait_done(d->invwait, (int)(lt - d->tiers), UINT64_MAX, 0);
         lt->next_health_ms = khala__sys_now_ms() + KHALAD_HEALTH_EVERY_MS;
-        khala__log("warn", "a level is down; reads skip it and writes queue", "level",
+        khala__log("warn", "a level is down; reads skip it and writes queue", "tier",
                    khala__store_level_name(lt), "backend", lt->t->ops->name, "error", lt->t->err,
                    NULL);
     }

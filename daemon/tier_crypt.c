@@ -60,7 +60,7 @@ static int refuse(ctier_t *ct, const void *key, size_t klen, int type, const cha
         char n[32];
         snprintf(n, sizeof(n), "%llu", (unsigned long long)ct->refused);
         khala__log("warn", "a value below L1 failed authentication: refused, read as a miss",
-                   "level", khala__proto_level_name(ct->tier.level), "backend", ct->ops.name, "key",
+                   "tier", khala__proto_level_name(ct->tier.level), "backend", ct->ops.name, "key",
                    q, "type", khala__proto_type_name((khala_type_t)type), "error",
                    khala_strerror(KHALA_EAUTH), "why", why, "refused_so_far", n, NULL);
     }

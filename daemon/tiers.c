@@ -277,10 +277,10 @@ void khala__tiers_close(khalad_t *d) {
                 khala__log("warn",
                            "writes still queued for a level stay in its journal for "
                            "the next start",
-                           "level", khala__store_level_name(lt), "writes", n, NULL);
+                           "tier", khala__store_level_name(lt), "writes", n, NULL);
             else
-                khala__log("error", "writes still queued for a level that is down are lost",
-                           "level", khala__store_level_name(lt), "writes", n, NULL);
+                khala__log("error", "writes still queued for a level that is down are lost", "tier",
+                           khala__store_level_name(lt), "writes", n, NULL);
         }
         khala__wq_free(lt->wq);
         lt->t->ops->close(lt->t);
@@ -450,7 +450,7 @@ void khala__tiers_tick(khalad_t *d) {
                 khala__wq_stats(lt->wq, &ws);
                 char n[32];
                 snprintf(n, sizeof(n), "%" PRIu64, ws.len);
-                khala__log("info", "a level is back; draining its queued writes", "level",
+                khala__log("info", "a level is back; draining its queued writes", "tier",
                            khala__store_level_name(lt), "backend", lt->t->ops->name, "queued", n,
                            NULL);
             }

@@ -52,6 +52,7 @@
 #include <unistd.h>
 
 #include "errbuf.h"
+#include "rundir.h"
 #include "sys.h"
 
 /* Bytes a read asks for at least: a typical reply fits in one read. */
@@ -89,6 +90,26 @@ int khala__chan_default_path(const char *name, char *buf, size_t len) {
     if (n < 0 || (size_t)n >= len || (size_t)n >= sizeof(((struct sockaddr_un *)0)->sun_path))
         return -ENAMETOOLONG;
     return 0;
+}
+
+/* The socket's directory, checked before connecting (lib/rundir.h): a directory another user
+ * could write to, or that another user made where this user's default directory should be, may
+ * hold their socket instead of khalad's. The default path of this user and cache is held to the
+ * private rule whoever computed it (lib/client.c passes it explicitly). A directory that does not
+ * exist is left to connect(), which says that khalad is not running. */
+static int check_dir(const char *path, const char *name, char *err, size_t errlen) {
+    char dir[sizeof(((struct sockaddr_un *)0)->sun_path)], def[sizeof(dir)], why[512];
+    if (khala__rundir_of(path, dir, sizeof(dir)) != 0)
+        return 0;
+    int is_default =
+        name && khala__chan_default_path(name, def, sizeof(def)) == 0 && strcmp(def, path) == 0;
+    khala_rundir_kind_t kind = khala__rundir_kind(path, is_default);
+    int rc = khala__rundir_check(dir, kind,
+                                 kind == KHALA_RUNDIR_PRIVATE ? geteuid() : KHALA_RUNDIR_ANY_OWNER,
+                                 why, sizeof(why));
+    if (rc == 0 || (rc != -EPERM && rc != -ENOTDIR))
+        return 0;
+    return chan_fail(err, errlen, -EPERM, "refusing to connect to khalad at %s: %s", path, why);
 }
 
 /* Milliseconds left before deadline (a khala__sys_now_ms() value); -1 waits forever. */
@@ -315,6 +336,8 @@ int khala__chan_open(const char *path, const char *name, int timeout_ms, khala_c
     if (strlen(path) >= sizeof(def))
         return chan_fail(err, errlen, -ENAMETOOLONG, "socket path '%s' is longer than %zu bytes",
                          path, sizeof(def) - 1);
+    if ((rc = check_dir(path, name, err, errlen)) != 0)
+        return rc;
     khala_chan_t *ch = calloc(1, sizeof(*ch));
     if (!ch)
         return chan_fail(err, errlen, -ENOMEM, "out of memory");

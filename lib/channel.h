@@ -33,7 +33,9 @@ int khala__chan_default_path(const char *name, char *buf, size_t len);
  * and cache name), and wait at most timeout_ms for the reply.
  * Returns 0; KHALA_EDAEMON when nobody listens there (the message names the path);
  * KHALA_ENAME when khalad serves another cache; KHALA_EPROTO on a protocol mismatch;
- * -ETIMEDOUT; -ENOMEM; -errno. */
+ * -ETIMEDOUT; -ENOMEM; -EPERM when the socket's directory is unsafe (a symbolic link, not a
+ * directory, writable by others, or, for this user's default path, owned by another user or
+ * writable by its group: lib/rundir.h), before anything is connected; -errno. */
 int khala__chan_open(const char *path, const char *name, int timeout_ms, khala_chan_t **out,
                      char *err, size_t errlen);
 

@@ -21,7 +21,8 @@ enum {
     CTL_EXIT_NODAEMON = 3,
     CTL_EXIT_ERROR = 4,
     CTL_EXIT_CONFLICT = 5,
-    CTL_EXIT_UNHEALTHY = 6 /* health: khalad answers, but a level is down */
+    CTL_EXIT_UNHEALTHY = 6, /* health: khalad answers, but a level is down */
+    CTL_EXIT_DENIED = 7     /* khalad refused: the caller lacks a right (docs/security.md) */
 };
 
 /* Default wait for each reply, in ms (--timeout). khalad answers in microseconds; a get may

@@ -49,6 +49,7 @@
 #include "khala/cache.h"
 #include "khala/error.h"
 #include "proto.h"
+#include "redact.h"
 
 /* Exit codes; see the theory block. */
 
@@ -58,13 +59,17 @@ static void errorf(const ctl_t *c, const char *fmt, ...) __attribute__((format(p
 
 /* One line on stderr: "khalactl: CMD: ...". */
 static void errorf(const ctl_t *c, const char *fmt, ...) {
+    char msg[2048], clean[2048];
     va_list ap;
     fputs("khalactl: ", stderr);
     if (c && c->cmd)
         fprintf(stderr, "%s: ", c->cmd->name);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* khalad redacts what it sends; a message made here (a path, a URL given on the command
+     * line) is redacted too (lib/redact.h). */
+    fputs(khala__redact(msg, clean, sizeof(clean)), stderr);
     fputc('\n', stderr);
 }
 
@@ -78,6 +83,8 @@ static int ctl_exit_code(int rc) {
             return CTL_EXIT_NODAEMON;
         case KHALA_EVERSION:
             return CTL_EXIT_CONFLICT;
+        case KHALA_EDENIED:
+            return CTL_EXIT_DENIED;
         default:
             return CTL_EXIT_ERROR;
     }
@@ -102,6 +109,8 @@ static int fail(ctl_t *c, int rc, const khala_bytes_t *key) {
         errorf(c, "khalad at %s did not answer within %d ms (--timeout)", c->path, c->timeout_ms);
     } else if (rc == KHALA_EVERSION) {
         errorf(c, "%s", c->err[0] ? c->err : khala_strerror(rc));
+    } else if (rc == KHALA_EDENIED) {
+        errorf(c, "refused by khalad: %s", c->err[0] ? c->err : khala_strerror(rc));
     } else {
         errorf(c, "%s (%s)%s%s", khala_err_name(rc), khala_strerror(rc), c->err[0] ? ": " : "",
                c->err);
@@ -577,7 +586,20 @@ static int cmd_config(ctl_t *c) {
         ctl_json_kv_members(&j, r.data, r.ndata);
         ctl_json_end(&j);
     } else if (ini && (ini->kind == KHALA_KV_STR || ini->kind == KHALA_KV_BIN)) {
-        fwrite(ini->as.s.ptr, 1, ini->as.s.len, stdout);
+        /* khalad sends it redacted; an older khalad did not, so redact here too. */
+        size_t cap = 2 * ini->as.s.len + 16; /* "***" may be longer than what it replaces */
+        char *text = malloc(ini->as.s.len + 1), *clean = malloc(cap);
+        if (!text || !clean) {
+            free(text);
+            free(clean);
+            khala__proto_msg_free(&r);
+            return fail(c, -ENOMEM, NULL);
+        }
+        memcpy(text, ini->as.s.ptr, ini->as.s.len);
+        text[ini->as.s.len] = '\0';
+        fputs(khala__redact(text, clean, cap), stdout);
+        free(text);
+        free(clean);
     } else {
         ctl_human_kv(stdout, r.data, r.ndata, 0);
     }

@@ -269,6 +269,12 @@ KHALA_API KHALA_NODISCARD int khala_cache_get(khala_cache_t *c, const void *key,
  *   KHALA_ENAME    the khalad at the socket serves another cache.
  *   KHALA_EPROTO   khalad speaks another protocol version, or sent a reply that does not decode.
  *   -ENOMEM        out of memory, here or in khalad.
+ *   KHALA_EDENIED  khalad refused: this process lacks the right the call needs (read, write,
+ *                  invalidate or admin, by its uid and groups; docs/security.md). The message
+ *                  names the right and the key.
+ *   -EPERM         the socket's directory is not safe to connect through (a symbolic link,
+ *                  writable by others, or, for this user's default path, owned by another user
+ *                  or writable by its group): nothing was sent; the message names it.
  *   -EACCES, other -errno  connecting to the socket failed otherwise.
  * On any failure the cache and the out-params are as they were (as far as this process can
  * tell: see KHALA_EDAEMON and -ETIMEDOUT). Each is safe from any thread: every thread has its own

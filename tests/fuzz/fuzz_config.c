@@ -5,7 +5,8 @@
  * Whatever the bytes, that must end in 0 or KHALA_ECONFIG with a message, never in a crash, a
  * leak or a read out of bounds. When the text is accepted, the target also checks the
  * round-trip property the daemon relies on for `khalactl config`: the dump of the result
- * reloads, over other defaults, to the same bytes; a failure there aborts, so the fuzzer
+ * reloads, over other defaults, to the same bytes (a URL password as "***"); a failure there
+ * aborts, so the fuzzer
  * reports it like a crash.
  *
  * Built two ways: with KHALA_FUZZ (clang, -fsanitize=fuzzer,address) as a libFuzzer binary,
@@ -20,9 +21,24 @@
 
 #include "config.h"
 #include "fuzz_config.h"
+#include "redact.h"
 
-/* Dump cfg and reload it; abort if it does not come back equal. */
+/* The URL field f with its password redacted as the dump writes it (lib/redact.h), zero-padded
+ * like every string field. */
+static void redact_field(char *f, size_t size) {
+    char clean[KHALA_CONFIG_LINE_MAX];
+    khala__redact(f, clean, sizeof(clean));
+    memset(f, 0, size);
+    memcpy(f, clean, strlen(clean) < size ? strlen(clean) : size - 1);
+}
+
+/* Dump cfg and reload it; abort if it does not come back equal, but for URL passwords, which a
+ * dump never shows (issue 10, bug 5: they come back as "***"). */
 static void check_roundtrip(const khala_config_t *cfg) {
+    khala_config_t want = *cfg;
+    redact_field(want.l2.redis_url, sizeof(want.l2.redis_url));
+    redact_field(want.l3.surrealdb_url, sizeof(want.l3.surrealdb_url));
+    cfg = &want;
     char *text = NULL, err[512];
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
