@@ -206,17 +206,27 @@ int khala__wq_sync(khala_wq_t *q) {
     return 0;
 }
 
+/* A failed append as a khala code: the system's errno as is (-ENOSPC: the journal's disk is
+ * full, which the caller reports as such), the journal's fixed map full as a full queue
+ * (KHALA_EQUEUE), any other LMDB failure as -EIO. */
+static int journal_code(int rc) {
+    if (rc == MDB_MAP_FULL)
+        return KHALA_EQUEUE;
+    return rc > 0 ? -rc : -EIO;
+}
+
 /* Append op's record (and delete the replaced one, old_seq) in one durable transaction. */
 static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
     khala_wq_op_t *op = &e->op;
     MDB_txn *txn;
-    if (mdb_txn_begin(q->env, NULL, 0, &txn) != 0)
-        return -EIO;
+    int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
+    if (rc != 0)
+        return journal_code(rc);
     uint8_t k[8];
     uint64_t seq = q->next_seq;
     be64(k, seq);
     MDB_val key = {8, k}, val = {sizeof(jrec_t) + op->klen + op->vlen, NULL};
-    int rc = mdb_put(txn, q->dbi, &key, &val, MDB_RESERVE | MDB_APPEND);
+    rc = mdb_put(txn, q->dbi, &key, &val, MDB_RESERVE | MDB_APPEND);
     if (rc == 0) {
         jrec_t h = {.magic = JOURNAL_MAGIC,
                     .kind = (uint8_t)op->kind,
@@ -243,10 +253,10 @@ static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
     }
     if (rc != 0) {
         mdb_txn_abort(txn);
-        return -EIO;
+        return journal_code(rc);
     }
-    if (mdb_txn_commit(txn) != 0)
-        return -EIO;
+    if ((rc = mdb_txn_commit(txn)) != 0)
+        return journal_code(rc);
     q->dirty = 1;
     e->seq = seq;
     q->next_seq++;
@@ -311,11 +321,12 @@ static int push(khala_wq_t *q, khala_wq_kind_t kind, const void *key, size_t kle
     }
     if (q->env) {
         uint64_t old_seq = old ? ((entry_t *)old)->seq : 0;
-        if (journal_append(q, e, old_seq) != 0) {
+        int jrc = journal_append(q, e, old_seq);
+        if (jrc != 0) {
             if (kind != KHALA_WQ_INVALIDATE)
                 HASH_DEL(q->index, e);
             free(e);
-            return -EIO;
+            return jrc;
         }
         if (old)
             ((entry_t *)old)->seq = 0; /* its record went in the same transaction */

@@ -721,13 +721,21 @@ static void scenario_disk_full(const char *label, int redis) {
             failure("%s: a full disk answered %s, not EQUEUE, ETIER or ENOSPC", label,
                     khala_err_name(last_rc));
     }
-    /* SIGKILL while full: what was acknowledged must come back. */
+    /* SIGKILL while full: what was acknowledged must come back, and the disk is still full. */
     khala_cache_close(c);
     harness_khalad_kill(&rn.k, SIGKILL);
     fig.khalad_kills++;
     if (khalad_up(&rn) != 0)
         goto out;
-    /* Space returns. */
+    c = open_cache(&rn);
+    if (!c)
+        goto out;
+    int still_refused = 0;
+    for (int j = i; j < nkeys && j < i + 50; j++)
+        still_refused += one_op(&rn, c, (unsigned)j, 0) != 0;
+    say("%s: after the restart, %d of 50 more puts refused (the disk is still full)", label,
+        still_refused);
+    /* Space returns, under the same khalad. */
     if (tmpfs_mount(rn.l2dir, "64m", 1) != 0) {
         failure("%s: remount bigger: %s", label, strerror(errno));
         goto out;
@@ -736,20 +744,22 @@ static void scenario_disk_full(const char *label, int redis) {
         failure("%s: redis-server does not restart: %s", label, rn.r.err);
         goto out;
     }
-    c = open_cache(&rn);
-    if (!c)
-        goto out;
-    /* Writes resume: within a bounded number of tries, every key takes a put again. */
-    int resumed = 0;
-    for (int tries = 0; tries < 200 && !resumed; tries++) {
-        resumed = one_op(&rn, c, 0, 0) == 0;
+    /* Writes resume without a restart: within a bounded number of tries a put is taken. */
+    int resumed = 0, tries, rc = 0;
+    for (tries = 0; tries < 200 && !resumed; tries++) {
+        resumed = (rc = one_op(&rn, c, 0, 0)) == 0;
         if (!resumed)
             harness_sleep_ms(50);
     }
     if (!resumed)
-        failure("%s: writes were still refused after the space came back", label);
+        failure("%s: writes were still refused 10 s after the space came back: %s (%s)", label,
+                khala_strerror(rc), khala_cache_errmsg(c));
+    else
+        say("%s: space back: writes taken again after %d refusals", label, tries - 1);
+    int after = 0;
     for (int j = 1; j < nkeys; j += 3)
-        one_op(&rn, c, (unsigned)j, (j % 2) == 0);
+        after += one_op(&rn, c, (unsigned)j, (j % 2) == 0) == 0;
+    say("%s: %d of %d writes taken after the space came back", label, after, (nkeys + 1) / 3);
     khala_cache_close(c);
     check_all(&rn);
 out:
