@@ -35,6 +35,7 @@
 #include "dirs.h"
 #include "errbuf.h"
 #include "khala/cache.h"
+#include "lmdb_check.h"
 #include "khala/error.h"
 #include "sys.h"
 
@@ -366,6 +367,9 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_m
         *recovered = 0;
     int mrc = khala__dirs_make(dir, 0700, err, errlen);
     if (mrc != 0)
+        return mrc;
+    /* A damaged journal is refused here, not met by a SIGBUS or SIGSEGV (lmdb_check.c). */
+    if ((mrc = khala__lmdb_check(dir, "the write journal", err, errlen)) != 0)
         return mrc;
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
