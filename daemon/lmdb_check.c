@@ -19,6 +19,8 @@
  *   3. it walks the main database and every named database in it, touching each key and
  *      value byte (a sum, so the reads are not optimized away);
  *   4. it exits 0, or 3 with LMDB's message written to a pipe.
+ * A file that is no LMDB file at all passes: LMDB reads its header with read(2), safely, and
+ * the caller's own open refuses it with its own message.
  * The parent reads the pipe and the exit status: a signal or a failure is KHALA_ECORRUPT with a
  * message naming the file, what was found and what to do.
  *
@@ -81,6 +83,10 @@ static int child_check(const char *dir, off_t file_size, char *msg, size_t msgle
         rc = mdb_env_set_maxdbs(env, CHECK_MAXDBS);
     if (rc == 0)
         rc = mdb_env_open(env, dir, MDB_RDONLY | MDB_NOLOCK | MDB_NOTLS, 0600);
+    /* Not an LMDB file (or another LMDB version's): the open reads only the header, with
+     * read(2), and the caller's own open says so in its words. */
+    if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH)
+        return 0;
     if (rc == 0) {
         /* 2. The newest meta page's last page must lie inside the file. */
         MDB_envinfo info;
