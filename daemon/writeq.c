@@ -15,8 +15,9 @@
  *     | u32 magic | u8 kind | u8 pad[3] | i32 type | u32 klen | u32 vlen | u32 pad2 |
  *     | u64 version | i64 expire (CLOCK_REALTIME ms, 0 = none) | key | value |
  *
- * (native byte order: a journal is read back by the same machine). A record whose fields do
- * not agree (kind, lengths, type, padding) makes the journal KHALA_ECORRUPT.
+ * (native byte order: a journal is read back by the same machine). pad2 is the record's
+ * checksum (JOURNAL_MAGIC). A record whose fields do not agree (kind, lengths, type, padding,
+ * checksum) makes the journal KHALA_ECORRUPT.
  *
  * A push appends with the next sequence number (and, when it replaces a queued write to the
  * same key, deletes that record in the same transaction); LMDB commits are durable. Deadlines
@@ -26,6 +27,7 @@
 
 #include <errno.h>
 #include <lmdb.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,8 +46,14 @@
  * leaves the element's hh.tbl NULL when it could not be added). */
 #define HASH_NONFATAL_OOM 1
 #include <uthash.h>
+#include <xxhash.h>
 
-#define JOURNAL_MAGIC 0x4b4a5131u     /* "KJQ1" */
+/* A record's magic. KJQ2 records carry XXH32 of the whole record (with the field zero) in
+ * pad2: LMDB has no checksums, and a flipped byte in a queued value would be replayed to L2 as
+ * the value (the disk store's records had the same hole; tests/chaos/chaos_check.c found it).
+ * KJQ1 records, written before, have pad2 zero and are read unchecked. */
+#define JOURNAL_MAGIC_V1 0x4b4a5131u  /* "KJQ1" */
+#define JOURNAL_MAGIC 0x4b4a5132u     /* "KJQ2" */
 #define JOURNAL_MAP_SIZE (1ull << 34) /* address space only; the file grows as needed */
 
 typedef struct entry {
@@ -66,9 +74,24 @@ typedef struct jrec {
 _Static_assert(sizeof(jrec_t) == 40, "jrec_t has no hidden padding");
 
 /* A record's header is one this module writes: kind, lengths and type agree. */
-static int jrec_valid(const jrec_t *h, size_t size) {
-    if (h->magic != JOURNAL_MAGIC || h->pad[0] || h->pad[1] || h->pad[2] || h->pad2 ||
+/* The checksum of a KJQ2 record of size bytes at rec: XXH32 of it with pad2 taken as zero. */
+static uint32_t jrec_sum(const uint8_t *rec, size_t size) {
+    /* The bytes up to and including pad2, with pad2 zero, seed the sum of the rest. */
+    enum { HEAD = offsetof(jrec_t, pad2) + sizeof(uint32_t) };
+    uint8_t head[HEAD];
+    memcpy(head, rec, HEAD);
+    memset(head + offsetof(jrec_t, pad2), 0, sizeof(uint32_t));
+    return XXH32(rec + HEAD, size - HEAD, XXH32(head, HEAD, 0));
+}
+
+/* A record's header is one this module writes: kind, lengths and type agree, and a KJQ2
+ * record's checksum matches its bytes (rec, size). */
+static int jrec_valid(const jrec_t *h, const uint8_t *rec, size_t size) {
+    if ((h->magic != JOURNAL_MAGIC && h->magic != JOURNAL_MAGIC_V1) || h->pad[0] || h->pad[1] ||
+        h->pad[2] || (h->magic == JOURNAL_MAGIC_V1 && h->pad2) ||
         size != sizeof(*h) + (size_t)h->klen + h->vlen || h->klen > KHALA_KEY_MAX)
+        return 0;
+    if (h->magic == JOURNAL_MAGIC && jrec_sum(rec, size) != h->pad2)
         return 0;
     switch (h->kind) {
         case KHALA_WQ_PUT:
@@ -243,6 +266,8 @@ static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
             memcpy(p + sizeof(h), op->key, op->klen);
         if (op->vlen)
             memcpy(p + sizeof(h) + op->klen, op->val, op->vlen);
+        uint32_t sum = jrec_sum(p, val.mv_size);
+        memcpy(p + offsetof(jrec_t, pad2), &sum, sizeof(sum));
     }
     if (rc == 0 && old_seq) {
         uint8_t ok[8];
@@ -407,7 +432,7 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_m
             break;
         }
         memcpy(&h, v.mv_data, sizeof(h));
-        if (!jrec_valid(&h, v.mv_size)) {
+        if (!jrec_valid(&h, v.mv_data, v.mv_size)) {
             ret = KHALA_ECORRUPT;
             break;
         }
