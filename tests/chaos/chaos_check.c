@@ -41,7 +41,11 @@
  * value, a deleted key back, or bytes that are no write of this key).
  *
  *   chaos_check [--short] [--kills N] [--redis-kills N] [--redis-stops N] [--writers N]
- *               [--keys N] [--seed N] [--only load|disk-full|corrupt] [--keep] [--verbose]
+ *               [--keys N] [--seed N] [--only load|disk-full|corrupt|self-check] [--keep]
+ *               [--verbose]
+ *
+ * --only self-check proves the check can fail: acknowledged writes, then the disk store removed
+ * behind khalad's back; it passes only when the check finds every one of them lost.
  *
  * Exit status: 0 when every check passed (a scenario that needs root or mount(2) is skipped
  * and says so), 1 when something was lost, stale, crashed or misreported, 2 for a setup error.
@@ -946,6 +950,49 @@ static void scenario_corrupt(const char *label, int redis) {
     }
 }
 
+/* ---- self-check: the check can fail ------------------------------------------------------- */
+
+/* Acknowledged writes, then the disk store removed behind khalad's back: the check must find
+ * every one of them lost (else it could not find a loss at all). Its own losses are not
+ * counted in the run's figures. */
+static void scenario_self_check(void) {
+    run_t rn;
+    if (run_init(&rn, "self-check", 0, KHALA_MODE_THROUGH, 100) != 0 || khalad_up(&rn) != 0) {
+        fig.failures++;
+        run_fini(&rn);
+        return;
+    }
+    khala_cache_t *c = open_cache(&rn);
+    int acked = 0;
+    for (int i = 0; c && i < rn.nkeys; i++)
+        acked += one_op(&rn, c, (unsigned)i, 0) == 0;
+    khala_cache_close(c);
+    harness_khalad_stop(&rn.k, 0);
+    harness_khalad_clean(&rn.k);
+    harness_rmtree(rn.l2dir);
+    if (khalad_up(&rn) == 0) {
+        uint64_t lost = fig.lost, stale = fig.stale, keys = fig.keys_checked,
+                 reads = fig.reads_checked, puts = fig.acked_writes, dels = fig.acked_deletes;
+        check_all(&rn);
+        uint64_t found = fig.lost - lost;
+        fig.lost = lost;
+        fig.stale = stale;
+        fig.keys_checked = keys;
+        fig.reads_checked = reads;
+        fig.acked_writes = puts;
+        fig.acked_deletes = dels;
+        if (acked == 0 || found < (uint64_t)acked)
+            failure("self-check: %d acknowledged writes removed with the store, the check found "
+                    "%" PRIu64 " lost",
+                    acked, found);
+        else
+            say("self-check: the store removed: the check found the %d acknowledged writes "
+                "lost (as it must)",
+                acked);
+    }
+    run_fini(&rn);
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 static int want(const char *scenario) {
@@ -953,9 +1000,10 @@ static int want(const char *scenario) {
 }
 
 static int usage(void) {
-    fprintf(stderr, "usage: chaos_check [--short] [--kills N] [--redis-kills N] [--redis-stops N]\n"
-                    "                   [--writers N] [--keys N] [--seed N]\n"
-                    "                   [--only load|disk-full|corrupt] [--keep] [--verbose]\n");
+    fprintf(stderr,
+            "usage: chaos_check [--short] [--kills N] [--redis-kills N] [--redis-stops N]\n"
+            "                   [--writers N] [--keys N] [--seed N]\n"
+            "                   [--only load|disk-full|corrupt|self-check] [--keep] [--verbose]\n");
     return 2;
 }
 
@@ -1005,6 +1053,8 @@ int main(int argc, char **argv) {
     }
     say("seed %" PRIu64 " (--seed to replay the same schedule), work directory %s", opt.seed,
         g_base);
+    if (opt.only && strcmp(opt.only, "self-check") == 0)
+        scenario_self_check();
     if (want("load")) {
         scenario_load("disk-through", 0, KHALA_MODE_THROUGH);
         scenario_load("redis-through", 1, KHALA_MODE_THROUGH);
