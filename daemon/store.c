@@ -158,9 +158,11 @@ void khala__store_level_failed(khalad_t *d, khalad_tier_t *lt, int rc) {
         lt->t->healthy = 0;
         lt->outages++;
         lt->next_health_ms = khala__sys_now_ms() + KHALAD_HEALTH_EVERY_MS;
-        khala__log("warn", "a level is down; reads skip it and writes queue", "level",
-                   khala__store_level_name(lt), "backend", lt->t->ops->name, "error", lt->t->err,
-                   NULL);
+        khala__log("warn",
+                   lt->journaled ? "a level is down; reads skip it and writes queue"
+                                 : "a level is down; reads skip it and writes are refused",
+                   "level", khala__store_level_name(lt), "backend", lt->t->ops->name, "error",
+                   lt->t->err, NULL);
     }
     (void)d;
 }
