@@ -10,7 +10,9 @@
 #                   (-max_total_time); default none. The summary says how many inputs ran.
 #   --merge         afterwards, minimize what the run found plus the committed corpus into
 #                   tests/fuzz/corpus/<target>/ (-merge=1: the smallest set of inputs with the
-#                   same coverage), for a commit
+#                   same coverage), for a commit; at most CORPUS_FILES_MAX inputs and
+#                   CORPUS_BYTES_MAX bytes per target are kept, the smallest first, so that the
+#                   repository stays small (a segment input is a whole 96 KiB segment)
 #   TARGET...       some of: segment config frame inval rvalue (default: all)
 #
 # Build tree: build/test-fuzz (clang, KHALA_FUZZ=ON, KHALA_SANITIZE=address,undefined), the one
@@ -24,6 +26,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # "name:max_len", the same list as scripts/test.sh's FUZZ_TARGETS.
 ALL_TARGETS=(segment:200000 config:16384 frame:65536 inval:2048 rvalue:4096)
 RUNS=10000000
+CORPUS_FILES_MAX=300
+CORPUS_BYTES_MAX=$((1024 * 1024))
 TIME=0
 MERGE=0
 WANT=()
@@ -106,8 +110,18 @@ for entry in "${TARGETS[@]}"; do
             >"$DIR/fuzz_$name.merge.log" 2>&1
         rm -rf "$committed"
         mkdir -p "$committed"
-        cp "$merged"/* "$committed"/
-        echo "==> fuzz: tests/fuzz/corpus/$name: $(find "$committed" -type f | wc -l) inputs"
+        kept=0
+        bytes=0
+        while read -r size file; do
+            if [[ $kept -ge $CORPUS_FILES_MAX || $((bytes + size)) -gt $CORPUS_BYTES_MAX ]]; then
+                break
+            fi
+            cp "$file" "$committed"/
+            kept=$((kept + 1))
+            bytes=$((bytes + size))
+        done < <(find "$merged" -type f -printf '%s %p\n' | sort -n)
+        echo "==> fuzz: tests/fuzz/corpus/$name: $kept of $(find "$merged" -type f | wc -l)" \
+            "minimized inputs kept ($bytes bytes)"
     fi
 done
 
