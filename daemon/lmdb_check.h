@@ -24,7 +24,8 @@
  * @note Call before the caller opens the environment itself, with no transaction of it open in
  *       this process. The child opens it read-only without the lock file (MDB_NOLOCK): nothing
  *       else may write the file meanwhile, which holds at khalad's start (the store's own lock
- *       and the cache's writer lock).
+ *       and the cache's writer lock). The child allocates (LMDB does): call it while the process
+ *       has one thread, as khalad's start does. Costs one read of the whole file.
  */
 int khala__lmdb_check(const char *dir, const char *what, char *err, size_t errlen);
 
