@@ -14,7 +14,10 @@
  *
  * and ONE admission check, admit(), made before anything is written: every level that is going
  * to queue has room for the write, else the caller hears KHALA_EQUEUE and nothing changed
- * (back-pressure, never a silent drop).
+ * (back-pressure, never a silent drop). Only a level with a journal (Redis's) ever queues: the
+ * queue of a level without one (the local disk) would be in khalad's memory only, and a write
+ * acknowledged from it is lost by a SIGKILL; such a level that is down or fails a write refuses
+ * it with KHALA_ETIER instead (room()).
  *
  * A put, in order (the numbers are used in the code):
  *
@@ -159,9 +162,11 @@ void khala__store_level_failed(khalad_t *d, khalad_tier_t *lt, int rc) {
          * callers hear success, as for any write queued while a level is down. */
         khala__invwait_done(d->invwait, (int)(lt - d->tiers), UINT64_MAX, 0);
         lt->next_health_ms = khala__sys_now_ms() + KHALAD_HEALTH_EVERY_MS;
-        khala__log("warn", "a level is down; reads skip it and writes queue", "tier",
-                   khala__store_level_name(lt), "backend", lt->t->ops->name, "error", lt->t->err,
-                   NULL);
+        khala__log("warn",
+                   lt->journaled ? "a level is down; reads skip it and writes queue"
+                                 : "a level is down; reads skip it and writes are refused",
+                   "tier", khala__store_level_name(lt), "backend", lt->t->ops->name, "error",
+                   lt->t->err, NULL);
     }
     (void)d;
 }
@@ -279,8 +284,18 @@ static int must_queue(const khalad_tier_t *lt, const op_t *op, int write_behind)
     return write_behind || !lt->t->healthy || khala__wq_head(lt->wq) != NULL;
 }
 
-/* Room in lt's queue for op, else KHALA_EQUEUE with the message. */
+/* Room in lt's queue for op, else KHALA_EQUEUE with the message. A level without a journal
+ * (the local disk) has no room at all: its queue is in khalad's memory only, and a write
+ * acknowledged from there would be lost by a SIGKILL (chaos_check found it with the disk full),
+ * so such a write is refused with KHALA_ETIER, the level's own error in the message. */
 static int room(khalad_t *d, khalad_tier_t *lt, const op_t *op) {
+    if (!lt->journaled) {
+        lt->refused++;
+        set_msg(d, "%s (%s) cannot take the %s now: %s; nothing was written, retry later",
+                khala__store_level_name(lt), lt->t->ops->name, op_what(op),
+                lt->t->err[0] ? lt->t->err : "it is down");
+        return KHALA_ETIER;
+    }
     if (khala__wq_room(lt->wq, op->kind == KHALA_WQ_INVALIDATE ? NULL : op->key, op->klen,
                        op->vlen))
         return 0;
@@ -308,8 +323,11 @@ static int enqueue(khalad_t *d, khalad_tier_t *lt, const op_t *op) {
     if (rc != 0) {
         if (rc == KHALA_EQUEUE)
             return room(d, lt, op);
-        set_msg(d, "%s (%s): cannot queue the %s: %s", khala__store_level_name(lt),
-                lt->t->ops->name, op_what(op), khala_strerror(rc));
+        set_msg(d,
+                "%s (%s) is %s and its write %s cannot take the %s: %s; nothing was written, retry "
+                "later",
+                khala__store_level_name(lt), lt->t->ops->name, lt->t->healthy ? "behind" : "down",
+                lt->journaled ? "journal" : "queue", op_what(op), khala_strerror(rc));
         return rc;
     }
     lt->queued++;
@@ -342,6 +360,8 @@ static int apply_or_queue(khalad_t *d, khalad_tier_t *lt, const op_t *op, int wr
             return rc;
         }
         khala__store_level_failed(d, lt, rc);
+        if (rc == KHALA_ETIER && !lt->journaled)
+            return room(d, lt, op);
         if (rc != KHALA_ETIER) {
             lt->write_errors++;
             if (rc == KHALA_EVERSION)

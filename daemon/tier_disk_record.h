@@ -63,7 +63,8 @@ void khala__disk_rec_encode(void *rec, khala_type_t type, uint64_t version, int6
  * @param[in] errlen size of @p err; the message is truncated to fit.
  * @return 0;
  *         KHALA_ECORRUPT when the record is shorter than its header, has another format byte,
- *         names a type outside khala_type_t or holds a value over UINT32_MAX bytes.
+ *         names a type outside khala_type_t, holds a value over UINT32_MAX bytes, or carries a
+ *         checksum its bytes do not match (every record written by this build carries one).
  * @note A view: @p out->value is valid as long as the bytes at @p rec are (for a record read
  *       from LMDB, until its transaction ends).
  */

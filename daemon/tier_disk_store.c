@@ -68,6 +68,7 @@
 
 #include "errbuf.h"
 #include "khala/error.h"
+#include "lmdb_check.h"
 #include "sys.h"
 #include "tier_disk_record.h"
 
@@ -569,6 +570,9 @@ int khala__disk_store_open(const khala_tier_disk_opts_t *o, uint32_t max_value,
         goto fail;
     }
 
+    /* A damaged file is refused here, not met by a SIGBUS or SIGSEGV at a read (lmdb_check.c). */
+    if ((rc = khala__lmdb_check(o->path, "the disk store", err, errlen)) != 0)
+        goto fail;
     rc = mdb_env_create(&d->env);
     if (!rc)
         rc = mdb_env_set_maxdbs(d->env, 3);

@@ -15,8 +15,9 @@
  *     | u32 magic | u8 kind | u8 pad[3] | i32 type | u32 klen | u32 vlen | u32 pad2 |
  *     | u64 version | i64 expire (CLOCK_REALTIME ms, 0 = none) | key | value |
  *
- * (native byte order: a journal is read back by the same machine). A record whose fields do
- * not agree (kind, lengths, type, padding) makes the journal KHALA_ECORRUPT.
+ * (native byte order: a journal is read back by the same machine). pad2 is the record's
+ * checksum (JOURNAL_MAGIC). A record whose fields do not agree (kind, lengths, type, padding,
+ * checksum) makes the journal KHALA_ECORRUPT.
  *
  * With a codec (khala__wq_set_codec: encryption at rest, daemon/tier_crypt.h) a put's value is
  * encoded as its record is written and decoded as it is read back; vlen is the encoded length.
@@ -32,6 +33,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <lmdb.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +45,7 @@
 #include "dirs.h"
 #include "errbuf.h"
 #include "khala/cache.h"
+#include "lmdb_check.h"
 #include "khala/error.h"
 #include "sys.h"
 
@@ -51,8 +54,14 @@
  * leaves the element's hh.tbl NULL when it could not be added). */
 #define HASH_NONFATAL_OOM 1
 #include <uthash.h>
+#include <xxhash.h>
 
-#define JOURNAL_MAGIC 0x4b4a5131u     /* "KJQ1" */
+/* A record's magic. KJQ2 records carry XXH32 of the whole record (with the field zero) in
+ * pad2: LMDB has no checksums, and a flipped byte in a queued value would be replayed to L2 as
+ * the value (the disk store's records had the same hole; tests/chaos/chaos_check.c found it).
+ * KJQ1 records, written before, have pad2 zero and are read unchecked. */
+#define JOURNAL_MAGIC_V1 0x4b4a5131u  /* "KJQ1" */
+#define JOURNAL_MAGIC 0x4b4a5132u     /* "KJQ2" */
 #define JOURNAL_MAP_SIZE (1ull << 34) /* address space only; the file grows as needed */
 
 typedef struct entry {
@@ -73,10 +82,24 @@ typedef struct jrec {
 } jrec_t;
 _Static_assert(sizeof(jrec_t) == 40, "jrec_t has no hidden padding");
 
-/* A record's header is one this module writes: kind, lengths and type agree. */
-static int jrec_valid(const jrec_t *h, size_t size) {
-    if (h->magic != JOURNAL_MAGIC || h->pad[0] || h->pad[1] || h->pad[2] || h->pad2 ||
+/* The checksum of a KJQ2 record of size bytes at rec: XXH32 of it with pad2 taken as zero. */
+static uint32_t jrec_sum(const uint8_t *rec, size_t size) {
+    /* The bytes up to and including pad2, with pad2 zero, seed the sum of the rest. */
+    enum { HEAD = offsetof(jrec_t, pad2) + sizeof(uint32_t) };
+    uint8_t head[HEAD];
+    memcpy(head, rec, HEAD);
+    memset(head + offsetof(jrec_t, pad2), 0, sizeof(uint32_t));
+    return XXH32(rec + HEAD, size - HEAD, XXH32(head, HEAD, 0));
+}
+
+/* A record's header is one this module writes: kind, lengths and type agree, and a KJQ2
+ * record's checksum matches its bytes (rec, size). */
+static int jrec_valid(const jrec_t *h, const uint8_t *rec, size_t size) {
+    if ((h->magic != JOURNAL_MAGIC && h->magic != JOURNAL_MAGIC_V1) || h->pad[0] || h->pad[1] ||
+        h->pad[2] || (h->magic == JOURNAL_MAGIC_V1 && h->pad2) ||
         size != sizeof(*h) + (size_t)h->klen + h->vlen || h->klen > KHALA_KEY_MAX)
+        return 0;
+    if (h->magic == JOURNAL_MAGIC && jrec_sum(rec, size) != h->pad2)
         return 0;
     switch (h->kind) {
         case KHALA_WQ_PUT:
@@ -282,6 +305,15 @@ void khala__wq_set_codec(khala_wq_t *q, const khala_wq_codec_t *codec) {
         memset(&q->codec, 0, sizeof(q->codec));
 }
 
+/* A failed append as a khala code: the system's errno as is (-ENOSPC: the journal's disk is
+ * full, which the caller reports as such), the journal's fixed map full as a full queue
+ * (KHALA_EQUEUE), any other LMDB failure as -EIO. */
+static int journal_code(int rc) {
+    if (rc == MDB_MAP_FULL)
+        return KHALA_EQUEUE;
+    return rc > 0 ? -rc : -EIO;
+}
+
 /* Append op's record (and delete the replaced one, old_seq) in one durable transaction. */
 static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
     khala_wq_op_t *op = &e->op;
@@ -303,15 +335,16 @@ static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
         return -EIO;
     }
     MDB_txn *txn;
-    if (mdb_txn_begin(q->env, NULL, 0, &txn) != 0) {
+    int rc = mdb_txn_begin(q->env, NULL, 0, &txn);
+    if (rc != 0) {
         free(sealed);
-        return -EIO;
+        return journal_code(rc);
     }
     uint8_t k[8];
     uint64_t seq = q->next_seq;
     be64(k, seq);
     MDB_val key = {8, k}, val = {sizeof(jrec_t) + op->klen + vlen, NULL};
-    int rc = mdb_put(txn, q->dbi, &key, &val, MDB_RESERVE | MDB_APPEND);
+    rc = mdb_put(txn, q->dbi, &key, &val, MDB_RESERVE | MDB_APPEND);
     if (rc == 0) {
         jrec_t h = {.magic = JOURNAL_MAGIC,
                     .kind = (uint8_t)op->kind,
@@ -326,6 +359,8 @@ static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
             memcpy(p + sizeof(h), op->key, op->klen);
         if (vlen)
             memcpy(p + sizeof(h) + op->klen, vbytes, vlen);
+        uint32_t sum = jrec_sum(p, val.mv_size);
+        memcpy(p + offsetof(jrec_t, pad2), &sum, sizeof(sum));
     }
     free(sealed);
     if (rc == 0 && old_seq) {
@@ -338,10 +373,10 @@ static int journal_append(khala_wq_t *q, entry_t *e, uint64_t old_seq) {
     }
     if (rc != 0) {
         mdb_txn_abort(txn);
-        return -EIO;
+        return journal_code(rc);
     }
-    if (mdb_txn_commit(txn) != 0)
-        return -EIO;
+    if ((rc = mdb_txn_commit(txn)) != 0)
+        return journal_code(rc);
     q->dirty = 1;
     e->seq = seq;
     q->next_seq++;
@@ -419,7 +454,7 @@ static int push(khala_wq_t *q, khala_wq_kind_t kind, const void *key, size_t kle
             if (kind != KHALA_WQ_INVALIDATE)
                 HASH_DEL(q->index, e);
             free(e);
-            return jrc == -ENOMEM ? -ENOMEM : -EIO;
+            return jrc;
         }
         if (old)
             ((entry_t *)old)->seq = 0; /* its record went in the same transaction */
@@ -467,6 +502,9 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_m
     int mrc = khala__dirs_make(dir, 0700, err, errlen);
     if (mrc != 0)
         return mrc;
+    /* A damaged journal is refused here, not met by a SIGBUS or SIGSEGV (lmdb_check.c). */
+    if ((mrc = khala__lmdb_check(dir, "the write journal", err, errlen)) != 0)
+        return mrc;
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
     MDB_cursor *cur = NULL;
@@ -503,7 +541,7 @@ int khala__wq_journal_open(khala_wq_t *q, const char *dir, uint32_t sync_every_m
             break;
         }
         memcpy(&h, v.mv_data, sizeof(h));
-        if (!jrec_valid(&h, v.mv_size)) {
+        if (!jrec_valid(&h, v.mv_data, v.mv_size)) {
             ret = KHALA_ECORRUPT;
             break;
         }

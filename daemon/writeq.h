@@ -135,8 +135,9 @@ void khala__wq_free(khala_wq_t *q);
  * @param[in] version the item's version.
  * @param[in] expire_ms absolute deadline (khala__sys_now_ms() clock), 0 = none.
  * @param[in] type the item's type.
- * @return 0; KHALA_EQUEUE when the queue is full (nothing changed); -ENOMEM; -EIO when the
- *         journal cannot be written (nothing changed).
+ * @return 0; KHALA_EQUEUE when the queue is full, or the journal's map is (nothing changed);
+ *         -ENOMEM; -ENOSPC (or another -errno from the system) when the journal's disk is
+ *         full; -EIO when the journal cannot be written otherwise (nothing changed).
  */
 int khala__wq_put(khala_wq_t *q, const void *key, size_t klen, const void *val, size_t vlen,
                   uint64_t version, int64_t expire_ms, int type);

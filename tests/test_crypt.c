@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "crypt.h"
 #include "fake_tier.h"
@@ -502,6 +503,21 @@ Test(crypt, the_journal_holds_ciphertext_and_reads_back_the_plaintext) {
     khala__crypt_close(c);
 }
 
+/* The journal record's layout (daemon/writeq.c): a 40-byte header whose u32 at 20 is XXH32 of
+ * the record with those 4 bytes zero (the header's first 24 bytes seed the sum of the rest);
+ * klen at 12, vlen at 16. */
+enum { JREC_SIZE = 40, JREC_SUM_AT = 20, JREC_HEAD = 24 };
+
+static uint32_t jrec_sum_again(const uint8_t *rec) {
+    uint32_t klen, vlen;
+    memcpy(&klen, rec + 12, sizeof(klen));
+    memcpy(&vlen, rec + 16, sizeof(vlen));
+    uint8_t head[JREC_HEAD];
+    memcpy(head, rec, JREC_HEAD);
+    memset(head + JREC_SUM_AT, 0, 4);
+    return XXH32(rec + JREC_HEAD, JREC_SIZE + klen + vlen - JREC_HEAD, XXH32(head, JREC_HEAD, 0));
+}
+
 Test(crypt, a_tampered_journal_record_is_dropped_and_counted_never_replayed) {
     khala_crypt_t *c = ring("1 " KEY1 "\n", AGENT_BIT);
     char dir[128], path[160];
@@ -512,7 +528,8 @@ Test(crypt, a_tampered_journal_record_is_dropped_and_counted_never_replayed) {
     cr_assert_eq(khala__wq_put(q, "t", 1, "kept secret", 11, 6, 0, AGENT), 0);
     khala__wq_free(q);
     /* Flip one ciphertext byte of s's envelope (the record's key "s" precedes it) in every
-     * copy LMDB's copy-on-write left in the file. */
+     * copy LMDB's copy-on-write left in the file, and make the record's XXH32 agree again, as
+     * anyone who can write the file can: that sum catches accidents, the AEAD tag an attacker. */
     snprintf(path, sizeof(path), "%s/data.mdb", dir);
     FILE *f = fopen(path, "r+b");
     cr_assert(f);
@@ -524,6 +541,10 @@ Test(crypt, a_tampered_journal_record_is_dropped_and_counted_never_replayed) {
         buf[off] ^= 0x40;
         cr_assert_eq(fseek(f, (long)off, SEEK_SET), 0);
         cr_assert_eq(fwrite(&buf[off], 1, 1, f), 1);
+        size_t rec = (size_t)(m - buf) - JREC_SIZE;
+        uint32_t sum = jrec_sum_again(buf + rec);
+        cr_assert_eq(fseek(f, (long)(rec + JREC_SUM_AT), SEEK_SET), 0);
+        cr_assert_eq(fwrite(&sum, sizeof(sum), 1, f), 1);
         flipped++;
     }
     cr_assert_gt(flipped, 0, "no envelope of s in the journal");

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "channel.h"
 #include "khala/cache.h"
@@ -202,9 +203,12 @@ static int dir_holds(const char *dir, const void *needle, size_t len) {
     return g_found;
 }
 
-/* Flip a ciphertext byte of every envelope in file path that comes gap bytes after the bytes
- * of key (klen); how many were flipped. */
-static int flip_after(const char *path, const char *key, size_t klen, size_t gap) {
+/* Flip a ciphertext byte of every envelope in the disk store's file path whose record (a
+ * gap-byte header, then the envelope of a vlen-byte plaintext) comes after the bytes of key
+ * (klen), and make the record's XXH32 agree again (daemon/tier_disk_record.c: the u32 at 4 is
+ * XXH32 of bytes 8..end seeded with the type byte at 1), as anyone who can write the file can:
+ * that sum catches accidents, the AEAD tag an attacker. How many were flipped. */
+static int flip_after(const char *path, const char *key, size_t klen, size_t gap, size_t vlen) {
     FILE *f = fopen(path, "r+b");
     cr_assert(f, "%s", path);
     struct stat st;
@@ -217,9 +221,15 @@ static int flip_after(const char *path, const char *key, size_t klen, size_t gap
         if ((size_t)(m - buf) < klen + gap || memcmp(m - gap - klen, key, klen) != 0)
             continue;
         size_t off = (size_t)(m - buf) + 8 + 24 + 1;
-        uint8_t b = buf[off] ^ 0x10;
+        buf[off] ^= 0x10;
         cr_assert_eq(fseek(f, (long)off, SEEK_SET), 0);
-        cr_assert_eq(fwrite(&b, 1, 1, f), 1);
+        cr_assert_eq(fwrite(&buf[off], 1, 1, f), 1);
+        const uint8_t *rec = m - gap;
+        size_t size = gap + vlen + 48; /* the envelope: 48 bytes beyond the plaintext */
+        cr_assert_leq((size_t)(rec - buf) + size, len);
+        uint32_t sum = XXH32(rec + 8, size - 8, rec[1]);
+        cr_assert_eq(fseek(f, (long)(rec - buf) + 4, SEEK_SET), 0);
+        cr_assert_eq(fwrite(&sum, sizeof(sum), 1, f), 1);
         flipped++;
     }
     fclose(f);
@@ -346,7 +356,7 @@ Test(encryption, disk_store_holds_ciphertext_of_an_encrypted_type_and_plaintext_
      * left (a leaf node holds the key, "s1", then the record: a 24-byte header, the value). */
     char data[240];
     snprintf(data, sizeof(data), "%s/data.mdb", l2);
-    cr_assert_gt(flip_after(data, "s1", 2, 24), 0, "no envelope of s1 in %s", data);
+    cr_assert_gt(flip_after(data, "s1", 2, 24, strlen(SECRET)), 0, "no envelope of s1 in %s", data);
     khalad_start();
     ch = chan();
     cr_assert_eq(get(ch, "s1", val, sizeof(val), NULL), KHALA_ENOTFOUND, "got '%s'", val);
