@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -102,4 +103,78 @@ khala_msg_t khalad_req(khala_op_t op, const char *key) {
         m.has |= KHALA_F_K;
     }
     return m;
+}
+
+khala_chan_t *khalad_chan(void) {
+    khala_chan_t *ch = NULL;
+    char err[256];
+    int rc = khala__chan_open(khalad_sock, khalad_name, 5000, &ch, err, sizeof(err));
+    cr_assert_eq(rc, 0, "connect to %s: %s", khalad_sock, err);
+    return ch;
+}
+
+int khalad_call(khala_chan_t *ch, khala_msg_t *m, khala_msg_t *r, int timeout_ms) {
+    char err[256];
+    khala__proto_msg_init(r); /* the channel frees what *r held before */
+    int rc = khala__chan_call(ch, m, r, timeout_ms, err, sizeof(err));
+    cr_assert_eq(rc, 0, "call %s: %s", khala__proto_op_name(m->op), err);
+    return r->rc;
+}
+
+uint64_t khalad_stat(khala_chan_t *ch, const char *section, const char *name, int timeout_ms) {
+    khala_msg_t m = khalad_req(KHALA_OP_STATS, NULL), r;
+    cr_assert_eq(khalad_call(ch, &m, &r, timeout_ms), 0);
+    uint64_t v = UINT64_MAX;
+    for (uint32_t i = 0; i < r.ndata; i++) {
+        const khala_kv_t *s = &r.data[i];
+        if (s->kind != KHALA_KV_MAP || s->key.len != strlen(section) ||
+            memcmp(s->key.ptr, section, s->key.len) != 0)
+            continue;
+        for (uint32_t j = 0; j < s->as.map.n; j++) {
+            const khala_kv_t *e = &s->as.map.items[j];
+            if (e->key.len == strlen(name) && memcmp(e->key.ptr, name, e->key.len) == 0)
+                v = e->kind == KHALA_KV_UINT ? e->as.u : (uint64_t)e->as.i;
+        }
+    }
+    khala__proto_msg_free(&r);
+    return v;
+}
+
+void khalad_use_redis(const char *url, const char *ns) {
+    static char url_set[600], ns_set[128];
+    snprintf(url_set, sizeof(url_set), "l2.redis_url=%s", url);
+    snprintf(ns_set, sizeof(ns_set), "l2.namespace=%s", ns);
+    khalad_extra_sets[0] = url_set;
+    khalad_extra_sets[1] = "l2.backend=redis";
+    khalad_extra_sets[2] = ns_set;
+    khalad_extra_sets[3] = NULL;
+}
+
+int khalad_run(const char *const *args, char *out, size_t cap) {
+    const char *argv[160] = {KHALAD_PATH};
+    int argc = 1;
+    for (; args && *args && argc < 159; args++)
+        argv[argc++] = *args;
+    argv[argc] = NULL;
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (dup2(p[1], 1) < 0 || dup2(p[1], 2) < 0)
+            _exit(126);
+        close(p[0]);
+        execv(KHALAD_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t n = 0;
+    for (ssize_t r; n < cap - 1 && (r = read(p[0], out + n, cap - 1 - n)) > 0;)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(p[0]);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "khalad did not exit: %d", status);
+    return WEXITSTATUS(status);
 }

@@ -10,8 +10,11 @@
 #ifndef KHALA_TESTS_INTEGRATION_KHALAD_UTIL_H
 #define KHALA_TESTS_INTEGRATION_KHALAD_UTIL_H
 
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
+#include "channel.h"
 #include "proto.h"
 
 /* The cache name khalad serves ("<prefix><pid>"); set by khalad_env_init(). */
@@ -54,5 +57,28 @@ void sleep_ms(long ms);
 
 /* A request for op, with key (a C string; NULL for none) as its "k" field. */
 khala_msg_t khalad_req(khala_op_t op, const char *key);
+
+/* A channel to the process's khalad (khalad_sock, khalad_name); a failure to connect fails the
+ * test. */
+khala_chan_t *khalad_chan(void);
+
+/* Send m on ch and wait (up to timeout_ms) for its reply in r, which is initialised first (the
+ * caller frees it with khala__proto_msg_free). A transport failure fails the test; the reply's
+ * rc is returned. */
+int khalad_call(khala_chan_t *ch, khala_msg_t *m, khala_msg_t *r, int timeout_ms);
+
+/* A counter of khalad's stats reply (khalad_call with timeout_ms): section ("l1", "l2", "khalad")
+ * and name; UINT64_MAX if absent. */
+uint64_t khalad_stat(khala_chan_t *ch, const char *section, const char *name, int timeout_ms);
+
+/* Configure the next khalad_start for L2 on the Redis at url (redis://...) under namespace ns:
+ * khalad_extra_sets becomes the URL, "l2.backend=redis" and the namespace (the URL before the
+ * backend: each --set is checked at once), then NULL. More may be appended after them. */
+void khalad_use_redis(const char *url, const char *ns);
+
+/* Run KHALAD_PATH with args (NULL-terminated, without argv[0]) to its exit, with its stdout and
+ * stderr in out (NUL-terminated, truncated to cap - 1 bytes). Returns its exit status; a khalad
+ * that does not exit (killed by a signal) fails the test. */
+int khalad_run(const char *const *args, char *out, size_t cap);
 
 #endif /* KHALA_TESTS_INTEGRATION_KHALAD_UTIL_H */

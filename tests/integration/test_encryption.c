@@ -87,20 +87,8 @@ static void configure(int redis, const char *agent_write_mode) {
     khalad_extra_sets[n] = NULL;
 }
 
-static khala_chan_t *chan(void) {
-    khala_chan_t *ch = NULL;
-    char err[256];
-    int rc = khala__chan_open(khalad_sock, khalad_name, 5000, &ch, err, sizeof(err));
-    cr_assert_eq(rc, 0, "connect: %s", err);
-    return ch;
-}
-
 static int call(khala_chan_t *ch, khala_msg_t *m, khala_msg_t *r) {
-    char err[256];
-    khala__proto_msg_init(r);
-    int rc = khala__chan_call(ch, m, r, 10000, err, sizeof(err));
-    cr_assert_eq(rc, 0, "call %s: %s", khala__proto_op_name(m->op), err);
-    return r->rc;
+    return khalad_call(ch, m, r, 10000);
 }
 
 static void put(khala_chan_t *ch, const char *key, khala_type_t type, const char *val) {
@@ -324,7 +312,7 @@ Test(encryption, disk_store_holds_ciphertext_of_an_encrypted_type_and_plaintext_
     write_keys("1 " KEY1 "\n", 0600);
     configure(0, "write_through");
     khalad_start();
-    khala_chan_t *ch = chan();
+    khala_chan_t *ch = khalad_chan();
     put(ch, "s1", KHALA_TYPE_AGENT_RESPONSE, SECRET);
     put(ch, "p1", KHALA_TYPE_MEMORY_ENTITY, PLAIN);
     char val[256];
@@ -345,7 +333,7 @@ Test(encryption, disk_store_holds_ciphertext_of_an_encrypted_type_and_plaintext_
 
     /* Read back by the next khalad. */
     khalad_start();
-    ch = chan();
+    ch = khalad_chan();
     cr_assert_eq(get(ch, "s1", val, sizeof(val), NULL), 0);
     cr_assert_str_eq(val, SECRET);
     put(ch, "s2", KHALA_TYPE_AGENT_RESPONSE, "SECRET-two");
@@ -358,7 +346,7 @@ Test(encryption, disk_store_holds_ciphertext_of_an_encrypted_type_and_plaintext_
     snprintf(data, sizeof(data), "%s/data.mdb", l2);
     cr_assert_gt(flip_after(data, "s1", 2, 24, strlen(SECRET)), 0, "no envelope of s1 in %s", data);
     khalad_start();
-    ch = chan();
+    ch = khalad_chan();
     cr_assert_eq(get(ch, "s1", val, sizeof(val), NULL), KHALA_ENOTFOUND, "got '%s'", val);
     cr_assert_eq(crypto_stat(ch, "auth_failures"), 1);
     cr_assert_eq(get(ch, "s2", val, sizeof(val), NULL), 0);
@@ -371,7 +359,7 @@ Test(encryption, redis_holds_ciphertext_and_a_tampered_or_moved_value_is_refused
     write_keys("1 " KEY1 "\n", 0600);
     configure(1, "write_through");
     khalad_start();
-    khala_chan_t *ch = chan();
+    khala_chan_t *ch = khalad_chan();
     put(ch, "s1", KHALA_TYPE_AGENT_RESPONSE, SECRET);
     put(ch, "s2", KHALA_TYPE_AGENT_RESPONSE, "SECRET-two");
     put(ch, "p1", KHALA_TYPE_MEMORY_ENTITY, PLAIN);
@@ -440,14 +428,14 @@ Test(encryption, keys_rotate_without_a_flush) {
     write_keys("1 " KEY1 "\n", 0600);
     configure(1, "write_through");
     khalad_start();
-    khala_chan_t *ch = chan();
+    khala_chan_t *ch = khalad_chan();
     put(ch, "old", KHALA_TYPE_AGENT_RESPONSE, "SECRET-old");
     khala__chan_close(ch);
     khalad_kill(SIGTERM);
 
     write_keys("1 " KEY1 "\n2 " KEY2 "\n", 0600);
     khalad_start();
-    ch = chan();
+    ch = khalad_chan();
     char val[256];
     cr_assert_eq(get(ch, "old", val, sizeof(val), NULL), 0);
     cr_assert_str_eq(val, "SECRET-old");
@@ -468,7 +456,7 @@ Test(encryption, keys_rotate_without_a_flush) {
     khalad_kill(SIGTERM);
     write_keys("2 " KEY2 "\n", 0600);
     khalad_start();
-    ch = chan();
+    ch = khalad_chan();
     cr_assert_eq(get(ch, "old", val, sizeof(val), NULL), KHALA_ENOTFOUND, "got '%s'", val);
     cr_assert_eq(crypto_stat(ch, "unknown_key"), 1);
     cr_assert_eq(get(ch, "new", val, sizeof(val), NULL), 0);
@@ -489,7 +477,7 @@ Test(encryption, sighup_reloads_the_key_file_and_a_bad_one_changes_nothing) {
     write_keys("1 " KEY1 "\n", 0600);
     configure(1, "write_through");
     khalad_start();
-    khala_chan_t *ch = chan();
+    khala_chan_t *ch = khalad_chan();
     put(ch, "old", KHALA_TYPE_AGENT_RESPONSE, "SECRET-old");
 
     /* A key file others may read: refused at the reload, khalad keeps serving with key 1. */
@@ -526,7 +514,7 @@ Test(encryption, the_write_journal_holds_ciphertext_and_replays_it_after_a_sigki
     configure(1, "write_behind");
     khalad_start();
     tu_redis_kill(&g_redis); /* writes now wait in the journal */
-    khala_chan_t *ch = chan();
+    khala_chan_t *ch = khalad_chan();
     put(ch, "s1", KHALA_TYPE_AGENT_RESPONSE, SECRET);
     put(ch, "p1", KHALA_TYPE_MEMORY_ENTITY, PLAIN);
     khala__chan_close(ch);
@@ -541,7 +529,7 @@ Test(encryption, the_write_journal_holds_ciphertext_and_replays_it_after_a_sigki
     /* The next khalad replays the journal into Redis: sealed there, plaintext to a reader. */
     tu_redis_start(&g_redis, NULL);
     khalad_start();
-    ch = chan();
+    ch = khalad_chan();
     char val[256] = "";
     int rc = KHALA_ENOTFOUND;
     for (int i = 0; i < 1000 && rc != 0; i++) { /* bounded: until the flusher drained it */

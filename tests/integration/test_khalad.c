@@ -727,27 +727,11 @@ Test(khalad, a_start_that_fails_late_leaves_no_segment_lock_or_socket) {
     int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     cr_assert_geq(fd, 0);
     close(fd);
-    int errp[2];
-    cr_assert_eq(pipe(errp), 0);
-    pid_t p = fork();
-    cr_assert_geq(p, 0);
-    if (p == 0) {
-        dup2(errp[1], 2);
-        close(errp[0]);
-        execl(KHALAD_PATH, "khalad", "--foreground", "--name", name, "--set", sock_set, "--set",
-              "l1.max_memory_mb=16", "--set", l2, (char *)NULL);
-        _exit(127);
-    }
-    close(errp[1]);
+    const char *const args[] = {"--foreground",        "--name", name, "--set", sock_set, "--set",
+                                "l1.max_memory_mb=16", "--set",  l2,   NULL};
     char out[8192];
-    size_t n = 0;
-    for (ssize_t r; n < sizeof(out) - 1 && (r = read(errp[0], out + n, sizeof(out) - 1 - n)) > 0;)
-        n += (size_t)r;
-    out[n] = '\0';
-    close(errp[0]);
-    int st;
-    cr_assert_eq(waitpid(p, &st, 0), p);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d", WEXITSTATUS(st));
+    int st = khalad_run(args, out, sizeof(out));
+    cr_assert_eq(st, 1, "exit status %d", st);
     cr_assert_not_null(strstr(out, "cannot create the socket's directory"), "log: %s", out);
     cr_assert_not_null(strstr(out, "is not a directory"), "log: %s", out);
     cr_assert_not_null(strstr(out, "made a new L1 segment"), "it got as far as L1: %s", out);
@@ -893,61 +877,31 @@ Test(khalad, invalidating_a_key_that_is_not_cached_is_no_error) {
     hang_up(&c);
 }
 
-/* Run khalad with args (no --check); its exit status; stdout and stderr in out. */
-static int run_khalad(const char *const *args, char *out, size_t cap) {
-    const char *argv[160] = {KHALAD_PATH};
-    int argc = 1;
-    for (; args && *args && argc < 159; args++)
-        argv[argc++] = *args;
-    argv[argc] = NULL;
-    int p[2];
-    cr_assert_eq(pipe(p), 0);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        if (dup2(p[1], 1) < 0 || dup2(p[1], 2) < 0)
-            _exit(126);
-        close(p[0]);
-        execv(KHALAD_PATH, (char *const *)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    size_t n = 0;
-    for (ssize_t r; n < cap - 1 && (r = read(p[0], out + n, cap - 1 - n)) > 0;)
-        n += (size_t)r;
-    out[n] = '\0';
-    close(p[0]);
-    int status = 0;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFEXITED(status), "khalad did not exit: %d", status);
-    return WEXITSTATUS(status);
-}
-
 /* The command line: --help and --version answer and exit 0; an unknown option or a stray
  * argument is a usage error (exit 2, naming it, with the usage); a --name too long for a cache
  * name is refused (exit 1) before anything is made. */
 Test(khalad_check, command_line_mistakes_are_named_and_exit_non_zero) {
     static char out[8192];
     const char *const help[] = {"--help", NULL};
-    cr_assert_eq(run_khalad(help, out, sizeof(out)), 0, "%s", out);
+    cr_assert_eq(khalad_run(help, out, sizeof(out)), 0, "%s", out);
     cr_assert_not_null(strstr(out, "usage: khalad [--config FILE]"), "%s", out);
     cr_assert_not_null(strstr(out, "--check        validate the configuration"), "%s", out);
     const char *const version[] = {"--version", NULL};
-    cr_assert_eq(run_khalad(version, out, sizeof(out)), 0, "%s", out);
+    cr_assert_eq(khalad_run(version, out, sizeof(out)), 0, "%s", out);
     cr_assert_eq(strncmp(out, "khalad ", 7), 0, "%s", out);
     const char *const bogus[] = {"--bogus", NULL};
-    cr_assert_eq(run_khalad(bogus, out, sizeof(out)), 2, "%s", out);
+    cr_assert_eq(khalad_run(bogus, out, sizeof(out)), 2, "%s", out);
     cr_assert_not_null(strstr(out, "bogus"), "the option is named: %s", out);
     cr_assert_not_null(strstr(out, "usage: khalad"), "%s", out);
     const char *const stray[] = {"--check", "stray", NULL};
-    cr_assert_eq(run_khalad(stray, out, sizeof(out)), 2, "%s", out);
+    cr_assert_eq(khalad_run(stray, out, sizeof(out)), 2, "%s", out);
     cr_assert_not_null(strstr(out, "khalad: unexpected argument 'stray'"), "%s", out);
     cr_assert_not_null(strstr(out, "usage: khalad"), "%s", out);
     char name[KHALA_NAME_MAX + 2];
     memset(name, 'n', sizeof(name) - 1);
     name[sizeof(name) - 1] = '\0';
     const char *const longname[] = {"--check", "--name", name, NULL};
-    cr_assert_eq(run_khalad(longname, out, sizeof(out)), 1, "%s", out);
+    cr_assert_eq(khalad_run(longname, out, sizeof(out)), 1, "%s", out);
     char want[128];
     snprintf(want, sizeof(want), "khalad: --name: 'nnnnnnnnnnnnnnnn...' is longer than %d bytes",
              KHALA_NAME_MAX);
@@ -965,10 +919,10 @@ Test(khalad_check, too_many_set_options_are_refused) {
         args[n++] = "l1.ttl_seconds=60";
     }
     args[n] = NULL;
-    cr_assert_eq(run_khalad(args, out, sizeof(out)), 2, "%s", out);
+    cr_assert_eq(khalad_run(args, out, sizeof(out)), 2, "%s", out);
     cr_assert_not_null(strstr(out, "khalad: too many --set options"), "%s", out);
     args[1 + 2 * 62] = NULL; /* 62 fit, and one more place stays free for --name */
-    cr_assert_eq(run_khalad(args, out, sizeof(out)), 0, "%s", out);
+    cr_assert_eq(khalad_run(args, out, sizeof(out)), 0, "%s", out);
     cr_assert_not_null(strstr(out, "ttl_seconds = 60"), "%s", out);
 }
 

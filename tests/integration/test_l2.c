@@ -82,11 +82,7 @@ static khala_chan_t *chan_to(const char *sock, const char *name) {
 }
 
 static int call(khala_chan_t *ch, khala_msg_t *m, khala_msg_t *r) {
-    char err[256];
-    khala__proto_msg_init(r); /* the channel frees what *r held before */
-    int rc = khala__chan_call(ch, m, r, 10000, err, sizeof(err));
-    cr_assert_eq(rc, 0, "call %s: %s", khala__proto_op_name(m->op), err);
-    return r->rc;
+    return khalad_call(ch, m, r, 10000);
 }
 
 /* put over the protocol; returns the reply's rc, its message in msg. */
@@ -141,22 +137,7 @@ static int raw_get(khala_chan_t *ch, const char *key, got_t *g) {
 
 /* A counter of the stats reply: section ("l1", "l2", "khalad") and name; UINT64_MAX if absent. */
 static uint64_t stat_u(khala_chan_t *ch, const char *section, const char *name) {
-    khala_msg_t m = khalad_req(KHALA_OP_STATS, NULL), r;
-    cr_assert_eq(call(ch, &m, &r), 0);
-    uint64_t v = UINT64_MAX;
-    for (uint32_t i = 0; i < r.ndata; i++) {
-        const khala_kv_t *s = &r.data[i];
-        if (s->kind != KHALA_KV_MAP || s->key.len != strlen(section) ||
-            memcmp(s->key.ptr, section, s->key.len) != 0)
-            continue;
-        for (uint32_t j = 0; j < s->as.map.n; j++) {
-            const khala_kv_t *e = &s->as.map.items[j];
-            if (e->key.len == strlen(name) && memcmp(e->key.ptr, name, e->key.len) == 0)
-                v = e->kind == KHALA_KV_UINT ? e->as.u : (uint64_t)e->as.i;
-        }
-    }
-    khala__proto_msg_free(&r);
-    return v;
+    return khalad_stat(ch, section, name, 10000);
 }
 
 /* Is key in L1 now? (inspect answers from L1 only.) */
@@ -222,14 +203,9 @@ static void add_set(const char *set) {
 
 /* Configure the next khalad for L2 on Redis at url, namespace g_ns. */
 static void use_redis(const char *url, int coherence) {
-    static char url_set[600], ns_set[128];
     snprintf(g_ns, sizeof(g_ns), "it%d", (int)getpid());
-    snprintf(url_set, sizeof(url_set), "l2.redis_url=%s", url);
-    snprintf(ns_set, sizeof(ns_set), "l2.namespace=%s", g_ns);
-    int n = 0;
-    khalad_extra_sets[n++] = url_set; /* before the backend: each --set is checked at once */
-    khalad_extra_sets[n++] = "l2.backend=redis";
-    khalad_extra_sets[n++] = ns_set;
+    khalad_use_redis(url, g_ns); /* khalad_extra_sets[0..2] */
+    int n = 3;
     khalad_extra_sets[n++] = "l2.persistent=true"; /* survives the restarts of a test */
     if (coherence)
         khalad_extra_sets[n++] = "policies.coherence=pubsub";
@@ -925,28 +901,23 @@ Test(l2, redis_l2_whose_write_journal_cannot_be_made_refuses_to_start) {
     FILE *f = fopen(file, "w");
     cr_assert_not_null(f);
     fclose(f);
-    int errp[2];
-    cr_assert_eq(pipe(errp), 0);
-    pid_t p = fork();
-    cr_assert_geq(p, 0);
-    if (p == 0) {
-        dup2(errp[1], 2);
-        close(errp[0]);
-        execl(KHALAD_PATH, "khalad", "--foreground", "--name", khalad_name, "--set", sock, "--set",
-              "l1.max_memory_mb=16", "--set", "l2.redis_url=redis://127.0.0.1:1/0", "--set",
-              "l2.backend=redis", "--set", l2, (char *)NULL);
-        _exit(127);
-    }
-    close(errp[1]);
+    const char *const args[] = {"--foreground",
+                                "--name",
+                                khalad_name,
+                                "--set",
+                                sock,
+                                "--set",
+                                "l1.max_memory_mb=16",
+                                "--set",
+                                "l2.redis_url=redis://127.0.0.1:1/0",
+                                "--set",
+                                "l2.backend=redis",
+                                "--set",
+                                l2,
+                                NULL};
     char out[8192];
-    size_t n = 0;
-    for (ssize_t r; n < sizeof(out) - 1 && (r = read(errp[0], out + n, sizeof(out) - 1 - n)) > 0;)
-        n += (size_t)r;
-    out[n] = '\0';
-    close(errp[0]);
-    int st;
-    cr_assert_eq(waitpid(p, &st, 0), p);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d: %s", WEXITSTATUS(st), out);
+    int st = khalad_run(args, out, sizeof(out));
+    cr_assert_eq(st, 1, "exit status %d: %s", st, out);
     cr_assert_not_null(strstr(out, "L2 is not reachable at start"), "log: %s", out);
     cr_assert_not_null(strstr(out, "cannot open the levels below L1"), "log: %s", out);
     cr_assert_not_null(strstr(out, "L2 (redis): "), "log: %s", out);
@@ -965,28 +936,23 @@ Test(l2, a_redis_refusing_the_password_stops_the_start_naming_server_and_reason)
     snprintf(url, sizeof(url), "l2.redis_url=redis://:wrong@127.0.0.1:%u/0", g_redis.port);
     snprintf(sock, sizeof(sock), "cache.socket=%s", khalad_sock);
     snprintf(l2, sizeof(l2), "l2.path=%s/l2", khalad_dir());
-    int errp[2];
-    cr_assert_eq(pipe(errp), 0);
-    pid_t p = fork();
-    cr_assert_geq(p, 0);
-    if (p == 0) {
-        dup2(errp[1], 2);
-        close(errp[0]);
-        execl(KHALAD_PATH, "khalad", "--foreground", "--name", khalad_name, "--set", sock, "--set",
-              "l1.max_memory_mb=16", "--set", url, "--set", "l2.backend=redis", "--set", l2,
-              (char *)NULL);
-        _exit(127);
-    }
-    close(errp[1]);
+    const char *const args[] = {"--foreground",
+                                "--name",
+                                khalad_name,
+                                "--set",
+                                sock,
+                                "--set",
+                                "l1.max_memory_mb=16",
+                                "--set",
+                                url,
+                                "--set",
+                                "l2.backend=redis",
+                                "--set",
+                                l2,
+                                NULL};
     char out[8192];
-    size_t n = 0;
-    for (ssize_t r; n < sizeof(out) - 1 && (r = read(errp[0], out + n, sizeof(out) - 1 - n)) > 0;)
-        n += (size_t)r;
-    out[n] = '\0';
-    close(errp[0]);
-    int st;
-    cr_assert_eq(waitpid(p, &st, 0), p);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d: %s", WEXITSTATUS(st), out);
+    int st = khalad_run(args, out, sizeof(out));
+    cr_assert_eq(st, 1, "exit status %d: %s", st, out);
     char want[160];
     snprintf(want, sizeof(want), "L2 (redis): redis 127.0.0.1:%u: AUTH refused: WRONGPASS",
              g_redis.port);
@@ -1038,28 +1004,27 @@ Test(l2, a_redis_user_who_may_not_subscribe_stops_a_start_with_pubsub) {
     snprintf(url, sizeof(url), "l2.redis_url=redis://nosub:pw@127.0.0.1:%u/0", g_redis.port);
     snprintf(sock, sizeof(sock), "cache.socket=%s", khalad_sock);
     snprintf(l2, sizeof(l2), "l2.path=%s/l2", khalad_dir());
-    int errp[2];
-    cr_assert_eq(pipe(errp), 0);
-    pid_t p = fork();
-    cr_assert_geq(p, 0);
-    if (p == 0) {
-        dup2(errp[1], 2);
-        close(errp[0]);
-        execl(KHALAD_PATH, "khalad", "--foreground", "--name", khalad_name, "--set", sock, "--set",
-              "l1.max_memory_mb=16", "--set", url, "--set", "l2.backend=redis", "--set", l2,
-              "--set", "l2.namespace=nosub", "--set", "policies.coherence=pubsub", (char *)NULL);
-        _exit(127);
-    }
-    close(errp[1]);
+    const char *const args[] = {"--foreground",
+                                "--name",
+                                khalad_name,
+                                "--set",
+                                sock,
+                                "--set",
+                                "l1.max_memory_mb=16",
+                                "--set",
+                                url,
+                                "--set",
+                                "l2.backend=redis",
+                                "--set",
+                                l2,
+                                "--set",
+                                "l2.namespace=nosub",
+                                "--set",
+                                "policies.coherence=pubsub",
+                                NULL};
     char out[8192];
-    size_t n = 0;
-    for (ssize_t r; n < sizeof(out) - 1 && (r = read(errp[0], out + n, sizeof(out) - 1 - n)) > 0;)
-        n += (size_t)r;
-    out[n] = '\0';
-    close(errp[0]);
-    int st;
-    cr_assert_eq(waitpid(p, &st, 0), p);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d: %s", WEXITSTATUS(st), out);
+    int st = khalad_run(args, out, sizeof(out));
+    cr_assert_eq(st, 1, "exit status %d: %s", st, out);
     cr_assert_not_null(strstr(out, "cross-host invalidation"), "log: %s", out);
     cr_assert_not_null(strstr(out, "SUBSCRIBE khala:nosub:inv refused: NOPERM"), "log: %s", out);
     cr_assert_neq(access(khalad_sock, F_OK), 0, "no socket is left");

@@ -50,20 +50,8 @@ static void teardown(void) {
 
 TestSuite(l2_big_invalidation, .init = setup, .fini = teardown, .timeout = 300);
 
-static khala_chan_t *chan(void) {
-    khala_chan_t *ch = NULL;
-    char err[256];
-    cr_assert_eq(khala__chan_open(khalad_sock, khalad_name, 5000, &ch, err, sizeof(err)), 0, "%s",
-                 err);
-    return ch;
-}
-
 static int call(khala_chan_t *ch, khala_msg_t *m, khala_msg_t *r) {
-    char err[256];
-    khala__proto_msg_init(r);
-    int rc = khala__chan_call(ch, m, r, 60000, err, sizeof(err));
-    cr_assert_eq(rc, 0, "call %s: %s", khala__proto_op_name(m->op), err);
-    return r->rc;
+    return khalad_call(ch, m, r, 60000);
 }
 
 static int put(khala_chan_t *ch, const char *key, const char *val) {
@@ -87,21 +75,7 @@ static int get(khala_chan_t *ch, const char *key, khala_level_t *lvl) {
 }
 
 static uint64_t l2_stat(khala_chan_t *ch, const char *name) {
-    khala_msg_t m = khalad_req(KHALA_OP_STATS, NULL), r;
-    cr_assert_eq(call(ch, &m, &r), 0);
-    uint64_t v = UINT64_MAX;
-    for (uint32_t i = 0; i < r.ndata; i++) {
-        const khala_kv_t *s = &r.data[i];
-        if (s->kind != KHALA_KV_MAP || s->key.len != 2 || memcmp(s->key.ptr, "l2", 2) != 0)
-            continue;
-        for (uint32_t j = 0; j < s->as.map.n; j++) {
-            const khala_kv_t *e = &s->as.map.items[j];
-            if (e->key.len == strlen(name) && memcmp(e->key.ptr, name, e->key.len) == 0)
-                v = e->kind == KHALA_KV_UINT ? e->as.u : (uint64_t)e->as.i;
-        }
-    }
-    khala__proto_msg_free(&r);
-    return v;
+    return khalad_stat(ch, "l2", name, 60000);
 }
 
 static redisContext *redis(void) {
@@ -209,17 +183,13 @@ static unsigned serve_meanwhile(khala_chan_t *ch, const char *covered, const cha
 }
 
 static khala_chan_t *start(void) {
-    static char url_set[128], ns_set[96];
+    char url[64];
     tu_redis_start(&g_redis, NULL);
     snprintf(g_ns, sizeof(g_ns), "bg%d", (int)getpid());
-    snprintf(url_set, sizeof(url_set), "l2.redis_url=redis://127.0.0.1:%u", g_redis.port);
-    snprintf(ns_set, sizeof(ns_set), "l2.namespace=%s", g_ns);
-    khalad_extra_sets[0] = url_set;
-    khalad_extra_sets[1] = "l2.backend=redis";
-    khalad_extra_sets[2] = ns_set;
-    khalad_extra_sets[3] = NULL;
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", g_redis.port);
+    khalad_use_redis(url, g_ns);
     khalad_start();
-    khala_chan_t *ch = chan();
+    khala_chan_t *ch = khalad_chan();
     char key[32];
     for (int i = 0; i < REAL_KEYS; i++) {
         snprintf(key, sizeof(key), "big:real:%d", i);
@@ -292,7 +262,7 @@ Test(l2_big_invalidation, an_invalidation_cut_by_a_sigkill_finishes_after_the_re
               "the caller heard success from a khalad killed before the end");
     uint64_t left = redis_count("big:");
     khalad_start();
-    ch = chan();
+    ch = khalad_chan();
     if (left > 0)
         cr_assert_eq(get(ch, "big:real:5", NULL), KHALA_ENOTFOUND,
                      "a covered key was read after the restart");

@@ -42,29 +42,17 @@ TestSuite(l2_refusals, .init = setup, .fini = teardown, .timeout = 120);
 
 /* A private redis-server and a khalad with L2 on it (write-through, the default mode). */
 static khala_chan_t *start(void) {
-    static char url_set[128], ns_set[96];
+    char url[64];
     tu_redis_start(&g_redis, NULL);
     snprintf(g_ns, sizeof(g_ns), "rf%d", (int)getpid());
-    snprintf(url_set, sizeof(url_set), "l2.redis_url=redis://127.0.0.1:%u", g_redis.port);
-    snprintf(ns_set, sizeof(ns_set), "l2.namespace=%s", g_ns);
-    khalad_extra_sets[0] = url_set;
-    khalad_extra_sets[1] = "l2.backend=redis";
-    khalad_extra_sets[2] = ns_set;
-    khalad_extra_sets[3] = NULL;
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", g_redis.port);
+    khalad_use_redis(url, g_ns);
     khalad_start();
-    khala_chan_t *ch = NULL;
-    char err[256];
-    cr_assert_eq(khala__chan_open(khalad_sock, khalad_name, 5000, &ch, err, sizeof(err)), 0, "%s",
-                 err);
-    return ch;
+    return khalad_chan();
 }
 
 static int call(khala_chan_t *ch, khala_msg_t *m, khala_msg_t *r) {
-    char err[256];
-    khala__proto_msg_init(r);
-    int rc = khala__chan_call(ch, m, r, 10000, err, sizeof(err));
-    cr_assert_eq(rc, 0, "call %s: %s", khala__proto_op_name(m->op), err);
-    return r->rc;
+    return khalad_call(ch, m, r, 10000);
 }
 
 /* A put or touch over the protocol (bypassing the library's own check); the reply's rc and
@@ -96,21 +84,7 @@ static int raw_get(khala_chan_t *ch, const char *key) {
 
 /* A counter of the stats reply ("l2" section); UINT64_MAX if absent. */
 static uint64_t l2_stat(khala_chan_t *ch, const char *name) {
-    khala_msg_t m = khalad_req(KHALA_OP_STATS, NULL), r;
-    cr_assert_eq(call(ch, &m, &r), 0);
-    uint64_t v = UINT64_MAX;
-    for (uint32_t i = 0; i < r.ndata; i++) {
-        const khala_kv_t *s = &r.data[i];
-        if (s->kind != KHALA_KV_MAP || s->key.len != 2 || memcmp(s->key.ptr, "l2", 2) != 0)
-            continue;
-        for (uint32_t j = 0; j < s->as.map.n; j++) {
-            const khala_kv_t *e = &s->as.map.items[j];
-            if (e->key.len == strlen(name) && memcmp(e->key.ptr, name, e->key.len) == 0)
-                v = e->kind == KHALA_KV_UINT ? e->as.u : (uint64_t)e->as.i;
-        }
-    }
-    khala__proto_msg_free(&r);
-    return v;
+    return khalad_stat(ch, "l2", name, 10000);
 }
 
 static redisContext *redis(void) {
