@@ -217,6 +217,11 @@ Test(writeq, a_record_of_the_first_format_is_read_unchecked) {
     khala__wq_free(q);
 }
 
+static void set_unknown_kind(uint8_t *rec, size_t size) {
+    (void)size;
+    rec[4] = 7; /* no such kind */
+}
+
 Test(writeq, a_damaged_journal_record_is_ecorrupt_and_named) {
     char dir[128];
     snprintf(dir, sizeof(dir), "%s/j", g_dir);
@@ -227,25 +232,7 @@ Test(writeq, a_damaged_journal_record_is_ecorrupt_and_named) {
     put(q, "a", "1", 1);
     khala__wq_free(q);
     /* Overwrite the record with bytes of the right size and the wrong content. */
-    MDB_env *env;
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    MDB_cursor *cur;
-    MDB_val k, v;
-    cr_assert_eq(mdb_env_create(&env), 0);
-    cr_assert_eq(mdb_env_open(env, dir, 0, 0600), 0);
-    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
-    cr_assert_eq(mdb_cursor_open(txn, dbi, &cur), 0);
-    cr_assert_eq(mdb_cursor_get(cur, &k, &v, MDB_FIRST), 0);
-    uint8_t junk[64];
-    memcpy(junk, v.mv_data, v.mv_size);
-    junk[4] = 7; /* no such kind */
-    MDB_val nv = {v.mv_size, junk};
-    cr_assert_eq(mdb_cursor_put(cur, &k, &nv, MDB_CURRENT), 0);
-    mdb_cursor_close(cur);
-    cr_assert_eq(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    edit_first_record(dir, set_unknown_kind);
 
     cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
     cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), KHALA_ECORRUPT);
