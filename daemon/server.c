@@ -210,6 +210,19 @@ static void set_paused(khala_conn_t *c, int paused) {
         c->srv->st.paused--;
 }
 
+/* Take the listening socket back into epoll if it was left out for want of a descriptor (the
+ * spare descriptor first, if it was lost): the close of a connection or the periodic sweep may
+ * have freed one. */
+static void resume_accept(khala_server_t *s) {
+    if (!s->accept_off)
+        return;
+    if (s->spare_fd < 0)
+        s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    struct epoll_event e = {.events = EPOLLIN, .data.ptr = TAG_LISTEN};
+    if (epoll_ctl(s->efd, EPOLL_CTL_MOD, s->lfd, &e) == 0)
+        s->accept_off = 0;
+}
+
 static void conn_free(khala_conn_t *c) {
     khala_server_t *s = c->srv;
     if (s->ops.on_close)
@@ -229,14 +242,8 @@ static void conn_free(khala_conn_t *c) {
     in_resize_done(c, NULL, 0);
     out_resize_done(c, NULL, 0);
     free(c);
-    if (s->accept_off) {
-        /* A descriptor is free again: accept once more (the spare first, if it was lost). */
-        if (s->spare_fd < 0)
-            s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        struct epoll_event e = {.events = EPOLLIN, .data.ptr = TAG_LISTEN};
-        if (epoll_ctl(s->efd, EPOLL_CTL_MOD, s->lfd, &e) == 0)
-            s->accept_off = 0;
-    }
+    /* A descriptor is free again: accept once more. */
+    resume_accept(s);
 }
 
 int khala__conn_send(khala_conn_t *c, const void *bytes, size_t len) {
@@ -633,13 +640,7 @@ static void accept_all(khala_server_t *s) {
 /* Close connections whose partial frame is older than frame_timeout_ms; take the listening
  * socket back into epoll if it was left out for want of a descriptor. */
 static void sweep(khala_server_t *s, int64_t now) {
-    if (s->accept_off) {
-        if (s->spare_fd < 0)
-            s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        struct epoll_event e = {.events = EPOLLIN, .data.ptr = TAG_LISTEN};
-        if (epoll_ctl(s->efd, EPOLL_CTL_MOD, s->lfd, &e) == 0)
-            s->accept_off = 0;
-    }
+    resume_accept(s);
     if (!s->cfg.frame_timeout_ms)
         return;
     khala_conn_t *next;
