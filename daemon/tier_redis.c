@@ -1247,12 +1247,15 @@ static char *invalidation_pattern(const rtier_t *rt, const void *prefix, size_t 
     return pat;
 }
 
-static int invalidation_check(rtier_t *rt, const void *prefix, size_t plen, int type) {
+/* What every invalidation (whole or in steps) starts with: its arguments are checked, then the
+ * connection is made ready (a failure there goes through finish, as any other call's). */
+static int invalidation_begin(rtier_t *rt, const void *prefix, size_t plen, int type) {
     if (plen > KHALA_KEY_MAX || (plen && !prefix) || type >= (int)KHALA_TYPE_COUNT) {
         terr(rt, "redis: bad invalidation (prefix of %zu bytes, type %d)", plen, type);
         return plen > KHALA_KEY_MAX ? KHALA_EKEY : -EINVAL;
     }
-    return 0;
+    int rc = ensure_ready(rt);
+    return rc != 0 ? finish(rt, rc) : 0;
 }
 
 /* One step of an invalidation: one SCAN (COUNT count) on the node the cursor names (the node
@@ -1260,11 +1263,9 @@ static int invalidation_check(rtier_t *rt, const void *prefix, size_t plen, int 
 static int tr_invalidate_step(khala_tier_t *t, const void *prefix, size_t plen, int type,
                               uint64_t *cursor, size_t count, uint64_t *removed) {
     rtier_t *rt = RT(t);
-    int rc = invalidation_check(rt, prefix, plen, type);
+    int rc = invalidation_begin(rt, prefix, plen, type);
     if (rc != 0)
         return rc;
-    if ((rc = ensure_ready(rt)) != 0)
-        return finish(rt, rc);
     size_t ni = rt->r.cluster ? (size_t)(*cursor >> CURSOR_NODE_SHIFT) : 0;
     uint64_t rcur = rt->r.cluster ? *cursor & CURSOR_REDIS_MASK : *cursor;
     while (ni < rt->r.nnodes && !khala__redis_node_owns_slots(&rt->r, ni)) {
@@ -1301,11 +1302,9 @@ static int tr_invalidate_step(khala_tier_t *t, const void *prefix, size_t plen, 
 static int tr_invalidate(khala_tier_t *t, const void *prefix, size_t plen, int type,
                          uint64_t *removed) {
     rtier_t *rt = RT(t);
-    int rc = invalidation_check(rt, prefix, plen, type);
+    int rc = invalidation_begin(rt, prefix, plen, type);
     if (rc != 0)
         return rc;
-    if ((rc = ensure_ready(rt)) != 0)
-        return finish(rt, rc);
     size_t pl;
     char *pat = invalidation_pattern(rt, prefix, plen, &pl);
     if (!pat)
