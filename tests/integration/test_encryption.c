@@ -87,6 +87,15 @@ static void configure(int redis, const char *agent_write_mode) {
     khalad_extra_sets[n] = NULL;
 }
 
+/* A private redis-server (g_redis), the key file with key 1 only, and khalad over both with
+ * agent_response written in agent_write_mode. */
+static void start_on_redis(const char *agent_write_mode) {
+    tu_redis_start(&g_redis, NULL);
+    write_keys("1 " KEY1 "\n", 0600);
+    configure(1, agent_write_mode);
+    khalad_start();
+}
+
 static int call(khala_chan_t *ch, khala_msg_t *m, khala_msg_t *r) {
     return khalad_call(ch, m, r, 10000);
 }
@@ -242,6 +251,16 @@ static size_t raw_get(redisContext *rc, const char *key, char *buf, size_t cap) 
     return n;
 }
 
+/* Overwrite the byte at off of cache key key's raw Redis value with b (SETRANGE keeps the TTL). */
+static void redis_set_byte(redisContext *rc, const char *key, size_t off, char b) {
+    char offs[32];
+    snprintf(offs, sizeof(offs), "%zu", off);
+    redisReply *r =
+        redisCommand(rc, "SETRANGE khala:%s:%s %s %b", khalad_name, key, offs, &b, (size_t)1);
+    cr_assert(r && r->type == REDIS_REPLY_INTEGER, "SETRANGE: %s", r ? r->str : rc->errstr);
+    freeReplyObject(r);
+}
+
 /* Offset of the envelope in a raw value. */
 static size_t envelope_at(const char *raw, size_t n) {
     const char *m = memmem(raw, n, MAGIC, sizeof(MAGIC));
@@ -355,10 +374,7 @@ Test(encryption, disk_store_holds_ciphertext_of_an_encrypted_type_and_plaintext_
 }
 
 Test(encryption, redis_holds_ciphertext_and_a_tampered_or_moved_value_is_refused_and_counted) {
-    tu_redis_start(&g_redis, NULL);
-    write_keys("1 " KEY1 "\n", 0600);
-    configure(1, "write_through");
-    khalad_start();
+    start_on_redis("write_through");
     khala_chan_t *ch = khalad_chan();
     put(ch, "s1", KHALA_TYPE_AGENT_RESPONSE, SECRET);
     put(ch, "s2", KHALA_TYPE_AGENT_RESPONSE, "SECRET-two");
@@ -378,13 +394,7 @@ Test(encryption, redis_holds_ciphertext_and_a_tampered_or_moved_value_is_refused
 
     /* One ciphertext byte of s1 flipped in Redis (SETRANGE keeps the TTL). */
     n = raw_get(rc, "s1", raw, sizeof(raw));
-    char flipped = (char)(raw[env + 8 + 24 + 2] ^ 0x20);
-    char off[32];
-    snprintf(off, sizeof(off), "%zu", env + 8 + 24 + 2);
-    redisReply *r =
-        redisCommand(rc, "SETRANGE khala:%s:s1 %s %b", khalad_name, off, &flipped, (size_t)1);
-    cr_assert(r && r->type == REDIS_REPLY_INTEGER, "SETRANGE: %s", r ? r->str : rc->errstr);
-    freeReplyObject(r);
+    redis_set_byte(rc, "s1", env + 8 + 24 + 2, (char)(raw[env + 8 + 24 + 2] ^ 0x20));
     cr_assert_eq(get(ch, "s1", val, sizeof(val), NULL), KHALA_ENOTFOUND, "got '%s'", val);
     cr_assert_eq(crypto_stat(ch, "auth_failures"), 1);
     /* inspect says why rather than "no such key". */
@@ -393,7 +403,7 @@ Test(encryption, redis_holds_ciphertext_and_a_tampered_or_moved_value_is_refused
 
     /* s2's whole raw value copied under s3 (its version and TTL with it): bound to s2. */
     n = raw_get(rc, "s2", raw, sizeof(raw));
-    r = redisCommand(rc, "SET khala:%s:s3 %b", khalad_name, raw, n);
+    redisReply *r = redisCommand(rc, "SET khala:%s:s3 %b", khalad_name, raw, n);
     cr_assert(r && r->type == REDIS_REPLY_STATUS);
     freeReplyObject(r);
     uint64_t before = crypto_stat(ch, "auth_failures"); /* inspect's read counted one too */
@@ -407,11 +417,7 @@ Test(encryption, redis_holds_ciphertext_and_a_tampered_or_moved_value_is_refused
     put(ch, "v1", KHALA_TYPE_VERIFICATION, "SECRET-verdict");
     n = raw_get(rc, "v1", raw, sizeof(raw));
     env = envelope_at(raw, n);
-    snprintf(off, sizeof(off), "%zu", n - 1); /* the last byte of the tag */
-    flipped = (char)(raw[n - 1] ^ 0x01);
-    r = redisCommand(rc, "SETRANGE khala:%s:v1 %s %b", khalad_name, off, &flipped, (size_t)1);
-    cr_assert(r && r->type == REDIS_REPLY_INTEGER);
-    freeReplyObject(r);
+    redis_set_byte(rc, "v1", n - 1, (char)(raw[n - 1] ^ 0x01)); /* the last byte of the tag */
     cr_assert_eq(inspect_l2(ch, "v1", state, error, sizeof(error)), 0, "%s", error);
     cr_assert_str_eq(state, "refused");
     cr_assert_str_eq(error, "KHALA_EAUTH");
@@ -424,10 +430,7 @@ Test(encryption, redis_holds_ciphertext_and_a_tampered_or_moved_value_is_refused
 }
 
 Test(encryption, keys_rotate_without_a_flush) {
-    tu_redis_start(&g_redis, NULL);
-    write_keys("1 " KEY1 "\n", 0600);
-    configure(1, "write_through");
-    khalad_start();
+    start_on_redis("write_through");
     khala_chan_t *ch = khalad_chan();
     put(ch, "old", KHALA_TYPE_AGENT_RESPONSE, "SECRET-old");
     khala__chan_close(ch);
@@ -473,10 +476,7 @@ static uint64_t wait_key_id(khala_chan_t *ch, uint64_t want) {
 }
 
 Test(encryption, sighup_reloads_the_key_file_and_a_bad_one_changes_nothing) {
-    tu_redis_start(&g_redis, NULL);
-    write_keys("1 " KEY1 "\n", 0600);
-    configure(1, "write_through");
-    khalad_start();
+    start_on_redis("write_through");
     khala_chan_t *ch = khalad_chan();
     put(ch, "old", KHALA_TYPE_AGENT_RESPONSE, "SECRET-old");
 
@@ -509,10 +509,7 @@ Test(encryption, sighup_reloads_the_key_file_and_a_bad_one_changes_nothing) {
 }
 
 Test(encryption, the_write_journal_holds_ciphertext_and_replays_it_after_a_sigkill) {
-    tu_redis_start(&g_redis, NULL);
-    write_keys("1 " KEY1 "\n", 0600);
-    configure(1, "write_behind");
-    khalad_start();
+    start_on_redis("write_behind");
     tu_redis_kill(&g_redis); /* writes now wait in the journal */
     khala_chan_t *ch = khalad_chan();
     put(ch, "s1", KHALA_TYPE_AGENT_RESPONSE, SECRET);
