@@ -12,11 +12,15 @@
 #include "khalad_util.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -177,4 +181,71 @@ int khalad_run(const char *const *args, char *out, size_t cap) {
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert(WIFEXITED(status), "khalad did not exit: %d", status);
     return WEXITSTATUS(status);
+}
+
+khalad_client_t khalad_dial(void) {
+    khalad_client_t c = {.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), .next_id = 1};
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", khalad_sock);
+    cr_assert_eq(connect(c.fd, (struct sockaddr *)&sa, sizeof(sa)), 0, "connect: %s",
+                 strerror(errno));
+    khala__proto_buf_init(&c.in);
+    return c;
+}
+
+void khalad_hang_up(khalad_client_t *c) {
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    khala__proto_buf_free(&c->in);
+}
+
+int khalad_send(khalad_client_t *c, const void *p, size_t n) {
+    const uint8_t *b = p;
+    while (n) {
+        ssize_t w = send(c->fd, b, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        b += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+uint64_t khalad_request(khalad_client_t *c, khala_msg_t *m) {
+    khala_buf_t out;
+    char err[256];
+    khala__proto_buf_init(&out);
+    m->id = c->next_id++;
+    cr_assert_eq(khala__proto_encode_request(&out, m, err, sizeof(err)), 0, "encode: %s", err);
+    cr_assert_eq(khalad_send(c, out.data, out.len), 0, "send: %s", strerror(errno));
+    khala__proto_buf_free(&out);
+    return m->id;
+}
+
+int khalad_reply(khalad_client_t *c, khala_op_t op, khala_msg_t *r, int timeout_ms) {
+    if (c->consumed) {
+        khala__proto_buf_consume(&c->in, c->consumed);
+        c->consumed = 0;
+    }
+    uint32_t body = 0;
+    char err[256];
+    while (khala__proto_frame_check(c->in.data, c->in.len, KHALA_FRAME_MAX_CEILING, &body, err,
+                                    sizeof(err)) == KHALA_PROTO_NEED_MORE) {
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        if (poll(&p, 1, timeout_ms) <= 0)
+            return -1;
+        cr_assert_eq(khala__proto_buf_reserve(&c->in, 1u << 20), 0);
+        ssize_t n = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
+        if (n <= 0)
+            return -1;
+        c->in.len += (size_t)n;
+    }
+    khala__proto_msg_init(r);
+    int rc = khala__proto_decode_reply(op, c->in.data + 4, body, r, err, sizeof(err));
+    cr_assert_eq(rc, 0, "decode reply: %s", err);
+    c->consumed = 4 + (size_t)body;
+    return 0;
 }

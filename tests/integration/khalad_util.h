@@ -81,4 +81,30 @@ void khalad_use_redis(const char *url, const char *ns);
  * that does not exit (killed by a signal) fails the test. */
 int khalad_run(const char *const *args, char *out, size_t cap);
 
+/* A raw protocol client of khalad (frames by hand, no library in between), for tests that send
+ * what the library never would or misbehave as a peer. */
+typedef struct khalad_client {
+    int fd;           /* the connection; -1 after khalad_hang_up */
+    khala_buf_t in;   /* bytes received and not yet consumed */
+    size_t consumed;  /* bytes of `in` the last reply used, dropped at the next read */
+    uint64_t next_id; /* the id of the next request */
+} khalad_client_t;
+
+/* Connect to khalad_sock; a failure to connect fails the test. */
+khalad_client_t khalad_dial(void);
+
+/* Close the connection (when open) and free the buffer. */
+void khalad_hang_up(khalad_client_t *c);
+
+/* Send all of the n bytes at p; 0, or -1 when the peer closed (a refused connection). */
+int khalad_send(khalad_client_t *c, const void *p, size_t n);
+
+/* Encode and send m with the next id; returns that id. A failure fails the test. */
+uint64_t khalad_request(khalad_client_t *c, khala_msg_t *m);
+
+/* Read one reply frame, waiting at most timeout_ms for each read (negative: no limit), and
+ * decode it for op into r; 0, or -1 when the peer closed or nothing came in time. The
+ * message's views point into c->in until the next call. */
+int khalad_reply(khalad_client_t *c, khala_op_t op, khala_msg_t *r, int timeout_ms);
+
 #endif /* KHALA_TESTS_INTEGRATION_KHALAD_UTIL_H */

@@ -33,72 +33,15 @@ TestSuite(khalad, .init = setup, .fini = khalad_env_fini, .timeout = 60);
 
 /* A protocol client ----------------------------------------------------------------------- */
 
-typedef struct client {
-    int fd;
-    khala_buf_t in;
-    size_t consumed; /* bytes of `in` the last reply used, dropped at the next read */
-    uint64_t next_id;
-} client_t;
-
-static client_t dial(void) {
-    client_t c = {.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), .next_id = 1};
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", khalad_sock);
-    cr_assert_eq(connect(c.fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    khala__proto_buf_init(&c.in);
-    return c;
-}
-
-static void hang_up(client_t *c) {
-    close(c->fd);
-    khala__proto_buf_free(&c->in);
-}
+typedef khalad_client_t client_t;
 
 static void send_bytes(client_t *c, const void *p, size_t n) {
-    const uint8_t *b = p;
-    while (n) {
-        ssize_t w = send(c->fd, b, n, MSG_NOSIGNAL);
-        cr_assert_gt(w, 0, "send: %s", strerror(errno));
-        b += w;
-        n -= (size_t)w;
-    }
+    cr_assert_eq(khalad_send(c, p, n), 0, "send: %s", strerror(errno));
 }
 
-/* Send a request; returns its id. */
-static uint64_t request(client_t *c, khala_msg_t *m) {
-    khala_buf_t out;
-    char err[256];
-    khala__proto_buf_init(&out);
-    m->id = c->next_id++;
-    int rc = khala__proto_encode_request(&out, m, err, sizeof(err));
-    cr_assert_eq(rc, 0, "encode: %s", err);
-    send_bytes(c, out.data, out.len);
-    khala__proto_buf_free(&out);
-    return m->id;
-}
-
-/* Read one reply frame and decode it for op; returns 0, or -1 when the peer closed. The
- * message's views point into c->in until the next call. */
+/* Read one reply frame (no time limit) and decode it for op; see khalad_reply. */
 static int reply(client_t *c, khala_op_t op, khala_msg_t *r) {
-    if (c->consumed) {
-        khala__proto_buf_consume(&c->in, c->consumed);
-        c->consumed = 0;
-    }
-    uint32_t body = 0;
-    char err[256];
-    while (khala__proto_frame_check(c->in.data, c->in.len, KHALA_FRAME_MAX_CEILING, &body, err,
-                                    sizeof(err)) == KHALA_PROTO_NEED_MORE) {
-        cr_assert_eq(khala__proto_buf_reserve(&c->in, 65536), 0);
-        ssize_t n = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
-        if (n <= 0)
-            return -1;
-        c->in.len += (size_t)n;
-    }
-    khala__proto_msg_init(r);
-    int rc = khala__proto_decode_reply(op, c->in.data + 4, body, r, err, sizeof(err));
-    cr_assert_eq(rc, 0, "decode reply: %s", err);
-    c->consumed = 4 + (size_t)body;
-    return 0;
+    return khalad_reply(c, op, r, -1);
 }
 
 static int put(client_t *c, const char *key, const char *val, khala_type_t type, uint64_t *ver) {
@@ -107,7 +50,7 @@ static int put(client_t *c, const char *key, const char *val, khala_type_t type,
     m.value.len = strlen(val);
     m.type = type;
     m.has |= KHALA_F_V | KHALA_F_TYPE;
-    request(c, &m);
+    khalad_request(c, &m);
     cr_assert_eq(reply(c, KHALA_OP_PUT, &r), 0);
     if (ver && r.rc == 0)
         *ver = r.ver;
@@ -119,7 +62,7 @@ static int put(client_t *c, const char *key, const char *val, khala_type_t type,
 /* get; on a hit copies the value (NUL-terminated) into out. */
 static int get(client_t *c, const char *key, char *out, size_t cap) {
     khala_msg_t m = khalad_req(KHALA_OP_GET, key), r;
-    request(c, &m);
+    khalad_request(c, &m);
     cr_assert_eq(reply(c, KHALA_OP_GET, &r), 0);
     int rc = r.rc;
     if (rc == 0 && out) {
@@ -134,13 +77,13 @@ static int get(client_t *c, const char *key, char *out, size_t cap) {
 /* Tests ------------------------------------------------------------------------------------ */
 
 Test(khalad, hello_tells_the_protocol_name_and_limits) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     khala_msg_t m = khalad_req(KHALA_OP_HELLO, NULL), r;
     m.proto = KHALA_PROTO_VERSION;
     m.name.ptr = (const uint8_t *)khalad_name;
     m.name.len = strlen(khalad_name);
     m.has |= KHALA_F_PROTO | KHALA_F_NAME;
-    uint64_t id = request(&c, &m);
+    uint64_t id = khalad_request(&c, &m);
     cr_assert_eq(reply(&c, KHALA_OP_HELLO, &r), 0);
     cr_assert_eq(r.rc, 0);
     cr_assert_eq(r.id, id);
@@ -149,11 +92,11 @@ Test(khalad, hello_tells_the_protocol_name_and_limits) {
     cr_assert_geq(r.gen, 1);
     cr_assert_geq(r.max_value, 1024 * 1024);
     khala__proto_msg_free(&r);
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 Test(khalad, put_then_get_through_khalad_and_through_the_shared_segment) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     uint64_t ver = 0;
     cr_assert_eq(put(&c, "entity:1", "hello", KHALA_TYPE_MEMORY_ENTITY, &ver), 0);
     cr_assert_geq(ver, 1);
@@ -168,11 +111,11 @@ Test(khalad, put_then_get_through_khalad_and_through_the_shared_segment) {
     cr_assert_eq(khala_cache_get(w, "entity:1", 8, buf, sizeof(buf), &len), 0);
     cr_assert_eq(len, 5);
     khala_cache_close(w);
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 Test(khalad, many_pipelined_requests_are_answered_in_order) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     enum { N = 2000 };
     char key[32], val[32];
     khala_buf_t out;
@@ -199,11 +142,11 @@ Test(khalad, many_pipelined_requests_are_answered_in_order) {
     char buf[32];
     cr_assert_eq(get(&c, "pipe:1999", buf, sizeof(buf)), 0);
     cr_assert_str_eq(buf, "v1999");
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 Test(khalad, put_with_a_stale_version_is_refused) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     uint64_t v1 = 0, v2 = 0;
     cr_assert_eq(put(&c, "cas", "one", KHALA_TYPE_VERIFICATION, &v1), 0);
     cr_assert_eq(put(&c, "cas", "two", KHALA_TYPE_VERIFICATION, &v2), 0);
@@ -212,37 +155,37 @@ Test(khalad, put_with_a_stale_version_is_refused) {
     m.value.len = 5;
     m.ver = v1; /* the writer saw version 1; the key is at version 2 */
     m.has |= KHALA_F_V | KHALA_F_VER;
-    request(&c, &m);
+    khalad_request(&c, &m);
     cr_assert_eq(reply(&c, KHALA_OP_PUT, &r), 0);
     cr_assert_eq(r.rc, KHALA_EVERSION);
     cr_assert(r.err.len > 0);
     khala__proto_msg_free(&r);
     m.ver = v2;
-    request(&c, &m);
+    khalad_request(&c, &m);
     cr_assert_eq(reply(&c, KHALA_OP_PUT, &r), 0);
     cr_assert_eq(r.rc, 0, "the current version wins");
     khala__proto_msg_free(&r);
     char buf[16];
     cr_assert_eq(get(&c, "cas", buf, sizeof(buf)), 0);
     cr_assert_str_eq(buf, "stale");
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 Test(khalad, ttl_expires_items) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     khala_msg_t m = khalad_req(KHALA_OP_PUT, "short"), r;
     m.value.ptr = (const uint8_t *)"x";
     m.value.len = 1;
     m.ttl_ms = 50;
     m.has |= KHALA_F_V | KHALA_F_TTL;
-    request(&c, &m);
+    khalad_request(&c, &m);
     cr_assert_eq(reply(&c, KHALA_OP_PUT, &r), 0);
     cr_assert_eq(r.rc, 0);
     khala__proto_msg_free(&r);
     cr_assert_eq(get(&c, "short", NULL, 0), 0);
     sleep_ms(120);
     cr_assert_eq(get(&c, "short", NULL, 0), KHALA_ENOTFOUND);
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 static uint32_t invalidate(client_t *c, khala_by_t by, const char *arg, khala_type_t type) {
@@ -258,7 +201,7 @@ static uint32_t invalidate(client_t *c, khala_by_t by, const char *arg, khala_ty
         m.type = type;
         m.has |= KHALA_F_TYPE;
     }
-    request(c, &m);
+    khalad_request(c, &m);
     cr_assert_eq(reply(c, KHALA_OP_INVALIDATE, &r), 0);
     cr_assert_eq(r.rc, 0);
     uint32_t n = r.count;
@@ -267,7 +210,7 @@ static uint32_t invalidate(client_t *c, khala_by_t by, const char *arg, khala_ty
 }
 
 Test(khalad, invalidation_by_prefix_and_by_type) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     put(&c, "user:1", "a", KHALA_TYPE_MEMORY_ENTITY, NULL);
     put(&c, "user:2", "b", KHALA_TYPE_MEMORY_ENTITY, NULL);
     put(&c, "search:1", "c", KHALA_TYPE_SEARCH_RESULT, NULL);
@@ -281,11 +224,11 @@ Test(khalad, invalidation_by_prefix_and_by_type) {
     cr_assert_eq(get(&c, "emb:1", NULL, 0), 0, "other types stay");
     cr_assert_eq(invalidate(&c, KHALA_BY_KEY, "emb:1", 0), 1);
     cr_assert_eq(get(&c, "emb:1", NULL, 0), KHALA_ENOTFOUND);
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 Test(khalad, malformed_frame_drops_only_its_client) {
-    client_t good = dial(), bad = dial();
+    client_t good = khalad_dial(), bad = khalad_dial();
     put(&good, "k", "v", KHALA_TYPE_MEMORY_ENTITY, NULL);
     /* A frame whose body is not a msgpack map. */
     static const uint8_t garbage[] = {0, 0, 0, 5, 0xc1, 0xff, 0x00, 0x12, 0x34};
@@ -298,12 +241,12 @@ Test(khalad, malformed_frame_drops_only_its_client) {
     cr_assert_eq(reply(&bad, KHALA_OP_NONE, &r), -1, "then the connection is closed");
     char buf[8];
     cr_assert_eq(get(&good, "k", buf, sizeof(buf)), 0, "the other client is still served");
-    hang_up(&good);
-    hang_up(&bad);
+    khalad_hang_up(&good);
+    khalad_hang_up(&bad);
 }
 
 Test(khalad, oversized_frame_gets_an_error_naming_the_limit) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     uint8_t hdr[4] = {0x7f, 0, 0, 0}; /* 2 GiB */
     send_bytes(&c, hdr, 4);
     khala_msg_t r;
@@ -313,7 +256,7 @@ Test(khalad, oversized_frame_gets_an_error_naming_the_limit) {
     snprintf(msg, sizeof(msg), "%.*s", (int)r.err.len, (const char *)r.err.ptr);
     cr_assert_neq(strstr(msg, "max_frame"), NULL, "%s", msg);
     khala__proto_msg_free(&r);
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 Test(khalad, concurrent_misses_run_the_loader_once) {
@@ -325,11 +268,11 @@ Test(khalad, concurrent_misses_run_the_loader_once) {
         pids[i] = fork();
         cr_assert_geq(pids[i], 0);
         if (pids[i] == 0) {
-            client_t c = dial();
+            client_t c = khalad_dial();
             khala_msg_t m = khalad_req(KHALA_OP_GET, "hot"), r;
             m.loader = true;
             m.has |= KHALA_F_LOADER;
-            request(&c, &m);
+            khalad_request(&c, &m);
             if (reply(&c, KHALA_OP_GET, &r) != 0)
                 _exit(10);
             char outcome = '?';
@@ -340,7 +283,7 @@ Test(khalad, concurrent_misses_run_the_loader_once) {
                 f.value.ptr = (const uint8_t *)"loaded";
                 f.value.len = 6;
                 f.has |= KHALA_F_V;
-                request(&c, &f);
+                khalad_request(&c, &f);
                 outcome = reply(&c, KHALA_OP_FILL, &fr) == 0 && fr.rc == 0 ? 'L' : 'x';
             } else if (r.rc == 0 && r.value.len == 6 && memcmp(r.value.ptr, "loaded", 6) == 0) {
                 outcome = 'W';
@@ -360,17 +303,17 @@ Test(khalad, concurrent_misses_run_the_loader_once) {
     }
     cr_assert_eq(leaders, 1, "exactly one loader ran");
     cr_assert_eq(waiters, WORKERS - 1, "every other worker got the loaded value");
-    client_t c = dial();
+    client_t c = khalad_dial();
     char buf[16];
     cr_assert_eq(get(&c, "hot", buf, sizeof(buf)), 0, "the loaded value is cached");
     cr_assert_str_eq(buf, "loaded");
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 Test(khalad, killed_khalad_leaves_l1_readable_and_a_restart_adopts_it) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     cr_assert_eq(put(&c, "durable", "still here", KHALA_TYPE_VERIFICATION, NULL), 0);
-    hang_up(&c);
+    khalad_hang_up(&c);
     khala_cache_t *w;
     cr_assert_eq(khala_cache_open(khalad_name, NULL, &w), 0);
     khalad_kill(SIGKILL);
@@ -381,13 +324,13 @@ Test(khalad, killed_khalad_leaves_l1_readable_and_a_restart_adopts_it) {
         cr_assert_eq(khala_cache_get(w, "durable", 7, buf, sizeof(buf), &len), 0);
     /* A new khalad adopts the segment: same generation, same items. */
     khalad_start();
-    c = dial();
+    c = khalad_dial();
     cr_assert_eq(get(&c, "durable", buf, sizeof(buf)), 0);
     cr_assert_str_eq(buf, "still here");
     cr_assert_eq(put(&c, "after", "restart", KHALA_TYPE_VERIFICATION, NULL), 0);
     cr_assert_eq(khala_cache_get(w, "after", 5, buf, sizeof(buf), &len), 0,
                  "the worker sees the new khalad's writes without reattaching");
-    hang_up(&c);
+    khalad_hang_up(&c);
     khala_cache_close(w);
 }
 
@@ -399,10 +342,10 @@ Test(khalad, socket_is_not_world_accessible) {
 }
 
 Test(khalad, stats_report_the_l1_and_the_daemon) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     put(&c, "s", "v", KHALA_TYPE_MEMORY_ENTITY, NULL);
     khala_msg_t m = khalad_req(KHALA_OP_STATS, NULL), r;
-    request(&c, &m);
+    khalad_request(&c, &m);
     cr_assert_eq(reply(&c, KHALA_OP_STATS, &r), 0);
     cr_assert_eq(r.rc, 0);
     const khala_kv_t *l1 = khala__proto_kv_find(r.data, r.ndata, "l1");
@@ -430,7 +373,7 @@ Test(khalad, stats_report_the_l1_and_the_daemon) {
     cr_assert_eq(huge->as.u % (2u << 20), 0, "%llu", (unsigned long long)huge->as.u);
     cr_assert_leq(huge->as.u, (uint64_t)dst.st_size);
     khala__proto_msg_free(&r);
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 /* The group the reader tests put the socket in, and the reader in (no user has it as primary). */
@@ -466,15 +409,15 @@ Test(khalad, peer_outside_the_writers_may_read_but_not_write) {
     if (geteuid() != 0)
         cr_skip_test("needs root to become another user");
     restart_open_to_everyone();
-    client_t owner = dial();
+    client_t owner = khalad_dial();
     cr_assert_eq(put(&owner, "shared", "by the owner", KHALA_TYPE_MEMORY_ENTITY, NULL), 0);
-    hang_up(&owner);
+    khalad_hang_up(&owner);
     pid_t p = fork();
     cr_assert_geq(p, 0);
     if (p == 0) {
         if (become_reader() != 0)
             _exit(10);
-        client_t c = dial();
+        client_t c = khalad_dial();
         char buf[32];
         if (get(&c, "shared", buf, sizeof(buf)) != 0 || strcmp(buf, "by the owner") != 0)
             _exit(11); /* reading is allowed */
@@ -482,7 +425,7 @@ Test(khalad, peer_outside_the_writers_may_read_but_not_write) {
         m.value.ptr = (const uint8_t *)"intruder";
         m.value.len = 8;
         m.has |= KHALA_F_V;
-        request(&c, &m);
+        khalad_request(&c, &m);
         if (reply(&c, KHALA_OP_PUT, &r) != 0 || r.rc != KHALA_EDENIED || r.err.len == 0 ||
             !memmem(r.err.ptr, r.err.len, "'write' right", 13))
             _exit(12); /* writing is refused, with a reason */
@@ -492,7 +435,7 @@ Test(khalad, peer_outside_the_writers_may_read_but_not_write) {
         m.prefix.ptr = (const uint8_t *)"sh";
         m.prefix.len = 2;
         m.has |= KHALA_F_BY | KHALA_F_PREFIX;
-        request(&c, &m);
+        khalad_request(&c, &m);
         if (reply(&c, KHALA_OP_INVALIDATE, &r) != 0 || r.rc != KHALA_EDENIED)
             _exit(13);
         _exit(0);
@@ -501,11 +444,11 @@ Test(khalad, peer_outside_the_writers_may_read_but_not_write) {
     cr_assert_eq(waitpid(p, &st, 0), p);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the other user's client failed at step %d",
               WEXITSTATUS(st));
-    client_t c = dial();
+    client_t c = khalad_dial();
     char buf[32];
     cr_assert_eq(get(&c, "shared", buf, sizeof(buf)), 0);
     cr_assert_str_eq(buf, "by the owner", "nothing the other user sent changed the cache");
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 /* Readiness for systemd: under Type=notify, khalad sends READY=1 (with a STATUS= line) on the
@@ -537,7 +480,7 @@ Test(khalad, readiness_is_reported_to_systemd) {
 /* Stats value l1.<field> from khalad. */
 static uint64_t l1_stat(client_t *c, const char *field) {
     khala_msg_t m = khalad_req(KHALA_OP_STATS, NULL), r;
-    request(c, &m);
+    khalad_request(c, &m);
     cr_assert_eq(reply(c, KHALA_OP_STATS, &r), 0);
     cr_assert_eq(r.rc, 0);
     const khala_kv_t *l1 = khala__proto_kv_find(r.data, r.ndata, "l1");
@@ -580,7 +523,7 @@ Test(khalad, a_worker_stopped_inside_a_read_section_costs_one_wait_and_khalad_ke
     cr_assert_eq(waitpid(worker, &status, WUNTRACED), worker);
     cr_assert(WIFSTOPPED(status), "the worker is stopped inside its section");
 
-    client_t c = dial();
+    client_t c = khalad_dial();
     static char val[4001];
     memset(val, 'x', sizeof(val) - 1);
     int refused = 0, last_refused = -1;
@@ -613,7 +556,7 @@ Test(khalad, a_worker_stopped_inside_a_read_section_costs_one_wait_and_khalad_ke
     }
     cr_assert_eq(rc, 0, "puts need memory again once the worker is gone: %d", rc);
     cr_assert_eq(l1_stat(&c, "stuck_reader_pid"), 0);
-    hang_up(&c);
+    khalad_hang_up(&c);
     close(ready[0]);
     close(ready[1]);
 }
@@ -764,22 +707,22 @@ Test(khalad, a_crash_between_the_steps_of_a_put_never_leaves_l1_older_than_l2) {
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char key[32];
         snprintf(key, sizeof(key), "crash-%zu", i);
-        client_t c = dial();
+        client_t c = khalad_dial();
         cr_assert_eq(put(&c, key, "old", KHALA_TYPE_MEMORY_ENTITY, NULL), 0);
-        hang_up(&c);
+        khalad_hang_up(&c);
         khalad_kill(SIGTERM);
         setenv("KHALAD_TEST_CRASH_AT", cases[i].step, 1);
         khalad_start();
         unsetenv("KHALAD_TEST_CRASH_AT");
-        c = dial();
+        c = khalad_dial();
         khala_msg_t m = khalad_req(KHALA_OP_PUT, key), r;
         m.value.ptr = (const uint8_t *)"new";
         m.value.len = 3;
         m.has |= KHALA_F_V;
-        request(&c, &m);
+        khalad_request(&c, &m);
         cr_assert_eq(reply(&c, KHALA_OP_PUT, &r), -1, "%s: khalad died before replying",
                      cases[i].step);
-        hang_up(&c);
+        khalad_hang_up(&c);
         int st;
         cr_assert_eq(waitpid(khalad_pid, &st, 0), khalad_pid);
         cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "%s: killed", cases[i].step);
@@ -795,10 +738,10 @@ Test(khalad, a_crash_between_the_steps_of_a_put_never_leaves_l1_older_than_l2) {
             cr_assert_str_eq(buf, cases[i].want, "%s: L1 serves '%s'", cases[i].step, buf);
         }
         khala_cache_close(w);
-        c = dial();
+        c = khalad_dial();
         cr_assert_eq(get(&c, key, buf, sizeof(buf)), 0);
         cr_assert_str_eq(buf, cases[i].want, "%s: khalad serves '%s'", cases[i].step, buf);
-        hang_up(&c);
+        khalad_hang_up(&c);
     }
 }
 
@@ -823,7 +766,7 @@ Test(khalad, a_peer_in_the_socket_group_by_a_supplementary_group_may_write) {
     if (p == 0) {
         if (setgroups(1, &group) != 0 || setgid(65534) != 0 || setuid(65534) != 0)
             _exit(10);
-        client_t c = dial();
+        client_t c = khalad_dial();
         if (put(&c, "member", "by a group member", KHALA_TYPE_MEMORY_ENTITY, NULL) != 0)
             _exit(11);
         _exit(0);
@@ -832,21 +775,21 @@ Test(khalad, a_peer_in_the_socket_group_by_a_supplementary_group_may_write) {
     cr_assert_eq(waitpid(p, &st, 0), p);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the group member's client failed at step %d",
               WEXITSTATUS(st));
-    client_t c = dial();
+    client_t c = khalad_dial();
     char buf[32];
     cr_assert_eq(get(&c, "member", buf, sizeof(buf)), 0);
     cr_assert_str_eq(buf, "by a group member");
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 /* A client speaking another protocol version is refused at hello, with a message naming both
  * versions, and may still say hello in the right one on the same connection. */
 Test(khalad, hello_in_another_protocol_version_is_refused_naming_both) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     khala_msg_t m = khalad_req(KHALA_OP_HELLO, NULL), r;
     m.proto = KHALA_PROTO_VERSION + 7;
     m.has |= KHALA_F_PROTO;
-    request(&c, &m);
+    khalad_request(&c, &m);
     cr_assert_eq(reply(&c, KHALA_OP_HELLO, &r), 0);
     cr_assert_eq(r.rc, KHALA_EPROTO);
     char msg[256], want[128];
@@ -858,23 +801,23 @@ Test(khalad, hello_in_another_protocol_version_is_refused_naming_both) {
     m = khalad_req(KHALA_OP_HELLO, NULL);
     m.proto = KHALA_PROTO_VERSION;
     m.has |= KHALA_F_PROTO;
-    request(&c, &m);
+    khalad_request(&c, &m);
     cr_assert_eq(reply(&c, KHALA_OP_HELLO, &r), 0);
     cr_assert_eq(r.rc, 0, "the connection stays usable");
     khala__proto_msg_free(&r);
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 /* Invalidating a key that no level holds is no error: it answers 0 items dropped, and the
  * other keys stay. */
 Test(khalad, invalidating_a_key_that_is_not_cached_is_no_error) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     cr_assert_eq(put(&c, "kept", "v", KHALA_TYPE_MEMORY_ENTITY, NULL), 0);
     cr_assert_eq(invalidate(&c, KHALA_BY_KEY, "never-put", 0), 0);
     char buf[8];
     cr_assert_eq(get(&c, "kept", buf, sizeof(buf)), 0);
     cr_assert_str_eq(buf, "v");
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 /* The command line: --help and --version answer and exit 0; an unknown option or a stray
@@ -938,11 +881,11 @@ Test(khalad, a_reader_asking_to_load_gets_a_plain_miss_and_leads_no_load) {
     if (p == 0) {
         if (become_reader() != 0)
             _exit(10);
-        client_t c = dial();
+        client_t c = khalad_dial();
         khala_msg_t m = khalad_req(KHALA_OP_GET, "cold"), r;
         m.loader = true;
         m.has |= KHALA_F_LOADER;
-        request(&c, &m);
+        khalad_request(&c, &m);
         if (reply(&c, KHALA_OP_GET, &r) != 0)
             _exit(11);
         if (r.rc != KHALA_ENOTFOUND)
@@ -950,7 +893,7 @@ Test(khalad, a_reader_asking_to_load_gets_a_plain_miss_and_leads_no_load) {
         if (r.load)
             _exit(13); /* made the leader of a load it may not fill */
         khala__proto_msg_free(&r);
-        hang_up(&c);
+        khalad_hang_up(&c);
         _exit(0);
     }
     int st;
@@ -958,16 +901,16 @@ Test(khalad, a_reader_asking_to_load_gets_a_plain_miss_and_leads_no_load) {
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the reader's client failed at step %d",
               WEXITSTATUS(st));
     /* The owner asking the same key leads its load at once (no leader was left waiting). */
-    client_t c = dial();
+    client_t c = khalad_dial();
     khala_msg_t m = khalad_req(KHALA_OP_GET, "cold"), r;
     m.loader = true;
     m.has |= KHALA_F_LOADER;
-    request(&c, &m);
+    khalad_request(&c, &m);
     cr_assert_eq(reply(&c, KHALA_OP_GET, &r), 0);
     cr_assert_eq(r.rc, KHALA_ENOTFOUND);
     cr_assert(r.load, "the writer leads the load");
     khala__proto_msg_free(&r);
-    hang_up(&c);
+    khalad_hang_up(&c);
 }
 
 /* The systemd watchdog: with WATCHDOG_USEC set, khalad pings at half the interval while its
@@ -987,7 +930,7 @@ Test(khalad, watchdog_pings_tell_the_items_and_connections_served) {
     khalad_start();
     unsetenv("NOTIFY_SOCKET");
     unsetenv("WATCHDOG_USEC");
-    client_t c = dial();
+    client_t c = khalad_dial();
     cr_assert_eq(put(&c, "wd", "v", KHALA_TYPE_MEMORY_ENTITY, NULL), 0);
     struct timeval tv = {.tv_sec = 5, .tv_usec = 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -1003,7 +946,7 @@ Test(khalad, watchdog_pings_tell_the_items_and_connections_served) {
         seen = strstr(msg, "STATUS=serving 1 items, 1 connections") != NULL;
     }
     cr_assert(seen, "no ping showed the item and the connection; last: %s", msg);
-    hang_up(&c);
+    khalad_hang_up(&c);
     close(fd);
     unlink(path);
 }

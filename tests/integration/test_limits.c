@@ -33,92 +33,16 @@ TestSuite(limits, .init = setup, .fini = khalad_env_fini, .timeout = 120);
 
 /* A raw protocol client ----------------------------------------------------------------------- */
 
-typedef struct client {
-    int fd;
-    khala_buf_t in;
-    size_t consumed; /* bytes of `in` the last reply used, dropped at the next read */
-    uint64_t next_id;
-} client_t;
-
-/* Connect; -1 in fd when the connect itself fails (never expected here). */
-static client_t dial(void) {
-    client_t c = {.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), .next_id = 1};
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", khalad_sock);
-    cr_assert_eq(connect(c.fd, (struct sockaddr *)&sa, sizeof(sa)), 0, "connect: %s",
-                 strerror(errno));
-    khala__proto_buf_init(&c.in);
-    return c;
-}
-
-static void hang_up(client_t *c) {
-    if (c->fd >= 0)
-        close(c->fd);
-    c->fd = -1;
-    khala__proto_buf_free(&c->in);
-}
-
-/* Send all of p; 0, or -1 when the peer closed (a refused connection). */
-static int send_bytes(client_t *c, const void *p, size_t n) {
-    const uint8_t *b = p;
-    while (n) {
-        ssize_t w = send(c->fd, b, n, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        b += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-static uint64_t request(client_t *c, khala_msg_t *m) {
-    khala_buf_t out;
-    char err[256];
-    khala__proto_buf_init(&out);
-    m->id = c->next_id++;
-    cr_assert_eq(khala__proto_encode_request(&out, m, err, sizeof(err)), 0, "encode: %s", err);
-    cr_assert_eq(send_bytes(c, out.data, out.len), 0, "send: %s", strerror(errno));
-    khala__proto_buf_free(&out);
-    return m->id;
-}
-
-/* Read one reply frame, waiting at most timeout_ms, decoded for op; 0, or -1 when the peer
- * closed or nothing came in time. Views point into c->in until the next call. */
-static int reply_within(client_t *c, khala_op_t op, khala_msg_t *r, int timeout_ms) {
-    if (c->consumed) {
-        khala__proto_buf_consume(&c->in, c->consumed);
-        c->consumed = 0;
-    }
-    uint32_t body = 0;
-    char err[256];
-    while (khala__proto_frame_check(c->in.data, c->in.len, KHALA_FRAME_MAX_CEILING, &body, err,
-                                    sizeof(err)) == KHALA_PROTO_NEED_MORE) {
-        struct pollfd p = {.fd = c->fd, .events = POLLIN};
-        if (poll(&p, 1, timeout_ms) <= 0)
-            return -1;
-        cr_assert_eq(khala__proto_buf_reserve(&c->in, 1u << 20), 0);
-        ssize_t n = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
-        if (n <= 0)
-            return -1;
-        c->in.len += (size_t)n;
-    }
-    khala__proto_msg_init(r);
-    int rc = khala__proto_decode_reply(op, c->in.data + 4, body, r, err, sizeof(err));
-    cr_assert_eq(rc, 0, "decode reply: %s", err);
-    c->consumed = 4 + (size_t)body;
-    return 0;
-}
+typedef khalad_client_t client_t;
 
 static int reply(client_t *c, khala_op_t op, khala_msg_t *r) {
-    return reply_within(c, op, r, 30000);
+    return khalad_reply(c, op, r, 30000);
 }
 
 /* ping on c: the reply's rc, or -1 when none came. */
 static int ping(client_t *c) {
     khala_msg_t m = khalad_req(KHALA_OP_PING, NULL), r;
-    request(c, &m);
+    khalad_request(c, &m);
     if (reply(c, KHALA_OP_PING, &r) != 0)
         return -1;
     int rc = r.rc;
@@ -128,9 +52,9 @@ static int ping(client_t *c) {
 
 /* ping on a connection of its own: the reply's rc, or -1. */
 static int ping_new(void) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     int rc = ping(&c);
-    hang_up(&c);
+    khalad_hang_up(&c);
     return rc;
 }
 
@@ -150,7 +74,7 @@ static int refusal(client_t *c, char *msg, size_t len) {
  * such counter (with must, the test fails then). */
 static uint64_t stat_find(client_t *c, const char *name, int must) {
     khala_msg_t m = khalad_req(KHALA_OP_STATS, NULL), r;
-    request(c, &m);
+    khalad_request(c, &m);
     cr_assert_eq(reply(c, KHALA_OP_STATS, &r), 0);
     cr_assert_eq(r.rc, 0);
     const khala_kv_t *d = khala__proto_kv_find(r.data, r.ndata, "khalad");
@@ -168,9 +92,9 @@ static uint64_t stat_on(client_t *c, const char *name) {
 
 /* The same on a connection of its own. */
 static uint64_t stat_of(const char *name) {
-    client_t c = dial();
+    client_t c = khalad_dial();
     uint64_t u = stat_on(&c, name);
-    hang_up(&c);
+    khalad_hang_up(&c);
     return u;
 }
 
@@ -211,7 +135,7 @@ static void put_value(client_t *c, const char *key, const void *val, size_t len)
     m.value.ptr = val;
     m.value.len = len;
     m.has |= KHALA_F_V;
-    request(c, &m);
+    khalad_request(c, &m);
     cr_assert_eq(reply(c, KHALA_OP_PUT, &r), 0);
     cr_assert_eq(r.rc, 0, "put: %.*s", (int)r.err.len, (const char *)r.err.ptr);
     khala__proto_msg_free(&r);
@@ -225,7 +149,7 @@ static void put_value(client_t *c, const char *key, const void *val, size_t len)
 Test(limits, pipelined_gets_of_a_large_value_stop_at_the_output_cap) {
     enum { GETS = 200 };
     khalad_start();
-    client_t w = dial();
+    client_t w = khalad_dial();
     size_t vlen = MIB - 1024;
     char *val = malloc(vlen);
     cr_assert_not_null(val);
@@ -233,7 +157,7 @@ Test(limits, pipelined_gets_of_a_large_value_stop_at_the_output_cap) {
     put_value(&w, "big", val, vlen);
     uint64_t rss0 = proc_status_kb(khalad_pid, "RssAnon:");
 
-    client_t hog = dial();
+    client_t hog = khalad_dial();
     khala_buf_t out;
     khala__proto_buf_init(&out);
     for (int i = 0; i < GETS; i++) {
@@ -241,7 +165,7 @@ Test(limits, pipelined_gets_of_a_large_value_stop_at_the_output_cap) {
         m.id = (uint64_t)i + 1;
         cr_assert_eq(khala__proto_encode_request(&out, &m, NULL, 0), 0);
     }
-    cr_assert_eq(send_bytes(&hog, out.data, out.len), 0);
+    cr_assert_eq(khalad_send(&hog, out.data, out.len), 0);
     khala__proto_buf_free(&out);
     /* khalad has handled what it will before it pauses the hog: wait for the pause (a khalad
      * without the counter, from before the fix, handled all 200 gets at once). */
@@ -265,8 +189,8 @@ Test(limits, pipelined_gets_of_a_large_value_stop_at_the_output_cap) {
         khala__proto_msg_free(&r);
     }
     cr_assert_eq(stat_of("connections_paused"), 0);
-    hang_up(&hog);
-    hang_up(&w);
+    khalad_hang_up(&hog);
+    khalad_hang_up(&w);
     free(val);
 }
 
@@ -286,8 +210,8 @@ Test(limits, partial_frames_are_bounded_in_total_and_closed_when_overdue) {
     buf[1] = 0x18; /* a frame of 0x180000 bytes (1.5 MiB): never completed */
     client_t c[CONNS];
     for (int i = 0; i < CONNS; i++) {
-        c[i] = dial();
-        (void)send_bytes(&c[i], buf, 4 + part); /* a refused one may stop taking bytes */
+        c[i] = khalad_dial();
+        (void)khalad_send(&c[i], buf, 4 + part); /* a refused one may stop taking bytes */
     }
     int over_budget = 0, overdue = 0;
     for (int i = 0; i < CONNS; i++) {
@@ -297,8 +221,8 @@ Test(limits, partial_frames_are_bounded_in_total_and_closed_when_overdue) {
         over_budget += strstr(msg, "max_buffer_bytes") != NULL;
         overdue += strstr(msg, "frame_timeout_ms") != NULL;
         khala_msg_t r;
-        cr_assert_neq(reply_within(&c[i], KHALA_OP_NONE, &r, 10000), 0, "then it is closed");
-        hang_up(&c[i]);
+        cr_assert_neq(khalad_reply(&c[i], KHALA_OP_NONE, &r, 10000), 0, "then it is closed");
+        khalad_hang_up(&c[i]);
     }
     cr_assert_geq(over_budget, 1);
     cr_assert_geq(overdue, 1);
@@ -318,14 +242,14 @@ Test(limits, connections_beyond_max_connections_are_refused_with_a_reply) {
     khalad_start();
     client_t c[4];
     for (int i = 0; i < 4; i++) {
-        c[i] = dial();
+        c[i] = khalad_dial();
         cr_assert_eq(ping(&c[i]), 0); /* accepted and served */
     }
-    client_t extra = dial();
+    client_t extra = khalad_dial();
     char msg[256] = "";
     cr_assert_eq(refusal(&extra, msg, sizeof(msg)), KHALA_ELIMIT, "%s", msg);
     cr_assert_neq(strstr(msg, "max_connections"), NULL, "%s", msg);
-    hang_up(&extra);
+    khalad_hang_up(&extra);
     khala_chan_t *ch = NULL;
     char err[256] = "";
     cr_assert_eq(khala__chan_open(khalad_sock, khalad_name, 10000, &ch, err, sizeof(err)),
@@ -333,7 +257,7 @@ Test(limits, connections_beyond_max_connections_are_refused_with_a_reply) {
     cr_assert_neq(strstr(err, "max_connections"), NULL, "%s", err);
     cr_assert_eq(stat_on(&c[0], "connections_refused"), 2);
     for (int i = 0; i < 4; i++)
-        hang_up(&c[i]);
+        khalad_hang_up(&c[i]);
 }
 
 /* Bug 3 ------------------------------------------------------------------------------------ */
@@ -373,7 +297,7 @@ Test(limits, at_the_descriptor_limit_khalad_neither_spins_nor_stops_serving) {
     cr_assert_eq(prlimit(khalad_pid, RLIMIT_NOFILE, &rl, NULL), 0, "prlimit: %s", strerror(errno));
     client_t c[CONNS];
     for (int i = 0; i < CONNS; i++)
-        c[i] = dial(); /* the backlog takes them; khalad accepts what it can */
+        c[i] = khalad_dial(); /* the backlog takes them; khalad accepts what it can */
     sleep_ms(300);
     long hz = sysconf(_SC_CLK_TCK);
     uint64_t t0 = cpu_ticks(khalad_pid);
@@ -391,7 +315,7 @@ Test(limits, at_the_descriptor_limit_khalad_neither_spins_nor_stops_serving) {
             cr_assert_eq(rc, KHALA_ELIMIT, "%d %s", rc, msg);
             cr_assert_neq(strstr(msg, "file descriptors"), NULL, "%s", msg);
             refused++;
-            hang_up(&c[i]);
+            khalad_hang_up(&c[i]);
         } else {
             served++;
         }
@@ -400,13 +324,13 @@ Test(limits, at_the_descriptor_limit_khalad_neither_spins_nor_stops_serving) {
     cr_assert_gt(served, 0);
     cr_assert_lt(served, LIMIT);
     for (int i = 0; i < CONNS; i++)
-        hang_up(&c[i]);
+        khalad_hang_up(&c[i]);
     /* Descriptors are free again: a newcomer is served (khalad notices the closes first). */
     int ok = -1;
     for (int i = 0; i < 100 && ok != 0; i++) {
-        client_t n = dial();
+        client_t n = khalad_dial();
         ok = ping(&n);
-        hang_up(&n);
+        khalad_hang_up(&n);
         if (ok != 0)
             sleep_ms(20);
     }
