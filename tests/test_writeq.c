@@ -143,6 +143,16 @@ Test(writeq, the_journal_brings_the_queue_back_in_order) {
     khala__wq_free(q);
 }
 
+/* A journal in dir holding one put, a=val at version 1, written and closed. */
+static void journal_one_put(const char *dir, const char *val) {
+    khala_wq_t *q;
+    char err[256];
+    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
+    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
+    put(q, "a", val, 1);
+    khala__wq_free(q);
+}
+
 /* Rewrite the journal's first record in dir through edit(bytes, size). */
 static void edit_first_record(const char *dir, void (*edit)(uint8_t *rec, size_t size)) {
     MDB_env *env;
@@ -184,11 +194,8 @@ static void make_v1(uint8_t *rec, size_t size) {
 Test(writeq, a_flipped_value_byte_in_the_journal_is_ecorrupt) {
     char dir[128], err[256];
     snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    journal_one_put(dir, "value");
     khala_wq_t *q;
-    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
-    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
-    put(q, "a", "value", 1);
-    khala__wq_free(q);
     edit_first_record(dir, flip_last_value_byte);
     cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
     cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), KHALA_ECORRUPT,
@@ -203,11 +210,8 @@ Test(writeq, a_record_of_the_first_format_is_read_unchecked) {
     char dir[128], err[256];
     uint64_t n = 0;
     snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    journal_one_put(dir, "value");
     khala_wq_t *q;
-    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
-    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
-    put(q, "a", "value", 1);
-    khala__wq_free(q);
     edit_first_record(dir, make_v1);
     cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
     cr_assert_eq(khala__wq_journal_open(q, dir, 0, &n, err, sizeof(err)), 0, "%s", err);
@@ -225,12 +229,9 @@ static void set_unknown_kind(uint8_t *rec, size_t size) {
 Test(writeq, a_damaged_journal_record_is_ecorrupt_and_named) {
     char dir[128];
     snprintf(dir, sizeof(dir), "%s/j", g_dir);
+    journal_one_put(dir, "1");
     khala_wq_t *q;
     char err[256];
-    cr_assert_eq(khala__wq_new(100, 1 << 20, &q), 0);
-    cr_assert_eq(khala__wq_journal_open(q, dir, 0, NULL, err, sizeof(err)), 0, "%s", err);
-    put(q, "a", "1", 1);
-    khala__wq_free(q);
     /* Overwrite the record with bytes of the right size and the wrong content. */
     edit_first_record(dir, set_unknown_kind);
 
