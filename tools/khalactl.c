@@ -57,20 +57,26 @@
 
 static void errorf(const ctl_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* One line on stderr: "khalactl: CMD: ...". */
+/* One line on stderr: "khalactl: CMD: ...", written whole (one write: a reader of the pipe, or
+ * a log that other processes write too, never sees half of it). */
 static void errorf(const ctl_t *c, const char *fmt, ...) {
     char msg[2048], clean[2048];
     va_list ap;
-    fputs("khalactl: ", stderr);
-    if (c && c->cmd)
-        fprintf(stderr, "%s: ", c->cmd->name);
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     /* khalad redacts what it sends; a message made here (a path, a URL given on the command
      * line) is redacted too (lib/redact.h). */
-    fputs(khala__redact(msg, clean, sizeof(clean)), stderr);
-    fputc('\n', stderr);
+    khala__redact(msg, clean, sizeof(clean));
+    char line[2200];
+    int n = snprintf(line, sizeof(line), "khalactl: %s%s%s\n", c && c->cmd ? c->cmd->name : "",
+                     c && c->cmd ? ": " : "", clean);
+    if (n >= (int)sizeof(line)) {
+        n = (int)sizeof(line) - 1;
+        line[n - 1] = '\n';
+    }
+    if (n > 0)
+        fwrite(line, 1, (size_t)n, stderr);
 }
 
 static int ctl_exit_code(int rc) {

@@ -278,8 +278,11 @@ static int reader_peer(void) {
     }
     close(errp[1]);
     char out[1024];
-    ssize_t n = read(errp[0], out, sizeof(out) - 1);
-    out[n > 0 ? n : 0] = '\0';
+    size_t n = 0; /* all of it: khalactl's line may come in more than one write */
+    for (ssize_t r; n < sizeof(out) - 1 && (r = read(errp[0], out + n, sizeof(out) - 1 - n)) > 0;)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(errp[0]);
     int st;
     waitpid(p, &st, 0);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 7)
