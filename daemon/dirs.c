@@ -15,7 +15,9 @@ int khala__dirs_make(const char *path, mode_t mode, char *err, size_t errlen) {
     char buf[4096];
     size_t len = strlen(path);
     if (len >= sizeof(buf))
-        return khala__errbuf(err, errlen, -ENAMETOOLONG, "%s: path is too long", path);
+        return khala__errbuf(err, errlen, -ENAMETOOLONG,
+                             "path is too long (%zu bytes, at most %zu): %s", len, sizeof(buf) - 1,
+                             path);
     memcpy(buf, path, len + 1);
     for (size_t i = 1; i <= len; i++) {
         if (buf[i] != '/' && buf[i] != '\0')
@@ -41,7 +43,9 @@ int khala__dirs_make_parent(const char *path, mode_t mode, char *err, size_t err
     char buf[4096];
     size_t len = strlen(path);
     if (len >= sizeof(buf))
-        return khala__errbuf(err, errlen, -ENAMETOOLONG, "%s: path is too long", path);
+        return khala__errbuf(err, errlen, -ENAMETOOLONG,
+                             "path is too long (%zu bytes, at most %zu): %s", len, sizeof(buf) - 1,
+                             path);
     memcpy(buf, path, len + 1);
     char *slash = strrchr(buf, '/');
     if (!slash || slash == buf)

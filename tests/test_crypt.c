@@ -417,6 +417,63 @@ Test(crypt, the_wrapper_keeps_the_inner_drivers_optional_operations_and_errors) 
     unwrap(&w);
 }
 
+/* Counts the keys a scan or hot visits. */
+static int count_key(void *arg, const void *key, size_t klen) {
+    (void)key;
+    (void)klen;
+    (*(int *)arg)++;
+    return 0;
+}
+
+/* A batch write seals each value of an encrypted type and no other; deletes, scans, the hot
+ * list and whole invalidations reach the driver as they are (keys are not encrypted), and a
+ * failing driver's error is the wrapper's. */
+Test(crypt, the_wrapper_seals_batches_and_passes_the_other_operations_through) {
+    wrapped_t w = wrap();
+    khala_bytes_t keys[3] = {
+        {(const uint8_t *)"b1", 2}, {(const uint8_t *)"b2", 2}, {(const uint8_t *)"b3", 2}};
+    khala_tier_value_t vals[3] = {{(void *)SECRET, strlen(SECRET), 1, 0, (khala_type_t)AGENT},
+                                  {(void *)"plain two", 9, 2, 0, KHALA_TYPE_MEMORY_ENTITY},
+                                  {(void *)"secret three", 12, 3, 0, (khala_type_t)AGENT}};
+    cr_assert_eq(w.t->ops->mput(w.t, 3, keys, vals), 0, "%s", w.t->err);
+    size_t n;
+    uint8_t *b1 = stored(&w, "b1", &n);
+    cr_assert_eq(n, strlen(SECRET) + KHALA_CRYPT_OVERHEAD);
+    cr_assert_null(memmem(b1, n, SECRET, strlen(SECRET)), "b1 is ciphertext below");
+    uint8_t *b2 = stored(&w, "b2", &n);
+    cr_assert(n == 9 && memcmp(b2, "plain two", 9) == 0, "b2 is plaintext below");
+    stored(&w, "b3", &n);
+    cr_assert_eq(n, 12 + KHALA_CRYPT_OVERHEAD);
+    khala_tier_value_t out = {0};
+    cr_assert_eq(w.t->ops->get(w.t, "b3", 2, &out), 0, "%s", w.t->err);
+    cr_assert(out.len == 12 && memcmp(out.data, "secret three", 12) == 0);
+    khala__tier_value_free(&out);
+
+    int seen = 0;
+    uint64_t cursor = 0;
+    cr_assert_eq(w.t->ops->scan(w.t, &cursor, "b*", 100, count_key, &seen), 0, "%s", w.t->err);
+    cr_assert_eq(seen, 3);
+    seen = 0;
+    cr_assert_eq(w.t->ops->hot(w.t, 10, count_key, &seen), 0, "%s", w.t->err);
+    cr_assert_eq(seen, 3);
+    cr_assert_eq(w.t->ops->del(w.t, "b1", 2), 0, "%s", w.t->err);
+    cr_assert_eq(w.t->ops->get(w.t, "b1", 2, &out), KHALA_ENOTFOUND);
+    uint64_t removed = 0;
+    cr_assert_eq(w.t->ops->invalidate(w.t, "b", 1, -1, &removed), 0, "%s", w.t->err);
+    cr_assert_eq(removed, 2);
+    cr_assert_eq(w.t->ops->get(w.t, "b3", 2, &out), KHALA_ENOTFOUND);
+
+    /* A level that is down: every operation says so, with the driver's words. */
+    w.f->down = 1;
+    cr_assert_eq(w.t->ops->mput(w.t, 3, keys, vals), KHALA_ETIER);
+    cr_assert_str_eq(w.t->err, w.f->tier.err);
+    cr_assert_eq(w.t->ops->del(w.t, "b2", 2), KHALA_ETIER);
+    cr_assert_eq(w.t->ops->scan(w.t, &cursor, "*", 10, count_key, &seen), KHALA_ETIER);
+    cr_assert_eq(w.t->ops->hot(w.t, 10, count_key, &seen), KHALA_ETIER);
+    cr_assert_eq(w.t->ops->invalidate(w.t, "", 0, -1, NULL), KHALA_ETIER);
+    unwrap(&w);
+}
+
 /* A driver that invalidates in steps (Redis) keeps doing so behind the wrapper: without the
  * step, khalad would fall back to one whole-server scan inside its loop (issue 10, bug 9). */
 Test(crypt, the_wrapper_keeps_invalidation_in_steps) {
