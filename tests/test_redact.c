@@ -52,3 +52,19 @@ Test(redact, a_small_buffer_never_gets_part_of_a_password) {
     cr_assert_str_eq(out, "redis://u:***@h");
     cr_assert_null(strstr(out, "top"));
 }
+
+/* A buffer too small never lets a byte of the password out: the text stops where the password
+ * would start, and a zero-sized buffer is left alone. */
+Test(redact, a_short_buffer_stops_before_the_password_never_inside_it) {
+    char out[16];
+    memset(out, 'z', sizeof(out));
+    cr_assert_eq(khala__redact("redis://u:p@h", out, 0), out);
+    cr_assert_eq(out[0], 'z', "nothing written into a zero-sized buffer");
+    /* "redis://u:" fits, the mark "***" does not: the text ends before it. */
+    char small[12];
+    cr_assert_str_eq(khala__redact("redis://u:secretpw@h", small, sizeof(small)), "redis://u:");
+    cr_assert_null(strstr(small, "secret"));
+    /* Not even the URL's part before the password fits: the text ends before the URL's "://". */
+    char tiny[6];
+    cr_assert_str_eq(khala__redact("redis://u:secretpw@h", tiny, sizeof(tiny)), "redis");
+}

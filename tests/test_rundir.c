@@ -156,3 +156,20 @@ Test(rundir, the_client_refuses_a_squatted_or_open_default_directory) {
     cr_assert_eq(waitpid(pid, &st, 0), pid);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "open directory: step %d", WEXITSTATUS(st));
 }
+
+/* The directory of a socket path, and what cannot have one; a directory that is not there is
+ * named with the system's reason. */
+Test(rundir, the_directory_of_a_socket_path_and_a_missing_one) {
+    char out[64];
+    cr_assert_eq(khala__rundir_of("/run/khala/default.sock", out, sizeof(out)), 0);
+    cr_assert_str_eq(out, "/run/khala");
+    cr_assert_eq(khala__rundir_of("default.sock", out, sizeof(out)), -EINVAL, "no directory");
+    cr_assert_eq(khala__rundir_of("/default.sock", out, sizeof(out)), -EINVAL, "/ is not one");
+    cr_assert_eq(khala__rundir_of("/run/khala/default.sock", out, 8), -ENAMETOOLONG);
+    char missing[160], err[256];
+    snprintf(missing, sizeof(missing), "%s/not-there", g_dir);
+    cr_assert_eq(
+        khala__rundir_check(missing, KHALA_RUNDIR_SHARED, KHALA_RUNDIR_ANY_OWNER, err, sizeof(err)),
+        -ENOENT);
+    cr_assert(strstr(err, missing) && strstr(err, strerror(ENOENT)), "%s", err);
+}
