@@ -44,6 +44,7 @@
 
 #include "errbuf.h"
 #include "khala/error.h"
+#include "log.h"
 
 /* The child's exit status when LMDB reported an error (its message is in the pipe). */
 #define CHILD_MDB_ERROR 3
@@ -140,8 +141,19 @@ int khala__lmdb_check(const char *dir, const char *what, char *err, size_t errle
         return errno == ENOENT
                    ? 0
                    : khala__errbuf(err, errlen, -errno, "%s: %s", path, strerror(errno));
-    if (st.st_size == 0 || !S_ISREG(st.st_mode))
-        return 0; /* nothing to read, or not a file: the open that follows names the error */
+    if (!S_ISREG(st.st_mode))
+        return 0; /* not a file: the open that follows names the error */
+    if (st.st_size == 0) {
+        /* LMDB takes it for a new file. khalad never leaves one empty once opened (the meta
+         * pages are written at creation), so it was emptied behind khalad's back (or a crash
+         * cut the creation short, before anything was kept): say so, since what it held is
+         * gone. */
+        khala__log("warn",
+                   "an LMDB file is empty (0 bytes): starting it afresh; whatever it held is gone "
+                   "(for a write journal: the writes it queued)",
+                   "what", what, "file", path, NULL);
+        return 0;
+    }
     int fds[2];
     if (pipe(fds) != 0)
         return khala__errbuf(err, errlen, -errno, "checking %s: pipe: %s", path, strerror(errno));

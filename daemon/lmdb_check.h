@@ -14,7 +14,8 @@
  * @brief Read every record of every database of the LMDB environment in @p dir (its data.mdb),
  *        in a forked child, and say whether that ends normally.
  * @param[in] dir the environment's directory; a data.mdb that is absent or empty passes (LMDB
- *            makes a new one).
+ *            makes a new one); an empty one is logged as a warning naming it, since what it held
+ *            is gone.
  * @param[in] what what the file is, for the message ("the disk store", "the write journal").
  * @param[out] err the reason on failure, naming the file and what went wrong.
  * @param[in] errlen bytes at @p err.

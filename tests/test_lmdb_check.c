@@ -111,9 +111,31 @@ Test(lmdb_check, a_sound_file_and_no_file_pass) {
     make_store(300);
     cr_assert_eq(khala__lmdb_check(g_store, "the test store", g_err, sizeof(g_err)), 0, "%s",
                  g_err);
+}
+
+/* An emptied file passes (LMDB makes a new one) but is never taken silently: what it held is
+ * gone, so khalad says so, naming the file (chaos_check's "emptied" damage). */
+Test(lmdb_check, an_emptied_file_passes_with_a_warning_naming_it) {
+    make_store(30);
     cr_assert_eq(truncate(g_data, 0), 0);
-    cr_assert_eq(khala__lmdb_check(g_store, "the test store", g_err, sizeof(g_err)), 0,
-                 "an empty file is a new store: %s", g_err);
+    char log[2048];
+    FILE *tmp = tmpfile();
+    cr_assert_not_null(tmp);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    cr_assert(saved >= 0 && dup2(fileno(tmp), STDERR_FILENO) >= 0);
+    int rc = khala__lmdb_check(g_store, "the test store", g_err, sizeof(g_err));
+    fflush(stderr);
+    cr_assert(dup2(saved, STDERR_FILENO) >= 0);
+    close(saved);
+    rewind(tmp);
+    size_t n = fread(log, 1, sizeof(log) - 1, tmp);
+    log[n] = '\0';
+    fclose(tmp);
+    cr_assert_eq(rc, 0, "an empty file is a new store: %s", g_err);
+    cr_assert(strstr(log, "\"level\":\"warn\"") && strstr(log, "is empty (0 bytes)") &&
+                  strstr(log, g_data) && strstr(log, "the test store"),
+              "%s", log);
 }
 
 Test(lmdb_check, a_truncated_file_is_found_without_reading_it) {
