@@ -69,9 +69,6 @@ struct khala_chan {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* the socket, for messages */
 };
 
-/* A failure with its detail message: khala__errbuf, the one formatter of messages. */
-#define chan_fail khala__errbuf
-
 /* A non-empty environment variable that is an absolute path, or NULL (the XDG rule). */
 static const char *env_dir(const char *var) {
     const char *v = getenv(var);
@@ -109,7 +106,7 @@ static int check_dir(const char *path, const char *name, char *err, size_t errle
                                  why, sizeof(why));
     if (rc == 0 || (rc != -EPERM && rc != -ENOTDIR))
         return 0;
-    return chan_fail(err, errlen, -EPERM, "refusing to connect to khalad at %s: %s", path, why);
+    return khala__errbuf(err, errlen, -EPERM, "refusing to connect to khalad at %s: %s", path, why);
 }
 
 /* Milliseconds left before deadline (a khala__sys_now_ms() value); -1 waits forever. */
@@ -188,8 +185,8 @@ static int refusal(khala_chan_t *ch, char *err, size_t errlen) {
     int rc = khala__proto_decode_reply(KHALA_OP_NONE, ch->in.data + KHALA_FRAME_HEADER, body, &m,
                                        NULL, 0);
     if (rc == 0 && m.id == 0 && m.rc != 0)
-        rc = chan_fail(err, errlen, m.rc, "khalad at %s dropped the connection: %.*s", ch->path,
-                       (int)m.err.len, (const char *)m.err.ptr);
+        rc = khala__errbuf(err, errlen, m.rc, "khalad at %s dropped the connection: %.*s", ch->path,
+                           (int)m.err.len, (const char *)m.err.ptr);
     else
         rc = 0;
     khala__proto_msg_free(&m);
@@ -211,18 +208,18 @@ static int send_all(khala_chan_t *ch, int64_t deadline, char *err, size_t errlen
         if (n < 0 && errno == EAGAIN) {
             int rc = wait_fd(ch->fd, POLLOUT, deadline);
             if (rc == -ETIMEDOUT)
-                return chan_fail(err, errlen, rc, "khalad at %s did not take a request in time",
-                                 ch->path);
+                return khala__errbuf(err, errlen, rc, "khalad at %s did not take a request in time",
+                                     ch->path);
             if (rc != 0)
-                return chan_fail(err, errlen, KHALA_EDAEMON, "poll on %s: %s", ch->path,
-                                 strerror(-rc));
+                return khala__errbuf(err, errlen, KHALA_EDAEMON, "poll on %s: %s", ch->path,
+                                     strerror(-rc));
             continue;
         }
         int e = n < 0 ? errno : EPIPE, rc = refusal(ch, err, errlen);
         if (rc != 0)
             return rc;
-        return chan_fail(err, errlen, KHALA_EDAEMON, "connection to khalad at %s broke: %s",
-                         ch->path, strerror(e));
+        return khala__errbuf(err, errlen, KHALA_EDAEMON, "connection to khalad at %s broke: %s",
+                             ch->path, strerror(e));
     }
     return 0;
 }
@@ -242,26 +239,27 @@ static int recv_frame(khala_chan_t *ch, int64_t deadline, uint32_t *body, char *
             (size_t)*body + KHALA_FRAME_HEADER - ch->in.len > want)
             want = (size_t)*body + KHALA_FRAME_HEADER - ch->in.len;
         if (khala__proto_buf_reserve(&ch->in, want) != 0)
-            return chan_fail(err, errlen, -ENOMEM, "out of memory for a reply of %u bytes",
-                             (unsigned)*body);
+            return khala__errbuf(err, errlen, -ENOMEM, "out of memory for a reply of %u bytes",
+                                 (unsigned)*body);
         ssize_t n = recv(ch->fd, ch->in.data + ch->in.len, ch->in.cap - ch->in.len, 0);
         if (n > 0) {
             ch->in.len += (size_t)n;
             continue;
         }
         if (n == 0)
-            return chan_fail(err, errlen, KHALA_EDAEMON, "khalad at %s closed the connection",
-                             ch->path);
+            return khala__errbuf(err, errlen, KHALA_EDAEMON, "khalad at %s closed the connection",
+                                 ch->path);
         if (errno == EINTR)
             continue;
         if (errno != EAGAIN)
-            return chan_fail(err, errlen, KHALA_EDAEMON, "connection to khalad at %s broke: %s",
-                             ch->path, strerror(errno));
+            return khala__errbuf(err, errlen, KHALA_EDAEMON, "connection to khalad at %s broke: %s",
+                                 ch->path, strerror(errno));
         rc = wait_fd(ch->fd, POLLIN, deadline);
         if (rc == -ETIMEDOUT)
-            return chan_fail(err, errlen, rc, "khalad at %s did not answer in time", ch->path);
+            return khala__errbuf(err, errlen, rc, "khalad at %s did not answer in time", ch->path);
         if (rc != 0)
-            return chan_fail(err, errlen, KHALA_EDAEMON, "poll on %s: %s", ch->path, strerror(-rc));
+            return khala__errbuf(err, errlen, KHALA_EDAEMON, "poll on %s: %s", ch->path,
+                                 strerror(-rc));
     }
 }
 
@@ -269,8 +267,9 @@ static int recv_frame(khala_chan_t *ch, int64_t deadline, uint32_t *body, char *
 static int call_by(khala_chan_t *ch, khala_msg_t *req, khala_msg_t *reply, int64_t deadline,
                    char *err, size_t errlen) {
     if (ch->dead)
-        return chan_fail(err, errlen, KHALA_EDAEMON,
-                         "the connection to khalad at %s failed earlier; open a new one", ch->path);
+        return khala__errbuf(err, errlen, KHALA_EDAEMON,
+                             "the connection to khalad at %s failed earlier; open a new one",
+                             ch->path);
     /* The previous reply's views end here. */
     if (ch->consumed) {
         khala__proto_buf_consume(&ch->in, ch->consumed);
@@ -284,7 +283,7 @@ static int call_by(khala_chan_t *ch, khala_msg_t *req, khala_msg_t *reply, int64
         return rc;
     uint32_t limit = ch->info.max_frame ? ch->info.max_frame : KHALA_FRAME_MAX_DEFAULT;
     if (ch->out.len - KHALA_FRAME_HEADER > limit)
-        return chan_fail(
+        return khala__errbuf(
             err, errlen, KHALA_ETOOBIG, "%s request of %zu bytes exceeds khalad's max_frame %u",
             khala__proto_op_name(req->op), ch->out.len - KHALA_FRAME_HEADER, (unsigned)limit);
     ch->next_id++;
@@ -302,12 +301,12 @@ static int call_by(khala_chan_t *ch, khala_msg_t *req, khala_msg_t *reply, int64
     /* Step 4. */
     if (m.id != req->id) {
         if (m.id == 0 && m.rc != 0) {
-            rc = chan_fail(err, errlen, m.rc, "khalad at %s dropped the connection: %.*s", ch->path,
-                           (int)m.err.len, (const char *)m.err.ptr);
+            rc = khala__errbuf(err, errlen, m.rc, "khalad at %s dropped the connection: %.*s",
+                               ch->path, (int)m.err.len, (const char *)m.err.ptr);
         } else {
-            rc = chan_fail(err, errlen, KHALA_EPROTO,
-                           "khalad at %s answered request %llu while %llu was outstanding",
-                           ch->path, (unsigned long long)m.id, (unsigned long long)req->id);
+            rc = khala__errbuf(err, errlen, KHALA_EPROTO,
+                               "khalad at %s answered request %llu while %llu was outstanding",
+                               ch->path, (unsigned long long)m.id, (unsigned long long)req->id);
         }
         khala__proto_msg_free(&m);
         goto dead;
@@ -328,40 +327,42 @@ int khala__chan_open(const char *path, const char *name, int timeout_ms, khala_c
     int rc;
     if (!path) {
         if (!name)
-            return chan_fail(err, errlen, -EINVAL, "neither a socket path nor a cache name");
+            return khala__errbuf(err, errlen, -EINVAL, "neither a socket path nor a cache name");
         if ((rc = khala__chan_default_path(name, def, sizeof(def))) != 0)
-            return chan_fail(err, errlen, rc, "the socket path of cache '%s' is too long", name);
+            return khala__errbuf(err, errlen, rc, "the socket path of cache '%s' is too long",
+                                 name);
         path = def;
     }
     if (strlen(path) >= sizeof(def))
-        return chan_fail(err, errlen, -ENAMETOOLONG, "socket path '%s' is longer than %zu bytes",
-                         path, sizeof(def) - 1);
+        return khala__errbuf(err, errlen, -ENAMETOOLONG,
+                             "socket path '%s' is longer than %zu bytes", path, sizeof(def) - 1);
     if ((rc = check_dir(path, name, err, errlen)) != 0)
         return rc;
     khala_chan_t *ch = calloc(1, sizeof(*ch));
     if (!ch)
-        return chan_fail(err, errlen, -ENOMEM, "out of memory");
+        return khala__errbuf(err, errlen, -ENOMEM, "out of memory");
     ch->next_id = 1;
     memcpy(ch->path, path, strlen(path) + 1);
     khala__proto_buf_init(&ch->in);
     khala__proto_buf_init(&ch->out);
     ch->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (ch->fd < 0) {
-        rc = chan_fail(err, errlen, -errno, "socket: %s", strerror(errno));
+        rc = khala__errbuf(err, errlen, -errno, "socket: %s", strerror(errno));
         goto fail;
     }
     rc = connect_by(ch->fd, path, deadline);
     if (rc == -ENOENT || rc == -ECONNREFUSED) {
-        rc = chan_fail(err, errlen, KHALA_EDAEMON, "khalad is not running: nothing listens on %s",
-                       path);
+        rc = khala__errbuf(err, errlen, KHALA_EDAEMON,
+                           "khalad is not running: nothing listens on %s", path);
         goto fail;
     }
     if (rc == -ETIMEDOUT) {
-        rc = chan_fail(err, errlen, rc, "connecting to khalad at %s timed out", path);
+        rc = khala__errbuf(err, errlen, rc, "connecting to khalad at %s timed out", path);
         goto fail;
     }
     if (rc != 0) {
-        rc = chan_fail(err, errlen, rc, "cannot connect to khalad at %s: %s", path, strerror(-rc));
+        rc = khala__errbuf(err, errlen, rc, "cannot connect to khalad at %s: %s", path,
+                           strerror(-rc));
         goto fail;
     }
     khala_msg_t req, rep;
@@ -378,8 +379,8 @@ int khala__chan_open(const char *path, const char *name, int timeout_ms, khala_c
     if ((rc = call_by(ch, &req, &rep, deadline, err, errlen)) != 0)
         goto fail;
     if (rep.rc != 0) {
-        rc = chan_fail(err, errlen, rep.rc, "khalad at %s refused hello: %.*s", path,
-                       (int)rep.err.len, (const char *)rep.err.ptr);
+        rc = khala__errbuf(err, errlen, rep.rc, "khalad at %s refused hello: %.*s", path,
+                           (int)rep.err.len, (const char *)rep.err.ptr);
         khala__proto_msg_free(&rep);
         goto fail;
     }

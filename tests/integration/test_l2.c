@@ -888,35 +888,58 @@ Test(l2, an_oversized_value_reaches_no_level) {
     khala__chan_close(ch);
 }
 
+/* Run khalad in the foreground over Redis at url (L2 in l2path, or <dir>/l2 when NULL), with up
+ * to two more --set overrides (NULL for none), expecting it to stop at start: its exit status,
+ * and what it printed in out. */
+static int run_on_redis(const char *url, const char *l2path, const char *set1, const char *set2,
+                        char *out, size_t cap) {
+    char u[160], sock[200], l2[200];
+    snprintf(u, sizeof(u), "l2.redis_url=%s", url);
+    snprintf(sock, sizeof(sock), "cache.socket=%s", khalad_sock);
+    if (l2path)
+        snprintf(l2, sizeof(l2), "l2.path=%s", l2path);
+    else
+        snprintf(l2, sizeof(l2), "l2.path=%s/l2", khalad_dir());
+    const char *args[20] = {"--foreground",
+                            "--name",
+                            khalad_name,
+                            "--set",
+                            sock,
+                            "--set",
+                            "l1.max_memory_mb=16",
+                            "--set",
+                            u,
+                            "--set",
+                            "l2.backend=redis",
+                            "--set",
+                            l2};
+    int n = 13;
+    if (set1) {
+        args[n++] = "--set";
+        args[n++] = set1;
+    }
+    if (set2) {
+        args[n++] = "--set";
+        args[n++] = set2;
+    }
+    args[n] = NULL;
+    return khalad_run(args, out, cap);
+}
+
 /* L2 on Redis keeps its write queue in a journal on the local disk; when that journal cannot
  * be made (a file stands where its directory should be), khalad does not start with a queue
  * that would lose acknowledged writes: exit status 1, one error naming the level and the
  * reason, and no socket left. The Redis server being down (a closed port) is no reason to
  * refuse: it is only warned about. */
 Test(l2, redis_l2_whose_write_journal_cannot_be_made_refuses_to_start) {
-    char file[160], l2[200], sock[200];
+    char file[160], l2[200];
     snprintf(file, sizeof(file), "%s/a-file", khalad_dir());
-    snprintf(l2, sizeof(l2), "l2.path=%s/l2", file);
-    snprintf(sock, sizeof(sock), "cache.socket=%s", khalad_sock);
+    snprintf(l2, sizeof(l2), "%s/l2", file);
     FILE *f = fopen(file, "w");
     cr_assert_not_null(f);
     fclose(f);
-    const char *const args[] = {"--foreground",
-                                "--name",
-                                khalad_name,
-                                "--set",
-                                sock,
-                                "--set",
-                                "l1.max_memory_mb=16",
-                                "--set",
-                                "l2.redis_url=redis://127.0.0.1:1/0",
-                                "--set",
-                                "l2.backend=redis",
-                                "--set",
-                                l2,
-                                NULL};
     char out[8192];
-    int st = khalad_run(args, out, sizeof(out));
+    int st = run_on_redis("redis://127.0.0.1:1/0", l2, NULL, NULL, out, sizeof(out));
     cr_assert_eq(st, 1, "exit status %d: %s", st, out);
     cr_assert_not_null(strstr(out, "L2 is not reachable at start"), "log: %s", out);
     cr_assert_not_null(strstr(out, "cannot open the levels below L1"), "log: %s", out);
@@ -932,26 +955,10 @@ Test(l2, redis_l2_whose_write_journal_cannot_be_made_refuses_to_start) {
 Test(l2, a_redis_refusing_the_password_stops_the_start_naming_server_and_reason) {
     static const char *const auth[] = {"--requirepass", "secret", NULL};
     tu_redis_start(&g_redis, auth);
-    char url[128], sock[200], l2[200];
-    snprintf(url, sizeof(url), "l2.redis_url=redis://:wrong@127.0.0.1:%u/0", g_redis.port);
-    snprintf(sock, sizeof(sock), "cache.socket=%s", khalad_sock);
-    snprintf(l2, sizeof(l2), "l2.path=%s/l2", khalad_dir());
-    const char *const args[] = {"--foreground",
-                                "--name",
-                                khalad_name,
-                                "--set",
-                                sock,
-                                "--set",
-                                "l1.max_memory_mb=16",
-                                "--set",
-                                url,
-                                "--set",
-                                "l2.backend=redis",
-                                "--set",
-                                l2,
-                                NULL};
+    char url[128];
+    snprintf(url, sizeof(url), "redis://:wrong@127.0.0.1:%u/0", g_redis.port);
     char out[8192];
-    int st = khalad_run(args, out, sizeof(out));
+    int st = run_on_redis(url, NULL, NULL, NULL, out, sizeof(out));
     cr_assert_eq(st, 1, "exit status %d: %s", st, out);
     char want[160];
     snprintf(want, sizeof(want), "L2 (redis): redis 127.0.0.1:%u: AUTH refused: WRONGPASS",
@@ -1000,30 +1007,11 @@ Test(l2, a_redis_user_who_may_not_subscribe_stops_a_start_with_pubsub) {
     cr_assert(rep && rep->type == REDIS_REPLY_STATUS, "%s", rep ? rep->str : c->errstr);
     freeReplyObject(rep);
     redisFree(c);
-    char url[128], sock[200], l2[200];
-    snprintf(url, sizeof(url), "l2.redis_url=redis://nosub:pw@127.0.0.1:%u/0", g_redis.port);
-    snprintf(sock, sizeof(sock), "cache.socket=%s", khalad_sock);
-    snprintf(l2, sizeof(l2), "l2.path=%s/l2", khalad_dir());
-    const char *const args[] = {"--foreground",
-                                "--name",
-                                khalad_name,
-                                "--set",
-                                sock,
-                                "--set",
-                                "l1.max_memory_mb=16",
-                                "--set",
-                                url,
-                                "--set",
-                                "l2.backend=redis",
-                                "--set",
-                                l2,
-                                "--set",
-                                "l2.namespace=nosub",
-                                "--set",
-                                "policies.coherence=pubsub",
-                                NULL};
+    char url[128];
+    snprintf(url, sizeof(url), "redis://nosub:pw@127.0.0.1:%u/0", g_redis.port);
     char out[8192];
-    int st = khalad_run(args, out, sizeof(out));
+    int st = run_on_redis(url, NULL, "l2.namespace=nosub", "policies.coherence=pubsub", out,
+                          sizeof(out));
     cr_assert_eq(st, 1, "exit status %d: %s", st, out);
     cr_assert_not_null(strstr(out, "cross-host invalidation"), "log: %s", out);
     cr_assert_not_null(strstr(out, "SUBSCRIBE khala:nosub:inv refused: NOPERM"), "log: %s", out);
