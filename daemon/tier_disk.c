@@ -71,8 +71,6 @@
 #define FLUSH_EXAMINE 4096u
 #define FLUSH_MAX 1024u
 #define FLUSH_INTERVAL_MS 1000
-/* note_hits raises a counter at most this often per call: the log counter saturates by then. */
-#define NOTE_RAISES_MAX 255u
 
 /* Scans: the keys a page examines when the caller gives no count. */
 #define SCAN_COUNT_DEFAULT 100u
@@ -348,15 +346,15 @@ static int get_one(disk_t *d, MDB_txn *txn, const void *key, size_t klen, khala_
     return 0;
 }
 
-/* L1 hits reported by khalad: raise the key's counter as that many gets would (the counter is
- * logarithmic, so a few dozen raises saturate it: at most NOTE_RAISES_MAX). */
+/* L1 hits reported by khalad: raise the key's counter as that many gets would on average
+ * (khala__disk_index_add_hits: a sum, not that many random draws). */
 static void disk_note_hits(khala_tier_t *t, const void *key, size_t klen, uint64_t hits) {
     disk_t *d = t->impl;
     if (!hits || !key || klen == 0 || klen > KHALA_KEY_MAX)
         return;
     entry_t *e = khala__disk_index_find(&d->ix, key, klen);
-    for (uint64_t i = 0; e && i < hits && i < NOTE_RAISES_MAX; i++)
-        khala__disk_index_touch(&d->ix, e);
+    if (e)
+        khala__disk_index_add_hits(&d->ix, e, hits);
 }
 
 static int disk_get(khala_tier_t *t, const void *key, size_t klen, khala_tier_value_t *out) {

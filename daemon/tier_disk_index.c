@@ -37,6 +37,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "debug.h"
 #include "khala/cache.h"
 #include "sys.h"
 
@@ -210,6 +211,31 @@ void khala__disk_index_touch(khala_disk_index_t *ix, entry_t *e) {
         double r = (double)(rnd(ix) >> 11) / (double)(1ull << 53);
         if (r < 1.0 / (base * LFU_LOG_FACTOR + 1))
             c++;
+    }
+    if (c != e->counter)
+        e->dirty = 1;
+    e->counter = c;
+    e->decay_min = now;
+    e->seq = ++ix->seq;
+}
+
+void khala__disk_index_add_hits(khala_disk_index_t *ix, entry_t *e, uint64_t hits) {
+    KHALA_ASSERT(ix && e);
+    uint32_t now = khala__disk_index_now_min(ix);
+    uint8_t c = lfu_decayed(e, now);
+    double left = (double)hits;
+    while (c < 255 && left > 0) {
+        double base = c > LFU_INIT ? c - LFU_INIT : 0;
+        double step = base * LFU_LOG_FACTOR + 1; /* expected touches per raise from c */
+        if (left >= step) {
+            left -= step;
+            c++;
+            continue;
+        }
+        double r = (double)(rnd(ix) >> 11) / (double)(1ull << 53);
+        if (r < left / step)
+            c++;
+        break;
     }
     if (c != e->counter)
         e->dirty = 1;

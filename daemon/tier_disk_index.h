@@ -106,6 +106,16 @@ uint32_t khala__disk_index_now_min(const khala_disk_index_t *ix);
 void khala__disk_index_touch(khala_disk_index_t *ix, khala_disk_entry_t *e);
 
 /**
+ * @brief @p hits gets of e at once (L1's hits, reported at a graceful stop): decay the counter,
+ *        then raise it by what that many touches raise it on average, deterministically (a step
+ *        from c costs the expected (c - LFU_INIT) * LFU_LOG_FACTOR + 1 hits; only the leftover
+ *        fraction of one step is drawn at random), and stamp e->seq.
+ * @note 64 touches one by one leave a counter of 6 unchanged about once in 450 draws, so the
+ *       key read most could rank below keys read three times; a sum of hits never does.
+ */
+void khala__disk_index_add_hits(khala_disk_index_t *ix, khala_disk_entry_t *e, uint64_t hits);
+
+/**
  * @brief Pick an eviction victim: the coldest of a random sample of unpinned entries (an
  *        expired one first; among equal counters the least recently used).
  * @param[in] now_rt CLOCK_REALTIME ms now, to tell expired entries.
