@@ -117,14 +117,17 @@ static int l1_section(khpy_cache_t *self, const khpy_key_t *k, int with_meta, Py
     khala_cache_t *c = self->c;
     int own = 0;
     int rc = khala_read_begin(c);
+    if (rc == KHALA_ESECTION) {
+        /* This thread's views hold one open; views that lingered may be over by now. */
+        khpy_views_reap(self);
+        rc = khala_read_begin(c);
+    }
     if (rc == 0)
         own = 1;
     else if (rc == KHALA_ELAYOUT)
-        return 0;                  /* the segment is being replaced: a miss, khalad answers */
-    else if (rc != KHALA_ESECTION) /* ESECTION: this thread's views hold one open */
+        return 0; /* the segment is being replaced: a miss, khalad answers */
+    else if (rc != KHALA_ESECTION)
         return khpy_raise(c, rc), -1;
-    else
-        khpy_views_reap(self);
     khala_view_t v;
     rc = khala_cache_view(c, k->ptr, (size_t)k->len, &v);
     PyObject *res = NULL;

@@ -24,7 +24,9 @@
  * exit raises BufferError naming the problem, and the view lingers: its section stays open
  * (the memory stays valid and mapped) until the exports are gone; the section ends then if the
  * last export is released on the view's thread, or else at that thread's next use of the Cache
- * (khpy_views_reap). close() refuses while views are open or lingering.
+ * (khpy_views_reap, which also retries releasing the block's memoryview when a consumer of
+ * it, such as a numpy array, held it at the exit). close() refuses while views are open or
+ * lingering.
  *
  * Fork: a child of a process inside a view cannot use the parent's section. module.c's
  * after-fork hook (khpy_sections_after_fork) gives the forking thread's views a section of the
@@ -109,6 +111,23 @@ static void section_release(khpy_cache_t *cache, unsigned long tid) {
     }
 }
 
+/* Release the block's memoryview: 0 when it is released (or was), 1 when something still holds
+ * a buffer of it (it is kept, to try again later), -1 with an exception set. */
+static int release_mv(khpy_view_t *v) {
+    if (!v->mv)
+        return 0;
+    PyObject *r = PyObject_CallMethod(v->mv, "release", NULL);
+    if (r) {
+        Py_DECREF(r);
+        Py_CLEAR(v->mv);
+        return 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_BufferError))
+        return -1;
+    PyErr_Clear(); /* a consumer holds a buffer of mv itself (numpy.frombuffer(mv)) */
+    return 1;
+}
+
 /* The view is over: end its share of the section and drop it from the cache's list. */
 static void view_finish(khpy_view_t *v) {
     v->state = VIEW_DONE;
@@ -132,8 +151,14 @@ void khpy_views_reap(khpy_cache_t *cache) {
         if (i >= PyList_GET_SIZE(list))
             continue;
         khpy_view_t *v = (khpy_view_t *)PyList_GET_ITEM(list, i);
-        if (v->state == VIEW_LINGER && v->exports == 0 && v->tid == tid)
+        if (v->state != VIEW_LINGER || v->tid != tid)
+            continue;
+        Py_INCREF(v);
+        if (release_mv(v) < 0)
+            PyErr_Clear();
+        if (v->exports == 0)
             view_finish(v);
+        Py_DECREF(v);
     }
 }
 
@@ -278,20 +303,8 @@ static PyObject *view_exit(khpy_view_t *v, PyObject *const *args, Py_ssize_t nar
                       v->tid, tid);
         return khpy_raise_msg(KHALA_ESECTION, msg);
     }
-    PyObject *mv = v->mv;
-    v->mv = NULL;
-    if (mv) {
-        PyObject *r = PyObject_CallMethod(mv, "release", NULL);
-        if (r)
-            Py_DECREF(r);
-        else if (PyErr_ExceptionMatches(PyExc_BufferError))
-            PyErr_Clear(); /* something exported from mv itself: counted below */
-        else {
-            Py_DECREF(mv);
-            return NULL;
-        }
-        Py_DECREF(mv);
-    }
+    if (release_mv(v) < 0)
+        return NULL;
     if (v->exports == 0) {
         Py_INCREF(v); /* view_finish may drop the list's reference */
         view_finish(v);
