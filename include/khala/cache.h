@@ -579,6 +579,41 @@ KHALA_API KHALA_NODISCARD int khala_cache_fetch_or_load(khala_cache_t *c, const 
                                                         uint64_t ttl_ms);
 
 /**
+ * @brief Promote @p n keys from the levels below L1 into L1, ahead of their first reads.
+ * @param[in] c handle.
+ * @param[in] keys, klens the keys and their lengths, each 1 to KHALA_KEY_MAX bytes.
+ * @param[in] n how many; sent in requests of at most 1024 keys.
+ * @param[out] count how many of them are in L1 now; may be NULL.
+ * @return 0 (keys no level holds are skipped); KHALA_EKEY if a key's length is bad (nothing is
+ *         sent); and the codes common to calls through khalad (above). After a failure part
+ *         of the keys may have been warmed.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_warm(khala_cache_t *c, const void *const *keys,
+                                               const size_t *klens, size_t n, uint64_t *count);
+
+/**
+ * @brief Promote every key that starts with @p prefix from L2 into L1 (khalad scans L2 a page
+ *        per request; this call asks until the scan is complete).
+ * @param[in] c handle.
+ * @param[in] prefix, plen the prefix, 1 to KHALA_KEY_MAX bytes.
+ * @param[out] count how many keys were warmed; may be NULL.
+ * @return 0; KHALA_EKEY for a bad prefix length; and the codes common to calls through khalad.
+ * @note L1 holds what fits: warming more than L1 can hold evicts by khalad's policy.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_warm_prefix(khala_cache_t *c, const void *prefix,
+                                                      size_t plen, uint64_t *count);
+
+/**
+ * @brief Promote every key of data type @p type from L2 into L1, as khala_cache_warm_prefix().
+ * @param[in] c handle.
+ * @param[in] type the type.
+ * @param[out] count how many keys were warmed; may be NULL.
+ * @return 0; -EINVAL if @p type is not a type; and the codes common to calls through khalad.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_warm_type(khala_cache_t *c, khala_type_t type,
+                                                    uint64_t *count);
+
+/**
  * @brief Detail of the calling thread's last failure on @p c, naming the offending thing.
  * @param[in] c handle, or NULL for a failure of khala_cache_open() on this thread.
  * @return a NUL-terminated message, "" if there was no failure; valid until this thread's next

@@ -528,7 +528,43 @@ static PyObject *cache_invalidate(khpy_cache_t *self, PyObject *const *args, Py_
 
 /* ---- the rest -------------------------------------------------------------------------- */
 
-/* stats() -> {"hits": int, "misses": int, "daemon": None} */
+/* A khala_stat_t tree as dicts; NULL with an exception set. */
+static PyObject *stats_dict(const khala_stat_t *st, size_t n) {
+    PyObject *d = PyDict_New();
+    for (size_t i = 0; d && i < n; i++) {
+        const khala_stat_t *e = &st[i];
+        PyObject *v;
+        switch (e->kind) {
+            case KHALA_STAT_BOOL:
+                v = PyBool_FromLong(e->v.b);
+                break;
+            case KHALA_STAT_UINT:
+                v = PyLong_FromUnsignedLongLong(e->v.u);
+                break;
+            case KHALA_STAT_INT:
+                v = PyLong_FromLongLong(e->v.i);
+                break;
+            case KHALA_STAT_DOUBLE:
+                v = PyFloat_FromDouble(e->v.d);
+                break;
+            case KHALA_STAT_STR:
+                v = PyUnicode_DecodeUTF8(e->v.str.s, (Py_ssize_t)e->v.str.len, "replace");
+                break;
+            case KHALA_STAT_MAP:
+                v = stats_dict(e->v.map.items, e->v.map.n);
+                break;
+            default:
+                v = Py_NewRef(Py_None);
+                break;
+        }
+        if (!v || PyDict_SetItemString(d, e->name, v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
+/* stats() -> {"hits": int, "misses": int, "daemon": {section: {name: value}} | None} */
 static PyObject *cache_stats(khpy_cache_t *self, PyObject *unused) {
     (void)unused;
     khala_cache_t *c = khpy_cache_handle(self);
@@ -536,8 +572,95 @@ static PyObject *cache_stats(khpy_cache_t *self, PyObject *unused) {
         return NULL;
     khala_cache_stats_t st;
     (void)khala_cache_stats(c, &st);
-    return Py_BuildValue("{s:K,s:K,s:O}", "hits", (unsigned long long)st.hits, "misses",
-                         (unsigned long long)st.misses, "daemon", Py_None);
+    khala_stat_t *ds = NULL;
+    size_t n = 0;
+    int rc;
+    blocking_begin(self);
+    WITHOUT_GIL(rc = khala_cache_daemon_stats(c, &ds, &n));
+    PyObject *daemon = NULL;
+    if (rc == 0)
+        daemon = stats_dict(ds, n);
+    else if (rc == KHALA_EDAEMON || rc == -ETIMEDOUT)
+        daemon = Py_NewRef(Py_None); /* unreachable: the handle's own counts still make sense */
+    else
+        khpy_raise(c, rc);
+    khala_stats_free(ds);
+    blocking_end(self);
+    if (!daemon)
+        return NULL;
+    PyObject *out = Py_BuildValue("{s:K,s:K,s:N}", "hits", (unsigned long long)st.hits, "misses",
+                                  (unsigned long long)st.misses, "daemon", daemon);
+    return out;
+}
+
+static const char *const warm_names[] = {"keys", "prefix", "type"};
+
+/* warm(keys=None, *, prefix=None, type=None) -> count */
+static PyObject *cache_warm(khpy_cache_t *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+    PyObject *a[3];
+    if (khpy_parse("warm", args, nargs, kwnames, 0, 1, warm_names, 3, a) < 0)
+        return NULL;
+    int by = selector("warm", a[0], a[1], a[2]);
+    khala_type_t type = KHALA_TYPE_MEMORY_ENTITY;
+    if (by < 0 || (by == 2 && khpy_type_id(a[2], &type) < 0) || !khpy_cache_handle(self))
+        return NULL;
+    khala_cache_t *c = self->c;
+    uint64_t count = 0;
+    int rc = 0;
+    if (by == 0) {
+        /* Keep every key object alive and take its bytes; the keys stay referenced by seq. */
+        PyObject *seq = PySequence_Fast(a[0], "warm(keys): keys is an iterable of keys");
+        if (!seq)
+            return NULL;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        khpy_key_t *ks = PyMem_Calloc((size_t)n + 1, sizeof(*ks));
+        const void **ptrs = PyMem_Calloc((size_t)n + 1, sizeof(*ptrs));
+        size_t *lens = PyMem_Calloc((size_t)n + 1, sizeof(*lens));
+        Py_ssize_t got = 0;
+        if (!ks || !ptrs || !lens) {
+            PyErr_NoMemory();
+            rc = 1;
+        }
+        for (; rc == 0 && got < n; got++) {
+            if (khpy_key_get(PySequence_Fast_GET_ITEM(seq, got), &ks[got]) < 0) {
+                rc = 1;
+                break;
+            }
+            ptrs[got] = ks[got].ptr;
+            lens[got] = (size_t)ks[got].len;
+        }
+        if (rc == 0) {
+            blocking_begin(self);
+            WITHOUT_GIL(rc = khala_cache_warm(c, ptrs, lens, (size_t)n, &count));
+            if (rc != 0)
+                khpy_raise(c, rc);
+            blocking_end(self);
+        }
+        for (Py_ssize_t i = 0; i < got; i++)
+            khpy_key_release(&ks[i]);
+        PyMem_Free(ks);
+        PyMem_Free(ptrs);
+        PyMem_Free(lens);
+        Py_DECREF(seq);
+    } else if (by == 1) {
+        khpy_key_t k;
+        if (khpy_key_get(a[1], &k) < 0)
+            return NULL;
+        blocking_begin(self);
+        WITHOUT_GIL(rc = khala_cache_warm_prefix(c, k.ptr, (size_t)k.len, &count));
+        if (rc != 0)
+            khpy_raise(c, rc);
+        blocking_end(self);
+        khpy_key_release(&k);
+    } else {
+        blocking_begin(self);
+        WITHOUT_GIL(rc = khala_cache_warm_type(c, type, &count));
+        if (rc != 0)
+            khpy_raise(c, rc);
+        blocking_end(self);
+    }
+    return rc == 0 ? PyLong_FromUnsignedLongLong(count) : NULL;
 }
 
 /* view(key) -> a context manager whose __enter__ gives a memoryview into L1, or None */
@@ -746,6 +869,9 @@ static PyMethodDef cache_methods[] = {
      "one selector; returns the count dropped."},
     {"stats", (PyCFunction)cache_stats, METH_NOARGS,
      "stats() -> {\"hits\": int, \"misses\": int, \"daemon\": dict | None}"},
+    {"warm", KHPY_METH(cache_warm), METH_FASTCALL | METH_KEYWORDS,
+     "warm(keys=None, *, prefix=None, type=None) -> int: promote from the levels below L1 "
+     "into L1; exactly one selector; returns the count warmed."},
     {"view", (PyCFunction)cache_view, METH_O,
      "view(key) -> context manager: `with c.view(k) as mv:` mv is a read-only memoryview into "
      "L1 (zero copy), or None when absent; released when the block ends."},
