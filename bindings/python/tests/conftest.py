@@ -9,6 +9,7 @@ Others may add fixtures at the end of this file, each part in its own marked sec
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import shutil
@@ -31,6 +32,16 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
 
 _counter = itertools.count()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process dies, so that a killed pytest
+    never leaves a khalad behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _connectable(path: str) -> bool:
@@ -89,6 +100,7 @@ class Khalad:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=None if verbose else subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         self.pid = self._proc.pid
         end = time.monotonic() + START_TIMEOUT_S
