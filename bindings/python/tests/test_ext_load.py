@@ -31,10 +31,10 @@ def test_loader_gets_bytes_for_a_str_key(cache):
 def test_loader_meta_says_loader_then_l1(cache):
     e = cache.get_or_load(b"m", lambda k: b"v", type="search_result", ttl=60, with_meta=True)
     assert e.value == b"v" and e.level == _khala.LEVEL_LOADER and e.version > 0
-    assert e.type == "search_result"
+    assert e.type == _khala.TYPES.index("search_result")
     e2 = cache.get_or_load(b"m", lambda k: b"other", with_meta=True)
     assert e2.level == _khala.LEVEL_L1 and e2.version == e.version
-    assert 0 < e2.ttl_left_ms <= 60_000 and e2.type == "search_result"
+    assert 0 < e2.ttl_left_ms <= 60_000 and e2.type == _khala.TYPES.index("search_result")
 
 
 def test_loader_returning_none_returns_none_and_caches_nothing(cache):
