@@ -842,7 +842,14 @@ static PyObject *get_timeout(khpy_cache_t *self, void *unused) {
     return PyLong_FromLong(self->timeout_ms);
 }
 
+static PyObject *get_in_flight(khpy_cache_t *self, void *unused) {
+    (void)unused;
+    return PyLong_FromSsize_t(self->in_flight);
+}
+
 static PyGetSetDef cache_getset[] = {
+    {"_in_flight", (getter)get_in_flight, NULL,
+     "Calls running on this Cache without the GIL now (for tests of close()).", NULL},
     {"closed", (getter)get_closed, NULL, "True after close().", NULL},
     {"name", (getter)get_name, NULL, "The cache's name.", NULL},
     {"socket", (getter)get_socket, NULL, "khalad's socket path given, or None (the default).",
