@@ -418,7 +418,8 @@ KHALA_API KHALA_NODISCARD int khala_cache_invalidate_type(khala_cache_t *c, khal
  *         KHALA_EINVAL if @p ttl_ms is above KHALA_TTL_MAX_MS (nothing is sent);
  *         KHALA_EFULL as for khala_cache_put(); and the codes common to calls through khalad
  *         (above).
- * @note The item gets a new version, as after a put of the same value.
+ * @note The item keeps its version: the value did not change, so a compare-and-set against
+ *       the version seen before the touch still succeeds.
  */
 KHALA_API KHALA_NODISCARD int khala_cache_touch(khala_cache_t *c, const void *key, size_t klen,
                                                 uint64_t ttl_ms);

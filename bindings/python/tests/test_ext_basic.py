@@ -68,8 +68,9 @@ def test_touch(cache):
     v1 = cache.put(b"t", b"1", ttl=100)
     assert cache.touch(b"t", ttl=200) is True
     e = cache.get(b"t", with_meta=True)
-    assert e.version >= v1  # cache.h says a touch makes a new version; khalad keeps it
+    assert e.version == v1  # same value, same version (cache.h, khala_cache_touch)
     assert 100_000 < e.ttl_left_ms <= 200_000
+    assert cache.put(b"t", b"2", expected_version=v1) > v1  # a CAS from before the touch holds
 
 
 def test_invalidate_by_key_prefix_and_type(cache):
