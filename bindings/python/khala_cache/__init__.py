@@ -19,7 +19,7 @@ from __future__ import annotations
 from . import _khala
 from ._khala import *  # noqa: F401,F403  (Cache, Entry, KhalaError and its subclasses, ...)
 from .async_cache import AsyncCache
-from .codecs import Codec, CodecError, JsonCodec, MsgpackCodec, PickleCodec
+from .codecs import Codec, CodecError, JsonCodec, MsgpackCodec, PickleCodec, register_dataclass
 from .decorators import cached, default_async_cache
 from .default import default_cache
 from .enums import CacheableItem, CacheLevel
@@ -45,5 +45,6 @@ __all__ = sorted(
         "call_key",
         "default_async_cache",
         "default_cache",
+        "register_dataclass",
     }
 )

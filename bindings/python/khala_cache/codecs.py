@@ -11,13 +11,14 @@ from the cache back into an object (``decode``). Three are provided:
   cache must not be unpickled unless every writer is trusted as much as the reader itself.
 
 Dataclasses round-trip through JsonCodec and MsgpackCodec without pickle by registration:
-``JsonCodec(types=[Memory])`` (or ``codec.register(Memory)``) encodes a ``Memory`` instance as
-``{"$type": "Memory", "$fields": {...}}`` and decodes that object back into ``Memory(**fields)``.
-Only registered classes are ever constructed, by name, with their fields as keyword
-arguments: bytes from the cache can name a registered class, never an arbitrary callable. A
-dataclass that is not registered is refused when encoded (TypeError naming it), and an unknown
-``$type`` when decoded (CodecError). Nested dataclasses work when each is registered. Tuples
-come back as lists (JSON and msgpack have one sequence type).
+``@register_dataclass`` on the class (every codec of the process knows it), or per codec
+``JsonCodec(types=[Memory])`` / ``codec.register(Memory)``. A registered ``Memory`` instance is
+encoded as ``{"$type": "Memory", "$fields": {...}}`` and that object decodes back into
+``Memory(**fields)``. Only registered classes are ever constructed, by name, with their fields
+as keyword arguments: bytes from the cache can name a registered class, never an arbitrary
+callable. A dataclass that is not registered is refused when encoded (TypeError naming it), and
+an unknown ``$type`` when decoded (CodecError). Nested dataclasses work when each is
+registered. Tuples come back as lists (JSON and msgpack have one sequence type).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "JsonCodec",
     "MsgpackCodec",
     "PickleCodec",
+    "register_dataclass",
 ]
 
 # The keys of an encoded dataclass. "$" keeps them apart from ordinary field names.
@@ -57,6 +59,42 @@ class Codec(Protocol):
         ...
 
 
+def _check_dataclass(cls: type) -> None:
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"{cls!r} is not a dataclass")
+
+
+def _add(by_name: dict[str, type], names: dict[type, str], cls: type, name: str | None) -> None:
+    _check_dataclass(cls)
+    name = name or cls.__qualname__
+    other = by_name.get(name)
+    if other is not None and other is not cls:
+        raise ValueError(f"type name {name!r} is already registered for {other!r}")
+    by_name[name] = cls
+    names[cls] = name
+
+
+# The process-wide registry (register_dataclass): every codec consults it after its own.
+_global_by_name: dict[str, type] = {}
+_global_names: dict[type, str] = {}
+
+
+def register_dataclass(cls: type | None = None, *, name: str | None = None) -> Any:
+    """Register a dataclass with every JsonCodec and MsgpackCodec of the process.
+
+    Use as ``@register_dataclass`` or ``@register_dataclass(name="Memory")`` on the class; the
+    name (default: the class's qualified name) is what the encoded value holds, so it must be
+    the same in every process that reads the value. Returns the class. Raises TypeError for a
+    class that is not a dataclass, ValueError for a name already taken by another class.
+    """
+
+    def register(c: type) -> type:
+        _add(_global_by_name, _global_names, c, name)
+        return c
+
+    return register if cls is None else register(cls)
+
+
 class _DataclassRegistry:
     """Registered dataclasses by name, and the conversions both structured codecs share."""
 
@@ -73,30 +111,23 @@ class _DataclassRegistry:
         Raises TypeError if ``cls`` is not a dataclass, ValueError if the name is taken by
         another class.
         """
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            raise TypeError(f"{cls!r} is not a dataclass")
-        name = name or cls.__qualname__
-        other = self._by_name.get(name)
-        if other is not None and other is not cls:
-            raise ValueError(f"type name {name!r} is already registered for {other!r}")
-        self._by_name[name] = cls
-        self._names[cls] = name
+        _add(self._by_name, self._names, cls, name)
         return cls
 
     @property
     def registered(self) -> dict[str, type]:
-        """The registered classes by name (a copy)."""
-        return dict(self._by_name)
+        """The classes this codec decodes, by name: its own, then the process-wide ones."""
+        return {**_global_by_name, **self._by_name}
 
     def to_tagged(self, obj: Any) -> dict[str, Any]:
         """A registered dataclass instance as its tagged dict (one level: fields stay objects)."""
         cls = type(obj)
-        name = self._names.get(cls)
+        name = self._names.get(cls) or _global_names.get(cls)
         if name is None:
             if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
                 raise TypeError(
                     f"dataclass {cls.__qualname__} is not registered with this codec "
-                    f"(codec.register({cls.__qualname__}))"
+                    f"(@register_dataclass, or codec.register({cls.__qualname__}))"
                 )
             raise TypeError(f"object of type {cls.__qualname__} cannot be encoded")
         fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
@@ -107,7 +138,9 @@ class _DataclassRegistry:
         if len(d) != 2 or _TYPE_TAG not in d or _FIELDS_TAG not in d:
             return d
         name, fields = d[_TYPE_TAG], d[_FIELDS_TAG]
-        cls = self._by_name.get(name) if isinstance(name, str) else None
+        cls = None
+        if isinstance(name, str):
+            cls = self._by_name.get(name) or _global_by_name.get(name)
         if cls is None:
             raise CodecError(f"the value names type {name!r}, which is not registered")
         if not isinstance(fields, dict):
@@ -147,7 +180,7 @@ class JsonCodec(_DataclassRegistry):
             raise CodecError(f"not a JSON value: {e}") from e
 
     def __repr__(self) -> str:
-        return f"JsonCodec(types={list(self.registered.values())!r})"
+        return f"JsonCodec(types={list(self._by_name.values())!r})"
 
 
 def _import_msgpack() -> Any:
@@ -190,7 +223,7 @@ class MsgpackCodec(_DataclassRegistry):
             raise CodecError(f"not a msgpack value: {e}") from e
 
     def __repr__(self) -> str:
-        return f"MsgpackCodec(types={list(self.registered.values())!r})"
+        return f"MsgpackCodec(types={list(self._by_name.values())!r})"
 
 
 class PickleCodec:

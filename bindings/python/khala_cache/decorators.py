@@ -110,7 +110,9 @@ def cached(
                 async def loader(_key: bytes) -> bytes:
                     return the_codec.encode(await fn(*args, **kwargs))
 
-                raw = await async_cache().get_or_load(key_of(args, kwargs), loader, type=type, ttl=ttl)
+                raw = await async_cache().get_or_load(
+                    key_of(args, kwargs), loader, type=type, ttl=ttl
+                )
                 return decode(raw)
 
             async def cache_invalidate(*args: Any, **kwargs: Any) -> bool:

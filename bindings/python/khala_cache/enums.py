@@ -37,7 +37,8 @@ class CacheableItem(enum.Enum):
         try:
             return _MEMBERS_BY_ID[type_id]
         except (IndexError, TypeError):
-            raise ValueError(f"{type_id!r} is not a type id (0..{len(_MEMBERS_BY_ID) - 1})") from None
+            last = len(_MEMBERS_BY_ID) - 1
+            raise ValueError(f"{type_id!r} is not a type id (0..{last})") from None
 
 
 _MEMBERS_BY_ID = tuple(CacheableItem)

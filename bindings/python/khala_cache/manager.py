@@ -158,7 +158,10 @@ class CacheManager:
                 return None if result is None else self.codec.encode(result)
 
         raw = await self._acache.get_or_load(
-            key, load, type=self.type if type is None else type, ttl=self.ttl if ttl is None else ttl
+            key,
+            load,
+            type=self.type if type is None else type,
+            ttl=self.ttl if ttl is None else ttl,
         )
         return None if raw is None else self.codec.decode(raw)
 
