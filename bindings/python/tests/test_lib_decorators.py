@@ -92,9 +92,14 @@ def test_sync_function_runs_once_under_4_processes(khalad, tmp_path):
     procs = [ctx.Process(target=_process_worker, args=(counter, barrier, queue)) for _ in range(4)]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(60)
+    try:
+        results = [queue.get(timeout=60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
     assert all(r == {"query": "processes", "limit": 10, "hits": ["PROCESSES"]} for r in results)
     assert _calls(counter) == 1
 
