@@ -31,6 +31,8 @@ PACKAGES=(
     groff-base           # renders the man pages (man/, tests/check_man.sh)
     man-db               # man -l --warnings (tests/check_man.sh)
     gcovr                # scripts/coverage.sh: line and branch coverage, HTML report
+    python3-dev          # Python.h for the extension khala_cache._khala (bindings/python)
+    python3-pytest       # the Python binding's tests (ctest python)
 )
 
 missing=()
