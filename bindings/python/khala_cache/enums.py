@@ -32,6 +32,16 @@ class CacheableItem(enum.Enum):
         return _TYPE_IDS[self]
 
     @classmethod
+    def of(cls, type: "CacheableItem | str | int") -> "CacheableItem":
+        """The member for a type in any of its forms: a member, its value (what ``Entry.type``
+        holds) or its wire id. Raises ValueError for anything else."""
+        if isinstance(type, cls):
+            return type
+        if isinstance(type, int) and not isinstance(type, bool):
+            return cls.from_id(type)
+        return cls(type)
+
+    @classmethod
     def from_id(cls, type_id: int) -> "CacheableItem":
         """The member whose wire id is ``type_id`` (what ``Entry.type`` holds)."""
         try:

@@ -88,7 +88,7 @@ class CacheManager:
             return value
         level = CacheLevel(entry.level) if entry.level in (1, 2, 3) else entry.level
         return CachedValue(value, level, entry.version, entry.ttl_left_ms,
-                           CacheableItem.from_id(entry.type))
+                           CacheableItem.of(entry.type))
 
     async def get(
         self,

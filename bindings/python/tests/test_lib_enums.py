@@ -30,6 +30,12 @@ def test_cacheable_item_ids_are_the_wire_ids():
         assert CacheableItem.from_id(i) is member
     with pytest.raises(ValueError):
         CacheableItem.from_id(len(SEED_TYPES))
+    for member in CacheableItem:
+        assert CacheableItem.of(member) is member
+        assert CacheableItem.of(member.value) is member
+        assert CacheableItem.of(member.id) is member
+    with pytest.raises(ValueError):
+        CacheableItem.of("memory")
 
 
 def test_cache_level_numbers_are_the_librarys():
@@ -48,8 +54,8 @@ def test_extension_takes_members_values_and_ids_as_type(khalad, member):
             c.put(key, b"v", type=form)
             entry = c.get(key, with_meta=True)
             assert entry is not None, key
-            assert entry.type == member.id
-            assert CacheableItem.from_id(entry.type) is member
+            assert entry.type == member.value  # Entry.type is the type's name
+            assert CacheableItem.of(entry.type) is member
 
 
 def test_extension_invalidates_a_type_given_as_a_member(khalad):
