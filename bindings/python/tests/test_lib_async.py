@@ -11,8 +11,13 @@ import pytest
 from khala_cache import LEVEL_L1, LEVEL_LOADER, AsyncCache, DaemonUnavailable
 
 
-def run(coro):
-    return asyncio.run(coro)
+def run(awaitable):
+    """Await ``awaitable`` in a new event loop (a hit's finished awaitable is no coroutine)."""
+
+    async def wait():
+        return await awaitable
+
+    return asyncio.run(wait())
 
 
 def test_hits_never_hop_to_a_thread(khalad):
