@@ -68,8 +68,14 @@ def _add(by_name: dict[str, type], names: dict[type, str], cls: type, name: str 
     _check_dataclass(cls)
     name = name or cls.__qualname__
     other = by_name.get(name)
-    if other is not None and other is not cls:
+    reloaded = other is not None and (other.__module__, other.__qualname__) == (
+        cls.__module__,
+        cls.__qualname__,
+    )  # the same class defined again (a module reloaded): the new one replaces it
+    if other is not None and other is not cls and not reloaded:
         raise ValueError(f"type name {name!r} is already registered for {other!r}")
+    if reloaded:
+        names.pop(other, None)
     by_name[name] = cls
     names[cls] = name
 
