@@ -33,6 +33,7 @@ PACKAGES=(
     gcovr                # scripts/coverage.sh: line and branch coverage, HTML report
     python3-dev          # Python.h for the extension khala_cache._khala (bindings/python)
     python3-pytest       # the Python binding's tests (ctest python)
+    python3-numpy        # the view tests: a numpy array over an L1 view (zero copy, lifetime)
 )
 
 missing=()
