@@ -168,18 +168,21 @@ class JsonCodec(_DataclassRegistry):
     def __init__(self, types: Iterable[type] = ()) -> None:
         """A JSON codec; ``types`` are dataclasses to register (see ``register``)."""
         super().__init__(types)
+        # Made once: json.dumps/loads with options build a new encoder/decoder on every call.
+        self._encoder = json.JSONEncoder(
+            default=self.to_tagged, separators=(",", ":"), ensure_ascii=False
+        )
+        self._decoder = json.JSONDecoder(object_hook=self.from_tagged)
 
     def encode(self, obj: Any) -> bytes:
         """``obj`` as compact UTF-8 JSON. Raises TypeError for what JSON cannot hold."""
-        return json.dumps(
-            obj, default=self.to_tagged, separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8")
+        return self._encoder.encode(obj).encode("utf-8")
 
     def decode(self, data: bytes) -> Any:
         """The object ``data`` holds. Raises CodecError if ``data`` is not UTF-8 JSON."""
         try:
-            text = bytes(data).decode("utf-8")
-            return json.loads(text, object_hook=self.from_tagged)
+            text = str(data, "utf-8")
+            return self._decoder.decode(text)
         except CodecError:
             raise
         except (UnicodeDecodeError, ValueError) as e:
