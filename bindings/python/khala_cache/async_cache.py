@@ -75,20 +75,25 @@ class AsyncCache(_khala.AsyncCore):
     """A Cache for asyncio: L1 hits without a thread hop; misses and writes off the event loop.
 
     ``AsyncCache(cache)`` wraps an open ``Cache`` (which it does not close);
-    ``AsyncCache(name=..., socket=..., timeout_ms=...)`` opens its own (closed by ``close``).
+    ``AsyncCache(name, socket=..., timeout_ms=...)`` opens its own as ``Cache(name, ...)`` does
+    (closed by ``close``).
     ``max_workers`` is the size of its thread pool (misses and writes in flight at once).
     The methods mirror Cache's and are coroutines, except ``get_l1`` and ``close``.
     """
 
     def __init__(
         self,
-        cache: _khala.Cache | None = None,
+        cache: _khala.Cache | str | None = None,
         *,
         name: str | None = None,
         socket: str | None = None,
         timeout_ms: int = 5000,
         max_workers: int = DEFAULT_MAX_WORKERS,
     ) -> None:
+        if isinstance(cache, str):  # AsyncCache("name", ...), as Cache("name", ...)
+            if name is not None:
+                raise TypeError("the name is given twice")
+            cache, name = None, cache
         if cache is not None and (name is not None or socket is not None):
             raise TypeError("give either a Cache or name/socket, not both")
         if max_workers < 1:

@@ -239,3 +239,8 @@ def test_constructor_arguments_are_checked(khalad):
             AsyncCache(c, name="x")
         with pytest.raises(ValueError):
             AsyncCache(c, max_workers=0)
+        with pytest.raises(TypeError):
+            AsyncCache(khalad.name, name=khalad.name)
+    with AsyncCache(khalad.name, socket=khalad.socket) as ac:  # a name first, as Cache takes
+        assert ac.cache.name == khalad.name
+        assert run(ac.put("named", b"n")) > 0
