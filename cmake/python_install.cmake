@@ -48,3 +48,42 @@ function(khala_python_install ext_target)
   message(STATUS "khala: Python package for ${Python3_EXECUTABLE} installs to <prefix>/${other_dir}"
     " (<prefix>/${system_dir} when the prefix is /usr)")
 endfunction()
+
+# The environment the Python tests' interpreter needs in this build (a list of NAME=value for
+# set_tests_properties(... ENVIRONMENT)). In an ASan build the extension is instrumented but
+# the interpreter is not, so the ASan runtime must be loaded first (LD_PRELOAD of the compiler's
+# libasan.so); leak detection is off because CPython keeps objects alive at exit by design;
+# PYTHONMALLOC=malloc sends Python's own allocations through ASan's malloc, so an overflow of a
+# bytes object the extension fills is caught too.
+set(KHALA_PYTHON_TEST_ENV "")
+if(KHALA_SANITIZE MATCHES "address")
+  if(CMAKE_C_COMPILER_ID STREQUAL "GNU")
+    set(asan_lib libasan.so)
+  else()
+    set(asan_lib libclang_rt.asan-${CMAKE_SYSTEM_PROCESSOR}.so)
+  endif()
+  execute_process(COMMAND ${CMAKE_C_COMPILER} -print-file-name=${asan_lib}
+    OUTPUT_VARIABLE KHALA_ASAN_RUNTIME OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT IS_ABSOLUTE "${KHALA_ASAN_RUNTIME}" OR NOT EXISTS "${KHALA_ASAN_RUNTIME}")
+    message(WARNING "khala: no ASan runtime (${asan_lib}) for the Python tests' LD_PRELOAD")
+  endif()
+  list(APPEND KHALA_PYTHON_TEST_ENV "LD_PRELOAD=${KHALA_ASAN_RUNTIME}"
+    "ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=0" "PYTHONMALLOC=malloc")
+endif()
+
+# The install checks (tests/check_python.sh), as CTest tests of label `python`:
+#   python_install  cmake --install --component python into a DESTDIR, imported from there
+#   python_pip      pip install --no-build-isolation into a venv (not in sanitizer builds: pip
+#                   builds its own, uninstrumented extension, which the plain tree checks)
+function(khala_python_tests ext_target)
+  set(check ${PROJECT_SOURCE_DIR}/tests/check_python.sh)
+  add_test(NAME python_install COMMAND ${check} install ${CMAKE_COMMAND} ${PROJECT_BINARY_DIR}
+    ${Python3_EXECUTABLE} $<TARGET_FILE:khalad>)
+  set_tests_properties(python_install PROPERTIES LABELS "python" TIMEOUT 120
+    ENVIRONMENT "${KHALA_PYTHON_TEST_ENV}")
+  if(NOT KHALA_SANITIZE)
+    add_test(NAME python_pip COMMAND ${check} pip ${PROJECT_SOURCE_DIR} ${Python3_EXECUTABLE}
+      $<TARGET_FILE:khalad>)
+    set_tests_properties(python_pip PROPERTIES LABELS "python" TIMEOUT 300 SKIP_RETURN_CODE 77)
+  endif()
+endfunction()

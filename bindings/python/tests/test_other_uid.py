@@ -16,6 +16,7 @@ any worker would.
 
 from __future__ import annotations
 
+import ast
 import grp
 import os
 import pwd
@@ -135,7 +136,7 @@ def test_a_worker_in_the_socket_group_reads_l1_and_writes_through_khalad(grouped
     assert uid != 0
     code, out = as_user(uid, [k.gid], NOGROUP_GID, member_work, k.name, k.socket)
     assert code == 0, out
-    version, value, level, root_value, root_level = eval(out)  # a repr of a tuple of literals
+    version, value, level, root_value, root_level = ast.literal_eval(out)
     assert (value, level) == (b"written by another uid", _khala.LEVEL_L1)
     assert (root_value, root_level) == (b"written by root", _khala.LEVEL_L1)
     # khalad wrote it: root sees it, same version, from L1.
