@@ -86,13 +86,12 @@ def reachable(khalad):
 
 @pytest.fixture
 def grouped_khalad(khalad, reachable):
-    """The fixture's khalad, restarted with its socket 0660 in the test group."""
+    """The fixture's khalad, restarted with its socket 0660 in the test group; (khalad, gid)."""
     group, gid = find_or_make_group()
     khalad.stop()
     khalad.sets += ["cache.socket_mode=0660", f"cache.socket_group={group}"]
     khalad.start()
-    khalad.gid = gid
-    return khalad
+    return khalad, gid
 
 
 def as_user(uid: int, groups: list[int], primary: int, fn, *args):
@@ -129,12 +128,12 @@ def outsider_work(name: str, socket: str) -> str:
 
 
 def test_a_worker_in_the_socket_group_reads_l1_and_writes_through_khalad(grouped_khalad):
-    k = grouped_khalad
+    k, gid = grouped_khalad
     with k.open() as c:
         c.put(b"user:root", b"written by root")
-    uid = find_or_make_user(k.gid)
+    uid = find_or_make_user(gid)
     assert uid != 0
-    code, out = as_user(uid, [k.gid], NOGROUP_GID, member_work, k.name, k.socket)
+    code, out = as_user(uid, [gid], NOGROUP_GID, member_work, k.name, k.socket)
     assert code == 0, out
     version, value, level, root_value, root_level = ast.literal_eval(out)
     assert (value, level) == (b"written by another uid", _khala.LEVEL_L1)
@@ -147,8 +146,8 @@ def test_a_worker_in_the_socket_group_reads_l1_and_writes_through_khalad(grouped
 
 
 def test_a_worker_outside_the_socket_group_is_refused_with_permission_denied(grouped_khalad):
-    k = grouped_khalad
-    uid = find_or_make_user(k.gid)
+    k, gid = grouped_khalad
+    uid = find_or_make_user(gid)
     code, out = as_user(uid, [NOGROUP_GID], NOGROUP_GID, outsider_work, k.name, k.socket)
     assert code == 0, out
     assert out.startswith("'refused: "), out
