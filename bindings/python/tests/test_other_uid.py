@@ -51,7 +51,7 @@ def find_or_make_group() -> tuple[str, int]:
     return str(FALLBACK_GID), FALLBACK_GID
 
 
-def find_or_make_user(gid: int) -> int:
+def find_or_make_user() -> int:
     """The worker's uid: a system user whose primary group is not the socket group (so that
     membership comes from the supplementary list the worker sets, as for a real deployment
     that adds a service user to the group)."""
@@ -131,7 +131,7 @@ def test_a_worker_in_the_socket_group_reads_l1_and_writes_through_khalad(grouped
     k, gid = grouped_khalad
     with k.open() as c:
         c.put(b"user:root", b"written by root")
-    uid = find_or_make_user(gid)
+    uid = find_or_make_user()
     assert uid != 0
     code, out = as_user(uid, [gid], NOGROUP_GID, member_work, k.name, k.socket)
     assert code == 0, out
@@ -147,7 +147,7 @@ def test_a_worker_in_the_socket_group_reads_l1_and_writes_through_khalad(grouped
 
 def test_a_worker_outside_the_socket_group_is_refused_with_permission_denied(grouped_khalad):
     k, gid = grouped_khalad
-    uid = find_or_make_user(gid)
+    uid = find_or_make_user()
     code, out = as_user(uid, [NOGROUP_GID], NOGROUP_GID, outsider_work, k.name, k.socket)
     assert code == 0, out
     assert out.startswith("'refused: "), out
