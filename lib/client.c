@@ -77,6 +77,7 @@
 #include <string.h>
 
 #include "channel.h"
+#include "client_internal.h"
 #include "debug.h"
 #include "l1_lookup.h"
 #include "readers.h"
@@ -755,6 +756,33 @@ int khala_cache_get(khala_cache_t *c, const void *key, size_t klen, void *buf, s
     if (rc == L1_AWAY && (rc = ts_self(c, &ts)) != 0)
         return rc;
     return get_from_daemon(c, ts, key, klen, buf, cap, len);
+}
+
+int khala_cache_get_l1(khala_cache_t *c, const void *key, size_t klen, void *buf, size_t cap,
+                       size_t *len) {
+    tstate_t *ts = NULL;
+    int rc = l1_get(c, key, klen, buf, cap, len, &ts);
+    if (__builtin_expect(rc == L1_AWAY, 0))
+        return fail(c, KHALA_ENOTFOUND, "cache '%s' is being replaced: L1 cannot be read now",
+                    c->name);
+    return rc;
+}
+
+/* For lib/client_fetch.c (client_internal.h). */
+int khala__client_call(khala_cache_t *c, khala_msg_t *req, khala_msg_t *rep, int wait) {
+    tstate_t *ts = NULL;
+    int rc = ts_self(c, &ts);
+    if (rc != 0)
+        return rc;
+    return daemon_call(c, ts, req, rep, wait ? wait_timeout(c) : c->timeout_ms);
+}
+
+int khala__client_reply_fail(khala_cache_t *c, const khala_msg_t *rep) {
+    return reply_fail(c, rep);
+}
+
+int khala__client_fail(const khala_cache_t *c, int rc, const char *msg) {
+    return fail(c, rc, "%s", msg);
 }
 
 /* Run the loader; a positive return is a loader bug, reported as -EINVAL. On success *vlen is

@@ -143,29 +143,8 @@ typedef enum khala_by {
         KHALA_BY_COUNT /**< number of values, NONE included */
 } khala_by_t;
 
-/**
- * Levels, X(NAME, "wire name", stores): which level answered a get (field "lvl"), and, for the
- * levels that store items (`stores` = 1: L1, L2, L3), the names khalad's configuration uses in a
- * type's `levels` list and the bits of a level set (KHALA_LEVEL_BIT). The values are positions
- * in the list, starting at 1; the storage levels come first, in order, so that L<n> is n.
- *   LOADER: another worker's loader answered, through single-flight.
- *   STALE:  a recently expired value, served because the source failed.
- */
-#define KHALA_LEVEL_LIST(X)                                                                        \
-    X(L1, "l1", 1)                                                                                 \
-    X(L2, "l2", 1)                                                                                 \
-    X(L3, "l3", 1)                                                                                 \
-    X(LOADER, "loader", 0)                                                                         \
-    X(STALE, "stale", 0)
-
-/** Levels (KHALA_LEVEL_LIST); 0 is "none". */
-typedef enum khala_level {
-    KHALA_LEVEL_NONE = 0,
-#define KHALA_LEVEL_ENUM_(NAME, name, stores) KHALA_LEVEL_##NAME,
-    KHALA_LEVEL_LIST(KHALA_LEVEL_ENUM_)
-#undef KHALA_LEVEL_ENUM_
-        KHALA_LEVEL_COUNT /**< number of values, NONE included */
-} khala_level_t;
+/* Levels (khala_level_t, KHALA_LEVEL_LIST) are public: include/khala/cache.h, since a worker
+ * reads which level answered a get (khala_meta_t). */
 
 /** The bit of storage level @p lvl (KHALA_LEVEL_L1..L3) in a set of levels: L1 is 1u << 0. */
 #define KHALA_LEVEL_BIT(lvl) (1u << ((unsigned)(lvl) - (unsigned)KHALA_LEVEL_L1))

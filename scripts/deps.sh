@@ -38,7 +38,7 @@ PACKAGES=(
     python3-redis        # redis-py: the reference of bench/python/bench_python.py
     python3-setuptools   # setup.py: pip install --no-build-isolation bindings/python
     python3-wheel        # setuptools' bdist_wheel, which pip needs for that install
-    python3-pip          # pip itself (tests/check_python_pip.sh)
+    python3-pip          # pip itself (tests/check_python.sh pip)
     python3-venv         # the venv that pip installs into (Debian's pip refuses system installs)
 )
 

@@ -125,6 +125,30 @@ typedef enum khala_mode {
 #undef KHALA_MODE_ENUM_
 } khala_mode_t;
 
+/**
+ * Levels, X(NAME, "wire name", stores): which level answered a get (khala_meta_t.level, protocol
+ * field "lvl"), and, for the levels that store items (`stores` = 1: L1, L2, L3), the names
+ * khalad's configuration uses in a type's `levels` list. The values are positions in the list,
+ * starting at 1; the storage levels come first, in order, so that L<n> is n. Never renumber.
+ *   LOADER: a loader answered, through single-flight (another worker's, or the caller's own).
+ *   STALE:  a recently expired value, served because the source failed.
+ */
+#define KHALA_LEVEL_LIST(X)                                                                        \
+    X(L1, "l1", 1)                                                                                 \
+    X(L2, "l2", 1)                                                                                 \
+    X(L3, "l3", 1)                                                                                 \
+    X(LOADER, "loader", 0)                                                                         \
+    X(STALE, "stale", 0)
+
+/** Levels (KHALA_LEVEL_LIST); 0 is "none". */
+typedef enum khala_level {
+    KHALA_LEVEL_NONE = 0,
+#define KHALA_LEVEL_ENUM_(NAME, name, stores) KHALA_LEVEL_##NAME,
+    KHALA_LEVEL_LIST(KHALA_LEVEL_ENUM_)
+#undef KHALA_LEVEL_ENUM_
+        KHALA_LEVEL_COUNT /**< number of values, NONE included */
+} khala_level_t;
+
 /** Flags of khala_put_options_t.flags. */
 enum {
     /** Compare-and-set: write only if the key is at expected_version now. */
@@ -437,6 +461,157 @@ KHALA_API void khala_read_end(khala_cache_t *c);
  */
 KHALA_API KHALA_NODISCARD int khala_cache_view(khala_cache_t *c, const void *key, size_t klen,
                                                khala_view_t *view);
+
+/*
+ * The split get, for callers that must run the L1 part and the khalad part under different
+ * conditions (a language binding holds its interpreter lock on L1 and releases it around
+ * khalad): khala_cache_get_l1() never leaves the process, khala_cache_fetch() and
+ * khala_cache_fetch_or_load() only ask khalad. Their values have sizes unknown in advance, so
+ * they are handed to a sink, once, instead of a buffer: one round trip whatever the size.
+ */
+
+/** What the level that answered says about a value. */
+typedef struct khala_meta {
+    khala_level_t level; /**< the level that answered (KHALA_LEVEL_LOADER for a load) */
+    uint64_t version;    /**< the item's version; 0 when unknown (a value loaded but not cached) */
+    int64_t ttl_left_ms; /**< milliseconds until expiry; -1 = never expires, or unknown */
+    uint32_t type;       /**< the item's data type (khala_type_t) */
+} khala_meta_t;
+
+/**
+ * A sink: receives the value of khala_cache_fetch() or khala_cache_fetch_or_load().
+ * @param[in] arg the sink_arg given to the call.
+ * @param[in] val, len the value; valid only during the call (copy what you keep).
+ * @param[in] meta where it came from; valid only during the call.
+ * @return 0, or a negative code that the call then returns as is (say -ENOMEM).
+ * @note Called at most once per call, on the calling thread, with no lock of the library held.
+ */
+typedef int (*khala_sink_fn)(void *arg, const void *val, size_t len, const khala_meta_t *meta);
+
+/**
+ * A loader that hands out its value instead of writing it into a buffer (compare
+ * khala_loader_fn), so that a value of any size is loaded once.
+ * @param[in] arg the loader_arg given to khala_cache_fetch_or_load().
+ * @param[in] key, klen the key that missed.
+ * @param[out] val, len the loaded value. The memory stays the loader's; it must stay valid and
+ *             unchanged until khala_cache_fetch_or_load() returns.
+ * @return 0 with the value; KHALA_ENOTFOUND when the source has no such key; any other negative
+ *         code on failure (a positive one counts as -EINVAL).
+ * @note Called on the calling thread, without any lock of the library held.
+ */
+typedef int (*khala_load_ref_fn)(void *arg, const void *key, size_t klen, const void **val,
+                                 size_t *len);
+
+/**
+ * @brief Look up @p key in L1 only, and copy its value into @p buf: khala_cache_get() without
+ *        the fallback to khalad.
+ * @param[in] c handle.
+ * @param[in] key, klen the key, 1 to KHALA_KEY_MAX bytes.
+ * @param[out] buf destination, @p cap bytes; may be NULL when @p cap is 0.
+ * @param[in] cap capacity of @p buf in bytes.
+ * @param[out] len value length; set on success and on -ERANGE; may be NULL.
+ * @return 0 on a hit;
+ *         KHALA_ENOTFOUND if L1 holds no live item of the key, or cannot be read right now (the
+ *         writer is replacing the segment);
+ *         -ERANGE if the value is longer than @p cap (its length in @p len, @p buf untouched);
+ *         KHALA_EKEY, KHALA_ESECTION, KHALA_ECORRUPT, KHALA_ENOREADER, -errno as for
+ *         khala_cache_get().
+ * @note Safe from any thread. Never blocks and never makes a system call once the thread has
+ *       its reader slot (its first call claims one). Counts a hit or a miss as a get does.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_get_l1(khala_cache_t *c, const void *key, size_t klen,
+                                                 void *buf, size_t cap, size_t *len);
+
+/**
+ * @brief Ask khalad, and only khalad, for @p key (L1 is not read here): the miss half of
+ *        khala_cache_get(), with the answering level's metadata and a value of any size.
+ * @param[in] c handle.
+ * @param[in] key, klen the key, 1 to KHALA_KEY_MAX bytes.
+ * @param[in] sink receives the value and its khala_meta_t once, on a hit; must not be NULL.
+ * @param[in] sink_arg passed to @p sink as is.
+ * @return 0 after @p sink received the value and returned 0;
+ *         KHALA_ENOTFOUND if no level of khalad holds the key;
+ *         KHALA_EKEY for a bad key length; -EINVAL if @p sink is NULL;
+ *         the sink's own negative code;
+ *         and the codes common to calls through khalad (above): unlike khala_cache_get(), a
+ *         khalad that cannot be reached is KHALA_EDAEMON here, not a miss.
+ * @note khalad promotes what it finds below L1 into L1, as for a get.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_fetch(khala_cache_t *c, const void *key, size_t klen,
+                                                khala_sink_fn sink, void *sink_arg);
+
+/**
+ * @brief The khalad half of khala_cache_get_or_load() (steps 2 to 5 there; L1 is not read),
+ *        with a loader that hands out values of any size and a sink that receives the result.
+ *
+ * As khala_cache_get_or_load(): khalad's levels; on a miss there one caller across every worker
+ * leads and runs its loader, whose value khalad caches with @p type and @p ttl_ms and hands to
+ * the callers waiting on the key; a failed load makes the waiters ask again (at most three
+ * rounds); when khalad cannot be reached, or a wait times out, the loader runs directly and its
+ * value is not cached.
+ *
+ * @param[in] c handle.
+ * @param[in] key, klen the key, 1 to KHALA_KEY_MAX bytes.
+ * @param[in] loader the loader; must not be NULL.
+ * @param[in] loader_arg passed to @p loader as is.
+ * @param[in] sink receives the value once, on success; must not be NULL. Its meta.level is
+ *            KHALA_LEVEL_LOADER for a value this call's loader produced (version 0 when it was
+ *            not cached), else the level khalad answered from.
+ * @param[in] sink_arg passed to @p sink as is.
+ * @param[in] type the data type a loaded value is cached with.
+ * @param[in] ttl_ms its time to live in ms, up to KHALA_TTL_MAX_MS; 0 = the type's default.
+ * @return 0 after @p sink received the value and returned 0;
+ *         KHALA_EKEY for a bad key length;
+ *         -EINVAL if @p loader or @p sink is NULL or @p type is not a type;
+ *         KHALA_EINVAL if @p ttl_ms is above KHALA_TTL_MAX_MS (before anything else happens);
+ *         -EAGAIN if the leaders' loaders failed three times in a row;
+ *         the loader's own nonzero code (KHALA_ENOTFOUND when the source has no such key), after
+ *         khalad was told that the load failed (its waiters then ask again);
+ *         the sink's own negative code;
+ *         another code khalad answered with. A khalad that cannot be reached is not an error.
+ * @note The loader runs at most once per call, on the calling thread. A value khalad could not
+ *       cache (too big, say) is still handed to the sink.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_fetch_or_load(khala_cache_t *c, const void *key,
+                                                        size_t klen, khala_load_ref_fn loader,
+                                                        void *loader_arg, khala_sink_fn sink,
+                                                        void *sink_arg, khala_type_t type,
+                                                        uint64_t ttl_ms);
+
+/**
+ * @brief Promote @p n keys from the levels below L1 into L1, ahead of their first reads.
+ * @param[in] c handle.
+ * @param[in] keys, klens the keys and their lengths, each 1 to KHALA_KEY_MAX bytes.
+ * @param[in] n how many; sent in requests of at most 1024 keys.
+ * @param[out] count how many of them are in L1 now; may be NULL.
+ * @return 0 (keys no level holds are skipped); KHALA_EKEY if a key's length is bad (nothing is
+ *         sent); and the codes common to calls through khalad (above). After a failure part
+ *         of the keys may have been warmed.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_warm(khala_cache_t *c, const void *const *keys,
+                                               const size_t *klens, size_t n, uint64_t *count);
+
+/**
+ * @brief Promote every key that starts with @p prefix from L2 into L1 (khalad scans L2 a page
+ *        per request; this call asks until the scan is complete).
+ * @param[in] c handle.
+ * @param[in] prefix, plen the prefix, 1 to KHALA_KEY_MAX bytes.
+ * @param[out] count how many keys were warmed; may be NULL.
+ * @return 0; KHALA_EKEY for a bad prefix length; and the codes common to calls through khalad.
+ * @note L1 holds what fits: warming more than L1 can hold evicts by khalad's policy.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_warm_prefix(khala_cache_t *c, const void *prefix,
+                                                      size_t plen, uint64_t *count);
+
+/**
+ * @brief Promote every key of data type @p type from L2 into L1, as khala_cache_warm_prefix().
+ * @param[in] c handle.
+ * @param[in] type the type.
+ * @param[out] count how many keys were warmed; may be NULL.
+ * @return 0; -EINVAL if @p type is not a type; and the codes common to calls through khalad.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_warm_type(khala_cache_t *c, khala_type_t type,
+                                                    uint64_t *count);
 
 /**
  * @brief Detail of the calling thread's last failure on @p c, naming the offending thing.
