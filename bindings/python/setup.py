@@ -1,8 +1,8 @@
 """Build khala_cache._khala with setuptools (pip install --no-build-isolation bindings/python).
 
-The extension is compiled together with the reader side of lib/ (lib/client.c and the
-KHALA_CORE_SOURCES of the top CMakeLists.txt, read from there so that the two builds cannot
-drift apart), so that the installed module carries libkhalacache inside it and needs no shared
+The extension is compiled together with the reader side of lib/ (the sources of the static
+libkhalacache and the KHALA_CORE_SOURCES of the top CMakeLists.txt, read from there so that the
+two builds cannot drift apart), so that the installed module carries libkhalacache inside it and needs no shared
 library at run time. It links msgpack-c and xxhash (Debian: libmsgpack-dev, libxxhash-dev) as
 pkg-config names them. include/khala/version.h is generated here from version.h.in, as CMake
 does, with the project version of CMakeLists.txt.
@@ -51,13 +51,19 @@ def project_version(cmake: str) -> str:
     return ".".join(m.groups())
 
 
-def core_sources(cmake: str) -> list[str]:
-    """lib/client.c plus the KHALA_CORE_SOURCES list: the sources of libkhalacache."""
+def library_sources(cmake: str) -> list[str]:
+    """The sources of libkhalacache: those of `add_library(khalacache_static STATIC ...)` plus
+    the KHALA_CORE_SOURCES whose objects it takes."""
     m = re.search(r"set\(\s*KHALA_CORE_SOURCES\s+([^)]*)\)", cmake)
     if not m:
         fail(f"no set(KHALA_CORE_SOURCES ...) in {TOP_CMAKE}")
-    names = ["lib/client.c"] + m.group(1).split()
-    return [os.path.join(ROOT, n) for n in names]
+    core = m.group(1).split()
+    m = re.search(r"add_library\(\s*khalacache_static\s+STATIC\s+([^$)]*)"
+                  r"\$<TARGET_OBJECTS:khala_core>", cmake)
+    if not m:
+        fail(f"no add_library(khalacache_static STATIC ... $<TARGET_OBJECTS:khala_core>) in "
+             f"{TOP_CMAKE}")
+    return [os.path.join(ROOT, n) for n in m.group(1).split() + core]
 
 
 def pkg_config(*args: str) -> list[str]:
@@ -108,7 +114,7 @@ CMAKE = read_top_cmake()
 VERSION = project_version(CMAKE)
 EXT_SOURCES = sorted(os.path.relpath(p, HERE)
                      for p in glob.glob(os.path.join(HERE, "src", "*.c")))
-LIB_SOURCES = core_sources(CMAKE)
+LIB_SOURCES = library_sources(CMAKE)
 if not EXT_SOURCES:
     fail(f"no extension sources in {os.path.join(HERE, 'src')}")
 

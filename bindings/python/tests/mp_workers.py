@@ -90,3 +90,12 @@ def use_cache_reporting(cache: _khala.Cache, key: bytes, value: bytes, results) 
         results.put(("ok", use_cache(cache, key, value)))
     except BaseException:
         results.put(("error", traceback.format_exc()))
+
+
+def stampede_reporting(name: str, socket: str, key: bytes, runs, barrier, loader_seconds: float,
+                       results) -> None:
+    """stampede in a multiprocessing.Process: what it got (or the traceback) goes to results."""
+    try:
+        results.put(stampede(name, socket, key, runs, barrier, loader_seconds))
+    except BaseException:
+        results.put(traceback.format_exc())

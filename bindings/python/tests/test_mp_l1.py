@@ -48,12 +48,18 @@ def test_a_loader_runs_once_under_a_stampede_of_8_processes(khalad):
     ctx = multiprocessing.get_context("fork")
     runs = ctx.Value("i", 0)
     barrier = ctx.Barrier(STAMPEDE_PROCS)
+    results = ctx.Queue()
     key = b"mp:stampede"
-    with ctx.Pool(STAMPEDE_PROCS) as pool:
-        results = [pool.apply_async(mp_workers.stampede,
-                                    (khalad.name, khalad.socket, key, runs, barrier, 0.3))
-                   for _ in range(STAMPEDE_PROCS)]
-        values = [r.get(timeout=60) for r in results]
+    # Processes, not a Pool: the counter and the barrier are shared by inheritance at fork.
+    procs = [ctx.Process(target=mp_workers.stampede_reporting,
+                         args=(khalad.name, khalad.socket, key, runs, barrier, 0.3, results))
+             for _ in range(STAMPEDE_PROCS)]
+    for p in procs:
+        p.start()
+    values = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
     assert values == [b"loaded:" + key] * STAMPEDE_PROCS
     assert runs.value == 1, f"the loader ran {runs.value} times for {STAMPEDE_PROCS} processes"
     # The loaded value is cached: one more get_or_load does not run a loader.
