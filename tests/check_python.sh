@@ -89,7 +89,7 @@ install)
     syspath=$(cd "$tmp" && env -u PYTHONPATH "$python" -c 'import sys; print("\n".join(sys.path))')
     start_khalad "$khalad"
     for prefix in /usr/local /usr; do
-        root=$tmp/root$prefix
+        root=$tmp/destdir-${prefix##*/}
         if ! DESTDIR=$root "$cmake" --install "$build" --prefix "$prefix" --component python \
             >"$tmp/install.log" 2>&1; then
             cat "$tmp/install.log" >&2
