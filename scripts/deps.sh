@@ -18,6 +18,7 @@ PACKAGES=(
     liblmdb-dev          # khala-bench's LMDB reference
     liburcu-dev          # later: khalad's queues and hash table
     libmsgpack-dev       # the socket protocol's frames (msgpack-c)
+    python3-msgpack      # khala_cache.MsgpackCodec (optional at run time) and its tests
     libinih-dev          # khalad's config file (INI)
     libsystemd-dev       # khalad's sd_notify readiness and watchdog
     uthash-dev           # khalad's in-process hash tables (single-flight)
