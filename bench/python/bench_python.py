@@ -21,7 +21,8 @@ the wall time until every process had the value.
 
 Output: one line per case, `bench=python case=<name> ops_s=... ns_op=...` (median over
 rounds), a `bench=python case=get_or_load_contention ...` line and a final
-`bench=python-ratios ...` line with the issue's three ratios. Lines starting with `#` are for
+`bench=python-ratios ...` line with the issue's three ratios and a few more (each the median
+over rounds of the per-round ratio). Lines starting with `#` are for
 people. scripts/bench-python.sh starts the private khalad and redis-server this needs.
 """
 
@@ -289,14 +290,20 @@ def main() -> int:
           f"wall_ms={c['wall_ms']:.1f} p50_ms={c['p50_ms']:.1f} max_ms={c['max_ms']:.1f} "
           f"wrong_values={c['wrong']}")
 
-    redis_ratio = ns["redis_get"] / ns["khala_get"] if "redis_get" in ns else float("nan")
-    print(f"bench=python-ratios khala_over_redis={redis_ratio:.1f} "
-          f"khala_vs_dict_subscript={ns['khala_get'] / ns['dict_subscript']:.2f} "
-          f"khala_vs_dict_get={ns['khala_get'] / ns['dict_get']:.2f} "
-          f"khala_vs_seed_lru={ns['khala_get'] / ns['seed_lru_get']:.2f} "
-          f"khala_vs_lru_cache={ns['khala_get'] / ns['lru_cache_hit']:.2f} "
-          f"async_vs_sync={ns['async_get'] / ns['khala_get']:.2f} "
-          f"view_vs_copy_64k={ns['khala_view_64k'] / ns['khala_get_64k']:.2f}")
+    def ratio(a: str, b: str) -> float:
+        """Median over the rounds of the per-round ratio a / b (of ns per op): both cases of a
+        round ran under about the same load."""
+        if a not in samples or b not in samples:
+            return float("nan")
+        return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+
+    print(f"bench=python-ratios khala_over_redis={ratio('redis_get', 'khala_get'):.1f} "
+          f"khala_vs_dict_subscript={ratio('khala_get', 'dict_subscript'):.2f} "
+          f"khala_vs_dict_get={ratio('khala_get', 'dict_get'):.2f} "
+          f"khala_vs_seed_lru={ratio('khala_get', 'seed_lru_get'):.2f} "
+          f"khala_vs_lru_cache={ratio('khala_get', 'lru_cache_hit'):.2f} "
+          f"async_vs_sync={ratio('async_get', 'khala_get'):.2f} "
+          f"view_vs_copy_64k={ratio('khala_view_64k', 'khala_get_64k'):.2f}")
     cache.close()
     return 0
 
