@@ -585,10 +585,12 @@ static int l1_away(int rc) {
 }
 
 /* The L1 part of a get. On KHALA_ENOTFOUND, *tsp is the calling thread's state; on L1_AWAY it
- * is NULL. Always inlined: it is the hit path of khala_cache_get. */
+ * is NULL. On a hit, *meta (when not NULL) describes the item. Always inlined: it is the hit
+ * path of khala_cache_get, where meta is NULL and its code goes away. */
 static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const void *key,
                                                         size_t klen, void *buf, size_t cap,
-                                                        size_t *len, tstate_t **tsp) {
+                                                        size_t *len, khala_meta_t *meta,
+                                                        tstate_t **tsp) {
     tstate_t *ts = NULL;
     const khala_item_t *it;
     int rc;
@@ -626,6 +628,18 @@ static inline __attribute__((always_inline)) int l1_get(khala_cache_t *c, const 
             khala__l1_copy(buf, khala__item_value(it), vlen);
         } else
             rc = -ERANGE;
+        if (meta) {
+            meta->level = KHALA_LEVEL_L1;
+            meta->version = it->version;
+            meta->type = it->type;
+            meta->ttl_left_ms = -1;
+            /* relaxed: as in khala_cache_view (remove_or_expire). */
+            int64_t deadline = __atomic_load_n(&it->expire_ms, __ATOMIC_RELAXED);
+            if (deadline) {
+                int64_t left = deadline - khala__sys_now_ms();
+                meta->ttl_left_ms = left > 0 ? left : 0;
+            }
+        }
         khala__reader_record(s, ts->slot, it->desc, hash); /* also counts the hit */
     } else if (rc == KHALA_ENOTFOUND) {
         khala__reader_count(&ts->slot->misses);
@@ -750,7 +764,7 @@ static int get_from_daemon(khala_cache_t *c, tstate_t *ts, const void *key, size
 int khala_cache_get(khala_cache_t *c, const void *key, size_t klen, void *buf, size_t cap,
                     size_t *len) {
     tstate_t *ts = NULL; /* set by l1_get on KHALA_ENOTFOUND */
-    int rc = l1_get(c, key, klen, buf, cap, len, &ts);
+    int rc = l1_get(c, key, klen, buf, cap, len, NULL, &ts);
     if (__builtin_expect(rc != KHALA_ENOTFOUND && rc != L1_AWAY, 1))
         return rc;
     if (rc == L1_AWAY && (rc = ts_self(c, &ts)) != 0)
@@ -759,9 +773,10 @@ int khala_cache_get(khala_cache_t *c, const void *key, size_t klen, void *buf, s
 }
 
 int khala_cache_get_l1(khala_cache_t *c, const void *key, size_t klen, void *buf, size_t cap,
-                       size_t *len) {
+                       size_t *len, khala_meta_t *meta) {
     tstate_t *ts = NULL;
-    int rc = l1_get(c, key, klen, buf, cap, len, &ts);
+    int rc = meta ? l1_get(c, key, klen, buf, cap, len, meta, &ts)
+                  : l1_get(c, key, klen, buf, cap, len, NULL, &ts);
     if (__builtin_expect(rc == L1_AWAY, 0))
         return fail(c, KHALA_ENOTFOUND, "cache '%s' is being replaced: L1 cannot be read now",
                     c->name);
@@ -870,7 +885,7 @@ int khala_cache_get_or_load(khala_cache_t *c, const void *key, size_t klen, khal
                     KHALA_TYPE_COUNT - 1);
     /* Step 1. */
     tstate_t *ts = NULL; /* set by l1_get on KHALA_ENOTFOUND */
-    int rc = l1_get(c, key, klen, buf, cap, len, &ts);
+    int rc = l1_get(c, key, klen, buf, cap, len, NULL, &ts);
     if (rc == L1_AWAY && (rc = ts_self(c, &ts)) == 0)
         rc = KHALA_ENOTFOUND;
     if (rc != KHALA_ENOTFOUND)

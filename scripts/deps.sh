@@ -41,6 +41,7 @@ PACKAGES=(
     python3-wheel        # setuptools' bdist_wheel, which pip needs for that install
     python3-pip          # pip itself (tests/check_python.sh pip)
     python3-venv         # the venv that pip installs into (Debian's pip refuses system installs)
+    python3-numpy        # the view tests: a numpy array over an L1 view (zero copy, lifetime)
 )
 
 missing=()

@@ -510,6 +510,8 @@ typedef int (*khala_load_ref_fn)(void *arg, const void *key, size_t klen, const 
  * @param[out] buf destination, @p cap bytes; may be NULL when @p cap is 0.
  * @param[in] cap capacity of @p buf in bytes.
  * @param[out] len value length; set on success and on -ERANGE; may be NULL.
+ * @param[out] meta on a hit (and on -ERANGE), the item's version, TTL left and type, with level
+ *             KHALA_LEVEL_L1; may be NULL (the TTL then costs no clock read).
  * @return 0 on a hit;
  *         KHALA_ENOTFOUND if L1 holds no live item of the key, or cannot be read right now (the
  *         writer is replacing the segment);
@@ -520,7 +522,8 @@ typedef int (*khala_load_ref_fn)(void *arg, const void *key, size_t klen, const 
  *       its reader slot (its first call claims one). Counts a hit or a miss as a get does.
  */
 KHALA_API KHALA_NODISCARD int khala_cache_get_l1(khala_cache_t *c, const void *key, size_t klen,
-                                                 void *buf, size_t cap, size_t *len);
+                                                 void *buf, size_t cap, size_t *len,
+                                                 khala_meta_t *meta);
 
 /**
  * @brief Ask khalad, and only khalad, for @p key (L1 is not read here): the miss half of

@@ -111,20 +111,31 @@ Test(client_fetch, get_l1_reads_l1_and_never_asks_khalad) {
     put_str(c, "a", "alpha", KHALA_MODE_THROUGH);
     char buf[16];
     size_t len = 0;
-    cr_assert_eq(khala_cache_get_l1(c, "a", 1, buf, sizeof(buf), &len), 0);
+    cr_assert_eq(khala_cache_get_l1(c, "a", 1, buf, sizeof(buf), &len, NULL), 0);
     cr_assert_eq(len, 5);
     cr_assert_eq(memcmp(buf, "alpha", 5), 0);
-    cr_assert_eq(khala_cache_get_l1(c, "a", 1, buf, 2, &len), -ERANGE);
+    khala_meta_t meta = {0};
+    cr_assert_eq(khala_cache_get_l1(c, "a", 1, buf, 2, &len, &meta), -ERANGE);
     cr_assert_eq(len, 5);
-    cr_assert_eq(khala_cache_get_l1(c, "zz", 2, buf, sizeof(buf), &len), KHALA_ENOTFOUND);
-    cr_assert_eq(khala_cache_get_l1(c, "", 0, buf, sizeof(buf), &len), KHALA_EKEY);
+    cr_assert_eq(meta.level, KHALA_LEVEL_L1);
+    uint64_t ver = meta.version;
+    cr_assert_gt(ver, 0);
+    memset(&meta, 0, sizeof(meta));
+    cr_assert_eq(khala_cache_get_l1(c, "a", 1, buf, sizeof(buf), &len, &meta), 0);
+    cr_assert_eq(meta.level, KHALA_LEVEL_L1);
+    cr_assert_eq(meta.version, ver);
+    cr_assert_eq(meta.type, KHALA_TYPE_MEMORY_ENTITY);
+    cr_assert(meta.ttl_left_ms > 0 && meta.ttl_left_ms <= 60000, "%lld",
+              (long long)meta.ttl_left_ms);
+    cr_assert_eq(khala_cache_get_l1(c, "zz", 2, buf, sizeof(buf), &len, NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(khala_cache_get_l1(c, "", 0, buf, sizeof(buf), &len, NULL), KHALA_EKEY);
     cr_assert_eq(khala_read_begin(c), 0);
-    cr_assert_eq(khala_cache_get_l1(c, "a", 1, buf, sizeof(buf), &len), KHALA_ESECTION);
+    cr_assert_eq(khala_cache_get_l1(c, "a", 1, buf, sizeof(buf), &len, NULL), KHALA_ESECTION);
     khala_read_end(c);
     /* With khalad gone, an L1 hit still answers and a miss is only a miss. */
     khalad_kill(SIGKILL);
-    cr_assert_eq(khala_cache_get_l1(c, "a", 1, buf, sizeof(buf), &len), 0);
-    cr_assert_eq(khala_cache_get_l1(c, "b", 1, buf, sizeof(buf), &len), KHALA_ENOTFOUND);
+    cr_assert_eq(khala_cache_get_l1(c, "a", 1, buf, sizeof(buf), &len, NULL), 0);
+    cr_assert_eq(khala_cache_get_l1(c, "b", 1, buf, sizeof(buf), &len, NULL), KHALA_ENOTFOUND);
     khala_cache_close(c);
 }
 
@@ -296,18 +307,18 @@ Test(client_fetch, warm_by_keys_prefix_and_type_fills_l1_from_l2) {
     restart_with_empty_l1();
     char buf[8];
     size_t len;
-    cr_assert_eq(khala_cache_get_l1(c, "w:1", 3, buf, sizeof(buf), &len), KHALA_ENOTFOUND);
+    cr_assert_eq(khala_cache_get_l1(c, "w:1", 3, buf, sizeof(buf), &len, NULL), KHALA_ENOTFOUND);
     const void *keys[] = {"w:1", "nope"};
     const size_t klens[] = {3, 4};
     uint64_t n = 99;
     cr_assert_eq(khala_cache_warm(c, keys, klens, 2, &n), 0, "%s", khala_cache_errmsg(c));
     cr_assert_eq(n, 1);
-    cr_assert_eq(khala_cache_get_l1(c, "w:1", 3, buf, sizeof(buf), &len), 0);
+    cr_assert_eq(khala_cache_get_l1(c, "w:1", 3, buf, sizeof(buf), &len, NULL), 0);
     cr_assert_eq(khala_cache_warm_prefix(c, "w:", 2, &n), 0);
     cr_assert_geq(n, 1);
-    cr_assert_eq(khala_cache_get_l1(c, "w:2", 3, buf, sizeof(buf), &len), 0);
+    cr_assert_eq(khala_cache_get_l1(c, "w:2", 3, buf, sizeof(buf), &len, NULL), 0);
     cr_assert_eq(khala_cache_warm_type(c, KHALA_TYPE_MEMORY_ENTITY, &n), 0);
-    cr_assert_eq(khala_cache_get_l1(c, "x:1", 3, buf, sizeof(buf), &len), 0);
+    cr_assert_eq(khala_cache_get_l1(c, "x:1", 3, buf, sizeof(buf), &len, NULL), 0);
     const size_t bad[] = {3, 0};
     cr_assert_eq(khala_cache_warm(c, keys, bad, 2, &n), KHALA_EKEY);
     cr_assert_eq(khala_cache_warm_prefix(c, "", 0, &n), KHALA_EKEY);

@@ -91,17 +91,6 @@ static const char *const type_names[] = {
 #undef TYPE_NAME_
 };
 
-/* The names as str objects, made once (an Entry per with_meta get names its type). */
-static PyObject *type_strs[KHALA_TYPE_COUNT];
-
-PyObject *khpy_type_name(uint32_t type) {
-    if (type >= KHALA_TYPE_COUNT)
-        return PyLong_FromUnsignedLong(type);
-    if (!type_strs[type] && !(type_strs[type] = PyUnicode_InternFromString(type_names[type])))
-        return NULL;
-    return Py_NewRef(type_strs[type]);
-}
-
 /* The type id of a name; -1 when it is not one. */
 static int type_of_name(const char *s, Py_ssize_t n) {
     for (int i = 0; i < KHALA_TYPE_COUNT; i++)

@@ -10,7 +10,8 @@
  * is two copies of the value; the alternative, a read section with khala_cache_view() and one
  * copy into the bytes, costs two more thread-state lookups in the library, which for the small
  * values most gets read (up to a few KB) costs more than the second copy. Values above the
- * stack buffer, and with_meta gets (which need the version and TTL), take the section path.
+ * stack buffer, and gets on a thread inside a view (whose section is open), take the section
+ * path.
  *
  * Everything else may block, so it runs with the GIL released: an L1 miss asks khalad
  * (khala_cache_fetch), get_or_load waits for another worker's load (khala_cache_fetch_or_load),
@@ -152,19 +153,26 @@ static int l1_section(khpy_cache_t *self, const khpy_key_t *k, int with_meta, Py
 }
 
 int khpy_cache_l1(khpy_cache_t *self, const khpy_key_t *k, int with_meta, PyObject **out) {
-    if (!with_meta) {
-        char buf[L1_STACK_BYTES];
-        size_t len;
-        int rc = khala_cache_get_l1(self->c, k->ptr, (size_t)k->len, buf, sizeof(buf), &len);
-        if (__builtin_expect(rc == 0, 1)) {
-            *out = PyBytes_FromStringAndSize(buf, (Py_ssize_t)len);
-            return *out ? 1 : -1;
+    char buf[L1_STACK_BYTES];
+    size_t len;
+    khala_meta_t meta;
+    int rc = khala_cache_get_l1(self->c, k->ptr, (size_t)k->len, buf, sizeof(buf), &len,
+                                with_meta ? &meta : NULL);
+    if (__builtin_expect(rc == 0, 1)) {
+        PyObject *v = PyBytes_FromStringAndSize(buf, (Py_ssize_t)len);
+        if (v && with_meta) {
+            PyObject *e =
+                khpy_entry_new(v, KHALA_LEVEL_L1, meta.version, meta.ttl_left_ms, meta.type);
+            Py_DECREF(v);
+            v = e;
         }
-        if (rc == KHALA_ENOTFOUND)
-            return 0;
-        if (rc != -ERANGE && rc != KHALA_ESECTION)
-            return khpy_raise(self->c, rc), -1;
+        *out = v;
+        return v ? 1 : -1;
     }
+    if (rc == KHALA_ENOTFOUND)
+        return 0;
+    if (rc != -ERANGE && rc != KHALA_ESECTION)
+        return khpy_raise(self->c, rc), -1;
     return l1_section(self, k, with_meta, out);
 }
 
@@ -834,7 +842,14 @@ static PyObject *get_timeout(khpy_cache_t *self, void *unused) {
     return PyLong_FromLong(self->timeout_ms);
 }
 
+static PyObject *get_in_flight(khpy_cache_t *self, void *unused) {
+    (void)unused;
+    return PyLong_FromSsize_t(self->in_flight);
+}
+
 static PyGetSetDef cache_getset[] = {
+    {"_in_flight", (getter)get_in_flight, NULL,
+     "Calls running on this Cache without the GIL now (for tests of close()).", NULL},
     {"closed", (getter)get_closed, NULL, "True after close().", NULL},
     {"name", (getter)get_name, NULL, "The cache's name.", NULL},
     {"socket", (getter)get_socket, NULL, "khalad's socket path given, or None (the default).",

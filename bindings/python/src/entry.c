@@ -2,7 +2,8 @@
  * Entry: what a get with with_meta=True returns, a structseq (a named tuple made in C):
  * (value, level, version, ttl_left_ms, type). level is a LEVEL_* int (khala_level_t), version
  * the item's version (0 when a loaded value was not cached), ttl_left_ms the milliseconds left
- * (-1 = never expires, or unknown), type the data type's name ("memory_entity").
+ * (-1 = never expires, or unknown), type the data type's id (an index into TYPES, the wire id
+ * of khala_type_t; CacheableItem.from_id turns it into the enum).
  */
 #include "khpy.h"
 
@@ -13,7 +14,7 @@ static PyStructSequence_Field entry_fields[] = {
     {"level", "the level that answered: LEVEL_L1, LEVEL_L2, LEVEL_L3, LEVEL_LOADER, LEVEL_STALE"},
     {"version", "the item's version (0 when unknown)"},
     {"ttl_left_ms", "milliseconds until expiry; -1 = never expires, or unknown"},
-    {"type", "the data type's name, as in TYPES"},
+    {"type", "the data type's id: TYPES[type] is its name"},
     {NULL, NULL}};
 
 static PyStructSequence_Desc entry_desc = {
@@ -33,7 +34,7 @@ PyObject *khpy_entry_new(PyObject *value, int level, uint64_t version, int64_t t
     if (!e)
         return NULL;
     PyObject *lv = PyLong_FromLong(level), *ver = PyLong_FromUnsignedLongLong(version),
-             *ttl = PyLong_FromLongLong(ttl_left_ms), *ty = khpy_type_name(type);
+             *ttl = PyLong_FromLongLong(ttl_left_ms), *ty = PyLong_FromUnsignedLong(type);
     if (!lv || !ver || !ttl || !ty) {
         Py_XDECREF(lv);
         Py_XDECREF(ver);

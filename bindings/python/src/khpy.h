@@ -64,7 +64,6 @@ void khpy_key_release(khpy_key_t *k);
 int khpy_ttl_ms(PyObject *o, uint64_t *ttl_ms);
 int khpy_type_id(PyObject *o, khala_type_t *type);
 int khpy_mode(PyObject *o, khala_mode_t *mode);
-PyObject *khpy_type_name(uint32_t type);
 
 /* entry.c */
 int khpy_entry_init(PyObject *module);

@@ -97,9 +97,9 @@ def test_types_by_name_id_and_enum_value(cache):
     cache.put(b"a", b"1", type="agent_response")
     cache.put(b"b", b"2", type=2)
     cache.put(b"c", b"3", type=FakeEnum())
-    assert cache.get(b"a", with_meta=True).type == "agent_response"
-    assert cache.get(b"b", with_meta=True).type == "embedding"
-    assert cache.get(b"c", with_meta=True).type == "search_result"
+    assert cache.get(b"a", with_meta=True).type == _khala.TYPES.index("agent_response")
+    assert cache.get(b"b", with_meta=True).type == _khala.TYPES.index("embedding")
+    assert cache.get(b"c", with_meta=True).type == _khala.TYPES.index("search_result")
     with pytest.raises(_khala.InvalidArgument):
         cache.put(b"x", b"1", type="nope")
     with pytest.raises(_khala.InvalidArgument):

@@ -26,7 +26,7 @@ def test_warm_by_keys_prefix_and_type(khalad):
     assert c.warm(prefix=b"w:") >= 3
     assert c.get_l1(b"w:4") == b"v"
     assert c.warm(type="embedding") == 1
-    assert c.get_l1(b"e:1", with_meta=True).type == "embedding"
+    assert c.get_l1(b"e:1", with_meta=True).type == _khala.TYPES.index("embedding")
     assert c.warm([]) == 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -31,10 +32,10 @@ def test_loader_gets_bytes_for_a_str_key(cache):
 def test_loader_meta_says_loader_then_l1(cache):
     e = cache.get_or_load(b"m", lambda k: b"v", type="search_result", ttl=60, with_meta=True)
     assert e.value == b"v" and e.level == _khala.LEVEL_LOADER and e.version > 0
-    assert e.type == "search_result"
+    assert e.type == _khala.TYPES.index("search_result")
     e2 = cache.get_or_load(b"m", lambda k: b"other", with_meta=True)
     assert e2.level == _khala.LEVEL_L1 and e2.version == e.version
-    assert 0 < e2.ttl_left_ms <= 60_000 and e2.type == "search_result"
+    assert 0 < e2.ttl_left_ms <= 60_000 and e2.type == _khala.TYPES.index("search_result")
 
 
 def test_loader_returning_none_returns_none_and_caches_nothing(cache):
@@ -129,3 +130,49 @@ def test_bad_arguments(cache):
         cache.get_or_load(b"k", lambda k: b"", ttl=-1)
     with pytest.raises(_khala.InvalidKey):
         cache.get_or_load(b"", lambda k: b"")
+
+
+def _wait_for(cond, what):
+    for _ in range(1000):
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+def test_leader_exception_makes_the_waiter_load(cache):
+    """A leader whose Python loader raises: khalad is told, and the caller that was waiting
+    on the key leads the next round with its own loader."""
+    release = threading.Event()
+    led = threading.Event()
+    out = {}
+
+    def failing(key):
+        led.set()
+        release.wait(10)
+        raise RuntimeError("source failed")
+
+    def leader():
+        try:
+            cache.get_or_load(b"x", failing)
+        except RuntimeError as e:
+            out["leader"] = e
+
+    def waiter():
+        out["waiter"] = cache.get_or_load(b"x", lambda k: out.setdefault("calls", []).append(k)
+                                          or b"second")
+
+    tl = threading.Thread(target=leader)
+    tl.start()
+    assert led.wait(10)
+    waited = cache.stats()["daemon"]["khalad"]["loads_waited"]
+    tw = threading.Thread(target=waiter)
+    tw.start()
+    _wait_for(lambda: cache.stats()["daemon"]["khalad"]["loads_waited"] > waited,
+              "the second caller waits on the first one's load")
+    release.set()
+    tl.join(20)
+    tw.join(20)
+    assert isinstance(out["leader"], RuntimeError)
+    assert out["waiter"] == b"second" and out["calls"] == [b"x"]
+    assert cache.get(b"x") == b"second"

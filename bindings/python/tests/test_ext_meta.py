@@ -10,7 +10,7 @@ def test_l1_hit_meta(cache):
     for get in (cache.get, cache.get_l1):
         e = get(b"k", with_meta=True)
         assert isinstance(e, _khala.Entry) and isinstance(e, tuple)
-        assert (e.value, e.level, e.version, e.type) == (b"val", _khala.LEVEL_L1, v, "embedding")
+        assert (e.value, e.level, e.version, e.type) == (b"val", _khala.LEVEL_L1, v, 2)
         assert 0 < e.ttl_left_ms <= 30_000
         assert e[0] == b"val" and len(e) == 5
 
@@ -33,7 +33,7 @@ def test_l2_answers_after_a_restart_that_empties_l1(khalad):
     assert e.level == _khala.LEVEL_L2
     assert e.version == v
     assert 0 < e.ttl_left_ms <= 600_000
-    assert e.type == "memory_entity"
+    assert e.type == _khala.TYPES.index("memory_entity")
     # khalad promoted it: the next get is an L1 hit.
     assert c.get(b"persist", with_meta=True).level == _khala.LEVEL_L1
     assert c.get_l1(b"persist") == b"on disk"

@@ -4,6 +4,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
+
+import pytest
 
 from khala_cache import _khala
 
@@ -43,7 +46,14 @@ def test_close_while_other_threads_wait_on_khalad(khalad):
               for _ in range(3)]
         for t in ts:
             t.start()
+        for _ in range(2000):  # until all three wait on khalad without the GIL
+            if c._in_flight == 3:
+                break
+            time.sleep(0.005)
+        assert c._in_flight == 3
         c.close()
+        with pytest.raises(ValueError):
+            c.get(b"x")  # closed for new calls at once
         assert c.closed
         for t in ts:
             t.join()

@@ -112,17 +112,32 @@ def test_export_of_the_memoryview_itself_at_exit(cache):
     cache.close()
 
 
+def test_numpy_reads_a_view_in_place(cache):
+    np = pytest.importorskip("numpy")
+    vec = np.arange(256, dtype=np.float32)
+    cache.put(b"emb", vec.tobytes(), type="embedding")
+    with cache.view(b"emb") as mv:
+        arr = np.frombuffer(mv, dtype=np.float32)
+        assert not arr.flags.writeable
+        assert float(arr @ arr) == float(vec @ vec)
+        del arr  # released inside the block: a clean exit
+
+
 def test_numpy_array_alive_at_exit(cache):
     np = pytest.importorskip("numpy")
     cache.put(b"n", bytes(range(8)))
     v = cache.view(b"n")
     mv = v.__enter__()
     arr = np.frombuffer(mv, dtype=np.uint8)
-    with pytest.raises(BufferError):
+    with pytest.raises(BufferError, match="still alive"):
         v.__exit__(None, None, None)
-    assert arr.sum() == 28
+    assert arr.sum() == 28  # still valid: the section stayed open
+    with pytest.raises(BufferError):
+        cache.close()
     del arr
-    cache.get(b"n")
+    cache.get(b"n")  # the next use releases mv (now free) and ends the section
+    with pytest.raises(ValueError):
+        mv[0]
     cache.close()
 
 
