@@ -191,9 +191,17 @@ static void on_fork_parent(void) {
  * reap its slot), so the child gives them up at once: each readers file is reopened and
  * remapped through the new description, which drops the child's references to the parent's
  * (the descriptor and, easy to miss, the mapping). Only the forking thread exists here. A
- * reopen that fails is retried, and reported, by the child's next call. */
+ * reopen that fails is retried, and reported, by the child's next call.
+ *
+ * The forking thread's own pointers to its thread states (the key's value, tls_last_ts) are
+ * dropped here too: the child's first call frees every parent thread state
+ * (after_fork_locked), and when that call runs on another thread (a thread pool started after
+ * the fork), only this thread's pointers would be left dangling, to be used by its next call. */
 static void on_fork_child(void) {
+    tls_last_id = 0;
+    tls_last_ts = NULL;
     for (khala_cache_t *c = g_handles; c; c = c->next_handle) {
+        (void)pthread_setspecific(c->key, NULL);
         for (seg_node_t *n = c->segs; n; n = n->next) {
             if (khala__seg_reopen_readers(&n->seg) != 0) {
                 khala__sys_close(n->seg.readers_fd); /* the next call retries */

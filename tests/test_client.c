@@ -588,6 +588,38 @@ Test(client, forked_child_uses_the_parent_handle_with_its_own_slot) {
     cr_assert_str_eq(buf, "after");
 }
 
+static void *thread_gets_k(void *arg) {
+    char buf[16];
+    return get(arg, "k", buf, sizeof(buf)) == 0 && strcmp(buf, "shared") == 0 ? NULL : (void *)1;
+}
+
+/* Bug: in a child whose first call ran on a thread started after the fork (a thread pool), the
+ * forking thread kept pointers to its freed thread state and crashed on its next call. */
+Test(client, forked_child_whose_first_call_is_on_a_new_thread_reads_on_the_forking_thread) {
+    open_both();
+    put("k", "shared");
+    char buf[16];
+    cr_assert_eq(get(g_c, "k", buf, sizeof(buf)), 0); /* this thread has a state to leave */
+
+    pid_t child = fork();
+    cr_assert_neq(child, -1);
+    if (child == 0) {
+        pthread_t th;
+        void *ret = (void *)1;
+        if (pthread_create(&th, NULL, thread_gets_k, g_c) != 0 || pthread_join(th, &ret) != 0 ||
+            ret != NULL)
+            _exit(10);
+        if (get(g_c, "k", buf, sizeof(buf)) != 0 || strcmp(buf, "shared") != 0)
+            _exit(11);
+        khala_cache_close(g_c);
+        _exit(0);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(child, &status, 0), child);
+    cr_assert(WIFEXITED(status), "child died with signal %d", WTERMSIG(status));
+    cr_assert_eq(WEXITSTATUS(status), 0, "child failed check %d", WEXITSTATUS(status));
+}
+
 /* Bug: a child forked inside a read section that called khala_read_end ended the parent's
  * section (the slot is shared through the mapping), so the writer freed and reused what the
  * parent's live views pointed at. */

@@ -21,7 +21,9 @@ worker thread; when this process leads the load, the C library calls the loader 
 thread, and if the loader returns an awaitable (an ``async def`` loader) it is run on the event
 loop (``asyncio.run_coroutine_threadsafe``) while the worker thread waits for its result. A
 plain function loader runs on the worker thread itself. Each miss in flight holds one worker
-thread while it waits, so ``max_workers`` bounds the misses in flight at once (more queue).
+thread while it waits, so ``max_workers`` bounds the misses in flight at once (more queue);
+concurrent misses of one key in this process share one call, so a stampede on a hot key takes
+one thread, not one per coroutine.
 
 Fork: executor threads do not survive fork, so each AsyncCache forgets its executor in the
 child (os.register_at_fork) and makes a new one on the child's first miss.
@@ -73,20 +75,25 @@ class AsyncCache(_khala.AsyncCore):
     """A Cache for asyncio: L1 hits without a thread hop; misses and writes off the event loop.
 
     ``AsyncCache(cache)`` wraps an open ``Cache`` (which it does not close);
-    ``AsyncCache(name=..., socket=..., timeout_ms=...)`` opens its own (closed by ``close``).
+    ``AsyncCache(name, socket=..., timeout_ms=...)`` opens its own as ``Cache(name, ...)`` does
+    (closed by ``close``).
     ``max_workers`` is the size of its thread pool (misses and writes in flight at once).
     The methods mirror Cache's and are coroutines, except ``get_l1`` and ``close``.
     """
 
     def __init__(
         self,
-        cache: _khala.Cache | None = None,
+        cache: _khala.Cache | str | None = None,
         *,
         name: str | None = None,
         socket: str | None = None,
         timeout_ms: int = 5000,
         max_workers: int = DEFAULT_MAX_WORKERS,
     ) -> None:
+        if isinstance(cache, str):  # AsyncCache("name", ...), as Cache("name", ...)
+            if name is not None:
+                raise TypeError("the name is given twice")
+            cache, name = None, cache
         if cache is not None and (name is not None or socket is not None):
             raise TypeError("give either a Cache or name/socket, not both")
         if max_workers < 1:
@@ -101,6 +108,10 @@ class AsyncCache(_khala.AsyncCore):
         self._executor_lock = threading.Lock()
         self._submits = 0
         self._closed = False
+        # Misses in flight, per event loop: {(op, key bytes): task} (see _coalesced).
+        self._in_flight: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, bytes], asyncio.Task[Any]]
+        ] = weakref.WeakKeyDictionary()
         _instances.add(self)
 
     # -- the worker threads ------------------------------------------------------------------
@@ -136,12 +147,40 @@ class AsyncCache(_khala.AsyncCore):
         """In a fork child: the executor's threads stayed in the parent."""
         self._executor = None
         self._executor_lock = threading.Lock()
+        self._in_flight = weakref.WeakKeyDictionary()  # the parent's loops' tasks
 
     # -- the C base's miss paths ---------------------------------------------------------------
 
+    async def _coalesced(self, op: str, key: Any, start: Callable[[], Awaitable[Any]]) -> Any:
+        """Await ``start()``, shared with every concurrent call of ``op`` on the same key.
+
+        Misses of one key at the same time in this process make one call to the worker
+        threads: the others await its result (or its exception). Each caller awaits through
+        ``asyncio.shield``, so cancelling one caller cancels neither the call nor the others.
+        """
+        loop = asyncio.get_running_loop()
+        if isinstance(key, str):
+            norm: bytes = key.encode("utf-8", "surrogatepass")
+        elif isinstance(key, (bytes, bytearray, memoryview)):
+            norm = bytes(key)
+        else:
+            return await start()  # not a key: let the call raise what it raises
+        calls = self._in_flight.setdefault(loop, {})
+        task = calls.get((op, norm))
+        if task is None:
+            task = loop.create_task(start())
+            calls[(op, norm)] = task
+            task.add_done_callback(lambda _t: calls.pop((op, norm), None))
+        return await asyncio.shield(task)
+
     async def _get_miss(self, key: Any, default: Any, with_meta: bool) -> Any:
-        """An L1 miss of ``get``: ask khalad from a worker thread."""
-        return await self._run(self.cache.get, key, default, with_meta=with_meta)
+        """An L1 miss of ``get``: ask khalad from a worker thread (one call per key at once)."""
+        entry = await self._coalesced(
+            "get", key, lambda: self._run(self.cache.get, key, None, with_meta=True)
+        )
+        if entry is None:
+            return default
+        return entry if with_meta else entry.value
 
     async def _get_or_load_miss(
         self, key: Any, loader: Callable[[bytes], Any], type: Any, ttl: Any, with_meta: bool
@@ -150,6 +189,8 @@ class AsyncCache(_khala.AsyncCore):
 
         When this process leads the load, ``loader(key)`` is called on that worker thread; an
         awaitable it returns is run on this event loop and its result is the loaded value.
+        Concurrent misses of one key in this process share one call (the first caller's
+        loader, type and TTL), as callers in other processes share the leader's.
         """
         loop = asyncio.get_running_loop()
 
@@ -159,13 +200,20 @@ class AsyncCache(_khala.AsyncCore):
                 result = asyncio.run_coroutine_threadsafe(_await(result), loop).result()
             return result
 
-        return await self._run(
-            self.cache.get_or_load,
+        entry = await self._coalesced(
+            "load",
             key,
-            call_loader,
-            with_meta=with_meta,
-            **_options(type=type, ttl=ttl),
+            lambda: self._run(
+                self.cache.get_or_load,
+                key,
+                call_loader,
+                with_meta=True,
+                **_options(type=type, ttl=ttl),
+            ),
         )
+        if entry is None or with_meta:
+            return entry
+        return entry.value
 
     # -- the rest of Cache's API, off the event loop ---------------------------------------
 

@@ -68,8 +68,14 @@ def _add(by_name: dict[str, type], names: dict[type, str], cls: type, name: str 
     _check_dataclass(cls)
     name = name or cls.__qualname__
     other = by_name.get(name)
-    if other is not None and other is not cls:
+    reloaded = other is not None and (other.__module__, other.__qualname__) == (
+        cls.__module__,
+        cls.__qualname__,
+    )  # the same class defined again (a module reloaded): the new one replaces it
+    if other is not None and other is not cls and not reloaded:
         raise ValueError(f"type name {name!r} is already registered for {other!r}")
+    if reloaded:
+        names.pop(other, None)
     by_name[name] = cls
     names[cls] = name
 
@@ -162,18 +168,21 @@ class JsonCodec(_DataclassRegistry):
     def __init__(self, types: Iterable[type] = ()) -> None:
         """A JSON codec; ``types`` are dataclasses to register (see ``register``)."""
         super().__init__(types)
+        # Made once: json.dumps/loads with options build a new encoder/decoder on every call.
+        self._encoder = json.JSONEncoder(
+            default=self.to_tagged, separators=(",", ":"), ensure_ascii=False
+        )
+        self._decoder = json.JSONDecoder(object_hook=self.from_tagged)
 
     def encode(self, obj: Any) -> bytes:
         """``obj`` as compact UTF-8 JSON. Raises TypeError for what JSON cannot hold."""
-        return json.dumps(
-            obj, default=self.to_tagged, separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8")
+        return self._encoder.encode(obj).encode("utf-8")
 
     def decode(self, data: bytes) -> Any:
         """The object ``data`` holds. Raises CodecError if ``data`` is not UTF-8 JSON."""
         try:
-            text = bytes(data).decode("utf-8")
-            return json.loads(text, object_hook=self.from_tagged)
+            text = str(data, "utf-8")
+            return self._decoder.decode(text)
         except CodecError:
             raise
         except (UnicodeDecodeError, ValueError) as e:

@@ -36,7 +36,7 @@ from .async_cache import AsyncCache
 from .codecs import Codec, JsonCodec
 from .default import default_cache
 from .enums import CacheableItem
-from .keys import call_key
+from .keys import CallKey
 
 __all__ = ["cached", "default_async_cache"]
 
@@ -84,8 +84,10 @@ def cached(
     the_codec: Codec = codec if codec is not None else JsonCodec()
 
     def decorate(fn: F) -> F:
+        default_key = CallKey(fn) if key is None else None
+
         def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            return key(*args, **kwargs) if key is not None else call_key(fn, args, kwargs)
+            return key(*args, **kwargs) if default_key is None else default_key(args, kwargs)
 
         def decode(raw: Any) -> Any:
             return None if raw is None else the_codec.decode(raw)

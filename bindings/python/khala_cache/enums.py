@@ -33,8 +33,8 @@ class CacheableItem(enum.Enum):
 
     @classmethod
     def of(cls, type: "CacheableItem | str | int") -> "CacheableItem":
-        """The member for a type in any of its forms: a member, its value (what ``Entry.type``
-        holds) or its wire id. Raises ValueError for anything else."""
+        """The member for a type in any of its forms: a member, its value (the type's name) or
+        its wire id (what ``Entry.type`` holds). Raises ValueError for anything else."""
         if isinstance(type, cls):
             return type
         if isinstance(type, int) and not isinstance(type, bool):

@@ -24,7 +24,7 @@ import inspect
 import json
 from typing import Any, Callable
 
-__all__ = ["KEY_MAX", "call_key", "bounded_key"]
+__all__ = ["KEY_MAX", "CallKey", "bounded_key", "call_key", "function_name"]
 
 KEY_MAX = 250
 """The longest key, in bytes (KHALA_KEY_MAX)."""
@@ -62,34 +62,46 @@ def _stable(value: Any, where: str) -> Any:
     )
 
 
-def _parameters_to_key(fn: Callable[..., Any]) -> tuple[inspect.Signature | None, bool]:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):  # some builtins have no signature
-        return None, False
-    params = list(sig.parameters)
-    skip_first = bool(params) and params[0] in ("self", "cls")
-    return sig, skip_first
-
-
 def function_name(fn: Callable[..., Any]) -> str:
     """``<module>.<qualname>`` of ``fn``: the part of its keys that names it."""
     return f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
+class CallKey:
+    """The key function of one function: ``CallKey(fn)(args, kwargs)`` is ``call_key``'s key.
+
+    Made once per decorated function, so that a call does not look the signature up again.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        """Read ``fn``'s name and signature."""
+        self.fn = fn
+        self.name = function_name(fn)
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have no signature
+            self.signature = None
+        params = list(self.signature.parameters) if self.signature else []
+        self.skipped = params[0] if params and params[0] in ("self", "cls") else None
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The key of the call ``fn(*args, **kwargs)``; TypeError if fn would refuse the call
+        or an argument has no stable text."""
+        if self.signature is None:
+            arguments: Any = {"args": list(args), "kwargs": kwargs}
+        else:
+            bound = self.signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            if self.skipped is not None:
+                arguments.pop(self.skipped, None)
+        text = json.dumps(
+            _stable(arguments, self.name), sort_keys=True, separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return bounded_key(f"fn:{self.name}:{text}")
+
+
 def call_key(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """The key of the call ``fn(*args, **kwargs)`` (see the module docstring)."""
-    name = function_name(fn)
-    sig, skip_first = _parameters_to_key(fn)
-    if sig is None:
-        arguments: Any = {"args": list(args), "kwargs": kwargs}
-    else:
-        bound = sig.bind(*args, **kwargs)  # TypeError for a call fn itself would refuse
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        if skip_first:
-            arguments.pop(next(iter(sig.parameters)))
-    text = json.dumps(
-        _stable(arguments, name), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return bounded_key(f"fn:{name}:{text}")
+    return CallKey(fn)(args, kwargs)

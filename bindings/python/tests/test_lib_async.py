@@ -11,8 +11,13 @@ import pytest
 from khala_cache import LEVEL_L1, LEVEL_LOADER, AsyncCache, DaemonUnavailable
 
 
-def run(coro):
-    return asyncio.run(coro)
+def run(awaitable):
+    """Await ``awaitable`` in a new event loop (a hit's finished awaitable is no coroutine)."""
+
+    async def wait():
+        return await awaitable
+
+    return asyncio.run(wait())
 
 
 def test_hits_never_hop_to_a_thread(khalad):
@@ -98,6 +103,35 @@ def test_async_loader_runs_once_for_8_concurrent_coroutines(khalad):
         assert results == [b"loaded:sf"] * 8
         assert calls == [b"sf"]
         assert c.get_l1("sf") == b"loaded:sf"
+        assert ac.executor_submits == 1  # the eight shared one call, so one thread
+
+
+def test_concurrent_misses_of_one_key_share_one_call_and_survive_a_cancel(khalad):
+    release = None
+
+    async def slow_loader(key):
+        await release.wait()
+        return b"slow"
+
+    async def scenario(ac):
+        nonlocal release
+        release = asyncio.Event()
+        misses = await asyncio.gather(*(ac.get("nobody", i) for i in range(5)))
+        assert misses == [0, 1, 2, 3, 4]  # one call, each caller's own default
+        assert ac.executor_submits == 1
+        first = asyncio.ensure_future(ac.get_or_load("slow", slow_loader))
+        second = asyncio.ensure_future(ac.get_or_load("slow", slow_loader, with_meta=True))
+        await asyncio.sleep(0)
+        first.cancel()
+        release.set()
+        entry = await second
+        assert first.cancelled()
+        assert entry.value == b"slow" and entry.level == LEVEL_LOADER
+        assert ac.executor_submits == 2
+        return await ac.get("slow")  # a hit now
+
+    with khalad.open() as c, AsyncCache(c) as ac:
+        assert run(scenario(ac)) == b"slow"
 
 
 def test_sync_loader_runs_on_a_worker_thread_and_meta_says_loader(khalad):
@@ -205,3 +239,8 @@ def test_constructor_arguments_are_checked(khalad):
             AsyncCache(c, name="x")
         with pytest.raises(ValueError):
             AsyncCache(c, max_workers=0)
+        with pytest.raises(TypeError):
+            AsyncCache(khalad.name, name=khalad.name)
+    with AsyncCache(khalad.name, socket=khalad.socket) as ac:  # a name first, as Cache takes
+        assert ac.cache.name == khalad.name
+        assert run(ac.put("named", b"n")) > 0

@@ -118,6 +118,17 @@ def test_registering_a_name_twice_or_a_non_dataclass_is_refused():
         JsonCodec().register(dict)
 
 
+def test_a_class_defined_again_replaces_its_registration():
+    # What importlib.reload does: the same module and qualified name, a new class object.
+    namespace = {"dataclasses": dataclasses, "register_dataclass": register_dataclass}
+    source = "@register_dataclass\n@dataclasses.dataclass\nclass Again:\n    v: int\n"
+    exec(source, dict(namespace, __name__="reloaded_module"))
+    second = dict(namespace, __name__="reloaded_module")
+    exec(source, second)
+    back = JsonCodec().decode(JsonCodec().encode(second["Again"](3)))
+    assert type(back) is second["Again"]
+
+
 def test_tuples_come_back_as_lists():
     codec = JsonCodec()
     assert codec.decode(codec.encode((1, (2, 3)))) == [1, [2, 3]]

@@ -46,7 +46,7 @@ def test_sync_function_caches_and_returns_the_decoded_value(khalad, tmp_path):
     assert _calls(counter) == 2
     with khalad.open() as c:
         entry = c.get(search.cache_key(counter, "cats"), with_meta=True)
-        assert entry.type == CacheableItem.SEARCH_RESULT.value
+        assert CacheableItem.of(entry.type) is CacheableItem.SEARCH_RESULT
         assert JsonCodec().decode(entry.value) == first
 
 

@@ -54,7 +54,7 @@ def test_extension_takes_members_values_and_ids_as_type(khalad, member):
             c.put(key, b"v", type=form)
             entry = c.get(key, with_meta=True)
             assert entry is not None, key
-            assert entry.type == member.value  # Entry.type is the type's name
+            assert entry.type == member.id  # Entry.type is the wire id
             assert CacheableItem.of(entry.type) is member
 
 

@@ -25,8 +25,10 @@ EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "memory_ser
 
 
 def load_example():
+    """Import examples/memory_service.py (not a package) as module memory_service_example."""
     spec = importlib.util.spec_from_file_location("memory_service_example", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
