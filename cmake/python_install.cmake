@@ -16,7 +16,7 @@
 # Included from the top CMakeLists.txt after bindings/python; khala_python_install(<target>)
 # names the extension's target.
 set(KHALA_PYTHON_INSTALL_DIR "" CACHE STRING
-  "Where cmake --install puts khala_cache/ (relative to the prefix, or absolute); empty: the interpreter's directory for the prefix")
+  "Where khala_cache/ is installed (relative to the prefix, or absolute); empty: automatic")
 
 function(khala_python_install ext_target)
   set(ver "${Python3_VERSION_MAJOR}.${Python3_VERSION_MINOR}")

@@ -43,7 +43,10 @@ start_khalad() {
     local i
     for i in $(seq 100); do
         [[ -S $tmp/khalad.sock ]] && return 0
-        kill -0 "$khalad_pid" 2>/dev/null || { cat "$tmp/khalad.log" >&2; err "khalad exited at start"; }
+        if ! kill -0 "$khalad_pid" 2>/dev/null; then
+            cat "$tmp/khalad.log" >&2
+            err "khalad exited at start"
+        fi
         sleep 0.1
     done
     err "khalad did not listen on $tmp/khalad.sock within 10 s"
@@ -100,7 +103,7 @@ install)
         sitedir=${init#.}
         sitedir=${sitedir%/khala_cache/__init__.py}
         grep -qxF "$sitedir" <<<"$syspath" ||
-            err "prefix $prefix: installed into $sitedir, which $python does not have on sys.path:"$'\n'"$syspath"
+            err "prefix $prefix: installed into $sitedir, not on $python's sys.path:"$'\n'"$syspath"
         for f in "$src"/bindings/python/khala_cache/*.py; do
             [[ -f $root$sitedir/khala_cache/$(basename "$f") ]] ||
                 err "prefix $prefix: $(basename "$f") is not installed"

@@ -2,10 +2,10 @@
 
 The extension is compiled together with the reader side of lib/ (the sources of the static
 libkhalacache and the KHALA_CORE_SOURCES of the top CMakeLists.txt, read from there so that the
-two builds cannot drift apart), so that the installed module carries libkhalacache inside it and needs no shared
-library at run time. It links msgpack-c and xxhash (Debian: libmsgpack-dev, libxxhash-dev) as
-pkg-config names them. include/khala/version.h is generated here from version.h.in, as CMake
-does, with the project version of CMakeLists.txt.
+two builds cannot drift apart), so that the installed module carries libkhalacache inside it
+and needs no shared library at run time. It links msgpack-c and xxhash (Debian:
+libmsgpack-dev, libxxhash-dev) as pkg-config names them. include/khala/version.h is generated
+here from version.h.in, as CMake does, with the project version of CMakeLists.txt.
 
 The build needs the repository around this directory (pip builds in place): an sdist of
 bindings/python alone cannot build.
