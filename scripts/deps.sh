@@ -31,8 +31,16 @@ PACKAGES=(
     groff-base           # renders the man pages (man/, tests/check_man.sh)
     man-db               # man -l --warnings (tests/check_man.sh)
     gcovr                # scripts/coverage.sh: line and branch coverage, HTML report
-    python3-dev          # Python.h for the extension khala_cache._khala (bindings/python)
-    python3-pytest       # the Python binding's tests (ctest python)
+    # The Python binding (issue 11, bindings/python). Debian's interpreter /usr/bin/python3 (3.11)
+    # and Debian's packages only, nothing from PyPI.
+    python3-dev          # Python.h and python3.pc: CMake's FindPython3 Development, setup.py
+    python3-pytest       # runs bindings/python/tests (ctest `python`)
+    python3-msgpack      # khala_cache.MsgpackCodec (optional at run time, tested when present)
+    python3-redis        # redis-py: the reference of bench/python/bench_python.py
+    python3-setuptools   # setup.py: pip install --no-build-isolation bindings/python
+    python3-wheel        # setuptools' bdist_wheel, which pip needs for that install
+    python3-pip          # pip itself (tests/check_python.sh pip)
+    python3-venv         # the venv that pip installs into (Debian's pip refuses system installs)
     python3-numpy        # the view tests: a numpy array over an L1 view (zero copy, lifetime)
 )
 

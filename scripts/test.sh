@@ -4,6 +4,9 @@
 #   build/test-plain  Debug (gcc, -O0, assertions on), every test
 #   build/test-asan   RelWithDebInfo, KHALA_SANITIZE=address,undefined, every test but the
 #                     chaos checker's (label `chaos`, plain tree only)
+#                     Both run the Python binding's tests (label `python`: pytest, the install
+#                     checks); in the ASan tree CMake gives their interpreter the ASan runtime
+#                     (LD_PRELOAD) and its own ASAN_OPTIONS (docs/testing.md, "The Python tests")
 #   build/test-tsan   KHALA_SANITIZE=thread (built with clang), the tests labelled `concurrency`
 #   build/test-fuzz   clang, KHALA_FUZZ: each libFuzzer target for KHALA_FUZZ_RUNS runs, seeded
 #                     with tests/fuzz/corpus/<target>/ (scripts/fuzz.sh runs them for 10 M)
@@ -192,7 +195,9 @@ for tree in $TREES; do
         # clang for TSan: it is TSan's reference implementation, and gcc 12 refuses
         # atomic_thread_fence under -fsanitize=thread (-Wtsan, an error with KHALA_WERROR). It
         # also puts a second compiler's warnings in front of every change.
-        tsan) run_tree tsan clang -L concurrency -- -DKHALA_SANITIZE=thread -DKHALA_BUILD_BENCH=OFF ;;
+        # No Python binding there: no test labelled `concurrency` uses it.
+        tsan) run_tree tsan clang -L concurrency -- -DKHALA_SANITIZE=thread -DKHALA_BUILD_BENCH=OFF \
+            -DKHALA_BUILD_PYTHON=OFF ;;
         fuzz) run_fuzz ;;
         *)
             echo "test.sh: unknown tree '$tree' in KHALA_TEST_TREES" >&2
