@@ -9,7 +9,9 @@
  *
  * Some subclasses also derive from the builtin a Python user would catch: InvalidKey,
  * InvalidName and InvalidArgument are ValueErrors, DaemonUnavailable a ConnectionError,
- * PermissionDenied a PermissionError, Timeout a TimeoutError.
+ * PermissionDenied a PermissionError (also raised for -EACCES and -EPERM, see aliases), Timeout
+ * a TimeoutError (-ETIMEDOUT), CacheNotFound a FileNotFoundError (-ENOENT: opening a cache no
+ * khalad has created).
  *
  * The table below is the one list of (code, class name, builtin base); the classes are made
  * from it at import, so a code added to error.h needs one line here (a test walks error.h's
@@ -57,7 +59,17 @@ static err_class_t classes[] = {
     {KHALA_EAUTH, "AuthenticationFailed", NULL, "A stored value failed authentication.", NULL},
     {KHALA_EREFUSED, "Refused", NULL, "A slower level refused this one request.", NULL},
     {-ETIMEDOUT, "Timeout", &PyExc_TimeoutError, "khalad did not answer in time.", NULL},
+    {-ENOENT, "CacheNotFound", &PyExc_FileNotFoundError,
+     "No such cache: no khalad has created its segment under this name.", NULL},
 };
+
+/* System codes that share a class with a khala code: the instance keeps its own .code. A worker
+ * outside the socket's group opening the cache gets -EACCES from the segment's file modes, and
+ * an unsafe socket directory -EPERM; both are the same refusal to a Python caller as khalad's
+ * KHALA_EDENIED, and `except PermissionError` must catch them. */
+static const struct {
+    int code, as;
+} aliases[] = {{-EACCES, KHALA_EDENIED}, {-EPERM, KHALA_EDENIED}};
 
 #define NCLASSES (sizeof(classes) / sizeof(classes[0]))
 
@@ -112,8 +124,11 @@ int khpy_errors_init(PyObject *module) {
     return 0;
 }
 
-/* The class of a code: its own, or KhalaError. */
+/* The class of a code: its own, its alias's, or KhalaError. */
 static PyObject *class_of(int code) {
+    for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++)
+        if (aliases[i].code == code)
+            code = aliases[i].as;
     for (size_t i = 0; i < NCLASSES; i++)
         if (classes[i].code == code)
             return classes[i].cls;

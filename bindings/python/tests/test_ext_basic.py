@@ -150,8 +150,9 @@ def test_pickle_reopens_the_same_cache(cache):
 
 
 def test_open_unknown_cache_raises(khalad):
-    with pytest.raises(_khala.KhalaError) as ei:
+    with pytest.raises(FileNotFoundError) as ei:
         _khala.Cache("no-such-cache-xyz", socket=khalad.socket)
+    assert isinstance(ei.value, _khala.CacheNotFound) and isinstance(ei.value, _khala.KhalaError)
     assert ei.value.code == -2  # -ENOENT: no writer made it
     assert "no-such-cache-xyz" in str(ei.value)
     with pytest.raises(_khala.InvalidName):

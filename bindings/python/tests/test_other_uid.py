@@ -3,7 +3,7 @@ issue 10): khalad runs as root with `[cache] socket_group` set and its socket 06
 process that drops to another uid
 
   - in that group: attaches to L1, writes through khalad, reads its write back from L1;
-  - outside it: is refused (KhalaError, code -EACCES) with a message that names the segment's
+  - outside it: is refused (PermissionDenied, a PermissionError, code -EACCES) with a message that names the segment's
     file and khalad's socket_group, and no Cache is made.
 
 Needs root (to make the user and group and to drop to them); skipped otherwise. The group is
@@ -119,12 +119,12 @@ def member_work(name: str, socket: str) -> tuple:
 
 
 def outsider_work(name: str, socket: str) -> str:
-    """A worker outside the socket group: opening must fail with the library's -EACCES (a
-    KhalaError whose code is -EACCES: the contract maps only khalad's KHALA_EDENIED to
-    PermissionDenied)."""
+    """A worker outside the socket group: opening must fail with the library's -EACCES, raised
+    as PermissionDenied (a KhalaError and a PermissionError) whose .code stays -EACCES."""
     try:
         _khala.Cache(name, socket=socket)
-    except _khala.KhalaError as e:
+    except PermissionError as e:
+        assert isinstance(e, _khala.PermissionDenied)
         return f"refused: {e.code == -errno.EACCES} {e.name}: {e.message}"
     return "opened"
 
