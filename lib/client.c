@@ -221,12 +221,17 @@ static void atfork_register(void) {
 static int fail(const khala_cache_t *c, int rc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+static int vfail(const khala_cache_t *c, int rc, const char *fmt, va_list ap) {
+    vsnprintf(tls_err, sizeof(tls_err), fmt, ap);
+    tls_err_owner = c;
+    return rc;
+}
+
 static int fail(const khala_cache_t *c, int rc, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tls_err, sizeof(tls_err), fmt, ap);
+    rc = vfail(c, rc, fmt, ap);
     va_end(ap);
-    tls_err_owner = c;
     return rc;
 }
 
@@ -719,7 +724,7 @@ static int reply_fail(khala_cache_t *c, const khala_msg_t *rep) {
 }
 
 /* A request carrying key. */
-static khala_msg_t key_req(khala_op_t op, const void *key, size_t klen) {
+khala_msg_t khala__client_key_request(khala_op_t op, const void *key, size_t klen) {
     khala_msg_t m;
     khala__proto_msg_init(&m);
     m.op = op;
@@ -727,6 +732,25 @@ static khala_msg_t key_req(khala_op_t op, const void *key, size_t klen) {
     m.key.len = klen;
     m.has = KHALA_F_K;
     return m;
+}
+
+khala_msg_t khala__client_fill_request(const void *key, size_t klen, int lrc, const void *val,
+                                       size_t vlen, khala_type_t type, uint64_t ttl_ms,
+                                       const char *why) {
+    khala_msg_t req =
+        khala__client_key_request(lrc == 0 ? KHALA_OP_FILL : KHALA_OP_FILL_FAIL, key, klen);
+    if (lrc == 0) {
+        req.value.ptr = val;
+        req.value.len = vlen;
+        req.type = type;
+        req.ttl_ms = ttl_ms;
+        req.has |= KHALA_F_V | KHALA_F_TYPE | (ttl_ms ? KHALA_F_TTL : 0);
+    } else {
+        req.err.ptr = (const uint8_t *)why;
+        req.err.len = strnlen(why, KHALA_PROTO_ERR_MAX);
+        req.has |= KHALA_F_ERR;
+    }
+    return req;
 }
 
 /* Copy a get reply's value out, as khala_cache_get does. */
@@ -755,7 +779,7 @@ static int wait_timeout(const khala_cache_t *c) {
 /* An L1 miss of khala_cache_get: ask khalad. */
 static int get_from_daemon(khala_cache_t *c, tstate_t *ts, const void *key, size_t klen, void *buf,
                            size_t cap, size_t *len) {
-    khala_msg_t req = key_req(KHALA_OP_GET, key, klen), rep;
+    khala_msg_t req = khala__client_key_request(KHALA_OP_GET, key, klen), rep;
     khala__proto_msg_init(&rep);
     int rc = daemon_call(c, ts, &req, &rep, c->timeout_ms);
     if (rc != 0) {
@@ -804,8 +828,12 @@ int khala__client_reply_fail(khala_cache_t *c, const khala_msg_t *rep) {
     return reply_fail(c, rep);
 }
 
-int khala__client_fail(const khala_cache_t *c, int rc, const char *msg) {
-    return fail(c, rc, "%s", msg);
+int khala__client_fail(const khala_cache_t *c, int rc, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    rc = vfail(c, rc, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 /* Run the loader; a positive return is a loader bug, reported as -EINVAL. On success *vlen is
@@ -836,26 +864,16 @@ static int lead_load(khala_cache_t *c, tstate_t *ts, const void *key, size_t kle
     int lrc = run_loader(c, loader, arg, key, klen, buf, cap, &vlen);
     char saved[sizeof(tls_err)];
     snprintf(saved, sizeof(saved), "%s", tls_err);
-    khala_msg_t req = key_req(lrc == 0 ? KHALA_OP_FILL : KHALA_OP_FILL_FAIL, key, klen), rep;
+    khala_msg_t req = khala__client_fill_request(key, klen, lrc, buf, vlen, type, ttl_ms, saved),
+                rep;
     khala__proto_msg_init(&rep);
-    if (lrc == 0) {
-        req.value.ptr = buf;
-        req.value.len = vlen;
-        req.type = type;
-        req.ttl_ms = ttl_ms;
-        req.has |= KHALA_F_V | KHALA_F_TYPE | (ttl_ms ? KHALA_F_TTL : 0);
-    } else {
-        req.err.ptr = (const uint8_t *)saved;
-        req.err.len = strnlen(saved, KHALA_PROTO_ERR_MAX);
-        req.has |= KHALA_F_ERR;
-    }
     /* The outcome of the fill does not change the caller's: the value is loaded either way. A
      * fill refused before it was sent (too big a frame) leaves the waiters waiting, so they
      * hear fill_fail instead; a broken connection makes khalad hand the lead to a waiter. */
     int rc = daemon_call(c, ts, &req, &rep, c->timeout_ms);
     khala__proto_msg_free(&rep);
     if (rc != 0 && lrc == 0 && ts->chan) {
-        khala_msg_t ff = key_req(KHALA_OP_FILL_FAIL, key, klen);
+        khala_msg_t ff = khala__client_key_request(KHALA_OP_FILL_FAIL, key, klen);
         (void)daemon_call(c, ts, &ff, &rep, c->timeout_ms);
         khala__proto_msg_free(&rep);
     }
@@ -900,7 +918,7 @@ int khala_cache_get_or_load(khala_cache_t *c, const void *key, size_t klen, khal
         return rc;
     for (int round = 0; round < GET_OR_LOAD_ROUNDS; round++) {
         /* Step 2. */
-        khala_msg_t req = key_req(KHALA_OP_GET, key, klen), rep;
+        khala_msg_t req = khala__client_key_request(KHALA_OP_GET, key, klen), rep;
         khala__proto_msg_init(&rep);
         req.loader = true;
         req.type = type;
@@ -958,7 +976,7 @@ int khala_cache_put(khala_cache_t *c, const void *key, size_t klen, const void *
     uint32_t max_value = khala__chan_info(ts->chan)->max_value;
     if (vlen > max_value)
         return fail(c, KHALA_ETOOBIG, "value is %zu bytes, max %u", vlen, (unsigned)max_value);
-    khala_msg_t req = key_req(KHALA_OP_PUT, key, klen), rep;
+    khala_msg_t req = khala__client_key_request(KHALA_OP_PUT, key, klen), rep;
     khala__proto_msg_init(&rep);
     req.value.ptr = val;
     req.value.len = vlen;
@@ -1004,7 +1022,7 @@ int khala_cache_delete(khala_cache_t *c, const void *key, size_t klen) {
     int rc = key_and_ts(c, klen, &ts);
     if (rc != 0)
         return rc;
-    khala_msg_t req = key_req(KHALA_OP_DEL, key, klen);
+    khala_msg_t req = khala__client_key_request(KHALA_OP_DEL, key, klen);
     return simple_call(c, ts, &req, NULL);
 }
 
@@ -1015,7 +1033,7 @@ int khala_cache_touch(khala_cache_t *c, const void *key, size_t klen, uint64_t t
     int rc = key_and_ts(c, klen, &ts);
     if (rc != 0)
         return rc;
-    khala_msg_t req = key_req(KHALA_OP_TOUCH, key, klen);
+    khala_msg_t req = khala__client_key_request(KHALA_OP_TOUCH, key, klen);
     if (ttl_ms) {
         req.ttl_ms = ttl_ms;
         req.has |= KHALA_F_TTL;

@@ -22,25 +22,12 @@
  *   +-------------------------------+------------------------------------+
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client_internal.h"
 #include "debug.h"
-
-static int failf(const khala_cache_t *c, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int failf(const khala_cache_t *c, int rc, const char *fmt, ...) {
-    char msg[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    return khala__client_fail(c, rc, msg);
-}
 
 /* One warm request; adds the reply's count and returns its cursor in *cursor. */
 static int warm_call(khala_cache_t *c, khala_msg_t *req, uint64_t *count, uint64_t *cursor) {
@@ -65,8 +52,9 @@ int khala_cache_warm(khala_cache_t *c, const void *const *keys, const size_t *kl
     KHALA_ASSERT(c != NULL && (n == 0 || (keys && klens)));
     for (size_t i = 0; i < n; i++)
         if (klens[i] == 0 || klens[i] > KHALA_KEY_MAX)
-            return failf(c, KHALA_EKEY, "key %zu of %zu is %zu bytes; keys are 1..%d bytes", i, n,
-                         klens[i], KHALA_KEY_MAX);
+            return khala__client_fail(c, KHALA_EKEY,
+                                      "key %zu of %zu is %zu bytes; keys are 1..%d bytes", i, n,
+                                      klens[i], KHALA_KEY_MAX);
     khala_bytes_t batch[KHALA_PROTO_ARRAY_MAX];
     uint64_t total = 0;
     for (size_t done = 0; done < n;) {
@@ -121,15 +109,16 @@ static int warm_scan(khala_cache_t *c, const void *prefix, size_t plen, khala_ty
 int khala_cache_warm_prefix(khala_cache_t *c, const void *prefix, size_t plen, uint64_t *count) {
     KHALA_ASSERT(c != NULL);
     if (plen == 0 || plen > KHALA_KEY_MAX || !prefix)
-        return failf(c, KHALA_EKEY, "prefix is %zu bytes, 1..%d allowed", plen, KHALA_KEY_MAX);
+        return khala__client_fail(c, KHALA_EKEY, "prefix is %zu bytes, 1..%d allowed", plen,
+                                  KHALA_KEY_MAX);
     return warm_scan(c, prefix, plen, KHALA_TYPE_MEMORY_ENTITY, count);
 }
 
 int khala_cache_warm_type(khala_cache_t *c, khala_type_t type, uint64_t *count) {
     KHALA_ASSERT(c != NULL);
     if ((unsigned)type >= KHALA_TYPE_COUNT)
-        return failf(c, -EINVAL, "type %d is not a data type (0..%d)", (int)type,
-                     KHALA_TYPE_COUNT - 1);
+        return khala__client_fail(c, -EINVAL, "type %d is not a data type (0..%d)", (int)type,
+                                  KHALA_TYPE_COUNT - 1);
     return warm_scan(c, NULL, 0, type, count);
 }
 
@@ -224,7 +213,7 @@ int khala_cache_daemon_stats(khala_cache_t *c, khala_stat_t **out, size_t *n) {
     khala_stat_t *block = malloc(nodes * sizeof(khala_stat_t) + bytes + 1);
     if (!block) {
         khala__proto_msg_free(&rep);
-        return failf(c, -ENOMEM, "out of memory for %zu statistics", nodes);
+        return khala__client_fail(c, -ENOMEM, "out of memory for %zu statistics", nodes);
     }
     khala_stat_t *next = block + top;
     char *pool = (char *)(block + nodes);

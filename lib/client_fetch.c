@@ -24,7 +24,6 @@
  * the calling thread's own connection.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -35,23 +34,11 @@
 /* Rounds of fetch_or_load when leaders' loaders keep failing (step 4); as GET_OR_LOAD_ROUNDS. */
 #define FETCH_ROUNDS 3
 
-static int failf(const khala_cache_t *c, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int failf(const khala_cache_t *c, int rc, const char *fmt, ...) {
-    char msg[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    return khala__client_fail(c, rc, msg);
-}
-
 static int check_key(const khala_cache_t *c, size_t klen) {
     if (klen == 0)
-        return failf(c, KHALA_EKEY, "key is empty");
+        return khala__client_fail(c, KHALA_EKEY, "key is empty");
     if (klen > KHALA_KEY_MAX)
-        return failf(c, KHALA_EKEY, "key is %zu bytes, max %d", klen, KHALA_KEY_MAX);
+        return khala__client_fail(c, KHALA_EKEY, "key is %zu bytes, max %d", klen, KHALA_KEY_MAX);
     return 0;
 }
 
@@ -67,16 +54,6 @@ static int deliver_reply(const khala_msg_t *rep, khala_sink_fn sink, void *arg) 
     return sink(arg, rep->value.ptr, rep->value.len, &meta);
 }
 
-static khala_msg_t key_request(khala_op_t op, const void *key, size_t klen) {
-    khala_msg_t m;
-    khala__proto_msg_init(&m);
-    m.op = op;
-    m.key.ptr = key;
-    m.key.len = klen;
-    m.has = KHALA_F_K;
-    return m;
-}
-
 int khala_cache_fetch(khala_cache_t *c, const void *key, size_t klen, khala_sink_fn sink,
                       void *sink_arg) {
     KHALA_ASSERT(c != NULL);
@@ -84,8 +61,8 @@ int khala_cache_fetch(khala_cache_t *c, const void *key, size_t klen, khala_sink
     if (rc != 0)
         return rc;
     if (!sink)
-        return failf(c, -EINVAL, "no sink");
-    khala_msg_t req = key_request(KHALA_OP_GET, key, klen), rep;
+        return khala__client_fail(c, -EINVAL, "no sink");
+    khala_msg_t req = khala__client_key_request(KHALA_OP_GET, key, klen), rep;
     khala__proto_msg_init(&rep);
     if ((rc = khala__client_call(c, &req, &rep, 0)) != 0)
         return rc;
@@ -102,11 +79,12 @@ static int run_loader(khala_cache_t *c, khala_load_ref_fn loader, void *arg, con
     *vlen = 0;
     int rc = loader(arg, key, klen, val, vlen);
     if (rc > 0)
-        return failf(c, -EINVAL, "the loader returned %d; loaders return 0 or a negative code", rc);
+        return khala__client_fail(
+            c, -EINVAL, "the loader returned %d; loaders return 0 or a negative code", rc);
     if (rc == 0 && !*val && *vlen)
-        return failf(c, -EINVAL, "the loader returned %zu bytes at NULL", *vlen);
+        return khala__client_fail(c, -EINVAL, "the loader returned %zu bytes at NULL", *vlen);
     if (rc != 0)
-        return failf(c, rc, "the loader failed: %s", khala_strerror(rc));
+        return khala__client_fail(c, rc, "the loader failed: %s", khala_strerror(rc));
     return 0;
 }
 
@@ -119,19 +97,9 @@ static int lead(khala_cache_t *c, const void *key, size_t klen, khala_load_ref_f
     int lrc = run_loader(c, loader, larg, key, klen, &val, &vlen);
     char saved[256];
     snprintf(saved, sizeof(saved), "%s", khala_cache_errmsg(c));
-    khala_msg_t req = key_request(lrc == 0 ? KHALA_OP_FILL : KHALA_OP_FILL_FAIL, key, klen), rep;
+    khala_msg_t req = khala__client_fill_request(key, klen, lrc, val, vlen, type, ttl_ms, saved),
+                rep;
     khala__proto_msg_init(&rep);
-    if (lrc == 0) {
-        req.value.ptr = val;
-        req.value.len = vlen;
-        req.type = type;
-        req.ttl_ms = ttl_ms;
-        req.has |= KHALA_F_V | KHALA_F_TYPE | (ttl_ms ? KHALA_F_TTL : 0);
-    } else {
-        req.err.ptr = (const uint8_t *)saved;
-        req.err.len = strnlen(saved, KHALA_PROTO_ERR_MAX);
-        req.has |= KHALA_F_ERR;
-    }
     uint64_t version = 0;
     int rc = khala__client_call(c, &req, &rep, 0);
     if (rc == 0 && rep.rc == 0 && (rep.has & KHALA_F_VER))
@@ -141,12 +109,12 @@ static int lead(khala_cache_t *c, const void *key, size_t klen, khala_load_ref_f
      * to ask again. A broken connection needs nothing: khalad hands the lead to a waiter. A fill
      * khalad refused (too big for L1) answered them already. */
     if (lrc == 0 && rc != 0 && rc != KHALA_EDAEMON && rc != -ETIMEDOUT) {
-        khala_msg_t ff = key_request(KHALA_OP_FILL_FAIL, key, klen);
+        khala_msg_t ff = khala__client_key_request(KHALA_OP_FILL_FAIL, key, klen);
         (void)khala__client_call(c, &ff, &rep, 0);
         khala__proto_msg_free(&rep);
     }
     if (lrc != 0)
-        return khala__client_fail(c, lrc, saved);
+        return khala__client_fail(c, lrc, "%s", saved);
     khala_meta_t meta = {
         .level = KHALA_LEVEL_LOADER, .version = version, .ttl_left_ms = -1, .type = (uint32_t)type};
     return sink(sarg, val, vlen, &meta);
@@ -173,16 +141,16 @@ int khala_cache_fetch_or_load(khala_cache_t *c, const void *key, size_t klen,
     if (rc != 0)
         return rc;
     if (ttl_ms > KHALA_TTL_MAX_MS)
-        return failf(c, KHALA_EINVAL, "ttl is %llu ms, max %llu ms (10 years)",
-                     (unsigned long long)ttl_ms, KHALA_TTL_MAX_MS);
+        return khala__client_fail(c, KHALA_EINVAL, "ttl is %llu ms, max %llu ms (10 years)",
+                                  (unsigned long long)ttl_ms, KHALA_TTL_MAX_MS);
     if (!loader || !sink)
-        return failf(c, -EINVAL, loader ? "no sink" : "no loader");
+        return khala__client_fail(c, -EINVAL, loader ? "no sink" : "no loader");
     if ((unsigned)type >= KHALA_TYPE_COUNT)
-        return failf(c, -EINVAL, "type %d is not a data type (0..%d)", (int)type,
-                     KHALA_TYPE_COUNT - 1);
+        return khala__client_fail(c, -EINVAL, "type %d is not a data type (0..%d)", (int)type,
+                                  KHALA_TYPE_COUNT - 1);
     for (int round = 0; round < FETCH_ROUNDS; round++) {
         /* Step 2. */
-        khala_msg_t req = key_request(KHALA_OP_GET, key, klen), rep;
+        khala_msg_t req = khala__client_key_request(KHALA_OP_GET, key, klen), rep;
         khala__proto_msg_init(&rep);
         req.loader = true;
         req.type = type;
@@ -206,6 +174,7 @@ int khala_cache_fetch_or_load(khala_cache_t *c, const void *key, size_t klen,
             return rc;
         /* Step 4: the leader's loader failed; ask again. */
     }
-    return failf(c, -EAGAIN, "the loader of this key failed %d times in a row, in other workers",
-                 FETCH_ROUNDS);
+    return khala__client_fail(c, -EAGAIN,
+                              "the loader of this key failed %d times in a row, in other workers",
+                              FETCH_ROUNDS);
 }

@@ -137,6 +137,26 @@ static khpy_cache_t *core_cache(khpy_async_core_t *self) {
 static const char *const get_names[] = {"key", "default", "with_meta"};
 
 /* get(key, default=None, *, with_meta=False) -> awaitable */
+/* The L1 half of the async gets: on a hit, an already-finished awaitable of the value (*hit 1);
+ * on a miss NULL with *hit 0, the caller goes on to the subclass's miss coroutine; on an error
+ * NULL with *hit -1 and the exception set. */
+static PyObject *l1_ready(khpy_cache_t *cache, PyObject *key, int with_meta, int *hit) {
+    khpy_key_t k;
+    *hit = -1;
+    if (khpy_key_get(key, &k) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    *hit = khpy_cache_l1(cache, &k, with_meta, &out);
+    khpy_key_release(&k);
+    if (*hit <= 0)
+        return NULL;
+    PyObject *r = khpy_ready_new(out);
+    Py_DECREF(out);
+    if (!r)
+        *hit = -1;
+    return r;
+}
+
 static PyObject *core_get(khpy_async_core_t *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames) {
     PyObject *a[3] = {NULL, NULL, NULL};
@@ -148,19 +168,10 @@ static PyObject *core_get(khpy_async_core_t *self, PyObject *const *args, Py_ssi
     khpy_cache_t *cache = core_cache(self);
     if (with_meta < 0 || !cache)
         return NULL;
-    khpy_key_t k;
-    if (khpy_key_get(a[0], &k) < 0)
-        return NULL;
-    PyObject *out = NULL;
-    int hit = khpy_cache_l1(cache, &k, with_meta, &out);
-    khpy_key_release(&k);
-    if (hit < 0)
-        return NULL;
-    if (hit) {
-        PyObject *r = khpy_ready_new(out);
-        Py_DECREF(out);
-        return r;
-    }
+    int hit;
+    PyObject *r = l1_ready(cache, a[0], with_meta, &hit);
+    if (r || hit)
+        return r; /* finished at once, or an error (hit < 0) */
     return PyObject_CallMethod((PyObject *)self, "_get_miss", "OOO", a[0], a[1] ? a[1] : Py_None,
                                with_meta ? Py_True : Py_False);
 }
@@ -181,19 +192,10 @@ static PyObject *core_get_or_load(khpy_async_core_t *self, PyObject *const *args
     uint64_t ttl_ms;
     if (khpy_type_id(a[2], &type) < 0 || khpy_ttl_ms(a[3], &ttl_ms) < 0)
         return NULL; /* refused at once, as the sync call does */
-    khpy_key_t k;
-    if (khpy_key_get(a[0], &k) < 0)
-        return NULL;
-    PyObject *out = NULL;
-    int hit = khpy_cache_l1(cache, &k, with_meta, &out);
-    khpy_key_release(&k);
-    if (hit < 0)
-        return NULL;
-    if (hit) {
-        PyObject *r = khpy_ready_new(out);
-        Py_DECREF(out);
-        return r;
-    }
+    int hit;
+    PyObject *r = l1_ready(cache, a[0], with_meta, &hit);
+    if (r || hit)
+        return r; /* finished at once, or an error (hit < 0) */
     return PyObject_CallMethod((PyObject *)self, "_get_or_load_miss", "OOOOO", a[0], a[1],
                                a[2] ? a[2] : Py_None, a[3] ? a[3] : Py_None,
                                with_meta ? Py_True : Py_False);

@@ -227,21 +227,29 @@ static PyObject *get_from_daemon(khpy_cache_t *self, const khpy_key_t *k, PyObje
 
 static const char *const get_names[] = {"key", "default", "with_meta"};
 
+/* The arguments of get and get_l1 (key, default=None, *, with_meta=False): a[] as named, the
+ * key in *k (release it), with_meta in *with_meta. 0, or -1 with the exception set. The first
+ * test is the hit path's: one positional key. */
+static inline __attribute__((always_inline)) int get_args(khpy_cache_t *self, const char *fn,
+                                                          PyObject *const *args, Py_ssize_t nargs,
+                                                          PyObject *kwnames, PyObject *a[3],
+                                                          int *with_meta, khpy_key_t *k) {
+    if (__builtin_expect(nargs == 1 && !kwnames, 1))
+        a[0] = args[0];
+    else if (khpy_parse(fn, args, nargs, kwnames, 1, 2, get_names, 3, a) < 0)
+        return -1;
+    if ((*with_meta = flag(a[2])) < 0 || !khpy_cache_handle(self))
+        return -1;
+    return khpy_key_get(a[0], k);
+}
+
 /* get(key, default=None, *, with_meta=False) */
 static PyObject *cache_get(khpy_cache_t *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames) {
     PyObject *a[3] = {NULL, NULL, NULL};
-    if (__builtin_expect(nargs == 1 && !kwnames, 1))
-        a[0] = args[0];
-    else if (khpy_parse("get", args, nargs, kwnames, 1, 2, get_names, 3, a) < 0)
-        return NULL;
-    int with_meta = flag(a[2]);
-    if (with_meta < 0)
-        return NULL;
-    if (!khpy_cache_handle(self))
-        return NULL;
+    int with_meta;
     khpy_key_t k;
-    if (khpy_key_get(a[0], &k) < 0)
+    if (get_args(self, "get", args, nargs, kwnames, a, &with_meta, &k) < 0)
         return NULL;
     PyObject *out = NULL;
     int hit = khpy_cache_l1(self, &k, with_meta, &out);
@@ -255,17 +263,9 @@ static PyObject *cache_get(khpy_cache_t *self, PyObject *const *args, Py_ssize_t
 static PyObject *cache_get_l1(khpy_cache_t *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames) {
     PyObject *a[3] = {NULL, NULL, NULL};
-    if (__builtin_expect(nargs == 1 && !kwnames, 1))
-        a[0] = args[0];
-    else if (khpy_parse("get_l1", args, nargs, kwnames, 1, 2, get_names, 3, a) < 0)
-        return NULL;
-    int with_meta = flag(a[2]);
-    if (with_meta < 0)
-        return NULL;
-    if (!khpy_cache_handle(self))
-        return NULL;
+    int with_meta;
     khpy_key_t k;
-    if (khpy_key_get(a[0], &k) < 0)
+    if (get_args(self, "get_l1", args, nargs, kwnames, a, &with_meta, &k) < 0)
         return NULL;
     PyObject *out = NULL;
     int hit = khpy_cache_l1(self, &k, with_meta, &out);
