@@ -221,6 +221,9 @@ static void atfork_register(void) {
 static int fail(const khala_cache_t *c, int rc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+static int vfail(const khala_cache_t *c, int rc, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
 static int vfail(const khala_cache_t *c, int rc, const char *fmt, va_list ap) {
     vsnprintf(tls_err, sizeof(tls_err), fmt, ap);
     tls_err_owner = c;
