@@ -290,7 +290,52 @@ Test(client_fetch, fetch_or_load_bad_arguments_and_khalad_down) {
     khala_cache_close(c);
 }
 
+/* Loaders with bugs: a positive return, and a length at NULL. */
+static int load_positive(void *arg, const void *key, size_t klen, const void **val, size_t *len) {
+    (void)arg, (void)key, (void)klen, (void)val, (void)len;
+    return 1;
+}
+
+static int load_null(void *arg, const void *key, size_t klen, const void **val, size_t *len) {
+    (void)arg, (void)key, (void)klen;
+    *val = NULL;
+    *len = 5;
+    return 0;
+}
+
+Test(client_fetch, a_loader_bug_and_a_long_key_are_named) {
+    khala_cache_t *c = open_cache();
+    got_t g = {0};
+    char key[KHALA_KEY_MAX + 1];
+    memset(key, 'k', sizeof(key));
+    cr_assert_eq(khala_cache_fetch(c, key, sizeof(key), sink, &g), KHALA_EKEY);
+    cr_assert(strstr(khala_cache_errmsg(c), "251 bytes") != NULL, "%s", khala_cache_errmsg(c));
+    cr_assert_eq(khala_cache_fetch_or_load(c, "p", 1, load_positive, NULL, sink, &g, 0, 0),
+                 -EINVAL);
+    cr_assert(strstr(khala_cache_errmsg(c), "returned 1") != NULL, "%s", khala_cache_errmsg(c));
+    cr_assert_eq(khala_cache_fetch_or_load(c, "n", 1, load_null, NULL, sink, &g, 0, 0), -EINVAL);
+    cr_assert(strstr(khala_cache_errmsg(c), "at NULL") != NULL, "%s", khala_cache_errmsg(c));
+    cr_assert_eq(g.calls, 0, "no value reached the sink");
+    /* The failed loads were not cached: the key is still a miss, for this worker and others. */
+    cr_assert_eq(khala_cache_fetch(c, "p", 1, sink, &g), KHALA_ENOTFOUND);
+    khala_cache_close(c);
+}
+
 /* warm and stats ---------------------------------------------------------------------------- */
+
+Test(client_fetch, warm_with_khalad_down_is_edaemon_naming_the_socket) {
+    khala_cache_t *c = open_cache();
+    khalad_kill(SIGKILL);
+    const void *keys[] = {"w:1"};
+    const size_t klens[] = {3};
+    uint64_t n = 7;
+    cr_assert_eq(khala_cache_warm(c, keys, klens, 1, &n), KHALA_EDAEMON);
+    cr_assert(strstr(khala_cache_errmsg(c), khalad_sock) != NULL, "%s", khala_cache_errmsg(c));
+    cr_assert_eq(khala_cache_warm_prefix(c, "w:", 2, &n), KHALA_EDAEMON);
+    cr_assert_eq(khala_cache_warm_type(c, KHALA_TYPE_EMBEDDING, &n), KHALA_EDAEMON);
+    cr_assert_eq(n, 7, "count untouched on failure");
+    khala_cache_close(c);
+}
 
 /* A new khalad with another L1 size: L1 starts empty, the disk L2 keeps what it had. */
 static void restart_with_empty_l1(void) {
