@@ -85,6 +85,12 @@ static loads_t *loads_new(size_t len, char fill) {
     return l;
 }
 
+/* Free what loads_new made (after every worker using it has been reaped). */
+static void loads_free(loads_t *l) {
+    free(l->value);
+    munmap(l, sizeof(*l));
+}
+
 static int load_ref(void *arg, const void *key, size_t klen, const void **val, size_t *len) {
     loads_t *l = arg;
     (void)key;
@@ -215,6 +221,7 @@ Test(client_fetch, fetch_or_load_loads_once_across_forked_workers) {
     cr_assert_eq(khala_cache_fetch(c, "sf", 2, sink, &g), 0);
     cr_assert_eq(g.meta.type, KHALA_TYPE_EMBEDDING);
     cr_assert_eq(g.len, l->len);
+    loads_free(l);
     khala_cache_close(c);
 }
 
@@ -231,6 +238,7 @@ Test(client_fetch, fetch_or_load_leader_sees_loader_level_and_the_fill_version) 
     cr_assert_eq(khala_cache_fetch(c, "lv", 2, sink, &again), 0);
     cr_assert_eq(again.meta.version, g.meta.version);
     cr_assert_eq(again.meta.type, KHALA_TYPE_SEARCH_RESULT);
+    loads_free(l);
     khala_cache_close(c);
 }
 
@@ -252,6 +260,7 @@ Test(client_fetch, fetch_or_load_failure_is_returned_and_the_next_call_loads) {
         khala_cache_fetch_or_load(c, "f", 1, load_ref, l, sink, &g, KHALA_TYPE_MEMORY_ENTITY, 0),
         0);
     cr_assert_eq(atomic_load(&l->calls), 3);
+    loads_free(l);
     khala_cache_close(c);
 }
 
@@ -266,6 +275,7 @@ Test(client_fetch, fetch_or_load_value_too_big_to_cache_is_still_handed_over) {
     cr_assert_eq(g.meta.version, 0);
     got_t none = {0};
     cr_assert_eq(khala_cache_fetch(c, "huge", 4, sink, &none), KHALA_ENOTFOUND);
+    loads_free(l);
     khala_cache_close(c);
 }
 
@@ -287,6 +297,7 @@ Test(client_fetch, fetch_or_load_bad_arguments_and_khalad_down) {
     cr_assert_eq(g.meta.level, KHALA_LEVEL_LOADER);
     cr_assert_eq(g.meta.version, 0); /* loaded directly, not cached */
     cr_assert_str_eq(g.value, "dd");
+    loads_free(l);
     khala_cache_close(c);
 }
 
