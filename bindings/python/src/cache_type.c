@@ -477,15 +477,21 @@ static PyObject *cache_touch(khpy_cache_t *self, PyObject *const *args, Py_ssize
     return out;
 }
 
-/* The one selector of invalidate / warm: 0 key, 1 prefix, 2 type; -1 with TypeError. */
-static int selector(const char *fname, PyObject *key, PyObject *prefix, PyObject *type) {
-    int n = (key && key != Py_None) + (prefix && prefix != Py_None) + (type && type != Py_None);
+/* The one selector of invalidate / warm, a[] = (key or keys, prefix, type): 0 by key, 1 by
+ * prefix, 2 by type (then *type is set), with the handle checked; -1 with an exception (a
+ * TypeError unless exactly one is given). */
+static int selector(khpy_cache_t *self, const char *fname, PyObject *a[3], khala_type_t *type) {
+    int n = (a[0] && a[0] != Py_None) + (a[1] && a[1] != Py_None) + (a[2] && a[2] != Py_None);
     if (n != 1) {
         PyErr_Format(PyExc_TypeError, "%s() takes exactly one of %s, prefix=, type=", fname,
                      strcmp(fname, "warm") == 0 ? "keys" : "key");
         return -1;
     }
-    return key && key != Py_None ? 0 : prefix && prefix != Py_None ? 1 : 2;
+    int by = a[0] && a[0] != Py_None ? 0 : a[1] && a[1] != Py_None ? 1 : 2;
+    *type = KHALA_TYPE_MEMORY_ENTITY;
+    if ((by == 2 && khpy_type_id(a[2], type) < 0) || !khpy_cache_handle(self))
+        return -1;
+    return by;
 }
 
 static const char *const inv_names[] = {"key", "prefix", "type"};
@@ -496,9 +502,9 @@ static PyObject *cache_invalidate(khpy_cache_t *self, PyObject *const *args, Py_
     PyObject *a[3];
     if (khpy_parse("invalidate", args, nargs, kwnames, 0, 1, inv_names, 3, a) < 0)
         return NULL;
-    int by = selector("invalidate", a[0], a[1], a[2]);
-    khala_type_t type = KHALA_TYPE_MEMORY_ENTITY;
-    if (by < 0 || (by == 2 && khpy_type_id(a[2], &type) < 0) || !khpy_cache_handle(self))
+    khala_type_t type;
+    int by = selector(self, "invalidate", a, &type);
+    if (by < 0)
         return NULL;
     khpy_key_t k = {0};
     if (by < 2 && khpy_key_get(a[by], &k) < 0) {
@@ -609,9 +615,9 @@ static PyObject *cache_warm(khpy_cache_t *self, PyObject *const *args, Py_ssize_
     PyObject *a[3];
     if (khpy_parse("warm", args, nargs, kwnames, 0, 1, warm_names, 3, a) < 0)
         return NULL;
-    int by = selector("warm", a[0], a[1], a[2]);
-    khala_type_t type = KHALA_TYPE_MEMORY_ENTITY;
-    if (by < 0 || (by == 2 && khpy_type_id(a[2], &type) < 0) || !khpy_cache_handle(self))
+    khala_type_t type;
+    int by = selector(self, "warm", a, &type);
+    if (by < 0)
         return NULL;
     khala_cache_t *c = self->c;
     uint64_t count = 0;
