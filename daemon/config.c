@@ -221,6 +221,16 @@ static const key_desc_t KEYS_L3[] = {
     U32("max_entries", l3.max_entries, 1, INT32_MAX),
     U32("cleanup_interval", l3.cleanup_interval, 1, 86400),
     STR("path", l3.path, check_path),
+    U32("max_memory_mb", l3.max_memory_mb, 1, 16u * 1024u * 1024u),
+    BOOL("persistent", l3.persistent),
+    U32("timeout_ms", l3.timeout_ms, 1, 60000),
+    U32("pool_size", l3.pool_size, 1, KHALA_CONFIG_L2_POOL_MAX),
+    U32("queue_max", l3.queue_max, 1, KHALA_CONFIG_L2_QUEUE_MAX),
+    U32("sync_every_ms", l3.sync_every_ms, 0, 60000),
+    U32("cleanup_batch", l3.cleanup_batch, 1, 1000000),
+    U32("archive_retention_seconds", l3.archive_retention_seconds, 0, TTL_MAX),
+    STR("similarity_threshold", l3.similarity_threshold, check_rate),
+    U32("embedding_dim", l3.embedding_dim, 0, 65536),
 };
 static const key_desc_t KEYS_POLICIES[] = {
     ENUM("write_mode", policies.write_mode, POLICY_WRITE_NAMES),
@@ -231,6 +241,7 @@ static const key_desc_t KEYS_POLICIES[] = {
     U32("negative_ttl_seconds", policies.negative_ttl_seconds, 0, 86400),
     U32("ttl_jitter_pct", policies.ttl_jitter_pct, 0, 50),
     U32("single_flight_timeout_ms", policies.single_flight_timeout_ms, 1, 600000),
+    BOOL("preload_relationships", policies.preload_relationships),
 };
 /* [server]: khalad's connection limits (docs/operating.md, "Limits"). */
 static const key_desc_t KEYS_SERVER[] = {
@@ -296,7 +307,7 @@ enum {
 #define SEC_TYPE0 ((int)NKEYS(SECTIONS))
 #define NSECTIONS (SEC_TYPE0 + KHALA_CONFIG_NTYPES)
 /* The most keys any section has; key ids are sec * KEYS_PER_SEC + index. */
-#define KEYS_PER_SEC 16
+#define KEYS_PER_SEC 24
 #define TYPE_PREFIX "type."
 _Static_assert(NKEYS(KEYS_CACHE) <= KEYS_PER_SEC && NKEYS(KEYS_L1) <= KEYS_PER_SEC &&
                    NKEYS(KEYS_L2) <= KEYS_PER_SEC && NKEYS(KEYS_L3) <= KEYS_PER_SEC &&
@@ -898,7 +909,6 @@ typedef struct inert {
 } inert_t;
 
 static const inert_t INERT[] = {
-    {SEC_L3, NULL, INERT_ALWAYS, "there is no L3"},
     {SEC_L2, "max_items", INERT_ON_REDIS, "Redis bounds L2 itself, by its maxmemory"},
     {SEC_L2, "max_memory_mb", INERT_ON_REDIS, "Redis bounds L2 itself, by its maxmemory"},
     {SEC_POLICIES, "predictive_cache", INERT_ALWAYS,
@@ -906,7 +916,6 @@ static const inert_t INERT[] = {
     {SEC_POLICIES, "stale_serve_seconds", INERT_ALWAYS, "serving stale values is not built"},
     {SEC_POLICIES, "negative_ttl_seconds", INERT_ALWAYS,
      "caching \"no such item\" answers is not built"},
-    {SEC_TYPE0, "l3_ttl_seconds", INERT_ALWAYS, "there is no L3"},
     {SEC_TYPE0, "quota_pct", INERT_ALWAYS, "per-type L1 quotas are not built"},
 };
 
@@ -985,22 +994,16 @@ static int check_all(const khala_config_t *cfg, const origin_t *o, char *err, si
         if (cfg->types[t].encrypt && !cfg->crypto.key_file[0])
             return report_key(err, errlen, o, SEC_TYPE0 + t, key_index(SEC_TYPE0 + t, "encrypt"),
                               "true needs [crypto] key_file (the keys values are sealed with)");
-    /* The quota checks (a sum of at most 100%, a quota only on a type that lives on l1) and
-     * "surrealdb needs surrealdb_url" return with quotas and L3; git log has them. */
+    /* The quota checks (a sum of at most 100%, a quota only on a type that lives on l1)
+     * return with quotas; git log has them. */
+    if (cfg->l3.backend == KHALA_CONFIG_L3_SURREALDB && !cfg->l3.surrealdb_url[0])
+        return report_key(err, errlen, o, SEC_L3, key_index(SEC_L3, "backend"),
+                          "'surrealdb' needs [l3] surrealdb_url");
     for (int t = 0; t < KHALA_CONFIG_NTYPES; t++) {
         const khala_config_type_t *ty = &cfg->types[t];
-        int sec = SEC_TYPE0 + t;
-        char lv[64], dlv[64], q[64];
         if (!ty->levels)
-            return report_key(err, errlen, o, sec, key_index(sec, "levels"), "names no level");
-        /* Leaving l3 out says what khalad does; naming it where the default does not would
-         * claim a level that does not exist (see "Keys that have no effect yet"). */
-        if ((ty->levels & KHALA_CONFIG_LEVEL_L3) && !(def.types[t].levels & KHALA_CONFIG_LEVEL_L3))
-            return report_key(err, errlen, o, sec, key_index(sec, "levels"),
-                              "%s: l3 has no effect yet (there is no L3): only the default's "
-                              "levels, %s, may name it",
-                              quoted(format_levels(ty->levels, lv, sizeof(lv)), q, sizeof(q)),
-                              format_levels(def.types[t].levels, dlv, sizeof(dlv)));
+            return report_key(err, errlen, o, SEC_TYPE0 + t, key_index(SEC_TYPE0 + t, "levels"),
+                              "names no level");
     }
     return 0;
 }
@@ -1339,12 +1342,22 @@ int khala__config_defaults(khala_config_t *cfg, const char *name) {
     cfg->l2.queue_max = 100000;
     cfg->l2.sync_every_ms = 1000;
     cfg->l3.backend = KHALA_CONFIG_L3_DISK;
-    set_str(cfg->l3.surrealdb_table, sizeof(cfg->l3.surrealdb_table), "khala_cache");
+    set_str(cfg->l3.surrealdb_table, sizeof(cfg->l3.surrealdb_table), "cache_table");
     set_str(cfg->l3.surrealdb_namespace, sizeof(cfg->l3.surrealdb_namespace), "khala");
     set_str(cfg->l3.surrealdb_database, sizeof(cfg->l3.surrealdb_database), "cache");
     cfg->l3.ttl_seconds = 86400;
     cfg->l3.max_entries = 100000;
     cfg->l3.cleanup_interval = 3600;
+    cfg->l3.max_memory_mb = 10240;
+    cfg->l3.persistent = true;
+    cfg->l3.timeout_ms = 2000;
+    cfg->l3.pool_size = 4;
+    cfg->l3.queue_max = 100000;
+    cfg->l3.sync_every_ms = 1000;
+    cfg->l3.cleanup_batch = 1000;
+    cfg->l3.archive_retention_seconds = 604800;
+    set_str(cfg->l3.similarity_threshold, sizeof(cfg->l3.similarity_threshold), "0.9");
+    cfg->l3.embedding_dim = 0;
     set_str(cfg->audit.path, sizeof(cfg->audit.path), "-");
     set_str(cfg->audit.read_sample_rate, sizeof(cfg->audit.read_sample_rate), "0");
     cfg->policies.write_mode = KHALA_CONFIG_WRITE_THROUGH;
@@ -1572,10 +1585,8 @@ int khala__config_dump(const khala_config_t *cfg, FILE *out) {
     for (int sec = 0; sec < NSECTIONS; sec++) {
         const section_t *s = section_of(sec);
         if (sec == SEC_TYPE0)
-            fprintf(out, "\n# [type.*]: no effect yet: l3 in levels, l3_ttl_seconds, quota_pct\n");
+            fprintf(out, "\n# [type.*]: no effect yet: quota_pct\n");
         fprintf(out, "\n[%s]\n", section_name(sec, sbuf, sizeof(sbuf)));
-        if (sec == SEC_L3)
-            fprintf(out, "# no effect yet: there is no L3 (only the defaults are accepted)\n");
         for (size_t i = 0; i < s->nkeys; i++) {
             const key_desc_t *k = &s->keys[i];
             dump_note(cfg, sec, k, out);

@@ -193,10 +193,24 @@ typedef struct khala_config {
         char surrealdb_table[KHALA_CONFIG_IDENT_MAX];
         char surrealdb_namespace[KHALA_CONFIG_IDENT_MAX];
         char surrealdb_database[KHALA_CONFIG_IDENT_MAX];
-        uint32_t ttl_seconds;             /* default L3 TTL */
-        uint32_t max_entries;             /* capacity */
-        uint32_t cleanup_interval;        /* seconds between sweeps of expired entries */
-        char path[KHALA_CONFIG_PATH_MAX]; /* disk store directory; "" = derived */
+        uint32_t ttl_seconds;               /* default L3 TTL */
+        uint32_t max_entries;               /* capacity (least valuable evicted, to the archive) */
+        uint32_t cleanup_interval;          /* seconds between cleanups: expired entries deleted,
+                                             max_entries enforced, archive retention */
+        char path[KHALA_CONFIG_PATH_MAX];   /* disk store directory; "" = derived */
+        uint32_t max_memory_mb;             /* disk: byte limit of the store's items */
+        bool persistent;                    /* disk: survive a restart */
+        uint32_t timeout_ms;                /* surrealdb: connect and request timeout */
+        uint32_t pool_size;                 /* surrealdb: keep-alive connections */
+        uint32_t queue_max;                 /* writes queued while L3 is down, then EQUEUE */
+        uint32_t sync_every_ms;             /* disk store and L3's journal, as [l2]'s */
+        uint32_t cleanup_batch;             /* rows one cleanup step deletes or moves at most */
+        uint32_t archive_retention_seconds; /* how long evicted rows stay in the archive;
+                                               0 = no archive (evicted rows are deleted) */
+        char similarity_threshold[KHALA_CONFIG_RATE_MAX]; /* "0".."1": the least cosine
+                                               similarity a semantic look-up returns */
+        uint32_t embedding_dim; /* surrealdb: the dimension of the vector index;
+                                             0 = no index (exact scan) */
     } l3;
     struct {
         khala_config_write_mode_t write_mode; /* THROUGH or BEHIND, never DEFAULT */
@@ -208,6 +222,8 @@ typedef struct khala_config {
         uint32_t negative_ttl_seconds;     /* TTL of "no such item" answers; 0 = not cached */
         uint32_t ttl_jitter_pct;           /* TTLs vary by up to +-this percent, 0..50 */
         uint32_t single_flight_timeout_ms; /* how long a waiter waits for the loader */
+        bool preload_relationships;        /* when an entity is read into L1, promote the
+                                              cached relationship items linked to it too */
     } policies;
     struct {
         char key_file[KHALA_CONFIG_PATH_MAX]; /* "" = none; absolute; daemon/crypt.h */

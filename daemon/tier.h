@@ -55,6 +55,16 @@ typedef struct khala_tier_stats {
     uint64_t reconnects;         /* connections re-established (servers only) */
 } khala_tier_stats_t;
 
+/* One answer of a semantic look-up (similar): an embedding item and its cosine similarity to
+ * the query. key and val.data are the driver's allocations, released with
+ * khala__tier_match_free(). */
+typedef struct khala_tier_match {
+    void *key;        /* the item's key */
+    size_t klen;      /* bytes */
+    float similarity; /* cosine similarity to the query, -1..1 */
+    khala_tier_value_t val;
+} khala_tier_match_t;
+
 typedef struct khala_tier_ops {
     const char *name; /* "redis", "disk", "surrealdb" */
     int (*get)(khala_tier_t *t, const void *key, size_t klen, khala_tier_value_t *out);
@@ -94,6 +104,16 @@ typedef struct khala_tier_ops {
      * readers' hit rings) to the key's access count, so that hot() ranks keys by all their
      * reads. A hint: no error, nothing if the level does not hold the key. May be NULL. */
     void (*note_hits)(khala_tier_t *t, const void *key, size_t klen, uint64_t hits);
+    /* Read key from the level's archive: the items it evicted for space (not for expiry) and
+     * keeps for [l3] archive_retention_seconds. KHALA_ENOTFOUND when it holds none. ttl_ms is
+     * the time the archived copy has left. May be NULL (no archive). */
+    int (*archive_get)(khala_tier_t *t, const void *key, size_t klen, khala_tier_value_t *out);
+    /* Semantic look-up over the level's live embedding items (type KHALA_TYPE_EMBEDDING, whose
+     * value is a vector of little-endian float32, dim = len / 4): the at most k items of the
+     * same dimension as q whose cosine similarity to q is at least min_sim, most similar first,
+     * into out[0 .. *n). KHALA_EINVAL for a bad query (dim 0, a zero vector). May be NULL. */
+    int (*similar)(khala_tier_t *t, const float *q, uint32_t dim, float min_sim, uint32_t k,
+                   khala_tier_match_t *out, uint32_t *n);
     void (*close)(khala_tier_t *t); /* frees t too */
 } khala_tier_ops_t;
 
@@ -110,6 +130,14 @@ static inline void khala__tier_value_free(khala_tier_value_t *v) {
     free(v->data);
     v->data = NULL;
     v->len = 0;
+}
+
+/* Release what a driver allocated for m; m becomes empty. */
+static inline void khala__tier_match_free(khala_tier_match_t *m) {
+    free(m->key);
+    m->key = NULL;
+    m->klen = 0;
+    khala__tier_value_free(&m->val);
 }
 
 #endif /* KHALA_DAEMON_TIER_H */

@@ -82,7 +82,7 @@ Test(config, defaults_are_the_documented_values) {
     cr_assert_eq(c->l2.ttl_seconds, 3600);
     cr_assert_eq(c->l2.max_items, 10000);
     cr_assert(c->l2.persistent);
-    cr_assert_str_eq(c->l3.surrealdb_table, "khala_cache");
+    cr_assert_str_eq(c->l3.surrealdb_table, "cache_table"); /* the seed's */
     cr_assert_eq(c->l3.ttl_seconds, 86400);
     cr_assert_eq(c->l3.max_entries, 100000);
     cr_assert_eq(c->l3.cleanup_interval, 3600);
@@ -643,25 +643,10 @@ Test(config, keys_without_effect_are_refused_unless_at_their_default) {
     expect_error("[type.embedding]\nquota_pct = 40\n",
                  "khalad.conf:2: [type.embedding] quota_pct: '40' has no effect yet (per-type L1 "
                  "quotas are not built): only the default, 0, is accepted");
-    expect_error("[type.embedding]\nl3_ttl_seconds = 60\n",
-                 "khalad.conf:2: [type.embedding] l3_ttl_seconds: '60' has no effect yet (there "
-                 "is no L3): only the default, 604800, is accepted");
-    expect_error("[l3]\nttl_seconds = 60\n",
-                 "khalad.conf:2: [l3] ttl_seconds: '60' has no effect yet (there is no L3): only "
-                 "the default, 86400, is accepted");
-    expect_error("[l3]\nbackend = surrealdb\nsurrealdb_url = http://db:8000\n",
-                 "khalad.conf:2: [l3] backend: 'surrealdb' has no effect yet (there is no L3): "
-                 "only the default, disk, is accepted");
-    expect_error("[l3]\npath = /srv/l3\n",
-                 "khalad.conf:2: [l3] path: '/srv/l3' has no effect yet (there is no L3): only "
-                 "the default, empty, is accepted");
     /* Every one of them at its default loads, and changes nothing. */
     khala_config_t before = g_cfg;
     cr_assert_eq(load("[policies]\nstale_serve_seconds = 0\nnegative_ttl_seconds = 0\n"
-                      "predictive_cache = no\n[type.embedding]\nquota_pct = 0\n"
-                      "l3_ttl_seconds = 604800\n[l3]\nbackend = disk\nttl_seconds = 86400\n"
-                      "surrealdb_table = khala_cache\nmax_entries = 100000\n"
-                      "cleanup_interval = 3600\npath =\n"),
+                      "predictive_cache = no\n[type.embedding]\nquota_pct = 0\n"),
                  0, "%s", g_err);
     cr_assert_eq(memcmp(&before, &g_cfg, sizeof(before)), 0);
 }
@@ -683,14 +668,28 @@ Test(config, l2_capacity_keys_are_refused_on_redis_only) {
                  g_err);
 }
 
-Test(config, levels_may_leave_l3_out_but_not_add_it) {
-    /* Leaving l3 out says what khalad does. */
-    cr_assert_eq(load("[type.memory_entity]\nlevels = l1,l2\n[type.consolidation]\nlevels = l2\n"),
+Test(config, l3_is_configurable) {
+    /* Since issue 12 every [l3] key has its effect, and a type may live on any levels. */
+    cr_assert_eq(load("[type.memory_entity]\nlevels = l1,l2\n[type.consolidation]\nlevels = l2\n"
+                      "[type.search_result]\nlevels = l1,l2,l3\nl3_ttl_seconds = 60\n"
+                      "[l3]\nttl_seconds = 60\npath = /srv/l3\nmax_entries = 5\n"
+                      "archive_retention_seconds = 0\nsimilarity_threshold = 0.75\n"),
                  0, "%s", g_err);
     cr_assert_eq(g_cfg.types[KHALA_TYPE_CONSOLIDATION].levels, KHALA_CONFIG_LEVEL_L2);
-    expect_error("[type.search_result]\nlevels = l1,l2,l3\n",
-                 "khalad.conf:2: [type.search_result] levels: 'l1,l2,l3': l3 has no effect yet "
-                 "(there is no L3): only the default's levels, l1,l2, may name it");
+    cr_assert_eq(g_cfg.types[KHALA_TYPE_SEARCH_RESULT].levels,
+                 KHALA_CONFIG_LEVEL_L1 | KHALA_CONFIG_LEVEL_L2 | KHALA_CONFIG_LEVEL_L3);
+    cr_assert_eq(g_cfg.types[KHALA_TYPE_SEARCH_RESULT].l3_ttl_seconds, 60);
+    cr_assert_str_eq(g_cfg.l3.path, "/srv/l3");
+    cr_assert_eq(g_cfg.l3.max_entries, 5);
+    cr_assert_eq(g_cfg.l3.archive_retention_seconds, 0);
+    cr_assert_str_eq(g_cfg.l3.similarity_threshold, "0.75");
+    cr_assert_eq(khala__config_defaults(&g_cfg, NULL), 0);
+    expect_error("[l3]\nbackend = surrealdb\n",
+                 "khalad.conf:2: [l3] backend: 'surrealdb' needs [l3] surrealdb_url");
+    cr_assert_eq(khala__config_defaults(&g_cfg, NULL), 0);
+    expect_error(
+        "[l3]\nsimilarity_threshold = 1.5\n",
+        "khalad.conf:2: [l3] similarity_threshold: '1.5' is not a rate from 0 to 1 (e.g. 0.01)");
 }
 
 Test(config, rediss_is_refused_when_the_file_is_read) {
@@ -766,9 +765,9 @@ Test(config, the_seeds_names_are_aliases_of_ours) {
     expect_error("[l1]\nttl_seconds = 5\n[l1_cache]\nttl_seconds = 6\n",
                  "khalad.conf:4: [l1] ttl_seconds: duplicate key (first set on line 2)");
     /* Its values without effect are refused like ours. */
-    expect_error("[l3_cache]\nsurrealdb_table = cache_table\n",
-                 "khalad.conf:2: [l3] surrealdb_table: 'cache_table' has no effect yet (there is "
-                 "no L3): only the default, khala_cache, is accepted");
+    cr_assert_eq(load("[l3_cache]\nsurrealdb_table = seed_table\n"), 0, "%s", g_err);
+    cr_assert_str_eq(g_cfg.l3.surrealdb_table, "seed_table");
+    cr_assert_eq(khala__config_defaults(&g_cfg, NULL), 0);
     expect_error("[policies]\npredictive_cache = True\n",
                  "khalad.conf:2: [policies] predictive_cache: 'true' has no effect yet (khalad "
                  "does not prefetch: measured, it did not raise the hit ratio): only the "
