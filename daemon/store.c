@@ -227,8 +227,14 @@ int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value
     memset(out, 0, sizeof(*out));
     int rc = khala__store_queued_get(d, key, klen, out);
     if (rc <= 0) {
-        if (rc == 0)
+        if (rc == 0) { /* the level whose queue holds it */
             *lvl = d->tiers[0].t->level;
+            for (int i = 0; i < d->ntiers; i++)
+                if (khala__wq_find(d->tiers[i].wq, key, klen)) {
+                    *lvl = d->tiers[i].t->level;
+                    break;
+                }
+        }
         return rc == 0 ? 0 : KHALA_ENOTFOUND;
     }
     for (int i = 0; i < d->ntiers; i++) {
@@ -612,6 +618,35 @@ int khala__store_promote(khalad_t *d, const void *key, size_t klen, const khala_
     if (rc == 0)
         d->promotions++;
     return rc;
+}
+
+int khala__store_promote_below(khalad_t *d, const void *key, size_t klen,
+                               const khala_tier_value_t *v, khala_level_t from) {
+    int filled = 0;
+    for (int i = 0; i < d->ntiers; i++) {
+        khalad_tier_t *lt = &d->tiers[i];
+        if (lt->t->level >= from)
+            break;
+        if (!on_level(d, lt, v->type) || !lt->t->healthy || khala__wq_head(lt->wq))
+            continue;
+        if (khala__store_superseded(d, key, klen, (int)v->type, v->version))
+            return filled;
+        khala_tier_value_t w = *v;
+        int64_t ttl = (int64_t)khala__config_type_ttl(&d->cfg, (int)v->type,
+                                                      lt->t->level == KHALA_LEVEL_L3 ? 3 : 2) *
+                      1000;
+        if (v->ttl_ms > 0 && (ttl == 0 || v->ttl_ms < ttl))
+            ttl = v->ttl_ms;
+        w.ttl_ms = ttl;
+        int rc = lt->t->ops->put(lt->t, key, klen, &w);
+        if (rc == 0) {
+            filled++;
+            d->promotions_below++;
+        } else if (rc == KHALA_ETIER) {
+            khala__store_level_failed(d, lt, rc);
+        }
+    }
+    return filled;
 }
 
 uint64_t khala__store_forget(khalad_t *d, int by_key, const void *key, size_t klen, int type) {
