@@ -450,11 +450,19 @@ int khala__store_put(khalad_t *d, const void *key, size_t klen, const void *val,
         (void)khala__l1_delete(d->l1, key, klen);
         crash_point(d, "after_l1_drop");
     }
+    /* Each level its own TTL (the type's l2_ttl_seconds, l3_ttl_seconds), unless the caller
+     * gave one. */
+    op_t at[KHALAD_TIERS_MAX];
+    for (int i = 0; i < d->ntiers; i++) {
+        at[i] = op;
+        if (d->tiers[i].t->level == KHALA_LEVEL_L3)
+            at[i].ttl_ms = khala__store_ttl(d, ttl_ms, type, 3);
+    }
     /* 3. */
     for (int i = 0; i < d->ntiers; i++) {
         if (!on_level(d, &d->tiers[i], type) || behind[i])
             continue;
-        rc = apply_or_queue(d, &d->tiers[i], &op, 0);
+        rc = apply_or_queue(d, &d->tiers[i], &at[i], 0);
         if (rc < 0)
             return rc;
     }
@@ -475,7 +483,7 @@ int khala__store_put(khalad_t *d, const void *key, size_t klen, const void *val,
     for (int i = 0; i < d->ntiers; i++) {
         if (!on_level(d, &d->tiers[i], type) || !behind[i])
             continue;
-        rc = apply_or_queue(d, &d->tiers[i], &op, 1);
+        rc = apply_or_queue(d, &d->tiers[i], &at[i], 1);
         if (rc < 0)
             return rc;
     }
