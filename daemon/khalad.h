@@ -42,6 +42,7 @@ typedef struct khalad_tier {
     int journaled;             /* its queue survives khalad (write-behind is possible) */
     uint64_t writes, queued, drained, refused, stale_drops, write_errors, outages;
     uint64_t invalidate_steps; /* steps of invalidations run from the tick (issue 10, bug 9) */
+    int poll_fd;               /* the driver's poll_fd() the loop watches, or -1 (none yet) */
 } khalad_tier_t;
 
 typedef struct khalad {
@@ -79,6 +80,7 @@ typedef struct khalad {
     uint64_t fills_dropped; /* fills not cached: the key was invalidated during the load */
     uint64_t promotions, warmed, inval_received, coherence_flushes, publish_errors;
     uint64_t promotions_below; /* values a hit at L3 copied into L2 (khala__store_promote_below) */
+    uint64_t async_reads, async_hits, async_reads_pending; /* gets sent to a level's get_start */
 } khalad_t;
 
 /* The socket server's callbacks (daemon/handlers.c); arg is the khalad_t. */

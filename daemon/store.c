@@ -139,7 +139,7 @@ uint64_t khala__store_current_version(khalad_t *d, const void *key, size_t klen)
         return it->version;
     khala_tier_value_t v;
     khala_level_t lvl;
-    if (khala__store_get(d, key, klen, &v, &lvl) != 0)
+    if (khala__store_get(d, key, klen, &v, &lvl, NULL) != 0)
         return 0;
     uint64_t ver = v.version;
     khala__tier_value_free(&v);
@@ -223,8 +223,10 @@ int khala__store_queued_get(khalad_t *d, const void *key, size_t klen, khala_tie
 }
 
 int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out,
-                     khala_level_t *lvl) {
+                     khala_level_t *lvl, khalad_tier_t **async_at) {
     memset(out, 0, sizeof(*out));
+    if (async_at)
+        *async_at = NULL;
     int rc = khala__store_queued_get(d, key, klen, out);
     if (rc <= 0) {
         if (rc == 0) { /* the level whose queue holds it */
@@ -241,6 +243,10 @@ int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value
         khalad_tier_t *lt = &d->tiers[i];
         if (!lt->t->healthy)
             continue;
+        if (async_at && lt->t->ops->get_start) {
+            *async_at = lt;
+            return KHALA_ENOTFOUND;
+        }
         rc = lt->t->ops->get(lt->t, key, klen, out);
         if (rc == 0 && khala__store_superseded(d, key, klen, (int)out->type, out->version)) {
             /* The level still holds a value an invalidation in progress covers: a miss. */

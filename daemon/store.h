@@ -184,10 +184,13 @@ uint64_t khala__store_forget(khalad_t *d, int by_key, const void *key, size_t kl
  * @param[in] key the key. @param[in] klen its bytes.
  * @param[out] out the value (free with khala__tier_value_free()).
  * @param[out] lvl the level that answered.
+ * @param[out] async_at NULL: every level is read here, synchronously. Else, on a miss, the
+ *             first healthy level that reads asynchronously (get_start), which was NOT asked:
+ *             the caller asks it (no level after it is asked either); NULL when there is none.
  * @return 0; KHALA_ENOTFOUND.
  */
 int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out,
-                     khala_level_t *lvl);
+                     khala_level_t *lvl, khalad_tier_t **async_at);
 
 /**
  * @brief A level failed with @p rc: when the cause is its server (KHALA_ETIER), mark it down
