@@ -16,7 +16,7 @@ import { randomUUID } from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
-import { CborCodec, Uuid, jsonify } from "surrealdb";
+import { CborCodec, Uuid } from "surrealdb";
 
 const PROG = "front.mjs";
 // The server's limits (surrealdb/server/src/cnf/mod.rs defaults) and hyper's request line.
@@ -139,29 +139,25 @@ async function call(method, params, session) {
   return out;
 }
 
-// JSON as the server writes it (surrealdb_core::rpc::format::json): record ids, datetimes,
-// uuids, durations and decimals as strings (the SDK's jsonify), NONE as null, integers past
-// 2^53 exact, bytes as an array of numbers.
-function toJson(v) {
-  const j = jsonify(v);
-  const enc = (x) => {
-    if (x === undefined || x === null) return "null";
-    if (typeof x === "bigint") return x.toString();
-    if (typeof x === "number") return Number.isFinite(x) ? JSON.stringify(x) : "null";
-    if (typeof x === "string" || typeof x === "boolean") return JSON.stringify(x);
-    if (x instanceof Uint8Array || x instanceof ArrayBuffer)
-      return `[${Array.from(new Uint8Array(x)).join(",")}]`;
-    if (Array.isArray(x) || x instanceof Set) return `[${Array.from(x, enc).join(",")}]`;
-    if (x instanceof Map) x = Object.fromEntries(x);
-    if (typeof x.toJSON === "function") return enc(x.toJSON());
-    const parts = [];
-    for (const [k, val] of Object.entries(x)) {
-      if (val === undefined) continue;
-      parts.push(`${JSON.stringify(k)}:${enc(val)}`);
-    }
-    return `{${parts.join(",")}}`;
-  };
-  return enc(j);
+// JSON as the server writes it (surrealdb_types Value::into_json_value, v3.0.2): NONE and NULL
+// as null, also as an object's field (a statement's "result": null, "type": null); record ids,
+// datetimes, uuids, durations, decimals, tables as strings (the SDK classes' toJSON); bytes as
+// an array of numbers; NaN and infinities as null; integers past 2^53 exact.
+function toJson(x) {
+  if (x === undefined || x === null) return "null";
+  if (typeof x === "bigint") return x.toString();
+  if (typeof x === "number") return Number.isFinite(x) ? JSON.stringify(x) : "null";
+  if (typeof x === "string" || typeof x === "boolean") return JSON.stringify(x);
+  if (x instanceof Uint8Array || x instanceof ArrayBuffer)
+    return `[${Array.from(new Uint8Array(x)).join(",")}]`;
+  if (Array.isArray(x) || x instanceof Set) return `[${Array.from(x, toJson).join(",")}]`;
+  if (x instanceof Date) return JSON.stringify(x.toISOString());
+  if (x instanceof Map) x = Object.fromEntries(x);
+  else if (Object.getPrototypeOf(x) !== Object.prototype && typeof x.toJSON === "function")
+    return toJson(x.toJSON());
+  const parts = [];
+  for (const [k, val] of Object.entries(x)) parts.push(`${JSON.stringify(k)}:${toJson(val)}`);
+  return `{${parts.join(",")}}`;
 }
 
 // ---- replies --------------------------------------------------------------------------------
@@ -470,7 +466,7 @@ async function routeSignin(req, res, s) {
   switch (accept(req)) {
     case "json":
       return send(res, 200,
-        JSON.stringify({ code: 200, details: "Authentication succeeded", token: jsonify(token) }),
+        toJson({ code: 200, details: "Authentication succeeded", token }),
         "application/json");
     case "cbor":
       return send(res, 200,
