@@ -236,6 +236,18 @@ if [[ $st == 200 && $got == null && $st2 == 200 && $got2 != 1 ]]; then
     pass "each request is its own session (USE, LET do not carry over)"
 else fail "per-request sessions" "status $st $st2, got $got, $got2"; fi
 
+# A password changed through SQL: the old one is refused from then on, the new one accepted
+# (the front reuses the token of credentials it has seen: the change must end that).
+req "$B" "${AUTH[@]}" -X POST "$BASE/sql" --data-binary 'RETURN 1' >/dev/null
+req "$B" "${AUTH[@]}" -X POST "$BASE/sql" \
+    --data-binary "DEFINE USER OVERWRITE root ON ROOT PASSWORD 'changed' ROLES OWNER" >/dev/null
+st=$(req "$B" "${AUTH[@]}" -X POST "$BASE/sql" --data-binary 'RETURN 1')
+st2=$(req "$B" -u root:changed -X POST "$BASE/sql" --data-binary 'RETURN 1')
+if [[ $st == 401 && $st2 == 200 ]]; then pass "a password changed by DEFINE USER: old 401, new 200"
+else fail "password change" "old password: $st, new: $st2"; fi
+req "$B" -u root:changed -X POST "$BASE/sql" \
+    --data-binary "DEFINE USER OVERWRITE root ON ROOT PASSWORD 'root' ROLES OWNER" >/dev/null
+
 # ---- the store survives kill -9 -----------------------------------------------------------
 kill -9 "$PID"
 wait "$PID" 2>/dev/null

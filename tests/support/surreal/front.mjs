@@ -245,6 +245,46 @@ function header(req, name, legacy) {
 
 // ---- sessions -------------------------------------------------------------------------------
 
+// Basic credentials the engine accepted, with the token its sign-in issued: the next request with
+// the same credentials authenticates the session with that token (an HMAC check) instead of
+// signing in again (an Argon2 password check, ~80 ms here: the server pays it on every request,
+// which would make a test suite crawl). A token near its expiry is replaced by a new sign-in;
+// a statement that defines, alters or removes a user or an access method empties the cache.
+const basicCache = new Map();
+const TOKEN_MARGIN_MS = 60_000;
+
+function tokenExpiryMs(token) {
+  try {
+    const payload = JSON.parse(Buffer.from(token.split(".")[1], "base64url").toString("utf8"));
+    return typeof payload.exp === "number" ? payload.exp * 1000 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+async function basicSignin(creds, session) {
+  const key = JSON.stringify([creds.user, creds.pass, creds.ns ?? null, creds.db ?? null]);
+  const hit = basicCache.get(key);
+  if (hit && hit.expiresMs - TOKEN_MARGIN_MS > Date.now()) {
+    try {
+      await call("authenticate", [hit.token], session);
+      return;
+    } catch {
+      basicCache.delete(key); // revoked or invalid now: sign in for real below
+    }
+  }
+  const token = await call("signin", [creds], session);
+  const access = typeof token === "string" ? token : token?.access;
+  if (typeof access === "string") {
+    if (basicCache.size > 64) basicCache.clear();
+    basicCache.set(key, { token: access, expiresMs: tokenExpiryMs(access) });
+  }
+}
+
+function forgetCredentialsIfChanged(sql) {
+  if (typeof sql === "string" && /\b(USER|ACCESS)\b/i.test(sql)) basicCache.clear();
+}
+
 // One engine session per HTTP request, signed in as the request says (ntw/auth.rs check_auth):
 // Basic runs the engine's own sign-in (password check), Bearer its token check. A request
 // without credentials is anonymous. Returns {session, authed} or writes the 401 and returns
@@ -272,7 +312,7 @@ async function openSession(req, res) {
         const adb = req.headers["surreal-auth-db"];
         if (ans !== undefined) creds.ns = ans;
         if (adb !== undefined) creds.db = adb;
-        await call("signin", [creds], session);
+        await basicSignin(creds, session);
         s.authed = true;
       }
     } else if (bearer) {
@@ -342,9 +382,11 @@ async function routeSql(req, res, url, s) {
   if (sql === null) return badRequest(res, "Non UTF-8 request body");
   const vars = {};
   for (const [k, v] of url.searchParams) vars[k] = v;
+  forgetCredentialsIfChanged(sql);
   let out;
   try {
     out = await call("query", [sql, vars], s.session);
+    forgetCredentialsIfChanged(sql);
   } catch (e) {
     if (!(e instanceof RpcError)) throw e;
     return responseError(res, e.message);
@@ -430,8 +472,10 @@ async function routeRpc(req, res, s) {
         message: `Method not allowed: ${method}`,
       },
     });
+  if (method === "query") forgetCredentialsIfChanged(params[0]);
   try {
     const result = await call(method, params, s.session);
+    if (method === "query") forgetCredentialsIfChanged(params[0]);
     return rpcReply(res, ct, { result });
   } catch (e) {
     if (!(e instanceof RpcError)) throw e;
