@@ -302,6 +302,7 @@ void khala__tiers_close(khalad_t *d) {
 static void on_inval(void *arg, const khala_inv_t *m) {
     khalad_t *d = arg;
     d->inval_received++;
+    khala__rel_remote(d, m); /* the relationship items this host linked to it */
     switch (m->by) {
         case KHALA_INV_KEY:
             (void)khala__store_forget(d, 1, m->key, m->klen, -1);
