@@ -262,6 +262,8 @@ static int serve(khalad_t *d, int foreground) {
         khala__log("error", "cannot open the link index", "error", d->errmsg, NULL);
         goto out_tiers;
     }
+    if (d->cfg.policies.coherence == KHALA_CONFIG_COHERENCE_PUBSUB)
+        khala__rel_unproven(d, "other hosts' changes were not heard while khalad was down");
     if (d->cfg.policies.preload_common) {
         int64_t t0 = khala__sys_now_ms();
         uint64_t n = khala__tiers_preload(d);

@@ -235,6 +235,30 @@ void khala__rel_remote(khalad_t *d, const khala_inv_t *m) {
                    "error", d->errmsg, NULL);
 }
 
+void khala__rel_unproven(khalad_t *d, const char *why) {
+    if (!d->rel)
+        return;
+    uint64_t rels, links, before = d->rel->cascaded;
+    khala__links_count(d->rel->lx, &rels, &links);
+    if (rels == 0)
+        return;
+    khala_links_keys_t work = {0};
+    int rc = khala__links_ends_with_prefix(d->rel->lx, NULL, 0, &work);
+    if (rc != 0)
+        set_msg(d, "%s", khala__links_errmsg(d->rel->lx));
+    else
+        rc = cascade(d, &work, NULL, 0);
+    khala__links_keys_free(&work);
+    char n[32];
+    snprintf(n, sizeof(n), "%" PRIu64, d->rel->cascaded - before);
+    khala__log(rc == 0 ? "info" : "warn",
+               rc == 0 ? "deleted every linked relationship item: other hosts' changes to their "
+                         "ends may have been missed"
+                       : "could not delete every linked relationship item after missing other "
+                         "hosts' changes",
+               "why", why, "deleted", n, "error", rc == 0 ? "" : d->errmsg, NULL);
+}
+
 int khala__rel_link(khalad_t *d, const void *rel, size_t rlen, const khala_bytes_t *ends,
                     size_t n) {
     khala_rel_t *r = d->rel;

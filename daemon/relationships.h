@@ -97,6 +97,15 @@ int khala__rel_invalidated(khalad_t *d, const void *prefix, size_t plen, int typ
 void khala__rel_remote(khalad_t *d, const khala_inv_t *m);
 
 /**
+ * @brief This host may have missed what other hosts published (cross-host invalidation was
+ *        not listening: khalad was down, or the subscription was lost or is back): every item
+ *        it linked is deleted at every level, since any of their ends may have changed unseen.
+ *        Failures are logged (the items not deleted keep their links).
+ * @param[in] why for the log line.
+ */
+void khala__rel_unproven(khalad_t *d, const char *why);
+
+/**
  * @brief An entity was read into L1 from below, or filled by a loader: queue it for the
  *        preload of its relationships (nothing without [policies] preload_relationships).
  */

@@ -321,6 +321,7 @@ static void on_coh_event(void *arg, khala_coh_event_t ev, const char *why) {
     khalad_t *d = arg;
     /* Either way, what L1 holds may have changed elsewhere unseen: drop it. */
     uint64_t n = khala__store_forget(d, 0, NULL, 0, -1);
+    khala__rel_unproven(d, ev == KHALA_COH_LOST ? "subscription lost" : "subscription back");
     d->coherence_flushes++;
     char items[32];
     snprintf(items, sizeof(items), "%" PRIu64, n);

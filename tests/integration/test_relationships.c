@@ -411,3 +411,26 @@ Test(relationships, without_preload_a_loaded_entity_brings_nothing_else) {
     cr_assert_eq(stat_u(ch, "relationships_preloaded"), 0);
     khala__chan_close(ch);
 }
+
+Test(relationships, a_host_that_was_not_listening_deletes_what_it_linked) {
+    /* While khalad is down, other hosts' changes to E are missed: at its start, with
+     * coherence = pubsub, its linked items go (in Redis too), since any end may have changed. */
+    const char *url = tu_redis_env("KHALA_TEST_REDIS_URL");
+    static char ns[64];
+    snprintf(ns, sizeof(ns), "relq%d", (int)getpid());
+    khalad_use_redis(url, ns);
+    add_set("l2.persistent=true");
+    add_set("policies.coherence=pubsub");
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_graph(ch);
+    khala__chan_close(ch);
+    khalad_kill(SIGKILL);
+    khalad_start();
+    ch = chan_to(khalad_sock, khalad_name);
+    assert_gone(ch, "rel:E:follows");
+    char lv[64]; /* only what was linked goes (L1 was emptied: it missed changes too) */
+    cr_assert_str_eq(levels_of(ch, "user:E", lv, sizeof(lv)), "l2");
+    cr_assert_eq(stat_u(ch, "relationships_linked"), 0);
+    khala__chan_close(ch);
+}
