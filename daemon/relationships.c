@@ -86,7 +86,10 @@ int khala__rel_open(khalad_t *d) {
         set_msg(d, "relationship preload queue: out of memory");
         return -ENOMEM;
     }
-    rc = khala__links_open(dir, 0, d->cfg.l2.sync_every_ms, &r->lx, err, sizeof(err));
+    /* Tests only: KHALAD_TEST_LINKS_MAX bounds the index lower, so that eviction is reached. */
+    const char *tmax = getenv("KHALAD_TEST_LINKS_MAX");
+    uint64_t max = tmax ? strtoull(tmax, NULL, 10) : 0;
+    rc = khala__links_open(dir, max, d->cfg.l2.sync_every_ms, &r->lx, err, sizeof(err));
     if (rc != 0) {
         set_msg(d, "%s", err);
         free(r->ring);

@@ -48,6 +48,7 @@ static void teardown(void) {
     }
     if (g_name2[0])
         khala__seg_unlink(g_name2);
+    unsetenv("KHALAD_TEST_LINKS_MAX");
     khalad_env_fini();
 }
 
@@ -432,5 +433,23 @@ Test(relationships, a_host_that_was_not_listening_deletes_what_it_linked) {
     char lv[64]; /* only what was linked goes (L1 was emptied: it missed changes too) */
     cr_assert_str_eq(levels_of(ch, "user:E", lv, sizeof(lv)), "l2");
     cr_assert_eq(stat_u(ch, "relationships_linked"), 0);
+    khala__chan_close(ch);
+}
+
+Test(relationships, a_full_index_evicts_the_oldest_relationship_from_every_level) {
+    setenv("KHALAD_TEST_LINKS_MAX", "3", 1); /* room for 3 links */
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    static const char *const two[] = {"user:E", "user:N", NULL}, *const one[] = {"user:M", NULL};
+    put_ok(ch, "rel:old", "r", two);
+    put_ok(ch, "rel:mid", "r", one);
+    put_ok(ch, "rel:new", "r", two); /* 5 links: the oldest (2 links) goes */
+    assert_gone(ch, "rel:old");
+    assert_held_everywhere(ch, "rel:mid");
+    assert_held_everywhere(ch, "rel:new");
+    cr_assert_eq(stat_u(ch, "relationships_evicted"), 1);
+    cr_assert_eq(stat_u(ch, "relationship_links"), 3);
+    put_ok(ch, "user:N", "changed", NULL); /* rel:new is linked, and goes */
+    assert_gone(ch, "rel:new");
     khala__chan_close(ch);
 }
