@@ -374,7 +374,8 @@ static void async_get_done(void *arg, int rc, khala_tier_value_t *v) {
         d->async_hits++;
         if (ours && !khala__flight_invalidated(d->flight, ag->key, ag->klen)) {
             (void)khala__store_promote_below(d, ag->key, ag->klen, v, ag->lt->t->level);
-            (void)khala__store_promote(d, ag->key, ag->klen, v);
+            if (khala__store_promote(d, ag->key, ag->klen, v) == 0)
+                khala__rel_loaded(d, ag->key, ag->klen); /* preload_relationships */
         }
         if (ours) {
             flight_ctx_t fc = {d, v->type, v->version, ag->lt->t->level, v->ttl_ms};
@@ -453,7 +454,8 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     khalad_tier_t *async_at = NULL;
     if (khala__store_get(d, m->key.ptr, m->key.len, &v, &lvl, &async_at) == 0) {
         (void)khala__store_promote_below(d, m->key.ptr, m->key.len, &v, lvl);
-        (void)khala__store_promote(d, m->key.ptr, m->key.len, &v);
+        if (khala__store_promote(d, m->key.ptr, m->key.len, &v) == 0)
+            khala__rel_loaded(d, m->key.ptr, m->key.len); /* preload_relationships */
         khala_msg_t r = reply_to(m);
         r.value.ptr = v.data;
         r.value.len = v.len;
@@ -497,10 +499,15 @@ static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     int rc = 0;
     /* A fill with a bad TTL is not cached, but its waiters still get the value (below). */
     bool bad_ttl = (m->has & KHALA_F_TTL) && m->ttl_ms > KHALA_TTL_MAX_MS;
-    if (!bad_ttl)
+    /* Links are recorded before anything is written (daemon/relationships.h). */
+    if (!bad_ttl && (m->has & KHALA_F_LINKS))
+        rc = khala__rel_link(d, m->key.ptr, m->key.len, m->links, m->nlinks);
+    if (!bad_ttl && rc == 0)
         rc = khala__store_put(d, m->key.ptr, m->key.len, m->value.ptr, m->value.len,
                               (m->has & KHALA_F_TTL) ? (int64_t)m->ttl_ms : 0, type, flags, m->ver,
                               &ver);
+    if (m->op == KHALA_OP_FILL && rc == 0 && ver != 0)
+        khala__rel_loaded(d, m->key.ptr, m->key.len); /* preload_relationships */
     if (m->op == KHALA_OP_FILL) {
         /* The waiters get the value even when the store did not cache it. */
         flight_ctx_t fc = {d, type, ver, KHALA_LEVEL_LOADER, 0};
@@ -653,6 +660,8 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     };
     khala_server_stats_t ss;
     khala__server_stats(d->srv, &ss);
+    khala_rel_stats_t rs;
+    khala__rel_stats(d, &rs);
     khala_kv_t daemon[] = {
         KV_U("connections", ss.conns),
         KV_U("connections_paused", ss.paused),
@@ -675,6 +684,12 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         KV_U("fills_dropped", d->fills_dropped),
         KV_U("loads_in_flight", khala__flight_count(d->flight)),
         KV_U("uptime_ms", (uint64_t)khala__sys_now_ms() - d->started_ms),
+        KV_U("relationships_linked", rs.rels),
+        KV_U("relationship_links", rs.links),
+        KV_U("relationships_cascaded", rs.cascaded),
+        KV_U("relationships_evicted", rs.evicted),
+        KV_U("relationships_preloaded", rs.preloaded),
+        KV_U("relationship_preloads_dropped", rs.preload_dropped),
     };
     khala_kv_t below[KHALAD_TIERS_MAX][KHALAD_TIERS_STATS_MAX];
     khala_kv_t top[3 + KHALAD_TIERS_MAX] = {
@@ -1072,4 +1087,5 @@ void khala__handlers_tick(void *arg) {
     watch_stuck_reader(d);
     (void)khala__flight_expire(d->flight, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
     khala__tiers_tick(d);
+    khala__rel_tick(d);
 }

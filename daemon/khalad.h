@@ -18,6 +18,7 @@
 #include "l1_table.h"
 #include "log.h"
 #include "proto.h"
+#include "relationships.h"
 #include "server.h"
 #include "coherence.h"
 #include "crypt.h"
@@ -55,6 +56,7 @@ typedef struct khalad {
     khala_coherence_t *coh;                /* cross-host invalidation, or NULL */
     khala_invwait_t *invwait; /* replies waiting for invalidations below L1 (inv_wait.h), or NULL */
     khala_crypt_t *crypt;     /* [crypto] key ring, or NULL; immutable after start */
+    struct khala_rel *rel;    /* relationship caching (daemon/relationships.h), or NULL */
     int coh_fd;               /* its descriptor the loop watches, or -1 */
     uint64_t last_version;    /* last version handed out */
     uint64_t rng;             /* TTL jitter (daemon/store.c) */

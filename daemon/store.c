@@ -70,6 +70,7 @@
 #include "errbuf.h"
 #include "khala/error.h"
 #include "khalad.h"
+#include "relationships.h"
 
 /* The message a reply will carry (d->errmsg). */
 #define set_msg(d, ...) khala__errbuf_set((d)->errmsg, sizeof((d)->errmsg), __VA_ARGS__)
@@ -431,6 +432,11 @@ int khala__store_put(khalad_t *d, const void *key, size_t klen, const void *val,
             *version = 0;
         return 0;
     }
+    /* Relationship items linked to this key go first, at every level (daemon/relationships.c);
+     * a fill changes nothing, so it cascades nothing. */
+    int crc = (flags & KHALA_STORE_FILL) ? 0 : khala__rel_cascade_key(d, key, klen);
+    if (crc != 0)
+        return crc;
     khala_config_write_mode_t mode = khala__config_type_write_mode(&d->cfg, (int)type);
     op_t op = {KHALA_WQ_PUT,
                key,
@@ -532,6 +538,18 @@ int khala__store_touch(khalad_t *d, const void *key, size_t klen, int64_t ttl_ms
 }
 
 int khala__store_del(khalad_t *d, const void *key, size_t klen, int *in_l1_out) {
+    /* Relationship items linked to the key go first (daemon/relationships.c), then the key,
+     * then its own links. */
+    int rc = khala__rel_cascade_key(d, key, klen);
+    if (rc != 0)
+        return rc;
+    rc = khala__store_del_key(d, key, klen, in_l1_out);
+    if (rc == 0 || rc == KHALA_ENOTFOUND)
+        khala__rel_gone(d, key, klen);
+    return rc;
+}
+
+int khala__store_del_key(khalad_t *d, const void *key, size_t klen, int *in_l1_out) {
     op_t op = {KHALA_WQ_DEL, key, klen, NULL, 0, 0, 0, -1};
     int behind[KHALAD_TIERS_MAX] = {0};
     int rc = admit(d, &op, behind);
@@ -610,13 +628,15 @@ int khala__store_invalidate_steps(khalad_t *d, const void *prefix, size_t plen, 
     }
     if (version)
         *version = op.version;
+    /* What was linked to the removed keys goes too (daemon/relationships.c). */
+    int crc = khala__rel_invalidated(d, prefix, plen, type);
     if (plen)
         khala__store_publish(d, KHALA_INV_PREFIX, prefix, plen, type, 0);
     else
         khala__store_publish(d, type >= 0 ? KHALA_INV_TYPE : KHALA_INV_ALL, NULL, 0, type, 0);
     if (removed)
         *removed = n;
-    return 0;
+    return crc;
 }
 
 int khala__store_promote(khalad_t *d, const void *key, size_t klen, const khala_tier_value_t *v) {

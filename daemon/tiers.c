@@ -358,6 +358,7 @@ void khala__tiers_close(khalad_t *d) {
 static void on_inval(void *arg, const khala_inv_t *m) {
     khalad_t *d = arg;
     d->inval_received++;
+    khala__rel_remote(d, m); /* the relationship items this host linked to it */
     switch (m->by) {
         case KHALA_INV_KEY:
             (void)khala__store_forget(d, 1, m->key, m->klen, -1);
@@ -376,6 +377,7 @@ static void on_coh_event(void *arg, khala_coh_event_t ev, const char *why) {
     khalad_t *d = arg;
     /* Either way, what L1 holds may have changed elsewhere unseen: drop it. */
     uint64_t n = khala__store_forget(d, 0, NULL, 0, -1);
+    khala__rel_unproven(d, ev == KHALA_COH_LOST ? "subscription lost" : "subscription back");
     d->coherence_flushes++;
     char items[32];
     snprintf(items, sizeof(items), "%" PRIu64, n);

@@ -336,7 +336,9 @@ enum {
     KHALA_F_MAX_FRAME = 1u << 18, /**< max_frame: "max_frame" */
     KHALA_F_MAX_VALUE = 1u << 19, /**< max_value: "max_value" */
     KHALA_F_KEYS = 1u << 20,      /**< keys/nkeys: "keys" */
-    KHALA_F_DATA = 1u << 21       /**< data/ndata: "data" */
+    KHALA_F_DATA = 1u << 21,      /**< data/ndata: "data" */
+    /* Bits 22-24: issue 12's other parts (archive, similar). */
+    KHALA_F_LINKS = 1u << 25 /**< links/nlinks: "links" (put and fill requests) */
 };
 
 /**
@@ -346,8 +348,8 @@ enum {
  * To encode, zero-initialize (or khala__proto_msg_init), fill the fields, set their bits and
  * call an encoder; the byte fields may point anywhere the caller likes until the call returns.
  *
- * View rule for decoded messages: key, value, prefix, pattern, name, err, the keys array's
- * elements and every byte string in data point into the body buffer passed to the decoder;
+ * View rule for decoded messages: key, value, prefix, pattern, name, err, the keys and links
+ * arrays' elements and every byte string in data point into the body buffer passed to the decoder;
  * they are valid only while that buffer is unchanged (khala__proto_buf_consume and any growth
  * of a khala_buf_t move it). The keys and data arrays themselves live in the message's zone,
  * valid until khala__proto_msg_free(). Never write through a view.
@@ -385,7 +387,12 @@ typedef struct khala_msg {
     uint32_t nkeys;            /**< 0..KHALA_PROTO_ARRAY_MAX */
     const khala_kv_t *data;    /**< "data": ndata entries (stats, config, inspect replies) */
     uint32_t ndata;            /**< 0..KHALA_PROTO_MAP_MAX */
-    struct msgpack_zone *zone; /**< decoded messages only: owns keys and data; NULL otherwise */
+    const khala_bytes_t *links; /**< "links": put/fill: the keys of the end entities the item
+                                     is linked to (daemon/relationships.h), nlinks keys of
+                                     1..KHALA_KEY_MAX bytes, none the item's own key */
+    uint32_t nlinks;            /**< 1..KHALA_PROTO_ARRAY_MAX */
+    struct msgpack_zone *zone;  /**< decoded messages only: owns keys, links and data; NULL
+                                    otherwise */
 } khala_msg_t;
 
 /** @brief Zero a message (no fields, no zone). */

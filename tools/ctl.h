@@ -43,6 +43,7 @@ enum {
     O_LIMIT = 1u << 6,      /* --limit N: keys stops after N keys */
     O_KEYS_FROM = 1u << 7,  /* --keys-from FILE: warm, one key a line */
     O_VALUE_FROM = 1u << 8, /* --value-from FILE: put's value from a file ("-": stdin) */
+    O_LINK = 1u << 9,       /* --link KEY (repeatable): put's links (relationship caching) */
 };
 
 typedef struct ctl ctl_t;
@@ -73,6 +74,8 @@ struct ctl {
     khala_type_t type;
     uint64_t ttl_s, version, count, cursor, limit;
     const char *prefix, *keys_from, *value_from;
+    khala_bytes_t links[KHALA_PROTO_ARRAY_MAX]; /* --link, in order */
+    uint32_t nlinks;
     /* The connection. */
     char path[256]; /* the socket actually used */
     khala_chan_t *ch;
