@@ -43,6 +43,7 @@ enum {
     O_LIMIT = 1u << 6,      /* --limit N: keys stops after N keys */
     O_KEYS_FROM = 1u << 7,  /* --keys-from FILE: warm, one key a line */
     O_VALUE_FROM = 1u << 8, /* --value-from FILE: put's value from a file ("-": stdin) */
+    O_ARCHIVE = 1u << 9,    /* --archive: get reads the archive of the levels below L1 */
 };
 
 typedef struct ctl ctl_t;

@@ -95,6 +95,7 @@ static const struct {
     {"limit", O_LIMIT, true},
     {"keys-from", O_KEYS_FROM, true},
     {"value-from", O_VALUE_FROM, true},
+    {"archive", O_ARCHIVE, false},
 };
 
 #define NOPTS (sizeof(g_opts) / sizeof(g_opts[0]))
