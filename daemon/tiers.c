@@ -134,6 +134,10 @@ static int open_driver(khalad_t *d, khalad_tier_t *lt, int level, int *server, c
         .persistent = level == 2 ? c->l2.persistent : c->l3.persistent,
         .max_value = max_value,
         .sync_every_ms = level == 2 ? c->l2.sync_every_ms : c->l3.sync_every_ms,
+        /* L3's housekeeping (daemon/tier_disk_cleanup.c, tier_disk_archive.c); L2 has none. */
+        .archive_retention_ms = level == 2 ? 0 : (int64_t)c->l3.archive_retention_seconds * 1000,
+        .cleanup_interval_ms = level == 2 ? 0 : (int64_t)c->l3.cleanup_interval * 1000,
+        .cleanup_batch = level == 2 ? 0 : c->l3.cleanup_batch,
     };
     return khala__tier_disk_open(&o, &lt->t, err, errlen);
 }
