@@ -4,10 +4,12 @@
  * LAYOUT. Two named databases in the store's LMDB environment, written in the same transactions
  * as "items", so that a crash never leaves an item both live and archived or lost in between:
  *
- *   "archive"      key -> record                 the record of tier_disk_record.c, its expiry
- *                                                 rewritten to the end of the retention
- *   "archive_age"  be64(that expiry) key -> ""   the same copies ordered by expiry: with one
- *                                                 retention for all, oldest archived first
+ *   "archive"      key -> be64(seq) record            seq: the copy's archival number; record:
+ *                                                      tier_disk_record.c's, its expiry
+ *                                                      rewritten to the end of the retention
+ *   "archive_age"  be64(expiry) be64(seq) key -> ""   the same copies in archival order (one
+ *                                                      retention for all: oldest first; seq
+ *                                                      orders those of one millisecond)
  *
  * WHAT IS ARCHIVED. Only a live item evicted for space (the LFU victim of a put, of the cleanup
  * after max_entries was lowered, of the open's trim): that is the data a cache dropped for its
@@ -43,6 +45,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,23 +55,50 @@
 
 typedef khala_disk_store_t disk_t;
 
-#define AGE_KEY_MAX (8 + KHALA_KEY_MAX)
+/* An "archive" value: the copy's sequence number (8 bytes), then its record. */
+#define SEQ_LEN 8
+/* An "archive_age" key: expiry, sequence number, key. */
+#define AGE_HDR 16
+#define AGE_KEY_MAX (AGE_HDR + KHALA_KEY_MAX)
 
-/* The "archive_age" key of a copy: the expiry big-endian (so that byte order is time order;
- * expiries are positive), then the key. Returns its length. */
-static size_t age_key(uint8_t *out, int64_t expire_ms, const void *key, size_t klen) {
-    uint64_t e = (uint64_t)expire_ms;
-    for (int i = 7; i >= 0; i--, e >>= 8)
-        out[i] = (uint8_t)e;
-    memcpy(out + 8, key, klen);
-    return 8 + klen;
+static void be64_put(uint8_t *out, uint64_t v) {
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        out[i] = (uint8_t)v;
 }
 
-static int64_t age_expiry(const uint8_t *k) {
-    uint64_t e = 0;
+static uint64_t be64_get(const uint8_t *p) {
+    uint64_t v = 0;
     for (int i = 0; i < 8; i++)
-        e = e << 8 | k[i];
-    return (int64_t)e;
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* The "archive_age" key of a copy: its expiry and its sequence number big-endian (so that byte
+ * order is archival order; expiries are positive), then the key. Returns its length. */
+static size_t age_key(uint8_t *out, int64_t expire_ms, uint64_t seq, const void *key, size_t klen) {
+    be64_put(out, (uint64_t)expire_ms);
+    be64_put(out + 8, seq);
+    memcpy(out + AGE_HDR, key, klen);
+    return AGE_HDR + klen;
+}
+
+/* Decode an "archive" value: 0 or KHALA_ECORRUPT (why says what is wrong, when given). */
+static int arch_decode(const MDB_val *r, khala_disk_rec_t *rec, uint64_t *seq, char *why,
+                       size_t whylen) {
+    if (r->mv_size < SEQ_LEN) {
+        if (why)
+            snprintf(why, whylen, "%zu bytes, shorter than its sequence number", r->mv_size);
+        return KHALA_ECORRUPT;
+    }
+    *seq = be64_get(r->mv_data);
+    return khala__disk_rec_decode((const uint8_t *)r->mv_data + SEQ_LEN, r->mv_size - SEQ_LEN, rec,
+                                  why, whylen);
+}
+
+/* The bytes (key + value) an "archive" value counts for. */
+static uint64_t arch_bytes(size_t klen, const MDB_val *r) {
+    size_t hdr = SEQ_LEN + KHALA_DISK_REC_HDR;
+    return klen + (r->mv_size > hdr ? r->mv_size - hdr : 0);
 }
 
 static int on(const disk_t *d) {
@@ -117,8 +147,10 @@ int khala__disk_archive_load(disk_t *d, char *err, size_t errlen) {
         rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
     for (; !rc; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
         d->arch_n++;
-        d->arch_bytes +=
-            k.mv_size + (v.mv_size > KHALA_DISK_REC_HDR ? v.mv_size - KHALA_DISK_REC_HDR : 0);
+        d->arch_bytes += arch_bytes(k.mv_size, &v);
+        uint64_t seq = v.mv_size >= SEQ_LEN ? be64_get(v.mv_data) : 0;
+        if (seq >= d->arch_seq)
+            d->arch_seq = seq + 1; /* new copies sort after every kept one of their millisecond */
     }
     if (c)
         mdb_cursor_close(c);
@@ -135,11 +167,11 @@ int khala__disk_archive_load(disk_t *d, char *err, size_t errlen) {
  * orphan age entry is skipped by whoever meets it). */
 static int drop_copy_txn(disk_t *d, MDB_txn *txn, const void *key, size_t klen, const MDB_val *r) {
     khala_disk_rec_t rec;
-    uint64_t bytes = klen + (r->mv_size > KHALA_DISK_REC_HDR ? r->mv_size - KHALA_DISK_REC_HDR : 0);
+    uint64_t bytes = arch_bytes(klen, r), seq;
     int rc = 0;
-    if (khala__disk_rec_decode(r->mv_data, r->mv_size, &rec, NULL, 0) == 0) {
+    if (arch_decode(r, &rec, &seq, NULL, 0) == 0) {
         uint8_t ak[AGE_KEY_MAX];
-        MDB_val a = {age_key(ak, rec.expire_ms, key, klen), ak};
+        MDB_val a = {age_key(ak, rec.expire_ms, seq, key, klen), ak};
         rc = mdb_del(txn, d->archive_age, &a, NULL);
         if (rc == MDB_NOTFOUND)
             rc = 0;
@@ -164,23 +196,30 @@ int khala__disk_archive_del_txn(disk_t *d, MDB_txn *txn, const void *key, size_t
     return rc ? rc : drop_copy_txn(d, txn, key, klen, &r);
 }
 
-/* Remove the first entry of "archive_age" (the oldest copy) and its copy. *expire_ms gets its
- * expiry. MDB_NOTFOUND when the archive is empty. */
-static int drop_oldest_txn(disk_t *d, MDB_txn *txn, int64_t *expire_ms) {
+/* Remove the first entry of "archive_age" (the oldest copy) and its copy, passing over the age
+ * key keep (keep_len bytes; 0 = none: the copy just archived, which may share its millisecond
+ * with older ones and sort before them by key). *expire_ms gets its expiry. MDB_NOTFOUND when
+ * the archive holds nothing else. */
+static int drop_oldest_txn(disk_t *d, MDB_txn *txn, const uint8_t *keep, size_t keep_len,
+                           int64_t *expire_ms) {
     MDB_cursor *c;
     MDB_val ak, none, r;
     int rc = mdb_cursor_open(txn, d->archive_age, &c);
     if (rc)
         return rc;
     rc = mdb_cursor_get(c, &ak, &none, MDB_FIRST);
-    if (!rc && (ak.mv_size <= 8 || ak.mv_size > AGE_KEY_MAX))
+    if (!rc && keep_len && ak.mv_size == keep_len && memcmp(ak.mv_data, keep, keep_len) == 0)
+        rc = mdb_cursor_get(c, &ak, &none, MDB_NEXT);
+    if (!rc && (ak.mv_size <= AGE_HDR || ak.mv_size > AGE_KEY_MAX))
         rc = MDB_CORRUPTED;
     uint8_t key[KHALA_KEY_MAX];
     size_t klen = 0;
+    uint64_t aseq = 0;
     if (!rc) {
-        *expire_ms = age_expiry(ak.mv_data);
-        klen = ak.mv_size - 8;
-        memcpy(key, (const uint8_t *)ak.mv_data + 8, klen);
+        *expire_ms = (int64_t)be64_get(ak.mv_data);
+        aseq = be64_get((const uint8_t *)ak.mv_data + 8);
+        klen = ak.mv_size - AGE_HDR;
+        memcpy(key, (const uint8_t *)ak.mv_data + AGE_HDR, klen);
         rc = mdb_cursor_del(c, 0);
     }
     mdb_cursor_close(c);
@@ -193,10 +232,10 @@ static int drop_oldest_txn(disk_t *d, MDB_txn *txn, int64_t *expire_ms) {
     if (rc)
         return rc;
     khala_disk_rec_t rec;
-    if (khala__disk_rec_decode(r.mv_data, r.mv_size, &rec, NULL, 0) == 0 &&
-        rec.expire_ms != *expire_ms)
+    uint64_t seq;
+    if (arch_decode(&r, &rec, &seq, NULL, 0) == 0 && (rec.expire_ms != *expire_ms || seq != aseq))
         return 0; /* the key was archived again later: that copy stays */
-    uint64_t bytes = klen + (r.mv_size > KHALA_DISK_REC_HDR ? r.mv_size - KHALA_DISK_REC_HDR : 0);
+    uint64_t bytes = arch_bytes(klen, &r);
     rc = mdb_del(txn, d->archive, &k, NULL);
     if (!rc) {
         d->arch_dn--;
@@ -216,29 +255,36 @@ int khala__disk_archive_move_txn(disk_t *d, MDB_txn *txn, const void *key, size_
         return rc == MDB_NOTFOUND ? 0 : rc;
     if (khala__disk_rec_decode(r.mv_data, r.mv_size, &rec, NULL, 0) != 0)
         return 0; /* not worth keeping, and it would not decode when read back */
+    /* Copy the value out first: the puts below may move the page it is on (LMDB spills dirty
+     * pages of a large transaction), and the view with it. */
     size_t vlen = rec.len;
-    rc = mdb_get(txn, d->archive, &k, &a);
-    if (rc == 0)
-        rc = drop_copy_txn(d, txn, key, klen, &a);
-    else if (rc == MDB_NOTFOUND)
-        rc = 0;
-    if (rc)
-        return rc;
+    if (vlen > d->arch_buf_cap) {
+        uint8_t *b = realloc(d->arch_buf, vlen);
+        if (!b)
+            return ENOMEM;
+        d->arch_buf = b;
+        d->arch_buf_cap = vlen;
+    }
+    if (vlen)
+        memcpy(d->arch_buf, rec.value, vlen);
     int64_t expire =
         d->archive_retention_ms > INT64_MAX - now_rt ? INT64_MAX : now_rt + d->archive_retention_ms;
-    a.mv_size = khala__disk_rec_size(vlen);
-    rc = mdb_put(txn, d->archive, &k, &a, MDB_RESERVE);
+    a.mv_size = SEQ_LEN + khala__disk_rec_size(vlen);
+    rc = mdb_put(txn, d->archive, &k, &a, MDB_RESERVE | MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST) { /* an older archived copy: replaced */
+        rc = drop_copy_txn(d, txn, key, klen, &a);
+        a.mv_size = SEQ_LEN + khala__disk_rec_size(vlen);
+        if (!rc)
+            rc = mdb_put(txn, d->archive, &k, &a, MDB_RESERVE);
+    }
     if (rc)
         return rc;
-    /* Read the item again: the put above may have moved pages, and an earlier view with them. */
-    rc = mdb_get(txn, d->items, &k, &r);
-    if (!rc && khala__disk_rec_decode(r.mv_data, r.mv_size, &rec, NULL, 0) != 0)
-        rc = MDB_CORRUPTED; /* it decoded a moment ago */
-    if (rc)
-        return rc;
-    khala__disk_rec_encode(a.mv_data, rec.type, rec.version, expire, rec.value, rec.len);
+    uint64_t seq = d->arch_seq++; /* a hint of order: an aborted write only skips a number */
+    be64_put(a.mv_data, seq);
+    khala__disk_rec_encode((uint8_t *)a.mv_data + SEQ_LEN, rec.type, rec.version, expire,
+                           d->arch_buf, vlen);
     uint8_t ak[AGE_KEY_MAX];
-    MDB_val av = {age_key(ak, expire, key, klen), ak}, none = {0, NULL};
+    MDB_val av = {age_key(ak, expire, seq, key, klen), ak}, none = {0, NULL};
     rc = mdb_put(txn, d->archive_age, &av, &none, 0);
     if (rc)
         return rc;
@@ -249,7 +295,7 @@ int khala__disk_archive_move_txn(disk_t *d, MDB_txn *txn, const void *key, size_
            (int64_t)d->arch_bytes + d->arch_dbytes > (int64_t)d->max_bytes) {
         int64_t e;
         int64_t before = d->arch_dn;
-        rc = drop_oldest_txn(d, txn, &e);
+        rc = drop_oldest_txn(d, txn, ak, av.mv_size, &e);
         if (rc == MDB_NOTFOUND)
             return 0;
         if (rc)
@@ -283,13 +329,13 @@ int khala__disk_archive_expire_step(disk_t *d, int64_t now_rt, size_t max, size_
         if (rc)
             break;
         rc = mdb_cursor_get(c, &ak, &none, MDB_FIRST);
-        int64_t first = rc == 0 && ak.mv_size > 8 ? age_expiry(ak.mv_data) : INT64_MAX;
+        int64_t first = rc == 0 && ak.mv_size > AGE_HDR ? (int64_t)be64_get(ak.mv_data) : INT64_MAX;
         mdb_cursor_close(c);
         if (rc || khala__disk_live(first, now_rt))
             break;
         int64_t e;
         int64_t before = d->arch_dn;
-        rc = drop_oldest_txn(d, txn, &e);
+        rc = drop_oldest_txn(d, txn, NULL, 0, &e);
         if (rc)
             break;
         n += d->arch_dn < before;
@@ -336,16 +382,16 @@ static int invalidate_batch(disk_t *d, const uint8_t *prefix, size_t plen, int t
             break;
         }
         khala_disk_rec_t rec;
-        int bad = khala__disk_rec_decode(r.mv_data, r.mv_size, &rec, NULL, 0) != 0;
+        uint64_t seq = 0;
+        int bad = arch_decode(&r, &rec, &seq, NULL, 0) != 0;
         if (type < 0 || bad || (int)rec.type == type) {
             uint8_t key[KHALA_KEY_MAX];
             size_t klen = k.mv_size;
             memcpy(key, k.mv_data, klen);
-            uint64_t bytes =
-                klen + (r.mv_size > KHALA_DISK_REC_HDR ? r.mv_size - KHALA_DISK_REC_HDR : 0);
+            uint64_t bytes = arch_bytes(klen, &r);
             if (!bad) {
                 uint8_t ak[AGE_KEY_MAX];
-                MDB_val a = {age_key(ak, rec.expire_ms, key, klen), ak};
+                MDB_val a = {age_key(ak, rec.expire_ms, seq, key, klen), ak};
                 rc = mdb_del(txn, d->archive_age, &a, NULL);
                 rc = rc == MDB_NOTFOUND ? 0 : rc;
             }
@@ -418,6 +464,7 @@ int khala__disk_archive_get(disk_t *d, const void *key, size_t klen, khala_tier_
         return rc;
     MDB_val k = {klen, (void *)key}, r;
     khala_disk_rec_t rec;
+    uint64_t seq;
     char why[80];
     int64_t now_rt = khala__disk_store_realtime_ms();
     rc = mdb_get(txn, d->archive, &k, &r);
@@ -426,7 +473,7 @@ int khala__disk_archive_get(disk_t *d, const void *key, size_t klen, khala_tier_
                                     khala__disk_store_key_show(key, klen, kb, sizeof(kb)));
     } else if (rc) {
         rc = khala__disk_store_mdb_fail(d, rc, "reading the archive");
-    } else if (khala__disk_rec_decode(r.mv_data, r.mv_size, &rec, why, sizeof(why)) != 0) {
+    } else if (arch_decode(&r, &rec, &seq, why, sizeof(why)) != 0) {
         d->st.errors++;
         rc = khala__disk_store_fail(
             d, KHALA_ECORRUPT, "archived record of key '%s' is malformed (%zu bytes: %s)",

@@ -10,7 +10,7 @@
  *       "meta"   "format" -> magic  refuses what is not ours or is newer than us
  *     and, with an archive (archive_retention_ms; daemon/tier_disk_archive.c), two more:
  *       "archive"     key -> record           copies evicted for space, expiry = retention end
- *       "archive_age" be64(expiry) key -> ""  the same, oldest first (retention, bound)
+ *       "archive_age" expiry, seq, key -> ""  the same, oldest first (retention, bound)
  *   <path>/khala.lock               flock'd while open: one opener per store
  *
  *   The records of "items" and "meta" are laid out in daemon/tier_disk_record.c.
@@ -373,6 +373,8 @@ static void store_free(disk_t *d) {
     if (d->lock_fd >= 0)
         close(d->lock_fd);
     khala__disk_index_free(&d->ix);
+    free(d->cleanup_plan);
+    free(d->arch_buf);
     free(d->acts);
     free(d->path);
     free(d);

@@ -107,12 +107,18 @@ typedef struct khala_disk_store {
     int64_t arch_dn, arch_dbytes;
     uint64_t arch_expirations; /* archived copies removed past their retention */
     uint64_t arch_drops;       /* archived copies dropped, oldest first, to keep its bound */
+    uint64_t arch_seq;         /* the next copy's archival number (above every kept one) */
+    uint8_t *arch_buf;         /* a value being moved to the archive (reused; freed at close) */
+    size_t arch_buf_cap;       /* its bytes */
 
     /* The periodic cleanup in progress (daemon/tier_disk_cleanup.c). */
     int cleanup_phase;       /* khala_disk_cleanup_phase_t; 0 = idle */
     size_t cleanup_pos;      /* the expiry phase walks ix.dense down from here */
     int64_t cleanup_next_ms; /* monotonic ms when the next cleanup starts */
-    uint64_t cleanups;       /* cleanups completed */
+    uint8_t *cleanup_plan;   /* phase 2's victims, in key order: each a length byte and the
+                                key; NULL when none is planned (freed at close) */
+    size_t cleanup_plan_len, cleanup_plan_off; /* its bytes; where the next step resumes */
+    uint64_t cleanups;                         /* cleanups completed */
 } khala_disk_store_t;
 
 /**

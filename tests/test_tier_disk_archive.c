@@ -392,3 +392,47 @@ Test(tier_disk_archive, an_l2_store_with_lowered_capacity_is_still_trimmed_at_op
     cr_assert_eq(stats(t).items, 10);
     t->ops->close(t);
 }
+
+Test(tier_disk_archive, the_cleanup_evicts_the_least_valuable_first) {
+    khala_tier_t *t = open_with(l3_opts(1000, 60000, 0, 0));
+    mput_range(t, "k", 0, 1000, 0);
+    /* Every tenth key is read a lot (as L1 hits reported at a graceful stop). */
+    for (int i = 0; i < 1000; i += 10) {
+        char key[16];
+        snprintf(key, sizeof(key), "k%d", i);
+        t->ops->note_hits(t, key, strlen(key), 1000);
+    }
+    t->ops->close(t); /* the counters go to "lfu" */
+    t = open_with(l3_opts(100, 60000, 1000, 100));
+    for (int i = 0; i < 100 && stats(t).items > 100; i++)
+        t->ops->tick(t, 10 + i);
+    cr_assert_eq(stats(t).items, 100);
+    for (int i = 0; i < 1000; i += 10) {
+        char key[16];
+        snprintf(key, sizeof(key), "k%d", i);
+        cr_assert(live(t, key), "%s, read most, was evicted", key);
+    }
+    t->ops->close(t);
+}
+
+Test(tier_disk_archive, a_key_evicted_again_replaces_its_archived_copy) {
+    khala_tier_t *t = open_with(l3_opts(1, 60000, 0, 0));
+    cr_assert_eq(put(t, "a", "one", 1, 0), 0);
+    cr_assert_eq(put(t, "b", "x", 1, 0), 0);   /* evicts a (one) */
+    cr_assert_eq(put(t, "a", "two", 2, 0), 0); /* evicts b */
+    cr_assert_eq(put(t, "c", "y", 1, 0), 0);   /* evicts a (two): the copy is replaced */
+    char buf[16];
+    khala_tier_value_t meta = {0};
+    cr_assert_eq(archived(t, "a", buf, sizeof(buf), &meta), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "two");
+    cr_assert_eq(meta.version, 2);
+    /* The archive holds 1 item (its bound): b went, the newest copy of a stayed. */
+    cr_assert_eq(stats(t).archive_items, 1);
+    cr_assert_eq(archived(t, "b", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    t->ops->close(t);
+    /* Its size survives a reopen as counted. */
+    t = open_with(l3_opts(1, 60000, 0, 0));
+    cr_assert_eq(stats(t).archive_items, 1);
+    cr_assert_eq(stats(t).archive_bytes, 4);
+    t->ops->close(t);
+}
