@@ -85,6 +85,8 @@ typedef struct bench_cleanup {
     uint64_t rows;      /* rows the cleanup removed or moved */
     unsigned steps;     /* ticks it took (one step each) */
     double ms;          /* the ticks' times, summed: the full cleanup's work */
+    double cpu_ms;      /* the ticks' CPU time (this thread), summed: the same, less the time
+                           other processes took the CPU away (a loaded machine) */
     double max_step_ms; /* the longest tick: how long a client could wait behind one */
     double fill_s;      /* seconds to fill the store */
 } bench_cleanup_t;

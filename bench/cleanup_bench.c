@@ -101,9 +101,10 @@ int bench_cleanup(const bench_opts_t *o, bench_cleanup_case_t c, uint32_t batch,
     out->fill_s = (double)(bu_now_ns() - t0) / 1e9;
     int64_t now_ms = 1;
     while (done_rows(t, c) < n) {
-        uint64_t s0 = bu_now_ns();
+        uint64_t s0 = bu_now_ns(), c0 = bu_cpu_ns();
         t->ops->tick(t, now_ms++);
         double ms = (double)(bu_now_ns() - s0) / 1e6;
+        out->cpu_ms += (double)(bu_cpu_ns() - c0) / 1e6;
         out->ms += ms;
         if (ms > out->max_step_ms)
             out->max_step_ms = ms;

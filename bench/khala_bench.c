@@ -460,9 +460,9 @@ int main(int argc, char **argv) {
             if (bench_cleanup(&o, (bench_cleanup_case_t)c, g_batch, &r) != 0)
                 return 1;
             printf("bench=cleanup case=%s rows=%llu value=%u batch=%u steps=%u ms=%.2f "
-                   "max_step_ms=%.2f fill_s=%.2f\n",
+                   "cpu_ms=%.2f max_step_ms=%.2f fill_s=%.2f\n",
                    c == BENCH_CLEANUP_EXPIRED ? "expired" : "over", (unsigned long long)r.rows,
-                   o.value_size, g_batch, r.steps, r.ms, r.max_step_ms, r.fill_s);
+                   o.value_size, g_batch, r.steps, r.ms, r.cpu_ms, r.max_step_ms, r.fill_s);
         }
         return 0;
     }
