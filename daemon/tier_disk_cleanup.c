@@ -9,9 +9,13 @@
  *   2. EVICT    while the store is over max_items / max_bytes (they were lowered since it was
  *               written: the open then does not trim), evict up to cleanup_batch victims per
  *               step, least valuable first (the index's LFU counters, then age), into the
- *               archive when the store keeps one. The phase's first step plans: it ranks every
- *               entry (khala__disk_index_rank), takes the least valuable until the store would
- *               fit, and sorts those victims by key; the steps then evict them in key order;
+ *               archive when the store keeps one. It works in passes over "items" in key
+ *               order: a pass estimates, from RANK_SAMPLES random entries, the rank
+ *               (khala__disk_index_rank) below which RANK_MARGIN of the excess lies, then its
+ *               steps walk the records from where the last stopped (examining at most
+ *               EXAMINE_FACTOR times cleanup_batch) and evict those ranked at or below it. Passes
+ *               repeat while the excess is a batch or more; the last rows go as a put evicts
+ *               them (the coldest of random samples);
  *   3. ARCHIVE  delete up to cleanup_batch archived copies past their retention, oldest first.
  * Each step is one LMDB transaction committed without fsync: it removes dead items or moves
  * items to the archive, and a step lost in a crash leaves the item where it was, so nothing
@@ -25,18 +29,19 @@
  * the cleanup began, whatever the puts and removals between steps; entries written since are
  * new and live.
  *
- * Why a plan in key order: LMDB rewrites every page a transaction touches. Victims sampled at
+ * Why passes in key order: LMDB rewrites every page a transaction touches. Victims sampled at
  * random (as a put evicts) are spread over the whole B-tree, so each step of 1,000 rewrote most
  * of the store's pages, and a cleanup of 100 k rows over max_entries took seconds (measured:
- * 728 ms for 20 k rows). In key order, the steps walk the B-tree once: each page is written
- * about once in the whole cleanup. The plan is a snapshot: a victim deleted or rewritten since
- * is skipped (it is no longer the entry that was ranked), and the phase stops as soon as the
- * store fits. Planning ranks and sorts every entry (a radix sort) and sorts the victims by key
- * (qsort), in one tick: the longest step of such a cleanup (see docs/benchmarks.md).
+ * 728 ms for 20 k rows). In key order a pass walks the B-tree once, each page written about
+ * once. The order of eviction is approximate LFU, as a put's: a pass takes what ranks below a
+ * sampled threshold, aiming under the excess so that it rarely takes an entry more valuable
+ * than needed.
  *
  * Rejected: the whole cleanup in one transaction (100 k deletions hold khalad's loop thread for
  * tens of ms, and a transaction's dirty pages are bounded); a cursor over "items" for expiry (a
- * read of every record from the map, where the index already holds every expiry).
+ * read of every record from the map, where the index already holds every expiry); ranking and
+ * sorting every entry, then the victims by key, at the phase's start (exact LFU, but 60-80 ms in
+ * one tick for 200 k entries: a stall).
  */
 #include "tier_disk_cleanup.h"
 
@@ -47,10 +52,17 @@
 #include <string.h>
 
 #include "khala/error.h"
+#include "sys.h"
 #include "tier_disk_archive.h"
 
-/* Entries phase 1 examines per step, per row it may remove: in memory, a few µs per thousand. */
+/* Entries phase 1 (in memory) and phase 2 (records, in key order) examine per step, per row
+ * they may remove. */
 #define EXAMINE_FACTOR 16u
+/* Phase 2: entries sampled to estimate a pass's rank threshold, and the share of the store's
+ * excess one pass aims at (below 1, so that sampling error rarely evicts an entry more valuable
+ * than needed: the next pass, or the final sampled step, takes the rest). */
+#define RANK_SAMPLES 1024
+#define RANK_MARGIN 0.9
 
 typedef khala_disk_store_t disk_t;
 typedef khala_disk_entry_t entry_t;
@@ -103,116 +115,102 @@ static int expire_step(disk_t *d, int64_t now_rt, size_t *rows, int *done) {
     return 0;
 }
 
-/* Phase 2's plan: every entry ranked at once (khala__disk_index_rank), the least valuable
- * taken until the store would be within its capacities, and those victims sorted by key. */
-typedef struct cand {
-    uint64_t rank;
-    entry_t *e;
-} cand_t;
-
-/* Sort c[0 .. n) by rank: LSD radix sort by bytes, skipping the bytes every rank shares (the
- * counter byte and the high bytes of seq mostly are): a few linear passes, where qsort took
- * 28 ms for 200 k entries. tmp has room for n. */
-static void sort_by_rank(cand_t *c, cand_t *tmp, size_t n) {
-    for (int shift = 0; shift < 64; shift += 8) {
-        size_t count[256] = {0};
-        for (size_t i = 0; i < n; i++)
-            count[(c[i].rank >> shift) & 0xff]++;
-        if (count[(c[0].rank >> shift) & 0xff] == n)
-            continue; /* one digit for all: this pass changes nothing */
-        size_t pos = 0;
-        for (int b = 0; b < 256; b++) {
-            size_t k = count[b];
-            count[b] = pos;
-            pos += k;
-        }
-        for (size_t i = 0; i < n; i++)
-            tmp[count[(c[i].rank >> shift) & 0xff]++] = c[i];
-        memcpy(c, tmp, n * sizeof(*c));
-    }
-}
-
-static int by_key(const void *a, const void *b) {
-    const entry_t *x = ((const cand_t *)a)->e, *y = ((const cand_t *)b)->e;
-    size_t n = x->klen < y->klen ? x->klen : y->klen;
-    int c = memcmp(x->key, y->key, n);
-    return c ? c : (int)x->klen - (int)y->klen;
-}
-
 static int over(const disk_t *d) {
     return d->ix.n > d->max_items || d->ix.bytes > d->max_bytes;
 }
 
-static int plan(disk_t *d, int64_t now_rt) {
-    size_t n = d->ix.n, k = 0, len = 0;
-    cand_t *c = malloc(2 * n * sizeof(*c));
-    if (!c)
-        return -ENOMEM;
+static int by_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Start a pass of phase 2: the rank below which it evicts, estimated from RANK_SAMPLES random
+ * entries as the RANK_MARGIN share of the fraction of the store that must go. */
+static void pass_start(disk_t *d) {
+    uint64_t ranks[RANK_SAMPLES], x = khala__sys_random_u64() | 1;
     uint32_t now_min = khala__disk_index_now_min(&d->ix);
-    for (size_t i = 0; i < n; i++)
-        c[i] = (cand_t){khala__disk_index_rank(d->ix.dense[i], now_min, now_rt), d->ix.dense[i]};
-    sort_by_rank(c, c + n, n);
-    uint64_t items = n, bytes = d->ix.bytes;
-    while (k < n && (items > d->max_items || bytes > d->max_bytes)) {
-        items--;
-        bytes -= c[k].e->bytes;
-        len += 1 + c[k++].e->klen;
+    int64_t now_rt = khala__disk_store_realtime_ms();
+    double need = 0;
+    if (d->ix.n > d->max_items)
+        need = (double)(d->ix.n - d->max_items) / (double)d->ix.n;
+    if (d->ix.bytes > d->max_bytes && (double)(d->ix.bytes - d->max_bytes) / d->ix.bytes > need)
+        need = (double)(d->ix.bytes - d->max_bytes) / (double)d->ix.bytes;
+    for (int i = 0; i < RANK_SAMPLES; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        ranks[i] = khala__disk_index_rank(d->ix.dense[x % d->ix.n], now_min, now_rt);
     }
-    qsort(c, k, sizeof(*c), by_key);
-    uint8_t *p = malloc(len ? len : 1);
-    if (!p) {
-        free(c);
-        return -ENOMEM;
-    }
-    for (size_t i = 0, off = 0; i < k; i++) {
-        p[off] = c[i].e->klen;
-        memcpy(p + off + 1, c[i].e->key, c[i].e->klen);
-        off += 1 + c[i].e->klen;
-    }
-    free(c);
-    d->cleanup_plan = p;
-    d->cleanup_plan_len = len;
-    d->cleanup_plan_off = 0;
-    return 0;
+    qsort(ranks, RANK_SAMPLES, sizeof(ranks[0]), by_u64);
+    size_t at = (size_t)(need * RANK_MARGIN * RANK_SAMPLES);
+    d->cleanup_rank_max = ranks[at < RANK_SAMPLES ? at : RANK_SAMPLES - 1];
+    d->cleanup_pass_rows = 0;
+    d->cleanup_walking = 1;
+    d->cleanup_key_len = 0;
 }
 
-static void plan_free(disk_t *d) {
-    free(d->cleanup_plan);
-    d->cleanup_plan = NULL;
-    d->cleanup_plan_len = d->cleanup_plan_off = 0;
-}
-
-/* Phase 2, one step: the plan's next victims (planned at the phase's first step). */
+/* Phase 2, one step: the end of the store's excess by sampling, or a step of the pass. */
 static int evict_step(disk_t *d, int64_t now_rt, size_t *rows, int *done) {
     *rows = 0;
     *done = !over(d);
     if (*done) {
-        plan_free(d);
+        d->cleanup_walking = d->cleanup_sampled = 0;
         return 0;
     }
-    int rc;
-    if (!d->cleanup_plan && (rc = plan(d, now_rt)) != 0)
-        return rc;
+    uint64_t before = d->ix.n;
     MDB_txn *txn;
+    int rc;
+    if (!d->cleanup_walking &&
+        (d->cleanup_sampled ||
+         (d->ix.n - (d->ix.n > d->max_items ? d->max_items : d->ix.n) < d->cleanup_batch &&
+          d->ix.bytes <= d->max_bytes))) {
+        /* A few left: the coldest of random samples, as a put evicts. */
+        if ((rc = khala__disk_store_wtxn_begin(d, 1, &txn)) != 0)
+            return rc;
+        rc = khala__disk_store_evict_txn(d, txn, 0, 0, now_rt, d->cleanup_batch, 0);
+        rc = khala__disk_store_wtxn_end(d, txn, 1, rc);
+        if (rc) {
+            khala__disk_store_acts_discard(d);
+            return rc;
+        }
+        khala__disk_store_acts_apply(d);
+        *rows = (size_t)(before - d->ix.n);
+        *done = !over(d);
+        if (*done)
+            d->cleanup_sampled = 0;
+        return 0;
+    }
+    if (!d->cleanup_walking)
+        pass_start(d);
     if ((rc = khala__disk_store_wtxn_begin(d, 1, &txn)) != 0)
         return rc;
-    size_t off = d->cleanup_plan_off, n = 0;
+    MDB_cursor *c = NULL;
+    MDB_val k = {d->cleanup_key_len, d->cleanup_key}, r;
+    rc = mdb_cursor_open(txn, d->items, &c);
+    if (!rc)
+        rc = d->cleanup_key_len ? mdb_cursor_get(c, &k, &r, MDB_SET_RANGE)
+                                : mdb_cursor_get(c, &k, &r, MDB_FIRST);
+    uint32_t now_min = khala__disk_index_now_min(&d->ix);
     uint64_t items = d->ix.n, bytes = d->ix.bytes;
-    while (!rc && off < d->cleanup_plan_len && n < d->cleanup_batch &&
+    size_t n = 0, examined = 0, limit = (size_t)d->cleanup_batch * EXAMINE_FACTOR;
+    while (!rc && n < d->cleanup_batch && examined < limit &&
            (items > d->max_items || bytes > d->max_bytes)) {
-        size_t klen = d->cleanup_plan[off];
-        const uint8_t *key = d->cleanup_plan + off + 1;
-        off += 1 + klen;
-        entry_t *e = khala__disk_index_find(&d->ix, key, klen);
-        if (!e || e->pinned) /* removed or rewritten since the plan: not a victim now */
+        examined++;
+        entry_t *e = khala__disk_index_find(&d->ix, k.mv_data, k.mv_size);
+        if (!e || e->pinned || khala__disk_index_rank(e, now_min, now_rt) > d->cleanup_rank_max) {
+            rc = mdb_cursor_get(c, &k, &r, MDB_NEXT);
             continue;
+        }
         int live = khala__disk_live(e->expire_ms, now_rt);
         if (live && d->archive_retention_ms)
             rc = khala__disk_archive_move_txn(d, txn, e->key, e->klen, now_rt);
         if (!rc)
-            rc = khala__disk_store_del_both(d, txn, e->key, e->klen);
-        if (rc == MDB_NOTFOUND)
-            rc = 0;
+            rc = mdb_cursor_del(c, 0);
+        if (!rc) {
+            MDB_val lk = {e->klen, e->key};
+            rc = mdb_del(txn, d->lfu, &lk, NULL);
+            rc = rc == MDB_NOTFOUND ? 0 : rc;
+        }
         if (!rc)
             rc = khala__disk_store_act_push(
                 d, (act_t){.kind = live ? KHALA_DISK_ACT_EVICT : KHALA_DISK_ACT_EXPIRE, .old = e});
@@ -222,18 +220,39 @@ static int evict_step(disk_t *d, int64_t now_rt, size_t *rows, int *done) {
         items--;
         bytes -= e->bytes;
         n++;
+        /* After a delete the cursor stands on the next key, and MDB_NEXT returns it. */
+        rc = mdb_cursor_get(c, &k, &r, MDB_NEXT);
     }
+    int end = rc == MDB_NOTFOUND;
+    if (end)
+        rc = 0;
+    uint8_t next[KHALA_KEY_MAX];
+    size_t next_len = 0;
+    if (!rc && !end && k.mv_size <= KHALA_KEY_MAX) {
+        memcpy(next, k.mv_data, k.mv_size);
+        next_len = k.mv_size;
+    }
+    if (c)
+        mdb_cursor_close(c);
     rc = khala__disk_store_wtxn_end(d, txn, 1, rc);
     if (rc) {
         khala__disk_store_acts_discard(d);
-        return rc; /* the plan resumes where this step began */
+        return rc; /* the pass resumes where this step began */
     }
     khala__disk_store_acts_apply(d);
-    d->cleanup_plan_off = off;
+    memcpy(d->cleanup_key, next, next_len);
+    d->cleanup_key_len = (uint8_t)next_len;
+    d->cleanup_pass_rows += n;
+    if (end || !next_len) {
+        /* The pass is over: the next step starts another if needed, or samples when this one
+         * found nothing to take (ranks all above an unlucky threshold). */
+        d->cleanup_walking = 0;
+        d->cleanup_sampled = d->cleanup_pass_rows == 0;
+    }
     *rows = n;
-    *done = !over(d) || off >= d->cleanup_plan_len;
+    *done = !over(d);
     if (*done)
-        plan_free(d); /* still over (puts since the plan): the next cleanup plans again */
+        d->cleanup_walking = d->cleanup_sampled = 0;
     return 0;
 }
 

@@ -373,7 +373,6 @@ static void store_free(disk_t *d) {
     if (d->lock_fd >= 0)
         close(d->lock_fd);
     khala__disk_index_free(&d->ix);
-    free(d->cleanup_plan);
     free(d->arch_buf);
     free(d->acts);
     free(d->path);

@@ -112,13 +112,16 @@ typedef struct khala_disk_store {
     size_t arch_buf_cap;       /* its bytes */
 
     /* The periodic cleanup in progress (daemon/tier_disk_cleanup.c). */
-    int cleanup_phase;       /* khala_disk_cleanup_phase_t; 0 = idle */
-    size_t cleanup_pos;      /* the expiry phase walks ix.dense down from here */
-    int64_t cleanup_next_ms; /* monotonic ms when the next cleanup starts */
-    uint8_t *cleanup_plan;   /* phase 2's victims, in key order: each a length byte and the
-                                key; NULL when none is planned (freed at close) */
-    size_t cleanup_plan_len, cleanup_plan_off; /* its bytes; where the next step resumes */
-    uint64_t cleanups;                         /* cleanups completed */
+    int cleanup_phase;          /* khala_disk_cleanup_phase_t; 0 = idle */
+    size_t cleanup_pos;         /* the expiry phase walks ix.dense down from here */
+    int64_t cleanup_next_ms;    /* monotonic ms when the next cleanup starts */
+    int cleanup_walking;        /* phase 2: a pass over "items" is under way */
+    uint64_t cleanup_rank_max;  /* the pass evicts entries of this rank or lower */
+    uint64_t cleanup_pass_rows; /* rows the pass evicted so far */
+    int cleanup_sampled;        /* a pass evicted nothing: the rest goes by sampling */
+    uint8_t cleanup_key_len;    /* where the pass resumes; 0 = at the first key */
+    uint8_t cleanup_key[KHALA_KEY_MAX];
+    uint64_t cleanups; /* cleanups completed */
 } khala_disk_store_t;
 
 /**
