@@ -245,13 +245,15 @@ static int drop_oldest_txn(disk_t *d, MDB_txn *txn, const uint8_t *keep, size_t 
 }
 
 int khala__disk_archive_move_txn(disk_t *d, MDB_txn *txn, const void *key, size_t klen,
-                                 int64_t now_rt) {
+                                 const MDB_val *item, int64_t now_rt) {
     if (!on(d))
         return 0;
     MDB_val k = {klen, (void *)key}, r, a;
     khala_disk_rec_t rec;
-    int rc = mdb_get(txn, d->items, &k, &r);
-    if (rc)
+    int rc = 0;
+    if (item)
+        r = *item;
+    else if ((rc = mdb_get(txn, d->items, &k, &r)) != 0)
         return rc == MDB_NOTFOUND ? 0 : rc;
     if (khala__disk_rec_decode(r.mv_data, r.mv_size, &rec, NULL, 0) != 0)
         return 0; /* not worth keeping, and it would not decode when read back */

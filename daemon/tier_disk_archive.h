@@ -47,12 +47,14 @@ int khala__disk_archive_load(khala_disk_store_t *d, char *err, size_t errlen);
  *        + the retention, replacing an older archived copy, then drop the oldest archived
  *        copies while the archive is over max_items / max_bytes. The caller deletes the item
  *        from "items" next, in the same transaction.
+ * @param[in] item the item's record as read in @p txn (by a cursor standing on it), or NULL to
+ *            look it up.
  * @param[in] now_rt CLOCK_REALTIME ms now.
  * @return 0 (also when the key is absent or its record is malformed: nothing is archived), or
  *         an LMDB code. The size changes go to d->arch_dn / d->arch_dbytes (the write set).
  */
 int khala__disk_archive_move_txn(khala_disk_store_t *d, MDB_txn *txn, const void *key, size_t klen,
-                                 int64_t now_rt);
+                                 const MDB_val *item, int64_t now_rt);
 
 /**
  * @brief Remove the archived copy of @p key, if any, in @p txn (del).

@@ -203,7 +203,7 @@ static int evict_step(disk_t *d, int64_t now_rt, size_t *rows, int *done) {
         }
         int live = khala__disk_live(e->expire_ms, now_rt);
         if (live && d->archive_retention_ms)
-            rc = khala__disk_archive_move_txn(d, txn, e->key, e->klen, now_rt);
+            rc = khala__disk_archive_move_txn(d, txn, e->key, e->klen, &r, now_rt);
         if (!rc)
             rc = mdb_cursor_del(c, 0);
         if (!rc) {

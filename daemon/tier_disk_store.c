@@ -311,7 +311,7 @@ int khala__disk_store_evict_txn(disk_t *d, MDB_txn *txn, int64_t items_delta, in
             khala__disk_live(v->expire_ms, now_rt) ? KHALA_DISK_ACT_EVICT : KHALA_DISK_ACT_EXPIRE;
         int rc = 0;
         if (kind == KHALA_DISK_ACT_EVICT && d->archive_retention_ms)
-            rc = khala__disk_archive_move_txn(d, txn, v->key, v->klen, now_rt);
+            rc = khala__disk_archive_move_txn(d, txn, v->key, v->klen, NULL, now_rt);
         if (!rc)
             rc = khala__disk_store_del_both(d, txn, v->key, v->klen);
         if (rc)
