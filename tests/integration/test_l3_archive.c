@@ -9,10 +9,12 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "channel.h"
@@ -171,4 +173,47 @@ Test(l3_archive, the_client_api_reads_the_archive_and_a_delete_removes_the_copy)
     cr_assert_eq(rc, KHALA_ENOTFOUND, "the archived copy of a deleted key is gone");
     khala_cache_close(c);
     khala__chan_close(ch);
+}
+
+/* Does the file hold the n bytes at p? */
+static int file_holds(const char *path, const void *p, size_t n) {
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s", path);
+    static char buf[1 << 24];
+    size_t len = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    return memmem(buf, len, p, n) != NULL;
+}
+
+Test(l3_archive, an_encrypted_type_is_archived_sealed_and_read_back_in_plaintext) {
+    char keys[200], set_keys[260];
+    snprintf(keys, sizeof(keys), "%s/keys", khalad_dir());
+    int fd = open(keys, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    cr_assert_geq(fd, 0);
+    const char *line = "1 1111111111111111111111111111111111111111111111111111111111111111\n";
+    cr_assert_eq(write(fd, line, strlen(line)), (ssize_t)strlen(line));
+    close(fd);
+    snprintf(set_keys, sizeof(set_keys), "crypto.key_file=%s", keys);
+    khalad_extra_sets[2] = set_keys;
+    khalad_extra_sets[3] = "type.memory_entity.encrypt=true";
+    khalad_start();
+    khala_chan_t *ch = khalad_chan();
+    int archived[NKEYS];
+    fill(ch, archived);
+    char key[16], want[32], got[64];
+    for (int i = 0; i < NKEYS; i++) {
+        if (!archived[i])
+            continue;
+        snprintf(key, sizeof(key), "k%d", i);
+        snprintf(want, sizeof(want), "value %d", i);
+        khala_level_t lvl;
+        cr_assert_eq(get_archive(ch, key, got, sizeof(got), &lvl), 0);
+        cr_assert_str_eq(got, want); /* opened by khalad */
+    }
+    khala__chan_close(ch);
+    khalad_kill(SIGTERM);
+    /* L3's store (archive included) holds no plaintext value. */
+    char data[600];
+    snprintf(data, sizeof(data), "%s/l3/data.mdb", khalad_dir());
+    cr_assert_not(file_holds(data, "value ", 6), "L3's store holds a plaintext value");
 }
