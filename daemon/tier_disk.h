@@ -88,7 +88,10 @@ typedef struct khala_tier_disk_opts {
  * checked (LMDB's own format, then khala's format record) and its in-memory index is rebuilt
  * from the records: one pass over every key, so the open of a large store takes a while. Items
  * over the capacities (when they were lowered since the store was written) are evicted before
- * the open returns. With @p o->persistent false the store is emptied.
+ * the open returns, or, with @p o->cleanup_interval_ms, by the first cleanup, in steps from the
+ * first tick (to the archive with @p o->archive_retention_ms). With @p o->persistent false the
+ * store (and its archive) is emptied; with @p o->archive_retention_ms 0 an archive left by an
+ * earlier open is deleted.
  *
  * @param[in] o the options; @p o->path is copied.
  * @param[out] out the tier, with ops->name "disk"; written only on success. Release it with
@@ -97,7 +100,7 @@ typedef struct khala_tier_disk_opts {
  * @param[in] errlen size of @p err; the message is truncated to fit.
  * @return 0;
  *         KHALA_ECONFIG for bad options (no path, another level, a capacity of 0, max_value
- *         over KHALA_TIER_DISK_VALUE_MAX), for an LMDB store that is not a khala disk store, or
+ *         over KHALA_TIER_DISK_VALUE_MAX, a negative retention or cleanup interval), for an LMDB store that is not a khala disk store, or
  *         for a store written in a newer format than this build reads;
  *         KHALA_ECORRUPT when the files are not an LMDB store, or LMDB or a record is damaged;
  *         -EBUSY when another process (or another open in this one) holds the store;
