@@ -74,6 +74,26 @@ typedef struct bench_sweep {
 
 int bench_sweep(const bench_opts_t *o, bench_sweep_t *out);
 
+/* cleanup (cleanup_bench.c): one full periodic cleanup of the disk store as L3, over o->items
+ * rows, in steps of `batch` rows, timed step by step. */
+typedef enum bench_cleanup_case {
+    BENCH_CLEANUP_EXPIRED, /* o->items expired rows deleted */
+    BENCH_CLEANUP_OVER,    /* o->items rows over a lowered max_entries evicted to the archive */
+} bench_cleanup_case_t;
+
+typedef struct bench_cleanup {
+    uint64_t rows;      /* rows the cleanup removed or moved */
+    unsigned steps;     /* ticks it took (one step each) */
+    double ms;          /* the ticks' times, summed: the full cleanup's work */
+    double cpu_ms;      /* the ticks' CPU time (this thread), summed: the same, less the time
+                           other processes took the CPU away (a loaded machine) */
+    double max_step_ms; /* the longest tick: how long a client could wait behind one */
+    double fill_s;      /* seconds to fill the store */
+} bench_cleanup_t;
+
+int bench_cleanup(const bench_opts_t *o, bench_cleanup_case_t c, uint32_t batch,
+                  bench_cleanup_t *out);
+
 typedef struct bench_overhead {
     uint64_t items, item_bytes, payload_bytes;
     double meta_per_item; /* segment bytes outside the arena (buckets, descs, ...) per item */

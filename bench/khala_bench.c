@@ -40,6 +40,8 @@ static unsigned g_pipeline = 1;
 static const char *g_backend;
 /* miss: redis-server also on loopback TCP, reached over it by khalad's L2 and the reference. */
 static int g_redis_tcp;
+/* cleanup: rows per cleanup step ([l3] cleanup_batch). */
+static uint32_t g_batch = 1000;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: khala-bench l1-get|l1-mixed|plain-get|lmdb-get|compare [--procs N] "
@@ -64,6 +66,10 @@ static void usage(FILE *f) {
                "disk,redis; keys 10000)\n"
                "                         [--redis-tcp]  (Redis also on loopback TCP: khalad's "
                "L2 and the GETs use it)\n"
+               "       khala-bench cleanup [--items N] [--value-size B] [--batch N]  (L3's disk "
+               "store: one full\n"
+               "                   cleanup of N expired rows, then of N rows over a lowered "
+               "max_entries; 100000, 100, 1000)\n"
                "       khala-bench warm [--keys N] [--value-size MIN-MAX] [--rounds R]\n"
                "                   [--backend disk|redis[,...]|all]  (default both; 10000 items "
                "of 200-1000 bytes)\n");
@@ -87,6 +93,7 @@ static int parse(int argc, char **argv, bench_opts_t *o) {
                                          {"pipeline", required_argument, NULL, 'L'},
                                          {"backend", required_argument, NULL, 'B'},
                                          {"redis-tcp", no_argument, NULL, 'T'},
+                                         {"batch", required_argument, NULL, 'b'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int ch;
@@ -95,6 +102,9 @@ static int parse(int argc, char **argv, bench_opts_t *o) {
         switch (ch) {
             case 'p':
                 o->procs = (unsigned)strtoul(optarg, NULL, 10);
+                break;
+            case 'b':
+                g_batch = (uint32_t)strtoul(optarg, NULL, 10);
                 break;
             case 'k':
                 o->keys = (uint32_t)strtoul(optarg, NULL, 10);
@@ -381,6 +391,8 @@ int main(int argc, char **argv) {
      * items are memory_entity-sized. */
     if (!strcmp(cmd, "miss") || !strcmp(cmd, "warm"))
         o.keys = 10000;
+    if (!strcmp(cmd, "cleanup"))
+        o.items = 100000;
     if (!strcmp(cmd, "warm")) {
         o.value_size = 200;
         o.value_size_max = 1000;
@@ -436,6 +448,22 @@ int main(int argc, char **argv) {
                s.fill_s);
         printf("bench=sweep items=%u expired_pct=%u removed=%llu ms=%.2f\n", o.items, o.expired_pct,
                (unsigned long long)s.removed, s.ms);
+        return 0;
+    }
+    if (strcmp(cmd, "cleanup") == 0) {
+        if (g_batch == 0 || o.items == 0) {
+            usage(stderr);
+            return 2;
+        }
+        for (int c = BENCH_CLEANUP_EXPIRED; c <= BENCH_CLEANUP_OVER; c++) {
+            bench_cleanup_t r;
+            if (bench_cleanup(&o, (bench_cleanup_case_t)c, g_batch, &r) != 0)
+                return 1;
+            printf("bench=cleanup case=%s rows=%llu value=%u batch=%u steps=%u ms=%.2f "
+                   "cpu_ms=%.2f max_step_ms=%.2f fill_s=%.2f\n",
+                   c == BENCH_CLEANUP_EXPIRED ? "expired" : "over", (unsigned long long)r.rows,
+                   o.value_size, g_batch, r.steps, r.ms, r.cpu_ms, r.max_step_ms, r.fill_s);
+        }
         return 0;
     }
     if (strcmp(cmd, "overhead") == 0) {

@@ -203,6 +203,22 @@ int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value
                      khala_level_t *lvl, khalad_tier_t **async_at);
 
 /**
+ * @brief Read a key from the archive of the levels below L1 (items they evicted for space):
+ *        each healthy level with an archive (tier.h archive_get), in order; never promotes
+ *        (daemon/store_archive.c says why).
+ * @param[in,out] d khalad.
+ * @param[in] key the key. @param[in] klen its bytes.
+ * @param[out] out the archived copy (free with khala__tier_value_free()); ttl_ms is the time
+ *             its retention has left.
+ * @param[out] lvl the level whose archive answered.
+ * @return 0; KHALA_ENOTFOUND when no level's archive holds the key (or none keeps one);
+ *         KHALA_ETIER (or the level's code) when a level that might hold it is down or failed
+ *         and no other answered. d->errmsg names the level and the cause.
+ */
+int khala__store_archive_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out,
+                             khala_level_t *lvl);
+
+/**
  * @brief A level failed with @p rc: when the cause is its server (KHALA_ETIER), mark it down
  *        (reads skip it, writes queue, the tick asks it whether it is back) and log it once.
  * @param[in,out] d khalad. @param[in,out] lt the level. @param[in] rc the driver's code.

@@ -53,6 +53,9 @@ typedef struct khala_tier_stats {
     uint64_t evictions;          /* items removed to stay within max_items / max_bytes */
     uint64_t expirations;        /* items removed because their TTL passed */
     uint64_t reconnects;         /* connections re-established (servers only) */
+    uint64_t archive_items;      /* copies in the level's archive (archive_get); 0 or UINT64_MAX
+                                    when it keeps none (a driver that does not set them: 0) */
+    uint64_t archive_bytes;      /* their bytes (keys + values), as archive_items */
 } khala_tier_stats_t;
 
 /* One answer of a semantic look-up (similar): an embedding item and its cosine similarity to

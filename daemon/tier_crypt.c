@@ -123,6 +123,14 @@ static int c_get(khala_tier_t *t, const void *key, size_t klen, khala_tier_value
     return rc == 0 ? open_value(ct, key, klen, out) : rc;
 }
 
+/* The archived copy was sealed when it was written, as the live item was. */
+static int c_archive_get(khala_tier_t *t, const void *key, size_t klen, khala_tier_value_t *out) {
+    ctier_t *ct = ct_of(t);
+    int rc = ct->inner->ops->archive_get(ct->inner, key, klen, out);
+    mirror_err(ct);
+    return rc == 0 ? open_value(ct, key, klen, out) : rc;
+}
+
 static int c_mget(khala_tier_t *t, size_t n, const khala_bytes_t *keys, khala_tier_value_t *out,
                   int *rcs) {
     ctier_t *ct = ct_of(t);
@@ -257,6 +265,7 @@ static const khala_tier_ops_t CRYPT_OPS = {
     .stats = c_stats,
     .tick = c_tick,
     .note_hits = c_note_hits,
+    .archive_get = c_archive_get,
     .close = c_close,
 };
 
@@ -273,6 +282,8 @@ int khala__tier_crypt_wrap(khala_tier_t *inner, khala_crypt_t *c, khala_tier_t *
         ct->ops.note_hits = NULL;
     if (!inner->ops->invalidate_step) /* invalidated whole, as the inner driver is */
         ct->ops.invalidate_step = NULL;
+    if (!inner->ops->archive_get)
+        ct->ops.archive_get = NULL;
     ct->inner = inner;
     ct->c = c;
     ct->tier.ops = &ct->ops;

@@ -60,6 +60,8 @@
 #include "dirs.h"
 #include "errbuf.h"
 #include "khala/error.h"
+#include "tier_disk_archive.h"
+#include "tier_disk_cleanup.h"
 #include "tier_disk_index.h"
 #include "tier_disk_record.h"
 #include "tier_disk_store.h"
@@ -196,8 +198,8 @@ static int put_txn(disk_t *d, size_t n, const khala_bytes_t *keys, const khala_t
         bytes_delta += (int64_t)(k.mv_size + v->len) - (int64_t)old_bytes;
     }
     if (!rc)
-        rc = khala__disk_store_evict_txn(d, txn, items_delta, bytes_delta, now_rt,
-                                         SIZE_MAX); /* step 3 */
+        rc = khala__disk_store_evict_txn(d, txn, items_delta, bytes_delta, now_rt, SIZE_MAX,
+                                         1); /* step 3 */
     if (!rc)
         rc = khala__disk_index_reserve(&d->ix, nfresh);
     rc = khala__disk_store_wtxn_end(d, txn, 0, rc); /* step 4 */
@@ -254,7 +256,10 @@ static int drop_keys(disk_t *d, size_t n, const khala_bytes_t *keys, khala_disk_
             break;
         for (size_t i = 0; i < n && !rc; i++) {
             MDB_val k = {keys[i].len, (void *)keys[i].ptr}, r;
-            rc = mdb_get(txn, d->items, &k, &r);
+            if (kind == KHALA_DISK_ACT_DEL) /* a deleted key leaves no archived copy either */
+                rc = khala__disk_archive_del_txn(d, txn, k.mv_data, k.mv_size);
+            if (!rc)
+                rc = mdb_get(txn, d->items, &k, &r);
             if (rc == MDB_NOTFOUND) {
                 rc = 0;
                 continue;
@@ -650,7 +655,7 @@ static int disk_hot(khala_tier_t *t, size_t max, khala_tier_scan_fn fn, void *ar
     return 0;
 }
 
-/* Everything at once: empty both databases. */
+/* Everything at once: empty every database but "meta" (the archive too). */
 static int flush_all(disk_t *d, uint64_t *removed) {
     MDB_txn *txn;
     int rc = khala__disk_store_wtxn_begin(d, 0, &txn);
@@ -658,11 +663,14 @@ static int flush_all(disk_t *d, uint64_t *removed) {
         rc = mdb_drop(txn, d->items, 0);
         if (!rc)
             rc = mdb_drop(txn, d->lfu, 0);
+        if (!rc)
+            rc = khala__disk_archive_clear_txn(d, txn);
         rc = khala__disk_store_wtxn_end(d, txn, 0, rc);
     }
     if (rc)
         return khala__disk_store_mdb_fail(d, rc, "emptying the store");
     uint64_t n = d->ix.n;
+    d->arch_n = d->arch_bytes = 0;
     khala__disk_index_clear(&d->ix);
     d->st.dels += n;
     if (removed)
@@ -777,7 +785,13 @@ static int disk_invalidate(khala_tier_t *t, const void *prefix, size_t plen, int
                                       count);
     if (rc)
         return khala__disk_store_mdb_fail(d, rc, "invalidating");
-    return 0;
+    /* Then the archived copies (tier_disk_archive.c says why); *removed counts live items. */
+    return khala__disk_archive_invalidate(d, prefix, plen, type < 0 ? -1 : type, NULL);
+}
+
+static int disk_archive_get(khala_tier_t *t, const void *key, size_t klen,
+                            khala_tier_value_t *out) {
+    return khala__disk_archive_get(t->impl, key, klen, out);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -795,12 +809,16 @@ static void disk_stats(khala_tier_t *t, khala_tier_stats_t *out) {
     out->items = d->ix.n;
     out->bytes = d->ix.bytes;
     out->reconnects = 0;
+    out->archive_items = d->archive_retention_ms ? d->arch_n : UINT64_MAX;
+    out->archive_bytes = d->archive_retention_ms ? d->arch_bytes : UINT64_MAX;
 }
 
 static void disk_tick(khala_tier_t *t, int64_t now_ms) {
     disk_t *d = t->impl;
+    /* The periodic cleanup's step; while one runs, its phase 1 does the sweep's work. */
+    int cleaning = khala__disk_cleanup_tick(d, now_ms);
     /* Sweep: examine a window of entries, remove the expired ones found. */
-    if (d->ix.n) {
+    if (d->ix.n && !cleaning) {
         int64_t now_rt = khala__disk_store_realtime_ms();
         khala_bytes_t keys[SWEEP_MAX];
         size_t nk = 0, examine = d->ix.n < SWEEP_EXAMINE ? d->ix.n : SWEEP_EXAMINE;
@@ -852,6 +870,7 @@ static const khala_tier_ops_t disk_ops = {
     .stats = disk_stats,
     .tick = disk_tick,
     .note_hits = disk_note_hits,
+    .archive_get = disk_archive_get,
     .close = disk_close,
 };
 
@@ -875,6 +894,11 @@ int khala__tier_disk_open(const khala_tier_disk_opts_t *o, khala_tier_t **out, c
     if (max_value > KHALA_TIER_DISK_VALUE_MAX)
         return khala__errbuf(err, errlen, KHALA_ECONFIG, "%s: max_value %" PRIu32 " is over %u",
                              o->path, max_value, KHALA_TIER_DISK_VALUE_MAX);
+    if (o->archive_retention_ms < 0 || o->cleanup_interval_ms < 0)
+        return khala__errbuf(err, errlen, KHALA_ECONFIG,
+                             "%s: archive_retention_ms (%" PRId64
+                             ") and cleanup_interval_ms (%" PRId64 ") must not be negative",
+                             o->path, o->archive_retention_ms, o->cleanup_interval_ms);
     int rc = khala__dirs_make(o->path, 0700, err, errlen);
     if (rc)
         return rc;

@@ -36,7 +36,12 @@
  *               was removed (and *removed says how many). -EINVAL for a type above the last.
  *   health      0: an embedded store has no connection to lose.
  *   tick        sweeps a bounded window of expired items and, once a second, writes changed
- *               counters; both without fsync (they lose nothing that matters if lost).
+ *               counters; both without fsync (they lose nothing that matters if lost). With
+ *               cleanup_interval_ms, also one step of the periodic cleanup (tier_disk_cleanup.h).
+ *   archive_get with archive_retention_ms, the copy of a key that the store evicted for space
+ *               (tier_disk_archive.h); KHALA_ENOTFOUND when there is none, it is past its
+ *               retention, or the store keeps no archive. del and invalidate remove archived
+ *               copies too.
  *
  * Thread safety: like every driver, a disk tier is used from khalad's loop thread only.
  */
@@ -65,6 +70,15 @@ typedef struct khala_tier_disk_opts {
     uint32_t sync_every_ms; /* 0: every write is fsync'd before it returns (survives a crash of
                                the host); N: writes survive a crash of khalad at once and reach
                                the disk within N ms (tick() fsyncs) */
+    /* L3's housekeeping (daemon/tier_disk_cleanup.c, daemon/tier_disk_archive.c); L2 passes 0
+     * for all three and keeps the behaviour above. */
+    int64_t archive_retention_ms; /* 0: an item evicted for space is deleted; N: it moves to the
+                                     archive, readable (archive_get) for N ms */
+    int64_t cleanup_interval_ms;  /* 0: tick()'s expiry sweep only, and the open evicts down to
+                                     the capacities; N: also a full cleanup every N ms, in steps
+                                     of cleanup_batch rows from tick(), the first right after
+                                     open (which then does not evict) */
+    uint32_t cleanup_batch;       /* rows one cleanup step removes or moves at most; 0 = 1000 */
 } khala_tier_disk_opts_t;
 
 /**
@@ -74,7 +88,10 @@ typedef struct khala_tier_disk_opts {
  * checked (LMDB's own format, then khala's format record) and its in-memory index is rebuilt
  * from the records: one pass over every key, so the open of a large store takes a while. Items
  * over the capacities (when they were lowered since the store was written) are evicted before
- * the open returns. With @p o->persistent false the store is emptied.
+ * the open returns, or, with @p o->cleanup_interval_ms, by the first cleanup, in steps from the
+ * first tick (to the archive with @p o->archive_retention_ms). With @p o->persistent false the
+ * store (and its archive) is emptied; with @p o->archive_retention_ms 0 an archive left by an
+ * earlier open is deleted.
  *
  * @param[in] o the options; @p o->path is copied.
  * @param[out] out the tier, with ops->name "disk"; written only on success. Release it with
@@ -83,7 +100,7 @@ typedef struct khala_tier_disk_opts {
  * @param[in] errlen size of @p err; the message is truncated to fit.
  * @return 0;
  *         KHALA_ECONFIG for bad options (no path, another level, a capacity of 0, max_value
- *         over KHALA_TIER_DISK_VALUE_MAX), for an LMDB store that is not a khala disk store, or
+ *         over KHALA_TIER_DISK_VALUE_MAX, a negative retention or cleanup interval), for an LMDB store that is not a khala disk store, or
  *         for a store written in a newer format than this build reads;
  *         KHALA_ECORRUPT when the files are not an LMDB store, or LMDB or a record is damaged;
  *         -EBUSY when another process (or another open in this one) holds the store;

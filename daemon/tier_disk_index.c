@@ -251,6 +251,11 @@ static int colder(const entry_t *a, const entry_t *b, uint32_t now, int64_t now_
     return ca != cb ? ca < cb : a->seq < b->seq;
 }
 
+uint64_t khala__disk_index_rank(const entry_t *e, uint32_t now_min, int64_t now_rt) {
+    uint64_t c = khala__disk_live(e->expire_ms, now_rt) ? (uint64_t)lfu_decayed(e, now_min) + 1 : 0;
+    return c << 56 | (e->seq & (((uint64_t)1 << 56) - 1));
+}
+
 entry_t *khala__disk_index_pick_victim(khala_disk_index_t *ix, int64_t now_rt) {
     uint32_t now = khala__disk_index_now_min(ix);
     entry_t *best = NULL;

@@ -116,6 +116,16 @@ void khala__disk_index_touch(khala_disk_index_t *ix, khala_disk_entry_t *e);
 void khala__disk_index_add_hits(khala_disk_index_t *ix, khala_disk_entry_t *e, uint64_t hits);
 
 /**
+ * @brief How valuable e is, as one number for sorting: the lower, the sooner it goes (an expired
+ *        entry first, then by decayed counter, then least recently used first): the order of
+ *        khala__disk_index_pick_victim's choice, for a caller that ranks every entry at once
+ *        (the disk tier's cleanup, daemon/tier_disk_cleanup.c).
+ * @param[in] now_min khala__disk_index_now_min() now (read once for many entries).
+ * @param[in] now_rt CLOCK_REALTIME ms now, to tell expired entries.
+ */
+uint64_t khala__disk_index_rank(const khala_disk_entry_t *e, uint32_t now_min, int64_t now_rt);
+
+/**
  * @brief Pick an eviction victim: the coldest of a random sample of unpinned entries (an
  *        expired one first; among equal counters the least recently used).
  * @param[in] now_rt CLOCK_REALTIME ms now, to tell expired entries.

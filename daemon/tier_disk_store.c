@@ -8,6 +8,9 @@
  *       "items"  key -> record      the items, in key order (scan, prefix invalidation)
  *       "lfu"    key -> counter     access counters, a hint written without fsync
  *       "meta"   "format" -> magic  refuses what is not ours or is newer than us
+ *     and, with an archive (archive_retention_ms; daemon/tier_disk_archive.c), two more:
+ *       "archive"     key -> record           copies evicted for space, expiry = retention end
+ *       "archive_age" expiry, seq, key -> ""  the same, oldest first (retention, bound)
  *   <path>/khala.lock               flock'd while open: one opener per store
  *
  *   The records of "items" and "meta" are laid out in daemon/tier_disk_record.c.
@@ -70,6 +73,8 @@
 #include "khala/error.h"
 #include "lmdb_check.h"
 #include "sys.h"
+#include "tier_disk_archive.h"
+#include "tier_disk_cleanup.h"
 #include "tier_disk_record.h"
 
 /* The key of the "meta" database's format record. */
@@ -161,6 +166,7 @@ void khala__disk_store_acts_discard(disk_t *d) {
             a->old->pinned = 0;
     }
     d->nact = 0;
+    d->arch_dn = d->arch_dbytes = 0;
 }
 
 /* Apply a committed write to the index (cannot fail: room was reserved). */
@@ -191,6 +197,9 @@ void khala__disk_store_acts_apply(disk_t *d) {
         e->seq = ++d->ix.seq;
     }
     d->nact = 0;
+    d->arch_n = (uint64_t)((int64_t)d->arch_n + d->arch_dn);
+    d->arch_bytes = (uint64_t)((int64_t)d->arch_bytes + d->arch_dbytes);
+    d->arch_dn = d->arch_dbytes = 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -281,11 +290,16 @@ int khala__disk_store_del_both(disk_t *d, MDB_txn *txn, const void *key, size_t 
  * and bytes_delta) is within the capacities, or max victims were chosen. Victims are deleted in
  * txn and recorded. */
 int khala__disk_store_evict_txn(disk_t *d, MDB_txn *txn, int64_t items_delta, int64_t bytes_delta,
-                                int64_t now_rt, size_t max) {
+                                int64_t now_rt, size_t max, int relaxed) {
     int64_t items = (int64_t)d->ix.n + items_delta;
     int64_t bytes = (int64_t)d->ix.bytes + bytes_delta;
+    uint64_t cap_items = d->max_items, cap_bytes = d->max_bytes;
+    if (relaxed && d->ix.n > cap_items)
+        cap_items = d->ix.n;
+    if (relaxed && d->ix.bytes > cap_bytes)
+        cap_bytes = d->ix.bytes;
     for (size_t chosen = 0; chosen < max; chosen++) {
-        if ((uint64_t)items <= d->max_items && (uint64_t)bytes <= d->max_bytes)
+        if ((uint64_t)items <= cap_items && (uint64_t)bytes <= cap_bytes)
             break;
         entry_t *v = khala__disk_index_pick_victim(&d->ix, now_rt);
         if (!v)
@@ -293,11 +307,15 @@ int khala__disk_store_evict_txn(disk_t *d, MDB_txn *txn, int64_t items_delta, in
                                           "%" PRId64 " items of %" PRId64 " bytes in one write "
                                           "exceed max_items %" PRIu64 " / max_bytes %" PRIu64,
                                           items, bytes, d->max_items, d->max_bytes);
-        int rc = khala__disk_store_del_both(d, txn, v->key, v->klen);
-        if (rc)
-            return rc;
         khala_disk_act_kind_t kind =
             khala__disk_live(v->expire_ms, now_rt) ? KHALA_DISK_ACT_EVICT : KHALA_DISK_ACT_EXPIRE;
+        int rc = 0;
+        if (kind == KHALA_DISK_ACT_EVICT && d->archive_retention_ms)
+            rc = khala__disk_archive_move_txn(d, txn, v->key, v->klen, NULL, now_rt);
+        if (!rc)
+            rc = khala__disk_store_del_both(d, txn, v->key, v->klen);
+        if (rc)
+            return rc;
         rc = khala__disk_store_act_push(d, (act_t){.kind = kind, .old = v});
         if (rc)
             return rc;
@@ -355,6 +373,7 @@ static void store_free(disk_t *d) {
     if (d->lock_fd >= 0)
         close(d->lock_fd);
     khala__disk_index_free(&d->ix);
+    free(d->arch_buf);
     free(d->acts);
     free(d->path);
     free(d);
@@ -364,8 +383,10 @@ static void store_free(disk_t *d) {
 static size_t map_guess(const khala_tier_disk_opts_t *o, uint32_t max_value) {
     uint64_t per_item = KHALA_DISK_REC_HDR + 16 /* LMDB node */ + 16 /* its "lfu" twin */;
     uint64_t g = MAP_GUESS_MAX;
+    int copies = o->archive_retention_ms ? 2 : 1; /* the archive holds the capacities again */
     if (o->max_bytes < MAP_GUESS_MAX / 4 && o->max_items < MAP_GUESS_MAX / (4 * per_item)) {
-        g = 2 * (o->max_bytes + o->max_items * per_item) + 2 * (uint64_t)max_value + MAP_MIN;
+        g = 2 * copies * (o->max_bytes + o->max_items * per_item) + 2 * (uint64_t)max_value +
+            MAP_MIN;
         if (g > MAP_GUESS_MAX)
             g = MAP_GUESS_MAX;
     }
@@ -436,6 +457,8 @@ static int open_dbs(disk_t *d, bool persistent, char *err, size_t errlen) {
         if (!rc)
             rc = mdb_drop(txn, d->lfu, 0);
     }
+    if (!rc)
+        rc = khala__disk_archive_open_dbs(d, txn, persistent);
     if (rc) {
         mdb_txn_abort(txn);
         return khala__errbuf(err, errlen, mdb_code(rc), "%s: opening the databases: %s", d->path,
@@ -521,7 +544,7 @@ static int trim(disk_t *d, char *err, size_t errlen) {
         int rc = khala__disk_store_wtxn_begin(d, 0, &txn);
         if (!rc) {
             rc = khala__disk_store_evict_txn(d, txn, 0, 0, khala__disk_store_realtime_ms(),
-                                             KHALA_DISK_BATCH_MAX);
+                                             KHALA_DISK_BATCH_MAX, 0);
             rc = khala__disk_store_wtxn_end(d, txn, 0, rc);
         }
         if (rc) {
@@ -551,6 +574,9 @@ int khala__disk_store_open(const khala_tier_disk_opts_t *o, uint32_t max_value,
     d->max_items = o->max_items;
     d->max_bytes = o->max_bytes;
     d->max_value = max_value;
+    d->archive_retention_ms = o->archive_retention_ms;
+    d->cleanup_interval_ms = o->cleanup_interval_ms;
+    d->cleanup_batch = o->cleanup_batch ? o->cleanup_batch : KHALA_DISK_CLEANUP_BATCH_DEFAULT;
     khala__disk_index_init(&d->ix, khala__sys_random_u64(), khala__sys_now_ms());
     d->last_flush_ms = d->ix.clock0_ms;
     d->tier.impl = d;
@@ -575,7 +601,7 @@ int khala__disk_store_open(const khala_tier_disk_opts_t *o, uint32_t max_value,
         goto fail;
     rc = mdb_env_create(&d->env);
     if (!rc)
-        rc = mdb_env_set_maxdbs(d->env, 3);
+        rc = mdb_env_set_maxdbs(d->env, 3 + KHALA_DISK_ARCHIVE_DBS);
     if (!rc)
         rc = mdb_env_set_mapsize(d->env, map_guess(o, max_value));
     if (rc) {
@@ -603,7 +629,11 @@ int khala__disk_store_open(const khala_tier_disk_opts_t *o, uint32_t max_value,
         goto fail;
     if ((rc = load_index(d, err, errlen)) != 0)
         goto fail;
-    if ((rc = trim(d, err, errlen)) != 0)
+    if ((rc = khala__disk_archive_load(d, err, errlen)) != 0)
+        goto fail;
+    /* With a periodic cleanup, its first run (at the first tick) evicts in bounded steps what is
+     * over the capacities, so that the open of a large store is not held up by it. */
+    if (!d->cleanup_interval_ms && (rc = trim(d, err, errlen)) != 0)
         goto fail;
     *out = d;
     return 0;

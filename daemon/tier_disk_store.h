@@ -92,6 +92,36 @@ typedef struct khala_disk_store {
     uint64_t scan_next; /* ids handed out; mixed with the seed so ids differ between opens */
 
     khala_tier_stats_t st; /* counters reported by the tier's stats() */
+
+    /* L3 housekeeping options, immutable after open (tier_disk.h). */
+    int64_t archive_retention_ms; /* 0 = no archive */
+    int64_t cleanup_interval_ms;  /* 0 = no periodic cleanup */
+    uint32_t cleanup_batch;       /* rows per cleanup step, >= 1 */
+
+    /* The archive (daemon/tier_disk_archive.c); its databases are open only when
+     * archive_retention_ms > 0. arch_n / arch_bytes are what the last commit left; arch_dn /
+     * arch_dbytes what the write being built changes, added by acts_apply, zeroed by
+     * acts_discard (the write set's rule). */
+    MDB_dbi archive, archive_age;
+    uint64_t arch_n, arch_bytes;
+    int64_t arch_dn, arch_dbytes;
+    uint64_t arch_expirations; /* archived copies removed past their retention */
+    uint64_t arch_drops;       /* archived copies dropped, oldest first, to keep its bound */
+    uint64_t arch_seq;         /* the next copy's archival number (above every kept one) */
+    uint8_t *arch_buf;         /* a value being moved to the archive (reused; freed at close) */
+    size_t arch_buf_cap;       /* its bytes */
+
+    /* The periodic cleanup in progress (daemon/tier_disk_cleanup.c). */
+    int cleanup_phase;          /* khala_disk_cleanup_phase_t; 0 = idle */
+    size_t cleanup_pos;         /* the expiry phase walks ix.dense down from here */
+    int64_t cleanup_next_ms;    /* monotonic ms when the next cleanup starts */
+    int cleanup_walking;        /* phase 2: a pass over "items" is under way */
+    uint64_t cleanup_rank_max;  /* the pass evicts entries of this rank or lower */
+    uint64_t cleanup_pass_rows; /* rows the pass evicted so far */
+    int cleanup_sampled;        /* a pass evicted nothing: the rest goes by sampling */
+    uint8_t cleanup_key_len;    /* where the pass resumes; 0 = at the first key */
+    uint8_t cleanup_key[KHALA_KEY_MAX];
+    uint64_t cleanups; /* cleanups completed */
 } khala_disk_store_t;
 
 /**
@@ -190,11 +220,15 @@ int khala__disk_store_del_both(khala_disk_store_t *d, MDB_txn *txn, const void *
 /**
  * @brief Evict until the projection (index plus the write's changes, @p items_delta and
  *        @p bytes_delta) is within the capacities, or @p max victims were chosen. Victims are
- *        deleted in @p txn, pinned and recorded in the write set.
+ *        deleted in @p txn (a live one moved to the archive, when the store keeps one), pinned
+ *        and recorded in the write set.
+ * @param[in] relaxed 1 for a write: a store already over a capacity (lowered since it was
+ *            written; the cleanup brings it down in steps) is held at its current size rather
+ *            than trimmed by this write. 0: down to the capacities.
  * @return 0; KHALA_EFULL (reported) when nothing is left to evict; -ENOMEM; an LMDB code.
  */
 int khala__disk_store_evict_txn(khala_disk_store_t *d, MDB_txn *txn, int64_t items_delta,
-                                int64_t bytes_delta, int64_t now_rt, size_t max);
+                                int64_t bytes_delta, int64_t now_rt, size_t max, int relaxed);
 
 /* ---- the write set --------------------------------------------------------------------- */
 

@@ -150,6 +150,10 @@ static int open_driver(khalad_t *d, khalad_tier_t *lt, int level, int *server, c
         .persistent = level == 2 ? c->l2.persistent : c->l3.persistent,
         .max_value = max_value,
         .sync_every_ms = level == 2 ? c->l2.sync_every_ms : c->l3.sync_every_ms,
+        /* L3's housekeeping (daemon/tier_disk_cleanup.c, tier_disk_archive.c); L2 has none. */
+        .archive_retention_ms = level == 2 ? 0 : (int64_t)c->l3.archive_retention_seconds * 1000,
+        .cleanup_interval_ms = level == 2 ? 0 : (int64_t)c->l3.cleanup_interval * 1000,
+        .cleanup_batch = level == 2 ? 0 : c->l3.cleanup_batch,
     };
     return khala__tier_disk_open(&o, &lt->t, err, errlen);
 }
@@ -751,6 +755,10 @@ size_t khala__tiers_stats(khalad_t *d, int i, khala_kv_t *kv, size_t max) {
     if (ts.bytes != UINT64_MAX)
         kv[n++] = KV_U("bytes", ts.bytes);
     kv[n++] = KV_U("evictions", ts.evictions);
+    if (ts.archive_items != UINT64_MAX && lt->t->ops->archive_get) {
+        kv[n++] = KV_U("archive_items", ts.archive_items);
+        kv[n++] = KV_U("archive_bytes", ts.archive_bytes);
+    }
     kv[n++] = KV_U("expirations", ts.expirations);
     kv[n++] = KV_U("reconnects", ts.reconnects);
     kv[n++] = KV_U("outages", lt->outages);

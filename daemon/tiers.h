@@ -88,7 +88,7 @@ uint64_t khala__tiers_preload(khalad_t *d);
 void khala__tiers_tick(khalad_t *d);
 
 /** Entries khala__tiers_stats() writes at most. */
-#define KHALAD_TIERS_STATS_MAX 32u
+#define KHALAD_TIERS_STATS_MAX 40u
 
 /**
  * @brief Stats of one level below L1 (its driver, its queue) as entries of a "data" map; L2's

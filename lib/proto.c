@@ -513,6 +513,7 @@ typedef enum field_id {
     FLD_MAX_VALUE,
     FLD_KEYS,
     FLD_DATA,
+    FLD_ARCHIVE,
     FLD_LINKS,
     FLD_COUNT_ /* number of fields */
 } field_id_t;
@@ -550,6 +551,7 @@ static const field_t fields[FLD_COUNT_] = {
     [FLD_MAX_VALUE] = {"max_value", KHALA_F_MAX_VALUE, DIR_REP, W_UINT},
     [FLD_KEYS] = {"keys", KHALA_F_KEYS, DIR_REQ | DIR_REP, W_KEYS},
     [FLD_DATA] = {"data", KHALA_F_DATA, DIR_REP, W_DATA},
+    [FLD_ARCHIVE] = {"archive", KHALA_F_ARCHIVE, DIR_REQ, W_BOOL},
     [FLD_LINKS] = {"links", KHALA_F_LINKS, DIR_REQ, W_KEYS},
 };
 
@@ -793,6 +795,9 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
         case FLD_LOADER:
             m->loader = v->via.boolean;
             break;
+        case FLD_ARCHIVE:
+            m->archive = v->via.boolean;
+            break;
         case FLD_PROTO:
             if (u == 0 || u > UINT32_MAX)
                 return khala__errbuf(err, errlen, KHALA_EPROTO,
@@ -1017,6 +1022,12 @@ static int check_msg(const khala_msg_t *m, int dir, char *err, size_t errlen) {
             case KHALA_OP_HELLO:
                 return need(m, KHALA_F_PROTO, opname, err, errlen);
             case KHALA_OP_GET:
+                if ((m->has & KHALA_F_ARCHIVE) && m->archive && (m->has & KHALA_F_LOADER) &&
+                    m->loader)
+                    return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                         "a get with 'archive' cannot take 'loader': an archive "
+                                         "read never leads a load");
+                return need(m, KHALA_F_K, opname, err, errlen);
             case KHALA_OP_DEL:
             case KHALA_OP_TOUCH:
             case KHALA_OP_INSPECT:
@@ -1270,6 +1281,8 @@ static int pack_field(msgpack_packer *pk, const khala_msg_t *m, int f) {
             return msgpack_pack_uint32(pk, m->count);
         case FLD_LOADER:
             return m->loader ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+        case FLD_ARCHIVE:
+            return m->archive ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
         case FLD_PROTO:
             return msgpack_pack_uint32(pk, m->proto);
         case FLD_NAME:

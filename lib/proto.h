@@ -337,7 +337,8 @@ enum {
     KHALA_F_MAX_VALUE = 1u << 19, /**< max_value: "max_value" */
     KHALA_F_KEYS = 1u << 20,      /**< keys/nkeys: "keys" */
     KHALA_F_DATA = 1u << 21,      /**< data/ndata: "data" */
-    /* Bits 22-24: issue 12's other parts (archive, similar). */
+    KHALA_F_ARCHIVE = 1u << 22,   /**< archive: "archive" */
+    /* Bits 23-24: issue 12's semantic look-ups. */
     KHALA_F_LINKS = 1u << 25 /**< links/nlinks: "links" (put and fill requests) */
 };
 
@@ -386,6 +387,9 @@ typedef struct khala_msg {
     const khala_bytes_t *keys; /**< "keys": nkeys keys of 1..KHALA_KEY_MAX bytes */
     uint32_t nkeys;            /**< 0..KHALA_PROTO_ARRAY_MAX */
     const khala_kv_t *data;    /**< "data": ndata entries (stats, config, inspect replies) */
+    bool archive;              /**< "archive": a get reads the archive of the levels below L1
+                                (items they evicted for space) instead of the live levels; never
+                                promotes, never loads */
     uint32_t ndata;            /**< 0..KHALA_PROTO_MAP_MAX */
     const khala_bytes_t *links; /**< "links": put/fill: the keys of the end entities the item
                                      is linked to (daemon/relationships.h), nlinks keys of

@@ -190,6 +190,8 @@ static void assert_msg_eq(const khala_msg_t *a, const khala_msg_t *b) {
         cr_assert_eq(a->ndata, b->ndata);
         cr_assert(data_eq(a->data, b->data, a->ndata));
     }
+    if (h & KHALA_F_ARCHIVE)
+        cr_assert_eq(a->archive, b->archive);
 }
 
 /* Encode, check the frame, decode, compare; returns the frame's body length. */
@@ -1262,4 +1264,39 @@ Test(proto, links_are_only_for_put_and_fill) {
     m.has = KHALA_F_K | KHALA_F_LINKS;
     cr_assert_eq(khala__proto_encode_request(&g_out, &m, g_err, sizeof(g_err)), KHALA_EPROTO);
     cr_assert_str_eq(g_err, "field 'links' is only for put and fill, not del");
+}
+
+Test(proto, a_get_for_the_archive_round_trips_and_refuses_a_loader) {
+    khala_msg_t m;
+    khala__proto_msg_init(&m);
+    m.id = 7;
+    m.op = KHALA_OP_GET;
+    m.has = KHALA_F_K | KHALA_F_ARCHIVE;
+    m.key = (khala_bytes_t){nul_key, sizeof(nul_key)};
+    m.archive = true;
+    round_trip(&m, 0);
+    /* false is carried too, and means a plain get. */
+    m.archive = false;
+    round_trip(&m, 0);
+    /* An archive read never leads a load. */
+    msgpack_pack_map(&g_pk, 5);
+    pkv_u("id", 1);
+    pkv_s("op", "get");
+    ps("k");
+    pbin("a", 1);
+    ps("archive");
+    msgpack_pack_true(&g_pk);
+    ps("loader");
+    msgpack_pack_true(&g_pk);
+    expect_req_error(
+        "a get with 'archive' cannot take 'loader': an archive read never leads a load");
+    sb_reset();
+    msgpack_pack_map(&g_pk, 4);
+    pkv_u("id", 1);
+    pkv_s("op", "get");
+    ps("k");
+    pbin("a", 1);
+    ps("archive");
+    msgpack_pack_uint8(&g_pk, 1);
+    expect_req_error("field 'archive' is an unsigned integer, expected a bool");
 }

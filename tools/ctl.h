@@ -44,6 +44,7 @@ enum {
     O_KEYS_FROM = 1u << 7,  /* --keys-from FILE: warm, one key a line */
     O_VALUE_FROM = 1u << 8, /* --value-from FILE: put's value from a file ("-": stdin) */
     O_LINK = 1u << 9,       /* --link KEY (repeatable): put's links (relationship caching) */
+    O_ARCHIVE = 1u << 10,   /* --archive: get reads the archive of the levels below L1 */
 };
 
 typedef struct ctl ctl_t;

@@ -96,6 +96,7 @@ static const struct {
     {"keys-from", O_KEYS_FROM, true},
     {"value-from", O_VALUE_FROM, true},
     {"link", O_LINK, true},
+    {"archive", O_ARCHIVE, false},
 };
 
 #define NOPTS (sizeof(g_opts) / sizeof(g_opts[0]))

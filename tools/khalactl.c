@@ -256,6 +256,10 @@ static int cmd_get(ctl_t *c) {
         m.type = c->type;
         m.has |= KHALA_F_TYPE;
     }
+    if (c->given & O_ARCHIVE) { /* the copy a level below L1 evicted for space */
+        m.archive = true;
+        m.has |= KHALA_F_ARCHIVE;
+    }
     rc = call(c, &m, &r);
     if (rc != 0)
         return fail(c, rc, &m.key);
@@ -284,6 +288,10 @@ static int cmd_get(ctl_t *c) {
         if (lvl) {
             ctl_json_key(&j, "level");
             ctl_json_str(&j, lvl);
+        }
+        if (c->given & O_ARCHIVE) {
+            ctl_json_key(&j, "archive");
+            ctl_json_bool(&j, true);
         }
         ctl_json_end(&j);
     } else if (isatty(STDOUT_FILENO)) {
@@ -977,6 +985,11 @@ static int l1_lookup(ctl_t *c, l1_copy_t *out) {
 }
 
 static int get_l1_alone(ctl_t *c) {
+    if (c->given & O_ARCHIVE) { /* only khalad reads the archives of the levels below L1 */
+        errorf(c, "khalad is not running (nothing listens on %s): the archive is read through it",
+               c->path);
+        return CTL_EXIT_NODAEMON;
+    }
     l1_copy_t v = {0};
     int rc = l1_lookup(c, &v);
     if (rc != CTL_EXIT_OK)
@@ -1053,7 +1066,7 @@ static int inspect_l1_alone(ctl_t *c) {
 
 static const cmd_t g_cmds[] = {
     {"stats", cmd_stats, 0, 0, 0, "stats", NULL},
-    {"get", cmd_get, 1, 1, O_TYPE, "get KEY", get_l1_alone},
+    {"get", cmd_get, 1, 1, O_TYPE | O_ARCHIVE, "get [--archive] KEY", get_l1_alone},
     {"put", cmd_put, 1, 2, O_TYPE | O_TTL | O_VERSION | O_VALUE_FROM | O_LINK,
      "put KEY VALUE|--value-from FILE [--type T] [--ttl S] [--version V] [--link KEY]...", NULL},
     {"del", cmd_del, 1, 1, 0, "del KEY", NULL},

@@ -566,6 +566,31 @@ KHALA_API KHALA_NODISCARD int khala_cache_fetch(khala_cache_t *c, const void *ke
                                                 khala_sink_fn sink, void *sink_arg);
 
 /**
+ * @brief Read @p key from the archive of khalad's levels below L1: the copy a level evicted for
+ *        space (not for expiry) and keeps for its retention ([l3] archive_retention_seconds).
+ *        Not the current value: the cache dropped it, and the source may have changed since.
+ * @param[in] c handle.
+ * @param[in] key, klen the key, 1 to KHALA_KEY_MAX bytes.
+ * @param[in] sink receives the archived value once, with meta.level the level whose archive
+ *            held it (KHALA_LEVEL_L2 or KHALA_LEVEL_L3), its version and type, and ttl_left_ms
+ *            the time its retention has left; must not be NULL.
+ * @param[in] sink_arg passed to @p sink as is.
+ * @return 0 after @p sink received the value and returned 0;
+ *         KHALA_ENOTFOUND if no level's archive holds the key (deleted and invalidated keys
+ *         leave no archived copy; a level without an archive holds none);
+ *         KHALA_ETIER if a level that keeps an archive is down and no other held the key;
+ *         KHALA_EKEY for a bad key length; -EINVAL if @p sink is NULL;
+ *         the sink's own negative code;
+ *         and the codes common to calls through khalad (above), KHALA_EDAEMON included.
+ * @note Changes nothing: the copy is neither promoted nor counted as a read. Safe from any
+ *       thread. A khalad older than this library ignores the request's "archive" field and
+ *       answers a plain get; check meta.level is not KHALA_LEVEL_L1 if that matters.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_get_archive(khala_cache_t *c, const void *key,
+                                                      size_t klen, khala_sink_fn sink,
+                                                      void *sink_arg);
+
+/**
  * @brief The khalad half of khala_cache_get_or_load() (steps 2 to 5 there; L1 is not read),
  *        with a loader that hands out values of any size and a sink that receives the result.
  *

@@ -281,6 +281,35 @@ Test(khalactl, get_of_a_missing_key_exits_1) {
     cr_assert_eq(CTL("del", "no:such:key"), 1);
 }
 
+Test(khalactl, get_archive_reads_what_l3_evicted_and_never_falls_back_to_l1) {
+    /* L3 holds one item: the second put evicts the first into L3's archive. */
+    khalad_kill(SIGTERM);
+    khalad_extra_sets[0] = "l3.max_entries=1";
+    khalad_extra_sets[1] = "l3.archive_retention_seconds=3600";
+    khalad_start();
+    cr_assert_eq(CTL("put", "a", "first"), 0, "%s", g_err);
+    cr_assert_eq(CTL("put", "b", "second"), 0, "%s", g_err);
+    int code = 1;
+    for (int tries = 0; tries < 100 && code != 0; tries++) { /* L3 may be written behind */
+        code = CTL("get", "--archive", "a");
+        if (code != 0)
+            sleep_ms(50);
+    }
+    cr_assert_eq(code, 0, "%s", g_err);
+    cr_assert_str_eq(g_out, "first");
+    cr_assert_eq(CTL("--json", "get", "a", "--archive"), 0, "%s", g_err);
+    cr_assert(json_object(g_out), "not JSON: %s", g_out);
+    cr_assert(strstr(g_out, "\"level\":\"l3\""), "%s", g_out);
+    cr_assert(strstr(g_out, "\"archive\":true"), "%s", g_out);
+    /* b is live, not archived. */
+    cr_assert_eq(CTL("get", "--archive", "b"), 1, "%s", g_err);
+    /* Without khalad the archive cannot be read, and L1 is not an answer. */
+    khalad_kill(SIGTERM);
+    cr_assert_eq(CTL("get", "--archive", "a"), 3);
+    cr_assert(strstr(g_err, "the archive is read through it"), "stderr: %s", g_err);
+    cr_assert_str_eq(g_out, "");
+}
+
 Test(khalactl, del_removes_the_key) {
     cr_assert_eq(CTL("put", "k", "v"), 0);
     cr_assert_eq(CTL("del", "k"), 0, "%s", g_err);
