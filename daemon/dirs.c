@@ -33,7 +33,7 @@ int khala__dirs_make(const char *path, mode_t mode, char *err, size_t errlen) {
         if (!S_ISDIR(st.st_mode))
             return khala__errbuf(err, errlen, -ENOTDIR, "%s: %s is not a directory", path, buf);
         buf[i] = c;
-        while (buf[i + 1] == '/')
+        while (i < len && buf[i + 1] == '/')
             i++;
     }
     return 0;
