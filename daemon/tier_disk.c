@@ -63,6 +63,7 @@
 #include "tier_disk_index.h"
 #include "tier_disk_record.h"
 #include "tier_disk_store.h"
+#include "tier_disk_vectors.h"
 
 /* tick() bounds: entries examined and removed by one expiry sweep; counters written by one
  * flush and entries it examines; time between flushes. A few ms at most on a slow disk. */
@@ -175,7 +176,8 @@ static int put_txn(disk_t *d, size_t n, const khala_bytes_t *keys, const khala_t
         khala__disk_rec_encode(r.mv_data, v->type, v->version, expire, v->data, v->len);
         act_t a = {.kind = KHALA_DISK_ACT_PUT,
                    .bytes = (uint32_t)(k.mv_size + v->len),
-                   .expire_ms = expire};
+                   .expire_ms = expire,
+                   .val = v};
         a.old = khala__disk_index_find(&d->ix, k.mv_data, k.mv_size);
         if (a.old) {
             a.old->pinned = 1;
@@ -664,6 +666,7 @@ static int flush_all(disk_t *d, uint64_t *removed) {
         return khala__disk_store_mdb_fail(d, rc, "emptying the store");
     uint64_t n = d->ix.n;
     khala__disk_index_clear(&d->ix);
+    khala__disk_vectors_clear(&d->vec);
     d->st.dels += n;
     if (removed)
         *removed = n;
@@ -852,6 +855,7 @@ static const khala_tier_ops_t disk_ops = {
     .stats = disk_stats,
     .tick = disk_tick,
     .note_hits = disk_note_hits,
+    .similar = khala__disk_similar,
     .close = disk_close,
 };
 

@@ -172,6 +172,7 @@ void khala__disk_store_acts_apply(disk_t *d) {
                 d->st.evictions++;
             else if (a->kind == KHALA_DISK_ACT_EXPIRE)
                 d->st.expirations++;
+            khala__disk_vectors_remove(&d->vec, a->old->key, a->old->klen);
             khala__disk_index_remove(&d->ix, a->old);
             continue;
         }
@@ -189,6 +190,11 @@ void khala__disk_store_acts_apply(disk_t *d) {
         }
         e->expire_ms = a->expire_ms;
         e->seq = ++d->ix.seq;
+        if (a->val)
+            (void)khala__disk_vectors_set(&d->vec, e->key, e->klen, a->val->type, a->val->data,
+                                          a->val->len, a->expire_ms);
+        else
+            khala__disk_vectors_remove(&d->vec, e->key, e->klen);
     }
     d->nact = 0;
 }
@@ -355,6 +361,7 @@ static void store_free(disk_t *d) {
     if (d->lock_fd >= 0)
         close(d->lock_fd);
     khala__disk_index_free(&d->ix);
+    khala__disk_vectors_free(&d->vec);
     free(d->acts);
     free(d->path);
     free(d);
@@ -490,6 +497,8 @@ static int load_index(disk_t *d, char *err, size_t errlen) {
         e->expire_ms = rec.expire_ms;
         e->decay_min = now;
         khala__disk_index_insert(&d->ix, e);
+        (void)khala__disk_vectors_set(&d->vec, k.mv_data, k.mv_size, rec.type, rec.value, rec.len,
+                                      rec.expire_ms);
     }
     if (c)
         mdb_cursor_close(c);
@@ -552,6 +561,7 @@ int khala__disk_store_open(const khala_tier_disk_opts_t *o, uint32_t max_value,
     d->max_bytes = o->max_bytes;
     d->max_value = max_value;
     khala__disk_index_init(&d->ix, khala__sys_random_u64(), khala__sys_now_ms());
+    khala__disk_vectors_init(&d->vec, d->ix.seed);
     d->last_flush_ms = d->ix.clock0_ms;
     d->tier.impl = d;
 
