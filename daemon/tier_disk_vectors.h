@@ -18,15 +18,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "khala/cache.h"
 #include "proto.h"
 #include "tier.h"
 
 /** Largest dimension indexed and searched: a query's vector travels in one request, and a
  * 64 Ki-float vector (256 KiB) is far past every embedding model in use. */
-#define KHALA_DISK_VEC_DIM_MAX 65536u
+#define KHALA_DISK_VEC_DIM_MAX KHALA_SIMILAR_DIM_MAX
 
 /** Largest k of one search: results are copied out with their values. */
-#define KHALA_DISK_VEC_K_MAX 100u
+#define KHALA_DISK_VEC_K_MAX KHALA_SIMILAR_K_MAX
 
 typedef struct khala_disk_vkey khala_disk_vkey_t; /* a key in the index (tier_disk_vectors.c) */
 

@@ -48,6 +48,13 @@ extern "C" {
 /** Longest cache name in bytes. Names use [A-Za-z0-9_.-] and become part of /dev/shm paths. */
 #define KHALA_NAME_MAX 64
 
+/** Most answers of one semantic look-up (khala_cache_similar): each comes with its value. */
+#define KHALA_SIMILAR_K_MAX 100u
+
+/** Largest dimension of a semantic look-up's vector (64 Ki floats, a 256 KiB request): far past
+ * every embedding model in use. */
+#define KHALA_SIMILAR_DIM_MAX 65536u
+
 /** An open cache. Opaque; one handle may be shared by the threads of one process. (Also
  * declared in stats.h; C11 allows the repetition.) */
 typedef struct khala_cache khala_cache_t;
