@@ -57,8 +57,10 @@ float khala__similar_threshold(const char *text);
  *         -ENOTSUP when no level below L1 answers look-ups by vector (Redis does not), message
  *         in d->errmsg;
  *         KHALA_ETIER when every level that would answer is down or failed (d->errmsg names it);
- *         KHALA_EINVAL when a level refused the query (d->errmsg: the level's reason, say an
- *         encrypted embedding type that it cannot search); -ENOMEM.
+ *         KHALA_EINVAL when a level refused the query (d->errmsg: the level's reason);
+ *         -ENOTSUP also when the level that would answer holds the embedding type encrypted
+ *         (daemon/tier_crypt.c: it holds ciphertext, which it cannot search; d->errmsg says
+ *         so); -ENOMEM.
  */
 int khala__similar_ask(khalad_t *d, const float *q, uint32_t dim, float min_sim, uint32_t k,
                        khala_tier_match_t *out, uint32_t *n, khala_level_t *lvl);
