@@ -43,6 +43,10 @@ enum {
     O_LIMIT = 1u << 6,      /* --limit N: keys stops after N keys */
     O_KEYS_FROM = 1u << 7,  /* --keys-from FILE: warm, one key a line */
     O_VALUE_FROM = 1u << 8, /* --value-from FILE: put's value from a file ("-": stdin) */
+    /* similar (bits far from the others': other commands add options too): --min S, the
+     * least similarity (-1..1); --vector-from FILE, the query as float32 bytes ("-": stdin). */
+    O_MIN = 1u << 20,
+    O_VECTOR_FROM = 1u << 21,
 };
 
 typedef struct ctl ctl_t;
@@ -73,6 +77,9 @@ struct ctl {
     khala_type_t type;
     uint64_t ttl_s, version, count, cursor, limit;
     const char *prefix, *keys_from, *value_from;
+    /* similar: --min and --vector-from. */
+    double min_sim;
+    const char *vector_from;
     /* The connection. */
     char path[256]; /* the socket actually used */
     khala_chan_t *ch;

@@ -95,6 +95,8 @@ static const struct {
     {"limit", O_LIMIT, true},
     {"keys-from", O_KEYS_FROM, true},
     {"value-from", O_VALUE_FROM, true},
+    {"min", O_MIN, true},
+    {"vector-from", O_VECTOR_FROM, true},
 };
 
 #define NOPTS (sizeof(g_opts) / sizeof(g_opts[0]))
@@ -144,6 +146,15 @@ static int set_option(ctl_t *c, const char *name, const char *val) {
         c->keys_from = val;
     } else if (strcmp(name, "value-from") == 0) {
         c->value_from = val;
+    } else if (strcmp(name, "min") == 0) {
+        char *end = NULL;
+        c->min_sim = strtod(val, &end);
+        if (end == val || *end || !(c->min_sim >= -1.0 && c->min_sim <= 1.0)) {
+            fprintf(stderr, "khalactl: --min: '%s' is not a similarity from -1 to 1\n", val);
+            rc = CTL_EXIT_USAGE;
+        }
+    } else if (strcmp(name, "vector-from") == 0) {
+        c->vector_from = val;
     }
     return rc;
 }
