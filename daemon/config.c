@@ -1436,6 +1436,15 @@ int khala__config_store_path(const khala_config_t *cfg, int level, char *buf, si
     const char *set = level == 2 ? cfg->l2.path : cfg->l3.path;
     if (set[0])
         return fmt_path(buf, len, "%s", set);
+    if (level == 3 && cfg->l2.path[0]) {
+        /* Next to a configured L2 store: /srv/k/l2 -> /srv/k/l3, else /srv/cache -> /srv/cache-l3
+         * (never a directory another khalad's L2 would derive too). */
+        const char *l2 = cfg->l2.path;
+        size_t n = strlen(l2);
+        if (n >= 3 && strcmp(l2 + n - 3, "/l2") == 0)
+            return fmt_path(buf, len, "%.*s/l3", (int)(n - 3), l2);
+        return fmt_path(buf, len, "%s-l3", l2);
+    }
     if (geteuid() == 0)
         return fmt_path(buf, len, "/var/lib/khala/%s/l%d", name, level);
     if ((dir = env_dir("XDG_STATE_HOME")))

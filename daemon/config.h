@@ -382,8 +382,9 @@ uint32_t khala__config_l1_items(const khala_config_t *cfg);
 int khala__config_socket_path(const khala_config_t *cfg, char *buf, size_t len);
 
 /**
- * @brief Effective disk-store directory of level 2 or 3: [lN] path, or when empty
- *        /var/lib/khala/<name>/lN for root, else $XDG_STATE_HOME/khala/<name>/lN, else
+ * @brief Effective disk-store directory of level 2 or 3: [lN] path; when [l3] path is empty
+ *        and [l2] path is set, next to it (/srv/k/l2 -> /srv/k/l3, /srv/c -> /srv/c-l3);
+ *        else /var/lib/khala/<name>/lN for root, else $XDG_STATE_HOME/khala/<name>/lN, else
  *        $HOME/.local/state/khala/<name>/lN, else /tmp/khala-<uid>/state/<name>/lN.
  * @param[in] cfg the configuration.
  * @param[in] level 2 or 3.

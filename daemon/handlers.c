@@ -319,6 +319,7 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     khala_tier_value_t v;
     khala_level_t lvl;
     if (khala__store_get(d, m->key.ptr, m->key.len, &v, &lvl) == 0) {
+        (void)khala__store_promote_below(d, m->key.ptr, m->key.len, &v, lvl);
         (void)khala__store_promote(d, m->key.ptr, m->key.len, &v);
         khala_msg_t r = reply_to(m);
         r.value.ptr = v.data;
@@ -554,20 +555,26 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         KV_U("loads_in_flight", khala__flight_count(d->flight)),
         KV_U("uptime_ms", (uint64_t)khala__sys_now_ms() - d->started_ms),
     };
-    khala_kv_t l2[KHALAD_TIERS_STATS_MAX];
-    size_t nl2 = khala__tiers_stats(d, l2, KHALAD_TIERS_STATS_MAX);
-    khala_kv_t top[4] = {
+    khala_kv_t below[KHALAD_TIERS_MAX][KHALAD_TIERS_STATS_MAX];
+    khala_kv_t top[3 + KHALAD_TIERS_MAX] = {
         {.key = {(const uint8_t *)"l1", 2}, .kind = KHALA_KV_MAP},
         {.key = {(const uint8_t *)"khalad", 6}, .kind = KHALA_KV_MAP},
-        {.key = {(const uint8_t *)"l2", 2}, .kind = KHALA_KV_MAP},
     };
     top[0].as.map.items = l1;
     top[0].as.map.n = sizeof(l1) / sizeof(l1[0]);
     top[1].as.map.items = daemon;
     top[1].as.map.n = sizeof(daemon) / sizeof(daemon[0]);
-    top[2].as.map.items = l2;
-    top[2].as.map.n = (uint32_t)nl2;
-    uint32_t ntop = nl2 ? 3 : 2;
+    uint32_t ntop = 2;
+    for (int i = 0; i < d->ntiers; i++) {
+        size_t nb = khala__tiers_stats(d, i, below[i], KHALAD_TIERS_STATS_MAX);
+        const char *name = khala__proto_level_name(d->tiers[i].t->level);
+        if (!nb || !name)
+            continue;
+        top[ntop] = (khala_kv_t){.key = {(const uint8_t *)name, strlen(name)},
+                                 .kind = KHALA_KV_MAP,
+                                 .as.map = {below[i], (uint32_t)nb}};
+        ntop++;
+    }
     /* Encryption at rest (daemon/crypt.h), when a key file is configured. */
     khala_crypt_stats_t cs = {0};
     if (d->crypt)

@@ -78,6 +78,7 @@ typedef struct khalad {
     uint64_t requests, replies_err, proto_errors, loads_led, loads_waited, loads_timed_out;
     uint64_t fills_dropped; /* fills not cached: the key was invalidated during the load */
     uint64_t promotions, warmed, inval_received, coherence_flushes, publish_errors;
+    uint64_t promotions_below; /* values a hit at L3 copied into L2 (khala__store_promote_below) */
 } khalad_t;
 
 /* The socket server's callbacks (daemon/handlers.c); arg is the khalad_t. */

@@ -227,8 +227,14 @@ int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value
     memset(out, 0, sizeof(*out));
     int rc = khala__store_queued_get(d, key, klen, out);
     if (rc <= 0) {
-        if (rc == 0)
+        if (rc == 0) { /* the level whose queue holds it */
             *lvl = d->tiers[0].t->level;
+            for (int i = 0; i < d->ntiers; i++)
+                if (khala__wq_find(d->tiers[i].wq, key, klen)) {
+                    *lvl = d->tiers[i].t->level;
+                    break;
+                }
+        }
         return rc == 0 ? 0 : KHALA_ENOTFOUND;
     }
     for (int i = 0; i < d->ntiers; i++) {
@@ -444,11 +450,19 @@ int khala__store_put(khalad_t *d, const void *key, size_t klen, const void *val,
         (void)khala__l1_delete(d->l1, key, klen);
         crash_point(d, "after_l1_drop");
     }
+    /* Each level its own TTL (the type's l2_ttl_seconds, l3_ttl_seconds), unless the caller
+     * gave one. */
+    op_t at[KHALAD_TIERS_MAX];
+    for (int i = 0; i < d->ntiers; i++) {
+        at[i] = op;
+        if (d->tiers[i].t->level == KHALA_LEVEL_L3)
+            at[i].ttl_ms = khala__store_ttl(d, ttl_ms, type, 3);
+    }
     /* 3. */
     for (int i = 0; i < d->ntiers; i++) {
         if (!on_level(d, &d->tiers[i], type) || behind[i])
             continue;
-        rc = apply_or_queue(d, &d->tiers[i], &op, 0);
+        rc = apply_or_queue(d, &d->tiers[i], &at[i], 0);
         if (rc < 0)
             return rc;
     }
@@ -469,7 +483,7 @@ int khala__store_put(khalad_t *d, const void *key, size_t klen, const void *val,
     for (int i = 0; i < d->ntiers; i++) {
         if (!on_level(d, &d->tiers[i], type) || !behind[i])
             continue;
-        rc = apply_or_queue(d, &d->tiers[i], &op, 1);
+        rc = apply_or_queue(d, &d->tiers[i], &at[i], 1);
         if (rc < 0)
             return rc;
     }
@@ -612,6 +626,35 @@ int khala__store_promote(khalad_t *d, const void *key, size_t klen, const khala_
     if (rc == 0)
         d->promotions++;
     return rc;
+}
+
+int khala__store_promote_below(khalad_t *d, const void *key, size_t klen,
+                               const khala_tier_value_t *v, khala_level_t from) {
+    int filled = 0;
+    for (int i = 0; i < d->ntiers; i++) {
+        khalad_tier_t *lt = &d->tiers[i];
+        if (lt->t->level >= from)
+            break;
+        if (!on_level(d, lt, v->type) || !lt->t->healthy || khala__wq_head(lt->wq))
+            continue;
+        if (khala__store_superseded(d, key, klen, (int)v->type, v->version))
+            return filled;
+        khala_tier_value_t w = *v;
+        int64_t ttl = (int64_t)khala__config_type_ttl(&d->cfg, (int)v->type,
+                                                      lt->t->level == KHALA_LEVEL_L3 ? 3 : 2) *
+                      1000;
+        if (v->ttl_ms > 0 && (ttl == 0 || v->ttl_ms < ttl))
+            ttl = v->ttl_ms;
+        w.ttl_ms = ttl;
+        int rc = lt->t->ops->put(lt->t, key, klen, &w);
+        if (rc == 0) {
+            filled++;
+            d->promotions_below++;
+        } else if (rc == KHALA_ETIER) {
+            khala__store_level_failed(d, lt, rc);
+        }
+    }
+    return filled;
 }
 
 uint64_t khala__store_forget(khalad_t *d, int by_key, const void *key, size_t klen, int type) {

@@ -155,6 +155,17 @@ int khala__store_invalidate_steps(khalad_t *d, const void *prefix, size_t plen, 
 int khala__store_promote(khalad_t *d, const void *key, size_t klen, const khala_tier_value_t *v);
 
 /**
+ * @brief Copy a value found at level @p from into the levels between L1 and it (a hit at L3
+ *        fills L2) that its type lives on, with its version and the time it has left, but at
+ *        most the type's TTL on that level. Best effort, as a promotion into L1 is: a level
+ *        that is down, has writes queued, or holds a newer version is skipped (nothing is
+ *        queued: the value is where it came from), and a level that fails is marked down.
+ * @return how many levels were filled.
+ */
+int khala__store_promote_below(khalad_t *d, const void *key, size_t klen,
+                               const khala_tier_value_t *v, khala_level_t from);
+
+/**
  * @brief Forget in L1 only what another host changed (or everything, when this host can no
  *        longer prove its L1 current): the key, or every key with the prefix (plen 0 = all)
  *        and, when @p type >= 0, of that type. Loads in flight lose their right to be cached.

@@ -94,40 +94,62 @@ static int seal_level(khalad_t *d, khalad_tier_t *lt) {
     return 0;
 }
 
-static int open_l2(khalad_t *d, khalad_tier_t *lt) {
-    char err[KHALA_CONFIG_PATH_MAX + 128] = ""; /* room for a message naming a store path */
-    int rc;
-    if (d->cfg.l2.backend == KHALA_CONFIG_L2_REDIS) {
+/* The driver of one level, as config picks it: L2 on disk or Redis, L3 on disk or SurrealDB.
+ * *server says whether it is a server (its queue then gets a journal). */
+static int open_driver(khalad_t *d, khalad_tier_t *lt, int level, int *server, char *err,
+                       size_t errlen) {
+    const khala_config_t *c = &d->cfg;
+    /* A sealed value is KHALA_CRYPT_OVERHEAD bytes longer than the L1 limit allows. */
+    uint32_t max_value = c->l1.max_value_bytes + (d->crypt ? KHALA_CRYPT_OVERHEAD : 0);
+    *server = level == 2 ? c->l2.backend == KHALA_CONFIG_L2_REDIS
+                         : c->l3.backend == KHALA_CONFIG_L3_SURREALDB;
+    if (level == 2 && *server) {
         khala_tier_redis_opts_t o = {
-            .url = d->cfg.l2.redis_url,
-            .ns = khala__config_l2_namespace(&d->cfg),
+            .url = c->l2.redis_url,
+            .ns = khala__config_l2_namespace(c),
             .level = KHALA_LEVEL_L2,
-            .timeout_ms = d->cfg.l2.timeout_ms,
-            .pool_size = d->cfg.l2.pool_size,
-            .persistent = d->cfg.l2.persistent,
-            .owned = d->cfg.l2.redis_owned,
+            .timeout_ms = c->l2.timeout_ms,
+            .pool_size = c->l2.pool_size,
+            .persistent = c->l2.persistent,
+            .owned = c->l2.redis_owned,
         };
-        rc = khala__tier_redis_open(&o, &lt->t, err, sizeof(err));
-    } else {
-        char path[KHALA_CONFIG_PATH_MAX + 64];
-        if ((rc = khala__config_store_path(&d->cfg, 2, path, sizeof(path))) != 0) {
-            set_msg(d, "L2 disk store: cannot derive its directory: %s", khala_strerror(rc));
-            return rc;
-        }
-        khala_tier_disk_opts_t o = {
-            .path = path,
-            .level = KHALA_LEVEL_L2,
-            .max_items = d->cfg.l2.max_items,
-            .max_bytes = (uint64_t)d->cfg.l2.max_memory_mb << 20,
-            .persistent = d->cfg.l2.persistent,
-            /* A sealed value is KHALA_CRYPT_OVERHEAD bytes longer than the L1 limit allows. */
-            .max_value = d->cfg.l1.max_value_bytes + (d->crypt ? KHALA_CRYPT_OVERHEAD : 0),
-            .sync_every_ms = d->cfg.l2.sync_every_ms,
-        };
-        rc = khala__tier_disk_open(&o, &lt->t, err, sizeof(err));
+        return khala__tier_redis_open(&o, &lt->t, err, errlen);
     }
+    if (level == 3 && *server) {
+        khala__errbuf_set(err, errlen, "the SurrealDB driver is not built yet");
+        return KHALA_ECONFIG;
+    }
+    char path[KHALA_CONFIG_PATH_MAX + 64];
+    int rc = khala__config_store_path(c, level, path, sizeof(path));
     if (rc != 0) {
-        set_msg(d, "L2 (%s): %s", d->cfg.l2.backend == KHALA_CONFIG_L2_REDIS ? "redis" : "disk",
+        khala__errbuf_set(err, errlen, "cannot derive the disk store's directory: %s",
+                          khala_strerror(rc));
+        return rc;
+    }
+    khala_tier_disk_opts_t o = {
+        .path = path,
+        .level = level == 2 ? KHALA_LEVEL_L2 : KHALA_LEVEL_L3,
+        .max_items = level == 2 ? c->l2.max_items : c->l3.max_entries,
+        .max_bytes = (uint64_t)(level == 2 ? c->l2.max_memory_mb : c->l3.max_memory_mb) << 20,
+        .persistent = level == 2 ? c->l2.persistent : c->l3.persistent,
+        .max_value = max_value,
+        .sync_every_ms = level == 2 ? c->l2.sync_every_ms : c->l3.sync_every_ms,
+    };
+    return khala__tier_disk_open(&o, &lt->t, err, errlen);
+}
+
+/* Open level 2 or 3 into lt: its driver (sealed with a key file), its write queue and, for a
+ * server, the queue's journal on the local disk. */
+static int open_level(khalad_t *d, khalad_tier_t *lt, int level) {
+    char err[KHALA_CONFIG_PATH_MAX + 128] = ""; /* room for a message naming a store path */
+    const char *lname = level == 2 ? "L2" : "L3";
+    int server = 0;
+    int rc = open_driver(d, lt, level, &server, err, sizeof(err));
+    if (rc != 0) {
+        set_msg(d, "%s (%s): %s", lname,
+                level == 2
+                    ? (d->cfg.l2.backend == KHALA_CONFIG_L2_REDIS ? "redis" : "disk")
+                    : (d->cfg.l3.backend == KHALA_CONFIG_L3_SURREALDB ? "surrealdb" : "disk"),
                 err);
         return rc;
     }
@@ -136,24 +158,27 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
     lt->t->healthy = lt->t->ops->health(lt->t) == 0;
     if (!lt->t->healthy) {
         lt->outages++;
-        khala__log("warn", "L2 is not reachable at start; reads skip it and writes queue",
+        khala__log("warn",
+                   level == 2 ? "L2 is not reachable at start; reads skip it and writes queue"
+                              : "L3 is not reachable at start; reads skip it and writes queue",
                    "backend", lt->t->ops->name, "error", lt->t->err, NULL);
     } else if (lt->t->err[0]) {
-        khala__log("warn", "L2 opened with a warning", "backend", lt->t->ops->name, "detail",
-                   lt->t->err, NULL);
+        khala__log("warn", "a level opened with a warning", "tier", lname, "backend",
+                   lt->t->ops->name, "detail", lt->t->err, NULL);
     }
-    if ((rc = khala__wq_new(d->cfg.l2.queue_max, KHALAD_QUEUE_BYTES_MAX, &lt->wq)) != 0) {
+    uint32_t queue_max = level == 2 ? d->cfg.l2.queue_max : d->cfg.l3.queue_max;
+    if ((rc = khala__wq_new(queue_max, KHALAD_QUEUE_BYTES_MAX, &lt->wq)) != 0) {
         lt->t->ops->close(lt->t);
         lt->t = NULL;
         set_msg(d, "out of memory");
         return rc;
     }
-    if (d->cfg.l2.backend == KHALA_CONFIG_L2_REDIS) {
+    if (server) {
         /* A server can be down: its queue is journaled on the local disk, so that writes
          * acknowledged meanwhile (and write-behind writes) survive khalad. */
         char dir[KHALA_CONFIG_PATH_MAX + 64];
         uint64_t recovered = 0;
-        if ((rc = khala__config_store_path(&d->cfg, 2, dir, sizeof(dir) - 16)) == 0 &&
+        if ((rc = khala__config_store_path(&d->cfg, level, dir, sizeof(dir) - 16)) == 0 &&
             (rc = khala__dirs_make(dir, 0700, err, sizeof(err))) == 0) {
             strcat(dir, "/journal");
             if (d->crypt) {
@@ -161,8 +186,9 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
                 khala__tier_crypt_journal_codec(d->crypt, &codec);
                 khala__wq_set_codec(lt->wq, &codec);
             }
-            rc = khala__wq_journal_open(lt->wq, dir, d->cfg.l2.sync_every_ms, &recovered, err,
-                                        sizeof(err));
+            rc = khala__wq_journal_open(
+                lt->wq, dir, level == 2 ? d->cfg.l2.sync_every_ms : d->cfg.l3.sync_every_ms,
+                &recovered, err, sizeof(err));
         } else if (!err[0]) {
             khala__errbuf_set(err, sizeof(err), "write journal under %s: %s", dir,
                               khala_strerror(rc));
@@ -173,15 +199,15 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
             lt->wq = NULL;
             lt->t->ops->close(lt->t);
             lt->t = NULL;
-            set_msg(d, "L2 (redis): %s", err);
+            set_msg(d, "%s (%s): %s", lname, level == 2 ? "redis" : "surrealdb", err);
             return rc;
         }
         lt->journaled = 1;
         if (recovered) {
             char n[32];
             snprintf(n, sizeof(n), "%" PRIu64, recovered);
-            khala__log("info", "read back writes an earlier khalad had queued for L2", "writes", n,
-                       "journal", dir, NULL);
+            khala__log("info", "read back writes an earlier khalad had queued for a level", "tier",
+                       lname, "writes", n, "journal", dir, NULL);
         }
     }
     return 0;
@@ -190,9 +216,14 @@ static int open_l2(khalad_t *d, khalad_tier_t *lt) {
 int khala__tiers_open(khalad_t *d) {
     int rc;
     d->coh_fd = -1;
-    if ((rc = open_l2(d, &d->tiers[0])) != 0)
+    if ((rc = open_level(d, &d->tiers[0], 2)) != 0)
         return rc;
     d->ntiers = 1;
+    if ((rc = open_level(d, &d->tiers[1], 3)) != 0) {
+        khala__tiers_close(d);
+        return rc;
+    }
+    d->ntiers = 2;
     if (d->cfg.policies.coherence == KHALA_CONFIG_COHERENCE_PUBSUB) {
         char err[512] = "";
         khala_coherence_opts_t o = {.url = d->cfg.l2.redis_url,
@@ -223,36 +254,43 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches);
 /* L1 scan visitor: report an item's reader hits to L2's access counts. */
 typedef struct hits_ctx {
     khalad_t *d;
-    khala_tier_t *t;
     uint64_t noted;
 } hits_ctx_t;
 
 static int note_item_hits(void *arg, const khala_item_t *it) {
     hits_ctx_t *h = arg;
     uint32_t hits = khala__l1_item_hits(h->d->l1, it);
-    if (hits && (khala__store_type_levels(h->d, (khala_type_t)it->type) & KHALA_CONFIG_LEVEL_L2)) {
-        h->t->ops->note_hits(h->t, khala__item_key(it), it->key_len, hits);
-        h->noted++;
+    if (!hits)
+        return 0;
+    uint32_t levels = khala__store_type_levels(h->d, (khala_type_t)it->type);
+    for (int i = 0; i < h->d->ntiers; i++) {
+        khala_tier_t *t = h->d->tiers[i].t;
+        uint32_t bit = t->level == KHALA_LEVEL_L3 ? KHALA_CONFIG_LEVEL_L3 : KHALA_CONFIG_LEVEL_L2;
+        if (t->ops->note_hits && t->healthy && (levels & bit))
+            t->ops->note_hits(t, khala__item_key(it), it->key_len, hits);
     }
+    h->noted++;
     return 0; /* keep it */
 }
 
-/* Workers' L1 hits never reach L2, so L2's access counts would rank the hottest keys by the
- * few reads that brought them into L1. At a graceful stop they are added (note_hits), so that
- * the next start's preload warms what was really read most. */
+/* Workers' L1 hits never reach the levels below, so their access counts would rank the hottest
+ * keys by the few reads that brought them into L1. At a graceful stop they are added
+ * (note_hits), so that the next start's preload warms what was really read most, and L3's
+ * cleanup evicts what was really read least. */
 static void note_l1_hits(khalad_t *d) {
-    if (!d->ntiers || !d->tiers[0].t->ops->note_hits || !d->l1)
+    if (!d->ntiers || !d->l1)
         return;
     (void)khala__l1_maintain(d->l1); /* drain the readers' hit rings into the items */
-    hits_ctx_t h = {d, d->tiers[0].t, 0};
+    hits_ctx_t h = {d, 0};
     uint64_t cursor = 0;
     do
         (void)khala__l1_scan(d->l1, &cursor, 65536, note_item_hits, &h);
     while (cursor != 0);
     char n[32];
     snprintf(n, sizeof(n), "%" PRIu64, h.noted);
-    khala__log("info", "added L1 hits to L2's access counts (for the next preload)", "keys", n,
-               NULL);
+    khala__log("info",
+               "added L1 hits to the access counts of the levels below (for the next preload)",
+               "keys", n, NULL);
 }
 
 void khala__tiers_close(khalad_t *d) {
@@ -520,6 +558,8 @@ uint64_t khala__tiers_warm_keys(khalad_t *d, size_t n, const khala_bytes_t *keys
             }
             for (size_t j = 0; j < k; j++) {
                 if (rcs[j] == 0) {
+                    (void)khala__store_promote_below(d, want[j].ptr, want[j].len, &vals[j],
+                                                     lt->t->level);
                     warmed += khala__store_promote(d, want[j].ptr, want[j].len, &vals[j]) == 0;
                     done[idx[j]] = 1;
                 }
@@ -664,11 +704,11 @@ uint64_t khala__tiers_preload(khalad_t *d) {
         }                                                                                          \
     }
 
-size_t khala__tiers_stats(khalad_t *d, khala_kv_t *kv, size_t max) {
+size_t khala__tiers_stats(khalad_t *d, int i, khala_kv_t *kv, size_t max) {
     size_t n = 0;
-    if (d->ntiers == 0 || max < KHALAD_TIERS_STATS_MAX)
+    if (i < 0 || i >= d->ntiers || max < KHALAD_TIERS_STATS_MAX)
         return 0;
-    khalad_tier_t *lt = &d->tiers[0];
+    khalad_tier_t *lt = &d->tiers[i];
     khala_tier_stats_t ts;
     memset(&ts, 0, sizeof(ts));
     lt->t->ops->stats(lt->t, &ts);
@@ -699,6 +739,10 @@ size_t khala__tiers_stats(khalad_t *d, khala_kv_t *kv, size_t max) {
     kv[n++] = KV_U("stale_writes_dropped", lt->stale_drops);
     kv[n++] = KV_U("write_errors", lt->write_errors);
     kv[n++] = KV_U("invalidate_steps", lt->invalidate_steps);
+    if (i > 0) {
+        kv[n++] = KV_U("filled_above", d->promotions_below); /* hits here copied into L2 */
+        return n;
+    }
     kv[n++] = KV_U("promotions", d->promotions);
     kv[n++] = KV_U("warmed", d->warmed);
     kv[n++] = KV_U("invalidations_received", d->inval_received);

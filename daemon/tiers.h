@@ -91,12 +91,14 @@ void khala__tiers_tick(khalad_t *d);
 #define KHALAD_TIERS_STATS_MAX 32u
 
 /**
- * @brief Stats of L2 (its driver, its queue, warming, invalidation) as entries of a "data" map.
+ * @brief Stats of one level below L1 (its driver, its queue) as entries of a "data" map; L2's
+ *        map also holds khalad's warming, promotion and cross-host invalidation counters.
  * @param[in] d khalad.
+ * @param[in] i the level's index in d->tiers (0 = L2, 1 = L3).
  * @param[out] kv the entries; string values point into the driver (valid until its next call).
  * @param[in] max room in @p kv; at least KHALAD_TIERS_STATS_MAX or nothing is written.
- * @return entries written; 0 when there is no L2.
+ * @return entries written; 0 when there is no such level.
  */
-size_t khala__tiers_stats(khalad_t *d, khala_kv_t *kv, size_t max);
+size_t khala__tiers_stats(khalad_t *d, int i, khala_kv_t *kv, size_t max);
 
 #endif /* KHALA_DAEMON_TIERS_H */

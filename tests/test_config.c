@@ -573,6 +573,23 @@ Test(config, derived_paths_follow_the_name_as_root) {
     cr_assert_eq(khala__config_socket_path(&g_cfg, p, 8), -ENAMETOOLONG);
 }
 
+Test(config, l3_store_sits_next_to_a_configured_l2_store) {
+    char p[256];
+    set_ok("l2.path", "/srv/k/l2");
+    cr_assert_eq(khala__config_store_path(&g_cfg, 3, p, sizeof(p)), 0);
+    cr_assert_str_eq(p, "/srv/k/l3");
+    /* Never the L2 store itself. */
+    set_ok("l2.path", "/srv/l3");
+    cr_assert_eq(khala__config_store_path(&g_cfg, 3, p, sizeof(p)), 0);
+    cr_assert_str_eq(p, "/srv/l3-l3");
+    set_ok("l2.path", "/srv/k/l2u"); /* not another khalad's /srv/k/l3 */
+    cr_assert_eq(khala__config_store_path(&g_cfg, 3, p, sizeof(p)), 0);
+    cr_assert_str_eq(p, "/srv/k/l2u-l3");
+    set_ok("l3.path", "/data/cold");
+    cr_assert_eq(khala__config_store_path(&g_cfg, 3, p, sizeof(p)), 0);
+    cr_assert_str_eq(p, "/data/cold");
+}
+
 Test(config, derived_paths_for_a_user) {
     /* Criterion runs each test in its own process, so dropping root here affects only it. */
     if (geteuid() == 0 && setresuid(65534, 65534, 65534) != 0)

@@ -227,7 +227,7 @@ typedef struct run {
     const char *label;
     int redis; /* 1: L2 in Redis (journal under l2dir), 0: L2 on the local disk in l2dir */
     khala_mode_t mode;
-    char dir[160], l2dir[200], sock[200], name[64];
+    char dir[160], l2dir[200], l3dir[200], sock[200], name[64];
     harness_khalad_t k;
     harness_redis_t r;
     shared_t *sh;
@@ -250,6 +250,7 @@ static int run_init(run_t *rn, const char *label, int redis, khala_mode_t mode, 
     rn->nkeys = nkeys;
     snprintf(rn->dir, sizeof(rn->dir), "%s/%s", g_base, label);
     snprintf(rn->l2dir, sizeof(rn->l2dir), "%s/l2", rn->dir);
+    snprintf(rn->l3dir, sizeof(rn->l3dir), "%s/l3", rn->dir);
     snprintf(rn->sock, sizeof(rn->sock), "%s/k.sock", rn->dir);
     snprintf(rn->name, sizeof(rn->name), "chaos%d%s", (int)getpid(), label);
     for (char *p = rn->name; *p; p++)
@@ -268,6 +269,7 @@ static int run_init(run_t *rn, const char *label, int redis, khala_mode_t mode, 
         return -E2BIG;
     rn->k.verbose = opt.verbose;
     harness_khalad_set(&rn->k, "l2.path=%s", rn->l2dir);
+    harness_khalad_set(&rn->k, "l3.path=%s", rn->l3dir);
     harness_khalad_set(&rn->k, "l2.persistent=true");
     harness_khalad_set(&rn->k, "l2.timeout_ms=200");
     harness_khalad_set(&rn->k, "l2.queue_max=100000");
@@ -970,6 +972,7 @@ static void scenario_self_check(void) {
     harness_khalad_stop(&rn.k, 0);
     harness_khalad_clean(&rn.k);
     harness_rmtree(rn.l2dir);
+    harness_rmtree(rn.l3dir); /* L3 holds them too */
     if (khalad_up(&rn) == 0) {
         uint64_t lost = fig.lost, stale = fig.stale, keys = fig.keys_checked,
                  reads = fig.reads_checked, puts = fig.acked_writes, dels = fig.acked_deletes;

@@ -454,15 +454,15 @@ Test(khalactl, warm_fills_an_empty_l1_from_l2_by_prefix_type_and_file) {
     khala__seg_unlink(khalad_name);
     khalad_start();
     cr_assert_eq(CTL("--json", "inspect", "w:3"), 0, "%s", g_err);
-    cr_assert(strstr(g_out, "\"levels\":\"l2\""), "L1 is empty: %s", g_out);
+    cr_assert(strstr(g_out, "\"levels\":\"l2,l3\""), "L1 is empty: %s", g_out);
     cr_assert_eq(CTL("--json", "warm", "--prefix", "w:"), 0, "%s", g_err);
     cr_assert_eq(json_uint(g_out, "count"), 30, "%s", g_out);
     cr_assert_eq(CTL("--json", "inspect", "w:3"), 0);
-    cr_assert(strstr(g_out, "\"levels\":\"l1,l2\""), "warmed into L1: %s", g_out);
+    cr_assert(strstr(g_out, "\"levels\":\"l1,l2,l3\""), "warmed into L1: %s", g_out);
     cr_assert_eq(CTL("--json", "warm", "--type", "verification"), 0, "%s", g_err);
     cr_assert_eq(json_uint(g_out, "count"), 1, "%s", g_out);
     cr_assert_eq(CTL("--json", "inspect", "v:1"), 0);
-    cr_assert(strstr(g_out, "\"levels\":\"l1,l2\""), "warmed into L1: %s", g_out);
+    cr_assert(strstr(g_out, "\"levels\":\"l1,l2,l3\""), "warmed into L1: %s", g_out);
     khalad_kill(SIGTERM);
     khala__seg_unlink(khalad_name);
     khalad_start();
@@ -545,9 +545,10 @@ Test(khalactl, health_reports_each_level) {
     cr_assert_eq(CTL("health"), 0, "%s", g_err);
     cr_assert(strstr(g_out, "l1             ok\n"), "%s", g_out);
     cr_assert(strstr(g_out, "l2             ok (disk)\n"), "%s", g_out);
+    cr_assert(strstr(g_out, "l3             ok (disk)\n"), "%s", g_out);
     cr_assert_eq(CTL("--json", "health"), 0);
     cr_assert(json_object(g_out), "not JSON: %s", g_out);
-    cr_assert(strstr(g_out, "\"levels\":{\"l1\":\"ok\",\"l2\":\"ok\"}"), "%s", g_out);
+    cr_assert(strstr(g_out, "\"levels\":{\"l1\":\"ok\",\"l2\":\"ok\",\"l3\":\"ok\"}"), "%s", g_out);
 }
 
 /* khalad answers, but L2 is down: health must not say "ok" and exit 0. */
@@ -574,13 +575,13 @@ Test(khalactl, inspect_describes_a_key_only_l2_holds) {
     cr_assert_eq(CTL("--json", "put", "deep", "in l2", "--type", "embedding"), 0, "%s", g_err);
     unsigned long long ver = json_uint(g_out, "version");
     cr_assert_eq(CTL("inspect", "deep"), 0, "%s", g_err);
-    cr_assert(strstr(g_out, "levels   l1,l2\n"), "%s", g_out);
+    cr_assert(strstr(g_out, "levels   l1,l2,l3\n"), "%s", g_out);
     khalad_kill(SIGTERM);
     khala__seg_unlink(khalad_name);
     khalad_start();
     cr_assert_eq(CTL("--json", "inspect", "deep"), 0, "%s", g_err);
     cr_assert(json_object(g_out), "not JSON: %s", g_out);
-    cr_assert(strstr(g_out, "\"levels\":\"l2\""), "%s", g_out);
+    cr_assert(strstr(g_out, "\"levels\":\"l2,l3\""), "%s", g_out);
     cr_assert_eq(json_uint(g_out, "version"), ver);
     cr_assert_eq(json_uint(g_out, "size"), 5);
     cr_assert(strstr(g_out, "\"type\":\"embedding\""), "%s", g_out);
@@ -592,7 +593,7 @@ Test(khalactl, inspect_describes_a_key_only_l2_holds) {
     cr_assert(strstr(g_out, "l2\n  backend  disk\n  state    held\n"), "%s", g_out);
     /* inspect only looks: the key is still not in L1. */
     cr_assert_eq(CTL("--json", "inspect", "deep"), 0);
-    cr_assert(strstr(g_out, "\"levels\":\"l2\""), "%s", g_out);
+    cr_assert(strstr(g_out, "\"levels\":\"l2,l3\""), "%s", g_out);
     cr_assert_eq(CTL("inspect", "never-written"), 1);
 }
 
@@ -604,7 +605,7 @@ Test(khalactl, inspect_says_which_level_could_not_be_asked) {
     cr_assert(strstr(g_err, "l2 (redis) is down"), "stderr: %s", g_err);
     cr_assert_eq(CTL("put", "k", "v"), 0, "%s", g_err);
     cr_assert_eq(CTL("--json", "inspect", "k"), 0, "%s", g_err);
-    cr_assert(strstr(g_out, "\"levels\":\"l1\""), "%s", g_out);
+    cr_assert(strstr(g_out, "\"levels\":\"l1,l3\""), "%s", g_out);
     cr_assert(strstr(g_out, "\"l2\":{\"backend\":\"redis\",\"state\":\"down\""), "%s", g_out);
 }
 

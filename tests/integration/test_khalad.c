@@ -616,9 +616,12 @@ Test(khalad_check, refuses_rediss_and_keys_without_effect) {
                  "%s", out);
     cr_assert(strstr(out, "khalad.conf:2: [policies] stale_serve_seconds: '60' has no effect yet"),
               "%s", out);
+    /* Since issue 12 [l3] has its effect; a SurrealDB L3 needs its URL. */
     const char *const l3[] = {"--set", "l3.ttl_seconds=60", NULL};
-    cr_assert_eq(run_check("", l3, out, sizeof(out)), 1, "%s", out);
-    cr_assert(strstr(out, "[l3] ttl_seconds: '60' has no effect yet (there is no L3)"), "%s", out);
+    cr_assert_eq(run_check("", l3, out, sizeof(out)), 0, "%s", out);
+    const char *const l3s[] = {"--set", "l3.backend=surrealdb", NULL};
+    cr_assert_eq(run_check("", l3s, out, sizeof(out)), 1, "%s", out);
+    cr_assert(strstr(out, "[l3] backend: 'surrealdb' needs [l3] surrealdb_url"), "%s", out);
 }
 
 Test(khalad_check, overrides_apply_in_any_order) {
