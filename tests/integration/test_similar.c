@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,14 +29,29 @@
 #define DIM 32
 
 static khala_cache_t *g_c;
+static khala_level_t g_level; /* the level that answered the last find() with matches */
 
-static void setup(void) {
-    khalad_env_init("ks");
-    khalad_start();
+static void open_cache(void) {
     khala_cache_options_t o;
     khala_cache_options_init(&o);
     o.socket_path = khalad_sock;
     cr_assert_eq(khala_cache_open(khalad_name, &o, &g_c), 0, "%s", khala_cache_errmsg(NULL));
+}
+
+static void setup(void) {
+    khalad_env_init("ks");
+    memset(khalad_extra_sets, 0, sizeof(khalad_extra_sets));
+    khalad_start();
+    open_cache();
+}
+
+/* Restart khalad with the overrides in khalad_extra_sets. */
+static void restart(void) {
+    khala_cache_close(g_c);
+    g_c = NULL;
+    khalad_kill(SIGTERM);
+    khalad_start();
+    open_cache();
 }
 
 static void teardown(void) {
@@ -83,6 +99,7 @@ static size_t find(const float *q, uint32_t k, float min, char *buf, size_t cap,
         cr_assert_eq(m[i].meta.type, KHALA_TYPE_EMBEDDING);
         cr_assert(m[i].meta.level == KHALA_LEVEL_L2 || m[i].meta.level == KHALA_LEVEL_L3);
         cr_assert_gt(m[i].meta.version, 0);
+        g_level = m[i].meta.level;
         if (sims)
             sims[i] = m[i].similarity;
         if (i)
@@ -127,6 +144,26 @@ Test(similar, near_duplicates_hit_far_ones_miss_and_both_thresholds_hold) {
     cr_assert_null(m);
 }
 
+/* L3 answers first; a level that finds nothing lets the next one try. */
+Test(similar, the_slowest_level_answers_and_an_empty_one_lets_the_next_try) {
+    float v[DIM], q[DIM];
+    char buf[256];
+    vec(v, 2, -1, 0);
+    put_vec("on:l3", v, KHALA_MODE_THROUGH);
+    vec(q, 2, -1, 0);
+    cr_assert_eq(find(q, 5, 0.9f, buf, sizeof(buf), NULL), 1);
+    cr_assert_eq(g_level, KHALA_LEVEL_L3, "level %d", (int)g_level);
+    /* Embeddings on L1 and L2 only from now on: L3 holds none of the new ones. */
+    khalad_extra_sets[0] = "type.embedding.levels=l1,l2";
+    restart();
+    vec(v, 6, -1, 0);
+    put_vec("on:l2", v, KHALA_MODE_THROUGH);
+    vec(q, 6, -1, 0);
+    cr_assert_eq(find(q, 5, 0.9f, buf, sizeof(buf), NULL), 1);
+    cr_assert_str_eq(buf, "on:l2");
+    cr_assert_eq(g_level, KHALA_LEVEL_L2, "level %d", (int)g_level);
+}
+
 Test(similar, deleted_invalidated_and_retyped_items_never_come_back) {
     float v[DIM], q[DIM];
     char buf[512];
@@ -147,14 +184,7 @@ Test(similar, deleted_invalidated_and_retyped_items_never_come_back) {
     cr_assert_eq(find(q, 10, 0.9f, buf, sizeof(buf), NULL), 1);
     cr_assert_str_eq(buf, "kept");
     /* After a restart of khalad, the store's index is rebuilt from its records: the same. */
-    khala_cache_close(g_c);
-    g_c = NULL;
-    khalad_kill(SIGTERM);
-    khalad_start();
-    khala_cache_options_t o;
-    khala_cache_options_init(&o);
-    o.socket_path = khalad_sock;
-    cr_assert_eq(khala_cache_open(khalad_name, &o, &g_c), 0, "%s", khala_cache_errmsg(NULL));
+    restart();
     cr_assert_eq(find(q, 10, 0.9f, buf, sizeof(buf), NULL), 1);
     cr_assert_str_eq(buf, "kept");
 }
