@@ -483,9 +483,6 @@ int khala__disk_similar(khala_tier_t *t, const float *q, uint32_t dim, float min
             khala__tier_match_free(&out[i]);
         return rc;
     }
-    d->st.gets++;
-    d->st.hits += got > 0;
-    d->st.misses += got == 0;
-    *n = got;
+    *n = got; /* not counted as gets: the level's hit ratio is about reads by key */
     return 0;
 }
