@@ -5,13 +5,18 @@
  *
  * Steps of khala__similar_ask:
  *   1. walk the levels from the slowest (L3) to the fastest (L2), skipping a level without
- *      ops->similar or marked down;
+ *      ops->similar, one the embedding type does not live on ([type.embedding] levels), and one
+ *      marked down;
  *   2. ask it; a failure of its server (KHALA_ETIER) marks it down and the next one is asked;
- *      a refusal of the query (KHALA_EINVAL: it cannot search this, say an encrypted type) ends
- *      the look-up with the level's reason;
+ *      a refusal (KHALA_EINVAL, or -ENOTSUP: an encrypted type it cannot search) ends the
+ *      look-up with the level's reason;
  *   3. drop the matches that are gone for other reads (an invalidation in progress covers them;
- *      a queued write deletes or replaces them); when some remain, they are the answer,
- *      otherwise the next level is asked.
+ *      a queued write deletes or replaces them): what remains, possibly nothing, is the answer.
+ *      The next level is not asked when the first found nothing: it holds the same embeddings
+ *      or fewer (a type lives on every level it is placed on), and asking it would double the
+ *      time of every look-up that finds no duplicate (the common case) and make that level
+ *      build an index of its own (memory: daemon/tier_disk_vectors.c builds one at the first
+ *      look-up).
  */
 #include "similar.h"
 
@@ -103,31 +108,33 @@ static int gone(khalad_t *d, const khala_tier_match_t *m) {
 
 int khala__similar_ask(khalad_t *d, const float *q, uint32_t dim, float min_sim, uint32_t k,
                        khala_tier_match_t *out, uint32_t *n, khala_level_t *lvl) {
-    int asked = 0, capable = 0, answered = 0, rc = 0;
+    int capable = 0, rc = 0;
+    uint32_t placed = d->cfg.types[KHALA_TYPE_EMBEDDING].levels;
     *n = 0;
     *lvl = KHALA_LEVEL_NONE;
+    d->errmsg[0] = '\0';
     for (int i = d->ntiers - 1; i >= 0; i--) { /* step 1 */
         khalad_tier_t *lt = &d->tiers[i];
-        if (!lt->t->ops->similar)
+        if (!lt->t->ops->similar || !(placed & KHALA_LEVEL_BIT(lt->t->level)))
             continue;
         capable++;
-        if (!lt->t->healthy)
-            continue;
-        asked++;
-        uint32_t got = 0;
-        rc = lt->t->ops->similar(lt->t, q, dim, min_sim, k, out, &got); /* step 2 */
-        if (rc == KHALA_ETIER) {
-            khala__store_level_failed(d, lt, rc);
-            snprintf(d->errmsg, sizeof(d->errmsg), "%s (%s): %s", khala__store_level_name(lt),
-                     lt->t->ops->name, lt->t->err);
+        if (!lt->t->healthy) {
+            snprintf(d->errmsg, sizeof(d->errmsg), "%s (%s) is down", khala__store_level_name(lt),
+                     lt->t->ops->name);
+            rc = KHALA_ETIER;
             continue;
         }
+        uint32_t got = 0;
+        rc = lt->t->ops->similar(lt->t, q, dim, min_sim, k, out, &got); /* step 2 */
         if (rc) {
             snprintf(d->errmsg, sizeof(d->errmsg), "%s (%s): %s", khala__store_level_name(lt),
                      lt->t->ops->name, lt->t->err);
-            return rc == KHALA_EINVAL || rc == -EINVAL ? KHALA_EINVAL : rc;
+            if (rc == KHALA_ETIER) {
+                khala__store_level_failed(d, lt, rc);
+                continue;
+            }
+            return rc == -EINVAL ? KHALA_EINVAL : rc;
         }
-        answered++;
         uint32_t kept = 0; /* step 3 */
         for (uint32_t j = 0; j < got; j++) {
             if (gone(d, &out[j]))
@@ -135,25 +142,17 @@ int khala__similar_ask(khalad_t *d, const float *q, uint32_t dim, float min_sim,
             else
                 out[kept++] = out[j];
         }
-        if (kept) {
-            *n = kept;
-            *lvl = lt->t->level;
-            return 0;
-        }
+        *n = kept;
+        *lvl = lt->t->level;
+        return 0;
     }
     if (!capable) {
         snprintf(d->errmsg, sizeof(d->errmsg),
-                 "no level below L1 answers look-ups by vector (L2 %s%s%s); configure the disk "
-                 "store or SurrealDB for one of them",
+                 "no level below L1 that holds embeddings answers look-ups by vector (L2 %s%s%s; "
+                 "[type.embedding] levels); configure the disk store or SurrealDB for one of them",
                  d->ntiers > 0 ? d->tiers[0].t->ops->name : "none", d->ntiers > 1 ? ", L3 " : "",
                  d->ntiers > 1 ? d->tiers[1].t->ops->name : "");
         return -ENOTSUP;
     }
-    if (!answered) {
-        if (!asked)
-            snprintf(d->errmsg, sizeof(d->errmsg),
-                     "every level that answers look-ups by vector is down");
-        return KHALA_ETIER;
-    }
-    return 0;
+    return KHALA_ETIER; /* every level that would answer is down; d->errmsg names the last */
 }

@@ -3,11 +3,11 @@
  * levels below L1 that answer look-ups by vector (a driver whose ops->similar is set: the disk
  * store, SurrealDB) for the embedding items nearest to it.
  *
- * Which level answers: the slowest first (L3, then L2), because L3 is the level the design gives
- * semantic look-ups (it holds the most embeddings, for longest); a level that is down is
- * skipped, and a level that finds nothing lets the next one try, so a look-up works whichever
- * level is configured with a driver that has similar. L1 is never searched: it holds a subset
- * of the levels below for the embedding type's default placement.
+ * Which level answers: the slowest level that the embedding type lives on ([type.embedding]
+ * levels) and whose driver has similar, because L3 is the level the design gives semantic
+ * look-ups (it holds the most embeddings, for longest); when it is down, the next one (L2). Its
+ * answer, even an empty one, is the answer (daemon/similar.c, step 3, says why). L1 is never
+ * searched: it holds a subset of the levels below.
  *
  * A match is never a key that is gone for other reads: an invalidation in progress covers it,
  * or a write still queued for the level (write-behind, or an outage) deletes or replaces it.
@@ -51,11 +51,10 @@ float khala__similar_threshold(const char *text);
  * @param[in] min_sim -1..1. @param[in] k 1..KHALA_SIMILAR_K_MAX.
  * @param[out] out room for @p k matches; out[0 .. *n) belong to the caller
  *             (khala__tier_match_free each).
- * @param[out] n how many. @param[out] lvl the level that answered (KHALA_LEVEL_NONE when none
- *             found anything).
+ * @param[out] n how many. @param[out] lvl the level that answered.
  * @return 0 (possibly with *n == 0: no match above the threshold);
- *         -ENOTSUP when no level below L1 answers look-ups by vector (Redis does not), message
- *         in d->errmsg;
+ *         -ENOTSUP when no level below L1 that the embedding type lives on answers look-ups by
+ *         vector (Redis does not), message in d->errmsg;
  *         KHALA_ETIER when every level that would answer is down or failed (d->errmsg names it);
  *         KHALA_EINVAL when a level refused the query (d->errmsg: the level's reason);
  *         -ENOTSUP also when the level that would answer holds the embedding type encrypted

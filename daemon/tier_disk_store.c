@@ -497,8 +497,6 @@ static int load_index(disk_t *d, char *err, size_t errlen) {
         e->expire_ms = rec.expire_ms;
         e->decay_min = now;
         khala__disk_index_insert(&d->ix, e);
-        (void)khala__disk_vectors_set(&d->vec, k.mv_data, k.mv_size, rec.type, rec.value, rec.len,
-                                      rec.expire_ms);
     }
     if (c)
         mdb_cursor_close(c);

@@ -1,7 +1,7 @@
 /*
  * The disk tier's vector index and its exact search (semantic look-ups, issue 12).
  *
- * Layout. One group per dimension; a group holds its rows in one 64-byte aligned array, each
+ * Layout. One group per dimension; a group holds its rows in one malloc'd array, each
  * row the item's vector divided by its norm and padded with zeros to a multiple of 16 floats,
  * so that a scan streams contiguous memory and the inner loop needs no tail:
  *
@@ -15,12 +15,14 @@
  * Search. Both sides are unit vectors, so the cosine similarity is their dot product. dot()
  * uses GCC's vector extensions (4-float vectors, four accumulators, one 64-byte row chunk per
  * iteration): the compiler emits packed multiplies and adds (SSE on baseline x86-64, NEON on
- * aarch64), which a plain loop does not get, because reordering a float sum needs -ffast-math. A row enters a k-entry min-heap only when it beats the threshold
+ * aarch64), which a plain loop does not get, because reordering a float sum needs -ffast-math.
+ * A row enters a k-entry min-heap only when it beats the threshold
  * and the heap's worst; only then is its expiry checked, so the hot loop is the dot product.
  *
- * Invariants: every key in tab owns exactly one row, owner[row] points back to it; a key is in
- * the index iff the store holds it as an embedding whose value is a usable vector (and memory
- * allowed storing it): the store calls set / remove for every change it commits.
+ * Invariants: every key in tab owns exactly one row, owner[row] points back to it; once built
+ * (at the first look-up, from the records: a level nobody searches keeps no vectors), a key is
+ * in the index iff the store holds it as an embedding whose value is a usable vector (and
+ * memory allowed storing it): the store calls set / remove for every change it commits.
  *
  * Why an exact scan. At the sizes a cache level holds (max_entries, 10^4..10^5 vectors) a scan
  * of dim-384 float32 rows costs a few ms (docs/tiers.md has the figures), is exact (a near
@@ -138,27 +140,27 @@ static group_t *group_get(khala_disk_vectors_t *vx, uint32_t dim, int create) {
     return grp;
 }
 
-/* Room for one more row in grp. 0 or -ENOMEM. */
+/* Room for one more row in grp. 0 or -ENOMEM. The rows grow with realloc, not aligned_alloc
+ * and a copy: glibc moves a large block with mremap, so that the build at the first look-up
+ * neither copies the rows nor faults their pages in again at each doubling (page faults were
+ * most of its time). malloc's 16 bytes of alignment are what the 4-float loads need. */
 static int group_reserve(group_t *grp) {
     if (grp->n < grp->cap)
         return 0;
     size_t cap = grp->cap ? grp->cap * 2 : 16;
     size_t row_bytes = (size_t)grp->pdim * sizeof(float);
-    float *vecs = aligned_alloc(64, cap * row_bytes);
-    int64_t *exp = realloc(grp->expire_ms, cap * sizeof(*exp));
-    if (exp)
-        grp->expire_ms = exp;
-    vkey_t **owner = exp ? realloc(grp->owner, cap * sizeof(*owner)) : NULL;
-    if (owner)
-        grp->owner = owner;
-    if (!vecs || !owner) {
-        free(vecs);
+    float *vecs = realloc(grp->vecs, cap * row_bytes);
+    if (!vecs)
         return -ENOMEM;
-    }
-    if (grp->n)
-        memcpy(vecs, grp->vecs, grp->n * row_bytes);
-    free(grp->vecs);
     grp->vecs = vecs;
+    int64_t *exp = realloc(grp->expire_ms, cap * sizeof(*exp));
+    if (!exp)
+        return -ENOMEM;
+    grp->expire_ms = exp;
+    vkey_t **owner = realloc(grp->owner, cap * sizeof(*owner));
+    if (!owner)
+        return -ENOMEM;
+    grp->owner = owner;
     grp->cap = cap;
     return 0;
 }
@@ -187,6 +189,8 @@ void khala__disk_vectors_init(khala_disk_vectors_t *vx, uint64_t seed) {
 }
 
 void khala__disk_vectors_clear(khala_disk_vectors_t *vx) {
+    if (!vx->tab_cap && !vx->ngroups)
+        return;
     for (size_t i = 0; i < vx->tab_cap; i++) {
         free(vx->tab[i]);
         vx->tab[i] = NULL;
@@ -209,7 +213,7 @@ void khala__disk_vectors_free(khala_disk_vectors_t *vx) {
 }
 
 void khala__disk_vectors_remove(khala_disk_vectors_t *vx, const void *key, size_t klen) {
-    if (!vx->tab_cap || klen == 0 || klen > KHALA_KEY_MAX)
+    if (!vx->built || !vx->tab_cap || klen == 0 || klen > KHALA_KEY_MAX)
         return;
     size_t i = tab_slot(vx, key_hash(vx, key, klen), key, klen);
     vkey_t *e = vx->tab[i];
@@ -246,6 +250,8 @@ static double value_norm(const uint8_t *value, uint32_t dim) {
 int khala__disk_vectors_set(khala_disk_vectors_t *vx, const void *key, size_t klen,
                             khala_type_t type, const void *value, size_t len, int64_t expire_ms) {
     KHALA_ASSERT(klen >= 1 && klen <= KHALA_KEY_MAX);
+    if (!vx->built)
+        return 0;
     khala__disk_vectors_remove(vx, key, klen);
     if (type != KHALA_TYPE_EMBEDDING || len == 0 || len % 4 || len / 4 > KHALA_DISK_VEC_DIM_MAX)
         return 0;
@@ -314,12 +320,12 @@ int khala__disk_vectors_normalise(const float *q, uint32_t dim, float *unit, cha
     return 0;
 }
 
-/* a . b over pdim floats (a multiple of PAD), both 64-byte aligned. Four 4-float accumulators:
+/* a . b over pdim floats (a multiple of PAD), both 16-byte aligned. Four 4-float accumulators:
  * one cache line per iteration, and the sums stay in registers (8-float vectors on an SSE
  * target are lowered to pairs that GCC keeps on the stack). */
 static inline float dot(const float *a, const float *b, uint32_t pdim) {
-    const vf4 *va = (const vf4 *)__builtin_assume_aligned(a, 64);
-    const vf4 *vb = (const vf4 *)__builtin_assume_aligned(b, 64);
+    const vf4 *va = (const vf4 *)__builtin_assume_aligned(a, 16);
+    const vf4 *vb = (const vf4 *)__builtin_assume_aligned(b, 16);
     vf4 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
     for (uint32_t i = 0; i < pdim / 4; i += 4) {
         s0 += va[i] * vb[i];
@@ -384,7 +390,7 @@ int khala__disk_vectors_search(const khala_disk_vectors_t *vx, const float *q, u
             grp = &vx->groups[g];
     if (!grp || grp->n == 0)
         return 0;
-    float *unit = aligned_alloc(64, (size_t)grp->pdim * sizeof(float));
+    float *unit = malloc((size_t)grp->pdim * sizeof(float));
     if (!unit)
         return -ENOMEM;
     (void)khala__disk_vectors_normalise(q, dim, unit, NULL, 0);
@@ -423,6 +429,38 @@ int khala__disk_vectors_search(const khala_disk_vectors_t *vx, const float *q, u
 /* The tier operation                                                                         */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Build the index from the store's records (the first look-up). A record that does not decode
+ * is left out (a get of it reports it). 0, or a failure reported in t->err. */
+static int build(khala_disk_store_t *d) {
+    MDB_txn *txn;
+    MDB_cursor *c = NULL;
+    MDB_val k, r;
+    int rc = khala__disk_store_rtxn_begin(d, &txn);
+    if (rc)
+        return rc;
+    d->vec.built = 1;
+    rc = mdb_cursor_open(txn, d->items, &c);
+    if (!rc)
+        rc = mdb_cursor_get(c, &k, &r, MDB_FIRST);
+    for (; !rc; rc = mdb_cursor_get(c, &k, &r, MDB_NEXT)) {
+        khala_disk_rec_t rec;
+        if (k.mv_size == 0 || k.mv_size > KHALA_KEY_MAX ||
+            khala__disk_rec_decode(r.mv_data, r.mv_size, &rec, NULL, 0) != 0)
+            continue;
+        (void)khala__disk_vectors_set(&d->vec, k.mv_data, k.mv_size, rec.type, rec.value, rec.len,
+                                      rec.expire_ms);
+    }
+    if (c)
+        mdb_cursor_close(c);
+    khala__disk_store_rtxn_end(d);
+    if (rc != MDB_NOTFOUND) {
+        khala__disk_vectors_clear(&d->vec);
+        d->vec.built = 0;
+        return khala__disk_store_mdb_fail(d, rc, "building the vector index");
+    }
+    return 0;
+}
+
 int khala__disk_similar(khala_tier_t *t, const float *q, uint32_t dim, float min_sim, uint32_t k,
                         khala_tier_match_t *out, uint32_t *n) {
     khala_disk_store_t *d = t->impl;
@@ -435,10 +473,13 @@ int khala__disk_similar(khala_tier_t *t, const float *q, uint32_t dim, float min
     if (!(min_sim >= -1.0f && min_sim <= 1.0f))
         return khala__disk_store_fail(d, KHALA_EINVAL, "similar: the threshold %g is outside -1..1",
                                       min_sim);
+    int rc;
+    if (!d->vec.built && (rc = build(d)) != 0)
+        return rc;
     khala_disk_vhit_t hits[KHALA_DISK_VEC_K_MAX];
     uint32_t nh = 0;
     int64_t now_rt = khala__disk_store_realtime_ms();
-    int rc = khala__disk_vectors_search(&d->vec, q, dim, min_sim, k, now_rt, hits, &nh);
+    rc = khala__disk_vectors_search(&d->vec, q, dim, min_sim, k, now_rt, hits, &nh);
     if (rc)
         return khala__disk_store_fail(d, rc, "out of memory searching %" PRIu32 " floats", dim);
     /* Read each answer's item; the index views stay valid: nothing below changes it. */

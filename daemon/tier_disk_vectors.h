@@ -4,10 +4,12 @@
  * dimension, and the exact search behind the tier's `similar` operation (tier.h).
  *
  * Start at khala_disk_vectors_t and khala__disk_vectors_set(); daemon/tier_disk_vectors.c opens
- * with the layout, the scan and why it is an exact scan. The store keeps the index equal to its
- * records (daemon/tier_disk_store.c): it is built at open from the records, and every committed
- * write (put, mput, del, invalidate, expiry, eviction, flush) reaches it through the store's
- * write set. An item whose value is not a vector (length 0 or not a multiple of 4, a NaN or
+ * with the layout, the scan and why it is an exact scan. The index is built at the store's first
+ * look-up (khala__disk_similar), from the records, so that a level nobody searches (L2 while L3
+ * answers) spends no memory on vectors; from then on the store keeps it equal to its records
+ * (daemon/tier_disk_store.c): every committed write (put, mput, del, invalidate, expiry,
+ * eviction, flush) reaches it through the store's write set. Before it is built, set and remove
+ * do nothing. An item whose value is not a vector (length 0 or not a multiple of 4, a NaN or
  * infinite component, a zero vector) is simply not in the index: it is never a match.
  *
  * Thread safety: the index belongs to its disk tier, used from khalad's loop thread only.
@@ -35,8 +37,8 @@ typedef struct khala_disk_vkey khala_disk_vkey_t; /* a key in the index (tier_di
  * zeros up to pdim. */
 typedef struct khala_disk_vgroup {
     uint32_t dim;              /* the vectors' dimension, 1..KHALA_DISK_VEC_DIM_MAX */
-    uint32_t pdim;             /* dim rounded up to 16 floats: rows are 64-byte aligned */
-    float *vecs;               /* n rows, 64-byte aligned */
+    uint32_t pdim;             /* dim rounded up to 16 floats (a 64-byte multiple) */
+    float *vecs;               /* n rows of pdim floats (malloc'd: 16-byte aligned) */
     int64_t *expire_ms;        /* per row: CLOCK_REALTIME expiry in ms, 0 = never */
     khala_disk_vkey_t **owner; /* per row: the key it belongs to */
     size_t n, cap;             /* rows used, rows allocated */
@@ -52,6 +54,7 @@ typedef struct khala_disk_vectors {
     khala_disk_vgroup_t *groups; /* one per dimension present (a group may be empty) */
     size_t ngroups;
     uint64_t dropped; /* vectors left out for want of memory (their key is a miss) */
+    int built;        /* 0 until the first look-up builds it; set and remove need it */
 } khala_disk_vectors_t;
 
 /** One answer of khala__disk_vectors_search. A view into the index: valid until it changes. */
@@ -71,7 +74,8 @@ void khala__disk_vectors_init(khala_disk_vectors_t *vx, uint64_t seed);
 /** @brief Free everything; vx then holds no memory and no vectors (init it again to reuse). */
 void khala__disk_vectors_free(khala_disk_vectors_t *vx);
 
-/** @brief Remove every vector, keeping the seed: vx is empty and usable. */
+/** @brief Remove every vector, keeping the seed and whether it is built: vx is empty and
+ *         usable. */
 void khala__disk_vectors_clear(khala_disk_vectors_t *vx);
 
 /**
@@ -81,8 +85,9 @@ void khala__disk_vectors_clear(khala_disk_vectors_t *vx);
  * @param[in] key 1..KHALA_KEY_MAX bytes.
  * @param[in] value the value's bytes; may be NULL when @p len is 0. No alignment needed.
  * @param[in] expire_ms the item's CLOCK_REALTIME expiry in ms, 0 = never.
- * @return 0; -ENOMEM when the vector could not be stored: the key is then absent from the index
- *         (a look-up misses it; it never answers with an older vector) and vx->dropped counts it.
+ * @return 0 (also when the index is not built yet: nothing is done); -ENOMEM when the vector
+ *         could not be stored: the key is then absent from the index (a look-up misses it; it
+ *         never answers with an older vector) and vx->dropped counts it.
  * @note Called after a commit, where failure is not an option: the caller ignores the code.
  */
 int khala__disk_vectors_set(khala_disk_vectors_t *vx, const void *key, size_t klen,
@@ -122,7 +127,8 @@ int khala__disk_vectors_search(const khala_disk_vectors_t *vx, const float *q, u
 
 /**
  * @brief The disk tier's `similar` operation (tier.h): khala__disk_vectors_search over the
- *        store's index, then each answer's item read from the store (value, version, TTL left).
+ *        store's index (built first, at the first call: one pass over the records), then each
+ *        answer's item read from the store (value, version, TTL left).
  * @return 0; KHALA_EINVAL (message in t->err) for a bad query: dim 0 or over
  *         KHALA_DISK_VEC_DIM_MAX, a NaN or infinite component, a zero vector, k 0 or over
  *         KHALA_DISK_VEC_K_MAX, min_sim outside -1..1 or NaN; -ENOMEM; KHALA_ETIER or

@@ -275,6 +275,7 @@ Test(tier_disk_vectors, bad_queries_are_einval_with_a_message) {
 Test(tier_disk_vectors, the_index_stays_exact_through_many_changes) {
     khala_disk_vectors_t vx = {0};
     khala__disk_vectors_init(&vx, 12345);
+    vx.built = 1; /* as the first look-up leaves it */
     float v[40];
     char key[16];
     for (int i = 0; i < 2000; i++) {
@@ -307,4 +308,28 @@ Test(tier_disk_vectors, the_index_stays_exact_through_many_changes) {
         cr_assert(found, "%s is found", key);
     }
     khala__disk_vectors_free(&vx);
+}
+
+/* The index is built at the first look-up, from the records; before it, writes cost nothing. */
+Test(tier_disk_vectors, the_index_is_built_at_the_first_look_up) {
+    khala_tier_t *t = open_store(1000);
+    khala_disk_store_t *d = t->impl;
+    float v[DIM];
+    char buf[64];
+    vec(v, DIM, 1, -1, 0);
+    cr_assert_eq(put_vec(t, "a", v, DIM, KHALA_TYPE_EMBEDDING, 1, 0), 0);
+    cr_assert_eq(put_vec(t, "b", v, DIM, KHALA_TYPE_EMBEDDING, 1, 0), 0);
+    cr_assert_eq(t->ops->del(t, "b", 1), 0);
+    cr_assert_eq(d->vec.built, 0);
+    cr_assert_eq(d->vec.n, 0, "no vector is held before a look-up");
+    cr_assert_eq(similar(t, v, DIM, 0.9f, 10, buf, sizeof(buf), NULL), 1);
+    cr_assert_str_eq(buf, "a");
+    cr_assert_eq(d->vec.built, 1);
+    cr_assert_eq(d->vec.n, 1);
+    /* From then on, writes keep it. */
+    cr_assert_eq(put_vec(t, "c", v, DIM, KHALA_TYPE_EMBEDDING, 1, 0), 0);
+    cr_assert_eq(d->vec.n, 2);
+    cr_assert_eq(similar(t, v, DIM, 0.9f, 10, buf, sizeof(buf), NULL), 2);
+    cr_assert_str_eq(buf, "a c");
+    t->ops->close(t);
 }

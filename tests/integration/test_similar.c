@@ -144,8 +144,9 @@ Test(similar, near_duplicates_hit_far_ones_miss_and_both_thresholds_hold) {
     cr_assert_null(m);
 }
 
-/* L3 answers first; a level that finds nothing lets the next one try. */
-Test(similar, the_slowest_level_answers_and_an_empty_one_lets_the_next_try) {
+/* The slowest level the embedding type lives on answers (L3 by default), and only it: an empty
+ * answer there is the answer. With embeddings placed on L1 and L2 only, L2 answers. */
+Test(similar, the_slowest_level_holding_embeddings_answers) {
     float v[DIM], q[DIM];
     char buf[256];
     vec(v, 2, -1, 0);
@@ -153,7 +154,7 @@ Test(similar, the_slowest_level_answers_and_an_empty_one_lets_the_next_try) {
     vec(q, 2, -1, 0);
     cr_assert_eq(find(q, 5, 0.9f, buf, sizeof(buf), NULL), 1);
     cr_assert_eq(g_level, KHALA_LEVEL_L3, "level %d", (int)g_level);
-    /* Embeddings on L1 and L2 only from now on: L3 holds none of the new ones. */
+    /* Embeddings on L1 and L2 only from now on: L3 is not asked. */
     khalad_extra_sets[0] = "type.embedding.levels=l1,l2";
     restart();
     vec(v, 6, -1, 0);
@@ -162,6 +163,10 @@ Test(similar, the_slowest_level_answers_and_an_empty_one_lets_the_next_try) {
     cr_assert_eq(find(q, 5, 0.9f, buf, sizeof(buf), NULL), 1);
     cr_assert_str_eq(buf, "on:l2");
     cr_assert_eq(g_level, KHALA_LEVEL_L2, "level %d", (int)g_level);
+    /* L2 also holds "on:l3" (written when embeddings lived on every level). */
+    vec(q, 2, -1, 0);
+    cr_assert_eq(find(q, 5, 0.9f, buf, sizeof(buf), NULL), 1);
+    cr_assert_eq(g_level, KHALA_LEVEL_L2);
 }
 
 Test(similar, deleted_invalidated_and_retyped_items_never_come_back) {
