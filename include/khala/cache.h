@@ -652,8 +652,8 @@ KHALA_API void khala_similar_options_init(khala_similar_options_t *opts);
  *        least the threshold, most similar first (semantic deduplication: "is something like
  *        this cached already?").
  *
- * khalad asks the slowest level below L1 that answers look-ups by vector (L3, then L2: the disk
- * store or SurrealDB; Redis does not), skipping a level that is down. An embedding item's value
+ * khalad asks the slowest level below L1 that holds embeddings and answers look-ups by vector
+ * (L3, else L2: the disk store or SurrealDB; Redis does not), the next one only when it is down. An embedding item's value
  * is its vector of little-endian float32 components; an item whose value is not one (a length
  * not a multiple of 4, a zero vector) is never a match. L1 is not searched and no match is
  * promoted into it.
