@@ -169,6 +169,35 @@ Test(similar, the_slowest_level_holding_embeddings_answers) {
     cr_assert_eq(g_level, KHALA_LEVEL_L2);
 }
 
+/* With Redis as L2 (no look-ups by vector there), the disk L3 answers; with embeddings kept off
+ * L3, no level can: -ENOTSUP, naming the levels. Needs the shared test Redis
+ * (scripts/test-servers.sh). */
+Test(similar, with_redis_as_l2_the_disk_l3_answers_and_without_it_none_can) {
+    const char *url = getenv("KHALA_TEST_REDIS_URL");
+    cr_assert(url && *url, "KHALA_TEST_REDIS_URL is not set: start the test servers with eval "
+                           "\"$(scripts/test-servers.sh start)\" (scripts/test.sh does it)");
+    char ns[64];
+    snprintf(ns, sizeof(ns), "sim%d", (int)getpid());
+    khalad_use_redis(url, ns);
+    restart();
+    float v[DIM], q[DIM];
+    char buf[256];
+    vec(v, 11, -1, 0);
+    put_vec("r:1", v, KHALA_MODE_THROUGH);
+    vec(q, 11, -1, 0);
+    cr_assert_eq(find(q, 5, 0.9f, buf, sizeof(buf), NULL), 1);
+    cr_assert_eq(g_level, KHALA_LEVEL_L3);
+    khalad_extra_sets[3] = "type.embedding.levels=l1,l2";
+    khalad_extra_sets[4] = NULL;
+    restart();
+    khala_match_t *m = NULL;
+    size_t n = 0;
+    cr_assert_eq(khala_cache_similar(g_c, q, DIM, NULL, &m, &n), -ENOTSUP);
+    cr_assert(strstr(khala_cache_errmsg(g_c), "L2 redis"), "%s", khala_cache_errmsg(g_c));
+    /* Leave the shared Redis as it was. */
+    cr_assert_eq(khala_cache_delete(g_c, "r:1", 3), 0);
+}
+
 Test(similar, deleted_invalidated_and_retyped_items_never_come_back) {
     float v[DIM], q[DIM];
     char buf[512];
