@@ -154,6 +154,11 @@ void khala__flight_invalidate(khala_flight_t *f, const void *key, size_t klen, i
     }
 }
 
+void *khala__flight_leader(const khala_flight_t *f, const void *key, size_t klen) {
+    const flight_t *e = lookup(f, key, klen);
+    return e ? e->leader.owner : NULL;
+}
+
 int khala__flight_invalidated(const khala_flight_t *f, const void *key, size_t klen) {
     const flight_t *e = lookup(f, key, klen);
     return e ? e->invalidated : 0;

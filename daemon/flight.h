@@ -14,11 +14,18 @@
 
 typedef struct khala_flight khala_flight_t;
 
-/* Someone waiting for a key: an opaque owner (a connection) and its request id. */
+/* Someone waiting for a key: an opaque owner (a connection), its request id, and the caller's
+ * KHALA_WAITER_* flags. */
 typedef struct khala_waiter {
     void *owner;
     uint64_t req_id;
+    uint32_t flags;
 } khala_waiter_t;
+
+/* khala_waiter_t flags. */
+enum {
+    KHALA_WAITER_LOADER = 1u << 0, /* the caller can load on a miss (its get said "loader") */
+};
 
 /* What khala__flight_join made of the caller. */
 enum {
@@ -48,6 +55,9 @@ int khala__flight_join(khala_flight_t *f, const void *key, size_t klen, const kh
  * (the placeholder rule), though the waiters still get it. */
 size_t khala__flight_finish(khala_flight_t *f, const void *key, size_t klen, int rc,
                             const void *val, size_t vlen, khala_flight_cb cb, void *arg);
+
+/* The owner of the leader of key's flight, or NULL when key is not in flight. */
+void *khala__flight_leader(const khala_flight_t *f, const void *key, size_t klen);
 
 /* An invalidation of key (or of every key with prefix, when prefix != 0) while loads run. */
 void khala__flight_invalidate(khala_flight_t *f, const void *key, size_t klen, int prefix);

@@ -237,6 +237,8 @@ typedef struct flight_ctx {
     khalad_t *d;
     khala_type_t type;
     uint64_t ver;
+    khala_level_t lvl; /* who produced the value: KHALA_LEVEL_LOADER, or the level read */
+    int64_t ttl_ms;    /* its time left, when a level produced it (0 = none or unknown) */
 } flight_ctx_t;
 
 /* Answer a waiter: with the leader's value, an error, or its promotion to leader. */
@@ -261,8 +263,12 @@ static void flight_answer(void *arg, const khala_waiter_t *w, int rc, const void
         r.value.len = vlen;
         r.ver = fc->ver;
         r.type = fc->type;
-        r.lvl = KHALA_LEVEL_LOADER;
+        r.lvl = fc->lvl;
         r.has |= KHALA_F_V | KHALA_F_VER | KHALA_F_TYPE | KHALA_F_LVL;
+        if (fc->ttl_ms > 0) {
+            r.ttl_ms = (uint64_t)fc->ttl_ms;
+            r.has |= KHALA_F_TTL;
+        }
         send_reply(fc->d, c, &r);
         return;
     }
@@ -301,6 +307,135 @@ static void op_hello(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     send_reply(d, c, &r);
 }
 
+/* A get no level holds: the caller's loader, through single-flight, or a miss. */
+static void get_from_loader(khalad_t *d, khala_conn_t *c, uint64_t id, const void *key, size_t klen,
+                            int loader) {
+    if (!loader) {
+        reply_rc(d, c, id, KHALA_OP_GET, KHALA_ENOTFOUND, NULL);
+        return;
+    }
+    khala_waiter_t w = {c, id, KHALA_WAITER_LOADER};
+    int rc = khala__flight_join(d->flight, key, klen, &w, (uint64_t)khala__sys_now_ms());
+    if (rc == KHALA_FLIGHT_WAITER) {
+        d->loads_waited++;
+        return; /* answered when the leader fills */
+    }
+    /* Leader, or the table is full (-EBUSY): either way this caller loads. */
+    d->loads_led++;
+    khala_msg_t r;
+    khala__proto_msg_init(&r);
+    r.id = id;
+    r.op = KHALA_OP_GET;
+    r.rc = KHALA_ENOTFOUND;
+    r.load = true;
+    r.has = KHALA_F_LOAD;
+    send_reply(d, c, &r);
+}
+
+/* Asynchronous reads (a level with get_start: SurrealDB) ---------------------------------------
+ *
+ * khalad itself leads the flight of the key (its owner is d, never a connection) while the
+ * level answers, and the callers wait in it as waiters, so a miss waiting on the network holds
+ * up no other client, and callers of the same key share one request. On a hit the value is
+ * promoted (unless a write or invalidation of the key came meanwhile: the placeholder rule) and
+ * every waiter gets it with the level's name; on a miss each waiter goes on to its loader (the
+ * first with one leads the load, the others wait for its fill) or hears "not found". */
+typedef struct async_get {
+    khalad_t *d;
+    khalad_tier_t *lt;
+    size_t klen;
+    uint8_t key[];
+} async_get_t;
+
+typedef struct async_miss {
+    khalad_t *d;
+    const void *key;
+    size_t klen;
+} async_miss_t;
+
+static void async_miss_answer(void *arg, const khala_waiter_t *w, int rc, const void *val,
+                              size_t vlen) {
+    async_miss_t *am = arg;
+    (void)rc, (void)val, (void)vlen;
+    if (w->owner != (void *)am->d)
+        get_from_loader(am->d, w->owner, w->req_id, am->key, am->klen,
+                        (w->flags & KHALA_WAITER_LOADER) != 0);
+}
+
+static void async_get_done(void *arg, int rc, khala_tier_value_t *v) {
+    async_get_t *ag = arg;
+    khalad_t *d = ag->d;
+    d->async_reads_pending--;
+    /* The flight may have timed out and another begun: only khalad's own is answered here. */
+    int ours = khala__flight_leader(d->flight, ag->key, ag->klen) == (void *)d;
+    if (rc == 0 && khala__store_superseded(d, ag->key, ag->klen, (int)v->type, v->version))
+        rc = KHALA_ENOTFOUND; /* an invalidation in progress covers it */
+    if (rc != 0 && rc != KHALA_ENOTFOUND)
+        khala__store_level_failed(d, ag->lt, rc);
+    if (rc == 0) {
+        d->async_hits++;
+        if (ours && !khala__flight_invalidated(d->flight, ag->key, ag->klen)) {
+            (void)khala__store_promote_below(d, ag->key, ag->klen, v, ag->lt->t->level);
+            if (khala__store_promote(d, ag->key, ag->klen, v) == 0)
+                khala__rel_loaded(d, ag->key, ag->klen); /* preload_relationships */
+        }
+        if (ours) {
+            flight_ctx_t fc = {d, v->type, v->version, ag->lt->t->level, v->ttl_ms};
+            khala__flight_finish(d->flight, ag->key, ag->klen, 0, v->data, v->len, flight_answer,
+                                 &fc);
+        }
+    } else if (ours) {
+        async_miss_t am = {d, ag->key, ag->klen};
+        khala__flight_finish(d->flight, ag->key, ag->klen, KHALA_ENOTFOUND, NULL, 0,
+                             async_miss_answer, &am);
+    }
+    free(ag);
+}
+
+/* Ask lt (a level with get_start) for m's key without waiting; the caller is answered later. */
+static void get_async(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, khalad_tier_t *lt) {
+    khala_waiter_t w = {c, m->id, m->loader ? KHALA_WAITER_LOADER : 0};
+    void *leader = khala__flight_leader(d->flight, m->key.ptr, m->key.len);
+    if (leader && leader != (void *)d) {
+        /* A caller is loading the key already: this one waits for its fill, or misses. */
+        get_from_loader(d, c, m->id, m->key.ptr, m->key.len, m->loader);
+        return;
+    }
+    if (!leader) {
+        khala_waiter_t self = {d, 0, 0};
+        async_get_t *ag = malloc(sizeof(*ag) + m->key.len);
+        int rc = ag ? khala__flight_join(d->flight, m->key.ptr, m->key.len, &self,
+                                         (uint64_t)khala__sys_now_ms())
+                    : -ENOMEM;
+        if (rc == KHALA_FLIGHT_LEADER) {
+            ag->d = d;
+            ag->lt = lt;
+            ag->klen = m->key.len;
+            memcpy(ag->key, m->key.ptr, m->key.len);
+            rc = lt->t->ops->get_start(lt->t, m->key.ptr, m->key.len, async_get_done, ag);
+            if (rc == 0) {
+                d->async_reads++;
+                d->async_reads_pending++;
+            } else {
+                /* Not sent: nobody waits yet; forget the flight and go on without the level. */
+                flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0, KHALA_LEVEL_LOADER, 0};
+                khala__flight_finish(d->flight, m->key.ptr, m->key.len, KHALA_ENOTFOUND, NULL, 0,
+                                     flight_answer, &fc);
+                if (rc != KHALA_ENOTFOUND)
+                    khala__store_level_failed(d, lt, rc);
+            }
+        }
+        if (rc != 0 && rc != KHALA_FLIGHT_LEADER) {
+            free(ag);
+            get_from_loader(d, c, m->id, m->key.ptr, m->key.len, m->loader);
+            return;
+        }
+    }
+    if (khala__flight_join(d->flight, m->key.ptr, m->key.len, &w, (uint64_t)khala__sys_now_ms()) !=
+        KHALA_FLIGHT_WAITER)
+        get_from_loader(d, c, m->id, m->key.ptr, m->key.len, m->loader); /* -ENOMEM */
+}
+
 static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     const khala_item_t *it;
     int rc = khala__l1_find(d->l1, m->key.ptr, m->key.len, &it);
@@ -314,13 +449,15 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         reply_rc(d, c, m->id, m->op, rc, "%s", khala__l1_errmsg(d->l1));
         return;
     }
-    /* The slower levels, in order. A hit is promoted into L1 with its version and the time it
-     * has left, and reported with the level that answered. */
+    /* The slower levels, in order. A hit is promoted into L1 (and into L2 when L3 answered)
+     * with its version and the time it has left, and reported with the level that answered. */
     khala_tier_value_t v;
     khala_level_t lvl;
-    if (khala__store_get(d, m->key.ptr, m->key.len, &v, &lvl) == 0) {
+    khalad_tier_t *async_at = NULL;
+    if (khala__store_get(d, m->key.ptr, m->key.len, &v, &lvl, &async_at) == 0) {
         (void)khala__store_promote_below(d, m->key.ptr, m->key.len, &v, lvl);
-        (void)khala__store_promote(d, m->key.ptr, m->key.len, &v);
+        if (khala__store_promote(d, m->key.ptr, m->key.len, &v) == 0)
+            khala__rel_loaded(d, m->key.ptr, m->key.len); /* preload_relationships */
         khala_msg_t r = reply_to(m);
         r.value.ptr = v.data;
         r.value.len = v.len;
@@ -333,24 +470,12 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         khala__tier_value_free(&v);
         return;
     }
-    /* Then the caller's loader, through single-flight. */
-    if (!m->loader) {
-        reply_rc(d, c, m->id, m->op, KHALA_ENOTFOUND, NULL);
+    if (async_at) {
+        get_async(d, c, m, async_at);
         return;
     }
-    khala_waiter_t w = {c, m->id};
-    rc = khala__flight_join(d->flight, m->key.ptr, m->key.len, &w, (uint64_t)khala__sys_now_ms());
-    if (rc == KHALA_FLIGHT_WAITER) {
-        d->loads_waited++;
-        return; /* answered when the leader fills */
-    }
-    /* Leader, or the table is full (-EBUSY): either way this caller loads. */
-    d->loads_led++;
-    khala_msg_t r = reply_to(m);
-    r.rc = KHALA_ENOTFOUND;
-    r.load = true;
-    r.has = KHALA_F_LOAD;
-    send_reply(d, c, &r);
+    /* Then the caller's loader, through single-flight. */
+    get_from_loader(d, c, m->id, m->key.ptr, m->key.len, m->loader);
 }
 
 /* The TTL a put, fill or touch asks for, checked at the protocol boundary: above
@@ -376,13 +501,18 @@ static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     int rc = 0;
     /* A fill with a bad TTL is not cached, but its waiters still get the value (below). */
     bool bad_ttl = (m->has & KHALA_F_TTL) && m->ttl_ms > KHALA_TTL_MAX_MS;
-    if (!bad_ttl)
+    /* Links are recorded before anything is written (daemon/relationships.h). */
+    if (!bad_ttl && (m->has & KHALA_F_LINKS))
+        rc = khala__rel_link(d, m->key.ptr, m->key.len, m->links, m->nlinks);
+    if (!bad_ttl && rc == 0)
         rc = khala__store_put(d, m->key.ptr, m->key.len, m->value.ptr, m->value.len,
                               (m->has & KHALA_F_TTL) ? (int64_t)m->ttl_ms : 0, type, flags, m->ver,
                               &ver);
+    if (m->op == KHALA_OP_FILL && rc == 0 && ver != 0)
+        khala__rel_loaded(d, m->key.ptr, m->key.len); /* preload_relationships */
     if (m->op == KHALA_OP_FILL) {
         /* The waiters get the value even when the store did not cache it. */
-        flight_ctx_t fc = {d, type, ver};
+        flight_ctx_t fc = {d, type, ver, KHALA_LEVEL_LOADER, 0};
         khala__flight_finish(d->flight, m->key.ptr, m->key.len, 0, m->value.ptr, m->value.len,
                              flight_answer, &fc);
     }
@@ -399,7 +529,7 @@ static void op_put(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
 
 static void op_fill_fail(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     /* The waiters hear that the load failed and may retry (one of them will lead). */
-    flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
+    flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0, KHALA_LEVEL_LOADER, 0};
     khala__flight_finish(d->flight, m->key.ptr, m->key.len, -EAGAIN, NULL, 0, flight_answer, &fc);
     reply_rc(d, c, m->id, m->op, 0, NULL);
 }
@@ -532,6 +662,8 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     };
     khala_server_stats_t ss;
     khala__server_stats(d->srv, &ss);
+    khala_rel_stats_t rs;
+    khala__rel_stats(d, &rs);
     khala_kv_t daemon[] = {
         KV_U("connections", ss.conns),
         KV_U("connections_paused", ss.paused),
@@ -554,6 +686,12 @@ static void op_stats(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         KV_U("fills_dropped", d->fills_dropped),
         KV_U("loads_in_flight", khala__flight_count(d->flight)),
         KV_U("uptime_ms", (uint64_t)khala__sys_now_ms() - d->started_ms),
+        KV_U("relationships_linked", rs.rels),
+        KV_U("relationship_links", rs.links),
+        KV_U("relationships_cascaded", rs.cascaded),
+        KV_U("relationships_evicted", rs.evicted),
+        KV_U("relationships_preloaded", rs.preloaded),
+        KV_U("relationship_preloads_dropped", rs.preload_dropped),
     };
     khala_kv_t below[KHALAD_TIERS_MAX][KHALAD_TIERS_STATS_MAX];
     khala_kv_t top[3 + KHALAD_TIERS_MAX] = {
@@ -982,7 +1120,7 @@ void khala__handlers_refuse(void *arg, khala_conn_t *c, int rc, const char *msg)
 
 void khala__handlers_close(void *arg, khala_conn_t *c) {
     khalad_t *d = arg;
-    flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
+    flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0, KHALA_LEVEL_LOADER, 0};
     khala__flight_forget_owner(d->flight, c, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
     khala__invwait_forget_conn(d->invwait, c);
 }
@@ -1011,10 +1149,11 @@ static void watch_stuck_reader(khalad_t *d) {
 
 void khala__handlers_tick(void *arg) {
     khalad_t *d = arg;
-    flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0};
+    flight_ctx_t fc = {d, KHALA_TYPE_MEMORY_ENTITY, 0, KHALA_LEVEL_LOADER, 0};
     (void)khala__l1_maintain(d->l1);
     (void)khala__l1_sweep(d->l1, KHALAD_SWEEP_BUDGET);
     watch_stuck_reader(d);
     (void)khala__flight_expire(d->flight, (uint64_t)khala__sys_now_ms(), flight_answer, &fc);
     khala__tiers_tick(d);
+    khala__rel_tick(d);
 }

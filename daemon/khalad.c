@@ -257,6 +257,13 @@ static int serve(khalad_t *d, int foreground) {
                    d->errmsg, NULL);
         goto out_tiers; /* closes what tiers_open had opened */
     }
+    /* 3b. The link index of relationship caching (daemon/relationships.h). */
+    if ((rc = khala__rel_open(d)) != 0) {
+        khala__log("error", "cannot open the link index", "error", d->errmsg, NULL);
+        goto out_tiers;
+    }
+    if (d->cfg.policies.coherence == KHALA_CONFIG_COHERENCE_PUBSUB)
+        khala__rel_unproven(d, "other hosts' changes were not heard while khalad was down");
     if (d->cfg.policies.preload_common) {
         int64_t t0 = khala__sys_now_ms();
         uint64_t n = khala__tiers_preload(d);
@@ -326,6 +333,7 @@ static int serve(khalad_t *d, int foreground) {
      * (their descriptors are on its loop), and drain what they can. */
 out_tiers:
     khala__tiers_close(d);
+    khala__rel_close(d);
     if (d->srv) {
         khala__server_close(d->srv);
         d->srv = NULL;

@@ -18,6 +18,7 @@
 #include "l1_table.h"
 #include "log.h"
 #include "proto.h"
+#include "relationships.h"
 #include "server.h"
 #include "coherence.h"
 #include "crypt.h"
@@ -42,6 +43,7 @@ typedef struct khalad_tier {
     int journaled;             /* its queue survives khalad (write-behind is possible) */
     uint64_t writes, queued, drained, refused, stale_drops, write_errors, outages;
     uint64_t invalidate_steps; /* steps of invalidations run from the tick (issue 10, bug 9) */
+    int poll_fd;               /* the driver's poll_fd() the loop watches, or -1 (none yet) */
 } khalad_tier_t;
 
 typedef struct khalad {
@@ -54,6 +56,7 @@ typedef struct khalad {
     khala_coherence_t *coh;                /* cross-host invalidation, or NULL */
     khala_invwait_t *invwait; /* replies waiting for invalidations below L1 (inv_wait.h), or NULL */
     khala_crypt_t *crypt;     /* [crypto] key ring, or NULL; immutable after start */
+    struct khala_rel *rel;    /* relationship caching (daemon/relationships.h), or NULL */
     int coh_fd;               /* its descriptor the loop watches, or -1 */
     uint64_t last_version;    /* last version handed out */
     uint64_t rng;             /* TTL jitter (daemon/store.c) */
@@ -79,6 +82,7 @@ typedef struct khalad {
     uint64_t fills_dropped; /* fills not cached: the key was invalidated during the load */
     uint64_t promotions, warmed, inval_received, coherence_flushes, publish_errors;
     uint64_t promotions_below; /* values a hit at L3 copied into L2 (khala__store_promote_below) */
+    uint64_t async_reads, async_hits, async_reads_pending; /* gets sent to a level's get_start */
 } khalad_t;
 
 /* The socket server's callbacks (daemon/handlers.c); arg is the khalad_t. */

@@ -70,6 +70,7 @@
 #include "errbuf.h"
 #include "khala/error.h"
 #include "khalad.h"
+#include "relationships.h"
 
 /* The message a reply will carry (d->errmsg). */
 #define set_msg(d, ...) khala__errbuf_set((d)->errmsg, sizeof((d)->errmsg), __VA_ARGS__)
@@ -139,7 +140,7 @@ uint64_t khala__store_current_version(khalad_t *d, const void *key, size_t klen)
         return it->version;
     khala_tier_value_t v;
     khala_level_t lvl;
-    if (khala__store_get(d, key, klen, &v, &lvl) != 0)
+    if (khala__store_get(d, key, klen, &v, &lvl, NULL) != 0)
         return 0;
     uint64_t ver = v.version;
     khala__tier_value_free(&v);
@@ -223,8 +224,10 @@ int khala__store_queued_get(khalad_t *d, const void *key, size_t klen, khala_tie
 }
 
 int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out,
-                     khala_level_t *lvl) {
+                     khala_level_t *lvl, khalad_tier_t **async_at) {
     memset(out, 0, sizeof(*out));
+    if (async_at)
+        *async_at = NULL;
     int rc = khala__store_queued_get(d, key, klen, out);
     if (rc <= 0) {
         if (rc == 0) { /* the level whose queue holds it */
@@ -241,6 +244,10 @@ int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value
         khalad_tier_t *lt = &d->tiers[i];
         if (!lt->t->healthy)
             continue;
+        if (async_at && lt->t->ops->get_start) {
+            *async_at = lt;
+            return KHALA_ENOTFOUND;
+        }
         rc = lt->t->ops->get(lt->t, key, klen, out);
         if (rc == 0 && khala__store_superseded(d, key, klen, (int)out->type, out->version)) {
             /* The level still holds a value an invalidation in progress covers: a miss. */
@@ -425,6 +432,11 @@ int khala__store_put(khalad_t *d, const void *key, size_t klen, const void *val,
             *version = 0;
         return 0;
     }
+    /* Relationship items linked to this key go first, at every level (daemon/relationships.c);
+     * a fill changes nothing, so it cascades nothing. */
+    int crc = (flags & KHALA_STORE_FILL) ? 0 : khala__rel_cascade_key(d, key, klen);
+    if (crc != 0)
+        return crc;
     khala_config_write_mode_t mode = khala__config_type_write_mode(&d->cfg, (int)type);
     op_t op = {KHALA_WQ_PUT,
                key,
@@ -526,6 +538,18 @@ int khala__store_touch(khalad_t *d, const void *key, size_t klen, int64_t ttl_ms
 }
 
 int khala__store_del(khalad_t *d, const void *key, size_t klen, int *in_l1_out) {
+    /* Relationship items linked to the key go first (daemon/relationships.c), then the key,
+     * then its own links. */
+    int rc = khala__rel_cascade_key(d, key, klen);
+    if (rc != 0)
+        return rc;
+    rc = khala__store_del_key(d, key, klen, in_l1_out);
+    if (rc == 0 || rc == KHALA_ENOTFOUND)
+        khala__rel_gone(d, key, klen);
+    return rc;
+}
+
+int khala__store_del_key(khalad_t *d, const void *key, size_t klen, int *in_l1_out) {
     op_t op = {KHALA_WQ_DEL, key, klen, NULL, 0, 0, 0, -1};
     int behind[KHALAD_TIERS_MAX] = {0};
     int rc = admit(d, &op, behind);
@@ -604,13 +628,15 @@ int khala__store_invalidate_steps(khalad_t *d, const void *prefix, size_t plen, 
     }
     if (version)
         *version = op.version;
+    /* What was linked to the removed keys goes too (daemon/relationships.c). */
+    int crc = khala__rel_invalidated(d, prefix, plen, type);
     if (plen)
         khala__store_publish(d, KHALA_INV_PREFIX, prefix, plen, type, 0);
     else
         khala__store_publish(d, type >= 0 ? KHALA_INV_TYPE : KHALA_INV_ALL, NULL, 0, type, 0);
     if (removed)
         *removed = n;
-    return 0;
+    return crc;
 }
 
 int khala__store_promote(khalad_t *d, const void *key, size_t klen, const khala_tier_value_t *v) {

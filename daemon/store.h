@@ -101,7 +101,9 @@ uint64_t khala__store_current_version(khalad_t *d, const void *key, size_t klen)
  *         compare-and-set failed, or a level holds a newer version); KHALA_EQUEUE (a level is
  *         down or behind and its queue is full: no level below changed); -ENOMEM, -EIO (a
  *         queue could not take the write); an L1 error (KHALA_EFULL, KHALA_EBLOCKED): then the
- *         levels below hold the new value (and other hosts heard of it) but L1 holds no copy.
+ *         levels below hold the new value (and other hosts heard of it) but L1 holds no copy;
+ *         the error of deleting a relationship item linked to the key (a put that is not a
+ *         fill deletes them first, daemon/relationships.h): then nothing of this put is written.
  */
 int khala__store_put(khalad_t *d, const void *key, size_t klen, const void *val, size_t vlen,
                      int64_t ttl_ms, khala_type_t type, unsigned flags, uint64_t expect,
@@ -119,12 +121,20 @@ int khala__store_touch(khalad_t *d, const void *key, size_t klen, int64_t ttl_ms
 
 /**
  * @brief Delete a key from every level and tell other hosts. Loads in flight lose their right
- *        to be cached.
+ *        to be cached. The items linked to the key go first (daemon/relationships.h), and the
+ *        key's own links after it.
  * @param[out] in_l1 whether L1 held it (may be NULL).
  * @return 0; KHALA_ENOTFOUND when no level held it (a level that is down counts as holding
  *         it); KHALA_EQUEUE when a level is down and its queue full (nothing changed).
  */
 int khala__store_del(khalad_t *d, const void *key, size_t klen, int *in_l1);
+
+/**
+ * @brief khala__store_del() without the relationship cascade (daemon/relationships.h): the key
+ *        alone, from every level. For the cascade itself.
+ * @return as khala__store_del().
+ */
+int khala__store_del_key(khalad_t *d, const void *key, size_t klen, int *in_l1);
 
 /**
  * @brief Remove every key with @p prefix (plen 0 = all) and, when @p type >= 0, of that type,
@@ -184,10 +194,13 @@ uint64_t khala__store_forget(khalad_t *d, int by_key, const void *key, size_t kl
  * @param[in] key the key. @param[in] klen its bytes.
  * @param[out] out the value (free with khala__tier_value_free()).
  * @param[out] lvl the level that answered.
+ * @param[out] async_at NULL: every level is read here, synchronously. Else, on a miss, the
+ *             first healthy level that reads asynchronously (get_start), which was NOT asked:
+ *             the caller asks it (no level after it is asked either); NULL when there is none.
  * @return 0; KHALA_ENOTFOUND.
  */
 int khala__store_get(khalad_t *d, const void *key, size_t klen, khala_tier_value_t *out,
-                     khala_level_t *lvl);
+                     khala_level_t *lvl, khalad_tier_t **async_at);
 
 /**
  * @brief A level failed with @p rc: when the cause is its server (KHALA_ETIER), mark it down

@@ -65,6 +65,11 @@ typedef struct khala_tier_match {
     khala_tier_value_t val;
 } khala_tier_match_t;
 
+/* The completion of a get_start(): rc as get() returns it; on 0, *v holds the value (the callee
+ * may take v->data, setting it to NULL; what is left is freed after the call). Called from
+ * poll() (or close(), with KHALA_ETIER) on khalad's loop thread, exactly once per started get. */
+typedef void (*khala_tier_get_done_fn)(void *arg, int rc, khala_tier_value_t *v);
+
 typedef struct khala_tier_ops {
     const char *name; /* "redis", "disk", "surrealdb" */
     int (*get)(khala_tier_t *t, const void *key, size_t klen, khala_tier_value_t *out);
@@ -116,6 +121,17 @@ typedef struct khala_tier_ops {
      * NULL. */
     int (*similar)(khala_tier_t *t, const float *q, uint32_t dim, float min_sim, uint32_t k,
                    khala_tier_match_t *out, uint32_t *n);
+    /* Asynchronous reads, for a level behind a network round trip (SurrealDB), so that a miss
+     * waiting on it never holds up khalad's other clients: get_start() sends the request and
+     * returns at once (0, or a code as get() returns and then done is never called); done runs
+     * later from poll(). poll_fd() is a descriptor khalad's loop watches (readable: call poll());
+     * khalad also calls poll() from its tick, for timeouts. All three NULL when the driver reads
+     * synchronously only (then get() is used). close() completes what is pending with
+     * KHALA_ETIER. */
+    int (*get_start)(khala_tier_t *t, const void *key, size_t klen, khala_tier_get_done_fn done,
+                     void *arg);
+    int (*poll_fd)(khala_tier_t *t);
+    void (*poll)(khala_tier_t *t);
     void (*close)(khala_tier_t *t); /* frees t too */
 } khala_tier_ops_t;
 

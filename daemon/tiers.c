@@ -76,6 +76,22 @@ static void coh_rewatch(khalad_t *d) {
     d->coh_fd = fd;
 }
 
+/* A level with asynchronous reads (get_start): its descriptor is readable, let it progress. */
+static void tier_readable(void *arg) {
+    khalad_tier_t *lt = arg;
+    lt->t->ops->poll(lt->t);
+}
+
+/* Keep the loop watching the descriptor of a level's asynchronous work (it may change when
+ * the driver reconnects); fd -1 unwatches. */
+static void tier_rewatch(khalad_t *d, khalad_tier_t *lt, int fd) {
+    if (fd == lt->poll_fd || !d->srv)
+        return;
+    if (khala__server_watch(d->srv, lt->poll_fd, fd, tier_readable, lt) != 0)
+        fd = -1;
+    lt->poll_fd = fd;
+}
+
 /* Every level below L1, once its driver is open (L2 here; L3 when it comes): with a key file,
  * wrap the driver so that values of encrypted types are sealed below (daemon/tier_crypt.h).
  * On failure the driver is closed. */
@@ -142,6 +158,7 @@ static int open_driver(khalad_t *d, khalad_tier_t *lt, int level, int *server, c
  * server, the queue's journal on the local disk. */
 static int open_level(khalad_t *d, khalad_tier_t *lt, int level) {
     char err[KHALA_CONFIG_PATH_MAX + 128] = ""; /* room for a message naming a store path */
+    lt->poll_fd = -1;
     const char *lname = level == 2 ? "L2" : "L3";
     int server = 0;
     int rc = open_driver(d, lt, level, &server, err, sizeof(err));
@@ -321,7 +338,8 @@ void khala__tiers_close(khalad_t *d) {
                            khala__store_level_name(lt), "writes", n, NULL);
         }
         khala__wq_free(lt->wq);
-        lt->t->ops->close(lt->t);
+        tier_rewatch(d, lt, -1);
+        lt->t->ops->close(lt->t); /* completes pending asynchronous reads (KHALA_ETIER) */
         lt->t = NULL;
         lt->wq = NULL;
     }
@@ -340,6 +358,7 @@ void khala__tiers_close(khalad_t *d) {
 static void on_inval(void *arg, const khala_inv_t *m) {
     khalad_t *d = arg;
     d->inval_received++;
+    khala__rel_remote(d, m); /* the relationship items this host linked to it */
     switch (m->by) {
         case KHALA_INV_KEY:
             (void)khala__store_forget(d, 1, m->key, m->klen, -1);
@@ -358,6 +377,7 @@ static void on_coh_event(void *arg, khala_coh_event_t ev, const char *why) {
     khalad_t *d = arg;
     /* Either way, what L1 holds may have changed elsewhere unseen: drop it. */
     uint64_t n = khala__store_forget(d, 0, NULL, 0, -1);
+    khala__rel_unproven(d, ev == KHALA_COH_LOST ? "subscription lost" : "subscription back");
     d->coherence_flushes++;
     char items[32];
     snprintf(items, sizeof(items), "%" PRIu64, n);
@@ -498,6 +518,10 @@ void khala__tiers_tick(khalad_t *d) {
         (void)khala__wq_sync(lt->wq); /* removals, and the periodic fsync */
         if (lt->t->ops->tick)
             lt->t->ops->tick(lt->t, now);
+        if (lt->t->ops->poll) { /* asynchronous reads: their timeouts, and the descriptor */
+            lt->t->ops->poll(lt->t);
+            tier_rewatch(d, lt, lt->t->ops->poll_fd(lt->t));
+        }
     }
     if (d->coh) {
         khala__coherence_tick(d->coh, now);
@@ -741,6 +765,11 @@ size_t khala__tiers_stats(khalad_t *d, int i, khala_kv_t *kv, size_t max) {
     kv[n++] = KV_U("invalidate_steps", lt->invalidate_steps);
     if (i > 0) {
         kv[n++] = KV_U("filled_above", d->promotions_below); /* hits here copied into L2 */
+        if (lt->t->ops->get_start) {
+            kv[n++] = KV_U("async_reads", d->async_reads);
+            kv[n++] = KV_U("async_hits", d->async_hits);
+            kv[n++] = KV_U("async_pending", d->async_reads_pending);
+        }
         return n;
     }
     kv[n++] = KV_U("promotions", d->promotions);

@@ -956,6 +956,35 @@ static int key_and_ts(khala_cache_t *c, size_t klen, tstate_t **ts) {
     return ts_self(c, ts);
 }
 
+/* links and nlinks took two of the four reserved words: the options keep their size (ABI). */
+_Static_assert(sizeof(void *) != 8 || sizeof(khala_put_options_t) == 64, "put options size");
+
+/* The links of a put (khala_put_options_t.links), checked and as the protocol's byte strings
+ * (*out: the caller frees it). */
+static int put_links(khala_cache_t *c, const void *key, size_t klen,
+                     const khala_put_options_t *opts, khala_bytes_t **out) {
+    if (opts->nlinks > KHALA_LINKS_MAX || !opts->links)
+        return fail(c, -EINVAL, "%zu links%s, max %u", opts->nlinks,
+                    opts->links ? "" : " and no array", KHALA_LINKS_MAX);
+    khala_bytes_t *b = malloc(opts->nlinks * sizeof(*b));
+    if (!b)
+        return fail(c, -ENOMEM, "out of memory for %zu links", opts->nlinks);
+    for (size_t i = 0; i < opts->nlinks; i++) {
+        const khala_link_t *l = &opts->links[i];
+        int bad = l->klen == 0 || l->klen > KHALA_KEY_MAX || !l->key;
+        if (bad || (l->klen == klen && memcmp(l->key, key, klen) == 0)) {
+            free(b);
+            if (bad)
+                return fail(c, KHALA_EKEY, "link %zu is %zu bytes, expected 1..%d", i, l->klen,
+                            KHALA_KEY_MAX);
+            return fail(c, KHALA_EKEY, "link %zu is the item's own key", i);
+        }
+        b[i] = (khala_bytes_t){l->key, l->klen};
+    }
+    *out = b;
+    return 0;
+}
+
 int khala_cache_put(khala_cache_t *c, const void *key, size_t klen, const void *val, size_t vlen,
                     const khala_put_options_t *opts, uint64_t *version) {
     khala_put_options_t def;
@@ -997,7 +1026,15 @@ int khala_cache_put(khala_cache_t *c, const void *key, size_t klen, const void *
         req.mode = opts->mode;
         req.has |= KHALA_F_MODE;
     }
-    if ((rc = daemon_call(c, ts, &req, &rep, c->timeout_ms)) != 0)
+    khala_bytes_t *links = NULL;
+    if (opts->nlinks && (rc = put_links(c, key, klen, opts, &links)) != 0)
+        return rc;
+    req.links = links;
+    req.nlinks = (uint32_t)opts->nlinks;
+    req.has |= opts->nlinks ? KHALA_F_LINKS : 0;
+    rc = daemon_call(c, ts, &req, &rep, c->timeout_ms);
+    free(links);
+    if (rc != 0)
         return rc;
     rc = rep.rc ? reply_fail(c, &rep) : 0;
     if (rc == 0 && version)

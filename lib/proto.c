@@ -517,6 +517,7 @@ typedef enum field_id {
     FLD_DATA,
     FLD_SIM,
     FLD_MATCHES,
+    FLD_LINKS,
     FLD_COUNT_ /* number of fields */
 } field_id_t;
 
@@ -555,6 +556,7 @@ static const field_t fields[FLD_COUNT_] = {
     [FLD_DATA] = {"data", KHALA_F_DATA, DIR_REP, W_DATA},
     [FLD_SIM] = {"sim", KHALA_F_SIM, DIR_REQ, W_FLOAT},
     [FLD_MATCHES] = {"matches", KHALA_F_MATCHES, DIR_REP, W_MATCHES},
+    [FLD_LINKS] = {"links", KHALA_F_LINKS, DIR_REQ, W_KEYS},
 };
 
 /* The index of the field named (s, len) known in dir, or -1. */
@@ -885,7 +887,8 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
             else
                 m->max_value = (uint32_t)u;
             break;
-        case FLD_KEYS: {
+        case FLD_KEYS:
+        case FLD_LINKS: {
             uint32_t n = v->via.array.size;
             khala_bytes_t *keys = NULL;
             if (n > 0) {
@@ -897,12 +900,17 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
                 const msgpack_object *e = &v->via.array.ptr[i];
                 if (e->type != MSGPACK_OBJECT_BIN)
                     return khala__errbuf(err, errlen, KHALA_EPROTO,
-                                         "field 'keys' element %u is %s, expected a bin", i,
+                                         "field '%s' element %u is %s, expected a bin", fd->name, i,
                                          obj_kind(e));
                 keys[i] = obj_bytes(e);
             }
-            m->keys = keys;
-            m->nkeys = n;
+            if (f == FLD_LINKS) {
+                m->links = keys;
+                m->nlinks = n;
+            } else {
+                m->keys = keys;
+                m->nkeys = n;
+            }
             break;
         }
         case FLD_DATA:
@@ -1000,6 +1008,35 @@ static int check_matches(const khala_msg_t *m, char *err, size_t errlen) {
     return 0;
 }
 
+/* "links" (relationship caching): only on a put or fill, 1..KHALA_PROTO_ARRAY_MAX keys of
+ * 1..KHALA_KEY_MAX bytes, none the item's own key (an item linked to itself would be deleted by
+ * its own write). */
+static int check_links(const khala_msg_t *m, char *err, size_t errlen) {
+    if (m->op != KHALA_OP_PUT && m->op != KHALA_OP_FILL)
+        return khala__errbuf(err, errlen, KHALA_EPROTO,
+                             "field 'links' is only for put and fill, not %s",
+                             khala__proto_op_name(m->op) ? khala__proto_op_name(m->op) : "?");
+    if (m->nlinks == 0 || m->nlinks > KHALA_PROTO_ARRAY_MAX)
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'links' has %u keys, expected 1..%u",
+                             m->nlinks, KHALA_PROTO_ARRAY_MAX);
+    if (!m->links)
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'links' has %u keys and no array",
+                             m->nlinks);
+    for (uint32_t i = 0; i < m->nlinks; i++) {
+        if (m->links[i].len == 0)
+            return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'links' element %u is empty", i);
+        if (m->links[i].len > KHALA_KEY_MAX)
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "field 'links' element %u is %zu bytes, max %d", i,
+                                 m->links[i].len, KHALA_KEY_MAX);
+        if ((m->has & KHALA_F_K) && m->links[i].len == m->key.len &&
+            memcmp(m->links[i].ptr, m->key.ptr, m->key.len) == 0)
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "field 'links' element %u is the item's own key", i);
+    }
+    return 0;
+}
+
 /* Everything a valid message of direction dir holds, beyond the wire types: lengths, ranges,
  * and the fields its op requires. The decoder has already checked what only the wire can get
  * wrong (types, enum names); the encoder gets those checked here too. */
@@ -1064,6 +1101,8 @@ static int check_msg(const khala_msg_t *m, int dir, char *err, size_t errlen) {
         return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'sim' is %g, expected -1..1",
                              m->sim);
     if ((m->has & KHALA_F_MATCHES) && (rc = check_matches(m, err, errlen)) != 0)
+        return rc;
+    if ((m->has & KHALA_F_LINKS) && (rc = check_links(m, err, errlen)) != 0)
         return rc;
 
     if (dir == DIR_REQ) {
@@ -1367,6 +1406,11 @@ static int pack_field(msgpack_packer *pk, const khala_msg_t *m, int f) {
                 if (!rc)
                     rc = msgpack_pack_uint64(pk, x->ttl_ms);
             }
+            return rc;
+        case FLD_LINKS:
+            rc = msgpack_pack_array(pk, m->nlinks);
+            for (uint32_t i = 0; i < m->nlinks && rc == 0; i++)
+                rc = msgpack_pack_bin_with_body(pk, m->links[i].ptr, m->links[i].len);
             return rc;
         default:
             return -1;

@@ -338,8 +338,10 @@ enum {
     KHALA_F_MAX_VALUE = 1u << 19, /**< max_value: "max_value" */
     KHALA_F_KEYS = 1u << 20,      /**< keys/nkeys: "keys" */
     KHALA_F_DATA = 1u << 21,      /**< data/ndata: "data" */
-    KHALA_F_SIM = 1u << 23,       /**< sim: "sim" (similar request) */
-    KHALA_F_MATCHES = 1u << 24    /**< matches/nmatches: "matches" (similar reply) */
+    /* Bit 22: issue 12's archive (disk3). */
+    KHALA_F_SIM = 1u << 23,     /**< sim: "sim" (similar request) */
+    KHALA_F_MATCHES = 1u << 24, /**< matches/nmatches: "matches" (similar reply) */
+    KHALA_F_LINKS = 1u << 25    /**< links/nlinks: "links" (put and fill requests) */
 };
 
 /** One answer of a similar reply: an element of "matches", on the wire the array
@@ -360,8 +362,8 @@ typedef struct khala_proto_match {
  * To encode, zero-initialize (or khala__proto_msg_init), fill the fields, set their bits and
  * call an encoder; the byte fields may point anywhere the caller likes until the call returns.
  *
- * View rule for decoded messages: key, value, prefix, pattern, name, err, the keys array's
- * elements and every byte string in data point into the body buffer passed to the decoder;
+ * View rule for decoded messages: key, value, prefix, pattern, name, err, the keys and links
+ * arrays' elements and every byte string in data point into the body buffer passed to the decoder;
  * they are valid only while that buffer is unchanged (khala__proto_buf_consume and any growth
  * of a khala_buf_t move it). The keys and data arrays themselves live in the message's zone,
  * valid until khala__proto_msg_free(). Never write through a view.
@@ -403,7 +405,12 @@ typedef struct khala_msg {
                      [l3] similarity_threshold) */
     const khala_proto_match_t *matches; /**< "matches": similar reply, most similar first */
     uint32_t nmatches;                  /**< 0..KHALA_SIMILAR_K_MAX */
-    struct msgpack_zone *zone; /**< decoded messages only: owns keys and data; NULL otherwise */
+    const khala_bytes_t *links; /**< "links": put/fill: the keys of the end entities the item
+                                     is linked to (daemon/relationships.h), nlinks keys of
+                                     1..KHALA_KEY_MAX bytes, none the item's own key */
+    uint32_t nlinks;            /**< 1..KHALA_PROTO_ARRAY_MAX */
+    struct msgpack_zone *zone;  /**< decoded messages only: owns keys, links, matches, data; NULL
+                                    otherwise */
 } khala_msg_t;
 
 /** @brief Zero a message (no fields, no zone). */

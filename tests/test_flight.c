@@ -42,7 +42,7 @@ TestSuite(flight, .init = setup, .fini = teardown, .timeout = 10);
 static int owners[8]; /* distinct addresses standing for connections */
 
 static int join(const char *key, int owner, uint64_t req, uint64_t now) {
-    khala_waiter_t w = {&owners[owner], req};
+    khala_waiter_t w = {&owners[owner], req, 0};
     return khala__flight_join(g_f, key, strlen(key), &w, now);
 }
 
@@ -155,7 +155,7 @@ Test(flight, leader_retrying_stays_leader) {
 }
 
 Test(flight, binary_keys_with_nul_bytes_are_distinct) {
-    khala_waiter_t w0 = {&owners[0], 1}, w1 = {&owners[1], 2};
+    khala_waiter_t w0 = {&owners[0], 1, 0}, w1 = {&owners[1], 2, 0};
     cr_assert_eq(khala__flight_join(g_f, "a\0b", 3, &w0, 0), KHALA_FLIGHT_LEADER);
     cr_assert_eq(khala__flight_join(g_f, "a\0c", 3, &w1, 0), KHALA_FLIGHT_LEADER);
 }

@@ -182,6 +182,11 @@ static void assert_msg_eq(const khala_msg_t *a, const khala_msg_t *b) {
         for (uint32_t i = 0; i < a->nkeys; i++)
             cr_assert(bytes_eq(a->keys[i], b->keys[i]), "keys[%u]", i);
     }
+    if (h & KHALA_F_LINKS) {
+        cr_assert_eq(a->nlinks, b->nlinks);
+        for (uint32_t i = 0; i < a->nlinks; i++)
+            cr_assert(bytes_eq(a->links[i], b->links[i]), "links[%u]", i);
+    }
     if (h & KHALA_F_DATA) {
         cr_assert_eq(a->ndata, b->ndata);
         cr_assert(data_eq(a->data, b->data, a->ndata));
@@ -224,6 +229,8 @@ static uint32_t round_trip(const khala_msg_t *in, int reply) {
 static const uint8_t nul_key[] = {0, 'a', 0, 0xff, 0, 'z', 0};
 static const khala_bytes_t keys3[] = {
     {(const uint8_t *)"a", 1}, {(const uint8_t *)"user:1", 6}, {nul_key, sizeof(nul_key)}};
+/* The links of a put: end entities (never the put's own key, nul_key). */
+static const khala_bytes_t links2[] = {{(const uint8_t *)"user:1", 6}, {(const uint8_t *)"a", 1}};
 static const khala_kv_t inner[] = {
     {{(const uint8_t *)"deep", 4}, KHALA_KV_UINT, {.u = 1}},
 };
@@ -275,6 +282,9 @@ static void full_request(khala_op_t op, khala_msg_t *m) {
             m->type = KHALA_TYPE_AGENT_RESPONSE;
             m->ver = 0;
             m->mode = KHALA_MODE_THROUGH;
+            m->has |= KHALA_F_LINKS;
+            m->links = links2;
+            m->nlinks = 2;
             break;
         case KHALA_OP_INVALIDATE:
             m->has = KHALA_F_BY | KHALA_F_TYPE;
@@ -1278,4 +1288,83 @@ Test(proto, similar_needs_a_vector_and_bounds_sim_and_matches) {
     msgpack_pack_uint64(&g_pk, 1);
     msgpack_pack_uint64(&g_pk, 0);
     expect_rep_error(KHALA_OP_SIMILAR, "field 'matches' element 0 item 1 is a str");
+}
+
+/* "links" (relationship caching, issue 12) ------------------------------------------------- */
+
+/* A put request of key "r" whose "links" is the array written by pack_links. */
+static void put_with_links(void (*pack_links)(void)) {
+    sb_reset();
+    msgpack_pack_map(&g_pk, 5);
+    pkv_u("id", 1);
+    pkv_s("op", "put");
+    ps("k");
+    pbin("r", 1);
+    ps("v");
+    pbin("x", 1);
+    ps("links");
+    pack_links();
+}
+
+static void links_empty(void) {
+    msgpack_pack_array(&g_pk, 0);
+}
+
+static void links_long(void) {
+    uint8_t k[251] = {0};
+    msgpack_pack_array(&g_pk, 2);
+    pbin("e", 1);
+    pbin(k, sizeof(k));
+}
+
+static void links_self(void) {
+    msgpack_pack_array(&g_pk, 2);
+    pbin("e", 1);
+    pbin("r", 1);
+}
+
+static void links_str(void) {
+    msgpack_pack_array(&g_pk, 1);
+    ps("e");
+}
+
+static void links_too_many(void) {
+    msgpack_pack_array(&g_pk, KHALA_PROTO_ARRAY_MAX + 1);
+    for (uint32_t i = 0; i <= KHALA_PROTO_ARRAY_MAX; i++)
+        pbin("e", 1);
+}
+
+Test(proto, bad_links_are_refused_and_named) {
+    put_with_links(links_empty);
+    expect_req_error("field 'links' has 0 keys, expected 1..1024");
+    put_with_links(links_long);
+    expect_req_error("field 'links' element 1 is 251 bytes, max 250");
+    put_with_links(links_self);
+    expect_req_error("field 'links' element 1 is the item's own key");
+    put_with_links(links_str);
+    expect_req_error("field 'links' element 0 is a str, expected a bin");
+    put_with_links(links_too_many);
+    expect_req_error("array of 1025 elements at byte 28, max 1024"); /* the scan's limit */
+}
+
+Test(proto, links_are_only_for_put_and_fill) {
+    msgpack_pack_map(&g_pk, 4);
+    pkv_u("id", 1);
+    pkv_s("op", "get");
+    ps("k");
+    pbin("r", 1);
+    ps("links");
+    msgpack_pack_array(&g_pk, 1);
+    pbin("e", 1);
+    expect_req_error("field 'links' is only for put and fill, not get");
+    /* The encoder refuses what the decoder would. */
+    khala_msg_t m;
+    khala__proto_msg_init(&m);
+    m.op = KHALA_OP_DEL;
+    m.key = B("r");
+    m.links = links2;
+    m.nlinks = 2;
+    m.has = KHALA_F_K | KHALA_F_LINKS;
+    cr_assert_eq(khala__proto_encode_request(&g_out, &m, g_err, sizeof(g_err)), KHALA_EPROTO);
+    cr_assert_str_eq(g_err, "field 'links' is only for put and fill, not del");
 }

@@ -227,10 +227,10 @@ Test(store, an_outage_queues_writes_and_recovery_drains_them_in_order) {
     /* Reads see the queued writes. */
     khala_tier_value_t v;
     khala_level_t lvl;
-    cr_assert_eq(khala__store_get(d, "k", 1, &v, &lvl), 0);
+    cr_assert_eq(khala__store_get(d, "k", 1, &v, &lvl, NULL), 0);
     cr_assert_eq(v.version, v2);
     khala__tier_value_free(&v);
-    cr_assert_eq(khala__store_get(d, "gone", 4, &v, &lvl), KHALA_ENOTFOUND);
+    cr_assert_eq(khala__store_get(d, "gone", 4, &v, &lvl, NULL), KHALA_ENOTFOUND);
     /* Still down: nothing drains. */
     tick_now();
     cr_assert_eq(queued(), 2);
@@ -457,7 +457,7 @@ Test(store, a_fill_is_cached_at_every_level) {
 Test(store, an_invalidation_during_a_load_drops_the_fill_at_every_level) {
     static const char *how[] = {"del", "prefix", "forget"};
     for (int i = 0; i < 3; i++) {
-        khala_waiter_t leader = {NULL, 1};
+        khala_waiter_t leader = {NULL, 1, 0};
         int rc = khala__flight_join(d->flight, "k", 1, &leader, (uint64_t)khala__sys_now_ms());
         cr_assert_eq(rc, KHALA_FLIGHT_LEADER);
         if (i == 0)
@@ -705,7 +705,8 @@ Test(store, a_huge_ttl_saturates_the_queued_deadline_instead_of_expiring_the_wri
                  (long long)op->expire_ms);
     khala_tier_value_t v;
     khala_level_t lvl;
-    cr_assert_eq(khala__store_get(d, "far", 3, &v, &lvl), 0, "the queued write read as expired");
+    cr_assert_eq(khala__store_get(d, "far", 3, &v, &lvl, NULL), 0,
+                 "the queued write read as expired");
     cr_assert_gt(v.ttl_ms, 1);
     khala__tier_value_free(&v);
     fk->down = 0;
@@ -781,16 +782,17 @@ Test(store, a_stepped_invalidation_hides_what_it_covers_until_done_and_keeps_lat
     cr_assert(fake_tier_find(fk, "user:1", NULL, NULL, 0), "the level still holds it");
     khala_tier_value_t v;
     khala_level_t lvl;
-    cr_assert_eq(khala__store_get(d, "user:1", 6, &v, &lvl), KHALA_ENOTFOUND,
+    cr_assert_eq(khala__store_get(d, "user:1", 6, &v, &lvl, NULL), KHALA_ENOTFOUND,
                  "a covered key read from the level during the invalidation");
-    cr_assert_eq(khala__store_get(d, "other:1", 7, &v, &lvl), 0, "what it does not cover is read");
+    cr_assert_eq(khala__store_get(d, "other:1", 7, &v, &lvl, NULL), 0,
+                 "what it does not cover is read");
     khala__tier_value_free(&v);
     khala_tier_value_t stale = {(void *)"old", 3, 1, 0, KHALA_TYPE_MEMORY_ENTITY};
     cr_assert_eq(khala__store_promote(d, "user:2", 6, &stale), KHALA_ENOTFOUND,
                  "warming does not bring a covered value back into L1");
     cr_assert_eq(put("user:1", "new", NULL), 0);
     cr_assert_eq(queued(), 2, "a later write queues behind the invalidation");
-    cr_assert_eq(khala__store_get(d, "user:1", 6, &v, &lvl), 0, "and is read");
+    cr_assert_eq(khala__store_get(d, "user:1", 6, &v, &lvl, NULL), 0, "and is read");
     khala__tier_value_free(&v);
     cr_assert_eq(answered.calls, 0, "the caller waits");
 

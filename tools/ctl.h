@@ -43,6 +43,7 @@ enum {
     O_LIMIT = 1u << 6,      /* --limit N: keys stops after N keys */
     O_KEYS_FROM = 1u << 7,  /* --keys-from FILE: warm, one key a line */
     O_VALUE_FROM = 1u << 8, /* --value-from FILE: put's value from a file ("-": stdin) */
+    O_LINK = 1u << 9,       /* --link KEY (repeatable): put's links (relationship caching) */
     /* similar (bits far from the others': other commands add options too): --min S, the
      * least similarity (-1..1); --vector-from FILE, the query as float32 bytes ("-": stdin). */
     O_MIN = 1u << 20,
@@ -77,6 +78,8 @@ struct ctl {
     khala_type_t type;
     uint64_t ttl_s, version, count, cursor, limit;
     const char *prefix, *keys_from, *value_from;
+    khala_bytes_t links[KHALA_PROTO_ARRAY_MAX]; /* --link, in order */
+    uint32_t nlinks;
     /* similar: --min and --vector-from. */
     double min_sim;
     const char *vector_from;

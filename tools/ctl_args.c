@@ -95,6 +95,7 @@ static const struct {
     {"limit", O_LIMIT, true},
     {"keys-from", O_KEYS_FROM, true},
     {"value-from", O_VALUE_FROM, true},
+    {"link", O_LINK, true},
     {"min", O_MIN, true},
     {"vector-from", O_VECTOR_FROM, true},
 };
@@ -146,6 +147,18 @@ static int set_option(ctl_t *c, const char *name, const char *val) {
         c->keys_from = val;
     } else if (strcmp(name, "value-from") == 0) {
         c->value_from = val;
+    } else if (strcmp(name, "link") == 0) {
+        size_t n = strlen(val);
+        if (n == 0 || n > KHALA_KEY_MAX) {
+            fprintf(stderr, "khalactl: --link: a key is 1 to %d bytes, not %zu\n", KHALA_KEY_MAX,
+                    n);
+            return CTL_EXIT_USAGE;
+        }
+        if (c->nlinks == KHALA_PROTO_ARRAY_MAX) {
+            fprintf(stderr, "khalactl: --link: at most %u links\n", KHALA_PROTO_ARRAY_MAX);
+            return CTL_EXIT_USAGE;
+        }
+        c->links[c->nlinks++] = (khala_bytes_t){(const uint8_t *)val, n};
     } else if (strcmp(name, "min") == 0) {
         char *end = NULL;
         c->min_sim = strtod(val, &end);

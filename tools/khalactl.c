@@ -382,6 +382,11 @@ static int cmd_put(ctl_t *c) {
         m.ver = c->version;
         m.has |= KHALA_F_VER;
     }
+    if (c->nlinks) {
+        m.links = c->links;
+        m.nlinks = c->nlinks;
+        m.has |= KHALA_F_LINKS;
+    }
     const khala_chan_info_t *info = khala__chan_info(c->ch);
     if (info && info->max_value && m.value.len > info->max_value) {
         errorf(c, "the value is %zu bytes, khalad takes at most %u", m.value.len, info->max_value);
@@ -1092,8 +1097,8 @@ static int cmd_similar(ctl_t *c) {
 static const cmd_t g_cmds[] = {
     {"stats", cmd_stats, 0, 0, 0, "stats", NULL},
     {"get", cmd_get, 1, 1, O_TYPE, "get KEY", get_l1_alone},
-    {"put", cmd_put, 1, 2, O_TYPE | O_TTL | O_VERSION | O_VALUE_FROM,
-     "put KEY VALUE|--value-from FILE [--type T] [--ttl S] [--version V]", NULL},
+    {"put", cmd_put, 1, 2, O_TYPE | O_TTL | O_VERSION | O_VALUE_FROM | O_LINK,
+     "put KEY VALUE|--value-from FILE [--type T] [--ttl S] [--version V] [--link KEY]...", NULL},
     {"del", cmd_del, 1, 1, 0, "del KEY", NULL},
     {"invalidate", cmd_invalidate, 0, 1, O_PREFIX | O_TYPE,
      "invalidate KEY | --prefix P | --type T", NULL},

@@ -162,6 +162,15 @@ enum {
     KHALA_PUT_CAS = 1u << 0
 };
 
+/** A key an item is linked to (khala_put_options_t.links). */
+typedef struct khala_link {
+    const void *key; /**< the end entity's key; not NUL-terminated */
+    size_t klen;     /**< its length, 1 to KHALA_KEY_MAX bytes */
+} khala_link_t;
+
+/** Most links one put may carry (the protocol's array limit). */
+#define KHALA_LINKS_MAX 1024u
+
 /** Options of khala_cache_put(). Start from khala_put_options_init(). */
 typedef struct khala_put_options {
     uint32_t flags;            /**< KHALA_PUT_* bits; 0 by default */
@@ -171,7 +180,16 @@ typedef struct khala_put_options {
                                     returned by a put or seen in khala_view_t.version; 0 = the
                                     key must not exist. Ignored without the flag. */
     khala_mode_t mode;         /**< write mode; KHALA_MODE_DEFAULT by default */
-    void *reserved[4];         /**< reserved; zeroed by khala_put_options_init() */
+    /** Relationship caching: the end entities this item (say, the cached answer of a
+     * relationship query, type KHALA_TYPE_ENTITY_RELATIONSHIP) is linked to. A later put,
+     * delete or invalidation of any of them deletes this item at every level, and with
+     * [policies] preload_relationships, reading one of them into L1 from below preloads it.
+     * A put with links replaces the item's earlier links; a put without keeps them. NULL (the
+     * default) = no links; the keys are copied before the call returns. */
+    const khala_link_t *links;
+    size_t nlinks;     /**< entries of links, 0..KHALA_LINKS_MAX; 0 by default */
+    void *reserved[2]; /**< reserved; zeroed by khala_put_options_init() (links and nlinks took
+                            two of the four reserved words: the size is unchanged) */
 } khala_put_options_t;
 
 /**
@@ -368,7 +386,10 @@ KHALA_API KHALA_NODISCARD int khala_cache_get_or_load(khala_cache_t *c, const vo
  *         KHALA_EKEY for a bad key length;
  *         KHALA_ETOOBIG if @p vlen exceeds khalad's largest value;
  *         KHALA_EFULL if L1 is full of items nothing may evict;
- *         -EINVAL if the type or mode is out of range;
+ *         -EINVAL if the type or mode is out of range, or opts->nlinks is above
+ *         KHALA_LINKS_MAX, or links is NULL while nlinks is not 0;
+ *         KHALA_EKEY for a link of a bad length, or equal to @p key (nothing is sent);
+ *         KHALA_ETIER when khalad cannot record the links (nothing is written);
  *         KHALA_EINVAL if opts->ttl_ms is above KHALA_TTL_MAX_MS (nothing is sent);
  *         KHALA_EREFUSED when a slower level written through refused this one write (its
  *         reason in khala_cache_errmsg(), e.g. Redis's out-of-memory reply; the level stays up

@@ -304,6 +304,22 @@ Test(khalactl, put_with_a_stale_version_exits_5) {
     cr_assert_str_eq(g_out, "two");
 }
 
+Test(khalactl, put_with_links_is_deleted_when_an_end_changes) {
+    cr_assert_eq(CTL("put", "user:E", "e"), 0);
+    cr_assert_eq(CTL("put", "rel:E", "[user:N]", "--type", "entity_relationship", "--link",
+                     "user:E", "--link", "user:N"),
+                 0, "%s", g_err);
+    cr_assert_eq(CTL("get", "rel:E"), 0);
+    cr_assert_eq(CTL("put", "user:N", "n"), 0);
+    cr_assert_eq(CTL("get", "rel:E"), 1, "an end was written: the relationship must be gone");
+    /* Refused before anything is sent: the item's own key, an empty key. */
+    cr_assert_eq(CTL("put", "rel:E", "x", "--link", "rel:E"), 4);
+    cr_assert(strstr(g_err, "own key"), "stderr: %s", g_err);
+    cr_assert_eq(CTL("put", "rel:E", "x", "--link", ""), 2);
+    cr_assert(strstr(g_err, "--link"), "stderr: %s", g_err);
+    cr_assert_eq(CTL("get", "rel:E"), 1);
+}
+
 Test(khalactl, invalidate_by_prefix_drops_only_those_keys) {
     cr_assert_eq(CTL("put", "a:1", "v"), 0);
     cr_assert_eq(CTL("put", "a:2", "v"), 0);

@@ -230,9 +230,12 @@ class AsyncCache(_khala.AsyncCore):
         ttl: float | None = None,
         expected_version: int | None = None,
         mode: str | None = None,
+        links: Any = None,
     ) -> int:
         """Write ``key`` through khalad (as ``Cache.put``); returns the new version."""
-        kw = _options(type=type, ttl=ttl, expected_version=expected_version, mode=mode)
+        kw = _options(
+            type=type, ttl=ttl, expected_version=expected_version, mode=mode, links=links
+        )
         return await self._run(self.cache.put, key, value, **kw)
 
     async def delete(self, key: Any) -> bool:

@@ -118,11 +118,14 @@ class CacheManager:
         *,
         type: Any = None,
         ttl: float | None = None,
+        links: Any = None,
     ) -> int:
         """Store ``value`` (encoded) under ``key`` through khalad; returns the new version.
 
         khalad writes L1 and every lower level ``type`` (default: the manager's) is configured
         for; ``level`` is accepted for the seed's shape and changes nothing (module docstring).
+        ``links``: keys of the end entities a relationship item is linked to (a put, delete or
+        invalidation of one of them deletes it at every level).
         """
         del level  # see the docstring: every configured level is written
         return await self._acache.put(
@@ -130,6 +133,7 @@ class CacheManager:
             self.codec.encode(value),
             type=self.type if type is None else type,
             ttl=self.ttl if ttl is None else ttl,
+            links=links,
         )
 
     async def get_or_load(

@@ -395,13 +395,68 @@ static PyObject *cache_get_or_load(khpy_cache_t *self, PyObject *const *args, Py
 
 /* ---- writes ---------------------------------------------------------------------------- */
 
-static const char *const put_names[] = {"key", "value", "type", "ttl", "expected_version", "mode"};
+static const char *const put_names[] = {"key",  "value", "type", "ttl", "expected_version",
+                                        "mode", "links"};
 
-/* put(key, value, *, type=..., ttl=None, expected_version=None, mode=None) -> version */
+/* The links of a put (relationship caching): a sequence of keys (str or bytes-like, as a key),
+ * taken into l->links[0 .. l->n) without copying; l->seq keeps the objects alive until
+ * links_release(). */
+typedef struct put_links {
+    PyObject *seq;
+    khpy_key_t *keys;
+    khala_link_t *links;
+    size_t n;
+} put_links_t;
+
+static void links_release(put_links_t *l) {
+    for (size_t i = 0; i < l->n; i++)
+        khpy_key_release(&l->keys[i]);
+    PyMem_Free(l->keys);
+    PyMem_Free(l->links);
+    Py_XDECREF(l->seq);
+    memset(l, 0, sizeof(*l));
+}
+
+static int links_get(PyObject *o, put_links_t *l) {
+    memset(l, 0, sizeof(*l));
+    if (!o || o == Py_None)
+        return 0;
+    if (PyBytes_Check(o) || PyUnicode_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "links is a list or tuple of keys, not one key");
+        return -1;
+    }
+    if (!(l->seq = PySequence_Fast(o, "links is a list or tuple of keys")))
+        return -1;
+    Py_ssize_t m = PySequence_Fast_GET_SIZE(l->seq);
+    if (m > (Py_ssize_t)KHALA_LINKS_MAX) {
+        PyErr_Format(PyExc_ValueError, "links has %zd keys, max %u", m, KHALA_LINKS_MAX);
+        links_release(l);
+        return -1;
+    }
+    l->keys = PyMem_Calloc((size_t)(m ? m : 1), sizeof(*l->keys));
+    l->links = PyMem_Calloc((size_t)(m ? m : 1), sizeof(*l->links));
+    if (!l->keys || !l->links) {
+        links_release(l);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < m; i++) {
+        if (khpy_key_get(PySequence_Fast_GET_ITEM(l->seq, i), &l->keys[i]) < 0) {
+            links_release(l);
+            return -1;
+        }
+        l->links[i] = (khala_link_t){l->keys[i].ptr, (size_t)l->keys[i].len};
+        l->n++;
+    }
+    return 0;
+}
+
+/* put(key, value, *, type=..., ttl=None, expected_version=None, mode=None, links=None)
+ * -> version */
 static PyObject *cache_put(khpy_cache_t *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames) {
-    PyObject *a[6];
-    if (khpy_parse("put", args, nargs, kwnames, 2, 2, put_names, 6, a) < 0)
+    PyObject *a[7];
+    if (khpy_parse("put", args, nargs, kwnames, 2, 2, put_names, 7, a) < 0)
         return NULL;
     khala_put_options_t po;
     khala_put_options_init(&po);
@@ -428,6 +483,14 @@ static PyObject *cache_put(khpy_cache_t *self, PyObject *const *args, Py_ssize_t
         khpy_key_release(&k);
         return NULL;
     }
+    put_links_t pl;
+    if (links_get(a[6], &pl) < 0) {
+        PyBuffer_Release(&v);
+        khpy_key_release(&k);
+        return NULL;
+    }
+    po.links = pl.links;
+    po.nlinks = pl.n;
     uint64_t version = 0;
     khala_cache_t *c = self->c;
     blocking_begin(self);
@@ -435,6 +498,7 @@ static PyObject *cache_put(khpy_cache_t *self, PyObject *const *args, Py_ssize_t
     WITHOUT_GIL(rc = khala_cache_put(c, k.ptr, (size_t)k.len, v.buf, (size_t)v.len, &po, &version));
     PyObject *out = rc == 0 ? PyLong_FromUnsignedLongLong(version) : khpy_raise(c, rc);
     blocking_end(self);
+    links_release(&pl);
     PyBuffer_Release(&v);
     khpy_key_release(&k);
     return out;
@@ -885,9 +949,12 @@ static PyMethodDef cache_methods[] = {
      "key (single-flight); it returns a bytes-like value, or None when the source has no such "
      "key (then None is returned and nothing is cached). Its exception propagates."},
     {"put", KHPY_METH(cache_put), METH_FASTCALL | METH_KEYWORDS,
-     "put(key, value, *, type=..., ttl=None, expected_version=None, mode=None) -> int\n\n"
+     "put(key, value, *, type=..., ttl=None, expected_version=None, mode=None, links=None) "
+     "-> int\n\n"
      "Write through khalad; returns the new version. expected_version: compare-and-set (0 = "
-     "the key must not exist). mode: None, \"through\" or \"behind\"."},
+     "the key must not exist). mode: None, \"through\" or \"behind\". links: keys of the end "
+     "entities the item is linked to (a put, delete or invalidation of one deletes it at every "
+     "level)."},
     {"delete", (PyCFunction)cache_delete, METH_O,
      "delete(key) -> bool: False when no level held the key."},
     {"touch", KHPY_METH(cache_touch), METH_FASTCALL | METH_KEYWORDS,

@@ -1,0 +1,228 @@
+/*
+ * The link index (daemon/links.c): links recorded, replaced, dropped, listed by end and by
+ * prefix, kept across a reopen, bounded (KHALA_EFULL with nothing changed), eviction order, and
+ * a directory that is not a link index refused. Real LMDB in a private directory per test.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "khala/error.h"
+#include <lmdb.h>
+
+#include "links.h"
+
+static char g_dir[128];
+static khala_links_t *g_lx;
+
+static void setup(void) {
+    snprintf(g_dir, sizeof(g_dir), "/tmp/khala-test-links-%d", (int)getpid());
+    g_lx = NULL;
+}
+
+static void teardown(void) {
+    khala__links_close(g_lx);
+    g_lx = NULL;
+    char cmd[200];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", g_dir);
+    (void)system(cmd);
+}
+
+TestSuite(links, .init = setup, .fini = teardown, .timeout = 60);
+
+static khala_links_t *open_index(uint64_t max) {
+    char err[512] = "";
+    khala_links_t *lx = NULL;
+    int rc = khala__links_open(g_dir, max, 0, &lx, err, sizeof(err));
+    cr_assert_eq(rc, 0, "open: %s", err);
+    return lx;
+}
+
+static khala_bytes_t B(const char *s) {
+    return (khala_bytes_t){(const uint8_t *)s, strlen(s)};
+}
+
+static int set(khala_links_t *lx, const char *rel, const char *e1, const char *e2) {
+    khala_bytes_t e[2] = {B(e1), e2 ? B(e2) : B("")};
+    return khala__links_set(lx, rel, strlen(rel), e, e2 ? 2 : 1);
+}
+
+/* The keys of l joined by ',' in order. */
+static const char *joined(khala_links_keys_t *l, char *buf, size_t cap) {
+    const uint8_t *k;
+    size_t klen, off = 0;
+    buf[0] = '\0';
+    khala__links_keys_rewind(l);
+    while (khala__links_keys_next(l, &k, &klen))
+        off += (size_t)snprintf(buf + off, cap - off, "%s%.*s", off ? "," : "", (int)klen, k);
+    return buf;
+}
+
+static const char *rels_of(khala_links_t *lx, const char *end, char *buf, size_t cap) {
+    khala_links_keys_t l = {0};
+    cr_assert_eq(khala__links_rels_of(lx, end, strlen(end), &l), 0);
+    joined(&l, buf, cap);
+    khala__links_keys_free(&l);
+    return buf;
+}
+
+Test(links, set_links_a_relationship_to_each_end) {
+    g_lx = open_index(0);
+    char b[256];
+    cr_assert_eq(set(g_lx, "R1", "E", "N"), 0);
+    cr_assert_eq(set(g_lx, "R2", "E", NULL), 0);
+    cr_assert_str_eq(rels_of(g_lx, "E", b, sizeof(b)), "R1,R2");
+    cr_assert_str_eq(rels_of(g_lx, "N", b, sizeof(b)), "R1");
+    cr_assert_str_eq(rels_of(g_lx, "X", b, sizeof(b)), "");
+    khala_links_keys_t l = {0};
+    cr_assert_eq(khala__links_ends_of(g_lx, "R1", 2, &l), 0);
+    cr_assert_str_eq(joined(&l, b, sizeof(b)), "E,N");
+    khala__links_keys_free(&l);
+    uint64_t rels, links;
+    khala__links_count(g_lx, &rels, &links);
+    cr_assert_eq(rels, 2);
+    cr_assert_eq(links, 3);
+}
+
+Test(links, reset_with_other_ends_drops_the_old_links) {
+    g_lx = open_index(0);
+    char b[256];
+    cr_assert_eq(set(g_lx, "R", "E", "N"), 0);
+    cr_assert_eq(set(g_lx, "R", "M", NULL), 0);
+    cr_assert_str_eq(rels_of(g_lx, "E", b, sizeof(b)), "");
+    cr_assert_str_eq(rels_of(g_lx, "N", b, sizeof(b)), "");
+    cr_assert_str_eq(rels_of(g_lx, "M", b, sizeof(b)), "R");
+}
+
+Test(links, duplicate_ends_count_once) {
+    g_lx = open_index(0);
+    uint64_t rels, links;
+    cr_assert_eq(set(g_lx, "R", "E", "E"), 0);
+    khala__links_count(g_lx, &rels, &links);
+    cr_assert_eq(links, 1);
+    khala_links_keys_t l = {0};
+    char b[64];
+    cr_assert_eq(khala__links_ends_of(g_lx, "R", 1, &l), 0);
+    cr_assert_str_eq(joined(&l, b, sizeof(b)), "E");
+    khala__links_keys_free(&l);
+}
+
+Test(links, drop_removes_every_link_of_the_relationship) {
+    g_lx = open_index(0);
+    char b[256];
+    cr_assert_eq(set(g_lx, "R1", "E", "N"), 0);
+    cr_assert_eq(set(g_lx, "R2", "E", NULL), 0);
+    cr_assert_eq(khala__links_drop(g_lx, "R1", 2), 0);
+    cr_assert_eq(khala__links_drop(g_lx, "R9", 2), 0, "dropping what has no links is no error");
+    cr_assert_str_eq(rels_of(g_lx, "E", b, sizeof(b)), "R2");
+    cr_assert_str_eq(rels_of(g_lx, "N", b, sizeof(b)), "");
+    uint64_t rels, links;
+    khala__links_count(g_lx, &rels, &links);
+    cr_assert_eq(rels, 1);
+    cr_assert_eq(links, 1);
+}
+
+Test(links, prefix_listings_name_each_key_once) {
+    g_lx = open_index(0);
+    char b[256];
+    cr_assert_eq(set(g_lx, "rel:1", "user:1", "user:2"), 0);
+    cr_assert_eq(set(g_lx, "rel:2", "user:1", "post:9"), 0);
+    khala_links_keys_t l = {0};
+    cr_assert_eq(khala__links_ends_with_prefix(g_lx, "user:", 5, &l), 0);
+    cr_assert_str_eq(joined(&l, b, sizeof(b)), "user:1,user:2");
+    khala__links_keys_free(&l);
+    cr_assert_eq(khala__links_ends_with_prefix(g_lx, "", 0, &l), 0);
+    cr_assert_str_eq(joined(&l, b, sizeof(b)), "post:9,user:1,user:2");
+    khala__links_keys_free(&l);
+    cr_assert_eq(khala__links_rels_with_prefix(g_lx, "rel:", 4, &l), 0);
+    cr_assert_str_eq(joined(&l, b, sizeof(b)), "rel:1,rel:2");
+    khala__links_keys_free(&l);
+    cr_assert_eq(khala__links_rels_with_prefix(g_lx, "zzz", 3, &l), 0);
+    cr_assert_eq(l.n, 0);
+    khala__links_keys_free(&l);
+}
+
+Test(links, index_survives_a_reopen) {
+    g_lx = open_index(0);
+    char b[256];
+    cr_assert_eq(set(g_lx, "R", "E", "N"), 0);
+    khala__links_close(g_lx);
+    g_lx = open_index(0);
+    cr_assert_str_eq(rels_of(g_lx, "E", b, sizeof(b)), "R");
+    cr_assert_str_eq(rels_of(g_lx, "N", b, sizeof(b)), "R");
+}
+
+Test(links, full_index_refuses_with_efull_and_changes_nothing) {
+    g_lx = open_index(3);
+    char b[256];
+    cr_assert_eq(set(g_lx, "R1", "E", "N"), 0);
+    cr_assert_eq(set(g_lx, "R2", "E", "N"), KHALA_EFULL);
+    cr_assert(strstr(khala__links_errmsg(g_lx), "full"), "message: %s", khala__links_errmsg(g_lx));
+    cr_assert_str_eq(rels_of(g_lx, "E", b, sizeof(b)), "R1", "the refused set left nothing");
+    cr_assert_eq(set(g_lx, "R2", "E", NULL), 0, "within the bound it is taken");
+}
+
+Test(links, oldest_is_the_least_recently_set) {
+    g_lx = open_index(0);
+    uint8_t k[KHALA_KEY_MAX];
+    size_t klen = 0;
+    cr_assert_eq(khala__links_oldest(g_lx, k, &klen), KHALA_ENOTFOUND);
+    cr_assert_eq(set(g_lx, "R1", "E", NULL), 0);
+    cr_assert_eq(set(g_lx, "R2", "E", NULL), 0);
+    cr_assert_eq(khala__links_oldest(g_lx, k, &klen), 0);
+    cr_assert_eq(klen, 2);
+    cr_assert_eq(memcmp(k, "R1", 2), 0);
+    cr_assert_eq(set(g_lx, "R1", "N", NULL), 0, "set again: R1 is now the newest");
+    cr_assert_eq(khala__links_oldest(g_lx, k, &klen), 0);
+    cr_assert_eq(memcmp(k, "R2", 2), 0);
+}
+
+Test(links, bad_links_are_refused_with_einval) {
+    g_lx = open_index(0);
+    char big[KHALA_KEY_MAX + 2];
+    memset(big, 'k', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    cr_assert_eq(set(g_lx, "R", "R", NULL), KHALA_EINVAL, "linked to itself");
+    cr_assert(strstr(khala__links_errmsg(g_lx), "own key"));
+    cr_assert_eq(set(g_lx, "R", big, NULL), KHALA_EINVAL);
+    cr_assert(strstr(khala__links_errmsg(g_lx), "bytes"));
+    cr_assert_eq(set(g_lx, big, "E", NULL), KHALA_EINVAL);
+    cr_assert_eq(set(g_lx, "R", "", NULL), KHALA_EINVAL);
+}
+
+Test(links, clear_drops_everything) {
+    g_lx = open_index(0);
+    char b[64];
+    cr_assert_eq(set(g_lx, "R", "E", "N"), 0);
+    cr_assert_eq(khala__links_clear(g_lx), 0);
+    cr_assert_str_eq(rels_of(g_lx, "E", b, sizeof(b)), "");
+    uint64_t rels, links;
+    khala__links_count(g_lx, &rels, &links);
+    cr_assert_eq(rels + links, 0);
+}
+
+Test(links, directory_of_another_lmdb_store_is_refused) {
+    /* A plain LMDB environment with a record in its main database: not ours. */
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s", g_dir);
+    cr_assert_eq(system(cmd), 0);
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_open(env, g_dir, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
+    MDB_val k = {3, "foo"}, v = {3, "bar"};
+    cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    char err[512] = "";
+    khala_links_t *lx = NULL;
+    cr_assert_eq(khala__links_open(g_dir, 0, 0, &lx, err, sizeof(err)), KHALA_ECONFIG);
+    cr_assert(strstr(err, "not a khala link index"), "message: %s", err);
+    cr_assert_null(lx);
+}
