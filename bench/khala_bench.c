@@ -16,6 +16,8 @@
  *   khala-bench miss      --procs N --seconds S [--backend none|disk|redis,...|all]: gets that
  *                         miss L1, answered by L2 (or by nobody), against a Redis GET
  *   khala-bench warm      --keys N [--backend disk|redis|all]: warming an empty L1 from L2
+ *   khala-bench similar   --keys N --dim D [--count K] [--rounds R]: one semantic look-up on
+ *                         the disk store (bench/similar_bench.c)
  *
  * Every subcommand prints one final line of key=value pairs; lines before it are for humans.
  * Speed is to be judged only by ratios measured in the same run: the machines are shared.
@@ -27,6 +29,7 @@
 
 #include "bench.h"
 #include "daemon_bench.h"
+#include "similar_bench.h"
 
 /* predict: predictive warming on a trace (predict_replay.c). 0 or -1. */
 int bench_predict(const bench_opts_t *o);
@@ -42,6 +45,8 @@ static const char *g_backend;
 static int g_redis_tcp;
 /* cleanup: rows per cleanup step ([l3] cleanup_batch). */
 static uint32_t g_batch = 1000;
+/* similar: the embeddings' dimension (--dim) and the matches asked per look-up (--count). */
+static uint32_t g_dim = 384, g_count = 10;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: khala-bench l1-get|l1-mixed|plain-get|lmdb-get|compare [--procs N] "
@@ -72,7 +77,10 @@ static void usage(FILE *f) {
                "max_entries; 100000, 100, 1000)\n"
                "       khala-bench warm [--keys N] [--value-size MIN-MAX] [--rounds R]\n"
                "                   [--backend disk|redis[,...]|all]  (default both; 10000 items "
-               "of 200-1000 bytes)\n");
+               "of 200-1000 bytes)\n"
+               "       khala-bench similar [--keys N] [--dim D] [--count K] [--rounds R]  "
+               "(default 10000 embeddings\n"
+               "                   of dim 384, 10 matches a look-up, 3 rounds of 200 look-ups)\n");
 }
 
 static int parse(int argc, char **argv, bench_opts_t *o) {
@@ -94,6 +102,8 @@ static int parse(int argc, char **argv, bench_opts_t *o) {
                                          {"backend", required_argument, NULL, 'B'},
                                          {"redis-tcp", no_argument, NULL, 'T'},
                                          {"batch", required_argument, NULL, 'b'},
+                                         {"dim", required_argument, NULL, 'D'},
+                                         {"count", required_argument, NULL, 'K'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int ch;
@@ -167,6 +177,12 @@ static int parse(int argc, char **argv, bench_opts_t *o) {
                 break;
             case 'T':
                 g_redis_tcp = 1;
+                break;
+            case 'D':
+                g_dim = (uint32_t)strtoul(optarg, NULL, 10);
+                break;
+            case 'K':
+                g_count = (uint32_t)strtoul(optarg, NULL, 10);
                 break;
             case 'm':
                 o->maintain_every = (uint32_t)strtoul(optarg, NULL, 10);
@@ -384,12 +400,13 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     /* compare, scale and l1-mixed alternate their runs over rounds; the others run once. */
     o.rounds = !strcmp(cmd, "compare") || !strcmp(cmd, "scale") || !strcmp(cmd, "l1-mixed") ||
-                       !strcmp(cmd, "put") || !strcmp(cmd, "miss") || !strcmp(cmd, "warm")
+                       !strcmp(cmd, "put") || !strcmp(cmd, "miss") || !strcmp(cmd, "warm") ||
+                       !strcmp(cmd, "similar")
                    ? 3
                    : 1;
     /* miss preloads its keys into L2 through khalad, warm its items: 10,000 by default; warm's
      * items are memory_entity-sized. */
-    if (!strcmp(cmd, "miss") || !strcmp(cmd, "warm"))
+    if (!strcmp(cmd, "miss") || !strcmp(cmd, "warm") || !strcmp(cmd, "similar"))
         o.keys = 10000;
     if (!strcmp(cmd, "cleanup"))
         o.items = 100000;
@@ -418,6 +435,16 @@ int main(int argc, char **argv) {
         return bench_daemon(cmd, &o, g_pipeline, g_backend, g_redis_tcp) == 0 ? 0 : 1;
     if (strcmp(cmd, "warm") == 0)
         return bench_warm(&o, g_backend) == 0 ? 0 : 1;
+    if (strcmp(cmd, "similar") == 0) {
+        bench_similar_opts_t so = {
+            .items = o.keys, .dim = g_dim, .queries = 200, .k = g_count, .rounds = o.rounds};
+        if (so.k == 0 || so.k > KHALA_SIMILAR_K_MAX || so.dim == 0 ||
+            so.dim > KHALA_SIMILAR_DIM_MAX) {
+            usage(stderr);
+            return 2;
+        }
+        return bench_similar(&so) == 0 ? 0 : 1;
+    }
     if (strcmp(cmd, "replay") == 0) {
         bench_replay_t r;
         if (!o.trace || o.capacity == 0) {

@@ -32,6 +32,7 @@
 #include "khala/error.h"
 #include "khalad.h"
 #include "redact.h"
+#include "similar.h"
 
 /* Replies -------------------------------------------------------------------------------- */
 
@@ -149,6 +150,7 @@ static unsigned needed_right(const khala_msg_t *m, int *over_key) {
         case KHALA_OP_CONFIG:
             *over_key = 0;
             return KHALA_RIGHT_ADMIN;
+        case KHALA_OP_SIMILAR: /* a read; its matches are filtered per key, as keys does */
         default:
             *over_key = 0;
             return 0;
@@ -1002,6 +1004,72 @@ static void op_warm(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
     send_reply(d, c, &r);
 }
 
+/* similar: the embedding items nearest to a vector (daemon/similar.h, docs/protocol.md). Only
+ * the matches the peer may read are returned (keys does the same), and no more than a frame
+ * holds: the tail is dropped when the values would not fit max_frame. */
+static void op_similar(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
+    char why[512];
+    uint32_t dim = 0, k = (m->has & KHALA_F_COUNT) ? m->count : 1, n = 0, np = 0;
+    if (k == 0 || k > KHALA_SIMILAR_K_MAX) {
+        reply_rc(d, c, m->id, m->op, KHALA_EINVAL, "count is %" PRIu32 "; similar returns 1..%u", k,
+                 KHALA_SIMILAR_K_MAX);
+        return;
+    }
+    float *q = malloc(m->value.len ? m->value.len : 1);
+    khala_tier_match_t *ms = calloc(k, sizeof(*ms));
+    khala_proto_match_t *pm = calloc(k, sizeof(*pm));
+    int rc = q && ms && pm ? 0 : -ENOMEM;
+    if (rc)
+        snprintf(why, sizeof(why), "out of memory");
+    else
+        rc = khala__similar_query(m->value.ptr, m->value.len, q, &dim, why, sizeof(why));
+    khala_level_t lvl = KHALA_LEVEL_NONE;
+    if (!rc) {
+        float min_sim = (m->has & KHALA_F_SIM)
+                            ? (float)m->sim
+                            : khala__similar_threshold(d->cfg.l3.similarity_threshold);
+        if ((rc = khala__similar_ask(d, q, dim, min_sim, k, ms, &n, &lvl)) != 0)
+            snprintf(why, sizeof(why), "%s", d->errmsg);
+    }
+    if (rc) {
+        reply_rc(d, c, m->id, m->op, rc, "similar: %s", why);
+        goto out;
+    }
+    khala_acl_peer_t peer = peer_of(c);
+    int filter = !(khala__acl_rights(&d->acl, &peer, NULL, 0, -1) & KHALA_RIGHT_READ);
+    size_t room = khala__server_max_frame(d->srv), used = 64;
+    for (uint32_t i = 0; i < n; i++) {
+        const khala_tier_match_t *x = &ms[i];
+        if (filter && !(khala__acl_rights(&d->acl, &peer, x->key, x->klen, (int)x->val.type) &
+                        KHALA_RIGHT_READ))
+            continue;
+        size_t sz = x->klen + x->val.len + 48; /* msgpack headers of one match, generously */
+        if (used + sz > room)
+            break;
+        used += sz;
+        pm[np++] = (khala_proto_match_t){.key = {x->key, x->klen},
+                                         .sim = x->similarity,
+                                         .value = {x->val.data, x->val.len},
+                                         .ver = x->val.version,
+                                         .ttl_ms = (uint64_t)x->val.ttl_ms};
+    }
+    khala_msg_t r = reply_to(m);
+    r.matches = pm;
+    r.nmatches = np;
+    r.has = KHALA_F_MATCHES;
+    if (np) {
+        r.lvl = lvl;
+        r.has |= KHALA_F_LVL;
+    }
+    send_reply(d, c, &r);
+out:
+    for (uint32_t i = 0; i < n; i++)
+        khala__tier_match_free(&ms[i]);
+    free(pm);
+    free(ms);
+    free(q);
+}
+
 /* Dispatch --------------------------------------------------------------------------------- */
 
 typedef void (*handler_fn)(khalad_t *d, khala_conn_t *c, const khala_msg_t *m);
@@ -1015,7 +1083,7 @@ static const handler_fn handlers[KHALA_OP_COUNT] = {
     [KHALA_OP_TOUCH] = op_touch,   [KHALA_OP_STATS] = op_stats,
     [KHALA_OP_KEYS] = op_keys,     [KHALA_OP_INSPECT] = op_inspect,
     [KHALA_OP_FLUSH] = op_flush,   [KHALA_OP_WARM] = op_warm,
-    [KHALA_OP_CONFIG] = op_config,
+    [KHALA_OP_CONFIG] = op_config, [KHALA_OP_SIMILAR] = op_similar,
 };
 
 int khala__handlers_frame(void *arg, khala_conn_t *c, const uint8_t *body, size_t len) {

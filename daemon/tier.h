@@ -119,7 +119,9 @@ typedef struct khala_tier_ops {
     /* Semantic look-up over the level's live embedding items (type KHALA_TYPE_EMBEDDING, whose
      * value is a vector of little-endian float32, dim = len / 4): the at most k items of the
      * same dimension as q whose cosine similarity to q is at least min_sim, most similar first,
-     * into out[0 .. *n). KHALA_EINVAL for a bad query (dim 0, a zero vector). May be NULL. */
+     * into out[0 .. *n). KHALA_EINVAL for a bad query (dim 0, a zero vector); -ENOTSUP when the
+     * level cannot search what it holds (encrypted embeddings: daemon/tier_crypt.c). May be
+     * NULL. */
     int (*similar)(khala_tier_t *t, const float *q, uint32_t dim, float min_sim, uint32_t k,
                    khala_tier_match_t *out, uint32_t *n);
     /* Asynchronous reads, for a level behind a network round trip (SurrealDB), so that a miss

@@ -244,6 +244,34 @@ static void c_note_hits(khala_tier_t *t, const void *key, size_t klen, uint64_t 
     ct->inner->ops->note_hits(ct->inner, key, klen, hits);
 }
 
+/* A level searches the bytes it holds: when embeddings are encrypted, those are ciphertext, and
+ * no similarity over them means anything. Refused, naming why and what to change. A match whose
+ * value is sealed (stored while the type was encrypted) is dropped for the same reason. */
+static int c_similar(khala_tier_t *t, const float *q, uint32_t dim, float min_sim, uint32_t k,
+                     khala_tier_match_t *out, uint32_t *n) {
+    ctier_t *ct = ct_of(t);
+    if (khala__crypt_wants(ct->c, KHALA_TYPE_EMBEDDING)) {
+        khala__errbuf_set(ct->tier.err, sizeof(ct->tier.err),
+                          "%s: the embedding type is encrypted ([type.embedding] encrypt = true), "
+                          "so this level holds only ciphertext and cannot search it by vector",
+                          ct->ops.name);
+        return -ENOTSUP;
+    }
+    uint32_t got = 0, kept = 0;
+    int rc = ct->inner->ops->similar(ct->inner, q, dim, min_sim, k, out, &got);
+    mirror_err(ct);
+    if (rc != 0)
+        return rc;
+    for (uint32_t i = 0; i < got; i++) {
+        if (khala__crypt_is_sealed(out[i].val.data, out[i].val.len))
+            khala__tier_match_free(&out[i]);
+        else
+            out[kept++] = out[i];
+    }
+    *n = kept;
+    return 0;
+}
+
 static void c_close(khala_tier_t *t) {
     ctier_t *ct = ct_of(t);
     ct->inner->ops->close(ct->inner);
@@ -266,6 +294,7 @@ static const khala_tier_ops_t CRYPT_OPS = {
     .tick = c_tick,
     .note_hits = c_note_hits,
     .archive_get = c_archive_get,
+    .similar = c_similar,
     .close = c_close,
 };
 
@@ -284,6 +313,8 @@ int khala__tier_crypt_wrap(khala_tier_t *inner, khala_crypt_t *c, khala_tier_t *
         ct->ops.invalidate_step = NULL;
     if (!inner->ops->archive_get)
         ct->ops.archive_get = NULL;
+    if (!inner->ops->similar)
+        ct->ops.similar = NULL;
     ct->inner = inner;
     ct->c = c;
     ct->tier.ops = &ct->ops;

@@ -65,6 +65,7 @@
 #include "tier_disk_index.h"
 #include "tier_disk_record.h"
 #include "tier_disk_store.h"
+#include "tier_disk_vectors.h"
 
 /* tick() bounds: entries examined and removed by one expiry sweep; counters written by one
  * flush and entries it examines; time between flushes. A few ms at most on a slow disk. */
@@ -177,7 +178,8 @@ static int put_txn(disk_t *d, size_t n, const khala_bytes_t *keys, const khala_t
         khala__disk_rec_encode(r.mv_data, v->type, v->version, expire, v->data, v->len);
         act_t a = {.kind = KHALA_DISK_ACT_PUT,
                    .bytes = (uint32_t)(k.mv_size + v->len),
-                   .expire_ms = expire};
+                   .expire_ms = expire,
+                   .val = v};
         a.old = khala__disk_index_find(&d->ix, k.mv_data, k.mv_size);
         if (a.old) {
             a.old->pinned = 1;
@@ -672,6 +674,7 @@ static int flush_all(disk_t *d, uint64_t *removed) {
     uint64_t n = d->ix.n;
     d->arch_n = d->arch_bytes = 0;
     khala__disk_index_clear(&d->ix);
+    khala__disk_vectors_clear(&d->vec);
     d->st.dels += n;
     if (removed)
         *removed = n;
@@ -871,6 +874,7 @@ static const khala_tier_ops_t disk_ops = {
     .tick = disk_tick,
     .note_hits = disk_note_hits,
     .archive_get = disk_archive_get,
+    .similar = khala__disk_similar,
     .close = disk_close,
 };
 

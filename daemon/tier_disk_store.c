@@ -178,6 +178,7 @@ void khala__disk_store_acts_apply(disk_t *d) {
                 d->st.evictions++;
             else if (a->kind == KHALA_DISK_ACT_EXPIRE)
                 d->st.expirations++;
+            khala__disk_vectors_remove(&d->vec, a->old->key, a->old->klen);
             khala__disk_index_remove(&d->ix, a->old);
             continue;
         }
@@ -195,6 +196,11 @@ void khala__disk_store_acts_apply(disk_t *d) {
         }
         e->expire_ms = a->expire_ms;
         e->seq = ++d->ix.seq;
+        if (a->val)
+            (void)khala__disk_vectors_set(&d->vec, e->key, e->klen, a->val->type, a->val->data,
+                                          a->val->len, a->expire_ms);
+        else
+            khala__disk_vectors_remove(&d->vec, e->key, e->klen);
     }
     d->nact = 0;
     d->arch_n = (uint64_t)((int64_t)d->arch_n + d->arch_dn);
@@ -374,6 +380,7 @@ static void store_free(disk_t *d) {
         close(d->lock_fd);
     khala__disk_index_free(&d->ix);
     free(d->arch_buf);
+    khala__disk_vectors_free(&d->vec);
     free(d->acts);
     free(d->path);
     free(d);
@@ -578,6 +585,7 @@ int khala__disk_store_open(const khala_tier_disk_opts_t *o, uint32_t max_value,
     d->cleanup_interval_ms = o->cleanup_interval_ms;
     d->cleanup_batch = o->cleanup_batch ? o->cleanup_batch : KHALA_DISK_CLEANUP_BATCH_DEFAULT;
     khala__disk_index_init(&d->ix, khala__sys_random_u64(), khala__sys_now_ms());
+    khala__disk_vectors_init(&d->vec, d->ix.seed);
     d->last_flush_ms = d->ix.clock0_ms;
     d->tier.impl = d;
 

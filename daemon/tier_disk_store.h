@@ -21,6 +21,7 @@
 #include "tier.h"
 #include "tier_disk.h"
 #include "tier_disk_index.h"
+#include "tier_disk_vectors.h"
 
 /** Deletions per transaction in invalidate and in the trim at open: bounds a transaction's
  * dirty pages well under LMDB's limit (MDB_TXN_FULL). */
@@ -47,6 +48,9 @@ typedef struct khala_disk_act {
                                   commit; owned by the write set until it is applied */
     uint32_t bytes;            /* PUT: klen + vlen */
     int64_t expire_ms;         /* PUT: absolute CLOCK_REALTIME expiry in ms, 0 = never */
+    /* PUT: the item written (its type and value, for the vector index), valid until the write
+     * ends; NULL = not a vector. */
+    const khala_tier_value_t *val;
 } khala_disk_act_t;
 
 /** A scan cursor's slot: where that scan resumes. */
@@ -122,6 +126,8 @@ typedef struct khala_disk_store {
     uint8_t cleanup_key_len;    /* where the pass resumes; 0 = at the first key */
     uint8_t cleanup_key[KHALA_KEY_MAX];
     uint64_t cleanups; /* cleanups completed */
+    /* The embedding items' vectors (similar, tier_disk_vectors.c), kept with ix. */
+    khala_disk_vectors_t vec;
 } khala_disk_store_t;
 
 /**

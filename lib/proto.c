@@ -473,15 +473,17 @@ enum { DIR_REQ = 1, DIR_REP = 2 };
 
 /* What a field's value is on the wire. */
 typedef enum wire {
-    W_UINT, /* non-negative integer */
-    W_RC,   /* 0 or a negative int32 */
-    W_BOOL, /* true / false */
-    W_BIN,  /* bin */
-    W_STR,  /* str */
-    W_WORD, /* str, one of a fixed list of names */
-    W_KEYS, /* array of bin */
-    W_DATA, /* map of str -> scalar or map */
-    W_OP    /* str, an op name */
+    W_UINT,   /* non-negative integer */
+    W_RC,     /* 0 or a negative int32 */
+    W_BOOL,   /* true / false */
+    W_BIN,    /* bin */
+    W_STR,    /* str */
+    W_WORD,   /* str, one of a fixed list of names */
+    W_KEYS,   /* array of bin */
+    W_DATA,   /* map of str -> scalar or map */
+    W_OP,     /* str, an op name */
+    W_FLOAT,  /* float32 / float64 (an integer is accepted too) */
+    W_MATCHES /* array of [bin, float, bin, uint, uint] (khala_proto_match_t) */
 } wire_t;
 
 /* The known fields, in encoding order. bit is the KHALA_F_* presence bit (0 for the fields
@@ -514,6 +516,8 @@ typedef enum field_id {
     FLD_KEYS,
     FLD_DATA,
     FLD_ARCHIVE,
+    FLD_SIM,
+    FLD_MATCHES,
     FLD_LINKS,
     FLD_COUNT_ /* number of fields */
 } field_id_t;
@@ -552,6 +556,8 @@ static const field_t fields[FLD_COUNT_] = {
     [FLD_KEYS] = {"keys", KHALA_F_KEYS, DIR_REQ | DIR_REP, W_KEYS},
     [FLD_DATA] = {"data", KHALA_F_DATA, DIR_REP, W_DATA},
     [FLD_ARCHIVE] = {"archive", KHALA_F_ARCHIVE, DIR_REQ, W_BOOL},
+    [FLD_SIM] = {"sim", KHALA_F_SIM, DIR_REQ, W_FLOAT},
+    [FLD_MATCHES] = {"matches", KHALA_F_MATCHES, DIR_REP, W_MATCHES},
     [FLD_LINKS] = {"links", KHALA_F_LINKS, DIR_REQ, W_KEYS},
 };
 
@@ -605,6 +611,10 @@ static const char *wire_expect(wire_t w) {
             return "an array of bin";
         case W_DATA:
             return "a map";
+        case W_FLOAT:
+            return "a float";
+        case W_MATCHES:
+            return "an array of [key, similarity, value, version, ttl]";
         default:
             return "a str";
     }
@@ -625,6 +635,11 @@ static int wire_ok(wire_t w, msgpack_object_type t) {
             return t == MSGPACK_OBJECT_ARRAY;
         case W_DATA:
             return t == MSGPACK_OBJECT_MAP;
+        case W_FLOAT:
+            return t == MSGPACK_OBJECT_FLOAT32 || t == MSGPACK_OBJECT_FLOAT64 ||
+                   t == MSGPACK_OBJECT_POSITIVE_INTEGER || t == MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        case W_MATCHES:
+            return t == MSGPACK_OBJECT_ARRAY;
         default:
             return t == MSGPACK_OBJECT_STR;
     }
@@ -707,6 +722,51 @@ static int decode_data(const msgpack_object *map, int depth, msgpack_zone *zone,
     }
     *out = items;
     *nout = n;
+    return 0;
+}
+
+/* A number as a double (wire W_FLOAT). */
+static double obj_double(const msgpack_object *v) {
+    if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return (double)v->via.u64;
+    if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        return (double)v->via.i64;
+    return v->via.f64; /* msgpack-c widens float32 to f64 */
+}
+
+/* Step 3: the "matches" array of a similar reply into khala_proto_match_t in the zone (ranges
+ * are checked by check_msg, for the encoder too). */
+static int decode_matches(const msgpack_object *v, msgpack_zone *zone, khala_msg_t *m, char *err,
+                          size_t errlen) {
+    uint32_t n = v->via.array.size;
+    khala_proto_match_t *ms = NULL;
+    if (n > 0 && !(ms = msgpack_zone_malloc(zone, (size_t)n * sizeof(*ms))))
+        return -ENOMEM;
+    static const msgpack_object_type want[5] = {MSGPACK_OBJECT_BIN, MSGPACK_OBJECT_FLOAT64,
+                                                MSGPACK_OBJECT_BIN, MSGPACK_OBJECT_POSITIVE_INTEGER,
+                                                MSGPACK_OBJECT_POSITIVE_INTEGER};
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *e = &v->via.array.ptr[i];
+        if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 5)
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "field 'matches' element %u is %s, expected an array of 5", i,
+                                 obj_kind(e));
+        const msgpack_object *x = e->via.array.ptr;
+        for (int j = 0; j < 5; j++) {
+            int ok = x[j].type == want[j] || (j == 1 && wire_ok(W_FLOAT, x[j].type));
+            if (!ok)
+                return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                     "field 'matches' element %u item %d is %s", i, j,
+                                     obj_kind(&x[j]));
+        }
+        ms[i] = (khala_proto_match_t){.key = obj_bytes(&x[0]),
+                                      .sim = obj_double(&x[1]),
+                                      .value = obj_bytes(&x[2]),
+                                      .ver = x[3].via.u64,
+                                      .ttl_ms = x[4].via.u64};
+    }
+    m->matches = ms;
+    m->nmatches = n;
     return 0;
 }
 
@@ -860,6 +920,11 @@ static int decode_field(int f, const msgpack_object *v, msgpack_zone *zone, khal
         }
         case FLD_DATA:
             return decode_data(v, 1, zone, &m->data, &m->ndata, err, errlen);
+        case FLD_SIM:
+            m->sim = obj_double(v);
+            break;
+        case FLD_MATCHES:
+            return decode_matches(v, zone, m, err, errlen);
         default:
             break;
     }
@@ -921,6 +986,29 @@ static int check_data(const khala_kv_t *items, uint32_t n, int depth, char *err,
             if (rc != 0)
                 return rc;
         }
+    }
+    return 0;
+}
+
+/* The "matches" of a similar reply: bounded, keys in range, similarities in -1..1. */
+static int check_matches(const khala_msg_t *m, char *err, size_t errlen) {
+    if (m->nmatches > KHALA_SIMILAR_K_MAX)
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'matches' has %u, max %u",
+                             m->nmatches, KHALA_SIMILAR_K_MAX);
+    if (m->nmatches > 0 && !m->matches)
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'matches' has %u and no array",
+                             m->nmatches);
+    for (uint32_t i = 0; i < m->nmatches; i++) {
+        const khala_proto_match_t *x = &m->matches[i];
+        if (x->key.len == 0 || x->key.len > KHALA_KEY_MAX)
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "field 'matches' element %u has a key of %zu bytes, expected "
+                                 "1..%d",
+                                 i, x->key.len, KHALA_KEY_MAX);
+        if (!(x->sim >= -1.0 && x->sim <= 1.0))
+            return khala__errbuf(err, errlen, KHALA_EPROTO,
+                                 "field 'matches' element %u has similarity %g, expected -1..1", i,
+                                 x->sim);
     }
     return 0;
 }
@@ -1014,6 +1102,11 @@ static int check_msg(const khala_msg_t *m, int dir, char *err, size_t errlen) {
     }
     if ((m->has & KHALA_F_DATA) && (rc = check_data(m->data, m->ndata, 1, err, errlen)) != 0)
         return rc;
+    if ((m->has & KHALA_F_SIM) && !(m->sim >= -1.0 && m->sim <= 1.0))
+        return khala__errbuf(err, errlen, KHALA_EPROTO, "field 'sim' is %g, expected -1..1",
+                             m->sim);
+    if ((m->has & KHALA_F_MATCHES) && (rc = check_matches(m, err, errlen)) != 0)
+        return rc;
     if ((m->has & KHALA_F_LINKS) && (rc = check_links(m, err, errlen)) != 0)
         return rc;
 
@@ -1036,6 +1129,8 @@ static int check_msg(const khala_msg_t *m, int dir, char *err, size_t errlen) {
             case KHALA_OP_PUT:
             case KHALA_OP_FILL:
                 return need(m, KHALA_F_K | KHALA_F_V, opname, err, errlen);
+            case KHALA_OP_SIMILAR:
+                return need(m, KHALA_F_V, opname, err, errlen);
             case KHALA_OP_INVALIDATE:
                 if ((rc = need(m, KHALA_F_BY, opname, err, errlen)) != 0)
                     return rc;
@@ -1076,6 +1171,8 @@ static int check_msg(const khala_msg_t *m, int dir, char *err, size_t errlen) {
         case KHALA_OP_CONFIG:
         case KHALA_OP_INSPECT:
             return need(m, KHALA_F_DATA, "a stats, config or inspect reply", err, errlen);
+        case KHALA_OP_SIMILAR:
+            return need(m, KHALA_F_MATCHES, "a similar reply", err, errlen);
         default:
             return 0;
     }
@@ -1304,6 +1401,25 @@ static int pack_field(msgpack_packer *pk, const khala_msg_t *m, int f) {
             return rc;
         case FLD_DATA:
             return pack_data(pk, m->data, m->ndata);
+        case FLD_SIM:
+            return msgpack_pack_double(pk, m->sim);
+        case FLD_MATCHES:
+            rc = msgpack_pack_array(pk, m->nmatches);
+            for (uint32_t i = 0; i < m->nmatches && rc == 0; i++) {
+                const khala_proto_match_t *x = &m->matches[i];
+                rc = msgpack_pack_array(pk, 5);
+                if (!rc)
+                    rc = msgpack_pack_bin_with_body(pk, x->key.ptr, x->key.len);
+                if (!rc)
+                    rc = msgpack_pack_double(pk, x->sim);
+                if (!rc)
+                    rc = msgpack_pack_bin_with_body(pk, x->value.ptr, x->value.len);
+                if (!rc)
+                    rc = msgpack_pack_uint64(pk, x->ver);
+                if (!rc)
+                    rc = msgpack_pack_uint64(pk, x->ttl_ms);
+            }
+            return rc;
         case FLD_LINKS:
             rc = msgpack_pack_array(pk, m->nlinks);
             for (uint32_t i = 0; i < m->nlinks && rc == 0; i++)

@@ -116,7 +116,8 @@
     X(WARM, "warm", 1)           /* promote keys from L2/L3 into L1 */                             \
     X(CONFIG, "config", 0)       /* the effective configuration */                                 \
     X(FILL, "fill", 1)           /* a single-flight leader's loaded value */                       \
-    X(FILL_FAIL, "fill_fail", 1) /* a single-flight leader's loader failed */
+    X(FILL_FAIL, "fill_fail", 1) /* a single-flight leader's loader failed */                      \
+    X(SIMILAR, "similar", 0)     /* semantic look-up of embeddings by vector */
 
 /** Operations (KHALA_OP_LIST). 0 is "none": a reply decoded without knowing which request it
  * answers. */
@@ -338,9 +339,21 @@ enum {
     KHALA_F_KEYS = 1u << 20,      /**< keys/nkeys: "keys" */
     KHALA_F_DATA = 1u << 21,      /**< data/ndata: "data" */
     KHALA_F_ARCHIVE = 1u << 22,   /**< archive: "archive" */
-    /* Bits 23-24: issue 12's semantic look-ups. */
-    KHALA_F_LINKS = 1u << 25 /**< links/nlinks: "links" (put and fill requests) */
+    KHALA_F_SIM = 1u << 23,       /**< sim: "sim" (similar request) */
+    KHALA_F_MATCHES = 1u << 24,   /**< matches/nmatches: "matches" (similar reply) */
+    KHALA_F_LINKS = 1u << 25      /**< links/nlinks: "links" (put and fill requests) */
 };
+
+/** One answer of a similar reply: an element of "matches", on the wire the array
+ * [key: bin, sim: float64, value: bin, ver: uint, ttl: uint]. Byte fields are views (see
+ * khala_msg_t). */
+typedef struct khala_proto_match {
+    khala_bytes_t key;   /**< 1..KHALA_KEY_MAX bytes */
+    double sim;          /**< cosine similarity to the query, -1..1 */
+    khala_bytes_t value; /**< the embedding's value (its float32 vector) */
+    uint64_t ver;        /**< the item's version */
+    uint64_t ttl_ms;     /**< time left, 0 = never expires */
+} khala_proto_match_t;
 
 /**
  * One request or reply. id and op (requests) or id and rc (replies) are always present; every
@@ -391,11 +404,15 @@ typedef struct khala_msg {
                                 (items they evicted for space) instead of the live levels; never
                                 promotes, never loads */
     uint32_t ndata;            /**< 0..KHALA_PROTO_MAP_MAX */
+    double sim; /**< "sim": similar request: the least cosine similarity, -1..1 (absent: khalad's
+                     [l3] similarity_threshold) */
+    const khala_proto_match_t *matches; /**< "matches": similar reply, most similar first */
+    uint32_t nmatches;                  /**< 0..KHALA_SIMILAR_K_MAX */
     const khala_bytes_t *links; /**< "links": put/fill: the keys of the end entities the item
                                      is linked to (daemon/relationships.h), nlinks keys of
                                      1..KHALA_KEY_MAX bytes, none the item's own key */
     uint32_t nlinks;            /**< 1..KHALA_PROTO_ARRAY_MAX */
-    struct msgpack_zone *zone;  /**< decoded messages only: owns keys, links and data; NULL
+    struct msgpack_zone *zone;  /**< decoded messages only: owns keys, links, matches, data; NULL
                                     otherwise */
 } khala_msg_t;
 

@@ -19,6 +19,7 @@
 #include "fake_tier.h"
 #include "khala/error.h"
 #include "tier_crypt.h"
+#include "tier_disk.h"
 #include "writeq.h"
 
 #define KEY1 "1111111111111111111111111111111111111111111111111111111111111111"
@@ -623,5 +624,97 @@ Test(crypt, a_tampered_journal_record_is_dropped_and_counted_never_replayed) {
     khala__wq_stats(q, &st);
     cr_assert_eq(st.unreadable, 0);
     khala__wq_free(q);
+    khala__crypt_close(c);
+}
+
+/* archive_get and similar (issue 12) ------------------------------------------------------- */
+
+/* archive_get opens what it reads as get does: the fake's archive is its live items (what is
+ * tested is the wrapper), reached through an ops table that has archive_get. */
+Test(crypt, the_wrapper_opens_archived_values_and_refuses_tampered_ones) {
+    khala_crypt_t *c = ring("1 " KEY1 "\n", AGENT_BIT);
+    fake_tier_t *f = fake_tier_new(KHALA_LEVEL_L3);
+    static khala_tier_ops_t with_archive;
+    with_archive = *f->tier.ops;
+    with_archive.archive_get = with_archive.get;
+    f->tier.ops = &with_archive;
+    khala_tier_t *t = NULL;
+    cr_assert_eq(khala__tier_crypt_wrap(&f->tier, c, &t), 0);
+    cr_assert_not_null(t->ops->archive_get);
+    khala_tier_value_t v = {(void *)SECRET, strlen(SECRET), 1, 0, (khala_type_t)AGENT};
+    cr_assert_eq(t->ops->put(t, "a", 1, &v), 0, "%s", t->err);
+    khala_tier_value_t got = {0};
+    cr_assert_eq(t->ops->archive_get(t, "a", 1, &got), 0, "%s", t->err);
+    cr_assert_eq(got.len, strlen(SECRET));
+    cr_assert_eq(memcmp(got.data, SECRET, got.len), 0);
+    khala__tier_value_free(&got);
+    /* A byte changed below: refused, as by get. */
+    for (int i = 0; i < FAKE_TIER_ITEMS; i++)
+        if (f->items[i].used && strcmp(f->items[i].key, "a") == 0)
+            f->items[i].val[f->items[i].vlen - 1] ^= 1;
+    cr_assert_eq(t->ops->archive_get(t, "a", 1, &got), KHALA_EAUTH);
+    cr_assert(strstr(t->err, "failed authentication"), "%s", t->err);
+    cr_assert_eq(t->ops->archive_get(t, "none", 4, &got), KHALA_ENOTFOUND);
+    t->ops->close(t);
+    khala__crypt_close(c);
+    /* Without an archive below, the wrapper has none either. */
+    c = ring("1 " KEY1 "\n", AGENT_BIT);
+    f = fake_tier_new(KHALA_LEVEL_L2);
+    cr_assert_eq(khala__tier_crypt_wrap(&f->tier, c, &t), 0);
+    cr_assert_null(t->ops->archive_get);
+    cr_assert_null(t->ops->similar);
+    t->ops->close(t);
+    khala__crypt_close(c);
+}
+
+static khala_tier_t *disk_store(const char *name) {
+    char path[128], err[256] = "";
+    snprintf(path, sizeof(path), "%s/%s", g_dir, name);
+    khala_tier_disk_opts_t o = {.path = path,
+                                .level = KHALA_LEVEL_L3,
+                                .max_items = 1000,
+                                .max_bytes = 1u << 24,
+                                .persistent = true};
+    khala_tier_t *t = NULL;
+    cr_assert_eq(khala__tier_disk_open(&o, &t, err, sizeof(err)), 0, "%s", err);
+    return t;
+}
+
+/* A level holding encrypted embeddings holds ciphertext: similar is refused with -ENOTSUP and
+ * a message saying why; with embeddings in the clear it is the inner driver's, and a value
+ * sealed while the type was encrypted is never a match. */
+Test(crypt, similar_is_refused_when_embeddings_are_encrypted_and_forwarded_otherwise) {
+    float v[8] = {1, 0, 0, 0, 0, 0, 0, 0};
+    khala_tier_value_t val = {v, sizeof(v), 1, 0, KHALA_TYPE_EMBEDDING};
+    khala_tier_match_t m[4];
+    uint32_t n = 0;
+
+    khala_crypt_t *c = ring("1 " KEY1 "\n", 1u << KHALA_TYPE_EMBEDDING);
+    khala_tier_t *t = NULL;
+    cr_assert_eq(khala__tier_crypt_wrap(disk_store("enc"), c, &t), 0);
+    cr_assert_not_null(t->ops->similar);
+    cr_assert_eq(t->ops->put(t, "sealed", 6, &val), 0, "%s", t->err);
+    cr_assert_eq(t->ops->similar(t, v, 8, 0.5f, 4, m, &n), -ENOTSUP);
+    cr_assert(strstr(t->err, "embedding type is encrypted"), "%s", t->err);
+    t->ops->close(t);
+    khala__crypt_close(c);
+
+    /* The same store, embeddings no longer encrypted: the sealed one is no match, a clear one
+     * is. */
+    c = ring("1 " KEY1 "\n", AGENT_BIT);
+    cr_assert_eq(khala__tier_crypt_wrap(disk_store("enc"), c, &t), 0);
+    cr_assert_eq(t->ops->put(t, "clear", 5, &val), 0, "%s", t->err);
+    cr_assert_eq(t->ops->similar(t, v, 8, -1.0f, 4, m, &n), 0, "%s", t->err);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(m[0].klen, 5);
+    cr_assert_eq(memcmp(m[0].key, "clear", 5), 0);
+    cr_assert_float_eq(m[0].similarity, 1.0f, 1e-6);
+    cr_assert_eq(m[0].val.len, sizeof(v));
+    khala__tier_match_free(&m[0]);
+    /* The inner driver's refusal of a bad query comes through. */
+    float z[8] = {0};
+    cr_assert_eq(t->ops->similar(t, z, 8, 0.5f, 4, m, &n), KHALA_EINVAL);
+    cr_assert(strstr(t->err, "zero vector"), "%s", t->err);
+    t->ops->close(t);
     khala__crypt_close(c);
 }

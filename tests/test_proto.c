@@ -6,6 +6,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -192,6 +193,16 @@ static void assert_msg_eq(const khala_msg_t *a, const khala_msg_t *b) {
     }
     if (h & KHALA_F_ARCHIVE)
         cr_assert_eq(a->archive, b->archive);
+    if (h & KHALA_F_SIM)
+        cr_assert_eq(a->sim, b->sim);
+    if (h & KHALA_F_MATCHES) {
+        cr_assert_eq(a->nmatches, b->nmatches);
+        for (uint32_t i = 0; i < a->nmatches; i++) {
+            const khala_proto_match_t *x = &a->matches[i], *y = &b->matches[i];
+            cr_assert(bytes_eq(x->key, y->key) && bytes_eq(x->value, y->value), "matches[%u]", i);
+            cr_assert(x->sim == y->sim && x->ver == y->ver && x->ttl_ms == y->ttl_ms);
+        }
+    }
 }
 
 /* Encode, check the frame, decode, compare; returns the frame's body length. */
@@ -240,6 +251,10 @@ static const khala_kv_t data5[] = {
 };
 
 /* A request of op with every field it can carry. */
+static const khala_proto_match_t matches2[] = {
+    {{nul_key, sizeof(nul_key)}, 1.0, {(const uint8_t *)"\0\0\x80?", 4}, 7, 0},
+    {{(const uint8_t *)"b", 1}, -0.5, {NULL, 0}, UINT64_MAX, 86400000}};
+
 static void full_request(khala_op_t op, khala_msg_t *m) {
     khala__proto_msg_init(m);
     m->id = 0x1122334455667788ull + (uint64_t)op;
@@ -304,6 +319,12 @@ static void full_request(khala_op_t op, khala_msg_t *m) {
             m->has |= KHALA_F_ERR;
             m->err = B("db timeout");
             break;
+        case KHALA_OP_SIMILAR:
+            m->has = KHALA_F_V | KHALA_F_COUNT | KHALA_F_SIM;
+            m->value = B("\0\0\x80?\0\0\0\0"); /* {1.0f, 0.0f}, little-endian */
+            m->count = 5;
+            m->sim = -0.25;
+            break;
         default: /* del, inspect */
             break;
     }
@@ -355,6 +376,12 @@ static void full_reply(khala_op_t op, khala_msg_t *m) {
         case KHALA_OP_FLUSH:
             m->has = KHALA_F_COUNT;
             m->count = 3;
+            break;
+        case KHALA_OP_SIMILAR:
+            m->has = KHALA_F_MATCHES | KHALA_F_LVL;
+            m->matches = matches2;
+            m->nmatches = 2;
+            m->lvl = KHALA_LEVEL_L3;
             break;
         default:
             break;
@@ -1185,6 +1212,84 @@ Test(proto, buffer_grows_and_consumes_from_the_front) {
     khala__proto_buf_free(&b);
     cr_assert_null(b.data);
     khala__proto_buf_free(&b);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* similar (issue 12)                                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+Test(proto, similar_needs_a_vector_and_bounds_sim_and_matches) {
+    khala_msg_t m;
+    full_request(KHALA_OP_SIMILAR, &m);
+    m.has &= ~(uint32_t)KHALA_F_V;
+    khala__proto_buf_reset(&g_out);
+    cr_assert_eq(khala__proto_encode_request(&g_out, &m, g_err, sizeof(g_err)), KHALA_EPROTO);
+    cr_assert_str_eq(g_err, "missing field 'v' (required by similar)");
+    full_request(KHALA_OP_SIMILAR, &m);
+    m.sim = 1.5;
+    cr_assert_eq(khala__proto_encode_request(&g_out, &m, g_err, sizeof(g_err)), KHALA_EPROTO);
+    cr_assert_str_eq(g_err, "field 'sim' is 1.5, expected -1..1");
+    m.sim = NAN;
+    cr_assert_eq(khala__proto_encode_request(&g_out, &m, g_err, sizeof(g_err)), KHALA_EPROTO);
+    /* On the wire: "sim" as a float32, a float64 or an integer; anything else is refused. */
+    const char *kinds[] = {"f32", "f64", "int", "str"};
+    for (int i = 0; i < 4; i++) {
+        sb_reset();
+        msgpack_pack_map(&g_pk, 4);
+        pkv_u("id", 1);
+        pkv_s("op", "similar");
+        ps("v");
+        pbin("\0\0\x80?", 4);
+        ps("sim");
+        if (i == 0)
+            msgpack_pack_float(&g_pk, -0.5f);
+        else if (i == 1)
+            msgpack_pack_double(&g_pk, -0.5);
+        else if (i == 2)
+            msgpack_pack_int(&g_pk, -1);
+        else
+            ps("0.5");
+        khala_msg_t d;
+        khala__proto_msg_init(&d);
+        if (i == 3) {
+            expect_req_error("field 'sim' is a str, expected a float");
+            continue;
+        }
+        cr_assert_eq(decode_req_raw(&d), 0, "%s: %s", kinds[i], g_err);
+        cr_assert_eq(d.sim, i == 2 ? -1.0 : -0.5, "%s", kinds[i]);
+        khala__proto_msg_free(&d);
+    }
+    /* A reply's matches: the key range and the similarity range hold. */
+    khala_msg_t r;
+    full_reply(KHALA_OP_SIMILAR, &r);
+    khala_proto_match_t bad = matches2[1];
+    bad.sim = 2;
+    r.matches = &bad;
+    r.nmatches = 1;
+    cr_assert_eq(khala__proto_encode_reply(&g_out, &r, g_err, sizeof(g_err)), KHALA_EPROTO);
+    cr_assert_str_eq(g_err, "field 'matches' element 0 has similarity 2, expected -1..1");
+    bad = matches2[1];
+    bad.key.len = 0;
+    cr_assert_eq(khala__proto_encode_reply(&g_out, &r, g_err, sizeof(g_err)), KHALA_EPROTO);
+    r.nmatches = KHALA_SIMILAR_K_MAX + 1;
+    cr_assert_eq(khala__proto_encode_reply(&g_out, &r, g_err, sizeof(g_err)), KHALA_EPROTO);
+    r.has = 0;
+    cr_assert_eq(khala__proto_encode_reply(&g_out, &r, g_err, sizeof(g_err)), KHALA_EPROTO);
+    cr_assert_str_eq(g_err, "missing field 'matches' (required by a similar reply)");
+    /* A malformed element on the wire. */
+    sb_reset();
+    msgpack_pack_map(&g_pk, 3);
+    pkv_u("id", 1);
+    pkv_u("rc", 0);
+    ps("matches");
+    msgpack_pack_array(&g_pk, 1);
+    msgpack_pack_array(&g_pk, 5);
+    pbin("k", 1);
+    ps("0.5");
+    pbin("", 0);
+    msgpack_pack_uint64(&g_pk, 1);
+    msgpack_pack_uint64(&g_pk, 0);
+    expect_rep_error(KHALA_OP_SIMILAR, "field 'matches' element 0 item 1 is a str");
 }
 
 /* "links" (relationship caching, issue 12) ------------------------------------------------- */

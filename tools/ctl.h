@@ -45,6 +45,10 @@ enum {
     O_VALUE_FROM = 1u << 8, /* --value-from FILE: put's value from a file ("-": stdin) */
     O_LINK = 1u << 9,       /* --link KEY (repeatable): put's links (relationship caching) */
     O_ARCHIVE = 1u << 10,   /* --archive: get reads the archive of the levels below L1 */
+    /* similar (bits far from the others': other commands add options too): --min S, the
+     * least similarity (-1..1); --vector-from FILE, the query as float32 bytes ("-": stdin). */
+    O_MIN = 1u << 20,
+    O_VECTOR_FROM = 1u << 21,
 };
 
 typedef struct ctl ctl_t;
@@ -77,6 +81,9 @@ struct ctl {
     const char *prefix, *keys_from, *value_from;
     khala_bytes_t links[KHALA_PROTO_ARRAY_MAX]; /* --link, in order */
     uint32_t nlinks;
+    /* similar: --min and --vector-from. */
+    double min_sim;
+    const char *vector_from;
     /* The connection. */
     char path[256]; /* the socket actually used */
     khala_chan_t *ch;

@@ -97,6 +97,8 @@ static const struct {
     {"value-from", O_VALUE_FROM, true},
     {"link", O_LINK, true},
     {"archive", O_ARCHIVE, false},
+    {"min", O_MIN, true},
+    {"vector-from", O_VECTOR_FROM, true},
 };
 
 #define NOPTS (sizeof(g_opts) / sizeof(g_opts[0]))
@@ -158,6 +160,15 @@ static int set_option(ctl_t *c, const char *name, const char *val) {
             return CTL_EXIT_USAGE;
         }
         c->links[c->nlinks++] = (khala_bytes_t){(const uint8_t *)val, n};
+    } else if (strcmp(name, "min") == 0) {
+        char *end = NULL;
+        c->min_sim = strtod(val, &end);
+        if (end == val || *end || !(c->min_sim >= -1.0 && c->min_sim <= 1.0)) {
+            fprintf(stderr, "khalactl: --min: '%s' is not a similarity from -1 to 1\n", val);
+            rc = CTL_EXIT_USAGE;
+        }
+    } else if (strcmp(name, "vector-from") == 0) {
+        c->vector_from = val;
     }
     return rc;
 }

@@ -46,6 +46,7 @@
 #include "channel.h"
 #include "ctl.h"
 #include "ctl_output.h"
+#include "ctl_similar.h"
 #include "khala/cache.h"
 #include "khala/error.h"
 #include "proto.h"
@@ -1062,6 +1063,48 @@ static int inspect_l1_alone(ctl_t *c) {
     return CTL_EXIT_OK;
 }
 
+/* similar: the embeddings nearest to a vector (tools/ctl_similar.c renders). No match exits 1,
+ * as a get of an absent key does. */
+static int cmd_similar(ctl_t *c) {
+    khala_msg_t m = request(KHALA_OP_SIMILAR), r;
+    uint8_t *vec = NULL;
+    size_t len = 0;
+    char why[160];
+    int rc;
+    if ((c->nargs == 1) == !!(c->given & O_VECTOR_FROM)) {
+        errorf(c, "give the vector either as a comma list or with --vector-from, not %s",
+               c->nargs == 1 ? "both" : "neither");
+        return CTL_EXIT_USAGE;
+    }
+    if (c->nargs == 1 && ctl_vector_parse(c->args[0], &vec, &len, why, sizeof(why)) != 0) {
+        errorf(c, "similar: %s", why);
+        return CTL_EXIT_USAGE;
+    }
+    if (c->nargs == 0 && (rc = read_file(c, c->vector_from, &vec, &len)) != 0)
+        return rc;
+    if ((c->given & O_COUNT) && c->count > KHALA_SIMILAR_K_MAX) {
+        errorf(c, "--count: similar returns 1 to %u matches", KHALA_SIMILAR_K_MAX);
+        free(vec);
+        return CTL_EXIT_USAGE;
+    }
+    m.value.ptr = vec;
+    m.value.len = len;
+    m.count = (c->given & O_COUNT) ? (uint32_t)c->count : 1;
+    m.has |= KHALA_F_V | KHALA_F_COUNT;
+    if (c->given & O_MIN) {
+        m.sim = c->min_sim;
+        m.has |= KHALA_F_SIM;
+    }
+    rc = call(c, &m, &r);
+    free(vec);
+    if (rc != 0)
+        return fail(c, rc, NULL);
+    ctl_similar_render(stdout, &r, c->json);
+    rc = r.nmatches ? CTL_EXIT_OK : CTL_EXIT_NOTFOUND;
+    khala__proto_msg_free(&r);
+    return rc;
+}
+
 /* The command table ------------------------------------------------------------------------ */
 
 static const cmd_t g_cmds[] = {
@@ -1081,6 +1124,8 @@ static const cmd_t g_cmds[] = {
     {"health", cmd_health, 0, 0, 0, "health", NULL},
     {"config", cmd_config, 0, 0, 0, "config", NULL},
     {"ping", cmd_ping, 0, 0, 0, "ping", NULL},
+    {"similar", cmd_similar, 0, 1, O_COUNT | O_MIN | O_VECTOR_FROM,
+     "similar X1,X2,...|--vector-from FILE [--count K] [--min S]", NULL},
 };
 
 #define NCMDS (sizeof(g_cmds) / sizeof(g_cmds[0]))

@@ -48,6 +48,13 @@ extern "C" {
 /** Longest cache name in bytes. Names use [A-Za-z0-9_.-] and become part of /dev/shm paths. */
 #define KHALA_NAME_MAX 64
 
+/** Most answers of one semantic look-up (khala_cache_similar): each comes with its value. */
+#define KHALA_SIMILAR_K_MAX 100u
+
+/** Largest dimension of a semantic look-up's vector (64 Ki floats, a 256 KiB request): far past
+ * every embedding model in use. */
+#define KHALA_SIMILAR_DIM_MAX 65536u
+
 /** An open cache. Opaque; one handle may be shared by the threads of one process. (Also
  * declared in stats.h; C11 allows the repetition.) */
 typedef struct khala_cache khala_cache_t;
@@ -662,6 +669,70 @@ KHALA_API KHALA_NODISCARD int khala_cache_warm_prefix(khala_cache_t *c, const vo
  */
 KHALA_API KHALA_NODISCARD int khala_cache_warm_type(khala_cache_t *c, khala_type_t type,
                                                     uint64_t *count);
+
+/* Semantic look-ups (issue 12) ------------------------------------------------------------ */
+
+/** Options of khala_cache_similar(). Initialize with khala_similar_options_init(). */
+typedef struct khala_similar_options {
+    uint32_t k;           /**< most matches wanted, 1..KHALA_SIMILAR_K_MAX; default 1 */
+    float min_similarity; /**< least cosine similarity of a match, -1..1; NAN (the default) =
+                               khalad's [l3] similarity_threshold */
+} khala_similar_options_t;
+
+/** One answer of khala_cache_similar(): an embedding item near the query. */
+typedef struct khala_match {
+    const void *key;   /**< the item's key (klen bytes, not NUL-terminated) */
+    size_t klen;       /**< 1..KHALA_KEY_MAX */
+    float similarity;  /**< cosine similarity to the query, -1..1 */
+    const void *value; /**< the item's value: its little-endian float32 vector */
+    size_t len;        /**< bytes of value (4 x the dimension) */
+    khala_meta_t meta; /**< level (the one that answered), version, time left, type */
+} khala_match_t;
+
+/** @brief Fill @p opts with the defaults: k 1, min_similarity NAN (khalad's threshold). */
+KHALA_API void khala_similar_options_init(khala_similar_options_t *opts);
+
+/**
+ * @brief Find the cached embedding items nearest to a vector: at most opts->k items of type
+ *        KHALA_TYPE_EMBEDDING, of the same dimension, whose cosine similarity to @p vec is at
+ *        least the threshold, most similar first (semantic deduplication: "is something like
+ *        this cached already?").
+ *
+ * khalad asks the slowest level below L1 that holds embeddings and answers look-ups by vector
+ * (L3, else L2: the disk store or SurrealDB; Redis does not), the next one only when it is down. An embedding item's value
+ * is its vector of little-endian float32 components; an item whose value is not one (a length
+ * not a multiple of 4, a zero vector) is never a match. L1 is not searched and no match is
+ * promoted into it.
+ *
+ * @param[in] c handle.
+ * @param[in] vec the query, @p dim floats (host order; sent little-endian). Any length: only its
+ *            direction counts.
+ * @param[in] dim 1..KHALA_SIMILAR_DIM_MAX.
+ * @param[in] opts the options; NULL for the defaults.
+ * @param[out] out the matches, most similar first; one block the caller owns, freed with
+ *             khala_matches_free(); NULL when none. Set on success only.
+ * @param[out] n how many matches (0 when none reaches the threshold). Set on success only.
+ * @return 0;
+ *         KHALA_EINVAL for a bad query (dim 0 or over KHALA_SIMILAR_DIM_MAX, a NaN or infinite
+ *         component, a zero vector), opts->k 0 or over KHALA_SIMILAR_K_MAX, or
+ *         opts->min_similarity outside -1..1 (checked here, before anything is sent);
+ *         -ENOTSUP when no level of khalad answers look-ups by vector, or the one that would
+ *         holds the embedding type encrypted (it cannot search ciphertext);
+ *         KHALA_ETIER when every level that would answer is down;
+ *         KHALA_EDENIED is never returned: the matches are those the caller may read;
+ *         -ENOMEM; and the codes common to calls through khalad (above).
+ * @note Safe from any thread. khalad returns fewer than k matches when their values would not
+ *       fit one reply frame.
+ */
+KHALA_API KHALA_NODISCARD int khala_cache_similar(khala_cache_t *c, const float *vec, uint32_t dim,
+                                                  const khala_similar_options_t *opts,
+                                                  khala_match_t **out, size_t *n);
+
+/**
+ * @brief Free what khala_cache_similar() returned.
+ * @param[in] matches its @p out, or NULL (then nothing happens).
+ */
+KHALA_API void khala_matches_free(khala_match_t *matches);
 
 /**
  * @brief Detail of the calling thread's last failure on @p c, naming the offending thing.

@@ -259,6 +259,12 @@ static void seed_request(khala_op_t op, khala_msg_t *m) {
             m->has = KHALA_F_K | KHALA_F_ERR;
             m->err = B("database timeout");
             break;
+        case KHALA_OP_SIMILAR:
+            m->has = KHALA_F_V | KHALA_F_COUNT | KHALA_F_SIM;
+            m->value = B("\0\0\x80?\0\0\0\0");
+            m->count = 3;
+            m->sim = 0.875;
+            break;
         default: /* del, inspect */
             m->has = KHALA_F_K;
             break;
@@ -311,6 +317,16 @@ static void seed_reply(khala_op_t op, khala_msg_t *m) {
             m->has = KHALA_F_COUNT;
             m->count = 12;
             break;
+        case KHALA_OP_SIMILAR: {
+            static const khala_proto_match_t matches[] = {
+                {{seed_key, sizeof(seed_key)}, 0.96875, {(const uint8_t *)"\0\0\x80?", 4}, 5, 0},
+                {{(const uint8_t *)"e:2", 3}, -1.0, {NULL, 0}, 6, 1000}};
+            m->has = KHALA_F_MATCHES | KHALA_F_LVL;
+            m->matches = matches;
+            m->nmatches = 2;
+            m->lvl = KHALA_LEVEL_L3;
+            break;
+        }
         default:
             break;
     }

@@ -533,3 +533,61 @@ Test(access, an_adopted_world_writable_segment_is_made_private_again) {
     cr_assert_eq(st.st_mode & 07777, 0660, "readers %o", st.st_mode & 07777);
     cr_assert_eq(st.st_gid, SOCKET_GROUP);
 }
+
+/* similar (issue 12) returns only the matches the peer may read, as keys does. */
+static int similar_of(khala_chan_t *ch, char *out, size_t len) {
+    static const float q[4] = {1, 0, 0, 0};
+    khala_msg_t m = khalad_req(KHALA_OP_SIMILAR, NULL), r;
+    m.value = (khala_bytes_t){(const uint8_t *)q, sizeof(q)};
+    m.count = 10;
+    m.sim = -1;
+    m.has |= KHALA_F_V | KHALA_F_COUNT | KHALA_F_SIM;
+    if (call(ch, &m, NULL, 0, &r) != 0)
+        return -1;
+    char names[16][64];
+    uint32_t n = r.nmatches < 16 ? r.nmatches : 16;
+    for (uint32_t i = 0; i < n; i++)
+        snprintf(names[i], sizeof(names[i]), "%.*s", (int)r.matches[i].key.len,
+                 (const char *)r.matches[i].key.ptr);
+    khala__proto_msg_free(&r);
+    qsort(names, n, sizeof(names[0]), (int (*)(const void *, const void *))strcmp);
+    out[0] = '\0';
+    for (uint32_t i = 0; i < n; i++)
+        snprintf(out + strlen(out), len - strlen(out), "%s%s", i ? "," : "", names[i]);
+    return (int)n;
+}
+
+static int similar_peer(void) {
+    khala_chan_t *ch = open_chan();
+    char list[512];
+    if (!ch)
+        return NO_CHAN;
+    if (similar_of(ch, list, sizeof(list)) != 2 || strcmp(list, "pub/e1,pub/e2") != 0) {
+        fprintf(stderr, "similar as the peer: %s\n", list);
+        return STEP + 1;
+    }
+    return OK;
+}
+
+Test(access, similar_returns_only_the_matches_the_peer_may_read) {
+    SKIP_UNLESS_ROOT();
+    const char *sets[] = {"access.rule=user:65534 read prefix:pub/", NULL};
+    start(sets);
+    khala_chan_t *owner = open_chan();
+    cr_assert_not_null(owner);
+    static const float v[4] = {1, 0.01f, 0, 0};
+    const char *keys[] = {"pub/e1", "pub/e2", "priv/e3"};
+    for (int i = 0; i < 3; i++) {
+        khala_msg_t m = khalad_req(KHALA_OP_PUT, keys[i]);
+        m.value = (khala_bytes_t){(const uint8_t *)v, sizeof(v)};
+        m.type = KHALA_TYPE_EMBEDDING;
+        m.mode = KHALA_MODE_THROUGH;
+        m.has |= KHALA_F_V | KHALA_F_TYPE | KHALA_F_MODE;
+        cr_assert_eq(call(owner, &m, NULL, 0, NULL), 0);
+    }
+    int rc = run_child(similar_peer);
+    cr_assert_eq(rc, OK, "the peer failed at step %d", rc);
+    char list[512];
+    cr_assert_eq(similar_of(owner, list, sizeof(list)), 3, "%s", list);
+    khala__chan_close(owner);
+}

@@ -589,3 +589,45 @@ Test(encryption, an_encrypted_type_without_a_key_file_is_a_configuration_error) 
     cr_assert(strstr(out, "[type.agent_response] encrypt: true needs [crypto] key_file"), "%s",
               out);
 }
+
+/* Semantic look-ups (issue 12): with embeddings encrypted, every level holds their ciphertext,
+ * which no similarity means anything over: similar is refused with -ENOTSUP naming why; with
+ * another type encrypted, embeddings are found as usual. */
+Test(encryption, similar_is_refused_when_embeddings_are_encrypted) {
+    static const float v[4] = {1, 0, 0, 0};
+    write_keys("1 " KEY1 "\n", 0600);
+    for (int enc = 1; enc >= 0; enc--) {
+        khalad_extra_sets[0] = g_sets[0];
+        snprintf(g_sets[0], sizeof(g_sets[0]), "crypto.key_file=%s", g_keys);
+        snprintf(g_sets[1], sizeof(g_sets[1]), "type.%s.encrypt=true",
+                 enc ? "embedding" : "agent_response");
+        khalad_extra_sets[1] = g_sets[1];
+        khalad_extra_sets[2] = NULL;
+        khalad_start();
+        khala_chan_t *ch = khalad_chan();
+        khala_msg_t m = khalad_req(KHALA_OP_PUT, enc ? "e:sealed" : "e:clear"), r;
+        m.value = (khala_bytes_t){(const uint8_t *)v, sizeof(v)};
+        m.type = KHALA_TYPE_EMBEDDING;
+        m.mode = KHALA_MODE_THROUGH;
+        m.has |= KHALA_F_V | KHALA_F_TYPE | KHALA_F_MODE;
+        cr_assert_eq(call(ch, &m, &r), 0);
+        khala__proto_msg_free(&r);
+        m = khalad_req(KHALA_OP_SIMILAR, NULL);
+        m.value = (khala_bytes_t){(const uint8_t *)v, sizeof(v)};
+        m.has |= KHALA_F_V;
+        int rc = call(ch, &m, &r);
+        if (enc) {
+            cr_assert_eq(rc, -ENOTSUP, "%s", khala_strerror(rc));
+            cr_assert(r.err.len && memmem(r.err.ptr, r.err.len, "embedding type is encrypted", 27),
+                      "%.*s", (int)r.err.len, (const char *)r.err.ptr);
+        } else {
+            cr_assert_eq(rc, 0, "%.*s", (int)r.err.len, (const char *)r.err.ptr);
+            cr_assert_eq(r.nmatches, 1, "only the embedding stored in the clear is a match");
+            cr_assert_eq(r.matches[0].key.len, 7);
+            cr_assert_eq(memcmp(r.matches[0].key.ptr, "e:clear", 7), 0);
+        }
+        khala__proto_msg_free(&r);
+        khala__chan_close(ch);
+        khalad_kill(SIGTERM);
+    }
+}

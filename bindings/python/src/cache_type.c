@@ -68,6 +68,13 @@ static void blocking_end(khpy_cache_t *self) {
     }
 }
 
+void khpy_cache_blocking(khpy_cache_t *self, int begin) {
+    if (begin)
+        blocking_begin(self);
+    else
+        blocking_end(self);
+}
+
 int khpy_parse(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                Py_ssize_t npos_min, Py_ssize_t npos_max, const char *const *names, Py_ssize_t n,
                PyObject **out) {
@@ -960,6 +967,10 @@ static PyMethodDef cache_methods[] = {
     {"warm", KHPY_METH(cache_warm), METH_FASTCALL | METH_KEYWORDS,
      "warm(keys=None, *, prefix=None, type=None) -> int: promote from the levels below L1 "
      "into L1; exactly one selector; returns the count warmed."},
+    {"similar", KHPY_METH(khpy_cache_similar), METH_FASTCALL | METH_KEYWORDS,
+     "similar(vector, *, k=1, min_similarity=None) -> [(key, similarity, Entry)]\n\n"
+     "The cached embeddings nearest to vector (float32: array('f'), numpy, bytes; or numbers), "
+     "most similar first, at least min_similarity (None: khalad's similarity_threshold)."},
     {"view", (PyCFunction)cache_view, METH_O,
      "view(key) -> context manager: `with c.view(k) as mv:` mv is a read-only memoryview into "
      "L1 (zero copy), or None when absent; released when the block ends."},

@@ -75,6 +75,12 @@ extern PyTypeObject khpy_cache_type;
 int khpy_cache_init_type(PyObject *module);
 /* The Cache's handle, or NULL with ValueError raised when it is closed. */
 khala_cache_t *khpy_cache_handle(khpy_cache_t *self);
+/* A call that releases the GIL begins (1) or ends (0): close() waits for the last one. */
+void khpy_cache_blocking(khpy_cache_t *self, int begin);
+
+/* similar.c: Cache.similar(vector, *, k=1, min_similarity=None). */
+PyObject *khpy_cache_similar(khpy_cache_t *self, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames);
 /* A get's L1 part, with the GIL held: 1 on a hit (*out a new reference: bytes, or an Entry with
  * with_meta), 0 on a miss, -1 with an exception set. */
 int khpy_cache_l1(khpy_cache_t *self, const khpy_key_t *k, int with_meta, PyObject **out);
