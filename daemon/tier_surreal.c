@@ -1,0 +1,1494 @@
+/*
+ * The SurrealDB L3 driver. See daemon/tier_surreal.h for the entry point, daemon/tier.h for the
+ * rules every driver keeps, and docs/tiers.md "SurrealDB" for why it is built this way.
+ *
+ * HOW IT WORKS
+ *
+ * Transport. Every statement goes to POST /rpc as a JSON-RPC request {"id", "method": "query",
+ * "params": [sql, vars]} with the headers surreal-ns, surreal-db, Accept and Content-Type
+ * application/json, and Basic auth from the URL; daemon/http_pool.c keeps pool_size keep-alive
+ * connections and retries transport errors. /rpc, not /sql: /sql takes variables only from the
+ * URL's query string (strings only, bounded by the server's URI limit), /rpc takes them typed in
+ * the body. A reply is {"result": [one {"status", "result"} per statement]} or {"error":
+ * {"code", "message"}}; every statement's status is checked (a 200 can carry an ERR).
+ *
+ * Binding. Keys and values reach the server only as variables: the SQL text holds fixed
+ * statements, parameter names ($k0, $r0, ...), integers we format (a batch index, KNN's k) and
+ * the record-id function's name. The table names are variables too ($tb, $atb: type::table($tb),
+ * REC($tb, $k)), except in the DEFINE statements of the schema, where SurrealQL wants an
+ * identifier: there the name is a config identifier checked against [A-Za-z_][A-Za-z0-9_]*.
+ * REC is type::thing on 1.x/2.x servers and type::record on 3.x (3.0 renamed it; neither name
+ * works on both): GET /version at open picks it.
+ *
+ * Rows. One record per key, id REC(table, hex(key)):
+ *     key      string          hex of the key's bytes (binary-safe; byte order = string order,
+ *                              so a key prefix is a string prefix: string::starts_with)
+ *     type     int             khala_type_t
+ *     version  int             the item's version (SurrealDB ints are i64: versions above
+ *                              INT64_MAX are refused); sent and read back as decimal strings
+ *                              (<int> $v, <string> version) so that no JSON parser on the way
+ *                              rounds it through a double
+ *     data     string          base64 of the value (JSON has no bytes; see docs/tiers.md)
+ *     created  int             wall-clock ms of the write
+ *     expires  option<int>     wall-clock ms the item expires; absent = never (never JSON null)
+ *     hits     int             access count: gets and note_hits, flushed once a second
+ *     vec      option<array<float>>  the vector of an embedding item (value = little-endian
+ *                              float32s), absent otherwise; HNSW-indexed when embedding_dim > 0
+ * Hex keys, base64 data and decimal versions also never look like a record id, a datetime or a
+ * uuid, which the server's JSON parser would otherwise turn strings into ("legacy strands").
+ * Wall-clock time (not monotonic): several hosts may share the server, and rows outlive khalad.
+ *
+ * The version rule, one statement per put (atomic: a statement is its own transaction):
+ *     IF (SELECT VALUE version FROM REC($tb, $k) WHERE live)[0] > <int> $r.v
+ *         { THROW "khala:eversion" } ELSE { UPSERT REC($tb, $k) SET ... RETURN NONE }
+ * An expired row is not live, so it is overwritten; an equal version is accepted. The THROW
+ * makes the statement's status ERR with our marker: KHALA_EVERSION for that key. mput sends its
+ * n statements in one request; each statement's status is that key's outcome.
+ *
+ * Reachability. Like the Redis driver: if the server does not answer, the operation fails with
+ * KHALA_ETIER, the tier is down, and it is retried no sooner than the backoff allows (50 ms
+ * doubling to 5 s); operations before then fail at once without network. The open (version,
+ * schema) finishes on the first call after the server answers.
+ *
+ * Cleanup. Every cleanup_interval_ms a pass starts; tick() runs one bounded step of it per call
+ * (one request of at most cleanup_batch rows), so a tick stays short:
+ *   1. expired live rows deleted (expires in (0, now]), until a step finds fewer than a batch;
+ *   2. the row count (SELECT count() ... GROUP ALL) is taken; while it exceeds max_entries, the
+ *      least valuable rows (fewest hits, then oldest) are moved to <table>_archive with expires
+ *      = now + archive_retention_ms, or deleted when that is 0 (one FOR statement per step: the
+ *      copy and the delete commit together);
+ *   3. archive rows past their retention deleted.
+ * Access counts: gets and note_hits add to a small table (HITS_MAX keys between flushes); tick
+ * flushes it once a second as one FOR statement of UPDATE ... SET hits += n (not retried: it is
+ * not idempotent, and a lost flush loses only a sample).
+ *
+ * Semantic look-up (similar). With embedding_dim > 0 and a query of that dimension: the HNSW
+ * index (`vec <|k,EF|> $q`), then vector::similarity::cosine for the score; otherwise an exact
+ * scan: WHERE array::len(vec) = $dim AND cosine >= $min ORDER BY sim DESC LIMIT k. Both filter
+ * expired rows and the threshold again in C.
+ *
+ * Invariants: st->tier is the first member; every json_t a function builds or receives it
+ * releases; no operation but health() and tick() runs before ready, and those finish the open.
+ */
+#include <errno.h>
+#include <fnmatch.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <sodium.h>
+
+#include "debug.h"
+#include "errbuf.h"
+#include "http_pool.h"
+#include "khala/error.h"
+#include "sys.h"
+#include "tier_surreal.h"
+
+/* Reconnect backoff: first delay, doubling to the cap. */
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 5000
+
+/* Retries of an idempotent request on a transport error (daemon/http_pool.h). */
+#define HTTP_RETRIES 2u
+
+/* Access counts: flush period and distinct keys counted between flushes. */
+#define HITS_FLUSH_MS 1000
+#define HITS_MAX 4096u
+
+/* scan()'s default batch; invalidate()'s step size. */
+#define SCAN_COUNT_DEFAULT 256u
+#define INVALIDATE_BATCH 1000u
+
+/* HNSW search's candidate list (EF of `<|k,EF|>`), at least k. */
+#define KNN_EF 64u
+
+/* Most keys of one mget / mput request (a bigger batch is split). */
+#define BATCH_MAX 512u
+
+/* The THROW marker of a put that lost on version. */
+#define EVERSION_MARK "khala:eversion"
+
+/* Hex of the longest key and its NUL. */
+#define HEXKEY_MAX (2u * KHALA_KEY_MAX + 1u)
+
+/* Cleanup phases (see "Cleanup" above). */
+enum { CLEAN_IDLE, CLEAN_EXPIRED, CLEAN_COUNT, CLEAN_EVICT, CLEAN_ARCHIVE };
+
+typedef struct hit {
+    char key[HEXKEY_MAX];
+    uint64_t n;
+} hit_t;
+
+/* The driver. Everything is the loop thread's (tier.h: drivers are called from it only). */
+typedef struct stier {
+    khala_tier_t tier; /* first: the caller's khala_tier_t * is this allocation */
+
+    /* Immutable after open. */
+    char table[KHALA_TIER_SURREAL_TABLE_MAX + 1];
+    char archive[KHALA_TIER_SURREAL_TABLE_MAX + sizeof("_archive")];
+    char where[160]; /* "L3 (surrealdb) host:port" for messages */
+    uint64_t max_entries;
+    int64_t cleanup_interval_ms, retention_ms;
+    uint32_t batch, dim;
+    khala_http_pool_t *http;
+
+    /* Reachability. */
+    bool ready;         /* version known and schema defined */
+    bool down;          /* the last request failed for transport */
+    const char *rec;    /* "type::thing" or "type::record", once ready */
+    int64_t retry_at;   /* monotonic ms: no attempt before, while down or not ready */
+    int64_t backoff_ms; /* the next delay */
+
+    /* Cleanup. */
+    int phase;
+    int64_t clean_at;  /* monotonic ms the next pass starts */
+    uint64_t count;    /* rows at the last count; UINT64_MAX before the first */
+    uint64_t to_evict; /* rows phase CLEAN_EVICT still moves */
+
+    /* Access counts. */
+    hit_t *hits;     /* HITS_MAX entries, allocated on first use */
+    size_t nhits;    /* used */
+    int64_t hits_at; /* monotonic ms of the next flush */
+
+    khala_tier_stats_t st;
+} stier_t;
+
+static const khala_tier_ops_t surreal_ops;
+
+static inline stier_t *ST(khala_tier_t *t) {
+    return (stier_t *)t;
+}
+
+#define terr(s, ...) khala__errbuf_set((s)->tier.err, sizeof((s)->tier.err), __VA_ARGS__)
+
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A growable string for SQL text                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct sbuf {
+    char *s;
+    size_t len, cap;
+    bool oom;
+} sbuf_t;
+
+static void sb_add(sbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_add(sbuf_t *b, const char *fmt, ...) {
+    if (b->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = true;
+            return;
+        }
+        if (b->s && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap <= b->len + (size_t)n)
+            cap *= 2;
+        char *s = realloc(b->s, cap);
+        if (!s) {
+            b->oom = true;
+            return;
+        }
+        b->s = s;
+        b->cap = cap;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Keys, values and rows                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+static int key_check(stier_t *s, const void *key, size_t klen) {
+    if (!key || klen == 0 || klen > KHALA_KEY_MAX) {
+        terr(s, "%s: key is %zu bytes, must be 1 to %d", s->where, klen, KHALA_KEY_MAX);
+        return KHALA_EKEY;
+    }
+    return 0;
+}
+
+static void key_hex(const void *key, size_t klen, char *out) {
+    sodium_bin2hex(out, HEXKEY_MAX, key, klen);
+}
+
+static int val_check(stier_t *s, const void *key, size_t klen, const khala_tier_value_t *v) {
+    char kq[KHALA_ERRBUF_QUOTE_CAP];
+    if ((unsigned)v->type >= KHALA_TYPE_COUNT) {
+        terr(s, "%s: key '%s': type %d is not a type", s->where,
+             khala__errbuf_quote(key, klen, kq, sizeof(kq)), (int)v->type);
+        return KHALA_EINVAL;
+    }
+    if (v->len > KHALA_TIER_SURREAL_VALUE_MAX) {
+        terr(s, "%s: key '%s': value is %zu bytes, max %u", s->where,
+             khala__errbuf_quote(key, klen, kq, sizeof(kq)), v->len, KHALA_TIER_SURREAL_VALUE_MAX);
+        return KHALA_ETOOBIG;
+    }
+    if (v->len && !v->data) {
+        terr(s, "%s: key '%s': no value bytes", s->where,
+             khala__errbuf_quote(key, klen, kq, sizeof(kq)));
+        return KHALA_EINVAL;
+    }
+    if (v->version > (uint64_t)INT64_MAX) {
+        terr(s, "%s: key '%s': version %llu is above SurrealDB's integers (max %lld)", s->where,
+             khala__errbuf_quote(key, klen, kq, sizeof(kq)), (unsigned long long)v->version,
+             (long long)INT64_MAX);
+        return KHALA_EINVAL;
+    }
+    if (v->ttl_ms < 0) {
+        terr(s, "%s: key '%s': negative TTL %lld ms", s->where,
+             khala__errbuf_quote(key, klen, kq, sizeof(kq)), (long long)v->ttl_ms);
+        return KHALA_EINVAL;
+    }
+    return 0;
+}
+
+/* A float32 vector of the value, or 0 when the item is not a vector (see the contract: dim =
+ * len / 4; len 0 or not a multiple of 4 is not a vector). */
+static uint32_t vec_dim(const khala_tier_value_t *v) {
+    if (v->type != KHALA_TYPE_EMBEDDING || v->len == 0 || v->len % 4 != 0)
+        return 0;
+    return (uint32_t)(v->len / 4);
+}
+
+static float f32_le(const uint8_t *p) {
+    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+/* The row object of a put: {"v": version text, "t": type, "d": base64, "e": expires?,
+ * "w": vector?}. NULL on -ENOMEM. */
+static json_t *row_new(stier_t *s, const khala_tier_value_t *v, int64_t now_wall) {
+    char ver[24];
+    snprintf(ver, sizeof(ver), "%llu", (unsigned long long)v->version);
+    size_t b64cap = sodium_base64_encoded_len(v->len, sodium_base64_VARIANT_ORIGINAL);
+    char *b64 = malloc(b64cap);
+    if (!b64)
+        return NULL;
+    sodium_bin2base64(b64, b64cap, v->len ? v->data : (const void *)"", v->len,
+                      sodium_base64_VARIANT_ORIGINAL);
+    json_t *r = json_object();
+    if (!r || json_object_set_new(r, "v", json_string(ver)) ||
+        json_object_set_new(r, "t", json_integer(v->type)) ||
+        json_object_set_new(r, "d", json_stringn_nocheck(b64, strlen(b64))))
+        goto fail;
+    free(b64);
+    b64 = NULL;
+    if (v->ttl_ms > 0 && json_object_set_new(r, "e", json_integer(now_wall + v->ttl_ms)))
+        goto fail;
+    uint32_t dim = vec_dim(v);
+    if (dim && (s->dim == 0 || dim == s->dim)) {
+        json_t *w = json_array();
+        if (!w || json_object_set_new(r, "w", w))
+            goto fail;
+        const uint8_t *p = v->data;
+        for (uint32_t i = 0; i < dim; i++) {
+            float f = f32_le(p + 4 * i);
+            if (!isfinite(f))
+                f = 0; /* JSON has no NaN or infinity; such a vector never matches well */
+            if (json_array_append_new(w, json_real(f)))
+                goto fail;
+        }
+    }
+    return r;
+fail:
+    free(b64);
+    json_decref(r);
+    return NULL;
+}
+
+/* Decode a row {key, type, version, data, expires?} into out. 0, -EBADMSG, -ENOMEM. */
+static int row_decode(const json_t *row, int64_t now_wall, khala_tier_value_t *out) {
+    json_t *jt = json_object_get(row, "type"), *jv = json_object_get(row, "version"),
+           *jd = json_object_get(row, "data"), *je = json_object_get(row, "expires");
+    if (!json_is_integer(jt) || !json_is_string(jv) || !json_is_string(jd))
+        return -EBADMSG;
+    json_int_t type = json_integer_value(jt);
+    if (type < 0 || type >= KHALA_TYPE_COUNT)
+        return -EBADMSG;
+    char *end;
+    errno = 0;
+    unsigned long long ver = strtoull(json_string_value(jv), &end, 10);
+    if (errno || *end)
+        return -EBADMSG;
+    int64_t ttl = 0;
+    if (json_is_integer(je)) {
+        ttl = json_integer_value(je) - now_wall;
+        if (ttl <= 0)
+            return -ENOENT; /* expired since the server looked */
+    }
+    const char *b64 = json_string_value(jd);
+    size_t b64len = json_string_length(jd), cap = b64len / 4 * 3 + 3, len = 0;
+    uint8_t *data = NULL;
+    if (b64len) {
+        data = malloc(cap);
+        if (!data)
+            return -ENOMEM;
+        if (sodium_base642bin(data, cap, b64, b64len, NULL, &len, NULL,
+                              sodium_base64_VARIANT_ORIGINAL) != 0) {
+            free(data);
+            return -EBADMSG;
+        }
+        if (len == 0) {
+            free(data);
+            data = NULL;
+        }
+    }
+    out->data = data;
+    out->len = len;
+    out->version = ver;
+    out->ttl_ms = ttl;
+    out->type = (khala_type_t)type;
+    return 0;
+}
+
+/* Decode a row's hex key into a malloc'ed buffer; 0, -EBADMSG, -ENOMEM. */
+static int row_key(const json_t *row, uint8_t *buf, size_t cap, size_t *len) {
+    json_t *jk = json_object_get(row, "key");
+    if (!json_is_string(jk))
+        return -EBADMSG;
+    if (sodium_hex2bin(buf, cap, json_string_value(jk), json_string_length(jk), NULL, len, NULL) !=
+            0 ||
+        *len == 0)
+        return -EBADMSG;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Requests                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+static void mark_down(stier_t *s) {
+    s->down = true;
+    s->retry_at = khala__sys_now_ms() + s->backoff_ms;
+    s->backoff_ms = s->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : s->backoff_ms * 2;
+}
+
+static void mark_up(stier_t *s) {
+    if (s->down)
+        s->st.reconnects++;
+    s->down = false;
+    s->backoff_ms = BACKOFF_MIN_MS;
+}
+
+/* Describe a failed HTTP exchange in t->err; KHALA_ETIER. */
+static int http_fail(stier_t *s, const char *what, const khala_http_resp_t *r) {
+    if (r->rc != 0) {
+        terr(s, "%s: %s: %s (%s); next attempt in %lld ms", s->where, what,
+             r->rc == -ETIMEDOUT      ? "timed out"
+             : r->rc == -ECONNREFUSED ? "connection refused"
+                                      : "transport error",
+             r->err, (long long)s->backoff_ms);
+    } else if (r->status == 401 || r->status == 403) {
+        terr(s,
+             "%s: authentication failed (HTTP %ld): check the user and password of "
+             "surrealdb_url",
+             s->where, r->status);
+    } else {
+        terr(s, "%s: %s: HTTP %ld: %.120s", s->where, what, r->status,
+             r->body ? r->body : "(no body)");
+    }
+    return KHALA_ETIER;
+}
+
+/*
+ * Run sql with vars (stolen; NULL = none) as one /rpc query. On 0, *out is the reply's array of
+ * statement results, one per statement (the caller releases it). KHALA_ETIER (transport, a
+ * status other than 200, a reply of another shape, an RPC error: the request as a whole
+ * failed) or -ENOMEM, with t->err set. A transport failure marks the tier down.
+ */
+static int query(stier_t *s, const char *sql, json_t *vars, bool idempotent, json_t **out) {
+    KHALA_ASSERT(s->http && sql && out);
+    json_t *req = json_pack("{s:i, s:s, s:[s, o]}", "id", 1, "method", "query", "params", sql,
+                            vars ? vars : json_object());
+    if (!req) {
+        terr(s, "%s: out of memory", s->where);
+        return -ENOMEM;
+    }
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    if (!body) {
+        terr(s, "%s: out of memory", s->where);
+        return -ENOMEM;
+    }
+    khala_http_resp_t r;
+    int rc = khala__http_request(s->http, "POST", "/rpc", body, strlen(body), idempotent, &r);
+    free(body);
+    if (rc == -ENOMEM) {
+        terr(s, "%s: out of memory", s->where);
+        return -ENOMEM;
+    }
+    if (rc != 0 || r.status != 200) {
+        if (rc != 0)
+            mark_down(s);
+        rc = http_fail(s, "query", &r);
+        khala__http_resp_free(&r);
+        return rc;
+    }
+    json_error_t je;
+    json_t *reply = json_loadb(r.body ? r.body : "", r.len, 0, &je);
+    khala__http_resp_free(&r);
+    json_t *res = json_object_get(reply, "result"), *err = json_object_get(reply, "error");
+    if (json_is_object(err)) {
+        json_t *m = json_object_get(err, "message");
+        const char *msg = json_is_string(m) ? json_string_value(m) : "(no message)";
+        if (strstr(msg, "uthenticat") || strstr(msg, "ermission") || strstr(msg, "IAM"))
+            terr(s, "%s: authentication failed: %.160s", s->where, msg);
+        else
+            terr(s, "%s: the server refused the query: %.160s", s->where, msg);
+        json_decref(reply);
+        return KHALA_ETIER;
+    }
+    if (!json_is_array(res)) {
+        terr(s, "%s: a reply that is not a list of statement results: %.80s", s->where,
+             reply ? je.text : "not JSON");
+        json_decref(reply);
+        return KHALA_ETIER;
+    }
+    json_incref(res);
+    json_decref(reply);
+    *out = res;
+    return 0;
+}
+
+/* Statement i of results: 0 and *val (borrowed) when its status is OK; KHALA_EREFUSED with
+ * *msg (borrowed) when ERR; KHALA_ETIER when absent or of another shape. */
+static int stmt(stier_t *s, const json_t *results, size_t i, json_t **val, const char **msg) {
+    json_t *o = json_array_get(results, i);
+    json_t *st = json_object_get(o, "status"), *res = json_object_get(o, "result");
+    if (!json_is_string(st)) {
+        terr(s, "%s: the reply lacks the result of statement %zu", s->where, i + 1);
+        return KHALA_ETIER;
+    }
+    if (strcmp(json_string_value(st), "OK") == 0) {
+        if (val)
+            *val = res;
+        return 0;
+    }
+    const char *m = json_is_string(res) ? json_string_value(res) : "(no message)";
+    if (msg)
+        *msg = m;
+    terr(s, "%s: statement %zu failed: %.160s", s->where, i + 1, m);
+    return KHALA_EREFUSED;
+}
+
+/* Run sql and require every statement OK; *out (may be NULL) gets the results. KHALA_ETIER for
+ * an ERR here: these are the driver's own statements, which fail only when the level cannot
+ * serve (a missing table, a changed schema, a conflict). */
+static int query_ok(stier_t *s, const char *sql, json_t *vars, bool idempotent, size_t nstmt,
+                    json_t **out) {
+    json_t *res = NULL;
+    int rc = query(s, sql, vars, idempotent, &res);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < nstmt; i++) {
+        if ((rc = stmt(s, res, i, NULL, NULL)) != 0) {
+            json_decref(res);
+            return KHALA_ETIER;
+        }
+    }
+    if (out)
+        *out = res;
+    else
+        json_decref(res);
+    return 0;
+}
+
+/* The variables every statement uses: $tb, $atb, $now. NULL on -ENOMEM. */
+static json_t *vars_new(stier_t *s, int64_t now_wall) {
+    return json_pack("{s:s, s:s, s:I}", "tb", s->table, "atb", s->archive, "now",
+                     (json_int_t)now_wall);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Open, schema, reachability                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+/* GET /version: "surrealdb-X.Y.Z" picks the record-id function. */
+static int learn_version(stier_t *s) {
+    khala_http_resp_t r;
+    int rc = khala__http_request(s->http, "GET", "/version", NULL, 0, true, &r);
+    if (rc != 0 || r.status != 200) {
+        if (rc != 0)
+            mark_down(s);
+        rc = http_fail(s, "GET /version", &r);
+        khala__http_resp_free(&r);
+        return rc;
+    }
+    const char *b = r.body ? r.body : "";
+    const char *d = strchr(b, '-');
+    long major = d ? strtol(d + 1, NULL, 10) : 0;
+    if (!d || major <= 0) {
+        terr(s, "%s: GET /version answered '%.40s', not surrealdb-X.Y.Z", s->where, b);
+        khala__http_resp_free(&r);
+        return KHALA_ETIER;
+    }
+    s->rec = major >= 3 ? "type::record" : "type::thing";
+    khala__http_resp_free(&r);
+    return 0;
+}
+
+/* Define the two tables (idempotent). */
+static int define_schema(stier_t *s) {
+    sbuf_t b = {0};
+    const char *tabs[2] = {s->table, s->archive};
+    for (int i = 0; i < 2; i++) {
+        const char *t = tabs[i];
+        sb_add(&b,
+               "DEFINE TABLE IF NOT EXISTS %s SCHEMAFULL;"
+               "DEFINE FIELD IF NOT EXISTS key ON %s TYPE string;"
+               "DEFINE FIELD IF NOT EXISTS `type` ON %s TYPE int;"
+               "DEFINE FIELD IF NOT EXISTS version ON %s TYPE int;"
+               "DEFINE FIELD IF NOT EXISTS data ON %s TYPE string;"
+               "DEFINE FIELD IF NOT EXISTS created ON %s TYPE int;"
+               "DEFINE FIELD IF NOT EXISTS expires ON %s TYPE option<int>;"
+               "DEFINE FIELD IF NOT EXISTS hits ON %s TYPE int;"
+               "DEFINE FIELD IF NOT EXISTS vec ON %s TYPE option<array<float>>;"
+               "DEFINE INDEX IF NOT EXISTS %s_expires ON %s FIELDS expires;"
+               "DEFINE INDEX IF NOT EXISTS %s_type ON %s FIELDS `type`;",
+               t, t, t, t, t, t, t, t, t, t, t, t, t);
+    }
+    size_t n = 22;
+    if (s->dim > 0) {
+        sb_add(&b,
+               "DEFINE INDEX IF NOT EXISTS %s_vec ON %s FIELDS vec HNSW DIMENSION %u DIST "
+               "COSINE;",
+               s->table, s->table, s->dim);
+        n++;
+    }
+    if (b.oom) {
+        free(b.s);
+        terr(s, "%s: out of memory", s->where);
+        return -ENOMEM;
+    }
+    int rc = query_ok(s, b.s, NULL, true, n, NULL);
+    free(b.s);
+    if (rc == KHALA_ETIER && !s->down)
+        terr(s, "%s: defining the tables %s and %s failed: %s", s->where, s->table, s->archive,
+             s->tier.err + strlen(s->where) + 2);
+    return rc;
+}
+
+/* Make the level usable if it is not: within the backoff, learn the version, define the schema.
+ * 0 when ready and up; KHALA_ETIER (t->err says why) otherwise. */
+static int reach(stier_t *s) {
+    if (s->ready && !s->down)
+        return 0;
+    int64_t now = khala__sys_now_ms();
+    if (now < s->retry_at)
+        return KHALA_ETIER; /* t->err still says why and when */
+    int rc = 0;
+    if (!s->ready) {
+        if ((rc = learn_version(s)) == 0 && (rc = define_schema(s)) == 0)
+            s->ready = true;
+    } else {
+        json_t *res = NULL;
+        if ((rc = query_ok(s, "RETURN 1", NULL, true, 1, &res)) == 0)
+            json_decref(res);
+    }
+    if (rc) {
+        if (!s->down)
+            mark_down(s); /* an answer that is not a usable level: try again later too */
+        return KHALA_ETIER;
+    }
+    mark_up(s);
+    s->tier.err[0] = '\0';
+    return 0;
+}
+
+/* The code an operation returns, counted. */
+static int done(stier_t *s, int rc) {
+    if (rc == KHALA_ETIER || rc == KHALA_EREFUSED || rc == -ENOMEM)
+        s->st.errors++;
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Access counts                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+static void hit_add(stier_t *s, const char *hex, uint64_t n) {
+    for (size_t i = 0; i < s->nhits; i++) {
+        if (strcmp(s->hits[i].key, hex) == 0) {
+            s->hits[i].n += n;
+            return;
+        }
+    }
+    if (!s->hits && !(s->hits = calloc(HITS_MAX, sizeof(*s->hits))))
+        return;
+    if (s->nhits >= HITS_MAX)
+        return; /* a sample for warming and eviction, not an audit */
+    snprintf(s->hits[s->nhits].key, HEXKEY_MAX, "%s", hex);
+    s->hits[s->nhits++].n = n;
+}
+
+static void hits_flush(stier_t *s) {
+    if (s->nhits == 0)
+        return;
+    json_t *vars = vars_new(s, wall_ms()), *arr = json_array();
+    if (!vars || !arr || json_object_set_new(vars, "h", arr)) {
+        json_decref(vars);
+        return;
+    }
+    for (size_t i = 0; i < s->nhits; i++)
+        json_array_append_new(
+            arr, json_pack("{s:s, s:I}", "k", s->hits[i].key, "n", (json_int_t)s->hits[i].n));
+    s->nhits = 0;
+    sbuf_t b = {0};
+    sb_add(&b, "FOR $h IN $h { UPDATE %s($tb, $h.k) SET hits += $h.n RETURN NONE; };", s->rec);
+    if (!b.oom)
+        (void)query_ok(s, b.s, vars, false, 1, NULL);
+    else
+        json_decref(vars);
+    free(b.s);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Reads                                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+#define ROW_FIELDS "key, `type`, <string> version AS version, data, expires"
+#define LIVE "(expires = NONE OR expires > $now)"
+
+/* One row of statement i: 0 (out filled), KHALA_ENOTFOUND, KHALA_ETIER, -ENOMEM. */
+static int read_row(stier_t *s, const json_t *res, size_t i, int64_t now_wall, const void *key,
+                    size_t klen, khala_tier_value_t *out) {
+    json_t *val = NULL;
+    if (stmt(s, res, i, &val, NULL) != 0)
+        return KHALA_ETIER;
+    if (json_is_null(val) || (json_is_array(val) && json_array_size(val) == 0))
+        return KHALA_ENOTFOUND;
+    json_t *row = json_is_array(val) ? json_array_get(val, 0) : val;
+    khala_tier_value_t v = {0};
+    int rc = row_decode(row, now_wall, &v);
+    if (rc == -ENOENT)
+        return KHALA_ENOTFOUND;
+    if (rc == -ENOMEM) {
+        terr(s, "%s: out of memory", s->where);
+        return -ENOMEM;
+    }
+    if (rc) {
+        char kq[KHALA_ERRBUF_QUOTE_CAP];
+        terr(s, "%s: key '%s': the stored row is not a khala row (read as a miss)", s->where,
+             khala__errbuf_quote(key, klen, kq, sizeof(kq)));
+        s->st.errors++;
+        return KHALA_ENOTFOUND;
+    }
+    *out = v;
+    return 0;
+}
+
+static int get_from(stier_t *s, const char *tbvar, const void *key, size_t klen,
+                    khala_tier_value_t *out, bool count) {
+    int rc = key_check(s, key, klen);
+    if (rc)
+        return rc;
+    if ((rc = reach(s)) != 0)
+        return done(s, rc);
+    char hex[HEXKEY_MAX];
+    key_hex(key, klen, hex);
+    int64_t now = wall_ms();
+    json_t *vars = vars_new(s, now);
+    if (!vars || json_object_set_new(vars, "k", json_string(hex)))
+        return json_decref(vars), done(s, -ENOMEM);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT " ROW_FIELDS " FROM %s(%s, $k) WHERE " LIVE ";", s->rec,
+             tbvar);
+    json_t *res = NULL;
+    if ((rc = query(s, sql, vars, true, &res)) != 0)
+        return done(s, rc);
+    rc = read_row(s, res, 0, now, key, klen, out);
+    json_decref(res);
+    if (count) {
+        s->st.gets++;
+        if (rc == 0) {
+            s->st.hits++;
+            hit_add(s, hex, 1);
+        } else if (rc == KHALA_ENOTFOUND) {
+            s->st.misses++;
+        }
+    }
+    return done(s, rc);
+}
+
+static int s_get(khala_tier_t *t, const void *key, size_t klen, khala_tier_value_t *out) {
+    return get_from(ST(t), "$tb", key, klen, out, true);
+}
+
+static int s_archive_get(khala_tier_t *t, const void *key, size_t klen, khala_tier_value_t *out) {
+    return get_from(ST(t), "$atb", key, klen, out, false);
+}
+
+static int s_mget(khala_tier_t *t, size_t n, const khala_bytes_t *keys, khala_tier_value_t *out,
+                  int *rcs) {
+    stier_t *s = ST(t);
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = (khala_tier_value_t){0};
+        rcs[i] = key_check(s, keys[i].ptr, keys[i].len);
+    }
+    if ((rc = reach(s)) != 0) {
+        for (size_t i = 0; i < n; i++)
+            if (rcs[i] == 0)
+                rcs[i] = KHALA_ETIER;
+        return done(s, rc);
+    }
+    for (size_t base = 0; base < n; base += BATCH_MAX) {
+        size_t m = n - base < BATCH_MAX ? n - base : BATCH_MAX;
+        int64_t now = wall_ms();
+        json_t *vars = vars_new(s, now);
+        sbuf_t b = {0};
+        size_t idx[BATCH_MAX], k = 0;
+        for (size_t j = 0; j < m && vars; j++) {
+            size_t i = base + j;
+            if (rcs[i] != 0)
+                continue;
+            char hex[HEXKEY_MAX], name[16];
+            key_hex(keys[i].ptr, keys[i].len, hex);
+            snprintf(name, sizeof(name), "k%zu", k);
+            if (json_object_set_new(vars, name, json_string(hex))) {
+                json_decref(vars);
+                vars = NULL;
+                break;
+            }
+            sb_add(&b, "SELECT " ROW_FIELDS " FROM %s($tb, $k%zu) WHERE " LIVE ";", s->rec, k);
+            idx[k++] = i;
+        }
+        if (!vars || b.oom) {
+            json_decref(vars);
+            free(b.s);
+            rc = -ENOMEM;
+            for (size_t j = 0; j < m; j++)
+                if (rcs[base + j] == 0)
+                    rcs[base + j] = -ENOMEM;
+            continue;
+        }
+        if (k == 0) {
+            json_decref(vars);
+            free(b.s);
+            continue;
+        }
+        json_t *res = NULL;
+        int q = query(s, b.s, vars, true, &res);
+        free(b.s);
+        for (size_t j = 0; j < k; j++) {
+            size_t i = idx[j];
+            rcs[i] = q ? q : read_row(s, res, j, now, keys[i].ptr, keys[i].len, &out[i]);
+            s->st.gets++;
+            if (rcs[i] == 0) {
+                char hex[HEXKEY_MAX];
+                key_hex(keys[i].ptr, keys[i].len, hex);
+                hit_add(s, hex, 1);
+                s->st.hits++;
+            } else if (rcs[i] == KHALA_ENOTFOUND) {
+                s->st.misses++;
+            } else if (!rc) {
+                rc = rcs[i];
+            }
+        }
+        json_decref(res);
+    }
+    return done(s, rc);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Writes                                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Append put statement number k (variables $k<k>, $r<k>). */
+static void put_stmt(stier_t *s, sbuf_t *b, size_t k) {
+    sb_add(b,
+           "IF (SELECT VALUE version FROM %s($tb, $k%zu) WHERE " LIVE ")[0] > <int> $r%zu.v "
+           "{ THROW \"" EVERSION_MARK "\" } ELSE { UPSERT %s($tb, $k%zu) SET key = $k%zu, "
+           "`type` = $r%zu.t, version = <int> $r%zu.v, data = $r%zu.d, created = $now, "
+           "expires = $r%zu.e, hits = hits ?? 0, vec = $r%zu.w RETURN NONE };",
+           s->rec, k, k, s->rec, k, k, k, k, k, k, k);
+}
+
+static int s_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
+                  const khala_tier_value_t *vals) {
+    stier_t *s = ST(t);
+    int rc;
+    for (size_t i = 0; i < n; i++)
+        if ((rc = key_check(s, keys[i].ptr, keys[i].len)) != 0 ||
+            (rc = val_check(s, keys[i].ptr, keys[i].len, &vals[i])) != 0)
+            return rc;
+    if ((rc = reach(s)) != 0)
+        return done(s, rc);
+    int worst = 0;
+    for (size_t base = 0; base < n; base += BATCH_MAX) {
+        size_t m = n - base < BATCH_MAX ? n - base : BATCH_MAX;
+        int64_t now = wall_ms();
+        json_t *vars = vars_new(s, now);
+        sbuf_t b = {0};
+        for (size_t k = 0; k < m && vars; k++) {
+            size_t i = base + k;
+            char hex[HEXKEY_MAX], kn[16], rn[16];
+            key_hex(keys[i].ptr, keys[i].len, hex);
+            snprintf(kn, sizeof(kn), "k%zu", k);
+            snprintf(rn, sizeof(rn), "r%zu", k);
+            json_t *row = row_new(s, &vals[i], now);
+            if (!row || json_object_set_new(vars, kn, json_string(hex)) ||
+                json_object_set_new(vars, rn, row)) {
+                json_decref(vars);
+                vars = NULL;
+                break;
+            }
+            put_stmt(s, &b, k);
+        }
+        if (!vars || b.oom) {
+            json_decref(vars);
+            free(b.s);
+            terr(s, "%s: out of memory", s->where);
+            return done(s, -ENOMEM);
+        }
+        json_t *res = NULL;
+        rc = query(s, b.s, vars, true, &res);
+        free(b.s);
+        if (rc)
+            return done(s, rc);
+        char refused[sizeof(s->tier.err)] = "";
+        for (size_t k = 0; k < m; k++) {
+            const char *msg = NULL;
+            int r = stmt(s, res, k, NULL, &msg);
+            s->st.puts++;
+            if (r == KHALA_EREFUSED && msg && strstr(msg, EVERSION_MARK)) {
+                r = KHALA_EVERSION;
+            } else if (r == KHALA_EREFUSED) {
+                char kq[KHALA_ERRBUF_QUOTE_CAP];
+                khala__errbuf_set(
+                    refused, sizeof(refused),
+                    "%s: key '%s': the server refused the "
+                    "write: %.160s",
+                    s->where,
+                    khala__errbuf_quote(keys[base + k].ptr, keys[base + k].len, kq, sizeof(kq)),
+                    msg);
+            }
+            if (r == KHALA_ETIER) {
+                json_decref(res);
+                return done(s, r);
+            }
+            if (r == KHALA_EREFUSED || (r == KHALA_EVERSION && worst == 0))
+                worst = r;
+        }
+        json_decref(res);
+        if (refused[0])
+            snprintf(s->tier.err, sizeof(s->tier.err), "%s", refused);
+    }
+    if (worst == KHALA_EVERSION) {
+        terr(s, "%s: a stored version is newer", s->where);
+        return worst;
+    }
+    return done(s, worst);
+}
+
+static int s_put(khala_tier_t *t, const void *key, size_t klen, const khala_tier_value_t *val) {
+    khala_bytes_t k = {.ptr = key, .len = klen};
+    return s_mput(t, 1, &k, val);
+}
+
+static int s_del(khala_tier_t *t, const void *key, size_t klen) {
+    stier_t *s = ST(t);
+    int rc = key_check(s, key, klen);
+    if (rc)
+        return rc;
+    if ((rc = reach(s)) != 0)
+        return done(s, rc);
+    char hex[HEXKEY_MAX];
+    key_hex(key, klen, hex);
+    json_t *vars = vars_new(s, wall_ms());
+    if (!vars || json_object_set_new(vars, "k", json_string(hex)))
+        return json_decref(vars), done(s, -ENOMEM);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "RETURN array::len((DELETE %s($tb, $k) RETURN BEFORE));", s->rec);
+    json_t *res = NULL, *val = NULL;
+    if ((rc = query_ok(s, sql, vars, true, 1, &res)) != 0)
+        return done(s, rc);
+    stmt(s, res, 0, &val, NULL);
+    rc = json_is_integer(val) && json_integer_value(val) > 0 ? 0 : KHALA_ENOTFOUND;
+    json_decref(res);
+    s->st.dels++;
+    return done(s, rc);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Scans, invalidation                                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Visit the keys of rows (an array of objects with "key"); stops when fn returns non-zero.
+ * Returns fn's non-zero, or 0. */
+static int visit(const json_t *rows, const char *pattern, khala_tier_scan_fn fn, void *arg) {
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row) {
+        uint8_t key[KHALA_KEY_MAX + 1];
+        size_t klen;
+        if (row_key(row, key, KHALA_KEY_MAX, &klen) != 0)
+            continue;
+        if (pattern) {
+            key[klen] = '\0';
+            if (memchr(key, '\0', klen) || fnmatch(pattern, (char *)key, 0) != 0)
+                continue;
+        }
+        int r = fn(arg, key, klen);
+        if (r)
+            return r;
+    }
+    return 0;
+}
+
+static int s_scan(khala_tier_t *t, uint64_t *cursor, const char *pattern, size_t count,
+                  khala_tier_scan_fn fn, void *arg) {
+    stier_t *s = ST(t);
+    int rc = reach(s);
+    if (rc)
+        return done(s, rc);
+    if (count == 0)
+        count = SCAN_COUNT_DEFAULT;
+    json_t *vars = vars_new(s, wall_ms());
+    if (!vars || json_object_set_new(vars, "n", json_integer((json_int_t)count)) ||
+        json_object_set_new(vars, "s", json_integer((json_int_t)*cursor)))
+        return json_decref(vars), done(s, -ENOMEM);
+    json_t *res = NULL, *rows = NULL;
+    if ((rc = query_ok(s, "SELECT key FROM type::table($tb) WHERE " LIVE " LIMIT $n START $s;",
+                       vars, true, 1, &res)) != 0)
+        return done(s, rc);
+    stmt(s, res, 0, &rows, NULL);
+    size_t got = json_array_size(rows);
+    uint64_t next = got < count ? 0 : *cursor + got;
+    visit(rows, pattern, fn, arg);
+    json_decref(res);
+    *cursor = next;
+    return 0;
+}
+
+static int s_hot(khala_tier_t *t, size_t max, khala_tier_scan_fn fn, void *arg) {
+    stier_t *s = ST(t);
+    int rc = reach(s);
+    if (rc)
+        return done(s, rc);
+    hits_flush(s);
+    json_t *vars = vars_new(s, wall_ms());
+    if (!vars || json_object_set_new(vars, "n", json_integer((json_int_t)max)))
+        return json_decref(vars), done(s, -ENOMEM);
+    json_t *res = NULL, *rows = NULL;
+    if ((rc = query_ok(s,
+                       "SELECT key, hits FROM type::table($tb) WHERE " LIVE
+                       " AND hits > 0 ORDER BY hits DESC LIMIT $n;",
+                       vars, true, 1, &res)) != 0)
+        return done(s, rc);
+    stmt(s, res, 0, &rows, NULL);
+    visit(rows, NULL, fn, arg);
+    json_decref(res);
+    return 0;
+}
+
+/* Delete at most n rows of table variable tbvar matching cond (fixed text over $p, $ty, $now);
+ * *removed gets how many. */
+static int delete_step(stier_t *s, const char *tbvar, const char *cond, json_t *vars, size_t n,
+                       uint64_t *removed) {
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "LET $ids = (SELECT VALUE id FROM type::table(%s) WHERE %s LIMIT %zu);"
+             "DELETE $ids RETURN NONE;"
+             "RETURN array::len($ids);",
+             tbvar, cond, n);
+    json_t *res = NULL, *val = NULL;
+    int rc = query_ok(s, sql, vars, true, 3, &res);
+    if (rc)
+        return rc;
+    stmt(s, res, 2, &val, NULL);
+    *removed = json_is_integer(val) ? (uint64_t)json_integer_value(val) : 0;
+    json_decref(res);
+    return 0;
+}
+
+static int s_invalidate_step(khala_tier_t *t, const void *prefix, size_t plen, int type,
+                             uint64_t *cursor, size_t count, uint64_t *removed) {
+    stier_t *s = ST(t);
+    if (removed)
+        *removed = 0;
+    if (plen > KHALA_KEY_MAX) {
+        terr(s, "%s: prefix is %zu bytes, max %d", s->where, plen, KHALA_KEY_MAX);
+        return KHALA_EKEY;
+    }
+    int rc = reach(s);
+    if (rc)
+        return done(s, rc);
+    if (count == 0)
+        count = INVALIDATE_BATCH;
+    char hex[HEXKEY_MAX] = "";
+    if (plen)
+        key_hex(prefix, plen, hex);
+    json_t *vars = vars_new(s, wall_ms());
+    if (!vars || json_object_set_new(vars, "p", json_string(hex)) ||
+        json_object_set_new(vars, "ty", json_integer(type)))
+        return json_decref(vars), done(s, -ENOMEM);
+    const char *cond = plen && type >= 0 ? "string::starts_with(key, $p) AND `type` = $ty"
+                       : plen            ? "string::starts_with(key, $p)"
+                       : type >= 0       ? "`type` = $ty"
+                                         : "true";
+    uint64_t n = 0;
+    if ((rc = delete_step(s, "$tb", cond, vars, count, &n)) != 0)
+        return done(s, rc);
+    s->st.dels += n;
+    if (removed)
+        *removed = n;
+    *cursor = n < count ? 0 : 1;
+    return 0;
+}
+
+static int s_invalidate(khala_tier_t *t, const void *prefix, size_t plen, int type,
+                        uint64_t *removed) {
+    uint64_t cursor = 0, total = 0, n;
+    int rc;
+    do {
+        if ((rc = s_invalidate_step(t, prefix, plen, type, &cursor, INVALIDATE_BATCH, &n)) != 0)
+            return rc;
+        total += n;
+    } while (cursor != 0);
+    if (removed)
+        *removed = total;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Semantic look-up                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+static int match_cmp(const void *a, const void *b) {
+    const khala_tier_match_t *x = a, *y = b;
+    return x->similarity < y->similarity ? 1 : x->similarity > y->similarity ? -1 : 0;
+}
+
+static int s_similar(khala_tier_t *t, const float *q, uint32_t dim, float min_sim, uint32_t k,
+                     khala_tier_match_t *out, uint32_t *n) {
+    stier_t *s = ST(t);
+    *n = 0;
+    double norm = 0;
+    for (uint32_t i = 0; q && i < dim; i++)
+        norm += (double)q[i] * q[i];
+    if (!q || dim == 0 || !(norm > 0) || !isfinite(norm)) {
+        terr(s, "%s: similar: the query vector is %s", s->where,
+             dim == 0 ? "empty" : "zero or not finite");
+        return KHALA_EINVAL;
+    }
+    if (k == 0)
+        return 0;
+    int rc = reach(s);
+    if (rc)
+        return done(s, rc);
+    int64_t now = wall_ms();
+    json_t *vars = vars_new(s, now), *jq = json_array();
+    if (!vars || !jq || json_object_set_new(vars, "q", jq) ||
+        json_object_set_new(vars, "dim", json_integer(dim)) ||
+        json_object_set_new(vars, "min", json_real(min_sim)) ||
+        json_object_set_new(vars, "et", json_integer(KHALA_TYPE_EMBEDDING))) {
+        json_decref(vars);
+        return done(s, -ENOMEM);
+    }
+    for (uint32_t i = 0; i < dim; i++)
+        json_array_append_new(jq, json_real(q[i]));
+    char sql[512];
+    if (s->dim > 0 && dim == s->dim)
+        snprintf(sql, sizeof(sql),
+                 "SELECT " ROW_FIELDS ", vector::similarity::cosine(vec, $q) AS sim FROM "
+                 "type::table($tb) WHERE vec <|%u,%u|> $q;",
+                 k, k > KNN_EF ? k : KNN_EF);
+    else
+        snprintf(sql, sizeof(sql),
+                 "SELECT " ROW_FIELDS ", vector::similarity::cosine(vec, $q) AS sim FROM "
+                 "type::table($tb) WHERE `type` = $et AND vec != NONE AND array::len(vec) = "
+                 "$dim AND " LIVE " AND vector::similarity::cosine(vec, $q) >= $min ORDER BY "
+                 "sim DESC LIMIT %u;",
+                 k);
+    json_t *res = NULL, *rows = NULL;
+    if ((rc = query_ok(s, sql, vars, true, 1, &res)) != 0)
+        return done(s, rc);
+    stmt(s, res, 0, &rows, NULL);
+    size_t i;
+    json_t *row;
+    uint32_t m = 0;
+    json_array_foreach(rows, i, row) {
+        if (m >= k)
+            break;
+        json_t *js = json_object_get(row, "sim");
+        if (!json_is_number(js))
+            continue;
+        double sim = json_number_value(js);
+        if (sim < min_sim)
+            continue;
+        khala_tier_match_t mt = {0};
+        uint8_t key[KHALA_KEY_MAX];
+        size_t klen;
+        if (row_key(row, key, sizeof(key), &klen) != 0 || row_decode(row, now, &mt.val) != 0 ||
+            mt.val.type != KHALA_TYPE_EMBEDDING)
+            continue;
+        if (!(mt.key = malloc(klen))) {
+            khala__tier_value_free(&mt.val);
+            break;
+        }
+        memcpy(mt.key, key, klen);
+        mt.klen = klen;
+        mt.similarity = (float)sim;
+        out[m++] = mt;
+    }
+    json_decref(res);
+    qsort(out, m, sizeof(*out), match_cmp);
+    *n = m;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Health, stats, tick                                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+static int s_health(khala_tier_t *t) {
+    stier_t *s = ST(t);
+    if (!s->ready || s->down)
+        return reach(s);
+    khala_http_resp_t r;
+    int rc = khala__http_request(s->http, "GET", "/health", NULL, 0, true, &r);
+    if (rc != 0 || r.status != 200) {
+        if (rc != 0)
+            mark_down(s);
+        http_fail(s, "GET /health", &r);
+        khala__http_resp_free(&r);
+        if (!s->down)
+            mark_down(s);
+        return KHALA_ETIER;
+    }
+    khala__http_resp_free(&r);
+    json_t *res = NULL;
+    if ((rc = query_ok(s, "RETURN 1;", NULL, true, 1, &res)) != 0) {
+        if (!s->down)
+            mark_down(s);
+        return KHALA_ETIER;
+    }
+    json_decref(res);
+    return 0;
+}
+
+static void s_stats(khala_tier_t *t, khala_tier_stats_t *out) {
+    stier_t *s = ST(t);
+    *out = s->st;
+    out->items = s->count;
+    out->bytes = UINT64_MAX;
+}
+
+/* One step of the cleanup pass (see "Cleanup" above). */
+static void clean_step(stier_t *s) {
+    json_t *vars = vars_new(s, wall_ms());
+    if (!vars)
+        return;
+    uint64_t n = 0;
+    switch (s->phase) {
+        case CLEAN_EXPIRED:
+            if (delete_step(s, "$tb", "expires > 0 AND expires <= $now", vars, s->batch, &n))
+                return;
+            s->st.expirations += n;
+            if (n < s->batch)
+                s->phase = CLEAN_COUNT;
+            return;
+        case CLEAN_COUNT: {
+            json_t *res = NULL, *rows = NULL;
+            if (query_ok(s, "SELECT count() AS n FROM type::table($tb) GROUP ALL;", vars, true, 1,
+                         &res))
+                return;
+            stmt(s, res, 0, &rows, NULL);
+            json_t *jn = json_object_get(json_array_get(rows, 0), "n");
+            s->count = json_is_integer(jn) ? (uint64_t)json_integer_value(jn) : 0;
+            json_decref(res);
+            s->to_evict =
+                s->max_entries && s->count > s->max_entries ? s->count - s->max_entries : 0;
+            s->phase = s->to_evict ? CLEAN_EVICT : CLEAN_ARCHIVE;
+            return;
+        }
+        case CLEAN_EVICT: {
+            uint64_t m = s->to_evict < s->batch ? s->to_evict : s->batch;
+            if (json_object_set_new(vars, "n", json_integer((json_int_t)m)) ||
+                json_object_set_new(vars, "aexp",
+                                    json_integer(json_integer_value(json_object_get(vars, "now")) +
+                                                 s->retention_ms))) {
+                json_decref(vars);
+                return;
+            }
+            sbuf_t b = {0};
+            sb_add(&b, "LET $rows = (SELECT * FROM type::table($tb) ORDER BY hits ASC, created "
+                       "ASC LIMIT $n);");
+            if (s->retention_ms > 0)
+                sb_add(&b,
+                       "FOR $r IN $rows { UPSERT %s($atb, $r.key) SET key = $r.key, `type` = "
+                       "$r.`type`, version = $r.version, data = $r.data, created = $r.created, "
+                       "hits = $r.hits, vec = $r.vec, expires = $aexp RETURN NONE; DELETE "
+                       "$r.id RETURN NONE; };",
+                       s->rec);
+            else
+                sb_add(&b, "FOR $r IN $rows { DELETE $r.id RETURN NONE; };");
+            sb_add(&b, "RETURN array::len($rows);");
+            json_t *res = NULL, *val = NULL;
+            int rc = b.oom ? -ENOMEM : query_ok(s, b.s, vars, true, 3, &res);
+            if (b.oom)
+                json_decref(vars);
+            free(b.s);
+            if (rc)
+                return;
+            stmt(s, res, 2, &val, NULL);
+            n = json_is_integer(val) ? (uint64_t)json_integer_value(val) : 0;
+            json_decref(res);
+            s->st.evictions += n;
+            s->count -= n < s->count ? n : s->count;
+            s->to_evict -= n < s->to_evict ? n : s->to_evict;
+            if (n == 0 || s->to_evict == 0)
+                s->phase = CLEAN_ARCHIVE;
+            return;
+        }
+        case CLEAN_ARCHIVE:
+            if (delete_step(s, "$atb", "expires > 0 AND expires <= $now", vars, s->batch, &n))
+                return;
+            if (n < s->batch)
+                s->phase = CLEAN_IDLE;
+            return;
+        default:
+            json_decref(vars);
+            return;
+    }
+}
+
+static void s_tick(khala_tier_t *t, int64_t now_ms) {
+    stier_t *s = ST(t);
+    if (!s->ready || s->down)
+        return; /* health() brings it back; the tick never waits on a dead server */
+    if (now_ms >= s->hits_at) {
+        s->hits_at = now_ms + HITS_FLUSH_MS;
+        hits_flush(s);
+        return; /* one request per tick */
+    }
+    if (s->phase == CLEAN_IDLE && s->cleanup_interval_ms > 0 && now_ms >= s->clean_at) {
+        s->clean_at = now_ms + s->cleanup_interval_ms;
+        s->phase = CLEAN_EXPIRED;
+    }
+    if (s->phase != CLEAN_IDLE)
+        clean_step(s);
+}
+
+static void s_note_hits(khala_tier_t *t, const void *key, size_t klen, uint64_t hits) {
+    stier_t *s = ST(t);
+    if (!key || klen == 0 || klen > KHALA_KEY_MAX || hits == 0)
+        return;
+    char hex[HEXKEY_MAX];
+    key_hex(key, klen, hex);
+    hit_add(s, hex, hits);
+}
+
+static void s_close(khala_tier_t *t) {
+    stier_t *s = ST(t);
+    if (!s)
+        return;
+    if (s->ready && !s->down)
+        hits_flush(s);
+    khala__http_pool_close(s->http);
+    free(s->hits);
+    free(s);
+}
+
+static const khala_tier_ops_t surreal_ops = {
+    .name = "surrealdb",
+    .get = s_get,
+    .mget = s_mget,
+    .put = s_put,
+    .mput = s_mput,
+    .del = s_del,
+    .scan = s_scan,
+    .hot = s_hot,
+    .invalidate = s_invalidate,
+    .invalidate_step = s_invalidate_step,
+    .health = s_health,
+    .stats = s_stats,
+    .tick = s_tick,
+    .note_hits = s_note_hits,
+    .archive_get = s_archive_get,
+    .similar = s_similar,
+    .close = s_close,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Open                                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+static bool ident_ok(const char *s, size_t max) {
+    size_t n = strlen(s);
+    if (n == 0 || n > max ||
+        !((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
+        return false;
+    for (size_t i = 1; i < n; i++)
+        if (!((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+            return false;
+    return true;
+}
+
+/* A header value: printable ASCII, non-empty, short. */
+static bool header_ok(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n > 128)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* Split url into base (scheme://host:port[/path]), user and password. */
+static int url_split(const char *url, char *base, size_t cap, char **user, char **pass, char *err,
+                     size_t errlen) {
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *query = NULL;
+    int rc = KHALA_ECONFIG;
+    if (!u)
+        return khala__errbuf(err, errlen, -ENOMEM, "L3 (surrealdb): out of memory");
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK) {
+        khala__errbuf(err, errlen, rc, "L3 (surrealdb): surrealdb_url '%.80s' is not a URL", url);
+        goto out;
+    }
+    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    curl_url_get(u, CURLUPART_HOST, &host, 0);
+    curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT);
+    curl_url_get(u, CURLUPART_PATH, &path, 0);
+    curl_url_get(u, CURLUPART_QUERY, &query, 0);
+    curl_url_get(u, CURLUPART_USER, user, CURLU_URLDECODE);
+    curl_url_get(u, CURLUPART_PASSWORD, pass, CURLU_URLDECODE);
+    if (!scheme || (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)) {
+        khala__errbuf(err, errlen, rc,
+                      "L3 (surrealdb): surrealdb_url '%.80s' must start with http:// or "
+                      "https://",
+                      url);
+        goto out;
+    }
+    if (!host || !*host || query) {
+        khala__errbuf(err, errlen, rc,
+                      "L3 (surrealdb): surrealdb_url '%.80s' needs a host and no query", url);
+        goto out;
+    }
+    size_t pl = path ? strlen(path) : 0;
+    while (pl > 0 && path[pl - 1] == '/')
+        pl--;
+    int n = snprintf(base, cap, "%s://%s:%s%.*s", scheme, host, port ? port : "80", (int)pl,
+                     path ? path : "");
+    if (n < 0 || (size_t)n >= cap) {
+        khala__errbuf(err, errlen, rc, "L3 (surrealdb): surrealdb_url is too long");
+        goto out;
+    }
+    rc = 0;
+out:
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_free(path);
+    curl_free(query);
+    if (rc) {
+        curl_free(*user);
+        curl_free(*pass);
+        *user = *pass = NULL;
+    }
+    curl_url_cleanup(u);
+    return rc;
+}
+
+int khala__tier_surreal_open(const khala_tier_surreal_opts_t *o, khala_tier_t **out, char *err,
+                             size_t errlen) {
+    KHALA_ASSERT(o && out);
+    if (!o->url || !*o->url)
+        return khala__errbuf(err, errlen, KHALA_ECONFIG, "L3 (surrealdb): no surrealdb_url");
+    if (!o->table || !ident_ok(o->table, KHALA_TIER_SURREAL_TABLE_MAX))
+        return khala__errbuf(err, errlen, KHALA_ECONFIG,
+                             "L3 (surrealdb): surrealdb_table '%.80s' must be 1 to %u "
+                             "characters of [A-Za-z0-9_], not starting with a digit",
+                             o->table ? o->table : "", KHALA_TIER_SURREAL_TABLE_MAX);
+    if (!o->ns || !header_ok(o->ns) || !o->db || !header_ok(o->db))
+        return khala__errbuf(err, errlen, KHALA_ECONFIG,
+                             "L3 (surrealdb): surrealdb_namespace and surrealdb_database must "
+                             "be 1 to 128 printable ASCII characters");
+    if (sodium_init() < 0)
+        return khala__errbuf(err, errlen, -ENOMEM, "L3 (surrealdb): sodium_init failed");
+    char base[KHALA_TIER_SURREAL_TABLE_MAX * 8];
+    char *user = NULL, *pass = NULL;
+    int rc = url_split(o->url, base, sizeof(base), &user, &pass, err, errlen);
+    if (rc)
+        return rc;
+    stier_t *s = calloc(1, sizeof(*s));
+    if (!s) {
+        curl_free(user);
+        curl_free(pass);
+        return khala__errbuf(err, errlen, -ENOMEM, "L3 (surrealdb): out of memory");
+    }
+    s->tier.ops = &surreal_ops;
+    s->tier.level = o->level;
+    s->tier.healthy = 1;
+    s->tier.impl = s;
+    snprintf(s->table, sizeof(s->table), "%s", o->table);
+    snprintf(s->archive, sizeof(s->archive), "%s_archive", o->table);
+    const char *scheme_end = strstr(base, "://");
+    snprintf(s->where, sizeof(s->where), "%s (surrealdb) %.120s",
+             o->level == KHALA_LEVEL_L2 ? "L2" : "L3", scheme_end ? scheme_end + 3 : base);
+    s->max_entries = o->max_entries;
+    s->cleanup_interval_ms = o->cleanup_interval_ms;
+    s->retention_ms = o->archive_retention_ms;
+    s->batch = o->cleanup_batch ? o->cleanup_batch : KHALA_TIER_SURREAL_BATCH_DEFAULT;
+    s->dim = o->embedding_dim;
+    s->backoff_ms = BACKOFF_MIN_MS;
+    s->count = UINT64_MAX;
+    s->phase = CLEAN_IDLE;
+    int64_t now = khala__sys_now_ms();
+    s->clean_at = now + s->cleanup_interval_ms;
+    s->hits_at = now + HITS_FLUSH_MS;
+
+    char ns_h[160], db_h[160];
+    snprintf(ns_h, sizeof(ns_h), "surreal-ns: %s", o->ns);
+    snprintf(db_h, sizeof(db_h), "surreal-db: %s", o->db);
+    const char *hdrs[] = {
+        "Accept: application/json", "Content-Type: application/json", ns_h, db_h, "Expect:", NULL};
+    khala_http_opts_t ho = {
+        .base_url = base,
+        .user = user,
+        .pass = pass,
+        .headers = hdrs,
+        .timeout_ms = o->timeout_ms ? o->timeout_ms : KHALA_TIER_SURREAL_TIMEOUT_MS_DEFAULT,
+        .pool_size = o->pool_size,
+        .retries = HTTP_RETRIES,
+    };
+    char herr[128] = "";
+    rc = khala__http_pool_open(&ho, &s->http, herr, sizeof(herr));
+    curl_free(user);
+    curl_free(pass);
+    if (rc) {
+        free(s);
+        return khala__errbuf(err, errlen, rc == -ENOMEM ? -ENOMEM : KHALA_ECONFIG,
+                             "L3 (surrealdb): %s", herr);
+    }
+    (void)reach(s); /* unreachable is not an error of the open */
+    if (err && errlen)
+        snprintf(err, errlen, "%s", s->tier.err);
+    *out = &s->tier;
+    return 0;
+}
