@@ -1279,7 +1279,7 @@ static void s_tick(khala_tier_t *t, int64_t now_ms) {
     stier_t *s = ST(t);
     if (!s->ready || s->down)
         return; /* health() brings it back; the tick never waits on a dead server */
-    if (now_ms >= s->hits_at) {
+    if (now_ms >= s->hits_at && s->nhits > 0) {
         s->hits_at = now_ms + HITS_FLUSH_MS;
         hits_flush(s);
         return; /* one request per tick */
@@ -1367,7 +1367,7 @@ static int url_split(const char *url, char *base, size_t cap, char **user, char 
     int rc = KHALA_ECONFIG;
     if (!u)
         return khala__errbuf(err, errlen, -ENOMEM, "L3 (surrealdb): out of memory");
-    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK) {
+    if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK) {
         khala__errbuf(err, errlen, rc, "L3 (surrealdb): surrealdb_url '%.80s' is not a URL", url);
         goto out;
     }
