@@ -112,6 +112,10 @@
 /* Most keys of one mget / mput request (a bigger batch is split). */
 #define BATCH_MAX 512u
 
+/* Most bytes of one mput request body: under the server's default limit of /rpc bodies (4 MiB,
+ * SURREAL_HTTP_MAX_RPC_BODY_SIZE), with room for the JSON around the values. */
+#define BODY_BUDGET (3584u * 1024u)
+
 /* The THROW marker of a put that lost on version. */
 #define EVERSION_MARK "khala:eversion"
 
@@ -264,7 +268,8 @@ static int val_check(stier_t *s, const void *key, size_t klen, const khala_tier_
 /* A float32 vector of the value, or 0 when the item is not a vector (see the contract: dim =
  * len / 4; len 0 or not a multiple of 4 is not a vector). */
 static uint32_t vec_dim(const khala_tier_value_t *v) {
-    if (v->type != KHALA_TYPE_EMBEDDING || v->len == 0 || v->len % 4 != 0)
+    if (v->type != KHALA_TYPE_EMBEDDING || v->len == 0 || v->len % 4 != 0 ||
+        v->len / 4 > KHALA_TIER_SURREAL_VEC_MAX)
         return 0;
     return (uint32_t)(v->len / 4);
 }
@@ -432,11 +437,21 @@ static int query(stier_t *s, const char *sql, json_t *vars, bool idempotent, jso
         return -ENOMEM;
     }
     khala_http_resp_t r;
-    int rc = khala__http_request(s->http, "POST", "/rpc", body, strlen(body), idempotent, &r);
+    size_t blen = strlen(body);
+    int rc = khala__http_request(s->http, "POST", "/rpc", body, blen, idempotent, &r);
     free(body);
     if (rc == -ENOMEM) {
         terr(s, "%s: out of memory", s->where);
         return -ENOMEM;
+    }
+    if (rc == 0 && r.status == 413) {
+        /* The server is up and refuses this one request (tier.h: KHALA_EREFUSED). */
+        terr(s,
+             "%s: a request of %zu bytes is above the server's body limit "
+             "(SURREAL_HTTP_MAX_RPC_BODY_SIZE)",
+             s->where, blen);
+        khala__http_resp_free(&r);
+        return KHALA_EREFUSED;
     }
     if (rc != 0 || r.status != 200) {
         if (rc != 0)
@@ -815,6 +830,12 @@ static int s_mget(khala_tier_t *t, size_t n, const khala_bytes_t *keys, khala_ti
 /* Writes                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Bytes a put of v adds to a request body, about: base64, the vector's text (up to 16 bytes a
+ * float), the statement and the key. */
+static size_t body_estimate(const khala_tier_value_t *v) {
+    return v->len / 3 * 4 + 4 + (size_t)vec_dim(v) * 16 + 1024;
+}
+
 /* Append put statement number k (variables $k<k>, $r<k>). */
 static void put_stmt(stier_t *s, sbuf_t *b, size_t k) {
     sb_add(b,
@@ -836,8 +857,16 @@ static int s_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
     if ((rc = reach(s)) != 0)
         return done(s, rc);
     int worst = 0;
-    for (size_t base = 0; base < n; base += BATCH_MAX) {
-        size_t m = n - base < BATCH_MAX ? n - base : BATCH_MAX;
+    for (size_t base = 0, m; base < n; base += m) {
+        /* A request holds at most BATCH_MAX items and BODY_BUDGET bytes (a value's base64 and
+         * vector text, and the statement), at least one item. */
+        size_t bytes = 0;
+        for (m = 0; base + m < n && m < BATCH_MAX; m++) {
+            size_t est = body_estimate(&vals[base + m]);
+            if (m > 0 && bytes + est > BODY_BUDGET)
+                break;
+            bytes += est;
+        }
         int64_t now = wall_ms();
         json_t *vars = vars_new(s, now);
         sbuf_t b = {0};

@@ -32,8 +32,14 @@
 /** Longest table name (the archive table appends "_archive"). */
 #define KHALA_TIER_SURREAL_TABLE_MAX 64u
 
-/** Largest stored value: its base64 text must fit the reply body limit with room to spare. */
-#define KHALA_TIER_SURREAL_VALUE_MAX (64u * 1024u * 1024u)
+/** Largest stored value: 3 MiB, whose base64 text (4 MiB less 85 KiB) with its statement must
+ * fit the server's default limit of a /rpc request body, 4 MiB (SURREAL_HTTP_MAX_RPC_BODY_SIZE);
+ * a server configured lower refuses bigger puts (KHALA_EREFUSED). */
+#define KHALA_TIER_SURREAL_VALUE_MAX (3u * 1024u * 1024u - 64u * 1024u)
+
+/** Largest vector stored as `vec` (searchable by similar): 16384 float32s, whose text stays well
+ * within a request body. A longer embedding is stored (data) but never a match. */
+#define KHALA_TIER_SURREAL_VEC_MAX 16384u
 
 /** Default request timeout when timeout_ms is 0. */
 #define KHALA_TIER_SURREAL_TIMEOUT_MS_DEFAULT 2000u

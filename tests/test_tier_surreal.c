@@ -479,6 +479,35 @@ Test(tier_surreal, mput_and_mget_answer_per_key) {
     cr_assert(st.hits >= 4 && st.misses >= 2);
 }
 
+Test(tier_surreal, big_batches_are_split_under_the_server_body_limit) {
+    khala_tier_t *t = open_default();
+    /* Three values of 2 MiB: 8 MiB of base64 in all, twice the server's 4 MiB body limit. */
+    size_t len = 2u << 20;
+    uint8_t *buf = malloc(3 * len);
+    for (size_t i = 0; i < 3 * len; i++)
+        buf[i] = (uint8_t)(i * 7 + i / len);
+    khala_bytes_t keys[3];
+    khala_tier_value_t vals[3];
+    const char *names[3] = {"m0", "m1", "m2"};
+    for (int i = 0; i < 3; i++) {
+        keys[i] = (khala_bytes_t){.ptr = (const uint8_t *)names[i], .len = 2};
+        vals[i] = (khala_tier_value_t){.data = buf + i * len, .len = len, .version = 1};
+    }
+    cr_assert_eq(t->ops->mput(t, 3, keys, vals), 0, "%s", t->err);
+    for (int i = 0; i < 3; i++) {
+        khala_tier_value_t v = {0};
+        cr_assert_eq(t->ops->get(t, names[i], 2, &v), 0, "%s", t->err);
+        cr_assert_eq(v.len, len);
+        cr_assert(memcmp(v.data, buf + i * len, len) == 0);
+        khala__tier_value_free(&v);
+    }
+    free(buf);
+    /* Above the largest value: refused before the server, with the limit named. */
+    khala_tier_value_t huge = {.data = "x", .len = KHALA_TIER_SURREAL_VALUE_MAX + 1, .version = 1};
+    cr_assert_eq(t->ops->put(t, "huge", 4, &huge), KHALA_ETOOBIG);
+    cr_assert(strstr(t->err, "max"), "%s", t->err);
+}
+
 static int collect_key(void *arg, const void *key, size_t klen) {
     char *buf = arg;
     strncat(buf, key, klen);
