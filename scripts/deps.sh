@@ -43,30 +43,59 @@ PACKAGES=(
     python3-pip          # pip itself (tests/check_python.sh pip)
     python3-venv         # the venv that pip installs into (Debian's pip refuses system installs)
     python3-numpy        # the view tests: a numpy array over an L1 view (zero copy, lifetime)
+    curl                 # tests/check_surreal_front.sh talks HTTP to the SurrealDB front
 )
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-    if [[ "$status" != "install ok installed" ]]; then
-        missing+=("$pkg")
+install_debian() {
+    missing=()
+    for pkg in "${PACKAGES[@]}"; do
+        status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+        if [[ "$status" != "install ok installed" ]]; then
+            missing+=("$pkg")
+        fi
+    done
+
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        return 0
     fi
-done
 
-if [[ ${#missing[@]} -eq 0 ]]; then
-    exit 0
+    if [[ $(id -u) -eq 0 ]]; then
+        SUDO=()
+    elif command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    else
+        echo "deps.sh: missing packages (${missing[*]}) and not root, and sudo is not available" >&2
+        exit 1
+    fi
+
+    echo "deps.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+install_debian
+
+# The SurrealDB the tests talk to (issue 12, docs/testing.md "SurrealDB"): the real engine from
+# npm (@surrealdb/node, which embeds SurrealDB) behind tests/support/surreal/front.mjs. Node 18
+# or newer; Debian's nodejs and npm when there is no node at all (a machine that has Node from
+# elsewhere, with its npm, keeps it). Then `npm ci` from the committed lockfile, when
+# node_modules is missing or older than the lockfile.
+if ! command -v node >/dev/null 2>&1; then
+    PACKAGES=(nodejs npm) # Debian 12: Node 18 (the front's minimum) and its npm
+    install_debian
 fi
-
-if [[ $(id -u) -eq 0 ]]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-else
-    echo "deps.sh: missing packages (${missing[*]}) and not root, and sudo is not available" >&2
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if ((node_major < 18)); then
+    echo "deps.sh: node $(node --version) is too old for the SurrealDB front (Node >= 18)" >&2
     exit 1
 fi
-
-echo "deps.sh: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if ! command -v npm >/dev/null 2>&1; then
+    echo "deps.sh: node is installed but npm is not (install npm with this node)" >&2
+    exit 1
+fi
+front=$(cd "$(dirname "${BASH_SOURCE[0]}")/../tests/support/surreal" && pwd)
+if [[ ! -f $front/node_modules/.package-lock.json ||
+    $front/package-lock.json -nt $front/node_modules/.package-lock.json ]]; then
+    echo "deps.sh: npm ci in $front (the SurrealDB engine for the tests)"
+    (cd "$front" && npm ci --no-audit --no-fund --loglevel=error)
+fi

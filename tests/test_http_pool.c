@@ -1,7 +1,6 @@
 /*
  * daemon/http_pool.c, both halves, against a real HTTP server: the SurrealDB test front
- * (KHALA_TEST_SURREAL_URL, else a private one started here, as tests/test_tier_surreal.c
- * does) and a port where nothing listens. The non-blocking half is driven the way khalad's loop
+ * (KHALA_TEST_SURREAL_URL, else a private one, tests/surreal_util.h) and a port where nothing listens. The non-blocking half is driven the way khalad's loop
  * would: poll() over the descriptors the watch callback announced, and the pool's timeout.
  */
 #include <criterion/criterion.h>
@@ -20,6 +19,7 @@
 #include <curl/curl.h>
 
 #include "http_pool.h"
+#include "surreal_util.h"
 
 #define FATAL(...)                                                                                 \
     do {                                                                                           \
@@ -27,8 +27,8 @@
         abort();                                                                                   \
     } while (0)
 
-static pid_t g_front;   /* a private front, or 0 */
-static char g_base[64]; /* http://127.0.0.1:port */
+static tu_surreal_t g_front; /* a private front when no shared one is set */
+static char g_base[64];      /* http://127.0.0.1:port */
 static khala_http_pool_t *g_p;
 
 static unsigned free_port(void) {
@@ -44,47 +44,18 @@ static unsigned free_port(void) {
 
 static void setup(void) {
     const char *url = getenv("KHALA_TEST_SURREAL_URL");
-    if (url && *url) {
-        const char *at = strchr(url, '@');
-        snprintf(g_base, sizeof(g_base), "http://%s", at ? at + 1 : url + 7);
-        return;
+    if (!url || !*url) {
+        tu_surreal_start(&g_front);
+        url = tu_surreal_url(&g_front);
     }
-    const char *node = getenv("KHALA_TEST_NODE"), *js = getenv("KHALA_TEST_SURREAL_FRONT");
-    if (!js || !*js)
-        FATAL("KHALA_TEST_SURREAL_FRONT (the path of tests/support/surreal/front.mjs) is not set");
-    unsigned port = free_port();
-    char ps[16];
-    snprintf(ps, sizeof(ps), "%u", port);
-    g_front = fork();
-    if (g_front == 0) {
-        int dn = open("/dev/null", O_WRONLY);
-        dup2(dn, STDOUT_FILENO);
-        execlp(node && *node ? node : "node", "node", js, "--port", ps, (char *)NULL);
-        _exit(127);
-    }
-    snprintf(g_base, sizeof(g_base), "http://127.0.0.1:%u", port);
-    for (int i = 0; i < 600; i++) {
-        khala_http_opts_t o = {.base_url = g_base, .timeout_ms = 1000};
-        khala_http_pool_t *p;
-        cr_assert_eq(khala__http_pool_open(&o, &p, NULL, 0), 0);
-        khala_http_resp_t r;
-        int rc = khala__http_request(p, "GET", "/health", NULL, 0, false, &r);
-        khala__http_resp_free(&r);
-        khala__http_pool_close(p);
-        if (rc == 0 && r.status == 200)
-            return;
-        usleep(100 * 1000);
-    }
-    FATAL("the private SurrealDB front did not answer within 60 s");
+    const char *at = strchr(url, '@');
+    snprintf(g_base, sizeof(g_base), "http://%s", at ? at + 1 : url + 7);
 }
 
 static void teardown(void) {
     khala__http_pool_close(g_p);
     g_p = NULL;
-    if (g_front > 0) {
-        kill(g_front, SIGKILL);
-        waitpid(g_front, NULL, 0);
-    }
+    tu_surreal_stop(&g_front);
 }
 
 TestSuite(http_pool, .init = setup, .fini = teardown, .timeout = 120);

@@ -1,8 +1,8 @@
 /*
  * The SurrealDB L3 driver (daemon/tier_surreal.c) against the real SurrealDB engine through the
  * test front (tests/support/surreal/front.mjs, docs/testing.md "SurrealDB"): the shared front
- * of scripts/test-servers.sh when KHALA_TEST_SURREAL_URL is set, else a private in-memory front
- * per test; and private fronts with a data directory that a test kills and restarts.
+ * of scripts/test-servers.sh when KHALA_TEST_SURREAL_URL is set, else a private front per test
+ * (tests/surreal_util.h); and private fronts that a test kills and restarts with their data.
  *
  * Every test works in its own table ("t<pid>_<tag>", and its "_archive"); .fini removes both.
  * Rows are also read behind the driver's back (raw(): a plain /rpc query through libcurl) to
@@ -28,6 +28,7 @@
 #include <jansson.h>
 
 #include "khala/error.h"
+#include "surreal_util.h"
 #include "sys.h"
 #include "tier_surreal.h"
 
@@ -37,17 +38,7 @@
         abort();                                                                                   \
     } while (0)
 
-/* ------------------------------------------------------------------------------------------ */
-/* Private fronts                                                                               */
-/* ------------------------------------------------------------------------------------------ */
-
-typedef struct front {
-    pid_t pid;
-    unsigned port;
-    char dir[128]; /* data directory ("" = in memory) */
-    char url[128]; /* http://root:root@127.0.0.1:port */
-} front_t;
-
+/* A TCP port on 127.0.0.1 that was free a moment ago (for "nothing listens there"). */
 static unsigned free_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -59,89 +50,13 @@ static unsigned free_port(void) {
     return ntohs(a.sin_port);
 }
 
-static long http_get_status(const char *url) {
-    CURL *e = curl_easy_init();
-    long st = 0;
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 1000L);
-    FILE *null = fopen("/dev/null", "w");
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, null);
-    if (curl_easy_perform(e) == CURLE_OK)
-        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
-    fclose(null);
-    curl_easy_cleanup(e);
-    return st;
-}
-
-/* Start the front on f->port (picked when 0) with f->dir (made when persistent and empty). */
-static void front_start(front_t *f, bool persistent) {
-    if (!f->port)
-        f->port = free_port();
-    if (persistent && !f->dir[0]) {
-        snprintf(f->dir, sizeof(f->dir), "/tmp/khala-surreal-%d-%u", (int)getpid(), f->port);
-        mkdir(f->dir, 0700);
-    }
-    const char *node = getenv("KHALA_TEST_NODE"), *js = getenv("KHALA_TEST_SURREAL_FRONT");
-    if (!node || !*node)
-        node = "node";
-    if (!js || !*js)
-        FATAL("KHALA_TEST_SURREAL_FRONT (the path of tests/support/surreal/front.mjs) is not set");
-    char port[16];
-    snprintf(port, sizeof(port), "%u", f->port);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int dn = open("/dev/null", O_WRONLY);
-        dup2(dn, STDOUT_FILENO);
-        if (f->dir[0])
-            execlp(node, node, js, "--port", port, "--data", f->dir, "--user", "root", "--pass",
-                   "root", (char *)NULL);
-        else
-            execlp(node, node, js, "--port", port, "--user", "root", "--pass", "root",
-                   (char *)NULL);
-        _exit(127);
-    }
-    cr_assert(pid > 0);
-    f->pid = pid;
-    snprintf(f->url, sizeof(f->url), "http://root:root@127.0.0.1:%u", f->port);
-    char health[96];
-    snprintf(health, sizeof(health), "http://127.0.0.1:%u/health", f->port);
-    for (int i = 0; i < 600; i++) { /* up to 60 s on a loaded machine */
-        if (http_get_status(health) == 200)
-            return;
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid)
-            FATAL("the SurrealDB front exited (status %d) before answering", st);
-        usleep(100 * 1000);
-    }
-    FATAL("the SurrealDB front on port %u did not answer /health within 60 s", f->port);
-}
-
-static void front_kill(front_t *f) {
-    if (f->pid > 0) {
-        kill(f->pid, SIGKILL);
-        waitpid(f->pid, NULL, 0);
-        f->pid = 0;
-    }
-}
-
-static void front_stop(front_t *f) {
-    front_kill(f);
-    if (f->dir[0]) {
-        char cmd[200];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", f->dir);
-    }
-    memset(f, 0, sizeof(*f));
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Fixtures                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
-static front_t g_shared;  /* the private stand-in for the shared front, when none is set */
-static front_t g_priv;    /* a test's own front (kill and restart) */
-static const char *g_url; /* the front the test uses */
+static tu_surreal_t g_shared; /* the private stand-in for the shared front, when none is set */
+static tu_surreal_t g_priv;   /* a test's own front (kill and restart) */
+static const char *g_url;     /* the front the test uses */
 static char g_table[64];
 static khala_tier_t *g_t;
 
@@ -149,8 +64,8 @@ static void setup(void) {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     g_url = getenv("KHALA_TEST_SURREAL_URL");
     if (!g_url || !*g_url) {
-        front_start(&g_shared, false);
-        g_url = g_shared.url;
+        tu_surreal_start(&g_shared);
+        g_url = tu_surreal_url(&g_shared);
     }
     snprintf(g_table, sizeof(g_table), "t%d_x", (int)getpid());
 }
@@ -220,8 +135,8 @@ static void teardown(void) {
                  g_table, g_table);
         json_decref(raw_on(g_url, sql, NULL));
     }
-    front_stop(&g_priv);
-    front_stop(&g_shared);
+    tu_surreal_stop(&g_priv);
+    tu_surreal_stop(&g_shared);
 }
 
 TestSuite(tier_surreal, .init = setup, .fini = teardown, .timeout = 240);
@@ -765,19 +680,19 @@ Test(tier_surreal, similar_through_the_hnsw_index_finds_near_duplicates_only) {
 /* ------------------------------------------------------------------------------------------ */
 
 Test(tier_surreal, a_killed_front_is_etier_and_after_a_restart_the_data_is_there) {
-    front_start(&g_priv, true);
-    khala_tier_surreal_opts_t o = opts(g_priv.url);
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
     o.timeout_ms = 2000;
     khala_tier_t *t = open_with(&o);
     cr_assert_eq(put(t, "durable", "v", 1, 1, 0, 0), 0, "%s", t->err);
-    front_kill(&g_priv);
+    tu_surreal_kill(&g_priv);
     khala_tier_value_t v = {0};
     cr_assert_eq(t->ops->get(t, "durable", 7, &v), KHALA_ETIER);
     cr_assert(strstr(t->err, "L3 (surrealdb)"), "%s", t->err);
     cr_assert(strstr(t->err, "refused") || strstr(t->err, "transport"), "%s", t->err);
     cr_assert_neq(t->ops->health(t), 0);
     cr_assert_eq(put(t, "x", "v", 1, 1, 0, 0), KHALA_ETIER, "down: fails at once");
-    front_start(&g_priv, true);
+    tu_surreal_start(&g_priv);
     int rc = -1;
     for (int i = 0; i < 300 && (rc = t->ops->health(t)) != 0; i++)
         usleep(100 * 1000);

@@ -16,7 +16,7 @@ import { randomUUID } from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
-import { CborCodec, Uuid, jsonify } from "surrealdb";
+import { CborCodec, Uuid } from "surrealdb";
 
 const PROG = "front.mjs";
 // The server's limits (surrealdb/server/src/cnf/mod.rs defaults) and hyper's request line.
@@ -139,29 +139,25 @@ async function call(method, params, session) {
   return out;
 }
 
-// JSON as the server writes it (surrealdb_core::rpc::format::json): record ids, datetimes,
-// uuids, durations and decimals as strings (the SDK's jsonify), NONE as null, integers past
-// 2^53 exact, bytes as an array of numbers.
-function toJson(v) {
-  const j = jsonify(v);
-  const enc = (x) => {
-    if (x === undefined || x === null) return "null";
-    if (typeof x === "bigint") return x.toString();
-    if (typeof x === "number") return Number.isFinite(x) ? JSON.stringify(x) : "null";
-    if (typeof x === "string" || typeof x === "boolean") return JSON.stringify(x);
-    if (x instanceof Uint8Array || x instanceof ArrayBuffer)
-      return `[${Array.from(new Uint8Array(x)).join(",")}]`;
-    if (Array.isArray(x) || x instanceof Set) return `[${Array.from(x, enc).join(",")}]`;
-    if (x instanceof Map) x = Object.fromEntries(x);
-    if (typeof x.toJSON === "function") return enc(x.toJSON());
-    const parts = [];
-    for (const [k, val] of Object.entries(x)) {
-      if (val === undefined) continue;
-      parts.push(`${JSON.stringify(k)}:${enc(val)}`);
-    }
-    return `{${parts.join(",")}}`;
-  };
-  return enc(j);
+// JSON as the server writes it (surrealdb_types Value::into_json_value, v3.0.2): NONE and NULL
+// as null, also as an object's field (a statement's "result": null, "type": null); record ids,
+// datetimes, uuids, durations, decimals, tables as strings (the SDK classes' toJSON); bytes as
+// an array of numbers; NaN and infinities as null; integers past 2^53 exact.
+function toJson(x) {
+  if (x === undefined || x === null) return "null";
+  if (typeof x === "bigint") return x.toString();
+  if (typeof x === "number") return Number.isFinite(x) ? JSON.stringify(x) : "null";
+  if (typeof x === "string" || typeof x === "boolean") return JSON.stringify(x);
+  if (x instanceof Uint8Array || x instanceof ArrayBuffer)
+    return `[${Array.from(new Uint8Array(x)).join(",")}]`;
+  if (Array.isArray(x) || x instanceof Set) return `[${Array.from(x, toJson).join(",")}]`;
+  if (x instanceof Date) return JSON.stringify(x.toISOString());
+  if (x instanceof Map) x = Object.fromEntries(x);
+  else if (Object.getPrototypeOf(x) !== Object.prototype && typeof x.toJSON === "function")
+    return toJson(x.toJSON());
+  const parts = [];
+  for (const [k, val] of Object.entries(x)) parts.push(`${JSON.stringify(k)}:${toJson(val)}`);
+  return `{${parts.join(",")}}`;
 }
 
 // ---- replies --------------------------------------------------------------------------------
@@ -249,6 +245,46 @@ function header(req, name, legacy) {
 
 // ---- sessions -------------------------------------------------------------------------------
 
+// Basic credentials the engine accepted, with the token its sign-in issued: the next request with
+// the same credentials authenticates the session with that token (an HMAC check) instead of
+// signing in again (an Argon2 password check, ~80 ms here: the server pays it on every request,
+// which would make a test suite crawl). A token near its expiry is replaced by a new sign-in;
+// a statement that defines, alters or removes a user or an access method empties the cache.
+const basicCache = new Map();
+const TOKEN_MARGIN_MS = 60_000;
+
+function tokenExpiryMs(token) {
+  try {
+    const payload = JSON.parse(Buffer.from(token.split(".")[1], "base64url").toString("utf8"));
+    return typeof payload.exp === "number" ? payload.exp * 1000 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+async function basicSignin(creds, session) {
+  const key = JSON.stringify([creds.user, creds.pass, creds.ns ?? null, creds.db ?? null]);
+  const hit = basicCache.get(key);
+  if (hit && hit.expiresMs - TOKEN_MARGIN_MS > Date.now()) {
+    try {
+      await call("authenticate", [hit.token], session);
+      return;
+    } catch {
+      basicCache.delete(key); // revoked or invalid now: sign in for real below
+    }
+  }
+  const token = await call("signin", [creds], session);
+  const access = typeof token === "string" ? token : token?.access;
+  if (typeof access === "string") {
+    if (basicCache.size > 64) basicCache.clear();
+    basicCache.set(key, { token: access, expiresMs: tokenExpiryMs(access) });
+  }
+}
+
+function forgetCredentialsIfChanged(sql) {
+  if (typeof sql === "string" && /\b(USER|ACCESS)\b/i.test(sql)) basicCache.clear();
+}
+
 // One engine session per HTTP request, signed in as the request says (ntw/auth.rs check_auth):
 // Basic runs the engine's own sign-in (password check), Bearer its token check. A request
 // without credentials is anonymous. Returns {session, authed} or writes the 401 and returns
@@ -276,7 +312,7 @@ async function openSession(req, res) {
         const adb = req.headers["surreal-auth-db"];
         if (ans !== undefined) creds.ns = ans;
         if (adb !== undefined) creds.db = adb;
-        await call("signin", [creds], session);
+        await basicSignin(creds, session);
         s.authed = true;
       }
     } else if (bearer) {
@@ -346,9 +382,11 @@ async function routeSql(req, res, url, s) {
   if (sql === null) return badRequest(res, "Non UTF-8 request body");
   const vars = {};
   for (const [k, v] of url.searchParams) vars[k] = v;
+  forgetCredentialsIfChanged(sql);
   let out;
   try {
     out = await call("query", [sql, vars], s.session);
+    forgetCredentialsIfChanged(sql);
   } catch (e) {
     if (!(e instanceof RpcError)) throw e;
     return responseError(res, e.message);
@@ -434,8 +472,10 @@ async function routeRpc(req, res, s) {
         message: `Method not allowed: ${method}`,
       },
     });
+  if (method === "query") forgetCredentialsIfChanged(params[0]);
   try {
     const result = await call(method, params, s.session);
+    if (method === "query") forgetCredentialsIfChanged(params[0]);
     return rpcReply(res, ct, { result });
   } catch (e) {
     if (!(e instanceof RpcError)) throw e;
@@ -470,7 +510,7 @@ async function routeSignin(req, res, s) {
   switch (accept(req)) {
     case "json":
       return send(res, 200,
-        JSON.stringify({ code: 200, details: "Authentication succeeded", token: jsonify(token) }),
+        toJson({ code: 200, details: "Authentication succeeded", token }),
         "application/json");
     case "cbor":
       return send(res, 200,
