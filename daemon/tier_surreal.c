@@ -598,9 +598,14 @@ static int define_schema(stier_t *s) {
     }
     int rc = query_ok(s, b.s, NULL, true, n, NULL);
     free(b.s);
-    if (rc == KHALA_ETIER && !s->down)
+    if (rc == KHALA_ETIER && !s->down && !strstr(s->tier.err, "authentication")) {
+        char cause[sizeof(s->tier.err)];
+        size_t skip = strlen(s->where) + 2; /* the cause, without "<where>: " */
+        snprintf(cause, sizeof(cause), "%s",
+                 strlen(s->tier.err) > skip ? s->tier.err + skip : s->tier.err);
         terr(s, "%s: defining the tables %s and %s failed: %s", s->where, s->table, s->archive,
-             s->tier.err + strlen(s->where) + 2);
+             cause);
+    }
     return rc;
 }
 

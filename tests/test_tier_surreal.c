@@ -423,6 +423,28 @@ Test(tier_surreal, big_batches_are_split_under_the_server_body_limit) {
     cr_assert(strstr(t->err, "max"), "%s", t->err);
 }
 
+Test(tier_surreal, a_statement_the_server_refuses_fails_its_key_only) {
+    khala_tier_t *t = open_default();
+    /* An operator's rule on the table: a value of 12 bytes or more (16 of base64) is refused. */
+    char sql[200];
+    snprintf(sql, sizeof(sql),
+             "DEFINE FIELD OVERWRITE data ON %s TYPE string ASSERT string::len($value) < 16;",
+             g_table);
+    json_decref(raw_on(g_url, sql, NULL));
+    khala_bytes_t keys[3] = {{.ptr = (const uint8_t *)"ok1", .len = 3},
+                             {.ptr = (const uint8_t *)"too-long", .len = 8},
+                             {.ptr = (const uint8_t *)"ok2", .len = 3}};
+    khala_tier_value_t vals[3] = {{.data = "short", .len = 5, .version = 1},
+                                  {.data = "a value far too long", .len = 20, .version = 1},
+                                  {.data = "small", .len = 5, .version = 1}};
+    cr_assert_eq(t->ops->mput(t, 3, keys, vals), KHALA_EREFUSED, "%s", t->err);
+    cr_assert(strstr(t->err, "L3 (surrealdb)") && strstr(t->err, "too-long"), "%s", t->err);
+    expect(t, "ok1", "short", 1);
+    expect(t, "ok2", "small", 1);
+    expect_miss(t, "too-long");
+    cr_assert_eq(t->ops->health(t), 0, "a refused request leaves the level up");
+}
+
 static int collect_key(void *arg, const void *key, size_t klen) {
     char *buf = arg;
     strncat(buf, key, klen);
