@@ -518,12 +518,13 @@ Test(tier_surreal, cleanup_deletes_expired_rows_in_bounded_batches) {
         cr_assert_eq(put(t, k, "v", 1, 1, 200, 0), 0, "%s", t->err);
     }
     cr_assert_eq(put(t, "keep", "v", 1, 1, 0, 0), 0);
+    cr_assert_eq(put(t, "later", "v", 1, 1, 600000, 0), 0);
     usleep(400 * 1000);
-    cr_assert_eq(raw_count(g_table), 11, "expired rows stay until a cleanup");
+    cr_assert_eq(raw_count(g_table), 12, "expired rows stay until a cleanup");
     khala_tier_stats_t st;
-    long prev = 11;
+    long prev = 12;
     int steps = 0;
-    for (int i = 0; i < 40 && prev > 1; i++) {
+    for (int i = 0; i < 40 && prev > 2; i++) {
         run_cleanup(t, 1);
         long now = raw_count(g_table);
         cr_assert(prev - now <= 3, "one step deleted %ld rows, batch 3", prev - now);
@@ -531,11 +532,14 @@ Test(tier_surreal, cleanup_deletes_expired_rows_in_bounded_batches) {
             steps++;
         prev = now;
     }
-    cr_assert_eq(prev, 1);
+    cr_assert_eq(prev, 2);
     cr_assert(steps >= 4, "10 rows in batches of 3: %d steps", steps);
+    run_cleanup(t, 5);
+    cr_assert_eq(raw_count(g_table), 2, "rows that have not expired stay");
     t->ops->stats(t, &st);
     cr_assert_eq(st.expirations, 10);
     expect(t, "keep", "v", 1);
+    expect(t, "later", "v", 1);
 }
 
 /* Put 8 rows, 5 of them read; max_entries 5 moves the 3 others. */
