@@ -14,25 +14,32 @@
  * A request's life:
  *   1. submit: a req_t, the body copied, put on `all`; start() gives it an easy handle, or it
  *      waits.
- *   2. libcurl runs it, driven either by the blocking loop (curl_multi_perform + curl_multi_poll
+ *   2. libcurl runs it, driven either by the blocking loop (poll() over the pool's descriptors
  *      until this request is done) or by the event loop (curl_multi_socket_action from
  *      khala__http_on_fd / khala__http_on_timeout). Both read completions the same way
  *      (collect()): curl_multi_info_read.
  *   3. collect: a transport error on an idempotent request with retries left puts it on the
  *      retry list with its due time (10 ms doubling); its easy handle goes back to the free
  *      list meanwhile. Otherwise the request is done: the callback runs once with the response,
- *      and the req_t is freed.
+ *      and the req_t is freed. Inside khala__http_submit the callback is deferred (the
+ *      `completed` list, run by the next driving call), so a caller never sees its callback
+ *      before submit returned.
  * The blocking half is the same path with an internal callback that flags the request done, so
  * the two halves can share one multi handle: a blocking call also completes async requests, and
  * their callbacks may run inside it.
  *
- * Why the multi interface for a blocking call: the connection cache and the async half come
- * with it, and curl_multi_poll bounds the wait by the request's own timeout. Alternatives
+ * One way to drive: everything goes through curl_multi_socket_action (never curl_multi_perform,
+ * which does not report socket changes to CURLMOPT_SOCKETFUNCTION: a loop watching the
+ * descriptors would miss a transfer that perform started). The pool records every descriptor
+ * libcurl asked for (p->socks), so the blocking call poll()s exactly those, and a watch set
+ * later learns them. Why the multi interface for a blocking call: the connection cache and the
+ * async half come with it. Alternatives
  * rejected: a pool of easy handles driven by curl_easy_perform (no async half, one connection
  * cache per handle) and a curl share handle (for threads, which khalad's loop does not have).
  *
  * Invariants: a req_t is on exactly one of: running (has easy, added to multi), `waiting`, the
- * retry list; and always on `all` until done. p->inflight counts `all`.
+ * retry list, `completed`; and always on `all` until its callback ran. p->inflight counts
+ * `all`.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -40,6 +47,7 @@
 #include <string.h>
 
 #include <curl/curl.h>
+#include <poll.h>
 #include <pthread.h>
 
 #include "debug.h"
@@ -88,10 +96,19 @@ struct khala_http_pool {
     req_t *wait_tail; /* its tail */
     req_t *retry;     /* requests waiting for their retry_at (unordered) */
     req_t *all;       /* every request not done */
+    req_t *completed; /* done during a submit, their callbacks not yet run (LIFO) */
+    bool in_submit;   /* inside khala__http_submit: callbacks are deferred to `completed` */
     unsigned inflight;
     int64_t curl_at; /* monotonic ms libcurl's timer is due; -1 = none */
     khala_http_watch_fn watch;
     void *watch_arg;
+    /* Every descriptor libcurl asked to watch and for what, kept also without a watch: libcurl
+     * announces a socket only when its state changes, so a watch set later learns them here. */
+    struct {
+        int fd;
+        unsigned ev;
+    } socks[2 * KHALA_HTTP_POOL_MAX];
+    unsigned nsocks;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -130,14 +147,24 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     (void)easy;
     (void)socketp;
     khala_http_pool_t *p = userp;
-    if (!p->watch)
-        return 0;
     unsigned ev = 0;
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
         ev |= KHALA_HTTP_IN;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
         ev |= KHALA_HTTP_OUT;
-    p->watch(p->watch_arg, (int)s, ev); /* CURL_POLL_REMOVE: ev 0 */
+    unsigned i = 0;
+    while (i < p->nsocks && p->socks[i].fd != (int)s)
+        i++;
+    if (ev == 0 && i < p->nsocks) {
+        p->socks[i] = p->socks[--p->nsocks];
+    } else if (ev != 0 && i < p->nsocks) {
+        p->socks[i].ev = ev;
+    } else if (ev != 0 && p->nsocks < sizeof(p->socks) / sizeof(p->socks[0])) {
+        p->socks[p->nsocks].fd = (int)s;
+        p->socks[p->nsocks++].ev = ev;
+    }
+    if (p->watch)
+        p->watch(p->watch_arg, (int)s, ev); /* CURL_POLL_REMOVE: ev 0 */
     return 0;
 }
 
@@ -241,6 +268,13 @@ static void start_waiting(khala_http_pool_t *p) {
 }
 
 static void finish(khala_http_pool_t *p, req_t *r) {
+    if (p->in_submit) {
+        /* A submit never runs a callback (the caller may still be setting up what the callback
+         * uses): the next khala__http_on_fd / on_timeout / blocking call runs it. */
+        r->next = p->completed;
+        p->completed = r;
+        return;
+    }
     all_unlink(p, r);
     khala_http_resp_t resp = r->resp;
     khala_http_done_fn done = r->done;
@@ -248,6 +282,15 @@ static void finish(khala_http_pool_t *p, req_t *r) {
     memset(&r->resp, 0, sizeof(r->resp));
     req_free(r);
     done(arg, &resp);
+}
+
+/* Run the callbacks deferred by submits. */
+static void run_completed(khala_http_pool_t *p) {
+    while (p->completed) {
+        req_t *r = p->completed;
+        p->completed = r->next;
+        finish(p, r);
+    }
 }
 
 /* Start the retries that are due; a retry_at of -1 is a failed start, finished here. */
@@ -320,6 +363,25 @@ static void collect(khala_http_pool_t *p) {
     }
     run_retries(p);
     start_waiting(p);
+    if (!p->in_submit)
+        run_completed(p);
+}
+
+/* Run libcurl's transfers whose timer expired (a new transfer's is "now"): connect, send. */
+static void kick(khala_http_pool_t *p) {
+    int running;
+    p->curl_at = -1;
+    curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+}
+
+/* Tell libcurl that fd is ready for events. */
+static void socket_ready(khala_http_pool_t *p, int fd, unsigned events) {
+    int mask = 0, running;
+    if (events & KHALA_HTTP_IN)
+        mask |= CURL_CSELECT_IN;
+    if (events & KHALA_HTTP_OUT)
+        mask |= CURL_CSELECT_OUT;
+    curl_multi_socket_action(p->multi, fd, mask, &running);
 }
 
 static req_t *req_new(khala_http_pool_t *p, const char *method, const char *path, const void *body,
@@ -360,10 +422,12 @@ int khala__http_submit(khala_http_pool_t *p, const char *method, const char *pat
     if (!r)
         return -ENOMEM;
     start(p, r);
-    /* Let libcurl begin (connect, send) now rather than at the loop's next event. */
-    int running;
-    curl_multi_perform(p->multi, &running);
+    /* Let libcurl begin (connect, send) now rather than at the loop's next event; whatever
+     * completes meanwhile waits on `completed` (khala__http_timeout_ms() is then 0). */
+    p->in_submit = true;
+    kick(p);
     collect(p);
+    p->in_submit = false;
     return 0;
 }
 
@@ -390,20 +454,28 @@ int khala__http_request(khala_http_pool_t *p, const char *method, const char *pa
         return resp->rc;
     }
     start(p, r);
+    kick(p);
+    collect(p);
+    /* The loop khalad's would be, over the pool's own descriptors (see "one way to drive"). */
     while (!b.done) {
-        int running;
-        curl_multi_perform(p->multi, &running);
-        collect(p);
-        if (b.done)
-            break;
-        int64_t wait = POLL_MAX_MS, now = khala__sys_now_ms();
-        for (req_t *q = p->retry; q; q = q->next) {
-            int64_t d = q->retry_at < 0 ? 0 : q->retry_at - now;
-            if (d < wait)
-                wait = d < 0 ? 0 : d;
+        struct pollfd pf[sizeof(p->socks) / sizeof(p->socks[0])];
+        nfds_t n = p->nsocks;
+        for (nfds_t i = 0; i < n; i++)
+            pf[i] =
+                (struct pollfd){.fd = p->socks[i].fd,
+                                .events = (short)((p->socks[i].ev & KHALA_HTTP_IN ? POLLIN : 0) |
+                                                  (p->socks[i].ev & KHALA_HTTP_OUT ? POLLOUT : 0))};
+        int64_t wait = khala__http_timeout_ms(p);
+        if (wait < 0 || wait > POLL_MAX_MS)
+            wait = POLL_MAX_MS;
+        int ready = poll(pf, n, (int)wait);
+        for (nfds_t i = 0; ready > 0 && i < n; i++) {
+            unsigned ev = (pf[i].revents & (POLLIN | POLLHUP | POLLERR) ? KHALA_HTTP_IN : 0) |
+                          (pf[i].revents & POLLOUT ? KHALA_HTTP_OUT : 0);
+            if (ev)
+                socket_ready(p, pf[i].fd, ev);
         }
-        if (wait > 0)
-            curl_multi_poll(p->multi, NULL, 0, (int)wait, NULL);
+        khala__http_on_timeout(p);
     }
     return resp->rc;
 }
@@ -412,15 +484,14 @@ void khala__http_pool_set_watch(khala_http_pool_t *p, khala_http_watch_fn fn, vo
     KHALA_ASSERT(p);
     p->watch = fn;
     p->watch_arg = arg;
-    /* Sockets libcurl already watches are announced again on their next state change; kick
-     * every transfer so that happens now. */
-    int running;
-    curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    collect(p);
+    for (unsigned i = 0; fn && i < p->nsocks; i++)
+        fn(arg, p->socks[i].fd, p->socks[i].ev);
 }
 
 int64_t khala__http_timeout_ms(khala_http_pool_t *p) {
     KHALA_ASSERT(p);
+    if (p->completed)
+        return 0;
     int64_t now = khala__sys_now_ms(), at = p->curl_at;
     for (req_t *q = p->retry; q; q = q->next)
         if (at < 0 || q->retry_at < at)
@@ -432,12 +503,7 @@ int64_t khala__http_timeout_ms(khala_http_pool_t *p) {
 
 void khala__http_on_fd(khala_http_pool_t *p, int fd, unsigned events) {
     KHALA_ASSERT(p);
-    int mask = 0, running;
-    if (events & KHALA_HTTP_IN)
-        mask |= CURL_CSELECT_IN;
-    if (events & KHALA_HTTP_OUT)
-        mask |= CURL_CSELECT_OUT;
-    curl_multi_socket_action(p->multi, fd, mask, &running);
+    socket_ready(p, fd, events);
     collect(p);
 }
 
@@ -513,6 +579,8 @@ nomem:
 void khala__http_pool_close(khala_http_pool_t *p) {
     if (!p)
         return;
+    p->in_submit = false;
+    run_completed(p);
     while (p->all) {
         req_t *r = p->all;
         if (r->easy) {
@@ -524,7 +592,7 @@ void khala__http_pool_close(khala_http_pool_t *p) {
         snprintf(r->resp.err, sizeof(r->resp.err), "the pool was closed");
         finish(p, r);
     }
-    p->waiting = p->wait_tail = p->retry = NULL;
+    p->waiting = p->wait_tail = p->retry = p->completed = NULL;
     for (unsigned i = 0; i < p->nfree; i++)
         curl_easy_cleanup(p->free_easy[i]);
     if (p->multi)

@@ -6,9 +6,9 @@
  * khala__http_pool_open() and khala__http_request().
  *
  * Two halves over the same multi handle:
- * - Blocking: khala__http_request() submits one request and drives the multi handle
- *   (curl_multi_perform + curl_multi_poll) until that request is done: what the tier seam needs
- *   today (khalad's tier calls are synchronous). It blocks for at most about
+ * - Blocking: khala__http_request() submits one request and drives the multi handle (poll()
+ *   over its descriptors, curl_multi_socket_action) until that request is done: what the tier
+ *   seam needs today (khalad's tier calls are synchronous). It blocks for at most about
  *   (retries + 1) * timeout_ms + the retry backoff.
  * - Non-blocking: khala__http_submit() queues a request and returns; its callback runs from
  *   khala__http_on_fd() / khala__http_on_timeout() (or from a blocking call driving the same
@@ -113,7 +113,9 @@ int khala__http_request(khala_http_pool_t *p, const char *method, const char *pa
  * @param[in] p, method, path, body, blen, idempotent as khala__http_request (the body is
  *            copied).
  * @param[in] done the completion callback, non-NULL; @p arg passed to it.
- * @return 0 (done will run exactly once), or -ENOMEM / -EIO (done never runs).
+ * @return 0 (done will run exactly once, never inside this call: from a later
+ *         khala__http_on_fd, khala__http_on_timeout, khala__http_request or
+ *         khala__http_pool_close), or -ENOMEM (done never runs).
  */
 int khala__http_submit(khala_http_pool_t *p, const char *method, const char *path, const void *body,
                        size_t blen, bool idempotent, khala_http_done_fn done, void *arg);

@@ -425,47 +425,45 @@ static int http_fail(stier_t *s, const char *what, const khala_http_resp_t *r) {
  * status other than 200, a reply of another shape, an RPC error: the request as a whole
  * failed) or -ENOMEM, with t->err set. A transport failure marks the tier down.
  */
-static int query(stier_t *s, const char *sql, json_t *vars, bool idempotent, json_t **out) {
-    KHALA_ASSERT(s->http && sql && out);
+/* The /rpc body of sql with vars (stolen; NULL = none): malloc'ed text, or NULL (-ENOMEM, with
+ * t->err set). */
+static char *query_body(stier_t *s, const char *sql, json_t *vars) {
     json_t *req = json_pack("{s:i, s:s, s:[s, o]}", "id", 1, "method", "query", "params", sql,
                             vars ? vars : json_object());
-    if (!req) {
-        terr(s, "%s: out of memory", s->where);
-        return -ENOMEM;
-    }
-    char *body = json_dumps(req, JSON_COMPACT);
+    char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
-    if (!body) {
+    if (!body)
         terr(s, "%s: out of memory", s->where);
-        return -ENOMEM;
-    }
-    khala_http_resp_t r;
-    size_t blen = strlen(body);
-    int rc = khala__http_request(s->http, "POST", "/rpc", body, blen, idempotent, &r);
-    free(body);
+    return body;
+}
+
+/* Judge the answer r to a query of blen bytes (r is released here); on 0, *out as query(). */
+static int query_reply(stier_t *s, khala_http_resp_t *r, size_t blen, json_t **out) {
+    int rc = r->rc;
     if (rc == -ENOMEM) {
+        khala__http_resp_free(r);
         terr(s, "%s: out of memory", s->where);
         return -ENOMEM;
     }
-    if (rc == 0 && r.status == 413) {
+    if (rc == 0 && r->status == 413) {
         /* The server is up and refuses this one request (tier.h: KHALA_EREFUSED). */
         terr(s,
              "%s: a request of %zu bytes is above the server's body limit "
              "(SURREAL_HTTP_MAX_RPC_BODY_SIZE)",
              s->where, blen);
-        khala__http_resp_free(&r);
+        khala__http_resp_free(r);
         return KHALA_EREFUSED;
     }
-    if (rc != 0 || r.status != 200) {
+    if (rc != 0 || r->status != 200) {
         if (rc != 0)
             mark_down(s);
-        rc = http_fail(s, "query", &r);
-        khala__http_resp_free(&r);
+        rc = http_fail(s, "query", r);
+        khala__http_resp_free(r);
         return rc;
     }
     json_error_t je;
-    json_t *reply = json_loadb(r.body ? r.body : "", r.len, 0, &je);
-    khala__http_resp_free(&r);
+    json_t *reply = json_loadb(r->body ? r->body : "", r->len, 0, &je);
+    khala__http_resp_free(r);
     json_t *res = json_object_get(reply, "result"), *err = json_object_get(reply, "error");
     if (json_is_object(err)) {
         json_t *m = json_object_get(err, "message");
@@ -487,6 +485,25 @@ static int query(stier_t *s, const char *sql, json_t *vars, bool idempotent, jso
     json_decref(reply);
     *out = res;
     return 0;
+}
+
+/*
+ * Run sql with vars (stolen; NULL = none) as one /rpc query. On 0, *out is the reply's array of
+ * statement results, one per statement (the caller releases it). KHALA_ETIER (transport, a
+ * status other than 200, a reply of another shape, an RPC error: the request as a whole
+ * failed), KHALA_EREFUSED (413: the body is above the server's limit) or -ENOMEM, with t->err
+ * set. A transport failure marks the tier down.
+ */
+static int query(stier_t *s, const char *sql, json_t *vars, bool idempotent, json_t **out) {
+    KHALA_ASSERT(s->http && sql && out);
+    char *body = query_body(s, sql, vars);
+    if (!body)
+        return -ENOMEM;
+    khala_http_resp_t r;
+    size_t blen = strlen(body);
+    khala__http_request(s->http, "POST", "/rpc", body, blen, idempotent, &r);
+    free(body);
+    return query_reply(s, &r, blen, out);
 }
 
 /* Statement i of results: 0 and *val (borrowed) when its status is OK; KHALA_EREFUSED with
@@ -761,6 +778,93 @@ static int s_get(khala_tier_t *t, const void *key, size_t klen, khala_tier_value
 
 static int s_archive_get(khala_tier_t *t, const void *key, size_t klen, khala_tier_value_t *out) {
     return get_from(ST(t), "$atb", key, klen, out, false);
+}
+
+/* An asynchronous get in flight (khala__tier_surreal_get_async). */
+typedef struct aget {
+    stier_t *s;
+    int64_t now; /* wall-clock ms the request was made */
+    size_t blen; /* request body bytes, for a 413 message */
+    khala_tier_surreal_get_fn done;
+    void *arg;
+    size_t klen;
+    uint8_t key[KHALA_KEY_MAX];
+} aget_t;
+
+static void aget_done(void *arg, khala_http_resp_t *resp) {
+    aget_t *a = arg;
+    stier_t *s = a->s;
+    khala_tier_value_t v = {0};
+    json_t *res = NULL;
+    int rc;
+    if (resp->rc == -ECANCELED) { /* the tier is closing */
+        khala__http_resp_free(resp);
+        terr(s, "%s: the level was closed with the request in flight", s->where);
+        rc = KHALA_ETIER;
+    } else if ((rc = query_reply(s, resp, a->blen, &res)) == 0) {
+        rc = read_row(s, res, 0, a->now, a->key, a->klen, &v);
+        json_decref(res);
+        s->st.gets++;
+        if (rc == 0) {
+            char hex[HEXKEY_MAX];
+            key_hex(a->key, a->klen, hex);
+            hit_add(s, hex, 1);
+            s->st.hits++;
+        } else if (rc == KHALA_ENOTFOUND) {
+            s->st.misses++;
+        }
+    }
+    rc = done(s, rc);
+    a->done(a->arg, rc, rc == 0 ? &v : NULL);
+    free(a);
+}
+
+int khala__tier_surreal_get_async(khala_tier_t *t, const void *key, size_t klen,
+                                  khala_tier_surreal_get_fn fn, void *arg) {
+    KHALA_ASSERT(t && t->ops == &surreal_ops && fn);
+    stier_t *s = ST(t);
+    int rc = key_check(s, key, klen);
+    if (rc)
+        return rc;
+    if ((rc = reach(s)) != 0)
+        return done(s, rc);
+    aget_t *a = calloc(1, sizeof(*a));
+    if (!a)
+        return done(s, -ENOMEM);
+    a->s = s;
+    a->now = wall_ms();
+    a->done = fn;
+    a->arg = arg;
+    a->klen = klen;
+    memcpy(a->key, key, klen);
+    char hex[HEXKEY_MAX], sql[256];
+    key_hex(key, klen, hex);
+    json_t *vars = vars_new(s, a->now);
+    if (!vars || json_object_set_new(vars, "k", json_string(hex))) {
+        json_decref(vars);
+        free(a);
+        return done(s, -ENOMEM);
+    }
+    snprintf(sql, sizeof(sql), "SELECT " ROW_FIELDS " FROM %s($tb, $k) WHERE " LIVE ";", s->rec);
+    char *body = query_body(s, sql, vars);
+    if (!body) {
+        free(a);
+        return done(s, -ENOMEM);
+    }
+    a->blen = strlen(body);
+    rc = khala__http_submit(s->http, "POST", "/rpc", body, a->blen, true, aget_done, a);
+    free(body);
+    if (rc) {
+        free(a);
+        terr(s, "%s: out of memory", s->where);
+        return done(s, rc);
+    }
+    return 0;
+}
+
+khala_http_pool_t *khala__tier_surreal_pool(khala_tier_t *t) {
+    KHALA_ASSERT(t && t->ops == &surreal_ops);
+    return ST(t)->http;
 }
 
 static int s_mget(khala_tier_t *t, size_t n, const khala_bytes_t *keys, khala_tier_value_t *out,

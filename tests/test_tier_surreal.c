@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 
+#include "http_pool.h"
 #include "khala/error.h"
 #include "surreal_util.h"
 #include "sys.h"
@@ -699,6 +701,108 @@ Test(tier_surreal, similar_through_the_hnsw_index_finds_near_duplicates_only) {
     khala_tier_surreal_opts_t o = opts(g_url);
     o.embedding_dim = 4;
     similar_checks(open_with(&o));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The asynchronous read                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The descriptors the pool asked to watch: a stand-in for khalad's loop. */
+typedef struct loop {
+    int fd[16];
+    unsigned ev[16];
+    int n;
+} loop_t;
+
+static void loop_watch(void *arg, int fd, unsigned events) {
+    loop_t *l = arg;
+    for (int i = 0; i < l->n; i++) {
+        if (l->fd[i] == fd) {
+            if (events) {
+                l->ev[i] = events;
+            } else {
+                l->fd[i] = l->fd[--l->n];
+                l->ev[i] = l->ev[l->n];
+            }
+            return;
+        }
+    }
+    if (events && l->n < 16) {
+        l->fd[l->n] = fd;
+        l->ev[l->n++] = events;
+    }
+}
+
+static void loop_run(khala_http_pool_t *p, loop_t *l) {
+    for (int spins = 0; khala__http_inflight(p) > 0 && spins < 20000; spins++) {
+        struct pollfd pf[16];
+        int n = l->n;
+        for (int i = 0; i < n; i++)
+            pf[i] = (struct pollfd){.fd = l->fd[i],
+                                    .events = (short)((l->ev[i] & KHALA_HTTP_IN ? POLLIN : 0) |
+                                                      (l->ev[i] & KHALA_HTTP_OUT ? POLLOUT : 0))};
+        int64_t t = khala__http_timeout_ms(p);
+        if (poll(pf, (nfds_t)n, t < 0 || t > 100 ? 100 : (int)t) <= 0) {
+            khala__http_on_timeout(p);
+            continue;
+        }
+        for (int i = 0; i < n; i++) {
+            unsigned ev = (pf[i].revents & (POLLIN | POLLHUP | POLLERR) ? KHALA_HTTP_IN : 0) |
+                          (pf[i].revents & POLLOUT ? KHALA_HTTP_OUT : 0);
+            if (ev)
+                khala__http_on_fd(p, pf[i].fd, ev);
+        }
+    }
+}
+
+typedef struct got {
+    int calls, rc;
+    khala_tier_value_t v;
+} got_t;
+
+static void on_got(void *arg, int rc, khala_tier_value_t *val) {
+    got_t *g = arg;
+    g->calls++;
+    g->rc = rc;
+    if (val)
+        g->v = *val;
+}
+
+Test(tier_surreal, an_asynchronous_get_answers_through_the_loop_hooks) {
+    khala_tier_t *t = open_default();
+    cr_assert_eq(put(t, "ak", "async value", 11, 9, 0, KHALA_TYPE_AGENT_RESPONSE), 0, "%s", t->err);
+    khala_http_pool_t *p = khala__tier_surreal_pool(t);
+    loop_t l = {0};
+    khala__http_pool_set_watch(p, loop_watch, &l);
+    got_t hit = {0}, miss = {0};
+    cr_assert_eq(khala__tier_surreal_get_async(t, "ak", 2, on_got, &hit), 0, "%s", t->err);
+    cr_assert_eq(khala__tier_surreal_get_async(t, "nope", 4, on_got, &miss), 0, "%s", t->err);
+    cr_assert_eq(hit.calls + miss.calls, 0, "never inside the call");
+    cr_assert_eq(khala__tier_surreal_get_async(t, "", 0, on_got, &miss), KHALA_EKEY);
+    loop_run(p, &l);
+    cr_assert_eq(hit.calls, 1);
+    cr_assert_eq(hit.rc, 0, "%s", t->err);
+    cr_assert_eq(hit.v.len, 11);
+    cr_assert(memcmp(hit.v.data, "async value", 11) == 0);
+    cr_assert_eq(hit.v.version, 9);
+    cr_assert_eq(hit.v.type, KHALA_TYPE_AGENT_RESPONSE);
+    khala__tier_value_free(&hit.v);
+    cr_assert_eq(miss.calls, 1);
+    cr_assert_eq(miss.rc, KHALA_ENOTFOUND);
+    khala_tier_stats_t st;
+    t->ops->stats(t, &st);
+    cr_assert_eq(st.hits, 1);
+    cr_assert_eq(st.misses, 1);
+    /* Closing with a request in flight runs its callback with KHALA_ETIER. */
+    got_t late = {0};
+    cr_assert_eq(khala__tier_surreal_get_async(t, "ak", 2, on_got, &late), 0);
+    t->ops->close(t);
+    g_t = NULL;
+    cr_assert_eq(late.calls, 1);
+    if (late.rc == 0)
+        khala__tier_value_free(&late.v);
+    else
+        cr_assert_eq(late.rc, KHALA_ETIER);
 }
 
 /* ------------------------------------------------------------------------------------------ */
