@@ -1,7 +1,8 @@
 /*
  * daemon/http_pool.c, both halves, against a real HTTP server: the SurrealDB test front
- * (KHALA_TEST_SURREAL_URL, else a private one, tests/surreal_util.h) and a port where nothing listens. The non-blocking half is driven the way khalad's loop
- * would: poll() over the descriptors the watch callback announced, and the pool's timeout.
+ * (KHALA_TEST_SURREAL_URL, else a private one, tests/surreal_util.h) and a port where nothing
+ * listens. The non-blocking half is driven the way khalad's loop would: poll() over the
+ * descriptors the watch callback announced, and the pool's timeout.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
