@@ -578,6 +578,12 @@ static int learn_version(stier_t *s) {
         khala__http_resp_free(&r);
         return KHALA_ETIER;
     }
+    if (major < 2) {
+        terr(s, "%s: the server is %.40s; the driver needs SurrealDB 2.0 or newer (UPSERT)",
+             s->where, b);
+        khala__http_resp_free(&r);
+        return KHALA_ETIER;
+    }
     s->rec = major >= 3 ? "type::record" : "type::thing";
     khala__http_resp_free(&r);
     return 0;
