@@ -517,6 +517,24 @@ void khala__http_on_timeout(khala_http_pool_t *p) {
     collect(p);
 }
 
+void khala__http_progress(khala_http_pool_t *p) {
+    KHALA_ASSERT(p);
+    struct pollfd pf[sizeof(p->socks) / sizeof(p->socks[0])];
+    nfds_t n = p->nsocks;
+    for (nfds_t i = 0; i < n; i++)
+        pf[i] = (struct pollfd){.fd = p->socks[i].fd,
+                                .events = (short)((p->socks[i].ev & KHALA_HTTP_IN ? POLLIN : 0) |
+                                                  (p->socks[i].ev & KHALA_HTTP_OUT ? POLLOUT : 0))};
+    int ready = n ? poll(pf, n, 0) : 0;
+    for (nfds_t i = 0; ready > 0 && i < n; i++) {
+        unsigned ev = (pf[i].revents & (POLLIN | POLLHUP | POLLERR) ? KHALA_HTTP_IN : 0) |
+                      (pf[i].revents & POLLOUT ? KHALA_HTTP_OUT : 0);
+        if (ev)
+            socket_ready(p, pf[i].fd, ev);
+    }
+    khala__http_on_timeout(p);
+}
+
 unsigned khala__http_inflight(const khala_http_pool_t *p) {
     return p->inflight;
 }

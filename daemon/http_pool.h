@@ -134,6 +134,11 @@ void khala__http_on_fd(khala_http_pool_t *p, int fd, unsigned events);
 /** @brief The timeout of khala__http_timeout_ms() passed: progress (timeouts, retries due). */
 void khala__http_on_timeout(khala_http_pool_t *p);
 
+/** @brief Progress without waiting and without an event loop: poll the pool's descriptors with
+ * a zero timeout, hand libcurl what is ready, run what is due and the callbacks of requests that
+ * finished. For a caller that has no loop watching the pool (a driver's tick). */
+void khala__http_progress(khala_http_pool_t *p);
+
 /** @brief Requests submitted and not yet done. */
 unsigned khala__http_inflight(const khala_http_pool_t *p);
 

@@ -53,8 +53,11 @@
  * doubling to 5 s); operations before then fail at once without network. The open (version,
  * schema) finishes on the first call after the server answers.
  *
- * Cleanup. Every cleanup_interval_ms a pass starts; tick() runs one bounded step of it per call
- * (one request of at most cleanup_batch rows), so a tick stays short:
+ * Cleanup. Every cleanup_interval_ms a pass starts; tick() submits one bounded step of it (one
+ * request of at most cleanup_batch rows) through the pool's non-blocking half and returns, and a
+ * later tick (khala__http_progress, a zero-timeout poll) applies the answer and submits the
+ * next step, so a tick never waits on the server (a step takes 0.1 to 0.3 s at 100 k rows on
+ * the test engine):
  *   1. expired live rows deleted (expires in (0, now]), until a step finds fewer than a batch;
  *   2. the row count (SELECT count() ... GROUP ALL) is taken; while it exceeds max_entries, the
  *      least valuable rows (fewest hits, then oldest) are moved to <table>_archive with expires
@@ -62,8 +65,9 @@
  *      copy and the delete commit together);
  *   3. archive rows past their retention deleted.
  * Access counts: gets and note_hits add to a small table (HITS_MAX keys between flushes); tick
- * flushes it once a second as one FOR statement of UPDATE ... SET hits += n (not retried: it is
- * not idempotent, and a lost flush loses only a sample).
+ * submits it once a second, in the background too, as one FOR statement of UPDATE ... SET hits
+ * += n (not retried: it is not idempotent, and a lost flush loses only a sample); hot() and
+ * close flush what is left synchronously first.
  *
  * Semantic look-up (similar). With embedding_dim > 0 and a query of that dimension: the HNSW
  * index (`vec <|k,EF|> $q`), then vector::similarity::cosine for the score; otherwise an exact
@@ -152,6 +156,12 @@ typedef struct stier {
     const char *rec;    /* "type::thing" or "type::record", once ready */
     int64_t retry_at;   /* monotonic ms: no attempt before, while down or not ready */
     int64_t backoff_ms; /* the next delay */
+
+    /* Background requests (submitted by tick, answered through the pool's callbacks). */
+    bool clean_inflight; /* a cleanup step is in flight */
+    size_t clean_nstmt;  /* its statements */
+    bool hits_inflight;  /* an access-count flush is in flight */
+    char hits_sql[128];  /* the flush statement (REC is known once ready) */
 
     /* Cleanup. */
     int phase;
@@ -585,6 +595,8 @@ static int learn_version(stier_t *s) {
         return KHALA_ETIER;
     }
     s->rec = major >= 3 ? "type::record" : "type::thing";
+    snprintf(s->hits_sql, sizeof(s->hits_sql),
+             "FOR $h IN $h { UPDATE %s($tb, $h.k) SET hits += $h.n RETURN NONE; };", s->rec);
     khala__http_resp_free(&r);
     return 0;
 }
@@ -689,25 +701,28 @@ static void hit_add(stier_t *s, const char *hex, uint64_t n) {
     s->hits[s->nhits++].n = n;
 }
 
-static void hits_flush(stier_t *s) {
+/* The access counts gathered since the last flush as the variables of s->hits_sql ($h: a list
+ * of {k, n}); the table is emptied. NULL when there is nothing (or on -ENOMEM). */
+static json_t *hits_vars(stier_t *s) {
     if (s->nhits == 0)
-        return;
+        return NULL;
     json_t *vars = vars_new(s, wall_ms()), *arr = json_array();
     if (!vars || !arr || json_object_set_new(vars, "h", arr)) {
         json_decref(vars);
-        return;
+        return NULL;
     }
     for (size_t i = 0; i < s->nhits; i++)
         json_array_append_new(
             arr, json_pack("{s:s, s:I}", "k", s->hits[i].key, "n", (json_int_t)s->hits[i].n));
     s->nhits = 0;
-    sbuf_t b = {0};
-    sb_add(&b, "FOR $h IN $h { UPDATE %s($tb, $h.k) SET hits += $h.n RETURN NONE; };", s->rec);
-    if (!b.oom)
-        (void)query_ok(s, b.s, vars, false, 1, NULL);
-    else
-        json_decref(vars);
-    free(b.s);
+    return vars;
+}
+
+/* Flush the access counts now (hot() and close need them in the table). */
+static void hits_flush(stier_t *s) {
+    json_t *vars = hits_vars(s);
+    if (vars)
+        (void)query_ok(s, s->hits_sql, vars, false, 1, NULL);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1357,45 +1372,33 @@ static void s_stats(khala_tier_t *t, khala_tier_stats_t *out) {
     out->bytes = UINT64_MAX;
 }
 
-/* One step of the cleanup pass (see "Cleanup" above). */
-static void clean_step(stier_t *s) {
-    json_t *vars = vars_new(s, wall_ms());
-    if (!vars)
-        return;
-    uint64_t n = 0;
+/* The statements of one step of the cleanup pass's phase (see "Cleanup" above) into *sql
+ * (malloc'ed) and *vars; *nstmt gets how many. 0, or -ENOMEM. */
+static int clean_build(stier_t *s, char **sql, json_t **vars, size_t *nstmt) {
+    json_t *v = vars_new(s, wall_ms());
+    sbuf_t b = {0};
+    if (!v)
+        return -ENOMEM;
     switch (s->phase) {
         case CLEAN_EXPIRED:
-            if (delete_step(s, s->table, "expires > 0 AND expires <= $now", vars, s->batch, &n))
-                return;
-            s->st.expirations += n;
-            if (n < s->batch)
-                s->phase = CLEAN_COUNT;
-            return;
-        case CLEAN_COUNT: {
-            json_t *res = NULL, *rows = NULL;
-            char sql[160];
-            snprintf(sql, sizeof(sql), "SELECT count() AS n FROM %s GROUP ALL;", s->table);
-            if (query_ok(s, sql, vars, true, 1, &res))
-                return;
-            stmt(s, res, 0, &rows, NULL);
-            json_t *jn = json_object_get(json_array_get(rows, 0), "n");
-            s->count = json_is_integer(jn) ? (uint64_t)json_integer_value(jn) : 0;
-            json_decref(res);
-            s->to_evict =
-                s->max_entries && s->count > s->max_entries ? s->count - s->max_entries : 0;
-            s->phase = s->to_evict ? CLEAN_EVICT : CLEAN_ARCHIVE;
-            return;
-        }
+        case CLEAN_ARCHIVE:
+            sb_add(&b,
+                   "LET $ids = (SELECT VALUE id FROM %s WHERE expires > 0 AND expires <= $now "
+                   "LIMIT %u); DELETE $ids RETURN NONE; RETURN array::len($ids);",
+                   s->phase == CLEAN_EXPIRED ? s->table : s->archive, s->batch);
+            *nstmt = 3;
+            break;
+        case CLEAN_COUNT:
+            sb_add(&b, "SELECT count() AS n FROM %s GROUP ALL;", s->table);
+            *nstmt = 1;
+            break;
         case CLEAN_EVICT: {
             uint64_t m = s->to_evict < s->batch ? s->to_evict : s->batch;
-            if (json_object_set_new(vars, "n", json_integer((json_int_t)m)) ||
-                json_object_set_new(vars, "aexp",
-                                    json_integer(json_integer_value(json_object_get(vars, "now")) +
-                                                 s->retention_ms))) {
-                json_decref(vars);
-                return;
-            }
-            sbuf_t b = {0};
+            if (json_object_set_new(v, "n", json_integer((json_int_t)m)) ||
+                json_object_set_new(
+                    v, "aexp",
+                    json_integer(json_integer_value(json_object_get(v, "now")) + s->retention_ms)))
+                b.oom = true;
             sb_add(&b, "LET $rows = (SELECT * FROM %s ORDER BY hits ASC, created ASC LIMIT $n);",
                    s->table);
             if (s->retention_ms > 0)
@@ -1408,50 +1411,135 @@ static void clean_step(stier_t *s) {
             else
                 sb_add(&b, "FOR $r IN $rows { DELETE $r.id RETURN NONE; };");
             sb_add(&b, "RETURN array::len($rows);");
-            json_t *res = NULL, *val = NULL;
-            int rc = b.oom ? -ENOMEM : query_ok(s, b.s, vars, true, 3, &res);
-            if (b.oom)
-                json_decref(vars);
-            free(b.s);
-            if (rc)
-                return;
+            *nstmt = 3;
+            break;
+        }
+        default:
+            b.oom = true;
+            break;
+    }
+    if (b.oom) {
+        json_decref(v);
+        free(b.s);
+        return -ENOMEM;
+    }
+    *sql = b.s;
+    *vars = v;
+    return 0;
+}
+
+/* Apply the answer of the step of the current phase: counters, and the next phase. */
+static void clean_apply(stier_t *s, const json_t *res) {
+    json_t *val = NULL;
+    uint64_t n;
+    switch (s->phase) {
+        case CLEAN_EXPIRED:
+        case CLEAN_ARCHIVE:
             stmt(s, res, 2, &val, NULL);
             n = json_is_integer(val) ? (uint64_t)json_integer_value(val) : 0;
-            json_decref(res);
+            if (s->phase == CLEAN_EXPIRED)
+                s->st.expirations += n;
+            if (n < s->batch)
+                s->phase = s->phase == CLEAN_EXPIRED ? CLEAN_COUNT : CLEAN_IDLE;
+            return;
+        case CLEAN_COUNT: {
+            stmt(s, res, 0, &val, NULL);
+            json_t *jn = json_object_get(json_array_get(val, 0), "n");
+            s->count = json_is_integer(jn) ? (uint64_t)json_integer_value(jn) : 0;
+            s->to_evict =
+                s->max_entries && s->count > s->max_entries ? s->count - s->max_entries : 0;
+            s->phase = s->to_evict ? CLEAN_EVICT : CLEAN_ARCHIVE;
+            return;
+        }
+        case CLEAN_EVICT:
+            stmt(s, res, 2, &val, NULL);
+            n = json_is_integer(val) ? (uint64_t)json_integer_value(val) : 0;
             s->st.evictions += n;
             s->count -= n < s->count ? n : s->count;
             s->to_evict -= n < s->to_evict ? n : s->to_evict;
             if (n == 0 || s->to_evict == 0)
                 s->phase = CLEAN_ARCHIVE;
             return;
-        }
-        case CLEAN_ARCHIVE:
-            if (delete_step(s, s->archive, "expires > 0 AND expires <= $now", vars, s->batch, &n))
-                return;
-            if (n < s->batch)
-                s->phase = CLEAN_IDLE;
-            return;
         default:
-            json_decref(vars);
             return;
     }
 }
 
+/* The answer of a background request (a cleanup step or an access-count flush). A failed step
+ * is counted and tried again at the next tick (the phase does not move). */
+static void background_done(stier_t *s, khala_http_resp_t *resp, size_t nstmt, bool cleanup) {
+    json_t *res = NULL;
+    if (resp->rc == -ECANCELED) { /* the tier is closing */
+        khala__http_resp_free(resp);
+        return;
+    }
+    if (query_reply(s, resp, 0, &res) != 0) {
+        s->st.errors++;
+        return;
+    }
+    for (size_t i = 0; i < nstmt; i++) {
+        if (stmt(s, res, i, NULL, NULL) != 0) {
+            s->st.errors++;
+            json_decref(res);
+            return;
+        }
+    }
+    if (cleanup)
+        clean_apply(s, res);
+    json_decref(res);
+}
+
+static void clean_done(void *arg, khala_http_resp_t *resp) {
+    stier_t *s = arg;
+    s->clean_inflight = false;
+    background_done(s, resp, s->clean_nstmt, true);
+}
+
+static void hits_done(void *arg, khala_http_resp_t *resp) {
+    stier_t *s = arg;
+    s->hits_inflight = false;
+    background_done(s, resp, 1, false);
+}
+
+/* Submit sql with vars (stolen) as a background request; 0 or -ENOMEM. */
+static int background_submit(stier_t *s, const char *sql, json_t *vars, bool idempotent,
+                             khala_http_done_fn fn) {
+    char *body = query_body(s, sql, vars);
+    if (!body)
+        return -ENOMEM;
+    int rc = khala__http_submit(s->http, "POST", "/rpc", body, strlen(body), idempotent, fn, s);
+    free(body);
+    return rc;
+}
+
 static void s_tick(khala_tier_t *t, int64_t now_ms) {
     stier_t *s = ST(t);
+    /* Background requests progress here without waiting (their answers apply now). */
+    khala__http_progress(s->http);
     if (!s->ready || s->down)
         return; /* health() brings it back; the tick never waits on a dead server */
-    if (now_ms >= s->hits_at && s->nhits > 0) {
+    if (now_ms >= s->hits_at && s->nhits > 0 && !s->hits_inflight) {
         s->hits_at = now_ms + HITS_FLUSH_MS;
-        hits_flush(s);
-        return; /* one request per tick */
+        json_t *vars = hits_vars(s);
+        if (vars && background_submit(s, s->hits_sql, vars, false, hits_done) == 0)
+            s->hits_inflight = true;
     }
     if (s->phase == CLEAN_IDLE && s->cleanup_interval_ms > 0 && now_ms >= s->clean_at) {
         s->clean_at = now_ms + s->cleanup_interval_ms;
         s->phase = CLEAN_EXPIRED;
     }
-    if (s->phase != CLEAN_IDLE)
-        clean_step(s);
+    if (s->phase != CLEAN_IDLE && !s->clean_inflight) {
+        char *sql = NULL;
+        json_t *vars = NULL;
+        size_t n = 0;
+        if (clean_build(s, &sql, &vars, &n) == 0) {
+            if (background_submit(s, sql, vars, true, clean_done) == 0) {
+                s->clean_inflight = true;
+                s->clean_nstmt = n;
+            }
+            free(sql);
+        }
+    }
 }
 
 static void s_note_hits(khala_tier_t *t, const void *key, size_t klen, uint64_t hits) {

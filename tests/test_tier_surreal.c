@@ -190,14 +190,25 @@ static void expect_miss(khala_tier_t *t, const char *key) {
     cr_assert_eq(rc, KHALA_ENOTFOUND, "get '%s': %d, expected a miss (%s)", key, rc, t->err);
 }
 
-/* Run the tier's tick until its cleanup pass finished (or n calls). */
+/* Wait until the tier's background requests were answered (up to 20 s). */
+static void settle(khala_tier_t *t) {
+    khala_http_pool_t *p = khala__tier_surreal_pool(t);
+    for (int w = 0; w < 20000 && khala__http_inflight(p) > 0; w++) {
+        usleep(1000);
+        khala__http_progress(p);
+    }
+    cr_assert_eq(khala__http_inflight(p), 0, "a background request still in flight after 20 s");
+}
+
+/* Run n cleanup steps: each tick (on a clock past any interval and the access-count flush)
+ * submits one step in the background; wait until it (and any flush) was answered. */
 static void run_cleanup(khala_tier_t *t, int n) {
     static int64_t clock_ms;
     for (int i = 0; i < n; i++) {
         int64_t now = khala__sys_now_ms();
-        /* past any interval and the access-count flush */
         clock_ms = (clock_ms > now ? clock_ms : now) + 2000;
         t->ops->tick(t, clock_ms);
+        settle(t);
     }
 }
 
@@ -523,9 +534,14 @@ Test(tier_surreal, cleanup_deletes_expired_rows_in_bounded_batches) {
     cr_assert_eq(put(t, "later", "v", 1, 1, 600000, 0), 0);
     usleep(400 * 1000);
     cr_assert_eq(raw_count(g_table), 12, "expired rows stay until a cleanup");
+    /* A tick submits the step and returns: it never waits on the server. */
+    t->ops->tick(t, khala__sys_now_ms() + 1000);
+    cr_assert_eq(khala__http_inflight(khala__tier_surreal_pool(t)), 1, "one step in flight");
+    settle(t);
     khala_tier_stats_t st;
-    long prev = 12;
-    int steps = 0;
+    long prev = raw_count(g_table);
+    cr_assert(prev >= 9 && prev < 12, "the first step deleted 1 to 3 rows: %ld left", prev);
+    int steps = 1; /* the one above */
     for (int i = 0; i < 40 && prev > 2; i++) {
         run_cleanup(t, 1);
         long now = raw_count(g_table);
