@@ -74,8 +74,12 @@
  * scan: WHERE array::len(vec) = $dim AND cosine >= $min ORDER BY sim DESC LIMIT k. Both filter
  * expired rows and the threshold again in C.
  *
- * Invariants: st->tier is the first member; every json_t a function builds or receives it
- * releases; no operation but health() and tick() runs before ready, and those finish the open.
+ * Invariants: s->tier is the first member; every json_t a function builds or receives it
+ * releases; every operation that talks to the server first passes reach() (ready and up, or it
+ * fails with KHALA_ETIER), except tick(), which only progresses what is in flight until then;
+ * background callbacks touch only the cleanup and access-count state, the error counter, and
+ * on a transport failure the down state and t->err (they may run inside any blocking call of
+ * the tier).
  */
 #include <errno.h>
 #include <fnmatch.h>
