@@ -49,6 +49,8 @@
 #include <curl/curl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 
 #include "debug.h"
 #include "errbuf.h"
@@ -109,6 +111,7 @@ struct khala_http_pool {
         unsigned ev;
     } socks[2 * KHALA_HTTP_POOL_MAX];
     unsigned nsocks;
+    int epfd; /* an epoll instance holding socks: one descriptor for a loop to watch */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -162,6 +165,17 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     } else if (ev != 0 && p->nsocks < sizeof(p->socks) / sizeof(p->socks[0])) {
         p->socks[p->nsocks].fd = (int)s;
         p->socks[p->nsocks++].ev = ev;
+    }
+    if (p->epfd >= 0) {
+        /* The kernel drops a closed descriptor by itself, so a DEL may find nothing, and a
+         * number reused by a new socket may still be there: try the other verb. */
+        struct epoll_event e = {.events = (ev & KHALA_HTTP_IN ? EPOLLIN : 0u) |
+                                          (ev & KHALA_HTTP_OUT ? EPOLLOUT : 0u),
+                                .data.fd = (int)s};
+        if (ev == 0)
+            (void)epoll_ctl(p->epfd, EPOLL_CTL_DEL, (int)s, NULL);
+        else if (epoll_ctl(p->epfd, EPOLL_CTL_MOD, (int)s, &e) != 0)
+            (void)epoll_ctl(p->epfd, EPOLL_CTL_ADD, (int)s, &e);
     }
     if (p->watch)
         p->watch(p->watch_arg, (int)s, ev); /* CURL_POLL_REMOVE: ev 0 */
@@ -519,20 +533,20 @@ void khala__http_on_timeout(khala_http_pool_t *p) {
 
 void khala__http_progress(khala_http_pool_t *p) {
     KHALA_ASSERT(p);
-    struct pollfd pf[sizeof(p->socks) / sizeof(p->socks[0])];
-    nfds_t n = p->nsocks;
-    for (nfds_t i = 0; i < n; i++)
-        pf[i] = (struct pollfd){.fd = p->socks[i].fd,
-                                .events = (short)((p->socks[i].ev & KHALA_HTTP_IN ? POLLIN : 0) |
-                                                  (p->socks[i].ev & KHALA_HTTP_OUT ? POLLOUT : 0))};
-    int ready = n ? poll(pf, n, 0) : 0;
-    for (nfds_t i = 0; ready > 0 && i < n; i++) {
-        unsigned ev = (pf[i].revents & (POLLIN | POLLHUP | POLLERR) ? KHALA_HTTP_IN : 0) |
-                      (pf[i].revents & POLLOUT ? KHALA_HTTP_OUT : 0);
+    struct epoll_event evs[sizeof(p->socks) / sizeof(p->socks[0])];
+    int n = p->nsocks ? epoll_wait(p->epfd, evs, (int)(sizeof(evs) / sizeof(evs[0])), 0) : 0;
+    for (int i = 0; i < n; i++) {
+        unsigned ev = (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR) ? KHALA_HTTP_IN : 0) |
+                      (evs[i].events & EPOLLOUT ? KHALA_HTTP_OUT : 0);
         if (ev)
-            socket_ready(p, pf[i].fd, ev);
+            socket_ready(p, evs[i].data.fd, ev);
     }
     khala__http_on_timeout(p);
+}
+
+int khala__http_pool_fd(const khala_http_pool_t *p) {
+    KHALA_ASSERT(p);
+    return p->epfd;
 }
 
 unsigned khala__http_inflight(const khala_http_pool_t *p) {
@@ -562,6 +576,12 @@ int khala__http_pool_open(const khala_http_opts_t *o, khala_http_pool_t **out, c
     if (!p)
         return khala__errbuf(err, errlen, -ENOMEM, "http: out of memory");
     p->curl_at = -1;
+    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (p->epfd < 0) {
+        int e = errno;
+        free(p);
+        return khala__errbuf(err, errlen, -e, "http: epoll_create1: %s", strerror(e));
+    }
     p->timeout_ms = o->timeout_ms;
     p->connect_ms = o->connect_ms ? o->connect_ms : o->timeout_ms;
     p->pool_size = o->pool_size == 0 ? 1 : o->pool_size;
@@ -616,6 +636,8 @@ void khala__http_pool_close(khala_http_pool_t *p) {
     if (p->multi)
         curl_multi_cleanup(p->multi);
     curl_slist_free_all(p->hdrs);
+    if (p->epfd >= 0)
+        close(p->epfd);
     free(p->base);
     free(p->user);
     free(p->pass);

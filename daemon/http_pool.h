@@ -81,7 +81,7 @@ typedef void (*khala_http_watch_fn)(void *arg, int fd, unsigned events);
  * @param[out] out the pool, written only on success; release it with khala__http_pool_close.
  * @param[out] err message buffer; may be NULL. @param[in] errlen its size.
  * @return 0; -EINVAL for a missing base URL or a zero timeout; -ENOMEM or -EIO when libcurl
- *         cannot be set up.
+ *         cannot be set up; -errno of epoll_create1.
  */
 int khala__http_pool_open(const khala_http_opts_t *o, khala_http_pool_t **out, char *err,
                           size_t errlen);
@@ -138,6 +138,12 @@ void khala__http_on_timeout(khala_http_pool_t *p);
  * a zero timeout, hand libcurl what is ready, run what is due and the callbacks of requests that
  * finished. For a caller that has no loop watching the pool (a driver's tick). */
 void khala__http_progress(khala_http_pool_t *p);
+
+/** @brief One descriptor for a loop that watches a single one (khalad's tier seam: poll_fd):
+ * an epoll instance over the pool's sockets, readable when any of them is ready; then call
+ * khala__http_progress() (and call it from a periodic tick too, for timeouts and retries).
+ * Stable for the pool's life; the pool closes it. */
+int khala__http_pool_fd(const khala_http_pool_t *p);
 
 /** @brief Requests submitted and not yet done. */
 unsigned khala__http_inflight(const khala_http_pool_t *p);

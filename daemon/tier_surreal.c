@@ -805,7 +805,7 @@ static int s_archive_get(khala_tier_t *t, const void *key, size_t klen, khala_ti
     return get_from(ST(t), "$atb", key, klen, out, false);
 }
 
-/* An asynchronous get in flight (khala__tier_surreal_get_async). */
+/* An asynchronous get in flight (khala__tier_surreal_get_start). */
 typedef struct aget {
     stier_t *s;
     int64_t now; /* wall-clock ms the request was made */
@@ -841,10 +841,11 @@ static void aget_done(void *arg, khala_http_resp_t *resp) {
     }
     rc = done(s, rc);
     a->done(a->arg, rc, rc == 0 ? &v : NULL);
+    khala__tier_value_free(&v); /* what the callee did not take */
     free(a);
 }
 
-int khala__tier_surreal_get_async(khala_tier_t *t, const void *key, size_t klen,
+int khala__tier_surreal_get_start(khala_tier_t *t, const void *key, size_t klen,
                                   khala_tier_surreal_get_fn fn, void *arg) {
     KHALA_ASSERT(t && t->ops == &surreal_ops && fn);
     stier_t *s = ST(t);
@@ -890,6 +891,16 @@ int khala__tier_surreal_get_async(khala_tier_t *t, const void *key, size_t klen,
 khala_http_pool_t *khala__tier_surreal_pool(khala_tier_t *t) {
     KHALA_ASSERT(t && t->ops == &surreal_ops);
     return ST(t)->http;
+}
+
+int khala__tier_surreal_poll_fd(khala_tier_t *t) {
+    KHALA_ASSERT(t && t->ops == &surreal_ops);
+    return khala__http_pool_fd(ST(t)->http);
+}
+
+void khala__tier_surreal_poll(khala_tier_t *t) {
+    KHALA_ASSERT(t && t->ops == &surreal_ops);
+    khala__http_progress(ST(t)->http);
 }
 
 static int s_mget(khala_tier_t *t, size_t n, const khala_bytes_t *keys, khala_tier_value_t *out,

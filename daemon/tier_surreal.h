@@ -83,34 +83,44 @@ typedef struct khala_tier_surreal_opts {
 int khala__tier_surreal_open(const khala_tier_surreal_opts_t *o, khala_tier_t **out, char *err,
                              size_t errlen);
 
-/* ---- The asynchronous read (docs/tiers.md "Synchronous today, asynchronous ready") -------- */
+/* ---- Asynchronous reads: the tier seam's get_start / poll_fd / poll (khalad's main adds them
+ * to khala_tier_ops_t; these are the driver's, with the same signatures). ------------------- */
 
 struct khala_http_pool;
 
-/** Called once when an asynchronous get finished: rc and, when rc is 0, the value (the
- * callback owns val's data: khala__tier_value_free). rc is what get() would have returned. */
+/** Called once when an asynchronous get finished: rc as get() returns it; on 0, *val holds the
+ * value (the callee may take val->data, setting it to NULL; what is left is freed after the
+ * call). The same type as tier.h's khala_tier_get_done_fn. */
 typedef void (*khala_tier_surreal_get_fn)(void *arg, int rc, khala_tier_value_t *val);
 
 /**
- * @brief get() without waiting for the server: the request is sent and @p fn runs when the
- *        answer came, from the pool's loop hooks (khala__tier_surreal_pool()).
+ * @brief get() without waiting for the server (the seam's get_start): the request is sent and
+ *        @p fn runs when the answer came, from khala__tier_surreal_poll() (or any call of the
+ *        tier that waits on the server, or close()).
  * @param[in] t a tier khala__tier_surreal_open() made.
  * @param[in] key, klen the key, 1 to KHALA_KEY_MAX bytes (copied).
  * @param[in] fn the callback, non-NULL; @p arg passed to it.
- * @return 0: fn runs exactly once, never inside this call (from khala__http_on_fd,
- *         khala__http_on_timeout, a blocking call of the same tier, or close, where rc is
- *         KHALA_ETIER); else fn never runs: KHALA_EKEY, KHALA_ETIER (the level is down and its
- *         backoff not over, or the reconnect attempt made now failed), -ENOMEM.
+ * @return 0: fn runs exactly once, never inside this call (with KHALA_ETIER from close());
+ *         else fn never runs: KHALA_EKEY, KHALA_ETIER (the level is down and its backoff not
+ *         over, or the reconnect attempt made now failed), -ENOMEM.
  * @note When the level is down and the backoff allows an attempt, this call reconnects
  *       synchronously first (as health() does). Loop thread only.
  */
-int khala__tier_surreal_get_async(khala_tier_t *t, const void *key, size_t klen,
+int khala__tier_surreal_get_start(khala_tier_t *t, const void *key, size_t klen,
                                   khala_tier_surreal_get_fn fn, void *arg);
 
+/** @brief The seam's poll_fd: a descriptor readable when an answer may be waiting (an epoll
+ * instance over the pool's connections; khala__http_pool_fd). Stable for the tier's life. */
+int khala__tier_surreal_poll_fd(khala_tier_t *t);
+
+/** @brief The seam's poll: progress without waiting, run the callbacks of what finished, and
+ * time out what is late. Also what tick() does first. */
+void khala__tier_surreal_poll(khala_tier_t *t);
+
 /**
- * @brief The tier's HTTP pool, for the event loop's hooks (khala__http_pool_set_watch,
- *        khala__http_timeout_ms, khala__http_on_fd, khala__http_on_timeout in
- *        daemon/http_pool.h).
+ * @brief The tier's HTTP pool, for a loop that wants the per-socket hooks instead
+ *        (khala__http_pool_set_watch, khala__http_timeout_ms, khala__http_on_fd,
+ *        khala__http_on_timeout in daemon/http_pool.h), and for tests.
  * @param[in] t a tier khala__tier_surreal_open() made. @return the pool, owned by the tier.
  */
 struct khala_http_pool *khala__tier_surreal_pool(khala_tier_t *t);
