@@ -1,6 +1,9 @@
 /*
  * The SurrealDB L3 driver. See daemon/tier_surreal.h for the entry point, daemon/tier.h for the
- * rules every driver keeps, and docs/tiers.md "SurrealDB" for why it is built this way.
+ * rules every driver keeps, and docs/tiers.md "SurrealDB" for why it is built this way. This
+ * file holds the operations, rows and values, and the open; daemon/tier_surreal_rpc.c the /rpc
+ * exchange, reachability and the schema; daemon/tier_surreal_clean.c the access counts, the
+ * cleanup pass and the tick; daemon/tier_surreal_impl.h what they share.
  *
  * HOW IT WORKS
  *
@@ -89,7 +92,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -100,140 +102,9 @@
 #include "http_pool.h"
 #include "khala/error.h"
 #include "sys.h"
-#include "tier_surreal.h"
-
-/* Reconnect backoff: first delay, doubling to the cap. */
-#define BACKOFF_MIN_MS 50
-#define BACKOFF_MAX_MS 5000
-
-/* Retries of an idempotent request on a transport error (daemon/http_pool.h). */
-#define HTTP_RETRIES 2u
-
-/* Access counts: flush period and distinct keys counted between flushes. */
-#define HITS_FLUSH_MS 1000
-#define HITS_MAX 4096u
-
-/* scan()'s default batch; invalidate()'s step size. */
-#define SCAN_COUNT_DEFAULT 256u
-#define INVALIDATE_BATCH 1000u
-
-/* HNSW search's candidate list (EF of `<|k,EF|>`), at least k. */
-#define KNN_EF 64u
-
-/* Most keys of one mget / mput request (a bigger batch is split). */
-#define BATCH_MAX 512u
-
-/* Most bytes of one mput request body: under the server's default limit of /rpc bodies (4 MiB,
- * SURREAL_HTTP_MAX_RPC_BODY_SIZE), with room for the JSON around the values. */
-#define BODY_BUDGET (3584u * 1024u)
-
-/* The THROW marker of a put that lost on version. */
-#define EVERSION_MARK "khala:eversion"
-
-/* Hex of the longest key and its NUL. */
-#define HEXKEY_MAX (2u * KHALA_KEY_MAX + 1u)
-
-/* Cleanup phases (see "Cleanup" above). */
-enum { CLEAN_IDLE, CLEAN_EXPIRED, CLEAN_COUNT, CLEAN_EVICT, CLEAN_ARCHIVE };
-
-typedef struct hit {
-    char key[HEXKEY_MAX];
-    uint64_t n;
-} hit_t;
-
-/* The driver. Everything is the loop thread's (tier.h: drivers are called from it only). */
-typedef struct stier {
-    khala_tier_t tier; /* first: the caller's khala_tier_t * is this allocation */
-
-    /* Immutable after open. */
-    char table[KHALA_TIER_SURREAL_TABLE_MAX + 1];
-    char archive[KHALA_TIER_SURREAL_TABLE_MAX + sizeof("_archive")];
-    char where[160]; /* "L3 (surrealdb) host:port" for messages */
-    uint64_t max_entries;
-    int64_t cleanup_interval_ms, retention_ms;
-    uint32_t batch, dim;
-    khala_http_pool_t *http;
-
-    /* Reachability. */
-    bool ready;         /* version known and schema defined */
-    bool down;          /* the last request failed for transport */
-    const char *rec;    /* "type::thing" or "type::record", once ready */
-    int64_t retry_at;   /* monotonic ms: no attempt before, while down or not ready */
-    int64_t backoff_ms; /* the next delay */
-
-    /* Background requests (submitted by tick, answered through the pool's callbacks). */
-    bool clean_inflight; /* a cleanup step is in flight */
-    size_t clean_nstmt;  /* its statements */
-    bool hits_inflight;  /* an access-count flush is in flight */
-    char hits_sql[128];  /* the flush statement (REC is known once ready) */
-
-    /* Cleanup. */
-    int phase;
-    int64_t clean_at;  /* monotonic ms the next pass starts */
-    uint64_t count;    /* rows at the last count; UINT64_MAX before the first */
-    uint64_t to_evict; /* rows phase CLEAN_EVICT still moves */
-
-    /* Access counts. */
-    hit_t *hits;     /* HITS_MAX entries, allocated on first use */
-    size_t nhits;    /* used */
-    int64_t hits_at; /* monotonic ms of the next flush */
-
-    khala_tier_stats_t st;
-} stier_t;
+#include "tier_surreal_impl.h"
 
 static const khala_tier_ops_t surreal_ops;
-
-static inline stier_t *ST(khala_tier_t *t) {
-    return (stier_t *)t;
-}
-
-#define terr(s, ...) khala__errbuf_set((s)->tier.err, sizeof((s)->tier.err), __VA_ARGS__)
-
-static int64_t wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* A growable string for SQL text                                                              */
-/* ------------------------------------------------------------------------------------------ */
-
-typedef struct sbuf {
-    char *s;
-    size_t len, cap;
-    bool oom;
-} sbuf_t;
-
-static void sb_add(sbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_add(sbuf_t *b, const char *fmt, ...) {
-    if (b->oom)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = true;
-            return;
-        }
-        if (b->s && b->len + (size_t)n < b->cap) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap <= b->len + (size_t)n)
-            cap *= 2;
-        char *s = realloc(b->s, cap);
-        if (!s) {
-            b->oom = true;
-            return;
-        }
-        b->s = s;
-        b->cap = cap;
-    }
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Keys, values and rows                                                                        */
@@ -397,339 +268,6 @@ static int row_key(const json_t *row, uint8_t *buf, size_t cap, size_t *len) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Requests                                                                                     */
-/* ------------------------------------------------------------------------------------------ */
-
-static void mark_down(stier_t *s) {
-    s->down = true;
-    s->retry_at = khala__sys_now_ms() + s->backoff_ms;
-    s->backoff_ms = s->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : s->backoff_ms * 2;
-}
-
-static void mark_up(stier_t *s) {
-    if (s->down)
-        s->st.reconnects++;
-    s->down = false;
-    s->backoff_ms = BACKOFF_MIN_MS;
-}
-
-/* Describe a failed HTTP exchange in t->err; KHALA_ETIER. */
-static int http_fail(stier_t *s, const char *what, const khala_http_resp_t *r) {
-    if (r->rc != 0) {
-        terr(s, "%s: %s: %s (%s); next attempt in %lld ms", s->where, what,
-             r->rc == -ETIMEDOUT      ? "timed out"
-             : r->rc == -ECONNREFUSED ? "connection refused"
-                                      : "transport error",
-             r->err, (long long)s->backoff_ms);
-    } else if (r->status == 401 || r->status == 403) {
-        terr(s,
-             "%s: authentication failed (HTTP %ld): check the user and password of "
-             "surrealdb_url",
-             s->where, r->status);
-    } else {
-        terr(s, "%s: %s: HTTP %ld: %.120s", s->where, what, r->status,
-             r->body ? r->body : "(no body)");
-    }
-    return KHALA_ETIER;
-}
-
-/*
- * Run sql with vars (stolen; NULL = none) as one /rpc query. On 0, *out is the reply's array of
- * statement results, one per statement (the caller releases it). KHALA_ETIER (transport, a
- * status other than 200, a reply of another shape, an RPC error: the request as a whole
- * failed) or -ENOMEM, with t->err set. A transport failure marks the tier down.
- */
-/* The /rpc body of sql with vars (stolen; NULL = none): malloc'ed text, or NULL (-ENOMEM, with
- * t->err set). */
-static char *query_body(stier_t *s, const char *sql, json_t *vars) {
-    json_t *req = json_pack("{s:i, s:s, s:[s, o]}", "id", 1, "method", "query", "params", sql,
-                            vars ? vars : json_object());
-    char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
-    json_decref(req);
-    if (!body)
-        terr(s, "%s: out of memory", s->where);
-    return body;
-}
-
-/* Judge the answer r to a query of blen bytes (r is released here); on 0, *out as query(). */
-static int query_reply(stier_t *s, khala_http_resp_t *r, size_t blen, json_t **out) {
-    int rc = r->rc;
-    if (rc == -ENOMEM) {
-        khala__http_resp_free(r);
-        terr(s, "%s: out of memory", s->where);
-        return -ENOMEM;
-    }
-    if (rc == 0 && r->status == 413) {
-        /* The server is up and refuses this one request (tier.h: KHALA_EREFUSED). */
-        terr(s,
-             "%s: a request of %zu bytes is above the server's body limit "
-             "(SURREAL_HTTP_MAX_RPC_BODY_SIZE)",
-             s->where, blen);
-        khala__http_resp_free(r);
-        return KHALA_EREFUSED;
-    }
-    if (rc != 0 || r->status != 200) {
-        if (rc != 0)
-            mark_down(s);
-        rc = http_fail(s, "query", r);
-        khala__http_resp_free(r);
-        return rc;
-    }
-    json_error_t je;
-    json_t *reply = json_loadb(r->body ? r->body : "", r->len, 0, &je);
-    khala__http_resp_free(r);
-    json_t *res = json_object_get(reply, "result"), *err = json_object_get(reply, "error");
-    if (json_is_object(err)) {
-        json_t *m = json_object_get(err, "message");
-        const char *msg = json_is_string(m) ? json_string_value(m) : "(no message)";
-        if (strstr(msg, "uthenticat") || strstr(msg, "ermission") || strstr(msg, "IAM"))
-            terr(s, "%s: authentication failed: %.160s", s->where, msg);
-        else
-            terr(s, "%s: the server refused the query: %.160s", s->where, msg);
-        json_decref(reply);
-        return KHALA_ETIER;
-    }
-    if (!json_is_array(res)) {
-        terr(s, "%s: a reply that is not a list of statement results: %.80s", s->where,
-             reply ? je.text : "not JSON");
-        json_decref(reply);
-        return KHALA_ETIER;
-    }
-    json_incref(res);
-    json_decref(reply);
-    *out = res;
-    return 0;
-}
-
-/*
- * Run sql with vars (stolen; NULL = none) as one /rpc query. On 0, *out is the reply's array of
- * statement results, one per statement (the caller releases it). KHALA_ETIER (transport, a
- * status other than 200, a reply of another shape, an RPC error: the request as a whole
- * failed), KHALA_EREFUSED (413: the body is above the server's limit) or -ENOMEM, with t->err
- * set. A transport failure marks the tier down.
- */
-static int query(stier_t *s, const char *sql, json_t *vars, bool idempotent, json_t **out) {
-    KHALA_ASSERT(s->http && sql && out);
-    char *body = query_body(s, sql, vars);
-    if (!body)
-        return -ENOMEM;
-    khala_http_resp_t r;
-    size_t blen = strlen(body);
-    khala__http_request(s->http, "POST", "/rpc", body, blen, idempotent, &r);
-    free(body);
-    return query_reply(s, &r, blen, out);
-}
-
-/* Statement i of results: 0 and *val (borrowed) when its status is OK; KHALA_EREFUSED with
- * *msg (borrowed) when ERR; KHALA_ETIER when absent or of another shape. */
-static int stmt(stier_t *s, const json_t *results, size_t i, json_t **val, const char **msg) {
-    json_t *o = json_array_get(results, i);
-    json_t *st = json_object_get(o, "status"), *res = json_object_get(o, "result");
-    if (!json_is_string(st)) {
-        terr(s, "%s: the reply lacks the result of statement %zu", s->where, i + 1);
-        return KHALA_ETIER;
-    }
-    if (strcmp(json_string_value(st), "OK") == 0) {
-        if (val)
-            *val = res;
-        return 0;
-    }
-    const char *m = json_is_string(res) ? json_string_value(res) : "(no message)";
-    if (msg)
-        *msg = m;
-    terr(s, "%s: statement %zu failed: %.160s", s->where, i + 1, m);
-    return KHALA_EREFUSED;
-}
-
-/* Run sql and require every statement OK; *out (may be NULL) gets the results. KHALA_ETIER for
- * an ERR here: these are the driver's own statements, which fail only when the level cannot
- * serve (a missing table, a changed schema, a conflict). */
-static int query_ok(stier_t *s, const char *sql, json_t *vars, bool idempotent, size_t nstmt,
-                    json_t **out) {
-    json_t *res = NULL;
-    int rc = query(s, sql, vars, idempotent, &res);
-    if (rc)
-        return rc;
-    for (size_t i = 0; i < nstmt; i++) {
-        if ((rc = stmt(s, res, i, NULL, NULL)) != 0) {
-            json_decref(res);
-            return KHALA_ETIER;
-        }
-    }
-    if (out)
-        *out = res;
-    else
-        json_decref(res);
-    return 0;
-}
-
-/* The variables every statement uses: $tb, $atb, $now. NULL on -ENOMEM. */
-static json_t *vars_new(stier_t *s, int64_t now_wall) {
-    return json_pack("{s:s, s:s, s:I}", "tb", s->table, "atb", s->archive, "now",
-                     (json_int_t)now_wall);
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Open, schema, reachability                                                                  */
-/* ------------------------------------------------------------------------------------------ */
-
-/* GET /version: "surrealdb-X.Y.Z" picks the record-id function. */
-static int learn_version(stier_t *s) {
-    khala_http_resp_t r;
-    int rc = khala__http_request(s->http, "GET", "/version", NULL, 0, true, &r);
-    if (rc != 0 || r.status != 200) {
-        if (rc != 0)
-            mark_down(s);
-        rc = http_fail(s, "GET /version", &r);
-        khala__http_resp_free(&r);
-        return rc;
-    }
-    const char *b = r.body ? r.body : "";
-    const char *d = strchr(b, '-');
-    long major = d ? strtol(d + 1, NULL, 10) : 0;
-    if (!d || major <= 0) {
-        terr(s, "%s: GET /version answered '%.40s', not surrealdb-X.Y.Z", s->where, b);
-        khala__http_resp_free(&r);
-        return KHALA_ETIER;
-    }
-    if (major < 2) {
-        terr(s, "%s: the server is %.40s; the driver needs SurrealDB 2.0 or newer (UPSERT)",
-             s->where, b);
-        khala__http_resp_free(&r);
-        return KHALA_ETIER;
-    }
-    s->rec = major >= 3 ? "type::record" : "type::thing";
-    snprintf(s->hits_sql, sizeof(s->hits_sql),
-             "FOR $h IN $h { UPDATE %s($tb, $h.k) SET hits += $h.n RETURN NONE; };", s->rec);
-    khala__http_resp_free(&r);
-    return 0;
-}
-
-/* Define the two tables (idempotent). */
-static int define_schema(stier_t *s) {
-    sbuf_t b = {0};
-    const char *tabs[2] = {s->table, s->archive};
-    for (int i = 0; i < 2; i++) {
-        const char *t = tabs[i];
-        sb_add(&b,
-               "DEFINE TABLE IF NOT EXISTS %s SCHEMAFULL;"
-               "DEFINE FIELD IF NOT EXISTS key ON %s TYPE string;"
-               "DEFINE FIELD IF NOT EXISTS `type` ON %s TYPE int;"
-               "DEFINE FIELD IF NOT EXISTS version ON %s TYPE int;"
-               "DEFINE FIELD IF NOT EXISTS data ON %s TYPE string;"
-               "DEFINE FIELD IF NOT EXISTS created ON %s TYPE int;"
-               "DEFINE FIELD IF NOT EXISTS expires ON %s TYPE option<int>;"
-               "DEFINE FIELD IF NOT EXISTS hits ON %s TYPE int;"
-               "DEFINE FIELD IF NOT EXISTS vec ON %s TYPE option<array<float>>;"
-               "DEFINE INDEX IF NOT EXISTS %s_expires ON %s FIELDS expires;"
-               "DEFINE INDEX IF NOT EXISTS %s_type ON %s FIELDS `type`;"
-               "DEFINE INDEX IF NOT EXISTS %s_value ON %s FIELDS hits, created;",
-               t, t, t, t, t, t, t, t, t, t, t, t, t, t, t);
-    }
-    size_t n = 24;
-    if (s->dim > 0) {
-        sb_add(&b,
-               "DEFINE INDEX IF NOT EXISTS %s_vec ON %s FIELDS vec HNSW DIMENSION %u DIST "
-               "COSINE;",
-               s->table, s->table, s->dim);
-        n++;
-    }
-    if (b.oom) {
-        free(b.s);
-        terr(s, "%s: out of memory", s->where);
-        return -ENOMEM;
-    }
-    int rc = query_ok(s, b.s, NULL, true, n, NULL);
-    free(b.s);
-    if (rc == KHALA_ETIER && !s->down && !strstr(s->tier.err, "authentication")) {
-        char cause[sizeof(s->tier.err)];
-        size_t skip = strlen(s->where) + 2; /* the cause, without "<where>: " */
-        snprintf(cause, sizeof(cause), "%s",
-                 strlen(s->tier.err) > skip ? s->tier.err + skip : s->tier.err);
-        terr(s, "%s: defining the tables %s and %s failed: %s", s->where, s->table, s->archive,
-             cause);
-    }
-    return rc;
-}
-
-/* Make the level usable if it is not: within the backoff, learn the version, define the schema.
- * 0 when ready and up; KHALA_ETIER (t->err says why) otherwise. */
-static int reach(stier_t *s) {
-    if (s->ready && !s->down)
-        return 0;
-    int64_t now = khala__sys_now_ms();
-    if (now < s->retry_at)
-        return KHALA_ETIER; /* t->err still says why and when */
-    int rc = 0;
-    if (!s->ready) {
-        if ((rc = learn_version(s)) == 0 && (rc = define_schema(s)) == 0)
-            s->ready = true;
-    } else {
-        json_t *res = NULL;
-        if ((rc = query_ok(s, "RETURN 1", NULL, true, 1, &res)) == 0)
-            json_decref(res);
-    }
-    if (rc) {
-        if (!s->down)
-            mark_down(s); /* an answer that is not a usable level: try again later too */
-        return KHALA_ETIER;
-    }
-    mark_up(s);
-    s->tier.err[0] = '\0';
-    return 0;
-}
-
-/* The code an operation returns, counted. */
-static int done(stier_t *s, int rc) {
-    if (rc == KHALA_ETIER || rc == KHALA_EREFUSED || rc == -ENOMEM)
-        s->st.errors++;
-    return rc;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Access counts                                                                                */
-/* ------------------------------------------------------------------------------------------ */
-
-static void hit_add(stier_t *s, const char *hex, uint64_t n) {
-    for (size_t i = 0; i < s->nhits; i++) {
-        if (strcmp(s->hits[i].key, hex) == 0) {
-            s->hits[i].n += n;
-            return;
-        }
-    }
-    if (!s->hits && !(s->hits = calloc(HITS_MAX, sizeof(*s->hits))))
-        return;
-    if (s->nhits >= HITS_MAX)
-        return; /* a sample for warming and eviction, not an audit */
-    snprintf(s->hits[s->nhits].key, HEXKEY_MAX, "%s", hex);
-    s->hits[s->nhits++].n = n;
-}
-
-/* The access counts gathered since the last flush as the variables of s->hits_sql ($h: a list
- * of {k, n}); the table is emptied. NULL when there is nothing (or on -ENOMEM). */
-static json_t *hits_vars(stier_t *s) {
-    if (s->nhits == 0)
-        return NULL;
-    json_t *vars = vars_new(s, wall_ms()), *arr = json_array();
-    if (!vars || !arr || json_object_set_new(vars, "h", arr)) {
-        json_decref(vars);
-        return NULL;
-    }
-    for (size_t i = 0; i < s->nhits; i++)
-        json_array_append_new(
-            arr, json_pack("{s:s, s:I}", "k", s->hits[i].key, "n", (json_int_t)s->hits[i].n));
-    s->nhits = 0;
-    return vars;
-}
-
-/* Flush the access counts now (hot() and close need them in the table). */
-static void hits_flush(stier_t *s) {
-    json_t *vars = hits_vars(s);
-    if (vars)
-        (void)query_ok(s, s->hits_sql, vars, false, 1, NULL);
-}
-
-/* ------------------------------------------------------------------------------------------ */
 /* Reads                                                                                        */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -740,7 +278,7 @@ static void hits_flush(stier_t *s) {
 static int read_row(stier_t *s, const json_t *res, size_t i, int64_t now_wall, const void *key,
                     size_t klen, khala_tier_value_t *out) {
     json_t *val = NULL;
-    if (stmt(s, res, i, &val, NULL) != 0)
+    if (khala__surreal_stmt(s, res, i, &val, NULL) != 0)
         return KHALA_ETIER;
     if (json_is_null(val) || (json_is_array(val) && json_array_size(val) == 0))
         return KHALA_ENOTFOUND;
@@ -769,32 +307,32 @@ static int get_from(stier_t *s, const char *tbvar, const void *key, size_t klen,
     int rc = key_check(s, key, klen);
     if (rc)
         return rc;
-    if ((rc = reach(s)) != 0)
-        return done(s, rc);
+    if ((rc = khala__surreal_reach(s)) != 0)
+        return khala__surreal_done(s, rc);
     char hex[HEXKEY_MAX];
     key_hex(key, klen, hex);
     int64_t now = wall_ms();
-    json_t *vars = vars_new(s, now);
+    json_t *vars = khala__surreal_vars_new(s, now);
     if (!vars || json_object_set_new(vars, "k", json_string(hex)))
-        return json_decref(vars), done(s, -ENOMEM);
+        return json_decref(vars), khala__surreal_done(s, -ENOMEM);
     char sql[256];
     snprintf(sql, sizeof(sql), "SELECT " ROW_FIELDS " FROM %s(%s, $k) WHERE " LIVE ";", s->rec,
              tbvar);
     json_t *res = NULL;
-    if ((rc = query(s, sql, vars, true, &res)) != 0)
-        return done(s, rc);
+    if ((rc = khala__surreal_query(s, sql, vars, true, &res)) != 0)
+        return khala__surreal_done(s, rc);
     rc = read_row(s, res, 0, now, key, klen, out);
     json_decref(res);
     if (count) {
         s->st.gets++;
         if (rc == 0) {
             s->st.hits++;
-            hit_add(s, hex, 1);
+            khala__surreal_hit_add(s, hex, 1);
         } else if (rc == KHALA_ENOTFOUND) {
             s->st.misses++;
         }
     }
-    return done(s, rc);
+    return khala__surreal_done(s, rc);
 }
 
 static int s_get(khala_tier_t *t, const void *key, size_t klen, khala_tier_value_t *out) {
@@ -826,20 +364,20 @@ static void aget_done(void *arg, khala_http_resp_t *resp) {
         khala__http_resp_free(resp);
         terr(s, "%s: the level was closed with the request in flight", s->where);
         rc = KHALA_ETIER;
-    } else if ((rc = query_reply(s, resp, a->blen, &res)) == 0) {
+    } else if ((rc = khala__surreal_query_reply(s, resp, a->blen, &res)) == 0) {
         rc = read_row(s, res, 0, a->now, a->key, a->klen, &v);
         json_decref(res);
         s->st.gets++;
         if (rc == 0) {
             char hex[HEXKEY_MAX];
             key_hex(a->key, a->klen, hex);
-            hit_add(s, hex, 1);
+            khala__surreal_hit_add(s, hex, 1);
             s->st.hits++;
         } else if (rc == KHALA_ENOTFOUND) {
             s->st.misses++;
         }
     }
-    rc = done(s, rc);
+    rc = khala__surreal_done(s, rc);
     a->done(a->arg, rc, rc == 0 ? &v : NULL);
     khala__tier_value_free(&v); /* what the callee did not take */
     free(a);
@@ -852,11 +390,11 @@ int khala__tier_surreal_get_start(khala_tier_t *t, const void *key, size_t klen,
     int rc = key_check(s, key, klen);
     if (rc)
         return rc;
-    if ((rc = reach(s)) != 0)
-        return done(s, rc);
+    if ((rc = khala__surreal_reach(s)) != 0)
+        return khala__surreal_done(s, rc);
     aget_t *a = calloc(1, sizeof(*a));
     if (!a)
-        return done(s, -ENOMEM);
+        return khala__surreal_done(s, -ENOMEM);
     a->s = s;
     a->now = wall_ms();
     a->done = fn;
@@ -865,17 +403,17 @@ int khala__tier_surreal_get_start(khala_tier_t *t, const void *key, size_t klen,
     memcpy(a->key, key, klen);
     char hex[HEXKEY_MAX], sql[256];
     key_hex(key, klen, hex);
-    json_t *vars = vars_new(s, a->now);
+    json_t *vars = khala__surreal_vars_new(s, a->now);
     if (!vars || json_object_set_new(vars, "k", json_string(hex))) {
         json_decref(vars);
         free(a);
-        return done(s, -ENOMEM);
+        return khala__surreal_done(s, -ENOMEM);
     }
     snprintf(sql, sizeof(sql), "SELECT " ROW_FIELDS " FROM %s($tb, $k) WHERE " LIVE ";", s->rec);
-    char *body = query_body(s, sql, vars);
+    char *body = khala__surreal_query_body(s, sql, vars);
     if (!body) {
         free(a);
-        return done(s, -ENOMEM);
+        return khala__surreal_done(s, -ENOMEM);
     }
     a->blen = strlen(body);
     rc = khala__http_submit(s->http, "POST", "/rpc", body, a->blen, true, aget_done, a);
@@ -883,7 +421,7 @@ int khala__tier_surreal_get_start(khala_tier_t *t, const void *key, size_t klen,
     if (rc) {
         free(a);
         terr(s, "%s: out of memory", s->where);
-        return done(s, rc);
+        return khala__surreal_done(s, rc);
     }
     return 0;
 }
@@ -911,16 +449,16 @@ static int s_mget(khala_tier_t *t, size_t n, const khala_bytes_t *keys, khala_ti
         out[i] = (khala_tier_value_t){0};
         rcs[i] = key_check(s, keys[i].ptr, keys[i].len);
     }
-    if ((rc = reach(s)) != 0) {
+    if ((rc = khala__surreal_reach(s)) != 0) {
         for (size_t i = 0; i < n; i++)
             if (rcs[i] == 0)
                 rcs[i] = KHALA_ETIER;
-        return done(s, rc);
+        return khala__surreal_done(s, rc);
     }
     for (size_t base = 0; base < n; base += BATCH_MAX) {
         size_t m = n - base < BATCH_MAX ? n - base : BATCH_MAX;
         int64_t now = wall_ms();
-        json_t *vars = vars_new(s, now);
+        json_t *vars = khala__surreal_vars_new(s, now);
         sbuf_t b = {0};
         size_t idx[BATCH_MAX], k = 0;
         for (size_t j = 0; j < m && vars; j++) {
@@ -935,7 +473,8 @@ static int s_mget(khala_tier_t *t, size_t n, const khala_bytes_t *keys, khala_ti
                 vars = NULL;
                 break;
             }
-            sb_add(&b, "SELECT " ROW_FIELDS " FROM %s($tb, $k%zu) WHERE " LIVE ";", s->rec, k);
+            khala__surreal_sb_add(&b, "SELECT " ROW_FIELDS " FROM %s($tb, $k%zu) WHERE " LIVE ";",
+                                  s->rec, k);
             idx[k++] = i;
         }
         if (!vars || b.oom) {
@@ -953,7 +492,7 @@ static int s_mget(khala_tier_t *t, size_t n, const khala_bytes_t *keys, khala_ti
             continue;
         }
         json_t *res = NULL;
-        int q = query(s, b.s, vars, true, &res);
+        int q = khala__surreal_query(s, b.s, vars, true, &res);
         free(b.s);
         for (size_t j = 0; j < k; j++) {
             size_t i = idx[j];
@@ -962,7 +501,7 @@ static int s_mget(khala_tier_t *t, size_t n, const khala_bytes_t *keys, khala_ti
             if (rcs[i] == 0) {
                 char hex[HEXKEY_MAX];
                 key_hex(keys[i].ptr, keys[i].len, hex);
-                hit_add(s, hex, 1);
+                khala__surreal_hit_add(s, hex, 1);
                 s->st.hits++;
             } else if (rcs[i] == KHALA_ENOTFOUND) {
                 s->st.misses++;
@@ -972,7 +511,7 @@ static int s_mget(khala_tier_t *t, size_t n, const khala_bytes_t *keys, khala_ti
         }
         json_decref(res);
     }
-    return done(s, rc);
+    return khala__surreal_done(s, rc);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -987,12 +526,13 @@ static size_t body_estimate(const khala_tier_value_t *v) {
 
 /* Append put statement number k (variables $k<k>, $r<k>). */
 static void put_stmt(stier_t *s, sbuf_t *b, size_t k) {
-    sb_add(b,
-           "IF (SELECT VALUE version FROM %s($tb, $k%zu) WHERE " LIVE ")[0] > <int> $r%zu.v "
-           "{ THROW \"" EVERSION_MARK "\" } ELSE { UPSERT %s($tb, $k%zu) SET key = $k%zu, "
-           "`type` = $r%zu.t, version = <int> $r%zu.v, data = $r%zu.d, created = $now, "
-           "expires = $r%zu.e, hits = hits ?? 0, vec = $r%zu.w RETURN NONE };",
-           s->rec, k, k, s->rec, k, k, k, k, k, k, k);
+    khala__surreal_sb_add(
+        b,
+        "IF (SELECT VALUE version FROM %s($tb, $k%zu) WHERE " LIVE ")[0] > <int> $r%zu.v "
+        "{ THROW \"" EVERSION_MARK "\" } ELSE { UPSERT %s($tb, $k%zu) SET key = $k%zu, "
+        "`type` = $r%zu.t, version = <int> $r%zu.v, data = $r%zu.d, created = $now, "
+        "expires = $r%zu.e, hits = hits ?? 0, vec = $r%zu.w RETURN NONE };",
+        s->rec, k, k, s->rec, k, k, k, k, k, k, k);
 }
 
 static int s_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
@@ -1003,8 +543,8 @@ static int s_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
         if ((rc = key_check(s, keys[i].ptr, keys[i].len)) != 0 ||
             (rc = val_check(s, keys[i].ptr, keys[i].len, &vals[i])) != 0)
             return rc;
-    if ((rc = reach(s)) != 0)
-        return done(s, rc);
+    if ((rc = khala__surreal_reach(s)) != 0)
+        return khala__surreal_done(s, rc);
     int worst = 0;
     for (size_t base = 0, m; base < n; base += m) {
         /* A request holds at most BATCH_MAX items and BODY_BUDGET bytes (a value's base64 and
@@ -1017,7 +557,7 @@ static int s_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
             bytes += est;
         }
         int64_t now = wall_ms();
-        json_t *vars = vars_new(s, now);
+        json_t *vars = khala__surreal_vars_new(s, now);
         sbuf_t b = {0};
         for (size_t k = 0; k < m && vars; k++) {
             size_t i = base + k;
@@ -1038,17 +578,17 @@ static int s_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
             json_decref(vars);
             free(b.s);
             terr(s, "%s: out of memory", s->where);
-            return done(s, -ENOMEM);
+            return khala__surreal_done(s, -ENOMEM);
         }
         json_t *res = NULL;
-        rc = query(s, b.s, vars, true, &res);
+        rc = khala__surreal_query(s, b.s, vars, true, &res);
         free(b.s);
         if (rc)
-            return done(s, rc);
+            return khala__surreal_done(s, rc);
         char refused[sizeof(s->tier.err)] = "";
         for (size_t k = 0; k < m; k++) {
             const char *msg = NULL;
-            int r = stmt(s, res, k, NULL, &msg);
+            int r = khala__surreal_stmt(s, res, k, NULL, &msg);
             s->st.puts++;
             if (r == KHALA_EREFUSED && msg && strstr(msg, EVERSION_MARK)) {
                 r = KHALA_EVERSION;
@@ -1064,7 +604,7 @@ static int s_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
             }
             if (r == KHALA_ETIER) {
                 json_decref(res);
-                return done(s, r);
+                return khala__surreal_done(s, r);
             }
             if (r == KHALA_EREFUSED || (r == KHALA_EVERSION && worst == 0))
                 worst = r;
@@ -1077,7 +617,7 @@ static int s_mput(khala_tier_t *t, size_t n, const khala_bytes_t *keys,
         terr(s, "%s: a stored version is newer", s->where);
         return worst;
     }
-    return done(s, worst);
+    return khala__surreal_done(s, worst);
 }
 
 static int s_put(khala_tier_t *t, const void *key, size_t klen, const khala_tier_value_t *val) {
@@ -1090,23 +630,23 @@ static int s_del(khala_tier_t *t, const void *key, size_t klen) {
     int rc = key_check(s, key, klen);
     if (rc)
         return rc;
-    if ((rc = reach(s)) != 0)
-        return done(s, rc);
+    if ((rc = khala__surreal_reach(s)) != 0)
+        return khala__surreal_done(s, rc);
     char hex[HEXKEY_MAX];
     key_hex(key, klen, hex);
-    json_t *vars = vars_new(s, wall_ms());
+    json_t *vars = khala__surreal_vars_new(s, wall_ms());
     if (!vars || json_object_set_new(vars, "k", json_string(hex)))
-        return json_decref(vars), done(s, -ENOMEM);
+        return json_decref(vars), khala__surreal_done(s, -ENOMEM);
     char sql[256];
     snprintf(sql, sizeof(sql), "RETURN array::len((DELETE %s($tb, $k) RETURN BEFORE));", s->rec);
     json_t *res = NULL, *val = NULL;
-    if ((rc = query_ok(s, sql, vars, true, 1, &res)) != 0)
-        return done(s, rc);
-    stmt(s, res, 0, &val, NULL);
+    if ((rc = khala__surreal_query_ok(s, sql, vars, true, 1, &res)) != 0)
+        return khala__surreal_done(s, rc);
+    khala__surreal_stmt(s, res, 0, &val, NULL);
     rc = json_is_integer(val) && json_integer_value(val) > 0 ? 0 : KHALA_ENOTFOUND;
     json_decref(res);
     s->st.dels++;
-    return done(s, rc);
+    return khala__surreal_done(s, rc);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1138,21 +678,21 @@ static int visit(const json_t *rows, const char *pattern, khala_tier_scan_fn fn,
 static int s_scan(khala_tier_t *t, uint64_t *cursor, const char *pattern, size_t count,
                   khala_tier_scan_fn fn, void *arg) {
     stier_t *s = ST(t);
-    int rc = reach(s);
+    int rc = khala__surreal_reach(s);
     if (rc)
-        return done(s, rc);
+        return khala__surreal_done(s, rc);
     if (count == 0)
         count = SCAN_COUNT_DEFAULT;
-    json_t *vars = vars_new(s, wall_ms());
+    json_t *vars = khala__surreal_vars_new(s, wall_ms());
     if (!vars || json_object_set_new(vars, "n", json_integer((json_int_t)count)) ||
         json_object_set_new(vars, "s", json_integer((json_int_t)*cursor)))
-        return json_decref(vars), done(s, -ENOMEM);
+        return json_decref(vars), khala__surreal_done(s, -ENOMEM);
     json_t *res = NULL, *rows = NULL;
     char sql[256];
     snprintf(sql, sizeof(sql), "SELECT key FROM %s WHERE " LIVE " LIMIT $n START $s;", s->table);
-    if ((rc = query_ok(s, sql, vars, true, 1, &res)) != 0)
-        return done(s, rc);
-    stmt(s, res, 0, &rows, NULL);
+    if ((rc = khala__surreal_query_ok(s, sql, vars, true, 1, &res)) != 0)
+        return khala__surreal_done(s, rc);
+    khala__surreal_stmt(s, res, 0, &rows, NULL);
     size_t got = json_array_size(rows);
     uint64_t next = got < count ? 0 : *cursor + got;
     visit(rows, pattern, fn, arg);
@@ -1163,13 +703,13 @@ static int s_scan(khala_tier_t *t, uint64_t *cursor, const char *pattern, size_t
 
 static int s_hot(khala_tier_t *t, size_t max, khala_tier_scan_fn fn, void *arg) {
     stier_t *s = ST(t);
-    int rc = reach(s);
+    int rc = khala__surreal_reach(s);
     if (rc)
-        return done(s, rc);
-    hits_flush(s);
-    json_t *vars = vars_new(s, wall_ms());
+        return khala__surreal_done(s, rc);
+    khala__surreal_hits_flush(s);
+    json_t *vars = khala__surreal_vars_new(s, wall_ms());
     if (!vars || json_object_set_new(vars, "n", json_integer((json_int_t)max)))
-        return json_decref(vars), done(s, -ENOMEM);
+        return json_decref(vars), khala__surreal_done(s, -ENOMEM);
     json_t *res = NULL, *rows = NULL;
     char sql[256];
     /* Rows never read (hits 0) are dropped here, not by `hits > 0` in the query: SurrealDB
@@ -1177,9 +717,9 @@ static int s_hot(khala_tier_t *t, size_t max, khala_tier_scan_fn fn, void *arg) 
      * (`hits > 5` returns rows of hits 5). */
     snprintf(sql, sizeof(sql),
              "SELECT key, hits FROM %s WHERE " LIVE " ORDER BY hits DESC LIMIT $n;", s->table);
-    if ((rc = query_ok(s, sql, vars, true, 1, &res)) != 0)
-        return done(s, rc);
-    stmt(s, res, 0, &rows, NULL);
+    if ((rc = khala__surreal_query_ok(s, sql, vars, true, 1, &res)) != 0)
+        return khala__surreal_done(s, rc);
+    khala__surreal_stmt(s, res, 0, &rows, NULL);
     json_t *read = json_array();
     size_t i;
     json_t *row;
@@ -1205,10 +745,10 @@ static int delete_step(stier_t *s, const char *tb, const char *cond, json_t *var
              "RETURN array::len($ids);",
              tb, cond, n);
     json_t *res = NULL, *val = NULL;
-    int rc = query_ok(s, sql, vars, true, 3, &res);
+    int rc = khala__surreal_query_ok(s, sql, vars, true, 3, &res);
     if (rc)
         return rc;
-    stmt(s, res, 2, &val, NULL);
+    khala__surreal_stmt(s, res, 2, &val, NULL);
     *removed = json_is_integer(val) ? (uint64_t)json_integer_value(val) : 0;
     json_decref(res);
     return 0;
@@ -1223,25 +763,25 @@ static int s_invalidate_step(khala_tier_t *t, const void *prefix, size_t plen, i
         terr(s, "%s: prefix is %zu bytes, max %d", s->where, plen, KHALA_KEY_MAX);
         return KHALA_EKEY;
     }
-    int rc = reach(s);
+    int rc = khala__surreal_reach(s);
     if (rc)
-        return done(s, rc);
+        return khala__surreal_done(s, rc);
     if (count == 0)
         count = INVALIDATE_BATCH;
     char hex[HEXKEY_MAX] = "";
     if (plen)
         key_hex(prefix, plen, hex);
-    json_t *vars = vars_new(s, wall_ms());
+    json_t *vars = khala__surreal_vars_new(s, wall_ms());
     if (!vars || json_object_set_new(vars, "p", json_string(hex)) ||
         json_object_set_new(vars, "ty", json_integer(type)))
-        return json_decref(vars), done(s, -ENOMEM);
+        return json_decref(vars), khala__surreal_done(s, -ENOMEM);
     const char *cond = plen && type >= 0 ? "string::starts_with(key, $p) AND `type` = $ty"
                        : plen            ? "string::starts_with(key, $p)"
                        : type >= 0       ? "`type` = $ty"
                                          : "true";
     uint64_t n = 0;
     if ((rc = delete_step(s, s->table, cond, vars, count, &n)) != 0)
-        return done(s, rc);
+        return khala__surreal_done(s, rc);
     s->st.dels += n;
     if (removed)
         *removed = n;
@@ -1286,17 +826,17 @@ static int s_similar(khala_tier_t *t, const float *q, uint32_t dim, float min_si
     }
     if (k == 0)
         return 0;
-    int rc = reach(s);
+    int rc = khala__surreal_reach(s);
     if (rc)
-        return done(s, rc);
+        return khala__surreal_done(s, rc);
     int64_t now = wall_ms();
-    json_t *vars = vars_new(s, now), *jq = json_array();
+    json_t *vars = khala__surreal_vars_new(s, now), *jq = json_array();
     if (!vars || !jq || json_object_set_new(vars, "q", jq) ||
         json_object_set_new(vars, "dim", json_integer(dim)) ||
         json_object_set_new(vars, "min", json_real(min_sim)) ||
         json_object_set_new(vars, "et", json_integer(KHALA_TYPE_EMBEDDING))) {
         json_decref(vars);
-        return done(s, -ENOMEM);
+        return khala__surreal_done(s, -ENOMEM);
     }
     for (uint32_t i = 0; i < dim; i++)
         json_array_append_new(jq, json_real(q[i]));
@@ -1314,9 +854,9 @@ static int s_similar(khala_tier_t *t, const float *q, uint32_t dim, float min_si
                  "sim DESC LIMIT %u;",
                  s->table, k);
     json_t *res = NULL, *rows = NULL;
-    if ((rc = query_ok(s, sql, vars, true, 1, &res)) != 0)
-        return done(s, rc);
-    stmt(s, res, 0, &rows, NULL);
+    if ((rc = khala__surreal_query_ok(s, sql, vars, true, 1, &res)) != 0)
+        return khala__surreal_done(s, rc);
+    khala__surreal_stmt(s, res, 0, &rows, NULL);
     size_t i;
     json_t *row;
     uint32_t m = 0;
@@ -1357,23 +897,23 @@ static int s_similar(khala_tier_t *t, const float *q, uint32_t dim, float min_si
 static int s_health(khala_tier_t *t) {
     stier_t *s = ST(t);
     if (!s->ready || s->down)
-        return reach(s);
+        return khala__surreal_reach(s);
     khala_http_resp_t r;
     int rc = khala__http_request(s->http, "GET", "/health", NULL, 0, true, &r);
     if (rc != 0 || r.status != 200) {
         if (rc != 0)
-            mark_down(s);
-        http_fail(s, "GET /health", &r);
+            khala__surreal_mark_down(s);
+        khala__surreal_http_fail(s, "GET /health", &r);
         khala__http_resp_free(&r);
         if (!s->down)
-            mark_down(s);
+            khala__surreal_mark_down(s);
         return KHALA_ETIER;
     }
     khala__http_resp_free(&r);
     json_t *res = NULL;
-    if ((rc = query_ok(s, "RETURN 1;", NULL, true, 1, &res)) != 0) {
+    if ((rc = khala__surreal_query_ok(s, "RETURN 1;", NULL, true, 1, &res)) != 0) {
         if (!s->down)
-            mark_down(s);
+            khala__surreal_mark_down(s);
         return KHALA_ETIER;
     }
     json_decref(res);
@@ -1387,183 +927,13 @@ static void s_stats(khala_tier_t *t, khala_tier_stats_t *out) {
     out->bytes = UINT64_MAX;
 }
 
-/* The statements of one step of the cleanup pass's phase (see "Cleanup" above) into *sql
- * (malloc'ed) and *vars; *nstmt gets how many. 0, or -ENOMEM. */
-static int clean_build(stier_t *s, char **sql, json_t **vars, size_t *nstmt) {
-    json_t *v = vars_new(s, wall_ms());
-    sbuf_t b = {0};
-    if (!v)
-        return -ENOMEM;
-    switch (s->phase) {
-        case CLEAN_EXPIRED:
-        case CLEAN_ARCHIVE:
-            sb_add(&b,
-                   "LET $ids = (SELECT VALUE id FROM %s WHERE expires > 0 AND expires <= $now "
-                   "LIMIT %u); DELETE $ids RETURN NONE; RETURN array::len($ids);",
-                   s->phase == CLEAN_EXPIRED ? s->table : s->archive, s->batch);
-            *nstmt = 3;
-            break;
-        case CLEAN_COUNT:
-            sb_add(&b, "SELECT count() AS n FROM %s GROUP ALL;", s->table);
-            *nstmt = 1;
-            break;
-        case CLEAN_EVICT: {
-            uint64_t m = s->to_evict < s->batch ? s->to_evict : s->batch;
-            if (json_object_set_new(v, "n", json_integer((json_int_t)m)) ||
-                json_object_set_new(
-                    v, "aexp",
-                    json_integer(json_integer_value(json_object_get(v, "now")) + s->retention_ms)))
-                b.oom = true;
-            sb_add(&b, "LET $rows = (SELECT * FROM %s ORDER BY hits ASC, created ASC LIMIT $n);",
-                   s->table);
-            if (s->retention_ms > 0)
-                sb_add(&b,
-                       "FOR $r IN $rows { UPSERT %s($atb, $r.key) SET key = $r.key, `type` = "
-                       "$r.`type`, version = $r.version, data = $r.data, created = $r.created, "
-                       "hits = $r.hits, vec = $r.vec, expires = $aexp RETURN NONE; DELETE "
-                       "$r.id RETURN NONE; };",
-                       s->rec);
-            else
-                sb_add(&b, "FOR $r IN $rows { DELETE $r.id RETURN NONE; };");
-            sb_add(&b, "RETURN array::len($rows);");
-            *nstmt = 3;
-            break;
-        }
-        default:
-            b.oom = true;
-            break;
-    }
-    if (b.oom) {
-        json_decref(v);
-        free(b.s);
-        return -ENOMEM;
-    }
-    *sql = b.s;
-    *vars = v;
-    return 0;
-}
-
-/* Apply the answer of the step of the current phase: counters, and the next phase. */
-static void clean_apply(stier_t *s, const json_t *res) {
-    json_t *val = NULL;
-    uint64_t n;
-    switch (s->phase) {
-        case CLEAN_EXPIRED:
-        case CLEAN_ARCHIVE:
-            stmt(s, res, 2, &val, NULL);
-            n = json_is_integer(val) ? (uint64_t)json_integer_value(val) : 0;
-            if (s->phase == CLEAN_EXPIRED)
-                s->st.expirations += n;
-            if (n < s->batch)
-                s->phase = s->phase == CLEAN_EXPIRED ? CLEAN_COUNT : CLEAN_IDLE;
-            return;
-        case CLEAN_COUNT: {
-            stmt(s, res, 0, &val, NULL);
-            json_t *jn = json_object_get(json_array_get(val, 0), "n");
-            s->count = json_is_integer(jn) ? (uint64_t)json_integer_value(jn) : 0;
-            s->to_evict =
-                s->max_entries && s->count > s->max_entries ? s->count - s->max_entries : 0;
-            s->phase = s->to_evict ? CLEAN_EVICT : CLEAN_ARCHIVE;
-            return;
-        }
-        case CLEAN_EVICT:
-            stmt(s, res, 2, &val, NULL);
-            n = json_is_integer(val) ? (uint64_t)json_integer_value(val) : 0;
-            s->st.evictions += n;
-            s->count -= n < s->count ? n : s->count;
-            s->to_evict -= n < s->to_evict ? n : s->to_evict;
-            if (n == 0 || s->to_evict == 0)
-                s->phase = CLEAN_ARCHIVE;
-            return;
-        default:
-            return;
-    }
-}
-
-/* The answer of a background request (a cleanup step or an access-count flush). A failed step
- * is counted and tried again at the next tick (the phase does not move). */
-static void background_done(stier_t *s, khala_http_resp_t *resp, size_t nstmt, bool cleanup) {
-    json_t *res = NULL;
-    if (resp->rc == -ECANCELED) { /* the tier is closing */
-        khala__http_resp_free(resp);
-        return;
-    }
-    if (query_reply(s, resp, 0, &res) != 0) {
-        s->st.errors++;
-        return;
-    }
-    for (size_t i = 0; i < nstmt; i++) {
-        if (stmt(s, res, i, NULL, NULL) != 0) {
-            s->st.errors++;
-            json_decref(res);
-            return;
-        }
-    }
-    if (cleanup)
-        clean_apply(s, res);
-    json_decref(res);
-}
-
-static void clean_done(void *arg, khala_http_resp_t *resp) {
-    stier_t *s = arg;
-    s->clean_inflight = false;
-    background_done(s, resp, s->clean_nstmt, true);
-}
-
-static void hits_done(void *arg, khala_http_resp_t *resp) {
-    stier_t *s = arg;
-    s->hits_inflight = false;
-    background_done(s, resp, 1, false);
-}
-
-/* Submit sql with vars (stolen) as a background request; 0 or -ENOMEM. */
-static int background_submit(stier_t *s, const char *sql, json_t *vars, bool idempotent,
-                             khala_http_done_fn fn) {
-    char *body = query_body(s, sql, vars);
-    if (!body)
-        return -ENOMEM;
-    int rc = khala__http_submit(s->http, "POST", "/rpc", body, strlen(body), idempotent, fn, s);
-    free(body);
-    return rc;
-}
-
-static void s_tick(khala_tier_t *t, int64_t now_ms) {
-    stier_t *s = ST(t);
-    /* Background requests progress here without waiting (their answers apply now). */
-    khala__http_progress(s->http);
-    if (!s->ready || s->down)
-        return; /* health() brings it back; the tick never waits on a dead server */
-    if (now_ms >= s->hits_at && s->nhits > 0 && !s->hits_inflight) {
-        s->hits_at = now_ms + HITS_FLUSH_MS;
-        json_t *vars = hits_vars(s);
-        if (vars && background_submit(s, s->hits_sql, vars, false, hits_done) == 0)
-            s->hits_inflight = true;
-    }
-    if (s->phase == CLEAN_IDLE && s->cleanup_interval_ms > 0 && now_ms >= s->clean_at) {
-        s->clean_at = now_ms + s->cleanup_interval_ms;
-        s->phase = CLEAN_EXPIRED;
-    }
-    if (s->phase != CLEAN_IDLE && !s->clean_inflight) {
-        char *sql = NULL;
-        json_t *vars = NULL;
-        size_t n = 0;
-        if (clean_build(s, &sql, &vars, &n) == 0) {
-            if (background_submit(s, sql, vars, true, clean_done) == 0) {
-                s->clean_inflight = true;
-                s->clean_nstmt = n;
-            }
-            free(sql);
-        }
-    }
-}
-
 static void s_note_hits(khala_tier_t *t, const void *key, size_t klen, uint64_t hits) {
     stier_t *s = ST(t);
     if (!key || klen == 0 || klen > KHALA_KEY_MAX || hits == 0)
         return;
     char hex[HEXKEY_MAX];
     key_hex(key, klen, hex);
-    hit_add(s, hex, hits);
+    khala__surreal_hit_add(s, hex, hits);
 }
 
 static void s_close(khala_tier_t *t) {
@@ -1571,7 +941,7 @@ static void s_close(khala_tier_t *t) {
     if (!s)
         return;
     if (s->ready && !s->down)
-        hits_flush(s);
+        khala__surreal_hits_flush(s);
     khala__http_pool_close(s->http);
     free(s->hits);
     free(s);
@@ -1590,7 +960,7 @@ static const khala_tier_ops_t surreal_ops = {
     .invalidate_step = s_invalidate_step,
     .health = s_health,
     .stats = s_stats,
-    .tick = s_tick,
+    .tick = khala__surreal_tick,
     .note_hits = s_note_hits,
     .archive_get = s_archive_get,
     .similar = s_similar,
@@ -1751,7 +1121,7 @@ int khala__tier_surreal_open(const khala_tier_surreal_opts_t *o, khala_tier_t **
         return khala__errbuf(err, errlen, rc == -ENOMEM ? -ENOMEM : KHALA_ECONFIG,
                              "L3 (surrealdb): %s", herr);
     }
-    (void)reach(s); /* unreachable is not an error of the open */
+    (void)khala__surreal_reach(s); /* unreachable is not an error of the open */
     if (err && errlen)
         snprintf(err, errlen, "%s", s->tier.err);
     *out = &s->tier;
