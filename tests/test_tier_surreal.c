@@ -337,6 +337,16 @@ Test(tier_surreal, a_stale_version_never_replaces_a_newer_one) {
     expect(t, "k", "FIVE", 5);
     cr_assert_eq(put(t, "k", "six", 3, 6, 0, 0), 0);
     expect(t, "k", "six", 6);
+    /* A second open of the same table (khalad restarted, another host): the schema's DEFINEs
+     * are idempotent and the rule holds across both. */
+    khala_tier_surreal_opts_t o = opts(g_url);
+    khala_tier_t *u = NULL;
+    char err[256] = "";
+    cr_assert_eq(khala__tier_surreal_open(&o, &u, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(u->ops->health(u), 0, "%s", u->err);
+    expect(u, "k", "six", 6);
+    cr_assert_eq(put(u, "k", "five", 4, 5, 0, 0), KHALA_EVERSION);
+    u->ops->close(u);
 }
 
 Test(tier_surreal, items_expire_and_an_expired_row_is_overwritten_by_any_version) {
@@ -866,6 +876,24 @@ Test(tier_surreal, a_killed_front_is_etier_and_after_a_restart_the_data_is_there
     t->ops->stats(t, &st);
     cr_assert(st.reconnects >= 1);
     cr_assert(st.errors >= 1);
+}
+
+Test(tier_surreal, a_front_that_stops_answering_is_a_timeout_then_comes_back) {
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 500;
+    khala_tier_t *t = open_with(&o);
+    cr_assert_eq(put(t, "k", "v", 1, 1, 0, 0), 0, "%s", t->err);
+    kill(g_priv.pid, SIGSTOP); /* the connection stays open; nothing answers */
+    khala_tier_value_t v = {0};
+    int rc = t->ops->get(t, "k", 1, &v);
+    kill(g_priv.pid, SIGCONT);
+    cr_assert_eq(rc, KHALA_ETIER);
+    cr_assert(strstr(t->err, "L3 (surrealdb)") && strstr(t->err, "timed out"), "%s", t->err);
+    for (int i = 0; i < 300 && (rc = t->ops->health(t)) != 0; i++)
+        usleep(100 * 1000);
+    cr_assert_eq(rc, 0, "health after SIGCONT: %s", t->err);
+    expect(t, "k", "v", 1);
 }
 
 Test(tier_surreal, bad_credentials_are_a_clear_authentication_error) {
