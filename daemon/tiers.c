@@ -52,6 +52,7 @@
 #include "khalad.h"
 #include "tier_disk.h"
 #include "tier_redis.h"
+#include "tier_surreal.h"
 
 /* The message a reply will carry (d->errmsg). */
 #define set_msg(d, ...) khala__errbuf_set((d)->errmsg, sizeof((d)->errmsg), __VA_ARGS__)
@@ -132,8 +133,21 @@ static int open_driver(khalad_t *d, khalad_tier_t *lt, int level, int *server, c
         return khala__tier_redis_open(&o, &lt->t, err, errlen);
     }
     if (level == 3 && *server) {
-        khala__errbuf_set(err, errlen, "the SurrealDB driver is not built yet");
-        return KHALA_ECONFIG;
+        khala_tier_surreal_opts_t o = {
+            .url = c->l3.surrealdb_url,
+            .ns = c->l3.surrealdb_namespace,
+            .db = c->l3.surrealdb_database,
+            .table = c->l3.surrealdb_table,
+            .level = KHALA_LEVEL_L3,
+            .timeout_ms = c->l3.timeout_ms,
+            .pool_size = c->l3.pool_size,
+            .max_entries = c->l3.max_entries,
+            .cleanup_interval_ms = (int64_t)c->l3.cleanup_interval * 1000,
+            .cleanup_batch = c->l3.cleanup_batch,
+            .archive_retention_ms = (int64_t)c->l3.archive_retention_seconds * 1000,
+            .embedding_dim = c->l3.embedding_dim,
+        };
+        return khala__tier_surreal_open(&o, &lt->t, err, errlen);
     }
     char path[KHALA_CONFIG_PATH_MAX + 64];
     int rc = khala__config_store_path(c, level, path, sizeof(path));

@@ -24,7 +24,8 @@ PACKAGES=(
     uthash-dev           # khalad's in-process hash tables (single-flight)
     libsodium-dev        # encryption at rest of sensitive types (daemon/crypt.c)
     libhiredis-dev       # later: the Redis L2 driver and pub/sub
-    libcurl4-openssl-dev # later: the SurrealDB L3 driver
+    libcurl4-openssl-dev # the SurrealDB L3 driver's HTTP (daemon/http_pool.c)
+    libjansson-dev       # the SurrealDB L3 driver's JSON (/rpc requests and replies)
     redis-server         # later: integration tests against a real Redis
     systemd              # systemd.pc (where the unit and sysusers.d file go), systemd-analyze
                          # verify and systemd-sysusers (tests/check_install.sh)
