@@ -57,6 +57,7 @@
 #include "channel.h"
 #include "harness.h"
 #include "khala/error.h"
+#include "l3_bench.h"
 #include "proto.h"
 #include "segment.h"
 
@@ -78,10 +79,22 @@
 /* Largest value a miss load reads. */
 #define DB_VALUE_MAX 65536u
 
-enum { K_PUT, K_PUT_PIPE, K_MISS, K_GET_L2, R_SET, R_SET_PIPE, R_GET_MISS, R_GET };
+/* K_GET_L3 and R_DIRECT: the L3 cases and their direct reference (bench/l3_bench.c). */
+enum {
+    K_PUT,
+    K_PUT_PIPE,
+    K_MISS,
+    K_GET_L2,
+    K_GET_L3,
+    R_SET,
+    R_SET_PIPE,
+    R_GET_MISS,
+    R_GET,
+    R_DIRECT
+};
 
 typedef struct db_out {
-    uint64_t ops, errors, ns, nsamples;
+    uint64_t ops, errors, ns, nsamples, mismatches;
     int rc;
     char err[124];
     uint32_t samples[DB_SAMPLES];
@@ -93,7 +106,7 @@ typedef struct db_ctl {
 
 typedef struct db_res {
     double ops_s, p50_ns, p99_ns;
-    uint64_t ops, errors;
+    uint64_t ops, errors, mismatches; /* mismatches: L3 gets another level answered */
 } db_res_t;
 
 /* ---- servers (through the harness, tests/harness/harness.h) ------------------------------ */
@@ -497,6 +510,7 @@ typedef struct db_job {
     int kind;       /* K_* or R_* */
     unsigned pipeline;
     uint32_t keys, vsize;
+    const bench_front_t *front; /* R_DIRECT: the front khalad's L3 uses */
 } db_job_t;
 
 /* What a client holds while it runs a job. */
@@ -540,6 +554,15 @@ static unsigned one(const db_job_t *j, unsigned idx, db_client_t *cl, db_out_t *
                   KHALA_ENOTFOUND;
             break;
         }
+        case K_GET_L3: {
+            int mm = 0;
+            bad = bench_l3_get(conn, keys[0], BU_KEY_LEN, j->vsize, &mm);
+            out->mismatches += (uint64_t)mm;
+            break;
+        }
+        case R_DIRECT:
+            bad = bench_l3_direct(conn, keys[0], BU_KEY_LEN, j->vsize);
+            break;
         case K_GET_L2: {
             size_t len = 0;
             bad = khala_cache_get(conn, keys[0], BU_KEY_LEN, cl->gbuf, DB_VALUE_MAX, &len) != 0 ||
@@ -610,8 +633,13 @@ static unsigned one(const db_job_t *j, unsigned idx, db_client_t *cl, db_out_t *
 static void client(const db_job_t *j, unsigned idx, db_ctl_t *ctl, db_out_t *out) {
     db_client_t cl = {0};
     raw_t raw;
-    int isredis = j->kind >= R_SET;
-    if (isredis) {
+    int isredis = j->kind >= R_SET && j->kind != R_DIRECT;
+    if (j->kind == R_DIRECT) {
+        if (!(cl.conn = bench_direct_open(j->front, "cache_table"))) {
+            out->rc = -1;
+            snprintf(out->err, sizeof(out->err), "direct connection to the front failed");
+        }
+    } else if (isredis) {
         redisContext *rc =
             j->rport ? redisConnect("127.0.0.1", (int)j->rport) : redisConnectUnix(j->rsock);
         if (!rc || rc->err) {
@@ -655,7 +683,9 @@ static void client(const db_job_t *j, unsigned idx, db_ctl_t *ctl, db_out_t *out
             out->ops += one(j, idx, &cl, out);
         out->ns = bu_now_ns() - t0;
     }
-    if (isredis)
+    if (j->kind == R_DIRECT)
+        bench_direct_close(cl.conn);
+    else if (isredis)
         redisFree(cl.conn);
     else if (j->kind == K_PUT_PIPE)
         raw_close(&raw);
@@ -719,6 +749,7 @@ out:
                 res->ops_s += outs[i].ops * 1e9 / outs[i].ns;
             res->ops += outs[i].ops;
             res->errors += outs[i].errors;
+            res->mismatches += outs[i].mismatches;
             ns += outs[i].nsamples < DB_SAMPLES ? outs[i].nsamples : DB_SAMPLES;
         }
         uint32_t *all = malloc((ns ? ns : 1) * sizeof(uint32_t));
@@ -754,8 +785,8 @@ static double med(double *v, unsigned n) {
 }
 
 /* The miss backends, in --backend order; bit i of the selection is MISS_NAMES[i]. */
-enum { MB_NONE, MB_DISK, MB_REDIS, MB_COUNT };
-static const char *const MISS_NAMES[MB_COUNT] = {"none", "disk", "redis"};
+enum { MB_NONE, MB_DISK, MB_REDIS, MB_L3DISK, MB_L3SURREAL, MB_COUNT };
+static const char *const MISS_NAMES[MB_COUNT] = {"none", "disk", "redis", "l3disk", "l3surreal"};
 
 /* A pair of timed loads: a khalad one and its Redis reference, run one after the other. */
 typedef struct db_pair {
@@ -764,7 +795,7 @@ typedef struct db_pair {
     db_job_t kj, rj;   /* khalad's load, the reference's */
     bench_khalad_t *k; /* the khalad; its L2 hits are checked when kj is K_GET_L2 */
     db_res_t kr[DB_ROUNDS_MAX], rr[DB_ROUNDS_MAX];
-    uint64_t l2_hits[DB_ROUNDS_MAX];
+    uint64_t l2_hits[DB_ROUNDS_MAX]; /* or L3's hits, for K_GET_L3 */
 } db_pair_t;
 
 static void print_res(const char *cmd, const char *who, const char *backend, unsigned round,
@@ -779,13 +810,14 @@ static void print_res(const char *cmd, const char *who, const char *backend, uns
 /* One round of pair p: khalad, then the reference. 0 or -1. */
 static int run_pair(const char *cmd, db_pair_t *p, unsigned i, const bench_opts_t *o,
                     unsigned pipeline) {
-    int l2 = p->kj.kind == K_GET_L2;
+    int l3 = p->kj.kind == K_GET_L3, l2 = p->kj.kind == K_GET_L2 || l3;
+    const char *lv = l3 ? "l3" : "l2";
     uint64_t h0 = 0, h1 = 0;
-    if (l2 && bench_khalad_stat(p->k, "l2", "hits", &h0) != 0)
+    if (l2 && bench_khalad_stat(p->k, lv, "hits", &h0) != 0)
         return -1;
     if (run_round(&p->kj, o->procs, o->seconds, &p->kr[i]) != 0)
         return -1;
-    if (l2 && bench_khalad_stat(p->k, "l2", "hits", &h1) != 0)
+    if (l2 && bench_khalad_stat(p->k, lv, "hits", &h1) != 0)
         return -1;
     if (run_round(&p->rj, o->procs, o->seconds, &p->rr[i]) != 0)
         return -1;
@@ -794,10 +826,12 @@ static int run_pair(const char *cmd, db_pair_t *p, unsigned i, const bench_opts_
     if (l2) {
         /* Every get of the round must have been an L2 hit: no L1 hit, no miss anywhere. */
         p->l2_hits[i] = h1 - h0;
-        printf(" l2_hits=%llu", (unsigned long long)p->l2_hits[i]);
+        printf(" %s_hits=%llu", lv, (unsigned long long)p->l2_hits[i]);
+        if (l3)
+            printf(" lvl_mismatches=%llu", (unsigned long long)p->kr[i].mismatches);
         if (p->l2_hits[i] < p->kr[i].ops) {
-            fprintf(stderr, "%s: %llu gets but only %llu L2 hits\n", p->name,
-                    (unsigned long long)p->kr[i].ops, (unsigned long long)p->l2_hits[i]);
+            fprintf(stderr, "%s: %llu gets but only %llu %s hits\n", p->name,
+                    (unsigned long long)p->kr[i].ops, (unsigned long long)p->l2_hits[i], lv);
             p->kr[i].errors += p->kr[i].ops - p->l2_hits[i];
         }
     }
@@ -862,41 +896,58 @@ int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, cons
     /* A type kept off L1 (quota first: a type with a quota must live on l1). */
     static const char *const off_l1[] = {"type.consolidation.quota_pct=0",
                                          "type.consolidation.levels=l2"};
+    /* l3surreal: L3 is SurrealDB through the bench's own front (bench/l3_bench.c). */
+    static bench_front_t front;
+    memset(&front, 0, sizeof(front));
+    snprintf(front.dir, sizeof(front.dir), "%s/front", env.dir);
+    if ((sel & 1u << MB_L3SURREAL) && bench_front_start(&front) != 0)
+        goto out;
     for (int b = 0; b < MB_COUNT; b++) {
         if (!(sel & 1u << b))
             continue;
-        int l2 = b != MB_NONE;
+        int l3 = b == MB_L3DISK || b == MB_L3SURREAL, l2 = b == MB_DISK || b == MB_REDIS;
         bench_khalad_t *k = &ks[b];
+        char l3buf[8][160];
+        const char *l3sets[8];
+        unsigned nl3 = l3 ? bench_l3_khalad_sets(&env, b == MB_L3SURREAL ? &front : NULL, o->keys,
+                                                 l3buf, l3sets)
+                          : 0;
         if (bench_khalad_init(&env, k, b == MB_REDIS ? BENCH_L2_REDIS : BENCH_L2_DISK, o->keys,
-                              l2 ? off_l1 : NULL, l2 ? 2 : 0) != 0 ||
+                              l2   ? off_l1
+                              : l3 ? l3sets
+                                   : NULL,
+                              l2 ? 2 : nl3) != 0 ||
             bench_khalad_start(k) != 0)
             goto out;
-        if (l2) {
+        if (l2 || l3) {
             double ms;
+            uint64_t t0 = bu_now_ns();
             if (bench_khalad_preload(k, "key:", o->keys, o->value_size, o->value_size,
-                                     KHALA_TYPE_CONSOLIDATION, &ms) != 0)
+                                     KHALA_TYPE_CONSOLIDATION, &ms) != 0 ||
+                (l3 && bench_l3_wait_queue(k, "l3") != 0))
                 goto out;
-            printf("preloaded %u keys into L2 (%s) through khalad in %.0f ms\n", o->keys,
-                   MISS_NAMES[b], ms);
+            ms = (double)(bu_now_ns() - t0) / 1e6;
+            printf("preloaded %u keys into %s (%s) through khalad in %.0f ms\n", o->keys,
+                   l3 ? "L3" : "L2", MISS_NAMES[b], ms);
         }
         db_pair_t *p = &pairs[np++];
         memset(p, 0, sizeof(*p));
         p->name = miss ? MISS_NAMES[b] : "put";
         p->k = k;
-        p->kj = (db_job_t){k->h.sock, k->h.name, env.rsock, env.rport,
-                           K_PUT,     pipeline,  o->keys,   o->value_size};
+        p->kj = (db_job_t){k->h.sock, k->h.name, env.rsock,     env.rport, K_PUT,
+                           pipeline,  o->keys,   o->value_size, &front};
         p->rj = p->kj;
         if (!miss) {
             p->kj.kind = pipeline > 1 ? K_PUT_PIPE : K_PUT;
             p->rj.kind = pipeline > 1 ? R_SET_PIPE : R_SET;
             p->rname = "redis";
         } else {
-            p->kj.kind = l2 ? K_GET_L2 : K_MISS;
-            p->rj.kind = l2 ? R_GET : R_GET_MISS;
-            p->rname = l2 ? "redis-get" : "redis-get-missing";
+            p->kj.kind = l3 ? K_GET_L3 : l2 ? K_GET_L2 : K_MISS;
+            p->rj.kind = b == MB_L3SURREAL ? R_DIRECT : l2 || l3 ? R_GET : R_GET_MISS;
+            p->rname = b == MB_L3SURREAL ? "direct" : l2 || l3 ? "redis-get" : "redis-get-missing";
         }
     }
-    if (miss && (sel & (1u << MB_DISK | 1u << MB_REDIS)) &&
+    if (miss && (sel & (1u << MB_DISK | 1u << MB_REDIS | 1u << MB_L3DISK)) &&
         redis_fill(env.rsock, o->keys, o->value_size) != 0)
         goto out;
     for (unsigned i = 0; i < n; i++)
@@ -923,6 +974,12 @@ int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, cons
             printf(" %s_ops_s=%.0f %s_ref_ops_s=%.0f %s_p50_ns=%.0f %s_ref_p50_ns=%.0f "
                    "%s_p99_ns=%.0f %s_ref_p99_ns=%.0f %s_p50_ratio=%.3f %s_ops_ratio=%.3f",
                    b, m[0], b, m[1], b, m[2], b, m[3], b, m[4], b, m[5], b, m[6], b, m[7]);
+            if (pairs[q].kj.kind == K_GET_L3) {
+                uint64_t mm = 0;
+                for (unsigned i = 0; i < n; i++)
+                    mm += pairs[q].kr[i].mismatches;
+                printf(" %s_lvl_mismatches=%llu", b, (unsigned long long)mm);
+            }
         }
         printf(" errors=%llu rounds=%u transport=%s\n", (unsigned long long)errors, n,
                env.rport ? "tcp" : "unix");
@@ -931,6 +988,7 @@ int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, cons
 out:
     for (int b = 0; b < MB_COUNT; b++)
         bench_khalad_stop(&ks[b], 1);
+    bench_front_kill(&front);
     bench_env_stop(&env);
     return rc;
 }

@@ -13,9 +13,12 @@
  *   khala-bench sweep     --items N
  *   khala-bench overhead  --items N --value-size B[-B2]
  *   khala-bench put       --procs N --keys K --value-size B --seconds S [--pipeline P]
- *   khala-bench miss      --procs N --seconds S [--backend none|disk|redis,...|all]: gets that
- *                         miss L1, answered by L2 (or by nobody), against a Redis GET
+ *   khala-bench miss      --procs N --seconds S [--backend none|disk|redis|l3disk|l3surreal,
+ *                         ...|all]: gets that miss L1, answered by L2 or L3 (or by nobody),
+ *                         against a Redis GET (l3surreal: a direct query of the front)
  *   khala-bench warm      --keys N [--backend disk|redis|all]: warming an empty L1 from L2
+ *   khala-bench drain     --keys N [--backend redis,l3surreal]: write-behind drain rates to
+ *                         L2 Redis and L3 SurrealDB (bench/l3_bench.c)
  *   khala-bench similar   --keys N --dim D [--count K] [--rounds R]: one semantic look-up on
  *                         the disk store (bench/similar_bench.c)
  *
@@ -30,6 +33,7 @@
 #include "bench.h"
 #include "daemon_bench.h"
 #include "similar_bench.h"
+#include "l3_bench.h"
 
 /* predict: predictive warming on a trace (predict_replay.c). 0 or -1. */
 int bench_predict(const bench_opts_t *o);
@@ -67,14 +71,21 @@ static void usage(FILE *f) {
                "       khala-bench put|miss [--procs N] [--keys K] [--value-size B] [--seconds S]\n"
                "                   [--rounds R] [--pipeline P]  (through a khalad it starts, "
                "against redis-server)\n"
-               "                   miss: [--backend none|disk|redis[,...]|all] (default "
-               "disk,redis; keys 10000)\n"
+               "                   miss: [--backend none|disk|redis|l3disk|l3surreal[,...]|all] "
+               "(default disk,redis;\n"
+               "                         keys 10000; l3surreal runs a SurrealDB front, its "
+               "reference a direct query)\n"
                "                         [--redis-tcp]  (Redis also on loopback TCP: khalad's "
                "L2 and the GETs use it)\n"
                "       khala-bench cleanup [--items N] [--value-size B] [--batch N]  (L3's disk "
                "store: one full\n"
                "                   cleanup of N expired rows, then of N rows over a lowered "
                "max_entries; 100000, 100, 1000)\n"
+               "       khala-bench drain [--keys N] [--value-size B] [--rounds R] "
+               "[--backend redis|l3surreal[,...]]\n"
+               "                   (write-behind embeddings queued while the level is down, "
+               "then drained;\n"
+               "                   default both, 10000 of 1536 bytes, 3 rounds)\n"
                "       khala-bench warm [--keys N] [--value-size MIN-MAX] [--rounds R]\n"
                "                   [--backend disk|redis[,...]|all]  (default both; 10000 items "
                "of 200-1000 bytes)\n"
@@ -401,13 +412,16 @@ int main(int argc, char **argv) {
     /* compare, scale and l1-mixed alternate their runs over rounds; the others run once. */
     o.rounds = !strcmp(cmd, "compare") || !strcmp(cmd, "scale") || !strcmp(cmd, "l1-mixed") ||
                        !strcmp(cmd, "put") || !strcmp(cmd, "miss") || !strcmp(cmd, "warm") ||
-                       !strcmp(cmd, "similar")
+                       !strcmp(cmd, "similar") || !strcmp(cmd, "drain")
                    ? 3
                    : 1;
     /* miss preloads its keys into L2 through khalad, warm its items: 10,000 by default; warm's
      * items are memory_entity-sized. */
-    if (!strcmp(cmd, "miss") || !strcmp(cmd, "warm") || !strcmp(cmd, "similar"))
+    if (!strcmp(cmd, "miss") || !strcmp(cmd, "warm") || !strcmp(cmd, "similar") ||
+        !strcmp(cmd, "drain"))
         o.keys = 10000;
+    if (!strcmp(cmd, "drain"))
+        o.value_size = 1536; /* a float32 vector of 384 */
     if (!strcmp(cmd, "cleanup"))
         o.items = 100000;
     if (!strcmp(cmd, "warm")) {
@@ -435,6 +449,8 @@ int main(int argc, char **argv) {
         return bench_daemon(cmd, &o, g_pipeline, g_backend, g_redis_tcp) == 0 ? 0 : 1;
     if (strcmp(cmd, "warm") == 0)
         return bench_warm(&o, g_backend) == 0 ? 0 : 1;
+    if (strcmp(cmd, "drain") == 0)
+        return bench_drain(&o, g_backend) == 0 ? 0 : 1;
     if (strcmp(cmd, "similar") == 0) {
         bench_similar_opts_t so = {
             .items = o.keys, .dim = g_dim, .queries = 200, .k = g_count, .rounds = o.rounds};
