@@ -811,6 +811,13 @@ static int check_http_url(const char *v, char *msg, size_t len) {
         p = v + 8;
     else
         return msgf(msg, len, "is not an http:// or https:// URL");
+    /* user:password@ (Basic auth) before the host, as in redis_url. */
+    const char *at = strchr(p, '@'), *slash = strchr(p, '/');
+    if (at && (!slash || at < slash)) {
+        if (at == p || *p == ':')
+            return msgf(msg, len, "has credentials without a user name (user:password@host)");
+        p = at + 1;
+    }
     if (parse_hostport(&p, host, sizeof(host), &port, msg, len) != 0)
         return -1;
     for (; *p; p++)

@@ -704,6 +704,14 @@ Test(config, l3_is_configurable) {
     expect_error("[l3]\nbackend = surrealdb\n",
                  "khalad.conf:2: [l3] backend: 'surrealdb' needs [l3] surrealdb_url");
     cr_assert_eq(khala__config_defaults(&g_cfg, NULL), 0);
+    cr_assert_eq(load("[l3]\nbackend = surrealdb\n"
+                      "surrealdb_url = http://root:s3cret@127.0.0.1:8000\n"),
+                 0, "%s", g_err);
+    cr_assert_eq(khala__config_defaults(&g_cfg, NULL), 0);
+    expect_error("[l3]\nsurrealdb_url = http://:pw@127.0.0.1:8000\n",
+                 "khalad.conf:2: [l3] surrealdb_url: has credentials without a user name "
+                 "(user:password@host)");
+    cr_assert_eq(khala__config_defaults(&g_cfg, NULL), 0);
     expect_error(
         "[l3]\nsimilarity_threshold = 1.5\n",
         "khalad.conf:2: [l3] similarity_threshold: '1.5' is not a rate from 0 to 1 (e.g. 0.01)");
