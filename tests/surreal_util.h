@@ -20,17 +20,15 @@
 
 #include <sys/types.h>
 
+#include "harness.h"
+
 /** A private front. Zero it before the first tu_surreal_start(). Of its fields a test reads pid
- * (the running front, or 0), port (its loopback port; 0 = pick a free one at the next
- * tu_surreal_start(); a test may set it first) and dir (its directory, "" until the first start:
- * the engine's store in dir/data, the front's output in dir/front.log). */
-typedef struct tu_surreal {
-    pid_t pid;
-    unsigned port;
-    char dir[256];
-    char url[64]; /* filled by tu_surreal_start(); read it with tu_surreal_url() */
-    int own_dir;  /* 1: tu_surreal_start() made dir, tu_surreal_stop() removes it */
-} tu_surreal_t;
+ * (the running front, or 0; a test may SIGSTOP it), port (its loopback port; 0 = pick a free one
+ * at the next tu_surreal_start(); a test may set it first) and dir (its directory, "" until the
+ * first start: the engine's store in dir/data, the front's output in dir/front.log). The front
+ * itself is started, waited for and stopped by the harness shared with the benchmarks and
+ * tests/chaos (tests/harness/harness.h): a tu_surreal_t is a harness_surreal_t. */
+typedef harness_surreal_t tu_surreal_t;
 
 /**
  * @brief The shared front's URL, $KHALA_TEST_SURREAL_URL (http://root:root@127.0.0.1:PORT).

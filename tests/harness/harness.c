@@ -1,12 +1,15 @@
 /*
- * Private khalad and redis-server processes for the tests and the benchmarks; see harness.h.
+ * Private khalad, redis-server and SurrealDB front processes for the tests and the benchmarks;
+ * see harness.h.
  *
  * A start is fork + exec, then a bounded poll for readiness every POLL_MS:
  *
  *   khalad        its socket accepts a connection (it listens only once L1 and its tiers
  *                 are open, so a connection is as good as a reply);
  *   redis-server  it answers PING ("+PONG", or "-NOAUTH" when it wants a password): a
- *                 connection alone can succeed before it serves.
+ *                 connection alone can succeed before it serves;
+ *   surreal front GET /health answers 200 (the port can accept before the engine has opened
+ *                 its store). Its output goes to dir/front.log, quoted in a failure.
  *
  * Between two polls the child is reaped with WNOHANG, so that a server that exits at start (a
  * bad option, a taken port) fails the start at once rather than after the deadline, with its
@@ -429,4 +432,234 @@ void harness_redis_stop(harness_redis_t *r) {
     r->sock[0] = '\0';
     r->own_dir = 0;
     r->err[0] = '\0';
+}
+
+/* ---- SurrealDB front ---------------------------------------------------------------------- */
+
+#ifndef KHALA_SURREAL_FRONT_DEFAULT
+#error "tests/harness/CMakeLists.txt defines KHALA_SURREAL_FRONT_DEFAULT (the tree's front.mjs)"
+#endif
+
+/* Bytes of front.log quoted in a failure. */
+#define LOG_TAIL 1200
+
+/* One HTTP/1.0 exchange with 127.0.0.1:port (HTTP/1.0, so that node answers without chunks and
+ * the body ends where the connection does). Returns the status and the body in body (cap > 0),
+ * or a negative errno. */
+static int http_exchange(unsigned port, const char *req, size_t req_len, int timeout_s, char *body,
+                         size_t cap) {
+    int fd = tcp_connect(port);
+    if (fd < 0)
+        return -ECONNREFUSED;
+    struct timeval tv = {timeout_s, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    size_t off = 0;
+    while (off < req_len) {
+        ssize_t n = write(fd, req + off, req_len - off);
+        if (n <= 0) {
+            int rc = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT : -EIO;
+            close(fd);
+            return rc;
+        }
+        off += (size_t)n;
+    }
+    /* The whole reply, headers and body, in a buffer that grows. */
+    size_t have = 0, room = 4096;
+    char *all = malloc(room);
+    int rc = 0;
+    while (all) {
+        if (have + 1 == room) {
+            char *more = realloc(all, room * 2);
+            if (!more)
+                break;
+            all = more;
+            room *= 2;
+        }
+        ssize_t n = read(fd, all + have, room - 1 - have);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            rc = errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
+            break;
+        }
+        have += (size_t)n;
+    }
+    close(fd);
+    if (!all)
+        return -ENOMEM;
+    all[have] = '\0';
+    int status = 0;
+    if (rc == 0 && sscanf(all, "HTTP/1.%*d %d", &status) != 1)
+        rc = -EPROTO;
+    if (rc == 0) {
+        const char *b = strstr(all, "\r\n\r\n");
+        snprintf(body, cap, "%s", b ? b + 4 : "");
+        rc = status;
+    }
+    free(all);
+    return rc;
+}
+
+int harness_surreal_healthy(unsigned port) {
+    static const char req[] = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    char body[64];
+    return http_exchange(port, req, sizeof(req) - 1, 2, body, sizeof(body)) == 200;
+}
+
+int harness_surreal_sql(unsigned port, const char *ns, const char *db, const char *sql, char *body,
+                        size_t cap) {
+    /* "root:root" in base64. */
+    size_t sql_len = strlen(sql), cap_req = sql_len + 512;
+    char *req = malloc(cap_req);
+    if (!req)
+        return -ENOMEM;
+    int n =
+        snprintf(req, cap_req,
+                 "POST /sql HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Basic cm9vdDpyb290\r\n"
+                 "Accept: application/json\r\nsurreal-ns: %s\r\nsurreal-db: %s\r\n"
+                 "Content-Type: text/plain\r\nContent-Length: %zu\r\n\r\n%s",
+                 ns, db, sql_len, sql);
+    int rc =
+        n < 0 || (size_t)n >= cap_req ? -E2BIG : http_exchange(port, req, (size_t)n, 10, body, cap);
+    free(req);
+    return rc;
+}
+
+/* The last LOG_TAIL bytes of path, into buf (empty when unreadable). */
+static const char *log_tail(const char *path, char *buf, size_t cap) {
+    buf[0] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return buf;
+    off_t size = lseek(fd, 0, SEEK_END);
+    off_t from = size > (off_t)cap - 1 ? size - (off_t)cap + 1 : 0;
+    ssize_t got = pread(fd, buf, cap - 1, from);
+    buf[got > 0 ? got : 0] = '\0';
+    close(fd);
+    return buf;
+}
+
+/* One attempt: fork + exec node, then wait until /health answers 200. */
+static int surreal_spawn(harness_surreal_t *s, const char *node, const char *front,
+                         const char *log) {
+    char why[64], port[16], data[200], tail[LOG_TAIL];
+    snprintf(port, sizeof(port), "%u", s->port);
+    snprintf(data, sizeof(data), "%s/data", s->dir);
+    const char *argv[] = {node, front,    "--port", port,     "--host", "127.0.0.1", "--data",
+                          data, "--user", "root",   "--pass", "root",   NULL};
+    pid_t parent = getpid();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return fail(s->err, sizeof(s->err), -errno, "surreal front: fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            if (!s->verbose)
+                dup2(fd, 2);
+        }
+        if (strchr(node, '/'))
+            execv(node, (char *const *)argv);
+        else
+            execvp(node, (char *const *)argv);
+        fprintf(stderr, "harness: cannot run %s: %s\n", node, strerror(errno));
+        _exit(127);
+    }
+    int64_t end = now_ms() + HARNESS_SURREAL_START_MS;
+    for (;;) {
+        int st;
+        if (harness_surreal_healthy(s->port)) {
+            s->pid = pid;
+            return 0;
+        }
+        if (exited(pid, &st))
+            return fail(s->err, sizeof(s->err), -ECHILD,
+                        "surreal front (%s %s) on 127.0.0.1:%u exited at start (%s); its log %s "
+                        "ends:\n%s",
+                        node, front, s->port, status_str(st, why, sizeof(why)), log,
+                        log_tail(log, tail, sizeof(tail)));
+        if (now_ms() >= end)
+            break;
+        harness_sleep_ms(50);
+    }
+    kill_reap(pid);
+    return fail(s->err, sizeof(s->err), -ETIMEDOUT,
+                "surreal front (%s %s) on 127.0.0.1:%u did not answer GET /health 200 within %d "
+                "ms; its log %s ends:\n%s",
+                node, front, s->port, HARNESS_SURREAL_START_MS, log,
+                log_tail(log, tail, sizeof(tail)));
+}
+
+static const char *env_or(const char *name, const char *def) {
+    const char *v = getenv(name);
+    return v && *v ? v : def;
+}
+
+int harness_surreal_start(harness_surreal_t *s) {
+    static unsigned seq;
+    if (s->pid > 0)
+        return fail(s->err, sizeof(s->err), -EBUSY, "surreal front is running already (pid %d)",
+                    (int)s->pid);
+    const char *node = s->node ? s->node : env_or("KHALA_TEST_NODE", "node");
+    const char *front =
+        s->front ? s->front : env_or("KHALA_TEST_SURREAL_FRONT", KHALA_SURREAL_FRONT_DEFAULT);
+    if (access(front, R_OK) != 0)
+        return fail(s->err, sizeof(s->err), -ENOENT,
+                    "surreal front: %s: %s (set KHALA_TEST_SURREAL_FRONT to front.mjs)", front,
+                    strerror(errno));
+    if (!s->dir[0]) {
+        snprintf(s->dir, sizeof(s->dir), "/tmp/khala-surreal-%d-%u", (int)getpid(), seq++);
+        if (mkdir(s->dir, 0700) != 0 && errno != EEXIST) {
+            int rc = -errno;
+            fail(s->err, sizeof(s->err), rc, "surreal front: mkdir %s: %s", s->dir,
+                 strerror(errno));
+            s->dir[0] = '\0';
+            return rc;
+        }
+        s->own_dir = 1;
+    }
+    if (strlen(s->dir) > 150)
+        return fail(s->err, sizeof(s->err), -E2BIG, "surreal front: %s is too long a dir", s->dir);
+    char log[200];
+    snprintf(log, sizeof(log), "%s/front.log", s->dir);
+    int picked = s->port == 0, rc = -ECHILD;
+    for (int attempt = 0; attempt < (picked ? PORT_TRIES : 1) && rc == -ECHILD; attempt++) {
+        if (picked) {
+            int p = harness_free_port();
+            if (p < 0)
+                return fail(s->err, sizeof(s->err), p, "no free loopback TCP port: %s",
+                            strerror(-p));
+            s->port = (unsigned)p;
+        }
+        rc = surreal_spawn(s, node, front, log);
+    }
+    if (rc != 0) {
+        if (picked)
+            s->port = 0;
+        return rc;
+    }
+    snprintf(s->url, sizeof(s->url), "http://root:root@127.0.0.1:%u", s->port);
+    return 0;
+}
+
+void harness_surreal_kill(harness_surreal_t *s) {
+    if (s->pid > 0)
+        kill_reap(s->pid);
+    s->pid = 0;
+}
+
+void harness_surreal_stop(harness_surreal_t *s) {
+    harness_surreal_kill(s);
+    if (s->own_dir)
+        harness_rmtree(s->dir);
+    s->port = 0;
+    s->dir[0] = '\0';
+    s->url[0] = '\0';
+    s->own_dir = 0;
+    s->err[0] = '\0';
 }

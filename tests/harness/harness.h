@@ -7,9 +7,11 @@
  *
  * Start at harness_khalad_t (harness_khalad_init, harness_khalad_set, harness_khalad_start,
  * harness_khalad_stop, harness_khalad_clean) and harness_redis_t (harness_redis_start,
- * harness_redis_kill, harness_redis_stop). The tests reach them through Criterion adapters that
- * fail the test on an error (tests/integration/khalad_util.h, tests/redis_util.h); the
- * benchmarks call them directly (bench/daemon_bench.c).
+ * harness_redis_kill, harness_redis_stop), and harness_surreal_t (harness_surreal_start,
+ * harness_surreal_kill, harness_surreal_stop: a SurrealDB front, node running
+ * tests/support/surreal/front.mjs). The tests reach them through Criterion adapters that fail
+ * the test on an error (tests/integration/khalad_util.h, tests/redis_util.h,
+ * tests/surreal_util.h); the benchmarks and tests/chaos call them directly.
  *
  * Error model: a call returns 0 or a negative errno (-ETIMEDOUT: the server did not answer in
  * time; -ECHILD: it exited while starting; -E2BIG: an option does not fit; another -errno from
@@ -165,6 +167,82 @@ void harness_redis_kill(harness_redis_t *r);
  * @param[in,out] r the server.
  */
 void harness_redis_stop(harness_redis_t *r);
+
+/** Bound on a front's start (node and the engine opening its store on a loaded machine), ms. */
+#define HARNESS_SURREAL_START_MS 20000
+
+/**
+ * A SurrealDB front the caller runs: `$KHALA_TEST_NODE` (default node) running
+ * `$KHALA_TEST_SURREAL_FRONT` (default: the source tree's tests/support/surreal/front.mjs,
+ * compiled in) with --port P --host 127.0.0.1 --data DIR/data --user root --pass root. Zero it;
+ * set the options; harness_surreal_start().
+ */
+typedef struct harness_surreal {
+    /* Options, read at each start. */
+    const char *node;  /* the node binary; NULL = $KHALA_TEST_NODE, else "node" on PATH */
+    const char *front; /* front.mjs; NULL = $KHALA_TEST_SURREAL_FRONT, else the built-in path */
+    int verbose;       /* 1: the front's output goes to the caller's stderr too (else only to
+                          dir/front.log) */
+
+    /* Chosen at the first start and kept by harness_surreal_kill, so that a start after a kill
+     * brings the front back where it was, with its data (the engine's store is on disk). */
+    unsigned port; /* its loopback TCP port; 0 = pick a free one at the next start */
+    char dir[160]; /* its directory: the store in dir/data, its output in dir/front.log; preset
+                      it to use the caller's own, else the first start makes
+                      /tmp/khala-surreal-<pid>-<n> (removed by stop) */
+    char url[64];  /* "http://root:root@127.0.0.1:PORT" once started (the driver's l3 url) */
+    int own_dir;   /* 1: dir was made by the harness (and is removed by stop) */
+
+    pid_t pid;      /* while running (stopped with SIGSTOP or not), else 0 */
+    char err[2048]; /* the last failure's message (quotes the end of front.log) */
+} harness_surreal_t;
+
+/**
+ * @brief Start the front and wait (bounded: HARNESS_SURREAL_START_MS) until GET /health answers
+ *        200. When the port was picked here and the front exits at start (the port was taken
+ *        since), another free port is tried, up to 5 times.
+ * @param[in,out] s the front; not running. s->pid and s->url are set on success.
+ * @return 0; -EBUSY when it is running already; -ENOENT when front.mjs cannot be read;
+ *         -ECHILD when it exited while starting (the end of its log in s->err); -ETIMEDOUT when
+ *         it did not answer in time (it is killed and reaped); -E2BIG when a path does not fit;
+ *         another -errno (mkdir, fork, no free port).
+ */
+int harness_surreal_start(harness_surreal_t *s);
+
+/**
+ * @brief SIGKILL the front (stopped or not) and reap it. Keeps port, dir and url, so that
+ *        harness_surreal_start() restarts it where it was, with the rows it had written.
+ * @param[in,out] s the front; nothing when it is not running.
+ * @note To hang it instead, kill(s->pid, SIGSTOP) and later SIGCONT, as with redis-server.
+ */
+void harness_surreal_kill(harness_surreal_t *s);
+
+/**
+ * @brief harness_surreal_kill(), then remove the directory when the harness made it, and zero
+ *        the front's state (the options are kept).
+ * @param[in,out] s the front.
+ */
+void harness_surreal_stop(harness_surreal_t *s);
+
+/**
+ * @brief 1 when GET /health on 127.0.0.1:port answers 200 within about 2 s, else 0.
+ * @param[in] port the front's port.
+ */
+int harness_surreal_healthy(unsigned port);
+
+/**
+ * @brief POST one SurrealQL statement to the front's /sql (Basic auth root:root, namespace and
+ *        database headers) and return the reply's body.
+ * @param[in] port the front's port.
+ * @param[in] ns, db the namespace and database (khalad's [l3] surrealdb_namespace/_database).
+ * @param[in] sql the statement.
+ * @param[out] body the reply's body, NUL-terminated (truncated to cap - 1 bytes).
+ * @param[in] cap bytes at body.
+ * @return the HTTP status (200 on success); -ETIMEDOUT when no reply came within 10 s; -E2BIG
+ *         when the request does not fit; another -errno (socket, connect).
+ */
+int harness_surreal_sql(unsigned port, const char *ns, const char *db, const char *sql, char *body,
+                        size_t cap);
 
 /**
  * @brief A TCP port on 127.0.0.1 that was free a moment ago (the kernel's choice).
