@@ -899,7 +899,7 @@ int bench_daemon(const char *cmd, const bench_opts_t *o, unsigned pipeline, cons
     /* l3surreal: L3 is SurrealDB through the bench's own front (bench/l3_bench.c). */
     static bench_front_t front;
     memset(&front, 0, sizeof(front));
-    snprintf(front.dir, sizeof(front.dir), "%s/front", env.dir);
+    snprintf(front.h.dir, sizeof(front.h.dir), "%s/front", env.dir);
     if ((sel & 1u << MB_L3SURREAL) && bench_front_start(&front) != 0)
         goto out;
     for (int b = 0; b < MB_COUNT; b++) {

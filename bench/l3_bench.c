@@ -2,7 +2,7 @@
  * khala-bench's L3 pieces (bench/l3_bench.h; docs/benchmarks.md "Issue 12: L3").
  *
  * The front. The bench runs its own SurrealDB front (tests/support/surreal/front.mjs under node:
- * the real engine behind SurrealDB's HTTP API) on a free loopback port, with its store in the
+ * the real engine behind SurrealDB's HTTP API; started by tests/harness) on a free loopback port, with its store in the
  * bench's private directory, so that it can kill and restart it (drain) and read rows straight
  * from it (the direct reference) without meeting any other user's rows.
  *
@@ -27,26 +27,16 @@
 
 #include <curl/curl.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "khala/error.h"
 
-#ifndef KHALA_SURREAL_FRONT
-#error "KHALA_SURREAL_FRONT must name tests/support/surreal/front.mjs"
-#endif
-
-/* Bound on a front's start, and on a queue's drain. */
-#define L3_FRONT_START_MS 20000
+/* Bound on a queue's drain. */
 #define L3_DRAIN_MS 120000
 /* Longest key, as hex. */
 #define L3_HEX_MAX (2 * KHALA_KEY_MAX + 1)
@@ -95,71 +85,16 @@ static int http_get(const char *url, long *code, sbuf_t *b) {
 /* ---- the front -------------------------------------------------------------------------- */
 
 int bench_front_start(bench_front_t *f) {
-    char data[192], log[192], port[16];
-    const char *node = getenv("KHALA_TEST_NODE");
-    const char *front = getenv("KHALA_TEST_SURREAL_FRONT");
-    node = node && *node ? node : "node";
-    front = front && *front ? front : KHALA_SURREAL_FRONT;
-    if (mkdir(f->dir, 0700) != 0 && errno != EEXIST) {
-        fprintf(stderr, "front: mkdir %s: %s\n", f->dir, strerror(errno));
+    f->h.verbose = getenv("KHALA_BENCH_VERBOSE") != NULL;
+    if (harness_surreal_start(&f->h) != 0) {
+        fprintf(stderr, "front: %s\n", f->h.err);
         return -1;
     }
-    if (!f->port) {
-        int p = harness_free_port();
-        if (p <= 0) {
-            fprintf(stderr, "front: no free port: %s\n", strerror(-p));
-            return -1;
-        }
-        f->port = (unsigned)p;
-    }
-    snprintf(data, sizeof(data), "%s/data", f->dir);
-    snprintf(log, sizeof(log), "%s/front.log", f->dir);
-    snprintf(port, sizeof(port), "%u", f->port);
-    snprintf(f->url, sizeof(f->url), "http://root:root@127.0.0.1:%u", f->port);
-    snprintf(f->base, sizeof(f->base), "http://127.0.0.1:%u", f->port);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        fprintf(stderr, "front: fork: %s\n", strerror(errno));
-        return -1;
-    }
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execlp(node, node, front, "--port", port, "--host", "127.0.0.1", "--data", data, "--user",
-               "root", "--pass", "root", (char *)NULL);
-        fprintf(stderr, "exec %s: %s\n", node, strerror(errno));
-        _exit(127);
-    }
-    f->pid = pid;
+    snprintf(f->base, sizeof(f->base), "http://127.0.0.1:%u", f->h.port);
+    /* 3.x renamed type::thing to type::record; the driver picks it the same way. */
     char url[96];
     sbuf_t b = {0};
     long code = 0;
-    snprintf(url, sizeof(url), "%s/health", f->base);
-    for (int waited = 0;; waited += 50) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            f->pid = 0;
-            fprintf(stderr, "front: %s %s exited while starting (see %s)\n", node, front, log);
-            free(b.p);
-            return -1;
-        }
-        if (http_get(url, &code, &b) == 0 && code == 200)
-            break;
-        if (waited >= L3_FRONT_START_MS) {
-            fprintf(stderr, "front: no answer on %s within %d ms (see %s)\n", url,
-                    L3_FRONT_START_MS, log);
-            bench_front_kill(f);
-            free(b.p);
-            return -1;
-        }
-        harness_sleep_ms(50);
-    }
-    /* 3.x renamed type::thing to type::record; the driver picks it the same way. */
     snprintf(url, sizeof(url), "%s/version", f->base);
     f->rec = "type::record";
     if (http_get(url, &code, &b) == 0 && code == 200 && b.p &&
@@ -170,11 +105,7 @@ int bench_front_start(bench_front_t *f) {
 }
 
 void bench_front_kill(bench_front_t *f) {
-    if (f->pid <= 0)
-        return;
-    kill(f->pid, SIGKILL);
-    waitpid(f->pid, NULL, 0);
-    f->pid = 0;
+    harness_surreal_kill(&f->h);
 }
 
 /* ---- miss: the L3 cases -------------------------------------------------------------------- */
@@ -185,7 +116,7 @@ unsigned bench_l3_khalad_sets(const bench_env_t *e, const bench_front_t *f, uint
     unsigned long long cap = 2ull * keys < 100000 ? 100000 : 2ull * keys;
     if (f) {
         snprintf(buf[n++], 160, "l3.backend=surrealdb");
-        snprintf(buf[n++], 160, "l3.surrealdb_url=%s", f->url);
+        snprintf(buf[n++], 160, "l3.surrealdb_url=%s", f->h.url);
     } else {
         snprintf(buf[n++], 160, "l3.backend=disk");
         snprintf(buf[n++], 160, "l3.path=%s/l3-%u", e->dir, e->seq);
@@ -454,7 +385,7 @@ int bench_drain(const bench_opts_t *o, const char *backends) {
         return -1;
     bench_front_t f;
     memset(&f, 0, sizeof(f));
-    snprintf(f.dir, sizeof(f.dir), "%s/front", env.dir);
+    snprintf(f.h.dir, sizeof(f.h.dir), "%s/front", env.dir);
     static drain_res_t res[DR_COUNT][64];
     bench_khalad_t k;
     memset(&k, 0, sizeof(k));

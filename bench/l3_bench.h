@@ -19,25 +19,21 @@
 #include "daemon_bench.h"
 #include "khala/cache.h"
 
-/** A private SurrealDB front (node tests/support/surreal/front.mjs) on a loopback port, its
- * store under dir/data (kept across bench_front_kill(), so a restart finds its rows). */
+/** A private SurrealDB front (tests/harness/harness.h harness_surreal_t: node running
+ * tests/support/surreal/front.mjs) on a loopback port, its store under h.dir/data (kept across
+ * bench_front_kill(), so a restart finds its rows), and what the direct reference needs. */
 typedef struct bench_front {
-    pid_t pid;       /**< while running, else 0 */
-    unsigned port;   /**< its port; 0 = pick a free one at the first start */
-    char dir[128];   /**< its directory (set by the caller, made at start) */
-    char url[64];    /**< http://root:root@127.0.0.1:PORT, after a start */
-    char base[64];   /**< http://127.0.0.1:PORT, after a start */
-    const char *rec; /**< the record-id function of its engine: type::thing or type::record */
+    harness_surreal_t h; /**< the front: h.dir set by the caller, h.url once started */
+    char base[64];       /**< http://127.0.0.1:PORT, after a start */
+    const char *rec;     /**< the record-id function of its engine: type::thing or type::record */
 } bench_front_t;
 
 /**
- * @brief Start the front ($KHALA_TEST_NODE or node, running $KHALA_TEST_SURREAL_FRONT or the
- *        source tree's front.mjs) with --port, --data dir/data, --user root --pass root, and
- *        wait (at most 20 s) until GET /health answers 200; then read GET /version to pick the
- *        record-id function.
- * @param[in,out] f the front: dir set, not running.
- * @return 0; -1 after printing the reason (its output is in dir/front.log).
- * @note The front dies with the bench (PR_SET_PDEATHSIG).
+ * @brief Start the front (harness_surreal_start(): waits until GET /health answers 200), then
+ *        read GET /version to pick the record-id function as khalad's driver does.
+ * @param[in,out] f the front: h.dir set, not running.
+ * @return 0; -1 after printing the reason (its output is in h.dir/front.log).
+ * @note The front dies with the bench (the harness sets PR_SET_PDEATHSIG).
  */
 int bench_front_start(bench_front_t *f);
 
