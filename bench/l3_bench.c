@@ -20,8 +20,11 @@
  * measures the two journaled levels: with the level killed, o->keys embedding puts (embedding
  * is write-behind by default; levels l1,l2,l3) are acknowledged from L1 and the journals; then
  * the level is restarted and khalad's stats (section.queued_now and .drained, polled every 2 ms)
- * time the drain: from the first write seen drained to an empty queue (the rate), and from the
- * restart to an empty queue (with the reconnection).
+ * time the drain: from the sending of the first poll that sees writes drained (the poll before
+ * saw none, so the drain began after it was sent) to an empty queue (the rate, without khalad's
+ * reconnection backoff), and from the restart to an empty queue (with it). khalad answers stats
+ * between ticks only, so the longest wait for an answer (stall_ms) is how long a tick's drain
+ * held khalad's loop: no request of any client is answered meanwhile.
  */
 #include "l3_bench.h"
 
@@ -275,7 +278,7 @@ static const char *const DRAIN_NAMES[DR_COUNT] = {"redis", "l3surreal"};
 static const char *const DRAIN_SECTION[DR_COUNT] = {"l2", "l3"};
 
 typedef struct drain_res {
-    double rate, total_rate, ms, total_ms;
+    double rate, total_rate, ms, total_ms, stall_ms;
     uint64_t drained;
 } drain_res_t;
 
@@ -332,15 +335,21 @@ static int time_drain(bench_env_t *e, bench_front_t *f, const bench_khalad_t *k,
         return -1;
     }
     uint64_t t_first = 0, d_first = 0, deadline = bu_now_ns() + L3_DRAIN_MS * 1000000ull;
+    r->stall_ms = 0;
     for (;;) {
-        uint64_t d, now;
+        uint64_t d, now, s0 = bu_now_ns();
         if (bench_khalad_stat(k, sec, "queued_now", &q) != 0 ||
             bench_khalad_stat(k, sec, "drained", &d) != 0)
             return -1;
         now = bu_now_ns();
+        /* The longest wait for a stats answer: how long khalad's loop was held by a tick. */
+        if ((double)(now - s0) / 1e6 > r->stall_ms)
+            r->stall_ms = (double)(now - s0) / 1e6;
+        /* The drain began after this poll was sent (the poll before saw nothing drained):
+         * khalad answers between ticks, so a poll sent while a tick drains waits for it. */
         if (!t_first && d > d0) {
-            t_first = now;
-            d_first = d;
+            t_first = s0;
+            d_first = d0;
         }
         if (q == 0) {
             r->drained = d - d0;
@@ -430,10 +439,10 @@ int bench_drain(const bench_opts_t *o, const char *backends) {
                 goto out;
             }
             printf(" %s_drained=%llu %s_ms=%.0f %s_writes_s=%.0f %s_total_ms=%.0f "
-                   "%s_total_writes_s=%.0f",
+                   "%s_total_writes_s=%.0f %s_stall_ms=%.0f",
                    DRAIN_NAMES[b], (unsigned long long)r->drained, DRAIN_NAMES[b], r->ms,
                    DRAIN_NAMES[b], r->rate, DRAIN_NAMES[b], r->total_ms, DRAIN_NAMES[b],
-                   r->total_rate);
+                   r->total_rate, DRAIN_NAMES[b], r->stall_ms);
         }
         printf("\n");
         fflush(stdout);
@@ -443,17 +452,19 @@ int bench_drain(const bench_opts_t *o, const char *backends) {
     for (int b = 0; b < DR_COUNT; b++) {
         if (!(sel & 1u << b))
             continue;
-        double v[2][64];
+        double v[3][64];
         for (unsigned i = 0; i < o->rounds; i++) {
             v[0][i] = res[b][i].rate;
             v[1][i] = res[b][i].total_rate;
+            v[2][i] = res[b][i].stall_ms;
         }
-        qsort(v[0], o->rounds, sizeof(double), cmp_double);
-        qsort(v[1], o->rounds, sizeof(double), cmp_double);
+        for (int x = 0; x < 3; x++)
+            qsort(v[x], o->rounds, sizeof(double), cmp_double);
         printf(" %s_writes_s=%.0f %s_writes_s_min=%.0f %s_writes_s_max=%.0f "
-               "%s_total_writes_s=%.0f",
+               "%s_total_writes_s=%.0f %s_stall_ms_max=%.0f",
                DRAIN_NAMES[b], v[0][o->rounds / 2], DRAIN_NAMES[b], v[0][0], DRAIN_NAMES[b],
-               v[0][o->rounds - 1], DRAIN_NAMES[b], v[1][o->rounds / 2]);
+               v[0][o->rounds - 1], DRAIN_NAMES[b], v[1][o->rounds / 2], DRAIN_NAMES[b],
+               v[2][o->rounds - 1]);
     }
     printf(" rounds=%u\n", o->rounds);
     rc = 0;
