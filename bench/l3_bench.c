@@ -40,7 +40,7 @@
 #include "khala/error.h"
 
 /* Bound on a queue's drain. */
-#define L3_DRAIN_MS 120000
+#define L3_DRAIN_MS 600000
 /* Longest key, as hex. */
 #define L3_HEX_MAX (2 * KHALA_KEY_MAX + 1)
 
