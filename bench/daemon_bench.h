@@ -144,13 +144,16 @@ int bench_khalad_stat(const bench_khalad_t *k, const char *section, const char *
  *        P raw put frames per batch) against SET. miss: gets that miss L1, for each backend of
  *        @p backends ("none": the key is nowhere, khalad answers not found, against a GET of a
  *        missing key; "disk", "redis": the key is in that L2 only, against a GET of an
- *        existing key of the same size). Prints one line per target and round, then the final
- *        key=value line (miss: ending with transport=tcp|unix).
+ *        existing key of the same size; "l3disk", "l3surreal": the key is in L3 only, on the
+ *        disk or on SurrealDB through a private front, every reply's level checked, against a
+ *        GET or, for l3surreal, a direct query of the front: bench/l3_bench.h). Prints one line
+ *        per target and round, then the final key=value line (miss: ending with
+ *        transport=tcp|unix).
  * @param[in] cmd "put" or "miss".
  * @param[in] o options (procs, keys, value_size, seconds, rounds).
  * @param[in] pipeline put: requests in flight per client; 1 = round trips.
- * @param[in] backends miss: comma-separated list of none, disk, redis, or "all"; NULL =
- *            "disk,redis".
+ * @param[in] backends miss: comma-separated list of none, disk, redis, l3disk, l3surreal, or
+ *            "all"; NULL = "disk,redis".
  * @param[in] redis_tcp miss: 1 = redis-server listens also on a loopback TCP port, and both
  *            khalad's redis L2 and the Redis reference rounds reach it over TCP (workers still
  *            reach khalad over its Unix socket); 0 = the Unix socket for both. put: must be 0.
