@@ -31,7 +31,7 @@
  *                      lives in that L2 only (its type's levels   | the same size (K of them
  *                      are "l2"): every get misses L1 and khalad  | SET in database 0)
  *                      answers from L2, without promoting it      |
- *   miss, l3disk       the same, the key on L3 alone (levels "l3"), | GET of an existing key
+ *   miss, l3disk       the same, the key on L3 alone (levels l3), | GET of an existing key
  *                      L3 on the disk; the reply's level must be  | (as for disk/redis)
  *                      L3 (bench/l3_bench.c)                      |
  *   miss, l3surreal    the same, L3 on SurrealDB through the      | direct: the same row read
@@ -39,7 +39,8 @@
  *                                                                 | /rpc (bench/l3_bench.c)
  *
  * Every round trip (every batch with P > 1) is timed with the monotonic clock. An L2 round also
- * checks, from khalad's stats, that L2 answered as many hits as the clients made gets.
+ * checks, from khalad's stats, that L2 answered as many hits as the clients made gets (an L3
+ * round: L3, and every reply's level is L3; the others are counted as lvl_mismatches).
  *
  * The miss loads preload L2 through khalad with write-behind puts (an L2 put is an fsync'd LMDB
  * commit for the disk backend; write-behind batches 256 per commit), then wait until the write
