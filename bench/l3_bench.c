@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "debug.h"
 #include "khala/error.h"
 
 /* Bound on a queue's drain. */
@@ -88,6 +89,7 @@ static int http_get(const char *url, long *code, sbuf_t *b) {
 /* ---- the front -------------------------------------------------------------------------- */
 
 int bench_front_start(bench_front_t *f) {
+    KHALA_ASSERT(f && f->h.dir[0] && f->h.pid == 0);
     f->h.verbose = getenv("KHALA_BENCH_VERBOSE") != NULL;
     if (harness_surreal_start(&f->h) != 0) {
         fprintf(stderr, "front: %s\n", f->h.err);
@@ -115,6 +117,7 @@ void bench_front_kill(bench_front_t *f) {
 
 unsigned bench_l3_khalad_sets(const bench_env_t *e, const bench_front_t *f, uint32_t keys,
                               char buf[][160], const char **sets) {
+    KHALA_ASSERT(e && buf && sets && (!f || f->h.url[0]));
     unsigned n = 0;
     unsigned long long cap = 2ull * keys < 100000 ? 100000 : 2ull * keys;
     if (f) {
@@ -148,6 +151,7 @@ static int l3_sink(void *arg, const void *val, size_t len, const khala_meta_t *m
 }
 
 int bench_l3_get(khala_cache_t *c, const char *key, size_t klen, uint32_t vsize, int *mismatch) {
+    KHALA_ASSERT(c && key && mismatch);
     char buf[16];
     size_t len = 0;
     l3_sink_t s = {0, KHALA_LEVEL_NONE};
@@ -173,6 +177,7 @@ struct bench_direct {
 };
 
 bench_direct_t *bench_direct_open(const bench_front_t *f, const char *table) {
+    KHALA_ASSERT(f && f->rec && table);
     bench_direct_t *d = calloc(1, sizeof(*d));
     if (!d || !(d->c = curl_easy_init())) {
         fprintf(stderr, "direct: cannot make a libcurl handle\n");
@@ -214,6 +219,7 @@ static size_t b64_len(const char *s, size_t n) {
 }
 
 int bench_l3_direct(bench_direct_t *d, const char *key, size_t klen, uint32_t vsize) {
+    KHALA_ASSERT(d && key);
     static const char hexd[] = "0123456789abcdef";
     char hex[L3_HEX_MAX], req[1024];
     struct timespec ts;
@@ -256,6 +262,7 @@ int bench_l3_direct(bench_direct_t *d, const char *key, size_t klen, uint32_t vs
 }
 
 int bench_l3_wait_queue(const bench_khalad_t *k, const char *section) {
+    KHALA_ASSERT(k && section);
     for (uint64_t deadline = bu_now_ns() + L3_DRAIN_MS * 1000000ull;;) {
         uint64_t q;
         if (bench_khalad_stat(k, section, "queued_now", &q) != 0)
@@ -380,6 +387,7 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 int bench_drain(const bench_opts_t *o, const char *backends) {
+    KHALA_ASSERT(o);
     unsigned sel;
     if (o->value_size == 0 || o->value_size % 4 || o->value_size > 65536 || o->rounds > 64 ||
         o->keys == 0) {
