@@ -29,10 +29,22 @@
  * the disk store or the write journal, then grown again) and corrupt the disk store or the
  * journal before a start.
  *
+ * L3 in SurrealDB ("l3-*" scenarios): a private front per run (tests/harness, harness_surreal_t;
+ * its store on disk, kept across its kills), [l3] timeout_ms 300. Odd keys are embeddings in
+ * their type's mode (write-behind: L1, then L3's journal; a disk L2 is always written through),
+ * even keys memory_entity written through every level. Faults: SIGKILL of khalad; SIGKILL of
+ * the front (restarted 0.2 to 1.2 s later: L3 is marked down, writes queue in its journal and
+ * drain when it is back); SIGSTOP of the front (hung: requests time out, L3 is marked down; while
+ * it hangs, gets and a stats call from another client must be answered, probe_while_hung());
+ * and Redis and the front killed in one run, with khalad too.
+ *
  * The check, after the writers stopped and khalad's queue drained, for every key:
  *   1. L1 through a zero-copy view (L1 only): when present, not stale;
  *   2. khala_cache_get (L1, else khalad and its L2): present/absent as below, not stale;
- *   3. Redis directly (hiredis GET of khala:NS:K, decoded as daemon/tier_redis.c stores it);
+ *   3. Redis directly (hiredis GET of khala:NS:K, decoded as daemon/tier_redis.c stores it),
+ *      and SurrealDB directly (one SELECT of the L3 table's live rows through the front's /sql,
+ *      keys in hex and values in base64 as daemon/tier_surreal.c stores them), after L3's
+ *      queue drained too;
  *   4. khalad restarted with an empty L1, then khala_cache_get again: the disk store or Redis
  *      through khalad's own read path.
  * A value is acceptable when it is the last acknowledged put, or a later put that is unsure. An
@@ -40,12 +52,14 @@
  * was a delete, or a later delete is unsure. Anything else is LOST (absent) or STALE (an older
  * value, a deleted key back, or bytes that are no write of this key).
  *
- *   chaos_check [--short] [--kills N] [--redis-kills N] [--redis-stops N] [--writers N]
- *               [--keys N] [--seed N] [--only load|disk-full|corrupt|self-check] [--keep]
- *               [--verbose]
+ *   chaos_check [--short] [--kills N] [--redis-kills N] [--redis-stops N] [--surreal-kills N]
+ *               [--surreal-stops N] [--writers N] [--keys N] [--seed N]
+ *               [--only load|l3|disk-full|corrupt|self-check] [--keep] [--verbose]
  *
  * --only self-check proves the check can fail: acknowledged writes, then the disk store removed
- * behind khalad's back; it passes only when the check finds every one of them lost.
+ * behind khalad's back; it passes only when the check finds every one of them lost. The same
+ * with L3 in SurrealDB: L3 checked intact first (nothing judged lost), then its rows deleted
+ * through the front, and the L3 check must find every acknowledged write lost.
  *
  * Exit status: 0 when every check passed (a scenario that needs root or mount(2) is skipped
  * and says so), 1 when something was lost, stale, crashed or misreported, 2 for a setup error.
@@ -517,7 +531,7 @@ static long b64_decode(const char *in, char *out, size_t cap) {
     size_t n = 0;
     for (; *in && *in != '='; in++) {
         const char *p = strchr(tab, *in);
-        if (!p || !*in)
+        if (!p)
             return -1;
         acc = acc << 6 | (uint32_t)(p - tab);
         bits += 6;
@@ -572,7 +586,8 @@ static int l3_rows(run_t *rn, char **rows, size_t *lens) {
     free(body);
     json_t *res = json_is_array(top) ? json_array_get(top, 0) : NULL;
     json_t *list = res ? json_object_get(res, "result") : NULL;
-    if (!json_is_array(list) || strcmp(json_string_value(json_object_get(res, "status")), "OK")) {
+    const char *status = res ? json_string_value(json_object_get(res, "status")) : NULL;
+    if (!json_is_array(list) || !status || strcmp(status, "OK") != 0) {
         failure("%s: the L3 query's reply is not one OK result: %s", rn->label,
                 top ? "unexpected shape" : je.text);
         json_decref(top);
