@@ -811,16 +811,11 @@ static int check_http_url(const char *v, char *msg, size_t len) {
         p = v + 8;
     else
         return msgf(msg, len, "is not an http:// or https:// URL");
-    /* [user:password@]: everything before the last '@' of the authority (the driver signs in
-     * with it, Basic auth), as in a Redis URL. Found by tests/chaos (issue 12): refused before,
-     * "has a bad port", so khalad could not reach a server that wants credentials. */
-    const char *auth_end = p + strcspn(p, "/?"), *at = NULL;
-    for (const char *c = p; c < auth_end; c++)
-        if (*c == '@')
-            at = c;
-    if (at) {
-        if (at == p)
-            return msgf(msg, len, "has an empty user:password before '@'");
+    /* user:password@ (Basic auth) before the host, as in redis_url. */
+    const char *at = strchr(p, '@'), *slash = strchr(p, '/');
+    if (at && (!slash || at < slash)) {
+        if (at == p || *p == ':')
+            return msgf(msg, len, "has credentials without a user name (user:password@host)");
         p = at + 1;
     }
     if (parse_hostport(&p, host, sizeof(host), &port, msg, len) != 0)
