@@ -28,7 +28,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ARGS=(--kills 100 --redis-kills 40 --redis-stops 40 --surreal-kills 20 --surreal-stops 20)
 if [[ $# -gt 0 ]]; then
     case $1 in
-        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     esac
 fi
 # Later options override the defaults (chaos_check reads them in order).
