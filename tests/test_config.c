@@ -717,6 +717,21 @@ Test(config, l3_is_configurable) {
         "khalad.conf:2: [l3] similarity_threshold: '1.5' is not a rate from 0 to 1 (e.g. 0.01)");
 }
 
+Test(config, surrealdb_url_takes_credentials_through_set) {
+    /* The chaos checker's form (a --set, as khalad gets it from tests/harness): the check once
+     * read "root:root@..." as a host and a bad port, and khalad could not start on SurrealDB. */
+    set_ok("l3.surrealdb_url", "http://root:root@127.0.0.1:38000");
+    set_ok("l3.backend", "surrealdb");
+    cr_assert_str_eq(g_cfg.l3.surrealdb_url, "http://root:root@127.0.0.1:38000");
+    set_ok("l3.surrealdb_url", "https://app:p%40ss@db.example:8000/rpc");
+    set_ok("l3.surrealdb_url", "http://db:8000");
+    expect_set_error("l3.surrealdb_url", "http://@db:8000",
+                     "--set: [l3] surrealdb_url: has credentials without a user name "
+                     "(user:password@host)");
+    expect_set_error("l3.surrealdb_url", "http://root:root@:8000",
+                     "--set: [l3] surrealdb_url: has no host");
+}
+
 Test(config, rediss_is_refused_when_the_file_is_read) {
     /* khalad --check reads the file as khalad does: TLS is refused there, not at connect. */
     expect_error("[l2]\nbackend = redis\nredis_url = rediss://h:6380/0\n",

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -114,4 +115,21 @@ Test(surreal_util, a_port_set_by_the_test_is_used) {
     cr_assert_eq(front.port, port);
     char out[4096];
     cr_assert_eq(post(port, "/sql", "RETURN 'here'", out, sizeof(out)), 200, "%s", out);
+}
+
+Test(surreal_util, the_harness_answers_sql_and_sees_a_hung_front) {
+    tu_surreal_start(&front);
+    char out[4096];
+    int st = harness_surreal_sql(front.port, "khala", "test", "RETURN 40 + 2", out, sizeof(out));
+    cr_assert_eq(st, 200, "%d: %s", st, out);
+    cr_assert_not_null(strstr(out, "\"result\":42"), "%s", out);
+    cr_assert_eq(harness_surreal_healthy(front.port), 1);
+    /* Hung (SIGSTOP): /health does not answer; SIGCONT brings it back. */
+    kill(front.pid, SIGSTOP);
+    cr_assert_eq(harness_surreal_healthy(front.port), 0, "a stopped front answered /health");
+    kill(front.pid, SIGCONT);
+    cr_assert_eq(harness_surreal_healthy(front.port), 1);
+    tu_surreal_kill(&front);
+    cr_assert_lt(harness_surreal_sql(front.port, "khala", "test", "RETURN 1", out, sizeof(out)), 0,
+                 "a killed front answered");
 }

@@ -29,10 +29,22 @@
  * the disk store or the write journal, then grown again) and corrupt the disk store or the
  * journal before a start.
  *
+ * L3 in SurrealDB ("l3-*" scenarios): a private front per run (tests/harness, harness_surreal_t;
+ * its store on disk, kept across its kills), [l3] timeout_ms 300. Odd keys are embeddings in
+ * their type's mode (write-behind: L1, then L3's journal; a disk L2 is always written through),
+ * even keys memory_entity written through every level. Faults: SIGKILL of khalad; SIGKILL of
+ * the front (restarted 0.2 to 1.2 s later: L3 is marked down, writes queue in its journal and
+ * drain when it is back); SIGSTOP of the front (hung: requests time out, L3 is marked down; while
+ * it hangs, gets and a stats call from another client must be answered, probe_while_hung());
+ * and Redis and the front killed in one run, with khalad too.
+ *
  * The check, after the writers stopped and khalad's queue drained, for every key:
  *   1. L1 through a zero-copy view (L1 only): when present, not stale;
  *   2. khala_cache_get (L1, else khalad and its L2): present/absent as below, not stale;
- *   3. Redis directly (hiredis GET of khala:NS:K, decoded as daemon/tier_redis.c stores it);
+ *   3. Redis directly (hiredis GET of khala:NS:K, decoded as daemon/tier_redis.c stores it),
+ *      and SurrealDB directly (one SELECT of the L3 table's live rows through the front's /sql,
+ *      keys in hex and values in base64 as daemon/tier_surreal.c stores them), after L3's
+ *      queue drained too;
  *   4. khalad restarted with an empty L1, then khala_cache_get again: the disk store or Redis
  *      through khalad's own read path.
  * A value is acceptable when it is the last acknowledged put, or a later put that is unsure. An
@@ -40,12 +52,14 @@
  * was a delete, or a later delete is unsure. Anything else is LOST (absent) or STALE (an older
  * value, a deleted key back, or bytes that are no write of this key).
  *
- *   chaos_check [--short] [--kills N] [--redis-kills N] [--redis-stops N] [--writers N]
- *               [--keys N] [--seed N] [--only load|disk-full|corrupt|self-check] [--keep]
- *               [--verbose]
+ *   chaos_check [--short] [--kills N] [--redis-kills N] [--redis-stops N] [--surreal-kills N]
+ *               [--surreal-stops N] [--writers N] [--keys N] [--seed N]
+ *               [--only load|l3|disk-full|corrupt|self-check] [--keep] [--verbose]
  *
  * --only self-check proves the check can fail: acknowledged writes, then the disk store removed
- * behind khalad's back; it passes only when the check finds every one of them lost.
+ * behind khalad's back; it passes only when the check finds every one of them lost. The same
+ * with L3 in SurrealDB: L3 checked intact first (nothing judged lost), then its rows deleted
+ * through the front, and the L3 check must find every acknowledged write lost.
  *
  * Exit status: 0 when every check passed (a scenario that needs root or mount(2) is skipped
  * and says so), 1 when something was lost, stale, crashed or misreported, 2 for a setup error.
@@ -69,6 +83,7 @@
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
+#include <jansson.h>
 
 #include "channel.h"
 #include "harness.h"
@@ -108,13 +123,20 @@ static const char *const refused_names[R_N] = {"EQUEUE", "ETIER", "EFULL",
 
 /* Options and run-wide figures. */
 static struct {
-    int kills, redis_kills, redis_stops, writers, keys, keep, verbose;
+    int kills, redis_kills, redis_stops, surreal_kills, surreal_stops, writers, keys, keep, verbose;
     const char *only;
     uint64_t seed;
-} opt = {.kills = 20, .redis_kills = 8, .redis_stops = 8, .writers = 4, .keys = 2000};
+} opt = {.kills = 20,
+         .redis_kills = 8,
+         .redis_stops = 8,
+         .surreal_kills = 6,
+         .surreal_stops = 6,
+         .writers = 4,
+         .keys = 2000};
 
 static struct {
     uint64_t khalad_kills, redis_kills, redis_stops, disk_fulls, corruptions, refused_starts;
+    uint64_t surreal_kills, surreal_stops, served_while_stopped;
     uint64_t acked_writes, acked_deletes, keys_checked, reads_checked, lost, stale, crashes;
     uint64_t failures, skipped;
 } fig;
@@ -225,11 +247,14 @@ static void report(const key_state_t *s, unsigned idx, const char *level, int ve
 
 typedef struct run {
     const char *label;
-    int redis; /* 1: L2 in Redis (journal under l2dir), 0: L2 on the local disk in l2dir */
+    int redis;   /* 1: L2 in Redis (journal under l2dir), 0: L2 on the local disk in l2dir */
+    int surreal; /* 1: L3 in SurrealDB through a private front (journal under l3dir), odd keys
+                    of type embedding (write-behind by default); 0: L3 on the local disk */
     khala_mode_t mode;
     char dir[160], l2dir[200], l3dir[200], sock[200], name[64];
     harness_khalad_t k;
     harness_redis_t r;
+    harness_surreal_t s;
     shared_t *sh;
     size_t sh_len;
     int nkeys;
@@ -242,10 +267,12 @@ static int khalad_up(run_t *rn) {
     return rc;
 }
 
-static int run_init(run_t *rn, const char *label, int redis, khala_mode_t mode, int nkeys) {
+static int run_init(run_t *rn, const char *label, int redis, int surreal, khala_mode_t mode,
+                    int nkeys) {
     memset(rn, 0, sizeof(*rn));
     rn->label = label;
     rn->redis = redis;
+    rn->surreal = surreal;
     rn->mode = mode;
     rn->nkeys = nkeys;
     snprintf(rn->dir, sizeof(rn->dir), "%s/%s", g_base, label);
@@ -291,6 +318,19 @@ static int run_init(run_t *rn, const char *label, int redis, khala_mode_t mode, 
     } else {
         harness_khalad_set(&rn->k, "l2.backend=disk");
     }
+    if (surreal) {
+        /* A private front whose store (on disk, in s.dir/data) survives its SIGKILLs. */
+        snprintf(rn->s.dir, sizeof(rn->s.dir), "%.100s/surreal", rn->dir);
+        mkdir(rn->s.dir, 0700);
+        if (harness_surreal_start(&rn->s) != 0) {
+            failure("%s: the SurrealDB front does not start: %s", label, rn->s.err);
+            return -ECHILD;
+        }
+        harness_khalad_set(&rn->k, "l3.surrealdb_url=%s", rn->s.url);
+        harness_khalad_set(&rn->k, "l3.backend=surrealdb");
+        harness_khalad_set(&rn->k, "l3.timeout_ms=300");
+        harness_khalad_set(&rn->k, "l3.queue_max=100000");
+    }
     return 0;
 }
 
@@ -300,6 +340,9 @@ static void run_fini(run_t *rn) {
     if (rn->r.pid > 0)
         kill(rn->r.pid, SIGCONT);
     harness_redis_stop(&rn->r);
+    if (rn->s.pid > 0)
+        kill(rn->s.pid, SIGCONT);
+    harness_surreal_stop(&rn->s);
     if (rn->sh && rn->sh != MAP_FAILED)
         munmap(rn->sh, rn->sh_len);
     rn->sh = NULL;
@@ -356,6 +399,12 @@ static int one_op(const run_t *rn, khala_cache_t *c, unsigned idx, int del) {
         khala_put_options_init(&po);
         po.ttl_ms = TTL_MS;
         po.mode = rn->mode;
+        if (rn->surreal && idx % 2 == 1) {
+            /* An embedding, in its type's mode (write-behind by default: L1 and the journals,
+             * drained later, except on a disk L2, which is always written through). */
+            po.type = KHALA_TYPE_EMBEDDING;
+            po.mode = KHALA_MODE_DEFAULT;
+        }
         size_t len = make_value(idx, seq, val);
         rc = khala_cache_put(c, key, strlen(key), val, len, &po, NULL);
     }
@@ -451,16 +500,133 @@ static uint64_t khalad_stat(const run_t *rn, const char *section, const char *na
     return v;
 }
 
-/* Wait (bounded) until khalad's L2 queue is empty and L2 is healthy. */
+/* 1 when the level's queue ("l2" or "l3") is empty and the level healthy. */
+static int level_drained(const run_t *rn, const char *level) {
+    return khalad_stat(rn, level, "queued_now") == 0 && khalad_stat(rn, level, "healthy") == 1;
+}
+
+/* Wait (bounded) until khalad's L2 queue (and L3's, with SurrealDB) is empty and the level is
+ * healthy. */
 static int wait_drained(const run_t *rn) {
     for (int waited = 0; waited < DRAIN_MS; waited += 50) {
-        if (khalad_stat(rn, "l2", "queued_now") == 0 && khalad_stat(rn, "l2", "healthy") == 1)
+        if (level_drained(rn, "l2") && (!rn->surreal || level_drained(rn, "l3")))
             return 0;
         harness_sleep_ms(50);
     }
-    failure("%s: the L2 queue did not drain within %d ms (queued_now %" PRIu64 ")", rn->label,
-            DRAIN_MS, khalad_stat(rn, "l2", "queued_now"));
+    failure("%s: the queues did not drain within %d ms (L2 queued_now %" PRIu64 ", healthy %" PRIu64
+            "; L3 queued_now %" PRIu64 ", healthy %" PRIu64 ")",
+            rn->label, DRAIN_MS, khalad_stat(rn, "l2", "queued_now"),
+            khalad_stat(rn, "l2", "healthy"), khalad_stat(rn, "l3", "queued_now"),
+            khalad_stat(rn, "l3", "healthy"));
     return -ETIMEDOUT;
+}
+
+/* ---- L3 in SurrealDB, read directly ------------------------------------------------------- */
+
+/* Decode base64 (the driver's `data`) into out (cap bytes). Returns the length, or -1. */
+static long b64_decode(const char *in, char *out, size_t cap) {
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t n = 0;
+    for (; *in && *in != '='; in++) {
+        const char *p = strchr(tab, *in);
+        if (!p)
+            return -1;
+        acc = acc << 6 | (uint32_t)(p - tab);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (n == cap)
+                return -1;
+            out[n++] = (char)(acc >> bits & 0xff);
+        }
+    }
+    return (long)n;
+}
+
+/* The key index of a row's `key` (the key's bytes in hex) when it is "chaos:<n>", else -1. */
+static long row_index(const char *hex) {
+    char key[64];
+    size_t n = 0;
+    for (; hex[0] && hex[1] && n < sizeof(key) - 1; hex += 2) {
+        unsigned b;
+        if (sscanf(hex, "%2x", &b) != 1)
+            return -1;
+        key[n++] = (char)b;
+    }
+    key[n] = '\0';
+    unsigned idx;
+    char tail;
+    if (sscanf(key, "chaos:%u%c", &idx, &tail) != 1)
+        return -1;
+    return idx;
+}
+
+/* Every live row of khalad's L3 table, straight from the front's /sql: rows[i] is key i's
+ * value (NULL when absent; len in lens[i]). Returns 0, or -1 after a failure() naming why. */
+static int l3_rows(run_t *rn, char **rows, size_t *lens) {
+    size_t cap = 64u << 20;
+    char *body = malloc(cap);
+    if (!body)
+        return -1;
+    int st = harness_surreal_sql(
+        rn->s.port, "khala", "cache",
+        "SELECT key, data, expires FROM cache_table WHERE expires = NONE OR expires > "
+        "time::unix(time::now()) * 1000",
+        body, cap);
+    if (st != 200) {
+        failure("%s: the L3 query to the front on port %u answered %d: %.300s", rn->label,
+                rn->s.port, st, st > 0 ? body : strerror(-st));
+        free(body);
+        return -1;
+    }
+    json_error_t je;
+    json_t *top = json_loads(body, 0, &je);
+    free(body);
+    json_t *res = json_is_array(top) ? json_array_get(top, 0) : NULL;
+    json_t *list = res ? json_object_get(res, "result") : NULL;
+    const char *status = res ? json_string_value(json_object_get(res, "status")) : NULL;
+    if (!json_is_array(list) || !status || strcmp(status, "OK") != 0) {
+        failure("%s: the L3 query's reply is not one OK result: %s", rn->label,
+                top ? "unexpected shape" : je.text);
+        json_decref(top);
+        return -1;
+    }
+    size_t i;
+    json_t *row;
+    json_array_foreach(list, i, row) {
+        const char *hex = json_string_value(json_object_get(row, "key"));
+        const char *data = json_string_value(json_object_get(row, "data"));
+        long idx = hex ? row_index(hex) : -1;
+        if (idx < 0 || idx >= rn->nkeys || !data)
+            continue;
+        rows[idx] = malloc(VALUE_MAX * 2);
+        long len = rows[idx] ? b64_decode(data, rows[idx], VALUE_MAX * 2) : -1;
+        lens[idx] = len < 0 ? 0 : (size_t)len; /* not base64: judged stale */
+    }
+    json_decref(top);
+    return 0;
+}
+
+/* Step 3 for L3: every key's row in SurrealDB judged like a read. Returns 0, or -1 when L3
+ * could not be read (a failure() was counted). */
+static int check_l3(run_t *rn, const char *when) {
+    char **rows = calloc((size_t)rn->nkeys, sizeof(*rows)), lvl[96];
+    size_t *lens = calloc((size_t)rn->nkeys, sizeof(*lens));
+    int rc = rows && lens ? l3_rows(rn, rows, lens) : -1;
+    for (int i = 0; rc == 0 && i < rn->nkeys; i++) {
+        const key_state_t *s = &rn->sh->keys[i];
+        snprintf(lvl, sizeof(lvl), "L3 SurrealDB (%s)", when);
+        report(s, (unsigned)i, lvl, judge(s, (unsigned)i, rows[i] != NULL, rows[i], lens[i]),
+               rows[i] != NULL, rows[i], lens[i]);
+        fig.reads_checked++;
+    }
+    for (int i = 0; rows && i < rn->nkeys; i++)
+        free(rows[i]);
+    free(rows);
+    free(lens);
+    return rc;
 }
 
 /* Decode a value as daemon/tier_redis.c stores it: 0x93 0xcf version(8) type bin(c4/c5/c6). */
@@ -559,6 +725,9 @@ static void check_levels(run_t *rn, const char *when) {
     if (rc)
         redisFree(rc);
     khala_cache_close(c);
+    /* 3b. SurrealDB itself. */
+    if (rn->surreal)
+        check_l3(rn, when);
 }
 
 /* The whole check: drained, steps 1-3, then step 4 with khalad restarted on an empty L1. */
@@ -571,7 +740,8 @@ static void check_all(run_t *rn) {
     harness_khalad_clean(&rn->k);
     if (khalad_up(rn) != 0)
         return;
-    check_levels(rn, "L2 through a restarted khalad, L1 empty");
+    check_levels(rn, rn->surreal ? "L2 through a restarted khalad, L1 empty; L3 again"
+                                 : "L2 through a restarted khalad, L1 empty");
     fig.keys_checked += (uint64_t)rn->nkeys;
     fig.acked_writes += rn->sh->acked_puts;
     fig.acked_deletes += rn->sh->acked_dels;
@@ -587,7 +757,42 @@ static void check_all(run_t *rn) {
 
 /* ---- scenario: load with kills and stops ---------------------------------------------------- */
 
-enum { F_KHALAD_KILL, F_REDIS_KILL, F_REDIS_STOP };
+enum { F_KHALAD_KILL, F_REDIS_KILL, F_REDIS_STOP, F_SURREAL_KILL, F_SURREAL_STOP };
+
+/* While the front hangs: khalad must keep answering other clients. Gets of keys the writers
+ * use (answered from L1 by the library when L1 holds them, else by khalad from L2), gets of keys
+ * no level holds (khalad: L2 misses, then L3's asynchronous read, which times out or skips the
+ * level marked down) and a stats call: each must be answered within the client's timeout. */
+static void probe_while_hung(run_t *rn) {
+    khala_cache_t *c = open_cache(rn);
+    if (!c)
+        return;
+    char key[48], buf[VALUE_MAX * 2];
+    int answered = 0, asked = 0;
+    for (int i = 0; i < 6; i++) {
+        size_t len;
+        if (i % 2 == 0)
+            key_name((unsigned)rnd_range(0, rn->nkeys - 1), key, sizeof(key));
+        else
+            snprintf(key, sizeof(key), "chaos-absent:%ld", rnd_range(0, 1L << 30));
+        int gr = khala_cache_get(c, key, strlen(key), buf, sizeof(buf), &len);
+        asked++;
+        if (gr == 0 || gr == KHALA_ENOTFOUND)
+            answered++;
+        else
+            failure("%s: while the front hangs, get %s: %s (%s)", rn->label, key,
+                    khala_strerror(gr), khala_cache_errmsg(c));
+    }
+    khala_cache_close(c);
+    asked++;
+    if (khalad_stat(rn, "l2", "healthy") != UINT64_MAX)
+        answered++;
+    else
+        failure("%s: while the front hangs, khalad does not answer stats", rn->label);
+    fig.served_while_stopped += (uint64_t)answered;
+    if (opt.verbose)
+        say("%s: the front hung: %d of %d requests answered", rn->label, answered, asked);
+}
 
 static void inject(run_t *rn, int kind) {
     switch (kind) {
@@ -612,27 +817,53 @@ static void inject(run_t *rn, int kind) {
             harness_sleep_ms(rnd_range(300, 900)); /* beyond l2.timeout_ms */
             kill(rn->r.pid, SIGCONT);
             break;
+        case F_SURREAL_KILL:
+            harness_surreal_kill(&rn->s);
+            fig.surreal_kills++;
+            harness_sleep_ms(rnd_range(200, 1200));
+            if (harness_surreal_start(&rn->s) != 0)
+                failure("%s: the SurrealDB front does not restart: %s", rn->label, rn->s.err);
+            break;
+        case F_SURREAL_STOP:
+            kill(rn->s.pid, SIGSTOP);
+            fig.surreal_stops++;
+            harness_sleep_ms(rnd_range(100, 400));
+            probe_while_hung(rn);
+            harness_sleep_ms(rnd_range(200, 600)); /* beyond l3.timeout_ms */
+            kill(rn->s.pid, SIGCONT);
+            break;
     }
 }
 
-static void scenario_load(const char *label, int redis, khala_mode_t mode) {
+/* Which faults a load scenario injects. */
+enum { S_KHALAD = 1, S_REDIS = 2, S_SURREAL_KILL = 4, S_SURREAL_STOP = 8 };
+
+static void scenario_load_faults(const char *label, int redis, int surreal, khala_mode_t mode,
+                                 int faults) {
     run_t rn;
     pid_t pids[WRITERS_MAX] = {0};
-    say("%s: %d writers on %d keys, L2 on %s, %s", label, opt.writers, opt.keys,
+    say("%s: %d writers on %d keys, L2 on %s, %s%s", label, opt.writers, opt.keys,
         redis ? "Redis" : "the local disk",
-        mode == KHALA_MODE_BEHIND ? "write-behind" : "write-through");
-    if (run_init(&rn, label, redis, mode, opt.keys) != 0 || khalad_up(&rn) != 0) {
+        mode == KHALA_MODE_BEHIND ? "write-behind" : "write-through",
+        surreal ? ", L3 in SurrealDB (odd keys: embeddings, write-behind to L3)" : "");
+    if (run_init(&rn, label, redis, surreal, mode, opt.keys) != 0 || khalad_up(&rn) != 0) {
         fig.failures++;
         run_fini(&rn);
         return;
     }
+    uint64_t puts0 = fig.acked_writes, dels0 = fig.acked_deletes, lost0 = fig.lost,
+             stale0 = fig.stale, reads0 = fig.reads_checked;
     int kinds[1024], n = 0;
-    for (int i = 0; i < opt.kills && n < 1024; i++)
+    for (int i = 0; (faults & S_KHALAD) && i < opt.kills && n < 1024; i++)
         kinds[n++] = F_KHALAD_KILL;
-    for (int i = 0; redis && i < opt.redis_kills && n < 1024; i++)
+    for (int i = 0; (faults & S_REDIS) && redis && i < opt.redis_kills && n < 1024; i++)
         kinds[n++] = F_REDIS_KILL;
-    for (int i = 0; redis && i < opt.redis_stops && n < 1024; i++)
+    for (int i = 0; (faults & S_REDIS) && redis && i < opt.redis_stops && n < 1024; i++)
         kinds[n++] = F_REDIS_STOP;
+    for (int i = 0; (faults & S_SURREAL_KILL) && surreal && i < opt.surreal_kills && n < 1024; i++)
+        kinds[n++] = F_SURREAL_KILL;
+    for (int i = 0; (faults & S_SURREAL_STOP) && surreal && i < opt.surreal_stops && n < 1024; i++)
+        kinds[n++] = F_SURREAL_STOP;
     for (int i = n - 1; i > 0; i--) {
         int j = (int)rnd_range(0, i), t = kinds[i];
         kinds[i] = kinds[j];
@@ -651,7 +882,16 @@ static void scenario_load(const char *label, int redis, khala_mode_t mode) {
     writers_stop(&rn, pids);
     if (rn.k.pid > 0)
         check_all(&rn);
+    if (surreal)
+        say("%s: figures: %" PRIu64 " acknowledged puts, %" PRIu64 " deletes; %" PRIu64
+            " reads checked; lost %" PRIu64 ", stale %" PRIu64,
+            label, fig.acked_writes - puts0, fig.acked_deletes - dels0, fig.reads_checked - reads0,
+            fig.lost - lost0, fig.stale - stale0);
     run_fini(&rn);
+}
+
+static void scenario_load(const char *label, int redis, khala_mode_t mode) {
+    scenario_load_faults(label, redis, 0, mode, S_KHALAD | S_REDIS);
 }
 
 /* ---- scenario: the disk full ---------------------------------------------------------------- */
@@ -674,7 +914,7 @@ static void scenario_disk_full(const char *label, int redis) {
     }
     run_t rn;
     int nkeys = 4000;
-    if (run_init(&rn, label, redis, KHALA_MODE_THROUGH, nkeys) != 0) {
+    if (run_init(&rn, label, redis, 0, KHALA_MODE_THROUGH, nkeys) != 0) {
         fig.failures++;
         run_fini(&rn);
         return;
@@ -916,7 +1156,7 @@ static void scenario_corrupt(const char *label, int redis) {
         run_t rn;
         char sub[64];
         snprintf(sub, sizeof(sub), "%s-%d", label, kind);
-        if (run_init(&rn, sub, redis, KHALA_MODE_THROUGH, 300) != 0 || khalad_up(&rn) != 0) {
+        if (run_init(&rn, sub, redis, 0, KHALA_MODE_THROUGH, 300) != 0 || khalad_up(&rn) != 0) {
             fig.failures++;
             run_fini(&rn);
             return;
@@ -959,7 +1199,7 @@ static void scenario_corrupt(const char *label, int redis) {
  * counted in the run's figures. */
 static void scenario_self_check(void) {
     run_t rn;
-    if (run_init(&rn, "self-check", 0, KHALA_MODE_THROUGH, 100) != 0 || khalad_up(&rn) != 0) {
+    if (run_init(&rn, "self-check", 0, 0, KHALA_MODE_THROUGH, 100) != 0 || khalad_up(&rn) != 0) {
         fig.failures++;
         run_fini(&rn);
         return;
@@ -996,6 +1236,54 @@ static void scenario_self_check(void) {
     run_fini(&rn);
 }
 
+/* Acknowledged writes with L3 in SurrealDB, drained, then L3's rows removed behind khalad's
+ * back (straight through the front): the L3 check must find every acknowledged write lost
+ * there. Only L3 is checked, and its losses are not counted in the run's figures. */
+static void scenario_self_check_l3(void) {
+    run_t rn;
+    if (run_init(&rn, "self-check-l3", 0, 1, KHALA_MODE_THROUGH, 100) != 0 || khalad_up(&rn) != 0) {
+        fig.failures++;
+        run_fini(&rn);
+        return;
+    }
+    khala_cache_t *c = open_cache(&rn);
+    int acked = 0;
+    for (int i = 0; c && i < rn.nkeys; i++)
+        acked += one_op(&rn, c, (unsigned)i, 0) == 0;
+    khala_cache_close(c);
+    if (wait_drained(&rn) != 0)
+        goto out;
+    uint64_t lost = fig.lost, stale = fig.stale, reads = fig.reads_checked;
+    /* First L3 as it is: every acknowledged write there (the check passes on good data). */
+    if (check_l3(&rn, "self-check, intact") != 0)
+        goto out;
+    uint64_t before = fig.lost + fig.stale;
+    char body[4096];
+    int st = harness_surreal_sql(rn.s.port, "khala", "cache", "DELETE FROM cache_table", body,
+                                 sizeof(body));
+    if (st != 200 || strstr(body, "\"ERR\"")) {
+        failure("self-check-l3: DELETE FROM cache_table answered %d: %.300s", st, body);
+        goto out;
+    }
+    check_l3(&rn, "self-check, rows removed");
+    uint64_t found = fig.lost - lost;
+    fig.lost = lost;
+    fig.stale = stale;
+    fig.reads_checked = reads;
+    if (before != lost + stale)
+        failure("self-check-l3: the intact L3 was judged lost or stale");
+    else if (acked == 0 || found < (uint64_t)acked)
+        failure("self-check-l3: %d acknowledged writes removed from L3, the check found %" PRIu64
+                " lost",
+                acked, found);
+    else
+        say("self-check-l3: L3's rows removed: the check found the %d acknowledged writes lost "
+            "(as it must)",
+            acked);
+out:
+    run_fini(&rn);
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 static int want(const char *scenario) {
@@ -1003,10 +1291,12 @@ static int want(const char *scenario) {
 }
 
 static int usage(void) {
-    fprintf(stderr,
-            "usage: chaos_check [--short] [--kills N] [--redis-kills N] [--redis-stops N]\n"
-            "                   [--writers N] [--keys N] [--seed N]\n"
-            "                   [--only load|disk-full|corrupt|self-check] [--keep] [--verbose]\n");
+    fprintf(
+        stderr,
+        "usage: chaos_check [--short] [--kills N] [--redis-kills N] [--redis-stops N]\n"
+        "                   [--surreal-kills N] [--surreal-stops N]\n"
+        "                   [--writers N] [--keys N] [--seed N]\n"
+        "                   [--only load|l3|disk-full|corrupt|self-check] [--keep] [--verbose]\n");
     return 2;
 }
 
@@ -1018,6 +1308,8 @@ int main(int argc, char **argv) {
             opt.kills = 3;
             opt.redis_kills = 2;
             opt.redis_stops = 2;
+            opt.surreal_kills = 2;
+            opt.surreal_stops = 2;
             opt.writers = 3;
             opt.keys = 300;
         } else if (strcmp(a, "--keep") == 0) {
@@ -1032,6 +1324,10 @@ int main(int argc, char **argv) {
             opt.redis_kills = atoi(v), i++;
         } else if (strcmp(a, "--redis-stops") == 0) {
             opt.redis_stops = atoi(v), i++;
+        } else if (strcmp(a, "--surreal-kills") == 0) {
+            opt.surreal_kills = atoi(v), i++;
+        } else if (strcmp(a, "--surreal-stops") == 0) {
+            opt.surreal_stops = atoi(v), i++;
         } else if (strcmp(a, "--writers") == 0) {
             opt.writers = atoi(v), i++;
         } else if (strcmp(a, "--keys") == 0) {
@@ -1045,7 +1341,8 @@ int main(int argc, char **argv) {
         }
     }
     if (opt.writers < 1 || opt.writers > WRITERS_MAX || opt.keys < opt.writers || opt.kills < 0 ||
-        opt.redis_kills < 0 || opt.redis_stops < 0)
+        opt.redis_kills < 0 || opt.redis_stops < 0 || opt.surreal_kills < 0 ||
+        opt.surreal_stops < 0)
         return usage();
     g_rng = opt.seed | 1;
     signal(SIGPIPE, SIG_IGN);
@@ -1056,12 +1353,23 @@ int main(int argc, char **argv) {
     }
     say("seed %" PRIu64 " (--seed to replay the same schedule), work directory %s", opt.seed,
         g_base);
-    if (opt.only && strcmp(opt.only, "self-check") == 0)
+    if (opt.only && strcmp(opt.only, "self-check") == 0) {
         scenario_self_check();
+        scenario_self_check_l3();
+    }
     if (want("load")) {
         scenario_load("disk-through", 0, KHALA_MODE_THROUGH);
         scenario_load("redis-through", 1, KHALA_MODE_THROUGH);
         scenario_load("redis-behind", 1, KHALA_MODE_BEHIND);
+    }
+    if (want("l3")) {
+        /* L3 in SurrealDB: (a) khalad killed, (b) the front killed, (c) the front hung, (d)
+         * Redis (L2) and the front killed in the same run, with khalad too. */
+        scenario_load_faults("l3-khalad-kill", 0, 1, KHALA_MODE_THROUGH, S_KHALAD);
+        scenario_load_faults("l3-front-kill", 0, 1, KHALA_MODE_THROUGH, S_SURREAL_KILL);
+        scenario_load_faults("l3-front-stop", 0, 1, KHALA_MODE_THROUGH, S_SURREAL_STOP);
+        scenario_load_faults("l3-redis-front-kill", 1, 1, KHALA_MODE_THROUGH,
+                             S_KHALAD | S_REDIS | S_SURREAL_KILL);
     }
     if (want("disk-full")) {
         scenario_disk_full("full-disk-store", 0);
@@ -1075,13 +1383,16 @@ int main(int argc, char **argv) {
         harness_rmtree(g_base);
     int bad = fig.lost || fig.stale || fig.crashes || fig.failures;
     printf("chaos: faults: %" PRIu64 " khalad SIGKILLs, %" PRIu64 " redis-server SIGKILLs, %" PRIu64
-           " redis-server SIGSTOPs, %" PRIu64 " disks full, %" PRIu64 " corrupt starts (%" PRIu64
-           " refused); checked: %" PRIu64 " acknowledged puts, %" PRIu64 " deletes, %" PRIu64
-           " keys, %" PRIu64 " reads; lost %" PRIu64 ", stale %" PRIu64 ", crashes %" PRIu64
-           ", failures %" PRIu64 "%s: %s\n",
-           fig.khalad_kills, fig.redis_kills, fig.redis_stops, fig.disk_fulls, fig.corruptions,
-           fig.refused_starts, fig.acked_writes, fig.acked_deletes, fig.keys_checked,
-           fig.reads_checked, fig.lost, fig.stale, fig.crashes, fig.failures,
-           fig.skipped ? ", some scenarios skipped" : "", bad ? "FAILED" : "passed");
+           " redis-server SIGSTOPs, %" PRIu64 " SurrealDB front SIGKILLs, %" PRIu64
+           " front SIGSTOPs (%" PRIu64 " requests answered while hung), %" PRIu64
+           " disks full, %" PRIu64 " corrupt starts (%" PRIu64 " refused); checked: %" PRIu64
+           " acknowledged puts, %" PRIu64 " deletes, %" PRIu64 " keys, %" PRIu64
+           " reads; lost %" PRIu64 ", stale %" PRIu64 ", crashes %" PRIu64 ", failures %" PRIu64
+           "%s: %s\n",
+           fig.khalad_kills, fig.redis_kills, fig.redis_stops, fig.surreal_kills, fig.surreal_stops,
+           fig.served_while_stopped, fig.disk_fulls, fig.corruptions, fig.refused_starts,
+           fig.acked_writes, fig.acked_deletes, fig.keys_checked, fig.reads_checked, fig.lost,
+           fig.stale, fig.crashes, fig.failures, fig.skipped ? ", some scenarios skipped" : "",
+           bad ? "FAILED" : "passed");
     return bad ? 1 : 0;
 }

@@ -125,13 +125,48 @@ class RpcError extends Error {
   }
 }
 
+// A whole JSON number past 2^53 (1.6000000000000001e+20: a float32 of an embedding's vector
+// printed by the driver) is a float to the server (serde_json reads a number with a fraction or
+// an exponent as f64), but JSON.parse makes it a Number that the CBOR encoder refuses ("Number too
+// big to be encoded", a 500). Such numbers are encoded as float64 here: swapped for unique
+// placeholder strings, whose encoded bytes are then replaced by the float's. Found by
+// tests/chaos (issue 12): every embedding put through khalad failed and L3 never drained.
+function encodeRequest(req) {
+  const big = [];
+  const nonce = randomUUID();
+  const swap = (x) => {
+    if (typeof x === "number")
+      return Number.isInteger(x) && !Number.isSafeInteger(x)
+        ? `\u0000khala-f64:${nonce}:${big.push(x) - 1}`
+        : x;
+    if (Array.isArray(x)) return x.map(swap);
+    if (x && typeof x === "object" && Object.getPrototypeOf(x) === Object.prototype) {
+      const o = {};
+      for (const [k, v] of Object.entries(x)) o[k] = swap(v);
+      return o;
+    }
+    return x;
+  };
+  const swapped = swap(req);
+  let out = Buffer.from(cbor.encode(swapped));
+  big.forEach((x, i) => {
+    const mark = Buffer.from(cbor.encode(`\u0000khala-f64:${nonce}:${i}`));
+    const f = Buffer.alloc(9);
+    f[0] = 0xfb;
+    f.writeDoubleBE(x, 1);
+    const at = out.indexOf(mark);
+    if (at >= 0) out = Buffer.concat([out.subarray(0, at), f, out.subarray(at + mark.length)]);
+  });
+  return out;
+}
+
 // One RPC call on the engine; returns its result or throws RpcError with the engine's error
 // object ({code, kind, message, details}).
 async function call(method, params, session) {
   const req = { id: ++rpcSeq, method };
   if (params !== undefined) req.params = params;
   if (session !== undefined) req.session = session;
-  const out = cbor.decode(await engine.execute(cbor.encode(req)));
+  const out = cbor.decode(await engine.execute(encodeRequest(req)));
   if (out && typeof out === "object" && !Array.isArray(out) && "error" in out) {
     const keys = Object.keys(out);
     if (keys.length === 1 || (keys.length === 2 && "id" in out)) throw new RpcError(out.error);
