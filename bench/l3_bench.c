@@ -326,9 +326,10 @@ static int put_embeddings(const bench_khalad_t *k, const char *prefix, uint32_t 
 static int time_drain(bench_env_t *e, bench_front_t *f, const bench_khalad_t *k, int b, uint64_t n,
                       drain_res_t *r) {
     const char *sec = DRAIN_SECTION[b];
-    uint64_t d0, q;
+    uint64_t d0, q, we0, we1;
     if (bench_khalad_stat(k, sec, "queued_now", &q) != 0 ||
-        bench_khalad_stat(k, sec, "drained", &d0) != 0)
+        bench_khalad_stat(k, sec, "drained", &d0) != 0 ||
+        bench_khalad_stat(k, sec, "write_errors", &we0) != 0)
         return -1;
     if (q < n) {
         fprintf(stderr, "drain: only %llu of %llu writes queued for %s while it was down\n",
@@ -378,7 +379,31 @@ static int time_drain(bench_env_t *e, bench_front_t *f, const bench_khalad_t *k,
                 (unsigned long long)r->drained, (unsigned long long)n);
         return -1;
     }
+    /* Drained means written: no write failed, and (L3) the rows are in SurrealDB. */
+    if (bench_khalad_stat(k, sec, "write_errors", &we1) != 0)
+        return -1;
+    if (we1 != we0) {
+        fprintf(stderr, "drain: %llu writes to %s failed while draining\n",
+                (unsigned long long)(we1 - we0), sec);
+        return -1;
+    }
     return 0;
+}
+
+/* The first and last embeddings of a round are rows of the front, with their size. 0 or -1. */
+static int check_rows(const bench_front_t *f, const char *prefix, uint32_t n, uint32_t vsize) {
+    bench_direct_t *d = bench_direct_open(f, "cache_table");
+    int rc = d ? 0 : -1;
+    for (uint32_t i = 0; rc == 0 && i<n; i += n - 1> 0 ? n - 1 : 1) {
+        char key[64];
+        int klen = snprintf(key, sizeof(key), "%s%08u", prefix, i);
+        if (bench_l3_direct(d, key, (size_t)klen, vsize) != 0) {
+            fprintf(stderr, "drain: %s is not in SurrealDB after the drain\n", key);
+            rc = -1;
+        }
+    }
+    bench_direct_close(d);
+    return rc;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -442,7 +467,8 @@ int bench_drain(const bench_opts_t *o, const char *backends) {
             if (!(sel & 1u << b))
                 continue;
             drain_res_t *r = &res[b][i];
-            if (time_drain(&env, &f, &k, b, o->keys, r) != 0) {
+            if (time_drain(&env, &f, &k, b, o->keys, r) != 0 ||
+                (b == DR_SURREAL && check_rows(&f, prefix, o->keys, o->value_size) != 0)) {
                 printf("\n");
                 goto out;
             }
