@@ -44,6 +44,7 @@ typedef struct khalad_tier {
     uint64_t writes, queued, drained, refused, stale_drops, write_errors, outages;
     uint64_t invalidate_steps; /* steps of invalidations run from the tick (issue 10, bug 9) */
     int poll_fd;               /* the driver's poll_fd() the loop watches, or -1 (none yet) */
+    size_t flush_batch;        /* writes per mput now (adapts to the level's speed), 0 = full */
 } khalad_tier_t;
 
 typedef struct khalad {

@@ -177,6 +177,7 @@ static int open_driver(khalad_t *d, khalad_tier_t *lt, int level, int *server, c
 static int open_level(khalad_t *d, khalad_tier_t *lt, int level) {
     char err[KHALA_CONFIG_PATH_MAX + 128] = ""; /* room for a message naming a store path */
     lt->poll_fd = -1;
+    lt->flush_batch = 32; /* grows to KHALAD_FLUSH_BATCH on a fast level (drain()) */
     const char *lname = level == 2 ? "L2" : "L3";
     int server = 0;
     int rc = open_driver(d, lt, level, &server, err, sizeof(err));
@@ -438,16 +439,18 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
     khala_bytes_t keys[KHALAD_FLUSH_BATCH];
     khala_tier_value_t vals[KHALAD_FLUSH_BATCH];
     khala_wq_op_t *ops[KHALAD_FLUSH_BATCH];
-    while (batches-- > 0 && lt->t->healthy) {
+    int64_t until = khala__sys_now_ms() + KHALAD_FLUSH_TICK_MS;
+    for (size_t sent = 0; sent < batches && lt->t->healthy; sent++) {
         khala_wq_op_t *op = khala__wq_head(lt->wq);
         if (!op)
             return;
         int64_t now = khala__sys_now_ms();
+        if (sent > 0 && now >= until)
+            return; /* the rest at the next tick: other clients are answered meanwhile */
         int rc;
         if (op->kind == KHALA_WQ_PUT) {
-            size_t n = 0;
-            for (khala_wq_op_t *o = op; o && o->kind == KHALA_WQ_PUT && n < KHALAD_FLUSH_BATCH;
-                 o = o->next) {
+            size_t n = 0, max = lt->flush_batch ? lt->flush_batch : KHALAD_FLUSH_BATCH;
+            for (khala_wq_op_t *o = op; o && o->kind == KHALA_WQ_PUT && n < max; o = o->next) {
                 ops[n] = o;
                 keys[n] = (khala_bytes_t){o->key, o->klen};
                 vals[n] = (khala_tier_value_t){o->val, o->vlen, o->version,
@@ -458,6 +461,12 @@ static void drain(khalad_t *d, khalad_tier_t *lt, size_t batches) {
                 n++;
             }
             rc = lt->t->ops->mput(lt->t, n, keys, vals);
+            /* Adapt the batch to the level's speed (KHALAD_FLUSH_BATCH_MS per batch). */
+            int64_t took = khala__sys_now_ms() - now;
+            if (took > KHALAD_FLUSH_BATCH_MS && n > 1)
+                lt->flush_batch = n / 2;
+            else if (took * 4 < KHALAD_FLUSH_BATCH_MS && n == max && max < KHALAD_FLUSH_BATCH)
+                lt->flush_batch = max * 2 < KHALAD_FLUSH_BATCH ? max * 2 : KHALAD_FLUSH_BATCH;
             if (rc == KHALA_ETIER) {
                 khala__store_level_failed(d, lt, rc);
                 return;

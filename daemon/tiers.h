@@ -26,6 +26,13 @@ typedef struct khalad_tier khalad_tier_t;
 #define KHALAD_FLUSH_BATCH 256u
 /** Batches the flusher sends per tick (so that a long queue does not stall the loop). */
 #define KHALAD_FLUSH_BATCHES_PER_TICK 8u
+/** The time the flusher may spend on one level in one tick (at least one batch runs), and the
+ * time one batch should take: a batch that takes longer halves the level's batch size for the
+ * next, one much shorter doubles it (up to KHALAD_FLUSH_BATCH). A slow server (SurrealDB takes
+ * milliseconds per write) then holds the loop for tens of ms per tick, not seconds, and a fast
+ * one (Redis) keeps its full batches. */
+#define KHALAD_FLUSH_TICK_MS 20
+#define KHALAD_FLUSH_BATCH_MS 10
 /** How often an unhealthy level is asked whether it is back, in ms: first after this, then
  * twice as long after each failed check, up to KHALAD_HEALTH_MAX_MS. */
 #define KHALAD_HEALTH_EVERY_MS 250
