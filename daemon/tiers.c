@@ -177,7 +177,7 @@ static int open_driver(khalad_t *d, khalad_tier_t *lt, int level, int *server, c
 static int open_level(khalad_t *d, khalad_tier_t *lt, int level) {
     char err[KHALA_CONFIG_PATH_MAX + 128] = ""; /* room for a message naming a store path */
     lt->poll_fd = -1;
-    lt->flush_batch = 32; /* grows to KHALAD_FLUSH_BATCH on a fast level (drain()) */
+    lt->flush_batch = 8; /* grows to KHALAD_FLUSH_BATCH on a fast level (drain()) */
     const char *lname = level == 2 ? "L2" : "L3";
     int server = 0;
     int rc = open_driver(d, lt, level, &server, err, sizeof(err));
