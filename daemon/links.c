@@ -498,7 +498,7 @@ static int keys_with_prefix(khala_links_t *lx, MDB_dbi db, int dups, const void 
     if (!rc)
         rc = plen ? mdb_cursor_get(c, &k, &v, MDB_SET_RANGE) : mdb_cursor_get(c, &k, &v, MDB_FIRST);
     for (; !rc; rc = mdb_cursor_get(c, &k, &v, dups ? MDB_NEXT_NODUP : MDB_NEXT)) {
-        if (k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0)
+        if (k.mv_size < plen || (plen && memcmp(k.mv_data, prefix, plen) != 0))
             break; /* keys are in order: past the prefix */
         if (k.mv_size > 0 && k.mv_size <= KHALA_KEY_MAX &&
             khala__links_keys_push(out, k.mv_data, k.mv_size))
