@@ -436,6 +436,21 @@ static void get_async(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, khalad
         get_from_loader(d, c, m->id, m->key.ptr, m->key.len, m->loader); /* -ENOMEM */
 }
 
+/* Answer m with a value a level below L1 gave (lvl), and release it. */
+static void reply_value(khalad_t *d, khala_conn_t *c, const khala_msg_t *m, khala_tier_value_t *v,
+                        khala_level_t lvl) {
+    khala_msg_t r = reply_to(m);
+    r.value.ptr = v->data;
+    r.value.len = v->len;
+    r.ver = v->version;
+    r.type = v->type;
+    r.ttl_ms = (uint64_t)v->ttl_ms;
+    r.lvl = lvl;
+    r.has = KHALA_F_V | KHALA_F_VER | KHALA_F_TYPE | KHALA_F_TTL | KHALA_F_LVL;
+    send_reply(d, c, &r);
+    khala__tier_value_free(v);
+}
+
 /* A get with "archive": the archived copy of a level below L1, with that level; L1 is not
  * read (it has no archive) nor written (khala__store_archive_get never promotes). */
 static void op_get_archive(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
@@ -446,16 +461,7 @@ static void op_get_archive(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         reply_rc(d, c, m->id, m->op, rc, "%s", d->errmsg);
         return;
     }
-    khala_msg_t r = reply_to(m);
-    r.value.ptr = v.data;
-    r.value.len = v.len;
-    r.ver = v.version;
-    r.type = v.type;
-    r.ttl_ms = (uint64_t)v.ttl_ms;
-    r.lvl = lvl;
-    r.has = KHALA_F_V | KHALA_F_VER | KHALA_F_TYPE | KHALA_F_TTL | KHALA_F_LVL;
-    send_reply(d, c, &r);
-    khala__tier_value_free(&v);
+    reply_value(d, c, m, &v, lvl);
 }
 
 static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
@@ -484,16 +490,7 @@ static void op_get(khalad_t *d, khala_conn_t *c, const khala_msg_t *m) {
         (void)khala__store_promote_below(d, m->key.ptr, m->key.len, &v, lvl);
         if (khala__store_promote(d, m->key.ptr, m->key.len, &v) == 0)
             khala__rel_loaded(d, m->key.ptr, m->key.len); /* preload_relationships */
-        khala_msg_t r = reply_to(m);
-        r.value.ptr = v.data;
-        r.value.len = v.len;
-        r.ver = v.version;
-        r.type = v.type;
-        r.ttl_ms = (uint64_t)v.ttl_ms;
-        r.lvl = lvl;
-        r.has = KHALA_F_V | KHALA_F_VER | KHALA_F_TYPE | KHALA_F_TTL | KHALA_F_LVL;
-        send_reply(d, c, &r);
-        khala__tier_value_free(&v);
+        reply_value(d, c, m, &v, lvl);
         return;
     }
     if (async_at) {
