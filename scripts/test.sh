@@ -43,10 +43,11 @@ export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 source scripts/test-servers.sh
 start_servers() {
     echo "==> servers: redis-server on 127.0.0.1:$KHALA_TEST_REDIS_PORT and a Unix socket," \
-        "a 3-node cluster from 127.0.0.1:$KHALA_TEST_CLUSTER_PORT"
+        "a 3-node cluster from 127.0.0.1:$KHALA_TEST_CLUSTER_PORT, the SurrealDB front on" \
+        "127.0.0.1:${KHALA_TEST_SURREAL_PORT:-38000}"
     if ! start_test_servers; then
         echo "test.sh: cannot start the test servers (above); the tests that need them will fail"
-        record servers FAIL "cannot start redis-server (see above)"
+        record servers FAIL "cannot start redis-server or the SurrealDB front (see above)"
     fi
 }
 stop_servers() {
