@@ -409,3 +409,79 @@ Test(l3_surreal, semantic_look_ups_are_answered_by_surrealdb) {
     khala__proto_msg_free(&r);
     khala__chan_close(ch);
 }
+
+/* A caller that goes away while its read waits on a hung SurrealDB: the read completes later
+ * with nobody to answer, khalad keeps serving, and the next get of the key is answered (and
+ * the key, found then, is promoted: the flight was not left behind). */
+Test(l3_surreal, a_caller_that_leaves_while_its_read_waits_upsets_nothing) {
+    use_front(NULL);
+    khalad_start();
+    khala_chan_t *ch = khalad_chan();
+    (void)put_str(ch, "deep", "from L3");
+    khala__chan_close(ch);
+    keep_only_l3();
+    ch = khalad_chan();
+    kill(g_s.pid, SIGSTOP);
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) { /* asks, then is killed before the answer */
+        khala_chan_t *a = NULL;
+        char err[256];
+        if (khala__chan_open(khalad_sock, khalad_name, 15000, &a, err, sizeof(err)) != 0)
+            _exit(2);
+        khala_msg_t m = khalad_req(KHALA_OP_GET, "deep"), r;
+        khala__proto_msg_init(&r);
+        (void)khala__chan_call(a, &m, &r, 60000, err, sizeof(err));
+        _exit(0);
+    }
+    for (int i = 0; i < 200 && khalad_stat(ch, "l3", "async_pending", 15000) != 1; i++)
+        sleep_ms(25);
+    cr_assert_eq(khalad_stat(ch, "l3", "async_pending", 15000), 1, "the child's read is pending");
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    kill(g_s.pid, SIGCONT);
+    for (int i = 0; i < 400 && khalad_stat(ch, "l3", "async_pending", 15000) != 0; i++)
+        sleep_ms(25);
+    cr_assert_eq(khalad_stat(ch, "l3", "async_pending", 15000), 0, "the read completed");
+    char got[64];
+    khala_level_t lvl;
+    int rc = KHALA_ENOTFOUND;
+    for (int i = 0; i < 100 && (rc = get_lvl(ch, "deep", 4, got, sizeof(got), &lvl)) != 0; i++)
+        sleep_ms(50); /* the level may be marked down by the timed-out read: back soon */
+    cr_assert_eq(rc, 0);
+    cr_assert_str_eq(got, "from L3");
+    cr_assert(lvl == KHALA_LEVEL_L1 || lvl == KHALA_LEVEL_L3, "level %d", (int)lvl);
+    khala__chan_close(ch);
+}
+
+/* SurrealDB dies while khalad thinks it is up: the read that finds out is a miss (the caller
+ * with a loader is told to load), L3 is marked down, and reads skip it until it is back. */
+Test(l3_surreal, a_dead_surrealdb_turns_reads_into_misses_and_is_marked_down) {
+    use_front(NULL);
+    khalad_start();
+    khala_chan_t *ch = khalad_chan();
+    (void)put_str(ch, "deep", "from L3");
+    khala__chan_close(ch);
+    keep_only_l3();
+    ch = khalad_chan();
+    tu_surreal_kill(&g_s);
+    khala_msg_t m = khalad_req(KHALA_OP_GET, "deep"), r;
+    m.loader = true;
+    m.has |= KHALA_F_LOADER;
+    cr_assert_eq(khalad_call(ch, &m, &r, 15000), KHALA_ENOTFOUND);
+    cr_assert(r.load, "told to load: L3 could not answer");
+    khala__proto_msg_free(&r);
+    khala_msg_t f = khalad_req(KHALA_OP_FILL_FAIL, "deep");
+    cr_assert_eq(khalad_call(ch, &f, &r, 15000), 0);
+    khala__proto_msg_free(&r);
+    cr_assert_eq(khalad_stat(ch, "l3", "healthy", 15000), 0, "L3 marked down");
+    cr_assert_geq(khalad_stat(ch, "l3", "outages", 15000), 1);
+    tu_surreal_start(&g_s);
+    wait_stat(ch, "l3", "healthy", 1);
+    char got[64];
+    khala_level_t lvl;
+    cr_assert_eq(get_lvl(ch, "deep", 4, got, sizeof(got), &lvl), 0);
+    cr_assert_str_eq(got, "from L3");
+    cr_assert_eq(lvl, KHALA_LEVEL_L3);
+    khala__chan_close(ch);
+}
