@@ -453,3 +453,63 @@ Test(relationships, a_full_index_evicts_the_oldest_relationship_from_every_level
     assert_gone(ch, "rel:new");
     khala__chan_close(ch);
 }
+
+/* A link index khalad cannot read stops the start with a message naming it: serving without
+ * it would leave every relationship linked before the restart stale. */
+Test(relationships, a_damaged_link_index_stops_the_start_naming_it) {
+    char name[80], l2[160], set_l2[200], links[200], data[240], sock_set[200];
+    snprintf(name, sizeof(name), "%sd", khalad_name);
+    snprintf(l2, sizeof(l2), "%s/l2d", khalad_dir());
+    snprintf(set_l2, sizeof(set_l2), "l2.path=%s", l2);
+    snprintf(sock_set, sizeof(sock_set), "cache.socket=%s/d.sock", khalad_dir());
+    snprintf(links, sizeof(links), "%s/links", l2);
+    snprintf(data, sizeof(data), "%s/data.mdb", links);
+    cr_assert_eq(mkdir(l2, 0700), 0);
+    cr_assert_eq(mkdir(links, 0700), 0);
+    FILE *f = fopen(data, "w");
+    cr_assert_not_null(f);
+    char junk[8192];
+    memset(junk, 'x', sizeof(junk));
+    cr_assert_eq(fwrite(junk, 1, sizeof(junk), f), sizeof(junk));
+    fclose(f);
+    snprintf(g_name2, sizeof(g_name2), "%s", name); /* teardown unlinks its segment */
+    const char *const args[] = {"--foreground",
+                                "--name",
+                                name,
+                                "--set",
+                                sock_set,
+                                "--set",
+                                "l1.max_memory_mb=16",
+                                "--set",
+                                set_l2,
+                                "--set",
+                                "l2.persistent=true",
+                                NULL};
+    char out[8192];
+    int st = khalad_run(args, out, sizeof(out));
+    cr_assert_eq(st, 1, "exit status %d: %s", st, out);
+    cr_assert_not_null(strstr(out, "cannot open the link index"), "log: %s", out);
+    cr_assert_not_null(strstr(out, links), "the log names the index's directory: %s", out);
+    struct stat sb;
+    cr_assert_eq(stat(data, &sb), 0);
+    cr_assert_eq(sb.st_size, (off_t)sizeof(junk), "the damaged file is left for the operator");
+}
+
+/* More links than the whole index holds: nothing to evict makes room, so the put is refused
+ * with KHALA_EFULL and a message saying so, and nothing is written. */
+Test(relationships, a_put_with_more_links_than_the_index_holds_is_refused_unwritten) {
+    setenv("KHALAD_TEST_LINKS_MAX", "1", 1);
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    static const char *const two[] = {"user:E", "user:N", NULL};
+    char msg[512];
+    int rc = put_linked(ch, "rel:big", "r", KHALA_TYPE_ENTITY_RELATIONSHIP, two, msg, sizeof(msg));
+    cr_assert_eq(rc, KHALA_EFULL, "put: %s (%s)", khala_strerror(rc), msg);
+    cr_assert_not_null(strstr(msg, "holds no relationship to evict"), "message: %s", msg);
+    assert_gone(ch, "rel:big");
+    cr_assert_eq(stat_u(ch, "relationship_links"), 0);
+    static const char *const one[] = {"user:E", NULL};
+    put_ok(ch, "rel:small", "r", one); /* within the bound it is taken */
+    assert_held_everywhere(ch, "rel:small");
+    khala__chan_close(ch);
+}
