@@ -31,6 +31,7 @@
 
 static pid_t g_pid2;
 static char g_name2[80];
+static tu_redis_t g_redis; /* a private redis-server a test kills and restarts ("" dir: none) */
 
 static void setup(void) {
     khalad_env_init("rel");
@@ -50,6 +51,8 @@ static void teardown(void) {
         khala__seg_unlink(g_name2);
     unsetenv("KHALAD_TEST_LINKS_MAX");
     khalad_env_fini();
+    if (g_redis.dir[0])
+        tu_redis_stop(&g_redis);
 }
 
 TestSuite(relationships, .init = setup, .fini = teardown, .timeout = 120);
@@ -511,5 +514,49 @@ Test(relationships, a_put_with_more_links_than_the_index_holds_is_refused_unwrit
     static const char *const one[] = {"user:E", NULL};
     put_ok(ch, "rel:small", "r", one); /* within the bound it is taken */
     assert_held_everywhere(ch, "rel:small");
+    khala__chan_close(ch);
+}
+
+/* A cascade whose delete a level refuses stops there: the caller's delete is refused with a
+ * message naming the relationship item and the end, and the item stays linked, so that the
+ * retry once the level is back deletes it. L2 is a private Redis whose write queue holds one
+ * write: with Redis down and that write queued, the cascade's delete finds no room. */
+Test(relationships, a_cascade_refused_by_a_level_refuses_the_delete_and_a_retry_finishes_it) {
+    static char url[64], ns[64];
+    tu_redis_start(&g_redis, NULL);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", g_redis.port);
+    snprintf(ns, sizeof(ns), "relx%d", (int)getpid());
+    khalad_use_redis(url, ns);
+    add_set("l2.queue_max=1");
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_graph(ch);
+    put_ok(ch, "user:other", "not linked", NULL);
+    tu_redis_kill(&g_redis);
+    khala_msg_t o = khalad_req(KHALA_OP_DEL, "user:other"); /* queued: the queue is full */
+    int rc = call_rc(ch, &o);
+    cr_assert_eq(rc, 0, "a delete queued while L2 is down: %s", khala_strerror(rc));
+    khala_msg_t m = khalad_req(KHALA_OP_DEL, "user:E"), r;
+    rc = khalad_call(ch, &m, &r, 10000);
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%.*s", (int)r.err.len, r.err.ptr ? (const char *)r.err.ptr : "");
+    khala__proto_msg_free(&r);
+    cr_assert_eq(rc, KHALA_EQUEUE, "delete with L2 down: %s (%s)", khala_strerror(rc), msg);
+    cr_assert(strstr(msg, "'rel:E:follows'") && strstr(msg, "'user:E'") &&
+                  strstr(msg, "could not be deleted") && strstr(msg, "retry later"),
+              "message: %s", msg);
+    cr_assert_eq(stat_u(ch, "relationships_linked"), 1, "the item is still linked");
+    cr_assert_eq(stat_u(ch, "relationships_cascaded"), 0);
+    tu_redis_start(&g_redis, NULL); /* back, empty (no persistence) */
+    for (int i = 0; i < 500; i++) {
+        khala_msg_t d = khalad_req(KHALA_OP_DEL, "user:E");
+        if ((rc = call_rc(ch, &d)) == 0)
+            break;
+        sleep_ms(10);
+    }
+    cr_assert_eq(rc, 0, "the retry: %s", khala_strerror(rc));
+    assert_gone(ch, "rel:E:follows");
+    cr_assert_eq(stat_u(ch, "relationships_linked"), 0);
+    cr_assert_eq(stat_u(ch, "relationships_cascaded"), 1);
     khala__chan_close(ch);
 }
