@@ -1,7 +1,10 @@
 /*
  * The link index (daemon/links.c): links recorded, replaced, dropped, listed by end and by
  * prefix, kept across a reopen, bounded (KHALA_EFULL with nothing changed), eviction order, and
- * a directory that is not a link index refused. Real LMDB in a private directory per test.
+ * a directory that is not a link index refused. The error paths: a path too long or naming a
+ * file, a data file that is not LMDB, another format or none, more links than a frame carries,
+ * and records damaged behind the index's back (refused with nothing changed, never read past).
+ * Real LMDB in a private directory per test.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -385,4 +388,47 @@ Test(links, counts_of_no_index_are_zero) {
     khala__links_count(NULL, &rels, &links);
     cr_assert_eq(rels, 0);
     cr_assert_eq(links, 0);
+}
+
+Test(links, a_store_whose_meta_is_a_record_not_a_database_is_refused) {
+    char cmd[200];
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s", g_dir);
+    cr_assert_eq(system(cmd), 0);
+    MDB_txn *txn;
+    MDB_env *env = raw_env(&txn);
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
+    MDB_val k = {4, "meta"}, v = {5, "plain"};
+    cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+    raw_commit(env, txn);
+    char err[512] = "";
+    khala_links_t *lx = NULL;
+    int rc = khala__links_open(g_dir, 0, 0, &lx, err, sizeof(err));
+    cr_assert_eq(rc, KHALA_ECONFIG, "%s: %s", khala_strerror(rc), err);
+    cr_assert(strstr(err, "not a khala link index") && strstr(err, g_dir), "message: %s", err);
+    cr_assert_null(lx);
+}
+
+Test(links, a_drop_of_a_record_missing_its_age_and_end_entries_still_drops_it) {
+    /* R's record names seq 99 and end E, neither of which the index holds (an index an
+     * interrupted older khalad left): the drop removes what there is. */
+    g_lx = open_index(0);
+    cr_assert_eq(set(g_lx, "R2", "N", NULL), 0);
+    khala__links_close(g_lx);
+    g_lx = NULL;
+    uint8_t rec[10] = {99, 0, 0, 0, 0, 0, 0, 0, 1, 'E'};
+    MDB_txn *txn;
+    MDB_env *env = raw_env(&txn);
+    raw_put(txn, "rels", "R", rec, sizeof(rec));
+    raw_commit(env, txn);
+    g_lx = open_index(0);
+    char b[64];
+    uint64_t rels, links;
+    khala__links_count(g_lx, &rels, &links);
+    cr_assert_eq(rels, 2);
+    cr_assert_eq(khala__links_drop(g_lx, "R", 1), 0, "%s", khala__links_errmsg(g_lx));
+    khala__links_count(g_lx, &rels, &links);
+    cr_assert_eq(rels, 1);
+    cr_assert_eq(links, 1);
+    cr_assert_str_eq(rels_of(g_lx, "N", b, sizeof(b)), "R2", "the other relationship stays");
 }
