@@ -4,7 +4,10 @@
  * deleted or invalidated (by key, prefix or type), here or on another khalad sharing a real
  * redis-server; a re-put with other links drops the old ones; the link index survives a
  * restart; cycles end; and with [policies] preload_relationships, reading E into L1 from below
- * brings R into L1 too (and without it, it does not).
+ * brings R into L1 too (and without it, it does not). Refusals: a damaged link index stops
+ * the start; a put with more links than the index holds, or whose eviction a level refuses, is
+ * refused unwritten; a cascade whose delete a level refuses refuses the caller's delete, and
+ * its retry finishes it.
  *
  * "Gone at every level": inspect (which asks L1 and every level below) answers KHALA_ENOTFOUND,
  * and a get with a loader is told to load. No test asserts on timing: every wait is a bounded
@@ -558,5 +561,57 @@ Test(relationships, a_cascade_refused_by_a_level_refuses_the_delete_and_a_retry_
     assert_gone(ch, "rel:E:follows");
     cr_assert_eq(stat_u(ch, "relationships_linked"), 0);
     cr_assert_eq(stat_u(ch, "relationships_cascaded"), 1);
+    khala__chan_close(ch);
+}
+
+/* An invalidation by prefix of the relationship items themselves unlinks them: put again
+ * without links, an item is no longer deleted by its former ends. */
+Test(relationships, invalidation_by_prefix_of_relationship_items_unlinks_them) {
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_graph(ch);
+    khala_msg_t m = khalad_req(KHALA_OP_INVALIDATE, NULL);
+    m.by = KHALA_BY_PREFIX;
+    m.prefix = (khala_bytes_t){(const uint8_t *)"rel:", 4};
+    m.has |= KHALA_F_BY | KHALA_F_PREFIX;
+    cr_assert_eq(call_rc(ch, &m), 0);
+    assert_gone(ch, "rel:E:follows");
+    cr_assert_eq(stat_u(ch, "relationships_linked"), 0);
+    cr_assert_eq(stat_u(ch, "relationship_links"), 0);
+    put_ok(ch, "rel:E:follows", "unlinked now", NULL);
+    put_ok(ch, "user:E", "changed", NULL);
+    assert_held_everywhere(ch, "rel:E:follows");
+    cr_assert_eq(stat_u(ch, "relationships_cascaded"), 0);
+    khala__chan_close(ch);
+}
+
+/* A full index makes room by deleting its oldest relationship at every level; when a level
+ * refuses that delete (L2 down, its queue full), the put is refused and nothing is written:
+ * the oldest item stays linked, and the new one is neither linked nor held. */
+Test(relationships, an_eviction_a_level_refuses_refuses_the_put_unwritten) {
+    static char url[64], ns[64];
+    tu_redis_start(&g_redis, NULL);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", g_redis.port);
+    snprintf(ns, sizeof(ns), "rely%d", (int)getpid());
+    khalad_use_redis(url, ns);
+    add_set("l2.queue_max=1");
+    setenv("KHALAD_TEST_LINKS_MAX", "2", 1);
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_graph(ch); /* rel:E:follows: 2 links, the index is full */
+    put_ok(ch, "user:other", "not linked", NULL);
+    tu_redis_kill(&g_redis);
+    khala_msg_t o = khalad_req(KHALA_OP_DEL, "user:other"); /* queued: the queue is full */
+    int rc = call_rc(ch, &o);
+    cr_assert_eq(rc, 0, "a delete queued while L2 is down: %s", khala_strerror(rc));
+    static const char *const one[] = {"user:M", NULL};
+    char msg[512];
+    rc = put_linked(ch, "rel:M", "r", KHALA_TYPE_ENTITY_RELATIONSHIP, one, msg, sizeof(msg));
+    cr_assert_eq(rc, KHALA_EQUEUE, "put: %s (%s)", khala_strerror(rc), msg);
+    cr_assert(strstr(msg, "queue is full"), "message: %s", msg);
+    cr_assert_eq(stat_u(ch, "relationships_linked"), 1, "the oldest is still linked");
+    cr_assert_eq(stat_u(ch, "relationships_evicted"), 0);
+    char lv[64];
+    cr_assert_str_eq(levels_of(ch, "rel:M", lv, sizeof(lv)), "", "rel:M was written to %s", lv);
     khala__chan_close(ch);
 }
