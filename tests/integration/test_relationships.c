@@ -615,3 +615,28 @@ Test(relationships, an_eviction_a_level_refuses_refuses_the_put_unwritten) {
     cr_assert_str_eq(levels_of(ch, "rel:M", lv, sizeof(lv)), "", "rel:M was written to %s", lv);
     khala__chan_close(ch);
 }
+
+/* The preload reads below L1 only what L1 does not hold: of E's two relationships, R read into
+ * L1 first and R2 still below, E's load preloads R2 alone. */
+Test(relationships, preload_skips_a_relationship_l1_already_holds) {
+    add_set("policies.preload_relationships=true");
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_graph(ch);
+    static const char *const e[] = {"user:E", NULL};
+    put_ok(ch, "rel:E:likes", "[post:1]", e);
+    khala__chan_close(ch);
+    khalad_kill(SIGTERM);
+    khala__seg_unlink(khalad_name);
+    khalad_start();
+    ch = chan_to(khalad_sock, khalad_name);
+    get_from_l2(ch, "rel:E:follows");
+    cr_assert(in_l1(ch, "rel:E:follows"), "a get from L2 brings R into L1");
+    get_from_l2(ch, "user:E");
+    int held = 0;
+    for (int i = 0; i < 500 && !(held = in_l1(ch, "rel:E:likes")); i++)
+        sleep_ms(10);
+    cr_assert(held, "R2 did not reach L1 within 5 s of E's load");
+    cr_assert_eq(stat_u(ch, "relationships_preloaded"), 1, "R, held already, was not read again");
+    khala__chan_close(ch);
+}
