@@ -4,7 +4,10 @@
  * deleted or invalidated (by key, prefix or type), here or on another khalad sharing a real
  * redis-server; a re-put with other links drops the old ones; the link index survives a
  * restart; cycles end; and with [policies] preload_relationships, reading E into L1 from below
- * brings R into L1 too (and without it, it does not).
+ * brings R into L1 too (and without it, it does not). Refusals: a damaged link index stops
+ * the start; a put with more links than the index holds, or whose eviction a level refuses, is
+ * refused unwritten; a cascade whose delete a level refuses refuses the caller's delete, and
+ * its retry finishes it.
  *
  * "Gone at every level": inspect (which asks L1 and every level below) answers KHALA_ENOTFOUND,
  * and a get with a loader is told to load. No test asserts on timing: every wait is a bounded
@@ -31,6 +34,7 @@
 
 static pid_t g_pid2;
 static char g_name2[80];
+static tu_redis_t g_redis; /* a private redis-server a test kills and restarts ("" dir: none) */
 
 static void setup(void) {
     khalad_env_init("rel");
@@ -50,6 +54,8 @@ static void teardown(void) {
         khala__seg_unlink(g_name2);
     unsetenv("KHALAD_TEST_LINKS_MAX");
     khalad_env_fini();
+    if (g_redis.dir[0])
+        tu_redis_stop(&g_redis);
 }
 
 TestSuite(relationships, .init = setup, .fini = teardown, .timeout = 120);
@@ -451,5 +457,186 @@ Test(relationships, a_full_index_evicts_the_oldest_relationship_from_every_level
     cr_assert_eq(stat_u(ch, "relationship_links"), 3);
     put_ok(ch, "user:N", "changed", NULL); /* rel:new is linked, and goes */
     assert_gone(ch, "rel:new");
+    khala__chan_close(ch);
+}
+
+/* A link index khalad cannot read stops the start with a message naming it: serving without
+ * it would leave every relationship linked before the restart stale. */
+Test(relationships, a_damaged_link_index_stops_the_start_naming_it) {
+    char name[80], l2[160], set_l2[200], links[200], data[240], sock_set[200];
+    snprintf(name, sizeof(name), "%sd", khalad_name);
+    snprintf(l2, sizeof(l2), "%s/l2d", khalad_dir());
+    snprintf(set_l2, sizeof(set_l2), "l2.path=%s", l2);
+    snprintf(sock_set, sizeof(sock_set), "cache.socket=%s/d.sock", khalad_dir());
+    snprintf(links, sizeof(links), "%s/links", l2);
+    snprintf(data, sizeof(data), "%s/data.mdb", links);
+    cr_assert_eq(mkdir(l2, 0700), 0);
+    cr_assert_eq(mkdir(links, 0700), 0);
+    FILE *f = fopen(data, "w");
+    cr_assert_not_null(f);
+    char junk[8192];
+    memset(junk, 'x', sizeof(junk));
+    cr_assert_eq(fwrite(junk, 1, sizeof(junk), f), sizeof(junk));
+    fclose(f);
+    snprintf(g_name2, sizeof(g_name2), "%s", name); /* teardown unlinks its segment */
+    const char *const args[] = {"--foreground",
+                                "--name",
+                                name,
+                                "--set",
+                                sock_set,
+                                "--set",
+                                "l1.max_memory_mb=16",
+                                "--set",
+                                set_l2,
+                                "--set",
+                                "l2.persistent=true",
+                                NULL};
+    char out[8192];
+    int st = khalad_run(args, out, sizeof(out));
+    cr_assert_eq(st, 1, "exit status %d: %s", st, out);
+    cr_assert_not_null(strstr(out, "cannot open the link index"), "log: %s", out);
+    cr_assert_not_null(strstr(out, links), "the log names the index's directory: %s", out);
+    struct stat sb;
+    cr_assert_eq(stat(data, &sb), 0);
+    cr_assert_eq(sb.st_size, (off_t)sizeof(junk), "the damaged file is left for the operator");
+}
+
+/* More links than the whole index holds: nothing to evict makes room, so the put is refused
+ * with KHALA_EFULL and a message saying so, and nothing is written. */
+Test(relationships, a_put_with_more_links_than_the_index_holds_is_refused_unwritten) {
+    setenv("KHALAD_TEST_LINKS_MAX", "1", 1);
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    static const char *const two[] = {"user:E", "user:N", NULL};
+    char msg[512];
+    int rc = put_linked(ch, "rel:big", "r", KHALA_TYPE_ENTITY_RELATIONSHIP, two, msg, sizeof(msg));
+    cr_assert_eq(rc, KHALA_EFULL, "put: %s (%s)", khala_strerror(rc), msg);
+    cr_assert_not_null(strstr(msg, "holds no relationship to evict"), "message: %s", msg);
+    assert_gone(ch, "rel:big");
+    cr_assert_eq(stat_u(ch, "relationship_links"), 0);
+    static const char *const one[] = {"user:E", NULL};
+    put_ok(ch, "rel:small", "r", one); /* within the bound it is taken */
+    assert_held_everywhere(ch, "rel:small");
+    khala__chan_close(ch);
+}
+
+/* A cascade whose delete a level refuses stops there: the caller's delete is refused with a
+ * message naming the relationship item and the end, and the item stays linked, so that the
+ * retry once the level is back deletes it. L2 is a private Redis whose write queue holds one
+ * write: with Redis down and that write queued, the cascade's delete finds no room. */
+Test(relationships, a_cascade_refused_by_a_level_refuses_the_delete_and_a_retry_finishes_it) {
+    static char url[64], ns[64];
+    tu_redis_start(&g_redis, NULL);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", g_redis.port);
+    snprintf(ns, sizeof(ns), "relx%d", (int)getpid());
+    khalad_use_redis(url, ns);
+    add_set("l2.queue_max=1");
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_graph(ch);
+    put_ok(ch, "user:other", "not linked", NULL);
+    tu_redis_kill(&g_redis);
+    khala_msg_t o = khalad_req(KHALA_OP_DEL, "user:other"); /* queued: the queue is full */
+    int rc = call_rc(ch, &o);
+    cr_assert_eq(rc, 0, "a delete queued while L2 is down: %s", khala_strerror(rc));
+    khala_msg_t m = khalad_req(KHALA_OP_DEL, "user:E"), r;
+    rc = khalad_call(ch, &m, &r, 10000);
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%.*s", (int)r.err.len, r.err.ptr ? (const char *)r.err.ptr : "");
+    khala__proto_msg_free(&r);
+    cr_assert_eq(rc, KHALA_EQUEUE, "delete with L2 down: %s (%s)", khala_strerror(rc), msg);
+    cr_assert(strstr(msg, "'rel:E:follows'") && strstr(msg, "'user:E'") &&
+                  strstr(msg, "could not be deleted") && strstr(msg, "retry later"),
+              "message: %s", msg);
+    cr_assert_eq(stat_u(ch, "relationships_linked"), 1, "the item is still linked");
+    cr_assert_eq(stat_u(ch, "relationships_cascaded"), 0);
+    tu_redis_start(&g_redis, NULL); /* back, empty (no persistence) */
+    for (int i = 0; i < 500; i++) {
+        khala_msg_t d = khalad_req(KHALA_OP_DEL, "user:E");
+        if ((rc = call_rc(ch, &d)) == 0)
+            break;
+        sleep_ms(10);
+    }
+    cr_assert_eq(rc, 0, "the retry: %s", khala_strerror(rc));
+    assert_gone(ch, "rel:E:follows");
+    cr_assert_eq(stat_u(ch, "relationships_linked"), 0);
+    cr_assert_eq(stat_u(ch, "relationships_cascaded"), 1);
+    khala__chan_close(ch);
+}
+
+/* An invalidation by prefix of the relationship items themselves unlinks them: put again
+ * without links, an item is no longer deleted by its former ends. */
+Test(relationships, invalidation_by_prefix_of_relationship_items_unlinks_them) {
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_graph(ch);
+    khala_msg_t m = khalad_req(KHALA_OP_INVALIDATE, NULL);
+    m.by = KHALA_BY_PREFIX;
+    m.prefix = (khala_bytes_t){(const uint8_t *)"rel:", 4};
+    m.has |= KHALA_F_BY | KHALA_F_PREFIX;
+    cr_assert_eq(call_rc(ch, &m), 0);
+    assert_gone(ch, "rel:E:follows");
+    cr_assert_eq(stat_u(ch, "relationships_linked"), 0);
+    cr_assert_eq(stat_u(ch, "relationship_links"), 0);
+    put_ok(ch, "rel:E:follows", "unlinked now", NULL);
+    put_ok(ch, "user:E", "changed", NULL);
+    assert_held_everywhere(ch, "rel:E:follows");
+    cr_assert_eq(stat_u(ch, "relationships_cascaded"), 0);
+    khala__chan_close(ch);
+}
+
+/* A full index makes room by deleting its oldest relationship at every level; when a level
+ * refuses that delete (L2 down, its queue full), the put is refused and nothing is written:
+ * the oldest item stays linked, and the new one is neither linked nor held. */
+Test(relationships, an_eviction_a_level_refuses_refuses_the_put_unwritten) {
+    static char url[64], ns[64];
+    tu_redis_start(&g_redis, NULL);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%u", g_redis.port);
+    snprintf(ns, sizeof(ns), "rely%d", (int)getpid());
+    khalad_use_redis(url, ns);
+    add_set("l2.queue_max=1");
+    setenv("KHALAD_TEST_LINKS_MAX", "2", 1);
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_graph(ch); /* rel:E:follows: 2 links, the index is full */
+    put_ok(ch, "user:other", "not linked", NULL);
+    tu_redis_kill(&g_redis);
+    khala_msg_t o = khalad_req(KHALA_OP_DEL, "user:other"); /* queued: the queue is full */
+    int rc = call_rc(ch, &o);
+    cr_assert_eq(rc, 0, "a delete queued while L2 is down: %s", khala_strerror(rc));
+    static const char *const one[] = {"user:M", NULL};
+    char msg[512];
+    rc = put_linked(ch, "rel:M", "r", KHALA_TYPE_ENTITY_RELATIONSHIP, one, msg, sizeof(msg));
+    cr_assert_eq(rc, KHALA_EQUEUE, "put: %s (%s)", khala_strerror(rc), msg);
+    cr_assert(strstr(msg, "queue is full"), "message: %s", msg);
+    cr_assert_eq(stat_u(ch, "relationships_linked"), 1, "the oldest is still linked");
+    cr_assert_eq(stat_u(ch, "relationships_evicted"), 0);
+    char lv[64];
+    cr_assert_str_eq(levels_of(ch, "rel:M", lv, sizeof(lv)), "", "rel:M was written to %s", lv);
+    khala__chan_close(ch);
+}
+
+/* The preload reads below L1 only what L1 does not hold: of E's two relationships, R read into
+ * L1 first and R2 still below, E's load preloads R2 alone. */
+Test(relationships, preload_skips_a_relationship_l1_already_holds) {
+    add_set("policies.preload_relationships=true");
+    khalad_start();
+    khala_chan_t *ch = chan_to(khalad_sock, khalad_name);
+    put_graph(ch);
+    static const char *const e[] = {"user:E", NULL};
+    put_ok(ch, "rel:E:likes", "[post:1]", e);
+    khala__chan_close(ch);
+    khalad_kill(SIGTERM);
+    khala__seg_unlink(khalad_name);
+    khalad_start();
+    ch = chan_to(khalad_sock, khalad_name);
+    get_from_l2(ch, "rel:E:follows");
+    cr_assert(in_l1(ch, "rel:E:follows"), "a get from L2 brings R into L1");
+    get_from_l2(ch, "user:E");
+    int held = 0;
+    for (int i = 0; i < 500 && !(held = in_l1(ch, "rel:E:likes")); i++)
+        sleep_ms(10);
+    cr_assert(held, "R2 did not reach L1 within 5 s of E's load");
+    cr_assert_eq(stat_u(ch, "relationships_preloaded"), 1, "R, held already, was not read again");
     khala__chan_close(ch);
 }
