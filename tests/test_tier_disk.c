@@ -1034,19 +1034,19 @@ Test(tier_disk, an_l3_cleanup_on_a_disk_that_refuses_writes_keeps_everything_and
     khala_tier_disk_opts_t o = l3_cleanup_opts(1000, 60000);
     o.cleanup_interval_ms = 0;
     khala_tier_t *t = open_with(o);
-    khala_bytes_t keys[40];
-    khala_tier_value_t vals[40];
-    char kb[40][16];
-    for (int i = 0; i < 40; i++) {
+    khala_bytes_t keys[220];
+    khala_tier_value_t vals[220];
+    char kb[220][16];
+    for (int i = 0; i < 220; i++) {
         snprintf(kb[i], sizeof(kb[i]), "%s%d", i < 20 ? "dead" : "live", i);
         keys[i] = (khala_bytes_t){(const uint8_t *)kb[i], strlen(kb[i])};
         vals[i] = (khala_tier_value_t){"v", 1, 1, i < 20 ? 1 : 0, KHALA_TYPE_MEMORY_ENTITY};
     }
-    cr_assert_eq(t->ops->mput(t, 40, keys, vals), 0, "%s", t->err);
+    cr_assert_eq(t->ops->mput(t, 220, keys, vals), 0, "%s", t->err);
     t->ops->close(t);
     sleep_ms(20); /* the 20 dead ones expire */
 
-    t = open_with(l3_cleanup_opts(10, 60000)); /* 30 too many live ones: the cleanup evicts */
+    t = open_with(l3_cleanup_opts(50, 60000)); /* 150 too many live ones: the cleanup evicts */
     uint64_t errors_before = stats(t).errors;
     char err_expire[256], err_evict[256];
     disk_refuse(1);
@@ -1055,14 +1055,14 @@ Test(tier_disk, an_l3_cleanup_on_a_disk_that_refuses_writes_keeps_everything_and
     khala_tier_stats_t s_expire = stats(t);
     disk_refuse(0);
     assert_cleanup_refused(t, err_expire, errors_before);
-    cr_assert_eq(s_expire.items, 40);
+    cr_assert_eq(s_expire.items, 220);
     cr_assert_eq(s_expire.expirations, 0);
 
     /* Phase 1 completes once the disk takes writes; then phase 2 is refused in its turn. */
     for (int i = 0; i < 10 && stats(t).expirations < 20; i++)
         t->ops->tick(t, 20 + i);
     cr_assert_eq(stats(t).expirations, 20, "%s", t->err);
-    cr_assert_eq(stats(t).items, 20);
+    cr_assert_eq(stats(t).items, 200);
     errors_before = stats(t).errors;
     disk_refuse(1);
     t->ops->tick(t, 40);
@@ -1070,22 +1070,22 @@ Test(tier_disk, an_l3_cleanup_on_a_disk_that_refuses_writes_keeps_everything_and
     khala_tier_stats_t s_evict = stats(t);
     disk_refuse(0);
     assert_cleanup_refused(t, err_evict, errors_before);
-    cr_assert_eq(s_evict.items, 20);
+    cr_assert_eq(s_evict.items, 200);
     cr_assert_eq(s_evict.evictions, 0);
     cr_assert_eq(s_evict.archive_items, 0);
 
-    for (int i = 0; i < 10 && stats(t).items > 10; i++)
+    for (int i = 0; i < 20 && stats(t).items > 50; i++)
         t->ops->tick(t, 50 + i);
     khala_tier_stats_t s = stats(t);
-    cr_assert_eq(s.items, 10, "%s", t->err);
-    cr_assert_eq(s.evictions, 10);
-    cr_assert_eq(s.archive_items, 10);
+    cr_assert_eq(s.items, 50, "%s", t->err);
+    cr_assert_eq(s.evictions, 150);
+    cr_assert_eq(s.archive_items, 50); /* bounded by max_items: the oldest copies dropped */
     t->ops->close(t);
 
     /* What memory said is what the disk holds. */
-    t = open_with(l3_cleanup_opts(10, 60000));
-    cr_assert_eq(stats(t).items, 10);
-    cr_assert_eq(stats(t).archive_items, 10);
+    t = open_with(l3_cleanup_opts(50, 60000));
+    cr_assert_eq(stats(t).items, 50);
+    cr_assert_eq(stats(t).archive_items, 50);
     t->ops->close(t);
 }
 
