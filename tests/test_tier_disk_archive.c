@@ -636,3 +636,70 @@ Test(tier_disk_archive, deletes_between_the_cleanups_steps_do_not_derail_it) {
     cr_assert(live(t, "alive:0") && live(t, "alive:9"));
     t->ops->close(t);
 }
+
+Test(tier_disk_archive, a_write_larger_than_the_whole_store_is_refused_and_archives_nothing) {
+    khala_tier_t *t = open_with(l3_opts(2, 60000, 0, 0));
+    cr_assert_eq(put(t, "a", "1", 1, 0), 0);
+    cr_assert_eq(put(t, "b", "2", 1, 0), 0);
+    khala_bytes_t keys[3] = {
+        {(const uint8_t *)"c", 1}, {(const uint8_t *)"d", 1}, {(const uint8_t *)"e", 1}};
+    khala_tier_value_t vals[3] = {{"3", 1, 1, 0, KHALA_TYPE_MEMORY_ENTITY},
+                                  {"4", 1, 1, 0, KHALA_TYPE_MEMORY_ENTITY},
+                                  {"5", 1, 1, 0, KHALA_TYPE_MEMORY_ENTITY}};
+    uint64_t errors = stats(t).errors;
+    cr_assert_eq(t->ops->mput(t, 3, keys, vals), KHALA_EFULL);
+    cr_assert_not_null(strstr(t->err, "exceed max_items 2"), "%s", t->err);
+    cr_assert_eq(stats(t).errors, errors + 1);
+    /* Nothing changed: a and b live, none of the three written, nothing archived. */
+    khala_tier_stats_t s = stats(t);
+    cr_assert_eq(s.items, 2);
+    cr_assert_eq(s.evictions, 0);
+    cr_assert_eq(s.archive_items, 0);
+    cr_assert(live(t, "a") && live(t, "b") && !live(t, "c"));
+    char buf[16];
+    cr_assert_eq(archived(t, "a", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    /* a and b can still be evicted (and archived) by a write that fits. */
+    cr_assert_eq(t->ops->mput(t, 2, keys, vals), 0, "%s", t->err);
+    s = stats(t);
+    cr_assert_eq(s.items, 2);
+    cr_assert_eq(s.evictions, 2);
+    cr_assert_eq(s.archive_items, 2);
+    cr_assert_eq(archived(t, "a", buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "1");
+    t->ops->close(t);
+    t = open_with(l3_opts(2, 60000, 0, 0));
+    cr_assert_eq(stats(t).items, 2);
+    cr_assert_eq(stats(t).archive_items, 2);
+    cr_assert(live(t, "c") && live(t, "d"));
+    t->ops->close(t);
+}
+
+Test(tier_disk_archive, an_age_entry_left_by_a_damaged_copy_does_not_break_the_bound) {
+    khala_tier_t *t = open_with(l3_opts(2, 60000, 0, 0));
+    cr_assert_eq(put(t, "a", "1", 1, 0), 0);
+    cr_assert_eq(put(t, "b", "2", 1, 0), 0);
+    cr_assert_eq(put(t, "c", "3", 1, 0), 0); /* a archived */
+    t->ops->close(t);
+    poke_archive("a", "xyz", 3); /* its record damaged: its age entry is left over */
+    t = open_with(l3_opts(2, 60000, 0, 0));
+    char buf[16];
+    cr_assert_eq(archived(t, "a", buf, sizeof(buf), NULL), KHALA_ECORRUPT);
+    cr_assert_eq(t->ops->del(t, "a", 1), KHALA_ENOTFOUND); /* removes the damaged copy */
+    cr_assert_eq(stats(t).archive_items, 0);
+    /* The archive fills past its bound: the orphan age entry (the oldest) is passed over. */
+    cr_assert_eq(put(t, "d", "4", 1, 0), 0);
+    cr_assert_eq(put(t, "e", "5", 1, 0), 0);
+    cr_assert_eq(put(t, "f", "6", 1, 0), 0);
+    cr_assert_eq(put(t, "g", "7", 1, 0), 0); /* b, c, d, e archived in turn */
+    khala_tier_stats_t s = stats(t);
+    cr_assert_eq(s.archive_items, 2);
+    cr_assert_eq(s.errors, 1, "%s", t->err); /* the damaged read only */
+    int n = 0;
+    const char *keys[] = {"b", "c", "d", "e"};
+    for (int i = 0; i < 4; i++)
+        n += archived(t, keys[i], buf, sizeof(buf), NULL) == 0;
+    cr_assert_eq(n, 2);
+    cr_assert_eq(archived(t, "e", buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "5");
+    t->ops->close(t);
+}
