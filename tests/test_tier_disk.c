@@ -1011,6 +1011,136 @@ Test(tier_disk, an_open_that_must_trim_fails_cleanly_on_a_disk_that_refuses_writ
     t->ops->close(t);
 }
 
+/* An L3 store (with an archive) whose periodic cleanup runs every second, 100 rows a step. */
+static khala_tier_disk_opts_t l3_cleanup_opts(uint64_t max_items, int64_t retention_ms) {
+    khala_tier_disk_opts_t o = opts(max_items, 1 << 20, true);
+    o.level = KHALA_LEVEL_L3;
+    o.archive_retention_ms = retention_ms;
+    o.cleanup_interval_ms = 1000;
+    o.cleanup_batch = 100;
+    return o;
+}
+
+static void assert_cleanup_refused(khala_tier_t *t, const char *err, uint64_t errors_before) {
+    cr_assert(strstr(err, g_store) && strstr(err, "cleaning up") && strstr(err, strerror(EFBIG)),
+              "the message names the store, the step and the cause: %s", err);
+    cr_assert_gt(stats(t).errors, errors_before);
+}
+
+/* The periodic cleanup's steps (deleting expired items, evicting down to lowered capacities into
+ * the archive) change nothing while the disk refuses their writes, name the failure, and finish
+ * the work once it takes them again. */
+Test(tier_disk, an_l3_cleanup_on_a_disk_that_refuses_writes_keeps_everything_and_resumes) {
+    khala_tier_disk_opts_t o = l3_cleanup_opts(1000, 60000);
+    o.cleanup_interval_ms = 0;
+    khala_tier_t *t = open_with(o);
+    khala_bytes_t keys[220];
+    khala_tier_value_t vals[220];
+    char kb[220][16];
+    for (int i = 0; i < 220; i++) {
+        snprintf(kb[i], sizeof(kb[i]), "%s%d", i < 20 ? "dead" : "live", i);
+        keys[i] = (khala_bytes_t){(const uint8_t *)kb[i], strlen(kb[i])};
+        vals[i] = (khala_tier_value_t){"v", 1, 1, i < 20 ? 1 : 0, KHALA_TYPE_MEMORY_ENTITY};
+    }
+    cr_assert_eq(t->ops->mput(t, 220, keys, vals), 0, "%s", t->err);
+    t->ops->close(t);
+    sleep_ms(20); /* the 20 dead ones expire */
+
+    t = open_with(l3_cleanup_opts(50, 60000)); /* 150 too many live ones: the cleanup evicts */
+    uint64_t errors_before = stats(t).errors;
+    char err_expire[256], err_evict[256];
+    disk_refuse(1);
+    t->ops->tick(t, 10); /* phase 1: the expired items */
+    memcpy(err_expire, t->err, sizeof(err_expire));
+    khala_tier_stats_t s_expire = stats(t);
+    disk_refuse(0);
+    assert_cleanup_refused(t, err_expire, errors_before);
+    cr_assert_eq(s_expire.items, 220);
+    cr_assert_eq(s_expire.expirations, 0);
+
+    /* Phase 1 completes once the disk takes writes; then phase 2 is refused in its turn. */
+    for (int i = 0; i < 10 && stats(t).expirations < 20; i++)
+        t->ops->tick(t, 20 + i);
+    cr_assert_eq(stats(t).expirations, 20, "%s", t->err);
+    cr_assert_eq(stats(t).items, 200);
+    errors_before = stats(t).errors;
+    disk_refuse(1);
+    t->ops->tick(t, 40);
+    memcpy(err_evict, t->err, sizeof(err_evict));
+    khala_tier_stats_t s_evict = stats(t);
+    disk_refuse(0);
+    assert_cleanup_refused(t, err_evict, errors_before);
+    cr_assert_eq(s_evict.items, 200);
+    cr_assert_eq(s_evict.evictions, 0);
+    cr_assert_eq(s_evict.archive_items, 0);
+
+    for (int i = 0; i < 20 && stats(t).items > 50; i++)
+        t->ops->tick(t, 50 + i);
+    khala_tier_stats_t s = stats(t);
+    cr_assert_eq(s.items, 50, "%s", t->err);
+    cr_assert_eq(s.evictions, 150);
+    cr_assert_eq(s.archive_items, 50); /* bounded by max_items: the oldest copies dropped */
+    t->ops->close(t);
+
+    /* What memory said is what the disk holds. */
+    t = open_with(l3_cleanup_opts(50, 60000));
+    cr_assert_eq(stats(t).items, 50);
+    cr_assert_eq(stats(t).archive_items, 50);
+    t->ops->close(t);
+}
+
+/* The cleanup's last phase, removing archived copies past their retention, likewise. */
+Test(tier_disk, archived_copies_past_retention_stay_while_the_disk_refuses_their_removal) {
+    khala_tier_t *t = open_with(l3_cleanup_opts(1, 5));
+    cr_assert_eq(put(t, "a", "1", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(put(t, "b", "2", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err); /* a goes */
+    cr_assert_eq(stats(t).archive_items, 1);
+    sleep_ms(20); /* past its retention */
+    uint64_t errors_before = stats(t).errors;
+    char err[256];
+    disk_refuse(1);
+    t->ops->tick(t, 10);
+    memcpy(err, t->err, sizeof(err));
+    khala_tier_stats_t s_refused = stats(t);
+    disk_refuse(0);
+    assert_cleanup_refused(t, err, errors_before);
+    cr_assert_eq(s_refused.archive_items, 1);
+    t->ops->tick(t, 20);
+    cr_assert_eq(stats(t).archive_items, 0, "%s", t->err);
+    cr_assert_eq(stats(t).items, 1);
+    t->ops->close(t);
+}
+
+/* An invalidation that must remove archived copies fails whole on a disk that refuses it. */
+Test(tier_disk, an_invalidation_of_archived_copies_on_a_disk_that_refuses_it_keeps_them) {
+    khala_tier_disk_opts_t o = l3_cleanup_opts(2, 60000);
+    o.cleanup_interval_ms = 0;
+    khala_tier_t *t = open_with(o);
+    cr_assert_eq(put(t, "p:a", "1", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(put(t, "p:b", "2", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(put(t, "q:a", "3", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(put(t, "q:b", "4", 1, KHALA_TYPE_MEMORY_ENTITY, 0), 0, "%s", t->err);
+    cr_assert_eq(stats(t).archive_items, 2); /* p:a and p:b */
+    cr_assert_eq(t->ops->del(t, "q:a", 3), 0, "%s", t->err);
+    cr_assert_eq(t->ops->del(t, "q:b", 3), 0, "%s", t->err);
+    refused_t r;
+    uint64_t removed = 99;
+    disk_refuse(1);
+    note(&r, t, t->ops->invalidate(t, "p:", 2, -1, &removed));
+    disk_refuse(0);
+    cr_assert_eq(r.rc, KHALA_ETIER, "%d %s", r.rc, r.err);
+    cr_assert(strstr(r.err, g_store) && strstr(r.err, "invalidating the archive") &&
+                  strstr(r.err, strerror(EFBIG)),
+              "%s", r.err);
+    cr_assert_eq(stats(t).archive_items, 2);
+    khala_tier_value_t v = {0};
+    cr_assert_eq(t->ops->archive_get(t, "p:a", 3, &v), 0, "%s", t->err);
+    khala__tier_value_free(&v);
+    cr_assert_eq(t->ops->invalidate(t, "p:", 2, -1, &removed), 0, "%s", t->err);
+    cr_assert_eq(stats(t).archive_items, 0);
+    t->ops->close(t);
+}
+
 /* ---- Damaged and unusual stores ------------------------------------------------------------ */
 
 /* A data file that cannot be opened (here: a directory in its place) is refused with the store

@@ -7,6 +7,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -434,5 +435,271 @@ Test(tier_disk_archive, a_key_evicted_again_replaces_its_archived_copy) {
     t = open_with(l3_opts(1, 60000, 0, 0));
     cr_assert_eq(stats(t).archive_items, 1);
     cr_assert_eq(stats(t).archive_bytes, 4);
+    t->ops->close(t);
+}
+
+/* Write value (vlen bytes) as the "archive" record of key, straight into the closed store. */
+static void poke_archive(const char *key, const void *value, size_t vlen) {
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
+    cr_assert_eq(mdb_env_open(env, g_store, 0, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "archive", 0, &dbi), 0);
+    MDB_val k = {strlen(key), (void *)key}, v = {vlen, (void *)value};
+    cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+Test(tier_disk_archive, a_malformed_archived_copy_reads_as_corrupt_and_can_still_be_removed) {
+    khala_tier_t *t = open_with(l3_opts(10, 60000, 0, 0));
+    t->ops->close(t);
+    poke_archive("bad", "xyz", 3);                /* shorter than its sequence number */
+    poke_archive("bad2", "0123456789abcdef", 16); /* a sequence number, then no record */
+    t = open_with(l3_opts(10, 60000, 0, 0));
+    cr_assert_eq(stats(t).archive_items, 2);
+    char buf[16];
+    cr_assert_eq(archived(t, "bad", buf, sizeof(buf), NULL), KHALA_ECORRUPT);
+    cr_assert_not_null(strstr(t->err, "key 'bad'"), "%s", t->err);
+    cr_assert_not_null(strstr(t->err, "malformed"), "%s", t->err);
+    cr_assert_not_null(strstr(t->err, "sequence number"), "%s", t->err);
+    cr_assert_eq(archived(t, "bad2", buf, sizeof(buf), NULL), KHALA_ECORRUPT);
+    cr_assert_not_null(strstr(t->err, "key 'bad2'"), "%s", t->err);
+    cr_assert_eq(stats(t).errors, 2);
+    /* The level stays up, and a delete or an invalidation removes such a copy. */
+    cr_assert(t->healthy);
+    cr_assert_eq(t->ops->del(t, "bad", 3), KHALA_ENOTFOUND);
+    cr_assert_eq(archived(t, "bad", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    uint64_t removed = 0;
+    cr_assert_eq(t->ops->invalidate(t, "bad", 3, KHALA_TYPE_MEMORY_ENTITY, &removed), 0, "%s",
+                 t->err);
+    cr_assert_eq(archived(t, "bad2", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(stats(t).archive_items, 0);
+    t->ops->close(t);
+}
+
+Test(tier_disk_archive, a_store_that_is_not_persistent_starts_with_an_empty_archive) {
+    khala_tier_t *t = open_with(l3_opts(1, 60000, 0, 0));
+    cr_assert_eq(put(t, "a", "1", 1, 0), 0);
+    cr_assert_eq(put(t, "b", "2", 1, 0), 0); /* evicts a */
+    t->ops->close(t);
+    khala_tier_disk_opts_t o = l3_opts(1, 60000, 0, 0);
+    o.persistent = false;
+    t = open_with(o);
+    char buf[16];
+    cr_assert_eq(archived(t, "a", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(stats(t).archive_items, 0);
+    cr_assert_eq(stats(t).archive_bytes, 0);
+    /* It archives as before. */
+    cr_assert_eq(put(t, "c", "3", 1, 0), 0);
+    cr_assert_eq(put(t, "d", "4", 1, 0), 0);
+    cr_assert_eq(archived(t, "c", buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "3");
+    t->ops->close(t);
+}
+
+Test(tier_disk_archive, an_invalidate_by_prefix_or_type_keeps_the_other_archived_copies) {
+    khala_tier_t *t = open_with(l3_opts(30, 60000, 0, 0));
+    mput_range(t, "a:", 0, 10, 0);
+    mput_range(t, "p:", 0, 10, 0);
+    mput_range(t, "z:", 0, 10, 0);
+    mput_range(t, "live:", 0, 30, 0); /* evicts the 30 above, into the archive */
+    cr_assert_eq(stats(t).archive_items, 30);
+    uint64_t removed = 0;
+    /* A type that none has: nothing goes. */
+    cr_assert_eq(t->ops->invalidate(t, "p:", 2, KHALA_TYPE_MEMORY_ENTITY + 1, &removed), 0, "%s",
+                 t->err);
+    cr_assert_eq(stats(t).archive_items, 30);
+    cr_assert_eq(t->ops->invalidate(t, "p:", 2, -1, &removed), 0, "%s", t->err);
+    char key[16], buf[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(key, sizeof(key), "p:%d", i);
+        cr_assert_eq(archived(t, key, buf, sizeof(buf), NULL), KHALA_ENOTFOUND, "%s", key);
+        snprintf(key, sizeof(key), "a:%d", i);
+        cr_assert_eq(archived(t, key, buf, sizeof(buf), NULL), 0, "%s: %s", key, t->err);
+        snprintf(key, sizeof(key), "z:%d", i);
+        cr_assert_eq(archived(t, key, buf, sizeof(buf), NULL), 0, "%s: %s", key, t->err);
+    }
+    cr_assert_eq(stats(t).archive_items, 20);
+    t->ops->close(t);
+}
+
+Test(tier_disk_archive, an_invalidate_of_more_copies_than_a_batch_removes_them_all) {
+    khala_tier_disk_opts_t o = l3_opts(9000, 60000, 0, 0);
+    o.max_bytes = 16 << 20;
+    khala_tier_t *t = open_with(o);
+    mput_range(t, "old:", 0, 9000, 0);
+    mput_range(t, "new:", 0, 9000, 0); /* 9000 archived: more than one batch of 8192 */
+    cr_assert_eq(stats(t).archive_items, 9000);
+    uint64_t removed = 0;
+    cr_assert_eq(t->ops->invalidate(t, "old:", 4, -1, &removed), 0, "%s", t->err);
+    cr_assert_eq(stats(t).archive_items, 0);
+    char buf[16];
+    cr_assert_eq(archived(t, "old:0", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(archived(t, "old:8999", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    cr_assert_eq(stats(t).items, 9000);
+    t->ops->close(t);
+}
+
+Test(tier_disk_archive, a_key_archived_while_an_older_copy_is_kept_replaces_it) {
+    khala_tier_t *t = open_with(l3_opts(2, 60000, 0, 0));
+    cr_assert_eq(put(t, "a", "one", 1, 0), 0);
+    cr_assert_eq(put(t, "b", "x", 1, 0), 0);
+    t->ops->note_hits(t, "b", 1, 1000);
+    cr_assert_eq(put(t, "c", "y", 1, 0), 0); /* evicts a (one): b is read more */
+    t->ops->note_hits(t, "c", 1, 1000);
+    cr_assert_eq(put(t, "a", "two", 2, 0), 0);
+    cr_assert_eq(put(t, "d", "z", 1, 0), 0); /* a (two), read least, goes again */
+    char buf[16];
+    khala_tier_value_t meta = {0};
+    cr_assert_eq(archived(t, "a", buf, sizeof(buf), &meta), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "two");
+    cr_assert_eq(meta.version, 2);
+    /* One copy per key, and the count says so. */
+    int n = 0;
+    const char *keys[] = {"a", "b", "c", "d"};
+    for (int i = 0; i < 4; i++)
+        n += archived(t, keys[i], buf, sizeof(buf), NULL) == 0;
+    cr_assert_eq(stats(t).archive_items, (uint64_t)n);
+    t->ops->close(t);
+    t = open_with(l3_opts(2, 60000, 0, 0));
+    cr_assert_eq(stats(t).archive_items, (uint64_t)n);
+    t->ops->close(t);
+}
+
+Test(tier_disk_archive, the_cleanup_trims_an_excess_smaller_than_a_step_into_the_archive) {
+    khala_tier_t *t = open_with(l3_opts(100, 60000, 0, 0));
+    mput_range(t, "k", 0, 100, 0);
+    t->ops->close(t);
+    /* 5 over the new capacity, fewer than a step's 100: sampled as a put evicts. */
+    t = open_with(l3_opts(95, 60000, 1000, 100));
+    cr_assert_eq(stats(t).items, 100);
+    for (int i = 0; i < 20 && stats(t).items > 95; i++)
+        t->ops->tick(t, 10 + i);
+    khala_tier_stats_t s = stats(t);
+    cr_assert_eq(s.items, 95);
+    cr_assert_eq(s.evictions, 5);
+    cr_assert_eq(s.archive_items, 5);
+    cr_assert_eq(s.errors, 0, "%s", t->err);
+    t->ops->close(t);
+}
+
+Test(tier_disk_archive, the_cleanup_trims_a_store_over_its_lowered_byte_bound) {
+    khala_tier_disk_opts_t o = l3_opts(100000, 60000, 0, 0);
+    khala_tier_t *t = open_with(o);
+    mput_range(t, "key", 0, 2000, 0);
+    uint64_t bytes = stats(t).bytes;
+    t->ops->close(t);
+    /* Half the bytes, with room for every item: the byte bound is what the cleanup keeps. */
+    o.max_bytes = bytes / 2;
+    o.cleanup_interval_ms = 1000;
+    o.cleanup_batch = 100;
+    t = open_with(o);
+    /* A put meanwhile evicts for itself only: the store does not grow. */
+    cr_assert_eq(put(t, "fresh", "x", 1, 0), 0, "%s", t->err);
+    cr_assert_leq(stats(t).bytes, bytes);
+    for (int i = 0; i < 200 && stats(t).bytes > o.max_bytes; i++)
+        t->ops->tick(t, 10 + i);
+    khala_tier_stats_t s = stats(t);
+    cr_assert_leq(s.bytes, o.max_bytes, "%llu bytes, max %llu", (unsigned long long)s.bytes,
+                  (unsigned long long)o.max_bytes);
+    cr_assert_geq(s.items, 900);
+    cr_assert_eq(s.items + s.evictions, 2001);
+    cr_assert_eq(s.errors, 0, "%s", t->err);
+    t->ops->close(t);
+}
+
+Test(tier_disk_archive, deletes_between_the_cleanups_steps_do_not_derail_it) {
+    khala_tier_t *t = open_with(l3_opts(100000, 60000, 1000, 100));
+    mput_range(t, "dead:", 0, 1000, 1);
+    sleep_ms(20);
+    t->ops->tick(t, 10); /* the first step of phase 1, from the end of the index */
+    uint64_t first = stats(t).expirations;
+    cr_assert_eq(first, 100);
+    /* Most of what is left goes by deletes before the next step. */
+    for (int i = 0; i < 1000; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "dead:%d", i);
+        (void)t->ops->del(t, key, strlen(key));
+    }
+    mput_range(t, "dead2:", 0, 50, 1);
+    mput_range(t, "alive:", 0, 10, 0);
+    sleep_ms(20);
+    for (int i = 0; i < 50 && stats(t).items > 10; i++)
+        t->ops->tick(t, 20 + i);
+    khala_tier_stats_t s = stats(t);
+    cr_assert_eq(s.items, 10, "%s", t->err);
+    cr_assert_eq(s.errors, 0, "%s", t->err);
+    cr_assert(live(t, "alive:0") && live(t, "alive:9"));
+    t->ops->close(t);
+}
+
+Test(tier_disk_archive, a_write_larger_than_the_whole_store_is_refused_and_archives_nothing) {
+    khala_tier_t *t = open_with(l3_opts(2, 60000, 0, 0));
+    cr_assert_eq(put(t, "a", "1", 1, 0), 0);
+    cr_assert_eq(put(t, "b", "2", 1, 0), 0);
+    khala_bytes_t keys[3] = {
+        {(const uint8_t *)"c", 1}, {(const uint8_t *)"d", 1}, {(const uint8_t *)"e", 1}};
+    khala_tier_value_t vals[3] = {{"3", 1, 1, 0, KHALA_TYPE_MEMORY_ENTITY},
+                                  {"4", 1, 1, 0, KHALA_TYPE_MEMORY_ENTITY},
+                                  {"5", 1, 1, 0, KHALA_TYPE_MEMORY_ENTITY}};
+    uint64_t errors = stats(t).errors;
+    cr_assert_eq(t->ops->mput(t, 3, keys, vals), KHALA_EFULL);
+    cr_assert_not_null(strstr(t->err, "exceed max_items 2"), "%s", t->err);
+    cr_assert_eq(stats(t).errors, errors + 1);
+    /* Nothing changed: a and b live, none of the three written, nothing archived. */
+    khala_tier_stats_t s = stats(t);
+    cr_assert_eq(s.items, 2);
+    cr_assert_eq(s.evictions, 0);
+    cr_assert_eq(s.archive_items, 0);
+    cr_assert(live(t, "a") && live(t, "b") && !live(t, "c"));
+    char buf[16];
+    cr_assert_eq(archived(t, "a", buf, sizeof(buf), NULL), KHALA_ENOTFOUND);
+    /* a and b can still be evicted (and archived) by a write that fits. */
+    cr_assert_eq(t->ops->mput(t, 2, keys, vals), 0, "%s", t->err);
+    s = stats(t);
+    cr_assert_eq(s.items, 2);
+    cr_assert_eq(s.evictions, 2);
+    cr_assert_eq(s.archive_items, 2);
+    cr_assert_eq(archived(t, "a", buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "1");
+    t->ops->close(t);
+    t = open_with(l3_opts(2, 60000, 0, 0));
+    cr_assert_eq(stats(t).items, 2);
+    cr_assert_eq(stats(t).archive_items, 2);
+    cr_assert(live(t, "c") && live(t, "d"));
+    t->ops->close(t);
+}
+
+Test(tier_disk_archive, an_age_entry_left_by_a_damaged_copy_does_not_break_the_bound) {
+    khala_tier_t *t = open_with(l3_opts(2, 60000, 0, 0));
+    cr_assert_eq(put(t, "a", "1", 1, 0), 0);
+    cr_assert_eq(put(t, "b", "2", 1, 0), 0);
+    cr_assert_eq(put(t, "c", "3", 1, 0), 0); /* a archived */
+    t->ops->close(t);
+    poke_archive("a", "xyz", 3); /* its record damaged: its age entry is left over */
+    t = open_with(l3_opts(2, 60000, 0, 0));
+    char buf[16];
+    cr_assert_eq(archived(t, "a", buf, sizeof(buf), NULL), KHALA_ECORRUPT);
+    cr_assert_eq(t->ops->del(t, "a", 1), KHALA_ENOTFOUND); /* removes the damaged copy */
+    cr_assert_eq(stats(t).archive_items, 0);
+    /* The archive fills past its bound: the orphan age entry (the oldest) is passed over. */
+    cr_assert_eq(put(t, "d", "4", 1, 0), 0);
+    cr_assert_eq(put(t, "e", "5", 1, 0), 0);
+    cr_assert_eq(put(t, "f", "6", 1, 0), 0);
+    cr_assert_eq(put(t, "g", "7", 1, 0), 0); /* b, c, d, e archived in turn */
+    khala_tier_stats_t s = stats(t);
+    cr_assert_eq(s.archive_items, 2);
+    cr_assert_eq(s.errors, 1, "%s", t->err); /* the damaged read only */
+    int n = 0;
+    const char *keys[] = {"b", "c", "d", "e"};
+    for (int i = 0; i < 4; i++)
+        n += archived(t, keys[i], buf, sizeof(buf), NULL) == 0;
+    cr_assert_eq(n, 2);
+    cr_assert_eq(archived(t, "e", buf, sizeof(buf), NULL), 0, "%s", t->err);
+    cr_assert_str_eq(buf, "5");
     t->ops->close(t);
 }

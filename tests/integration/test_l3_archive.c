@@ -10,6 +10,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <lmdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,4 +217,69 @@ Test(l3_archive, an_encrypted_type_is_archived_sealed_and_read_back_in_plaintext
     char data[600];
     snprintf(data, sizeof(data), "%s/l3/data.mdb", khalad_dir());
     cr_assert_not(file_holds(data, "value ", 6), "L3's store holds a plaintext value");
+}
+
+/* Write a record that is not one (3 bytes) as the archived copy of key in L3's store. */
+static void damage_archived_copy(const char *key) {
+    char store[512];
+    snprintf(store, sizeof(store), "%s/l3", khalad_dir());
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 16), 0);
+    cr_assert_eq(mdb_env_open(env, store, 0, 0600), 0, "%s", store);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "archive", 0, &dbi), 0);
+    MDB_val k = {strlen(key), (void *)key}, v = {3, "xyz"};
+    cr_assert_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+/* A damaged archived copy is reported as such, naming the level and the key; L3 stays up: its
+ * other copies and its live items are still read. */
+Test(l3_archive, a_damaged_archived_copy_is_named_and_l3_keeps_serving) {
+    khalad_start();
+    khala_chan_t *ch = khalad_chan();
+    int archived[NKEYS];
+    fill(ch, archived);
+    khala__chan_close(ch);
+    khalad_kill(SIGTERM);
+    int bad = -1, good = -1, live = -1;
+    for (int i = 0; i < NKEYS; i++) {
+        if (archived[i] && bad < 0)
+            bad = i;
+        else if (archived[i])
+            good = i;
+        else
+            live = i;
+    }
+    cr_assert(bad >= 0 && good >= 0 && live >= 0);
+    char key[16], want[32], got[64];
+    snprintf(key, sizeof(key), "k%d", bad);
+    damage_archived_copy(key);
+    khalad_start();
+    khala_cache_options_t o;
+    khala_cache_options_init(&o);
+    o.socket_path = khalad_sock;
+    khala_cache_t *c = NULL;
+    cr_assert_eq(khala_cache_open(khalad_name, &o, &c), 0, "%s", khala_cache_errmsg(NULL));
+    cr_assert_eq(khala_cache_get_archive(c, key, strlen(key), sink_copy, got), KHALA_ECORRUPT, "%s",
+                 khala_cache_errmsg(c));
+    const char *msg = khala_cache_errmsg(c);
+    cr_assert(strstr(msg, "L3") && strstr(msg, "malformed") && strstr(msg, key), "%s", msg);
+    /* L3 is still up: another archived copy and a live item are read. */
+    snprintf(key, sizeof(key), "k%d", good);
+    snprintf(want, sizeof(want), "value %d", good);
+    cr_assert_eq(khala_cache_get_archive(c, key, strlen(key), sink_copy, got), 0, "%s",
+                 khala_cache_errmsg(c));
+    cr_assert_str_eq(got, want);
+    ch = khalad_chan();
+    snprintf(key, sizeof(key), "k%d", live);
+    khala_msg_t m = khalad_req(KHALA_OP_GET, key), r;
+    cr_assert_eq(khalad_call(ch, &m, &r, 10000), 0, "%s", key);
+    khala__proto_msg_free(&r);
+    khala__chan_close(ch);
+    khala_cache_close(c);
 }
