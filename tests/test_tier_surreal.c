@@ -1128,7 +1128,7 @@ Test(tier_surreal, a_request_above_the_server_body_limit_is_erefused_and_the_lev
     cr_assert_eq(put(t, "k", "w", 1, 2, 0, 0), KHALA_EREFUSED, "%s", t->err);
     cr_assert(strstr(t->err, "body limit") && strstr(t->err, "SURREAL_HTTP_MAX_RPC_BODY_SIZE"),
               "%s", t->err);
-    cr_assert_eq(t->ops->health(t), 0, "the server is up; it refused one request: %s", t->err);
+    cr_assert_eq(t->healthy, 1, "the server is up; it refused one request");
     fake_stop();
 }
 
@@ -1244,26 +1244,30 @@ Test(tier_surreal, bad_urls_and_names_are_config_errors_naming_the_problem) {
 Test(tier_surreal, a_stored_row_that_is_not_a_khala_row_reads_as_a_miss_and_counts_an_error) {
     khala_tier_t *t = open_default();
     cr_assert_eq(put(t, "good", "v", 1, 1, 0, 0), 0, "%s", t->err);
-    /* Rows written behind the driver's back: data not base64, a version not a number, a type
-     * out of range. hex("bad1") = 62616431. */
-    const char *bad[][2] = {{"62616431", "{key: '62616431', type: 1, version: 1, data: '!!!'}"},
-                            {"62616432", "{key: '62616432', type: 1, version: 'x', data: ''}"},
-                            {"62616433", "{key: '62616433', type: 999, version: 1, data: ''}"}};
-    for (size_t i = 0; i < 3; i++) {
+    /* Rows written behind the driver's back that the schema lets through (its field types
+     * hold) but no driver wrote: data that is not base64, a type out of range.
+     * hex("bad1") = 62616431. */
+    const char *bad[][2] = {
+        {"62616431", "{key: '62616431', type: 1, version: 1, data: '!!!', created: 0, hits: 0}"},
+        {"62616432", "{key: '62616432', type: 999, version: 1, data: '', created: 0, hits: 0}"}};
+    for (size_t i = 0; i < 2; i++) {
         char sql[256];
         snprintf(sql, sizeof(sql), "UPSERT type::record($tb, $k) CONTENT %s;", bad[i][1]);
-        json_decref(raw_on(g_url, sql, json_pack("{s:s, s:s}", "tb", g_table, "k", bad[i][0])));
+        json_t *res = raw_on(g_url, sql, json_pack("{s:s, s:s}", "tb", g_table, "k", bad[i][0]));
+        const char *st = json_string_value(json_object_get(json_array_get(res, 0), "status"));
+        cr_assert(st && strcmp(st, "OK") == 0, "raw upsert %zu refused", i);
+        json_decref(res);
     }
     khala_tier_stats_t before, after;
     t->ops->stats(t, &before);
-    for (int i = 1; i <= 3; i++) {
+    for (int i = 1; i <= 2; i++) {
         char key[8];
         snprintf(key, sizeof(key), "bad%d", i);
         expect_miss(t, key);
         cr_assert(strstr(t->err, key) && strstr(t->err, "not a khala row"), "%s: %s", key, t->err);
     }
     t->ops->stats(t, &after);
-    cr_assert_eq(after.errors - before.errors, 3, "one error per corrupt row");
+    cr_assert_eq(after.errors - before.errors, 2, "one error per corrupt row");
     cr_assert_eq(t->ops->health(t), 0, "a corrupt row does not take the level down");
     expect(t, "good", "v", 1);
 }
@@ -1271,10 +1275,12 @@ Test(tier_surreal, a_stored_row_that_is_not_a_khala_row_reads_as_a_miss_and_coun
 static int stop_at_two(void *arg, const void *key, size_t klen) {
     (void)key;
     (void)klen;
-    return ++*(int *)arg == 2 ? -E2BIG : 0;
+    return ++*(int *)arg == 2;
 }
 
-Test(tier_surreal, a_scan_callback_that_fails_stops_the_scan_with_its_code) {
+/* tier.h: a non-zero from the visitor stops the visit; it is not the level's error (khalad's
+ * warm scan stops that way when its batch is full, and a scan error marks the level failed). */
+Test(tier_surreal, a_scan_visitor_that_returns_non_zero_stops_the_visit_without_an_error) {
     khala_tier_t *t = open_default();
     for (int i = 0; i < 5; i++) {
         char k[8];
@@ -1283,7 +1289,7 @@ Test(tier_surreal, a_scan_callback_that_fails_stops_the_scan_with_its_code) {
     }
     uint64_t cur = 0;
     int seen = 0;
-    cr_assert_eq(t->ops->scan(t, &cur, "*", 0, stop_at_two, &seen), -E2BIG);
+    cr_assert_eq(t->ops->scan(t, &cur, "*", 0, stop_at_two, &seen), 0, "%s", t->err);
     cr_assert_eq(seen, 2, "no key after the callback failed");
     seen = 0;
     cur = 0;
