@@ -1297,3 +1297,57 @@ Test(tier_surreal, a_scan_visitor_that_returns_non_zero_stops_the_visit_without_
     cr_assert_eq(seen, 5, "count 0 is the default page: all 5 keys");
     cr_assert_eq(cur, 0);
 }
+
+Test(tier_surreal, health_of_a_level_that_was_up_finds_a_dead_server_and_takes_the_level_down) {
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 1000;
+    khala_tier_t *t = open_with(&o);
+    cr_assert_eq(put(t, "k", "v", 1, 1, 0, 0), 0, "%s", t->err);
+    tu_surreal_kill(&g_priv);
+    cr_assert_eq(t->ops->health(t), KHALA_ETIER);
+    cr_assert(strstr(t->err, "L3 (surrealdb)") && strstr(t->err, "GET /health"), "%s", t->err);
+    cr_assert_eq(put(t, "k", "w", 1, 2, 0, 0), KHALA_ETIER, "down: fails at once");
+}
+
+Test(tier_surreal, health_of_a_level_that_was_up_fails_when_the_server_refuses_queries) {
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 1000;
+    khala_tier_t *t = open_with(&o);
+    tu_surreal_kill(&g_priv);
+    /* GET /health answers 200, every query an error: the engine behind the front is broken. */
+    fake_start_on(g_priv.port, "surrealdb-3.0.2", 200,
+                  "{\"id\":1,\"error\":{\"code\":-32000,\"message\":\"storage is read-only\"}}");
+    cr_assert_eq(t->ops->health(t), KHALA_ETIER);
+    cr_assert(strstr(t->err, "refused the query: storage is read-only"), "%s", t->err);
+    khala_tier_value_t v = {0};
+    cr_assert_eq(t->ops->get(t, "k", 1, &v), KHALA_ETIER);
+    cr_assert_null(v.data);
+    fake_stop();
+}
+
+Test(tier_surreal, a_background_cleanup_the_server_refuses_is_counted_as_an_error) {
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 1000;
+    o.cleanup_interval_ms = 1;
+    khala_tier_t *t = open_with(&o);
+    tu_surreal_kill(&g_priv);
+    fake_start_on(g_priv.port, "surrealdb-3.0.2", 200,
+                  "{\"id\":1,\"result\":[{\"status\":\"ERR\",\"result\":\"disk full\"}]}");
+    khala_tier_stats_t before, after;
+    t->ops->stats(t, &before);
+    run_cleanup(t, 2);
+    t->ops->stats(t, &after);
+    cr_assert_eq(after.errors - before.errors, 2, "one per refused step: %llu -> %llu",
+                 (unsigned long long)before.errors, (unsigned long long)after.errors);
+    cr_assert_eq(t->healthy, 1, "a refused background step does not take the level down");
+    fake_stop();
+    /* A server that answers nothing usable (HTTP 500) is counted the same way. */
+    fake_start_on(g_priv.port, "surrealdb-3.0.2", 500, "internal error");
+    run_cleanup(t, 1);
+    t->ops->stats(t, &after);
+    cr_assert_eq(after.errors - before.errors, 3);
+    fake_stop();
+}
