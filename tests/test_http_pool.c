@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -240,6 +241,7 @@ static unsigned raw_server(const char *reply, pid_t *pid) {
     if (*pid < 0)
         FATAL("fork: %s", strerror(errno));
     if (*pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives the test */
         for (;;) {
             int c = accept(ls, NULL, NULL);
             if (c < 0)

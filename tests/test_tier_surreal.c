@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -126,7 +127,10 @@ static long raw_count(const char *tb) {
     return n;
 }
 
+static void fake_stop(void);
+
 static void teardown(void) {
+    fake_stop(); /* a fake server still running when a test failed */
     if (g_t) {
         g_t->ops->close(g_t);
         g_t = NULL;
@@ -1022,6 +1026,7 @@ static const char *fake_start_on(unsigned port, const char *version, int rpc_sta
     if (pid < 0)
         FATAL("fork: %s", strerror(errno));
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives the test */
         fake_serve(ls, version, rpc_status, rpc_body);
         _exit(0);
     }
@@ -1319,6 +1324,20 @@ Test(tier_surreal, health_of_a_level_that_was_up_fails_when_the_server_refuses_q
     /* GET /health answers 200, every query an error: the engine behind the front is broken. */
     fake_start_on(g_priv.port, "surrealdb-3.0.2", 200,
                   "{\"id\":1,\"error\":{\"code\":-32000,\"message\":\"storage is read-only\"}}");
+    /* Each operation fails alone with the server's words, and reports nothing. */
+    uint64_t cur = 0, removed = 9;
+    int seen = 0;
+    cr_assert_eq(t->ops->scan(t, &cur, NULL, 0, count_key, &seen), KHALA_ETIER);
+    cr_assert(strstr(t->err, "storage is read-only"), "%s", t->err);
+    cr_assert_eq(t->ops->hot(t, 5, count_key, &seen), KHALA_ETIER);
+    cr_assert_eq(seen, 0);
+    cr_assert_eq(t->ops->invalidate_step(t, "p", 1, 2, &cur, 0, &removed), KHALA_ETIER);
+    cr_assert_eq(removed, 0);
+    float q[2] = {0, 1};
+    khala_tier_match_t m[1];
+    uint32_t n = 1;
+    cr_assert_eq(t->ops->similar(t, q, 2, 0.1f, 1, m, &n), KHALA_ETIER);
+    cr_assert_eq(t->ops->del(t, "k", 1), KHALA_ETIER);
     cr_assert_eq(t->ops->health(t), KHALA_ETIER);
     cr_assert(strstr(t->err, "refused the query: storage is read-only"), "%s", t->err);
     khala_tier_value_t v = {0};
@@ -1350,4 +1369,24 @@ Test(tier_surreal, a_background_cleanup_the_server_refuses_is_counted_as_an_erro
     t->ops->stats(t, &after);
     cr_assert_eq(after.errors - before.errors, 3);
     fake_stop();
+}
+
+Test(tier_surreal, closing_with_requests_in_flight_to_a_stalled_server_answers_them_etier) {
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 5000;
+    o.cleanup_interval_ms = 1;
+    khala_tier_t *t = open_with(&o);
+    kill(g_priv.pid, SIGSTOP); /* nothing will answer before the close */
+    got_t a = {0}, b = {0};
+    cr_assert_eq(khala__tier_surreal_get_start(t, "k1", 2, on_got, &a), 0, "%s", t->err);
+    cr_assert_eq(khala__tier_surreal_get_start(t, "k2", 2, on_got, &b), 0, "%s", t->err);
+    t->ops->tick(t, khala__sys_now_ms() + 5000); /* a cleanup step in flight too */
+    t->ops->close(t);
+    g_t = NULL;
+    kill(g_priv.pid, SIGCONT);
+    cr_assert_eq(a.calls, 1, "every callback runs once, at the close");
+    cr_assert_eq(a.rc, KHALA_ETIER);
+    cr_assert_eq(b.calls, 1);
+    cr_assert_eq(b.rc, KHALA_ETIER);
 }
