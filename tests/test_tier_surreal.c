@@ -1390,3 +1390,27 @@ Test(tier_surreal, closing_with_requests_in_flight_to_a_stalled_server_answers_t
     cr_assert_eq(b.calls, 1);
     cr_assert_eq(b.rc, KHALA_ETIER);
 }
+
+Test(tier_surreal, a_reply_without_the_statement_results_fails_a_batch_etier_and_fills_nothing) {
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 1000;
+    khala_tier_t *t = open_with(&o);
+    tu_surreal_kill(&g_priv);
+    /* A proxy in front of the server that mangles replies: a list, but no statement's status. */
+    fake_start_on(g_priv.port, "surrealdb-3.0.2", 200, "{\"id\":1,\"result\":[{\"x\":1}]}");
+    khala_bytes_t keys[2] = {{.ptr = (const uint8_t *)"a", .len = 1},
+                             {.ptr = (const uint8_t *)"b", .len = 1}};
+    khala_tier_value_t vals[2] = {{.data = "1", .len = 1, .version = 1},
+                                  {.data = "2", .len = 1, .version = 1}};
+    cr_assert_eq(t->ops->mput(t, 2, keys, vals), KHALA_ETIER);
+    cr_assert(strstr(t->err, "lacks the result of statement"), "%s", t->err);
+    khala_tier_value_t out[2];
+    int rcs[2] = {0, 0};
+    cr_assert_eq(t->ops->mget(t, 2, keys, out, rcs), KHALA_ETIER, "%s", t->err);
+    cr_assert_eq(rcs[0], KHALA_ETIER);
+    cr_assert_eq(rcs[1], KHALA_ETIER);
+    cr_assert_null(out[0].data);
+    cr_assert_null(out[1].data);
+    fake_stop();
+}
