@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -225,4 +226,99 @@ Test(http_pool, closing_the_pool_cancels_what_is_in_flight) {
         if (res[i].rc != 0)
             cr_assert_eq(res[i].rc, -ECANCELED);
     }
+}
+
+/* A forked server on a loopback port that reads a request and answers `reply` (raw bytes, not
+ * necessarily HTTP), then closes; its port, and its pid in *pid. */
+static unsigned raw_server(const char *reply, pid_t *pid) {
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    if (ls < 0 || bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(ls, 16) != 0 ||
+        getsockname(ls, (struct sockaddr *)&a, &len) != 0)
+        FATAL("raw server: %s", strerror(errno));
+    *pid = fork();
+    if (*pid < 0)
+        FATAL("fork: %s", strerror(errno));
+    if (*pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives the test */
+        for (;;) {
+            int c = accept(ls, NULL, NULL);
+            if (c < 0)
+                continue;
+            char buf[4096];
+            if (read(c, buf, sizeof(buf)) > 0 && write(c, reply, strlen(reply)) < 0)
+                _exit(1);
+            close(c);
+        }
+    }
+    close(ls);
+    return ntohs(a.sin_port);
+}
+
+static void raw_server_stop(pid_t pid) {
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+Test(http_pool, a_reply_that_is_not_http_is_eio_with_libcurls_words) {
+    pid_t pid;
+    char base[64];
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u",
+             raw_server("SSH-2.0-OpenSSH_9.2\r\nnot http at all\r\n\r\n", &pid));
+    khala_http_pool_t *p = open_pool(base, 1, 0);
+    khala_http_resp_t r;
+    int rc = khala__http_request(p, "GET", "/health", NULL, 0, true, &r);
+    raw_server_stop(pid);
+    cr_assert_eq(rc, -EIO, "rc %d: %s", rc, r.err);
+    cr_assert_eq(r.rc, -EIO);
+    cr_assert(r.err[0], "libcurl's words for it");
+    cr_assert_eq(r.status, 0);
+    khala__http_resp_free(&r);
+    khala__http_resp_free(NULL); /* nothing to free: no effect */
+}
+
+Test(http_pool, an_idle_pool_has_no_timeout_and_an_oversized_pool_is_capped) {
+    khala_http_pool_t *p = open_pool(g_base, 100000, 0);
+    cr_assert_eq(khala__http_timeout_ms(p), -1, "nothing in flight: the loop may sleep");
+    cr_assert_eq(khala__http_inflight(p), 0);
+    khala_http_resp_t r;
+    cr_assert_eq(khala__http_request(p, "GET", "/health", NULL, 0, true, &r), 0, "%s", r.err);
+    cr_assert_eq(r.status, 200);
+    khala__http_resp_free(&r);
+}
+
+Test(http_pool, a_watch_set_after_a_submit_is_told_of_the_open_connections) {
+    khala_http_pool_t *p = open_pool(g_base, 1, 0);
+    result_t res = {0};
+    cr_assert_eq(khala__http_submit(p, "GET", "/version", NULL, 0, true, on_done, &res), 0);
+    loop_t l = {0};
+    khala__http_pool_set_watch(p, watch, &l);
+    if (res.calls == 0 && khala__http_inflight(p) > 0 && khala__http_timeout_ms(p) != 0)
+        cr_assert(l.n >= 1, "the connection the submit opened is announced to the new watch");
+    run(p, &l);
+    cr_assert_eq(res.calls, 1);
+    cr_assert_eq(res.rc, 0);
+    cr_assert_eq(res.status, 200);
+    cr_assert(strncmp(res.body, "surrealdb-", 10) == 0, "%s", res.body);
+}
+
+Test(http_pool, a_request_that_fails_inside_its_submit_runs_its_callback_later_once) {
+    char base[64];
+    snprintf(base, sizeof(base), "http://127.0.0.1:%u", free_port());
+    khala_http_pool_t *p = open_pool(base, 1, 0);
+    loop_t l = {0};
+    khala__http_pool_set_watch(p, watch, &l);
+    result_t res[4] = {0};
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(khala__http_submit(p, "GET", "/health", NULL, 0, false, on_done, &res[i]), 0);
+        cr_assert_eq(res[i].calls, 0, "a submit never runs a callback");
+    }
+    run(p, &l);
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(res[i].calls, 1, "request %d: callback ran %d times", i, res[i].calls);
+        cr_assert_eq(res[i].rc, -ECONNREFUSED);
+    }
+    cr_assert_eq(khala__http_inflight(p), 0);
+    cr_assert_eq(khala__http_timeout_ms(p), -1);
 }

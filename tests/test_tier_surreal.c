@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -126,7 +127,10 @@ static long raw_count(const char *tb) {
     return n;
 }
 
+static void fake_stop(void);
+
 static void teardown(void) {
+    fake_stop(); /* a fake server still running when a test failed */
     if (g_t) {
         g_t->ops->close(g_t);
         g_t = NULL;
@@ -950,4 +954,463 @@ Test(tier_surreal, bad_options_are_config_errors_naming_the_problem) {
     v.ttl_ms = -5;
     cr_assert_eq(u->ops->put(u, "k", 1, &v), KHALA_EINVAL);
     cr_assert(strstr(u->err, "TTL"), "%s", u->err);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Servers that are not (or not quite) SurrealDB                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A forked HTTP server on a loopback port answering every request with a canned reply by path:
+ * GET /health 200, GET /version `version`, POST /rpc status `rpc_status` with body `rpc_body`.
+ * One request per connection (Connection: close). */
+typedef struct fake {
+    pid_t pid;
+    unsigned port;
+} fake_t;
+
+static fake_t g_fake;
+
+static void fake_reply(int c, int status, const char *body) {
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n",
+                     status, strlen(body));
+    if (write(c, head, (size_t)n) < 0 || write(c, body, strlen(body)) < 0)
+        return;
+}
+
+static void fake_serve(int ls, const char *version, int rpc_status, const char *rpc_body) {
+    for (;;) {
+        int c = accept(ls, NULL, NULL);
+        if (c < 0)
+            continue;
+        char req[65536];
+        size_t len = 0;
+        ssize_t r;
+        while (len < sizeof(req) - 1 && (r = read(c, req + len, sizeof(req) - 1 - len)) > 0) {
+            len += (size_t)r;
+            req[len] = 0;
+            char *eoh = strstr(req, "\r\n\r\n");
+            if (!eoh)
+                continue;
+            const char *cl = strcasestr(req, "Content-Length:");
+            size_t want = cl ? strtoul(cl + 15, NULL, 10) : 0;
+            if (len >= (size_t)(eoh + 4 - req) + want)
+                break;
+        }
+        if (strncmp(req, "GET /version", 12) == 0)
+            fake_reply(c, 200, version);
+        else if (strncmp(req, "POST /rpc", 9) == 0)
+            fake_reply(c, rpc_status, rpc_body);
+        else
+            fake_reply(c, 200, "");
+        close(c);
+    }
+}
+
+static const char *fake_start_on(unsigned port, const char *version, int rpc_status,
+                                 const char *rpc_body) {
+    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                            .sin_port = htons((uint16_t)port)};
+    socklen_t alen = sizeof(a);
+    if (ls >= 0)
+        setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ls < 0 || bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(ls, 16) != 0 ||
+        getsockname(ls, (struct sockaddr *)&a, &alen) != 0)
+        FATAL("fake server: %s", strerror(errno));
+    g_fake.port = ntohs(a.sin_port);
+    pid_t pid = fork();
+    if (pid < 0)
+        FATAL("fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives the test */
+        fake_serve(ls, version, rpc_status, rpc_body);
+        _exit(0);
+    }
+    close(ls);
+    g_fake.pid = pid;
+    static char url[64];
+    snprintf(url, sizeof(url), "http://root:root@127.0.0.1:%u", g_fake.port);
+    return url;
+}
+
+static const char *fake_start(const char *version, int rpc_status, const char *rpc_body) {
+    return fake_start_on(0, version, rpc_status, rpc_body);
+}
+
+static void fake_stop(void) {
+    if (g_fake.pid > 0) {
+        kill(g_fake.pid, SIGKILL);
+        waitpid(g_fake.pid, NULL, 0);
+    }
+    g_fake = (fake_t){0};
+}
+
+/* Open on a fake server: the open succeeds (an unreachable level is not an error of the open)
+ * and err says why the level is down. */
+static void open_fake(const char *url, char *err, size_t errlen) {
+    khala_tier_surreal_opts_t o = opts(url);
+    o.timeout_ms = 2000;
+    err[0] = 0;
+    cr_assert_eq(khala__tier_surreal_open(&o, &g_t, err, errlen), 0, "%s", err);
+}
+
+Test(tier_surreal, a_server_older_than_surrealdb_2_is_refused_naming_its_version) {
+    char err[256];
+    open_fake(fake_start("surrealdb-1.5.4", 200, "{}"), err, sizeof(err));
+    cr_assert(strstr(err, "surrealdb-1.5.4") && strstr(err, "2.0 or newer"), "%s", err);
+    cr_assert_eq(g_t->ops->health(g_t), KHALA_ETIER);
+    khala_tier_value_t v = {0};
+    cr_assert_eq(g_t->ops->get(g_t, "k", 1, &v), KHALA_ETIER);
+    cr_assert_null(v.data);
+    fake_stop();
+}
+
+Test(tier_surreal, a_server_that_is_not_surrealdb_is_refused_quoting_its_version_reply) {
+    char err[256];
+    open_fake(fake_start("nginx/1.25", 200, "{}"), err, sizeof(err));
+    cr_assert(strstr(err, "nginx/1.25") && strstr(err, "not surrealdb-X.Y.Z"), "%s", err);
+    cr_assert_eq(g_t->ops->health(g_t), KHALA_ETIER);
+    fake_stop();
+}
+
+Test(tier_surreal, a_query_the_server_refuses_at_open_names_the_tables_and_the_message) {
+    char err[256];
+    open_fake(fake_start("surrealdb-3.0.2", 200,
+                         "{\"id\":1,\"error\":{\"code\":-32000,\"message\":\"no space left\"}}"),
+              err, sizeof(err));
+    cr_assert(strstr(err, "defining the tables") && strstr(err, g_table) &&
+                  strstr(err, "refused the query: no space left"),
+              "%s", err);
+    cr_assert_eq(g_t->ops->health(g_t), KHALA_ETIER);
+    fake_stop();
+}
+
+Test(tier_surreal, an_rpc_error_about_permissions_is_an_authentication_error) {
+    char err[256];
+    open_fake(fake_start("surrealdb-3.0.2", 200,
+                         "{\"id\":1,\"error\":{\"code\":-32000,\"message\":\"IAM error: Not "
+                         "enough permissions\"}}"),
+              err, sizeof(err));
+    cr_assert(strstr(err, "authentication failed") && strstr(err, "permissions"), "%s", err);
+    fake_stop();
+}
+
+Test(tier_surreal, an_http_error_status_is_etier_quoting_the_body) {
+    char err[256];
+    open_fake(fake_start("surrealdb-3.0.2", 503, "overloaded, try later"), err, sizeof(err));
+    cr_assert(strstr(err, "HTTP 503") && strstr(err, "overloaded, try later"), "%s", err);
+    cr_assert_eq(g_t->ops->health(g_t), KHALA_ETIER);
+    fake_stop();
+}
+
+Test(tier_surreal, a_reply_that_is_not_a_list_of_results_is_etier) {
+    char err[256];
+    open_fake(fake_start("surrealdb-3.0.2", 200, "{\"id\":1,\"result\":{\"x\":1}}"), err,
+              sizeof(err));
+    cr_assert(strstr(err, "not a list of statement results"), "%s", err);
+    fake_stop();
+    open_fake(fake_start("surrealdb-3.0.2", 200, "{\"id\":1,\"result\":[{\"x\":1}]}"), err,
+              sizeof(err));
+    cr_assert(strstr(err, "lacks the result of statement 1"), "%s", err);
+    cr_assert_eq(g_t->ops->health(g_t), KHALA_ETIER);
+    fake_stop();
+}
+
+Test(tier_surreal, a_request_above_the_server_body_limit_is_erefused_and_the_level_stays_up) {
+    /* The schema is defined on the real front; then a fake that answers 413 to every query
+     * stands where the front was (same port): the level is up, and a put is refused alone. */
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 2000;
+    khala_tier_t *t = open_with(&o);
+    cr_assert_eq(put(t, "k", "v", 1, 1, 0, 0), 0, "%s", t->err);
+    tu_surreal_kill(&g_priv);
+    fake_start_on(g_priv.port, "surrealdb-3.0.2", 413, "Payload Too Large");
+    cr_assert_eq(put(t, "k", "w", 1, 2, 0, 0), KHALA_EREFUSED, "%s", t->err);
+    cr_assert(strstr(t->err, "body limit") && strstr(t->err, "SURREAL_HTTP_MAX_RPC_BODY_SIZE"),
+              "%s", t->err);
+    cr_assert_eq(t->healthy, 1, "the server is up; it refused one request");
+    fake_stop();
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* An unreachable server, bad input                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+static int count_key(void *arg, const void *key, size_t klen) {
+    (void)key;
+    (void)klen;
+    ++*(int *)arg;
+    return 0;
+}
+
+static void on_got_any(void *arg, int rc, khala_tier_value_t *v) {
+    (void)v;
+    *(int *)arg = rc;
+}
+
+Test(tier_surreal, every_operation_on_an_unreachable_server_is_etier_and_writes_nothing) {
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u", free_port());
+    khala_tier_surreal_opts_t o = opts(url);
+    o.timeout_ms = 500;
+    char err[256] = "";
+    cr_assert_eq(khala__tier_surreal_open(&o, &g_t, err, sizeof(err)), 0, "%s", err);
+    khala_tier_t *t = g_t;
+    cr_assert_eq(t->ops->del(t, "k", 1), KHALA_ETIER);
+    cr_assert(strstr(t->err, "L3 (surrealdb)"), "%s", t->err);
+    uint64_t cur = 0;
+    int seen = 0;
+    cr_assert_eq(t->ops->scan(t, &cur, "*", 0, count_key, &seen), KHALA_ETIER);
+    cr_assert_eq(t->ops->hot(t, 10, count_key, &seen), KHALA_ETIER);
+    cr_assert_eq(seen, 0, "no key reported by a level that is down");
+    uint64_t removed = 77;
+    cur = 0;
+    cr_assert_eq(t->ops->invalidate_step(t, "p", 1, -1, &cur, 0, &removed), KHALA_ETIER);
+    cr_assert_eq(removed, 0);
+    removed = 77;
+    cr_assert_eq(t->ops->invalidate(t, "p", 1, -1, &removed), KHALA_ETIER);
+    float q[2] = {1, 0};
+    khala_tier_match_t m[2];
+    uint32_t n = 2;
+    cr_assert_eq(t->ops->similar(t, q, 2, 0.5f, 2, m, &n), KHALA_ETIER);
+    khala_bytes_t keys[2] = {{.ptr = (const uint8_t *)"a", .len = 1},
+                             {.ptr = (const uint8_t *)"", .len = 0}};
+    khala_tier_value_t out[2];
+    int rcs[2];
+    cr_assert_eq(t->ops->mget(t, 2, keys, out, rcs), KHALA_ETIER);
+    cr_assert_eq(rcs[0], KHALA_ETIER, "a good key is etier");
+    cr_assert_eq(rcs[1], KHALA_EKEY, "a bad key keeps its own error");
+    int got = 1;
+    cr_assert_eq(khala__tier_surreal_get_start(t, "k", 1, on_got_any, &got), KHALA_ETIER);
+    cr_assert_eq(got, 1, "a failed start never runs the callback");
+    khala_tier_stats_t st;
+    t->ops->stats(t, &st);
+    cr_assert_eq(st.puts + st.dels, 0);
+}
+
+Test(tier_surreal, bad_input_is_refused_before_the_server_and_nothing_is_written) {
+    khala_tier_t *t = open_default();
+    khala_tier_value_t v = {.data = NULL, .len = 3, .version = 1};
+    cr_assert_eq(t->ops->put(t, "nodata", 6, &v), KHALA_EINVAL);
+    cr_assert(strstr(t->err, "nodata") && strstr(t->err, "no value bytes"), "%s", t->err);
+    expect_miss(t, "nodata");
+    char big[KHALA_KEY_MAX + 1];
+    memset(big, 'p', sizeof(big));
+    cr_assert_eq(t->ops->del(t, big, sizeof(big)), KHALA_EKEY);
+    cr_assert_eq(put(t, "keep", "v", 1, 1, 0, 0), 0, "%s", t->err);
+    uint64_t cur = 0, removed = 5;
+    cr_assert_eq(t->ops->invalidate_step(t, big, sizeof(big), -1, &cur, 10, &removed), KHALA_EKEY);
+    cr_assert(strstr(t->err, "prefix") && strstr(t->err, "max"), "%s", t->err);
+    cr_assert_eq(removed, 0);
+    expect(t, "keep", "v", 1);
+    /* k = 0 asks for nothing: no matches, no error. */
+    float q[2] = {1, 0};
+    khala_tier_match_t m[1];
+    uint32_t n = 1;
+    cr_assert_eq(t->ops->similar(t, q, 2, 0.5f, 0, m, &n), 0, "%s", t->err);
+    cr_assert_eq(n, 0);
+    /* Hits noted for a bad key are dropped, not sent. */
+    t->ops->note_hits(t, "", 0, 3);
+    t->ops->note_hits(t, "keep", 4, 0);
+    t->ops->note_hits(t, big, sizeof(big), 3);
+}
+
+Test(tier_surreal, bad_urls_and_names_are_config_errors_naming_the_problem) {
+    char err[256];
+    khala_tier_t *t = NULL;
+    khala_tier_surreal_opts_t o = opts("");
+    cr_assert_eq(khala__tier_surreal_open(&o, &t, err, sizeof(err)), KHALA_ECONFIG);
+    cr_assert(strstr(err, "no surrealdb_url"), "%s", err);
+    o = opts("http://exa mple:80/");
+    cr_assert_eq(khala__tier_surreal_open(&o, &t, err, sizeof(err)), KHALA_ECONFIG);
+    cr_assert(strstr(err, "is not a URL"), "%s", err);
+    o = opts("http://127.0.0.1:1/?ns=x");
+    cr_assert_eq(khala__tier_surreal_open(&o, &t, err, sizeof(err)), KHALA_ECONFIG);
+    cr_assert(strstr(err, "no query"), "%s", err);
+    char longurl[1200];
+    memset(longurl, 'a', sizeof(longurl) - 1);
+    longurl[sizeof(longurl) - 1] = 0;
+    memcpy(longurl, "http://127.0.0.1:1/", 19);
+    o = opts(longurl);
+    cr_assert_eq(khala__tier_surreal_open(&o, &t, err, sizeof(err)), KHALA_ECONFIG);
+    cr_assert(strstr(err, "too long"), "%s", err);
+    o = opts("http://127.0.0.1:1");
+    o.ns = "";
+    cr_assert_eq(khala__tier_surreal_open(&o, &t, err, sizeof(err)), KHALA_ECONFIG);
+    cr_assert(strstr(err, "surrealdb_namespace"), "%s", err);
+    cr_assert_null(t);
+}
+
+Test(tier_surreal, a_stored_row_that_is_not_a_khala_row_reads_as_a_miss_and_counts_an_error) {
+    khala_tier_t *t = open_default();
+    cr_assert_eq(put(t, "good", "v", 1, 1, 0, 0), 0, "%s", t->err);
+    /* Rows written behind the driver's back that the schema lets through (its field types
+     * hold) but no driver wrote: data that is not base64, a type out of range.
+     * hex("bad1") = 62616431. */
+    const char *bad[][2] = {
+        {"62616431", "{key: '62616431', type: 1, version: 1, data: '!!!', created: 0, hits: 0}"},
+        {"62616432", "{key: '62616432', type: 999, version: 1, data: '', created: 0, hits: 0}"}};
+    for (size_t i = 0; i < 2; i++) {
+        char sql[256];
+        snprintf(sql, sizeof(sql), "UPSERT type::record($tb, $k) CONTENT %s;", bad[i][1]);
+        json_t *res = raw_on(g_url, sql, json_pack("{s:s, s:s}", "tb", g_table, "k", bad[i][0]));
+        const char *st = json_string_value(json_object_get(json_array_get(res, 0), "status"));
+        cr_assert(st && strcmp(st, "OK") == 0, "raw upsert %zu refused", i);
+        json_decref(res);
+    }
+    khala_tier_stats_t before, after;
+    t->ops->stats(t, &before);
+    for (int i = 1; i <= 2; i++) {
+        char key[8];
+        snprintf(key, sizeof(key), "bad%d", i);
+        expect_miss(t, key);
+        cr_assert(strstr(t->err, key) && strstr(t->err, "not a khala row"), "%s: %s", key, t->err);
+    }
+    t->ops->stats(t, &after);
+    cr_assert_eq(after.errors - before.errors, 2, "one error per corrupt row");
+    cr_assert_eq(t->ops->health(t), 0, "a corrupt row does not take the level down");
+    expect(t, "good", "v", 1);
+}
+
+static int stop_at_two(void *arg, const void *key, size_t klen) {
+    (void)key;
+    (void)klen;
+    return ++*(int *)arg == 2;
+}
+
+/* tier.h: a non-zero from the visitor stops the visit; it is not the level's error (khalad's
+ * warm scan stops that way when its batch is full, and a scan error marks the level failed). */
+Test(tier_surreal, a_scan_visitor_that_returns_non_zero_stops_the_visit_without_an_error) {
+    khala_tier_t *t = open_default();
+    for (int i = 0; i < 5; i++) {
+        char k[8];
+        snprintf(k, sizeof(k), "s%d", i);
+        cr_assert_eq(put(t, k, "v", 1, 1, 0, 0), 0, "%s", t->err);
+    }
+    uint64_t cur = 0;
+    int seen = 0;
+    cr_assert_eq(t->ops->scan(t, &cur, "*", 0, stop_at_two, &seen), 0, "%s", t->err);
+    cr_assert_eq(seen, 2, "no key after the callback failed");
+    seen = 0;
+    cur = 0;
+    cr_assert_eq(t->ops->scan(t, &cur, "*", 0, count_key, &seen), 0, "%s", t->err);
+    cr_assert_eq(seen, 5, "count 0 is the default page: all 5 keys");
+    cr_assert_eq(cur, 0);
+}
+
+Test(tier_surreal, health_of_a_level_that_was_up_finds_a_dead_server_and_takes_the_level_down) {
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 1000;
+    khala_tier_t *t = open_with(&o);
+    cr_assert_eq(put(t, "k", "v", 1, 1, 0, 0), 0, "%s", t->err);
+    tu_surreal_kill(&g_priv);
+    cr_assert_eq(t->ops->health(t), KHALA_ETIER);
+    cr_assert(strstr(t->err, "L3 (surrealdb)") && strstr(t->err, "GET /health"), "%s", t->err);
+    cr_assert_eq(put(t, "k", "w", 1, 2, 0, 0), KHALA_ETIER, "down: fails at once");
+}
+
+Test(tier_surreal, health_of_a_level_that_was_up_fails_when_the_server_refuses_queries) {
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 1000;
+    khala_tier_t *t = open_with(&o);
+    tu_surreal_kill(&g_priv);
+    /* GET /health answers 200, every query an error: the engine behind the front is broken. */
+    fake_start_on(g_priv.port, "surrealdb-3.0.2", 200,
+                  "{\"id\":1,\"error\":{\"code\":-32000,\"message\":\"storage is read-only\"}}");
+    /* Each operation fails alone with the server's words, and reports nothing. */
+    uint64_t cur = 0, removed = 9;
+    int seen = 0;
+    cr_assert_eq(t->ops->scan(t, &cur, NULL, 0, count_key, &seen), KHALA_ETIER);
+    cr_assert(strstr(t->err, "storage is read-only"), "%s", t->err);
+    cr_assert_eq(t->ops->hot(t, 5, count_key, &seen), KHALA_ETIER);
+    cr_assert_eq(seen, 0);
+    cr_assert_eq(t->ops->invalidate_step(t, "p", 1, 2, &cur, 0, &removed), KHALA_ETIER);
+    cr_assert_eq(removed, 0);
+    float q[2] = {0, 1};
+    khala_tier_match_t m[1];
+    uint32_t n = 1;
+    cr_assert_eq(t->ops->similar(t, q, 2, 0.1f, 1, m, &n), KHALA_ETIER);
+    cr_assert_eq(t->ops->del(t, "k", 1), KHALA_ETIER);
+    cr_assert_eq(t->ops->health(t), KHALA_ETIER);
+    cr_assert(strstr(t->err, "refused the query: storage is read-only"), "%s", t->err);
+    khala_tier_value_t v = {0};
+    cr_assert_eq(t->ops->get(t, "k", 1, &v), KHALA_ETIER);
+    cr_assert_null(v.data);
+    fake_stop();
+}
+
+Test(tier_surreal, a_background_cleanup_the_server_refuses_is_counted_as_an_error) {
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 1000;
+    o.cleanup_interval_ms = 1;
+    khala_tier_t *t = open_with(&o);
+    tu_surreal_kill(&g_priv);
+    fake_start_on(g_priv.port, "surrealdb-3.0.2", 200,
+                  "{\"id\":1,\"result\":[{\"status\":\"ERR\",\"result\":\"disk full\"}]}");
+    khala_tier_stats_t before, after;
+    t->ops->stats(t, &before);
+    run_cleanup(t, 2);
+    t->ops->stats(t, &after);
+    cr_assert_eq(after.errors - before.errors, 2, "one per refused step: %llu -> %llu",
+                 (unsigned long long)before.errors, (unsigned long long)after.errors);
+    cr_assert_eq(t->healthy, 1, "a refused background step does not take the level down");
+    fake_stop();
+    /* A server that answers nothing usable (HTTP 500) is counted the same way. */
+    fake_start_on(g_priv.port, "surrealdb-3.0.2", 500, "internal error");
+    run_cleanup(t, 1);
+    t->ops->stats(t, &after);
+    cr_assert_eq(after.errors - before.errors, 3);
+    fake_stop();
+}
+
+Test(tier_surreal, closing_with_requests_in_flight_to_a_stalled_server_answers_them_etier) {
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 5000;
+    o.cleanup_interval_ms = 1;
+    khala_tier_t *t = open_with(&o);
+    kill(g_priv.pid, SIGSTOP); /* nothing will answer before the close */
+    got_t a = {0}, b = {0};
+    cr_assert_eq(khala__tier_surreal_get_start(t, "k1", 2, on_got, &a), 0, "%s", t->err);
+    cr_assert_eq(khala__tier_surreal_get_start(t, "k2", 2, on_got, &b), 0, "%s", t->err);
+    t->ops->tick(t, khala__sys_now_ms() + 5000); /* a cleanup step in flight too */
+    t->ops->close(t);
+    g_t = NULL;
+    kill(g_priv.pid, SIGCONT);
+    cr_assert_eq(a.calls, 1, "every callback runs once, at the close");
+    cr_assert_eq(a.rc, KHALA_ETIER);
+    cr_assert_eq(b.calls, 1);
+    cr_assert_eq(b.rc, KHALA_ETIER);
+}
+
+Test(tier_surreal, a_reply_without_the_statement_results_fails_a_batch_etier_and_fills_nothing) {
+    tu_surreal_start(&g_priv);
+    khala_tier_surreal_opts_t o = opts(tu_surreal_url(&g_priv));
+    o.timeout_ms = 1000;
+    khala_tier_t *t = open_with(&o);
+    tu_surreal_kill(&g_priv);
+    /* A proxy in front of the server that mangles replies: a list, but no statement's status. */
+    fake_start_on(g_priv.port, "surrealdb-3.0.2", 200, "{\"id\":1,\"result\":[{\"x\":1}]}");
+    khala_bytes_t keys[2] = {{.ptr = (const uint8_t *)"a", .len = 1},
+                             {.ptr = (const uint8_t *)"b", .len = 1}};
+    khala_tier_value_t vals[2] = {{.data = "1", .len = 1, .version = 1},
+                                  {.data = "2", .len = 1, .version = 1}};
+    cr_assert_eq(t->ops->mput(t, 2, keys, vals), KHALA_ETIER);
+    cr_assert(strstr(t->err, "lacks the result of statement"), "%s", t->err);
+    khala_tier_value_t out[2];
+    int rcs[2] = {0, 0};
+    cr_assert_eq(t->ops->mget(t, 2, keys, out, rcs), KHALA_ETIER, "%s", t->err);
+    cr_assert_eq(rcs[0], KHALA_ETIER);
+    cr_assert_eq(rcs[1], KHALA_ETIER);
+    cr_assert_null(out[0].data);
+    cr_assert_null(out[1].data);
+    fake_stop();
 }
