@@ -896,10 +896,8 @@ static int key_index(int sec, const char *name) {
  * negative_ttl_seconds and quota_pct (off, no quota), false for predictive_cache. (Until
  * issue 9, stale serving,
  * negative caching and quotas had non-zero defaults, which `khalactl config` printed as if they
- * worked; they are 0 now for that reason.) The [l3] section, and the L2 capacity keys on Redis,
- * keep defaults that describe a level that does not exist, or a store that Redis bounds by
- * itself, as do a type's l3_ttl_seconds and the l3 in its default levels: no item is affected
- * by them, and the dump says so in a comment. The alternative,
+ * worked; they are 0 now for that reason.) The L2 capacity keys on Redis keep defaults that
+ * describe a store Redis bounds by itself: no item is affected by them. The alternative,
  * accepting any value with a warning in the log, is what the seed's users hit before: a
  * setting that reads as working and silently is not.
  */

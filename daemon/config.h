@@ -10,8 +10,8 @@
  *
  *     khalad.conf:12: [l1] max_memory_mb: 'lots' is not a number
  *
- * Configuration means what it says: a key that is read but has no effect yet ([l3], stale
- * serving, negative caching, quotas...) is refused at any value but its default, whose value
+ * Configuration means what it says: a key that is read but has no effect yet (stale serving,
+ * negative caching, quotas...) is refused at any value but its default, whose value
  * says what khalad does, and the message says so. The seed's own names ([l1_cache], coherence =
  * immediate) are accepted as aliases of ours.
  *

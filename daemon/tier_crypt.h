@@ -1,7 +1,7 @@
 /*
  * The encrypting tier: a driver (daemon/tier.h) that wraps another one and seals the values of
  * encrypted types on their way down and opens them on their way up (daemon/crypt.h). It sits at
- * the store/tier boundary, so that every level below L1 (L2 today, L3 when it comes) gets it by
+ * the store/tier boundary, so that every level below L1 (L2 and L3) gets it by
  * being wrapped when it is opened (daemon/tiers.c), and nothing above knows.
  *
  * Reads follow one rule, per value: sealed (the envelope's magic) -> opened, whatever the type's

@@ -93,7 +93,7 @@ static void tier_rewatch(khalad_t *d, khalad_tier_t *lt, int fd) {
     lt->poll_fd = fd;
 }
 
-/* Every level below L1, once its driver is open (L2 here; L3 when it comes): with a key file,
+/* Every level below L1 (L2 and L3), once its driver is open: with a key file,
  * wrap the driver so that values of encrypted types are sealed below (daemon/tier_crypt.h).
  * On failure the driver is closed. */
 static int seal_level(khalad_t *d, khalad_tier_t *lt) {

@@ -46,7 +46,7 @@ typedef struct khalad_tier khalad_tier_t;
 #define KHALAD_WARM_BATCH 256u
 
 /**
- * @brief Open the levels the configuration asks for (L2 today) and cross-host invalidation.
+ * @brief Open the levels the configuration asks for (L2, then L3) and cross-host invalidation.
  *        A Redis that cannot be reached is not an error: L2 starts unhealthy and recovers.
  * @param[in,out] d khalad, with cfg, l1 and srv set.
  * @return 0; KHALA_ECONFIG (bad URL, refused credentials), or a driver's error, with the
